@@ -1,0 +1,121 @@
+import type pg from 'pg';
+import type postgres from 'postgres';
+import { pgDriver, postgresJsDriver } from './driver/index.js';
+import type { Driver, Executor, TxLike } from './driver/types.js';
+import { HeraldError } from './errors.js';
+import { schemaIdent } from './internal/ident.js';
+import { Notifier, type ListenOptions } from './notifier/notifier.js';
+import type { OutgoingNotification } from './notifier/notify.js';
+import type { Subscription } from './notifier/subscription.js';
+import type { Notification, NotifierOptions } from './notifier/types.js';
+import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
+
+/** Options of {@link createHerald}. Give one of `connectionString`, `pool`, `sql` or `driver`. */
+export interface HeraldOptions {
+  /** Postgres connection string; pgherald creates (and closes) a `pg` pool. */
+  connectionString?: string;
+  /** An existing `pg.Pool` (not closed by pgherald). */
+  pool?: pg.Pool;
+  /** An existing postgres.js instance (not closed by pgherald). */
+  sql?: postgres.Sql<any>;
+  /** A ready driver (see `pgDriver`, `postgresJsDriver`). */
+  driver?: Driver;
+  /**
+   * Connection string for the one listen connection, when the pool goes through a
+   * transaction-mode pooler: LISTEN needs a direct or session-pooled connection.
+   * @defaultValue the pool's
+   */
+  listenConnectionString?: string;
+  /** Pool size when pgherald creates the pool. @defaultValue 10 */
+  poolSize?: number;
+  /** Schema of pgherald's tables. @defaultValue 'herald' */
+  schema?: string;
+  /** Notifier options (buffers, health checks, reconnect backoff). */
+  notifier?: NotifierOptions;
+}
+
+/**
+ * The facade: one driver, one notifier (one listen connection per process), and the
+ * parts built on them.
+ *
+ * @example
+ * const herald = createHerald({ connectionString: process.env.DATABASE_URL });
+ * await herald.migrate();
+ * const sub = herald.listen('orders', (n) => console.log(n.payload));
+ * await sub.established;
+ * await herald.notify('orders', 'created:42');
+ * await herald.close();
+ */
+export class Herald {
+  readonly driver: Driver;
+  readonly notifier: Notifier;
+  readonly schema: string;
+  readonly #ownsDriver: boolean;
+  #closed = false;
+
+  constructor(options: HeraldOptions) {
+    this.schema = options.schema ?? 'herald';
+    schemaIdent(this.schema);
+    const given = [options.connectionString, options.pool, options.sql, options.driver].filter((x) => x !== undefined).length;
+    if (given !== 1) {
+      throw new HeraldError('INVALID_OPTION', 'give exactly one of connectionString, pool, sql or driver');
+    }
+    this.#ownsDriver = !options.driver;
+    this.driver =
+      options.driver ??
+      (options.sql
+        ? postgresJsDriver({ sql: options.sql, listenConnectionString: options.listenConnectionString })
+        : pgDriver({
+            pool: options.pool,
+            connectionString: options.connectionString,
+            max: options.poolSize,
+            listenConnectionString: options.listenConnectionString,
+          }));
+    this.notifier = new Notifier(this.driver, options.notifier);
+  }
+
+  /** Applies pending migrations (safe from many processes at once). Returns the versions applied. */
+  migrate(): Promise<number[]> {
+    return migrate(this.driver, this.schema);
+  }
+
+  /** Every migration with the time it was applied, or null when pending. */
+  migrationStatus(): Promise<MigrationStatus[]> {
+    return migrationStatus(this.driver.executor, this.schema);
+  }
+
+  /** Subscribes to a channel on the process's one listen connection. See {@link Notifier.listen}. */
+  listen(channel: string, handler?: (n: Notification) => unknown, options?: ListenOptions): Subscription;
+  listen(channel: string, options?: ListenOptions): Subscription;
+  listen(channel: string, a?: ((n: Notification) => unknown) | ListenOptions, b?: ListenOptions): Subscription {
+    return typeof a === 'function' ? this.notifier.listen(channel, a, b) : this.notifier.listen(channel, a);
+  }
+
+  /** Sends a notification; with `{ tx }` only if that transaction commits. See {@link Notifier.notify}. */
+  notify(channel: string, payload?: string, options?: { tx?: TxLike }): Promise<void> {
+    return this.notifier.notify(channel, payload, options);
+  }
+
+  /** Sends a batch of notifications in one round trip. */
+  notifyMany(items: readonly OutgoingNotification[], options?: { tx?: TxLike }): Promise<void> {
+    return this.notifier.notifyMany(items, options);
+  }
+
+  /** Runs `fn` in a transaction; pass the `tx` it gets to any write (`{ tx }`). */
+  transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
+    return this.driver.transaction(fn);
+  }
+
+  /** Stops every part and closes the connections pgherald opened. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.notifier.stop();
+    if (this.#ownsDriver) await this.driver.end();
+  }
+}
+
+/** Creates a {@link Herald}. */
+export function createHerald(options: HeraldOptions): Herald {
+  return new Herald(options);
+}

@@ -1,0 +1,135 @@
+import pg from 'pg';
+import type { Driver, Executor, ListenSession, QueryResult, RawNotification } from './types.js';
+
+/** Options of {@link pgDriver}. */
+export interface PgDriverOptions {
+  /** An existing `pg.Pool`; pgherald will not end it. */
+  pool?: pg.Pool;
+  /** A connection string for a pool that pgherald creates (and ends). */
+  connectionString?: string;
+  /** Pool size when pgherald creates the pool. @defaultValue 10 */
+  max?: number;
+  /**
+   * Connection string of the listen session, when it must differ from the pool's
+   * (for example the pool goes through PgBouncer in transaction mode, while LISTEN
+   * needs a direct or session-pooled connection). @defaultValue the pool's
+   */
+  listenConnectionString?: string;
+  /** Called with errors of idle pool clients (a dying server); they never crash the process. */
+  onPoolError?: (err: Error) => void;
+}
+
+/**
+ * A driver over node-postgres (`pg`). Every pool and client it owns handles its
+ * `error` event: when Postgres restarts, unhandled client errors kill Node.
+ *
+ * @example
+ * const driver = pgDriver({ connectionString: process.env.DATABASE_URL });
+ */
+export function pgDriver(options: PgDriverOptions): Driver {
+  const owned = !options.pool;
+  const pool =
+    options.pool ??
+    new pg.Pool({ connectionString: options.connectionString, max: options.max ?? 10 });
+  const onPoolError = options.onPoolError ?? (() => {});
+  pool.on('error', onPoolError);
+  const listenConfig: pg.ClientConfig = options.listenConnectionString
+    ? { connectionString: options.listenConnectionString }
+    : (pool as unknown as { options: pg.ClientConfig }).options;
+
+  const executor: Executor = {
+    async query<R>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>> {
+      const res = await pool.query(text, values as unknown[]);
+      return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
+    },
+  };
+
+  return {
+    kind: 'pg',
+    executor,
+    async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
+      const client = await pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query('BEGIN');
+        const result = await fn(pgClientExecutor(client));
+        await client.query('COMMIT');
+        return result;
+      } catch (err) {
+        try {
+          await client.query('ROLLBACK');
+        } catch (rollbackErr) {
+          broken = rollbackErr as Error;
+        }
+        throw err;
+      } finally {
+        client.release(broken);
+      }
+    },
+    async openListenSession(opts = {}): Promise<ListenSession> {
+      const client = new pg.Client({
+        ...listenConfig,
+        keepAlive: true,
+        connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
+      });
+      let closeHandler: ((err?: Error) => void) | undefined;
+      let closed = false;
+      const fireClose = (err?: Error) => {
+        if (closed) return;
+        closed = true;
+        closeHandler?.(err);
+      };
+      client.on('error', (err) => fireClose(err));
+      client.on('end', () => fireClose());
+      try {
+        await client.connect();
+      } catch (err) {
+        closed = true;
+        client.removeAllListeners('end');
+        await client.end().catch(() => {});
+        throw err;
+      }
+      const destroy = () => {
+        const stream = (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream;
+        stream?.destroy();
+      };
+      return {
+        query: (text, values) => pgClientExecutor(client).query(text, values),
+        onNotification(handler: (n: RawNotification) => void) {
+          client.on('notification', (m) =>
+            handler({ channel: m.channel, payload: m.payload ?? '', processId: m.processId }),
+          );
+        },
+        onClose(handler) {
+          closeHandler = handler;
+        },
+        async close() {
+          closed = true;
+          // end() waits for the server's goodbye; a black-holed socket never sends one.
+          const ended = client.end().catch(() => {});
+          const timer = setTimeout(destroy, 1000);
+          await ended;
+          clearTimeout(timer);
+        },
+        destroy,
+      };
+    },
+    async end() {
+      if (owned) await pool.end();
+    },
+  };
+}
+
+/** Wraps a `pg` client (or pool) as an {@link Executor}. */
+export function pgClientExecutor(client: { query: pg.Pool['query'] } | pg.ClientBase): Executor {
+  return {
+    async query<R>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>> {
+      let res = (await (client as pg.ClientBase).query(text, values as unknown[])) as unknown as
+        | pg.QueryResult
+        | pg.QueryResult[];
+      // A multi-statement simple query returns one result per statement: keep the last.
+      if (Array.isArray(res)) res = res[res.length - 1] ?? { rows: [], rowCount: 0 } as unknown as pg.QueryResult;
+      return { rows: (res.rows ?? []) as R[], rowCount: res.rowCount ?? 0 };
+    },
+  };
+}

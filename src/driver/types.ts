@@ -1,0 +1,67 @@
+/**
+ * The seam between pgherald and a Postgres client library. pgherald owns these
+ * interfaces; no `pg` or postgres.js type leaks through them. SQL is always written
+ * with `$1` placeholders.
+ */
+
+/** Rows and count of one statement. */
+export interface QueryResult<R = Record<string, unknown>> {
+  rows: R[];
+  rowCount: number;
+}
+
+/**
+ * Anything that runs a parameterised statement: a pool, a client checked out of a
+ * pool, or the caller's open transaction. This is what `{ tx }` options accept, so
+ * pgherald's writes commit or roll back with the caller's own work.
+ */
+export interface Executor {
+  query<R = Record<string, unknown>>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>;
+}
+
+/**
+ * What callers may pass as `tx`: an {@link Executor}, a `pg` client or pool (they have
+ * `query(text, values)`), or a postgres.js `sql` / transaction object (it has `unsafe`).
+ */
+export type TxLike = Executor | { unsafe(text: string, values?: unknown[]): PromiseLike<unknown> };
+
+/** A notification as the server sent it. */
+export interface RawNotification {
+  channel: string;
+  payload: string;
+  processId: number;
+}
+
+/**
+ * One dedicated session for LISTEN. Deliberately dumb: it reports notifications and
+ * its own death, and runs statements; reconnects, backoff and health checks live in
+ * the notifier above it.
+ */
+export interface ListenSession {
+  /** Runs a statement on this session (LISTEN, UNLISTEN, health queries). */
+  query<R = Record<string, unknown>>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>;
+  /** Called for every notification that reaches this session. Set once, before LISTEN. */
+  onNotification(handler: (n: RawNotification) => void): void;
+  /** Called once when the session dies (socket error, server shutdown, terminate). */
+  onClose(handler: (err?: Error) => void): void;
+  /** Closes the session and waits for the socket to be gone; never throws. */
+  close(): Promise<void>;
+  /** Destroys the socket at once (used when the health query stalls). */
+  destroy(): void;
+}
+
+/**
+ * A driver: an executor over a pool, transactions, and a factory of listen sessions.
+ */
+export interface Driver {
+  /** Which client library is underneath: `pg` or `postgres`. */
+  readonly kind: 'pg' | 'postgres';
+  /** The pool as an executor (each statement in its own implicit transaction). */
+  readonly executor: Executor;
+  /** Runs `fn` in a transaction on one connection; commits if it resolves, rolls back if it throws. */
+  transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T>;
+  /** Opens a new dedicated session for LISTEN (outside the pool); fails after `connectTimeoutMs`. */
+  openListenSession(options?: { connectTimeoutMs?: number }): Promise<ListenSession>;
+  /** Closes the pool if the driver created it. */
+  end(): Promise<void>;
+}

@@ -1,0 +1,76 @@
+/**
+ * Errors thrown by pgherald. Every error has a stable `code` string that callers
+ * can switch on; a Postgres error that caused it is kept in the native `cause`
+ * (with its SQLSTATE in `cause.code`).
+ */
+
+/** Stable error codes. New codes may be added; existing ones never change meaning. */
+export type HeraldErrorCode =
+  | 'INVALID_CHANNEL'
+  | 'INVALID_PAYLOAD'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'INVALID_OPTION'
+  | 'INVALID_ARGUMENT'
+  | 'NOT_STARTED'
+  | 'STOPPED'
+  | 'LISTEN_NOT_SESSION'
+  | 'TIMEOUT'
+  | 'CONNECTION'
+  | 'MIGRATION'
+  | 'NOT_FOUND'
+  | 'CONFLICT'
+  | 'LEASE_LOST';
+
+/** Base class of every error pgherald throws on purpose. */
+export class HeraldError extends Error {
+  readonly code: HeraldErrorCode;
+  constructor(code: HeraldErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'HeraldError';
+    this.code = code;
+  }
+}
+
+/** A channel name that Postgres would reject, fold or truncate (empty, NUL, over 63 bytes). */
+export class InvalidChannelError extends HeraldError {
+  constructor(message: string) {
+    super('INVALID_CHANNEL', message);
+    this.name = 'InvalidChannelError';
+  }
+}
+
+/** A NOTIFY payload of 8000 bytes or more (Postgres' limit), or one that is not text. */
+export class PayloadTooLargeError extends HeraldError {
+  readonly bytes: number;
+  readonly limit: number;
+  constructor(bytes: number, limit: number, what = 'payload') {
+    super('PAYLOAD_TOO_LARGE', `${what} is ${bytes} bytes; the limit is ${limit - 1} bytes (UTF-8)`);
+    this.name = 'PayloadTooLargeError';
+    this.bytes = bytes;
+    this.limit = limit;
+  }
+}
+
+/** An option with a value outside its domain; the message names the option and the value. */
+export class InvalidOptionError extends HeraldError {
+  readonly option: string;
+  constructor(option: string, value: unknown, expected: string) {
+    super('INVALID_OPTION', `option ${option}: expected ${expected}, got ${describe(value)}`);
+    this.name = 'InvalidOptionError';
+    this.option = option;
+  }
+}
+
+/** LISTEN does not stick on this connection (a transaction-mode pooler such as PgBouncer sits in front). */
+export class ListenNotSessionError extends HeraldError {
+  constructor(message: string) {
+    super('LISTEN_NOT_SESSION', message);
+    this.name = 'ListenNotSessionError';
+  }
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? value.slice(0, 80) + '…' : value);
+  if (typeof value === 'number' || typeof value === 'boolean' || value == null) return String(value);
+  return typeof value;
+}

@@ -1,0 +1,42 @@
+import { EventEmitter } from 'node:events';
+
+/**
+ * An EventEmitter typed by an event map. Events are the observability API and the
+ * test seam: tests await them instead of sleeping. No event is named `error`, so an
+ * event nobody listens to never throws.
+ */
+export class TypedEmitter<Events extends Record<string, unknown[]>> {
+  readonly #emitter = new EventEmitter({ captureRejections: false });
+  constructor() {
+    this.#emitter.setMaxListeners(0);
+  }
+  on<K extends keyof Events & string>(event: K, listener: (...args: Events[K]) => void): this {
+    this.#emitter.on(event, listener as (...args: unknown[]) => void);
+    return this;
+  }
+  once<K extends keyof Events & string>(event: K, listener: (...args: Events[K]) => void): this {
+    this.#emitter.once(event, listener as (...args: unknown[]) => void);
+    return this;
+  }
+  off<K extends keyof Events & string>(event: K, listener: (...args: Events[K]) => void): this {
+    this.#emitter.off(event, listener as (...args: unknown[]) => void);
+    return this;
+  }
+  /** Resolves with the arguments of the next `event`. */
+  next<K extends keyof Events & string>(event: K): Promise<Events[K]> {
+    return new Promise((resolve) => this.once(event, (...args) => resolve(args)));
+  }
+  protected emit<K extends keyof Events & string>(event: K, ...args: Events[K]): void {
+    // A throwing listener must not break the part that emits.
+    for (const listener of this.#emitter.listeners(event)) {
+      try {
+        (listener as (...a: unknown[]) => void)(...args);
+      } catch {
+        /* listener errors are the listener's business */
+      }
+    }
+  }
+  protected removeAllListeners(): void {
+    this.#emitter.removeAllListeners();
+  }
+}

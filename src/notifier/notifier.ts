@@ -1,0 +1,447 @@
+import { randomUUID } from 'node:crypto';
+import { toExecutor } from '../driver/index.js';
+import type { Driver, ListenSession, RawNotification, TxLike } from '../driver/types.js';
+import { HeraldError, InvalidOptionError, ListenNotSessionError } from '../errors.js';
+import { backoffDelay, sleep, withTimeout } from '../internal/backoff.js';
+import { TypedEmitter } from '../internal/events.js';
+import { quoteIdent } from '../internal/ident.js';
+import { notifyManyOn, notifyOn, type OutgoingNotification } from './notify.js';
+import { Subscription, type SubscriptionHost } from './subscription.js';
+import type { Notification, NotifierEvents, NotifierOptions, NotifierStats, NotifierStatus } from './types.js';
+import { assertChannel } from './validate.js';
+
+/** Defaults of {@link NotifierOptions}; the README's option table is this object. */
+export const NOTIFIER_DEFAULTS: Required<NotifierOptions> = {
+  subscriberBufferSize: 1000,
+  healthCheckIntervalMs: 5000,
+  healthCheckTimeoutMs: 3000,
+  reconnectBaseDelayMs: 50,
+  reconnectMaxDelayMs: 1000,
+  maxReconnectAttempts: Infinity,
+  connectTimeoutMs: 5000,
+  verifySession: true,
+  verifySessionTimeoutMs: 2000,
+  queueUsageIntervalMs: 10000,
+  queueUsageWarnThreshold: 0.5,
+};
+
+function resolveOptions(options: NotifierOptions): Required<NotifierOptions> {
+  const o = { ...NOTIFIER_DEFAULTS, ...stripUndefined(options) };
+  const positive = ['subscriberBufferSize', 'healthCheckIntervalMs', 'healthCheckTimeoutMs', 'connectTimeoutMs', 'verifySessionTimeoutMs'] as const;
+  for (const k of positive) {
+    if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
+  }
+  if (!Number.isInteger(o.subscriberBufferSize)) throw new InvalidOptionError('subscriberBufferSize', o.subscriberBufferSize, 'a positive integer');
+  for (const k of ['reconnectBaseDelayMs', 'reconnectMaxDelayMs', 'queueUsageIntervalMs'] as const) {
+    if (typeof o[k] !== 'number' || o[k] < 0 || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
+  }
+  if (typeof o.maxReconnectAttempts !== 'number' || !(o.maxReconnectAttempts >= 1)) {
+    throw new InvalidOptionError('maxReconnectAttempts', o.maxReconnectAttempts, 'a number >= 1 (or Infinity)');
+  }
+  if (typeof o.queueUsageWarnThreshold !== 'number' || o.queueUsageWarnThreshold < 0 || o.queueUsageWarnThreshold > 1) {
+    throw new InvalidOptionError('queueUsageWarnThreshold', o.queueUsageWarnThreshold, 'a number between 0 and 1');
+  }
+  return o;
+}
+
+export function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+interface ChannelState {
+  subs: Set<Subscription>;
+  delivered: number;
+  dropped: number;
+}
+
+/** Options of one subscription. */
+export interface ListenOptions {
+  /** This subscriber's buffer size. @defaultValue the notifier's `subscriberBufferSize` */
+  bufferSize?: number;
+  /** Called after LISTEN becomes live, first and after every reconnect: the moment to catch up by query. */
+  onListen?: () => void;
+}
+
+/**
+ * One listen connection per process, shared by any number of channels and
+ * subscribers. It LISTENs once per channel, fans notifications out to bounded
+ * per-subscriber buffers, detects a dead session by a health query on the session
+ * itself, reconnects with jittered backoff, re-LISTENs every channel and only then
+ * emits `reconnected`.
+ *
+ * NOTIFY is a wake-up, not a delivery: notifications sent while the session is down
+ * are gone. Durable parts keep the truth in tables and catch up on `onListen`.
+ */
+export class Notifier extends TypedEmitter<NotifierEvents> implements SubscriptionHost {
+  readonly options: Readonly<Required<NotifierOptions>>;
+  readonly #driver: Driver;
+  readonly #channels = new Map<string, ChannelState>();
+  /** Channels LISTENed on the current session. */
+  readonly #live = new Set<string>();
+  readonly #probes = new Map<string, (payload: string) => void>();
+  #status: NotifierStatus = 'stopped';
+  #session: ListenSession | undefined;
+  #loop: Promise<void> | undefined;
+  #abort = new AbortController();
+  #ready: Promise<void> | undefined;
+  #readyResolve?: () => void;
+  #readyReject?: (err: Error) => void;
+  #chain: Promise<void> = Promise.resolve();
+  #reconnects = 0;
+  #queueUsage: number | null = null;
+  #lastError: Error | null = null;
+  #queueTimer: NodeJS.Timeout | undefined;
+  #healthTimer: NodeJS.Timeout | undefined;
+  #probeFailures = 0;
+
+  constructor(driver: Driver, options: NotifierOptions = {}) {
+    super();
+    this.#driver = driver;
+    this.options = resolveOptions(options);
+  }
+
+  /** Where the connection stands: connecting, listening, reconnecting, failed or stopped. */
+  get status(): NotifierStatus {
+    return this.#status;
+  }
+
+  /**
+   * Opens the listen connection. Resolves once LISTEN is live for every channel
+   * subscribed so far; rejects with {@link ListenNotSessionError} when the
+   * connection cannot hold LISTEN. Idempotent; `listen()` calls it for you.
+   */
+  start(): Promise<void> {
+    if (this.#ready) return this.#ready;
+    this.#abort = new AbortController();
+    this.#ready = new Promise<void>((resolve, reject) => {
+      this.#readyResolve = resolve;
+      this.#readyReject = reject;
+    });
+    this.#ready.catch(() => {});
+    this.#setStatus('connecting');
+    this.#loop = this.#run();
+    if (this.options.queueUsageIntervalMs > 0) {
+      this.#queueTimer = setInterval(() => void this.sampleQueueUsage().catch(() => {}), this.options.queueUsageIntervalMs);
+      this.#queueTimer.unref();
+    }
+    return this.#ready;
+  }
+
+  /**
+   * Subscribes to `channel`. The channel name is used exactly as given (quoted), so
+   * `OrderCreated` and `ordercreated` are different channels.
+   *
+   * @example
+   * const sub = notifier.listen('orders', (n) => console.log(n.payload));
+   * await sub.established; // LISTEN is live on the server
+   */
+  listen(channel: string, handler?: (n: Notification) => unknown, options?: ListenOptions): Subscription;
+  listen(channel: string, options?: ListenOptions): Subscription;
+  listen(
+    channel: string,
+    handlerOrOptions?: ((n: Notification) => unknown) | ListenOptions,
+    maybeOptions: ListenOptions = {},
+  ): Subscription {
+    assertChannel(channel);
+    const handler = typeof handlerOrOptions === 'function' ? handlerOrOptions : undefined;
+    const options = (typeof handlerOrOptions === 'object' && handlerOrOptions) || maybeOptions;
+    const bufferSize = options.bufferSize ?? this.options.subscriberBufferSize;
+    if (!Number.isInteger(bufferSize) || bufferSize <= 0) throw new InvalidOptionError('bufferSize', bufferSize, 'a positive integer');
+    if (this.#status === 'failed') throw this.#lastError ?? new HeraldError('STOPPED', 'notifier failed');
+    const sub = new Subscription(channel, this, { bufferSize, handler, onListen: options.onListen });
+    let state = this.#channels.get(channel);
+    if (!state) {
+      state = { subs: new Set(), delivered: 0, dropped: 0 };
+      this.#channels.set(channel, state);
+    }
+    state.subs.add(sub);
+    void this.start();
+    if (this.#live.has(channel) && this.#status === 'listening') {
+      queueMicrotask(() => sub._listening());
+    } else {
+      this.#schedule();
+    }
+    return sub;
+  }
+
+  /**
+   * Sends a notification; with `{ tx }` it is delivered only if that transaction commits.
+   * Throws a typed error before any SQL for a bad channel or a payload of 8000 bytes or more.
+   */
+  async notify(channel: string, payload = '', options: { tx?: TxLike } = {}): Promise<void> {
+    await notifyOn(options.tx ? toExecutor(options.tx) : this.#driver.executor, channel, payload);
+  }
+
+  /** Sends a batch of notifications in one round trip (in the caller's transaction with `{ tx }`). */
+  async notifyMany(items: readonly OutgoingNotification[], options: { tx?: TxLike } = {}): Promise<void> {
+    await notifyManyOn(options.tx ? toExecutor(options.tx) : this.#driver.executor, items);
+  }
+
+  /** Samples `pg_notification_queue_usage()` now, emits `queueUsage` (and `queueWarning` at the threshold). */
+  async sampleQueueUsage(): Promise<number> {
+    const { rows } = await this.#driver.executor.query<{ u: number }>('SELECT pg_notification_queue_usage()::float8 AS u');
+    const usage = Number(rows[0]?.u ?? 0);
+    this.#queueUsage = usage;
+    this.emit('queueUsage', usage);
+    if (usage >= this.options.queueUsageWarnThreshold) this.emit('queueWarning', usage);
+    return usage;
+  }
+
+  /** Counters and status, for health endpoints and metrics. */
+  stats(): NotifierStats {
+    const channels: NotifierStats['channels'] = {};
+    for (const [name, s] of this.#channels) {
+      channels[name] = { subscribers: s.subs.size, delivered: s.delivered, dropped: s.dropped, listening: this.#live.has(name) };
+    }
+    return { status: this.#status, reconnects: this.#reconnects, channels, queueUsage: this.#queueUsage, lastError: this.#lastError };
+  }
+
+  /** Channels with at least one subscriber. */
+  channels(): string[] {
+    return [...this.#channels.keys()];
+  }
+
+  /**
+   * Closes every subscription and the listen connection; leaves no socket or timer
+   * behind. Idempotent; `start()` may be called again afterwards.
+   */
+  async stop(): Promise<void> {
+    if (!this.#ready) return;
+    this.#abort.abort();
+    clearInterval(this.#queueTimer);
+    clearTimeout(this.#healthTimer);
+    this.#session?.destroy();
+    await this.#loop;
+    await this.#chain.catch(() => {});
+    const stopped = new HeraldError('STOPPED', 'notifier stopped');
+    this.#readyReject?.(stopped);
+    for (const state of this.#channels.values()) for (const sub of state.subs) sub._fail(stopped);
+    this.#channels.clear();
+    this.#live.clear();
+    this.#ready = undefined;
+    this.#loop = undefined;
+    this.#setStatus('stopped');
+  }
+
+  // ---- SubscriptionHost ----
+
+  /** @internal */
+  release(sub: Subscription): void {
+    const state = this.#channels.get(sub.channel);
+    if (!state || !state.subs.delete(sub)) return;
+    if (state.subs.size === 0) {
+      this.#channels.delete(sub.channel);
+      this.#schedule();
+    }
+  }
+
+  /** @internal */
+  overflow(sub: Subscription): void {
+    this.emit('overflow', { channel: sub.channel, dropped: sub.dropped, bufferSize: this.options.subscriberBufferSize });
+  }
+
+  /** @internal */
+  handlerFailed(sub: Subscription, error: unknown): void {
+    this.emit('handlerError', { channel: sub.channel, error });
+  }
+
+  // ---- internals ----
+
+  #setStatus(status: NotifierStatus): void {
+    if (this.#status === status) return;
+    this.#status = status;
+    this.emit('status', status);
+  }
+
+  #dispatch(n: RawNotification): void {
+    const probe = this.#probes.get(n.channel);
+    if (probe) return probe(n.payload);
+    const state = this.#channels.get(n.channel);
+    if (!state) return;
+    const notification: Notification = { channel: n.channel, payload: n.payload, processId: n.processId };
+    for (const sub of state.subs) {
+      const before = sub.dropped;
+      sub._push(notification);
+      if (sub.dropped !== before) state.dropped++;
+      else state.delivered++;
+    }
+  }
+
+  /** Serialises every statement on the session (LISTEN/UNLISTEN diffs, health queries). */
+  #enqueue(task: () => Promise<void>): Promise<void> {
+    const next = this.#chain.then(task, task);
+    this.#chain = next.catch(() => {});
+    return next;
+  }
+
+  #schedule(): void {
+    void this.#enqueue(() => this.#sync()).catch(() => {});
+  }
+
+  /** Brings the session's LISTEN set in line with the subscribed channels. */
+  async #sync(): Promise<void> {
+    const session = this.#session;
+    if (!session || this.#status !== 'listening') return; // the connect path LISTENs everything
+    const add = [...this.#channels.keys()].filter((c) => !this.#live.has(c));
+    const remove = [...this.#live].filter((c) => !this.#channels.has(c));
+    if (add.length === 0 && remove.length === 0) return;
+    const sql = [...add.map((c) => `LISTEN ${quoteIdent(c)}`), ...remove.map((c) => `UNLISTEN ${quoteIdent(c)}`)].join('; ');
+    try {
+      await session.query(sql);
+    } catch (err) {
+      this.#problem(err);
+      session.destroy(); // the reconnect path re-LISTENs everything
+      return;
+    }
+    if (session !== this.#session) return;
+    for (const c of remove) this.#live.delete(c);
+    for (const c of add) {
+      this.#live.add(c);
+      for (const sub of this.#channels.get(c)?.subs ?? []) sub._listening();
+    }
+  }
+
+  #problem(err: unknown): void {
+    const e = err instanceof Error ? err : new Error(String(err));
+    this.#lastError = e;
+    this.emit('problem', e);
+  }
+
+  async #run(): Promise<void> {
+    const signal = this.#abort.signal;
+    let attempts = 0;
+    let everConnected = false;
+    let lostAt = 0;
+    while (!signal.aborted) {
+      let session: ListenSession | undefined;
+      try {
+        session = await this.#driver.openListenSession({ connectTimeoutMs: this.options.connectTimeoutMs });
+        if (signal.aborted) {
+          await session.close();
+          break;
+        }
+        const closed = new Promise<Error | undefined>((resolve) => session!.onClose(resolve));
+        session.onNotification((n) => this.#dispatch(n));
+        this.#session = session;
+        this.#live.clear();
+        const wanted = [...this.#channels.keys()];
+        if (wanted.length > 0) await session.query(wanted.map((c) => `LISTEN ${quoteIdent(c)}`).join('; '));
+        if (this.options.verifySession) await this.#verify(session);
+        for (const c of wanted) this.#live.add(c);
+        const downtimeMs = everConnected ? Date.now() - lostAt : 0;
+        const tries = attempts;
+        attempts = 0;
+        this.#setStatus('listening');
+        this.#readyResolve?.();
+        for (const c of wanted) for (const sub of this.#channels.get(c)?.subs ?? []) sub._listening();
+        this.emit('connected');
+        if (everConnected) {
+          this.#reconnects++;
+          this.emit('reconnected', { attempts: tries, downtimeMs });
+        }
+        everConnected = true;
+        this.#schedule(); // channels subscribed while we were connecting
+        this.#scheduleHealth(session);
+        const onAbort = new Promise<undefined>((resolve) => signal.addEventListener('abort', () => resolve(undefined), { once: true }));
+        const err = await Promise.race([closed, onAbort]);
+        clearTimeout(this.#healthTimer);
+        this.#session = undefined;
+        this.#live.clear();
+        await session.close();
+        if (signal.aborted) break;
+        lostAt = Date.now();
+        this.#problem(err ?? new HeraldError('CONNECTION', 'listen connection closed'));
+        this.#setStatus('reconnecting');
+        this.emit('lost', err);
+      } catch (err) {
+        this.#session = undefined;
+        this.#live.clear();
+        if (session) {
+          session.destroy();
+          await session.close();
+        }
+        if (signal.aborted) break;
+        this.#problem(err);
+        if (err instanceof ListenNotSessionError || ++attempts >= this.options.maxReconnectAttempts) {
+          const final = err instanceof Error ? err : new Error(String(err));
+          this.#fail(final);
+          return;
+        }
+        this.#setStatus(everConnected ? 'reconnecting' : 'connecting');
+      }
+      await sleep(backoffDelay(attempts, this.options.reconnectBaseDelayMs, this.options.reconnectMaxDelayMs), signal);
+    }
+  }
+
+  #fail(err: Error): void {
+    this.#lastError = err;
+    clearInterval(this.#queueTimer);
+    this.#setStatus('failed');
+    this.#readyReject?.(err);
+    for (const state of this.#channels.values()) for (const sub of state.subs) sub._fail(err);
+    this.#channels.clear();
+  }
+
+  /**
+   * Proves LISTEN sticks on this session: LISTEN a probe channel, NOTIFY it through
+   * the pool (another session), and wait for it. Behind a transaction-mode pooler,
+   * LISTEN lands on a server connection that is handed to someone else, and the
+   * notification never comes back.
+   */
+  async #verify(session: ListenSession): Promise<void> {
+    const probe = `herald.probe.${randomUUID()}`.slice(0, 63);
+    const token = randomUUID();
+    const arrived = new Promise<void>((resolve) => this.#probes.set(probe, (p) => p === token && resolve()));
+    try {
+      await session.query(`LISTEN ${quoteIdent(probe)}`);
+      await notifyOn(this.#driver.executor, probe, token);
+      try {
+        await withTimeout(arrived, this.options.verifySessionTimeoutMs, () => new HeraldError('TIMEOUT', 'LISTEN round trip timed out'));
+        this.#probeFailures = 0;
+      } catch (err) {
+        const { rows } = await session.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM pg_listening_channels() c WHERE c = $1',
+          [probe],
+        );
+        if (rows[0]?.n === 0 || ++this.#probeFailures >= 3) {
+          throw new ListenNotSessionError(
+            'LISTEN does not stick on the listen connection: a pooler in transaction mode (such as PgBouncer with pool_mode=transaction) is in front of it. Give the listen connection a direct or session-pooled connection string.',
+          );
+        }
+        throw err;
+      }
+    } finally {
+      this.#probes.delete(probe);
+      await session.query(`UNLISTEN ${quoteIdent(probe)}`).catch(() => {});
+    }
+  }
+
+  /**
+   * The health query runs on the listen session itself, so a black-holed socket
+   * (open, passing nothing) is found even when no error ever arrives.
+   */
+  #scheduleHealth(session: ListenSession): void {
+    clearTimeout(this.#healthTimer);
+    this.#healthTimer = setTimeout(() => {
+      void this.#enqueue(async () => {
+        if (session !== this.#session) return;
+        try {
+          const { rows } = await withTimeout(
+            session.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_listening_channels()'),
+            this.options.healthCheckTimeoutMs,
+            () => new HeraldError('TIMEOUT', `listen connection health query took over ${this.options.healthCheckTimeoutMs} ms`),
+          );
+          if (session !== this.#session) return;
+          if ((rows[0]?.n ?? 0) < this.#live.size) {
+            throw new HeraldError('CONNECTION', `the listen session holds ${rows[0]?.n} channels, expected ${this.#live.size}`);
+          }
+          this.#scheduleHealth(session);
+        } catch (err) {
+          this.#problem(err);
+          session.destroy();
+        }
+      });
+    }, this.options.healthCheckIntervalMs);
+    this.#healthTimer.unref();
+  }
+}

@@ -1,0 +1,92 @@
+/** A notification handed to subscribers. */
+export interface Notification {
+  /** The channel, exactly as given to `listen`. */
+  channel: string;
+  /** The payload text ('' when none was sent). */
+  payload: string;
+  /** Backend process id of the sender (0 when the driver does not report it). */
+  processId: number;
+}
+
+/** Where the notifier's connection stands. */
+export type NotifierStatus =
+  /** Opening the first connection. */
+  | 'connecting'
+  /** LISTEN is live for every subscribed channel. */
+  | 'listening'
+  /** The connection was lost; retrying with backoff. Notifications sent meanwhile are lost (NOTIFY is a wake-up). */
+  | 'reconnecting'
+  /** The connection cannot hold LISTEN (a transaction-mode pooler), or reconnect attempts ran out. See `lastError`. */
+  | 'failed'
+  /** `stop()` was called. */
+  | 'stopped';
+
+/** Options of the notifier; every one has a default. */
+export interface NotifierOptions {
+  /** Notifications each subscriber may hold unread before it drops new ones. @defaultValue 1000 */
+  subscriberBufferSize?: number;
+  /** Interval of the health query on the listen session itself. @defaultValue 5000 */
+  healthCheckIntervalMs?: number;
+  /** A health query slower than this counts as a dead (black-holed) connection. @defaultValue 3000 */
+  healthCheckTimeoutMs?: number;
+  /** First reconnect delay ceiling; doubles per attempt (full jitter). @defaultValue 50 */
+  reconnectBaseDelayMs?: number;
+  /** Cap of the reconnect delay. @defaultValue 1000 */
+  reconnectMaxDelayMs?: number;
+  /** Reconnect attempts in a row before status `failed`. @defaultValue Infinity (never give up) */
+  maxReconnectAttempts?: number;
+  /** Timeout for opening the listen session. @defaultValue 5000 */
+  connectTimeoutMs?: number;
+  /**
+   * After every (re)connect, prove that LISTEN sticks with a round trip: LISTEN a
+   * probe channel, NOTIFY it through the pool, wait for it. This is how a
+   * transaction-mode pooler is detected. @defaultValue true
+   */
+  verifySession?: boolean;
+  /** How long the round trip may take. @defaultValue 2000 */
+  verifySessionTimeoutMs?: number;
+  /** Interval for sampling `pg_notification_queue_usage()`; 0 turns it off. @defaultValue 10000 */
+  queueUsageIntervalMs?: number;
+  /** Usage (0..1) at or above which `queueWarning` is emitted. @defaultValue 0.5 */
+  queueUsageWarnThreshold?: number;
+}
+
+/** Per-channel counters. */
+export interface ChannelStats {
+  subscribers: number;
+  delivered: number;
+  dropped: number;
+  listening: boolean;
+}
+
+/** A snapshot of the notifier. */
+export interface NotifierStats {
+  status: NotifierStatus;
+  reconnects: number;
+  channels: Record<string, ChannelStats>;
+  /** Last sampled `pg_notification_queue_usage()` (0..1), or null before the first sample. */
+  queueUsage: number | null;
+  lastError: Error | null;
+}
+
+/** Events of the notifier (`notifier.on(name, listener)`). */
+export interface NotifierEvents extends Record<string, unknown[]> {
+  /** Status changed. */
+  status: [status: NotifierStatus];
+  /** LISTEN is live on a new session (first connect and every reconnect). */
+  connected: [];
+  /** LISTEN is live again after a lost connection; durable consumers catch up by query now. */
+  reconnected: [info: { attempts: number; downtimeMs: number }];
+  /** The listen session died (socket error, terminate, restart, failed health query). */
+  lost: [err: Error | undefined];
+  /** A subscriber's buffer filled; it drops until it reads again. Emitted once per episode. */
+  overflow: [info: { channel: string; dropped: number; bufferSize: number }];
+  /** A subscriber's handler threw or rejected. */
+  handlerError: [info: { channel: string; error: unknown }];
+  /** A sample of `pg_notification_queue_usage()`. */
+  queueUsage: [usage: number];
+  /** Usage reached `queueUsageWarnThreshold`: some session may sit in a long transaction while listening. */
+  queueWarning: [usage: number];
+  /** A background failure (connect attempt, health query, LISTEN); the notifier keeps trying. */
+  problem: [err: Error];
+}
