@@ -1,0 +1,67 @@
+import type { Writable } from 'node:stream';
+import { Herald, type HeraldOptions } from '../client.js';
+
+/** Where the CLI writes and what it reads; tests pass their own. */
+export interface CliIo {
+  stdout: Pick<Writable, 'write'>;
+  stderr: Pick<Writable, 'write'>;
+  env: Record<string, string | undefined>;
+  /** Resolves when the user asks a long-running command to stop (SIGINT/SIGTERM). */
+  interrupted: Promise<void>;
+}
+
+/** Shared state of one CLI invocation. */
+export class CliContext {
+  exitCode = 0;
+  #herald: Herald | undefined;
+  readonly #cleanups: (() => Promise<void>)[] = [];
+  constructor(readonly io: CliIo) {}
+
+  /** Writes a line to stdout. */
+  out(line: string): void {
+    this.io.stdout.write(line + '\n');
+  }
+
+  /** Writes a line to stderr. */
+  err(line: string): void {
+    this.io.stderr.write(line + '\n');
+  }
+
+  /** The connection string from `--database-url` or DATABASE_URL. */
+  databaseUrl(opts: { databaseUrl?: string }): string {
+    const url = opts.databaseUrl ?? this.io.env.DATABASE_URL;
+    if (!url) throw new CliError('no database: pass --database-url or set DATABASE_URL');
+    return url;
+  }
+
+  /** A Herald for this invocation, closed when the command ends. */
+  herald(opts: { databaseUrl?: string; schema?: string; listenUrl?: string }, extra: Partial<HeraldOptions> = {}): Herald {
+    if (!this.#herald) {
+      this.#herald = new Herald({
+        connectionString: this.databaseUrl(opts),
+        listenConnectionString: opts.listenUrl ?? this.io.env.HERALD_LISTEN_URL,
+        schema: opts.schema ?? this.io.env.HERALD_SCHEMA,
+        poolSize: 4,
+        ...extra,
+      });
+    }
+    return this.#herald;
+  }
+
+  /** Runs `fn` when the command ends. */
+  onCleanup(fn: () => Promise<void>): void {
+    this.#cleanups.push(fn);
+  }
+
+  async cleanup(): Promise<void> {
+    for (const fn of this.#cleanups.splice(0).reverse()) await fn().catch(() => {});
+    await this.#herald?.close().catch(() => {});
+  }
+}
+
+/** An error whose message is shown to the user as it is (exit code 2 for usage, 1 otherwise). */
+export class CliError extends Error {
+  constructor(message: string, readonly exitCode = 1) {
+    super(message);
+  }
+}

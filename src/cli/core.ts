@@ -1,0 +1,117 @@
+import type { Command } from 'commander';
+import { ListenNotSessionError } from '../errors.js';
+import { migrationScript } from '../schema/migrator.js';
+import { CliError, type CliContext } from './context.js';
+
+type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
+
+/** migrate, listen, notify, doctor. */
+export function registerCoreCommands(program: Command, ctx: CliContext): void {
+  const globals = () => program.opts<Globals>();
+
+  program
+    .command('migrate')
+    .description('apply pending migrations (up), show them (status), or print the SQL (sql)')
+    .argument('[action]', 'up | status | sql', 'up')
+    .addHelpText('after', '\nExamples:\n  herald migrate\n  herald migrate status\n  herald migrate sql > pgherald.sql')
+    .action(async (action: string) => {
+      if (action === 'sql') {
+        ctx.io.stdout.write(migrationScript(globals().schema ?? ctx.io.env.HERALD_SCHEMA));
+        return;
+      }
+      const herald = ctx.herald(globals());
+      if (action === 'up') {
+        const applied = await herald.migrate();
+        ctx.out(applied.length ? `applied ${applied.join(', ')}` : 'up to date');
+      } else if (action === 'status') {
+        for (const m of await herald.migrationStatus()) {
+          ctx.out(`${String(m.version).padStart(3, '0')} ${m.name.padEnd(24)} ${m.appliedAt ? m.appliedAt.toISOString() : 'pending'}`);
+        }
+      } else {
+        throw new CliError(`unknown migrate action ${JSON.stringify(action)}: use up, status or sql`, 2);
+      }
+    });
+
+  program
+    .command('listen')
+    .description('print notifications of the channels as they arrive (one JSON line each) until interrupted')
+    .argument('<channels...>', 'channel names, exactly as given (case-sensitive)')
+    .option('--count <n>', 'exit after n notifications', (v) => Number(v))
+    .addHelpText('after', "\nExamples:\n  herald listen orders\n  herald listen 'OrderCreated' audit --count 1")
+    .action(async (channels: string[], opts: { count?: number }) => {
+      const herald = ctx.herald(globals());
+      let seen = 0;
+      let done!: () => void;
+      const finished = new Promise<void>((r) => (done = r));
+      const subs = channels.map((channel) =>
+        herald.listen(channel, (n) => {
+          ctx.out(JSON.stringify({ channel: n.channel, payload: n.payload, pid: n.processId }));
+          if (opts.count !== undefined && ++seen >= opts.count) done();
+        }),
+      );
+      await Promise.all(subs.map((s) => s.established));
+      ctx.err(`listening on ${channels.map((c) => JSON.stringify(c)).join(', ')}`);
+      await Promise.race([finished, ctx.io.interrupted]);
+    });
+
+  program
+    .command('notify')
+    .description('send one notification')
+    .argument('<channel>', 'channel name, exactly as given')
+    .argument('[payload]', 'text under 8000 bytes', '')
+    .addHelpText('after', "\nExamples:\n  herald notify orders 'created:42'")
+    .action(async (channel: string, payload: string) => {
+      await ctx.herald(globals()).notify(channel, payload);
+    });
+
+  program
+    .command('doctor')
+    .description('check connectivity, server version, a LISTEN round trip, pooler mode and notification-queue usage')
+    .action(async () => {
+      const herald = ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 } });
+      const checks: [string, boolean, string][] = [];
+      try {
+        const { rows } = await herald.driver.executor.query<{ v: string; n: string }>(
+          `SELECT current_setting('server_version') AS v, current_setting('server_version_num') AS n`,
+        );
+        checks.push(['connect', true, `PostgreSQL ${rows[0].v}`]);
+        if (Number(rows[0].n) < 150000) checks.push(['version', false, 'pgherald supports PostgreSQL 15 and later']);
+      } catch (err) {
+        checks.push(['connect', false, (err as Error).message]);
+        return report(ctx, checks);
+      }
+      const started = Date.now();
+      try {
+        const sub = herald.listen('herald.doctor');
+        await sub.established;
+        const got = sub.wait({ timeoutMs: 5000 });
+        await herald.notify('herald.doctor', 'ping');
+        const n = await got;
+        checks.push(['listen', n !== null, n ? `round trip ${Date.now() - started} ms` : 'no notification came back within 5 s']);
+        checks.push(['pooler', true, 'LISTEN sticks (direct or session-pooled connection)']);
+      } catch (err) {
+        if (err instanceof ListenNotSessionError) {
+          checks.push(['listen', false, 'LISTEN does not stick']);
+          checks.push(['pooler', false, 'transaction pooling detected: give LISTEN a direct or session-pooled URL (--listen-url)']);
+        } else checks.push(['listen', false, (err as Error).message]);
+      }
+      try {
+        const usage = await herald.notifier.sampleQueueUsage();
+        checks.push(['queue', usage < 0.5, `notification queue ${(usage * 100).toFixed(2)}% used`]);
+      } catch (err) {
+        checks.push(['queue', false, (err as Error).message]);
+      }
+      try {
+        const pending = (await herald.migrationStatus()).filter((m) => !m.appliedAt);
+        checks.push(['schema', pending.length === 0, pending.length ? `${pending.length} migrations pending (herald migrate)` : 'up to date']);
+      } catch (err) {
+        checks.push(['schema', false, (err as Error).message]);
+      }
+      report(ctx, checks);
+    });
+}
+
+function report(ctx: CliContext, checks: [string, boolean, string][]): void {
+  for (const [name, ok, detail] of checks) ctx.out(`${ok ? 'ok  ' : 'FAIL'} ${name.padEnd(8)} ${detail}`);
+  if (checks.some(([, ok]) => !ok)) ctx.exitCode = 1;
+}

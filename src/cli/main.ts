@@ -1,0 +1,55 @@
+import { Command, CommanderError } from 'commander';
+import { HeraldError } from '../errors.js';
+import { CliContext, CliError, type CliIo } from './context.js';
+import { registerCoreCommands } from './core.js';
+import { registerServeCommand } from './serve.js';
+
+/**
+ * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
+ * code. A thin layer over the library: every command calls the same code paths.
+ */
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  const ctx = new CliContext(io);
+  const program = new Command('herald')
+    .description('pgherald: Postgres-native messaging (notifier, mailbox, queue, outbox, topics) and its server')
+    .option('-d, --database-url <url>', 'Postgres connection string (default: $DATABASE_URL)')
+    .option('--listen-url <url>', 'direct or session-pooled connection for LISTEN (default: the database URL; $HERALD_LISTEN_URL)')
+    .option('--schema <name>', "pgherald's schema (default: $HERALD_SCHEMA or herald)")
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
+    .showHelpAfterError();
+  registerCoreCommands(program, ctx);
+  registerServeCommand(program, ctx);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return ctx.exitCode;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof CliError) {
+      ctx.err(`herald: ${err.message}`);
+      return err.exitCode;
+    }
+    if (err instanceof HeraldError) {
+      ctx.err(`herald: ${err.message} (${err.code})`);
+      return 1;
+    }
+    ctx.err(`herald: ${(err as Error)?.message ?? String(err)}`);
+    return 1;
+  } finally {
+    await ctx.cleanup();
+  }
+}
+
+/** Entry point of the `herald` binary. */
+export function main(): void {
+  let interrupt!: () => void;
+  const interrupted = new Promise<void>((resolve) => (interrupt = resolve));
+  process.once('SIGINT', () => interrupt());
+  process.once('SIGTERM', () => interrupt());
+  const io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env, interrupted };
+  void runCli(process.argv.slice(2), io).then((code) => {
+    process.exitCode = code;
+    // Give stdout a moment to flush, then leave even if a foreign handle lingers.
+    setTimeout(() => process.exit(code), 50).unref();
+  });
+}
