@@ -23,3 +23,18 @@ export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, Noti
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';
 export { migrate, migrations, migrationScript, migrationStatus, type Migration, type MigrationStatus } from './schema/migrator.js';
 export { PostgresCluster, embeddedBinDir, freePort, type ClusterOptions } from './embedded/cluster.js';
+export { Mailbox, MAILBOX_DEFAULTS, MAX_NAME_BYTES } from './mailbox/mailbox.js';
+export { MailboxConsumer } from './mailbox/consumer.js';
+export { mailboxChannel } from './mailbox/wakeup.js';
+export type {
+  MailboxOptions,
+  MailboxSend,
+  SendResult,
+  MailboxMessage,
+  ReceiveOptions,
+  MailboxHandler,
+  ConsumeOptions,
+  DeadMessage,
+  DestinationStats,
+  MailboxEvents,
+} from './mailbox/types.js';
