@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { HeraldError } from '../errors.js';
 import { CliContext, CliError, type CliIo } from './context.js';
 import { registerCoreCommands } from './core.js';
+import { registerMailboxCommands } from './mailbox.js';
 import { registerServeCommand } from './serve.js';
 
 /**
@@ -20,6 +21,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     .showHelpAfterError();
   registerCoreCommands(program, ctx);
   registerServeCommand(program, ctx);
+  registerMailboxCommands(program, ctx);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return ctx.exitCode;
@@ -46,7 +48,13 @@ export function main(): void {
   const interrupted = new Promise<void>((resolve) => (interrupt = resolve));
   process.once('SIGINT', () => interrupt());
   process.once('SIGTERM', () => interrupt());
-  const io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env, interrupted };
+  const io: CliIo = {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    env: process.env,
+    interrupted,
+    stdin: process.stdin.isTTY ? undefined : process.stdin,
+  };
   void runCli(process.argv.slice(2), io).then((code) => {
     process.exitCode = code;
     // Give stdout a moment to flush, then leave even if a foreign handle lingers.

@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import type { Herald } from '../client.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { HttpError, readJson, Router, sendError, sendJson } from './http.js';
+import { registerMailboxRoutes } from './routes/mailbox.js';
 import { SseStream, type SseLimits } from './sse.js';
 
 /** Options of {@link HeraldServer}. */
@@ -132,6 +133,7 @@ export class HeraldServer {
     );
 
     this.#notifyRoute();
+    registerMailboxRoutes(this);
     this.router.add('GET', /^\/channels\/([^/]+)\/events$/, async (req, res, [channel]) => {
       const sub = this.herald.listen(channel, { bufferSize: this.options.sseSubscriberBufferSize });
       try {
