@@ -50,6 +50,13 @@ export function pgDriver(options: PgDriverOptions): Driver {
     async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
       const client = await pool.connect();
       let broken: Error | undefined;
+      // pg-pool removes its own 'error' listener while a client is checked out: a server
+      // shutdown or pg_terminate_backend while the transaction waits (for example on a
+      // handler) would emit an unhandled 'error' and kill the process (DESIGN trap 11).
+      const onError = (err: Error) => {
+        broken = err;
+      };
+      client.on('error', onError);
       try {
         await client.query('BEGIN');
         const result = await fn(pgClientExecutor(client));
@@ -63,6 +70,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
         }
         throw err;
       } finally {
+        client.off('error', onError);
         client.release(broken);
       }
     },
