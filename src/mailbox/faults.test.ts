@@ -140,7 +140,7 @@ describe('mailbox under faults (shared cluster)', () => {
 });
 
 describe('mailbox under load with listen terminations and server restarts (private cluster)', () => {
-  it('4 producers x 8 destinations, 2 consumer processes per destination: every message consumed exactly once', async () => {
+  it('4 producers x 8 destinations, 2 consumer processes per destination: every message consumed exactly once', async (t) => {
     const pc = await privateCluster({ settings: { max_connections: 200 } });
     const url = pc.url;
     const listenUrl = url + (url.includes('?') ? '&' : '?') + 'application_name=mbx-listen';
@@ -210,6 +210,10 @@ describe('mailbox under load with listen terminations and server restarts (priva
       assert.equal(stats.reduce((s, c) => s + c.dupErrors, 0), 0, 'no consumer ever tried to consume a message twice');
       // A commit whose reply was lost in a restart is in the ledger but not in a consumer's count.
       assert.ok(stats.reduce((s, c) => s + c.consumed, 0) <= total);
+      t.diagnostic(
+        `messages ${total}, listen terminations ${terminations}, producer retries ${produced.reduce((s, p) => s + p.retries, 0)}, ` +
+          `consumer reconnects ${stats.map((c) => c.reconnects).join('/')}`,
+      );
       assert.ok(terminations > 0, 'listen sessions were terminated');
       assert.ok(stats.every((c) => c.reconnects >= 2), 'every consumer reconnected after the restarts');
     } finally {

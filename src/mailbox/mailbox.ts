@@ -142,6 +142,16 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     };
   }
 
+  /** `receive` calls of this process waiting for a message now. */
+  get waiting(): number {
+    return this.#receives.size;
+  }
+
+  /** Consumers of this process that are running. */
+  get consumers(): number {
+    return this.#consumers.size;
+  }
+
   /**
    * Sends one message, in the caller's transaction with `{ tx }` (then it exists only if
    * that commits). Sending an id that exists already creates nothing: `created` is false.
