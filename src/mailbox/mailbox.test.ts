@@ -159,6 +159,11 @@ describe('receive', () => {
     await waitFor(() => herald.notifier.stats().channels[herald.mailbox.channel]?.listening);
     await herald.mailbox.send({ to, payload: 'hello' });
     assert.equal((await waiting)?.payload, 'hello');
+    // a send in the caller's transaction wakes when that transaction commits
+    const second = herald.mailbox.receive(to, { timeoutMs: 20_000 });
+    await waitFor(() => herald.mailbox.waiting === 1);
+    await herald.transaction((tx) => herald.mailbox.send({ to, payload: 'in tx' }, { tx }));
+    assert.equal((await second)?.payload, 'in tx');
   });
 
   it('concurrent receivers never get the same message', async () => {

@@ -14,6 +14,7 @@ import {
   mailboxRedrive,
   mailboxSendBatch,
   mailboxStats,
+  mailboxWake,
   type MessageInsert,
   type MessageRow,
 } from './queries.js';
@@ -29,7 +30,7 @@ import type {
   ReceiveOptions,
   SendResult,
 } from './types.js';
-import { mailboxChannel, WakeHub } from './wakeup.js';
+import { mailboxChannel, WakeHub, WakeSender } from './wakeup.js';
 
 /** Defaults of {@link MailboxOptions}; the README's option table is this object. */
 export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
@@ -110,6 +111,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   readonly #driver: Driver;
   readonly #schemaSql: string;
   readonly #hub: WakeHub;
+  readonly #waker: WakeSender;
   readonly #consumers = new Set<MailboxConsumer>();
   readonly #receives = new Set<AbortController>();
   #retentionTimer: NodeJS.Timeout | undefined;
@@ -124,6 +126,10 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     this.#schemaSql = schemaIdent(schema);
     this.channel = mailboxChannel(schema);
     this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('problem', err));
+    this.#waker = new WakeSender(
+      (destinations) => mailboxWake(driver.executor, this.channel, destinations),
+      (err) => this.emit('problem', err),
+    );
     const self = this;
     this.#host = {
       driver,
@@ -167,10 +173,18 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     if (!Array.isArray(messages)) throw new HeraldError('INVALID_ARGUMENT', 'sendMany expects an array of messages');
     if (messages.length === 0) return [];
     const rows = messages.map(encode);
-    const executor = options.tx ? toExecutor(options.tx) : this.#driver.executor;
-    const created = await withSpan('herald.mailbox.send', { 'herald.mailbox.count': rows.length }, () =>
-      mailboxSendBatch(executor, this.#schemaSql, this.channel, rows),
-    );
+    const created = await withSpan('herald.mailbox.send', { 'herald.mailbox.count': rows.length }, async () => {
+      if (options.tx) {
+        // In the caller's transaction: the NOTIFY must commit with it, in the same statement.
+        return (await mailboxSendBatch(toExecutor(options.tx), this.#schemaSql, rows, this.channel)).created;
+      }
+      // Our own transaction: commit the rows first, then wake in the background (see
+      // WakeSender); the send is durable at this point, the wake-up is best effort and
+      // `stop()`/`herald.close()` wait for it.
+      const result = await mailboxSendBatch(this.#driver.executor, this.#schemaSql, rows, null);
+      void this.#waker.wake(result.destinations);
+      return result.created;
+    });
     // A batch that repeats an id creates it once: the first occurrence reports it.
     return rows.map((r) => ({ id: r.id, created: created.delete(r.id) }));
   }
@@ -285,6 +299,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     for (const r of this.#receives) r.abort();
     await Promise.all([...this.#consumers].map((c) => c.stop()));
     await this.#sweeping;
+    await this.#waker.idle();
     await this.#hub.close();
   }
 

@@ -29,41 +29,53 @@ export interface MessageInsert {
 }
 
 /**
- * Inserts a batch in one statement and wakes each destination once.
+ * Inserts a batch in one statement. Returns the ids this statement created and their
+ * destinations.
  *
  * - `ON CONFLICT (id) DO NOTHING` makes the id an idempotency key: a second send of
  *   the same id (a retry after a commit whose outcome was unknown, or a concurrent
  *   send) inserts nothing; a concurrent one waits for the first transaction and then
  *   skips, or inserts if the first rolled back. RETURNING lists only the rows this
  *   statement created.
- * - One `pg_notify(channel, destination)` per distinct destination of the rows actually
- *   created: a batch of 10,000 costs one NOTIFY per destination, not 10,000, and
- *   Postgres merges identical notifications of one transaction. The payload names the
- *   destination only; the message stays in the row (NOTIFY is a wake-up).
- * - The wake-up CTE is referenced from the final SELECT so it runs (a SELECT CTE that
- *   nothing references is never evaluated), once, as an InitPlan.
+ * - With `channel` (the caller's transaction), the same statement runs one
+ *   `pg_notify(channel, destination)` per distinct destination of the rows actually
+ *   created: a batch of 10,000 costs one NOTIFY per destination, and Postgres merges
+ *   identical notifications of one transaction. The payload names the destination only
+ *   (NOTIFY is a wake-up). The wake-up CTE is referenced from the final SELECT so it
+ *   runs (a SELECT CTE nothing references is never evaluated), once, as an InitPlan.
+ * - Without `channel` the caller notifies after the commit (see `WakeSender`).
  */
-export async function mailboxSendBatch(executor: Executor, schema: string, channel: string, rows: readonly MessageInsert[]): Promise<Set<string>> {
-  const { rows: created } = await executor.query<{ id: string }>(
-    `WITH ins AS (
-       INSERT INTO ${schema}.mailbox_messages (id, destination, topic, format, payload)
+export async function mailboxSendBatch(
+  executor: Executor,
+  schema: string,
+  rows: readonly MessageInsert[],
+  channel: string | null,
+): Promise<{ created: Set<string>; destinations: string[] }> {
+  const params: unknown[] = [
+    rows.map((r) => r.id),
+    rows.map((r) => r.destination),
+    rows.map((r) => r.topic),
+    rows.map((r) => r.format),
+    rows.map((r) => r.payload),
+  ];
+  const insert = `INSERT INTO ${schema}.mailbox_messages (id, destination, topic, format, payload)
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
        ON CONFLICT (id) DO NOTHING
-       RETURNING id, destination
-     ), woke AS (
-       SELECT count(pg_notify($6, d.destination)) AS n FROM (SELECT DISTINCT destination FROM ins) d
-     )
-     SELECT ins.id FROM ins WHERE (SELECT n FROM woke) >= 0`,
-    [
-      rows.map((r) => r.id),
-      rows.map((r) => r.destination),
-      rows.map((r) => r.topic),
-      rows.map((r) => r.format),
-      rows.map((r) => r.payload),
-      channel,
-    ],
-  );
-  return new Set(created.map((r) => r.id));
+       RETURNING id, destination`;
+  const text =
+    channel === null
+      ? insert
+      : `WITH ins AS (${insert}),
+         woke AS (SELECT count(pg_notify($6, d.destination)) AS n FROM (SELECT DISTINCT destination FROM ins) d)
+         SELECT ins.id, ins.destination FROM ins WHERE (SELECT n FROM woke) >= 0`;
+  if (channel !== null) params.push(channel);
+  const { rows: created } = await executor.query<{ id: string; destination: string }>(text, params);
+  return { created: new Set(created.map((r) => r.id)), destinations: [...new Set(created.map((r) => r.destination))] };
+}
+
+/** Notifies `channel` once per destination, in one statement (its own transaction). */
+export async function mailboxWake(executor: Executor, channel: string, destinations: readonly string[]): Promise<void> {
+  await executor.query('SELECT count(pg_notify($1, d)) FROM unnest($2::text[]) AS d', [channel, destinations]);
 }
 
 /**

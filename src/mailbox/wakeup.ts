@@ -141,3 +141,60 @@ export class WakeHub {
     await sub?.close();
   }
 }
+
+/**
+ * Wake-ups for sends that pgherald commits itself (no `tx`). Postgres serialises
+ * notifying commits behind one lock held through the WAL flush (DESIGN trap 4), so a
+ * send that carried its NOTIFY in its own transaction would stop concurrent senders
+ * from sharing a flush. Instead the insert commits without a NOTIFY (group commit
+ * works), and then this sender issues the NOTIFY in a separate, write-free statement.
+ *
+ * Coalesced per process: while one wake statement runs, the destinations asked for
+ * meanwhile collect, and the next statement names each once. A caller is released
+ * only by a statement that began after it asked, i.e. after its own commit, so a woken
+ * receiver always sees the row.
+ */
+export class WakeSender {
+  readonly #pending = new Set<string>();
+  #waiters: (() => void)[] = [];
+  #running: Promise<void> | undefined;
+
+  constructor(
+    private readonly notify: (destinations: string[]) => Promise<void>,
+    private readonly onProblem: (err: Error) => void,
+  ) {}
+
+  /**
+   * Resolves once a NOTIFY naming each destination has committed. Never rejects: a
+   * failed NOTIFY is reported as a problem (the message is committed; receivers find it
+   * on their next catch-up or safety poll).
+   */
+  wake(destinations: readonly string[]): Promise<void> {
+    if (destinations.length === 0) return Promise.resolve();
+    for (const d of destinations) this.#pending.add(d);
+    const done = new Promise<void>((resolve) => this.#waiters.push(resolve));
+    if (!this.#running) this.#running = this.#flush();
+    return done;
+  }
+
+  /** Resolves when no wake statement is running. */
+  async idle(): Promise<void> {
+    await this.#running;
+  }
+
+  async #flush(): Promise<void> {
+    while (this.#pending.size > 0) {
+      const destinations = [...this.#pending];
+      this.#pending.clear();
+      const waiters = this.#waiters;
+      this.#waiters = [];
+      try {
+        await this.notify(destinations);
+      } catch (err) {
+        this.onProblem(err instanceof Error ? err : new Error(String(err)));
+      }
+      for (const w of waiters) w();
+    }
+    this.#running = undefined;
+  }
+}
