@@ -49,16 +49,17 @@ export class WakeHub {
    * cannot listen, receivers still find messages by the safety poll.
    */
   async ready(): Promise<void> {
-    if (!this.#sub || this.#sub.closed) {
-      this.#notifier.on('overflow', this.#onOverflow);
-      this.#sub = this.#notifier.listen(this.#channel, (n) => this.#wake(n.payload), {
-        bufferSize: 10_000,
-        // After every (re)LISTEN: catch up by query, since notifications sent while the
-        // session was down are gone.
-        onListen: () => this.wakeAll(),
-      });
-    }
     try {
+      if (!this.#sub || this.#sub.closed) {
+        this.#notifier.off('overflow', this.#onOverflow);
+        this.#notifier.on('overflow', this.#onOverflow);
+        this.#sub = this.#notifier.listen(this.#channel, (n) => this.#wake(n.payload), {
+          bufferSize: 10_000,
+          // After every (re)LISTEN: catch up by query, since notifications sent while the
+          // session was down are gone.
+          onListen: () => this.wakeAll(),
+        });
+      }
       await this.#sub.established;
     } catch (err) {
       this.#onProblem(err as Error);
