@@ -271,6 +271,19 @@ describe('consume', () => {
     assert.deepEqual([s.dead, s.ready, s.delayed], [0, 0, 0]);
   });
 
+  it('the safety poll finds a message whose notification never came', async () => {
+    const local = createHerald({ connectionString: db.url, poolSize: 2, mailbox: { pollIntervalMs: 100 } });
+    const to = dest('silent');
+    const got = deferred<string>();
+    const c = local.mailbox.consume(to, (m) => got.resolve(m.id));
+    await local.mailbox.start();
+    // Written behind the mailbox's back: no NOTIFY at all.
+    await pool.query(`INSERT INTO herald.mailbox_messages (id, destination, payload) VALUES ($1, $2, 'quiet')`, [`${to}-1`, to]);
+    assert.equal(await got.promise, `${to}-1`);
+    await c.stop();
+    await local.close();
+  });
+
   it('stop() leaves no LISTEN, timer or loop behind; start again works', async () => {
     const local = createHerald({ connectionString: db.url, poolSize: 2 });
     const to = dest('stop');
