@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { createHerald } from '../client.js';
+import { LISTEN_APPLICATION_NAME } from '../driver/types.js';
 import { privateCluster } from '../../test/support/cluster.js';
 import { freshDatabase, terminateBackends, type TestDatabase } from '../../test/support/db.js';
 import { TcpProxy } from '../../test/support/proxy.js';
@@ -143,7 +144,6 @@ describe('mailbox under load with listen terminations and server restarts (priva
   it('4 producers x 8 destinations, 2 consumer processes per destination: every message consumed exactly once', async (t) => {
     const pc = await privateCluster({ settings: { max_connections: 200 } });
     const url = pc.url;
-    const listenUrl = url + (url.includes('?') ? '&' : '?') + 'application_name=mbx-listen';
     const admin = new pg.Pool({ connectionString: url, max: 2 });
     admin.on('error', () => {});
     const workers: Worker[] = [];
@@ -158,7 +158,6 @@ describe('mailbox under load with listen terminations and server restarts (priva
       const consumers = [0, 1, 2, 3].map((k) =>
         worker('mailbox-consumer.ts', {
           url,
-          listenUrl,
           destinations: k % 2 === 0 ? destinations.slice(0, 4) : destinations.slice(4),
           batchSize: 50,
           name: `c${k}`,
@@ -171,7 +170,7 @@ describe('mailbox under load with listen terminations and server restarts (priva
 
       let terminations = 0;
       terminator = setInterval(() => {
-        void terminateBackends('postgres', { applicationName: 'mbx-listen' }, url)
+        void terminateBackends('postgres', { applicationName: LISTEN_APPLICATION_NAME }, url)
           .then((n) => (terminations += n))
           .catch(() => {});
       }, 2000);
