@@ -3,7 +3,7 @@ import { backoffDelay, sleep } from '../internal/backoff.js';
 import { withSpan } from '../internal/tracing.js';
 import { mailboxClaim, mailboxRecordFailure, type MessageRow } from './queries.js';
 import type { MailboxHandler, MailboxMessage } from './types.js';
-import type { WakeHub } from './wakeup.js';
+import { waitBounded, type WakeHub } from './wakeup.js';
 
 /** What a consumer needs from its mailbox. */
 export interface ConsumerHost {
@@ -93,8 +93,9 @@ export class MailboxConsumer {
   async #loop(ready: Promise<void>): Promise<void> {
     const signal = this.#abort.signal;
     const hub = this.#host.hub;
-    // LISTEN first, then the first query is the catch-up.
-    await ready;
+    // LISTEN first, then the first query is the catch-up (bounded by the safety poll, and
+    // by stop(), in case the notifier cannot connect).
+    await waitBounded(ready, this.#host.pollIntervalMs, signal);
     let errors = 0;
     while (!signal.aborted) {
       const seen = hub.epoch(this.to);

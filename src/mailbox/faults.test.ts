@@ -179,8 +179,10 @@ describe('mailbox under load with listen terminations and server restarts (priva
       workers.push(...producers);
 
       const ledgerCount = async () => (await admin.query('SELECT count(*)::int AS c FROM ledger')).rows[0].c as number;
+      const sentCount = async () => (await admin.query('SELECT count(*)::int AS c FROM herald.mailbox_messages')).rows[0].c as number;
+      // Restart while the producers are still sending (and the consumers consuming).
       for (const fraction of [0.3, 0.6]) {
-        await waitFor(async () => (await ledgerCount()) >= total * fraction, { timeoutMs: 240_000, intervalMs: 100, what: `ledger at ${fraction}` });
+        await waitFor(async () => (await sentCount()) >= total * fraction, { timeoutMs: 240_000, intervalMs: 50, what: `sent at ${fraction}` });
         await pc.cluster.restart();
       }
       const produced = await Promise.all(producers.map((p) => p.line<{ created: number; retries: number }>('created')));

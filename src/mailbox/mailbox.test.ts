@@ -286,19 +286,25 @@ describe('consume', () => {
 
   it('stop() leaves no LISTEN, timer or loop behind; start again works', async () => {
     const local = createHerald({ connectionString: db.url, poolSize: 2 });
-    const to = dest('stop');
-    const seen: string[] = [];
-    const c = local.mailbox.consume(to, (m) => void seen.push(m.id));
-    await local.mailbox.send({ to, payload: 'x', id: `${to}-1` });
-    await waitFor(() => seen.length === 1);
-    await local.mailbox.stop();
-    assert.ok(c.stopped);
-    assert.deepEqual(local.notifier.channels(), []);
-    await local.mailbox.stop(); // idempotent
-    local.mailbox.consume(to, (m) => void seen.push(m.id));
-    await local.mailbox.send({ to, payload: 'y', id: `${to}-2` });
-    await waitFor(() => seen.length === 2);
-    await local.close();
+    try {
+      const to = dest('stop');
+      const seen: string[] = [];
+      const c = local.mailbox.consume(to, (m) => void seen.push(m.id));
+      await local.mailbox.send({ to, payload: 'x', id: `${to}-1` });
+      await waitFor(() => seen.length === 1);
+      await local.mailbox.stop();
+      assert.ok(c.stopped);
+      assert.deepEqual(local.notifier.channels(), []);
+      await local.mailbox.stop(); // idempotent
+      // Subscribing again while the UNLISTEN of the previous subscription may still be in
+      // flight: the channel must end up LISTENed (a notifier race, fixed in this branch).
+      local.mailbox.consume(to, (m) => void seen.push(m.id));
+      await waitFor(async () => (await local.notifier.serverChannels()).includes(local.mailbox.channel));
+      await local.mailbox.send({ to, payload: 'y', id: `${to}-2` });
+      await waitFor(() => seen.length === 2);
+    } finally {
+      await local.close();
+    }
     assert.deepEqual(local.notifier.channels(), []);
   });
 });

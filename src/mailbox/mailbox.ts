@@ -30,7 +30,7 @@ import type {
   ReceiveOptions,
   SendResult,
 } from './types.js';
-import { mailboxChannel, WakeHub, WakeSender } from './wakeup.js';
+import { mailboxChannel, waitBounded, WakeHub, WakeSender } from './wakeup.js';
 
 /** Defaults of {@link MailboxOptions}; the README's option table is this object. */
 export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
@@ -231,7 +231,9 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const onAbort = () => stop.abort();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      await this.#hub.ready(); // LISTEN first; the first query is the catch-up
+      // LISTEN first; the first query is the catch-up. A notifier that cannot connect
+      // does not hold the receive past its timeout: it then relies on the safety poll.
+      await waitBounded(this.#hub.ready(), timeoutMs, stop.signal);
       while (!stop.signal.aborted) {
         const seen = this.#hub.epoch(to);
         const row = await take();

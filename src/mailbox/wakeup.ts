@@ -17,6 +17,30 @@ export function mailboxChannel(schema: string): string {
 type Waiter = () => void;
 
 /**
+ * Waits for `promise`, but no longer than `timeoutMs` or until `signal` aborts; leaves
+ * no timer behind. Used so that a first LISTEN that cannot connect never holds up a
+ * receive past its timeout, or a consumer's stop().
+ */
+export async function waitBounded(promise: Promise<unknown>, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return;
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  try {
+    await Promise.race([
+      promise,
+      new Promise<void>((resolve) => {
+        if (Number.isFinite(timeoutMs)) timer = setTimeout(resolve, Math.max(0, timeoutMs));
+        onAbort = () => resolve();
+        signal?.addEventListener('abort', onAbort, { once: true });
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/**
  * Wake-ups for the receivers of one process. Each destination has an epoch that moves
  * when a notification names it; every epoch moves when LISTEN is (re)established
  * (receivers must catch up by query then) or when a notification may have been dropped.

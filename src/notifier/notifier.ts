@@ -158,9 +158,11 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     void this.start();
     if (this.#live.has(channel) && this.#status === 'listening') {
       queueMicrotask(() => sub._listening());
-    } else {
-      this.#schedule();
     }
+    // Always: an UNLISTEN of this channel (its previous last subscriber left) may be in
+    // flight; it removes the channel from #live when it completes, and this sync then
+    // LISTENs again (and calls onListen, so a durable consumer catches up).
+    this.#schedule();
     return sub;
   }
 
