@@ -216,6 +216,25 @@ async function throughput(make: () => Promise<Sys>, senders: number, perTx: numb
   return sent / ((last - start) / 1000);
 }
 
+/** Send rate alone (no consumer), one message per transaction: what the commit path allows. */
+async function sendOnly(make: () => Promise<Sys>, senders: number): Promise<number> {
+  const sys = await make();
+  let sent = 0;
+  const start = performance.now();
+  const end = start + SECONDS * 1000;
+  await Promise.all(
+    Array.from({ length: senders }, async () => {
+      while (performance.now() < end) {
+        await sys.send(1);
+        sent++;
+      }
+    }),
+  );
+  const rate = sent / ((performance.now() - start) / 1000);
+  await sys.close();
+  return rate;
+}
+
 /** Send-to-consume latency at a steady rate (one message per transaction). */
 async function latency(make: () => Promise<Sys>, ratePerS: number): Promise<{ p50: number; p99: number }> {
   const sys = await make();
@@ -251,6 +270,7 @@ for (let run = 1; run <= RUNS; run++) {
     r[`ceiling notify-trigger c${c}`] = await ceiling(c, true);
     r[`ceiling insert c${c}`] = await ceiling(c, false);
     r[`raw pg_notify c${c}`] = await rawNotify(c);
+    r[`pgherald send-only 1/tx c${c}`] = await sendOnly(() => pgherald(100), c);
     r[`pgherald 1/tx c${c}`] = await throughput(() => pgherald(100), c, 1, 100);
     r[`pg-boss 1/tx c${c}`] = await throughput(() => pgboss(100), c, 1, 100);
   }
@@ -284,11 +304,16 @@ function fmt(v: number, k: string): string {
   return k.includes(' ms ') ? v.toFixed(2) : Math.round(v).toLocaleString('en-US');
 }
 function summary(m: Row): string {
-  const out = ['| senders | ceiling (pgbench notify trigger) | pgherald 1/tx | ratio | pg-boss 1/tx | raw pg_notify |', '|---:|---:|---:|---:|---:|---:|'];
+  const out = [
+    '| senders | ceiling: pgbench insert + notify trigger | pgbench insert, no notify | pgherald send only | pgherald send→consumed | ratio to ceiling | pg-boss send→completed | raw pg_notify |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
   for (const c of SENDERS) {
     const ceil = m[`ceiling notify-trigger c${c}`];
     const h = m[`pgherald 1/tx c${c}`];
-    out.push(`| ${c} | ${fmt(ceil, '')} | ${fmt(h, '')} | ${((h / ceil) * 100).toFixed(0)}% | ${fmt(m[`pg-boss 1/tx c${c}`], '')} | ${fmt(m[`raw pg_notify c${c}`], '')} |`);
+    out.push(
+      `| ${c} | ${fmt(ceil, '')} | ${fmt(m[`ceiling insert c${c}`], '')} | ${fmt(m[`pgherald send-only 1/tx c${c}`], '')} | ${fmt(h, '')} | ${((h / ceil) * 100).toFixed(0)}% | ${fmt(m[`pg-boss 1/tx c${c}`], '')} | ${fmt(m[`raw pg_notify c${c}`], '')} |`,
+    );
   }
   return out.join('\n');
 }
