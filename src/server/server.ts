@@ -172,10 +172,14 @@ export class HeraldServer {
     return [...this.#connections];
   }
 
-  /** Starts listening; resolves with the base URL. */
+  /**
+   * Starts listening; resolves with the base URL. Also starts the Herald's notifier
+   * (without waiting: /readyz reports 503 until LISTEN is live).
+   */
   async start(): Promise<string> {
     if (this.#url) return this.#url;
     this.#stopping = false;
+    this.herald.notifier.start().catch(() => {});
     await new Promise<void>((resolve, reject) => {
       this.#http.once('error', reject);
       this.#http.listen(this.options.port, this.options.host, () => {
