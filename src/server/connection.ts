@@ -231,6 +231,29 @@ export class SseConnection extends Connection {
   }
 }
 
+const framedCache = new WeakMap<Buffer, Buffer>();
+
+/** An unmasked, final WebSocket text frame around `payload` (RFC 6455 §5.2), cached per payload buffer. */
+export function wsTextFrame(payload: Buffer): Buffer {
+  let frame = framedCache.get(payload);
+  if (frame) return frame;
+  const n = payload.length;
+  const head = n < 126 ? 2 : n < 65536 ? 4 : 10;
+  frame = Buffer.allocUnsafe(head + n);
+  frame[0] = 0x81; // FIN + text
+  if (n < 126) frame[1] = n;
+  else if (n < 65536) {
+    frame[1] = 126;
+    frame.writeUInt16BE(n, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeBigUInt64BE(BigInt(n), 2);
+  }
+  payload.copy(frame, head);
+  framedCache.set(payload, frame);
+  return frame;
+}
+
 /** A WebSocket (the `ws` package); every frame is one JSON text message. */
 export class WsConnection extends Connection {
   constructor(
@@ -254,10 +277,14 @@ export class WsConnection extends Connection {
   }
   protected writeFrames(frames: Buffer[]): void {
     if (this.ws.readyState !== this.ws.OPEN) return;
-    const socket = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
-    socket?.cork();
-    for (const f of frames) this.ws.send(f, { binary: false, compress: false });
-    socket?.uncork();
+    // Fan-out writes pre-framed bytes straight to the socket: a server frame is never
+    // masked, so the same bytes serve every client (framed once per event, cached), and
+    // a turn's events go out in one write. `ws` writes its own frames (replies, close)
+    // to the same socket synchronously, so the order holds.
+    const socket = (this.ws as unknown as { _socket?: { write(b: Buffer): boolean } })._socket;
+    if (!socket) return;
+    const framed = frames.map(wsTextFrame);
+    socket.write(framed.length === 1 ? framed[0] : Buffer.concat(framed));
   }
   protected end(reason: CloseReason, message: string): void {
     if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
