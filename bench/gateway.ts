@@ -39,16 +39,18 @@ const SAMPLE_EVERY = Number(args['sample-every']);
 const here = new URL('.', import.meta.url).pathname;
 const execArgv = ['--import', 'tsx'];
 
-function once<T>(child: ChildProcess, pick: (m: any) => boolean): Promise<T> {
+function once<T>(child: ChildProcess, pick: (m: any) => boolean, what: string): Promise<T> {
   return new Promise((resolve, reject) => {
+    const onExit = (code: number | null) => reject(new Error(`child exited with ${code} while waiting for ${what}`));
     const on = (m: any) => {
       if (pick(m)) {
         child.off('message', on);
+        child.off('exit', onExit);
         resolve(m);
       }
     };
     child.on('message', on);
-    child.once('exit', (code) => reject(new Error(`child exited with ${code}`)));
+    child.once('exit', onExit);
   });
 }
 
@@ -82,12 +84,12 @@ interface Result {
 
 async function measure(transport: string, clients: number): Promise<Result> {
   const server = fork(join(here, 'gateway/server.ts'), [], { execArgv, env: { ...process.env, DATABASE_URL: url }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const { url: base } = await once<{ url: string }>(server, (m) => m.url);
+  const { url: base } = await once<{ url: string }>(server, (m) => m.url, 'server url');
   const per = Math.ceil(clients / PROCS);
   const procs = Array.from({ length: PROCS }, (_, i) =>
     fork(join(here, 'gateway/clients.ts'), [base, transport, String(Math.min(per, clients - i * per)), String(SAMPLE_EVERY)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
   );
-  await Promise.all(procs.map((p) => once(p, (m) => m.ready)));
+  await Promise.all(procs.map((p) => once(p, (m) => m.ready, 'clients ready')));
   // Publish at RATE/s: each tick sends what is due in one statement (one notification per row).
   let sent = 0;
   let measuredFrom = 0;
@@ -115,9 +117,9 @@ async function measure(transport: string, clients: number): Promise<Result> {
   const measuredSent = sent - measuredFrom;
   const measureEnd = performance.now();
   server.send({ rss: true });
-  const stats = await once<{ rss: number; disconnects: string }>(server, (m) => m.rss);
+  const stats = await once<{ rss: number; disconnects: string }>(server, (m) => m.rss, 'server stats');
   const reports = await Promise.all(procs.map((p) => {
-    const r = once<{ received: number; closed: number; latencies: number[] }>(p, (m) => m.latencies);
+    const r = once<{ received: number; closed: number; latencies: number[] }>(p, (m) => m.latencies, 'client report');
     p.send({ report: true });
     return r;
   }));
