@@ -139,7 +139,7 @@ export class Authenticator {
 
   constructor(options: AuthOptions) {
     this.#keys = (options.apiKeys ?? []).map((k, i) => {
-      if (!k || typeof k.key !== 'string' || k.key.length < 8) throw new InvalidOptionError(`apiKeys[${i}].key`, k?.key, 'a string of 8 characters or more');
+      if (!k || typeof k.key !== 'string' || k.key.length === 0) throw new InvalidOptionError(`apiKeys[${i}].key`, '<hidden>', 'a non-empty string');
       if (typeof k.name !== 'string' || !k.name) throw new InvalidOptionError(`apiKeys[${i}].name`, k.name, 'a non-empty string');
       return { name: k.name, key: Buffer.from(k.key), grants: validateGrants(`apiKeys[${i}].grants`, k.grants) };
     });

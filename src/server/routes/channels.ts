@@ -72,11 +72,11 @@ export function registerChannelRoutes(server: HeraldServer): void {
     'GET',
     /^\/channels\/([^/]+)\/events$/,
     async (req, res, [topic], url, principal) => {
-      gw.channelOf(topic); // 400 before the stream opens
+      const channel = gw.channelOf(topic); // 400 before the stream opens
       const after = lastEventIdOf(req, url);
       await runSse(server, req, res, principal!, 'sse', async (conn) => {
         await gw.subscribeTopic(conn, topic, after);
-        return { topic };
+        return { topic, channel };
       });
     },
     { action: 'subscribe', resource: ([topic]) => topic },
