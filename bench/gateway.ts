@@ -79,6 +79,7 @@ interface Result {
   delivered: number;
   expected: number;
   rssMb: number;
+  cpu: number;
   cut: number;
 }
 
@@ -98,12 +99,15 @@ async function measure(transport: string, clients: number): Promise<Result> {
   const total = warmupMs + SECONDS * 1000;
   let measuring = false;
   let measureStart = 0;
+  let cpuStart: Promise<{ cpu: NodeJS.CpuUsage; at: number }> | undefined;
   while (performance.now() - start < total) {
     const elapsed = performance.now() - start;
     if (!measuring && elapsed >= warmupMs) {
       measuring = true;
       for (const p of procs) p.send({ measure: true });
       measureStart = performance.now();
+      cpuStart = once<{ cpu: NodeJS.CpuUsage; at: number }>(server, (m) => m.cpu && !m.rss, 'server cpu');
+      server.send({ cpu: true });
       measuredFrom = sent;
     }
     const due = Math.floor((elapsed / 1000) * RATE) - sent;
@@ -117,7 +121,9 @@ async function measure(transport: string, clients: number): Promise<Result> {
   const measuredSent = sent - measuredFrom;
   const measureEnd = performance.now();
   server.send({ rss: true });
-  const stats = await once<{ rss: number; disconnects: string }>(server, (m) => m.rss, 'server stats');
+  const stats = await once<{ rss: number; cpu: NodeJS.CpuUsage; at: number }>(server, (m) => m.rss, 'server stats');
+  const c0 = await cpuStart!;
+  const serverCpu = (stats.cpu.user + stats.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / (stats.at - c0.at);
   const reports = await Promise.all(procs.map((p) => {
     const r = once<{ received: number; closed: number; latencies: number[] }>(p, (m) => m.latencies, 'client report');
     p.send({ report: true });
@@ -136,6 +142,7 @@ async function measure(transport: string, clients: number): Promise<Result> {
     delivered: received / ((measureEnd - measureStart) / 1000),
     expected: measuredSent * clients,
     rssMb: stats.rss / 2 ** 20,
+    cpu: serverCpu,
     cut,
   };
 }
@@ -146,19 +153,19 @@ for (let run = 1; run <= RUNS; run++) {
     for (const transport of args.transports!.split(',')) {
       const r = await measure(transport, clients);
       results.push(r);
-      console.error(`run ${run} ${transport} ${clients}: p50 ${r.p50.toFixed(1)} ms p99 ${r.p99.toFixed(1)} ms delivered ${Math.round(r.delivered)}/s (offered ${RATE * clients}/s) rss ${r.rssMb.toFixed(0)} MB cut ${r.cut}`);
+      console.error(`run ${run} ${transport} ${clients}: p50 ${r.p50.toFixed(1)} ms p99 ${r.p99.toFixed(1)} ms delivered ${Math.round(r.delivered)}/s (offered ${RATE * clients}/s) rss ${r.rssMb.toFixed(0)} MB server cpu ${(100 * r.cpu).toFixed(0)}% cut ${r.cut}`);
     }
   }
 }
 
 console.log(`\nPostgres ${version}; ${cpus().length} × ${cpus()[0]?.model}; load average before ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${RATE} notifications/s for ${SECONDS} s after 2 s warm-up; ${PROCS} client processes; latency sampled on 1 client in ${SAMPLE_EVERY}\n`);
-console.log('| transport | clients | p50 ms | p99 ms | delivered msgs/s | offered msgs/s | server RSS MB | clients cut | runs (p99 each) |');
-console.log('|---|---|---|---|---|---|---|---|---|');
+console.log('| transport | clients | p50 ms | p99 ms | delivered msgs/s | offered msgs/s | server RSS MB | server CPU | clients cut | runs (p99 each) |');
+console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const clients of args.clients!.split(',').map(Number)) {
   for (const transport of args.transports!.split(',')) {
     const rs = results.filter((r) => r.clients === clients && r.transport === transport);
     console.log(
-      `| ${transport.toUpperCase()} | ${clients} | ${median(rs.map((r) => r.p50)).toFixed(1)} | ${median(rs.map((r) => r.p99)).toFixed(1)} | ${Math.round(median(rs.map((r) => r.delivered)))} | ${RATE * clients} | ${median(rs.map((r) => r.rssMb)).toFixed(0)} | ${median(rs.map((r) => r.cut))} | ${rs.length} (p99: ${rs.map((r) => r.p99.toFixed(0)).join(', ')}) |`,
+      `| ${transport.toUpperCase()} | ${clients} | ${median(rs.map((r) => r.p50)).toFixed(1)} | ${median(rs.map((r) => r.p99)).toFixed(1)} | ${Math.round(median(rs.map((r) => r.delivered)))} | ${RATE * clients} | ${median(rs.map((r) => r.rssMb)).toFixed(0)} | ${(100 * median(rs.map((r) => r.cpu))).toFixed(0)}% | ${median(rs.map((r) => r.cut))} | ${rs.length} (p99: ${rs.map((r) => r.p99.toFixed(0)).join(', ')}) |`,
     );
   }
 }

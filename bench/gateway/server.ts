@@ -12,10 +12,11 @@ const server = new HeraldServer(herald, { port: 0, maxClients: 50_000, maxConnec
 const url = await server.start();
 await herald.notifier.start();
 process.send!({ url });
-process.on('message', async (m: { rss?: boolean; stop?: boolean }) => {
+process.on('message', async (m: { rss?: boolean; stop?: boolean; cpu?: boolean }) => {
+  if (m.cpu) process.send!({ cpu: process.cpuUsage(), at: performance.now() });
   if (m.rss) {
     const text = await server.metrics.registry.getSingleMetricAsString('herald_gateway_disconnects_total');
-    process.send!({ rss: process.memoryUsage().rss, clients: server.clients, counters: server.gateway.counters, disconnects: text });
+    process.send!({ cpu: process.cpuUsage(), at: performance.now(), rss: process.memoryUsage().rss, clients: server.clients, counters: server.gateway.counters, disconnects: text });
   }
   if (m.stop) {
     await server.stop();
