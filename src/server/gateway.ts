@@ -181,7 +181,14 @@ export class Gateway {
       established: Promise.resolve(),
       sub: undefined as unknown as Subscription,
     };
-    hub.sub = this.herald.listen(channel, (n) => this.#onNotification(hub, n.payload), {
+    const listen = (handler: (n: { payload: string }) => void, options: Parameters<Herald['listen']>[2]) => {
+      try {
+        return this.herald.listen(channel, handler, options);
+      } catch (err) {
+        throw new HttpError(503, 'NOT_LISTENING', `cannot listen: ${(err as Error).message}`);
+      }
+    };
+    hub.sub = listen((n) => this.#onNotification(hub, n.payload), {
       // Large: the handler is synchronous, so this only fills if the event loop stalls.
       bufferSize: 100_000,
       onListen: () => {
