@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Herald } from '../client.js';
+import type { ListenOptions } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
 import type { Connection, Format } from './connection.js';
 import { HttpError } from './http.js';
@@ -181,7 +182,7 @@ export class Gateway {
       established: Promise.resolve(),
       sub: undefined as unknown as Subscription,
     };
-    const listen = (handler: (n: { payload: string }) => void, options: Parameters<Herald['listen']>[2]) => {
+    const listen = (handler: (n: { payload: string }) => void, options: ListenOptions) => {
       try {
         return this.herald.listen(channel, handler, options);
       } catch (err) {
