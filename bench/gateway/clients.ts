@@ -5,6 +5,7 @@
  * `{ measure: true }` starts counting, `{ report: true }` sends the counts and samples.
  */
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { WebSocket } from 'ws';
 
 const [url, transport, countText, sampleEveryText] = process.argv.slice(2);
@@ -65,8 +66,61 @@ function sse(i: number): Promise<void> {
   });
 }
 
+/**
+ * A WebSocket client that only counts: a raw socket, the upgrade by hand, then frame
+ * headers parsed to skip payloads (server frames are unmasked). Used for the clients
+ * that are not sampled, so the client processes spend their CPU on reading, not on
+ * decoding messages, and the measure is about the server.
+ */
+function rawWs(): Promise<void> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(u.port), u.hostname);
+    socket.on('error', reject);
+    socket.on('close', () => closed++);
+    socket.write(`GET /ws?topic=bench HTTP/1.1\r\nHost: ${u.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    let upgraded = false;
+    let pending: Buffer = Buffer.alloc(0); // an incomplete header, or the handshake
+    let skip = 0; // payload bytes still to skip
+    let frames = 0;
+    socket.on('data', (chunk: Buffer) => {
+      const buf: Buffer = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+      pending = Buffer.alloc(0);
+      let at = 0;
+      if (!upgraded) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) {
+          pending = buf;
+          return;
+        }
+        upgraded = true;
+        at = end + 4;
+      }
+      for (;;) {
+        if (skip > 0) {
+          const n = Math.min(skip, buf.length - at);
+          skip -= n;
+          at += n;
+          if (skip > 0) return;
+        }
+        if (buf.length - at < 2) break;
+        const len7 = buf[at + 1] & 0x7f;
+        const head = len7 < 126 ? 2 : len7 === 126 ? 4 : 10;
+        if (buf.length - at < head) break;
+        const len = len7 < 126 ? len7 : len7 === 126 ? buf.readUInt16BE(at + 2) : Number(buf.readBigUInt64BE(at + 2));
+        at += head;
+        skip = len;
+        if (frames++ === 0) resolve(); // the first frame is the "subscribed" reply
+        else if (measuring) received++;
+      }
+      if (at < buf.length) pending = Buffer.from(buf.subarray(at));
+    });
+  });
+}
+
 function ws(i: number): Promise<void> {
   const sampled = i % sampleEvery === 0;
+  if (!sampled) return rawWs();
   return new Promise((resolve, reject) => {
     const socket = new WebSocket(`${url.replace('http', 'ws')}/ws?topic=bench`, { perMessageDeflate: false });
     socket.on('error', reject);

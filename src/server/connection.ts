@@ -99,7 +99,9 @@ export abstract class Connection {
    */
   enqueue(frame: Buffer): boolean {
     if (this.#closed) return false;
-    if (this.#pendingBytes + frame.length + this.socketBuffered() > this.maxBufferedBytes) {
+    // Only the queue is checked here (cheap, per event); the socket's own buffer is
+    // added at flush time, once per turn. Together they stay under about twice the bound.
+    if (this.#pendingBytes + frame.length > this.maxBufferedBytes) {
       this.close('slow_consumer', `send buffer over ${this.maxBufferedBytes} bytes: the client is not reading`);
       return false;
     }
@@ -112,6 +114,10 @@ export abstract class Connection {
   /** Writes what is queued (called by the gateway once per turn). */
   flush(): void {
     if (this.#closed || !this.started || this.#pending.length === 0) return;
+    if (this.#pendingBytes + this.socketBuffered() > this.maxBufferedBytes) {
+      this.close('slow_consumer', `send buffer over ${this.maxBufferedBytes} bytes: the client is not reading`);
+      return;
+    }
     const frames = this.#pending;
     this.#pending = [];
     this.#pendingBytes = 0;
@@ -205,10 +211,13 @@ export class SseConnection extends Connection {
    */
   open(ready: Record<string, unknown>): void {
     if (this.isClosed) return;
+    // No chunked encoding: the stream ends with the connection, so events can go
+    // straight to the socket (one write per turn, no per-write HTTP framing).
+    this.res.useChunkedEncodingByDefault = false;
     this.res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
-      connection: 'keep-alive',
+      connection: 'close',
       'x-accel-buffering': 'no',
     });
     this.res.write(`event: ready\ndata: ${JSON.stringify(ready)}\n\n`);
@@ -216,10 +225,12 @@ export class SseConnection extends Connection {
   }
 
   protected socketBuffered(): number {
-    return this.res.writableLength;
+    return this.res.socket?.writableLength ?? 0;
   }
   protected writeFrames(frames: Buffer[]): void {
-    this.res.write(frames.length === 1 ? frames[0] : Buffer.concat(frames));
+    const socket = this.res.socket;
+    if (!socket || socket.destroyed) return;
+    socket.write(frames.length === 1 ? frames[0] : Buffer.concat(frames));
   }
   protected end(reason: CloseReason, message: string): void {
     if (this.res.destroyed) return;
