@@ -23,3 +23,8 @@ export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, Noti
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';
 export { migrate, migrations, migrationScript, migrationStatus, type Migration, type MigrationStatus } from './schema/migrator.js';
 export { PostgresCluster, embeddedBinDir, freePort, type ClusterOptions } from './embedded/cluster.js';
+export { HeraldServer, SERVER_DEFAULTS, isLoopback, type ServerOptions } from './server/server.js';
+export { Router, HttpError, readJson, sendJson, type Handler, type RouteOptions } from './server/http.js';
+export { allows, type Action, type ApiKey, type AuthOptions, type Grants, type Principal } from './server/auth.js';
+export type { DurableStreamSource, StreamEvent, StreamSink } from './server/stream.js';
+export type { DashboardAction, DashboardPanel } from './server/dashboard.js';
