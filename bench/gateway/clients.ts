@@ -156,7 +156,7 @@ process.on('message', (m: { measure?: boolean; report?: boolean }) => {
   }
   if (m.report) {
     measuring = false;
-    process.send!({ received, closed, latencies });
-    setTimeout(() => process.exit(0), 100);
+    // exit only once the (possibly large) report has been handed over
+    process.send!({ received, closed, latencies }, () => process.exit(0));
   }
 });
