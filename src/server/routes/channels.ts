@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { withSpan } from '../../internal/tracing.js';
 import { assertAllowed, type Principal } from '../auth.js';
 import type { SseConnection } from '../connection.js';
 import { HttpError, readJson, sendJson } from '../http.js';
@@ -28,7 +29,7 @@ export async function publish(server: HeraldServer, principal: Principal, topic:
   }
   if (payload.includes('\0')) throw new HttpError(400, 'INVALID_PAYLOAD', 'payload must not contain a NUL character');
   server.limits.takePublish(principal.id);
-  await server.herald.notify(channel, payload);
+  await withSpan('herald.gateway.publish', { 'herald.topic': topic, 'herald.principal': principal.id }, () => server.herald.notify(channel, payload));
 }
 
 async function runSse(
