@@ -158,7 +158,7 @@ for (let run = 1; run <= RUNS; run++) {
   }
 }
 
-console.log(`\nPostgres ${version}; ${cpus().length} × ${cpus()[0]?.model}; load average before ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${RATE} notifications/s for ${SECONDS} s after 2 s warm-up; ${PROCS} client processes; latency sampled on 1 client in ${SAMPLE_EVERY}\n`);
+console.log(`\nPostgres ${version}; ${cpus().length} × ${cpus()[0]?.model}; load average at the end ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${RATE} notifications/s for ${SECONDS} s after 2 s warm-up; ${PROCS} client processes; latency sampled on 1 client in ${SAMPLE_EVERY}\n`);
 console.log('| transport | clients | p50 ms | p99 ms | delivered msgs/s | offered msgs/s | server RSS MB | server CPU | clients cut | runs (p99 each) |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const clients of args.clients!.split(',').map(Number)) {

@@ -23,33 +23,35 @@ function onPayload(sampled: boolean, payload: string): void {
   if (sampled) latencies.push(now() - Number(payload));
 }
 
+const MARK = Buffer.from('event: notification');
+
 function sse(i: number): Promise<void> {
   const sampled = i % sampleEvery === 0;
   return new Promise((resolve, reject) => {
     const req = request(`${url}/channels/bench/events`, { agent: false }, (res) => {
       if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode}`));
       let buf = '';
-      let tail = '';
+      let tail: Buffer = Buffer.alloc(0);
       let ready = false;
-      res.setEncoding('latin1');
-      res.on('data', (chunk: string) => {
+      if (sampled) res.setEncoding('latin1');
+      res.on('data', (chunk: Buffer | string) => {
         if (!ready) {
           ready = true;
           resolve();
         }
         if (!sampled) {
-          // Count frames without parsing them: one "event: notification" per event. The
-          // last 18 characters are kept so a marker split between two chunks counts once.
-          const s = tail + chunk;
+          // Count frames on the raw bytes without decoding them: one "event: notification"
+          // per event. The last 18 bytes are kept so a marker split between two chunks counts once.
+          const b = tail.length ? Buffer.concat([tail, chunk as Buffer]) : (chunk as Buffer);
           let at = 0;
-          while ((at = s.indexOf('event: notification', at)) >= 0) {
-            if (measuring && at + 19 > tail.length) received++;
-            at += 19;
+          while ((at = b.indexOf(MARK, at)) >= 0) {
+            if (measuring && at + MARK.length > tail.length) received++;
+            at += MARK.length;
           }
-          tail = s.slice(-18);
+          tail = Buffer.from(b.subarray(Math.max(0, b.length - (MARK.length - 1))));
           return;
         }
-        buf += chunk;
+        buf += chunk as string;
         let k: number;
         while ((k = buf.indexOf('\n\n')) >= 0) {
           const block = buf.slice(0, k);
