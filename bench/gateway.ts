@@ -9,7 +9,7 @@
  * time). Everything shares one machine, so the clients' CPU competes with the server's.
  *
  * Usage: node --import tsx bench/gateway.ts [--runs 3] [--clients 1000,5000]
- *        [--transports sse,ws] [--rate 1000] [--seconds 10] [--client-procs 2]
+ *        [--transports sse,ws] [--rate 1000] [--seconds 10] [--client-procs 2] [--flush-interval-ms 0]
  * DATABASE_URL: use that server instead of starting a throwaway cluster.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -29,6 +29,7 @@ const { values: args } = parseArgs({
     seconds: { type: 'string', default: '10' },
     'client-procs': { type: 'string', default: '2' },
     'sample-every': { type: 'string', default: '25' },
+    'flush-interval-ms': { type: 'string', default: '0' },
   },
 });
 const RUNS = Number(args.runs);
@@ -84,7 +85,7 @@ interface Result {
 }
 
 async function measure(transport: string, clients: number): Promise<Result> {
-  const server = fork(join(here, 'gateway/server.ts'), [], { execArgv, env: { ...process.env, DATABASE_URL: url }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const server = fork(join(here, 'gateway/server.ts'), [], { execArgv, env: { ...process.env, DATABASE_URL: url, FLUSH_INTERVAL_MS: args['flush-interval-ms'] }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const { url: base } = await once<{ url: string }>(server, (m) => m.url, 'server url');
   const per = Math.ceil(clients / PROCS);
   const procs = Array.from({ length: PROCS }, (_, i) =>
@@ -158,7 +159,7 @@ for (let run = 1; run <= RUNS; run++) {
   }
 }
 
-console.log(`\nPostgres ${version}; ${cpus().length} × ${cpus()[0]?.model}; load average at the end ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${RATE} notifications/s for ${SECONDS} s after 2 s warm-up; ${PROCS} client processes; latency sampled on 1 client in ${SAMPLE_EVERY}\n`);
+console.log(`\nPostgres ${version}; ${cpus().length} × ${cpus()[0]?.model}; load average at the end ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${RATE} notifications/s for ${SECONDS} s after 2 s warm-up; ${PROCS} client processes; latency sampled on 1 client in ${SAMPLE_EVERY}; server flushIntervalMs ${args['flush-interval-ms']}\n`);
 console.log('| transport | clients | p50 ms | p99 ms | delivered msgs/s | offered msgs/s | server RSS MB | server CPU | clients cut | runs (p99 each) |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const clients of args.clients!.split(',').map(Number)) {

@@ -8,7 +8,7 @@ import { HeraldServer } from '../../src/server/server.js';
 
 const herald = createHerald({ connectionString: process.env.DATABASE_URL!, notifier: { queueUsageIntervalMs: 0 } });
 await herald.migrate();
-const server = new HeraldServer(herald, { port: 0, maxClients: 50_000, maxConnectionsPerToken: 50_000 });
+const server = new HeraldServer(herald, { port: 0, maxClients: 50_000, maxConnectionsPerToken: 50_000, flushIntervalMs: Number(process.env.FLUSH_INTERVAL_MS ?? 0) });
 const url = await server.start();
 await herald.notifier.start();
 process.send!({ url });

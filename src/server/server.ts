@@ -50,6 +50,8 @@ export interface ServerOptions extends AuthOptions {
   historySize?: number;
   /** Serve /metrics without credentials (for a scraper on a private network). @defaultValue false */
   publicMetrics?: boolean;
+  /** Extra wait (ms) so frames for a client are written together; 0 = at the end of the event-loop turn. @defaultValue 0 */
+  flushIntervalMs?: number;
 }
 
 type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | 'token'>> & { token?: string };
@@ -71,6 +73,7 @@ export const SERVER_DEFAULTS: Resolved = {
   maxChannels: 1000,
   historySize: 1000,
   publicMetrics: false,
+  flushIntervalMs: 0,
 };
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -88,6 +91,7 @@ function resolveOptions(options: ServerOptions): Resolved {
   for (const k of ['maxBodyBytes', 'maxBufferedBytes', 'sseHeartbeatMs', 'maxClients', 'maxConnectionsPerToken', 'maxSubscriptionsPerConnection', 'maxMessageBytes', 'publishPerSecond', 'wsMessagesPerSecond', 'maxChannels'] as const) {
     if (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || o[k] <= 0) throw new InvalidOptionError(k, o[k], 'a positive number');
   }
+  if (typeof o.flushIntervalMs !== 'number' || !(o.flushIntervalMs >= 0) || o.flushIntervalMs > 1000) throw new InvalidOptionError('flushIntervalMs', o.flushIntervalMs, 'a number of ms between 0 and 1000');
   if (!Number.isInteger(o.historySize) || o.historySize < 0) throw new InvalidOptionError('historySize', o.historySize, 'an integer >= 0');
   if (o.maxMessageBytes >= PAYLOAD_LIMIT_BYTES) throw new InvalidOptionError('maxMessageBytes', o.maxMessageBytes, `at most ${PAYLOAD_LIMIT_BYTES - 1} (the NOTIFY payload limit)`);
   if (typeof o.channelPrefix !== 'string' || Buffer.byteLength(o.channelPrefix) > 55) throw new InvalidOptionError('channelPrefix', o.channelPrefix, 'a string of at most 55 bytes');
@@ -135,6 +139,7 @@ export class HeraldServer {
       maxChannels: this.options.maxChannels,
       historySize: this.options.historySize,
       maxSubscriptionsPerConnection: this.options.maxSubscriptionsPerConnection,
+      flushIntervalMs: this.options.flushIntervalMs,
     });
     this.metrics = new ServerMetrics(herald, this.gateway, (t) => this.clientCount(t));
     this.dashboard = new Dashboard(this);
