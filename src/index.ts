@@ -23,3 +23,20 @@ export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, Noti
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';
 export { migrate, migrations, migrationScript, migrationStatus, type Migration, type MigrationStatus } from './schema/migrator.js';
 export { PostgresCluster, embeddedBinDir, freePort, type ClusterOptions } from './embedded/cluster.js';
+export { Topics, type TopicStats } from './topic/topics.js';
+export { TopicConsumer } from './topic/consumer.js';
+export {
+  TopicRetentionError,
+  CONSUMER_DEFAULTS,
+  TOPICS_DEFAULTS,
+  type TopicMessage,
+  type TopicBatch,
+  type TopicPosition,
+  type TopicOptions,
+  type TopicsOptions,
+  type ConsumerOptions,
+  type ConsumerEvents,
+  type GroupStart,
+  type BehindInfo,
+  type PublishedMessage,
+} from './topic/types.js';
