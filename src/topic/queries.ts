@@ -146,7 +146,8 @@ export async function messageAppend(
          FROM src
        RETURNING id, xid
      ), wake AS (SELECT pg_notify($6, $7))
-     SELECT ins.id::text AS id, ins.xid::text AS xid FROM ins, wake ORDER BY ins.id`,
+     -- ORDER BY the numeric column: an output alias of the same name would sort as text.
+     SELECT ins.id::text AS id, ins.xid::text AS xid FROM ins, wake ORDER BY ins.id::bigint`,
     [topic.id, `${s}.${quoteIdent(topicSequenceName(topic.id))}`, topic.partitions, keys, payloads, channel, topic.name],
   );
   return rows;
@@ -252,10 +253,10 @@ export async function cursorClaim(ex: Executor, s: string, topicId: number, grou
 /** Reads the next batch of one key partition after a cursor, below the visibility horizon. */
 export async function messageReadPartition(ex: Executor, s: string, topicId: number, kpart: number, xid: string, id: string, limit: number): Promise<MessageRow[]> {
   const { rows } = await ex.query<MessageRow>(
-    `SELECT id::text AS id, xid::text AS xid, kpart, key, payload, published_at FROM ${s}.topic_messages
-      WHERE topic_id = $1 AND kpart = $2 AND (xid, id) > ($3::xid8, $4::bigint)
-        AND xid < pg_snapshot_xmin(pg_current_snapshot())
-      ORDER BY xid, id LIMIT $5`,
+    `SELECT m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload, m.published_at FROM ${s}.topic_messages m
+      WHERE m.topic_id = $1 AND m.kpart = $2 AND (m.xid, m.id) > ($3::xid8, $4::bigint)
+        AND m.xid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY m.xid, m.id LIMIT $5`,
     [topicId, kpart, xid, id, limit],
   );
   return rows;
@@ -264,10 +265,10 @@ export async function messageReadPartition(ex: Executor, s: string, topicId: num
 /** Reads the whole topic (every key partition) after a position, below the visibility horizon. */
 export async function messageReadTopic(ex: Executor, s: string, topicId: number, xid: string, id: string, limit: number): Promise<MessageRow[]> {
   const { rows } = await ex.query<MessageRow>(
-    `SELECT id::text AS id, xid::text AS xid, kpart, key, payload, published_at FROM ${s}.topic_messages
-      WHERE topic_id = $1 AND (xid, id) > ($2::xid8, $3::bigint)
-        AND xid < pg_snapshot_xmin(pg_current_snapshot())
-      ORDER BY xid, id LIMIT $4`,
+    `SELECT m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload, m.published_at FROM ${s}.topic_messages m
+      WHERE m.topic_id = $1 AND (m.xid, m.id) > ($2::xid8, $3::bigint)
+        AND m.xid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY m.xid, m.id LIMIT $4`,
     [topicId, xid, id, limit],
   );
   return rows;
@@ -306,8 +307,8 @@ export async function groupBehind(ex: Executor, s: string, topicId: number, grou
 /** The highest retention mark of the topic over all key partitions (a whole-topic reader below it lost messages). */
 export async function topicDroppedMax(ex: Executor, s: string, topicId: number): Promise<{ xid: string; id: string }> {
   const { rows } = await ex.query<{ xid: string; id: string }>(
-    `SELECT dropped_xid::text AS xid, dropped_id::text AS id FROM ${s}.topic_partitions WHERE topic_id = $1
-      ORDER BY dropped_xid DESC, dropped_id DESC LIMIT 1`,
+    `SELECT p.dropped_xid::text AS xid, p.dropped_id::text AS id FROM ${s}.topic_partitions p WHERE p.topic_id = $1
+      ORDER BY p.dropped_xid DESC, p.dropped_id DESC LIMIT 1`,
     [topicId],
   );
   return rows[0] ?? { xid: '0', id: '0' };
@@ -316,7 +317,7 @@ export async function topicDroppedMax(ex: Executor, s: string, topicId: number):
 /** The oldest retained message's position, if any. */
 export async function messageOldest(ex: Executor, s: string, topicId: number): Promise<{ xid: string; id: string } | undefined> {
   const { rows } = await ex.query<{ xid: string; id: string }>(
-    `SELECT xid::text AS xid, id::text AS id FROM ${s}.topic_messages WHERE topic_id = $1 ORDER BY xid, id LIMIT 1`,
+    `SELECT m.xid::text AS xid, m.id::text AS id FROM ${s}.topic_messages m WHERE m.topic_id = $1 ORDER BY m.xid, m.id LIMIT 1`,
     [topicId],
   );
   return rows[0];
@@ -333,7 +334,7 @@ export async function segmentList(ex: Executor, s: string, topicId: number): Pro
   const { rows } = await ex.query<{ lower: string; upper: string; table_name: string; bytes: string }>(
     `SELECT lower::text AS lower, upper::text AS upper, table_name,
             COALESCE(pg_total_relation_size(to_regclass(quote_ident($2) || '.' || quote_ident(table_name))), 0)::text AS bytes
-       FROM ${s}.topic_segments WHERE topic_id = $1 ORDER BY lower`,
+       FROM ${s}.topic_segments g WHERE g.topic_id = $1 ORDER BY g.lower`,
     [topicId, s.slice(1, -1).replaceAll('""', '"')],
   );
   return rows;
