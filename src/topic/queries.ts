@@ -105,11 +105,14 @@ export async function segmentEnsure(tx: Executor, s: string, topic: TopicRow, ta
   await tx.query(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, ['pgherald.topic:' + s + topic.name]);
   const { rows } = await tx.query<{ upper: string | null }>(`SELECT max(upper)::text AS upper FROM ${s}.topic_segments WHERE topic_id = $1`, [topic.id]);
   let upper = BigInt(rows[0]?.upper ?? '1');
-  if (upper > target) return upper;
   const size = BigInt(topic.segment_size);
-  const next = upper + size > target + 1n ? upper + size : target + 1n;
-  await segmentCreateLocked(tx, s, topic.id, upper, next);
-  upper = next;
+  // Segments of segment_size each (retention's unit); past 64 at once (a burst far
+  // larger than the segment size) the last one stretches to cover the target.
+  for (let made = 0; upper <= target; made++) {
+    const next = made < 63 || upper + size > target ? upper + size : target + 1n;
+    await segmentCreateLocked(tx, s, topic.id, upper, next);
+    upper = next;
+  }
   return upper;
 }
 
