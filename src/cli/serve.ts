@@ -53,6 +53,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
       const applied = await herald.migrate();
       if (applied.length) ctx.err(`applied migrations ${applied.join(', ')}`);
       await herald.notifier.start();
+      herald.topics.start(); // retention of topics every maintenanceIntervalMs
       const port = Number(opts.port ?? env.HERALD_PORT ?? 8080);
       if (!Number.isInteger(port)) throw new CliError(`--port must be an integer, got ${opts.port}`, 2);
       const server = new HeraldServer(herald, { host: opts.host ?? env.HERALD_HOST, port, token: opts.token ?? env.HERALD_TOKEN });

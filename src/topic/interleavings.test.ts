@@ -51,7 +51,7 @@ test('1,000 randomized interleavings of 8 producers: nothing lost, nothing twice
   await herald.topics.create('il', { partitions: 4 });
   const delivered = new Map<string, Map<string, number>>();
   const keyOrder = new Map<string, Map<string, string[]>>();
-  const consumers: TopicConsumer[] = [];
+  const consumers: TopicConsumer<string>[] = [];
   for (const [group, n] of [['g1', 2], ['g2', 1]] as const) {
     delivered.set(group, new Map());
     keyOrder.set(group, new Map());

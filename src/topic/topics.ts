@@ -206,6 +206,64 @@ export class Topics {
     return { messages, position: messages.length ? messages[messages.length - 1].position : position };
   }
 
+  /**
+   * Follows a topic without a group: yields every message after `after` (a position,
+   * `'earliest'` or `'latest'`, default `'latest'`) in delivery order, then waits for
+   * more (notifier wake-ups, a catch-up read after every (re)LISTEN, a safety poll)
+   * until `signal` aborts. Throws {@link TopicRetentionError} if it falls behind retention.
+   */
+  async *tail<T = unknown>(
+    topic: string,
+    options: { after?: TopicPosition | 'earliest' | 'latest'; signal?: AbortSignal; batchSize?: number; pollIntervalMs?: number } = {},
+  ): AsyncGenerator<TopicMessage<T>, void, undefined> {
+    const signal = options.signal;
+    const pollMs = positiveInt('pollIntervalMs', options.pollIntervalMs ?? 1000);
+    let wake: (() => void) | undefined;
+    let dirty = true;
+    const poke = () => {
+      dirty = true;
+      wake?.();
+    };
+    const sub = this.#notifier.listen(this.channel, (n) => void (n.payload === topic && poke()), { onListen: poke });
+    const onAbort = () => poke();
+    signal?.addEventListener('abort', onAbort);
+    try {
+      await sub.established;
+      let position = await this.resolveAfter(topic, options.after ?? 'latest');
+      let pendingWait = 25;
+      while (!signal?.aborted) {
+        dirty = false;
+        const r = await this.read<T>(topic, { after: position, limit: options.batchSize ?? 500 });
+        for (const m of r.messages) {
+          if (signal?.aborted) return;
+          yield m;
+        }
+        position = r.position;
+        if (r.messages.length > 0) continue;
+        // Rows of transactions still open below the horizon: re-check soon (their end sends no NOTIFY).
+        const pending = await q.messagePendingHorizon(this.#driver.executor, this.#s, (await this.#existing(topic)).row.id);
+        const ms = pending ? pendingWait : pollMs;
+        pendingWait = pending ? Math.min(pendingWait * 2, pollMs) : 25;
+        if (dirty || signal?.aborted) continue;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(() => {
+            wake = undefined;
+            resolve();
+          }, ms);
+          wake = () => {
+            wake = undefined;
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      wake?.();
+      await sub.close();
+    }
+  }
+
   /** Turns `'earliest'`, `'latest'`, a position or a message id (digits only) into a position to read after. */
   async resolveAfter(topic: string, after: string): Promise<TopicPosition> {
     const st = await this.#existing(topic);
