@@ -178,11 +178,16 @@ export class Topics {
     assertName('group', group);
     const st = await this.#existing(topic);
     const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
+    let moved: number;
     if (typeof to === 'object' && !(to instanceof Date)) {
       const p = parsePosition(to.position);
-      return q.groupResetTo(ex, this.#s, st.row.id, group, p.xid, p.id);
+      moved = await q.groupResetTo(ex, this.#s, st.row.id, group, p.xid, p.id);
+    } else {
+      moved = await q.groupReset(ex, this.#s, st.row.id, group, checkStart(to));
     }
-    return q.groupReset(ex, this.#s, st.row.id, group, checkStart(to));
+    // Wake the running consumers (with the caller's transaction: when it commits).
+    if (moved > 0) await this.#notifier.notify(this.channel, topic, { tx: ex });
+    return moved;
   }
 
   /**
