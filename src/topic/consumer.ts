@@ -193,10 +193,9 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     const HANDLER = Symbol('handler');
     try {
       return await driver.transaction(async (tx) => {
-        const claim = await q.cursorClaim(tx, s, row.id, this.group, this.#rotate++ % row.partitions, row.partitions);
-        if (!claim) return false;
-        const rows = await q.messageReadPartition(tx, s, row.id, claim.kpart, claim.cursor_xid, claim.cursor_id, this.options.batchSize);
-        if (rows.length === 0) return false;
+        const claim = await q.cursorClaimRead(tx, s, row.id, this.group, this.#rotate++ % row.partitions, row.partitions, this.options.batchSize);
+        if (!claim || claim.rows.length === 0) return false;
+        const rows = claim.rows;
         const messages = rows.map((r) => ({
           topic: this.topic,
           id: r.id,

@@ -219,50 +219,52 @@ export async function groupResetTo(ex: Executor, s: string, topicId: number, gro
   return rowCount;
 }
 
-/** A claimed key partition of a group, locked for the caller's transaction. */
-export interface ClaimRow {
-  kpart: number;
-  cursor_xid: string;
-  cursor_id: string;
-}
-
 /**
- * Locks one key partition of the group that has deliverable messages and is not
- * behind retention. FOR UPDATE SKIP LOCKED: consumers of a group share the partitions
- * without waiting on each other, and the lock (held until the batch commits) keeps one
- * key's messages in order. The rotation ($3) spreads consumers over partitions. In
- * READ COMMITTED the row is re-read after the lock, so a cursor another consumer just
- * advanced is seen.
+ * Claims one key partition of the group and reads its next batch, in one round trip.
+ * The claim locks a cursor that has deliverable messages and is not behind retention,
+ * with FOR UPDATE SKIP LOCKED inside the CTE (LIMIT 1): the consumers of a group share
+ * the partitions without waiting on each other, and the lock, held until the batch
+ * commits, keeps one key's messages in order. In READ COMMITTED the locked row is the
+ * current version, so a cursor another consumer just advanced is seen. The rotation
+ * ($3) spreads consumers over partitions. Returns the cursor's partition and up to $5
+ * messages after it, below the horizon. Both parts share the statement's snapshot; rows below its xmin are final,
+ * so reading with it never hands out a row out of order.
  */
-export async function cursorClaim(ex: Executor, s: string, topicId: number, group: string, rotate: number, partitions: number): Promise<ClaimRow | undefined> {
-  const { rows } = await ex.query<ClaimRow>(
-    `SELECT c.kpart, c.cursor_xid::text AS cursor_xid, c.cursor_id::text AS cursor_id
-       FROM ${s}.topic_group_cursors c
-       JOIN ${s}.topic_partitions p ON p.topic_id = c.topic_id AND p.kpart = c.kpart
-      WHERE c.topic_id = $1 AND c.group_name = $2
-        AND (c.cursor_xid, c.cursor_id) >= (p.dropped_xid, p.dropped_id)
-        AND EXISTS (SELECT 1 FROM ${s}.topic_messages m
-                     WHERE m.topic_id = $1 AND m.kpart = c.kpart
-                       AND (m.xid, m.id) > (c.cursor_xid, c.cursor_id)
-                       AND m.xid < pg_snapshot_xmin(pg_current_snapshot()))
-      ORDER BY (c.kpart + $4 - $3) % $4
-      LIMIT 1
-      FOR UPDATE OF c SKIP LOCKED`,
-    [topicId, group, rotate, partitions],
+export async function cursorClaimRead(
+  ex: Executor,
+  s: string,
+  topicId: number,
+  group: string,
+  rotate: number,
+  partitions: number,
+  limit: number,
+): Promise<{ kpart: number; rows: MessageRow[] } | undefined> {
+  const { rows } = await ex.query<MessageRow & { ckpart: number }>(
+    `WITH c AS (
+       SELECT c.kpart, c.cursor_xid, c.cursor_id
+         FROM ${s}.topic_group_cursors c
+         JOIN ${s}.topic_partitions p ON p.topic_id = c.topic_id AND p.kpart = c.kpart
+        WHERE c.topic_id = $1 AND c.group_name = $2
+          AND (c.cursor_xid, c.cursor_id) >= (p.dropped_xid, p.dropped_id)
+          AND EXISTS (SELECT 1 FROM ${s}.topic_messages m
+                       WHERE m.topic_id = $1 AND m.kpart = c.kpart
+                         AND (m.xid, m.id) > (c.cursor_xid, c.cursor_id)
+                         AND m.xid < pg_snapshot_xmin(pg_current_snapshot()))
+        ORDER BY (c.kpart + $4 - $3) % $4
+        LIMIT 1
+        FOR UPDATE OF c SKIP LOCKED
+     )
+     SELECT c.kpart AS ckpart, m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload, m.published_at
+       FROM c LEFT JOIN LATERAL (
+         SELECT m.* FROM ${s}.topic_messages m
+          WHERE m.topic_id = $1 AND m.kpart = c.kpart AND (m.xid, m.id) > (c.cursor_xid, c.cursor_id)
+            AND m.xid < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY m.xid, m.id LIMIT $5) m ON true
+      ORDER BY m.xid, m.id`,
+    [topicId, group, rotate, partitions, limit],
   );
-  return rows[0];
-}
-
-/** Reads the next batch of one key partition after a cursor, below the visibility horizon. */
-export async function messageReadPartition(ex: Executor, s: string, topicId: number, kpart: number, xid: string, id: string, limit: number): Promise<MessageRow[]> {
-  const { rows } = await ex.query<MessageRow>(
-    `SELECT m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload, m.published_at FROM ${s}.topic_messages m
-      WHERE m.topic_id = $1 AND m.kpart = $2 AND (m.xid, m.id) > ($3::xid8, $4::bigint)
-        AND m.xid < pg_snapshot_xmin(pg_current_snapshot())
-      ORDER BY m.xid, m.id LIMIT $5`,
-    [topicId, kpart, xid, id, limit],
-  );
-  return rows;
+  if (rows.length === 0) return undefined;
+  return { kpart: rows[0].ckpart, rows: rows[0].id === null ? [] : rows };
 }
 
 /** Reads the whole topic (every key partition) after a position, below the visibility horizon. */
