@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { createHerald, type Herald } from '../index.js';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
-import { nextEvent, waitFor } from '../../test/support/wait.js';
+import { waitFor } from '../../test/support/wait.js';
 import { TopicRetentionError, type BehindInfo } from './types.js';
 
 let db: TestDatabase;
@@ -81,7 +81,10 @@ test('retention by size drops the oldest full segments only', async () => {
   assert.equal(await herald.topics.maintain('size'), 2);
   const s = await herald.topics.stats('size');
   assert.equal(s.messages, 20);
-  const r = await herald.topics.read('size', { after: 'earliest' });
+  // Visible once every older transaction in the cluster has ended (the horizon).
+  const r = await waitFor(async () => {
+    const x = await herald.topics.read('size', { after: 'earliest' });
+    return x.messages.length === 20 ? x : undefined;
+  });
   assert.deepEqual(r.messages.map((m) => (m.payload as { i: number }).i), Array.from({ length: 20 }, (_, i) => 100 + i));
-  void nextEvent;
 });

@@ -115,4 +115,21 @@ test('stop leaves no listener; start/stop are idempotent', async () => {
   await c.stop();
   assert.equal(c.running, false);
   assert.ok(!herald.notifier.channels().includes(herald.topics.channel));
+  // The maintenance timer goes with stop(); a second Herald's close() stops its consumers.
+  const other = createHerald({ connectionString: db.url });
+  other.topics.start();
+  other.topics.start();
+  const running = other.topics.consumer('orders', 'life2', () => {});
+  await running.start();
+  await other.close();
+  assert.equal(running.running, false);
+});
+
+test('bad input fails before any SQL with typed errors', async () => {
+  await assert.rejects(herald.topics.publish('', 1), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.publish('t', undefined), { code: 'INVALID_PAYLOAD' });
+  await assert.rejects(herald.topics.read('no-such-topic'), { code: 'NOT_FOUND' });
+  await assert.rejects(herald.topics.resetGroup('orders', 'a', { position: 'nope' }), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.create('bad', { partitions: 0 }), { code: 'INVALID_OPTION' });
+  assert.throws(() => herald.topics.consumer('orders', 'g', () => {}, { batchSize: -1 }), { code: 'INVALID_OPTION' });
 });

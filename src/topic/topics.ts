@@ -297,7 +297,7 @@ export class Topics {
 
   /** Size, retention and per-group lag of a topic. */
   async stats(topic: string): Promise<TopicStats> {
-    const st = await this.#existing(topic);
+    await this.#existing(topic);
     const ex = this.#driver.executor;
     const t = (await q.topicGet(ex, this.#s, topic))!;
     const [counts, segments, groups] = await Promise.all([
@@ -312,7 +312,6 @@ export class Topics {
       e.lag += Number(g.lag);
       e.partitions.push({ partition: g.kpart, position: formatPosition(g.cursor_xid, g.cursor_id), lag: Number(g.lag), updatedAt: g.updated_at });
     }
-    void st;
     return {
       name: t.name,
       partitions: t.partitions,
