@@ -6,6 +6,7 @@ import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
 import * as q from './queries.js';
+import { toMessage } from './message.js';
 import {
   CONSUMER_DEFAULTS,
   formatPosition,
@@ -196,15 +197,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         const claim = await q.cursorClaimRead(tx, s, row.id, this.group, this.#rotate++ % row.partitions, row.partitions, this.options.batchSize);
         if (!claim || claim.rows.length === 0) return false;
         const rows = claim.rows;
-        const messages = rows.map((r) => ({
-          topic: this.topic,
-          id: r.id,
-          position: formatPosition(r.xid, r.id),
-          key: r.key,
-          partition: r.kpart,
-          payload: r.payload as T,
-          publishedAt: r.published_at,
-        }));
+        const messages = rows.map((r) => toMessage<T>(this.topic, r));
         try {
           await withSpan('herald.topics.consume', { 'herald.topic': this.topic, 'herald.group': this.group, 'herald.count': rows.length }, async () => {
             await this.#handler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx });

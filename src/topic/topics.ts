@@ -6,6 +6,7 @@ import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import { TopicConsumer } from './consumer.js';
 import * as q from './queries.js';
+import { toMessage } from './message.js';
 import {
   assertName,
   formatPosition,
@@ -424,10 +425,7 @@ export class Topics {
   }
 }
 
-function toMessage<T>(topic: string, r: q.MessageRow): TopicMessage<T> {
-  return { topic, id: r.id, position: formatPosition(r.xid, r.id), key: r.key, partition: r.kpart, payload: r.payload as T, publishedAt: r.published_at };
-}
-export { toMessage };
+
 
 /** Compares two positions in delivery order. */
 export function cmp(a: { xid: string; id: string }, b: { xid: string; id: string }): number {
