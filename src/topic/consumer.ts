@@ -154,6 +154,8 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         }
         if (worked) {
           horizonWait = this.options.horizonPollMs;
+          // A busy group still reports a partition that fell behind retention.
+          if (Date.now() - this.#behindCheckedAt >= this.options.pollIntervalMs) await this.#checkBehind(row);
           continue;
         }
         await this.#checkBehind(row);
@@ -230,7 +232,10 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   }
   #pending: { partition: number; count: number; position: string } | undefined;
 
+  #behindCheckedAt = 0;
+
   async #checkBehind(row: q.TopicRow): Promise<void> {
+    this.#behindCheckedAt = Date.now();
     const ex = this.#host.driver.executor;
     const behind = await q.groupBehind(ex, this.#host.s, row.id, this.group);
     const now = new Set<number>();

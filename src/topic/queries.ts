@@ -181,22 +181,40 @@ export async function groupCreate(
 
 /**
  * The cursor (x, i) a key partition `p` starts from: everything at or below it counts
- * as consumed. earliest: the partition's retention mark; latest: the current horizon
- * (rows of transactions that have not ended yet still come); time: just before the
- * first retained message published at or after $4.
+ * as consumed. earliest: the partition's retention mark; latest: after the newest
+ * committed message and at least the current horizon (a transaction still open may
+ * come or not: it committed neither before nor after); time: just before the first
+ * retained message published at or after $4.
  */
 function startCursorSql(s: string): string {
   return `SELECT CASE $3 WHEN 'earliest' THEN p.dropped_xid
-                         WHEN 'latest' THEN pg_snapshot_xmin(pg_current_snapshot())
-                         ELSE COALESCE(f.xid, pg_snapshot_xmin(pg_current_snapshot())) END AS x,
+                         WHEN 'latest' THEN CASE WHEN l.xid IS NULL OR l.xid < h.x THEN h.x ELSE l.xid END
+                         ELSE COALESCE(f.xid, h.x) END AS x,
                  CASE $3 WHEN 'earliest' THEN p.dropped_id
-                         WHEN 'latest' THEN 0::bigint
+                         WHEN 'latest' THEN CASE WHEN l.xid IS NULL OR l.xid < h.x THEN 0::bigint ELSE l.id END
                          ELSE COALESCE(f.id - 1, 0::bigint) END AS i
-            FROM (SELECT 1) one
+            FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x) h
             LEFT JOIN LATERAL (
               SELECT m.xid, m.id FROM ${s}.topic_messages m
                WHERE $3 = 'time' AND m.topic_id = p.topic_id AND m.kpart = p.kpart AND m.published_at >= $4::timestamptz
-               ORDER BY m.xid, m.id LIMIT 1) f ON true`;
+               ORDER BY m.xid, m.id LIMIT 1) f ON true
+            LEFT JOIN LATERAL (
+              SELECT m.xid, m.id FROM ${s}.topic_messages m
+               WHERE $3 = 'latest' AND m.topic_id = p.topic_id AND m.kpart = p.kpart
+               ORDER BY m.xid DESC, m.id DESC LIMIT 1) l ON true`;
+}
+
+/** The position after the newest committed message of a topic, at least the current horizon. */
+export async function topicLatest(ex: Executor, s: string, topicId: number): Promise<{ xid: string; id: string }> {
+  const { rows } = await ex.query<{ xid: string; id: string }>(
+    `SELECT (CASE WHEN l.xid IS NULL OR l.xid < h.x THEN h.x ELSE l.xid END)::text AS xid,
+            (CASE WHEN l.xid IS NULL OR l.xid < h.x THEN 0 ELSE l.id END)::text AS id
+       FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x) h
+       LEFT JOIN LATERAL (SELECT m.xid, m.id FROM ${s}.topic_messages m WHERE m.topic_id = $1
+                           ORDER BY m.xid DESC, m.id DESC LIMIT 1) l ON true`,
+    [topicId],
+  );
+  return rows[0];
 }
 
 /** Moves every cursor of a group (replay or skip). Returns the number of cursors moved. */

@@ -133,3 +133,30 @@ test('bad input fails before any SQL with typed errors', async () => {
   await assert.rejects(herald.topics.create('bad', { partitions: 0 }), { code: 'INVALID_OPTION' });
   assert.throws(() => herald.topics.consumer('orders', 'g', () => {}, { batchSize: -1 }), { code: 'INVALID_OPTION' });
 });
+
+test("a new group starts at 'latest' or at a point in time", async () => {
+  await herald.topics.create('starts', { partitions: 3 });
+  await herald.topics.publishMany('starts', [1, 2, 3].map((payload) => ({ payload })));
+  // A JS Date has millisecond precision: take the next millisecond, and let the database clock pass it.
+  const { rows } = await herald.driver.executor.query<{ t: Date }>(`SELECT date_trunc('milliseconds', clock_timestamp()) + interval '1 millisecond' AS t`);
+  const cut = rows[0].t;
+  await waitFor(async () => (await herald.driver.executor.query<{ ok: boolean }>('SELECT clock_timestamp() > $1::timestamptz AS ok', [cut])).rows[0].ok);
+  await herald.topics.publishMany('starts', [4, 5].map((payload) => ({ payload })));
+  const latest: number[] = [];
+  const fromTime: number[] = [];
+  const a = herald.topics.consumer<number>('starts', 'latest', ({ messages }) => void latest.push(...messages.map((m) => m.payload)), { start: 'latest' });
+  const b = herald.topics.consumer<number>('starts', 'time', ({ messages }) => void fromTime.push(...messages.map((m) => m.payload)), { start: cut });
+  await a.start();
+  await b.start();
+  await herald.topics.publish('starts', 6);
+  await waitFor(() => latest.includes(6) && fromTime.length >= 3);
+  assert.deepEqual(latest, [6]);
+  assert.deepEqual([...fromTime].sort(), [4, 5, 6]);
+  // Reset to a time replays from there; to 'latest' skips what is there.
+  const replay = new Promise<void>((resolve) => a.on('batch', () => latest.length >= 4 && resolve()));
+  assert.equal(await herald.topics.resetGroup('starts', 'latest', cut), 3);
+  await replay;
+  assert.deepEqual([...latest].sort(), [4, 5, 6, 6]);
+  await a.stop();
+  await b.stop();
+});

@@ -279,8 +279,8 @@ export class Topics {
       return formatPosition(d.xid, d.id);
     }
     if (after === 'latest') {
-      const { rows } = await ex.query<{ x: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x');
-      return formatPosition(rows[0].x, '0');
+      const l = await q.topicLatest(ex, this.#s, st.row.id);
+      return formatPosition(l.xid, l.id);
     }
     if (/^\d{1,19}$/.test(after)) {
       const xid = await q.messageXid(ex, this.#s, st.row.id, after);
