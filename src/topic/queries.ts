@@ -378,9 +378,11 @@ export async function segmentNewest(ex: Executor, s: string, table: string): Pro
  */
 export async function segmentDrop(ex: Executor, tx: (fn: (t: Executor) => Promise<void>) => Promise<void>, s: string, topicId: number, table: string, lower: string): Promise<void> {
   const seg = `${s}.${quoteIdent(table)}`;
-  const attached = await ex.query(`SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass($1)`, [`${seg}`]);
-  if (attached.rowCount > 0) {
-    await ex.query(`ALTER TABLE ${s}.${quoteIdent(topicTableName(topicId))} DETACH PARTITION ${seg} CONCURRENTLY`);
+  const { rows } = await ex.query<{ pending: boolean }>(`SELECT inhdetachpending AS pending FROM pg_inherits WHERE inhrelid = to_regclass($1)`, [seg]);
+  if (rows.length > 0) {
+    // An interrupted DETACH ... CONCURRENTLY leaves the partition "detach pending": finish it.
+    const how = rows[0].pending ? 'FINALIZE' : 'CONCURRENTLY';
+    await ex.query(`ALTER TABLE ${s}.${quoteIdent(topicTableName(topicId))} DETACH PARTITION ${seg} ${how}`);
   }
   await tx(async (t) => {
     await t.query(
