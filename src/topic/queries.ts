@@ -184,15 +184,19 @@ export async function groupCreate(
  * as consumed. earliest: the partition's retention mark; latest: after the newest
  * committed message and at least the current horizon (a transaction still open may
  * come or not: it committed neither before nor after); time: just before the first
- * retained message published at or after $4.
+ * retained message published at or after $4 (as latest where there is none).
  */
 function startCursorSql(s: string): string {
+  // "after the newest committed message, at least the horizon" is 'latest', and the
+  // fallback of 'time' for a partition with nothing published since.
+  const latestX = `CASE WHEN l.xid IS NULL OR l.xid < h.x THEN h.x ELSE l.xid END`;
+  const latestI = `CASE WHEN l.xid IS NULL OR l.xid < h.x THEN 0::bigint ELSE l.id END`;
   return `SELECT CASE $3 WHEN 'earliest' THEN p.dropped_xid
-                         WHEN 'latest' THEN CASE WHEN l.xid IS NULL OR l.xid < h.x THEN h.x ELSE l.xid END
-                         ELSE COALESCE(f.xid, h.x) END AS x,
+                         WHEN 'latest' THEN ${latestX}
+                         ELSE COALESCE(f.xid, ${latestX}) END AS x,
                  CASE $3 WHEN 'earliest' THEN p.dropped_id
-                         WHEN 'latest' THEN CASE WHEN l.xid IS NULL OR l.xid < h.x THEN 0::bigint ELSE l.id END
-                         ELSE COALESCE(f.id - 1, 0::bigint) END AS i
+                         WHEN 'latest' THEN ${latestI}
+                         ELSE COALESCE(f.id - 1, ${latestI}) END AS i
             FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x) h
             LEFT JOIN LATERAL (
               SELECT m.xid, m.id FROM ${s}.topic_messages m
@@ -200,7 +204,7 @@ function startCursorSql(s: string): string {
                ORDER BY m.xid, m.id LIMIT 1) f ON true
             LEFT JOIN LATERAL (
               SELECT m.xid, m.id FROM ${s}.topic_messages m
-               WHERE $3 = 'latest' AND m.topic_id = p.topic_id AND m.kpart = p.kpart
+               WHERE $3 <> 'earliest' AND m.topic_id = p.topic_id AND m.kpart = p.kpart
                ORDER BY m.xid DESC, m.id DESC LIMIT 1) l ON true`;
 }
 

@@ -136,6 +136,11 @@ test('bad input fails before any SQL with typed errors', async () => {
 
 test("a new group starts at 'latest' or at a point in time", async () => {
   await herald.topics.create('starts', { partitions: 3 });
+  // An older transaction held open keeps the visibility horizon below every message here.
+  const hold = new pg.Client({ connectionString: db.url });
+  await hold.connect();
+  await hold.query('BEGIN');
+  await hold.query('SELECT pg_current_xact_id()');
   await herald.topics.publishMany('starts', [1, 2, 3].map((payload) => ({ payload })));
   // A JS Date has millisecond precision: take the next millisecond, and let the database clock pass it.
   const { rows } = await herald.driver.executor.query<{ t: Date }>(`SELECT date_trunc('milliseconds', clock_timestamp()) + interval '1 millisecond' AS t`);
@@ -148,6 +153,8 @@ test("a new group starts at 'latest' or at a point in time", async () => {
   const b = herald.topics.consumer<number>('starts', 'time', ({ messages }) => void fromTime.push(...messages.map((m) => m.payload)), { start: cut });
   await a.start();
   await b.start();
+  await hold.query('COMMIT');
+  await hold.end();
   await herald.topics.publish('starts', 6);
   await waitFor(() => latest.includes(6) && fromTime.length >= 3);
   assert.deepEqual(latest, [6]);
