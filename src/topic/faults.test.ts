@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { LISTEN_APPLICATION_NAME } from '../driver/types.js';
@@ -46,7 +46,8 @@ test('a consumer killed with SIGKILL mid-batch loses nothing and commits nothing
   await herald.driver.executor.query('CREATE TABLE done (v int PRIMARY KEY, by text NOT NULL)');
   await herald.topics.create('kill', { partitions: 1 });
   await herald.topics.publishMany('kill', Array.from({ length: 200 }, (_, i) => ({ payload: i })));
-  const dir = mkdtempSync(join(process.cwd(), 'test', '.topics-kill-'));
+  mkdirSync(join(process.cwd(), 'test-artifacts'), { recursive: true }); // git-ignored
+  const dir = mkdtempSync(join(process.cwd(), 'test-artifacts', 'topics-kill-'));
   const worker = join(dir, 'worker.ts');
   const src = new URL('../index.ts', import.meta.url).pathname;
   // The worker writes its batch into `done` and then hangs before commit: the kill lands mid-batch.
