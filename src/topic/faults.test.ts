@@ -10,7 +10,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { LISTEN_APPLICATION_NAME } from '../driver/types.js';
-import { createHerald, type Herald } from '../index.js';
+import { createHerald, Herald } from '../index.js';
+import { privateCluster } from '../../test/support/cluster.js';
 import { freshDatabase, terminateBackends, type TestDatabase } from '../../test/support/db.js';
 import { nextEvent, waitFor } from '../../test/support/wait.js';
 
@@ -83,5 +84,49 @@ await c.start();
   } finally {
     child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('consumers survive a SIGKILLed and restarted server: every message committed once', async () => {
+  const pc = await privateCluster();
+  const h = new Herald({ connectionString: pc.url, notifier: { healthCheckIntervalMs: 300, healthCheckTimeoutMs: 500, reconnectMaxDelayMs: 300, queueUsageIntervalMs: 0 } });
+  try {
+    await h.driver.executor.query('CREATE TABLE got (grp text, v int, PRIMARY KEY (grp, v))');
+    await h.topics.create('crash', { partitions: 4 });
+    const problems: unknown[] = [];
+    const consumers = ['a', 'b'].flatMap((g) =>
+      [1, 2].map(() =>
+        h.topics.consumer<number>('crash', g, async ({ messages, tx }) => {
+          // A duplicate delivery within a group would violate the primary key and show up as a handler error.
+          await tx.query('INSERT INTO got (grp, v) SELECT $1, unnest($2::int[])', [g, messages.map((m) => m.payload)]);
+        }, { batchSize: 20, pollIntervalMs: 200, retryDelayMs: 50 }),
+      ),
+    );
+    const handlerErrors: unknown[] = [];
+    for (const c of consumers) {
+      c.on('problem', (e) => problems.push(e));
+      c.on('handlerError', (e) => handlerErrors.push(e));
+      await c.start();
+    }
+    const total = 600;
+    const publish = async (from: number, to: number) => {
+      for (let i = from; i < to; i += 50) {
+        await h.topics.publishMany('crash', Array.from({ length: 50 }, (_, j) => ({ payload: i + j, key: `k${(i + j) % 7}` })));
+      }
+    };
+    await publish(0, 300);
+    await waitFor(async () => (await h.driver.executor.query<{ n: number }>('SELECT count(*)::int AS n FROM got')).rows[0].n > 0);
+    await pc.cluster.kill(); // SIGKILL mid-stream: in-flight batches roll back
+    await waitFor(() => problems.length > 0, { what: 'consumers report the outage' });
+    await pc.cluster.restart();
+    await publish(300, total);
+    await waitFor(async () => (await h.driver.executor.query<{ n: number }>('SELECT count(*)::int AS n FROM got')).rows[0].n === 2 * total, { timeoutMs: 60_000, what: 'both groups complete' });
+    const { rows } = await h.driver.executor.query<{ grp: string; n: number; d: number }>('SELECT grp, count(*)::int AS n, count(DISTINCT v)::int AS d FROM got GROUP BY grp ORDER BY grp');
+    assert.deepEqual(rows, [{ grp: 'a', n: total, d: total }, { grp: 'b', n: total, d: total }]);
+    assert.equal(handlerErrors.filter((e) => String((e as { error: Error }).error?.message).includes('duplicate key')).length, 0);
+    await Promise.all(consumers.map((c) => c.stop()));
+  } finally {
+    await h.close();
+    await pc.dispose();
   }
 });
