@@ -2,7 +2,8 @@
  * Notifier benchmark: pgherald against raw `pg` (a pg.Client with LISTEN),
  * postgres.js `sql.listen` and pg-listen, on ONE Postgres in ONE run.
  *
- * - latency: notify-to-handler p50/p99 at a steady 1,000 notifications/s; the sender
+ * - latency: notify-to-handler p50/p99 at a steady 1,000 notifications/s (libraries in
+ *   interleaved 0.5 s slices, all listeners open, one fed at a time); the sender
  *   (a worker thread, its own connection) puts `<seq>:<hrtime ns>` in the payload.
  * - peak: notifications/s delivered when senders blast (4 connections, 100 distinct
  *   notifications per statement); every sequence number is counted (100% check).
@@ -41,16 +42,18 @@ const { values: args } = parseArgs({
 const RUNS = Number(args.runs);
 const PHASES = new Set(args.only!.split(','));
 const LAT_RATE = 1000;
-const LAT_WARMUP = 500; // first 0.5 s not counted (connection warm-up, JIT)
-const LAT_COUNT = 4000; // 4 s measured per run
-const PEAK_COUNT = 100_000;
+const LAT_WARMUP = 500; // first 0.5 s of each listener not counted (connection warm-up, JIT)
+const LAT_SLICE = 500; // one slice: 0.5 s of one contender
+const LAT_SLICES = 8; // 8 slices = 4,000 measured per contender per run
+const LAT_COUNT = LAT_SLICE * LAT_SLICES;
+const PEAK_COUNT = 300_000;
 const PEAK_BATCH = 100;
 const PEAK_CONNECTIONS = 4;
 const PGBENCH_CLIENTS = 8;
 const PGBENCH_THREADS = 2;
 const PGBENCH_SECONDS = 5;
 const FAN_SUBSCRIBERS = 1000;
-const FAN_COUNT = 500; // 500 notifications x 1,000 subscribers = 500,000 deliveries
+const FAN_COUNT = 5000; // 5,000 notifications x 1,000 subscribers = 5,000,000 deliveries
 const FAN_BATCH = 50;
 const IDLE_TIMEOUT_MS = 3000; // give up waiting when nothing new arrives for this long
 
@@ -135,38 +138,65 @@ interface LatencyResult {
   duplicates: number;
 }
 
-async function latency(c: Contender, channel: string): Promise<LatencyResult> {
-  const total = LAT_WARMUP + LAT_COUNT;
-  const lat = new Float64Array(total);
-  const seen = new Uint8Array(total);
-  let got = 0;
-  let duplicates = 0;
-  const listener = await c.open(url!, channel, 1, (p) => {
-    const t = now();
-    const colon = p.indexOf(':');
-    const seq = Number(p.slice(0, colon));
-    if (seen[seq]) return void duplicates++;
-    seen[seq] = 1;
-    got++;
-    lat[seq] = t - Number(p.slice(colon + 1));
-  });
+/**
+ * One latency run for every contender. All listeners stay open on their own channel;
+ * the sender feeds one channel at a time at LAT_RATE, in LAT_SLICES slices per
+ * contender taken in turn, so load from other work on the machine falls on every
+ * library alike instead of on whichever ran during a busy moment.
+ */
+async function latencyRun(cs: Contender[], run: number): Promise<Map<string, LatencyResult>> {
+  const total = LAT_WARMUP + LAT_SLICES * LAT_SLICE;
+  const states = cs.map((c) => ({
+    c,
+    channel: `bench_lat_${slug(c.name)}_${run}`,
+    lat: new Float64Array(total),
+    seen: new Uint8Array(total),
+    got: 0,
+    duplicates: 0,
+  }));
+  const listeners = [];
   try {
-    await send({ cmd: 'paced', url: url!, channel, rate: LAT_RATE, count: total });
-    await settle(() => got === total, () => got);
+    for (const s of states) {
+      listeners.push(
+        await s.c.open(url!, s.channel, 1, (p) => {
+          const t = now();
+          const colon = p.indexOf(':');
+          const seq = Number(p.slice(0, colon));
+          if (s.seen[seq]) return void s.duplicates++;
+          s.seen[seq] = 1;
+          s.got++;
+          s.lat[seq] = t - Number(p.slice(colon + 1));
+        }),
+      );
+    }
+    const paced = (channel: string, from: number, count: number) =>
+      send({ cmd: 'paced', url: url!, channel, rate: LAT_RATE, from, count });
+    for (const s of states) await paced(s.channel, 0, LAT_WARMUP);
+    for (let k = 0; k < LAT_SLICES; k++) {
+      for (let i = 0; i < states.length; i++) {
+        const s = states[(i + k + run) % states.length];
+        await paced(s.channel, LAT_WARMUP + k * LAT_SLICE, LAT_SLICE);
+      }
+    }
+    await settle(() => states.every((s) => s.got === total), () => states.reduce((n, s) => n + s.got, 0));
   } finally {
-    await listener.close();
+    for (const l of listeners) await l.close();
   }
-  const measured: number[] = [];
-  for (let i = LAT_WARMUP; i < total; i++) if (seen[i]) measured.push(lat[i] / 1e6);
-  measured.sort((a, b) => a - b);
-  return {
-    p50Ms: percentile(measured, 0.5),
-    p99Ms: percentile(measured, 0.99),
-    maxMs: measured[measured.length - 1] ?? NaN,
-    delivered: got,
-    expected: total,
-    duplicates,
-  };
+  const out = new Map<string, LatencyResult>();
+  for (const s of states) {
+    const measured: number[] = [];
+    for (let i = LAT_WARMUP; i < total; i++) if (s.seen[i]) measured.push(s.lat[i] / 1e6);
+    measured.sort((a, b) => a - b);
+    out.set(s.c.name, {
+      p50Ms: percentile(measured, 0.5),
+      p99Ms: percentile(measured, 0.99),
+      maxMs: measured[measured.length - 1] ?? NaN,
+      delivered: s.got,
+      expected: total,
+      duplicates: s.duplicates,
+    });
+  }
+  return out;
 }
 
 interface RateResult {
@@ -304,14 +334,15 @@ const t0 = Date.now();
 
 for (let run = 0; run < RUNS; run++) {
   // Rotate the order so no library always goes first (or right after another one).
+  if (PHASES.has('latency')) {
+    for (const [name, r] of await latencyRun(contenders, run)) {
+      (latencyRuns.get(name) ?? latencyRuns.set(name, []).get(name)!).push(r);
+      console.error(`run ${run + 1} ${name} latency p50 ${f2(r.p50Ms)} ms p99 ${f2(r.p99Ms)} ms max ${f2(r.maxMs)} ms, ${r.delivered}/${r.expected}`);
+    }
+  }
   const order = contenders.map((_, i) => contenders[(i + run) % contenders.length]);
   for (const c of order) {
     const id = `${slug(c.name)}_${run}`;
-    if (PHASES.has('latency')) {
-      const r = await latency(c, `bench_lat_${id}`);
-      (latencyRuns.get(c.name) ?? latencyRuns.set(c.name, []).get(c.name)!).push(r);
-      console.error(`run ${run + 1} ${c.name} latency p50 ${f2(r.p50Ms)} ms p99 ${f2(r.p99Ms)} ms, ${r.delivered}/${r.expected}`);
-    }
     if (PHASES.has('peak')) {
       const r = await peak(c, `bench_peak_${id}`);
       (peakRuns.get(c.name) ?? peakRuns.set(c.name, []).get(c.name)!).push(r);
@@ -344,7 +375,7 @@ p();
 const baseline = 'raw pg';
 
 if (latencyRuns.size > 0) {
-  p(`### Notify-to-handler latency at ${LAT_RATE.toLocaleString('en-US')} notifications/s (${LAT_COUNT.toLocaleString('en-US')} measured per run, ms)`);
+  p(`### Notify-to-handler latency at ${LAT_RATE.toLocaleString('en-US')} notifications/s (${LAT_COUNT.toLocaleString('en-US')} measured per library per run, in ${LAT_SLICES} interleaved 0.5 s slices; ms)`);
   p();
   p('| library | p50 per run | p50 median | p50 vs raw pg | p99 per run | p99 median | p99 vs raw pg | delivered |');
   p('|---|---|---|---|---|---|---|---|');

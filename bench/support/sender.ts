@@ -5,7 +5,7 @@
  *
  * Commands (posted by the main thread, answered with `{ done: true, sent }`):
  * - `paced`: one `SELECT pg_notify($1, $2)` per notification at `rate` per second;
- *   the payload is `<seq>:<process.hrtime in ns>` (CLOCK_MONOTONIC, the same clock in
+ *   the payload is `<seq>:<process.hrtime in ns>` (seq from `from`) (CLOCK_MONOTONIC, the same clock in
  *   every thread of the machine), so the listener can compute notify-to-handler latency.
  * - `burst`: `count` notifications as fast as possible from `connections` connections,
  *   `batch` per statement (each a distinct payload `<seq>`, so Postgres does not fold them).
@@ -14,7 +14,7 @@ import { parentPort } from 'node:worker_threads';
 import pg from 'pg';
 
 export type SenderCommand =
-  | { cmd: 'paced'; url: string; channel: string; rate: number; count: number }
+  | { cmd: 'paced'; url: string; channel: string; rate: number; from: number; count: number }
   | { cmd: 'burst'; url: string; channel: string; count: number; batch: number; connections: number };
 
 async function connect(url: string): Promise<pg.Client> {
@@ -36,7 +36,7 @@ async function paced(c: Extract<SenderCommand, { cmd: 'paced' }>): Promise<numbe
       const elapsed = Number(process.hrtime.bigint() - start);
       const due = Math.min(c.count, Math.floor(elapsed / intervalNs) + 1);
       while (i < due) {
-        await client.query('SELECT pg_notify($1, $2)', [c.channel, `${i}:${process.hrtime.bigint()}`]);
+        await client.query('SELECT pg_notify($1, $2)', [c.channel, `${c.from + i}:${process.hrtime.bigint()}`]);
         i++;
       }
       const nextNs = i * intervalNs - Number(process.hrtime.bigint() - start);
