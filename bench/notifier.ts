@@ -54,7 +54,7 @@ const PGBENCH_THREADS = 2;
 const PGBENCH_SECONDS = 5;
 const FAN_SUBSCRIBERS = 1000;
 const FAN_COUNT = 5000; // 5,000 notifications x 1,000 subscribers = 5,000,000 deliveries
-const FAN_BATCH = 50;
+const FAN_BATCH = 1000; // large statements, so the sender outruns the 1,000-fold fan-out it feeds
 const IDLE_TIMEOUT_MS = 3000; // give up waiting when nothing new arrives for this long
 
 const slug = (name: string) => name.replace(/[^a-z0-9]+/gi, '-').toLowerCase();
