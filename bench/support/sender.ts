@@ -8,14 +8,15 @@
  *   the payload is `<seq>:<process.hrtime in ns>` (seq from `from`) (CLOCK_MONOTONIC, the same clock in
  *   every thread of the machine), so the listener can compute notify-to-handler latency.
  * - `burst`: `count` notifications as fast as possible from `connections` connections,
- *   `batch` per statement (each a distinct payload `<seq>`, so Postgres does not fold them).
+ *   `batch` per statement (each a distinct payload `<seq>`, seq from `from`, so Postgres
+ *   does not fold them).
  */
 import { parentPort } from 'node:worker_threads';
 import pg from 'pg';
 
 export type SenderCommand =
   | { cmd: 'paced'; url: string; channel: string; rate: number; from: number; count: number }
-  | { cmd: 'burst'; url: string; channel: string; count: number; batch: number; connections: number };
+  | { cmd: 'burst'; url: string; channel: string; from: number; count: number; batch: number; connections: number };
 
 async function connect(url: string): Promise<pg.Client> {
   const client = new pg.Client({ connectionString: url });
@@ -60,7 +61,7 @@ async function burst(c: Extract<SenderCommand, { cmd: 'burst' }>): Promise<numbe
           const to = Math.min(c.count, from + c.batch) - 1;
           next = to + 1;
           // One statement (one transaction) per batch; distinct payloads are never merged.
-          await client.query('SELECT pg_notify($1, s::text) FROM generate_series($2::int, $3::int) AS s', [c.channel, from, to]);
+          await client.query('SELECT pg_notify($1, s::text) FROM generate_series($2::int, $3::int) AS s', [c.channel, c.from + from, c.from + to]);
           sent += to - from + 1;
         }
       }),
