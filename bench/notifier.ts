@@ -2,8 +2,8 @@
  * Notifier benchmark: pgherald against raw `pg` (a pg.Client with LISTEN),
  * postgres.js `sql.listen` and pg-listen, on ONE Postgres in ONE run.
  *
- * - latency: notify-to-handler p50/p99 at a steady 1,000 notifications/s (libraries in
- *   interleaved 0.5 s slices, all listeners open, one fed at a time); the sender
+ * - latency: notify-to-handler p50/p99 at a steady 1,000 notifications/s (all listeners
+ *   open, one stream moving between them every 0.1 s); the sender
  *   (a worker thread, its own connection) puts `<seq>:<hrtime ns>` in the payload.
  * - peak: notifications/s delivered when senders blast (4 connections, 100 distinct
  *   notifications per statement); every sequence number is counted (100% check).
@@ -45,10 +45,9 @@ const { values: args } = parseArgs({
 const RUNS = Number(args.runs);
 const PHASES = new Set(args.only!.split(','));
 const LAT_RATE = 1000;
-const LAT_WARMUP = 500; // first 0.5 s of each listener not counted (connection warm-up, JIT)
-const LAT_SLICE = 500; // one slice: 0.5 s of one contender
-const LAT_SLICES = 8; // 8 slices = 4,000 measured per contender per run
-const LAT_COUNT = LAT_SLICE * LAT_SLICES;
+const LAT_WARMUP = 500; // first 500 of each listener not counted (connection warm-up, JIT)
+const LAT_COUNT = 4000; // measured per contender per run
+const LAT_SLICE = 100; // the 1,000/s stream moves to the next listener every 0.1 s
 const PEAK_COUNT = 200_000;
 const PEAK_BATCH = 100;
 const PEAK_CONNECTIONS = 4;
@@ -143,12 +142,13 @@ interface LatencyResult {
 
 /**
  * One latency run for every contender. All listeners stay open on their own channel;
- * the sender feeds one channel at a time at LAT_RATE, in LAT_SLICES slices per
- * contender taken in turn, so load from other work on the machine falls on every
- * library alike instead of on whichever ran during a busy moment.
+ * one steady stream at LAT_RATE moves from channel to channel every LAT_SLICE
+ * notifications, so each library is fed alone at the full rate, and load from other
+ * work on the machine falls on every library alike instead of on whichever ran
+ * during a busy moment.
  */
 async function latencyRun(cs: Contender[], run: number): Promise<Map<string, LatencyResult>> {
-  const total = LAT_WARMUP + LAT_SLICES * LAT_SLICE;
+  const total = LAT_WARMUP + LAT_COUNT;
   const states = cs.map((c) => ({
     c,
     channel: `bench_lat_${slug(c.name)}_${run}`,
@@ -172,15 +172,7 @@ async function latencyRun(cs: Contender[], run: number): Promise<Map<string, Lat
         }),
       );
     }
-    const paced = (channel: string, from: number, count: number) =>
-      send({ cmd: 'paced', url: url!, channel, rate: LAT_RATE, from, count });
-    for (const s of states) await paced(s.channel, 0, LAT_WARMUP);
-    for (let k = 0; k < LAT_SLICES; k++) {
-      for (let i = 0; i < states.length; i++) {
-        const s = states[(i + k + run) % states.length];
-        await paced(s.channel, LAT_WARMUP + k * LAT_SLICE, LAT_SLICE);
-      }
-    }
+    await send({ cmd: 'rotating', url: url!, channels: states.map((s) => s.channel), rate: LAT_RATE, perChannel: total, slice: LAT_SLICE, offset: run });
     await settle(() => states.every((s) => s.got === total), () => states.reduce((n, s) => n + s.got, 0));
   } finally {
     for (const l of listeners) await l.close();
@@ -400,7 +392,7 @@ p();
 const baseline = 'raw pg';
 
 if (latencyRuns.size > 0) {
-  p(`### Notify-to-handler latency at ${LAT_RATE.toLocaleString('en-US')} notifications/s (${LAT_COUNT.toLocaleString('en-US')} measured per library per run, in ${LAT_SLICES} interleaved 0.5 s slices; ms)`);
+  p(`### Notify-to-handler latency at ${LAT_RATE.toLocaleString('en-US')} notifications/s (${LAT_COUNT.toLocaleString('en-US')} measured per library per run; one steady stream moving between the libraries every ${LAT_SLICE / LAT_RATE} s; ms)`);
   p();
   p('| library | p50 per run | p50 median | p50 vs raw pg | p99 per run | p99 median | p99 vs raw pg | delivered |');
   p('|---|---|---|---|---|---|---|---|');
