@@ -3,7 +3,8 @@
  * on this machine, in the same run.
  *
  *   node --import tsx bench/topics.ts            # 3 runs, markdown table of medians
- *   BENCH_N=20000 BENCH_RUNS=1 node --import tsx bench/topics.ts
+ *   node --import tsx bench/topics.ts --runs 1 --n 20000   (or BENCH_RUNS, BENCH_N)
+ *   npm run bench -- topics -- --runs 1
  *
  * Postgres: its own throwaway cluster (PostgresCluster; or DATABASE_URL), default
  * durability (fsync on, synchronous_commit on). Redis: a redis-server started here on a
@@ -20,9 +21,14 @@ import { join } from 'node:path';
 import { createClient } from 'redis';
 import { createHerald, freePort, PostgresCluster } from '../src/index.js';
 
-const N = Number(process.env.BENCH_N ?? 50_000);
+/** `--runs N` and `--n N` (as `npm run bench -- topics -- --runs 1` passes them), else BENCH_RUNS / BENCH_N. */
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+const N = Number(arg('n') ?? process.env.BENCH_N ?? 50_000);
 const SINGLE = Math.max(1000, Math.round(N / 10));
-const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const RUNS = Number(arg('runs') ?? process.env.BENCH_RUNS ?? 3);
 const BATCH = 500;
 const GROUPS = 3;
 const payload = (i: number) => ({ orderId: i, customer: `c-${i % 100}`, amount: (i * 7) % 1000, note: 'x'.repeat(40) });
