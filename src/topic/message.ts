@@ -10,6 +10,6 @@ export function toMessage<T>(topic: string, r: MessageRow): TopicMessage<T> {
     key: r.key,
     partition: r.kpart,
     payload: JSON.parse(r.payload) as T,
-    publishedAt: r.published_at instanceof Date ? r.published_at : new Date(r.published_at),
+    publishedAt: new Date(Number(r.published_ms)),
   };
 }

@@ -30,7 +30,8 @@ export interface MessageRow {
   key: string | null;
   /** jsonb as text: parsed by the library, the same way over every driver. */
   payload: string;
-  published_at: Date;
+  /** Publish time in epoch milliseconds: a float parses far faster than a timestamptz in node-postgres. */
+  published_ms: number;
 }
 
 /** Per-topic object names (all in the herald schema). */
@@ -277,7 +278,8 @@ export async function cursorClaimRead(
         LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
      )
-     SELECT c.kpart AS ckpart, m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload::text AS payload, m.published_at
+     SELECT c.kpart AS ckpart, m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload::text AS payload,
+            (extract(epoch FROM m.published_at) * 1000)::float8 AS published_ms
        FROM c LEFT JOIN LATERAL (
          SELECT m.* FROM ${s}.topic_messages m
           WHERE m.topic_id = $1 AND m.kpart = c.kpart AND (m.xid, m.id) > (c.cursor_xid, c.cursor_id)
@@ -293,7 +295,8 @@ export async function cursorClaimRead(
 /** Reads the whole topic (every key partition) after a position, below the visibility horizon. */
 export async function messageReadTopic(ex: Executor, s: string, topicId: number, xid: string, id: string, limit: number): Promise<MessageRow[]> {
   const { rows } = await ex.query<MessageRow>(
-    `SELECT m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload::text AS payload, m.published_at FROM ${s}.topic_messages m
+    `SELECT m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload::text AS payload,
+            (extract(epoch FROM m.published_at) * 1000)::float8 AS published_ms FROM ${s}.topic_messages m
       WHERE m.topic_id = $1 AND (m.xid, m.id) > ($2::xid8, $3::bigint)
         AND m.xid < pg_snapshot_xmin(pg_current_snapshot())
       ORDER BY m.xid, m.id LIMIT $4`,
