@@ -463,5 +463,3 @@ function wrap(err: unknown, topic: string): unknown {
   }
   return err;
 }
-
-export type { Executor };
