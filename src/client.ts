@@ -9,6 +9,8 @@ import type { OutgoingNotification } from './notifier/notify.js';
 import type { Subscription } from './notifier/subscription.js';
 import type { Notification, NotifierOptions } from './notifier/types.js';
 import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
+import { Topics } from './topic/topics.js';
+import type { TopicsOptions } from './topic/types.js';
 
 /** Options of {@link createHerald}. Give one of `connectionString`, `pool`, `sql` or `driver`. */
 export interface HeraldOptions {
@@ -32,6 +34,8 @@ export interface HeraldOptions {
   schema?: string;
   /** Notifier options (buffers, health checks, reconnect backoff). */
   notifier?: NotifierOptions;
+  /** Topics options (defaults of implicitly created topics, maintenance interval). */
+  topics?: TopicsOptions;
 }
 
 /**
@@ -50,6 +54,8 @@ export class Herald {
   readonly driver: Driver;
   readonly notifier: Notifier;
   readonly schema: string;
+  /** Durable topics: an append-only log with consumer groups and replay. */
+  readonly topics: Topics;
   readonly #ownsDriver: boolean;
   #closed = false;
 
@@ -72,6 +78,7 @@ export class Herald {
             listenConnectionString: options.listenConnectionString,
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
+    this.topics = new Topics(this.driver, this.notifier, this.schema, options.topics);
   }
 
   /** Applies pending migrations (safe from many processes at once). Returns the versions applied. */
@@ -110,6 +117,7 @@ export class Herald {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.topics.stop();
     await this.notifier.stop();
     if (this.#ownsDriver) await this.driver.end();
   }

@@ -133,6 +133,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
       const applied = await herald.migrate();
       if (applied.length) ctx.err(`applied migrations ${applied.join(', ')}`);
       await herald.notifier.start();
+      herald.topics.start(); // retention of topics every maintenanceIntervalMs
       const server = new HeraldServer(herald, serverOptions);
       const url = await server.start();
       ctx.onCleanup(() => server.stop());

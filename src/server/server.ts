@@ -15,6 +15,7 @@ import { registerChannelRoutes } from './routes/channels.js';
 import { registerSiteRoutes } from './routes/site.js';
 import { SseStream, type SseLimits } from './sse.js';
 import { handleUpgrade } from './ws.js';
+import { registerTopicsRoutes } from './routes/topics.js';
 
 /** Options of {@link HeraldServer}; every one has a default (see {@link SERVER_DEFAULTS}). */
 export interface ServerOptions extends AuthOptions {
@@ -324,6 +325,7 @@ export class HeraldServer {
     );
     registerChannelRoutes(this);
     registerSiteRoutes(this);
+    registerTopicsRoutes(this);
   }
 
   async #databaseOk(): Promise<'ok' | 'unreachable'> {
