@@ -208,11 +208,15 @@ export class HeraldServer {
     await this.gateway.stop();
     this.#url = undefined;
     if (!this.#http.listening) return;
-    await new Promise<void>((resolve) => {
-      this.#http.close(() => resolve());
-      this.#http.closeAllConnections();
-      for (const s of this.#sockets) s.destroy();
-    });
+    const closed = new Promise<void>((resolve) => this.#http.close(() => resolve()));
+    // Give the goodbyes (SSE close event, WebSocket close frame) up to 500 ms to leave,
+    // then destroy whatever is still open.
+    this.#http.closeIdleConnections();
+    const deadline = Date.now() + 500;
+    while (this.#sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    this.#http.closeAllConnections();
+    for (const s of this.#sockets) s.destroy();
+    await closed;
   }
 
   /**
