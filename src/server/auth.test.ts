@@ -43,6 +43,7 @@ describe('authentication and grants', () => {
   let base: string;
   let jwks: ReturnType<typeof createServer>;
   let rsPrivate: CryptoKey;
+  let pemPrivate: CryptoKey;
 
   before(async () => {
     db = await freshDatabase();
@@ -56,6 +57,7 @@ describe('authentication and grants', () => {
     });
     await new Promise<void>((r) => jwks.listen(0, '127.0.0.1', () => r()));
     const other = await generateKeyPair('RS256', { extractable: true });
+    pemPrivate = other.privateKey;
     server = new HeraldServer(herald, {
       port: 0,
       token: ADMIN,
@@ -121,7 +123,7 @@ describe('authentication and grants', () => {
     ok.close();
   });
 
-  test('JWTs: HS256 secret, JWKS URL (RS256) and scope claims are honoured; a wrong signature is not', async () => {
+  test('JWTs: HS256 secret, RS256 PEM public key, JWKS URL (RS256) and scope claims are honoured; a wrong signature is not', async () => {
     const hs = await hs256({ sub: 'u1', grants: { subscribe: ['tenant:7:*'] } });
     const a = await SseClient.open(`${base}/channels/tenant:7:feed/events?access_token=${hs}`);
     assert.equal(a.status, 200);
@@ -133,6 +135,12 @@ describe('authentication and grants', () => {
     const rs = await new SignJWT({ sub: 'u2', scope: 'subscribe:tenant:7:* publish:tenant:7:feed' }).setProtectedHeader({ alg: 'RS256', kid: 'k1' }).setExpirationTime('10m').sign(rsPrivate);
     assert.equal((await post(`${base}/channels/tenant:7:feed/notify`, { payload: 'from-rs' }, rs)).status, 202);
     await a.until(() => a.named('notification').some((e) => e.data === 'from-rs'));
+
+    const pem = await new SignJWT({ grants: { publish: ['tenant:7:*'] } }).setProtectedHeader({ alg: 'RS256' }).setExpirationTime('10m').sign(pemPrivate);
+    assert.equal((await post(`${base}/channels/tenant:7:feed/notify`, { payload: 'from-pem' }, pem)).status, 202, 'RS256 with the configured PEM public key');
+    await a.until(() => a.named('notification').some((e) => e.data === 'from-pem'));
+    const wrongAlg = await hs256({ grants: { admin: ['*'] } });
+    assert.equal((await post(`${base}/channels/tenant:7:feed/notify`, { payload: 'x' }, wrongAlg + 'x')).status, 401);
 
     const forged = await new SignJWT({ sub: 'x', grants: { admin: ['*'] } }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('10m').sign(new TextEncoder().encode('another-secret-of-enough-length'));
     assert.equal((await post(`${base}/channels/tenant:7:feed/notify`, { payload: 'x' }, forged)).status, 401);
