@@ -16,6 +16,7 @@ import { registerSiteRoutes } from './routes/site.js';
 import { SseStream, type SseLimits } from './sse.js';
 import { handleUpgrade } from './ws.js';
 import { registerTopicsRoutes } from './routes/topics.js';
+import { topicStreamSource } from './streams/topics.js';
 
 /** Options of {@link HeraldServer}; every one has a default (see {@link SERVER_DEFAULTS}). */
 export interface ServerOptions extends AuthOptions {
@@ -330,6 +331,7 @@ export class HeraldServer {
     registerChannelRoutes(this);
     registerSiteRoutes(this);
     registerTopicsRoutes(this);
+    this.gateway.registerStream('topic', topicStreamSource(this.herald));
   }
 
   async #databaseOk(): Promise<'ok' | 'unreachable'> {
