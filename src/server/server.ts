@@ -250,7 +250,8 @@ export class HeraldServer {
   admit(principal: Principal, transport: 'sse' | 'ws'): () => void {
     if (this.#stopping) throw new HttpError(503, 'SHUTTING_DOWN', 'server is shutting down');
     if (this.clients >= this.options.maxClients) throw new HttpError(503, 'TOO_MANY_CLIENTS', 'client limit reached');
-    const release = this.limits.acquireConnection(principal.id);
+    // Per-token limits count tokens; the open (credential-less, loopback) mode has none.
+    const release = principal.kind === 'anonymous' ? () => {} : this.limits.acquireConnection(principal.id);
     this.metrics.connections.inc({ transport });
     return release;
   }

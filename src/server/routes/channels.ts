@@ -28,7 +28,7 @@ export async function publish(server: HeraldServer, principal: Principal, topic:
     throw new HttpError(413, 'PAYLOAD_TOO_LARGE', `payload is ${bytes} bytes; the limit is ${server.options.maxMessageBytes}`);
   }
   if (payload.includes('\0')) throw new HttpError(400, 'INVALID_PAYLOAD', 'payload must not contain a NUL character');
-  server.limits.takePublish(principal.id);
+  if (principal.kind !== 'anonymous') server.limits.takePublish(principal.id);
   await withSpan('herald.gateway.publish', { 'herald.topic': topic, 'herald.principal': principal.id }, () => server.herald.notify(channel, payload));
 }
 
