@@ -50,11 +50,12 @@ export function pgDriver(options: PgDriverOptions): Driver {
     async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
       const client = await pool.connect();
       let broken: Error | undefined;
-      // pg-pool removes its own 'error' listener while a client is checked out: a server
-      // shutdown or pg_terminate_backend while the transaction waits (for example on a
-      // handler) would emit an unhandled 'error' and kill the process (DESIGN trap 11).
+      // A checked-out client has no pool 'error' listener: a server that dies while the
+      // transaction runs (between two queries) would emit an unhandled 'error' and kill
+      // the process (DESIGN.md trap 11). Keep it, and destroy the client on release.
       const onError = (err: Error) => {
-        broken = err;
+        broken ??= err;
+        onPoolError(err);
       };
       client.on('error', onError);
       try {

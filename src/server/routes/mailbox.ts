@@ -26,7 +26,7 @@ export function registerMailboxRoutes(server: HeraldServer): void {
     if (body.id !== undefined && typeof body.id !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'id must be a string');
     const result = await mailbox.send({ to, payload: body.payload, topic: body.topic as string | undefined, id: body.id as string | undefined });
     sendJson(res, result.created ? 201 : 200, { id: result.id, to, created: result.created });
-  });
+  }, { action: 'publish', resource: ([to]) => `mailbox/${to}` });
 
   server.router.add('GET', /^\/mailbox\/([^/]+)$/, async (_req, res, [to], url) => {
     const unknown = [...url.searchParams.keys()].filter((k) => !QUERY_KEYS.has(k));
@@ -54,5 +54,5 @@ export function registerMailboxRoutes(server: HeraldServer): void {
     } finally {
       res.off('close', onClose);
     }
-  });
+  }, { action: 'subscribe', resource: ([to]) => `mailbox/${to}` });
 }
