@@ -109,7 +109,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--max-message-bytes <n>', 'largest publish payload, at most 7999 (default 7999)')
     .option('--publish-rate <n>', 'publishes per second per token (default 100)')
     .option('--max-channels <n>', 'topics listened on at once (default 1000)')
-    .option('--channel-prefix <prefix>', 'Postgres channel prefix of client topics (default gw.)')
+    .option('--channel-prefix <prefix>', 'Postgres channel prefix of client topics, e.g. gw. (default: none, topic = channel)')
     .option('--public-metrics', 'serve /metrics without credentials')
     .option('--data-dir <dir>', 'embedded Postgres folder (default: $HERALD_DATA_DIR or ./.herald)')
     .addHelpText(

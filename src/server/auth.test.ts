@@ -59,6 +59,7 @@ describe('authentication and grants', () => {
     const other = await generateKeyPair('RS256', { extractable: true });
     pemPrivate = other.privateKey;
     server = new HeraldServer(herald, {
+      channelPrefix: 'gw.',
       port: 0,
       token: ADMIN,
       apiKeys: [{ name: 'tenant42', key: TENANT, grants: { subscribe: ['tenant:42:*'], publish: ['tenant:42:chat'] } }],
@@ -211,7 +212,7 @@ describe('authentication and grants', () => {
     const listening = herald.notifier.channels();
     assert.ok(listening.includes('gw.t1'));
     assert.ok(listening.every((c) => c.startsWith('gw.')), String(listening));
-    const invalid = await SseClient.open(`${base}/channels/${encodeURIComponent('a b')}/events?access_token=${ADMIN}`);
+    const invalid = await SseClient.open(`${base}/channels/${encodeURIComponent('a\nb')}/events?access_token=${ADMIN}`);
     assert.equal(invalid.status, 400);
     await invalid.done;
     for (const c of holders) c.close();

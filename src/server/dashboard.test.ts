@@ -27,7 +27,7 @@ describe('dashboard and browser client in headless Chromium', { skip: existsSync
     herald = createHerald({ connectionString: db.url });
     const q = herald.driver.executor;
     await q.query("CREATE TABLE demo_jobs (id int PRIMARY KEY, name text NOT NULL, state text NOT NULL DEFAULT 'available')");
-    server = new HeraldServer(herald, { port: 0, token: ADMIN });
+    server = new HeraldServer(herald, { port: 0, token: ADMIN, channelPrefix: 'gw.' });
     // What the queue part registers: jobs by state, with admin actions (a real table here).
     server.dashboard.addPanel({
       id: 'queues',

@@ -62,7 +62,7 @@ describe('gateway fan-out', () => {
     herald = createHerald({ connectionString: db.url, notifier: { queueUsageIntervalMs: 0 } });
     await herald.driver.executor.query('CREATE TABLE test_log (id bigserial PRIMARY KEY, stream text NOT NULL, body text NOT NULL); CREATE TABLE test_log_trim (stream text PRIMARY KEY, upto bigint NOT NULL)');
     // open mode (loopback, no credentials): every client is the anonymous principal
-    server = new HeraldServer(herald, { port: 0, maxConnectionsPerToken: 10_000, maxBufferedBytes: 512 * 1024 });
+    server = new HeraldServer(herald, { port: 0, maxConnectionsPerToken: 10_000, maxBufferedBytes: 512 * 1024, channelPrefix: 'gw.' });
     server.gateway.registerStream('log', new TableSource(herald));
     base = await server.start();
   });

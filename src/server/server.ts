@@ -45,7 +45,7 @@ export interface ServerOptions extends AuthOptions {
   publishPerSecond?: number;
   /** WebSocket messages per second per connection (subscribe, publish, ping...). @defaultValue 50 */
   wsMessagesPerSecond?: number;
-  /** Prefix of the Postgres channel behind each topic. @defaultValue 'gw.' */
+  /** Prefix of the Postgres channel behind each topic (`gw.` keeps browser topics in their own namespace). @defaultValue '' */
   channelPrefix?: string;
   /** Distinct topics listened on at once. @defaultValue 1000 */
   maxChannels?: number;
@@ -72,7 +72,7 @@ export const SERVER_DEFAULTS: Resolved = {
   maxMessageBytes: PAYLOAD_LIMIT_BYTES - 1,
   publishPerSecond: 100,
   wsMessagesPerSecond: 50,
-  channelPrefix: 'gw.',
+  channelPrefix: '',
   maxChannels: 1000,
   historySize: 1000,
   publicMetrics: false,
