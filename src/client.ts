@@ -9,6 +9,8 @@ import type { OutgoingNotification } from './notifier/notify.js';
 import type { Subscription } from './notifier/subscription.js';
 import type { Notification, NotifierOptions } from './notifier/types.js';
 import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
+import { Outbox } from './outbox/outbox.js';
+import { Changes } from './change/changes.js';
 
 /** Options of {@link createHerald}. Give one of `connectionString`, `pool`, `sql` or `driver`. */
 export interface HeraldOptions {
@@ -50,6 +52,10 @@ export class Herald {
   readonly driver: Driver;
   readonly notifier: Notifier;
   readonly schema: string;
+  /** The transactional outbox and its relays. */
+  readonly outbox: Outbox;
+  /** Row-change triggers and their announcements. */
+  readonly changes: Changes;
   readonly #ownsDriver: boolean;
   #closed = false;
 
@@ -72,6 +78,8 @@ export class Herald {
             listenConnectionString: options.listenConnectionString,
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
+    this.outbox = new Outbox(this.driver, this.notifier, this.schema);
+    this.changes = new Changes(this.driver, this.notifier, this.schema);
   }
 
   /** Applies pending migrations (safe from many processes at once). Returns the versions applied. */
@@ -110,6 +118,7 @@ export class Herald {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.outbox.stop();
     await this.notifier.stop();
     if (this.#ownsDriver) await this.driver.end();
   }
