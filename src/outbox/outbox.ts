@@ -89,7 +89,7 @@ export class Outbox {
    * the event id (a UUID). Producers of one key wait for each other until commit (a
    * transaction-level advisory lock), which keeps the key's events in commit order.
    */
-  add(event: NewOutboxEvent, options: { tx?: TxLike } = {}): Promise<string> {
+  async add(event: NewOutboxEvent, options: { tx?: TxLike } = {}): Promise<string> {
     const e = checkEvent(event, 'event');
     const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
     return withSpan('herald.outbox.add', { 'herald.event_type': e.type }, () => outboxInsertOne(ex, this.#s, this.#lockPrefix, e));
