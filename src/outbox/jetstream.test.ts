@@ -49,7 +49,7 @@ test('JetStream holds each event id once, even when relays republish it', { skip
           throw new Error('ack lost');
         }
       },
-      close: () => sink.close(),
+      close: () => sink.close!(),
     },
     retryBaseDelayMs: 10,
     pollIntervalMs: 50,
