@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { Driver, Executor, ListenSession, QueryResult, RawNotification } from './types.js';
+import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryResult, type RawNotification } from './types.js';
 
 /** Options of {@link pgDriver}. */
 export interface PgDriverOptions {
@@ -70,6 +70,8 @@ export function pgDriver(options: PgDriverOptions): Driver {
       const client = new pg.Client({
         ...listenConfig,
         keepAlive: true,
+        // Named so operators (and tests) can tell the listen session apart in pg_stat_activity.
+        application_name: LISTEN_APPLICATION_NAME,
         connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
       });
       let closeHandler: ((err?: Error) => void) | undefined;

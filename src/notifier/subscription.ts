@@ -1,3 +1,4 @@
+import { HeraldError } from '../errors.js';
 import type { Notification } from './types.js';
 
 /** A fixed-capacity FIFO; memory never exceeds `capacity` entries. */
@@ -207,6 +208,6 @@ export class Subscription implements AsyncIterable<Notification> {
     this.#closed = true;
     this.#buffer.clear();
     for (const w of this.#waiters.splice(0)) w(null);
-    if (!this.#isEstablished) this.#rejectEstablished(new Error('subscription closed before LISTEN was established'));
+    if (!this.#isEstablished) this.#rejectEstablished(new HeraldError('STOPPED', 'subscription closed before LISTEN was established'));
   }
 }
