@@ -100,7 +100,7 @@ test('server: outbox backlog and dead letters over HTTP, row changes on SSE', as
     await readUntil('event: change');
     await readUntil('\n\n');
     const data = text.slice(text.indexOf('event: change')).split('\n')[1].slice('data: '.length);
-    assert.deepEqual(JSON.parse(data), { table: 'public.items', op: 'INSERT', count: 1, keys: [{ id: 42 }] });
+    assert.deepEqual(JSON.parse(data), { table: 'public.items', op: 'INSERT', count: 1, keys: [{ id: 42 }], many: false });
     ac.abort();
   } finally {
     await server.stop();

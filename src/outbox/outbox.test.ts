@@ -4,7 +4,7 @@ import { after, before, test } from 'node:test';
 import postgres from 'postgres';
 import { createHerald, type Herald } from '../client.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { freshDatabase, terminateBackends, type TestDatabase } from '../../test/support/db.js';
 import { deferred, nextEvent, waitFor } from '../../test/support/wait.js';
 import { verifyWebhookSignature, webhookSink, type OutboxEvent } from './sinks.js';
 
@@ -167,4 +167,20 @@ test('prune deletes published events older than the given age', async () => {
   assert.ok(before >= 1);
   assert.equal(await herald.outbox.prune({ olderThanMs: 0 }), before);
   assert.equal((await herald.outbox.stats()).published, 0);
+});
+
+test('a relay whose connections are terminated reports the problem, reconnects and keeps publishing', async () => {
+  const seen = new Set<string>();
+  const relay = herald.outbox.relay({ sink: (e) => void seen.add(e.id), pollIntervalMs: 100 });
+  const first = await herald.outbox.add({ type: 'term', key: 't' });
+  await waitFor(() => seen.has(first), { what: 'the first event' });
+  const problems: Error[] = [];
+  relay.on('problem', (e) => problems.push(e));
+  await terminateBackends(db.name);
+  const ids: string[] = [];
+  // The pool's idle clients were killed too: adding may need a retry.
+  await waitFor(async () => ids.push(await herald.outbox.add({ type: 'term', key: 't' })), { what: 'an add after the terminate' });
+  await waitFor(() => ids.every((id) => seen.has(id)), { what: 'events after the terminate' });
+  await relay.stop();
+  assert.equal((await herald.outbox.stats()).pending, 0);
 });

@@ -36,7 +36,7 @@ BEGIN
   SELECT string_agg(format('%L, t.%I', c, c), ', ') INTO pairs FROM unnest(cols) AS c;
   IF n <= max_keys THEN
     EXECUTE format('SELECT jsonb_agg(jsonb_build_object(%s)) FROM %I AS t', pairs, rel) INTO keys;
-    msg := jsonb_build_object('table', tbl, 'op', TG_OP, 'count', n, 'keys', keys)::text;
+    msg := jsonb_build_object('table', tbl, 'op', TG_OP, 'count', n, 'keys', keys, 'many', false)::text;
   END IF;
   -- 8000 bytes is NOTIFY's hard limit: fall back to "many" well below it.
   IF msg IS NULL OR octet_length(msg) > 7900 THEN
