@@ -28,6 +28,7 @@ const { values: args } = parseArgs({
     keys: { type: 'string', default: '1000' },
     'latency-seconds': { type: 'string', default: '10' },
     runs: { type: 'string', default: '1' },
+    'competitor-events': { type: 'string', default: '5000' },
     only: { type: 'string' },
   },
 });
@@ -35,6 +36,8 @@ const EVENTS = Number(args.events);
 const KEYS = Number(args.keys);
 const LATENCY_S = Number(args['latency-seconds']);
 const RUNS = Number(args.runs);
+/** Events in the competitors' throughput runs (graphile-worker's per-key queues are slow; rates are comparable). */
+const COMPETITOR_EVENTS = Number(args['competitor-events']);
 /** pg-boss fetches one batch per polling interval (0.5 s at least): a large batch is its best setting here. */
 const PGBOSS_BATCH = 1000;
 
@@ -54,8 +57,13 @@ if (!url) {
 const admin = new pg.Client({ connectionString: url });
 await admin.connect();
 const pgVersion = (await admin.query('SHOW server_version')).rows[0].server_version as string;
-async function freshDb(name: string): Promise<string> {
-  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+let dbCounter = 0;
+/**
+ * A new database per scenario, never dropped during the run: dropping one WITH (FORCE)
+ * would kill a competitor's lingering pool clients, whose unhandled errors end the process.
+ */
+async function freshDb(prefix: string): Promise<string> {
+  const name = `${prefix}_${process.pid}_${++dbCounter}`;
   await admin.query(`CREATE DATABASE ${name}`);
   const u = new URL(url!);
   u.pathname = '/' + name;
@@ -187,14 +195,15 @@ function summarize(committed: Map<number, number>, received: Map<number, number>
 
 // ---------------------------------------------------------------- pg-boss
 async function pgBossThroughput(workers: number): Promise<number> {
+  const N = COMPETITOR_EVENTS;
   const PgBoss = (await import('pg-boss')).default as unknown as new (o: object) => any;
   const dbUrl = await freshDb('bench_pgboss');
   const boss = new PgBoss({ connectionString: dbUrl, max: workers + 4, supervise: false, schedule: false });
   boss.on('error', () => {});
   await boss.start();
   await boss.createQueue('outbox');
-  for (let i = 0; i < EVENTS; i += 1000) {
-    await boss.insert(Array.from({ length: Math.min(1000, EVENTS - i) }, (_, j) => ({ name: 'outbox', data: { key: key(i + j), n: i + j } })));
+  for (let i = 0; i < N; i += 1000) {
+    await boss.insert(Array.from({ length: Math.min(1000, N - i) }, (_, j) => ({ name: 'outbox', data: { key: key(i + j), n: i + j } })));
   }
   let published = 0;
   let done!: () => void;
@@ -203,13 +212,13 @@ async function pgBossThroughput(workers: number): Promise<number> {
   for (let w = 0; w < workers; w++) {
     await boss.work('outbox', { batchSize: PGBOSS_BATCH, pollingIntervalSeconds: 0.5 }, async (jobs: unknown[]) => {
       published += jobs.length;
-      if (published >= EVENTS) done();
+      if (published >= N) done();
     });
   }
   await finished;
   const elapsed = performance.now() - started;
   await boss.stop({ graceful: false, wait: true }).catch(() => {});
-  return EVENTS / (elapsed / 1000);
+  return N / (elapsed / 1000);
 }
 
 async function pgBossLatency(): Promise<{ p50: number; p99: number; achieved: number }> {
@@ -232,13 +241,14 @@ async function pgBossLatency(): Promise<{ p50: number; p99: number; achieved: nu
 
 // ---------------------------------------------------------------- graphile-worker
 async function graphileThroughput(workers: number): Promise<number> {
+  const N = COMPETITOR_EVENTS;
   const gw = await import('graphile-worker');
   const dbUrl = await freshDb('bench_graphile');
   const utils = await gw.makeWorkerUtils({ connectionString: dbUrl });
   await utils.migrate();
-  for (let i = 0; i < EVENTS; i += 1000) {
+  for (let i = 0; i < N; i += 1000) {
     // queueName = key: graphile-worker's way to keep one key's jobs in order, like the outbox's keys.
-    await utils.addJobs(Array.from({ length: Math.min(1000, EVENTS - i) }, (_, j) => ({ identifier: 'publish', payload: { n: i + j }, queueName: key(i + j) })));
+    await utils.addJobs(Array.from({ length: Math.min(1000, N - i) }, (_, j) => ({ identifier: 'publish', payload: { n: i + j }, queueName: key(i + j) })));
   }
   await utils.release();
   let published = 0;
@@ -253,14 +263,14 @@ async function graphileThroughput(workers: number): Promise<number> {
         noHandleSignals: true,
         pollInterval: 1000,
         logger: new gw.Logger(() => () => {}),
-        taskList: { publish: async () => void (++published === EVENTS && done()) },
+        taskList: { publish: async () => void (++published === N && done()) },
       }),
     ),
   );
   await finished;
   const elapsed = performance.now() - started;
   await Promise.all(runners.map((r) => r.stop()));
-  return EVENTS / (elapsed / 1000);
+  return N / (elapsed / 1000);
 }
 
 async function graphileLatency(): Promise<{ p50: number; p99: number; achieved: number }> {
@@ -323,7 +333,7 @@ for (let run = 0; run < RUNS; run++) {
 }
 
 const base = throughput.find((r) => r.name === 'pgherald, callback, 1 relay');
-console.log(`\nPostgres ${pgVersion}, ${cpus().length} CPUs (${cpus()[0]?.model}), ${EVENTS} events over ${KEYS} keys, ${RUNS} run(s), medians\n`);
+console.log(`\nPostgres ${pgVersion}, ${cpus().length} CPUs (${cpus()[0]?.model}), pgherald ${EVENTS} / competitors ${COMPETITOR_EVENTS} events over ${KEYS} keys, ${RUNS} run(s), medians\n`);
 console.log('| relay throughput | events/s | vs pgherald callback 1 relay |');
 console.log('|---|---:|---:|');
 for (const r of throughput) {
