@@ -30,6 +30,7 @@ const { values: args } = parseArgs({
     runs: { type: 'string', default: '1' },
     'competitor-events': { type: 'string', default: '5000' },
     only: { type: 'string' },
+    part: { type: 'string', default: 'all' },
   },
 });
 const EVENTS = Number(args.events);
@@ -161,26 +162,32 @@ async function steadyLatency(
   return { committed, achieved };
 }
 
-async function heraldLatency(sinkKind: 'callback' | 'jetstream'): Promise<{ p50: number; p99: number; achieved: number }> {
+async function heraldLatency(sinkKind: 'callback' | 'jetstream', wake: 'notify' | 'poll' = 'notify'): Promise<{ p50: number; p99: number; achieved: number }> {
   const dbUrl = await freshDb('bench_herald_lat');
+  if (wake === 'poll') await admin.query(`ALTER DATABASE ${new URL(dbUrl).pathname.slice(1)} SET herald.outbox_wake = 'off'`);
+  // Producer and relay on separate pools, as when relays run in their own process: a
+  // producer that queues on a shared pool would delay the relay's checkouts.
   const herald = createHerald({ connectionString: dbUrl, poolSize: 20, notifier: { queueUsageIntervalMs: 0 } });
+  const relayHerald = createHerald({ connectionString: dbUrl, poolSize: 2, notifier: { queueUsageIntervalMs: 0 } });
   await herald.migrate();
   if (sinkKind === 'jetstream') await resetStream();
   const received = new Map<number, number>();
   const js = sinkKind === 'jetstream' ? jetstreamSink({ servers: natsUrl!, subject: () => 'bench.latency' }) : undefined;
-  const relay = herald.outbox.relay({
+  const relay = relayHerald.outbox.relay({
     sink: async (e) => {
       if (js) await js.publish(e);
       received.set((e.payload as { n: number }).n, performance.now());
     },
     batchSize: 100,
     concurrency: 32,
+    pollIntervalMs: wake === 'poll' ? 20 : 1000,
   });
   const r = await steadyLatency((n) => herald.outbox.add({ type: 'lat', key: key(n), payload: { n } }).then(() => {}), LATENCY_S);
   const total = 1000 * LATENCY_S;
   while (received.size < total) await new Promise((res) => setTimeout(res, 20));
   await relay.stop();
   await js?.close!();
+  await relayHerald.close();
   await herald.close();
   return summarize(r.committed, received, r.achieved);
 }
@@ -299,17 +306,18 @@ type Row = { name: string; runs: number[] };
 const throughput: Row[] = [];
 const latency: { name: string; runs: { p50: number; p99: number; achieved: number }[] }[] = [];
 const want = (name: string) => !args.only || name.includes(args.only);
+const part = args.part;
 
 for (let run = 0; run < RUNS; run++) {
   const t = async (name: string, fn: () => Promise<number>) => {
-    if (!want(name)) return;
+    if (!want(name) || part === 'latency') return;
     let row = throughput.find((r) => r.name === name);
     if (!row) throughput.push((row = { name, runs: [] }));
     row.runs.push(await fn());
     console.error(`run ${run + 1}: ${name}: ${Math.round(row.runs.at(-1)!)} events/s`);
   };
   const l = async (name: string, fn: () => Promise<{ p50: number; p99: number; achieved: number }>) => {
-    if (!want(name)) return;
+    if (!want(name) || part === 'throughput') return;
     let row = latency.find((r) => r.name === name);
     if (!row) latency.push((row = { name, runs: [] }));
     row.runs.push(await fn());
@@ -328,6 +336,8 @@ for (let run = 0; run < RUNS; run++) {
   await t('graphile-worker as outbox (queueName = key), 4 runners', () => graphileThroughput(4));
   await l('pgherald, callback', () => heraldLatency('callback'));
   if (natsUrl) await l('pgherald, JetStream', () => heraldLatency('jetstream'));
+  await l('pgherald, callback, no NOTIFY (herald.outbox_wake = off), 20 ms poll', () => heraldLatency('callback', 'poll'));
+  if (natsUrl) await l('pgherald, JetStream, no NOTIFY (herald.outbox_wake = off), 20 ms poll', () => heraldLatency('jetstream', 'poll'));
   await l('pg-boss as outbox', () => pgBossLatency());
   await l('graphile-worker as outbox (queueName = key)', () => graphileLatency());
 }

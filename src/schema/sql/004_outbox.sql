@@ -28,8 +28,15 @@ CREATE INDEX outbox_events_published ON :schema.outbox_events (published_at) WHE
 -- One wake-up per inserting statement (and Postgres merges identical notifications of a
 -- transaction): the channel is "<schema>.outbox", the payload empty. NOTIFY is a
 -- wake-up only; relays also poll.
+-- A notifying transaction holds a cluster-wide lock through its commit (WAL flush
+-- included), so notifying commits cannot share an fsync: at high commit rates on slow
+-- disks this caps producers. Setting herald.outbox_wake = 'off' (per role, database or
+-- SET LOCAL) skips the NOTIFY; relays then find events by polling (lower pollIntervalMs).
 CREATE FUNCTION :schema.outbox_wake() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+  IF current_setting('herald.outbox_wake', true) = 'off' THEN
+    RETURN NULL;
+  END IF;
   PERFORM pg_notify(TG_TABLE_SCHEMA || '.outbox', '');
   RETURN NULL;
 END
