@@ -184,3 +184,23 @@ test('a relay whose connections are terminated reports the problem, reconnects a
   await relay.stop();
   assert.equal((await herald.outbox.stats()).pending, 0);
 });
+
+test('herald.outbox_wake = off skips the wake-up NOTIFY of that transaction', async () => {
+  const sub = herald.listen('herald.outbox');
+  await sub.established;
+  await herald.transaction(async (tx) => {
+    await tx.query(`SET LOCAL herald.outbox_wake = 'off'`);
+    await herald.outbox.add({ type: 'quiet' }, { tx });
+  });
+  await herald.outbox.add({ type: 'loud' });
+  await herald.notify('herald.outbox', 'marker');
+  const payloads: string[] = [];
+  for (;;) {
+    const n = await sub.wait({ timeoutMs: 15_000 });
+    assert.ok(n, 'the marker arrives');
+    payloads.push(n.payload);
+    if (n.payload === 'marker') break;
+  }
+  await sub.close();
+  assert.deepEqual(payloads, ['', 'marker'], 'one wake-up (the loud add), none for the quiet one');
+});
