@@ -66,6 +66,21 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** True when a session can be opened on `url` and answers `SELECT 1`. */
+export async function canConnect(url: string, timeoutMs = 1000): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: timeoutMs });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
 /** An OS user to run a server as. */
 export interface OsUser {
   uid: number;
@@ -224,18 +239,8 @@ export class PostgresCluster {
     }
   }
 
-  async #accepting(): Promise<boolean> {
-    const client = new pg.Client({ connectionString: this.url(), connectionTimeoutMillis: 1000 });
-    client.on('error', () => {});
-    try {
-      await client.connect();
-      await client.query('SELECT 1');
-      return true;
-    } catch {
-      return false;
-    } finally {
-      await client.end().catch(() => {});
-    }
+  #accepting(): Promise<boolean> {
+    return canConnect(this.url());
   }
 
   /** Stops the server (fast shutdown: clients are disconnected). Idempotent. */

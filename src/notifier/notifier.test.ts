@@ -149,6 +149,66 @@ describe('notifier', () => {
     }
   });
 
+  it('a handler that keeps up never drops, even when one socket read holds more notifications than its buffer', async () => {
+    const herald = new Herald({ connectionString: db.url, notifier: { ...FAST, subscriberBufferSize: 10 } });
+    try {
+      const total = 3000; // one statement: the listen socket receives them in a few large reads
+      const syncGot: number[] = [];
+      const asyncGot: number[] = [];
+      let running = 0;
+      let overlapped = false;
+      const sync = herald.listen('burst', (n) => {
+        syncGot.push(Number(n.payload));
+      });
+      // An async handler runs one notification at a time, in order, and buffers the rest.
+      const slow = herald.listen('burst', async (n) => {
+        if (running++ > 0) overlapped = true;
+        await Promise.resolve();
+        running--;
+        asyncGot.push(Number(n.payload));
+      });
+      await Promise.all([sync.established, slow.established]);
+      await herald.notifyMany(Array.from({ length: total }, (_, i) => ({ channel: 'burst', payload: String(i) })));
+      // Every notification is either handled or counted as dropped.
+      await waitFor(() => syncGot.length + sync.dropped === total && asyncGot.length + slow.dropped === total && running === 0);
+      assert.equal(sync.dropped, 0);
+      assert.deepEqual(syncGot, Array.from({ length: total }, (_, i) => i));
+      assert.equal(overlapped, false);
+      assert.ok(asyncGot.every((v, i) => i === 0 || v > asyncGot[i - 1]), 'async handler saw notifications out of order');
+      assert.equal(slow.delivered + slow.dropped, total);
+    } finally {
+      await herald.close();
+    }
+  });
+
+  it('a handler that subscribes again does not receive the notification being dispatched', async () => {
+    const herald = new Herald({ connectionString: db.url, notifier: FAST });
+    try {
+      const seen: string[] = [];
+      const second = deferred();
+      const inner: Promise<void>[] = [];
+      const outer = herald.listen('again', (n) => {
+        seen.push(`outer:${n.payload}`);
+        if (n.payload === 'first') {
+          const sub = herald.listen('again', (m) => {
+            seen.push(`inner:${m.payload}`);
+            if (m.payload === 'second') second.resolve();
+          });
+          inner.push(sub.established);
+        }
+      });
+      await outer.established;
+      await herald.notify('again', 'first');
+      await waitFor(() => inner.length === 1);
+      await inner[0];
+      await herald.notify('again', 'second');
+      await second.promise;
+      assert.deepEqual(seen.filter((s) => s.startsWith('inner')), ['inner:second']);
+    } finally {
+      await herald.close();
+    }
+  });
+
   it('gives a typed error for every bad input before any SQL, and the transaction stays usable', async () => {
     const herald = new Herald({ connectionString: db.url, notifier: FAST });
     const client = new pg.Client({ connectionString: db.url });

@@ -274,7 +274,12 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     const state = this.#channels.get(n.channel);
     if (!state) return;
     const notification: Notification = { channel: n.channel, payload: n.payload, processId: n.processId };
+    // Handlers run inline (Subscription._push): one that subscribes to this channel
+    // again adds to the set being walked. Sets iterate in insertion order, so counting
+    // keeps this notification to the subscribers that existed when it arrived.
+    let remaining = state.subs.size;
     for (const sub of state.subs) {
+      if (remaining-- === 0) break;
       const before = sub.dropped;
       sub._push(notification);
       if (sub.dropped !== before) state.dropped++;

@@ -7,8 +7,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync, chmodSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import pg from 'pg';
-import { freePort, postgresOsUser, spawnTiedToParent } from '../../src/embedded/cluster.js';
+import { canConnect, freePort, postgresOsUser, spawnTiedToParent } from '../../src/embedded/cluster.js';
 import { waitFor } from './wait.js';
 
 /** Path of the pgbouncer binary, or undefined. */
@@ -63,15 +62,7 @@ export async function startPgBouncer(targetUrl: string, mode: 'session' | 'trans
   await waitFor(
     async () => {
       if (exited) throw new Error('pgbouncer exited at start');
-      const c = new pg.Client({ connectionString: via(targetUrl), connectionTimeoutMillis: 2000 });
-      c.on('error', () => {});
-      try {
-        await c.connect();
-        await c.query('SELECT 1');
-        return true;
-      } finally {
-        await c.end().catch(() => {});
-      }
+      return canConnect(via(targetUrl), 2000);
     },
     { what: 'pgbouncer to accept connections' },
   );
