@@ -204,3 +204,13 @@ test('herald.outbox_wake = off skips the wake-up NOTIFY of that transaction', as
   await sub.close();
   assert.deepEqual(payloads, ['', 'marker'], 'one wake-up (the loud add), none for the quiet one');
 });
+
+test('a backlog of one key drains back to back, without waiting for the poll between events', async () => {
+  const ids = await herald.outbox.addMany(Array.from({ length: 200 }, (_, i) => ({ type: 'one.key', key: 'single', payload: i })));
+  const seen: unknown[] = [];
+  // One event of the key per claim: the relay must claim again at once, not sleep a minute.
+  const relay = herald.outbox.relay({ sink: (e) => void (e.type === 'one.key' && seen.push(e.payload)), pollIntervalMs: 60_000 });
+  await waitFor(() => seen.length === ids.length, { timeoutMs: 30_000, what: 'the whole backlog of the key' });
+  await relay.stop();
+  assert.deepEqual(seen, Array.from({ length: 200 }, (_, i) => i), 'in order');
+});

@@ -190,7 +190,9 @@ export class Relay extends TypedEmitter<RelayEvents> {
         await sleep(backoffDelay(dbFailures++, 100, 5000) + 10, signal);
         continue;
       }
-      if (claimed >= this.options.batchSize || signal.aborted) continue;
+      // Anything claimed: claim again at once. A short batch does not mean caught up:
+      // publishing a key's head makes its next event due (one per key per claim).
+      if (claimed > 0 || signal.aborted) continue;
       if (this.#woken) continue;
       const untilRetry = this.#nextRetryAt - Date.now();
       const waitMs = Math.max(1, Math.min(this.options.pollIntervalMs, untilRetry));
