@@ -11,6 +11,8 @@ import type { Notification, NotifierOptions } from './notifier/types.js';
 import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
 import { Outbox } from './outbox/outbox.js';
 import { Changes } from './change/changes.js';
+import { Topics } from './topic/topics.js';
+import type { TopicsOptions } from './topic/types.js';
 
 /** Options of {@link createHerald}. Give one of `connectionString`, `pool`, `sql` or `driver`. */
 export interface HeraldOptions {
@@ -34,6 +36,8 @@ export interface HeraldOptions {
   schema?: string;
   /** Notifier options (buffers, health checks, reconnect backoff). */
   notifier?: NotifierOptions;
+  /** Topics options (defaults of implicitly created topics, maintenance interval). */
+  topics?: TopicsOptions;
 }
 
 /**
@@ -56,6 +60,8 @@ export class Herald {
   readonly outbox: Outbox;
   /** Row-change triggers and their announcements. */
   readonly changes: Changes;
+  /** Durable topics: an append-only log with consumer groups and replay. */
+  readonly topics: Topics;
   readonly #ownsDriver: boolean;
   #closed = false;
 
@@ -80,6 +86,7 @@ export class Herald {
     this.notifier = new Notifier(this.driver, options.notifier);
     this.outbox = new Outbox(this.driver, this.notifier, this.schema);
     this.changes = new Changes(this.driver, this.notifier, this.schema);
+    this.topics = new Topics(this.driver, this.notifier, this.schema, options.topics);
   }
 
   /** Applies pending migrations (safe from many processes at once). Returns the versions applied. */
@@ -119,6 +126,7 @@ export class Herald {
     if (this.#closed) return;
     this.#closed = true;
     await this.outbox.stop();
+    await this.topics.stop();
     await this.notifier.stop();
     if (this.#ownsDriver) await this.driver.end();
   }

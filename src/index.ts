@@ -38,3 +38,25 @@ export {
   type JetStreamSinkOptions,
 } from './outbox/sinks.js';
 export { Changes, CHANGES_DEFAULTS, parseChange, parseTableName, type RowChange, type TrackOptions, type TrackedTable } from './change/changes.js';
+export { HeraldServer, SERVER_DEFAULTS, isLoopback, type ServerOptions } from './server/server.js';
+export { Router, HttpError, readJson, sendJson, type Handler, type RouteOptions } from './server/http.js';
+export { allows, type Action, type ApiKey, type AuthOptions, type Grants, type Principal } from './server/auth.js';
+export type { DurableStreamSource, StreamEvent, StreamSink } from './server/stream.js';
+export type { DashboardAction, DashboardPanel } from './server/dashboard.js';
+export { Topics, type TopicStats } from './topic/topics.js';
+export { TopicConsumer } from './topic/consumer.js';
+export {
+  TopicRetentionError,
+  CONSUMER_DEFAULTS,
+  TOPICS_DEFAULTS,
+  type TopicMessage,
+  type TopicBatch,
+  type TopicPosition,
+  type TopicOptions,
+  type TopicsOptions,
+  type ConsumerOptions,
+  type ConsumerEvents,
+  type GroupStart,
+  type BehindInfo,
+  type PublishedMessage,
+} from './topic/types.js';

@@ -50,6 +50,14 @@ export function pgDriver(options: PgDriverOptions): Driver {
     async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
       const client = await pool.connect();
       let broken: Error | undefined;
+      // A checked-out client has no pool 'error' listener: a server that dies while the
+      // transaction runs (between two queries) would emit an unhandled 'error' and kill
+      // the process (DESIGN.md trap 11). Keep it, and destroy the client on release.
+      const onError = (err: Error) => {
+        broken ??= err;
+        onPoolError(err);
+      };
+      client.on('error', onError);
       try {
         await client.query('BEGIN');
         const result = await fn(pgClientExecutor(client));
@@ -63,6 +71,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
         }
         throw err;
       } finally {
+        client.off('error', onError);
         client.release(broken);
       }
     },

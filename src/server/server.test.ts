@@ -22,26 +22,46 @@ after(async () => {
 });
 
 describe('herald server', () => {
-  it('serves health and a live SSE stream of a channel, fed by POST notify', async () => {
+  it('by default streams the channel named in the path, exactly as given', async () => {
     const server = new HeraldServer(herald, { port: 0 });
+    const url = await server.start();
+    try {
+      const res = await fetch(`${url}/channels/${encodeURIComponent('Straße Orders')}/events`);
+      const events = readSse(res);
+      const ready = (await events.next()).value!;
+      assert.equal(ready.event, 'ready');
+      assert.equal(JSON.parse(ready.data).channel, 'Straße Orders');
+      await herald.notify('straße orders', 'other channel: case matters');
+      await herald.notify('Straße Orders', 'from the library');
+      const got = (await events.next()).value!;
+      assert.deepEqual([got.event, got.data], ['notification', 'from the library']);
+      await events.return(undefined);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('serves health and a live SSE stream of a topic (channel gw.<topic>), fed by POST notify', async () => {
+    const server = new HeraldServer(herald, { port: 0, channelPrefix: 'gw.' });
     const url = await server.start();
     try {
       const health = await fetch(`${url}/health`);
       assert.equal(health.status, 200);
       assert.equal((await health.json()).database, 'ok');
-      const res = await fetch(`${url}/channels/${encodeURIComponent('Order Events')}/events`);
+      const res = await fetch(`${url}/channels/Order.Events/events`);
       assert.equal(res.headers.get('content-type'), 'text/event-stream; charset=utf-8');
       const events = readSse(res);
-      assert.deepEqual((await events.next()).value, { event: 'ready', data: '{"channel":"Order Events"}' });
-      const sent = await fetch(`${url}/channels/${encodeURIComponent('Order Events')}/notify`, {
+      assert.deepEqual((await events.next()).value, { event: 'ready', data: '{"topic":"Order.Events","channel":"gw.Order.Events"}' });
+      const sent = await fetch(`${url}/channels/Order.Events/notify`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ payload: 'line 1\nline 2' }),
       });
       assert.equal(sent.status, 202);
-      await herald.notify('Order Events', 'second');
-      assert.deepEqual((await events.next()).value, { event: 'notification', data: 'line 1\nline 2' });
-      assert.deepEqual((await events.next()).value, { event: 'notification', data: 'second' });
+      await herald.notify('gw.Order.Events', 'second');
+      const strip = (e: { event: string; data: string; id?: string }) => ({ event: e.event, data: e.data, hasId: typeof e.id === 'string' });
+      assert.deepEqual(strip((await events.next()).value!), { event: 'notification', data: 'line 1\nline 2', hasId: true });
+      assert.deepEqual(strip((await events.next()).value!), { event: 'notification', data: 'second', hasId: true });
       await events.return(undefined);
     } finally {
       await server.stop();
@@ -60,7 +80,8 @@ describe('herald server', () => {
         [post('/channels/x/notify', '{"payload":"a","extra":1}'), 400, 'UNKNOWN_FIELD'],
         [post('/channels/x/notify', JSON.stringify({ payload: 'a'.repeat(200) })), 413, 'BODY_TOO_LARGE'],
         [post('/channels/x/notify', '{"payload":5}'), 400, 'INVALID_PAYLOAD'],
-        [post(`/channels/${'y'.repeat(64)}/notify`, '{"payload":"a"}'), 400, 'INVALID_CHANNEL'],
+        [post(`/channels/${'y'.repeat(64)}/notify`, '{"payload":"a"}'), 400, 'INVALID_TOPIC'],
+        [post(`/channels/${encodeURIComponent('a\nb')}/notify`, '{"payload":"a"}'), 400, 'INVALID_TOPIC'],
       ];
       for (const [res, status, code] of cases) {
         const r = await res;
