@@ -11,6 +11,8 @@ import type { Notification, NotifierOptions } from './notifier/types.js';
 import { Mailbox } from './mailbox/mailbox.js';
 import type { MailboxOptions } from './mailbox/types.js';
 import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
+import { Outbox } from './outbox/outbox.js';
+import { Changes } from './change/changes.js';
 import { Topics } from './topic/topics.js';
 import type { TopicsOptions } from './topic/types.js';
 
@@ -60,6 +62,10 @@ export class Herald {
   readonly schema: string;
   /** Durable point-to-point messages, exactly once (see {@link Mailbox}). */
   readonly mailbox: Mailbox;
+  /** The transactional outbox and its relays. */
+  readonly outbox: Outbox;
+  /** Row-change triggers and their announcements. */
+  readonly changes: Changes;
   /** Durable topics: an append-only log with consumer groups and replay. */
   readonly topics: Topics;
   readonly #ownsDriver: boolean;
@@ -85,6 +91,8 @@ export class Herald {
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
     this.mailbox = new Mailbox(this.driver, this.notifier, this.schema, options.mailbox);
+    this.outbox = new Outbox(this.driver, this.notifier, this.schema);
+    this.changes = new Changes(this.driver, this.notifier, this.schema);
     this.topics = new Topics(this.driver, this.notifier, this.schema, options.topics);
   }
 
@@ -125,6 +133,7 @@ export class Herald {
     if (this.#closed) return;
     this.#closed = true;
     await this.mailbox.stop();
+    await this.outbox.stop();
     await this.topics.stop();
     await this.notifier.stop();
     if (this.#ownsDriver) await this.driver.end();

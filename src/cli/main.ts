@@ -4,6 +4,7 @@ import { CliContext, CliError, type CliIo } from './context.js';
 import { registerCoreCommands } from './core.js';
 import { registerMailboxCommands } from './mailbox.js';
 import { registerServeCommand } from './serve.js';
+import { registerOutboxCommands } from './outbox.js';
 import { registerTopicsCommands } from './topics.js';
 
 /**
@@ -23,6 +24,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerCoreCommands(program, ctx);
   registerServeCommand(program, ctx);
   registerMailboxCommands(program, ctx);
+  registerOutboxCommands(program, ctx);
   registerTopicsCommands(program, ctx);
   try {
     await program.parseAsync(argv, { from: 'user' });
