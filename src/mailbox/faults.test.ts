@@ -216,7 +216,8 @@ describe('mailbox under load with listen terminations and server restarts (priva
           `consumer reconnects ${stats.map((c) => c.reconnects).join('/')}`,
       );
       assert.ok(terminations > 0, 'listen sessions were terminated');
-      assert.ok(stats.every((c) => c.reconnects >= 2), 'every consumer reconnected after the restarts');
+      // Two restarts close together can fall into one outage for a consumer still reconnecting from the first.
+      assert.ok(stats.every((c) => c.reconnects >= 1), 'every consumer reconnected after the restarts');
     } finally {
       clearInterval(terminator);
       for (const w of workers) w.child.kill('SIGKILL');

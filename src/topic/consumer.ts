@@ -64,6 +64,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     positiveInt('batchSize', o.batchSize, 100_000);
     positiveInt('pollIntervalMs', o.pollIntervalMs);
     positiveInt('horizonPollMs', o.horizonPollMs);
+    positiveInt('horizonPollMaxMs', o.horizonPollMaxMs);
     nonNegative('retryDelayMs', o.retryDelayMs);
     this.options = o;
     this.#host = host;
@@ -162,7 +163,9 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         const pending = await q.messagePendingHorizon(this.#host.driver.executor, this.#host.s, row.id);
         if (pending) {
           await this.#idle(horizonWait);
-          horizonWait = Math.min(horizonWait * 2, this.options.pollIntervalMs);
+          // Open transactions anywhere in the cluster hold the horizon back; they usually end
+          // soon, so the re-check backs off only up to horizonPollMaxMs.
+          horizonWait = Math.min(horizonWait * 2, this.options.horizonPollMaxMs, this.options.pollIntervalMs);
         } else {
           horizonWait = this.options.horizonPollMs;
           await this.#idle(this.options.pollIntervalMs);

@@ -80,6 +80,8 @@ export interface ConsumerOptions {
   pollIntervalMs?: number;
   /** Re-check interval while messages wait for an open transaction to end (they cannot be handed out before). @defaultValue 25 */
   horizonPollMs?: number;
+  /** Longest re-check interval while messages wait for an open transaction (the interval doubles from `horizonPollMs` up to this, or `pollIntervalMs` if lower). @defaultValue 1000 */
+  horizonPollMaxMs?: number;
   /** Pause after a handler failure before the same batch is retried. @defaultValue 1000 */
   retryDelayMs?: number;
 }
@@ -90,6 +92,7 @@ export const CONSUMER_DEFAULTS: Required<Omit<ConsumerOptions, 'start'>> & { sta
   batchSize: 100,
   pollIntervalMs: 1000,
   horizonPollMs: 25,
+  horizonPollMaxMs: 1000,
   retryDelayMs: 1000,
 };
 
