@@ -8,6 +8,8 @@ import { Notifier, type ListenOptions } from './notifier/notifier.js';
 import type { OutgoingNotification } from './notifier/notify.js';
 import type { Subscription } from './notifier/subscription.js';
 import type { Notification, NotifierOptions } from './notifier/types.js';
+import { Queue } from './queue/queue.js';
+import type { QueueOptions } from './queue/types.js';
 import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
 
 /** Options of {@link createHerald}. Give one of `connectionString`, `pool`, `sql` or `driver`. */
@@ -32,6 +34,8 @@ export interface HeraldOptions {
   schema?: string;
   /** Notifier options (buffers, health checks, reconnect backoff). */
   notifier?: NotifierOptions;
+  /** Job queue options (leases, polling, retries, retention, cron leadership). */
+  queue?: QueueOptions;
 }
 
 /**
@@ -50,6 +54,8 @@ export class Herald {
   readonly driver: Driver;
   readonly notifier: Notifier;
   readonly schema: string;
+  /** The job queue. */
+  readonly queue: Queue;
   readonly #ownsDriver: boolean;
   #closed = false;
 
@@ -72,6 +78,7 @@ export class Herald {
             listenConnectionString: options.listenConnectionString,
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
+    this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue);
   }
 
   /** Applies pending migrations (safe from many processes at once). Returns the versions applied. */
@@ -110,6 +117,7 @@ export class Herald {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.queue.stop();
     await this.notifier.stop();
     if (this.#ownsDriver) await this.driver.end();
   }
