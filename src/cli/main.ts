@@ -3,6 +3,7 @@ import { HeraldError } from '../errors.js';
 import { CliContext, CliError, type CliIo } from './context.js';
 import { registerCoreCommands } from './core.js';
 import { registerServeCommand } from './serve.js';
+import { registerJobsCommands } from './jobs.js';
 
 /**
  * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
@@ -20,6 +21,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     .showHelpAfterError();
   registerCoreCommands(program, ctx);
   registerServeCommand(program, ctx);
+  registerJobsCommands(program, ctx);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return ctx.exitCode;

@@ -87,6 +87,7 @@ describe('queue under load and faults', () => {
       await waitFor(
         async () => {
           const r = await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM herald.jobs WHERE kind = 'load' AND state = 'completed'`, [], db.url);
+          if (process.env.QDEBUG) console.log("# done", r[0].n, "terminated", terminated);
           return r[0].n === total;
         },
         { timeoutMs: 240_000, intervalMs: 500, what: `${total} jobs completed` },

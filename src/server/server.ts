@@ -5,6 +5,7 @@ import type { Herald } from '../client.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { HttpError, readJson, Router, sendError, sendJson } from './http.js';
 import { SseStream, type SseLimits } from './sse.js';
+import { registerJobsRoutes } from './routes/jobs.js';
 
 /** Options of {@link HeraldServer}. */
 export interface ServerOptions {
@@ -132,6 +133,7 @@ export class HeraldServer {
     );
 
     this.#notifyRoute();
+    registerJobsRoutes(this);
     this.router.add('GET', /^\/channels\/([^/]+)\/events$/, async (req, res, [channel]) => {
       const sub = this.herald.listen(channel, { bufferSize: this.options.sseSubscriberBufferSize });
       try {
