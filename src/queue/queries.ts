@@ -59,7 +59,7 @@ export interface QueueChannels {
 // A transition notice: id, kind, stage, state, attempt. Small, far below the 8000-byte
 // limit (kind, queue and stage names are limited to 100 bytes each).
 const notice = (a: string, events: string) =>
-  `CASE WHEN ${a}.announce THEN pg_notify(${events}, json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', ${a}.stage, 'state', ${a}.state, 'attempt', ${a}.attempt - ${a}.attempt_base)::text) END`;
+  `CASE WHEN ${a}.announce THEN pg_notify(${events}, json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', nullif(${a}.stage, ''), 'state', ${a}.state, 'attempt', ${a}.attempt - ${a}.attempt_base)::text) END`;
 
 // One wake-up per queue named in `rows` whose jobs are due. The subquery is
 // uncorrelated, so Postgres runs it once (an InitPlan), not once per row.
@@ -68,7 +68,7 @@ const wake = (rows: string, channel: string, cond = 'true') =>
 
 // History entry appended to announced jobs at every transition.
 const history = (stageExpr: string, stateExpr: string) =>
-  `CASE WHEN j.announce THEN coalesce(j.history, '[]'::jsonb) || jsonb_build_array(jsonb_build_object('stage', ${stageExpr}, 'state', ${stateExpr}, 'at', now())) ELSE j.history END`;
+  `CASE WHEN j.announce THEN coalesce(j.history, '[]'::jsonb) || jsonb_build_array(jsonb_build_object('stage', nullif(${stageExpr}, ''), 'state', ${stateExpr}, 'at', now())) ELSE j.history END`;
 
 /** Input of {@link jobInsertMany}: parallel arrays, one entry per job. */
 export interface JobInsertBatch {
@@ -101,7 +101,7 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
        INSERT INTO ${s}.jobs AS j (id, queue, kind, payload, priority, run_at, max_attempts, unique_key, stages, stage, announce, history)
        SELECT i.id, i.queue, i.kind, i.payload, i.priority,
               coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond'),
-              i.max_attempts, i.unique_key, st.arr, st.arr[1], i.announce,
+              i.max_attempts, i.unique_key, st.arr, coalesce(st.arr[1], ''), i.announce,
               CASE WHEN i.announce THEN jsonb_build_array(jsonb_build_object('stage', st.arr[1], 'state', 'available', 'at', now())) END
          FROM input i
          CROSS JOIN LATERAL (SELECT CASE WHEN i.stages IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(i.stages)) END AS arr) st
@@ -141,11 +141,10 @@ export async function jobClaimBatch(
   ch: QueueChannels,
   a: { queue: string; kind: string; stage: string | null; limit: number; leaseMs: number },
 ): Promise<ClaimRow[]> {
-  const stageCond = a.stage === null ? '$3::text IS NULL AND stage IS NULL' : 'stage = $3::text';
   const { rows } = await x.query<ClaimRow>(
     `WITH picked AS (
        SELECT id FROM ${s}.jobs
-        WHERE state = 'available' AND queue = $1 AND kind = $2 AND ${stageCond} AND run_at <= now()
+        WHERE state = 'available' AND queue = $1 AND kind = $2 AND stage = $3::text AND run_at <= now()
         ORDER BY priority, run_at, id
         LIMIT $4
         FOR UPDATE SKIP LOCKED
@@ -157,10 +156,10 @@ export async function jobClaimBatch(
          FROM picked WHERE j.id = picked.id
        RETURNING j.*
      )
-     SELECT id::text AS id, queue, kind, payload, attempt, attempt_base, max_attempts, stage, stages, priority, created_at, lease_expires_at,
+     SELECT id::text AS id, queue, kind, payload, attempt, attempt_base, max_attempts, nullif(stage, '') AS stage, stages, priority, created_at, lease_expires_at,
             ${notice('claimed', '$6')} AS notice
        FROM claimed ORDER BY priority, id`,
-    [a.queue, a.kind, a.stage, a.limit, a.leaseMs, ch.events],
+    [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs, ch.events],
   );
   return rows;
 }
@@ -347,7 +346,7 @@ export async function jobDeleteFinished(x: Executor, s: string, olderThanMs: num
 }
 
 const JOB_COLUMNS = `id::text AS id, queue, kind, payload, state, priority, run_at, attempt, attempt_base, max_attempts, lease_expires_at,
-  unique_key, stages, stage, announce, last_error, errors, history, result, created_at, attempted_at, stage_entered_at, finished_at`;
+  unique_key, stages, nullif(stage, '') AS stage, announce, last_error, errors, history, result, created_at, attempted_at, stage_entered_at, finished_at`;
 
 /** One job by id. */
 export async function jobGet(x: Executor, s: string, id: string): Promise<JobRow | undefined> {

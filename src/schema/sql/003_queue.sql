@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS :schema.jobs (
   lease_expires_at timestamptz,
   unique_key text,
   stages text[],
-  stage text,
+  -- '' for plain jobs (not NULL: the claim index needs equality on it to serve ORDER BY priority, run_at).
+  stage text NOT NULL DEFAULT '',
   announce boolean NOT NULL DEFAULT false,
   last_error text,
   errors jsonb NOT NULL DEFAULT '[]'::jsonb,
