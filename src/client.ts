@@ -11,6 +11,8 @@ import type { Notification, NotifierOptions } from './notifier/types.js';
 import { Queue } from './queue/queue.js';
 import type { QueueOptions } from './queue/types.js';
 import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
+import { Topics } from './topic/topics.js';
+import type { TopicsOptions } from './topic/types.js';
 
 /** Options of {@link createHerald}. Give one of `connectionString`, `pool`, `sql` or `driver`. */
 export interface HeraldOptions {
@@ -36,6 +38,8 @@ export interface HeraldOptions {
   notifier?: NotifierOptions;
   /** Job queue options (leases, polling, retries, retention, cron leadership). */
   queue?: QueueOptions;
+  /** Topics options (defaults of implicitly created topics, maintenance interval). */
+  topics?: TopicsOptions;
 }
 
 /**
@@ -56,6 +60,8 @@ export class Herald {
   readonly schema: string;
   /** The job queue. */
   readonly queue: Queue;
+  /** Durable topics: an append-only log with consumer groups and replay. */
+  readonly topics: Topics;
   readonly #ownsDriver: boolean;
   #closed = false;
 
@@ -79,6 +85,7 @@ export class Herald {
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
     this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue);
+    this.topics = new Topics(this.driver, this.notifier, this.schema, options.topics);
   }
 
   /** Applies pending migrations (safe from many processes at once). Returns the versions applied. */
@@ -118,6 +125,7 @@ export class Herald {
     if (this.#closed) return;
     this.#closed = true;
     await this.queue.stop();
+    await this.topics.stop();
     await this.notifier.stop();
     if (this.#ownsDriver) await this.driver.end();
   }

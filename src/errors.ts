@@ -19,7 +19,8 @@ export type HeraldErrorCode =
   | 'MIGRATION'
   | 'NOT_FOUND'
   | 'CONFLICT'
-  | 'LEASE_LOST';
+  | 'LEASE_LOST'
+  | 'RETENTION';
 
 /** Base class of every error pgherald throws on purpose. */
 export class HeraldError extends Error {

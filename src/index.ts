@@ -43,3 +43,25 @@ export {
   type JobOutcome,
   type WorkOptions,
 } from './queue/types.js';
+export { HeraldServer, SERVER_DEFAULTS, isLoopback, type ServerOptions } from './server/server.js';
+export { Router, HttpError, readJson, sendJson, type Handler, type RouteOptions } from './server/http.js';
+export { allows, type Action, type ApiKey, type AuthOptions, type Grants, type Principal } from './server/auth.js';
+export type { DurableStreamSource, StreamEvent, StreamSink } from './server/stream.js';
+export type { DashboardAction, DashboardPanel } from './server/dashboard.js';
+export { Topics, type TopicStats } from './topic/topics.js';
+export { TopicConsumer } from './topic/consumer.js';
+export {
+  TopicRetentionError,
+  CONSUMER_DEFAULTS,
+  TOPICS_DEFAULTS,
+  type TopicMessage,
+  type TopicBatch,
+  type TopicPosition,
+  type TopicOptions,
+  type TopicsOptions,
+  type ConsumerOptions,
+  type ConsumerEvents,
+  type GroupStart,
+  type BehindInfo,
+  type PublishedMessage,
+} from './topic/types.js';

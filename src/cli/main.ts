@@ -4,6 +4,7 @@ import { CliContext, CliError, type CliIo } from './context.js';
 import { registerCoreCommands } from './core.js';
 import { registerServeCommand } from './serve.js';
 import { registerJobsCommands } from './jobs.js';
+import { registerTopicsCommands } from './topics.js';
 
 /**
  * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
@@ -22,6 +23,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerCoreCommands(program, ctx);
   registerServeCommand(program, ctx);
   registerJobsCommands(program, ctx);
+  registerTopicsCommands(program, ctx);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return ctx.exitCode;

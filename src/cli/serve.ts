@@ -3,7 +3,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { PostgresCluster } from '../embedded/cluster.js';
-import { HeraldServer } from '../server/server.js';
+import type { ApiKey } from '../server/auth.js';
+import { HeraldServer, type ServerOptions } from '../server/server.js';
 import { CliError, type CliContext } from './context.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
@@ -25,21 +26,100 @@ export async function startEmbeddedPostgres(root: string, onLog?: (line: string)
   return PostgresCluster.start({ dataDir: join(root, 'pgdata'), password, onLog });
 }
 
+type ServeOpts = {
+  host?: string;
+  port?: string;
+  token?: string;
+  dataDir?: string;
+  apiKeys?: string;
+  jwtSecret?: string;
+  jwtPublicKey?: string;
+  jwksUrl?: string;
+  jwtIssuer?: string;
+  jwtAudience?: string;
+  maxConnectionsPerToken?: string;
+  maxSubscriptions?: string;
+  maxMessageBytes?: string;
+  publishRate?: string;
+  maxChannels?: string;
+  channelPrefix?: string;
+  publicMetrics?: boolean;
+};
+
+function intOption(name: string, value: string | undefined): number | undefined {
+  if (value === undefined || value === '') return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new CliError(`${name} must be a positive integer, got ${value}`, 2);
+  return n;
+}
+
+function readApiKeys(file: string): ApiKey[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new CliError(`--api-keys ${file}: ${(err as Error).message}`, 2);
+  }
+  const list = Array.isArray(parsed) ? parsed : (parsed as { keys?: unknown })?.keys;
+  if (!Array.isArray(list)) throw new CliError(`--api-keys ${file}: expected a JSON array of { name, key, grants }`, 2);
+  return list as ApiKey[];
+}
+
+/** Server options from the command line, then the environment (`HERALD_*`). */
+export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | undefined>): ServerOptions {
+  const port = Number(opts.port ?? env.HERALD_PORT ?? 8080);
+  if (!Number.isInteger(port)) throw new CliError(`--port must be an integer, got ${opts.port}`, 2);
+  const keysFile = opts.apiKeys ?? env.HERALD_API_KEYS_FILE;
+  const pemFile = opts.jwtPublicKey ?? env.HERALD_JWT_PUBLIC_KEY_FILE;
+  return {
+    host: opts.host ?? env.HERALD_HOST,
+    port,
+    token: opts.token ?? env.HERALD_TOKEN,
+    apiKeys: keysFile ? readApiKeys(keysFile) : undefined,
+    jwtSecret: opts.jwtSecret ?? env.HERALD_JWT_SECRET,
+    jwtPublicKey: pemFile ? readFileSync(pemFile, 'utf8') : undefined,
+    jwksUrl: opts.jwksUrl ?? env.HERALD_JWKS_URL,
+    jwtIssuer: opts.jwtIssuer ?? env.HERALD_JWT_ISSUER,
+    jwtAudience: opts.jwtAudience ?? env.HERALD_JWT_AUDIENCE,
+    maxConnectionsPerToken: intOption('--max-connections-per-token', opts.maxConnectionsPerToken),
+    maxSubscriptionsPerConnection: intOption('--max-subscriptions', opts.maxSubscriptions),
+    maxMessageBytes: intOption('--max-message-bytes', opts.maxMessageBytes),
+    publishPerSecond: intOption('--publish-rate', opts.publishRate),
+    maxChannels: intOption('--max-channels', opts.maxChannels),
+    channelPrefix: opts.channelPrefix,
+    publicMetrics: opts.publicMetrics,
+  };
+}
+
 export function registerServeCommand(program: Command, ctx: CliContext): void {
   program
     .command('serve')
-    .description('run the server: health, SSE streams of channels; starts an embedded Postgres when no database URL is given')
-    .option('--host <address>', 'address to bind; non-loopback needs --token (default: $HERALD_HOST or 127.0.0.1)')
+    .description('run the server: realtime gateway (SSE, WebSocket), HTTP API, dashboard, /metrics; starts an embedded Postgres when no database URL is given')
+    .option('--host <address>', 'address to bind; non-loopback needs credentials (default: $HERALD_HOST or 127.0.0.1)')
     .option('--port <n>', 'port, 0 for any free one (default: $HERALD_PORT or 8080)')
-    .option('--token <token>', 'access token every client must present (default: $HERALD_TOKEN)')
+    .option('--token <token>', 'an admin API key (grants admin on *) (default: $HERALD_TOKEN)')
+    .option('--api-keys <file>', 'JSON file: [{ "name", "key", "grants": { "subscribe": [...], "publish": [...], "admin": [...] } }] (default: $HERALD_API_KEYS_FILE)')
+    .option('--jwt-secret <secret>', 'verify HS256 JWTs with this secret (default: $HERALD_JWT_SECRET)')
+    .option('--jwt-public-key <file>', 'verify RS256 JWTs with this SPKI PEM public key (default: $HERALD_JWT_PUBLIC_KEY_FILE)')
+    .option('--jwks-url <url>', 'verify RS256 JWTs with the keys of this JWKS URL (default: $HERALD_JWKS_URL)')
+    .option('--jwt-issuer <iss>', 'required iss claim (default: $HERALD_JWT_ISSUER)')
+    .option('--jwt-audience <aud>', 'required aud claim (default: $HERALD_JWT_AUDIENCE)')
+    .option('--max-connections-per-token <n>', 'streaming connections per token (default 100)')
+    .option('--max-subscriptions <n>', 'subscriptions per connection (default 100)')
+    .option('--max-message-bytes <n>', 'largest publish payload, at most 7999 (default 7999)')
+    .option('--publish-rate <n>', 'publishes per second per token (default 100)')
+    .option('--max-channels <n>', 'topics listened on at once (default 1000)')
+    .option('--channel-prefix <prefix>', 'Postgres channel prefix of client topics, e.g. gw. (default: none, topic = channel)')
+    .option('--public-metrics', 'serve /metrics without credentials')
     .option('--data-dir <dir>', 'embedded Postgres folder (default: $HERALD_DATA_DIR or ./.herald)')
     .addHelpText(
       'after',
-      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token "$(openssl rand -hex 24)"',
+      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token "$(openssl rand -hex 24)"\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald',
     )
-    .action(async (opts: { host?: string; port?: string; token?: string; dataDir?: string }) => {
+    .action(async (opts: ServeOpts) => {
       const env = ctx.io.env;
       const globals = program.opts<Globals>();
+      const serverOptions = serverOptionsFrom(opts, env);
       let databaseUrl = globals.databaseUrl ?? env.DATABASE_URL;
       if (!databaseUrl) {
         const root = resolve(opts.dataDir ?? env.HERALD_DATA_DIR ?? '.herald');
@@ -53,12 +133,12 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
       const applied = await herald.migrate();
       if (applied.length) ctx.err(`applied migrations ${applied.join(', ')}`);
       await herald.notifier.start();
-      const port = Number(opts.port ?? env.HERALD_PORT ?? 8080);
-      if (!Number.isInteger(port)) throw new CliError(`--port must be an integer, got ${opts.port}`, 2);
-      const server = new HeraldServer(herald, { host: opts.host ?? env.HERALD_HOST, port, token: opts.token ?? env.HERALD_TOKEN });
+      herald.topics.start(); // retention of topics every maintenanceIntervalMs
+      const server = new HeraldServer(herald, serverOptions);
       const url = await server.start();
       ctx.onCleanup(() => server.stop());
       ctx.out(`herald serving on ${url}`);
+      ctx.err(`dashboard: ${url}/dashboard  browser client: ${url}/client.js  metrics: ${url}/metrics`);
       await ctx.io.interrupted;
       ctx.err('shutting down');
     });

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { Driver, Executor, ListenSession, QueryResult, RawNotification } from './types.js';
+import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryResult, type RawNotification } from './types.js';
 
 /** Options of {@link pgDriver}. */
 export interface PgDriverOptions {
@@ -50,6 +50,14 @@ export function pgDriver(options: PgDriverOptions): Driver {
     async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
       const client = await pool.connect();
       let broken: Error | undefined;
+      // A checked-out client has no pool 'error' listener: a server that dies while the
+      // transaction runs (between two queries) would emit an unhandled 'error' and kill
+      // the process (DESIGN.md trap 11). Keep it, and destroy the client on release.
+      const onError = (err: Error) => {
+        broken ??= err;
+        onPoolError(err);
+      };
+      client.on('error', onError);
       try {
         await client.query('BEGIN');
         const result = await fn(pgClientExecutor(client));
@@ -63,6 +71,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
         }
         throw err;
       } finally {
+        client.off('error', onError);
         client.release(broken);
       }
     },
@@ -70,6 +79,8 @@ export function pgDriver(options: PgDriverOptions): Driver {
       const client = new pg.Client({
         ...listenConfig,
         keepAlive: true,
+        // Named so operators (and tests) can tell the listen session apart in pg_stat_activity.
+        application_name: LISTEN_APPLICATION_NAME,
         connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
       });
       let closeHandler: ((err?: Error) => void) | undefined;

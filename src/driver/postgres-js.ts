@@ -1,5 +1,5 @@
 import postgres from 'postgres';
-import type { Driver, Executor, ListenSession, QueryResult, RawNotification } from './types.js';
+import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryResult, type RawNotification } from './types.js';
 
 type Sql = postgres.Sql<Record<string, never>>;
 
@@ -46,6 +46,7 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
         max: 1,
         connect_timeout: Math.max(1, Math.ceil((opts.connectTimeoutMs ?? 5000) / 1000)),
         idle_timeout: 0,
+        connection: { application_name: LISTEN_APPLICATION_NAME },
         max_lifetime: 0,
         onnotice: () => {},
         onnotify: (channel: string, payload: string) => notify?.({ channel, payload, processId: 0 }),

@@ -4,6 +4,9 @@
  * with `$1` placeholders.
  */
 
+/** `application_name` of every listen session, to tell it apart in `pg_stat_activity`. */
+export const LISTEN_APPLICATION_NAME = 'pgherald:listen';
+
 /** Rows and count of one statement. */
 export interface QueryResult<R = Record<string, unknown>> {
   rows: R[];

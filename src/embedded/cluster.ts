@@ -66,13 +66,29 @@ export function freePort(): Promise<number> {
   });
 }
 
-interface OsUser {
+/** True when a session can be opened on `url` and answers `SELECT 1`. */
+export async function canConnect(url: string, timeoutMs = 1000): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: timeoutMs });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/** An OS user to run a server as. */
+export interface OsUser {
   uid: number;
   gid: number;
 }
 
 /** As root, the unprivileged user that runs Postgres (created once when missing). */
-function postgresOsUser(): OsUser | undefined {
+export function postgresOsUser(): OsUser | undefined {
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return undefined;
   const lookup = (name: string): OsUser | undefined => {
     try {
@@ -87,6 +103,23 @@ function postgresOsUser(): OsUser | undefined {
   if (found) return found;
   execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', 'pgherald'], { stdio: 'ignore' });
   return lookup('pgherald');
+}
+
+/**
+ * Spawns `command` through a tiny `sh` wrapper that reads its stdin: when the parent
+ * dies for any reason (even SIGKILL) the pipe closes and the wrapper sends the child
+ * SIGINT; writing a line to the wrapper's stdin does the same on purpose.
+ */
+export function spawnTiedToParent(command: string, args: string[], user?: OsUser): ChildProcess {
+  const script = '"$0" "$@" & pid=$!; trap "kill -INT $pid 2>/dev/null" INT TERM; read _line; kill -INT $pid 2>/dev/null; wait $pid';
+  const child = spawn('sh', ['-c', script, command, ...args], {
+    uid: user?.uid,
+    gid: user?.gid,
+    stdio: ['pipe', 'ignore', 'pipe'],
+    env: { ...process.env, LC_ALL: 'C' },
+  });
+  child.stdin!.on('error', () => {});
+  return child;
 }
 
 /** A running (or stopped) cluster. */
@@ -179,17 +212,9 @@ export class PostgresCluster {
     };
     const args = ['-D', this.dataDir, '-p', String(this.port)];
     for (const [k, v] of Object.entries(settings)) args.push('-c', `${k}=${v}`);
-    // The wrapper stops the server when its stdin closes (the parent died) or on a line.
-    const script = '"$0" "$@" & pid=$!; trap "kill -INT $pid 2>/dev/null" INT TERM; read _line; kill -INT $pid 2>/dev/null; wait $pid';
     const deadline = Date.now() + (this.#options.startTimeoutMs ?? 60_000);
     for (let attempt = 0; ; attempt++) {
-      const child = spawn('sh', ['-c', script, join(this.binDir, 'postgres'), ...args], {
-        uid: this.#user?.uid,
-        gid: this.#user?.gid,
-        stdio: ['pipe', 'ignore', 'pipe'],
-        env: { ...process.env, LC_ALL: 'C' },
-      });
-      child.stdin!.on('error', () => {});
+      const child = spawnTiedToParent(join(this.binDir, 'postgres'), args, this.#user);
       let log = '';
       child.stderr!.setEncoding('utf8');
       child.stderr!.on('data', (chunk: string) => {
@@ -214,18 +239,8 @@ export class PostgresCluster {
     }
   }
 
-  async #accepting(): Promise<boolean> {
-    const client = new pg.Client({ connectionString: this.url(), connectionTimeoutMillis: 1000 });
-    client.on('error', () => {});
-    try {
-      await client.connect();
-      await client.query('SELECT 1');
-      return true;
-    } catch {
-      return false;
-    } finally {
-      await client.end().catch(() => {});
-    }
+  #accepting(): Promise<boolean> {
+    return canConnect(this.url());
   }
 
   /** Stops the server (fast shutdown: clients are disconnected). Idempotent. */

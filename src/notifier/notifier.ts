@@ -196,6 +196,21 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     return { status: this.#status, reconnects: this.#reconnects, channels, queueUsage: this.#queueUsage, lastError: this.#lastError };
   }
 
+  /**
+   * The channels the listen session holds on the server (`pg_listening_channels()`),
+   * queried on the session itself after every LISTEN/UNLISTEN already requested.
+   */
+  async serverChannels(): Promise<string[]> {
+    let result: string[] = [];
+    await this.#enqueue(async () => {
+      const session = this.#session;
+      if (!session) throw new HeraldError('NOT_STARTED', 'the notifier has no live listen session');
+      const { rows } = await session.query<{ c: string }>('SELECT pg_listening_channels() AS c');
+      result = rows.map((r) => r.c).sort();
+    });
+    return result;
+  }
+
   /** Channels with at least one subscriber. */
   channels(): string[] {
     return [...this.#channels.keys()];
@@ -259,7 +274,12 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     const state = this.#channels.get(n.channel);
     if (!state) return;
     const notification: Notification = { channel: n.channel, payload: n.payload, processId: n.processId };
+    // Handlers run inline (Subscription._push): one that subscribes to this channel
+    // again adds to the set being walked. Sets iterate in insertion order, so counting
+    // keeps this notification to the subscribers that existed when it arrived.
+    let remaining = state.subs.size;
     for (const sub of state.subs) {
+      if (remaining-- === 0) break;
       const before = sub.dropped;
       sub._push(notification);
       if (sub.dropped !== before) state.dropped++;

@@ -1,3 +1,4 @@
+import { HeraldError } from '../errors.js';
 import type { Notification } from './types.js';
 
 /** A fixed-capacity FIFO; memory never exceeds `capacity` entries. */
@@ -129,6 +130,25 @@ export class Subscription implements AsyncIterable<Notification> {
       waiter(n);
       return;
     }
+    // An idle handler (nothing buffered, nothing running) gets the notification at
+    // once. Deferring it to a microtask would buffer a whole socket read first: one
+    // read can hold thousands of notifications, and a handler that keeps up with
+    // every one of them would still overflow its buffer (measured in bench/notifier.ts).
+    if (this.#handler && !this.#draining && this.#buffer.size === 0) {
+      this.delivered++;
+      this.#draining = true;
+      let r: unknown;
+      try {
+        r = this.#handler(n);
+      } catch (err) {
+        this.#draining = false;
+        this.#host.handlerFailed(this, err);
+        return;
+      }
+      if (r && typeof (r as Promise<unknown>).then === 'function') void this.#settle(r as Promise<unknown>);
+      else this.#draining = false;
+      return;
+    }
     if (!this.#buffer.push(n)) {
       this.dropped++;
       if (!this.#overflowing) {
@@ -143,6 +163,16 @@ export class Subscription implements AsyncIterable<Notification> {
       this.#draining = true;
       queueMicrotask(() => void this.#drain());
     }
+  }
+
+  /** Waits for an async handler called inline, then drains what arrived meanwhile. */
+  async #settle(r: Promise<unknown>): Promise<void> {
+    try {
+      await r;
+    } catch (err) {
+      this.#host.handlerFailed(this, err);
+    }
+    await this.#drain();
   }
 
   async #drain(): Promise<void> {
@@ -207,6 +237,6 @@ export class Subscription implements AsyncIterable<Notification> {
     this.#closed = true;
     this.#buffer.clear();
     for (const w of this.#waiters.splice(0)) w(null);
-    if (!this.#isEstablished) this.#rejectEstablished(new Error('subscription closed before LISTEN was established'));
+    if (!this.#isEstablished) this.#rejectEstablished(new HeraldError('STOPPED', 'subscription closed before LISTEN was established'));
   }
 }

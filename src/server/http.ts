@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { HeraldError } from '../errors.js';
+import type { Action, Principal } from './auth.js';
 
 /** A JSON error with a stable code. */
 export class HttpError extends Error {
@@ -8,21 +9,56 @@ export class HttpError extends Error {
   }
 }
 
-export type Handler = (req: IncomingMessage, res: ServerResponse, params: string[], url: URL) => Promise<void> | void;
+/**
+ * A route handler. `principal` is who the request authenticated as (for open routes:
+ * the anonymous principal when the server has no credentials, else undefined).
+ */
+export type Handler = (req: IncomingMessage, res: ServerResponse, params: string[], url: URL, principal?: Principal) => Promise<void> | void;
 
-interface Route {
+/** How a route is authorized. */
+export interface RouteOptions {
+  /** No authentication at all (health probes, static assets). @defaultValue false */
+  open?: boolean;
+  /**
+   * The action the route needs. The router authenticates the request and checks the
+   * grant before the handler runs (401/403 otherwise). @defaultValue 'admin'
+   */
+  action?: Action;
+  /** The resource the action applies to, from the decoded path params and URL. @defaultValue () => '*' */
+  resource?: (params: string[], url: URL) => string;
+}
+
+/** A registered route. */
+export interface Route {
   method: string;
   pattern: RegExp;
   handler: Handler;
-  /** Routes without auth (health probes). */
   open: boolean;
+  action: Action;
+  resource: (params: string[], url: URL) => string;
 }
 
-/** A tiny router: each part adds its routes; path segments captured by the pattern are URI-decoded. */
+const ANY = () => '*';
+
+/**
+ * A tiny router: each part adds its routes; path segments captured by the pattern are
+ * URI-decoded. Every route is authorized by the server before its handler runs: a
+ * route declares its `action` and `resource` (default: `admin` on `*`), or `open`.
+ *
+ * @example
+ * server.router.add('POST', /^\/queues\/([^/]+)\/jobs$/, handler, { action: 'publish', resource: ([q]) => `queue/${q}` });
+ */
 export class Router {
   readonly #routes: Route[] = [];
-  add(method: string, pattern: RegExp, handler: Handler, options: { open?: boolean } = {}): void {
-    this.#routes.push({ method, pattern, handler, open: options.open ?? false });
+  add(method: string, pattern: RegExp, handler: Handler, options: RouteOptions = {}): void {
+    this.#routes.push({
+      method,
+      pattern,
+      handler,
+      open: options.open ?? false,
+      action: options.action ?? 'admin',
+      resource: options.resource ?? ANY,
+    });
   }
   match(method: string, path: string): { route: Route; params: string[] } | { allowed: string[] } | undefined {
     const allowed: string[] = [];
@@ -35,7 +71,7 @@ export class Router {
       }
       let params: string[];
       try {
-        params = m.slice(1).map((p) => decodeURIComponent(p));
+        params = m.slice(1).map((p) => (p === undefined ? '' : decodeURIComponent(p)));
       } catch {
         throw new HttpError(400, 'BAD_PATH', 'malformed percent-encoding in path');
       }
@@ -52,17 +88,30 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
   res.end(text);
 }
 
+/** Sends a text body with a content type. */
+export function sendText(res: ServerResponse, status: number, contentType: string, body: string): void {
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-cache' });
+  res.end(body);
+}
+
+/** The HTTP status of an error (HttpError's own; HeraldError codes mapped; else 500). */
+export function statusOf(err: unknown): number {
+  if (err instanceof HttpError) return err.status;
+  if (err instanceof HeraldError) return err.code === 'NOT_FOUND' ? 404 : err.code === 'CONFLICT' ? 409 : err.code === 'PAYLOAD_TOO_LARGE' ? 413 : 400;
+  return 500;
+}
+
 /** Sends an error as `{ error: { code, message } }`. */
 export function sendError(res: ServerResponse, err: unknown): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  if (err instanceof HttpError) return sendJson(res, err.status, { error: { code: err.code, message: err.message } });
-  if (err instanceof HeraldError) {
-    const status = err.code === 'NOT_FOUND' ? 404 : err.code === 'CONFLICT' ? 409 : err.code === 'PAYLOAD_TOO_LARGE' ? 413 : 400;
-    return sendJson(res, status, { error: { code: err.code, message: err.message } });
+  if (err instanceof HttpError) {
+    if (err.status === 401) res.setHeader('www-authenticate', 'Bearer');
+    return sendJson(res, err.status, { error: { code: err.code, message: err.message } });
   }
+  if (err instanceof HeraldError) return sendJson(res, statusOf(err), { error: { code: err.code, message: err.message } });
   sendJson(res, 500, { error: { code: 'INTERNAL', message: 'internal error' } });
 }
 

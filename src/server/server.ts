@@ -1,34 +1,83 @@
-import { timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
+import { WebSocketServer } from 'ws';
 import type { Herald } from '../client.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
-import { HttpError, readJson, Router, sendError, sendJson } from './http.js';
+import { PAYLOAD_LIMIT_BYTES } from '../notifier/validate.js';
+import { assertAllowed, Authenticator, credentialOf, type Action, type ApiKey, type AuthOptions, type Principal } from './auth.js';
+import { SseConnection, type Connection } from './connection.js';
+import { Dashboard } from './dashboard.js';
+import { Gateway } from './gateway.js';
+import { HttpError, Router, sendError, sendJson, statusOf } from './http.js';
+import { TokenLimits } from './limits.js';
+import { ServerMetrics } from './metrics.js';
+import { registerChannelRoutes } from './routes/channels.js';
+import { registerSiteRoutes } from './routes/site.js';
 import { SseStream, type SseLimits } from './sse.js';
+import { handleUpgrade } from './ws.js';
+import { registerTopicsRoutes } from './routes/topics.js';
 import { registerJobsRoutes } from './routes/jobs.js';
+import { topicStreamSource } from './streams/topics.js';
 
-/** Options of {@link HeraldServer}. */
-export interface ServerOptions {
-  /** Address to bind. A non-loopback address requires `token`. @defaultValue '127.0.0.1' */
+/** Options of {@link HeraldServer}; every one has a default (see {@link SERVER_DEFAULTS}). */
+export interface ServerOptions extends AuthOptions {
+  /** Address to bind. A non-loopback address requires credentials (`token`, `apiKeys` or a JWT key). @defaultValue '127.0.0.1' */
   host?: string;
   /** Port; 0 picks a free one. @defaultValue 8080 */
   port?: number;
-  /**
-   * Access token required from every client (except /health): `Authorization: Bearer <token>`
-   * or `?access_token=<token>` (EventSource cannot set headers). @defaultValue none (loopback only)
-   */
+  /** A single admin API key (the `--token` of `herald serve`): grants `admin` on `*`. @defaultValue none */
   token?: string;
   /** Largest accepted request body. @defaultValue 1048576 */
   maxBodyBytes?: number;
-  /** Bytes an SSE client may leave unread before it is disconnected. @defaultValue 1048576 */
-  sseMaxBufferedBytes?: number;
+  /** Bytes a streaming client may leave unread (queued + in the socket) before it is disconnected as a slow consumer. @defaultValue 1048576 */
+  maxBufferedBytes?: number;
   /** SSE keep-alive comment interval. @defaultValue 15000 */
   sseHeartbeatMs?: number;
-  /** Notifications buffered per SSE subscription before drops. @defaultValue 1000 */
-  sseSubscriberBufferSize?: number;
-  /** Concurrent streaming clients. @defaultValue 10000 */
+  /** Concurrent streaming clients (SSE + WebSocket) in all. @defaultValue 20000 */
   maxClients?: number;
+  /** Concurrent streaming connections per token (principal id). @defaultValue 100 */
+  maxConnectionsPerToken?: number;
+  /** Subscriptions per connection. @defaultValue 100 */
+  maxSubscriptionsPerConnection?: number;
+  /** Largest publish payload in UTF-8 bytes (at most 7999, Postgres' NOTIFY limit). @defaultValue 7999 */
+  maxMessageBytes?: number;
+  /** Publishes per second per token (token bucket, burst of the same size). @defaultValue 100 */
+  publishPerSecond?: number;
+  /** WebSocket messages per second per connection (subscribe, publish, ping...). @defaultValue 50 */
+  wsMessagesPerSecond?: number;
+  /** Prefix of the Postgres channel behind each topic (`gw.` keeps browser topics in their own namespace). @defaultValue '' */
+  channelPrefix?: string;
+  /** Distinct topics listened on at once. @defaultValue 1000 */
+  maxChannels?: number;
+  /** Notifications kept per topic for `Last-Event-ID` resume. @defaultValue 1000 */
+  historySize?: number;
+  /** Serve /metrics without credentials (for a scraper on a private network). @defaultValue false */
+  publicMetrics?: boolean;
+  /** Extra wait (ms) so frames for a client are written together; 0 = at the end of the event-loop turn. @defaultValue 0 */
+  flushIntervalMs?: number;
 }
+
+type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | 'token'>> & { token?: string };
+
+/** Defaults of {@link ServerOptions}; the README's option table is this object. */
+export const SERVER_DEFAULTS: Resolved = {
+  host: '127.0.0.1',
+  port: 8080,
+  maxBodyBytes: 1024 * 1024,
+  maxBufferedBytes: 1024 * 1024,
+  sseHeartbeatMs: 15_000,
+  maxClients: 20_000,
+  maxConnectionsPerToken: 100,
+  maxSubscriptionsPerConnection: 100,
+  maxMessageBytes: PAYLOAD_LIMIT_BYTES - 1,
+  publishPerSecond: 100,
+  wsMessagesPerSecond: 50,
+  channelPrefix: '',
+  maxChannels: 1000,
+  historySize: 1000,
+  publicMetrics: false,
+  flushIntervalMs: 0,
+};
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
@@ -37,36 +86,74 @@ export function isLoopback(host: string): boolean {
   return LOOPBACK.has(host) || (isIP(host) === 4 && host.startsWith('127.'));
 }
 
+function resolveOptions(options: ServerOptions): Resolved {
+  const o: Resolved = { ...SERVER_DEFAULTS };
+  for (const [k, v] of Object.entries(options)) if (v !== undefined && k in SERVER_DEFAULTS) (o as Record<string, unknown>)[k] = v;
+  o.token = options.token || undefined;
+  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) throw new InvalidOptionError('port', o.port, 'an integer between 0 and 65535');
+  for (const k of ['maxBodyBytes', 'maxBufferedBytes', 'sseHeartbeatMs', 'maxClients', 'maxConnectionsPerToken', 'maxSubscriptionsPerConnection', 'maxMessageBytes', 'publishPerSecond', 'wsMessagesPerSecond', 'maxChannels'] as const) {
+    if (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || o[k] <= 0) throw new InvalidOptionError(k, o[k], 'a positive number');
+  }
+  if (typeof o.flushIntervalMs !== 'number' || !(o.flushIntervalMs >= 0) || o.flushIntervalMs > 1000) throw new InvalidOptionError('flushIntervalMs', o.flushIntervalMs, 'a number of ms between 0 and 1000');
+  if (!Number.isInteger(o.historySize) || o.historySize < 0) throw new InvalidOptionError('historySize', o.historySize, 'an integer >= 0');
+  if (o.maxMessageBytes >= PAYLOAD_LIMIT_BYTES) throw new InvalidOptionError('maxMessageBytes', o.maxMessageBytes, `at most ${PAYLOAD_LIMIT_BYTES - 1} (the NOTIFY payload limit)`);
+  if (typeof o.channelPrefix !== 'string' || Buffer.byteLength(o.channelPrefix) > 55) throw new InvalidOptionError('channelPrefix', o.channelPrefix, 'a string of at most 55 bytes');
+  return o;
+}
+
 /**
- * The HTTP server of `herald serve`: health, and a live SSE stream of any channel
- * (`GET /channels/<name>/events`), all on the Herald's one listen connection.
+ * The server of `herald serve`: the realtime gateway (SSE and WebSocket fan-out of
+ * topics and durable streams from the process's one listen connection), the HTTP API
+ * the parts add routes to, authentication and grants, /metrics, probes, the browser
+ * client and the dashboard.
+ *
+ * @example
+ * const server = new HeraldServer(herald, { port: 0, jwtSecret: process.env.JWT_SECRET });
+ * await server.start();
  */
 export class HeraldServer {
   readonly router = new Router();
-  readonly options: Required<Omit<ServerOptions, 'token'>> & { token?: string };
+  readonly options: Resolved;
+  readonly auth: Authenticator;
+  readonly limits: TokenLimits;
+  readonly gateway: Gateway;
+  readonly metrics: ServerMetrics;
+  readonly dashboard: Dashboard;
   readonly #http: Server;
-  readonly #streams = new Set<SseStream>();
+  readonly #wss: WebSocketServer;
+  readonly #connections = new Set<Connection>();
+  readonly #legacyStreams = new Set<SseStream>();
+  readonly #principals = new WeakMap<IncomingMessage, Promise<Principal>>();
+  readonly #sockets = new Set<Socket>();
   #url: string | undefined;
+  #stopping = false;
 
   constructor(readonly herald: Herald, options: ServerOptions = {}) {
-    this.options = {
-      host: options.host ?? '127.0.0.1',
-      port: options.port ?? 8080,
-      token: options.token || undefined,
-      maxBodyBytes: options.maxBodyBytes ?? 1024 * 1024,
-      sseMaxBufferedBytes: options.sseMaxBufferedBytes ?? 1024 * 1024,
-      sseHeartbeatMs: options.sseHeartbeatMs ?? 15_000,
-      sseSubscriberBufferSize: options.sseSubscriberBufferSize ?? 1000,
-      maxClients: options.maxClients ?? 10_000,
-    };
-    if (!isLoopback(this.options.host) && !this.options.token) {
-      throw new InvalidOptionError('host', this.options.host, 'a loopback address unless an access token is configured (--token or HERALD_TOKEN)');
+    this.options = resolveOptions(options);
+    const apiKeys: ApiKey[] = [...(options.apiKeys ?? [])];
+    if (this.options.token) apiKeys.push({ name: 'admin', key: this.options.token, grants: { admin: ['*'] } });
+    this.auth = new Authenticator({ ...options, apiKeys });
+    if (!isLoopback(this.options.host) && !this.auth.enabled) {
+      throw new InvalidOptionError('host', this.options.host, 'a loopback address unless credentials are configured (--token, --api-keys, --jwt-secret, --jwt-public-key or --jwks-url)');
     }
-    if (!Number.isInteger(this.options.port) || this.options.port < 0 || this.options.port > 65535) {
-      throw new InvalidOptionError('port', this.options.port, 'an integer between 0 and 65535');
-    }
+    this.limits = new TokenLimits(this.options.maxConnectionsPerToken, this.options.publishPerSecond);
+    this.gateway = new Gateway(herald, {
+      channelPrefix: this.options.channelPrefix,
+      maxChannels: this.options.maxChannels,
+      historySize: this.options.historySize,
+      maxSubscriptionsPerConnection: this.options.maxSubscriptionsPerConnection,
+      flushIntervalMs: this.options.flushIntervalMs,
+    });
+    this.metrics = new ServerMetrics(herald, this.gateway, (t) => this.clientCount(t));
+    this.dashboard = new Dashboard(this);
+    this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.options.maxMessageBytes + 1024, perMessageDeflate: false });
     this.#http = createServer((req, res) => void this.#handle(req, res));
     this.#http.keepAliveTimeout = 5000;
+    this.#http.on('connection', (s: Socket) => {
+      this.#sockets.add(s);
+      s.on('close', () => this.#sockets.delete(s));
+    });
+    this.#http.on('upgrade', (req, socket, head) => void handleUpgrade(this, this.#wss, req, socket as Socket, head));
     this.#routes();
   }
 
@@ -78,14 +165,35 @@ export class HeraldServer {
 
   /** Streaming clients connected now. */
   get clients(): number {
-    return this.#streams.size;
+    return this.#connections.size + this.#legacyStreams.size;
   }
 
-  /** Starts listening; resolves with the base URL. */
+  /** Streaming clients of one transport. */
+  clientCount(transport: 'sse' | 'ws'): number {
+    let n = transport === 'sse' ? this.#legacyStreams.size : 0;
+    for (const c of this.#connections) if (c.transport === transport) n++;
+    return n;
+  }
+
+  /** Every streaming connection now (the dashboard and tests read it). */
+  connections(): Connection[] {
+    return [...this.#connections];
+  }
+
+  /**
+   * Starts listening; resolves with the base URL. Also starts the Herald's notifier
+   * (without waiting: /readyz reports 503 until LISTEN is live).
+   */
   async start(): Promise<string> {
+    if (this.#url) return this.#url;
+    this.#stopping = false;
+    this.herald.notifier.start().catch(() => {});
     await new Promise<void>((resolve, reject) => {
       this.#http.once('error', reject);
-      this.#http.listen(this.options.port, this.options.host, () => resolve());
+      this.#http.listen(this.options.port, this.options.host, () => {
+        this.#http.off('error', reject);
+        resolve();
+      });
     });
     const addr = this.#http.address() as { port: number };
     const host = this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host;
@@ -93,25 +201,99 @@ export class HeraldServer {
     return this.#url;
   }
 
-  /** Closes every stream and the listening socket. Idempotent. */
+  /** Closes every stream (`shutdown`), the topics' subscriptions and the listening socket. Idempotent. */
   async stop(): Promise<void> {
-    for (const s of this.#streams) s.close('server shutting down');
-    this.#streams.clear();
+    this.#stopping = true;
+    for (const c of [...this.#connections]) c.close('shutdown', 'server shutting down');
+    for (const s of this.#legacyStreams) s.close('server shutting down');
+    this.#legacyStreams.clear();
+    await this.gateway.stop();
+    this.#url = undefined;
     if (!this.#http.listening) return;
-    await new Promise<void>((resolve) => {
-      this.#http.close(() => resolve());
-      this.#http.closeAllConnections();
-    });
+    const closed = new Promise<void>((resolve) => this.#http.close(() => resolve()));
+    // Give the goodbyes (SSE close event, WebSocket close frame) up to 500 ms to leave,
+    // then destroy whatever is still open.
+    this.#http.closeIdleConnections();
+    const deadline = Date.now() + 500;
+    while (this.#sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    this.#http.closeAllConnections();
+    for (const s of this.#sockets) s.destroy();
+    await closed;
   }
 
-  /** Opens an SSE stream for a request (used by every streaming route). */
+  /**
+   * Authenticates a request (once per request; cached) and checks that its principal
+   * may do `action` on `resource`. Throws {@link HttpError} 401 (`UNAUTHORIZED`,
+   * `TOKEN_EXPIRED`) or 403 (`FORBIDDEN`). The hook for every part's routes.
+   */
+  async authorize(req: IncomingMessage, action: Action, resource: string): Promise<Principal> {
+    const principal = await this.authenticate(req);
+    assertAllowed(principal, action, resource);
+    return principal;
+  }
+
+  /** Authenticates a request without checking a grant (cached per request). */
+  authenticate(req: IncomingMessage): Promise<Principal> {
+    let p = this.#principals.get(req);
+    if (!p) {
+      const url = new URL(req.url ?? '/', 'http://localhost');
+      p = this.auth.authenticate(credentialOf(req, url));
+      this.#principals.set(req, p);
+    }
+    return p;
+  }
+
+  /**
+   * Registers a streaming connection: counts it against `maxClients` (503
+   * `TOO_MANY_CLIENTS`) and its token's `maxConnectionsPerToken` (429
+   * `TOO_MANY_CONNECTIONS`); releases both when it closes.
+   */
+  admit(principal: Principal, transport: 'sse' | 'ws'): () => void {
+    if (this.#stopping) throw new HttpError(503, 'SHUTTING_DOWN', 'server is shutting down');
+    if (this.clients >= this.options.maxClients) throw new HttpError(503, 'TOO_MANY_CLIENTS', 'client limit reached');
+    // Per-token limits count tokens; the open (credential-less, loopback) mode has none.
+    const release = principal.kind === 'anonymous' ? () => {} : this.limits.acquireConnection(principal.id);
+    this.metrics.connections.inc({ transport });
+    return release;
+  }
+
+  /** Tracks an open connection until it closes. */
+  track(conn: Connection, release: () => void): void {
+    this.#connections.add(conn);
+    conn.onClose = (reason) => {
+      this.#connections.delete(conn);
+      release();
+      this.metrics.disconnects.inc({ transport: conn.transport, reason });
+    };
+  }
+
+  /** Opens a gateway SSE connection for an authorized request. */
+  openSse(req: IncomingMessage, res: ServerResponse, principal: Principal, format: 'sse' | 'sse-json'): SseConnection {
+    const release = this.admit(principal, 'sse');
+    const conn = new SseConnection(req, res, format, principal, this.options.maxBufferedBytes, this.gateway.scheduleFlush, this.options.sseHeartbeatMs);
+    this.track(conn, release);
+    return conn;
+  }
+
+  /**
+   * Opens a plain SSE stream for a part's own streaming route (no fan-out; the part
+   * writes events itself). Counts against `maxClients`.
+   */
   openStream(req: IncomingMessage, res: ServerResponse): SseStream {
-    if (this.#streams.size >= this.options.maxClients) throw new HttpError(503, 'TOO_MANY_CLIENTS', 'client limit reached');
-    const limits: SseLimits = { maxBufferedBytes: this.options.sseMaxBufferedBytes, heartbeatMs: this.options.sseHeartbeatMs };
+    if (this.clients >= this.options.maxClients) throw new HttpError(503, 'TOO_MANY_CLIENTS', 'client limit reached');
+    const limits: SseLimits = { maxBufferedBytes: this.options.maxBufferedBytes, heartbeatMs: this.options.sseHeartbeatMs };
     const stream = new SseStream(req, res, limits);
-    this.#streams.add(stream);
-    void stream.closed.then(() => this.#streams.delete(stream));
+    this.#legacyStreams.add(stream);
+    void stream.closed.then(() => this.#legacyStreams.delete(stream));
     return stream;
+  }
+
+  /** Counts a refusal for /metrics. */
+  refused(err: unknown): void {
+    const status = statusOf(err);
+    if (status >= 400 && status < 500) {
+      this.metrics.refused.inc({ status: String(status), code: err instanceof HttpError || err instanceof HeraldError ? err.code : 'UNKNOWN' });
+    }
   }
 
   #routes(): void {
@@ -119,57 +301,49 @@ export class HeraldServer {
       'GET',
       /^\/health$/,
       async (_req, res) => {
-        let database = 'ok';
-        try {
-          await this.herald.driver.executor.query('SELECT 1');
-        } catch {
-          database = 'unreachable';
-        }
+        const database = await this.#databaseOk();
         const notifier = this.herald.notifier.status;
         const ok = database === 'ok' && notifier !== 'failed';
-        sendJson(res, ok ? 200 : 503, { status: ok ? 'ok' : 'degraded', database, notifier, clients: this.#streams.size });
+        sendJson(res, ok ? 200 : 503, { status: ok ? 'ok' : 'degraded', database, notifier, clients: this.clients });
       },
       { open: true },
     );
-
-    this.#notifyRoute();
+    this.router.add('GET', /^\/livez$/, (_req, res) => sendJson(res, 200, { status: 'ok' }), { open: true });
+    this.router.add(
+      'GET',
+      /^\/readyz$/,
+      async (_req, res) => {
+        const database = await this.#databaseOk();
+        const notifier = this.herald.notifier.status;
+        const ok = database === 'ok' && notifier === 'listening' && !this.#stopping;
+        sendJson(res, ok ? 200 : 503, { status: ok ? 'ready' : 'not ready', database, notifier });
+      },
+      { open: true },
+    );
+    this.router.add(
+      'GET',
+      /^\/metrics$/,
+      async (_req, res) => {
+        const text = await this.metrics.registry.metrics();
+        res.writeHead(200, { 'content-type': this.metrics.registry.contentType, 'cache-control': 'no-store' });
+        res.end(text);
+      },
+      this.options.publicMetrics ? { open: true } : { action: 'admin', resource: () => 'metrics' },
+    );
+    registerChannelRoutes(this);
+    registerSiteRoutes(this);
+    registerTopicsRoutes(this);
     registerJobsRoutes(this);
-    this.router.add('GET', /^\/channels\/([^/]+)\/events$/, async (req, res, [channel]) => {
-      const sub = this.herald.listen(channel, { bufferSize: this.options.sseSubscriberBufferSize });
-      try {
-        await sub.established;
-      } catch (err) {
-        await sub.close();
-        throw err;
-      }
-      const stream = this.openStream(req, res);
-      stream.send('ready', JSON.stringify({ channel }));
-      void stream.closed.then(() => sub.close());
-      for await (const n of sub) {
-        if (!stream.send('notification', n.payload)) break;
-      }
-      stream.close('subscription ended');
-    });
+    this.gateway.registerStream('topic', topicStreamSource(this.herald));
   }
 
-  #notifyRoute(): void {
-    this.router.add('POST', /^\/channels\/([^/]+)\/notify$/, async (req, res, [channel]) => {
-      const body = await readJson<{ payload?: unknown }>(req, this.options.maxBodyBytes, ['payload']);
-      const payload = body.payload ?? '';
-      if (typeof payload !== 'string') throw new HttpError(400, 'INVALID_PAYLOAD', 'payload must be a string');
-      await this.herald.notify(channel, payload);
-      sendJson(res, 202, { channel, sent: true });
-    });
-  }
-
-  #authorized(req: IncomingMessage, url: URL): boolean {
-    const token = this.options.token;
-    if (!token) return true;
-    const header = req.headers.authorization;
-    const given = header?.startsWith('Bearer ') ? header.slice(7) : url.searchParams.get('access_token') ?? '';
-    const a = Buffer.from(given);
-    const b = Buffer.from(token);
-    return a.length === b.length && timingSafeEqual(a, b);
+  async #databaseOk(): Promise<'ok' | 'unreachable'> {
+    try {
+      await this.herald.driver.executor.query('SELECT 1');
+      return 'ok';
+    } catch {
+      return 'unreachable';
+    }
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -181,12 +355,11 @@ export class HeraldServer {
         res.setHeader('allow', found.allowed.join(', '));
         throw new HttpError(405, 'METHOD_NOT_ALLOWED', `use ${found.allowed.join(' or ')}`);
       }
-      if (!found.route.open && !this.#authorized(req, url)) {
-        res.setHeader('www-authenticate', 'Bearer');
-        throw new HttpError(401, 'UNAUTHORIZED', 'missing or wrong access token');
-      }
-      await found.route.handler(req, res, found.params, url);
+      const { route, params } = found;
+      const principal = route.open ? undefined : await this.authorize(req, route.action, route.resource(params, url));
+      await route.handler(req, res, params, url, principal);
     } catch (err) {
+      this.refused(err);
       sendError(res, err);
     }
   }

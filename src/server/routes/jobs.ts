@@ -6,7 +6,8 @@ const ENQUEUE_KEYS = ['kind', 'payload', 'queue', 'priority', 'runAt', 'delayMs'
 
 /**
  * Job routes: `POST /jobs` (enqueue), `GET /jobs/<id>` (status), `GET /jobs/events`
- * (transitions as Server-Sent Events).
+ * (transitions as Server-Sent Events). Authorization: enqueue needs `publish` on
+ * resource `jobs`; status and events need `subscribe` on `jobs`.
  */
 export function registerJobsRoutes(server: HeraldServer): void {
   const queue = server.herald.queue;
@@ -21,7 +22,7 @@ export function registerJobsRoutes(server: HeraldServer): void {
     }
     const [r] = await queue.enqueueMany([body as unknown as EnqueueItem]);
     sendJson(res, r.inserted ? 201 : 200, r);
-  });
+  }, { action: 'publish', resource: () => 'jobs' });
 
   server.router.add('GET', /^\/jobs\/events$/, async (req, res, _params, url) => {
     const only = url.searchParams.get('id');
@@ -37,11 +38,11 @@ export function registerJobsRoutes(server: HeraldServer): void {
       return;
     }
     stream.send('ready', JSON.stringify({ channel: queue.channels.events }));
-  });
+  }, { action: 'subscribe', resource: () => 'jobs' });
 
   server.router.add('GET', /^\/jobs\/(\d{1,19})$/, async (_req, res, [id]) => {
     const job = await queue.get(id);
     if (!job) throw new HttpError(404, 'NOT_FOUND', `no job ${id}`);
     sendJson(res, 200, job);
-  });
+  }, { action: 'subscribe', resource: () => 'jobs' });
 }

@@ -1,0 +1,175 @@
+/**
+ * Gateway benchmark: fan-out latency (publish -> client, p50/p99) and delivered
+ * messages/s when 1,000 and 5,000 concurrent clients (SSE and WebSocket) follow one
+ * topic fed at 1,000 notifications/s, with the server's resident memory.
+ *
+ * The server runs in its own process (bench/gateway/server.ts), the clients in
+ * `--client-procs` processes (bench/gateway/clients.ts), the publisher here (its own
+ * connection, `pg_notify` in batches paced to the rate; each payload is its publish
+ * time). Everything shares one machine, so the clients' CPU competes with the server's.
+ *
+ * Usage: node --import tsx bench/gateway.ts [--runs 3] [--clients 1000,5000]
+ *        [--transports sse,ws] [--rate 1000] [--seconds 10] [--client-procs 2] [--flush-interval-ms 0]
+ * DATABASE_URL: use that server instead of starting a throwaway cluster.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { PostgresCluster } from '../src/embedded/cluster.js';
+
+const { values: args } = parseArgs({
+  options: {
+    runs: { type: 'string', default: '3' },
+    clients: { type: 'string', default: '1000,5000' },
+    transports: { type: 'string', default: 'sse,ws' },
+    rate: { type: 'string', default: '1000' },
+    seconds: { type: 'string', default: '10' },
+    'client-procs': { type: 'string', default: '2' },
+    'sample-every': { type: 'string', default: '25' },
+    'flush-interval-ms': { type: 'string', default: '0' },
+  },
+});
+const RUNS = Number(args.runs);
+const RATE = Number(args.rate);
+const SECONDS = Number(args.seconds);
+const PROCS = Number(args['client-procs']);
+const SAMPLE_EVERY = Number(args['sample-every']);
+const here = new URL('.', import.meta.url).pathname;
+const execArgv = ['--import', 'tsx'];
+
+function once<T>(child: ChildProcess, pick: (m: any) => boolean, what: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onExit = (code: number | null) => reject(new Error(`child exited with ${code} while waiting for ${what}`));
+    const on = (m: any) => {
+      if (pick(m)) {
+        child.off('message', on);
+        child.off('exit', onExit);
+        resolve(m);
+      }
+    };
+    child.on('message', on);
+    child.once('exit', onExit);
+  });
+}
+
+const pct = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+let cluster: PostgresCluster | undefined;
+let tmp: string | undefined;
+let url = process.env.DATABASE_URL;
+if (!url) {
+  tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-gw-'));
+  chmodSync(tmp, 0o755);
+  cluster = await PostgresCluster.start({ dataDir: join(tmp, 'data'), settings: { fsync: 'off', max_connections: 100 } });
+  url = cluster.url();
+}
+const publisher = new pg.Client({ connectionString: url });
+publisher.on('error', () => {});
+await publisher.connect();
+const version = (await publisher.query('SHOW server_version')).rows[0].server_version;
+
+interface Result {
+  transport: string;
+  clients: number;
+  p50: number;
+  p99: number;
+  delivered: number;
+  expected: number;
+  rssMb: number;
+  cpu: number;
+  cut: number;
+}
+
+async function measure(transport: string, clients: number): Promise<Result> {
+  const server = fork(join(here, 'gateway/server.ts'), [], { execArgv, env: { ...process.env, DATABASE_URL: url, FLUSH_INTERVAL_MS: args['flush-interval-ms'] }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const { url: base } = await once<{ url: string }>(server, (m) => m.url, 'server url');
+  const per = Math.ceil(clients / PROCS);
+  const procs = Array.from({ length: PROCS }, (_, i) =>
+    fork(join(here, 'gateway/clients.ts'), [base, transport, String(Math.min(per, clients - i * per)), String(SAMPLE_EVERY)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
+  );
+  await Promise.all(procs.map((p) => once(p, (m) => m.ready, 'clients ready')));
+  // Publish at RATE/s: each tick sends what is due in one statement (one notification per row).
+  let sent = 0;
+  let measuredFrom = 0;
+  const start = performance.now();
+  const warmupMs = 2000;
+  const total = warmupMs + SECONDS * 1000;
+  let measuring = false;
+  let measureStart = 0;
+  let cpuStart: Promise<{ cpu: NodeJS.CpuUsage; at: number }> | undefined;
+  while (performance.now() - start < total) {
+    const elapsed = performance.now() - start;
+    if (!measuring && elapsed >= warmupMs) {
+      measuring = true;
+      for (const p of procs) p.send({ measure: true });
+      measureStart = performance.now();
+      cpuStart = once<{ cpu: NodeJS.CpuUsage; at: number }>(server, (m) => m.cpu && !m.rss, 'server cpu');
+      server.send({ cpu: true });
+      measuredFrom = sent;
+    }
+    const due = Math.floor((elapsed / 1000) * RATE) - sent;
+    if (due > 0) {
+      const stamps = Array.from({ length: due }, () => String(performance.timeOrigin + performance.now()));
+      await publisher.query("SELECT pg_notify('gw.bench', p) FROM unnest($1::text[]) AS p", [stamps]);
+      sent += due;
+    }
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  const measuredSent = sent - measuredFrom;
+  const measureEnd = performance.now();
+  server.send({ rss: true });
+  const stats = await once<{ rss: number; cpu: NodeJS.CpuUsage; at: number }>(server, (m) => m.rss, 'server stats');
+  const c0 = await cpuStart!;
+  const serverCpu = (stats.cpu.user + stats.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / (stats.at - c0.at);
+  const reports = await Promise.all(procs.map((p) => {
+    const r = once<{ received: number; closed: number; latencies: number[] }>(p, (m) => m.latencies, 'client report');
+    p.send({ report: true });
+    return r;
+  }));
+  server.send({ stop: true });
+  await new Promise((r) => server.once('exit', r));
+  const lat = reports.flatMap((r) => r.latencies).sort((a, b) => a - b);
+  const received = reports.reduce((a, r) => a + r.received, 0);
+  const cut = reports.reduce((a, r) => a + r.closed, 0);
+  return {
+    transport,
+    clients,
+    p50: pct(lat, 50),
+    p99: pct(lat, 99),
+    delivered: received / ((measureEnd - measureStart) / 1000),
+    expected: measuredSent * clients,
+    rssMb: stats.rss / 2 ** 20,
+    cpu: serverCpu,
+    cut,
+  };
+}
+
+const results: Result[] = [];
+for (let run = 1; run <= RUNS; run++) {
+  for (const clients of args.clients!.split(',').map(Number)) {
+    for (const transport of args.transports!.split(',')) {
+      const r = await measure(transport, clients);
+      results.push(r);
+      console.error(`run ${run} ${transport} ${clients}: p50 ${r.p50.toFixed(1)} ms p99 ${r.p99.toFixed(1)} ms delivered ${Math.round(r.delivered)}/s (offered ${RATE * clients}/s) rss ${r.rssMb.toFixed(0)} MB server cpu ${(100 * r.cpu).toFixed(0)}% cut ${r.cut}`);
+    }
+  }
+}
+
+console.log(`\nPostgres ${version}; ${cpus().length} × ${cpus()[0]?.model}; load average at the end ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${RATE} notifications/s for ${SECONDS} s after 2 s warm-up; ${PROCS} client processes; latency sampled on 1 client in ${SAMPLE_EVERY}; server flushIntervalMs ${args['flush-interval-ms']}\n`);
+console.log('| transport | clients | p50 ms | p99 ms | delivered msgs/s | offered msgs/s | server RSS MB | server CPU | clients cut | runs (p99 each) |');
+console.log('|---|---|---|---|---|---|---|---|---|---|');
+for (const clients of args.clients!.split(',').map(Number)) {
+  for (const transport of args.transports!.split(',')) {
+    const rs = results.filter((r) => r.clients === clients && r.transport === transport);
+    console.log(
+      `| ${transport.toUpperCase()} | ${clients} | ${median(rs.map((r) => r.p50)).toFixed(1)} | ${median(rs.map((r) => r.p99)).toFixed(1)} | ${Math.round(median(rs.map((r) => r.delivered)))} | ${RATE * clients} | ${median(rs.map((r) => r.rssMb)).toFixed(0)} | ${(100 * median(rs.map((r) => r.cpu))).toFixed(0)}% | ${median(rs.map((r) => r.cut))} | ${rs.length} (p99: ${rs.map((r) => r.p99.toFixed(0)).join(', ')}) |`,
+    );
+  }
+}
+await publisher.end();
+await cluster?.stop();
+if (tmp) rmSync(tmp, { recursive: true, force: true });

@@ -1,0 +1,93 @@
+import type { Command } from 'commander';
+import type { GroupStart } from '../topic/types.js';
+import { CliError, type CliContext } from './context.js';
+
+type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
+
+/** `herald topics list|stats|tail|reset|publish`. */
+export function registerTopicsCommands(program: Command, ctx: CliContext): void {
+  const globals = () => program.opts<Globals>();
+  const topics = program
+    .command('topics')
+    .description('durable topics: list them, show stats and group lag, follow one, move a group')
+    .addHelpText(
+      'after',
+      "\nExamples:\n  herald topics list\n  herald topics stats orders\n  herald topics tail orders --from earliest --count 10\n  herald topics reset orders billing --to earliest\n  herald topics publish orders '{\"id\":42}' --key customer-7",
+    );
+
+  topics
+    .command('list')
+    .description('one line per topic: name, partitions, retained messages, segments, bytes, groups with lag')
+    .action(async () => {
+      const herald = ctx.herald(globals());
+      for (const name of await herald.topics.list()) {
+        const s = await herald.topics.stats(name);
+        const groups = s.groups.map((g) => `${g.name}(lag ${g.lag})`).join(' ') || '-';
+        ctx.out(`${name}\tpartitions=${s.partitions}\tmessages=${s.messages}\tsegments=${s.segments}\tbytes=${s.bytes}\tgroups=${groups}`);
+      }
+    });
+
+  topics
+    .command('stats')
+    .description('statistics of one topic as JSON: size, retention, per-group and per-partition position and lag')
+    .argument('<topic>', 'topic name')
+    .action(async (topic: string) => {
+      ctx.out(JSON.stringify(await ctx.herald(globals()).topics.stats(topic), null, 2));
+    });
+
+  topics
+    .command('tail')
+    .description('print messages of a topic as JSON lines ({"id","position","key","partition","payload","publishedAt"}) as they come')
+    .argument('<topic>', 'topic name')
+    .option('--from <where>', "'earliest', 'latest' or a position (<xid>:<id>) to resume after", 'latest')
+    .option('--count <n>', 'exit after n messages', (v) => Number(v))
+    .action(async (topic: string, opts: { from: string; count?: number }) => {
+      const herald = ctx.herald(globals());
+      const abort = new AbortController();
+      void ctx.io.interrupted.then(() => abort.abort());
+      let seen = 0;
+      if (opts.count !== undefined && !(Number.isInteger(opts.count) && opts.count > 0)) throw new CliError('--count must be a positive integer', 2);
+      for await (const m of herald.topics.tail(topic, { after: opts.from, signal: abort.signal })) {
+        ctx.out(JSON.stringify({ id: m.id, position: m.position, key: m.key, partition: m.partition, payload: m.payload, publishedAt: m.publishedAt }));
+        if (opts.count !== undefined && ++seen >= opts.count) break;
+      }
+    });
+
+  topics
+    .command('reset')
+    .description("move a group's position: replay from earliest, skip to latest, go to a time, or resume after a position")
+    .argument('<topic>', 'topic name')
+    .argument('<group>', 'group name')
+    .requiredOption('--to <where>', "'earliest', 'latest', an ISO time (2026-01-31T12:00:00Z) or a position (<xid>:<id>)")
+    .action(async (topic: string, group: string, opts: { to: string }) => {
+      const herald = ctx.herald(globals());
+      let to: GroupStart | { position: string };
+      if (opts.to === 'earliest' || opts.to === 'latest') to = opts.to;
+      else if (/^\d+:\d+$/.test(opts.to)) to = { position: opts.to };
+      else {
+        const d = new Date(opts.to);
+        if (Number.isNaN(d.getTime())) throw new CliError(`--to: expected earliest, latest, an ISO time or a position, got ${JSON.stringify(opts.to)}`, 2);
+        to = d;
+      }
+      const moved = await herald.topics.resetGroup(topic, group, to);
+      if (moved === 0) throw new CliError(`topic ${topic} has no group ${group}`);
+      ctx.out(`moved ${moved} partitions of group ${group}`);
+    });
+
+  topics
+    .command('publish')
+    .description('publish one message (a JSON value; plain text is sent as a JSON string)')
+    .argument('<topic>', 'topic name')
+    .argument('<payload>', 'JSON value')
+    .option('--key <key>', 'message key (one key keeps its order within a group)')
+    .action(async (topic: string, payload: string, opts: { key?: string }) => {
+      let value: unknown;
+      try {
+        value = JSON.parse(payload);
+      } catch {
+        value = payload;
+      }
+      const m = await ctx.herald(globals()).topics.publish(topic, value, { key: opts.key ?? null });
+      ctx.out(JSON.stringify(m));
+    });
+}

@@ -1,0 +1,86 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { DRIVERS } from '../../test/support/drivers.js';
+import { deferred } from '../../test/support/wait.js';
+import { toExecutor } from './index.js';
+import type { RawNotification } from './types.js';
+
+let db: TestDatabase;
+before(async () => {
+  db = await freshDatabase();
+});
+after(async () => db.drop());
+
+for (const { name, make } of DRIVERS) {
+  describe(`driver conformance: ${name}`, () => {
+    it('runs parameterised statements and reports rows and rowCount', async () => {
+      const driver = make(db.url);
+      try {
+        const { rows } = await driver.executor.query<{ a: number; b: string }>('SELECT $1::int AS a, $2::text AS b', [7, 'x']);
+        assert.deepEqual(rows, [{ a: 7, b: 'x' }]);
+        await driver.executor.query(`CREATE TABLE IF NOT EXISTS conf_${name} (v int)`);
+        const ins = await driver.executor.query(`INSERT INTO conf_${name} SELECT generate_series(1, 3)`);
+        assert.equal(ins.rowCount, 3);
+      } finally {
+        await driver.end();
+      }
+    });
+
+    it('commits a transaction that resolves and rolls back one that throws', async () => {
+      const driver = make(db.url);
+      try {
+        await driver.executor.query(`CREATE TABLE IF NOT EXISTS tx_${name} (v int)`);
+        await driver.transaction(async (tx) => {
+          await tx.query(`INSERT INTO tx_${name} VALUES ($1)`, [1]);
+        });
+        await assert.rejects(
+          driver.transaction(async (tx) => {
+            await tx.query(`INSERT INTO tx_${name} VALUES ($1)`, [2]);
+            throw new Error('boom');
+          }),
+          /boom/,
+        );
+        const { rows } = await driver.executor.query<{ v: number }>(`SELECT v FROM tx_${name} ORDER BY v`);
+        assert.deepEqual(rows.map((r) => r.v), [1]);
+      } finally {
+        await driver.end();
+      }
+    });
+
+    it('toExecutor accepts the transaction object of the driver', async () => {
+      const driver = make(db.url);
+      try {
+        const n = await driver.transaction(async (tx) => {
+          const { rows } = await toExecutor(tx).query<{ n: number }>('SELECT 41 + $1::int AS n', [1]);
+          return rows[0].n;
+        });
+        assert.equal(n, 42);
+      } finally {
+        await driver.end();
+      }
+    });
+
+    it('a listen session receives notifications and reports its death', async () => {
+      const driver = make(db.url);
+      const session = await driver.openListenSession();
+      try {
+        const got = deferred<RawNotification>();
+        const closed = deferred<Error | undefined>();
+        session.onNotification((n) => got.resolve(n));
+        session.onClose((err) => closed.resolve(err));
+        await session.query('LISTEN "Conf Channel"');
+        await driver.executor.query('SELECT pg_notify($1, $2)', ['Conf Channel', 'hello']);
+        const n = await got.promise;
+        assert.equal(n.channel, 'Conf Channel');
+        assert.equal(n.payload, 'hello');
+        const { rows } = await session.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+        await driver.executor.query('SELECT pg_terminate_backend($1)', [rows[0].pid]);
+        await closed.promise; // resolves: the death was reported
+      } finally {
+        await session.close();
+        await driver.end();
+      }
+    });
+  });
+}

@@ -1,0 +1,67 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Herald } from '../client.js';
+import { ListenNotSessionError } from '../errors.js';
+import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { pgbouncerBinary, startPgBouncer } from '../../test/support/pgbouncer.js';
+import { nextEvent } from '../../test/support/wait.js';
+
+const missing = pgbouncerBinary() ? false : 'pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)';
+
+let db: TestDatabase;
+before(async () => {
+  db = await freshDatabase();
+});
+after(async () => db.drop());
+
+const OPTIONS = { healthCheckIntervalMs: 300, queueUsageIntervalMs: 0, verifySessionTimeoutMs: 1000 };
+
+describe('notifier behind PgBouncer', { skip: missing }, () => {
+  it('listens through session pooling', async () => {
+    const bouncer = await startPgBouncer(db.url, 'session');
+    const herald = new Herald({ connectionString: bouncer.url(db.url), notifier: OPTIONS });
+    try {
+      const sub = herald.listen('via-session-pool');
+      await sub.established;
+      const n = sub.wait({ timeoutMs: 10_000 });
+      await herald.notify('via-session-pool', 'hello');
+      assert.equal((await n)?.payload, 'hello');
+      assert.equal(herald.notifier.status, 'listening');
+    } finally {
+      await herald.close();
+      await bouncer.stop();
+    }
+  });
+
+  it('detects transaction pooling: a typed error and status failed, not a silent listener', async () => {
+    const bouncer = await startPgBouncer(db.url, 'transaction');
+    const herald = new Herald({ connectionString: bouncer.url(db.url), notifier: OPTIONS });
+    try {
+      const failed = nextEvent(herald.notifier, 'status', 30_000);
+      const sub = herald.listen('via-transaction-pool');
+      await assert.rejects(sub.established, (e: unknown) => e instanceof ListenNotSessionError && e.code === 'LISTEN_NOT_SESSION');
+      await failed;
+      assert.equal(herald.notifier.status, 'failed');
+      assert.ok(herald.notifier.stats().lastError instanceof ListenNotSessionError);
+      assert.throws(() => herald.listen('again'), ListenNotSessionError);
+    } finally {
+      await herald.close();
+      await bouncer.stop();
+    }
+  });
+
+  it('works with the pool through transaction pooling and a direct listen connection', async () => {
+    const bouncer = await startPgBouncer(db.url, 'transaction');
+    const herald = new Herald({ connectionString: bouncer.url(db.url), listenConnectionString: db.url, notifier: OPTIONS });
+    try {
+      const sub = herald.listen('split');
+      await sub.established;
+      const n = sub.wait({ timeoutMs: 10_000 });
+      await herald.notify('split', 'through the pooler');
+      assert.equal((await n)?.payload, 'through the pooler');
+    } finally {
+      await herald.close();
+      await bouncer.stop();
+    }
+  });
+});

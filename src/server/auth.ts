@@ -1,0 +1,209 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import { createRemoteJWKSet, errors as joseErrors, importSPKI, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { InvalidOptionError } from '../errors.js';
+import { HttpError } from './http.js';
+
+/** What a client may do with a resource. `admin` implies `subscribe` and `publish`. */
+export type Action = 'subscribe' | 'publish' | 'admin';
+
+/** Grant patterns per action. A pattern is a resource name where `*` matches any run of characters (`tenant:42:*`). */
+export interface Grants {
+  subscribe?: string[];
+  publish?: string[];
+  admin?: string[];
+}
+
+/** An API key and what it grants. */
+export interface ApiKey {
+  /** Name used for per-token limits, metrics and logs (never the key itself). */
+  name: string;
+  /** The secret the client presents. */
+  key: string;
+  grants: Grants;
+}
+
+/** Who a request is, once authenticated. */
+export interface Principal {
+  /** Identity used for per-token limits: `key:<name>`, `jwt:<sub>` (or `jwt:<sha256 of the token>` without `sub`), or `anonymous`. */
+  id: string;
+  kind: 'api-key' | 'jwt' | 'anonymous';
+  grants: Grants;
+  /** Expiry in epoch milliseconds (JWT `exp`), or null. */
+  expiresAt: number | null;
+}
+
+/** How clients authenticate. Give any mix; with none, the server runs open on loopback only. */
+export interface AuthOptions {
+  /** API keys with their grants. The legacy single `token` becomes a key named `admin` with `admin: ['*']`. */
+  apiKeys?: ApiKey[];
+  /** HS256 secret for JWTs. */
+  jwtSecret?: string;
+  /** RS256 public key (SPKI PEM) for JWTs. */
+  jwtPublicKey?: string;
+  /** JWKS URL whose keys (RS256) verify JWTs; fetched and cached by `jose`. */
+  jwksUrl?: string;
+  /** Required `iss` claim. */
+  jwtIssuer?: string;
+  /** Required `aud` claim. */
+  jwtAudience?: string;
+}
+
+/** Compiles a grant pattern (`*` = any run of characters, everything else literal). */
+function compile(pattern: string): RegExp {
+  const body = pattern.split('*').map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*');
+  return new RegExp(`^${body}$`, 's');
+}
+
+const patternCache = new Map<string, RegExp>();
+
+/** True when `resource` matches one of `patterns`. */
+export function matchesAny(patterns: readonly string[] | undefined, resource: string): boolean {
+  if (!patterns) return false;
+  for (const p of patterns) {
+    let re = patternCache.get(p);
+    if (!re) {
+      if (patternCache.size > 10_000) patternCache.clear();
+      re = compile(p);
+      patternCache.set(p, re);
+    }
+    if (re.test(resource)) return true;
+  }
+  return false;
+}
+
+/** True when `grants` allow `action` on `resource` (an `admin` grant allows every action). */
+export function allows(grants: Grants, action: Action, resource: string): boolean {
+  if (matchesAny(grants.admin, resource)) return true;
+  if (action === 'admin') return false;
+  return matchesAny(grants[action], resource);
+}
+
+/**
+ * Reads grants from JWT claims: a `grants` object (`{ "subscribe": ["tenant:42:*"] }`)
+ * and/or an OAuth-style `scope` string (`"subscribe:tenant:42:* publish:tenant:42:chat"`).
+ */
+export function grantsFromClaims(claims: JWTPayload): Grants {
+  const grants: Grants = {};
+  const add = (action: Action, pattern: unknown) => {
+    if (typeof pattern !== 'string' || pattern === '') return;
+    (grants[action] ??= []).push(pattern);
+  };
+  const g = claims.grants as Record<string, unknown> | undefined;
+  if (g && typeof g === 'object') {
+    for (const action of ['subscribe', 'publish', 'admin'] as const) {
+      const list = g[action];
+      if (Array.isArray(list)) for (const p of list) add(action, p);
+      else add(action, list);
+    }
+  }
+  if (typeof claims.scope === 'string') {
+    for (const item of claims.scope.split(/\s+/)) {
+      const i = item.indexOf(':');
+      if (i <= 0) continue;
+      const action = item.slice(0, i);
+      if (action === 'subscribe' || action === 'publish' || action === 'admin') add(action, item.slice(i + 1));
+    }
+  }
+  return grants;
+}
+
+function validateGrants(where: string, grants: unknown): Grants {
+  if (!grants || typeof grants !== 'object') throw new InvalidOptionError(where, grants, 'an object { subscribe?, publish?, admin? } of pattern lists');
+  for (const [k, v] of Object.entries(grants)) {
+    if (!['subscribe', 'publish', 'admin'].includes(k)) throw new InvalidOptionError(`${where}.${k}`, v, 'one of subscribe, publish, admin');
+    if (!Array.isArray(v) || v.some((p) => typeof p !== 'string' || p === '')) throw new InvalidOptionError(`${where}.${k}`, v, 'a list of non-empty patterns');
+  }
+  return grants as Grants;
+}
+
+/** The credential a request carries: `Authorization: Bearer <t>`, then `?access_token=<t>` (EventSource and WebSocket cannot set headers). */
+export function credentialOf(req: IncomingMessage, url: URL): string | undefined {
+  const header = req.headers.authorization;
+  if (header?.startsWith('Bearer ')) return header.slice(7).trim() || undefined;
+  return url.searchParams.get('access_token') || undefined;
+}
+
+const ANONYMOUS: Principal = Object.freeze({ id: 'anonymous', kind: 'anonymous', grants: { admin: ['*'] }, expiresAt: null });
+
+/**
+ * Turns a credential into a {@link Principal}: an API key (compared in constant
+ * time) or a JWT verified with `jose` (HS256 secret, RS256 public key, or JWKS URL).
+ * Throws {@link HttpError} 401 `UNAUTHORIZED` / `TOKEN_EXPIRED`.
+ */
+export class Authenticator {
+  readonly #keys: { name: string; key: Buffer; grants: Grants }[];
+  readonly #jwtKeys: { key: Promise<CryptoKey | Uint8Array> | JWTVerifyGetKey; alg: string }[] = [];
+  readonly #issuer?: string;
+  readonly #audience?: string;
+
+  constructor(options: AuthOptions) {
+    this.#keys = (options.apiKeys ?? []).map((k, i) => {
+      if (!k || typeof k.key !== 'string' || k.key.length === 0) throw new InvalidOptionError(`apiKeys[${i}].key`, '<hidden>', 'a non-empty string');
+      if (typeof k.name !== 'string' || !k.name) throw new InvalidOptionError(`apiKeys[${i}].name`, k.name, 'a non-empty string');
+      return { name: k.name, key: Buffer.from(k.key), grants: validateGrants(`apiKeys[${i}].grants`, k.grants) };
+    });
+    if (options.jwtSecret !== undefined) {
+      if (typeof options.jwtSecret !== 'string' || options.jwtSecret.length < 16) throw new InvalidOptionError('jwtSecret', '<hidden>', 'a secret of 16 characters or more');
+      this.#jwtKeys.push({ key: Promise.resolve(new TextEncoder().encode(options.jwtSecret)), alg: 'HS256' });
+    }
+    if (options.jwtPublicKey !== undefined) {
+      const key = importSPKI(options.jwtPublicKey, 'RS256');
+      key.catch(() => {});
+      this.#jwtKeys.push({ key, alg: 'RS256' });
+    }
+    if (options.jwksUrl !== undefined) {
+      let url: URL;
+      try {
+        url = new URL(options.jwksUrl);
+      } catch {
+        throw new InvalidOptionError('jwksUrl', options.jwksUrl, 'an http(s) URL');
+      }
+      this.#jwtKeys.push({ key: createRemoteJWKSet(url), alg: 'RS256' });
+    }
+    this.#issuer = options.jwtIssuer;
+    this.#audience = options.jwtAudience;
+  }
+
+  /** True when any credential is configured; without one the server is open (loopback only). */
+  get enabled(): boolean {
+    return this.#keys.length > 0 || this.#jwtKeys.length > 0;
+  }
+
+  /** Authenticates a credential (undefined: none given). */
+  async authenticate(credential: string | undefined): Promise<Principal> {
+    if (!this.enabled) return ANONYMOUS;
+    if (!credential) throw new HttpError(401, 'UNAUTHORIZED', 'missing credentials: send Authorization: Bearer <token> or ?access_token=');
+    const given = Buffer.from(credential);
+    for (const k of this.#keys) {
+      if (k.key.length === given.length && timingSafeEqual(k.key, given)) {
+        return { id: `key:${k.name}`, kind: 'api-key', grants: k.grants, expiresAt: null };
+      }
+    }
+    if (this.#jwtKeys.length > 0 && credential.split('.').length === 3) {
+      let expired = false;
+      for (const { key, alg } of this.#jwtKeys) {
+        try {
+          const resolved = typeof key === 'function' ? key : await key;
+          const { payload } = await jwtVerify(credential, resolved as Uint8Array, {
+            algorithms: [alg],
+            issuer: this.#issuer,
+            audience: this.#audience,
+          });
+          const id = typeof payload.sub === 'string' && payload.sub ? `jwt:${payload.sub}` : `jwt:${createHash('sha256').update(credential).digest('hex').slice(0, 16)}`;
+          return { id, kind: 'jwt', grants: grantsFromClaims(payload), expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null };
+        } catch (err) {
+          if (err instanceof joseErrors.JWTExpired) expired = true;
+        }
+      }
+      if (expired) throw new HttpError(401, 'TOKEN_EXPIRED', 'the token has expired');
+    }
+    throw new HttpError(401, 'UNAUTHORIZED', 'invalid credentials');
+  }
+}
+
+/** Throws 403 `FORBIDDEN` unless `principal` may do `action` on `resource`. */
+export function assertAllowed(principal: Principal, action: Action, resource: string): void {
+  if (principal.expiresAt !== null && principal.expiresAt <= Date.now()) throw new HttpError(401, 'TOKEN_EXPIRED', 'the token has expired');
+  if (!allows(principal.grants, action, resource)) throw new HttpError(403, 'FORBIDDEN', `no ${action} grant for ${JSON.stringify(resource)}`);
+}

@@ -1,0 +1,103 @@
+import type { HeraldServer } from './server.js';
+import { HttpError } from './http.js';
+
+/** An action a panel offers to admin tokens (retry a job, cancel it, redrive dead letters...). */
+export interface DashboardAction {
+  /** Button label. */
+  label: string;
+  /** `row`: one button per row (the row is passed as `args`); `panel`: one button for the panel. @defaultValue 'row' */
+  scope?: 'row' | 'panel';
+  /** Runs the action; the result is shown to the operator. Throw an HttpError for a refusal. */
+  run(args: Record<string, unknown>): Promise<unknown> | unknown;
+}
+
+/**
+ * A dashboard panel. A part (queue, mailbox, outbox, topics) registers one in its
+ * `register<Part>Routes(server)` with `server.dashboard.addPanel(...)`; the dashboard
+ * polls every panel each second and renders what `load()` returns: an array of flat
+ * objects as a table, an object as key/value pairs.
+ */
+export interface DashboardPanel {
+  /** Stable id; the well-known ids `queues`, `jobs`, `mailboxes`, `outbox` replace the "not installed" placeholders. */
+  id: string;
+  title: string;
+  load(): Promise<unknown> | unknown;
+  actions?: Record<string, DashboardAction>;
+}
+
+/** Panels shown as "not installed" until a part registers them. */
+export const KNOWN_PANELS = [
+  { id: 'queues', title: 'Queues and jobs by state' },
+  { id: 'mailboxes', title: 'Mailboxes' },
+  { id: 'outbox', title: 'Outbox backlog and dead letters' },
+] as const;
+
+/** The dashboard's data: built-in gateway/notifier figures plus the panels parts add. */
+export class Dashboard {
+  readonly #panels = new Map<string, DashboardPanel>();
+  readonly #startedAt = Date.now();
+
+  constructor(readonly server: HeraldServer) {}
+
+  /** Adds (or replaces) a panel. */
+  addPanel(panel: DashboardPanel): void {
+    if (!/^[a-z][a-z0-9_-]*$/.test(panel.id)) throw new HttpError(500, 'INVALID_OPTION', `panel id ${JSON.stringify(panel.id)} must match [a-z][a-z0-9_-]*`);
+    this.#panels.set(panel.id, panel);
+  }
+
+  /** Panel ids registered so far. */
+  panels(): string[] {
+    return [...this.#panels.keys()];
+  }
+
+  /** Everything the page shows, in one JSON document (`GET /api/dashboard`). */
+  async snapshot(): Promise<Record<string, unknown>> {
+    const { herald, gateway } = this.server;
+    const stats = herald.notifier.stats();
+    let queueUsage = stats.queueUsage;
+    try {
+      queueUsage = await herald.notifier.sampleQueueUsage();
+    } catch {
+      /* keep the last sample */
+    }
+    const panels = await Promise.all(
+      [...this.#panels.values()].map(async (p) => {
+        try {
+          return { id: p.id, title: p.title, data: await p.load(), actions: actionsOf(p) };
+        } catch (err) {
+          return { id: p.id, title: p.title, error: (err as Error).message, actions: [] };
+        }
+      }),
+    );
+    for (const k of KNOWN_PANELS) if (!this.#panels.has(k.id)) panels.push({ id: k.id, title: k.title, data: null, actions: [], missing: true } as never);
+    return {
+      server: {
+        uptimeMs: Date.now() - this.#startedAt,
+        clients: { sse: this.server.clientCount('sse'), ws: this.server.clientCount('ws') },
+        counters: gateway.counters,
+        streamKinds: gateway.streamKinds(),
+      },
+      notifier: {
+        status: stats.status,
+        reconnects: stats.reconnects,
+        queueUsage,
+        lastError: stats.lastError?.message ?? null,
+      },
+      channels: Object.entries(stats.channels).map(([channel, c]) => ({ channel, ...c })),
+      topics: gateway.topics(),
+      panels,
+    };
+  }
+
+  /** Runs an action of a panel (admin only; the route checks). */
+  async run(panelId: string, action: string, args: Record<string, unknown>): Promise<unknown> {
+    const panel = this.#panels.get(panelId);
+    const a = panel?.actions?.[action];
+    if (!a) throw new HttpError(404, 'NOT_FOUND', `no action ${action} on panel ${panelId}`);
+    return a.run(args);
+  }
+}
+
+function actionsOf(p: DashboardPanel): { name: string; label: string; scope: 'row' | 'panel' }[] {
+  return Object.entries(p.actions ?? {}).map(([name, a]) => ({ name, label: a.label, scope: a.scope ?? 'row' }));
+}

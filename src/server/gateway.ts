@@ -1,0 +1,316 @@
+import { randomBytes } from 'node:crypto';
+import type { Herald } from '../client.js';
+import type { ListenOptions } from '../notifier/notifier.js';
+import type { Subscription } from '../notifier/subscription.js';
+import type { Connection, Format } from './connection.js';
+import { HttpError } from './http.js';
+import type { DurableStreamSource, StreamEvent } from './stream.js';
+
+/** Options of the fan-out core (the server passes its own). */
+export interface GatewayOptions {
+  /** Prefix of the Postgres channel behind each client topic: with `gw.`, topic `orders` is channel `gw.orders`. @defaultValue '' */
+  channelPrefix: string;
+  /** Distinct topics the gateway LISTENs on at once; the next new topic is refused with 503 `TOO_MANY_CHANNELS`. @defaultValue 1000 */
+  maxChannels: number;
+  /** Recent notifications kept per topic so a reconnecting client can resume by `Last-Event-ID`. @defaultValue 1000 */
+  historySize: number;
+  /** Subscriptions one connection may hold. @defaultValue 100 */
+  maxSubscriptionsPerConnection: number;
+  /**
+   * Extra time frames wait to be written together. 0: at the end of the event-loop turn
+   * they were queued in. A few ms trade that much latency for fewer writes and client
+   * wake-ups with thousands of clients. @defaultValue 0
+   */
+  flushIntervalMs: number;
+}
+
+/** Client topic names: any text without control characters, short enough that prefix + topic fit Postgres' 63-byte names. */
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+interface HistoryEntry {
+  seq: number;
+  id: string;
+  payload: string;
+  frames: Partial<Record<Format, Buffer>>;
+}
+
+/** One topic: one notifier subscription, any number of connections, a short history for resume. */
+interface Hub {
+  topic: string;
+  channel: string;
+  sub: Subscription;
+  conns: Set<Connection>;
+  history: HistoryEntry[];
+  /** Events after this sequence number are all in `history` or still to come (no hole). */
+  coveredAfter: number;
+  established: Promise<void>;
+}
+
+/** Counters read by /metrics (plain numbers: incremented per delivery, so kept cheap). */
+export interface GatewayCounters {
+  deliveries: { sse: number; ws: number };
+  notifications: number;
+  gaps: number;
+  resumes: number;
+}
+
+/** Renders a JSON string value once. */
+const q = JSON.stringify;
+
+function sseData(data: string): string {
+  let out = '';
+  for (const line of data.split(/\r\n|\r|\n/)) out += `data: ${line}\n`;
+  return out;
+}
+
+/**
+ * The fan-out core: maps client topics to channels the server controls (prefix + cap),
+ * holds ONE notifier subscription per topic whatever the number of clients, renders
+ * each notification once per wire format, and queues it on every connection of the
+ * topic; connections write once per event-loop turn. Durable streams plug in through
+ * {@link DurableStreamSource}.
+ */
+export class Gateway {
+  readonly #hubs = new Map<string, Hub>();
+  readonly #streams = new Map<string, DurableStreamSource>();
+  readonly #boot = randomBytes(4).toString('hex');
+  #seq = 0;
+  #dirty: Connection[] = [];
+  #flushing = false;
+  readonly counters: GatewayCounters = { deliveries: { sse: 0, ws: 0 }, notifications: 0, gaps: 0, resumes: 0 };
+
+  constructor(readonly herald: Herald, readonly options: GatewayOptions) {
+    const room = 63 - Buffer.byteLength(options.channelPrefix);
+    if (room < 8) throw new HttpError(500, 'INVALID_OPTION', 'channelPrefix leaves under 8 bytes for topic names');
+  }
+
+  /** Longest topic name in bytes. */
+  get maxTopicBytes(): number {
+    return 63 - Buffer.byteLength(this.options.channelPrefix);
+  }
+
+  /** The Postgres channel behind a client topic (what back-end code notifies to reach browsers). Throws 400 `INVALID_TOPIC`. */
+  channelOf(topic: string): string {
+    if (topic.length === 0 || CONTROL.test(topic) || Buffer.byteLength(topic) > this.maxTopicBytes) {
+      throw new HttpError(400, 'INVALID_TOPIC', `topic must be 1 to ${this.maxTopicBytes} UTF-8 bytes without control characters`);
+    }
+    return this.options.channelPrefix + topic;
+  }
+
+  /** Registers a durable stream source under `kind` (streams are addressed `<kind>/<name>`). */
+  registerStream(kind: string, source: DurableStreamSource): void {
+    if (!/^[a-z][a-z0-9_-]*$/.test(kind)) throw new HttpError(500, 'INVALID_OPTION', `stream kind ${q(kind)} must match [a-z][a-z0-9_-]*`);
+    if (this.#streams.has(kind)) throw new HttpError(500, 'CONFLICT', `stream kind ${q(kind)} is already registered`);
+    this.#streams.set(kind, source);
+  }
+
+  /** The source of stream kind `kind`; 404 `NOT_FOUND` when none is registered. */
+  source(kind: string): DurableStreamSource {
+    const s = this.#streams.get(kind);
+    if (!s) throw new HttpError(404, 'NOT_FOUND', `no stream kind ${q(kind)}`);
+    return s;
+  }
+
+  /** Registered stream kinds. */
+  streamKinds(): string[] {
+    return [...this.#streams.keys()];
+  }
+
+  /** Topics with their connection counts. */
+  topics(): { topic: string; channel: string; clients: number }[] {
+    return [...this.#hubs.values()].map((h) => ({ topic: h.topic, channel: h.channel, clients: h.conns.size }));
+  }
+
+  #checkRoom(conn: Connection, key: string): void {
+    if (conn.subscriptions.has(key)) throw new HttpError(409, 'ALREADY_SUBSCRIBED', `already subscribed to ${key}`);
+    if (conn.subscriptions.size >= this.options.maxSubscriptionsPerConnection) {
+      throw new HttpError(429, 'TOO_MANY_SUBSCRIPTIONS', `a connection may hold ${this.options.maxSubscriptionsPerConnection} subscriptions`);
+    }
+  }
+
+  /**
+   * Subscribes `conn` to `topic` (authorization is the caller's). With `lastEventId`,
+   * replays what the history still holds after it, or sends a `gap` first when it
+   * cannot. Resolves once LISTEN is live.
+   */
+  async subscribeTopic(conn: Connection, topic: string, lastEventId: string | null): Promise<void> {
+    const channel = this.channelOf(topic);
+    const key = `channel:${topic}`;
+    this.#checkRoom(conn, key);
+    let hub = this.#hubs.get(topic);
+    if (!hub) {
+      if (this.#hubs.size >= this.options.maxChannels) {
+        throw new HttpError(503, 'TOO_MANY_CHANNELS', `the server listens on at most ${this.options.maxChannels} topics`);
+      }
+      hub = this.#openHub(topic, channel);
+    }
+    const h = hub;
+    h.conns.add(conn);
+    conn.subscriptions.set(key, () => this.#leave(h, conn));
+    try {
+      await h.established;
+    } catch (err) {
+      conn.subscriptions.get(key)?.();
+      conn.subscriptions.delete(key);
+      throw new HttpError(503, 'NOT_LISTENING', `cannot listen: ${(err as Error).message}`);
+    }
+    if (conn.isClosed || !h.conns.has(conn)) return;
+    if (lastEventId !== null) this.#resume(h, conn, lastEventId);
+  }
+
+  #resume(hub: Hub, conn: Connection, lastEventId: string): void {
+    this.counters.resumes++;
+    const [boot, seqText] = lastEventId.split('-');
+    const seq = Number(seqText);
+    if (boot !== this.#boot || !Number.isSafeInteger(seq)) {
+      return this.#gap(conn, 'topic', hub.topic, lastEventId, 'unknown event id: another server or a restart');
+    }
+    if (seq < hub.coveredAfter) {
+      return this.#gap(conn, 'topic', hub.topic, lastEventId, 'events after this id are no longer held');
+    }
+    for (const e of hub.history) if (e.seq > seq) this.#deliver(hub, e, conn);
+  }
+
+  #gap(conn: Connection, what: 'topic' | 'stream', name: string, after: string | null, reason: string): void {
+    this.counters.gaps++;
+    const body = `{"type":"gap","${what}":${q(name)},"after":${q(after)},"reason":${q(reason)}}`;
+    conn.enqueue(Buffer.from(conn.format === 'ws' ? body : `event: gap\ndata: ${body}\n\n`));
+  }
+
+  #openHub(topic: string, channel: string): Hub {
+    let first = true;
+    const hub: Hub = {
+      topic,
+      channel,
+      conns: new Set(),
+      history: [],
+      coveredAfter: this.#seq,
+      established: Promise.resolve(),
+      sub: undefined as unknown as Subscription,
+    };
+    const listen = (handler: (n: { payload: string }) => void, options: ListenOptions) => {
+      try {
+        return this.herald.listen(channel, handler, options);
+      } catch (err) {
+        throw new HttpError(503, 'NOT_LISTENING', `cannot listen: ${(err as Error).message}`);
+      }
+    };
+    hub.sub = listen((n) => this.#onNotification(hub, n.payload), {
+      // Large: the handler is synchronous, so this only fills if the event loop stalls.
+      bufferSize: 100_000,
+      onListen: () => {
+        // A fresh sequence number: whatever was sent before LISTEN went live may have been missed.
+        hub.coveredAfter = ++this.#seq;
+        if (first) {
+          first = false;
+          return;
+        }
+        // LISTEN came back after a lost connection: notifications in between are gone.
+        hub.history = [];
+        for (const c of hub.conns) this.#gap(c, 'topic', topic, null, 'the listen connection was lost; notifications may be missing');
+      },
+    });
+    hub.established = hub.sub.established;
+    hub.established.catch(() => {});
+    this.#hubs.set(topic, hub);
+    return hub;
+  }
+
+  #leave(hub: Hub, conn: Connection): void {
+    hub.conns.delete(conn);
+    if (hub.conns.size === 0 && this.#hubs.get(hub.topic) === hub) {
+      this.#hubs.delete(hub.topic);
+      void hub.sub.close();
+    }
+  }
+
+  #onNotification(hub: Hub, payload: string): void {
+    const seq = ++this.#seq;
+    const entry: HistoryEntry = { seq, id: `${this.#boot}-${seq}`, payload, frames: {} };
+    this.counters.notifications++;
+    if (this.options.historySize > 0) {
+      hub.history.push(entry);
+      if (hub.history.length > this.options.historySize) hub.coveredAfter = hub.history.shift()!.seq;
+    } else {
+      hub.coveredAfter = seq;
+    }
+    for (const c of hub.conns) this.#deliver(hub, entry, c);
+  }
+
+  #deliver(hub: Hub, e: HistoryEntry, c: Connection): void {
+    let frame = e.frames[c.format];
+    if (!frame) {
+      if (c.format === 'ws') frame = Buffer.from(`{"type":"event","topic":${q(hub.topic)},"id":"${e.id}","data":${q(e.payload)}}`);
+      else if (c.format === 'sse') frame = Buffer.from(`id: ${e.id}\nevent: notification\n${sseData(e.payload)}\n`);
+      else frame = Buffer.from(`id: ${e.id}\nevent: notification\ndata: {"topic":${q(hub.topic)},"data":${q(e.payload)}}\n\n`);
+      e.frames[c.format] = frame;
+    }
+    if (c.enqueue(frame)) this.counters.deliveries[c.transport]++;
+  }
+
+  /** Subscribes `conn` to durable stream `<kind>/<name>` from after `after` (null: live only). */
+  async subscribeStream(conn: Connection, kind: string, name: string, after: string | null): Promise<void> {
+    const source = this.source(kind);
+    const label = `${kind}/${name}`;
+    const key = `stream:${label}`;
+    this.#checkRoom(conn, key);
+    const ac = new AbortController();
+    conn.subscriptions.set(key, () => ac.abort());
+    if (after !== null) this.counters.resumes++;
+    const render = (e: StreamEvent): Buffer => {
+      const event = e.event ?? 'message';
+      if (conn.format === 'ws') return Buffer.from(`{"type":"event","stream":${q(label)},"id":${q(e.id)},"event":${q(event)},"data":${q(e.data)}}`);
+      if (conn.format === 'sse') return Buffer.from(`id: ${e.id}\nevent: ${event}\n${sseData(e.data)}\n`);
+      return Buffer.from(`id: ${e.id}\nevent: ${event}\ndata: {"stream":${q(label)},"data":${q(e.data)}}\n\n`);
+    };
+    await source.open(name, after, {
+      signal: ac.signal,
+      event: (e) => {
+        if (ac.signal.aborted) return false;
+        const ok = conn.enqueue(render(e));
+        if (ok) this.counters.deliveries[conn.transport]++;
+        return ok;
+      },
+      gap: (info) => {
+        if (!ac.signal.aborted) this.#gap(conn, 'stream', label, info.after, info.reason);
+      },
+      end: (reason) => {
+        if (ac.signal.aborted) return;
+        ac.abort();
+        conn.subscriptions.delete(key);
+        const body = `{"type":"end","stream":${q(label)},"reason":${q(reason)}}`;
+        conn.enqueue(Buffer.from(conn.format === 'ws' ? body : `event: end\ndata: ${body}\n\n`));
+      },
+    });
+  }
+
+  /** Drops one subscription of `conn` (key `channel:<topic>` or `stream:<kind>/<name>`); false when it had none. */
+  unsubscribe(conn: Connection, key: string): boolean {
+    const cleanup = conn.subscriptions.get(key);
+    if (!cleanup) return false;
+    conn.subscriptions.delete(key);
+    cleanup();
+    return true;
+  }
+
+  /** Called by a connection that has frames queued: they are written together at the end of this turn. */
+  readonly scheduleFlush = (c: Connection): void => {
+    this.#dirty.push(c);
+    if (this.#flushing) return;
+    this.#flushing = true;
+    const run = (fn: () => void) => (this.options.flushIntervalMs > 0 ? setTimeout(fn, this.options.flushIntervalMs) : setImmediate(fn));
+    run(() => {
+      this.#flushing = false;
+      const dirty = this.#dirty;
+      this.#dirty = [];
+      for (const conn of dirty) conn.flush();
+    });
+  };
+
+  /** Closes every hub's subscription (the connections are closed by the server). */
+  async stop(): Promise<void> {
+    const subs = [...this.#hubs.values()].map((h) => h.sub);
+    this.#hubs.clear();
+    await Promise.all(subs.map((s) => s.close()));
+  }
+}

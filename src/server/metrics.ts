@@ -1,0 +1,125 @@
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Herald } from '../client.js';
+import type { Gateway } from './gateway.js';
+
+/**
+ * The server's Prometheus registry (its own, not prom-client's global one). Parts add
+ * their metrics with `server.metrics.registry.registerMetric(...)` or by passing
+ * `registers: [server.metrics.registry]` to a prom-client metric.
+ */
+export class ServerMetrics {
+  readonly registry = new Registry();
+  /** Connections accepted, by transport. */
+  readonly connections: Counter<'transport'>;
+  /** Connections ended, by transport and reason (`slow_consumer`, `token_expired`, `client_gone`, ...). */
+  readonly disconnects: Counter<'transport' | 'reason'>;
+  /** Requests refused, by HTTP status and code. */
+  readonly refused: Counter<'status' | 'code'>;
+  /** Clients connected now, by transport (set by the server). */
+  readonly clients: Gauge<'transport'>;
+
+  constructor(herald: Herald, gateway: Gateway, clientCount: (transport: 'sse' | 'ws') => number) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'herald_process_' });
+    this.connections = new Counter({ name: 'herald_gateway_connections_total', help: 'Streaming connections accepted', labelNames: ['transport'], registers });
+    this.disconnects = new Counter({ name: 'herald_gateway_disconnects_total', help: 'Streaming connections ended, by reason', labelNames: ['transport', 'reason'], registers });
+    this.refused = new Counter({ name: 'herald_gateway_refused_total', help: 'Requests refused (401, 403, 429, ...)', labelNames: ['status', 'code'], registers });
+    this.clients = new Gauge({
+      name: 'herald_gateway_clients',
+      help: 'Streaming clients connected now',
+      labelNames: ['transport'],
+      registers,
+      collect() {
+        this.set({ transport: 'sse' }, clientCount('sse'));
+        this.set({ transport: 'ws' }, clientCount('ws'));
+      },
+    });
+    new Counter({
+      name: 'herald_gateway_deliveries_total',
+      help: 'Events queued to clients (notifications and stream events)',
+      labelNames: ['transport'],
+      registers,
+      collect() {
+        this.reset();
+        this.inc({ transport: 'sse' }, gateway.counters.deliveries.sse);
+        this.inc({ transport: 'ws' }, gateway.counters.deliveries.ws);
+      },
+    });
+    new Counter({
+      name: 'herald_gateway_notifications_total',
+      help: 'Notifications received on gateway topics',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(gateway.counters.notifications);
+      },
+    });
+    new Counter({
+      name: 'herald_gateway_gaps_total',
+      help: 'Gap signals sent (events that could not be replayed)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(gateway.counters.gaps);
+      },
+    });
+    new Counter({
+      name: 'herald_gateway_resumes_total',
+      help: 'Subscriptions that asked to resume from a Last-Event-ID (client reconnects)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(gateway.counters.resumes);
+      },
+    });
+    new Gauge({
+      name: 'herald_gateway_topics',
+      help: 'Topics the gateway listens on now',
+      registers,
+      collect() {
+        this.set(gateway.topics().length);
+      },
+    });
+    new Counter({
+      name: 'herald_notifier_reconnects_total',
+      help: 'Reconnects of the listen connection',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(herald.notifier.stats().reconnects);
+      },
+    });
+    new Counter({
+      name: 'herald_notifier_drops_total',
+      help: 'Notifications dropped by full subscriber buffers in this process',
+      registers,
+      collect() {
+        this.reset();
+        let n = 0;
+        for (const c of Object.values(herald.notifier.stats().channels)) n += c.dropped;
+        this.inc(n);
+      },
+    });
+    new Gauge({
+      name: 'herald_notifier_listening',
+      help: '1 when the listen connection is live',
+      registers,
+      collect() {
+        this.set(herald.notifier.status === 'listening' ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'herald_notification_queue_usage',
+      help: 'pg_notification_queue_usage() (0..1), sampled at scrape time',
+      registers,
+      async collect() {
+        try {
+          this.set(await herald.notifier.sampleQueueUsage());
+        } catch {
+          const last = herald.notifier.stats().queueUsage;
+          if (last !== null) this.set(last);
+        }
+      },
+    });
+  }
+}

@@ -1,0 +1,169 @@
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import pg from 'pg';
+import { createHerald, type Herald } from '../index.js';
+import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { waitFor } from '../../test/support/wait.js';
+import type { TopicMessage } from './types.js';
+
+let db: TestDatabase;
+let herald: Herald;
+before(async () => {
+  db = await freshDatabase();
+  herald = createHerald({ connectionString: db.url });
+});
+after(async () => {
+  await herald.close();
+  await db.drop();
+});
+
+test('every group receives every message, in publish order per key', async () => {
+  await herald.topics.create('orders', { partitions: 4 });
+  const got = new Map<string, TopicMessage[]>();
+  const consumers = ['a', 'b'].map((g) => {
+    got.set(g, []);
+    return herald.topics.consumer('orders', g, ({ messages }) => void got.get(g)!.push(...messages));
+  });
+  await Promise.all(consumers.map((c) => c.start()));
+  await herald.topics.publish('orders', { n: 1 }, { key: 'k1' });
+  await herald.topics.publishMany('orders', [{ payload: { n: 2 }, key: 'k1' }, { payload: { n: 3 }, key: 'k2' }, { payload: 'text' }]);
+  await waitFor(() => got.get('a')!.length === 4 && got.get('b')!.length === 4, { what: 'both groups' });
+  for (const g of ['a', 'b']) {
+    const k1 = got.get(g)!.filter((m) => m.key === 'k1').map((m) => (m.payload as { n: number }).n);
+    assert.deepEqual(k1, [1, 2]);
+  }
+  await Promise.all(consumers.map((c) => c.stop()));
+});
+
+test('a rolled-back publish is never delivered; a late commit is not skipped', async () => {
+  await herald.topics.create('late', { partitions: 1 });
+  const seen: unknown[] = [];
+  const c = herald.topics.consumer('late', 'g', ({ messages }) => void seen.push(...messages.map((m) => m.payload)));
+  await c.start();
+  const slow = new pg.Client({ connectionString: db.url });
+  await slow.connect();
+  await slow.query('BEGIN');
+  await slow.query('SELECT pg_current_xact_id()');
+  await herald.topics.publish('late', 'late-1', { tx: slow }); // smaller id, commits last
+  const rolled = new pg.Client({ connectionString: db.url });
+  await rolled.connect();
+  await rolled.query('BEGIN');
+  await herald.topics.publish('late', 'rolled', { tx: rolled });
+  await herald.topics.publish('late', 'early-2');
+  await rolled.query('ROLLBACK');
+  await slow.query('COMMIT');
+  await waitFor(() => seen.length >= 2, { what: 'two messages' });
+  await herald.topics.publish('late', 'last');
+  await waitFor(() => seen.length >= 3);
+  assert.deepEqual([...seen].sort(), ['early-2', 'last', 'late-1']);
+  await c.stop();
+  await slow.end();
+  await rolled.end();
+});
+
+test('reset to earliest replays the same sequence; reset to a position resumes after it', async () => {
+  await herald.topics.create('replay', { partitions: 2 });
+  await herald.topics.publishMany('replay', Array.from({ length: 50 }, (_, i) => ({ payload: i, key: `k${i % 5}` })));
+  const seq: string[] = [];
+  const c = herald.topics.consumer('replay', 'g', ({ messages }) => void seq.push(...messages.map((m) => m.position)), { batchSize: 7 });
+  await c.start();
+  await waitFor(() => seq.length >= 50);
+  assert.equal(seq.length, 50);
+  await c.stop();
+  const first = [...seq];
+  seq.length = 0;
+  assert.equal(await herald.topics.resetGroup('replay', 'g', 'earliest'), 2);
+  await c.start();
+  await waitFor(() => seq.length === 50);
+  await c.stop();
+  const byPart = (xs: string[]) => [...xs].sort();
+  assert.deepEqual(byPart(seq), byPart(first));
+  const whole = await herald.topics.read('replay', { limit: 1000 });
+  assert.equal(whole.messages.length, 50);
+  const tail = await herald.topics.read('replay', { after: whole.messages[39].position });
+  assert.deepEqual(tail.messages.map((m) => m.payload), whole.messages.slice(40).map((m) => m.payload));
+});
+
+test('the position commits with the handler writes; a throwing handler rolls both back', async () => {
+  await herald.driver.executor.query('CREATE TABLE sink (v int PRIMARY KEY)');
+  await herald.topics.create('exact', { partitions: 1 });
+  let fail = true;
+  const c = herald.topics.consumer<number>('exact', 'g', async ({ messages, tx }) => {
+    for (const m of messages) await tx.query('INSERT INTO sink (v) VALUES ($1)', [m.payload]);
+    if (fail) {
+      fail = false;
+      throw new Error('boom');
+    }
+  }, { retryDelayMs: 10 });
+  const errors: unknown[] = [];
+  c.on('handlerError', (e) => errors.push(e));
+  await c.start();
+  await herald.topics.publishMany('exact', [1, 2, 3].map((payload) => ({ payload })));
+  await waitFor(async () => (await herald.driver.executor.query('SELECT count(*)::int AS n FROM sink')).rows[0].n === 3);
+  assert.equal(errors.length, 1);
+  await c.stop();
+  const stats = await herald.topics.stats('exact');
+  assert.equal(stats.groups[0].lag, 0);
+});
+
+test('stop leaves no listener; start/stop are idempotent', async () => {
+  const c = herald.topics.consumer('orders', 'life', () => {});
+  await c.start();
+  await c.start();
+  assert.ok(herald.notifier.channels().includes(herald.topics.channel));
+  await c.stop();
+  await c.stop();
+  assert.equal(c.running, false);
+  assert.ok(!herald.notifier.channels().includes(herald.topics.channel));
+  // The maintenance timer goes with stop(); a second Herald's close() stops its consumers.
+  const other = createHerald({ connectionString: db.url });
+  other.topics.start();
+  other.topics.start();
+  const running = other.topics.consumer('orders', 'life2', () => {});
+  await running.start();
+  await other.close();
+  assert.equal(running.running, false);
+});
+
+test('bad input fails before any SQL with typed errors', async () => {
+  await assert.rejects(herald.topics.publish('', 1), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.publish('t', undefined), { code: 'INVALID_PAYLOAD' });
+  await assert.rejects(herald.topics.read('no-such-topic'), { code: 'NOT_FOUND' });
+  await assert.rejects(herald.topics.resetGroup('orders', 'a', { position: 'nope' }), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.create('bad', { partitions: 0 }), { code: 'INVALID_OPTION' });
+  assert.throws(() => herald.topics.consumer('orders', 'g', () => {}, { batchSize: -1 }), { code: 'INVALID_OPTION' });
+});
+
+test("a new group starts at 'latest' or at a point in time", async () => {
+  await herald.topics.create('starts', { partitions: 3 });
+  // An older transaction held open keeps the visibility horizon below every message here.
+  const hold = new pg.Client({ connectionString: db.url });
+  await hold.connect();
+  await hold.query('BEGIN');
+  await hold.query('SELECT pg_current_xact_id()');
+  await herald.topics.publishMany('starts', [1, 2, 3].map((payload) => ({ payload })));
+  // A JS Date has millisecond precision: take the next millisecond, and let the database clock pass it.
+  const { rows } = await herald.driver.executor.query<{ t: Date }>(`SELECT date_trunc('milliseconds', clock_timestamp()) + interval '1 millisecond' AS t`);
+  const cut = rows[0].t;
+  await waitFor(async () => (await herald.driver.executor.query<{ ok: boolean }>('SELECT clock_timestamp() > $1::timestamptz AS ok', [cut])).rows[0].ok);
+  await herald.topics.publishMany('starts', [4, 5].map((payload) => ({ payload })));
+  const latest: number[] = [];
+  const fromTime: number[] = [];
+  const a = herald.topics.consumer<number>('starts', 'latest', ({ messages }) => void latest.push(...messages.map((m) => m.payload)), { start: 'latest' });
+  const b = herald.topics.consumer<number>('starts', 'time', ({ messages }) => void fromTime.push(...messages.map((m) => m.payload)), { start: cut });
+  await a.start();
+  await b.start();
+  await hold.query('COMMIT');
+  await hold.end();
+  await herald.topics.publish('starts', 6);
+  await waitFor(() => latest.includes(6) && fromTime.length >= 3);
+  assert.deepEqual(latest, [6]);
+  assert.deepEqual([...fromTime].sort(), [4, 5, 6]);
+  // Reset to a time replays from there; to 'latest' skips what is there.
+  const replay = new Promise<void>((resolve) => a.on('batch', () => latest.length >= 4 && resolve()));
+  assert.equal(await herald.topics.resetGroup('starts', 'latest', cut), 3);
+  await replay;
+  assert.deepEqual([...latest].sort(), [4, 5, 6, 6]);
+  await a.stop();
+  await b.stop();
+});

@@ -1,0 +1,465 @@
+import type { Driver, Executor, TxLike } from '../driver/types.js';
+import { toExecutor } from '../driver/index.js';
+import { HeraldError } from '../errors.js';
+import { quoteIdent, schemaIdent } from '../internal/ident.js';
+import { withSpan } from '../internal/tracing.js';
+import type { Notifier } from '../notifier/notifier.js';
+import { TopicConsumer } from './consumer.js';
+import * as q from './queries.js';
+import { toMessage } from './message.js';
+import {
+  assertName,
+  formatPosition,
+  nonNegative,
+  parsePosition,
+  positiveInt,
+  TopicRetentionError,
+  TOPICS_DEFAULTS,
+  type ConsumerOptions,
+  type GroupStart,
+  type PublishedMessage,
+  type TopicBatch,
+  type TopicMessage,
+  type TopicOptions,
+  type TopicPosition,
+  type TopicsOptions,
+} from './types.js';
+
+interface TopicState {
+  row: q.TopicRow;
+  /** Highest segment upper bound known. */
+  upper: bigint;
+  /** Highest id this process saw handed out. */
+  lastId: bigint;
+  checkedAt: number;
+}
+
+/** Statistics of one topic (`herald.topics.stats`). */
+export interface TopicStats {
+  name: string;
+  partitions: number;
+  segmentSize: number;
+  retentionMs: number | null;
+  retentionBytes: number | null;
+  messages: number;
+  bytes: number;
+  segments: number;
+  oldestAt: Date | null;
+  newestAt: Date | null;
+  groups: { name: string; lag: number; partitions: { partition: number; position: TopicPosition; lag: number; updatedAt: Date }[] }[];
+}
+
+/** Re-check of the sequence against the segments at least this often per topic and process. */
+const SEGMENT_CHECK_MS = 1000;
+
+/**
+ * Durable topics: an append-only log per topic with consumer groups and replay
+ * (`herald.topics`). See the README section "Topics" and src/topic/README.md.
+ */
+export class Topics {
+  readonly #driver: Driver;
+  readonly #notifier: Notifier;
+  readonly #s: string;
+  readonly #schema: string;
+  readonly #defaults: Required<TopicOptions>;
+  readonly #maintenanceIntervalMs: number;
+  readonly #topics = new Map<string, Promise<TopicState>>();
+  readonly #consumers = new Set<TopicConsumer>();
+  #timer: NodeJS.Timeout | undefined;
+  #maintaining: Promise<unknown> | undefined;
+
+  constructor(driver: Driver, notifier: Notifier, schema: string, options: TopicsOptions = {}) {
+    this.#driver = driver;
+    this.#notifier = notifier;
+    this.#schema = schema;
+    this.#s = schemaIdent(schema);
+    this.#defaults = resolveTopicOptions(options.topicDefaults ?? {}, 'topicDefaults.');
+    this.#maintenanceIntervalMs = positiveInt('maintenanceIntervalMs', options.maintenanceIntervalMs ?? TOPICS_DEFAULTS.maintenanceIntervalMs);
+  }
+
+  /** The notification channel that wakes consumers (payload: the topic name). */
+  get channel(): string {
+    return `${this.#schema}.topics`;
+  }
+
+  /**
+   * Creates a topic (idempotent; the options of an existing topic are kept). A first
+   * publish creates a missing topic with `topicDefaults`.
+   */
+  async create(name: string, options: TopicOptions = {}): Promise<void> {
+    assertName('topic', name);
+    const o = resolveTopicOptions({ ...this.#defaults, ...stripUndefined(options) }, '');
+    await this.#driver.transaction((tx) => q.topicCreate(tx, this.#s, name, o));
+  }
+
+  /** Publishes one message (a JSON value) to a topic; with `{ tx }` it exists only if that transaction commits. */
+  async publish(topic: string, payload: unknown, options: { tx?: TxLike; key?: string | null } = {}): Promise<PublishedMessage> {
+    const [m] = await this.publishMany(topic, [{ payload, key: options.key ?? null }], { tx: options.tx });
+    return m;
+  }
+
+  /** Publishes a batch in one statement (one wake-up), in order; returns ids and positions in the same order. */
+  async publishMany(topic: string, messages: readonly { payload: unknown; key?: string | null }[], options: { tx?: TxLike } = {}): Promise<PublishedMessage[]> {
+    assertName('topic', topic);
+    if (!Array.isArray(messages)) throw new HeraldError('INVALID_ARGUMENT', 'messages must be an array');
+    if (messages.length === 0) return [];
+    const keys: (string | null)[] = [];
+    const payloads: string[] = [];
+    for (const m of messages) {
+      const text = m?.payload === undefined ? undefined : JSON.stringify(m.payload);
+      if (text === undefined) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload must be a JSON value (not undefined or a function)');
+      if (text.includes('\\u0000')) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload cannot contain NUL characters');
+      const key = m.key ?? null;
+      if (key !== null && (typeof key !== 'string' || key.includes('\0'))) throw new HeraldError('INVALID_ARGUMENT', 'key must be a string without NUL, or null');
+      keys.push(key);
+      payloads.push(text);
+    }
+    const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
+    return withSpan('herald.topics.publish', { 'herald.topic': topic, 'herald.count': messages.length }, async () => {
+      const state = await this.#state(topic);
+      await this.#ensureSegments(state, messages.length);
+      let rows: { id: string; xid: string }[];
+      try {
+        rows = await q.messageAppend(ex, this.#s, state.row, keys, payloads, this.channel);
+      } catch (err) {
+        // 23514: no segment for an id (another process burned through the spare segment
+        // since our last check). Without the caller's transaction we can fix and retry.
+        if ((err as { code?: string }).code !== '23514' || options.tx) throw wrap(err, topic);
+        state.checkedAt = 0;
+        await this.#ensureSegments(state, messages.length);
+        rows = await q.messageAppend(ex, this.#s, state.row, keys, payloads, this.channel);
+      }
+      const last = BigInt(rows[rows.length - 1].id);
+      if (last > state.lastId) state.lastId = last;
+      return rows.map((r) => ({ id: r.id, position: formatPosition(r.xid, r.id) }));
+    });
+  }
+
+  /**
+   * Creates a consumer of `group` on `topic`: every group receives every message;
+   * the consumers of one group share the key partitions (one key stays in order).
+   * Call `start()` on it; `herald.close()` stops it.
+   */
+  consumer<T = unknown>(topic: string, group: string, handler: (batch: TopicBatch<T>) => Promise<void> | void, options: ConsumerOptions = {}): TopicConsumer<T> {
+    assertName('topic', topic);
+    assertName('group', group);
+    const c = new TopicConsumer<T>(
+      {
+        driver: this.#driver,
+        notifier: this.#notifier,
+        s: this.#s,
+        channel: this.channel,
+        topic: () => this.#state(topic).then((st) => st.row),
+        forget: () => this.#consumers.delete(c as TopicConsumer),
+      },
+      topic,
+      group,
+      handler,
+      options,
+    );
+    this.#consumers.add(c as TopicConsumer);
+    return c;
+  }
+
+  /** Creates a group if missing (cursors at `start`); returns true when it was created. */
+  async createGroup(topic: string, group: string, start: GroupStart = 'earliest'): Promise<boolean> {
+    assertName('group', group);
+    const st = await this.#state(topic);
+    return q.groupCreate(this.#driver.executor, this.#s, st.row.id, group, checkStart(start));
+  }
+
+  /**
+   * Moves a group's position: `earliest` replays every retained message, `latest`
+   * skips to now, a `Date` goes to the first message published at or after it, a
+   * position resumes after it. Returns the number of key partitions moved (0: no such group).
+   * With `{ tx }` the move commits with the caller's transaction. Running consumers
+   * pick the new position up at their next batch.
+   */
+  async resetGroup(topic: string, group: string, to: GroupStart | { position: TopicPosition }, options: { tx?: TxLike } = {}): Promise<number> {
+    assertName('group', group);
+    const st = await this.#existing(topic);
+    const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
+    let moved: number;
+    if (typeof to === 'object' && !(to instanceof Date)) {
+      const p = parsePosition(to.position);
+      moved = await q.groupResetTo(ex, this.#s, st.row.id, group, p.xid, p.id);
+    } else {
+      moved = await q.groupReset(ex, this.#s, st.row.id, group, checkStart(to));
+    }
+    // Wake the running consumers (with the caller's transaction: when it commits).
+    if (moved > 0) await this.#notifier.notify(this.channel, topic, { tx: ex });
+    return moved;
+  }
+
+  /**
+   * Reads the whole topic (all key partitions, no group) after a position, in delivery
+   * order: `after` is a position, `'earliest'` (default) or `'latest'`. Throws
+   * {@link TopicRetentionError} when messages after `after` were dropped by retention.
+   */
+  async read<T = unknown>(topic: string, options: { after?: TopicPosition | 'earliest' | 'latest'; limit?: number } = {}): Promise<{ messages: TopicMessage<T>[]; position: TopicPosition }> {
+    const st = await this.#existing(topic);
+    const limit = positiveInt('limit', options.limit ?? 100, 100_000);
+    const ex = this.#driver.executor;
+    const position = await this.resolveAfter(topic, options.after ?? 'earliest');
+    const p = parsePosition(position);
+    const dropped = await q.topicDroppedMax(ex, this.#s, st.row.id);
+    if (cmp(p, dropped) < 0) {
+      const oldest = await q.messageOldest(ex, this.#s, st.row.id);
+      throw new TopicRetentionError({ topic, group: null, partition: null, position, oldestPosition: oldest ? formatPosition(oldest.xid, oldest.id) : null });
+    }
+    const rows = await q.messageReadTopic(ex, this.#s, st.row.id, p.xid, p.id, limit);
+    const messages = rows.map((r) => toMessage<T>(topic, r));
+    return { messages, position: messages.length ? messages[messages.length - 1].position : position };
+  }
+
+  /**
+   * Follows a topic without a group: yields every message after `after` (a position,
+   * `'earliest'` or `'latest'`, default `'latest'`) in delivery order, then waits for
+   * more (notifier wake-ups, a catch-up read after every (re)LISTEN, a safety poll)
+   * until `signal` aborts. Throws {@link TopicRetentionError} if it falls behind retention.
+   */
+  async *tail<T = unknown>(
+    topic: string,
+    options: { after?: TopicPosition | 'earliest' | 'latest'; signal?: AbortSignal; batchSize?: number; pollIntervalMs?: number } = {},
+  ): AsyncGenerator<TopicMessage<T>, void, undefined> {
+    const signal = options.signal;
+    const pollMs = positiveInt('pollIntervalMs', options.pollIntervalMs ?? 1000);
+    let wake: (() => void) | undefined;
+    let dirty = true;
+    const poke = () => {
+      dirty = true;
+      wake?.();
+    };
+    const sub = this.#notifier.listen(this.channel, (n) => void (n.payload === topic && poke()), { onListen: poke });
+    const onAbort = () => poke();
+    signal?.addEventListener('abort', onAbort);
+    try {
+      await sub.established;
+      let position = await this.resolveAfter(topic, options.after ?? 'latest');
+      let pendingWait = 25;
+      while (!signal?.aborted) {
+        dirty = false;
+        const r = await this.read<T>(topic, { after: position, limit: options.batchSize ?? 500 });
+        for (const m of r.messages) {
+          if (signal?.aborted) return;
+          yield m;
+        }
+        position = r.position;
+        if (r.messages.length > 0) continue;
+        // Rows of transactions still open below the horizon: re-check soon (their end sends no NOTIFY).
+        const pending = await q.messagePendingHorizon(this.#driver.executor, this.#s, (await this.#existing(topic)).row.id);
+        const ms = pending ? pendingWait : pollMs;
+        pendingWait = pending ? Math.min(pendingWait * 2, pollMs) : 25;
+        if (dirty || signal?.aborted) continue;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(() => {
+            wake = undefined;
+            resolve();
+          }, ms);
+          wake = () => {
+            wake = undefined;
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      wake?.();
+      await sub.close();
+    }
+  }
+
+  /** Turns `'earliest'`, `'latest'`, a position or a message id (digits only) into a position to read after. */
+  async resolveAfter(topic: string, after: string): Promise<TopicPosition> {
+    const st = await this.#existing(topic);
+    const ex = this.#driver.executor;
+    if (after === 'earliest') {
+      const d = await q.topicDroppedMax(ex, this.#s, st.row.id);
+      return formatPosition(d.xid, d.id);
+    }
+    if (after === 'latest') {
+      const l = await q.topicLatest(ex, this.#s, st.row.id);
+      return formatPosition(l.xid, l.id);
+    }
+    if (/^\d{1,19}$/.test(after)) {
+      const xid = await q.messageXid(ex, this.#s, st.row.id, after);
+      if (!xid) throw new HeraldError('NOT_FOUND', `topic ${topic} has no retained message ${after}`);
+      return formatPosition(xid, after);
+    }
+    parsePosition(after);
+    return after;
+  }
+
+  /** Names of the topics. */
+  async list(): Promise<string[]> {
+    return (await q.topicList(this.#driver.executor, this.#s)).map((t) => t.name);
+  }
+
+  /** Size, retention and per-group lag of a topic. */
+  async stats(topic: string): Promise<TopicStats> {
+    await this.#existing(topic);
+    const ex = this.#driver.executor;
+    const t = (await q.topicGet(ex, this.#s, topic))!;
+    const [counts, segments, groups] = await Promise.all([
+      q.topicCounts(ex, this.#s, t.id),
+      q.segmentList(ex, this.#s, t.id),
+      q.groupStats(ex, this.#s, t.id),
+    ]);
+    const byGroup = new Map<string, TopicStats['groups'][number]>();
+    for (const g of groups) {
+      let e = byGroup.get(g.group_name);
+      if (!e) byGroup.set(g.group_name, (e = { name: g.group_name, lag: 0, partitions: [] }));
+      e.lag += Number(g.lag);
+      e.partitions.push({ partition: g.kpart, position: formatPosition(g.cursor_xid, g.cursor_id), lag: Number(g.lag), updatedAt: g.updated_at });
+    }
+    return {
+      name: t.name,
+      partitions: t.partitions,
+      segmentSize: Number(t.segment_size),
+      retentionMs: t.retention_ms === null ? null : Number(t.retention_ms),
+      retentionBytes: t.retention_bytes === null ? null : Number(t.retention_bytes),
+      messages: Number(counts.messages),
+      bytes: segments.reduce((a, x) => a + Number(x.bytes), 0),
+      segments: segments.length,
+      oldestAt: counts.oldest,
+      newestAt: counts.newest,
+      groups: [...byGroup.values()],
+    };
+  }
+
+  /**
+   * Retention: drops whole segments of every topic (or of `topic`) that are full and
+   * older than `retentionMs`, or the oldest full segments while the log is larger than
+   * `retentionBytes`; the segment being written and the spare ones are never dropped.
+   * Returns the number of segments dropped. `start()` runs it every `maintenanceIntervalMs`.
+   */
+  async maintain(topic?: string): Promise<number> {
+    const ex = this.#driver.executor;
+    const rows = topic ? [(await this.#existing(topic)).row] : await q.topicList(ex, this.#s);
+    let dropped = 0;
+    for (const t of rows) {
+      if (t.retention_ms === null && t.retention_bytes === null) continue;
+      const last = await q.topicSequenceLast(ex, this.#s, t.id);
+      const segments = await q.segmentList(ex, this.#s, t.id);
+      // Full: every id of the segment was handed out (open writers are waited for by DETACH CONCURRENTLY).
+      const full = segments.filter((x) => BigInt(x.upper) - 1n <= last);
+      let total = segments.reduce((a, x) => a + Number(x.bytes), 0);
+      for (const seg of full) {
+        let drop = false;
+        if (t.retention_bytes !== null && total > Number(t.retention_bytes)) drop = true;
+        if (!drop && t.retention_ms !== null) {
+          const { rows: r } = await ex.query<{ old: boolean }>(
+            `SELECT COALESCE(max(published_at) < now() - $1::bigint * interval '1 millisecond', true) AS old FROM ${this.#s}.${quoteIdent(seg.table_name)}`,
+            [t.retention_ms],
+          );
+          drop = r[0].old;
+        }
+        if (!drop) break; // segments age in order: a younger one follows
+        await q.segmentDrop(ex, (fn) => this.#driver.transaction(fn), this.#s, t.id, seg.table_name, seg.lower);
+        total -= Number(seg.bytes);
+        dropped++;
+      }
+    }
+    return dropped;
+  }
+
+  /** Starts periodic maintenance (retention). Idempotent. */
+  start(): void {
+    if (this.#timer) return;
+    this.#timer = setInterval(() => {
+      if (this.#maintaining) return;
+      this.#maintaining = this.maintain()
+        .catch(() => {})
+        .finally(() => (this.#maintaining = undefined));
+    }, this.#maintenanceIntervalMs);
+    this.#timer.unref();
+  }
+
+  /** Stops maintenance and every consumer made by `consumer()`. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+    await Promise.all([...this.#consumers].map((c) => c.stop()));
+    await this.#maintaining;
+  }
+
+  #state(topic: string): Promise<TopicState> {
+    let p = this.#topics.get(topic);
+    if (!p) {
+      p = (async () => {
+        let row = await q.topicGet(this.#driver.executor, this.#s, topic);
+        if (!row) row = await this.#driver.transaction((tx) => q.topicCreate(tx, this.#s, topic, this.#defaults));
+        return { row, upper: 0n, lastId: 0n, checkedAt: 0 };
+      })();
+      p.catch(() => this.#topics.delete(topic));
+      this.#topics.set(topic, p);
+    }
+    return p;
+  }
+
+  async #existing(topic: string): Promise<TopicState> {
+    assertName('topic', topic);
+    const cached = this.#topics.get(topic);
+    if (cached) return cached;
+    const row = await q.topicGet(this.#driver.executor, this.#s, topic);
+    if (!row) throw new HeraldError('NOT_FOUND', `no topic ${JSON.stringify(topic)}`);
+    return this.#state(topic);
+  }
+
+  /**
+   * Keeps a spare segment ahead of the ids this publish may take. Checked from local
+   * knowledge, and against the sequence at least every second (other processes
+   * publish too). Segments are made on the pool, never in the caller's transaction.
+   */
+  async #ensureSegments(state: TopicState, n: number): Promise<void> {
+    const size = BigInt(state.row.segment_size);
+    const near = state.lastId + BigInt(n) + size / 2n >= state.upper;
+    if (!near && Date.now() - state.checkedAt < SEGMENT_CHECK_MS) return;
+    const last = await q.topicSequenceLast(this.#driver.executor, this.#s, state.row.id);
+    if (last > state.lastId) state.lastId = last;
+    if (state.lastId + BigInt(n) + size / 2n >= state.upper) {
+      state.upper = await this.#driver.transaction((tx) => q.segmentEnsure(tx, this.#s, state.row, state.lastId + BigInt(n) + size));
+    }
+    state.checkedAt = Date.now();
+  }
+}
+
+
+
+/** Compares two positions in delivery order. */
+export function cmp(a: { xid: string; id: string }, b: { xid: string; id: string }): number {
+  const ax = BigInt(a.xid);
+  const bx = BigInt(b.xid);
+  if (ax !== bx) return ax < bx ? -1 : 1;
+  const ai = BigInt(a.id);
+  const bi = BigInt(b.id);
+  return ai === bi ? 0 : ai < bi ? -1 : 1;
+}
+
+function checkStart(start: GroupStart): GroupStart {
+  if (start === 'earliest' || start === 'latest' || (start instanceof Date && !Number.isNaN(start.getTime()))) return start;
+  throw new HeraldError('INVALID_ARGUMENT', `start must be 'earliest', 'latest' or a valid Date, got ${JSON.stringify(String(start))}`);
+}
+
+function resolveTopicOptions(o: TopicOptions, prefix: string): Required<TopicOptions> {
+  const r = { ...TOPICS_DEFAULTS, ...stripUndefined(o) };
+  return {
+    partitions: positiveInt(prefix + 'partitions', r.partitions, 1024),
+    segmentSize: positiveInt(prefix + 'segmentSize', r.segmentSize),
+    retentionMs: r.retentionMs === null ? null : nonNegative(prefix + 'retentionMs', r.retentionMs),
+    retentionBytes: r.retentionBytes === null ? null : nonNegative(prefix + 'retentionBytes', r.retentionBytes),
+  };
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+function wrap(err: unknown, topic: string): unknown {
+  if (err instanceof HeraldError) return err;
+  if ((err as { code?: string }).code === '23514') {
+    return new HeraldError('CONFLICT', `topic ${topic}: no log segment for the new ids yet; retry the transaction`, { cause: err });
+  }
+  return err;
+}

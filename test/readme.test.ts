@@ -1,0 +1,46 @@
+/**
+ * The README is the contract: every ```ts block in it is run, as written, against a
+ * fresh database (with `pgherald` resolved to this checkout's sources). Blocks fenced
+ * as ```typescript are fragments and are not run.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { freshDatabase, type TestDatabase } from './support/db.js';
+
+const root = new URL('..', import.meta.url).pathname;
+const readme = readFileSync(join(root, 'README.md'), 'utf8');
+const blocks = [...readme.matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m) => m[1]);
+const dir = mkdtempSync(join(root, 'test', '.readme-'));
+const dbs: TestDatabase[] = [];
+after(async () => {
+  rmSync(dir, { recursive: true, force: true });
+  for (const db of dbs) await db.drop();
+});
+
+function run(file: string, env: Record<string, string>): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (c) => (output += c));
+    child.stderr.on('data', (c) => (output += c));
+    child.on('exit', (code) => resolve({ code, output }));
+  });
+}
+
+describe('README examples', () => {
+  it('has runnable examples', () => assert.ok(blocks.length > 0));
+  blocks.forEach((code, i) => {
+    const title = code.split('\n').find((l) => l.trim() && !l.startsWith('import'))?.trim().slice(0, 60);
+    it(`example ${i + 1} runs: ${title}`, async () => {
+      const db = await freshDatabase({ migrated: false });
+      dbs.push(db);
+      const file = join(dir, `example-${i + 1}.ts`);
+      writeFileSync(file, code.replaceAll(`from 'pgherald'`, `from '${join(root, 'src', 'index.ts')}'`));
+      const { code: exit, output } = await run(file, { DATABASE_URL: db.url });
+      assert.equal(exit, 0, `example ${i + 1} failed:\n${output}`);
+    });
+  });
+});
