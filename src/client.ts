@@ -10,7 +10,11 @@ import type { Subscription } from './notifier/subscription.js';
 import type { Notification, NotifierOptions } from './notifier/types.js';
 import { Queue } from './queue/queue.js';
 import type { QueueOptions } from './queue/types.js';
+import { Mailbox } from './mailbox/mailbox.js';
+import type { MailboxOptions } from './mailbox/types.js';
 import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
+import { Outbox } from './outbox/outbox.js';
+import { Changes } from './change/changes.js';
 import { Topics } from './topic/topics.js';
 import type { TopicsOptions } from './topic/types.js';
 
@@ -38,6 +42,8 @@ export interface HeraldOptions {
   notifier?: NotifierOptions;
   /** Job queue options (leases, polling, retries, retention, cron leadership). */
   queue?: QueueOptions;
+  /** Mailbox options (safety poll, attempts, retry delays, retention). */
+  mailbox?: MailboxOptions;
   /** Topics options (defaults of implicitly created topics, maintenance interval). */
   topics?: TopicsOptions;
 }
@@ -60,6 +66,12 @@ export class Herald {
   readonly schema: string;
   /** The job queue. */
   readonly queue: Queue;
+  /** Durable point-to-point messages, exactly once (see {@link Mailbox}). */
+  readonly mailbox: Mailbox;
+  /** The transactional outbox and its relays. */
+  readonly outbox: Outbox;
+  /** Row-change triggers and their announcements. */
+  readonly changes: Changes;
   /** Durable topics: an append-only log with consumer groups and replay. */
   readonly topics: Topics;
   readonly #ownsDriver: boolean;
@@ -85,6 +97,9 @@ export class Herald {
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
     this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue);
+    this.mailbox = new Mailbox(this.driver, this.notifier, this.schema, options.mailbox);
+    this.outbox = new Outbox(this.driver, this.notifier, this.schema);
+    this.changes = new Changes(this.driver, this.notifier, this.schema);
     this.topics = new Topics(this.driver, this.notifier, this.schema, options.topics);
   }
 
@@ -125,6 +140,8 @@ export class Herald {
     if (this.#closed) return;
     this.#closed = true;
     await this.queue.stop();
+    await this.mailbox.stop();
+    await this.outbox.stop();
     await this.topics.stop();
     await this.notifier.stop();
     if (this.#ownsDriver) await this.driver.end();

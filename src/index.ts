@@ -43,6 +43,36 @@ export {
   type JobOutcome,
   type WorkOptions,
 } from './queue/types.js';
+export { Mailbox, MAILBOX_DEFAULTS, MAX_NAME_BYTES } from './mailbox/mailbox.js';
+export { MailboxConsumer } from './mailbox/consumer.js';
+export { mailboxChannel } from './mailbox/wakeup.js';
+export type {
+  MailboxOptions,
+  MailboxSend,
+  SendResult,
+  MailboxMessage,
+  ReceiveOptions,
+  MailboxHandler,
+  ConsumeOptions,
+  DeadMessage,
+  DestinationStats,
+  MailboxEvents,
+} from './mailbox/types.js';
+export { Outbox, type NewOutboxEvent, type OutboxStats, type DeadOutboxEvent } from './outbox/outbox.js';
+export { Relay, RELAY_DEFAULTS, type RelayOptions, type RelayEvents, type RelayStats } from './outbox/relay.js';
+export {
+  callbackSink,
+  webhookSink,
+  jetstreamSink,
+  webhookSignature,
+  verifyWebhookSignature,
+  type OutboxEvent,
+  type OutboxSink,
+  type WebhookSinkOptions,
+  type WebhookBody,
+  type JetStreamSinkOptions,
+} from './outbox/sinks.js';
+export { Changes, CHANGES_DEFAULTS, parseChange, parseTableName, type RowChange, type TrackOptions, type TrackedTable } from './change/changes.js';
 export { HeraldServer, SERVER_DEFAULTS, isLoopback, type ServerOptions } from './server/server.js';
 export { Router, HttpError, readJson, sendJson, type Handler, type RouteOptions } from './server/http.js';
 export { allows, type Action, type ApiKey, type AuthOptions, type Grants, type Principal } from './server/auth.js';

@@ -8,6 +8,8 @@ export interface CliIo {
   env: Record<string, string | undefined>;
   /** Resolves when the user asks a long-running command to stop (SIGINT/SIGTERM). */
   interrupted: Promise<void>;
+  /** Standard input when it is not a terminal (`herald send` reads a payload from it). */
+  stdin?: AsyncIterable<Buffer | string>;
 }
 
 /** Shared state of one CLI invocation. */

@@ -2,8 +2,10 @@ import { Command, CommanderError } from 'commander';
 import { HeraldError } from '../errors.js';
 import { CliContext, CliError, type CliIo } from './context.js';
 import { registerCoreCommands } from './core.js';
+import { registerMailboxCommands } from './mailbox.js';
 import { registerServeCommand } from './serve.js';
 import { registerJobsCommands } from './jobs.js';
+import { registerOutboxCommands } from './outbox.js';
 import { registerTopicsCommands } from './topics.js';
 
 /**
@@ -23,6 +25,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerCoreCommands(program, ctx);
   registerServeCommand(program, ctx);
   registerJobsCommands(program, ctx);
+  registerMailboxCommands(program, ctx);
+  registerOutboxCommands(program, ctx);
   registerTopicsCommands(program, ctx);
   try {
     await program.parseAsync(argv, { from: 'user' });
@@ -50,7 +54,13 @@ export function main(): void {
   const interrupted = new Promise<void>((resolve) => (interrupt = resolve));
   process.once('SIGINT', () => interrupt());
   process.once('SIGTERM', () => interrupt());
-  const io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env, interrupted };
+  const io: CliIo = {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    env: process.env,
+    interrupted,
+    stdin: process.stdin.isTTY ? undefined : process.stdin,
+  };
   void runCli(process.argv.slice(2), io).then((code) => {
     process.exitCode = code;
     // Give stdout a moment to flush, then leave even if a foreign handle lingers.

@@ -15,7 +15,8 @@ const wrapped = new WeakMap<object, Executor>();
  * a pool, an Executor) is used as it is, reading `rows` and `rowCount` from its result.
  */
 export function toExecutor(tx: TxLike): Executor {
-  if (tx == null || typeof tx !== 'object') {
+  // A postgres.js `sql` or transaction is a function (a tagged template) with `unsafe`.
+  if (tx == null || (typeof tx !== 'object' && typeof tx !== 'function')) {
     throw new HeraldError('INVALID_ARGUMENT', 'tx must be a transaction or client with query(text, values), or a postgres.js sql object');
   }
   const cached = wrapped.get(tx);

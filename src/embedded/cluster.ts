@@ -228,6 +228,14 @@ export class PostgresCluster {
       this.#exited = exited;
       while (!dead && Date.now() < deadline) {
         if (await this.#accepting()) return;
+        // The sh wrapper outlives a postgres that refused to start (it waits on its
+        // stdin): end it, so the retry below runs instead of waiting for the deadline.
+        if (/FATAL:\s+(pre-existing shared memory block|lock file "[^"]*" already exists|could not create any TCP\/IP sockets)/.test(log)) {
+          child.stdin?.end();
+          await exited;
+          dead = true;
+          break;
+        }
         await sleep(50);
       }
       if (!dead) throw new HeraldError('TIMEOUT', `Postgres did not accept connections on port ${this.port}: ${log.slice(-2000)}`);

@@ -78,6 +78,8 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   readonly #channels = new Map<string, ChannelState>();
   /** Channels LISTENed on the current session. */
   readonly #live = new Set<string>();
+  /** Channels whose UNLISTEN is in flight: not live for a new subscriber. */
+  readonly #unlistening = new Set<string>();
   readonly #probes = new Map<string, (payload: string) => void>();
   #status: NotifierStatus = 'stopped';
   #session: ListenSession | undefined;
@@ -156,11 +158,14 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     }
     state.subs.add(sub);
     void this.start();
-    if (this.#live.has(channel) && this.#status === 'listening') {
+    // A channel whose UNLISTEN is in flight is not live: the next sync LISTENs it again.
+    if (this.#live.has(channel) && !this.#unlistening.has(channel) && this.#status === 'listening') {
       queueMicrotask(() => sub._listening());
-    } else {
-      this.#schedule();
     }
+    // Always: an UNLISTEN of this channel (its previous last subscriber left) may be in
+    // flight; it removes the channel from #live when it completes, and this sync then
+    // LISTENs again (and calls onListen, so a durable consumer catches up).
+    this.#schedule();
     return sub;
   }
 
@@ -306,12 +311,15 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     const remove = [...this.#live].filter((c) => !this.#channels.has(c));
     if (add.length === 0 && remove.length === 0) return;
     const sql = [...add.map((c) => `LISTEN ${quoteIdent(c)}`), ...remove.map((c) => `UNLISTEN ${quoteIdent(c)}`)].join('; ');
+    for (const c of remove) this.#unlistening.add(c);
     try {
       await session.query(sql);
     } catch (err) {
       this.#problem(err);
       session.destroy(); // the reconnect path re-LISTENs everything
       return;
+    } finally {
+      for (const c of remove) this.#unlistening.delete(c);
     }
     if (session !== this.#session) return;
     for (const c of remove) this.#live.delete(c);

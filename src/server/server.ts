@@ -17,7 +17,9 @@ import { SseStream, type SseLimits } from './sse.js';
 import { handleUpgrade } from './ws.js';
 import { registerTopicsRoutes } from './routes/topics.js';
 import { registerJobsRoutes } from './routes/jobs.js';
+import { registerMailboxRoutes } from './routes/mailbox.js';
 import { topicStreamSource } from './streams/topics.js';
+import { registerOutboxRoutes } from './routes/outbox.js';
 
 /** Options of {@link HeraldServer}; every one has a default (see {@link SERVER_DEFAULTS}). */
 export interface ServerOptions extends AuthOptions {
@@ -334,6 +336,8 @@ export class HeraldServer {
     registerSiteRoutes(this);
     registerTopicsRoutes(this);
     registerJobsRoutes(this);
+    registerMailboxRoutes(this);
+    registerOutboxRoutes(this);
     this.gateway.registerStream('topic', topicStreamSource(this.herald));
   }
 

@@ -1,0 +1,389 @@
+import { randomUUID } from 'node:crypto';
+import { toExecutor } from '../driver/index.js';
+import type { Driver, TxLike } from '../driver/types.js';
+import { HeraldError, InvalidOptionError } from '../errors.js';
+import { TypedEmitter } from '../internal/events.js';
+import { schemaIdent } from '../internal/ident.js';
+import { withSpan } from '../internal/tracing.js';
+import type { Notifier } from '../notifier/notifier.js';
+import { MailboxConsumer, type ConsumerHost } from './consumer.js';
+import {
+  mailboxClaim,
+  mailboxDeadList,
+  mailboxPurge,
+  mailboxRedrive,
+  mailboxSendBatch,
+  mailboxStats,
+  mailboxWake,
+  type MessageInsert,
+  type MessageRow,
+} from './queries.js';
+import type {
+  ConsumeOptions,
+  DeadMessage,
+  DestinationStats,
+  MailboxEvents,
+  MailboxHandler,
+  MailboxMessage,
+  MailboxOptions,
+  MailboxSend,
+  ReceiveOptions,
+  SendResult,
+} from './types.js';
+import { mailboxChannel, waitBounded, WakeHub, WakeSender } from './wakeup.js';
+
+/** Defaults of {@link MailboxOptions}; the README's option table is this object. */
+export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
+  pollIntervalMs: 30_000,
+  maxAttempts: 5,
+  retryDelayMs: 1000,
+  maxRetryDelayMs: 60_000,
+  retentionMs: 86_400_000,
+  deadRetentionMs: 0,
+  retentionIntervalMs: 60_000,
+};
+
+/** Longest destination, topic or id, in UTF-8 bytes (a destination travels as a NOTIFY payload). */
+export const MAX_NAME_BYTES = 1000;
+
+function resolveOptions(options: MailboxOptions = {}): Required<MailboxOptions> {
+  const o = { ...MAILBOX_DEFAULTS };
+  for (const [k, v] of Object.entries(options ?? {})) if (v !== undefined) (o as Record<string, unknown>)[k] = v;
+  for (const k of ['pollIntervalMs', 'maxAttempts'] as const) {
+    if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
+  }
+  if (!Number.isInteger(o.maxAttempts)) throw new InvalidOptionError('maxAttempts', o.maxAttempts, 'a positive integer');
+  for (const k of ['retryDelayMs', 'maxRetryDelayMs', 'retentionMs', 'deadRetentionMs', 'retentionIntervalMs'] as const) {
+    if (typeof o[k] !== 'number' || !(o[k] >= 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
+  }
+  return o;
+}
+
+function assertName(value: unknown, what: string): asserts value is string {
+  if (typeof value !== 'string' || value.length === 0) throw new HeraldError('INVALID_ARGUMENT', `${what} must be a non-empty string`);
+  if (value.includes('\0')) throw new HeraldError('INVALID_ARGUMENT', `${what} must not contain a NUL character`);
+  const bytes = Buffer.byteLength(value);
+  if (bytes > MAX_NAME_BYTES) throw new HeraldError('INVALID_ARGUMENT', `${what} is ${bytes} bytes; the limit is ${MAX_NAME_BYTES} (UTF-8)`);
+}
+
+function encodePayload(payload: unknown): { format: 'text' | 'json'; payload: string } {
+  if (typeof payload === 'string') {
+    // Postgres text cannot hold NUL; say so instead of failing in the driver.
+    if (payload.includes('\0')) throw new HeraldError('INVALID_PAYLOAD', 'a text payload must not contain a NUL character (send it as JSON or encode it)');
+    return { format: 'text', payload };
+  }
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(payload);
+  } catch (err) {
+    throw new HeraldError('INVALID_PAYLOAD', `payload cannot be serialised as JSON: ${(err as Error).message}`, { cause: err });
+  }
+  if (text === undefined) throw new HeraldError('INVALID_PAYLOAD', `payload must be a string or a JSON value, got ${typeof payload}`);
+  return { format: 'json', payload: text };
+}
+
+function encode(message: MailboxSend): MessageInsert {
+  if (message === null || typeof message !== 'object') throw new HeraldError('INVALID_ARGUMENT', 'a message must be an object { to, payload, topic?, id? }');
+  assertName(message.to, 'to');
+  const topic = message.topic ?? null;
+  if (topic !== null) assertName(topic, 'topic');
+  const id = message.id ?? randomUUID();
+  assertName(id, 'id');
+  if (!('payload' in message)) throw new HeraldError('INVALID_PAYLOAD', 'a message needs a payload');
+  return { id, destination: message.to, topic, ...encodePayload(message.payload) };
+}
+
+/**
+ * Durable point-to-point messages, exactly once. A message is a row: `send` writes it
+ * in the caller's transaction (its id is the idempotency key), `receive`/`consume` take
+ * it in the receiver's, and NOTIFY only wakes receivers up. See src/mailbox/README.md.
+ *
+ * @example
+ * await herald.mailbox.send({ to: 'billing', payload: { orderId: 42 } }, { tx });
+ * const consumer = herald.mailbox.consume('billing', async (msg, tx) => {
+ *   await tx.query('INSERT INTO invoices (order_id) VALUES ($1)', [msg.payload.orderId]);
+ * });
+ */
+export class Mailbox extends TypedEmitter<MailboxEvents> {
+  readonly options: Readonly<Required<MailboxOptions>>;
+  /** The NOTIFY channel of this schema's mailbox (payload: the destination). */
+  readonly channel: string;
+  readonly #driver: Driver;
+  readonly #schemaSql: string;
+  readonly #hub: WakeHub;
+  readonly #waker: WakeSender;
+  readonly #consumers = new Set<MailboxConsumer>();
+  readonly #receives = new Set<AbortController>();
+  #retentionTimer: NodeJS.Timeout | undefined;
+  #sweeping: Promise<void> | undefined;
+  #started = false;
+  #host: ConsumerHost;
+
+  constructor(driver: Driver, notifier: Notifier, schema = 'herald', options: MailboxOptions = {}) {
+    super();
+    this.options = resolveOptions(options);
+    this.#driver = driver;
+    this.#schemaSql = schemaIdent(schema);
+    this.channel = mailboxChannel(schema);
+    this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('problem', err));
+    this.#waker = new WakeSender(
+      (destinations) => mailboxWake(driver.executor, this.channel, destinations),
+      (err) => this.emit('problem', err),
+    );
+    const self = this;
+    this.#host = {
+      driver,
+      schemaSql: this.#schemaSql,
+      hub: this.#hub,
+      pollIntervalMs: this.options.pollIntervalMs,
+      retryDelayMs: this.options.retryDelayMs,
+      maxRetryDelayMs: this.options.maxRetryDelayMs,
+      decode: (row) => decode(row),
+      problem: (err) => self.emit('problem', err instanceof Error ? err : new Error(String(err))),
+      failed: (info) => {
+        self.emit('handlerError', { to: info.to, id: info.id, attempts: info.attempts, error: info.error });
+        if (info.dead) self.emit('dead', { to: info.to, id: info.id, attempts: info.attempts, error: info.error });
+      },
+      released: (c) => self.#consumers.delete(c),
+    };
+  }
+
+  /** `receive` calls of this process waiting for a message now. */
+  get waiting(): number {
+    return this.#receives.size;
+  }
+
+  /** Consumers of this process that are running. */
+  get consumers(): number {
+    return this.#consumers.size;
+  }
+
+  /**
+   * Sends one message, in the caller's transaction with `{ tx }` (then it exists only if
+   * that commits). Sending an id that exists already creates nothing: `created` is false.
+   * Receivers are woken with one NOTIFY naming the destination, never the message.
+   */
+  async send(message: MailboxSend, options: { tx?: TxLike } = {}): Promise<SendResult> {
+    const [result] = await this.sendMany([message], options);
+    return result;
+  }
+
+  /** Sends a batch in one statement (one NOTIFY per distinct destination). Results are in input order. */
+  async sendMany(messages: readonly MailboxSend[], options: { tx?: TxLike } = {}): Promise<SendResult[]> {
+    if (!Array.isArray(messages)) throw new HeraldError('INVALID_ARGUMENT', 'sendMany expects an array of messages');
+    if (messages.length === 0) return [];
+    const rows = messages.map(encode);
+    const created = await withSpan('herald.mailbox.send', { 'herald.mailbox.count': rows.length }, async () => {
+      if (options.tx) {
+        // In the caller's transaction: the NOTIFY must commit with it, in the same statement.
+        return (await mailboxSendBatch(toExecutor(options.tx), this.#schemaSql, rows, this.channel)).created;
+      }
+      // Our own transaction: commit the rows first, then wake in the background (see
+      // WakeSender); the send is durable at this point, the wake-up is best effort and
+      // `stop()`/`herald.close()` wait for it.
+      const result = await mailboxSendBatch(this.#driver.executor, this.#schemaSql, rows, null);
+      void this.#waker.wake(result.destinations);
+      return result.created;
+    });
+    // A batch that repeats an id creates it once: the first occurrence reports it.
+    return rows.map((r) => ({ id: r.id, created: created.delete(r.id) }));
+  }
+
+  /**
+   * Takes one message of `to`, exactly once: concurrent receivers never get the same
+   * one. With `{ tx }` it is consumed only if that transaction commits; without, it is
+   * consumed when this call returns it. Waits up to `timeoutMs` (woken by NOTIFY, with
+   * the safety poll as a floor) and returns null at the timeout.
+   */
+  async receive<P = unknown>(to: string, options: ReceiveOptions = {}): Promise<MailboxMessage<P> | null> {
+    assertName(to, 'to');
+    const topic = options.topic ?? null;
+    if (topic !== null) assertName(topic, 'topic');
+    const timeoutMs = options.timeoutMs ?? 0;
+    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0)) throw new InvalidOptionError('timeoutMs', timeoutMs, 'a number >= 0');
+    const executor = options.tx ? toExecutor(options.tx) : undefined;
+    const signal = options.signal;
+    const take = (): Promise<MessageRow | undefined> =>
+      withSpan('herald.mailbox.receive', { 'herald.mailbox.to': to }, async () => {
+        if (executor) return (await mailboxClaim(executor, this.#schemaSql, to, topic, 1))[0];
+        if (!signal) return (await mailboxClaim(this.#driver.executor, this.#schemaSql, to, topic, 1))[0];
+        // With a signal: take inside a transaction and roll back if the caller gave up meanwhile.
+        return this.#driver
+          .transaction(async (tx) => {
+            const row = (await mailboxClaim(tx, this.#schemaSql, to, topic, 1))[0];
+            if (row && signal.aborted) throw new AbortedTake();
+            return row;
+          })
+          .catch((err) => {
+            if (err instanceof AbortedTake) return undefined;
+            throw err;
+          });
+      });
+
+    if (timeoutMs === 0 || signal?.aborted) {
+      const row = signal?.aborted ? undefined : await take();
+      return row ? (decode(row) as MailboxMessage<P>) : null;
+    }
+    const deadline = Date.now() + timeoutMs;
+    const unwatch = this.#hub.watch(to);
+    const stop = new AbortController();
+    this.#receives.add(stop);
+    const onAbort = () => stop.abort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      // LISTEN first; the first query is the catch-up. A notifier that cannot connect
+      // does not hold the receive past its timeout: it then relies on the safety poll.
+      await waitBounded(this.#hub.ready(), timeoutMs, stop.signal);
+      while (!stop.signal.aborted) {
+        const seen = this.#hub.epoch(to);
+        const row = await take();
+        if (row) return decode(row) as MailboxMessage<P>;
+        const left = deadline - Date.now();
+        if (left <= 0) break;
+        await this.#hub.wait(to, seen, Math.min(left, this.options.pollIntervalMs), stop.signal);
+      }
+      return null;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      this.#receives.delete(stop);
+      unwatch();
+    }
+  }
+
+  /**
+   * Runs `handler` for every message of `to` until stopped. The handler gets the message
+   * and the transaction that marks it consumed: its own writes commit together with the
+   * consumption. A handler that throws rolls everything back; the message is delivered
+   * again after `retryDelayMs` (doubling), and after `maxAttempts` failures it moves to
+   * the dead-letter state with its last error (see `deadLetters`, `redrive`).
+   */
+  consume<P = unknown>(to: string, handler: MailboxHandler<P>, options: ConsumeOptions = {}): MailboxConsumer {
+    assertName(to, 'to');
+    if (typeof handler !== 'function') throw new HeraldError('INVALID_ARGUMENT', 'consume needs a handler function');
+    const topic = options.topic ?? null;
+    if (topic !== null) assertName(topic, 'topic');
+    const concurrency = options.concurrency ?? 1;
+    const batchSize = options.batchSize ?? 1;
+    const maxAttempts = options.maxAttempts ?? this.options.maxAttempts;
+    for (const [k, v] of [['concurrency', concurrency], ['batchSize', batchSize], ['maxAttempts', maxAttempts]] as const) {
+      if (!Number.isInteger(v) || v < 1) throw new InvalidOptionError(k, v, 'a positive integer');
+    }
+    const consumer = new MailboxConsumer(this.#host, { to, topic, concurrency, batchSize, maxAttempts }, handler as MailboxHandler);
+    this.#consumers.add(consumer);
+    const ready = this.start();
+    consumer._start(ready);
+    return consumer;
+  }
+
+  /**
+   * Starts the background work: the LISTEN (resolves when it is live) and the retention
+   * sweep. `consume` calls it. Idempotent.
+   */
+  start(): Promise<void> {
+    if (!this.#started) {
+      this.#started = true;
+      if (this.options.retentionIntervalMs > 0) {
+        this.#retentionTimer = setInterval(() => void this.#sweep(), this.options.retentionIntervalMs);
+        this.#retentionTimer.unref();
+      }
+    }
+    return this.#hub.ready();
+  }
+
+  /**
+   * Stops every consumer (in-flight transactions finish), ends pending `receive` waits
+   * (they return null), stops the sweep and UNLISTENs. Leaves no timer or listener. Idempotent.
+   */
+  async stop(): Promise<void> {
+    this.#started = false;
+    clearInterval(this.#retentionTimer);
+    this.#retentionTimer = undefined;
+    for (const r of this.#receives) r.abort();
+    await Promise.all([...this.#consumers].map((c) => c.stop()));
+    await this.#sweeping;
+    await this.#waker.idle();
+    await this.#hub.close();
+  }
+
+  /** Dead messages of `to`, oldest first (at most `limit`, default 100). */
+  async deadLetters<P = unknown>(to: string, options: { limit?: number } = {}): Promise<DeadMessage<P>[]> {
+    assertName(to, 'to');
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1) throw new InvalidOptionError('limit', limit, 'a positive integer');
+    const rows = await mailboxDeadList(this.#driver.executor, this.#schemaSql, to, limit);
+    return rows.map((r) => ({
+      ...(decode({ ...r, seq: '0' }) as MailboxMessage<P>),
+      lastError: r.last_error,
+      deadAt: r.dead_at,
+    }));
+  }
+
+  /** Puts dead messages of `to` (all, or `ids`) back to ready with attempts reset; returns how many. */
+  async redrive(to: string, options: { ids?: readonly string[]; tx?: TxLike } = {}): Promise<number> {
+    assertName(to, 'to');
+    const executor = options.tx ? toExecutor(options.tx) : this.#driver.executor;
+    return mailboxRedrive(executor, this.#schemaSql, this.channel, to, options.ids ? [...options.ids] : null);
+  }
+
+  /** Counts per destination (all destinations, or one). A full scan: for operators. */
+  async stats(to?: string): Promise<DestinationStats[]> {
+    if (to !== undefined) assertName(to, 'to');
+    const rows = await mailboxStats(this.#driver.executor, this.#schemaSql, to ?? null);
+    return rows.map((r) => ({
+      to: r.destination,
+      ready: r.ready,
+      delayed: r.delayed,
+      consumed: r.consumed,
+      dead: r.dead,
+      oldestReadyAt: r.oldest_ready_at,
+    }));
+  }
+
+  /**
+   * Deletes consumed messages older than `retentionMs` (and dead ones older than
+   * `deadRetentionMs` when that is set), in batches. The sweep runs this on its schedule.
+   */
+  async purge(options: { batchSize?: number } = {}): Promise<{ consumed: number; dead: number }> {
+    const batch = options.batchSize ?? 5000;
+    const sweep = async (state: 'consumed' | 'dead', olderThanMs: number): Promise<number> => {
+      let total = 0;
+      for (;;) {
+        const n = await mailboxPurge(this.#driver.executor, this.#schemaSql, state, olderThanMs, batch);
+        total += n;
+        if (n < batch) return total;
+      }
+    };
+    const consumed = await sweep('consumed', this.options.retentionMs);
+    const dead = this.options.deadRetentionMs > 0 ? await sweep('dead', this.options.deadRetentionMs) : 0;
+    return { consumed, dead };
+  }
+
+  async #sweep(): Promise<void> {
+    if (this.#sweeping) return;
+    this.#sweeping = (async () => {
+      try {
+        const result = await this.purge();
+        if (result.consumed || result.dead) this.emit('purged', result);
+      } catch (err) {
+        this.emit('problem', err as Error);
+      } finally {
+        this.#sweeping = undefined;
+      }
+    })();
+    await this.#sweeping;
+  }
+}
+
+class AbortedTake extends Error {}
+
+function decode(row: MessageRow): MailboxMessage {
+  return {
+    id: row.id,
+    to: row.destination,
+    topic: row.topic,
+    payload: row.format === 'json' ? JSON.parse(row.payload) : row.payload,
+    attempts: row.attempts,
+    createdAt: row.created_at,
+  };
+}
+

@@ -1,0 +1,228 @@
+/**
+ * The mailbox's SQL. Every statement takes `$n` parameters; the only identifier
+ * spliced in is the schema, validated and quoted by `schemaIdent`.
+ */
+import type { Executor } from '../driver/types.js';
+
+/** A message row as the consume path returns it. */
+export interface MessageRow {
+  id: string;
+  seq: string;
+  destination: string;
+  topic: string | null;
+  format: 'text' | 'json';
+  payload: string;
+  attempts: number;
+  created_at: Date;
+}
+
+/** The columns a consumer sees. */
+const RETURNED = 'm.id, m.seq, m.destination, m.topic, m.format, m.payload, m.attempts, m.created_at';
+
+/** One message to insert (already validated and encoded). */
+export interface MessageInsert {
+  id: string;
+  destination: string;
+  topic: string | null;
+  format: 'text' | 'json';
+  payload: string;
+}
+
+/**
+ * Inserts a batch in one statement. Returns the ids this statement created and their
+ * destinations.
+ *
+ * - `ON CONFLICT (id) DO NOTHING` makes the id an idempotency key: a second send of
+ *   the same id (a retry after a commit whose outcome was unknown, or a concurrent
+ *   send) inserts nothing; a concurrent one waits for the first transaction and then
+ *   skips, or inserts if the first rolled back. RETURNING lists only the rows this
+ *   statement created.
+ * - With `channel` (the caller's transaction), the same statement runs one
+ *   `pg_notify(channel, destination)` per distinct destination of the rows actually
+ *   created: a batch of 10,000 costs one NOTIFY per destination, and Postgres merges
+ *   identical notifications of one transaction. The payload names the destination only
+ *   (NOTIFY is a wake-up). The wake-up CTE is referenced from the final SELECT so it
+ *   runs (a SELECT CTE nothing references is never evaluated), once, as an InitPlan.
+ * - Without `channel` the caller notifies after the commit (see `WakeSender`).
+ */
+export async function mailboxSendBatch(
+  executor: Executor,
+  schema: string,
+  rows: readonly MessageInsert[],
+  channel: string | null,
+): Promise<{ created: Set<string>; destinations: string[] }> {
+  const params: unknown[] = [
+    rows.map((r) => r.id),
+    rows.map((r) => r.destination),
+    rows.map((r) => r.topic),
+    rows.map((r) => r.format),
+    rows.map((r) => r.payload),
+  ];
+  const insert = `INSERT INTO ${schema}.mailbox_messages (id, destination, topic, format, payload)
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+       ON CONFLICT (id) DO NOTHING
+       RETURNING id, destination`;
+  const text =
+    channel === null
+      ? insert
+      : `WITH ins AS (${insert}),
+         woke AS (SELECT count(pg_notify($6, d.destination)) AS n FROM (SELECT DISTINCT destination FROM ins) d)
+         SELECT ins.id, ins.destination FROM ins WHERE (SELECT n FROM woke) >= 0`;
+  if (channel !== null) params.push(channel);
+  const { rows: created } = await executor.query<{ id: string; destination: string }>(text, params);
+  return { created: new Set(created.map((r) => r.id)), destinations: [...new Set(created.map((r) => r.destination))] };
+}
+
+/** Notifies `channel` once per destination, in one statement (its own transaction). */
+export async function mailboxWake(executor: Executor, channel: string, destinations: readonly string[]): Promise<void> {
+  await executor.query('SELECT count(pg_notify($1, d)) FROM unnest($2::text[]) AS d', [channel, destinations]);
+}
+
+/**
+ * Takes up to `limit` ready messages of one destination and marks them consumed, in
+ * the executor's transaction: the mark commits (or rolls back) with it.
+ *
+ * `FOR UPDATE SKIP LOCKED` with the `LIMIT` inside a CTE: concurrent consumers each
+ * lock different rows without waiting on each other, and the LIMIT is applied once (a
+ * `WHERE id IN (SELECT ... LIMIT)` may be re-evaluated and take more). A row that a
+ * crashed consumer held is unlocked when its transaction rolls back, and is ready again.
+ */
+export async function mailboxClaim(executor: Executor, schema: string, destination: string, topic: string | null, limit: number): Promise<MessageRow[]> {
+  const { rows } = await executor.query<MessageRow>(
+    `WITH next AS (
+       SELECT id FROM ${schema}.mailbox_messages
+        WHERE destination = $1 AND state = 'ready' AND visible_at <= now()
+          AND ($2::text IS NULL OR topic = $2::text)
+        ORDER BY seq
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+     )
+     UPDATE ${schema}.mailbox_messages m
+        SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1
+       FROM next
+      WHERE m.id = next.id
+     RETURNING ${RETURNED}`,
+    [destination, topic, limit],
+  );
+  if (rows.length > 1) rows.sort((a, b) => (BigInt(a.seq) < BigInt(b.seq) ? -1 : 1));
+  return rows;
+}
+
+/**
+ * Records a failed handler run after its transaction rolled back: counts the attempt,
+ * keeps the error, and either delays the next delivery (exponential, capped) or, at
+ * `maxAttempts`, moves the message to the dead-letter state. Does nothing if another
+ * consumer took and consumed the message meanwhile.
+ */
+export async function mailboxRecordFailure(
+  executor: Executor,
+  schema: string,
+  id: string,
+  error: string,
+  maxAttempts: number,
+  retryDelayMs: number,
+  maxRetryDelayMs: number,
+): Promise<{ state: 'ready' | 'dead'; attempts: number; delayMs: number } | undefined> {
+  const { rows } = await executor.query<{ state: 'ready' | 'dead'; attempts: number; delay_ms: number }>(
+    `UPDATE ${schema}.mailbox_messages
+        SET attempts = attempts + 1,
+            last_error = $2,
+            state = CASE WHEN attempts + 1 >= $3 THEN 'dead' ELSE 'ready' END,
+            dead_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
+            visible_at = now() + least($5::float8, $4::float8 * power(2, least(attempts, 30))) * interval '1 millisecond'
+      WHERE id = $1 AND state = 'ready'
+     RETURNING state, attempts, least($5::float8, $4::float8 * power(2, least(attempts - 1, 30)))::float8 AS delay_ms`,
+    [id, error, maxAttempts, retryDelayMs, maxRetryDelayMs],
+  );
+  const r = rows[0];
+  return r ? { state: r.state, attempts: r.attempts, delayMs: Number(r.delay_ms) } : undefined;
+}
+
+/** Puts dead messages of a destination (all, or the given ids) back to ready with attempts reset, and wakes the destination. */
+export async function mailboxRedrive(executor: Executor, schema: string, channel: string, destination: string, ids: readonly string[] | null): Promise<number> {
+  const { rows } = await executor.query<{ n: number }>(
+    `WITH moved AS (
+       UPDATE ${schema}.mailbox_messages
+          SET state = 'ready', attempts = 0, visible_at = now(), dead_at = NULL
+        WHERE destination = $1 AND state = 'dead' AND ($2::text[] IS NULL OR id = ANY($2::text[]))
+       RETURNING id
+     )
+     SELECT count(*)::int AS n, CASE WHEN count(*) > 0 THEN pg_notify($3, $1) END AS woke FROM moved`,
+    [destination, ids, channel],
+  );
+  return rows[0]?.n ?? 0;
+}
+
+/** A dead message with its last error. */
+export interface DeadRow {
+  id: string;
+  destination: string;
+  topic: string | null;
+  format: 'text' | 'json';
+  payload: string;
+  attempts: number;
+  last_error: string | null;
+  created_at: Date;
+  dead_at: Date;
+}
+
+/** Dead messages of a destination, oldest first. */
+export async function mailboxDeadList(executor: Executor, schema: string, destination: string, limit: number): Promise<DeadRow[]> {
+  const { rows } = await executor.query<DeadRow>(
+    `SELECT id, destination, topic, format, payload, attempts, last_error, created_at, dead_at
+       FROM ${schema}.mailbox_messages
+      WHERE destination = $1 AND state = 'dead'
+      ORDER BY dead_at, seq
+      LIMIT $2`,
+    [destination, limit],
+  );
+  return rows;
+}
+
+/**
+ * Deletes up to `limit` messages in `state` whose time (consumed_at / dead_at) is older
+ * than `olderThanMs`. SKIP LOCKED + LIMIT in a CTE, so several processes may purge at
+ * once, each taking other rows, and none blocks a consumer.
+ */
+export async function mailboxPurge(executor: Executor, schema: string, state: 'consumed' | 'dead', olderThanMs: number, limit: number): Promise<number> {
+  const column = state === 'consumed' ? 'consumed_at' : 'dead_at';
+  const { rowCount } = await executor.query(
+    `WITH old AS (
+       SELECT id FROM ${schema}.mailbox_messages
+        WHERE state = $1 AND ${column} < now() - $2::float8 * interval '1 millisecond'
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+     )
+     DELETE FROM ${schema}.mailbox_messages m USING old WHERE m.id = old.id`,
+    [state, olderThanMs, limit],
+  );
+  return rowCount;
+}
+
+/** Counts per destination. */
+export interface StatsRow {
+  destination: string;
+  ready: number;
+  delayed: number;
+  consumed: number;
+  dead: number;
+  oldest_ready_at: Date | null;
+}
+
+/** Counts per destination (a full scan: for operators, not for hot paths). */
+export async function mailboxStats(executor: Executor, schema: string, destination: string | null): Promise<StatsRow[]> {
+  const { rows } = await executor.query<StatsRow>(
+    `SELECT destination,
+            count(*) FILTER (WHERE state = 'ready' AND visible_at <= now())::int AS ready,
+            count(*) FILTER (WHERE state = 'ready' AND visible_at > now())::int AS delayed,
+            count(*) FILTER (WHERE state = 'consumed')::int AS consumed,
+            count(*) FILTER (WHERE state = 'dead')::int AS dead,
+            min(created_at) FILTER (WHERE state = 'ready') AS oldest_ready_at
+       FROM ${schema}.mailbox_messages
+      WHERE ($1::text IS NULL OR destination = $1::text)
+      GROUP BY destination
+      ORDER BY destination`,
+    [destination],
+  );
+  return rows;
+}

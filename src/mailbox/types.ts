@@ -1,0 +1,131 @@
+import type { Executor, TxLike } from '../driver/types.js';
+
+/** Options of the mailbox (`createHerald({ mailbox: { ... } })`); every one has a default. */
+export interface MailboxOptions {
+  /**
+   * Safety poll: a waiting receiver or consumer queries at least this often, so it finds
+   * messages even if every notification is lost. @defaultValue 30000
+   */
+  pollIntervalMs?: number;
+  /** Failed handler runs before a message moves to the dead-letter state. @defaultValue 5 */
+  maxAttempts?: number;
+  /** Delay before the first redelivery after a failure; doubles per attempt. @defaultValue 1000 */
+  retryDelayMs?: number;
+  /** Cap of the redelivery delay. @defaultValue 60000 */
+  maxRetryDelayMs?: number;
+  /**
+   * How long consumed messages are kept before retention deletes them. The id of a kept
+   * message still deduplicates sends, so this is also the idempotency window.
+   * @defaultValue 86400000 (one day)
+   */
+  retentionMs?: number;
+  /** How long dead messages are kept; 0 keeps them until redriven or deleted by hand. @defaultValue 0 */
+  deadRetentionMs?: number;
+  /** Interval of the retention sweep while the mailbox is started; 0 turns it off. @defaultValue 60000 */
+  retentionIntervalMs?: number;
+}
+
+/** A message to send. */
+export interface MailboxSend {
+  /** Destination: a non-empty name of at most 1000 UTF-8 bytes, exact (case-sensitive). */
+  to: string;
+  /** Optional topic, so receivers of one destination may take only some messages. */
+  topic?: string | null;
+  /**
+   * A string is stored as text, byte-exact; anything else is stored as JSON
+   * (`JSON.stringify`) and comes back parsed. Of any size: it lives in the row, never in a NOTIFY.
+   */
+  payload: unknown;
+  /**
+   * The message id and idempotency key: sending the same id again (concurrently, or as
+   * a retry after an unknown commit outcome) never makes a second message.
+   * @defaultValue a random UUID
+   */
+  id?: string;
+}
+
+/** What `send` reports. */
+export interface SendResult {
+  id: string;
+  /** True if this call created the message; false if a message with this id already existed. */
+  created: boolean;
+}
+
+/** A received message. */
+export interface MailboxMessage<P = unknown> {
+  id: string;
+  to: string;
+  topic: string | null;
+  /** The payload: a string as sent, or the parsed JSON value. */
+  payload: P;
+  /** Deliveries so far, this one included (failed handler runs count). */
+  attempts: number;
+  createdAt: Date;
+}
+
+/** Options of `receive`. */
+export interface ReceiveOptions {
+  /** Only messages of this topic. @defaultValue any */
+  topic?: string;
+  /** How long to wait for a message; 0 looks once. @defaultValue 0 */
+  timeoutMs?: number;
+  /** The caller's transaction: the message is consumed only if it commits. */
+  tx?: TxLike;
+  /**
+   * Stops waiting. Without `tx`, a receive whose signal aborts while it takes a message
+   * rolls the take back: an aborted receive never consumes a message.
+   */
+  signal?: AbortSignal;
+}
+
+/** Handler of `consume`: runs inside the transaction that marks the message consumed. */
+export type MailboxHandler<P = unknown> = (message: MailboxMessage<P>, tx: Executor) => Promise<unknown> | unknown;
+
+/** Options of `consume`. */
+export interface ConsumeOptions {
+  /** Only messages of this topic. @defaultValue any */
+  topic?: string;
+  /** Transactions running at once (each on its own pooled connection). @defaultValue 1 */
+  concurrency?: number;
+  /**
+   * Messages taken per transaction. If a handler throws, the whole transaction rolls
+   * back, the failure is recorded for that message, and the others are delivered again.
+   * @defaultValue 1
+   */
+  batchSize?: number;
+  /** Overrides the mailbox's `maxAttempts` for this consumer. */
+  maxAttempts?: number;
+}
+
+/** A dead message with its last error. */
+export interface DeadMessage<P = unknown> extends MailboxMessage<P> {
+  lastError: string | null;
+  deadAt: Date;
+}
+
+/** Counts of one destination. */
+export interface DestinationStats {
+  to: string;
+  /** Waiting and deliverable now. */
+  ready: number;
+  /** Waiting for a redelivery delay after a failure. */
+  delayed: number;
+  /** Consumed, kept until retention. */
+  consumed: number;
+  /** In the dead-letter state. */
+  dead: number;
+  /** Creation time of the oldest waiting message, or null. */
+  oldestReadyAt: Date | null;
+}
+
+/** Events of the mailbox (`herald.mailbox.on(name, fn)`). */
+export interface MailboxEvents extends Record<string, unknown[]> {
+  /** A handler threw; the message will be delivered again after a delay. */
+  handlerError: [info: { to: string; id: string; attempts: number; error: unknown }];
+  /** A message reached `maxAttempts` and moved to the dead-letter state. */
+  dead: [info: { to: string; id: string; attempts: number; error: unknown }];
+  /** A background failure (a consume transaction or the retention sweep); it is retried. */
+  problem: [err: Error];
+  /** The retention sweep deleted messages. */
+  purged: [info: { consumed: number; dead: number }];
+}

@@ -1,0 +1,211 @@
+import { toExecutor } from '../driver/index.js';
+import type { Driver, Executor, TxLike } from '../driver/types.js';
+import { HeraldError, InvalidOptionError } from '../errors.js';
+import { schemaIdent } from '../internal/ident.js';
+import { withSpan } from '../internal/tracing.js';
+import type { Notifier } from '../notifier/notifier.js';
+import {
+  outboxInsertMany,
+  outboxInsertOne,
+  outboxListDead,
+  outboxLockKeys,
+  outboxPrunePublished,
+  outboxRedrive,
+  outboxStats,
+} from './queries.js';
+import { Relay, toOutboxEvent, type RelayOptions } from './relay.js';
+import type { OutboxEvent } from './sinks.js';
+
+/** An event to add to the outbox. */
+export interface NewOutboxEvent {
+  /** Event type, e.g. `order.created` (non-empty). */
+  type: string;
+  /**
+   * Ordering key, e.g. the aggregate id: events of one key are published in commit
+   * order, one at a time. Omit (or null) for events without order.
+   */
+  key?: string | null;
+  /** Any JSON value. @defaultValue null */
+  payload?: unknown;
+  /** String headers passed to the sink (HTTP/NATS headers). @defaultValue {} */
+  headers?: Record<string, string>;
+}
+
+/** Backlog counters of the outbox. */
+export interface OutboxStats {
+  /** Not yet published and not dead. */
+  pending: number;
+  /** Pending and due now. */
+  due: number;
+  /** Pending after at least one failed attempt. */
+  retrying: number;
+  /** Dead-lettered. */
+  dead: number;
+  /** Published and not yet pruned. */
+  published: number;
+  /** Age of the oldest pending event in ms (database time), or null. */
+  oldestPendingAgeMs: number | null;
+}
+
+/** A dead-lettered event. */
+export interface DeadOutboxEvent extends OutboxEvent {
+  lastError: string | null;
+  deadAt: Date;
+}
+
+const LOCK_NAMESPACE = 'pgherald.outbox:';
+
+/**
+ * The transactional outbox: `add` writes events in the caller's transaction; relays
+ * (`relay()`) publish them to a sink. Reach it as `herald.outbox`.
+ *
+ * @example
+ * await herald.transaction(async (tx) => {
+ *   await tx.query('INSERT INTO orders (id) VALUES ($1)', [42]);
+ *   await herald.outbox.add({ type: 'order.created', key: 'order:42', payload: { id: 42 } }, { tx });
+ * });
+ * const relay = herald.outbox.relay({ sink: async (event) => console.log(event.id, event.type) });
+ */
+export class Outbox {
+  /** NOTIFY channel that wakes relays: `<schema>.outbox`. */
+  readonly channel: string;
+  readonly #driver: Driver;
+  readonly #notifier: Notifier;
+  readonly #s: string;
+  readonly #lockPrefix: string;
+  readonly #relays = new Set<Relay>();
+
+  /** @internal Use `herald.outbox`. */
+  constructor(driver: Driver, notifier: Notifier, schema: string) {
+    this.#driver = driver;
+    this.#notifier = notifier;
+    this.#s = schemaIdent(schema);
+    this.channel = `${schema}.outbox`;
+    this.#lockPrefix = `${LOCK_NAMESPACE}${schema}:`;
+  }
+
+  /**
+   * Adds one event; with `{ tx }` it exists only if that transaction commits. Returns
+   * the event id (a UUID). Producers of one key wait for each other until commit (a
+   * transaction-level advisory lock), which keeps the key's events in commit order.
+   */
+  async add(event: NewOutboxEvent, options: { tx?: TxLike } = {}): Promise<string> {
+    const e = checkEvent(event, 'event');
+    const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
+    return withSpan('herald.outbox.add', { 'herald.event_type': e.type }, () => outboxInsertOne(ex, this.#s, this.#lockPrefix, e));
+  }
+
+  /** Adds a batch in one statement (in array order); returns the ids in the same order. */
+  async addMany(events: readonly NewOutboxEvent[], options: { tx?: TxLike } = {}): Promise<string[]> {
+    if (!Array.isArray(events)) throw new HeraldError('INVALID_ARGUMENT', 'addMany expects an array');
+    if (events.length === 0) return [];
+    const checked = events.map((e, i) => checkEvent(e, `events[${i}]`));
+    const cols = {
+      types: checked.map((e) => e.type),
+      keys: checked.map((e) => e.key),
+      payloads: checked.map((e) => e.payload),
+      headers: checked.map((e) => e.headers),
+    };
+    const keys = [...new Set(cols.keys.filter((k): k is string => k !== null))];
+    const run = async (ex: Executor) => {
+      // The key locks must live until commit: in the caller's transaction, or in ours.
+      await outboxLockKeys(ex, this.#lockPrefix, keys);
+      return outboxInsertMany(ex, this.#s, cols);
+    };
+    return withSpan('herald.outbox.add', { 'herald.batch_size': events.length }, () =>
+      options.tx ? run(toExecutor(options.tx)) : keys.length ? this.#driver.transaction(run) : outboxInsertMany(this.#driver.executor, this.#s, cols),
+    );
+  }
+
+  /**
+   * Creates and starts a relay. Run one or several per process, in as many processes
+   * as you like. `stop()` it, or `herald.close()` stops every relay of this outbox.
+   */
+  relay(options: RelayOptions): Relay {
+    const relay = new Relay(this.#driver, this.#notifier, this.#s, this.channel, options);
+    this.#relays.add(relay);
+    relay.once('stopped', () => this.#relays.delete(relay));
+    return relay.start();
+  }
+
+  /** Backlog counters. */
+  async stats(): Promise<OutboxStats> {
+    const r = await outboxStats(this.#driver.executor, this.#s);
+    return {
+      pending: r.pending,
+      due: r.due,
+      retrying: r.retrying,
+      dead: r.dead,
+      published: r.published,
+      oldestPendingAgeMs: r.oldest_pending_age_ms === null ? null : Math.max(0, Math.round(Number(r.oldest_pending_age_ms))),
+    };
+  }
+
+  /** Dead-lettered events, oldest first. @param options.limit at most this many @defaultValue 100 */
+  async dead(options: { limit?: number } = {}): Promise<DeadOutboxEvent[]> {
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1) throw new InvalidOptionError('limit', limit, 'a positive integer');
+    const rows = await outboxListDead(this.#driver.executor, this.#s, limit);
+    return rows.map((r) => ({ ...toOutboxEvent(r), lastError: r.last_error, deadAt: new Date(r.dead_at) }));
+  }
+
+  /**
+   * Returns dead events to the backlog with their attempts reset, due now, and wakes
+   * the relays. `ids` limits it to those events. Returns how many were redriven.
+   */
+  async redrive(options: { ids?: string[] } = {}): Promise<number> {
+    const ids = options.ids ?? null;
+    if (ids !== null && (!Array.isArray(ids) || ids.some((id) => typeof id !== 'string' || !UUID.test(id)))) {
+      throw new InvalidOptionError('ids', ids, 'an array of event ids (UUIDs)');
+    }
+    return outboxRedrive(this.#driver.executor, this.#s, this.channel, ids);
+  }
+
+  /**
+   * Deletes published events older than `olderThanMs` (database time), in batches of
+   * `batchSize`, until none is left; returns how many. @defaultValue olderThanMs 86400000, batchSize 10000
+   */
+  async prune(options: { olderThanMs?: number; batchSize?: number } = {}): Promise<number> {
+    const olderThanMs = options.olderThanMs ?? 86_400_000;
+    const batchSize = options.batchSize ?? 10_000;
+    if (!(olderThanMs >= 0) || !Number.isFinite(olderThanMs)) throw new InvalidOptionError('olderThanMs', olderThanMs, 'a number >= 0');
+    if (!Number.isInteger(batchSize) || batchSize < 1) throw new InvalidOptionError('batchSize', batchSize, 'a positive integer');
+    let total = 0;
+    for (;;) {
+      const n = await outboxPrunePublished(this.#driver.executor, this.#s, olderThanMs, batchSize);
+      total += n;
+      if (n < batchSize) return total;
+    }
+  }
+
+  /** Relays started by this outbox and not stopped yet. */
+  relays(): Relay[] {
+    return [...this.#relays];
+  }
+
+  /** Stops every relay (each finishes its batch in flight). Idempotent. */
+  async stop(): Promise<void> {
+    await Promise.all([...this.#relays].map((r) => r.stop()));
+  }
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+function checkEvent(event: NewOutboxEvent, where: string): { type: string; key: string | null; payload: string; headers: string } {
+  if (event === null || typeof event !== 'object') throw new HeraldError('INVALID_ARGUMENT', `${where} must be an object`);
+  if (typeof event.type !== 'string' || event.type.length === 0) throw new HeraldError('INVALID_ARGUMENT', `${where}.type must be a non-empty string`);
+  const key = event.key ?? null;
+  if (key !== null && typeof key !== 'string') throw new HeraldError('INVALID_ARGUMENT', `${where}.key must be a string or null`);
+  const headers = event.headers ?? {};
+  if (typeof headers !== 'object' || Array.isArray(headers) || Object.values(headers).some((v) => typeof v !== 'string')) {
+    throw new HeraldError('INVALID_ARGUMENT', `${where}.headers must be an object of strings`);
+  }
+  let payload: string;
+  try {
+    payload = JSON.stringify(event.payload ?? null);
+  } catch (err) {
+    throw new HeraldError('INVALID_PAYLOAD', `${where}.payload is not JSON-serialisable`, { cause: err });
+  }
+  if (payload === undefined) throw new HeraldError('INVALID_PAYLOAD', `${where}.payload is not JSON-serialisable`);
+  return { type: event.type, key, payload, headers: JSON.stringify(headers) };
+}

@@ -1,0 +1,284 @@
+import type { Driver } from '../driver/types.js';
+import { HeraldError, InvalidOptionError } from '../errors.js';
+import { backoffDelay, sleep, withTimeout } from '../internal/backoff.js';
+import { TypedEmitter } from '../internal/events.js';
+import { withSpan } from '../internal/tracing.js';
+import type { Notifier } from '../notifier/notifier.js';
+import type { Subscription } from '../notifier/subscription.js';
+import { outboxClaimBatch, outboxMarkFailed, outboxMarkPublished, type OutboxEventRow } from './queries.js';
+import { callbackSink, type OutboxEvent, type OutboxSink } from './sinks.js';
+
+/** Options of a relay (`outbox.relay(options)`). */
+export interface RelayOptions {
+  /** Where events go: an {@link OutboxSink} or a callback `(event) => unknown`. */
+  sink: OutboxSink | ((event: OutboxEvent) => unknown);
+  /** Events claimed per transaction (at most one per key). @defaultValue 100 */
+  batchSize?: number;
+  /** Events of one batch published at once. @defaultValue 10 */
+  concurrency?: number;
+  /** Safety poll when no notification arrives. @defaultValue 1000 */
+  pollIntervalMs?: number;
+  /** Attempts before an event is dead-lettered. @defaultValue 10 */
+  maxAttempts?: number;
+  /** Retry delay after the first failure; doubles per attempt (with jitter). @defaultValue 1000 */
+  retryBaseDelayMs?: number;
+  /** Cap of the retry delay. @defaultValue 300000 */
+  retryMaxDelayMs?: number;
+  /** A publish that takes longer fails its attempt. @defaultValue 30000 */
+  publishTimeoutMs?: number;
+  /** Close the sink on `stop()` (when it has `close`). @defaultValue true */
+  closeSink?: boolean;
+}
+
+/** Defaults of {@link RelayOptions}. */
+export const RELAY_DEFAULTS = {
+  batchSize: 100,
+  concurrency: 10,
+  pollIntervalMs: 1000,
+  maxAttempts: 10,
+  retryBaseDelayMs: 1000,
+  retryMaxDelayMs: 300_000,
+  publishTimeoutMs: 30_000,
+  closeSink: true,
+} as const;
+
+type ResolvedRelayOptions = Required<Omit<RelayOptions, 'sink'>>;
+
+function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions {
+  const o = { ...RELAY_DEFAULTS } as ResolvedRelayOptions;
+  for (const [k, v] of Object.entries(options)) if (v !== undefined && k !== 'sink') (o as Record<string, unknown>)[k] = v;
+  for (const k of ['batchSize', 'concurrency', 'maxAttempts'] as const) {
+    if (!Number.isInteger(o[k]) || o[k] < 1) throw new InvalidOptionError(k, o[k], 'a positive integer');
+  }
+  for (const k of ['pollIntervalMs', 'publishTimeoutMs'] as const) {
+    if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
+  }
+  for (const k of ['retryBaseDelayMs', 'retryMaxDelayMs'] as const) {
+    if (typeof o[k] !== 'number' || o[k] < 0 || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
+  }
+  if (typeof o.closeSink !== 'boolean') throw new InvalidOptionError('closeSink', o.closeSink, 'a boolean');
+  return o;
+}
+
+/** Events of a relay. */
+export interface RelayEvents extends Record<string, unknown[]> {
+  /** A batch was published and marked (after its transaction committed). */
+  published: [events: OutboxEvent[]];
+  /** An attempt failed; the event is retried after `delayMs` (database time). */
+  retry: [info: { event: OutboxEvent; error: unknown; attempts: number; delayMs: number }];
+  /** An event reached `maxAttempts` and was dead-lettered. */
+  dead: [info: { event: OutboxEvent; error: unknown; attempts: number }];
+  /** A database failure (connection lost, ...); the relay retries with backoff. */
+  problem: [err: Error];
+  /** The relay stopped. */
+  stopped: [];
+}
+
+/** Counters of a relay. */
+export interface RelayStats {
+  running: boolean;
+  published: number;
+  failed: number;
+  dead: number;
+  batches: number;
+}
+
+/** Turns a claimed row into the event sinks receive. */
+export function toOutboxEvent(r: OutboxEventRow): OutboxEvent {
+  return {
+    id: r.id,
+    seq: String(r.seq),
+    type: r.type,
+    key: r.key,
+    payload: r.payload,
+    headers: r.headers ?? {},
+    attempts: r.attempts,
+    createdAt: r.created_at instanceof Date ? r.created_at : new Date(r.created_at),
+  };
+}
+
+/**
+ * A relay: claims batches of due events (the head of each key, SKIP LOCKED), publishes
+ * them to its sink and marks them in the same transaction, after the sink acknowledged.
+ * The row locks of that transaction are the "in flight" marks: if the relay dies, its
+ * connection dies, the transaction rolls back and another relay publishes the same
+ * events again, with the same ids. Wakes on the outbox's NOTIFY channel, catches up
+ * after every (re)LISTEN, and polls every `pollIntervalMs` as a safety net.
+ */
+export class Relay extends TypedEmitter<RelayEvents> {
+  readonly options: Readonly<ResolvedRelayOptions>;
+  readonly #sink: OutboxSink;
+  readonly #driver: Driver;
+  readonly #notifier: Notifier;
+  readonly #schema: string;
+  readonly #channel: string;
+  #loop: Promise<void> | undefined;
+  #abort = new AbortController();
+  #sub: Subscription | undefined;
+  #woken = false;
+  #wake: (() => void) | undefined;
+  #nextRetryAt = Infinity;
+  readonly #stats = { published: 0, failed: 0, dead: 0, batches: 0 };
+
+  /** @internal Use `herald.outbox.relay(options)`. */
+  constructor(driver: Driver, notifier: Notifier, quotedSchema: string, channel: string, options: RelayOptions) {
+    super();
+    if (!options || (typeof options.sink !== 'function' && typeof (options.sink as OutboxSink)?.publish !== 'function')) {
+      throw new InvalidOptionError('sink', options?.sink, 'a function or an object with publish(event)');
+    }
+    this.options = resolveRelayOptions(options);
+    this.#sink = typeof options.sink === 'function' ? callbackSink(options.sink) : options.sink;
+    this.#driver = driver;
+    this.#notifier = notifier;
+    this.#schema = quotedSchema;
+    this.#channel = channel;
+  }
+
+  /** True between `start()` and `stop()`. */
+  get running(): boolean {
+    return this.#loop !== undefined;
+  }
+
+  /** Counters since start. */
+  stats(): RelayStats {
+    return { running: this.running, ...this.#stats };
+  }
+
+  /** Starts claiming and publishing. Idempotent. */
+  start(): this {
+    if (this.#loop) return this;
+    this.#abort = new AbortController();
+    this.#woken = true;
+    this.#sub = this.#notifier.listen(this.#channel, () => this.#poke(), { onListen: () => this.#poke() });
+    this.#loop = this.#run();
+    return this;
+  }
+
+  /**
+   * Stops after the batch in flight is published and marked; closes the sink (see
+   * `closeSink`). Leaves no timer, subscription or connection behind. Idempotent.
+   */
+  async stop(): Promise<void> {
+    const loop = this.#loop;
+    if (!loop) return;
+    this.#abort.abort();
+    this.#wake?.();
+    await loop;
+    this.#loop = undefined;
+    await this.#sub?.close();
+    this.#sub = undefined;
+    if (this.options.closeSink) await this.#sink.close?.().catch(() => {});
+    this.emit('stopped');
+  }
+
+  #poke(): void {
+    this.#woken = true;
+    this.#wake?.();
+  }
+
+  async #run(): Promise<void> {
+    const signal = this.#abort.signal;
+    let dbFailures = 0;
+    while (!signal.aborted) {
+      this.#woken = false;
+      let claimed: number;
+      try {
+        claimed = await this.runOnce();
+        dbFailures = 0;
+      } catch (err) {
+        this.emit('problem', err as Error);
+        await sleep(backoffDelay(dbFailures++, 100, 5000) + 10, signal);
+        continue;
+      }
+      // Anything claimed: claim again at once. A short batch does not mean caught up:
+      // publishing a key's head makes its next event due (one per key per claim).
+      if (claimed > 0 || signal.aborted) continue;
+      if (this.#woken) continue;
+      const untilRetry = this.#nextRetryAt - Date.now();
+      const waitMs = Math.max(1, Math.min(this.options.pollIntervalMs, untilRetry));
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, waitMs);
+        function done() {
+          clearTimeout(timer);
+          resolve();
+        }
+        this.#wake = done;
+      });
+      this.#wake = undefined;
+      if (Date.now() >= this.#nextRetryAt) this.#nextRetryAt = Infinity;
+    }
+  }
+
+  /**
+   * Claims, publishes and marks one batch; returns how many events it claimed. The
+   * loop calls it; tests and tools may too (on a relay that is not started).
+   */
+  async runOnce(): Promise<number> {
+    const o = this.options;
+    const outcome = await this.#driver.transaction(async (tx) => {
+      const rows = await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () => outboxClaimBatch(tx, this.#schema, o.batchSize));
+      if (rows.length === 0) return { claimed: 0, ok: [] as OutboxEvent[], failed: [] as { event: OutboxEvent; error: unknown; delayMs: number }[], marks: [] as { seq: string; attempts: number; dead: boolean }[] };
+      const events = rows.map(toOutboxEvent);
+      const ok: OutboxEvent[] = [];
+      const failed: { event: OutboxEvent; error: unknown; delayMs: number }[] = [];
+      let next = 0;
+      const worker = async () => {
+        while (next < events.length) {
+          const event = events[next++];
+          try {
+            await withSpan('herald.outbox.publish', { 'herald.event_id': event.id, 'herald.event_type': event.type }, () =>
+              withTimeout(Promise.resolve().then(() => this.#sink.publish(event)), o.publishTimeoutMs, () => new HeraldError('TIMEOUT', `publish took over ${o.publishTimeoutMs} ms`)),
+            );
+            ok.push(event);
+          } catch (error) {
+            failed.push({ event, error, delayMs: this.#retryDelay(event.attempts) });
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(o.concurrency, events.length) }, worker));
+      // Marked in the claim transaction, only now that the sink acknowledged: a crash
+      // before this commit republishes with the same ids.
+      await outboxMarkPublished(tx, this.#schema, ok.map((e) => e.seq));
+      const marks = await outboxMarkFailed(
+        tx,
+        this.#schema,
+        failed.map((f) => ({ seq: f.event.seq, error: errorText(f.error), delayMs: f.delayMs })),
+        o.maxAttempts,
+      );
+      return { claimed: rows.length, ok, failed, marks };
+    });
+    if (outcome.claimed === 0) return 0;
+    this.#stats.batches++;
+    this.#stats.published += outcome.ok.length;
+    if (outcome.ok.length) this.emit('published', outcome.ok);
+    const bySeq = new Map(outcome.marks.map((m) => [m.seq, m]));
+    for (const f of outcome.failed) {
+      const mark = bySeq.get(f.event.seq);
+      const attempts = mark?.attempts ?? f.event.attempts + 1;
+      this.#stats.failed++;
+      if (mark?.dead) {
+        this.#stats.dead++;
+        this.emit('dead', { event: f.event, error: f.error, attempts });
+      } else {
+        this.#nextRetryAt = Math.min(this.#nextRetryAt, Date.now() + f.delayMs);
+        this.emit('retry', { event: f.event, error: f.error, attempts, delayMs: f.delayMs });
+      }
+    }
+    return outcome.claimed;
+  }
+
+  /** Equal jitter: half the exponential ceiling plus a random half, so a retry is never immediate. */
+  #retryDelay(attemptsBefore: number): number {
+    const ceiling = Math.min(this.options.retryMaxDelayMs, this.options.retryBaseDelayMs * 2 ** Math.min(attemptsBefore, 30));
+    return Math.floor(ceiling / 2 + Math.random() * (ceiling / 2));
+  }
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof Error) return err.message || err.name;
+  try {
+    return typeof err === 'string' ? err : JSON.stringify(err) ?? String(err);
+  } catch {
+    return String(err);
+  }
+}
