@@ -8,6 +8,8 @@ import { Notifier, type ListenOptions } from './notifier/notifier.js';
 import type { OutgoingNotification } from './notifier/notify.js';
 import type { Subscription } from './notifier/subscription.js';
 import type { Notification, NotifierOptions } from './notifier/types.js';
+import { Queue } from './queue/queue.js';
+import type { QueueOptions } from './queue/types.js';
 import { Mailbox } from './mailbox/mailbox.js';
 import type { MailboxOptions } from './mailbox/types.js';
 import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
@@ -38,6 +40,8 @@ export interface HeraldOptions {
   schema?: string;
   /** Notifier options (buffers, health checks, reconnect backoff). */
   notifier?: NotifierOptions;
+  /** Job queue options (leases, polling, retries, retention, cron leadership). */
+  queue?: QueueOptions;
   /** Mailbox options (safety poll, attempts, retry delays, retention). */
   mailbox?: MailboxOptions;
   /** Topics options (defaults of implicitly created topics, maintenance interval). */
@@ -60,6 +64,8 @@ export class Herald {
   readonly driver: Driver;
   readonly notifier: Notifier;
   readonly schema: string;
+  /** The job queue. */
+  readonly queue: Queue;
   /** Durable point-to-point messages, exactly once (see {@link Mailbox}). */
   readonly mailbox: Mailbox;
   /** The transactional outbox and its relays. */
@@ -90,6 +96,7 @@ export class Herald {
             listenConnectionString: options.listenConnectionString,
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
+    this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue);
     this.mailbox = new Mailbox(this.driver, this.notifier, this.schema, options.mailbox);
     this.outbox = new Outbox(this.driver, this.notifier, this.schema);
     this.changes = new Changes(this.driver, this.notifier, this.schema);
@@ -132,6 +139,7 @@ export class Herald {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.queue.stop();
     await this.mailbox.stop();
     await this.outbox.stop();
     await this.topics.stop();

@@ -23,6 +23,26 @@ export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, Noti
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';
 export { migrate, migrations, migrationScript, migrationStatus, type Migration, type MigrationStatus } from './schema/migrator.js';
 export { PostgresCluster, embeddedBinDir, freePort, type ClusterOptions } from './embedded/cluster.js';
+export { Queue, type CronHandle } from './queue/queue.js';
+export { Worker as QueueWorker } from './queue/worker.js';
+export { CronSchedule } from './queue/cron.js';
+export {
+  QUEUE_DEFAULTS,
+  snooze,
+  discard,
+  type QueueOptions,
+  type QueueEvents,
+  type EnqueueOptions,
+  type EnqueueItem,
+  type EnqueueResult,
+  type Job,
+  type JobHandler,
+  type JobInfo,
+  type JobState,
+  type JobTransition,
+  type JobOutcome,
+  type WorkOptions,
+} from './queue/types.js';
 export { Mailbox, MAILBOX_DEFAULTS, MAX_NAME_BYTES } from './mailbox/mailbox.js';
 export { MailboxConsumer } from './mailbox/consumer.js';
 export { mailboxChannel } from './mailbox/wakeup.js';

@@ -4,6 +4,7 @@ import { CliContext, CliError, type CliIo } from './context.js';
 import { registerCoreCommands } from './core.js';
 import { registerMailboxCommands } from './mailbox.js';
 import { registerServeCommand } from './serve.js';
+import { registerJobsCommands } from './jobs.js';
 import { registerOutboxCommands } from './outbox.js';
 import { registerTopicsCommands } from './topics.js';
 
@@ -23,6 +24,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     .showHelpAfterError();
   registerCoreCommands(program, ctx);
   registerServeCommand(program, ctx);
+  registerJobsCommands(program, ctx);
   registerMailboxCommands(program, ctx);
   registerOutboxCommands(program, ctx);
   registerTopicsCommands(program, ctx);

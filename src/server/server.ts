@@ -16,6 +16,7 @@ import { registerSiteRoutes } from './routes/site.js';
 import { SseStream, type SseLimits } from './sse.js';
 import { handleUpgrade } from './ws.js';
 import { registerTopicsRoutes } from './routes/topics.js';
+import { registerJobsRoutes } from './routes/jobs.js';
 import { registerMailboxRoutes } from './routes/mailbox.js';
 import { topicStreamSource } from './streams/topics.js';
 import { registerOutboxRoutes } from './routes/outbox.js';
@@ -334,6 +335,7 @@ export class HeraldServer {
     registerChannelRoutes(this);
     registerSiteRoutes(this);
     registerTopicsRoutes(this);
+    registerJobsRoutes(this);
     registerMailboxRoutes(this);
     registerOutboxRoutes(this);
     this.gateway.registerStream('topic', topicStreamSource(this.herald));

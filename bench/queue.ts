@@ -1,0 +1,324 @@
+/**
+ * Job queue benchmark: pgherald beside graphile-worker and pg-boss on the same
+ * Postgres in the same run, each library in a fresh database.
+ *
+ *   node --import tsx bench/queue.ts
+ *
+ * Environment:
+ * - DATABASE_URL: use this server (needs CREATEDB) instead of starting a cluster.
+ * - BENCH_RUNS: repetitions of (a)-(c), medians reported (default 3).
+ * - BENCH_MILLION: jobs of run (d) (default 1000000; 0 skips it).
+ * - BENCH_MILLION_LIBS: libraries of run (d) (default "pgherald,graphile-worker").
+ * - BENCH_LIBS: only the libraries whose name contains this text.
+ * - BENCH_LATENCY_SAMPLES: samples of (c) (default 200; pg-boss, which polls, takes 40).
+ *
+ * (a) enqueue 20,000 jobs in one batch; (b) drain 20,000 no-op jobs with concurrency
+ * 10 in one process; (c) enqueue-to-start latency with idle workers; (d) a long run,
+ * throughput of the first and the last 100,000 jobs.
+ */
+import { mkdtempSync, rmSync, chmodSync } from 'node:fs';
+import { tmpdir, cpus, loadavg } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'graphile-worker';
+import PgBoss from 'pg-boss';
+import { Herald } from '../src/client.js';
+import { PostgresCluster } from '../src/embedded/cluster.js';
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const MILLION = Number(process.env.BENCH_MILLION ?? 1_000_000);
+const MILLION_LIBS = (process.env.BENCH_MILLION_LIBS ?? 'pgherald,graphile-worker').split(',');
+const SAMPLES = Number(process.env.BENCH_LATENCY_SAMPLES ?? 200);
+const N = 20_000;
+const CONCURRENCY = 10;
+
+// Dropping a library's database (WITH FORCE) after it stopped can still reach a pool
+// client a library keeps internally; its 'terminating connection' error is expected.
+process.on('uncaughtException', (err) => {
+  if ((err as { code?: string }).code === '57P01') return;
+  console.error(err);
+  process.exit(1);
+});
+
+let cluster: PostgresCluster | undefined;
+let tmp: string | undefined;
+let adminUrl = process.env.DATABASE_URL;
+if (!adminUrl) {
+  tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-'));
+  chmodSync(tmp, 0o755);
+  cluster = await PostgresCluster.start({ dataDir: join(tmp, 'data'), settings: { max_connections: 200, shared_buffers: '256MB' } });
+  adminUrl = cluster.url();
+}
+
+async function admin<T = Record<string, unknown>>(sql: string): Promise<T[]> {
+  const c = new pg.Client({ connectionString: adminUrl });
+  c.on('error', () => {});
+  await c.connect();
+  try {
+    return (await c.query(sql)).rows as T[];
+  } finally {
+    await c.end();
+  }
+}
+
+let dbCounter = 0;
+async function freshDb(): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `bench_${process.pid}_${dbCounter++}`;
+  await admin(`CREATE DATABASE ${name}`);
+  const u = new URL(adminUrl!);
+  u.pathname = '/' + name;
+  return { url: u.toString(), drop: async () => void (await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)) };
+}
+
+/** A library under test: enqueue a batch, start workers with a counting handler, stop. */
+interface Lib {
+  name: string;
+  setup(url: string): Promise<void>;
+  enqueue(n: number): Promise<void>;
+  enqueueOne(): Promise<void>;
+  startWorkers(onJob: () => void): Promise<void>;
+  stopWorkers(): Promise<void>;
+  teardown(): Promise<void>;
+}
+
+function herald(config: 'default' | 'throughput'): Lib {
+  let h: Herald;
+  return {
+    name: `pgherald (${config})`,
+    async setup(url) {
+      h = new Herald({ connectionString: url, poolSize: 10 });
+      await h.migrate();
+    },
+    async enqueue(n) {
+      for (let i = 0; i < n; i += 20_000) {
+        await h.queue.enqueueMany(Array.from({ length: Math.min(20_000, n - i) }, () => ({ kind: 'noop', payload: {} })));
+      }
+    },
+    async enqueueOne() {
+      await h.queue.enqueue('noop', {});
+    },
+    async startWorkers(onJob) {
+      h.queue.work('noop', () => void onJob(), { concurrency: CONCURRENCY, prefetch: config === 'throughput' ? 100 : 0 });
+    },
+    async stopWorkers() {
+      await h.queue.stop();
+    },
+    async teardown() {
+      await h.close();
+    },
+  };
+}
+
+function graphile(config: 'default' | 'throughput'): Lib {
+  let utils: WorkerUtils;
+  let runner: Runner | undefined;
+  let url: string;
+  const logger = new Logger(() => () => {});
+  return {
+    name: `graphile-worker (${config})`,
+    async setup(u) {
+      url = u;
+      utils = await makeWorkerUtils({ connectionString: url, logger });
+      await utils.migrate();
+    },
+    async enqueue(n) {
+      for (let i = 0; i < n; i += 20_000) {
+        await utils.addJobs(Array.from({ length: Math.min(20_000, n - i) }, () => ({ identifier: 'noop', payload: {} })));
+      }
+    },
+    async enqueueOne() {
+      await utils.addJob('noop', {});
+    },
+    async startWorkers(onJob) {
+      runner = await run({
+        connectionString: url,
+        concurrency: CONCURRENCY,
+        noHandleSignals: true,
+        logger,
+        taskList: { noop: async () => void onJob() },
+        // Its documented throughput settings: a local queue and batched completion.
+        preset: config === 'throughput' ? { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } : undefined,
+      });
+    },
+    async stopWorkers() {
+      await runner?.stop();
+      runner = undefined;
+    },
+    async teardown() {
+      await utils.release();
+    },
+  };
+}
+
+function pgBoss(config: 'default' | 'throughput'): Lib {
+  let boss: PgBoss;
+  return {
+    name: `pg-boss (${config})`,
+    async setup(url) {
+      boss = new PgBoss({ connectionString: url, max: 12 });
+      boss.on('error', () => {});
+      await boss.start();
+      await boss.createQueue('noop');
+    },
+    async enqueue(n) {
+      for (let i = 0; i < n; i += 20_000) {
+        await boss.insert(Array.from({ length: Math.min(20_000, n - i) }, () => ({ name: 'noop', data: {} })));
+      }
+    },
+    async enqueueOne() {
+      await boss.send('noop', {});
+    },
+    async startWorkers(onJob) {
+      // pg-boss 10 polls (no LISTEN/NOTIFY); concurrency = several work() calls.
+      const opts = config === 'throughput' ? { batchSize: 50, pollingIntervalSeconds: 0.5 } : {};
+      for (let i = 0; i < CONCURRENCY; i++) {
+        await boss.work('noop', opts, async (jobs) => {
+          for (const _ of jobs) onJob();
+        });
+      }
+    },
+    async stopWorkers() {
+      await boss.offWork('noop');
+    },
+    async teardown() {
+      await boss.stop({ graceful: false, wait: true });
+    },
+  };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
+
+async function withDb<T>(make: () => Lib, fn: (lib: Lib) => Promise<T>): Promise<T> {
+  const db = await freshDb();
+  const lib = make();
+  await lib.setup(db.url);
+  try {
+    return await fn(lib);
+  } finally {
+    await lib.teardown().catch(() => {});
+    await db.drop();
+  }
+}
+
+/** (a) enqueue 20k in one batch: seconds. */
+function enqueueBatch(make: () => Lib): Promise<number> {
+  return withDb(make, async (lib) => {
+    const t = performance.now();
+    await lib.enqueue(N);
+    return (performance.now() - t) / 1000;
+  });
+}
+
+/** (b) drain 20k: jobs/s. */
+function drain(make: () => Lib): Promise<number> {
+  return withDb(make, async (lib) => {
+    await lib.enqueue(N);
+    let done = 0;
+    let finish!: () => void;
+    const finished = new Promise<void>((r) => (finish = r));
+    const t = performance.now();
+    await lib.startWorkers(() => {
+      if (++done === N) finish();
+    });
+    await finished;
+    const s = (performance.now() - t) / 1000;
+    await lib.stopWorkers();
+    return N / s;
+  });
+}
+
+/** (c) enqueue-to-start latency with idle workers: ms samples. */
+function latency(make: () => Lib, samples: number): Promise<number[]> {
+  return withDb(make, async (lib) => {
+    let started: (() => void) | null = null;
+    await lib.startWorkers(() => started?.());
+    await new Promise((r) => setTimeout(r, 1000)); // let the workers go idle
+    const out: number[] = [];
+    for (let i = 0; i < samples; i++) {
+      const got = new Promise<void>((r) => (started = r));
+      const t = performance.now();
+      await lib.enqueueOne();
+      await got;
+      out.push(performance.now() - t);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await lib.stopWorkers();
+    return out;
+  });
+}
+
+/** (d) a long run: jobs/s of the first and of the last 100k. */
+function longRun(make: () => Lib, total: number): Promise<{ first: number; last: number }> {
+  return withDb(make, async (lib) => {
+    await lib.enqueue(total);
+    let done = 0;
+    const marks = new Map<number, number>();
+    const want = new Set([100_000, total - 100_000, total]);
+    let finish!: () => void;
+    const finished = new Promise<void>((r) => (finish = r));
+    marks.set(0, performance.now());
+    await lib.startWorkers(() => {
+      done++;
+      if (want.has(done)) marks.set(done, performance.now());
+      if (done === total) finish();
+    });
+    await finished;
+    await lib.stopWorkers();
+    const first = 100_000 / ((marks.get(100_000)! - marks.get(0)!) / 1000);
+    const last = 100_000 / ((marks.get(total)! - marks.get(total - 100_000)!) / 1000);
+    return { first, last };
+  });
+}
+
+const version = (await admin<{ server_version: string }>('SHOW server_version'))[0].server_version;
+console.log(`# Job queue benchmark — PostgreSQL ${version}, ${cpus().length} CPUs (${cpus()[0]?.model}), load ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+console.log(`# ${RUNS} runs, medians; drain = ${N} no-op jobs, concurrency ${CONCURRENCY}, one process\n`);
+
+const libs: [string, () => Lib][] = [
+  ['pgherald (default)', () => herald('default')],
+  ['pgherald (throughput: prefetch 100)', () => herald('throughput')],
+  ['graphile-worker (default)', () => graphile('default')],
+  ['graphile-worker (throughput: localQueue 500, batched completion)', () => graphile('throughput')],
+  ['pg-boss (default)', () => pgBoss('default')],
+  ['pg-boss (throughput: batchSize 50, poll 0.5 s)', () => pgBoss('throughput')],
+];
+
+if (RUNS > 0) console.log('| library (config) | enqueue 20k batch (s) | drain 20k (jobs/s) | latency p50 (ms) | latency p99 (ms) |');
+if (RUNS > 0) console.log('|---|---|---|---|---|');
+const only = process.env.BENCH_LIBS; // substring filter of library names, e.g. "pg-boss (throughput"
+for (const [name, make] of RUNS > 0 ? libs.filter(([n]) => !only || n.includes(only)) : []) {
+  const enq: number[] = [];
+  const dr: number[] = [];
+  const p50: number[] = [];
+  const p99: number[] = [];
+  const polls = name.startsWith('pg-boss');
+  for (let r = 0; r < RUNS; r++) {
+    enq.push(await enqueueBatch(make));
+    dr.push(await drain(make));
+    const lat = await latency(make, polls ? Math.min(40, SAMPLES) : SAMPLES);
+    p50.push(pct(lat, 0.5));
+    p99.push(pct(lat, 0.99));
+  }
+  console.log(`| ${name} | ${median(enq).toFixed(3)} | ${Math.round(median(dr))} | ${median(p50).toFixed(1)} | ${median(p99).toFixed(1)} |`);
+}
+
+if (MILLION > 0) {
+  console.log(`\n| library (throughput config) | ${MILLION} jobs: first 100k (jobs/s) | last 100k (jobs/s) | last / first |`);
+  console.log('|---|---|---|---|');
+  const long: [string, () => Lib][] = [
+    ['pgherald', () => herald('throughput')],
+    ['graphile-worker', () => graphile('throughput')],
+    ['pg-boss', () => pgBoss('throughput')],
+  ];
+  for (const [name, make] of long) {
+    if (!MILLION_LIBS.includes(name)) continue;
+    const { first, last } = await longRun(make, MILLION);
+    console.log(`| ${name} | ${Math.round(first)} | ${Math.round(last)} | ${(last / first).toFixed(2)} |`);
+  }
+}
+
+if (cluster) await cluster.stop();
+if (tmp) rmSync(tmp, { recursive: true, force: true });
+process.exit(0);

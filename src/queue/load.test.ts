@@ -1,0 +1,137 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, before, describe, test } from 'node:test';
+import { Herald } from '../client.js';
+import { adminQuery, freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { scaled } from '../../test/support/scale.js';
+import { waitFor } from '../../test/support/wait.js';
+
+const FIXTURE = new URL('../../test/fixtures/queue-worker.ts', import.meta.url).pathname;
+let db: TestDatabase;
+let tmp: string;
+const children: ChildProcess[] = [];
+
+function spawnWorker(mode: string, out = ''): { child: ChildProcess; lines: string[] } {
+  const child = spawn(process.execPath, ['--import', 'tsx', FIXTURE, db.url, mode, out], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(child);
+  const lines: string[] = [];
+  createInterface({ input: child.stdout! }).on('line', (l) => lines.push(l));
+  return { child, lines };
+}
+
+before(async () => {
+  db = await freshDatabase();
+  tmp = mkdtempSync(join(tmpdir(), 'pgherald-queue-load-'));
+});
+after(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await db.drop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('queue under load and faults', () => {
+  test('unique keys hold under concurrent enqueue from several processes', async () => {
+    const procs = Array.from({ length: 4 }, () => spawnWorker('unique'));
+    await Promise.all(procs.map((p) => new Promise((r) => p.child.once('exit', r))));
+    const byKey = new Map<string, Set<string>>();
+    let inserted = 0;
+    for (const p of procs) {
+      const line = p.lines.find((l) => l.startsWith('result '));
+      assert.ok(line, 'each process reports its results');
+      for (const pair of line.slice(7).split(',')) {
+        const [key, rest] = pair.split('=');
+        const [id, ins] = rest.split(':');
+        if (!byKey.has(key)) byKey.set(key, new Set());
+        byKey.get(key)!.add(id);
+        inserted += Number(ins);
+      }
+    }
+    assert.equal(byKey.size, 200);
+    for (const [key, ids] of byKey) assert.equal(ids.size, 1, `every process got the same job for ${key}`);
+    assert.equal(inserted, 200, 'exactly one enqueue per key inserted');
+    const rows = await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM herald.jobs WHERE kind = 'uniq'`, [], db.url);
+    assert.equal(rows[0].n, 200);
+  });
+
+  test('16 workers in 4 processes run every job while backends are terminated every 3 s', async () => {
+    const total = scaled(100_000);
+    const h = new Herald({ connectionString: db.url, poolSize: 2 });
+    h.notifier.on('problem', () => {});
+    try {
+      for (let i = 0; i < total; i += 10_000) {
+        const n = Math.min(10_000, total - i);
+        await h.queue.enqueueMany(Array.from({ length: n }, (_, k) => ({ kind: 'load', payload: { n: i + k } })));
+      }
+    } finally {
+      await h.close();
+    }
+    const outs = Array.from({ length: 4 }, (_, i) => join(tmp, `runs-${i}.txt`));
+    const procs = outs.map((o) => spawnWorker('load', o));
+    await waitFor(() => procs.every((p) => p.lines.includes('ready')), { timeoutMs: 30_000 });
+    let terminated = 0;
+    const killer = setInterval(() => {
+      // At random: each worker backend of the database dies with probability 1/2.
+      adminQuery<{ n: number }>(
+        `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+          WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND random() < 0.5`,
+        [db.name],
+      )
+        .then((r) => (terminated += r[0].n))
+        .catch(() => {});
+    }, 3000);
+    try {
+      await waitFor(
+        async () => {
+          const r = await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM herald.jobs WHERE kind = 'load' AND state = 'completed'`, [], db.url);
+          if (process.env.QDEBUG) console.log("# done", r[0].n, "terminated", terminated);
+          return r[0].n === total;
+        },
+        { timeoutMs: 240_000, intervalMs: 500, what: `${total} jobs completed` },
+      );
+    } finally {
+      clearInterval(killer);
+    }
+    await Promise.all(
+      procs.map((p) => {
+        p.child.kill('SIGTERM');
+        return new Promise((r) => p.child.once('exit', r));
+      }),
+    );
+    // Every handler run, as (id, fence) = (job, attempt over its life).
+    const runs = new Map<string, number[]>();
+    for (const o of outs) {
+      for (const line of readFileSync(o, 'utf8').split('\n')) {
+        if (!line) continue;
+        const [id, fence] = line.split(' ');
+        if (!runs.has(id)) runs.set(id, []);
+        runs.get(id)!.push(Number(fence));
+      }
+    }
+    const jobs = await adminQuery<{ id: string; attempt: number; state: string; rescued: number }>(
+      `SELECT id::text AS id, attempt, state, jsonb_array_length(errors)::int AS rescued FROM herald.jobs WHERE kind = 'load'`,
+      [],
+      db.url,
+    );
+    assert.equal(jobs.length, total);
+    let rerun = 0;
+    for (const j of jobs) {
+      assert.equal(j.state, 'completed');
+      const fences = runs.get(j.id) ?? [];
+      // No two live attempts at once: a fence (claim) is never handed to two runs.
+      assert.equal(new Set(fences).size, fences.length, `job ${j.id} ran twice under one attempt: ${fences}`);
+      if (j.attempt > 1) {
+        rerun++;
+        // Only interrupted attempts run again: each earlier attempt ended by rescue.
+        assert.equal(j.rescued, j.attempt - 1, `job ${j.id}: ${j.attempt} attempts, ${j.rescued} rescues`);
+      } else {
+        assert.deepEqual(fences, [1], `job ${j.id} ran ${fences.length} times`);
+      }
+    }
+    console.log(`# ${total} jobs, ${terminated} backends terminated, ${rerun} jobs ran again after an interrupted attempt`);
+    assert.ok(terminated > 0);
+  });
+});

@@ -1,0 +1,438 @@
+/**
+ * The queue's SQL, one function per statement. `s` is the quoted schema. Every
+ * statement that changes jobs is batched (arrays through `unnest`) and announces
+ * what it did in the same statement: one wake-up per queue (identical notifications
+ * in a transaction are merged by Postgres) and one small transition notice per job
+ * that asked for them (`announce`).
+ */
+import type { Executor } from '../driver/types.js';
+
+/** A job row as the queries return it (bigint ids as strings). */
+export interface JobRow {
+  id: string;
+  queue: string;
+  kind: string;
+  payload: unknown;
+  state: string;
+  priority: number;
+  run_at: Date;
+  attempt: number;
+  attempt_base: number;
+  max_attempts: number;
+  lease_expires_at: Date | null;
+  unique_key: string | null;
+  stages: string[] | null;
+  stage: string | null;
+  announce: boolean;
+  last_error: string | null;
+  errors: unknown[];
+  history: unknown[] | null;
+  result: unknown;
+  created_at: Date;
+  attempted_at: Date | null;
+  stage_entered_at: Date;
+  finished_at: Date | null;
+}
+
+/** A claimed job as a worker gets it. */
+export interface ClaimRow {
+  id: string;
+  queue: string;
+  kind: string;
+  payload: unknown;
+  attempt: number;
+  attempt_base: number;
+  max_attempts: number;
+  stage: string | null;
+  stages: string[] | null;
+  priority: number;
+  created_at: Date;
+  lease_expires_at: Date;
+}
+
+/** Channels of one schema: wake-ups (payload: queue name) and transitions (payload: small JSON). */
+export interface QueueChannels {
+  wake: string;
+  events: string;
+}
+
+// A transition notice: id, kind, stage, state, attempt. Small, far below the 8000-byte
+// limit (kind, queue and stage names are limited to 100 bytes each).
+const notice = (a: string, events: string) =>
+  `CASE WHEN ${a}.announce THEN pg_notify(${events}, json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', nullif(${a}.stage, ''), 'state', ${a}.state, 'attempt', ${a}.attempt - ${a}.attempt_base)::text) END`;
+
+// One wake-up per queue named in `rows` whose jobs are due. The subquery is
+// uncorrelated, so Postgres runs it once (an InitPlan), not once per row.
+const wake = (rows: string, channel: string, cond = 'true') =>
+  `(SELECT count(pg_notify(${channel}, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond}) w)`;
+
+// History entry appended to announced jobs at every transition.
+const history = (stageExpr: string, stateExpr: string) =>
+  `CASE WHEN j.announce THEN coalesce(j.history, '[]'::jsonb) || jsonb_build_array(jsonb_build_object('stage', nullif(${stageExpr}, ''), 'state', ${stateExpr}, 'at', now())) ELSE j.history END`;
+
+/** Input of {@link jobInsertMany}: parallel arrays, one entry per job. */
+export interface JobInsertBatch {
+  queue: string[];
+  kind: string[];
+  payload: string[];
+  priority: number[];
+  runAt: (Date | null)[];
+  delayMs: (number | null)[];
+  maxAttempts: number[];
+  uniqueKey: (string | null)[];
+  stages: (string | null)[];
+  announce: boolean[];
+}
+
+/**
+ * Inserts a batch of jobs in one statement. Ids are drawn from the sequence first
+ * (the `input` CTE is materialised once because nextval is volatile), so each input
+ * maps to its row. A job whose unique key is held by a waiting or running job is
+ * skipped: ON CONFLICT on the partial unique index, which also makes a concurrent
+ * enqueue of the same key wait for the other transaction and then skip.
+ */
+export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b: JobInsertBatch): Promise<{ id: string; inserted: boolean }[]> {
+  const { rows } = await x.query<{ id: string; inserted: boolean }>(
+    `WITH input AS (
+       SELECT nextval('${s}.jobs_id_seq') AS id, t.*
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $8::text[], $9::jsonb[], $10::bool[])
+              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, unique_key, stages, announce, ord)
+     ), ins AS (
+       INSERT INTO ${s}.jobs AS j (id, queue, kind, payload, priority, run_at, max_attempts, unique_key, stages, stage, announce, history)
+       SELECT i.id, i.queue, i.kind, i.payload, i.priority,
+              coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond'),
+              i.max_attempts, i.unique_key, st.arr, coalesce(st.arr[1], ''), i.announce,
+              CASE WHEN i.announce THEN jsonb_build_array(jsonb_build_object('stage', st.arr[1], 'state', 'available', 'at', now())) END
+         FROM input i
+         CROSS JOIN LATERAL (SELECT CASE WHEN i.stages IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(i.stages)) END AS arr) st
+        ORDER BY i.ord
+       ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at
+     )
+     SELECT i.id::text AS id, ins.id IS NOT NULL AS inserted,
+            ${wake('ins', '$11', 'run_at <= now()')} AS woke, ${notice('ins', '$12')} AS notice
+       FROM input i LEFT JOIN ins ON ins.id = i.id
+      ORDER BY i.ord`,
+    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.uniqueKey, b.stages, b.announce, ch.wake, ch.events],
+  );
+  return rows;
+}
+
+/** Ids of the waiting or running jobs holding these unique keys. */
+export async function jobFindByUniqueKeys(x: Executor, s: string, keys: string[]): Promise<Map<string, string>> {
+  const { rows } = await x.query<{ id: string; unique_key: string }>(
+    `SELECT id::text AS id, unique_key FROM ${s}.jobs WHERE unique_key = ANY($1::text[]) AND state IN ('available', 'running')`,
+    [keys],
+  );
+  return new Map(rows.map((r) => [r.unique_key, r.id]));
+}
+
+/**
+ * Claims up to `limit` due jobs of one kind (and stage) in one queue, taking a lease.
+ *
+ * Shape: FOR UPDATE SKIP LOCKED + LIMIT inside a CTE, joined by the UPDATE. The CTE
+ * locks at most `limit` rows, skipping rows other claimers hold, so a claim never
+ * takes more than its limit and claimers never wait on each other (`IN (SELECT ...
+ * LIMIT)` may be re-evaluated and take more). attempt + 1 is the new fence.
+ */
+export async function jobClaimBatch(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  a: { queue: string; kind: string; stage: string | null; limit: number; leaseMs: number },
+): Promise<ClaimRow[]> {
+  const { rows } = await x.query<ClaimRow>(
+    `WITH picked AS (
+       SELECT id FROM ${s}.jobs
+        WHERE state = 'available' AND queue = $1 AND kind = $2 AND stage = $3::text AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED
+     ), claimed AS (
+       UPDATE ${s}.jobs j
+          SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+              lease_expires_at = now() + $5 * interval '1 millisecond',
+              history = ${history('j.stage', "'running'")}
+         FROM picked WHERE j.id = picked.id
+       RETURNING j.*
+     )
+     SELECT id::text AS id, queue, kind, payload, attempt, attempt_base, max_attempts, nullif(stage, '') AS stage, stages, priority, created_at, lease_expires_at,
+            ${notice('claimed', '$6')} AS notice
+       FROM claimed ORDER BY priority, id`,
+    [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs, ch.events],
+  );
+  return rows;
+}
+
+/**
+ * Completes a batch of jobs, fenced by (id, attempt) and state running: a worker
+ * whose lease expired (and whose job was rescued or claimed again) matches no row.
+ * A pipeline job moves to its next stage (available again, attempts of the stage
+ * reset by attempt_base); the last stage completes it. Returns the ids that matched.
+ */
+export async function jobCompleteMany(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  ids: string[],
+  attempts: number[],
+  results: (string | null)[],
+): Promise<string[]> {
+  const next = 'j.stages[array_position(j.stages, j.stage) + 1]';
+  const { rows } = await x.query<{ id: string }>(
+    `WITH done AS (
+       UPDATE ${s}.jobs j
+          SET state = CASE WHEN ${next} IS NULL THEN 'completed' ELSE 'available' END,
+              stage = coalesce(${next}, j.stage),
+              attempt_base = CASE WHEN ${next} IS NULL THEN j.attempt_base ELSE j.attempt END,
+              stage_entered_at = CASE WHEN ${next} IS NULL THEN j.stage_entered_at ELSE now() END,
+              run_at = CASE WHEN ${next} IS NULL THEN j.run_at ELSE now() END,
+              finished_at = CASE WHEN ${next} IS NULL THEN now() END,
+              lease_expires_at = NULL,
+              result = coalesce(u.result, j.result),
+              history = ${history(`coalesce(${next}, j.stage)`, `CASE WHEN ${next} IS NULL THEN 'completed' ELSE 'available' END`)}
+         FROM unnest($1::bigint[], $2::int[], $3::jsonb[]) AS u(id, attempt, result)
+        WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running'
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
+     )
+     SELECT id::text AS id, ${wake('done', '$4', "state = 'available'")} AS woke, ${notice('done', '$5')} AS notice FROM done`,
+    [ids, attempts, results, ch.wake, ch.events],
+  );
+  return rows.map((r) => r.id);
+}
+
+/** How a failed attempt ends, per job of {@link jobFailMany}. */
+export interface FailBatch {
+  ids: string[];
+  attempts: number[];
+  errors: (string | null)[];
+  /** Straight to dead, whatever attempts remain. */
+  discard: boolean[];
+  /** Snooze: back to available after this delay, the attempt not counted. */
+  snoozeMs: (number | null)[];
+}
+
+/**
+ * Ends failed (or snoozed) attempts, fenced like {@link jobCompleteMany}. A retry is
+ * scheduled in database time: now() + min(maxMs, baseMs * 2^(n-1)) * (1 - jitter *
+ * random()), n = attempts of this stage so far. With no attempts left, or `discard`,
+ * the job goes to dead with its last error.
+ */
+export async function jobFailMany(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  b: FailBatch,
+  backoff: { baseMs: number; maxMs: number; jitter: number },
+): Promise<{ id: string; state: string }[]> {
+  const dead = '(u.snooze_ms IS NULL AND (u.discard OR j.attempt - j.attempt_base >= j.max_attempts))';
+  const newState = `CASE WHEN ${dead} THEN 'dead' ELSE 'available' END`;
+  const { rows } = await x.query<{ id: string; state: string }>(
+    `WITH done AS (
+       UPDATE ${s}.jobs j
+          SET state = ${newState},
+              attempt_base = j.attempt_base + CASE WHEN u.snooze_ms IS NOT NULL THEN 1 ELSE 0 END,
+              run_at = CASE
+                WHEN u.snooze_ms IS NOT NULL THEN now() + u.snooze_ms * interval '1 millisecond'
+                WHEN ${dead} THEN j.run_at
+                ELSE now() + least($7::float8, $6::float8 * power(2::float8, greatest(j.attempt - j.attempt_base - 1, 0)))
+                             * (1 - $8::float8 * random()) * interval '1 millisecond' END,
+              finished_at = CASE WHEN ${dead} THEN now() END,
+              lease_expires_at = NULL,
+              last_error = coalesce(u.error, j.last_error),
+              errors = CASE WHEN u.error IS NULL THEN j.errors
+                ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', u.error)) END,
+              history = ${history('j.stage', newState)}
+         FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bool[], $5::float8[]) AS u(id, attempt, error, discard, snooze_ms)
+        WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running'
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at
+     )
+     SELECT id::text AS id, state, ${wake('done', '$9', "state = 'available' AND run_at <= now()")} AS woke, ${notice('done', '$10')} AS notice FROM done`,
+    [b.ids, b.attempts, b.errors, b.discard, b.snoozeMs, backoff.baseMs, backoff.maxMs, backoff.jitter, ch.wake, ch.events],
+  );
+  return rows;
+}
+
+/** Renews the leases of running jobs, fenced by (id, attempt). Returns the ids still held. */
+export async function jobHeartbeatMany(x: Executor, s: string, ids: string[], attempts: number[], leaseMs: number): Promise<string[]> {
+  const { rows } = await x.query<{ id: string }>(
+    `UPDATE ${s}.jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+       FROM unnest($1::bigint[], $2::int[]) AS u(id, attempt)
+      WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running'
+      RETURNING j.id::text AS id`,
+    [ids, attempts, leaseMs],
+  );
+  return rows.map((r) => r.id);
+}
+
+/**
+ * Rescues jobs whose lease expired (their worker died or lost its connection): back to
+ * available with the attempt counted, or dead when none remain. SKIP LOCKED + LIMIT in
+ * a CTE so concurrent sweeps of several processes split the work instead of waiting.
+ */
+export async function jobRescueExpired(x: Executor, s: string, ch: QueueChannels, limit: number): Promise<{ id: string; state: string }[]> {
+  const dead = 'j.attempt - j.attempt_base >= j.max_attempts';
+  const { rows } = await x.query<{ id: string; state: string }>(
+    `WITH expired AS (
+       SELECT id FROM ${s}.jobs WHERE state = 'running' AND lease_expires_at < now()
+        ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+     ), done AS (
+       UPDATE ${s}.jobs j
+          SET state = CASE WHEN ${dead} THEN 'dead' ELSE 'available' END,
+              run_at = now(), lease_expires_at = NULL,
+              finished_at = CASE WHEN ${dead} THEN now() END,
+              last_error = 'lease expired: the worker stopped heartbeating (died or lost its connection)',
+              errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', 'lease expired')),
+              history = ${history('j.stage', `CASE WHEN ${dead} THEN 'dead' ELSE 'available' END`)}
+         FROM expired WHERE j.id = expired.id
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
+     )
+     SELECT id::text AS id, state, ${wake('done', '$2', "state = 'available'")} AS woke, ${notice('done', '$3')} AS notice FROM done`,
+    [limit, ch.wake, ch.events],
+  );
+  return rows;
+}
+
+/** Cancels waiting or running jobs. A running job's worker finds out at its next heartbeat. */
+export async function jobCancelMany(x: Executor, s: string, ch: QueueChannels, ids: string[]): Promise<string[]> {
+  const { rows } = await x.query<{ id: string }>(
+    `WITH done AS (
+       UPDATE ${s}.jobs j SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+              history = ${history('j.stage', "'cancelled'")}
+        WHERE j.id = ANY($1::bigint[]) AND j.state IN ('available', 'running')
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
+     )
+     SELECT id::text AS id, ${notice('done', '$2')} AS notice FROM done`,
+    [ids, ch.events],
+  );
+  return rows.map((r) => r.id);
+}
+
+/**
+ * Retries dead or cancelled jobs (or completed ones, when asked): available now, with
+ * a fresh budget of attempts at the stage they stopped in. The attempt counter keeps
+ * growing (attempt_base moves up), so a late worker of an old attempt stays fenced out.
+ */
+export async function jobRetryMany(x: Executor, s: string, ch: QueueChannels, ids: string[], states: string[]): Promise<string[]> {
+  const { rows } = await x.query<{ id: string }>(
+    `WITH done AS (
+       UPDATE ${s}.jobs j SET state = 'available', attempt_base = j.attempt, run_at = now(), finished_at = NULL,
+              stage_entered_at = now(), lease_expires_at = NULL,
+              history = ${history('j.stage', "'available'")}
+        WHERE j.id = ANY($1::bigint[]) AND j.state = ANY($2::text[])
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
+     )
+     SELECT id::text AS id, ${wake('done', '$3')} AS woke, ${notice('done', '$4')} AS notice FROM done`,
+    [ids, states, ch.wake, ch.events],
+  );
+  return rows.map((r) => r.id);
+}
+
+/** Deletes finished jobs older than `olderThanMs` (database time), at most `limit` per call. */
+export async function jobDeleteFinished(x: Executor, s: string, olderThanMs: number, states: string[], limit: number): Promise<number> {
+  // Batches keep each transaction short (no long lock, no giant WAL burst); SKIP LOCKED
+  // lets several processes prune at once.
+  const { rowCount } = await x.query(
+    `WITH old AS (
+       SELECT id FROM ${s}.jobs
+        WHERE state IN ('completed', 'dead', 'cancelled') AND state = ANY($2::text[])
+          AND finished_at < now() - $1 * interval '1 millisecond'
+        LIMIT $3 FOR UPDATE SKIP LOCKED
+     )
+     DELETE FROM ${s}.jobs j USING old WHERE j.id = old.id`,
+    [olderThanMs, states, limit],
+  );
+  return rowCount;
+}
+
+const JOB_COLUMNS = `id::text AS id, queue, kind, payload, state, priority, run_at, attempt, attempt_base, max_attempts, lease_expires_at,
+  unique_key, stages, nullif(stage, '') AS stage, announce, last_error, errors, history, result, created_at, attempted_at, stage_entered_at, finished_at`;
+
+/** One job by id. */
+export async function jobGet(x: Executor, s: string, id: string): Promise<JobRow | undefined> {
+  const { rows } = await x.query<JobRow>(`SELECT ${JOB_COLUMNS} FROM ${s}.jobs WHERE id = $1::bigint`, [id]);
+  return rows[0];
+}
+
+/** Jobs filtered by queue, kind, state and stage (any may be null), newest first. */
+export async function jobList(
+  x: Executor,
+  s: string,
+  f: { queue: string | null; kind: string | null; state: string | null; stage: string | null; limit: number; beforeId: string | null },
+): Promise<JobRow[]> {
+  const { rows } = await x.query<JobRow>(
+    `SELECT ${JOB_COLUMNS} FROM ${s}.jobs
+      WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR state = $3)
+        AND ($4::text IS NULL OR stage = $4) AND ($6::bigint IS NULL OR id < $6)
+      ORDER BY id DESC LIMIT $5`,
+    [f.queue, f.kind, f.state, f.stage, f.limit, f.beforeId],
+  );
+  return rows;
+}
+
+/** Counts per queue, kind and state; `scheduled` = available but not yet due. */
+export async function jobStats(x: Executor, s: string): Promise<{ queue: string; kind: string; state: string; count: number }[]> {
+  const { rows } = await x.query<{ queue: string; kind: string; state: string; count: number }>(
+    `SELECT queue, kind, CASE WHEN state = 'available' AND run_at > now() THEN 'scheduled' ELSE state END AS state, count(*)::int AS count
+       FROM ${s}.jobs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`,
+  );
+  return rows;
+}
+
+/** Waiting or running jobs that entered their current stage more than `thresholdMs` ago (database time). */
+export async function jobListStuck(
+  x: Executor,
+  s: string,
+  thresholdMs: number,
+  limit: number,
+): Promise<(JobRow & { stuck_ms: number })[]> {
+  const { rows } = await x.query<JobRow & { stuck_ms: number }>(
+    `SELECT ${JOB_COLUMNS}, (extract(epoch FROM now() - stage_entered_at) * 1000)::float8 AS stuck_ms
+       FROM ${s}.jobs
+      WHERE state IN ('available', 'running') AND stage_entered_at < now() - $1 * interval '1 millisecond'
+      ORDER BY stage_entered_at LIMIT $2`,
+    [thresholdMs, limit],
+  );
+  return rows;
+}
+
+/**
+ * Takes or renews leadership of `role` for `ttlMs` (database time): succeeds when
+ * nobody holds it, the lease expired, or `holder` already holds it.
+ */
+export async function leaderAcquire(x: Executor, s: string, role: string, holder: string, ttlMs: number): Promise<boolean> {
+  const { rows } = await x.query(
+    `INSERT INTO ${s}.queue_leaders AS l (role, holder, expires_at) VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+     ON CONFLICT (role) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+      WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()
+     RETURNING holder`,
+    [role, holder, ttlMs],
+  );
+  return rows.length === 1;
+}
+
+/** Gives leadership up (only if `holder` holds it). */
+export async function leaderRelease(x: Executor, s: string, role: string, holder: string): Promise<void> {
+  await x.query(`DELETE FROM ${s}.queue_leaders WHERE role = $1 AND holder = $2`, [role, holder]);
+}
+
+/**
+ * Records that `tick` of schedule `name` is enqueued, if no later-or-equal tick was:
+ * true means the caller enqueues it (in the same transaction), so a tick is enqueued
+ * once even if two processes believe they lead.
+ */
+export async function cronClaimTick(x: Executor, s: string, name: string, tick: Date): Promise<boolean> {
+  const { rows } = await x.query(
+    `INSERT INTO ${s}.queue_cron AS c (name, last_tick) VALUES ($1, $2)
+     ON CONFLICT (name) DO UPDATE SET last_tick = EXCLUDED.last_tick WHERE c.last_tick < EXCLUDED.last_tick
+     RETURNING name`,
+    [name, tick],
+  );
+  return rows.length === 1;
+}
+
+/** The database's clock. */
+export async function dbNow(x: Executor): Promise<Date> {
+  const { rows } = await x.query<{ now: Date }>('SELECT now() AS now');
+  return new Date(rows[0].now);
+}

@@ -1,0 +1,398 @@
+import { randomUUID } from 'node:crypto';
+import type { Driver, TxLike } from '../driver/types.js';
+import { toExecutor } from '../driver/index.js';
+import { HeraldError, InvalidOptionError } from '../errors.js';
+import { TypedEmitter } from '../internal/events.js';
+import { schemaIdent } from '../internal/ident.js';
+import { withSpan } from '../internal/tracing.js';
+import type { Notifier } from '../notifier/notifier.js';
+import type { Subscription } from '../notifier/subscription.js';
+import { CronSchedule } from './cron.js';
+import * as q from './queries.js';
+import {
+  resolveQueueOptions,
+  type EnqueueItem,
+  type EnqueueOptions,
+  type EnqueueResult,
+  type JobHandler,
+  type JobInfo,
+  type JobState,
+  type JobTransition,
+  type QueueEvents,
+  type QueueOptions,
+  type ResolvedQueueOptions,
+  type WorkOptions,
+} from './types.js';
+import { Worker } from './worker.js';
+
+const NAME_MAX_BYTES = 100;
+const STATES: JobState[] = ['available', 'running', 'completed', 'dead', 'cancelled'];
+
+function assertName(option: string, v: unknown): string {
+  if (typeof v !== 'string' || v.length === 0 || Buffer.byteLength(v) > NAME_MAX_BYTES) {
+    throw new InvalidOptionError(option, v, `a non-empty string of at most ${NAME_MAX_BYTES} bytes`);
+  }
+  return v;
+}
+
+interface CronEntry {
+  name: string;
+  schedule: CronSchedule;
+  kind: string;
+  payload: unknown;
+  options: Omit<EnqueueOptions, 'tx'>;
+}
+
+/** A cron registration as `schedule` returns it. */
+export interface CronHandle {
+  readonly name: string;
+  /** Unregisters the schedule in this process. */
+  remove(): void;
+}
+
+/**
+ * The job queue (`herald.queue`): enqueue in the caller's transaction, workers that
+ * claim batches under a lease, retries, pipelines, rescue, retention, cron and live
+ * transitions. The database is the only authority on a job's state; NOTIFY only
+ * wakes workers and watchers. See `src/queue/README.md` for the state model.
+ */
+export class Queue extends TypedEmitter<QueueEvents> {
+  readonly options: ResolvedQueueOptions;
+  readonly schemaSql: string;
+  readonly channels: q.QueueChannels;
+  readonly #workers = new Set<Worker>();
+  readonly #crons = new Map<string, CronEntry>();
+  readonly #holder = `${process.pid}:${randomUUID()}`;
+  #sub: Subscription | null = null;
+  #timers: NodeJS.Timeout[] = [];
+  #started = false;
+  #leader = false;
+  #stopped = false;
+
+  constructor(readonly driver: Driver, readonly notifier: Notifier, readonly schema: string, options: QueueOptions = {}) {
+    super();
+    this.options = resolveQueueOptions(options);
+    this.schemaSql = schemaIdent(schema);
+    this.channels = { wake: `${schema}.jobs.wake`, events: `${schema}.jobs.events` };
+  }
+
+  /** The pool executor. */
+  get executor() {
+    return this.driver.executor;
+  }
+
+  /** Whether this process currently leads cron scheduling. */
+  get isLeader(): boolean {
+    return this.#leader;
+  }
+
+  /** @internal used by workers */
+  emitEvent(event: string, ...args: unknown[]): void {
+    (this.emit as (e: string, ...a: unknown[]) => void).call(this, event, ...args);
+  }
+
+  /**
+   * Enqueues one job; with `{ tx }` inside the caller's transaction (the job exists,
+   * and workers are woken, only if it commits).
+   *
+   * @example
+   * await herald.queue.enqueue('email', { to: 'a@b.c' }, { delayMs: 60_000, maxAttempts: 5 });
+   */
+  async enqueue(kind: string, payload?: unknown, options: EnqueueOptions = {}): Promise<EnqueueResult> {
+    const { tx, ...rest } = options;
+    const [r] = await this.enqueueMany([{ ...rest, kind, payload }], { tx });
+    return r;
+  }
+
+  /** Enqueues a batch in one statement; results in the order of `items`. */
+  async enqueueMany(items: readonly EnqueueItem[], options: { tx?: TxLike } = {}): Promise<EnqueueResult[]> {
+    if (!Array.isArray(items)) throw new HeraldError('INVALID_ARGUMENT', 'enqueueMany expects an array');
+    if (items.length === 0) return [];
+    const b: q.JobInsertBatch = { queue: [], kind: [], payload: [], priority: [], runAt: [], delayMs: [], maxAttempts: [], uniqueKey: [], stages: [], announce: [] };
+    for (const it of items) {
+      b.kind.push(assertName('kind', it.kind));
+      b.queue.push(assertName('queue', it.queue ?? 'default'));
+      const payload = JSON.stringify(it.payload === undefined ? {} : it.payload);
+      if (payload === undefined) throw new HeraldError('INVALID_PAYLOAD', 'payload must be JSON-serialisable');
+      b.payload.push(payload);
+      const priority = it.priority ?? 0;
+      if (!Number.isInteger(priority) || priority < -32768 || priority > 32767) throw new InvalidOptionError('priority', priority, 'an integer from -32768 to 32767');
+      b.priority.push(priority);
+      if (it.runAt !== undefined && !(it.runAt instanceof Date && !Number.isNaN(it.runAt.getTime()))) throw new InvalidOptionError('runAt', it.runAt, 'a valid Date');
+      b.runAt.push(it.runAt ?? null);
+      if (it.delayMs !== undefined && !(typeof it.delayMs === 'number' && Number.isFinite(it.delayMs) && it.delayMs >= 0)) throw new InvalidOptionError('delayMs', it.delayMs, 'a finite number >= 0');
+      b.delayMs.push(it.delayMs ?? null);
+      const max = it.maxAttempts ?? this.options.maxAttempts;
+      if (!Number.isInteger(max) || max < 1) throw new InvalidOptionError('maxAttempts', max, 'an integer >= 1');
+      b.maxAttempts.push(max);
+      if (it.uniqueKey !== undefined && (typeof it.uniqueKey !== 'string' || it.uniqueKey.length === 0)) throw new InvalidOptionError('uniqueKey', it.uniqueKey, 'a non-empty string');
+      b.uniqueKey.push(it.uniqueKey ?? null);
+      if (it.stages !== undefined) {
+        if (!Array.isArray(it.stages) || it.stages.length === 0 || new Set(it.stages).size !== it.stages.length) {
+          throw new InvalidOptionError('stages', it.stages, 'a non-empty array of distinct stage names');
+        }
+        it.stages.forEach((st: unknown) => assertName('stages', st));
+      }
+      b.stages.push(it.stages ? JSON.stringify(it.stages) : null);
+      b.announce.push(it.announce ?? it.stages !== undefined);
+    }
+    const x = options.tx ? toExecutor(options.tx) : this.executor;
+    return withSpan('herald.queue.enqueue', { 'herald.jobs': items.length }, async () => {
+      const rows = await q.jobInsertMany(x, this.schemaSql, this.channels, b);
+      const missing = rows.flatMap((r, i) => (r.inserted ? [] : [b.uniqueKey[i]!]));
+      const existing = missing.length ? await q.jobFindByUniqueKeys(x, this.schemaSql, missing) : new Map<string, string>();
+      return rows.map((r, i) => (r.inserted ? { id: r.id, inserted: true } : { id: existing.get(b.uniqueKey[i]!) ?? '', inserted: false }));
+    });
+  }
+
+  /**
+   * Runs `handler` for jobs of `kind` (at `stage`, for pipelines) in `queue`, up to
+   * `concurrency` at once. Returns the worker; `worker.stop()` (or `queue.stop()`)
+   * finishes running jobs and hands back the ones claimed ahead.
+   */
+  work<P = unknown>(kind: string, handler: JobHandler<P>, options: WorkOptions = {}): Worker {
+    if (this.#stopped) throw new HeraldError('STOPPED', 'the queue was stopped');
+    assertName('kind', kind);
+    if (typeof handler !== 'function') throw new InvalidOptionError('handler', handler, 'a function');
+    const queue = assertName('queue', options.queue ?? 'default');
+    const stage = options.stage === undefined ? null : assertName('stage', options.stage);
+    const concurrency = options.concurrency ?? 10;
+    if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidOptionError('concurrency', concurrency, 'an integer >= 1');
+    const prefetch = options.prefetch ?? 0;
+    if (!Number.isInteger(prefetch) || prefetch < 0) throw new InvalidOptionError('prefetch', prefetch, 'an integer >= 0');
+    const worker = new Worker(this, queue, kind, stage, handler as JobHandler, concurrency, prefetch);
+    this.#workers.add(worker);
+    this.start();
+    worker.start();
+    return worker;
+  }
+
+  /**
+   * Enqueues `kind` once per tick of `cron` (UTC; 5 fields, or 6 with seconds) across
+   * all processes: the process holding leadership (elected through the database)
+   * enqueues, and each tick is recorded so it is enqueued once even across a change
+   * of leader. Missed ticks are not back-filled beyond the latest one within `leaderTtlMs`.
+   */
+  schedule(name: string, cron: string, kind: string, payload?: unknown, options: Omit<EnqueueOptions, 'tx'> = {}): CronHandle {
+    assertName('name', name);
+    assertName('kind', kind);
+    const schedule = new CronSchedule(cron);
+    this.#crons.set(name, { name, schedule, kind, payload, options });
+    this.start();
+    return { name, remove: () => void this.#crons.delete(name) };
+  }
+
+  /** Starts the background parts (wake-up subscription, rescue and retention sweeps, cron). Idempotent; `work` and `schedule` call it. */
+  start(): void {
+    if (this.#started || this.#stopped) return;
+    this.#started = true;
+    this.#sub = this.notifier.listen(this.channels.wake, (n) => {
+      for (const w of this.#workers) if (w.queue === n.payload) w.wake();
+    }, {
+      // LISTEN is live (first time or after a reconnect): catch up by claiming now.
+      onListen: () => {
+        for (const w of this.#workers) w.wake();
+      },
+    });
+    this.#sub.established.catch((err) => this.emit('problem', err));
+    this.#every(this.options.rescueIntervalMs, () => this.rescue());
+    if (this.options.retentionMs > 0) this.#every(this.options.retentionIntervalMs, () => this.prune());
+    this.#every(Math.min(1000, Math.floor(this.options.leaderTtlMs / 3)), () => this.#cronTick());
+  }
+
+  #every(ms: number, fn: () => Promise<unknown>): void {
+    let running = false;
+    const t = setInterval(() => {
+      if (running) return;
+      running = true;
+      fn()
+        .catch((err) => this.emit('problem', err))
+        .finally(() => (running = false));
+    }, ms);
+    t.unref();
+    this.#timers.push(t);
+  }
+
+  /** Runs one rescue sweep now: jobs whose lease expired become available (or dead). Returns how many. */
+  async rescue(): Promise<number> {
+    let total = 0;
+    let dead = 0;
+    for (;;) {
+      const rows = await q.jobRescueExpired(this.executor, this.schemaSql, this.channels, 1000);
+      total += rows.length;
+      dead += rows.filter((r) => r.state === 'dead').length;
+      if (rows.length < 1000) break;
+    }
+    if (total > 0) this.emit('rescue:swept', { rescued: total - dead, dead });
+    return total;
+  }
+
+  /** Deletes finished jobs older than `olderThanMs` (default `retentionMs`), in batches. Returns how many. */
+  async prune(options: { olderThanMs?: number; states?: ('completed' | 'dead' | 'cancelled')[] } = {}): Promise<number> {
+    const olderThan = options.olderThanMs ?? this.options.retentionMs;
+    const states = options.states ?? ['completed', 'dead', 'cancelled'];
+    let total = 0;
+    for (;;) {
+      const n = await q.jobDeleteFinished(this.executor, this.schemaSql, olderThan, states, this.options.retentionBatchSize);
+      total += n;
+      if (n < this.options.retentionBatchSize) break;
+    }
+    if (total > 0) this.emit('retention:swept', { deleted: total });
+    return total;
+  }
+
+  async #cronTick(): Promise<void> {
+    if (this.#crons.size === 0) {
+      if (this.#leader) await this.#resign();
+      return;
+    }
+    const leader = await q.leaderAcquire(this.executor, this.schemaSql, 'cron', this.#holder, this.options.leaderTtlMs);
+    if (leader !== this.#leader) {
+      this.#leader = leader;
+      this.emit('leader:changed', { leader });
+    }
+    if (!leader) return;
+    const now = await q.dbNow(this.executor);
+    for (const c of this.#crons.values()) {
+      const tick = c.schedule.latestTick(now, new Date(now.getTime() - this.options.leaderTtlMs));
+      if (!tick) continue;
+      const id = await this.driver.transaction(async (tx) => {
+        if (!(await q.cronClaimTick(tx, this.schemaSql, c.name, tick))) return null;
+        const [r] = await this.enqueueMany([{ ...c.options, kind: c.kind, payload: c.payload }], { tx });
+        return r.id;
+      });
+      if (id) this.emit('cron:enqueued', { name: c.name, tick, id });
+    }
+  }
+
+  async #resign(): Promise<void> {
+    this.#leader = false;
+    this.emit('leader:changed', { leader: false });
+    await q.leaderRelease(this.executor, this.schemaSql, 'cron', this.#holder);
+  }
+
+  /** One job, or undefined. */
+  async get(id: string): Promise<JobInfo | undefined> {
+    const row = await q.jobGet(this.executor, this.schemaSql, assertId(id));
+    return row && toInfo(row);
+  }
+
+  /** Jobs, newest first, filtered by queue, kind, state and stage. `limit` defaults to 100; page with `beforeId`. */
+  async list(filter: { queue?: string; kind?: string; state?: JobState; stage?: string; limit?: number; beforeId?: string } = {}): Promise<JobInfo[]> {
+    if (filter.state !== undefined && !STATES.includes(filter.state)) throw new InvalidOptionError('state', filter.state, STATES.join(', '));
+    const rows = await q.jobList(this.executor, this.schemaSql, {
+      queue: filter.queue ?? null,
+      kind: filter.kind ?? null,
+      state: filter.state ?? null,
+      stage: filter.stage ?? null,
+      limit: filter.limit ?? 100,
+      beforeId: filter.beforeId ? assertId(filter.beforeId) : null,
+    });
+    return rows.map(toInfo);
+  }
+
+  /** Counts per queue, kind and state (`scheduled`: available but not due yet). */
+  stats(): Promise<{ queue: string; kind: string; state: JobState | 'scheduled'; count: number }[]> {
+    return q.jobStats(this.executor, this.schemaSql) as never;
+  }
+
+  /** Waiting or running jobs that entered their current stage more than `thresholdMs` ago (database time), oldest first. */
+  async stuck(options: { thresholdMs: number; limit?: number }): Promise<(JobInfo & { stuckMs: number })[]> {
+    const t = options?.thresholdMs;
+    if (typeof t !== 'number' || !Number.isFinite(t) || t < 0) throw new InvalidOptionError('thresholdMs', t, 'a finite number >= 0');
+    const rows = await q.jobListStuck(this.executor, this.schemaSql, t, options.limit ?? 100);
+    return rows.map((r) => ({ ...toInfo(r), stuckMs: Number(r.stuck_ms) }));
+  }
+
+  /** Cancels waiting or running jobs; returns the ids that were cancelled. A running job's handler sees its `signal` abort at the next heartbeat. */
+  cancel(ids: string | string[], options: { tx?: TxLike } = {}): Promise<string[]> {
+    const list = (Array.isArray(ids) ? ids : [ids]).map(assertId);
+    return q.jobCancelMany(options.tx ? toExecutor(options.tx) : this.executor, this.schemaSql, this.channels, list);
+  }
+
+  /**
+   * Makes dead or cancelled jobs (and completed ones with `includeCompleted`) available
+   * again now, with a fresh budget of attempts. Returns the ids retried. Throws
+   * CONFLICT when another job holds the same unique key.
+   */
+  async retry(ids: string | string[], options: { includeCompleted?: boolean; tx?: TxLike } = {}): Promise<string[]> {
+    const list = (Array.isArray(ids) ? ids : [ids]).map(assertId);
+    const states = options.includeCompleted ? ['dead', 'cancelled', 'completed'] : ['dead', 'cancelled'];
+    try {
+      return await q.jobRetryMany(options.tx ? toExecutor(options.tx) : this.executor, this.schemaSql, this.channels, list, states);
+    } catch (err) {
+      if ((err as { code?: string }).code === '23505') throw new HeraldError('CONFLICT', 'another waiting or running job holds the unique key', { cause: err });
+      throw err;
+    }
+  }
+
+  /**
+   * Live job transitions (jobs enqueued with `announce`, which pipelines are by
+   * default): `handler` gets `{ id, kind, stage, state, attempt }` for each. NOTIFY
+   * is a wake-up: transitions made while the listen connection is down are not
+   * replayed; `onListen` is the moment to re-read what you show.
+   */
+  watch(handler: (t: JobTransition) => void, options: { onListen?: () => void } = {}): Subscription {
+    return this.notifier.listen(
+      this.channels.events,
+      (n) => {
+        let t: JobTransition;
+        try {
+          t = JSON.parse(n.payload) as JobTransition;
+        } catch {
+          return;
+        }
+        handler(t);
+      },
+      { onListen: options.onListen },
+    );
+  }
+
+  /**
+   * Stops every worker (running jobs finish, up to `timeoutMs`; jobs claimed ahead are
+   * handed back), the sweeps, cron (leadership is released) and the wake-up
+   * subscription. Idempotent.
+   */
+  async stop(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    for (const t of this.#timers) clearInterval(t);
+    this.#timers = [];
+    await Promise.all([...this.#workers].map((w) => w.stop(options.timeoutMs)));
+    this.#workers.clear();
+    if (this.#leader) await this.#resign().catch(() => {});
+    await this.#sub?.close();
+    this.#sub = null;
+  }
+}
+
+function assertId(id: string): string {
+  if (typeof id !== 'string' || !/^\d{1,19}$/.test(id)) throw new HeraldError('INVALID_ARGUMENT', `job id must be a string of digits, got ${JSON.stringify(id)}`);
+  return id;
+}
+
+function toInfo(r: q.JobRow): JobInfo {
+  return {
+    id: r.id,
+    queue: r.queue,
+    kind: r.kind,
+    payload: r.payload,
+    state: r.state as JobState,
+    priority: r.priority,
+    runAt: r.run_at,
+    attempt: r.attempt - r.attempt_base,
+    maxAttempts: r.max_attempts,
+    leaseExpiresAt: r.lease_expires_at,
+    uniqueKey: r.unique_key,
+    stages: r.stages,
+    stage: r.stage,
+    lastError: r.last_error,
+    errors: r.errors as JobInfo['errors'],
+    history: r.history as JobInfo['history'],
+    result: r.result,
+    createdAt: r.created_at,
+    attemptedAt: r.attempted_at,
+    stageEnteredAt: r.stage_entered_at,
+    finishedAt: r.finished_at,
+  };
+}

@@ -1,0 +1,250 @@
+import type { TxLike } from '../driver/types.js';
+import { InvalidOptionError } from '../errors.js';
+
+/** A job's state. `available` includes jobs scheduled for later (`runAt` in the future). */
+export type JobState = 'available' | 'running' | 'completed' | 'dead' | 'cancelled';
+
+/** Options of `herald.queue` (every one has a default in {@link QUEUE_DEFAULTS}). */
+export interface QueueOptions {
+  /** Lease a claim takes; a job whose lease runs out is rescued. @defaultValue 30000 */
+  leaseMs?: number;
+  /** Heartbeat interval renewing the leases of running jobs. @defaultValue leaseMs / 3 */
+  heartbeatIntervalMs?: number;
+  /** Safety poll when no wake-up arrives (scheduled jobs, lost notifications). @defaultValue 1000 */
+  pollIntervalMs?: number;
+  /** Interval of the rescue sweep for expired leases (each process with workers runs it). @defaultValue 5000 */
+  rescueIntervalMs?: number;
+  /** Retry backoff: first delay ceiling. @defaultValue 1000 */
+  retryBaseDelayMs?: number;
+  /** Retry backoff cap. @defaultValue 3600000 (1 h) */
+  retryMaxDelayMs?: number;
+  /** Share of each delay taken off at random (0 = none, 1 = full jitter). @defaultValue 0.5 */
+  retryJitter?: number;
+  /** Default `maxAttempts` of a job. @defaultValue 25 */
+  maxAttempts?: number;
+  /** Finished jobs kept this long before the retention sweep deletes them; 0 keeps them forever. @defaultValue 86400000 (24 h) */
+  retentionMs?: number;
+  /** Interval of the retention sweep (each process with workers runs it). @defaultValue 60000 */
+  retentionIntervalMs?: number;
+  /** Rows deleted per retention statement. @defaultValue 5000 */
+  retentionBatchSize?: number;
+  /** Leadership lease for cron scheduling. @defaultValue 10000 */
+  leaderTtlMs?: number;
+  /** Completions buffered before a flush is forced (they are flushed at once when no flush is running). @defaultValue 500 */
+  completionBatchSize?: number;
+}
+
+/** The queue's defaults. */
+export const QUEUE_DEFAULTS = {
+  leaseMs: 30_000,
+  pollIntervalMs: 1000,
+  rescueIntervalMs: 5000,
+  retryBaseDelayMs: 1000,
+  retryMaxDelayMs: 3_600_000,
+  retryJitter: 0.5,
+  maxAttempts: 25,
+  retentionMs: 86_400_000,
+  retentionIntervalMs: 60_000,
+  retentionBatchSize: 5000,
+  leaderTtlMs: 10_000,
+  completionBatchSize: 500,
+} as const;
+
+/** Resolved queue options. */
+export type ResolvedQueueOptions = Required<QueueOptions>;
+
+/** Fills in defaults and validates, naming the option and value on error. */
+export function resolveQueueOptions(o: QueueOptions = {}): ResolvedQueueOptions {
+  const r = { ...QUEUE_DEFAULTS, ...stripUndefined(o) } as ResolvedQueueOptions;
+  if (r.heartbeatIntervalMs === undefined) r.heartbeatIntervalMs = Math.max(10, Math.floor(r.leaseMs / 3));
+  positive(r, 'leaseMs');
+  positive(r, 'heartbeatIntervalMs');
+  positive(r, 'pollIntervalMs');
+  positive(r, 'rescueIntervalMs');
+  nonNegative(r, 'retryBaseDelayMs');
+  nonNegative(r, 'retryMaxDelayMs');
+  positive(r, 'maxAttempts');
+  nonNegative(r, 'retentionMs');
+  positive(r, 'retentionIntervalMs');
+  positive(r, 'retentionBatchSize');
+  positive(r, 'leaderTtlMs');
+  positive(r, 'completionBatchSize');
+  if (typeof r.retryJitter !== 'number' || !(r.retryJitter >= 0 && r.retryJitter <= 1)) {
+    throw new InvalidOptionError('retryJitter', r.retryJitter, 'a number from 0 to 1');
+  }
+  if (r.heartbeatIntervalMs >= r.leaseMs) throw new InvalidOptionError('heartbeatIntervalMs', r.heartbeatIntervalMs, `less than leaseMs (${r.leaseMs})`);
+  return r;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** Throws unless `o[key]` is a finite number > 0. */
+export function positive(o: Record<string, unknown>, key: string): void {
+  const v = o[key];
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new InvalidOptionError(key, v, 'a finite number > 0');
+}
+
+/** Throws unless `o[key]` is a finite number >= 0. */
+export function nonNegative(o: Record<string, unknown>, key: string): void {
+  const v = o[key];
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new InvalidOptionError(key, v, 'a finite number >= 0');
+}
+
+/** Options of `enqueue` / `enqueueMany` items. */
+export interface EnqueueOptions {
+  /** Insert in the caller's transaction: the job exists only if it commits. */
+  tx?: TxLike;
+  /** Queue name (at most 100 bytes). @defaultValue 'default' */
+  queue?: string;
+  /** Lower runs first (smallint). @defaultValue 0 */
+  priority?: number;
+  /** Not before this time. @defaultValue now (database time) */
+  runAt?: Date;
+  /** Not before now() + delayMs (database time); ignored when `runAt` is given. @defaultValue 0 */
+  delayMs?: number;
+  /** Attempts (per stage) before the job goes to `dead`. @defaultValue the queue's `maxAttempts` (25) */
+  maxAttempts?: number;
+  /** While a job with this key is available or running, another enqueue with it inserts nothing and returns the existing job's id. */
+  uniqueKey?: string;
+  /** Pipeline stages in order: the job runs at each stage by that stage's workers. */
+  stages?: string[];
+  /** Announce every transition on the events channel and keep a history. @defaultValue true for pipelines, false otherwise */
+  announce?: boolean;
+}
+
+/** One item of `enqueueMany`. */
+export interface EnqueueItem extends Omit<EnqueueOptions, 'tx'> {
+  kind: string;
+  payload?: unknown;
+}
+
+/** What `enqueue` returns. */
+export interface EnqueueResult {
+  /** The job's id (the existing job's id when a unique key was held). */
+  id: string;
+  /** False when a waiting or running job already held the unique key. */
+  inserted: boolean;
+}
+
+/** A job as its handler sees it. */
+export interface Job<P = unknown> {
+  id: string;
+  queue: string;
+  kind: string;
+  payload: P;
+  /** Attempt at this stage, from 1. */
+  attempt: number;
+  maxAttempts: number;
+  /** Current pipeline stage, or null for a plain job. */
+  stage: string | null;
+  stages: string[] | null;
+  priority: number;
+  createdAt: Date;
+  /** Aborted when the lease is lost, the job is cancelled, or the worker stops with `abandon`. */
+  signal: AbortSignal;
+  /** The fence token: the job's lifetime claim count. Finishing or heartbeating needs it. */
+  readonly fence: number;
+}
+
+/** A handler's result: any value (stored as the job's `result` when JSON-serialisable), or an outcome from {@link snooze}/{@link discard}. */
+export type JobHandler<P = unknown> = (job: Job<P>) => unknown;
+
+const OUTCOME = Symbol('pgherald.job.outcome');
+
+/** A handler outcome other than success or failure. */
+export interface JobOutcome {
+  readonly [OUTCOME]: 'snooze' | 'discard';
+  readonly delayMs?: number;
+  readonly reason?: string;
+}
+
+/** Return from a handler to run the job again after `delayMs` without counting the attempt. */
+export function snooze(delayMs: number): JobOutcome {
+  if (typeof delayMs !== 'number' || !Number.isFinite(delayMs) || delayMs < 0) throw new InvalidOptionError('delayMs', delayMs, 'a finite number >= 0');
+  return { [OUTCOME]: 'snooze', delayMs };
+}
+
+/** Return from a handler to send the job to `dead` at once, with `reason` as its last error. */
+export function discard(reason = 'discarded'): JobOutcome {
+  return { [OUTCOME]: 'discard', reason };
+}
+
+/** The outcome kind of a handler's return value, if it is one. */
+export function outcomeOf(v: unknown): JobOutcome | undefined {
+  return v !== null && typeof v === 'object' && OUTCOME in v ? (v as JobOutcome) : undefined;
+}
+
+/** Kind of {@link JobOutcome}. */
+export function outcomeKind(o: JobOutcome): 'snooze' | 'discard' {
+  return o[OUTCOME];
+}
+
+/** Options of `work`. */
+export interface WorkOptions {
+  /** Queue to take jobs from. @defaultValue 'default' */
+  queue?: string;
+  /** Pipeline stage this worker handles (null: plain jobs of the kind). @defaultValue null */
+  stage?: string;
+  /** Jobs run at once. @defaultValue 10 */
+  concurrency?: number;
+  /** Extra jobs claimed ahead and held (leased) locally, so a finished slot refills without a round trip. @defaultValue 0 */
+  prefetch?: number;
+}
+
+/** A job transition as announced on the events channel. */
+export interface JobTransition {
+  id: string;
+  kind: string;
+  stage: string | null;
+  state: JobState;
+  attempt: number;
+}
+
+/** A job as `get`/`list` return it. */
+export interface JobInfo {
+  id: string;
+  queue: string;
+  kind: string;
+  payload: unknown;
+  state: JobState;
+  priority: number;
+  runAt: Date;
+  /** Attempts at the current stage. */
+  attempt: number;
+  maxAttempts: number;
+  leaseExpiresAt: Date | null;
+  uniqueKey: string | null;
+  stages: string[] | null;
+  stage: string | null;
+  lastError: string | null;
+  errors: { attempt: number; at: string; error: string }[];
+  /** Transitions with their database timestamps (announced jobs only). */
+  history: { stage: string | null; state: JobState; at: string }[] | null;
+  result: unknown;
+  createdAt: Date;
+  attemptedAt: Date | null;
+  stageEnteredAt: Date;
+  finishedAt: Date | null;
+}
+
+/** Events of the queue (`herald.queue.on(name, fn)`). */
+export interface QueueEvents extends Record<string, unknown[]> {
+  /** A job's handler finished and its completion was recorded. */
+  'job:completed': [info: { id: string; kind: string; stage: string | null }];
+  /** A handler threw; the job was retried or went dead. */
+  'job:failed': [info: { id: string; kind: string; error: unknown; state: string }];
+  /** A worker's completion, failure or heartbeat was rejected: its lease was lost (rescued, cancelled or claimed again). */
+  'job:lease:lost': [info: { id: string; kind: string; fence: number; during: 'complete' | 'fail' | 'heartbeat' }];
+  /** The rescue sweep made jobs with expired leases available again (or dead). */
+  'rescue:swept': [info: { rescued: number; dead: number }];
+  /** The retention sweep deleted finished jobs. */
+  'retention:swept': [info: { deleted: number }];
+  /** This process became or stopped being the cron leader. */
+  'leader:changed': [info: { leader: boolean }];
+  /** A cron tick was enqueued by this process. */
+  'cron:enqueued': [info: { name: string; tick: Date; id: string }];
+  /** A background failure (claim, flush, heartbeat, sweep); the queue keeps going. */
+  problem: [err: Error];
+}

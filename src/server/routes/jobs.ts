@@ -1,0 +1,48 @@
+import type { EnqueueItem } from '../../queue/types.js';
+import { HttpError, readJson, sendJson } from '../http.js';
+import type { HeraldServer } from '../server.js';
+
+const ENQUEUE_KEYS = ['kind', 'payload', 'queue', 'priority', 'runAt', 'delayMs', 'maxAttempts', 'uniqueKey', 'stages', 'announce'];
+
+/**
+ * Job routes: `POST /jobs` (enqueue), `GET /jobs/<id>` (status), `GET /jobs/events`
+ * (transitions as Server-Sent Events). Authorization: enqueue needs `publish` on
+ * resource `jobs`; status and events need `subscribe` on `jobs`.
+ */
+export function registerJobsRoutes(server: HeraldServer): void {
+  const queue = server.herald.queue;
+
+  server.router.add('POST', /^\/jobs$/, async (req, res) => {
+    const body = await readJson<Record<string, unknown>>(req, server.options.maxBodyBytes, ENQUEUE_KEYS);
+    if (typeof body.kind !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'kind must be a string');
+    if (body.runAt !== undefined) {
+      const d = new Date(body.runAt as string);
+      if (typeof body.runAt !== 'string' || Number.isNaN(d.getTime())) throw new HttpError(400, 'INVALID_ARGUMENT', 'runAt must be an ISO 8601 time');
+      body.runAt = d;
+    }
+    const [r] = await queue.enqueueMany([body as unknown as EnqueueItem]);
+    sendJson(res, r.inserted ? 201 : 200, r);
+  }, { action: 'publish', resource: () => 'jobs' });
+
+  server.router.add('GET', /^\/jobs\/events$/, async (req, res, _params, url) => {
+    const only = url.searchParams.get('id');
+    const stream = server.openStream(req, res);
+    const sub = queue.watch((t) => {
+      if (only === null || t.id === only) stream.send('transition', JSON.stringify(t));
+    });
+    void stream.closed.then(() => sub.close());
+    try {
+      await sub.established;
+    } catch {
+      stream.close('listen failed');
+      return;
+    }
+    stream.send('ready', JSON.stringify({ channel: queue.channels.events }));
+  }, { action: 'subscribe', resource: () => 'jobs' });
+
+  server.router.add('GET', /^\/jobs\/(\d{1,19})$/, async (_req, res, [id]) => {
+    const job = await queue.get(id);
+    if (!job) throw new HttpError(404, 'NOT_FOUND', `no job ${id}`);
+    sendJson(res, 200, job);
+  }, { action: 'subscribe', resource: () => 'jobs' });
+}
