@@ -71,32 +71,143 @@ export async function outboxInsertMany(
 }
 
 /**
- * Claims up to `limit` events for publishing, inside the relay's transaction: the row
- * locks are the "in flight" marks, released by commit (published/failed) or by the
- * death of the relay's connection (then another relay takes them again, same id).
- *
- * Shape: an event is eligible when due and no older pending event of its key exists
- * (NOT EXISTS on the (key, seq) partial index), so each claim takes at most the head of
- * each key and a key is never published by two relays at once: while its head is locked
- * by one relay, the head is skipped (SKIP LOCKED) and every later event of the key fails
- * NOT EXISTS. LockRows sits under the LIMIT, so skipped rows do not use up the limit.
- * A head that another relay published meanwhile is re-checked after the lock wait
- * (published_at IS NULL fails) and dropped.
+ * Finds the heads (oldest pending event) of up to `maxKeys` keys after `afterKey` in
+ * key order, without locking: a loose index scan over the `(key, seq)` partial index
+ * (a recursive CTE that jumps from one key to the next, one index probe per key), so a
+ * key with a backlog of a million events costs one probe, not a walk over its backlog.
+ * Heads may be not due (retrying); the caller's {@link outboxLockHeads} filters them.
  */
-export async function outboxClaimBatch(ex: Executor, s: string, limit: number): Promise<OutboxEventRow[]> {
+export async function outboxFindHeads(
+  ex: Executor,
+  s: string,
+  afterKey: string | null,
+  maxKeys: number,
+): Promise<{ key: string; seq: string }[]> {
+  const { rows } = await ex.query<{ key: string; seq: string }>(
+    `WITH RECURSIVE h AS (
+       (SELECT p.key, p.seq FROM ${s}.outbox_events AS p
+         WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL AND ($1::text IS NULL OR p.key > $1::text)
+         ORDER BY p.key, p.seq LIMIT 1)
+       UNION ALL
+       SELECT n.key, n.seq FROM h CROSS JOIN LATERAL (
+         SELECT p.key, p.seq FROM ${s}.outbox_events AS p
+          WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL AND p.key > h.key
+          ORDER BY p.key, p.seq LIMIT 1) AS n)
+     SELECT key, seq::text AS seq FROM h LIMIT $2`,
+    [afterKey, maxKeys],
+  );
+  return rows;
+}
+
+/**
+ * Locks up to `limit` of the given heads (found by {@link outboxFindHeads}) that are
+ * still pending and due, in the order given, FOR UPDATE SKIP LOCKED: a head locked by
+ * another relay means that relay owns the key, so it is skipped. The locks are the "in
+ * flight" marks, released by commit (published/failed) or by the death of the relay's
+ * connection (then another relay takes them again, same id). `= ANY` (an index scan
+ * on the primary key; a join with unnest was planned as a seq scan), sorted back into
+ * the given order under LockRows, so the LIMIT stops locking. A head another relay
+ * published since it was found is re-checked under the lock (`published_at IS NULL`
+ * fails) and dropped; the key's next event is found by a later claim.
+ */
+export async function outboxLockHeads(ex: Executor, s: string, seqs: string[], limit: number): Promise<OutboxEventRow[]> {
+  if (seqs.length === 0 || limit <= 0) return [];
   const { rows } = await ex.query<OutboxEventRow>(
     `SELECT ${EVENT_COLUMNS}
        FROM ${s}.outbox_events AS e
-      WHERE e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now()
-        AND (e.key IS NULL OR NOT EXISTS (
-              SELECT 1 FROM ${s}.outbox_events AS p
-               WHERE p.key = e.key AND p.seq < e.seq AND p.published_at IS NULL AND p.dead_at IS NULL))
+      WHERE e.seq = ANY($1::bigint[])
+        AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now()
+      ORDER BY array_position($1::bigint[], e.seq)
+      LIMIT $2
+      FOR UPDATE OF e SKIP LOCKED`,
+    [seqs, limit],
+  );
+  return rows;
+}
+
+/**
+ * Claims up to `limit` due events without a key (no order among them) in `seq` order,
+ * FOR UPDATE SKIP LOCKED; walks the keyless pending index (migration 007), so keyed
+ * backlogs are never walked. LockRows sits under the LIMIT, so skipped rows do not use
+ * up the limit. `afterSeq` continues after events this transaction already holds (its
+ * own locks are not skipped).
+ */
+export async function outboxClaimKeyless(ex: Executor, s: string, limit: number, afterSeq: string | null): Promise<OutboxEventRow[]> {
+  if (limit <= 0) return [];
+  const { rows } = await ex.query<OutboxEventRow>(
+    `SELECT ${EVENT_COLUMNS}
+       FROM ${s}.outbox_events AS e
+      WHERE e.published_at IS NULL AND e.dead_at IS NULL AND e.key IS NULL AND e.next_attempt_at <= now()
+        AND ($2::bigint IS NULL OR e.seq > $2::bigint)
       ORDER BY e.seq
       LIMIT $1
       FOR UPDATE OF e SKIP LOCKED`,
-    [limit],
+    [limit, afterSeq],
   );
   return rows;
+}
+
+/**
+ * Extends claimed key heads into ordered runs: for each head (keys and seqs in the
+ * order given, oldest head first) the key's next pending events in `seq` order, at
+ * most `budget` events in all (the oldest heads get theirs first). Called in the claim
+ * transaction right after {@link outboxLockHeads}, so one claim drains up to a batch
+ * of a hot key instead of one event.
+ *
+ * Shape: `cand` walks the `(key, seq)` partial index from each head (LATERAL ... LIMIT,
+ * so O(run) per key, never the key's whole backlog) and numbers the candidates across
+ * heads to cut at the budget; `locked` locks them FOR UPDATE SKIP LOCKED (MATERIALIZED
+ * so the locks are taken once, before the join). A run must be consecutive, so the
+ * run of each key is cut at the first candidate that came back unlocked or no longer
+ * due: nothing after a gap is published in this batch. Returns head index -> run. Owning
+ * the head's lock already keeps other relays off the key (its later events fail their
+ * `NOT EXISTS`); the run's own locks also stop it at events another relay holds after
+ * a redrive put an older event back.
+ */
+export async function outboxClaimRuns(
+  ex: Executor,
+  s: string,
+  heads: { key: string; seq: string }[],
+  budget: number,
+): Promise<Map<number, OutboxEventRow[]>> {
+  if (heads.length === 0 || budget <= 0) return new Map();
+  const { rows } = await ex.query<OutboxEventRow & { ord: string; cand_seq: string }>(
+    `WITH cand AS MATERIALIZED (
+       SELECT c.ord, c.seq, c.n
+         FROM (SELECT h.ord, r.seq, row_number() OVER (ORDER BY h.ord, r.seq) AS n
+                 FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS h(key, seq, ord)
+                 CROSS JOIN LATERAL (
+                   SELECT p.seq FROM ${s}.outbox_events AS p
+                    WHERE p.key = h.key AND p.seq > h.seq AND p.published_at IS NULL AND p.dead_at IS NULL
+                    ORDER BY p.seq
+                    LIMIT $3) AS r) AS c
+        WHERE c.n <= $3),
+     locked AS MATERIALIZED (
+       SELECT ${EVENT_COLUMNS}
+         FROM ${s}.outbox_events AS e
+        WHERE e.seq IN (SELECT seq FROM cand)
+          AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now()
+          FOR UPDATE OF e SKIP LOCKED)
+     SELECT cand.ord::text AS ord, cand.seq::text AS cand_seq, locked.*
+       FROM cand LEFT JOIN locked ON locked.seq = cand.seq::text
+      ORDER BY cand.n`,
+    [heads.map((h) => h.key), heads.map((h) => h.seq), budget],
+  );
+  // Each key's run, cut at its first gap (a candidate locked elsewhere or no longer due).
+  const runs = new Map<number, OutboxEventRow[]>();
+  const cut = new Set<number>();
+  for (const { ord, cand_seq: _cand, ...row } of rows) {
+    const head = Number(ord) - 1;
+    if (cut.has(head)) continue;
+    if (row.id == null) {
+      cut.add(head);
+      continue;
+    }
+    let run = runs.get(head);
+    if (!run) runs.set(head, (run = []));
+    run.push(row);
+  }
+  return runs;
 }
 
 /** Marks events published (in the claim transaction, after the sink acknowledged them). */

@@ -1,11 +1,11 @@
-import type { Driver } from '../driver/types.js';
+import type { Driver, Executor } from '../driver/types.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { backoffDelay, sleep, withTimeout } from '../internal/backoff.js';
 import { TypedEmitter } from '../internal/events.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
-import { outboxClaimBatch, outboxMarkFailed, outboxMarkPublished, type OutboxEventRow } from './queries.js';
+import { outboxClaimKeyless, outboxClaimRuns, outboxFindHeads, outboxLockHeads, outboxMarkFailed, outboxMarkPublished, type OutboxEventRow } from './queries.js';
 import { callbackSink, type OutboxEvent, type OutboxSink } from './sinks.js';
 
 /** Options of a relay (`outbox.relay(options)`). */
@@ -118,6 +118,8 @@ export class Relay extends TypedEmitter<RelayEvents> {
   #woken = false;
   #wake: (() => void) | undefined;
   #nextRetryAt = Infinity;
+  /** The key the last claim stopped at: the next claim's key scan starts after it. */
+  #cursor: string | null = null;
   readonly #stats = { published: 0, failed: 0, dead: 0, batches: 0 };
 
   /** @internal Use `herald.outbox.relay(options)`. */
@@ -216,26 +218,31 @@ export class Relay extends TypedEmitter<RelayEvents> {
   async runOnce(): Promise<number> {
     const o = this.options;
     const outcome = await this.#driver.transaction(async (tx) => {
-      const rows = await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () => outboxClaimBatch(tx, this.#schema, o.batchSize));
+      const rows = await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () => this.#claim(tx));
       if (rows.length === 0) return { claimed: 0, ok: [] as OutboxEvent[], failed: [] as { event: OutboxEvent; error: unknown; delayMs: number }[], marks: [] as { seq: string; attempts: number; dead: boolean }[] };
-      const events = rows.map(toOutboxEvent);
+      const runs = rows.map((run) => run.map(toOutboxEvent));
       const ok: OutboxEvent[] = [];
       const failed: { event: OutboxEvent; error: unknown; delayMs: number }[] = [];
+      // Workers take whole runs (one key each); a run's events go one after another, and
+      // a failure ends the run: the key's later events stay pending, untouched, so the
+      // failed event stays the key's head and order holds.
       let next = 0;
       const worker = async () => {
-        while (next < events.length) {
-          const event = events[next++];
-          try {
-            await withSpan('herald.outbox.publish', { 'herald.event_id': event.id, 'herald.event_type': event.type }, () =>
-              withTimeout(Promise.resolve().then(() => this.#sink.publish(event)), o.publishTimeoutMs, () => new HeraldError('TIMEOUT', `publish took over ${o.publishTimeoutMs} ms`)),
-            );
-            ok.push(event);
-          } catch (error) {
-            failed.push({ event, error, delayMs: this.#retryDelay(event.attempts) });
+        while (next < runs.length) {
+          for (const event of runs[next++]) {
+            try {
+              await withSpan('herald.outbox.publish', { 'herald.event_id': event.id, 'herald.event_type': event.type }, () =>
+                withTimeout(Promise.resolve().then(() => this.#sink.publish(event)), o.publishTimeoutMs, () => new HeraldError('TIMEOUT', `publish took over ${o.publishTimeoutMs} ms`)),
+              );
+              ok.push(event);
+            } catch (error) {
+              failed.push({ event, error, delayMs: this.#retryDelay(event.attempts) });
+              break;
+            }
           }
         }
       };
-      await Promise.all(Array.from({ length: Math.min(o.concurrency, events.length) }, worker));
+      await Promise.all(Array.from({ length: Math.min(o.concurrency, runs.length) }, worker));
       // Marked in the claim transaction, only now that the sink acknowledged: a crash
       // before this commit republishes with the same ids.
       await outboxMarkPublished(tx, this.#schema, ok.map((e) => e.seq));
@@ -245,7 +252,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
         failed.map((f) => ({ seq: f.event.seq, error: errorText(f.error), delayMs: f.delayMs })),
         o.maxAttempts,
       );
-      return { claimed: rows.length, ok, failed, marks };
+      return { claimed: runs.reduce((n, r) => n + r.length, 0), ok, failed, marks };
     });
     if (outcome.claimed === 0) return 0;
     this.#stats.batches++;
@@ -265,6 +272,65 @@ export class Relay extends TypedEmitter<RelayEvents> {
       }
     }
     return outcome.claimed;
+  }
+
+  /**
+   * Claims one batch as runs (at most `batchSize` events): due keyless events (up to half
+   * the batch while keyed events wait, all of it otherwise), the due heads of keys found
+   * round-robin from where this relay's last claim stopped (a loose index scan: one
+   * probe per key, so a key's backlog is never walked), then each head extended by its
+   * key's next pending events while the batch has room. Each run is one key's events in
+   * `seq` order (a keyless event is a run of one).
+   */
+  async #claim(tx: Executor): Promise<OutboxEventRow[][]> {
+    const batch = this.options.batchSize;
+    const half = Math.ceil(batch / 2);
+    const keyless = await outboxClaimKeyless(tx, this.#schema, half, null);
+    const heads = await this.#claimHeads(tx, batch - keyless.length);
+    if (keyless.length === half && heads.length + keyless.length < batch) {
+      keyless.push(...(await outboxClaimKeyless(tx, this.#schema, batch - heads.length - keyless.length, keyless.at(-1)!.seq)));
+    }
+    const runs = heads.map((h) => [h]);
+    const budget = batch - heads.length - keyless.length;
+    if (budget > 0 && heads.length > 0) {
+      const tails = await outboxClaimRuns(tx, this.#schema, heads.map((h) => ({ key: h.key!, seq: h.seq })), budget);
+      for (const [i, tail] of tails) runs[i].push(...tail);
+    }
+    return [...runs, ...keyless.map((e) => [e])];
+  }
+
+  /**
+   * Locks up to `limit` due key heads, scanning keys in order from the cursor (where the
+   * previous claim stopped) and wrapping around once, so every key gets its turn however
+   * many keys have backlogs. Heads locked by other relays or not due (retrying) are
+   * passed over; a bounded number of windows per claim keeps a claim's cost bounded.
+   */
+  async #claimHeads(tx: Executor, limit: number): Promise<OutboxEventRow[]> {
+    const got: OutboxEventRow[] = [];
+    const taken = new Set<string>();
+    let cursor = this.#cursor;
+    let wrapped = cursor === null;
+    for (let windows = 0; got.length < limit && windows < 8; windows++) {
+      const need = limit - got.length;
+      const window = Math.max(2 * need, 32);
+      const found = await outboxFindHeads(tx, this.#schema, cursor, window);
+      const locked = await outboxLockHeads(tx, this.#schema, found.filter((h) => !taken.has(h.seq)).map((h) => h.seq), need);
+      for (const r of locked) taken.add(r.seq);
+      got.push(...locked);
+      if (got.length === limit) {
+        cursor = locked.at(-1)!.key;
+        break;
+      }
+      if (found.length === window) {
+        cursor = found.at(-1)!.key;
+        continue;
+      }
+      cursor = null; // past the last key: start over from the first
+      if (wrapped) break;
+      wrapped = true;
+    }
+    this.#cursor = cursor;
+    return got;
   }
 
   /** Equal jitter: half the exponential ceiling plus a random half, so a retry is never immediate. */
