@@ -12,9 +12,9 @@ import { callbackSink, type OutboxEvent, type OutboxSink } from './sinks.js';
 export interface RelayOptions {
   /** Where events go: an {@link OutboxSink} or a callback `(event) => unknown`. */
   sink: OutboxSink | ((event: OutboxEvent) => unknown);
-  /** Events claimed per transaction (at most one per key). @defaultValue 100 */
+  /** Events claimed per transaction: key heads, extended into runs of a key's next events. @defaultValue 100 */
   batchSize?: number;
-  /** Events of one batch published at once. @defaultValue 10 */
+  /** Runs of one batch published at once (a run, one key's events, goes one event after another). @defaultValue 10 */
   concurrency?: number;
   /** Safety poll when no notification arrives. @defaultValue 1000 */
   pollIntervalMs?: number;
@@ -98,7 +98,7 @@ export function toOutboxEvent(r: OutboxEventRow): OutboxEvent {
 }
 
 /**
- * A relay: claims batches of due events (the head of each key, SKIP LOCKED), publishes
+ * A relay: claims batches of due events (runs from the head of each key, SKIP LOCKED), publishes
  * them to its sink and marks them in the same transaction, after the sink acknowledged.
  * The row locks of that transaction are the "in flight" marks: if the relay dies, its
  * connection dies, the transaction rolls back and another relay publishes the same
@@ -193,7 +193,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
         continue;
       }
       // Anything claimed: claim again at once. A short batch does not mean caught up:
-      // publishing a key's head makes its next event due (one per key per claim).
+      // the window of keys scanned is bounded, and published runs make the keys' next events due.
       if (claimed > 0 || signal.aborted) continue;
       if (this.#woken) continue;
       const untilRetry = this.#nextRetryAt - Date.now();
