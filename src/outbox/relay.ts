@@ -312,7 +312,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
     let wrapped = cursor === null;
     for (let windows = 0; got.length < limit && windows < 8; windows++) {
       const need = limit - got.length;
-      const window = Math.max(2 * need, 32);
+      const window = need + 16;
       const found = await outboxFindHeads(tx, this.#schema, cursor, window);
       const locked = await outboxLockHeads(tx, this.#schema, found.filter((h) => !taken.has(h.seq)).map((h) => h.seq), need);
       for (const r of locked) taken.add(r.seq);
