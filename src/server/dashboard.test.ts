@@ -262,4 +262,14 @@ test('dashboard data and actions need an admin grant: 401 without a credential, 
   assert.equal((await action(ADMIN, 'jobs', 'retry', { id: job.id })).status, 200, 'a cancelled job can be retried');
   assert.equal((await herald.queue.get(job.id))?.state, 'available');
   await herald.queue.cancel(job.id);
+
+  // Dead letters: only dead ones are redriven one by one; a whole destination with none is 0.
+  assert.equal((await action(ADMIN, 'mailbox-dead', 'redrive', { to: 'guarded-box', id: msg.id })).status, 409, 'a ready message is not dead');
+  assert.deepEqual((await action(ADMIN, 'mailboxes', 'redrive', { to: 'guarded-box' })).body, { ok: true, result: { redriven: 0 } });
+  assert.equal((await action(ADMIN, 'mailboxes', 'redrive', {})).status, 400);
+  assert.equal((await action(ADMIN, 'outbox-dead', 'redrive', { id: '00000000-0000-0000-0000-000000000000' })).status, 409);
+  const bad = await action(ADMIN, 'outbox-dead', 'redrive', { id: 'x' });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error.code, 'INVALID_ARGUMENT');
+  assert.deepEqual((await action(ADMIN, 'outbox', 'redrive-all', {})).body, { ok: true, result: { redriven: 0 } });
 });

@@ -31,7 +31,7 @@ export interface DashboardPanel {
   actions?: Record<string, DashboardAction>;
 }
 
-/** Panels shown as "not installed" until a part registers them. */
+/** Panels shown as "not installed" until registered (`registerDashboardPanels` registers them in every server). */
 export const KNOWN_PANELS = [
   { id: 'queues', title: 'Queues and jobs by state' },
   { id: 'mailboxes', title: 'Mailboxes' },

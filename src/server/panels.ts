@@ -22,6 +22,8 @@ export const DASHBOARD_PANEL_DEFAULTS: Required<DashboardPanelOptions> = {
   deadLimit: 50,
 };
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 const STATE_COLUMNS = ['scheduled', 'available', 'running', 'completed', 'dead', 'cancelled'] as const;
 
 /** A job id from an action's `args` (the row the operator clicked). */
@@ -204,7 +206,9 @@ export function registerDashboardPanels(server: HeraldServer, options: Dashboard
       redrive: {
         label: 'Redrive',
         run: async (args) => {
-          const redriven = await outbox.redrive({ ids: [text(args, 'id')] });
+          const id = text(args, 'id');
+          if (!UUID.test(id)) throw new HttpError(400, 'INVALID_ARGUMENT', 'args.id must be an outbox event id (a UUID)');
+          const redriven = await outbox.redrive({ ids: [id] });
           if (redriven === 0) throw new HttpError(409, 'CONFLICT', `event ${String(args.id)} is not dead`);
           return { redriven };
         },
