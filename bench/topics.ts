@@ -33,7 +33,7 @@ const BATCH = 500;
 const GROUPS = 3;
 const payload = (i: number) => ({ orderId: i, customer: `c-${i % 100}`, amount: (i * 7) % 1000, note: 'x'.repeat(40) });
 
-type Row = { system: string; publishSingle: number; publishBatched: number; consumePerGroup: number };
+type Row = { system: string; publishSingle: number; publishBatched: number; consumePerGroup: number; consumeOneGroup: number };
 
 async function timeIt(fn: () => Promise<void>): Promise<number> {
   const t = process.hrtime.bigint();
@@ -74,8 +74,18 @@ async function benchPg(url: string, run: number): Promise<Row> {
     while (counts.some((c) => c < N)) await new Promise((r) => setTimeout(r, 5));
   });
   await Promise.all(consumers.map((c) => c.stop()));
+  // One more group, consuming the whole topic alone (the machine's two cores to itself).
+  let solo = 0;
+  const soloConsumer = herald.topics.consumer(topic, 'solo', ({ messages }) => {
+    solo += messages.length;
+  }, { batchSize: BATCH });
+  const alone = await timeIt(async () => {
+    await soloConsumer.start();
+    while (solo < N) await new Promise((r) => setTimeout(r, 5));
+  });
+  await soloConsumer.stop();
   await herald.close();
-  return { system: 'pgherald topics', publishSingle: SINGLE / single, publishBatched: N / batched, consumePerGroup: N / consume };
+  return { system: 'pgherald topics', publishSingle: SINGLE / single, publishBatched: N / batched, consumePerGroup: N / consume, consumeOneGroup: N / alone };
 }
 
 async function startRedis(dir: string): Promise<{ url: string; proc: ChildProcess }> {
@@ -107,7 +117,7 @@ async function benchRedis(url: string, run: number): Promise<Row> {
       await client.sendCommand(['XADD', key + '-single', '*', 'k', `k${i % 100}`, 'p', JSON.stringify(payload(i))]);
     }),
   );
-  for (let g = 0; g < GROUPS; g++) await client.sendCommand(['XGROUP', 'CREATE', key, `g${g}`, '0', 'MKSTREAM']);
+  for (let g = 0; g <= GROUPS; g++) await client.sendCommand(['XGROUP', 'CREATE', key, g === GROUPS ? 'solo' : `g${g}`, '0', 'MKSTREAM']);
   const batched = await timeIt(async () => {
     for (let i = 0; i < N; i += BATCH) {
       // One pipelined round trip per batch (node-redis pipelines commands sent in one tick).
@@ -124,28 +134,26 @@ async function benchRedis(url: string, run: number): Promise<Row> {
       return c;
     }),
   );
-  const consume = await timeIt(async () => {
-    await Promise.all(
-      readers.map(async (c, g) => {
-        let got = 0;
-        while (got < N) {
-          const reply = (await c.sendCommand(['XREADGROUP', 'GROUP', `g${g}`, 'c1', 'COUNT', String(BATCH), 'BLOCK', '1000', 'STREAMS', key, '>'])) as
-            | Record<string, [string, string[]][]>
-            | [string, [string, string[]][]][]
-            | null;
-          if (!reply) continue;
-          // node-redis returns the streams as an object keyed by stream name (or pairs).
-          const entries = Array.isArray(reply) ? reply[0][1] : reply[key];
-          for (const [, fields] of entries) JSON.parse(fields[3]);
-          got += entries.length;
-          await c.sendCommand(['XACK', key, `g${g}`, ...entries.map(([id]) => id)]);
-        }
-      }),
-    );
-  });
+  const readGroup = async (c: (typeof readers)[number], group: string) => {
+    let got = 0;
+    while (got < N) {
+      const reply = (await c.sendCommand(['XREADGROUP', 'GROUP', group, 'c1', 'COUNT', String(BATCH), 'BLOCK', '1000', 'STREAMS', key, '>'])) as
+        | Record<string, [string, string[]][]>
+        | [string, [string, string[]][]][]
+        | null;
+      if (!reply) continue;
+      // node-redis returns the streams as an object keyed by stream name (or pairs).
+      const entries = Array.isArray(reply) ? reply[0][1] : reply[key];
+      for (const [, fields] of entries) JSON.parse(fields[3]);
+      got += entries.length;
+      await c.sendCommand(['XACK', key, group, ...entries.map(([id]) => id)]);
+    }
+  };
+  const consume = await timeIt(() => Promise.all(readers.map((c, g) => readGroup(c, `g${g}`))).then(() => {}));
+  const alone = await timeIt(() => readGroup(readers[0], 'solo'));
   for (const c of readers) await c.quit();
   await client.quit();
-  return { system: 'Redis Streams', publishSingle: SINGLE / single, publishBatched: N / batched, consumePerGroup: N / consume };
+  return { system: 'Redis Streams', publishSingle: SINGLE / single, publishBatched: N / batched, consumePerGroup: N / consume, consumeOneGroup: N / alone };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -175,14 +183,14 @@ try {
 }
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
 console.log(`\nTopics: N=${N} messages (single publishes: ${SINGLE}, 8 concurrent), batches of ${BATCH}, ${GROUPS} groups; median of ${RUNS} runs; ${cpus().length} cores, load average ${load0.toFixed(1)} at start\n`);
-console.log('| system | publish, 1 per call (msg/s) | publish, batches of 500 (msg/s) | consume, per group, 3 groups at once (msg/s) |');
-console.log('|---|---:|---:|---:|');
+console.log('| system | publish, 1 per call (msg/s) | publish, batches of 500 (msg/s) | consume, per group, 3 groups at once (msg/s) | consume, one group alone (msg/s) |');
+console.log('|---|---:|---:|---:|---:|');
 const systems = [...new Set(rows.map((r) => r.system))];
 const med = (s: string, k: keyof Omit<Row, 'system'>) => median(rows.filter((r) => r.system === s).map((r) => r[k]));
-for (const s of systems) console.log(`| ${s} | ${fmt(med(s, 'publishSingle'))} | ${fmt(med(s, 'publishBatched'))} | ${fmt(med(s, 'consumePerGroup'))} |`);
+for (const s of systems) console.log(`| ${s} | ${fmt(med(s, 'publishSingle'))} | ${fmt(med(s, 'publishBatched'))} | ${fmt(med(s, 'consumePerGroup'))} | ${fmt(med(s, 'consumeOneGroup'))} |`);
 if (systems.length === 2) {
   const [a, b] = systems;
   const r = (k: keyof Omit<Row, 'system'>) => (med(a, k) / med(b, k)).toFixed(2);
-  console.log(`| ratio ${a} / ${b} | ${r('publishSingle')} | ${r('publishBatched')} | ${r('consumePerGroup')} |`);
+  console.log(`| ratio ${a} / ${b} | ${r('publishSingle')} | ${r('publishBatched')} | ${r('consumePerGroup')} | ${r('consumeOneGroup')} |`);
 }
-console.log(`\nall runs: ${JSON.stringify(rows.map((r) => ({ ...r, publishSingle: Math.round(r.publishSingle), publishBatched: Math.round(r.publishBatched), consumePerGroup: Math.round(r.consumePerGroup) })))}`);
+console.log(`\nall runs: ${JSON.stringify(rows.map((r) => ({ ...r, publishSingle: Math.round(r.publishSingle), publishBatched: Math.round(r.publishBatched), consumePerGroup: Math.round(r.consumePerGroup), consumeOneGroup: Math.round(r.consumeOneGroup) })))}`);
