@@ -77,6 +77,8 @@ describe('dashboard in headless Chromium with the real queue, mailbox and outbox
     await page.locator('#notifier-status', { hasText: 'listening' }).waitFor();
     for (const id of ['queues', 'jobs', 'pipelines', 'stuck', 'mailboxes', 'mailbox-dead', 'outbox', 'outbox-dead']) await page.locator(`#panel-${id}`).waitFor();
     assert.equal(await page.locator('text=not installed').count(), 0);
+    // The page follows job transitions (GET /jobs/events) to refresh at once.
+    await page.waitForFunction(() => (window as any).heraldDashboard.jobEvents?.readyState === 1);
 
     // A job that fails once (maxAttempts 1: straight to dead), held in `running` by a gate.
     const email = await herald.queue.enqueue('send-email', { to: 'a@example.com' }, { maxAttempts: 1 });

@@ -179,7 +179,8 @@ async function refresh() {
 }
 // Transitions of announced jobs (pipelines) refresh at once; the poll above catches the rest.
 function followJobs() {
-  if (jobEvents && jobEvents.token === token) return;
+  // Kept while open or reconnecting; replaced when the token changes or the server refused it (CLOSED).
+  if (jobEvents && jobEvents.token === token && jobEvents.readyState !== EventSource.CLOSED) return;
   if (jobEvents) jobEvents.close();
   jobEvents = new EventSource('/jobs/events' + (token ? '?access_token=' + encodeURIComponent(token) : ''));
   jobEvents.token = token;
