@@ -13,12 +13,11 @@
  * DATABASE_URL: use that server instead of starting a throwaway cluster.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { PostgresCluster } from '../src/embedded/cluster.js';
+import { benchPostgres } from './support/postgres.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -58,15 +57,8 @@ function once<T>(child: ChildProcess, pick: (m: any) => boolean, what: string): 
 const pct = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-let cluster: PostgresCluster | undefined;
-let tmp: string | undefined;
-let url = process.env.DATABASE_URL;
-if (!url) {
-  tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-gw-'));
-  chmodSync(tmp, 0o755);
-  cluster = await PostgresCluster.start({ dataDir: join(tmp, 'data'), settings: { fsync: 'off', max_connections: 100 } });
-  url = cluster.url();
-}
+const pgServer = await benchPostgres({ fsync: 'off', max_connections: 100 });
+const url = pgServer.url;
 const publisher = new pg.Client({ connectionString: url });
 publisher.on('error', () => {});
 await publisher.connect();
@@ -171,5 +163,4 @@ for (const clients of args.clients!.split(',').map(Number)) {
   }
 }
 await publisher.end();
-await cluster?.stop();
-if (tmp) rmSync(tmp, { recursive: true, force: true });
+await pgServer.stop();

@@ -11,14 +11,14 @@
  * Prints one markdown table per run and a table of medians.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import PgBoss from 'pg-boss';
 import { createHerald, type Herald } from '../src/client.js';
-import { PostgresCluster } from '../src/embedded/cluster.js';
+import { benchPostgres } from './support/postgres.js';
 import { sleep } from '../src/internal/backoff.js';
 
 const args = process.argv.slice(2);
@@ -31,18 +31,8 @@ const SECONDS = arg('seconds', 5);
 const SENDERS = [1, 4, 16];
 
 // ---------- setup ----------
-let cluster: PostgresCluster | undefined;
-let tmp: string | undefined;
-let url = process.env.DATABASE_URL;
-if (!url) {
-  tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-'));
-  chmodSync(tmp, 0o755);
-  cluster = await PostgresCluster.start({
-    dataDir: join(tmp, 'data'),
-    settings: { max_connections: 300, shared_buffers: '256MB' },
-  });
-  url = cluster.url();
-}
+const pgServer = await benchPostgres({ max_connections: 300, shared_buffers: '256MB' });
+const url = pgServer.url;
 const admin = new pg.Pool({ connectionString: url, max: 4 });
 admin.on('error', () => {});
 const version = (await admin.query('SHOW server_version')).rows[0].server_version as string;
@@ -319,6 +309,5 @@ function summary(m: Row): string {
 }
 
 await admin.end();
-if (cluster) await cluster.stop();
-if (tmp) rmSync(tmp, { recursive: true, force: true });
+await pgServer.stop();
 

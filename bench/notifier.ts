@@ -23,13 +23,13 @@
  * PGBENCH: path of pgbench (default /usr/lib/postgresql/15/bin/pgbench, else `pgbench` on PATH).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import pg from 'pg';
-import { PostgresCluster } from '../src/embedded/cluster.js';
+import { benchPostgres } from './support/postgres.js';
 import { CONTENDERS, pgherald, type Contender } from './support/contenders.js';
 import type { SenderCommand } from './support/sender.js';
 
@@ -69,22 +69,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- Postgres
 
-let cluster: PostgresCluster | undefined;
-let tmp: string | undefined;
-let url = process.env.DATABASE_URL;
-if (!url) {
-  tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-'));
-  chmodSync(tmp, 0o755); // Postgres runs as an unprivileged user when we are root
-  cluster = await PostgresCluster.start({
-    dataDir: join(tmp, 'data'),
-    settings: { fsync: 'off', full_page_writes: 'off', shared_buffers: '256MB', max_connections: 100 },
-  });
-  url = cluster.url();
-}
-const cleanup = async () => {
-  await cluster?.stop();
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
-};
+const pgServer = await benchPostgres({ fsync: 'off', full_page_writes: 'off', shared_buffers: '256MB', max_connections: 100 });
+const url = pgServer.url;
+const tmp = pgServer.dir;
+const cleanup = () => pgServer.stop();
 process.on('SIGINT', () => void cleanup().then(() => process.exit(130)));
 
 async function serverInfo(): Promise<Record<string, string>> {
@@ -294,7 +282,7 @@ function pgbenchPath(): string | undefined {
 }
 
 async function pgbench(bin: string, channel: string): Promise<PgbenchResult> {
-  const script = join(tmp ?? tmpdir(), `notify-${channel}.sql`);
+  const script = join(tmp, `notify-${channel}.sql`);
   writeFileSync(script, `SELECT pg_notify('${channel}', 'x');\n`);
   let received = 0;
   const listener = await pgherald.open(url!, channel, 1, () => void received++);
@@ -386,7 +374,7 @@ await cleanup();
 // ---- report
 const lines: string[] = [];
 const p = (s = '') => lines.push(s);
-p(`Postgres ${info.server_version} (${cluster ? 'embedded cluster started by the bench' : 'DATABASE_URL'}; fsync=${info.fsync}, synchronous_commit=${info.synchronous_commit}, shared_buffers=${info.shared_buffers}), Node ${process.version}, ${cpus().length} × ${cpus()[0]?.model.trim()}.`);
+p(`Postgres ${info.server_version} (${pgServer.cluster ? 'embedded cluster started by the bench' : 'DATABASE_URL'}; fsync=${info.fsync}, synchronous_commit=${info.synchronous_commit}, shared_buffers=${info.shared_buffers}), Node ${process.version}, ${cpus().length} × ${cpus()[0]?.model.trim()}.`);
 p(`${startedAt.toISOString()}, ${RUNS} runs in ${elapsedS.toFixed(0)} s; load average before ${loadBefore.map((x) => x.toFixed(2)).join(' ')}, after ${loadAfter.map((x) => x.toFixed(2)).join(' ')}.`);
 p();
 const baseline = 'raw pg';

@@ -11,7 +11,7 @@
  * `nats-server -js` when the binary is installed. Prints markdown tables.
  */
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -19,7 +19,8 @@ import { connect, nanos } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import pg from 'pg';
 import { createHerald, type Herald } from '../src/client.js';
-import { PostgresCluster, freePort } from '../src/embedded/cluster.js';
+import { freePort } from '../src/embedded/cluster.js';
+import { benchPostgres } from './support/postgres.js';
 import { jetstreamSink, type OutboxSink } from '../src/outbox/sinks.js';
 
 const { values: args } = parseArgs({
@@ -43,18 +44,8 @@ const COMPETITOR_EVENTS = Number(args['competitor-events']);
 const PGBOSS_BATCH = 1000;
 
 // ---------------------------------------------------------------- infrastructure
-let cluster: PostgresCluster | undefined;
-let tmp: string | undefined;
-let url = process.env.DATABASE_URL;
-if (!url) {
-  tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-'));
-  chmodSync(tmp, 0o755);
-  cluster = await PostgresCluster.start({
-    dataDir: join(tmp, 'data'),
-    settings: { max_connections: 200, shared_buffers: '256MB', synchronous_commit: 'on', fsync: 'on' },
-  });
-  url = cluster.url();
-}
+const pgServer = await benchPostgres({ max_connections: 200, shared_buffers: '256MB', synchronous_commit: 'on', fsync: 'on' });
+const url = pgServer.url;
 const admin = new pg.Client({ connectionString: url });
 await admin.connect();
 const pgVersion = (await admin.query('SHOW server_version')).rows[0].server_version as string;
@@ -361,6 +352,5 @@ for (const r of latency) {
 await admin.end();
 natsProc?.kill('SIGKILL');
 if (natsStore) rmSync(natsStore, { recursive: true, force: true });
-if (cluster) await cluster.stop();
-if (tmp) rmSync(tmp, { recursive: true, force: true });
+await pgServer.stop();
 process.exit(0);

@@ -16,15 +16,13 @@
  * 10 in one process; (c) enqueue-to-start latency with idle workers; (d) a long run,
  * throughput of the first and the last 100,000 jobs.
  */
-import { mkdtempSync, rmSync, chmodSync } from 'node:fs';
-import { tmpdir, cpus, loadavg } from 'node:os';
-import { join } from 'node:path';
+import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'graphile-worker';
 import PgBoss from 'pg-boss';
 import { Herald } from '../src/client.js';
-import { PostgresCluster } from '../src/embedded/cluster.js';
+import { benchPostgres } from './support/postgres.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const MILLION = Number(process.env.BENCH_MILLION ?? 1_000_000);
@@ -41,15 +39,8 @@ process.on('uncaughtException', (err) => {
   process.exit(1);
 });
 
-let cluster: PostgresCluster | undefined;
-let tmp: string | undefined;
-let adminUrl = process.env.DATABASE_URL;
-if (!adminUrl) {
-  tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-'));
-  chmodSync(tmp, 0o755);
-  cluster = await PostgresCluster.start({ dataDir: join(tmp, 'data'), settings: { max_connections: 200, shared_buffers: '256MB' } });
-  adminUrl = cluster.url();
-}
+const pgServer = await benchPostgres({ max_connections: 200, shared_buffers: '256MB' });
+const adminUrl = pgServer.url;
 
 async function admin<T = Record<string, unknown>>(sql: string): Promise<T[]> {
   const c = new pg.Client({ connectionString: adminUrl });
@@ -319,6 +310,5 @@ if (MILLION > 0) {
   }
 }
 
-if (cluster) await cluster.stop();
-if (tmp) rmSync(tmp, { recursive: true, force: true });
+await pgServer.stop();
 process.exit(0);
