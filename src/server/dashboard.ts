@@ -24,7 +24,7 @@ export interface DashboardAction {
  * objects as a table, an object as key/value pairs.
  */
 export interface DashboardPanel {
-  /** Stable id; the well-known ids `queues`, `jobs`, `mailboxes`, `outbox` replace the "not installed" placeholders. */
+  /** Stable id (`[a-z][a-z0-9_-]*`); `queues`, `mailboxes` and `outbox` replace their "not installed" placeholders. */
   id: string;
   title: string;
   load(): Promise<unknown> | unknown;
