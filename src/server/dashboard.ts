@@ -7,6 +7,12 @@ export interface DashboardAction {
   label: string;
   /** `row`: one button per row (the row is passed as `args`); `panel`: one button for the panel. @defaultValue 'row' */
   scope?: 'row' | 'panel';
+  /**
+   * For row actions: whether a row offers the action (a dead job offers Retry, a waiting
+   * one Cancel). The page shows the button only on those rows; `run` must still check,
+   * since the row may have changed since it was shown. @defaultValue every row
+   */
+  appliesTo?(row: Record<string, unknown>): boolean;
   /** Runs the action; the result is shown to the operator. Throw an HttpError for a refusal. */
   run(args: Record<string, unknown>): Promise<unknown> | unknown;
 }
@@ -18,14 +24,14 @@ export interface DashboardAction {
  * objects as a table, an object as key/value pairs.
  */
 export interface DashboardPanel {
-  /** Stable id; the well-known ids `queues`, `jobs`, `mailboxes`, `outbox` replace the "not installed" placeholders. */
+  /** Stable id (`[a-z][a-z0-9_-]*`); `queues`, `mailboxes` and `outbox` replace their "not installed" placeholders. */
   id: string;
   title: string;
   load(): Promise<unknown> | unknown;
   actions?: Record<string, DashboardAction>;
 }
 
-/** Panels shown as "not installed" until a part registers them. */
+/** Panels shown as "not installed" until registered (`registerDashboardPanels` registers them in every server). */
 export const KNOWN_PANELS = [
   { id: 'queues', title: 'Queues and jobs by state' },
   { id: 'mailboxes', title: 'Mailboxes' },
@@ -63,7 +69,8 @@ export class Dashboard {
     const panels = await Promise.all(
       [...this.#panels.values()].map(async (p) => {
         try {
-          return { id: p.id, title: p.title, data: await p.load(), actions: actionsOf(p) };
+          const data = await p.load();
+          return { id: p.id, title: p.title, data, actions: actionsOf(p), ...rowActionsOf(p, data) };
         } catch (err) {
           return { id: p.id, title: p.title, error: (err as Error).message, actions: [] };
         }
@@ -96,6 +103,16 @@ export class Dashboard {
     if (!a) throw new HttpError(404, 'NOT_FOUND', `no action ${action} on panel ${panelId}`);
     return a.run(args);
   }
+}
+
+/**
+ * `rowActions[i]`: the names of the row actions row `i` offers, sent only when some row
+ * action has `appliesTo` (otherwise every row offers every row action).
+ */
+function rowActionsOf(p: DashboardPanel, data: unknown): { rowActions?: string[][] } {
+  const row = Object.entries(p.actions ?? {}).filter(([, a]) => (a.scope ?? 'row') === 'row');
+  if (!Array.isArray(data) || !row.some(([, a]) => a.appliesTo)) return {};
+  return { rowActions: data.map((r: Record<string, unknown>) => row.filter(([, a]) => !a.appliesTo || a.appliesTo(r)).map(([name]) => name)) };
 }
 
 function actionsOf(p: DashboardPanel): { name: string; label: string; scope: 'row' | 'panel' }[] {

@@ -20,6 +20,7 @@ import { registerJobsRoutes } from './routes/jobs.js';
 import { registerMailboxRoutes } from './routes/mailbox.js';
 import { topicStreamSource } from './streams/topics.js';
 import { registerOutboxRoutes } from './routes/outbox.js';
+import { registerDashboardPanels } from './panels.js';
 
 /** Options of {@link HeraldServer}; every one has a default (see {@link SERVER_DEFAULTS}). */
 export interface ServerOptions extends AuthOptions {
@@ -338,6 +339,7 @@ export class HeraldServer {
     registerJobsRoutes(this);
     registerMailboxRoutes(this);
     registerOutboxRoutes(this);
+    registerDashboardPanels(this);
     this.gateway.registerStream('topic', topicStreamSource(this.herald));
   }
 

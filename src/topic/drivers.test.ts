@@ -8,7 +8,7 @@ import { waitFor } from '../../test/support/wait.js';
 
 let db: TestDatabase;
 before(async () => {
-  db = await freshDatabase();
+  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
 });
 after(async () => {
   await db.drop();

@@ -11,19 +11,21 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { LISTEN_APPLICATION_NAME } from '../driver/types.js';
 import { createHerald, Herald } from '../index.js';
-import { privateCluster } from '../../test/support/cluster.js';
-import { freshDatabase, terminateBackends, type TestDatabase } from '../../test/support/db.js';
+import { privateCluster, type PrivateCluster } from '../../test/support/cluster.js';
+import { terminateBackends } from '../../test/support/db.js';
 import { nextEvent, waitFor } from '../../test/support/wait.js';
 
-let db: TestDatabase;
+// A cluster of its own: topics hand out only rows below the cluster-wide visibility
+// horizon, so other test files' open transactions would delay (never lose) deliveries.
+let isolated: PrivateCluster;
 let herald: Herald;
 before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url, notifier: { reconnectBaseDelayMs: 10 } });
+  isolated = await privateCluster();
+  herald = createHerald({ connectionString: isolated.url, notifier: { reconnectBaseDelayMs: 10 } });
 });
 after(async () => {
   await herald.close();
-  await db.drop();
+  await isolated.dispose();
 });
 
 test('messages published while the listen connection is down arrive by catch-up after the reconnect', async () => {
@@ -35,7 +37,7 @@ test('messages published while the listen connection is down arrive by catch-up 
   await herald.topics.publish('down', 1);
   await waitFor(() => seen.length === 1);
   const lost = nextEvent(herald.notifier, 'lost');
-  assert.equal(await terminateBackends(db.name, { applicationName: LISTEN_APPLICATION_NAME }), 1);
+  assert.equal(await terminateBackends('postgres', { applicationName: LISTEN_APPLICATION_NAME }, isolated.url), 1);
   await lost;
   await herald.topics.publishMany('down', [{ payload: 2 }, { payload: 3 }]); // their NOTIFY reaches nobody
   // Generous: open transactions of other test files (same cluster) may hold the visibility horizon back.
@@ -65,7 +67,7 @@ const c = herald.topics.consumer('kill', 'g', async ({ messages, tx }) => {
 await c.start();
 `,
   );
-  const child = spawn(process.execPath, ['--import', 'tsx', worker], { env: { ...process.env, DATABASE_URL: db.url }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', worker], { env: { ...process.env, DATABASE_URL: isolated.url }, stdio: ['ignore', 'pipe', 'inherit'] });
   try {
     await new Promise<void>((resolve, reject) => {
       child.stdout!.on('data', (d: Buffer) => d.toString().includes('in-batch') && resolve());

@@ -15,7 +15,7 @@ import type { TopicMessage } from './types.js';
 let db: TestDatabase;
 let herald: Herald;
 before(async () => {
-  db = await freshDatabase();
+  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
   herald = createHerald({ connectionString: db.url, poolSize: 12 });
 });
 after(async () => {

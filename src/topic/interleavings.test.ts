@@ -17,7 +17,7 @@ import type { TopicConsumer } from './consumer.js';
 let db: TestDatabase;
 let herald: Herald;
 before(async () => {
-  db = await freshDatabase();
+  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
   herald = createHerald({ connectionString: db.url, poolSize: 12 });
 });
 after(async () => {

@@ -13,7 +13,7 @@ import { TopicRetentionError, type BehindInfo } from './types.js';
 let db: TestDatabase;
 let herald: Herald;
 before(async () => {
-  db = await freshDatabase();
+  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
   herald = createHerald({ connectionString: db.url });
 });
 after(async () => {

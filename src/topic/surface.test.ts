@@ -10,7 +10,7 @@ import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 let db: TestDatabase;
 let herald: Herald;
 before(async () => {
-  db = await freshDatabase();
+  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
   herald = createHerald({ connectionString: db.url });
 });
 after(async () => {

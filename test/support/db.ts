@@ -4,6 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
+import { privateCluster } from './cluster.js';
 
 export const TEMPLATE_DB = 'herald_template';
 
@@ -41,9 +42,16 @@ export interface TestDatabase {
 
 /**
  * A new database for one test file. `migrated: false` gives an empty database
- * (cloned from template0) for tests of the migrator itself.
+ * (cloned from template0) for tests of the migrator itself. `isolated: true` gives
+ * the file a whole cluster of its own (its `postgres` database): for parts whose
+ * behaviour depends on cluster-wide state, such as the topics' visibility horizon,
+ * which other files' open transactions hold back.
  */
-export async function freshDatabase(options: { migrated?: boolean; base?: string } = {}): Promise<TestDatabase> {
+export async function freshDatabase(options: { migrated?: boolean; base?: string; isolated?: boolean } = {}): Promise<TestDatabase> {
+  if (options.isolated) {
+    const pc = await privateCluster({ migrated: options.migrated });
+    return { name: 'postgres', url: pc.url, drop: () => pc.dispose() };
+  }
   const base = options.base ?? adminUrl();
   const name = 't_' + randomBytes(6).toString('hex');
   const template = options.migrated === false ? 'template0' : TEMPLATE_DB;

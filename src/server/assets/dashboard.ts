@@ -3,7 +3,8 @@
  * `/api/dashboard` every second with the admin token the operator enters (kept in
  * sessionStorage, or given as `?access_token=`), renders the built-in figures and every
  * panel the parts registered, and runs panel actions through
- * `POST /api/dashboard/panels/<id>/actions/<name>`. A "watch topic" box shows a topic's
+ * `POST /api/dashboard/panels/<id>/actions/<name>`; `GET /jobs/events` (SSE) makes it
+ * refresh at once on every announced job transition. A "watch topic" box shows a topic's
  * events live through the browser client.
  */
 export const DASHBOARD_HTML = String.raw`<!doctype html>
@@ -17,7 +18,8 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
   header { background: #1d2330; color: #fff; padding: 10px 20px; display: flex; gap: 16px; align-items: center; }
   header h1 { font-size: 18px; margin: 0; flex: 1; }
   main { padding: 16px 20px; display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 16px; }
-  section { background: #fff; border: 1px solid #dde1e8; border-radius: 6px; padding: 12px 14px; }
+  section { background: #fff; border: 1px solid #dde1e8; border-radius: 6px; padding: 12px 14px; min-width: 0; overflow-x: auto; }
+  section.wide { grid-column: 1 / -1; }
   section h2 { font-size: 15px; margin: 0 0 8px; }
   table { border-collapse: collapse; width: 100%; font-size: 13px; }
   th, td { text-align: left; padding: 3px 6px; border-bottom: 1px solid #eef0f4; }
@@ -27,11 +29,13 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
   .bad { color: #b91c1c; } .ok { color: #15803d; } .muted { color: #8a93a6; }
   #events { max-height: 220px; overflow: auto; font-family: ui-monospace, monospace; font-size: 12px; }
   button { font-size: 12px; }
+  .state-dead, .state-cancelled { color: #b91c1c; } .state-completed { color: #15803d; } .state-running { color: #b45309; }
 </style>
 </head>
 <body>
 <header>
   <h1>pgherald</h1>
+  <span id="last-action" class="muted"></span>
   <span id="status" class="muted">connecting…</span>
   <input id="token" type="password" placeholder="admin token" size="24">
   <button id="save">Use token</button>
@@ -74,7 +78,7 @@ function renderTable(data, panel) {
   const rows = Array.isArray(data) ? data : null;
   if (!rows) {
     const tb = el('tbody');
-    for (const [k, v] of Object.entries(data || {})) tb.append(el('tr', {}, el('td', {}, k), el('td', {}, cell(v))));
+    for (const [k, v] of Object.entries(data || {})) tb.append(el('tr', { 'data-key': k }, el('td', {}, k), el('td', { 'data-col': k }, cell(v))));
     return el('table', { class: 'kv' }, tb);
   }
   if (rows.length === 0) return el('p', { class: 'muted' }, 'none');
@@ -82,22 +86,28 @@ function renderTable(data, panel) {
   const rowActions = panel.actions.filter((a) => a.scope === 'row');
   const head = el('tr', {}, ...cols.map((c) => el('th', {}, c)), ...(rowActions.length ? [el('th', {}, '')] : []));
   const tb = el('tbody');
-  for (const r of rows) {
-    const tr = el('tr', {}, ...cols.map((c) => el('td', {}, cell(r[c]))));
-    if (rowActions.length) tr.append(el('td', {}, ...rowActions.map((a) => el('button', { 'data-action': a.name, onclick: () => act(panel.id, a.name, r) }, a.label))));
+  rows.forEach((r, i) => {
+    const tr = el('tr', r.id != null ? { 'data-row-id': r.id } : {}, ...cols.map((c) => el('td', { 'data-col': c, class: c === 'state' ? 'state-' + r[c] : '' }, cell(r[c]))));
+    if (rowActions.length) {
+      // rowActions[i] (when sent) names the actions this row offers: Retry on a dead job, Cancel on a waiting one.
+      const offered = panel.rowActions ? rowActions.filter((a) => panel.rowActions[i].includes(a.name)) : rowActions;
+      tr.append(el('td', {}, ...offered.map((a) => el('button', { 'data-action': a.name, onclick: () => act(panel.id, a.name, r) }, a.label))));
+    }
     tb.append(tr);
-  }
+  });
   return el('table', {}, el('thead', {}, head), tb);
 }
 
 async function act(panel, action, args) {
   try {
     const r = await api('/api/dashboard/panels/' + encodeURIComponent(panel) + '/actions/' + encodeURIComponent(action), { method: 'POST', body: JSON.stringify({ args }) });
-    $('status').textContent = action + ': ok';
+    $('last-action').textContent = panel + ' ' + action + ': ok ' + JSON.stringify(r.result);
+    $('last-action').className = 'ok';
     refresh();
     return r;
   } catch (err) {
-    $('status').textContent = action + ': ' + err.message;
+    $('last-action').textContent = panel + ' ' + action + ': ' + err.message;
+    $('last-action').className = 'bad';
   }
 }
 
@@ -116,31 +126,65 @@ function render(d) {
   $('usage-text').textContent = (u * 100).toFixed(4) + '% of the notification queue in use' + (u >= 0.5 ? ' — a listener may sit in a long transaction' : '');
   $('topics-body').replaceChildren(...d.topics.map((t) => el('tr', {}, el('td', {}, t.topic), el('td', {}, t.channel), el('td', {}, t.clients))));
   $('channels-body').replaceChildren(...d.channels.map((c) => el('tr', {}, el('td', {}, c.channel), el('td', {}, c.subscribers), el('td', {}, c.delivered), el('td', {}, c.dropped), el('td', {}, c.listening))));
+  // A panel's section is rebuilt only when its data changed, so buttons stay put between refreshes.
   const panels = $('panels');
-  panels.replaceChildren(...d.panels.map((p) => {
-    const s = el('section', { id: 'panel-' + p.id, 'data-panel': p.id }, el('h2', {}, p.title));
-    if (p.missing) s.append(el('p', { class: 'muted' }, 'not installed in this server'));
-    else if (p.error) s.append(el('p', { class: 'bad' }, p.error));
-    else {
-      for (const a of p.actions.filter((x) => x.scope === 'panel')) s.append(el('button', { 'data-action': a.name, onclick: () => act(p.id, a.name, {}) }, a.label));
-      s.append(renderTable(p.data, p));
+  const keep = new Set();
+  let prev = null;
+  for (const p of d.panels) {
+    const json = JSON.stringify(p);
+    keep.add('panel-' + p.id);
+    let s = $('panel-' + p.id);
+    if (!s || s.dataset.json !== json) {
+      const fresh = renderPanel(p);
+      fresh.dataset.json = json;
+      if (s) s.replaceWith(fresh); else panels.append(fresh);
+      s = fresh;
     }
-    return s;
-  }));
+    if (prev ? prev.nextSibling !== s : panels.firstChild !== s) { if (prev) prev.after(s); else panels.prepend(s); }
+    prev = s;
+  }
+  for (const s of [...panels.children]) if (!keep.has(s.id)) s.remove();
 }
 
-let timer;
+function renderPanel(p) {
+  // Tables with many columns take the whole row.
+  const wide = Array.isArray(p.data) && p.data.length > 0 && Object.keys(p.data[0]).length > 5;
+  const s = el('section', { id: 'panel-' + p.id, 'data-panel': p.id, class: wide ? 'wide' : '' }, el('h2', {}, p.title));
+  if (p.missing) s.append(el('p', { class: 'muted' }, 'not installed in this server'));
+  else if (p.error) s.append(el('p', { class: 'bad' }, p.error));
+  else {
+    for (const a of p.actions.filter((x) => x.scope === 'panel')) s.append(el('button', { 'data-action': a.name, onclick: () => act(p.id, a.name, {}) }, a.label));
+    s.append(renderTable(p.data, p));
+  }
+  return s;
+}
+
+// One refresh at a time: a call during a refresh runs once more right after it.
+let timer, running = false, again = false, jobEvents;
 async function refresh() {
+  if (running) { again = true; return; }
+  running = true;
   clearTimeout(timer);
   try {
     render(await api('/api/dashboard'));
     $('status').textContent = 'live';
     $('status').className = 'ok';
+    followJobs();
   } catch (err) {
     $('status').textContent = err.status === 401 || err.status === 403 ? 'enter an admin token' : 'error: ' + err.message;
     $('status').className = 'bad';
   }
-  timer = setTimeout(refresh, 1000);
+  running = false;
+  if (again) { again = false; refresh(); } else timer = setTimeout(refresh, 1000);
+}
+// Transitions of announced jobs (pipelines) refresh at once; the poll above catches the rest.
+function followJobs() {
+  // Kept while open or reconnecting; replaced when the token changes or the server refused it (CLOSED).
+  if (jobEvents && jobEvents.token === token && jobEvents.readyState !== EventSource.CLOSED) return;
+  if (jobEvents) jobEvents.close();
+  jobEvents = new EventSource('/jobs/events' + (token ? '?access_token=' + encodeURIComponent(token) : ''));
+  jobEvents.token = token;
+  jobEvents.addEventListener('transition', () => refresh());
 }
 refresh();
 
@@ -155,7 +199,7 @@ $('watch-go').onclick = () => {
   $('events').replaceChildren();
   watching = client.subscribe($('watch-topic').value, (e) => $('events').prepend(el('div', { class: 'event' }, e.id + '  ' + e.data)));
 };
-window.heraldDashboard = { refresh, get client() { return client; } };
+window.heraldDashboard = { refresh, get client() { return client; }, get jobEvents() { return jobEvents; } };
 </script>
 </body>
 </html>

@@ -1,0 +1,221 @@
+import type { JobInfo, JobState } from '../queue/types.js';
+import { HttpError } from './http.js';
+import type { HeraldServer } from './server.js';
+
+/** Sizes and thresholds of the built-in dashboard panels. */
+export interface DashboardPanelOptions {
+  /** Rows of the `jobs` panel (newest jobs). @defaultValue 50 */
+  jobsLimit?: number;
+  /** Newest jobs the `pipelines` panel looks through for pipeline jobs (`stages`). @defaultValue 500 */
+  pipelineScanLimit?: number;
+  /** A waiting or running job is `stuck` once it has sat in its current stage this long (database time). @defaultValue 300000 (5 minutes) */
+  stuckThresholdMs?: number;
+  /** Rows of each dead-letter panel (mailbox, outbox) and of the stuck panel. @defaultValue 50 */
+  deadLimit?: number;
+}
+
+/** Defaults of {@link DashboardPanelOptions}. */
+export const DASHBOARD_PANEL_DEFAULTS: Required<DashboardPanelOptions> = {
+  jobsLimit: 50,
+  pipelineScanLimit: 500,
+  stuckThresholdMs: 300_000,
+  deadLimit: 50,
+};
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+const STATE_COLUMNS = ['scheduled', 'available', 'running', 'completed', 'dead', 'cancelled'] as const;
+
+/** A job id from an action's `args` (the row the operator clicked). */
+function jobId(args: Record<string, unknown>): string {
+  const id = args.id;
+  if (typeof id !== 'string' || !/^\d{1,19}$/.test(id)) throw new HttpError(400, 'INVALID_ARGUMENT', 'args.id must be a job id (a string of digits)');
+  return id;
+}
+
+function text(args: Record<string, unknown>, key: string): string {
+  const v = args[key];
+  if (typeof v !== 'string' || v === '') throw new HttpError(400, 'INVALID_ARGUMENT', `args.${key} must be a non-empty string`);
+  return v;
+}
+
+function jobRow(j: JobInfo): Record<string, unknown> {
+  return {
+    id: j.id,
+    queue: j.queue,
+    kind: j.kind,
+    stage: j.stage,
+    state: j.state,
+    attempt: j.attempt,
+    maxAttempts: j.maxAttempts,
+    lastError: j.lastError,
+    runAt: j.runAt,
+    createdAt: j.createdAt,
+  };
+}
+
+const waiting = (r: Record<string, unknown>) => r.state === 'available' || r.state === 'running';
+const finishedBadly = (r: Record<string, unknown>) => r.state === 'dead' || r.state === 'cancelled';
+
+/**
+ * Registers the dashboard panels of the queue, mailbox and outbox, each read through
+ * the part's own library API on every refresh (`/api/dashboard`), with admin actions
+ * (the dashboard's routes require `admin` on `dashboard`):
+ * - `queues`: `queue.stats()` as one row per queue and kind, a column per state;
+ * - `jobs`: `queue.list({ limit: jobsLimit })`; actions `retry` (dead, cancelled) and `cancel` (available, running);
+ * - `pipelines`: pipeline jobs (`stages`) among the newest `pipelineScanLimit` jobs, with their stage progress;
+ * - `stuck`: `queue.stuck({ thresholdMs: stuckThresholdMs })`; action `cancel`;
+ * - `mailboxes`: `mailbox.stats()`; action `redrive` (all dead letters of a destination);
+ * - `mailbox-dead`: `mailbox.deadLetters(to)` of each destination with dead letters; action `redrive` (one message);
+ * - `outbox`: `outbox.stats()`; panel action `redrive-all`;
+ * - `outbox-dead`: `outbox.dead()`; action `redrive` (one event).
+ */
+export function registerDashboardPanels(server: HeraldServer, options: DashboardPanelOptions = {}): void {
+  const o = { ...DASHBOARD_PANEL_DEFAULTS, ...options };
+  const { queue, mailbox, outbox } = server.herald;
+  const dash = server.dashboard;
+
+  const retry = {
+    label: 'Retry',
+    appliesTo: finishedBadly,
+    run: async (args: Record<string, unknown>) => {
+      const id = jobId(args);
+      const retried = await queue.retry(id);
+      if (retried.length === 0) throw new HttpError(409, 'CONFLICT', `job ${id} is not dead or cancelled`);
+      return { retried };
+    },
+  };
+  const cancel = {
+    label: 'Cancel',
+    appliesTo: waiting,
+    run: async (args: Record<string, unknown>) => {
+      const id = jobId(args);
+      const cancelled = await queue.cancel(id);
+      if (cancelled.length === 0) throw new HttpError(409, 'CONFLICT', `job ${id} is not waiting or running`);
+      return { cancelled };
+    },
+  };
+
+  dash.addPanel({
+    id: 'queues',
+    title: 'Queues and jobs by state',
+    load: async () => {
+      const rows = new Map<string, Record<string, unknown>>();
+      for (const s of await queue.stats()) {
+        const key = `${s.queue}\u0000${s.kind}`;
+        let row = rows.get(key);
+        if (!row) {
+          row = { queue: s.queue, kind: s.kind, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])) };
+          rows.set(key, row);
+        }
+        row[s.state] = Number(row[s.state] ?? 0) + s.count;
+      }
+      return [...rows.values()];
+    },
+  });
+
+  dash.addPanel({
+    id: 'jobs',
+    title: 'Jobs (newest)',
+    load: async () => (await queue.list({ limit: o.jobsLimit })).map(jobRow),
+    actions: { retry, cancel },
+  });
+
+  dash.addPanel({
+    id: 'pipelines',
+    title: 'Pipelines and their stages',
+    load: async () =>
+      (await queue.list({ limit: o.pipelineScanLimit }))
+        .filter((j) => j.stages && j.stages.length > 0)
+        .slice(0, o.jobsLimit)
+        .map((j) => {
+          const stages = j.stages as string[];
+          const at = j.stage === null ? stages.length : stages.indexOf(j.stage) + 1;
+          return {
+            id: j.id,
+            kind: j.kind,
+            stages: stages.map((s) => (s === j.stage ? `[${s}]` : s)).join(' → '),
+            progress: `${at}/${stages.length}`,
+            stage: j.stage,
+            state: j.state,
+            attempt: j.attempt,
+            lastError: j.lastError,
+          };
+        }),
+    actions: { retry, cancel },
+  });
+
+  dash.addPanel({
+    id: 'stuck',
+    title: `Stuck jobs (in their stage over ${Math.round(o.stuckThresholdMs / 1000)} s)`,
+    load: async () => (await queue.stuck({ thresholdMs: o.stuckThresholdMs, limit: o.deadLimit })).map((j) => ({ ...jobRow(j), stuckMs: j.stuckMs })),
+    actions: { cancel },
+  });
+
+  dash.addPanel({
+    id: 'mailboxes',
+    title: 'Mailboxes',
+    load: () => mailbox.stats(),
+    actions: {
+      redrive: {
+        label: 'Redrive dead',
+        appliesTo: (r) => Number(r.dead) > 0,
+        run: async (args) => ({ redriven: await mailbox.redrive(text(args, 'to')) }),
+      },
+    },
+  });
+
+  dash.addPanel({
+    id: 'mailbox-dead',
+    title: 'Mailbox dead letters',
+    load: async () => {
+      const rows: Record<string, unknown>[] = [];
+      for (const d of await mailbox.stats()) {
+        if (d.dead === 0 || rows.length >= o.deadLimit) continue;
+        for (const m of await mailbox.deadLetters(d.to, { limit: o.deadLimit - rows.length })) {
+          rows.push({ id: m.id, to: m.to, topic: m.topic, attempts: m.attempts, lastError: m.lastError, deadAt: m.deadAt });
+        }
+      }
+      return rows;
+    },
+    actions: {
+      redrive: {
+        label: 'Redrive',
+        run: async (args) => {
+          const redriven = await mailbox.redrive(text(args, 'to'), { ids: [text(args, 'id')] });
+          if (redriven === 0) throw new HttpError(409, 'CONFLICT', `message ${String(args.id)} is not dead`);
+          return { redriven };
+        },
+      },
+    },
+  });
+
+  dash.addPanel({
+    id: 'outbox',
+    title: 'Outbox backlog',
+    load: () => outbox.stats(),
+    actions: { 'redrive-all': { label: 'Redrive all dead letters', scope: 'panel', run: async () => ({ redriven: await outbox.redrive({}) }) } },
+  });
+
+  dash.addPanel({
+    id: 'outbox-dead',
+    title: 'Outbox dead letters',
+    load: async () =>
+      (await outbox.dead({ limit: o.deadLimit })).map((e) => ({ id: e.id, type: e.type, key: e.key, attempts: e.attempts, lastError: e.lastError, deadAt: e.deadAt })),
+    actions: {
+      redrive: {
+        label: 'Redrive',
+        run: async (args) => {
+          const id = text(args, 'id');
+          if (!UUID.test(id)) throw new HttpError(400, 'INVALID_ARGUMENT', 'args.id must be an outbox event id (a UUID)');
+          const redriven = await outbox.redrive({ ids: [id] });
+          if (redriven === 0) throw new HttpError(409, 'CONFLICT', `event ${String(args.id)} is not dead`);
+          return { redriven };
+        },
+      },
+    },
+  });
+}
+
+/** For tests and docs: the state columns of the `queues` panel. */
+export const QUEUE_STATE_COLUMNS: readonly (JobState | 'scheduled')[] = STATE_COLUMNS;
