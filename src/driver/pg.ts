@@ -33,6 +33,12 @@ export function pgDriver(options: PgDriverOptions): Driver {
     new pg.Pool({ connectionString: options.connectionString, max: options.max ?? 10 });
   const onPoolError = options.onPoolError ?? (() => {});
   pool.on('error', onPoolError);
+  // pg-pool removes its idle 'error' listener when it hands a client out, and the
+  // caller adds its own only on the next turn: an ErrorResponse parsed from the same
+  // socket chunk (57P01 in a server restart) would then be an unhandled 'error' that
+  // kills the process (DESIGN.md trap 11). A listener for the client's whole life
+  // closes that gap; the error itself still reaches the query or the pool's listener.
+  pool.on('connect', (client) => client.on('error', () => {}));
   const listenConfig: pg.ClientConfig = options.listenConnectionString
     ? { connectionString: options.listenConnectionString }
     : (pool as unknown as { options: pg.ClientConfig }).options;
