@@ -168,7 +168,9 @@ describe('mailbox under load with listen terminations and server restarts (priva
       workers.push(...consumers);
       await Promise.all(consumers.map((c) => c.line('ready')));
 
-      let terminations = 0;
+      // A first round now, while every consumer is listening, so a short (scaled) run
+      // has listen terminations too; then one every 2 s.
+      let terminations = await terminateBackends('postgres', { applicationName: LISTEN_APPLICATION_NAME }, url);
       terminator = setInterval(() => {
         void terminateBackends('postgres', { applicationName: LISTEN_APPLICATION_NAME }, url)
           .then((n) => (terminations += n))
