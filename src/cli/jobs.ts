@@ -1,21 +1,11 @@
 import type { Command } from 'commander';
-import type { JobInfo, JobState } from '../queue/types.js';
+import { jobSummary, type JobInfo, type JobState } from '../queue/types.js';
 import { CliError, type CliContext } from './context.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
 
 function line(j: JobInfo): string {
-  return JSON.stringify({
-    id: j.id,
-    queue: j.queue,
-    kind: j.kind,
-    stage: j.stage,
-    state: j.state,
-    attempt: j.attempt,
-    maxAttempts: j.maxAttempts,
-    runAt: j.runAt,
-    lastError: j.lastError,
-  });
+  return JSON.stringify(jobSummary(j));
 }
 
 /** `herald jobs list|stats|retry|cancel|watch|stuck`. */

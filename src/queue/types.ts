@@ -248,3 +248,18 @@ export interface QueueEvents extends Record<string, unknown[]> {
   /** A background failure (claim, flush, heartbeat, sweep); the queue keeps going. */
   problem: [err: Error];
 }
+
+/** The short view of a job that the CLI (`herald jobs list`) and the dashboard show. */
+export function jobSummary(j: JobInfo) {
+  return {
+    id: j.id,
+    queue: j.queue,
+    kind: j.kind,
+    stage: j.stage,
+    state: j.state,
+    attempt: j.attempt,
+    maxAttempts: j.maxAttempts,
+    runAt: j.runAt,
+    lastError: j.lastError,
+  };
+}

@@ -1,4 +1,4 @@
-import type { JobInfo, JobState } from '../queue/types.js';
+import { jobSummary, type JobInfo, type JobState } from '../queue/types.js';
 import { HttpError } from './http.js';
 import type { HeraldServer } from './server.js';
 
@@ -40,18 +40,7 @@ function text(args: Record<string, unknown>, key: string): string {
 }
 
 function jobRow(j: JobInfo): Record<string, unknown> {
-  return {
-    id: j.id,
-    queue: j.queue,
-    kind: j.kind,
-    stage: j.stage,
-    state: j.state,
-    attempt: j.attempt,
-    maxAttempts: j.maxAttempts,
-    lastError: j.lastError,
-    runAt: j.runAt,
-    createdAt: j.createdAt,
-  };
+  return { ...jobSummary(j), createdAt: j.createdAt };
 }
 
 const waiting = (r: Record<string, unknown>) => r.state === 'available' || r.state === 'running';
