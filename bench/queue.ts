@@ -9,7 +9,7 @@
  * - BENCH_RUNS: repetitions of (a)-(c), medians reported (default 3).
  * - BENCH_MILLION: jobs of run (d) (default 1000000; 0 skips it).
  * - BENCH_MILLION_LIBS: libraries of run (d) (default "pgherald,graphile-worker").
- * - BENCH_LIBS: only the libraries whose name contains this text.
+ * - BENCH_LIBS: only the libraries whose name contains one of these comma-separated texts.
  * - BENCH_LATENCY_SAMPLES: samples of (c) (default 200; pg-boss, which polls, takes 40).
  *
  * (a) enqueue 20,000 jobs in one batch; (b) drain 20,000 no-op jobs with concurrency
@@ -278,8 +278,9 @@ const libs: [string, () => Lib][] = [
 
 if (RUNS > 0) console.log('| library (config) | enqueue 20k batch (s) | drain 20k (jobs/s) | latency p50 (ms) | latency p99 (ms) |');
 if (RUNS > 0) console.log('|---|---|---|---|---|');
-const only = process.env.BENCH_LIBS; // substring filter of library names, e.g. "pg-boss (throughput"
-for (const [name, make] of RUNS > 0 ? libs.filter(([n]) => !only || n.includes(only)) : []) {
+// Comma-separated substrings of library names, e.g. "pgherald,graphile" or "pg-boss (throughput".
+const only = process.env.BENCH_LIBS?.split(',');
+for (const [name, make] of RUNS > 0 ? libs.filter(([n]) => !only || only.some((o) => n.includes(o))) : []) {
   const enq: number[] = [];
   const dr: number[] = [];
   const p50: number[] = [];

@@ -34,20 +34,17 @@ export interface JobRow {
   finished_at: Date | null;
 }
 
-/** A claimed job as a worker gets it. */
+/** A claimed job as a worker gets it (queue, kind and stage are the worker's own). */
 export interface ClaimRow {
   id: string;
-  queue: string;
-  kind: string;
   payload: unknown;
   attempt: number;
   attempt_base: number;
   max_attempts: number;
-  stage: string | null;
   stages: string[] | null;
   priority: number;
-  created_at: Date;
-  lease_expires_at: Date;
+  /** created_at in epoch milliseconds (a number parses far faster than a timestamp). */
+  created_ms: number;
 }
 
 /** Channels of one schema: wake-ups (payload: queue name) and transitions (payload: small JSON). */
@@ -133,7 +130,9 @@ export async function jobFindByUniqueKeys(x: Executor, s: string, keys: string[]
  * Shape: FOR UPDATE SKIP LOCKED + LIMIT inside a CTE, joined by the UPDATE. The CTE
  * locks at most `limit` rows, skipping rows other claimers hold, so a claim never
  * takes more than its limit and claimers never wait on each other (`IN (SELECT ...
- * LIMIT)` may be re-evaluated and take more). attempt + 1 is the new fence.
+ * LIMIT)` may be re-evaluated and take more). attempt + 1 is the new fence. The UPDATE
+ * returns only what a worker needs, straight from RETURNING (no second pass over the
+ * rows), in no particular order: the caller sorts by (priority, id).
  */
 export async function jobClaimBatch(
   x: Executor,
@@ -148,17 +147,15 @@ export async function jobClaimBatch(
         ORDER BY priority, run_at, id
         LIMIT $4
         FOR UPDATE SKIP LOCKED
-     ), claimed AS (
-       UPDATE ${s}.jobs j
-          SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
-              lease_expires_at = now() + $5 * interval '1 millisecond',
-              history = ${history('j.stage', "'running'")}
-         FROM picked WHERE j.id = picked.id
-       RETURNING j.*
      )
-     SELECT id::text AS id, queue, kind, payload, attempt, attempt_base, max_attempts, nullif(stage, '') AS stage, stages, priority, created_at, lease_expires_at,
-            ${notice('claimed', '$6')} AS notice
-       FROM claimed ORDER BY priority, id`,
+     UPDATE ${s}.jobs j
+        SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+            lease_expires_at = now() + $5 * interval '1 millisecond',
+            history = ${history('j.stage', "'running'")}
+       FROM picked WHERE j.id = picked.id
+     RETURNING j.id::text AS id, j.payload, j.attempt, j.attempt_base, j.max_attempts, j.stages, j.priority,
+               extract(epoch FROM j.created_at)::float8 * 1000 AS created_ms,
+               ${notice('j', '$6')} AS notice`,
     [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs, ch.events],
   );
   return rows;
