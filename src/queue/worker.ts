@@ -33,6 +33,23 @@ interface Finished {
   snoozeMs: number | null;
 }
 
+/** Bigint ids as decimal text, compared as numbers. */
+function compareIds(a: string, b: string): number {
+  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+}
+
+/** Sorts a claimed batch by (priority, id) in place; RETURNING gives no order. */
+function inClaimOrder(rows: ClaimRow[]): void {
+  for (let i = 1; i < rows.length; i++) {
+    const a = rows[i - 1];
+    const b = rows[i];
+    if (a.priority > b.priority || (a.priority === b.priority && compareIds(a.id, b.id) > 0)) {
+      rows.sort((x, y) => x.priority - y.priority || compareIds(x.id, y.id));
+      return;
+    }
+  }
+}
+
 /**
  * One `work(kind, handler)` registration: a loop that claims batches of due jobs
  * (up to free slots + prefetch), runs them, and records outcomes in batches.
@@ -118,6 +135,7 @@ export class Worker {
           for (const row of rows) this.#pending.push(row), this.#hold(row);
           break;
         }
+        inClaimOrder(rows);
         for (const row of rows) {
           this.#hold(row);
           this.#pending.push(row);
@@ -162,19 +180,19 @@ export class Worker {
     const row = held.row;
     const job: Job = {
       id: row.id,
-      queue: row.queue,
-      kind: row.kind,
+      queue: this.queue,
+      kind: this.kind,
       payload: row.payload,
       attempt: row.attempt - row.attempt_base,
       maxAttempts: row.max_attempts,
-      stage: row.stage,
+      stage: this.stage,
       stages: row.stages,
       priority: row.priority,
-      createdAt: row.created_at,
+      createdAt: new Date(row.created_ms),
       signal: held.controller.signal,
       fence: row.attempt,
     };
-    const f: Finished = { id: row.id, kind: row.kind, stage: row.stage, fence: row.attempt, ok: true, result: null, error: null, discard: false, snoozeMs: null };
+    const f: Finished = { id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: true, result: null, error: null, discard: false, snoozeMs: null };
     try {
       const value = await this.handler(job);
       const outcome = outcomeOf(value);
@@ -303,7 +321,7 @@ export class Worker {
       // Lost: rescued after a lease expiry, cancelled, or claimed by another worker.
       h.lost = true;
       h.controller.abort(new HeraldError('LEASE_LOST', `job ${h.row.id} attempt ${h.row.attempt}: lease lost`));
-      this.host.emitEvent('job:lease:lost', { id: h.row.id, kind: h.row.kind, fence: h.row.attempt, during: 'heartbeat' });
+      this.host.emitEvent('job:lease:lost', { id: h.row.id, kind: this.kind, fence: h.row.attempt, during: 'heartbeat' });
       const i = this.#pending.indexOf(h.row);
       if (i >= 0) {
         this.#pending.splice(i, 1);
@@ -337,7 +355,7 @@ export class Worker {
     await this.#loop;
     // Prefetched, never started: back to available without counting the attempt.
     for (const row of this.#pending.splice(0)) {
-      this.#finished.push({ id: row.id, kind: row.kind, stage: row.stage, fence: row.attempt, ok: false, result: null, error: null, discard: false, snoozeMs: 0 });
+      this.#finished.push({ id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: false, result: null, error: null, discard: false, snoozeMs: 0 });
     }
     this.#flush();
     const idle = new Promise<void>((resolve) => {
@@ -354,7 +372,7 @@ export class Worker {
       for (const h of this.#held.values()) {
         if (h.lost) continue;
         h.controller.abort(new HeraldError('STOPPED', 'worker stopped before the job finished'));
-        this.#finished.push({ id: h.row.id, kind: h.row.kind, stage: h.row.stage, fence: h.row.attempt, ok: false, result: null, error: null, discard: false, snoozeMs: 0 });
+        this.#finished.push({ id: h.row.id, kind: this.kind, stage: this.stage, fence: h.row.attempt, ok: false, result: null, error: null, discard: false, snoozeMs: 0 });
       }
       this.#flush();
       await this.#flushing;
