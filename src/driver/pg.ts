@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import pg from 'pg';
-import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryResult, type RawNotification } from './types.js';
+import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
 
 /** Options of {@link pgDriver}. */
 export interface PgDriverOptions {
@@ -17,7 +18,69 @@ export interface PgDriverOptions {
   listenConnectionString?: string;
   /** Called with errors of idle pool clients (a dying server); they never crash the process. */
   onPoolError?: (err: Error) => void;
+  /**
+   * Prepare pgherald's hot statements (those it marks `prepare`) once per connection,
+   * as named statements, instead of parsing and planning them on every call. Turn off
+   * when the pool goes through a pooler that cannot keep named statements (PgBouncer in
+   * transaction mode before 1.21, or without `max_prepared_statements`); the driver also
+   * turns it off by itself on the first "prepared statement does not exist / already
+   * exists" error (SQLSTATE 26000 / 42P05): a statement outside a transaction is then
+   * retried unprepared, one inside a transaction fails with that error (the transaction
+   * is aborted) and its caller's retry runs unprepared. @defaultValue true
+   */
+  prepareStatements?: boolean;
 }
+
+/** Whether this driver still prepares statements (shared by its executors). */
+interface PrepareState {
+  on: boolean;
+}
+
+/** SQLSTATEs of a named statement the server does not have, or has already: a pooler between. */
+const PREPARE_BROKEN = new Set(['26000', '42P05']);
+
+const statementNames = new Map<string, string>();
+/** A name for a statement text, the same in every process (texts are few and fixed). */
+function statementName(text: string): string {
+  let name = statementNames.get(text);
+  if (!name) {
+    name = `pgherald_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
+    if (statementNames.size >= 2000) statementNames.clear();
+    statementNames.set(text, name);
+  }
+  return name;
+}
+
+type Queryable = { query(config: pg.QueryConfig | string, values?: unknown[]): Promise<pg.QueryResult | pg.QueryResult[]> };
+
+/** An executor that prepares statements marked `prepare` while `state.on`. */
+function preparingExecutor(target: Queryable, state: PrepareState, autocommit: boolean): Executor {
+  const executor: Executor = {
+    async query<R>(text: string, values?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>> {
+      let res: pg.QueryResult | pg.QueryResult[];
+      if (options?.prepare && state.on) {
+        try {
+          res = await target.query({ name: statementName(text), text, values: values as unknown[] });
+        } catch (err) {
+          if (!PREPARE_BROKEN.has((err as { code?: string }).code ?? '')) throw err;
+          state.on = false;
+          // The statement never ran (the server refused its Parse or Bind).
+          if (!autocommit) throw err;
+          res = await target.query(text, values as unknown[]);
+        }
+      } else {
+        res = await target.query(text, values as unknown[]);
+      }
+      if (Array.isArray(res)) res = res[res.length - 1] ?? ({ rows: [], rowCount: 0 } as unknown as pg.QueryResult);
+      return { rows: (res.rows ?? []) as R[], rowCount: res.rowCount ?? 0 };
+    },
+  };
+  driverExecutors.add(executor);
+  return executor;
+}
+
+/** Executors made by a pg driver: `toExecutor` uses them as they are (they may prepare). */
+export const driverExecutors = new WeakSet<Executor>();
 
 /**
  * A driver over node-postgres (`pg`). Every pool and client it owns handles its
@@ -43,12 +106,8 @@ export function pgDriver(options: PgDriverOptions): Driver {
     ? { connectionString: options.listenConnectionString }
     : (pool as unknown as { options: pg.ClientConfig }).options;
 
-  const executor: Executor = {
-    async query<R>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>> {
-      const res = await pool.query(text, values as unknown[]);
-      return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
-    },
-  };
+  const prepare: PrepareState = { on: options.prepareStatements ?? true };
+  const executor = preparingExecutor(pool as unknown as Queryable, prepare, true);
 
   return {
     kind: 'pg',
@@ -66,7 +125,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
       client.on('error', onError);
       try {
         await client.query('BEGIN');
-        const result = await fn(pgClientExecutor(client));
+        const result = await fn(preparingExecutor(client as unknown as Queryable, prepare, false));
         await client.query('COMMIT');
         return result;
       } catch (err) {

@@ -13,13 +13,23 @@ export interface QueryResult<R = Record<string, unknown>> {
   rowCount: number;
 }
 
+/** Hints for one statement; an executor may ignore them. */
+export interface QueryOptions {
+  /**
+   * The statement is on a hot path and its text is fixed (only `$n` values vary): the
+   * driver may prepare it once per connection and reuse the plan (the `pg` driver does,
+   * unless `prepareStatements: false`; parsing and planning can cost more than running).
+   */
+  prepare?: boolean;
+}
+
 /**
  * Anything that runs a parameterised statement: a pool, a client checked out of a
  * pool, or the caller's open transaction. This is what `{ tx }` options accept, so
  * pgherald's writes commit or roll back with the caller's own work.
  */
 export interface Executor {
-  query<R = Record<string, unknown>>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>;
+  query<R = Record<string, unknown>>(text: string, values?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>>;
 }
 
 /**

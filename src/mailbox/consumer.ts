@@ -53,6 +53,10 @@ export class MailboxConsumer {
   #loops: Promise<void>[] = [];
   #stopping: Promise<void> | undefined;
   #unwatch: () => void = () => {};
+  /** A take of this consumer in flight (its loops take one after the other). */
+  #taking: Promise<void> | undefined;
+  /** The epoch read before the last take that left the destination empty (took less than a batch). */
+  #emptyAt: number | undefined;
 
   /** @internal created by `Mailbox.consume`. */
   constructor(host: ConsumerHost, settings: ConsumerSettings, handler: MailboxHandler) {
@@ -98,10 +102,21 @@ export class MailboxConsumer {
     await waitBounded(ready, this.#host.pollIntervalMs, signal);
     let errors = 0;
     while (!signal.aborted) {
+      // The loops of one consumer take one after the other, and a loop takes only if the
+      // last take found a full batch (more may be ready) or a wake-up came since: so a
+      // wake-up costs one take, not one per loop (each an empty transaction).
+      while (this.#taking) await this.#taking;
+      if (signal.aborted) break;
       const seen = hub.epoch(this.to);
+      if (this.#emptyAt === seen) {
+        await hub.wait(this.to, seen, this.#host.pollIntervalMs, signal);
+        // The safety poll: look even if no wake-up came.
+        if (hub.epoch(this.to) === seen) this.#emptyAt = undefined;
+        continue;
+      }
       let took: number;
       try {
-        took = await this.#runOnce();
+        took = await this.#runOnce(seen);
         errors = 0;
       } catch (err) {
         this.#host.problem(err);
@@ -110,15 +125,31 @@ export class MailboxConsumer {
       }
       if (took > 0) continue;
       await hub.wait(this.to, seen, this.#host.pollIntervalMs, signal);
+      if (hub.epoch(this.to) === seen) this.#emptyAt = undefined;
     }
   }
 
   /** One transaction: take, handle, commit. Returns how many messages were taken. */
-  async #runOnce(): Promise<number> {
+  async #runOnce(seen: number): Promise<number> {
     const { to, topic, batchSize } = this.#settings;
+    let release!: () => void;
+    this.#taking = new Promise<void>((resolve) => (release = resolve));
+    const done = () => {
+      if (!this.#taking) return;
+      this.#taking = undefined;
+      release();
+    };
     try {
       const n = await this.#host.driver.transaction(async (tx) => {
-        const rows = await mailboxClaim(tx, this.#host.schemaSql, to, topic, batchSize);
+        let rows: MessageRow[];
+        try {
+          rows = await mailboxClaim(tx, this.#host.schemaSql, to, topic, batchSize);
+          // Fewer than a batch: nothing else was ready when this take looked; the next
+          // take waits for a wake-up (or the safety poll).
+          if (rows.length < batchSize) this.#emptyAt = seen;
+        } finally {
+          done();
+        }
         for (const row of rows) {
           const message = this.#host.decode(row);
           try {
@@ -134,6 +165,9 @@ export class MailboxConsumer {
       this.consumed += n;
       return n;
     } catch (err) {
+      done(); // BEGIN failed
+      // Rolled back: what this take held is ready again, so the next take must look.
+      this.#emptyAt = undefined;
       if (!(err instanceof HandlerFailed)) throw err;
       // The transaction rolled back: the handler's writes and every mark are undone.
       // Record the failure for this one message in its own statement.

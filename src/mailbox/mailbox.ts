@@ -14,7 +14,6 @@ import {
   mailboxRedrive,
   mailboxSendBatch,
   mailboxStats,
-  mailboxWake,
   type MessageInsert,
   type MessageRow,
 } from './queries.js';
@@ -30,7 +29,8 @@ import type {
   ReceiveOptions,
   SendResult,
 } from './types.js';
-import { mailboxChannel, waitBounded, WakeHub, WakeSender } from './wakeup.js';
+import { SendGroup } from './group.js';
+import { mailboxChannel, waitBounded, WakeHub } from './wakeup.js';
 
 /** Defaults of {@link MailboxOptions}; the README's option table is this object. */
 export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
@@ -41,6 +41,8 @@ export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
   retentionMs: 86_400_000,
   deadRetentionMs: 0,
   retentionIntervalMs: 60_000,
+  sendGroupMaxMessages: 1000,
+  sendGroupMaxBytes: 4_194_304,
 };
 
 /** Longest destination, topic or id, in UTF-8 bytes (a destination travels as a NOTIFY payload). */
@@ -49,10 +51,12 @@ export const MAX_NAME_BYTES = 1000;
 function resolveOptions(options: MailboxOptions = {}): Required<MailboxOptions> {
   const o = { ...MAILBOX_DEFAULTS };
   for (const [k, v] of Object.entries(options ?? {})) if (v !== undefined) (o as Record<string, unknown>)[k] = v;
-  for (const k of ['pollIntervalMs', 'maxAttempts'] as const) {
+  for (const k of ['pollIntervalMs', 'maxAttempts', 'sendGroupMaxMessages', 'sendGroupMaxBytes'] as const) {
     if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
   }
-  if (!Number.isInteger(o.maxAttempts)) throw new InvalidOptionError('maxAttempts', o.maxAttempts, 'a positive integer');
+  for (const k of ['maxAttempts', 'sendGroupMaxMessages', 'sendGroupMaxBytes'] as const) {
+    if (!Number.isInteger(o[k])) throw new InvalidOptionError(k, o[k], 'a positive integer');
+  }
   for (const k of ['retryDelayMs', 'maxRetryDelayMs', 'retentionMs', 'deadRetentionMs', 'retentionIntervalMs'] as const) {
     if (typeof o[k] !== 'number' || !(o[k] >= 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
   }
@@ -111,7 +115,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   readonly #driver: Driver;
   readonly #schemaSql: string;
   readonly #hub: WakeHub;
-  readonly #waker: WakeSender;
+  readonly #group: SendGroup;
   readonly #consumers = new Set<MailboxConsumer>();
   readonly #receives = new Set<AbortController>();
   #retentionTimer: NodeJS.Timeout | undefined;
@@ -126,9 +130,9 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     this.#schemaSql = schemaIdent(schema);
     this.channel = mailboxChannel(schema);
     this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('problem', err));
-    this.#waker = new WakeSender(
-      (destinations) => mailboxWake(driver.executor, this.channel, destinations),
-      (err) => this.emit('problem', err),
+    this.#group = new SendGroup(
+      async (rows) => (await mailboxSendBatch(driver.executor, this.#schemaSql, rows, this.channel)).created,
+      { maxMessages: this.options.sendGroupMaxMessages, maxBytes: this.options.sendGroupMaxBytes },
     );
     const self = this;
     this.#host = {
@@ -161,7 +165,9 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   /**
    * Sends one message, in the caller's transaction with `{ tx }` (then it exists only if
    * that commits). Sending an id that exists already creates nothing: `created` is false.
-   * Receivers are woken with one NOTIFY naming the destination, never the message.
+   * Receivers are woken with one NOTIFY naming the destination, never the message, in
+   * the same commit. Without `tx`, concurrent sends of this process share one statement
+   * and one commit (see {@link SendGroup}); each still gets its own answer.
    */
   async send(message: MailboxSend, options: { tx?: TxLike } = {}): Promise<SendResult> {
     const [result] = await this.sendMany([message], options);
@@ -175,18 +181,15 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const rows = messages.map(encode);
     const created = await withSpan('herald.mailbox.send', { 'herald.mailbox.count': rows.length }, async () => {
       if (options.tx) {
-        // In the caller's transaction: the NOTIFY must commit with it, in the same statement.
-        return (await mailboxSendBatch(toExecutor(options.tx), this.#schemaSql, rows, this.channel)).created;
+        // In the caller's transaction: the NOTIFY commits with it, from the same statement.
+        const ids = (await mailboxSendBatch(toExecutor(options.tx), this.#schemaSql, rows, this.channel)).created;
+        // A batch that repeats an id creates it once: the first occurrence reports it.
+        return rows.map((r) => ids.delete(r.id));
       }
-      // Our own transaction: commit the rows first, then wake in the background (see
-      // WakeSender); the send is durable at this point, the wake-up is best effort and
-      // `stop()`/`herald.close()` wait for it.
-      const result = await mailboxSendBatch(this.#driver.executor, this.#schemaSql, rows, null);
-      void this.#waker.wake(result.destinations);
-      return result.created;
+      // Our own commit: grouped with the other sends of this process that are waiting.
+      return this.#group.submit(rows);
     });
-    // A batch that repeats an id creates it once: the first occurrence reports it.
-    return rows.map((r) => ({ id: r.id, created: created.delete(r.id) }));
+    return rows.map((r, i) => ({ id: r.id, created: created[i] }));
   }
 
   /**
@@ -301,7 +304,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     for (const r of this.#receives) r.abort();
     await Promise.all([...this.#consumers].map((c) => c.stop()));
     await this.#sweeping;
-    await this.#waker.idle();
+    await this.#group.idle();
     await this.#hub.close();
   }
 

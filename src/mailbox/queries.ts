@@ -37,13 +37,15 @@ export interface MessageInsert {
  *   send) inserts nothing; a concurrent one waits for the first transaction and then
  *   skips, or inserts if the first rolled back. RETURNING lists only the rows this
  *   statement created.
- * - With `channel` (the caller's transaction), the same statement runs one
+ * - With `channel`, the same statement runs one
  *   `pg_notify(channel, destination)` per distinct destination of the rows actually
  *   created: a batch of 10,000 costs one NOTIFY per destination, and Postgres merges
  *   identical notifications of one transaction. The payload names the destination only
  *   (NOTIFY is a wake-up). The wake-up CTE is referenced from the final SELECT so it
  *   runs (a SELECT CTE nothing references is never evaluated), once, as an InitPlan.
- * - Without `channel` the caller notifies after the commit (see `WakeSender`).
+ *   Sends without a caller's transaction come here grouped (see `SendGroup`), so one
+ *   process has one notifying commit at a time.
+ * - Without `channel` nothing is notified.
  */
 export async function mailboxSendBatch(
   executor: Executor,
@@ -69,13 +71,9 @@ export async function mailboxSendBatch(
          woke AS (SELECT count(pg_notify($6, d.destination)) AS n FROM (SELECT DISTINCT destination FROM ins) d)
          SELECT ins.id, ins.destination FROM ins WHERE (SELECT n FROM woke) >= 0`;
   if (channel !== null) params.push(channel);
-  const { rows: created } = await executor.query<{ id: string; destination: string }>(text, params);
+  // Prepared: parsing and planning this statement costs several times running it.
+  const { rows: created } = await executor.query<{ id: string; destination: string }>(text, params, { prepare: true });
   return { created: new Set(created.map((r) => r.id)), destinations: [...new Set(created.map((r) => r.destination))] };
-}
-
-/** Notifies `channel` once per destination, in one statement (its own transaction). */
-export async function mailboxWake(executor: Executor, channel: string, destinations: readonly string[]): Promise<void> {
-  await executor.query('SELECT count(pg_notify($1, d)) FROM unnest($2::text[]) AS d', [channel, destinations]);
 }
 
 /**
@@ -103,6 +101,7 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
       WHERE m.id = next.id
      RETURNING ${RETURNED}`,
     [destination, topic, limit],
+    { prepare: true },
   );
   if (rows.length > 1) rows.sort((a, b) => (BigInt(a.seq) < BigInt(b.seq) ? -1 : 1));
   return rows;

@@ -23,6 +23,14 @@ export interface MailboxOptions {
   deadRetentionMs?: number;
   /** Interval of the retention sweep while the mailbox is started; 0 turns it off. @defaultValue 60000 */
   retentionIntervalMs?: number;
+  /**
+   * Group commit of sends without `tx`: concurrent `send`/`sendMany` calls of this
+   * process that wait while its previous statement runs share the next one, up to this
+   * many messages (1 turns grouping off: each call is its own statement). @defaultValue 1000
+   */
+  sendGroupMaxMessages?: number;
+  /** Most payload bytes (UTF-8, as encoded) in one grouped statement; a larger single call still goes, alone. @defaultValue 4194304 (4 MiB) */
+  sendGroupMaxBytes?: number;
 }
 
 /** A message to send. */

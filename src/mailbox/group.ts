@@ -1,0 +1,132 @@
+import type { MessageInsert } from './queries.js';
+
+/** One caller's rows, and how to answer it. */
+interface Request {
+  rows: readonly MessageInsert[];
+  bytes: number;
+  resolve(created: boolean[]): void;
+  reject(err: unknown): void;
+}
+
+/** Limits of one grouped statement. */
+export interface SendGroupLimits {
+  /** Most messages in one statement (a single larger request still goes, alone). */
+  maxMessages: number;
+  /** Most payload bytes in one statement (a single larger request still goes, alone). */
+  maxBytes: number;
+}
+
+/**
+ * Group commit for the sends pgherald commits itself (no `tx`). Each process keeps at
+ * most one such statement in flight: the requests that arrive meanwhile (from concurrent
+ * `send`/`sendMany` calls) wait, and the next statement inserts all of them in one
+ * `INSERT ... unnest` with one commit and one NOTIFY per distinct destination, carried
+ * in that same statement (see `mailboxSendBatch`).
+ *
+ * Why: a commit waits for a WAL flush, and a notifying commit holds Postgres's global
+ * notify lock through that flush (DESIGN trap 4). One statement per process at a time
+ * means the NOTIFY rides in the insert's own commit without queueing this process's
+ * other senders behind the lock, and N concurrent sends cost one commit, one flush and
+ * one NOTIFY instead of N of each (plus N wake-up statements).
+ *
+ * What each caller keeps:
+ * - its own `created` answers: the statement's `RETURNING` lists the ids it created;
+ *   walking the requests in arrival order, the first occurrence of an id gets `true`
+ *   (so two concurrent sends of one id in one group: one `true`, one `false`, as if
+ *   they had been two statements);
+ * - its own failure: when the server rejects the grouped statement with an error that
+ *   ends it before commit (any SQLSTATE but connection loss `08*` and shutdown `57P*`),
+ *   nothing of it committed, so each request is retried alone and only the bad one
+ *   fails. When the connection is lost, the outcome is unknown for the whole group:
+ *   every caller gets the error and may retry with the same ids (idempotent);
+ * - a request is never split: `sendMany` still writes its batch in one statement.
+ *
+ * A statement starts on the next turn of the event loop (`setImmediate`), so calls made
+ * in the same turn — for example every caller just released by the previous statement
+ * sending again — share it. That adds no measurable latency to a lone send.
+ */
+export class SendGroup {
+  readonly #run: (rows: MessageInsert[]) => Promise<Set<string>>;
+  readonly #limits: SendGroupLimits;
+  #queue: Request[] = [];
+  #running: Promise<void> | undefined;
+  /** Statements run so far (for tests and diagnostics). */
+  statements = 0;
+
+  /** `run` inserts rows in one statement (and commits), returning the ids it created. */
+  constructor(run: (rows: MessageInsert[]) => Promise<Set<string>>, limits: SendGroupLimits) {
+    this.#run = run;
+    this.#limits = limits;
+  }
+
+  /** Inserts `rows` (with whatever else is waiting); resolves with `created` per row, in order. */
+  submit(rows: readonly MessageInsert[]): Promise<boolean[]> {
+    return new Promise((resolve, reject) => {
+      let bytes = 0;
+      for (const r of rows) bytes += Buffer.byteLength(r.payload);
+      this.#queue.push({ rows, bytes, resolve, reject });
+      this.#running ??= this.#flush();
+    });
+  }
+
+  /** Resolves when no statement is running or waiting. */
+  async idle(): Promise<void> {
+    while (this.#running) await this.#running;
+  }
+
+  async #flush(): Promise<void> {
+    try {
+      for (;;) {
+        // Let the calls of this turn join (see the class comment).
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this.#queue.length === 0) return;
+        await this.#runGroup(this.#take());
+      }
+    } finally {
+      this.#running = undefined;
+    }
+  }
+
+  /** The next group: requests in arrival order, within the limits (at least one). */
+  #take(): Request[] {
+    let n = 0;
+    let messages = 0;
+    let bytes = 0;
+    for (const r of this.#queue) {
+      if (n > 0 && (messages + r.rows.length > this.#limits.maxMessages || bytes + r.bytes > this.#limits.maxBytes)) break;
+      n++;
+      messages += r.rows.length;
+      bytes += r.bytes;
+    }
+    return this.#queue.splice(0, n);
+  }
+
+  async #runGroup(group: Request[]): Promise<void> {
+    let created: Set<string>;
+    try {
+      this.statements++;
+      created = await this.#run(group.length === 1 ? [...group[0].rows] : group.flatMap((r) => r.rows));
+    } catch (err) {
+      if (group.length === 1 || !failedBeforeCommit(err)) {
+        for (const r of group) r.reject(err);
+        return;
+      }
+      // Nothing of the group committed: each request alone, so one bad request does not
+      // sink the others.
+      for (const r of group) await this.#runGroup([r]);
+      return;
+    }
+    for (const r of group) r.resolve(r.rows.map((row) => created.delete(row.id)));
+  }
+}
+
+/**
+ * True when the server rejected the statement with an error of its own (it carries a
+ * SQLSTATE) that is not a lost connection (`08*`) or a shutdown/termination (`57P*`):
+ * such a statement ended before its commit, so nothing of it is in the database.
+ */
+export function failedBeforeCommit(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code)) return false;
+  return !code.startsWith('08') && !code.startsWith('57P');
+}
