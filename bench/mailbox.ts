@@ -38,6 +38,7 @@ const listArg = (name: string) => {
 };
 const SENDERS = (listArg('senders') ?? '1,4,16').split(',').map(Number);
 const ONLY = listArg('only');
+const COOLDOWN = listArg('cooldown') === undefined ? undefined : Number(listArg('cooldown'));
 
 // ---------- setup ----------
 const pgServer = await benchPostgres({ max_connections: 300, shared_buffers: '256MB' });
@@ -75,18 +76,24 @@ function postgresCpuSeconds(): number {
 interface Probe {
   node: NodeJS.CpuUsage;
   pgCpu: number;
-  commits: number;
+  xids: number;
+  fsyncs: number;
 }
 async function probe(): Promise<Probe> {
-  const { rows } = await admin.query(`SELECT sum(xact_commit)::float8 AS c FROM pg_stat_database`);
-  return { node: process.cpuUsage(), pgCpu: postgresCpuSeconds(), commits: Number(rows[0].c) };
+  // Transaction ids assigned = transactions that wrote (each commit of one waits for a WAL
+  // flush); xact_commit would also count read-only ones, such as each notification read
+  // by a listening backend. WAL fsyncs from pg_stat_io (PostgreSQL 16+).
+  const { rows } = await admin.query(`SELECT pg_snapshot_xmax(pg_current_snapshot())::text::float8 AS x`);
+  const fs = await admin.query(`SELECT coalesce(sum(fsyncs), 0)::float8 AS f FROM pg_stat_io WHERE object = 'wal'`).catch(() => ({ rows: [{ f: NaN }] }));
+  return { node: process.cpuUsage(), pgCpu: postgresCpuSeconds(), xids: Number(rows[0].x), fsyncs: Number(fs.rows[0].f) };
 }
-/** Per message: commits, Node CPU µs, Postgres CPU µs (stats lag by up to a second; read after a pause). */
+/** Per message: writing commits, WAL fsyncs, Node CPU µs, Postgres CPU µs (stats lag by up to a second; read after a pause). */
 async function diagnose(before: Probe, messages: number, into: Row, prefix: string): Promise<void> {
   await sleep(1100); // pg_stat_database is flushed by backends at most once a second
   const after = await probe();
   const node = process.cpuUsage(before.node);
-  into[`${prefix} commits/msg`] = (after.commits - before.commits - 2) / messages; // 2: our own probe queries
+  into[`${prefix} write commits/msg`] = (after.xids - before.xids) / messages;
+  into[`${prefix} wal fsyncs/msg`] = (after.fsyncs - before.fsyncs) / messages;
   into[`${prefix} node cpu µs/msg`] = (node.user + node.system) / messages;
   into[`${prefix} pg cpu µs/msg`] = ((after.pgCpu - before.pgCpu) * 1e6) / messages;
 }
@@ -120,6 +127,32 @@ async function ceiling(clients: number, notify: boolean): Promise<number> {
   const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(out.stdout);
   if (!m) throw new Error(`pgbench failed: ${out.stderr || out.stdout}`);
   return Number(m[1]);
+}
+
+/**
+ * The ceiling's own transaction from Node: `clients` node-pg connections, each looping
+ * an awaited `INSERT` (one row, one transaction) into the ceiling table with its notify
+ * trigger. What a Node client reaches doing exactly what pgbench does.
+ */
+async function nodeCeiling(clients: number): Promise<number> {
+  const pool = new pg.Pool({ connectionString: url, max: clients });
+  pool.on('error', () => {});
+  let n = 0;
+  const start = performance.now();
+  const end = start + SECONDS * 1000;
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      const client = await pool.connect();
+      while (performance.now() < end) {
+        await client.query(`INSERT INTO bench_ceiling (destination, payload) VALUES ($1, $2)`, ['d', '{"i":1}']);
+        n++;
+      }
+      client.release();
+    }),
+  );
+  const rate = n / ((performance.now() - start) / 1000);
+  await pool.end();
+  return rate;
 }
 
 /** Raw pg_notify: each sender commits one notification per transaction; a listener counts them. */
@@ -161,6 +194,8 @@ interface Sys {
   send(n: number): Promise<void>;
   /** Starts consuming; `onMessage` gets each payload's `t`. */
   consume(onMessage: (t: number) => void, batchSize: number): Promise<() => Promise<void>>;
+  /** Take transactions the consumer ran (pgherald). */
+  takes?(): number;
   close(): Promise<void>;
 }
 
@@ -169,15 +204,18 @@ async function pgherald(batchSize: number): Promise<Sys> {
   await herald.migrate();
   await admin.query('TRUNCATE herald.mailbox_messages');
   const to = 'bench';
+  let consumer: { takes: number } | undefined;
   return {
     name: 'pgherald',
+    takes: () => consumer?.takes ?? 0,
     async send(n) {
       const t = performance.now();
       if (n === 1) await herald.mailbox.send({ to, payload: { t } });
       else await herald.mailbox.sendMany(Array.from({ length: n }, () => ({ to, payload: { t } })));
     },
     async consume(onMessage) {
-      const c = herald.mailbox.consume<{ t: number }>(to, (m) => onMessage(m.payload.t), { batchSize, concurrency: 2 });
+      const c = herald.mailbox.consume<{ t: number }>(to, (m) => onMessage(m.payload.t), { batchSize, concurrency: 2, cooldownMs: COOLDOWN });
+      consumer = c;
       await herald.mailbox.start();
       return () => c.stop();
     },
@@ -251,6 +289,7 @@ async function throughput(make: () => Promise<Sys>, senders: number, perTx: numb
   const drainDeadline = performance.now() + 120_000;
   while (consumed < sent && performance.now() < drainDeadline) await sleep(5);
   if (diag) await diagnose(before, sent, diag.into, diag.prefix);
+  if (diag && sys.takes) diag.into[`${diag.prefix} takes/msg`] = sys.takes() / sent;
   await stop();
   await sys.close();
   if (consumed < sent) return NaN;
@@ -311,6 +350,7 @@ for (let run = 1; run <= RUNS; run++) {
   const r: Row = {};
   for (const c of SENDERS) {
     r[`ceiling notify-trigger c${c}`] = await ceiling(c, true);
+    r[`node-pg insert+trigger c${c}`] = await nodeCeiling(c);
     r[`ceiling insert c${c}`] = await ceiling(c, false);
     if (ONLY !== 'onetx') r[`raw pg_notify c${c}`] = await rawNotify(c);
     r[`pgherald send-only 1/tx c${c}`] = await sendOnly(() => pgherald(100), c, { into: r, prefix: `  send-only c${c}` });
@@ -351,7 +391,7 @@ function table(rs: Row[]): string {
 }
 function fmt(v: number, k: string): string {
   if (!Number.isFinite(v)) return 'n/a';
-  return k.includes(' ms ') || k.includes('commits/msg') ? v.toFixed(2) : Math.round(v).toLocaleString('en-US');
+  return k.includes(' ms ') || k.includes('/msg') && !k.includes('µs') ? v.toFixed(2) : Math.round(v).toLocaleString('en-US');
 }
 function summary(m: Row): string {
   const out = [

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { Driver } from '../driver/types.js';
 import { backoffDelay, sleep } from '../internal/backoff.js';
 import { withSpan } from '../internal/tracing.js';
@@ -26,6 +27,7 @@ export interface ConsumerSettings {
   concurrency: number;
   batchSize: number;
   maxAttempts: number;
+  cooldownMs: number;
 }
 
 class HandlerFailed extends Error {
@@ -44,6 +46,8 @@ export class MailboxConsumer {
   consumed = 0;
   /** Handler runs that threw. */
   failures = 0;
+  /** Take transactions begun (each one transaction and one commit, whatever it found). */
+  takes = 0;
   readonly to: string;
   readonly #host: ConsumerHost;
   readonly #settings: ConsumerSettings;
@@ -57,6 +61,8 @@ export class MailboxConsumer {
   #taking: Promise<void> | undefined;
   /** The epoch read before the last take that left the destination empty (took less than a batch). */
   #emptyAt: number | undefined;
+  /** When the last take that found less than a full batch began (performance.now()). */
+  #lastPartialAt = -Infinity;
 
   /** @internal created by `Mailbox.consume`. */
   constructor(host: ConsumerHost, settings: ConsumerSettings, handler: MailboxHandler) {
@@ -114,6 +120,12 @@ export class MailboxConsumer {
         if (hub.epoch(this.to) === seen) this.#emptyAt = undefined;
         continue;
       }
+      // Cooldown after a partial take: messages sent meanwhile share the next take.
+      const wait = this.#lastPartialAt + this.#settings.cooldownMs - performance.now();
+      if (wait > 0 && this.#emptyAt !== undefined) {
+        await sleep(wait, signal);
+        continue; // read the epoch again: the take below covers everything sent until now
+      }
       let took: number;
       try {
         took = await this.#runOnce(seen);
@@ -133,6 +145,8 @@ export class MailboxConsumer {
   async #runOnce(seen: number): Promise<number> {
     const { to, topic, batchSize } = this.#settings;
     let release!: () => void;
+    const began = performance.now();
+    this.takes++;
     this.#taking = new Promise<void>((resolve) => (release = resolve));
     const done = () => {
       if (!this.#taking) return;
@@ -146,7 +160,12 @@ export class MailboxConsumer {
           rows = await mailboxClaim(tx, this.#host.schemaSql, to, topic, batchSize);
           // Fewer than a batch: nothing else was ready when this take looked; the next
           // take waits for a wake-up (or the safety poll).
-          if (rows.length < batchSize) this.#emptyAt = seen;
+          if (rows.length < batchSize) {
+            this.#emptyAt = seen;
+            this.#lastPartialAt = began;
+          } else {
+            this.#lastPartialAt = -Infinity;
+          }
         } finally {
           done();
         }

@@ -45,6 +45,9 @@ export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
   sendGroupMaxBytes: 4_194_304,
 };
 
+/** Default `cooldownMs` of `consume`. */
+export const CONSUME_COOLDOWN_MS = 2;
+
 /** Longest destination, topic or id, in UTF-8 bytes (a destination travels as a NOTIFY payload). */
 export const MAX_NAME_BYTES = 1000;
 
@@ -271,7 +274,10 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     for (const [k, v] of [['concurrency', concurrency], ['batchSize', batchSize], ['maxAttempts', maxAttempts]] as const) {
       if (!Number.isInteger(v) || v < 1) throw new InvalidOptionError(k, v, 'a positive integer');
     }
-    const consumer = new MailboxConsumer(this.#host, { to, topic, concurrency, batchSize, maxAttempts }, handler as MailboxHandler);
+    const cooldownMs = options.cooldownMs ?? CONSUME_COOLDOWN_MS;
+    if (typeof cooldownMs !== 'number' || !(cooldownMs >= 0) || !Number.isFinite(cooldownMs)) throw new InvalidOptionError('cooldownMs', cooldownMs, 'a number >= 0');
+    const settings = { to, topic, concurrency, batchSize, maxAttempts, cooldownMs };
+    const consumer = new MailboxConsumer(this.#host, settings, handler as MailboxHandler);
     this.#consumers.add(consumer);
     const ready = this.start();
     consumer._start(ready);

@@ -103,7 +103,8 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
     [destination, topic, limit],
     { prepare: true },
   );
-  if (rows.length > 1) rows.sort((a, b) => (BigInt(a.seq) < BigInt(b.seq) ? -1 : 1));
+  // RETURNING has no order: by seq (decimal strings of positive bigints: shorter is smaller).
+  if (rows.length > 1) rows.sort((a, b) => a.seq.length - b.seq.length || (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
   return rows;
 }
 

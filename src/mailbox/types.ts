@@ -96,6 +96,14 @@ export interface ConsumeOptions {
   /** Transactions running at once (each on its own pooled connection). @defaultValue 1 */
   concurrency?: number;
   /**
+   * After a take that found less than a full batch, the next take of this consumer
+   * starts no sooner than this long after that one began: the wake-ups of messages sent
+   * meanwhile are served by one take (one transaction, one commit) instead of one each.
+   * Adds at most this much latency; a take that found a full batch is followed at once.
+   * 0 takes on every wake-up. @defaultValue 2
+   */
+  cooldownMs?: number;
+  /**
    * Messages taken per transaction. If a handler throws, the whole transaction rolls
    * back, the failure is recorded for that message, and the others are delivered again.
    * @defaultValue 1
