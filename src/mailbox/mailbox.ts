@@ -46,7 +46,7 @@ export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
 };
 
 /** Default `cooldownMs` of `consume`. */
-export const CONSUME_COOLDOWN_MS = 2;
+export const CONSUME_COOLDOWN_MS = 0;
 
 /** Longest destination, topic or id, in UTF-8 bytes (a destination travels as a NOTIFY payload). */
 export const MAX_NAME_BYTES = 1000;

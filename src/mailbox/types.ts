@@ -100,7 +100,8 @@ export interface ConsumeOptions {
    * starts no sooner than this long after that one began: the wake-ups of messages sent
    * meanwhile are served by one take (one transaction, one commit) instead of one each.
    * Adds at most this much latency; a take that found a full batch is followed at once.
-   * 0 takes on every wake-up. @defaultValue 2
+   * 0 takes on every wake-up (wake-ups that arrive while a take runs are still served by
+   * the next one). For throughput with `batchSize > 1`, a few milliseconds. @defaultValue 0
    */
   cooldownMs?: number;
   /**
