@@ -12,6 +12,7 @@ import { benchPostgres } from './support/postgres.js';
 const total = Number(process.argv[2] ?? 100_000);
 const prefetch = Number(process.argv[3] ?? 100);
 const concurrency = Number(process.argv[4] ?? 10);
+const keepCompleted = process.argv[5] !== 'delete';
 
 /** CPU seconds of every process whose command is postgres. */
 function postgresCpu(): number {
@@ -29,7 +30,7 @@ function postgresCpu(): number {
 }
 
 const server = await benchPostgres({ max_connections: 200, shared_buffers: '256MB', shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track_planning': 'on' });
-const h = new Herald({ connectionString: server.url, poolSize: 10 });
+const h = new Herald({ connectionString: server.url, poolSize: 10, queue: { keepCompleted } });
 await h.migrate();
 await h.driver.executor.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
 for (let i = 0; i < total; i += 20_000) {
@@ -48,7 +49,7 @@ const s = (performance.now() - t) / 1000;
 const node = process.cpuUsage(node0);
 const pgs = postgresCpu() - pg0;
 console.log(
-  `${total} jobs, prefetch ${prefetch}, concurrency ${concurrency}: ${Math.round(total / s)} jobs/s in ${s.toFixed(2)} s; ` +
+  `${total} jobs, prefetch ${prefetch}, concurrency ${concurrency}, ${keepCompleted ? 'keep' : 'delete'} completed: ${Math.round(total / s)} jobs/s in ${s.toFixed(2)} s; ` +
     `node cpu ${((node.user + node.system) / 1e6).toFixed(2)} s, postgres cpu ${pgs.toFixed(2)} s`,
 );
 const { rows } = await h.driver.executor.query<{ q: string; calls: number; ms: number; rows: number }>(

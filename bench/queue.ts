@@ -78,7 +78,7 @@ function herald(config: 'default' | 'throughput'): Lib {
   return {
     name: `pgherald (${config})`,
     async setup(url) {
-      h = new Herald({ connectionString: url, poolSize: 10 });
+      h = new Herald({ connectionString: url, poolSize: 10, queue: { keepCompleted: config === 'default' } });
       await h.migrate();
     },
     async enqueue(n) {
@@ -90,7 +90,7 @@ function herald(config: 'default' | 'throughput'): Lib {
       await h.queue.enqueue('noop', {});
     },
     async startWorkers(onJob) {
-      h.queue.work('noop', () => void onJob(), { concurrency: CONCURRENCY, prefetch: config === 'throughput' ? 100 : 0 });
+      h.queue.work('noop', () => void onJob(), { concurrency: CONCURRENCY, prefetch: config === 'throughput' ? 1000 : 0 });
     },
     async stopWorkers() {
       await h.queue.stop();
@@ -269,7 +269,7 @@ console.log(`# ${RUNS} runs, medians; drain = ${N} no-op jobs, concurrency ${CON
 
 const libs: [string, () => Lib][] = [
   ['pgherald (default)', () => herald('default')],
-  ['pgherald (throughput: prefetch 100)', () => herald('throughput')],
+  ['pgherald (throughput: prefetch 1000, keepCompleted false)', () => herald('throughput')],
   ['graphile-worker (default)', () => graphile('default')],
   ['graphile-worker (throughput: localQueue 500, batched completion)', () => graphile('throughput')],
   ['pg-boss (default)', () => pgBoss('default')],
