@@ -143,6 +143,37 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
   return rows;
 }
 
+/**
+ * Inserts a batch of plain jobs (no unique key, no stages, not announced): the fast
+ * path of enqueue, a bare INSERT ... SELECT with one wake-up per queue whose jobs are
+ * due. Rows are inserted in input order (ORDER BY ord), so identity values rise in
+ * input order and the returned ids, sorted, map back to the inputs.
+ */
+export async function jobInsertPlain(x: Executor, s: string, ch: QueueChannels, b: JobInsertBatch): Promise<string[]> {
+  const { rows } = await x.query<{ id: string }>(
+    `WITH ins AS (
+       INSERT INTO ${s}.jobs (queue, kind, payload, priority, run_at, max_attempts)
+       SELECT t.queue, t.kind, t.payload, t.priority, coalesce(t.run_at, now() + coalesce(t.delay_ms, 0) * interval '1 millisecond'), t.max_attempts
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[])
+              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, ord)
+        ORDER BY t.ord
+       RETURNING id, queue, run_at
+     )
+     SELECT id::text AS id, ${wake('ins', '$8', 'run_at <= now()')} AS woke FROM ins`,
+    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, ch.wake],
+  );
+  const ids = rows.map((r) => r.id);
+  for (let i = 1; i < ids.length; i++) {
+    if (compareIds(ids[i - 1], ids[i]) > 0) return ids.sort(compareIds);
+  }
+  return ids;
+}
+
+/** Bigint ids as decimal text, compared as numbers. */
+export function compareIds(a: string, b: string): number {
+  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+}
+
 /** Ids of the waiting or running jobs holding these unique keys. */
 export async function jobFindByUniqueKeys(x: Executor, s: string, keys: string[]): Promise<Map<string, string>> {
   const { rows } = await x.query<{ id: string; unique_key: string }>(

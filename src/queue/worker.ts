@@ -3,6 +3,7 @@ import { HeraldError } from '../errors.js';
 import { backoffDelay, sleep } from '../internal/backoff.js';
 import { withSpan } from '../internal/tracing.js';
 import {
+  compareIds,
   jobClaimBatch,
   jobCompleteMany,
   jobFailMany,
@@ -56,11 +57,6 @@ interface Finished {
 
 function finishBatch(fs: Finished[]): FinishBatch {
   return { ids: fs.map((f) => f.id), attempts: fs.map((f) => f.fence), results: fs.map((f) => f.result) };
-}
-
-/** Bigint ids as decimal text, compared as numbers. */
-function compareIds(a: string, b: string): number {
-  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
 }
 
 /** Sorts a claimed batch by (priority, id) in place; RETURNING gives no order. */
