@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import pg from 'pg';
-import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryResult, type RawNotification } from './types.js';
+import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
 
 /** Options of {@link pgDriver}. */
 export interface PgDriverOptions {
@@ -17,7 +18,24 @@ export interface PgDriverOptions {
   listenConnectionString?: string;
   /** Called with errors of idle pool clients (a dying server); they never crash the process. */
   onPoolError?: (err: Error) => void;
+  /**
+   * Run pgherald's hot statements (claims, completions, plain enqueues) as named
+   * prepared statements on the pool's connections. Turn off behind a pooler in
+   * transaction mode without prepared-statement support (PgBouncer before 1.21, or
+   * `max_prepared_statements = 0`); if the server reports a missing or duplicate
+   * prepared statement, the driver turns them off by itself and runs the statement
+   * unprepared. @defaultValue true
+   */
+  preparedStatements?: boolean;
 }
+
+/** Distinct statement texts prepared at most; beyond it, statements run unprepared. */
+const MAX_PREPARED = 500;
+
+// A named statement that the server does not have (26000) or already has under that
+// name (42P05): a transaction pooler moved us to another server connection. Both are
+// reported before the statement runs, so running it again unprepared is safe.
+const POOLER_PREPARE_ERRORS = new Set(['26000', '42P05']);
 
 /**
  * A driver over node-postgres (`pg`). Every pool and client it owns handles its
@@ -43,8 +61,28 @@ export function pgDriver(options: PgDriverOptions): Driver {
     ? { connectionString: options.listenConnectionString }
     : (pool as unknown as { options: pg.ClientConfig }).options;
 
+  let prepare = options.preparedStatements ?? true;
+  const names = new Map<string, string>();
+  const nameOf = (text: string): string | undefined => {
+    let name = names.get(text);
+    if (name === undefined && names.size < MAX_PREPARED) {
+      name = `herald_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
+      names.set(text, name);
+    }
+    return name;
+  };
   const executor: Executor = {
-    async query<R>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>> {
+    async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
+      const name = prepare && opts?.prepare ? nameOf(text) : undefined;
+      if (name !== undefined) {
+        try {
+          const res = await pool.query({ name, text, values: values as unknown[] });
+          return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
+        } catch (err) {
+          if (!POOLER_PREPARE_ERRORS.has((err as { code?: string }).code ?? '')) throw err;
+          prepare = false;
+        }
+      }
       const res = await pool.query(text, values as unknown[]);
       return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
     },

@@ -19,7 +19,17 @@ export interface QueryResult<R = Record<string, unknown>> {
  * pgherald's writes commit or roll back with the caller's own work.
  */
 export interface Executor {
-  query<R = Record<string, unknown>>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>>;
+  query<R = Record<string, unknown>>(text: string, values?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>>;
+}
+
+/** Per-statement hints an {@link Executor} may use or ignore. */
+export interface QueryOptions {
+  /**
+   * A hot statement run again and again with the same text: a driver with prepared
+   * statements on runs it as a named prepared statement (parsed and planned once per
+   * connection). Executors over a caller's transaction ignore it.
+   */
+  prepare?: boolean;
 }
 
 /**

@@ -5,7 +5,10 @@
  * in a transaction are merged by Postgres) and one small transition notice per job
  * that asked for them (`announce`).
  */
-import type { Executor } from '../driver/types.js';
+import type { Executor, QueryOptions } from '../driver/types.js';
+
+// The statements a worker runs again and again: prepared once per pool connection.
+const PREPARE: QueryOptions = { prepare: true };
 
 /** A job row as the queries return it (bigint ids as strings). */
 export interface JobRow {
@@ -161,6 +164,7 @@ export async function jobInsertPlain(x: Executor, s: string, ch: QueueChannels, 
      )
      SELECT id::text AS id, ${wake('ins', '$8', 'run_at <= now()')} AS woke FROM ins`,
     [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, ch.wake],
+    PREPARE,
   );
   const ids = rows.map((r) => r.id);
   for (let i = 1; i < ids.length; i++) {
@@ -226,7 +230,7 @@ const claimParams = (a: ClaimRequest) => [a.queue, a.kind, a.stage ?? '', a.limi
 
 /** Claims up to `limit` due jobs, taking a lease (see {@link claimCtes}). */
 export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a: ClaimRequest): Promise<ClaimRow[]> {
-  const { rows } = await x.query<ClaimRow>(`WITH ${claimCtes(s, 1, 6)} SELECT * FROM claimed`, [...claimParams(a), ch.events]);
+  const { rows } = await x.query<ClaimRow>(`WITH ${claimCtes(s, 1, 6)} SELECT * FROM claimed`, [...claimParams(a), ch.events], PREPARE);
   return rows;
 }
 
@@ -305,6 +309,7 @@ export async function jobFinishMany(x: Executor, s: string, ch: QueueChannels, k
   const { rows } = await x.query<{ id: string }>(
     `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id FROM done`,
     [...params, ch.events],
+    PREPARE,
   );
   return rows.map((r) => r.id);
 }
@@ -331,6 +336,7 @@ export async function jobFinishAndClaim(
      UNION ALL
      SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id::text FROM done`,
     [...fp, ...claimParams(a), ch.events],
+    PREPARE,
   );
   const completed: string[] = [];
   const claimed: ClaimRow[] = [];
@@ -409,6 +415,7 @@ export async function jobHeartbeatMany(x: Executor, s: string, ids: string[], at
       WHERE ${fenced(1, 2)}
       RETURNING j.id::text AS id`,
     [ids, perJob(ids, { a: attempts }), leaseMs],
+    PREPARE,
   );
   return rows.map((r) => r.id);
 }
