@@ -101,7 +101,7 @@ function herald(config: 'default' | 'throughput'): Lib {
   };
 }
 
-function graphile(config: 'default' | 'throughput'): Lib {
+function graphile(config: 'default' | 'throughput', localQueue = 500): Lib {
   let utils: WorkerUtils;
   let runner: Runner | undefined;
   let url: string;
@@ -129,7 +129,7 @@ function graphile(config: 'default' | 'throughput'): Lib {
         logger,
         taskList: { noop: async () => void onJob() },
         // Its documented throughput settings: a local queue and batched completion.
-        preset: config === 'throughput' ? { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } : undefined,
+        preset: config === 'throughput' ? { worker: { localQueue: { size: localQueue }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } : undefined,
       });
     },
     async stopWorkers() {
@@ -272,6 +272,7 @@ const libs: [string, () => Lib][] = [
   ['pgherald (throughput: prefetch 1000, keepCompleted false)', () => herald('throughput')],
   ['graphile-worker (default)', () => graphile('default')],
   ['graphile-worker (throughput: localQueue 500, batched completion)', () => graphile('throughput')],
+  ['graphile-worker (throughput: localQueue 1000, batched completion)', () => graphile('throughput', 1000)],
   ['pg-boss (default)', () => pgBoss('default')],
   ['pg-boss (throughput: batchSize 50, poll 0.5 s)', () => pgBoss('throughput')],
 ];
