@@ -12,6 +12,7 @@ import { benchPostgres } from './support/postgres.js';
 const total = Number(process.argv[2] ?? 100_000);
 const prefetch = Number(process.argv[3] ?? 100);
 const concurrency = Number(process.argv[4] ?? 10);
+const keepCompleted = process.argv[5] !== 'delete';
 
 /** CPU seconds of every process whose command is postgres. */
 function postgresCpu(): number {
@@ -29,7 +30,7 @@ function postgresCpu(): number {
 }
 
 const server = await benchPostgres({ max_connections: 200, shared_buffers: '256MB', shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track_planning': 'on' });
-const h = new Herald({ connectionString: server.url, poolSize: 10 });
+const h = new Herald({ connectionString: server.url, poolSize: 10, queue: { keepCompleted } });
 await h.migrate();
 await h.driver.executor.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
 for (let i = 0; i < total; i += 20_000) {
@@ -42,15 +43,29 @@ await h.driver.executor.query('SELECT pg_stat_statements_reset()');
 const pg0 = postgresCpu();
 const node0 = process.cpuUsage();
 const t = performance.now();
-h.queue.work('noop', () => void (++done === total && finish()), { concurrency, prefetch });
+let mark = performance.now();
+h.queue.work(
+  'noop',
+  () => {
+    if (++done % 100_000 === 0) {
+      const now = performance.now();
+      console.log(`  ${done}: ${Math.round(100_000 / ((now - mark) / 1000))} jobs/s`);
+      mark = now;
+    }
+    if (done === total) finish();
+  },
+  { concurrency, prefetch },
+);
 await finished;
 const s = (performance.now() - t) / 1000;
 const node = process.cpuUsage(node0);
 const pgs = postgresCpu() - pg0;
 console.log(
-  `${total} jobs, prefetch ${prefetch}, concurrency ${concurrency}: ${Math.round(total / s)} jobs/s in ${s.toFixed(2)} s; ` +
+  `${total} jobs, prefetch ${prefetch}, concurrency ${concurrency}, ${keepCompleted ? 'keep' : 'delete'} completed: ${Math.round(total / s)} jobs/s in ${s.toFixed(2)} s; ` +
     `node cpu ${((node.user + node.system) / 1e6).toFixed(2)} s, postgres cpu ${pgs.toFixed(2)} s`,
 );
+const vac = await h.driver.executor.query(`SELECT n_live_tup, n_dead_tup, autovacuum_count, autoanalyze_count, pg_size_pretty(pg_total_relation_size('herald.jobs')) AS size FROM pg_stat_user_tables WHERE relname = 'jobs'`);
+console.log(vac.rows[0]);
 const { rows } = await h.driver.executor.query<{ q: string; calls: number; ms: number; rows: number }>(
   `SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q, calls, round(total_exec_time)::int AS ms, round(total_plan_time)::int AS plan, rows FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8`,
 );

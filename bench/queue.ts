@@ -78,7 +78,7 @@ function herald(config: 'default' | 'throughput'): Lib {
   return {
     name: `pgherald (${config})`,
     async setup(url) {
-      h = new Herald({ connectionString: url, poolSize: 10 });
+      h = new Herald({ connectionString: url, poolSize: 10, queue: { keepCompleted: config === 'default' } });
       await h.migrate();
     },
     async enqueue(n) {
@@ -90,7 +90,7 @@ function herald(config: 'default' | 'throughput'): Lib {
       await h.queue.enqueue('noop', {});
     },
     async startWorkers(onJob) {
-      h.queue.work('noop', () => void onJob(), { concurrency: CONCURRENCY, prefetch: config === 'throughput' ? 100 : 0 });
+      h.queue.work('noop', () => void onJob(), { concurrency: CONCURRENCY, prefetch: config === 'throughput' ? 1000 : 0 });
     },
     async stopWorkers() {
       await h.queue.stop();
@@ -101,7 +101,7 @@ function herald(config: 'default' | 'throughput'): Lib {
   };
 }
 
-function graphile(config: 'default' | 'throughput'): Lib {
+function graphile(config: 'default' | 'throughput', localQueue = 500): Lib {
   let utils: WorkerUtils;
   let runner: Runner | undefined;
   let url: string;
@@ -129,7 +129,7 @@ function graphile(config: 'default' | 'throughput'): Lib {
         logger,
         taskList: { noop: async () => void onJob() },
         // Its documented throughput settings: a local queue and batched completion.
-        preset: config === 'throughput' ? { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } : undefined,
+        preset: config === 'throughput' ? { worker: { localQueue: { size: localQueue }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } : undefined,
       });
     },
     async stopWorkers() {
@@ -269,9 +269,10 @@ console.log(`# ${RUNS} runs, medians; drain = ${N} no-op jobs, concurrency ${CON
 
 const libs: [string, () => Lib][] = [
   ['pgherald (default)', () => herald('default')],
-  ['pgherald (throughput: prefetch 100)', () => herald('throughput')],
+  ['pgherald (throughput: prefetch 1000, keepCompleted false)', () => herald('throughput')],
   ['graphile-worker (default)', () => graphile('default')],
   ['graphile-worker (throughput: localQueue 500, batched completion)', () => graphile('throughput')],
+  ['graphile-worker (throughput: localQueue 1000, batched completion)', () => graphile('throughput', 1000)],
   ['pg-boss (default)', () => pgBoss('default')],
   ['pg-boss (throughput: batchSize 50, poll 0.5 s)', () => pgBoss('throughput')],
 ];

@@ -37,11 +37,13 @@ export interface HeraldOptions {
   /** Pool size when pgherald creates the pool. @defaultValue 10 */
   poolSize?: number;
   /**
-   * With `connectionString` or `pool`: prepare pgherald's hot statements once per
-   * connection (see `PgDriverOptions.prepareStatements`). Set false behind PgBouncer in
-   * transaction mode without prepared-statement support. @defaultValue true
+   * Run hot statements (job claims and completions, plain enqueues, mailbox sends and
+   * takes) as named prepared statements. Turn off when the pool goes through a transaction-mode pooler without
+   * prepared-statement support (PgBouncer before 1.21 or `max_prepared_statements = 0`);
+   * a server error about a missing or duplicate prepared statement also turns them off.
+   * @defaultValue true (with `sql`: that instance's `prepare` option)
    */
-  prepareStatements?: boolean;
+  preparedStatements?: boolean;
   /** Schema of pgherald's tables. @defaultValue 'herald' */
   schema?: string;
   /** Notifier options (buffers, health checks, reconnect backoff). */
@@ -94,13 +96,13 @@ export class Herald {
     this.driver =
       options.driver ??
       (options.sql
-        ? postgresJsDriver({ sql: options.sql, listenConnectionString: options.listenConnectionString })
+        ? postgresJsDriver({ sql: options.sql, listenConnectionString: options.listenConnectionString, preparedStatements: options.preparedStatements })
         : pgDriver({
             pool: options.pool,
             connectionString: options.connectionString,
             max: options.poolSize,
             listenConnectionString: options.listenConnectionString,
-            prepareStatements: options.prepareStatements,
+            preparedStatements: options.preparedStatements,
           }));
     this.notifier = new Notifier(this.driver, options.notifier);
     this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue);

@@ -1,5 +1,5 @@
 import { HeraldError } from '../errors.js';
-import { driverExecutors, pgClientExecutor } from './pg.js';
+import { pgClientExecutor } from './pg.js';
 import { postgresJsExecutor } from './postgres-js.js';
 import type { Executor, TxLike } from './types.js';
 
@@ -19,8 +19,6 @@ export function toExecutor(tx: TxLike): Executor {
   if (tx == null || (typeof tx !== 'object' && typeof tx !== 'function')) {
     throw new HeraldError('INVALID_ARGUMENT', 'tx must be a transaction or client with query(text, values), or a postgres.js sql object');
   }
-  // A transaction a pg driver handed out (herald.transaction): as it is, so it may prepare.
-  if (driverExecutors.has(tx as Executor)) return tx as Executor;
   const cached = wrapped.get(tx);
   if (cached) return cached;
   let executor: Executor;

@@ -19,68 +19,70 @@ export interface PgDriverOptions {
   /** Called with errors of idle pool clients (a dying server); they never crash the process. */
   onPoolError?: (err: Error) => void;
   /**
-   * Prepare pgherald's hot statements (those it marks `prepare`) once per connection,
-   * as named statements, instead of parsing and planning them on every call. Turn off
-   * when the pool goes through a pooler that cannot keep named statements (PgBouncer in
-   * transaction mode before 1.21, or without `max_prepared_statements`); the driver also
-   * turns it off by itself on the first "prepared statement does not exist / already
-   * exists" error (SQLSTATE 26000 / 42P05): a statement outside a transaction is then
-   * retried unprepared, one inside a transaction fails with that error (the transaction
-   * is aborted) and its caller's retry runs unprepared. @defaultValue true
+   * Run pgherald's hot statements (claims, completions, plain enqueues, mailbox sends
+   * and takes) as named prepared statements on the pool's connections, also inside the
+   * transactions pgherald runs for itself (a mailbox consumer's take; statements pgherald
+   * runs in a transaction you pass as `{ tx }` are not prepared). Turn off behind a pooler in transaction mode without
+   * prepared-statement support (PgBouncer before 1.21, or `max_prepared_statements = 0`);
+   * if the server reports a missing or duplicate prepared statement, the driver turns
+   * them off by itself: a statement outside a transaction runs again unprepared, one
+   * inside a transaction fails with that error (the transaction is aborted; the
+   * caller's retry runs unprepared). @defaultValue true
    */
-  prepareStatements?: boolean;
+  preparedStatements?: boolean;
 }
 
-/** Whether this driver still prepares statements (shared by its executors). */
+/** Distinct statement texts prepared at most; beyond it, statements run unprepared. */
+const MAX_PREPARED = 500;
+
+// A named statement that the server does not have (26000) or already has under that
+// name (42P05): a transaction pooler moved us to another server connection. Both are
+// reported before the statement runs, so running it again unprepared is safe.
+const POOLER_PREPARE_ERRORS = new Set(['26000', '42P05']);
+
+/** Whether a driver still prepares statements, and the names it gave (shared by its executors). */
 interface PrepareState {
   on: boolean;
-}
-
-/** SQLSTATEs of a named statement the server does not have, or has already: a pooler between. */
-const PREPARE_BROKEN = new Set(['26000', '42P05']);
-
-const statementNames = new Map<string, string>();
-/** A name for a statement text, the same in every process (texts are few and fixed). */
-function statementName(text: string): string {
-  let name = statementNames.get(text);
-  if (!name) {
-    name = `pgherald_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
-    if (statementNames.size >= 2000) statementNames.clear();
-    statementNames.set(text, name);
-  }
-  return name;
+  names: Map<string, string>;
 }
 
 type Queryable = { query(config: pg.QueryConfig | string, values?: unknown[]): Promise<pg.QueryResult | pg.QueryResult[]> };
 
-/** An executor that prepares statements marked `prepare` while `state.on`. */
+/**
+ * An executor over a pool (`autocommit`) or a client in a transaction that runs the
+ * statements marked `prepare` as named statements while `state.on`.
+ */
 function preparingExecutor(target: Queryable, state: PrepareState, autocommit: boolean): Executor {
+  const nameOf = (text: string): string | undefined => {
+    let name = state.names.get(text);
+    if (name === undefined && state.names.size < MAX_PREPARED) {
+      name = `herald_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
+      state.names.set(text, name);
+    }
+    return name;
+  };
   const executor: Executor = {
-    async query<R>(text: string, values?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>> {
-      let res: pg.QueryResult | pg.QueryResult[];
-      if (options?.prepare && state.on) {
+    async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
+      const name = state.on && opts?.prepare ? nameOf(text) : undefined;
+      let res: pg.QueryResult | pg.QueryResult[] | undefined;
+      if (name !== undefined) {
         try {
-          res = await target.query({ name: statementName(text), text, values: values as unknown[] });
+          res = await target.query({ name, text, values: values as unknown[] });
         } catch (err) {
-          if (!PREPARE_BROKEN.has((err as { code?: string }).code ?? '')) throw err;
+          if (!POOLER_PREPARE_ERRORS.has((err as { code?: string }).code ?? '')) throw err;
           state.on = false;
-          // The statement never ran (the server refused its Parse or Bind).
+          // Inside a transaction the error aborted it: the caller retries (unprepared).
           if (!autocommit) throw err;
-          res = await target.query(text, values as unknown[]);
         }
-      } else {
-        res = await target.query(text, values as unknown[]);
       }
+      res ??= await target.query(text, values as unknown[]);
+      // A multi-statement simple query returns one result per statement: keep the last.
       if (Array.isArray(res)) res = res[res.length - 1] ?? ({ rows: [], rowCount: 0 } as unknown as pg.QueryResult);
       return { rows: (res.rows ?? []) as R[], rowCount: res.rowCount ?? 0 };
     },
   };
-  driverExecutors.add(executor);
   return executor;
 }
-
-/** Executors made by a pg driver: `toExecutor` uses them as they are (they may prepare). */
-export const driverExecutors = new WeakSet<Executor>();
 
 /**
  * A driver over node-postgres (`pg`). Every pool and client it owns handles its
@@ -106,8 +108,8 @@ export function pgDriver(options: PgDriverOptions): Driver {
     ? { connectionString: options.listenConnectionString }
     : (pool as unknown as { options: pg.ClientConfig }).options;
 
-  const prepare: PrepareState = { on: options.prepareStatements ?? true };
-  const executor = preparingExecutor(pool as unknown as Queryable, prepare, true);
+  const prepared: PrepareState = { on: options.preparedStatements ?? true, names: new Map() };
+  const executor = preparingExecutor(pool as unknown as Queryable, prepared, true);
 
   return {
     kind: 'pg',
@@ -125,7 +127,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
       client.on('error', onError);
       try {
         await client.query('BEGIN');
-        const result = await fn(preparingExecutor(client as unknown as Queryable, prepare, false));
+        const result = await fn(preparingExecutor(client as unknown as Queryable, prepared, false));
         await client.query('COMMIT');
         return result;
       } catch (err) {

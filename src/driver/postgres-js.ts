@@ -1,5 +1,5 @@
 import postgres from 'postgres';
-import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryResult, type RawNotification } from './types.js';
+import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
 
 type Sql = postgres.Sql<Record<string, never>>;
 
@@ -13,6 +13,11 @@ export interface PostgresJsDriverOptions {
   max?: number;
   /** Connection string of the listen session, when it must differ. @defaultValue the pool's */
   listenConnectionString?: string;
+  /**
+   * Run pgherald's hot statements as prepared statements (see `PgDriverOptions`).
+   * @defaultValue the instance's own `prepare` option (postgres.js: true unless turned off)
+   */
+  preparedStatements?: boolean;
 }
 
 /**
@@ -29,7 +34,7 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
 
   return {
     kind: 'postgres',
-    executor: postgresJsExecutor(sql),
+    executor: postgresJsExecutor(sql, options.preparedStatements ?? listenOptions.prepare !== false),
     async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
       return (await sql.begin((tx) => fn(postgresJsExecutor(tx as unknown as Sql)))) as T;
     },
@@ -86,11 +91,20 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
   };
 }
 
-/** Wraps a postgres.js `sql` or transaction object as an {@link Executor}. */
-export function postgresJsExecutor(sql: { unsafe(text: string, values?: any[]): PromiseLike<any> }): Executor {
+/**
+ * Wraps a postgres.js `sql` or transaction object as an {@link Executor}; with
+ * `prepared`, statements marked `prepare` run as prepared statements.
+ */
+export function postgresJsExecutor(
+  sql: { unsafe(text: string, values?: any[], options?: { prepare?: boolean }): PromiseLike<any> },
+  prepared = false,
+): Executor {
   return {
-    async query<R>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>> {
-      const res = (await sql.unsafe(text, (values ?? []) as any[])) as unknown as R[] & { count?: number };
+    async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
+      const args = (values ?? []) as any[];
+      const res = (await (prepared && opts?.prepare ? sql.unsafe(text, args, { prepare: true }) : sql.unsafe(text, args))) as unknown as R[] & {
+        count?: number;
+      };
       return { rows: Array.from(res), rowCount: res.count ?? res.length };
     },
   };

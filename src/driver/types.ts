@@ -13,16 +13,6 @@ export interface QueryResult<R = Record<string, unknown>> {
   rowCount: number;
 }
 
-/** Hints for one statement; an executor may ignore them. */
-export interface QueryOptions {
-  /**
-   * The statement is on a hot path and its text is fixed (only `$n` values vary): the
-   * driver may prepare it once per connection and reuse the plan (the `pg` driver does,
-   * unless `prepareStatements: false`; parsing and planning can cost more than running).
-   */
-  prepare?: boolean;
-}
-
 /**
  * Anything that runs a parameterised statement: a pool, a client checked out of a
  * pool, or the caller's open transaction. This is what `{ tx }` options accept, so
@@ -30,6 +20,18 @@ export interface QueryOptions {
  */
 export interface Executor {
   query<R = Record<string, unknown>>(text: string, values?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>>;
+}
+
+/** Per-statement hints an {@link Executor} may use or ignore. */
+export interface QueryOptions {
+  /**
+   * A hot statement run again and again with the same text: a driver with prepared
+   * statements on runs it as a named prepared statement (parsed and planned once per
+   * connection; parsing and planning can cost more than running). Executors over a
+   * caller's transaction (`{ tx }`) ignore it; the pg driver's executors over its pool
+   * and inside the transactions pgherald runs for itself use it.
+   */
+  prepare?: boolean;
 }
 
 /**

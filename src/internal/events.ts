@@ -22,12 +22,17 @@ export class TypedEmitter<Events extends Record<string, unknown[]>> {
     this.#emitter.off(event, listener as (...args: unknown[]) => void);
     return this;
   }
+  /** Whether anyone listens to `event`. */
+  hasListeners<K extends keyof Events & string>(event: K): boolean {
+    return this.#emitter.listenerCount(event) > 0;
+  }
   /** Resolves with the arguments of the next `event`. */
   next<K extends keyof Events & string>(event: K): Promise<Events[K]> {
     return new Promise((resolve) => this.once(event, (...args) => resolve(args)));
   }
   protected emit<K extends keyof Events & string>(event: K, ...args: Events[K]): void {
     // A throwing listener must not break the part that emits.
+    if (this.#emitter.listenerCount(event) === 0) return;
     for (const listener of this.#emitter.listeners(event)) {
       try {
         (listener as (...a: unknown[]) => void)(...args);

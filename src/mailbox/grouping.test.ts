@@ -171,17 +171,26 @@ describe('consumer takes', () => {
 });
 
 describe('prepared statements', () => {
-  const prepared = async (h: Herald): Promise<string[]> =>
-    h.transaction(async (tx) => {
-      await h.mailbox.send({ to: dest('prep'), payload: 'x' }, { tx });
-      const { rows } = await tx.query<{ name: string }>(`SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgherald_%'`);
-      return rows.map((r) => r.name);
+  /** Named statements on the connection of a consumer's take (its handler runs in that transaction). */
+  const prepared = async (h: Herald): Promise<string[]> => {
+    const to = dest('prep');
+    let names!: string[];
+    const consumer = h.mailbox.consume(to, async (_m, tx) => {
+      const { rows } = await tx.query<{ name: string }>(`SELECT name FROM pg_prepared_statements WHERE name LIKE 'herald%'`);
+      names = rows.map((r) => r.name);
     });
+    try {
+      await h.mailbox.send({ to, payload: 'x' });
+      await waitFor(() => consumer.consumed === 1, { what: 'the message consumed' });
+    } finally {
+      await consumer.stop();
+    }
+    return names;
+  };
 
-  it('the pg driver prepares the hot statements once per connection; prepareStatements: false does not', async () => {
-    // the send just made, and maybe the claim, prepared on this connection earlier
+  it('the pg driver prepares the take inside its transaction; preparedStatements: false does not', async () => {
     assert.ok((await prepared(herald)).length >= 1);
-    const plain = createHerald({ connectionString: db.url, poolSize: 2, prepareStatements: false });
+    const plain = createHerald({ connectionString: db.url, poolSize: 2, preparedStatements: false });
     try {
       assert.deepEqual(await prepared(plain), []);
     } finally {

@@ -4,7 +4,7 @@ import { Herald } from '../client.js';
 import { ListenNotSessionError } from '../errors.js';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { pgbouncerBinary, startPgBouncer } from '../../test/support/pgbouncer.js';
-import { nextEvent } from '../../test/support/wait.js';
+import { nextEvent, waitFor } from '../../test/support/wait.js';
 
 const missing = pgbouncerBinary() ? false : 'pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)';
 
@@ -59,6 +59,26 @@ describe('notifier behind PgBouncer', { skip: missing }, () => {
       const n = sub.wait({ timeoutMs: 10_000 });
       await herald.notify('split', 'through the pooler');
       assert.equal((await n)?.payload, 'through the pooler');
+    } finally {
+      await herald.close();
+      await bouncer.stop();
+    }
+  });
+
+  it('runs jobs through transaction pooling: prepared statements turn themselves off, every job runs once', async () => {
+    const bouncer = await startPgBouncer(db.url, 'transaction');
+    const herald = new Herald({ connectionString: bouncer.url(db.url), listenConnectionString: db.url, poolSize: 4, notifier: OPTIONS });
+    try {
+      const jobs = await herald.queue.enqueueMany(Array.from({ length: 200 }, (_, i) => ({ kind: 'pooled', payload: { i } })));
+      const ran = new Map<string, number>();
+      let problems = 0;
+      herald.queue.on('problem', () => problems++);
+      herald.queue.work('pooled', (job) => void ran.set(job.id, (ran.get(job.id) ?? 0) + 1), { concurrency: 4, prefetch: 20 });
+      await waitFor(async () => (await herald.queue.stats()).some((r) => r.kind === 'pooled' && r.state === 'completed' && r.count === 200));
+      assert.equal(ran.size, 200);
+      assert.ok([...ran.values()].every((n) => n === 1));
+      assert.deepEqual([...ran.keys()].sort(), jobs.map((j) => j.id).sort());
+      assert.equal(problems, 0);
     } finally {
       await herald.close();
       await bouncer.stop();

@@ -5,7 +5,10 @@
  * in a transaction are merged by Postgres) and one small transition notice per job
  * that asked for them (`announce`).
  */
-import type { Executor } from '../driver/types.js';
+import type { Executor, QueryOptions } from '../driver/types.js';
+
+// The statements a worker runs again and again: prepared once per pool connection.
+const PREPARE: QueryOptions = { prepare: true };
 
 /** A job row as the queries return it (bigint ids as strings). */
 export interface JobRow {
@@ -55,13 +58,41 @@ export interface QueueChannels {
 
 // A transition notice: id, kind, stage, state, attempt. Small, far below the 8000-byte
 // limit (kind, queue and stage names are limited to 100 bytes each).
-const notice = (a: string, events: string) =>
-  `CASE WHEN ${a}.announce THEN pg_notify(${events}, json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', nullif(${a}.stage, ''), 'state', ${a}.state, 'attempt', ${a}.attempt - ${a}.attempt_base)::text) END`;
+const notice = (a: string, events: string, state = `${a}.state`) =>
+  `CASE WHEN ${a}.announce THEN pg_notify(${events}, json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', nullif(${a}.stage, ''), 'state', ${state}, 'attempt', ${a}.attempt - ${a}.attempt_base)::text) END`;
 
 // One wake-up per queue named in `rows` whose jobs are due. The subquery is
 // uncorrelated, so Postgres runs it once (an InitPlan), not once per row.
 const wake = (rows: string, channel: string, cond = 'true') =>
   `(SELECT count(pg_notify(${channel}, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond}) w)`;
+
+// Batch statements on running jobs take their ids as `$ids::bigint[]` and everything
+// per job as one jsonb object keyed by id (`perJob`), read with `field(...)`. No join to
+// unnest: joined, Postgres may hash the whole table (a sequential scan per batch, 100 µs
+// a row at 100k jobs) or loop over the batch once per row; `id = ANY` probes the
+// primary key and each row finds its own inputs by key.
+const field = (p: number, name: string, op: '->' | '->>' = '->>') => `($${p}::jsonb -> (j.id::text) ${op} '${name}')`;
+// The fence: the job's current attempt (`a`), still running.
+const fenced = (ids: number, data: number) => `j.id = ANY($${ids}::bigint[]) AND j.state = 'running' AND j.attempt = ${field(data, 'a')}::int`;
+
+/**
+ * Per-job inputs as a jsonb object text: `{"<id>": {"a": 3, ...}}`. Fields that are
+ * null or undefined are left out; `json` names fields whose values are JSON text already.
+ */
+export function perJob(ids: readonly string[], fields: Record<string, readonly unknown[]>, json: readonly string[] = []): string {
+  const names = Object.keys(fields);
+  const parts: string[] = [];
+  for (let i = 0; i < ids.length; i++) {
+    const kv: string[] = [];
+    for (const n of names) {
+      const v = fields[n][i];
+      if (v === null || v === undefined) continue;
+      kv.push(`"${n}":${json.includes(n) ? (v as string) : JSON.stringify(v)}`);
+    }
+    parts.push(`${JSON.stringify(ids[i])}:{${kv.join(',')}}`);
+  }
+  return `{${parts.join(',')}}`;
+}
 
 // History entry appended to announced jobs at every transition.
 const history = (stageExpr: string, stateExpr: string) =>
@@ -115,6 +146,38 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
   return rows;
 }
 
+/**
+ * Inserts a batch of plain jobs (no unique key, no stages, not announced): the fast
+ * path of enqueue, a bare INSERT ... SELECT with one wake-up per queue whose jobs are
+ * due. Rows are inserted in input order (ORDER BY ord), so identity values rise in
+ * input order and the returned ids, sorted, map back to the inputs.
+ */
+export async function jobInsertPlain(x: Executor, s: string, ch: QueueChannels, b: JobInsertBatch): Promise<string[]> {
+  const { rows } = await x.query<{ id: string }>(
+    `WITH ins AS (
+       INSERT INTO ${s}.jobs (queue, kind, payload, priority, run_at, max_attempts)
+       SELECT t.queue, t.kind, t.payload, t.priority, coalesce(t.run_at, now() + coalesce(t.delay_ms, 0) * interval '1 millisecond'), t.max_attempts
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[])
+              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, ord)
+        ORDER BY t.ord
+       RETURNING id, queue, run_at
+     )
+     SELECT id::text AS id, ${wake('ins', '$8', 'run_at <= now()')} AS woke FROM ins`,
+    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, ch.wake],
+    PREPARE,
+  );
+  const ids = rows.map((r) => r.id);
+  for (let i = 1; i < ids.length; i++) {
+    if (compareIds(ids[i - 1], ids[i]) > 0) return ids.sort(compareIds);
+  }
+  return ids;
+}
+
+/** Bigint ids as decimal text, compared as numbers. */
+export function compareIds(a: string, b: string): number {
+  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+}
+
 /** Ids of the waiting or running jobs holding these unique keys. */
 export async function jobFindByUniqueKeys(x: Executor, s: string, keys: string[]): Promise<Map<string, string>> {
   const { rows } = await x.query<{ id: string; unique_key: string }>(
@@ -124,40 +187,54 @@ export async function jobFindByUniqueKeys(x: Executor, s: string, keys: string[]
   return new Map(rows.map((r) => [r.unique_key, r.id]));
 }
 
+/** What a claim takes: `limit` due jobs of one kind (and stage) in one queue, leased for `leaseMs`. */
+export interface ClaimRequest {
+  queue: string;
+  kind: string;
+  stage: string | null;
+  limit: number;
+  leaseMs: number;
+}
+
 /**
- * Claims up to `limit` due jobs of one kind (and stage) in one queue, taking a lease.
+ * The claim as two CTEs, `picked` and `claimed`, over five parameters from `$p`
+ * (queue, kind, stage, limit, leaseMs) and the events channel `$ev`.
  *
- * Shape: FOR UPDATE SKIP LOCKED + LIMIT inside a CTE, joined by the UPDATE. The CTE
+ * Shape: FOR UPDATE SKIP LOCKED + LIMIT inside a CTE, then the UPDATE. The CTE
  * locks at most `limit` rows, skipping rows other claimers hold, so a claim never
  * takes more than its limit and claimers never wait on each other (`IN (SELECT ...
- * LIMIT)` may be re-evaluated and take more). attempt + 1 is the new fence. The UPDATE
- * returns only what a worker needs, straight from RETURNING (no second pass over the
- * rows), in no particular order: the caller sorts by (priority, id).
+ * LIMIT)` may be re-evaluated and take more). The UPDATE finds the locked row versions
+ * by ctid (a TID scan: no second descent of the primary key per row, half the cost of
+ * a claim). The ctids are stable: we hold the row locks. If a row was updated after
+ * the statement's snapshot was taken, the lock follows it to a version this snapshot
+ * cannot see and the UPDATE skips it: the job is not claimed this time, never claimed
+ * twice. attempt + 1 is the new fence. RETURNING gives only what a worker needs, in no
+ * particular order: the caller sorts by (priority, id).
  */
-export async function jobClaimBatch(
-  x: Executor,
-  s: string,
-  ch: QueueChannels,
-  a: { queue: string; kind: string; stage: string | null; limit: number; leaseMs: number },
-): Promise<ClaimRow[]> {
-  const { rows } = await x.query<ClaimRow>(
-    `WITH picked AS (
-       SELECT id FROM ${s}.jobs
-        WHERE state = 'available' AND queue = $1 AND kind = $2 AND stage = $3::text AND run_at <= now()
+function claimCtes(s: string, p: number, ev: number): string {
+  return `picked AS (
+       SELECT ctid FROM ${s}.jobs
+        WHERE state = 'available' AND queue = $${p} AND kind = $${p + 1} AND stage = $${p + 2}::text AND run_at <= now()
         ORDER BY priority, run_at, id
-        LIMIT $4
+        LIMIT $${p + 3}
         FOR UPDATE SKIP LOCKED
-     )
-     UPDATE ${s}.jobs j
-        SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
-            lease_expires_at = now() + $5 * interval '1 millisecond',
-            history = ${history('j.stage', "'running'")}
-       FROM picked WHERE j.id = picked.id
-     RETURNING j.id::text AS id, j.payload, j.attempt, j.attempt_base, j.max_attempts, j.stages, j.priority,
-               extract(epoch FROM j.created_at)::float8 * 1000 AS created_ms,
-               ${notice('j', '$6')} AS notice`,
-    [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs, ch.events],
-  );
+     ), claimed AS (
+       UPDATE ${s}.jobs j
+          SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+              lease_expires_at = now() + $${p + 4} * interval '1 millisecond',
+              history = ${history('j.stage', "'running'")}
+        WHERE j.ctid = ANY(ARRAY(SELECT ctid FROM picked))
+       RETURNING j.id::text AS id, j.payload, j.attempt, j.attempt_base, j.max_attempts, j.stages, j.priority,
+                 extract(epoch FROM j.created_at)::float8 * 1000 AS created_ms,
+                 ${notice('j', `$${ev}`)} AS notice
+     )`;
+}
+
+const claimParams = (a: ClaimRequest) => [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs];
+
+/** Claims up to `limit` due jobs, taking a lease (see {@link claimCtes}). */
+export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a: ClaimRequest): Promise<ClaimRow[]> {
+  const { rows } = await x.query<ClaimRow>(`WITH ${claimCtes(s, 1, 6)} SELECT * FROM claimed`, [...claimParams(a), ch.events], PREPARE);
   return rows;
 }
 
@@ -186,16 +263,92 @@ export async function jobCompleteMany(
               run_at = CASE WHEN ${next} IS NULL THEN j.run_at ELSE now() END,
               finished_at = CASE WHEN ${next} IS NULL THEN now() END,
               lease_expires_at = NULL,
-              result = coalesce(u.result, j.result),
+              result = coalesce(${field(2, 'r', '->')}, j.result),
               history = ${history(`coalesce(${next}, j.stage)`, `CASE WHEN ${next} IS NULL THEN 'completed' ELSE 'available' END`)}
-         FROM unnest($1::bigint[], $2::int[], $3::jsonb[]) AS u(id, attempt, result)
-        WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running'
+        WHERE ${fenced(1, 2)}
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
      )
-     SELECT id::text AS id, ${wake('done', '$4', "state = 'available'")} AS woke, ${notice('done', '$5')} AS notice FROM done`,
-    [ids, attempts, results, ch.wake, ch.events],
+     SELECT id::text AS id, ${wake('done', '$3', "state = 'available'")} AS woke, ${notice('done', '$4')} AS notice FROM done`,
+    [ids, perJob(ids, { a: attempts, r: results }, ['r']), ch.wake, ch.events],
   );
   return rows.map((r) => r.id);
+}
+
+/** Final completions: parallel arrays, one entry per job. */
+export interface FinishBatch {
+  ids: string[];
+  attempts: number[];
+  results: (string | null)[];
+}
+
+/**
+ * Completions of jobs at their last stage (plain jobs, or a pipeline's final stage) as
+ * a CTE `done` returning the ids that matched, fenced like {@link jobCompleteMany}; its
+ * parameters start at `$p`, the events channel is `$ev`. `keep`: the row stays as
+ * `completed` with its result until retention removes it; otherwise it is deleted at
+ * once (a DELETE writes no new row version and no index entry: the cheapest way out of
+ * the table). Announced jobs announce `completed` either way.
+ */
+function finishCte(s: string, keep: boolean, p: number, ev: number): string {
+  return keep
+    ? `done AS (
+       UPDATE ${s}.jobs j
+          SET state = 'completed', finished_at = now(), lease_expires_at = NULL, result = coalesce(${field(p + 1, 'r', '->')}, j.result),
+              history = ${history('j.stage', "'completed'")}
+        WHERE ${fenced(p, p + 1)}
+       RETURNING j.id, ${notice('j', `$${ev}`)} AS notice
+     )`
+    : `done AS (
+       DELETE FROM ${s}.jobs j
+        WHERE ${fenced(p, p + 1)}
+       RETURNING j.id, ${notice('j', `$${ev}`, "'completed'")} AS notice
+     )`;
+}
+
+const finishParams = (keep: boolean, b: FinishBatch) => [b.ids, perJob(b.ids, keep ? { a: b.attempts, r: b.results } : { a: b.attempts }, ['r'])];
+
+/** Completes jobs at their last stage (see {@link finishCte}). Returns the ids that matched. */
+export async function jobFinishMany(x: Executor, s: string, ch: QueueChannels, keep: boolean, b: FinishBatch): Promise<string[]> {
+  const params = finishParams(keep, b);
+  const { rows } = await x.query<{ id: string }>(
+    `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id FROM done`,
+    [...params, ch.events],
+    PREPARE,
+  );
+  return rows.map((r) => r.id);
+}
+
+/**
+ * Records final completions and claims more in one statement: one round trip and one
+ * commit where a busy worker would otherwise spend two. The two CTEs touch disjoint rows
+ * (running vs available). A claimed row comes back with `completed` null; each matched
+ * completion as a row with only `completed` set.
+ */
+export async function jobFinishAndClaim(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  keep: boolean,
+  b: FinishBatch,
+  a: ClaimRequest,
+): Promise<{ completed: string[]; claimed: ClaimRow[] }> {
+  const fp = finishParams(keep, b);
+  const ev = fp.length + 6;
+  const { rows } = await x.query<ClaimRow & { completed: string | null }>(
+    `WITH ${finishCte(s, keep, 1, ev)}, ${claimCtes(s, fp.length + 1, ev)}
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, created_ms, NULL::text AS completed FROM claimed
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id::text FROM done`,
+    [...fp, ...claimParams(a), ch.events],
+    PREPARE,
+  );
+  const completed: string[] = [];
+  const claimed: ClaimRow[] = [];
+  for (const r of rows) {
+    if (r.completed !== null) completed.push(r.completed);
+    else claimed.push(r);
+  }
+  return { completed, claimed };
 }
 
 /** How a failed attempt ends, per job of {@link jobFailMany}. */
@@ -222,30 +375,39 @@ export async function jobFailMany(
   b: FailBatch,
   backoff: { baseMs: number; maxMs: number; jitter: number },
 ): Promise<{ id: string; state: string }[]> {
-  const dead = '(u.snooze_ms IS NULL AND (u.discard OR j.attempt - j.attempt_base >= j.max_attempts))';
+  const snooze = `${field(2, 's')}::float8`;
+  const error = field(2, 'e');
+  const dead = `(${snooze} IS NULL AND (${field(2, 'd')} IS NOT NULL OR j.attempt - j.attempt_base >= j.max_attempts))`;
   const newState = `CASE WHEN ${dead} THEN 'dead' ELSE 'available' END`;
   const { rows } = await x.query<{ id: string; state: string }>(
     `WITH done AS (
        UPDATE ${s}.jobs j
           SET state = ${newState},
-              attempt_base = j.attempt_base + CASE WHEN u.snooze_ms IS NOT NULL THEN 1 ELSE 0 END,
+              attempt_base = j.attempt_base + CASE WHEN ${snooze} IS NOT NULL THEN 1 ELSE 0 END,
               run_at = CASE
-                WHEN u.snooze_ms IS NOT NULL THEN now() + u.snooze_ms * interval '1 millisecond'
+                WHEN ${snooze} IS NOT NULL THEN now() + ${snooze} * interval '1 millisecond'
                 WHEN ${dead} THEN j.run_at
-                ELSE now() + least($7::float8, $6::float8 * power(2::float8, greatest(j.attempt - j.attempt_base - 1, 0)))
-                             * (1 - $8::float8 * random()) * interval '1 millisecond' END,
+                ELSE now() + least($4::float8, $3::float8 * power(2::float8, greatest(j.attempt - j.attempt_base - 1, 0)))
+                             * (1 - $5::float8 * random()) * interval '1 millisecond' END,
               finished_at = CASE WHEN ${dead} THEN now() END,
               lease_expires_at = NULL,
-              last_error = coalesce(u.error, j.last_error),
-              errors = CASE WHEN u.error IS NULL THEN j.errors
-                ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', u.error)) END,
+              last_error = coalesce(${error}, j.last_error),
+              errors = CASE WHEN ${error} IS NULL THEN j.errors
+                ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', ${error})) END,
               history = ${history('j.stage', newState)}
-         FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bool[], $5::float8[]) AS u(id, attempt, error, discard, snooze_ms)
-        WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running'
+        WHERE ${fenced(1, 2)}
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at
      )
-     SELECT id::text AS id, state, ${wake('done', '$9', "state = 'available' AND run_at <= now()")} AS woke, ${notice('done', '$10')} AS notice FROM done`,
-    [b.ids, b.attempts, b.errors, b.discard, b.snoozeMs, backoff.baseMs, backoff.maxMs, backoff.jitter, ch.wake, ch.events],
+     SELECT id::text AS id, state, ${wake('done', '$6', "state = 'available' AND run_at <= now()")} AS woke, ${notice('done', '$7')} AS notice FROM done`,
+    [
+      b.ids,
+      perJob(b.ids, { a: b.attempts, e: b.errors, d: b.discard.map((d) => d || null), s: b.snoozeMs }),
+      backoff.baseMs,
+      backoff.maxMs,
+      backoff.jitter,
+      ch.wake,
+      ch.events,
+    ],
   );
   return rows;
 }
@@ -254,10 +416,10 @@ export async function jobFailMany(
 export async function jobHeartbeatMany(x: Executor, s: string, ids: string[], attempts: number[], leaseMs: number): Promise<string[]> {
   const { rows } = await x.query<{ id: string }>(
     `UPDATE ${s}.jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
-       FROM unnest($1::bigint[], $2::int[]) AS u(id, attempt)
-      WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running'
+      WHERE ${fenced(1, 2)}
       RETURNING j.id::text AS id`,
-    [ids, attempts, leaseMs],
+    [ids, perJob(ids, { a: attempts }), leaseMs],
+    PREPARE,
   );
   return rows.map((r) => r.id);
 }

@@ -224,6 +224,70 @@ describe('queue', () => {
     assert.equal(cron.length, 1);
   });
 
+  test('cron: each tick is enqueued exactly once, also when leadership is taken from a leader that still believes it leads', async () => {
+    const hs = [herald({ leaderTtlMs: 900 }), herald({ leaderTtlMs: 900 }), herald({ leaderTtlMs: 900 })];
+    const events: { tick: string; id: string }[] = [];
+    for (const h of hs) {
+      h.queue.on('cron:enqueued', (e) => events.push({ tick: e.tick.toISOString(), id: e.id }));
+      h.queue.schedule('each-second', '* * * * * *', 'tick-once');
+    }
+    await waitFor(() => events.length >= 3, { timeoutMs: 20_000 });
+    // Expire the leader's lease behind its back, twice: another process takes over while
+    // the old one still holds leadership in memory until its next renewal.
+    for (let round = 0; round < 2; round++) {
+      const leader = await waitFor(() => hs.find((h) => h.queue.isLeader), { timeoutMs: 20_000 });
+      // Any process may win the expired lease, the old leader too: expire it until another does.
+      await waitFor(
+        async () => {
+          await hs[0].driver.executor.query(`UPDATE herald.queue_leaders SET expires_at = now() - interval '1 hour' WHERE role = 'cron'`);
+          return hs.some((h) => h !== leader && h.queue.isLeader);
+        },
+        { timeoutMs: 20_000, intervalMs: 100 },
+      );
+      const n = events.length;
+      await waitFor(() => events.length >= n + 2, { timeoutMs: 20_000 });
+    }
+    for (const h of hs) await h.queue.stop();
+    const ticks = events.map((e) => e.tick);
+    assert.equal(new Set(ticks).size, ticks.length, `a tick was enqueued twice: ${ticks.join(' ')}`);
+    const { rows } = await hs[0].driver.executor.query<{ id: string }>(`SELECT id::text AS id FROM herald.jobs WHERE kind = 'tick-once'`);
+    assert.deepEqual(rows.map((r) => r.id).sort(), events.map((e) => e.id).sort());
+  });
+
+  test('keepCompleted false: a job leaves the table as it completes; watchers still see it complete; failures stay', async () => {
+    const h = herald({ keepCompleted: false });
+    const seen: JobTransition[] = [];
+    const sub = h.queue.watch((t) => seen.push(t));
+    await sub.established;
+    const completed: string[] = [];
+    h.queue.on('job:completed', (e) => completed.push(e.id));
+    const plain = await h.queue.enqueueMany(Array.from({ length: 30 }, (_, i) => ({ kind: 'gone', payload: { i } })));
+    const pipe = await h.queue.enqueue('gone-pipe', {}, { stages: ['a', 'b'] });
+    const bad = await h.queue.enqueue('gone-bad', {}, { maxAttempts: 1 });
+    const ran = new Map<string, number>();
+    const count = (id: string) => void ran.set(id, (ran.get(id) ?? 0) + 1);
+    const ws = [
+      h.queue.work('gone', (job) => count(job.id), { prefetch: 5 }),
+      h.queue.work('gone-pipe', (job) => count(job.id + job.stage), { stage: 'a' }),
+      h.queue.work('gone-pipe', (job) => count(job.id + job.stage), { stage: 'b' }),
+      h.queue.work('gone-bad', () => {
+        throw new Error('kept');
+      }),
+    ];
+    await waitFor(async () => completed.length === 32 && (await h.queue.get(bad.id))?.state === 'dead');
+    await Promise.all(ws.map((w) => w.stop()));
+    assert.equal(ran.size, 32);
+    assert.ok([...ran.values()].every((n) => n === 1));
+    for (const { id } of [...plain, pipe]) assert.equal(await h.queue.get(id), undefined);
+    assert.equal((await h.queue.get(bad.id))?.lastError, 'Error: kept');
+    await waitFor(() => seen.some((t) => t.id === pipe.id && t.state === 'completed'));
+    assert.deepEqual(
+      seen.filter((t) => t.id === pipe.id).map((t) => [t.stage, t.state]),
+      [['a', 'available'], ['a', 'running'], ['b', 'available'], ['b', 'running'], ['b', 'completed']],
+    );
+    await sub.close();
+  });
+
   test('cron expressions', () => {
     const c = new CronSchedule('*/15 9-17 * * 1-5');
     assert.equal(c.matches(new Date('2026-11-23T09:15:00Z')), true); // Monday

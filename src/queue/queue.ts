@@ -137,7 +137,9 @@ export class Queue extends TypedEmitter<QueueEvents> {
       b.announce.push(it.announce ?? it.stages !== undefined);
     }
     const x = options.tx ? toExecutor(options.tx) : this.executor;
+    const plain = b.uniqueKey.every((k) => k === null) && b.stages.every((st) => st === null) && b.announce.every((a) => !a);
     return withSpan('herald.queue.enqueue', { 'herald.jobs': items.length }, async () => {
+      if (plain) return (await q.jobInsertPlain(x, this.schemaSql, this.channels, b)).map((id) => ({ id, inserted: true }));
       const rows = await q.jobInsertMany(x, this.schemaSql, this.channels, b);
       const missing = rows.flatMap((r, i) => (r.inserted ? [] : [b.uniqueKey[i]!]));
       const existing = missing.length ? await q.jobFindByUniqueKeys(x, this.schemaSql, missing) : new Map<string, string>();

@@ -22,6 +22,13 @@ export interface QueueOptions {
   retryJitter?: number;
   /** Default `maxAttempts` of a job. @defaultValue 25 */
   maxAttempts?: number;
+  /**
+   * Whether a completed job stays in the table (state `completed`, with its result,
+   * until retention deletes it). `false` deletes it in the completing statement: the
+   * fastest way to run many short jobs, but `get(id)` then finds nothing once a job
+   * completed. Dead and cancelled jobs are always kept. @defaultValue true
+   */
+  keepCompleted?: boolean;
   /** Finished jobs kept this long before the retention sweep deletes them; 0 keeps them forever. @defaultValue 86400000 (24 h) */
   retentionMs?: number;
   /** Interval of the retention sweep (each process with workers runs it). @defaultValue 60000 */
@@ -48,6 +55,7 @@ export const QUEUE_DEFAULTS = {
   retentionBatchSize: 5000,
   leaderTtlMs: 10_000,
   completionBatchSize: 500,
+  keepCompleted: true,
 } as const;
 
 /** Resolved queue options. */
@@ -69,6 +77,7 @@ export function resolveQueueOptions(o: QueueOptions = {}): ResolvedQueueOptions 
   positive(r, 'retentionBatchSize');
   positive(r, 'leaderTtlMs');
   positive(r, 'completionBatchSize');
+  if (typeof r.keepCompleted !== 'boolean') throw new InvalidOptionError('keepCompleted', r.keepCompleted, 'a boolean');
   if (typeof r.retryJitter !== 'number' || !(r.retryJitter >= 0 && r.retryJitter <= 1)) {
     throw new InvalidOptionError('retryJitter', r.retryJitter, 'a number from 0 to 1');
   }

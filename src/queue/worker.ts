@@ -2,7 +2,18 @@ import type { Executor } from '../driver/types.js';
 import { HeraldError } from '../errors.js';
 import { backoffDelay, sleep } from '../internal/backoff.js';
 import { withSpan } from '../internal/tracing.js';
-import { jobClaimBatch, jobCompleteMany, jobFailMany, jobHeartbeatMany, type ClaimRow, type QueueChannels } from './queries.js';
+import {
+  compareIds,
+  jobClaimBatch,
+  jobCompleteMany,
+  jobFailMany,
+  jobFinishAndClaim,
+  jobFinishMany,
+  jobHeartbeatMany,
+  type ClaimRow,
+  type FinishBatch,
+  type QueueChannels,
+} from './queries.js';
 import { outcomeKind, outcomeOf, type Job, type JobHandler, type ResolvedQueueOptions } from './types.js';
 
 /** What a worker needs from its queue. */
@@ -12,12 +23,19 @@ export interface WorkerHost {
   readonly channels: QueueChannels;
   readonly options: ResolvedQueueOptions;
   emitEvent(event: string, ...args: unknown[]): void;
+  /** Whether anyone listens to `event` (so a hot path can skip building its payload). */
+  hasListeners(event: string): boolean;
 }
 
 interface Held {
   row: ClaimRow;
-  controller: AbortController;
+  /** Made when the handler first reads `job.signal` or when the job must be aborted. */
+  controller: AbortController | null;
   lost: boolean;
+}
+
+function abortHeld(h: Held, reason: unknown): void {
+  (h.controller ??= new AbortController()).abort(reason);
 }
 
 interface Finished {
@@ -26,16 +44,19 @@ interface Finished {
   stage: string | null;
   fence: number;
   ok: boolean;
+  /** The job's last stage (or a plain job): completing it ends the job. */
+  final: boolean;
   result: string | null;
   error: string | null;
   errorValue?: unknown;
   discard: boolean;
   snoozeMs: number | null;
+  /** Its statement committed (a flush that fails half-way retries only the rest). */
+  recorded?: boolean;
 }
 
-/** Bigint ids as decimal text, compared as numbers. */
-function compareIds(a: string, b: string): number {
-  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+function finishBatch(fs: Finished[]): FinishBatch {
+  return { ids: fs.map((f) => f.id), attempts: fs.map((f) => f.fence), results: fs.map((f) => f.result) };
 }
 
 /** Sorts a claimed batch by (priority, id) in place; RETURNING gives no order. */
@@ -61,7 +82,14 @@ export class Worker {
   readonly #held = new Map<string, Held>();
   readonly #pending: ClaimRow[] = [];
   #running = 0;
+  /** Outcomes recorded by the flush path (failures, pipeline stages, anything during stop). */
   #finished: Finished[] = [];
+  /** Final completions, recorded by the claim loop together with its next claim. */
+  #finals: Finished[] = [];
+  /** Statements of the claim loop in flight, and the jobs they may still bring. */
+  readonly #cycles = new Set<Promise<void>>();
+  #claiming = 0;
+  #failures = 0;
   #flushing: Promise<void> | null = null;
   #dirty = true;
   #waiter: (() => void) | null = null;
@@ -106,64 +134,92 @@ export class Worker {
     w?.();
   }
 
+  /**
+   * The claim loop. Each turn starts one statement that records the final completions
+   * gathered since the last turn and claims up to the free capacity (when something may
+   * be due): a busy worker pays one round trip and one commit per batch, not two. Up to
+   * two statements are in flight, so one commit's WAL flush overlaps the next batch;
+   * the second starts only with a worthwhile batch (a quarter of the capacity).
+   */
   async #run(): Promise<void> {
-    let failures = 0;
+    const { options } = this.host;
+    const capacity = this.concurrency + this.prefetch;
+    const worthwhile = Math.max(1, Math.floor(capacity / 4));
     while (!this.#stopping) {
-      const want = this.concurrency + this.prefetch - this.#running - this.#pending.length;
-      if (want > 0 && this.#dirty && this.#finished.length < this.host.options.completionBatchSize) {
-        this.#dirty = false;
-        let rows: ClaimRow[];
-        try {
-          rows = await withSpan('herald.queue.claim', { 'herald.queue': this.queue, 'herald.kind': this.kind }, () =>
-            jobClaimBatch(this.host.executor, this.host.schemaSql, this.host.channels, {
-              queue: this.queue,
-              kind: this.kind,
-              stage: this.stage,
-              limit: want,
-              leaseMs: this.host.options.leaseMs,
-            }),
-          );
-          failures = 0;
-        } catch (err) {
-          this.#problem(err);
-          this.#dirty = true;
-          await sleep(backoffDelay(failures++, 50, 2000), this.#abort.signal);
-          continue;
-        }
-        if (this.#stopping) {
-          // Claimed as stop began: hand them straight back.
-          for (const row of rows) this.#pending.push(row), this.#hold(row);
-          break;
-        }
-        inClaimOrder(rows);
-        for (const row of rows) {
-          this.#hold(row);
-          this.#pending.push(row);
-        }
-        this.#startRunnable();
-        // A full batch means there may be more: claim again as soon as a slot frees.
-        if (rows.length === want) this.#dirty = true;
+      const backlog = this.#finished.length < options.completionBatchSize;
+      const free = capacity - this.#running - this.#pending.length - this.#claiming;
+      const want = this.#dirty && backlog && free > 0 ? free : 0;
+      const turn =
+        this.#cycles.size === 0 ? want > 0 || this.#finals.length > 0 : this.#cycles.size < 2 && Math.max(want, this.#finals.length) >= worthwhile;
+      if (turn) {
+        if (want > 0) this.#dirty = false;
+        const cycle = this.#cycle(this.#finals.splice(0, options.completionBatchSize), want);
+        this.#cycles.add(cycle);
+        void cycle.finally(() => {
+          this.#cycles.delete(cycle);
+          this.#signal();
+        });
         continue;
       }
-      // Nothing to do until a wake-up, a free slot (handled in #settle), or the poll.
+      // Nothing to do until a wake-up, a finished job, a statement's answer, or the poll.
       await new Promise<void>((resolve) => {
-        this.#waiter = resolve;
         const t = setTimeout(() => {
           this.#dirty = true;
           this.#signal();
-        }, this.host.options.pollIntervalMs);
+        }, options.pollIntervalMs);
         t.unref();
-        const original = resolve;
         this.#waiter = () => {
           clearTimeout(t);
-          original();
+          resolve();
         };
       });
     }
+    await Promise.all(this.#cycles);
+  }
+
+  /** One statement of the loop: record `finals`, claim up to `want`. Never throws. */
+  async #cycle(finals: Finished[], want: number): Promise<void> {
+    const { options } = this.host;
+    this.#claiming += want;
+    let rows: ClaimRow[];
+    try {
+      const claim = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs };
+      const attrs = { 'herald.queue': this.queue, 'herald.kind': this.kind, 'herald.completed': finals.length };
+      if (finals.length === 0) {
+        rows = await withSpan('herald.queue.claim', attrs, () => jobClaimBatch(this.host.executor, this.host.schemaSql, this.host.channels, claim));
+      } else {
+        const r = await withSpan('herald.queue.claim', attrs, () =>
+          jobFinishAndClaim(this.host.executor, this.host.schemaSql, this.host.channels, options.keepCompleted, finishBatch(finals), claim),
+        );
+        this.#completed(finals, r.completed);
+        rows = r.claimed;
+      }
+      this.#failures = 0;
+    } catch (err) {
+      // The statement may or may not have committed: retry the completions (a retry of
+      // ones that did commit matches no row and is reported as lease lost).
+      this.#finals.unshift(...finals);
+      this.#problem(err);
+      this.#dirty = true;
+      await sleep(backoffDelay(this.#failures++, 50, 2000), this.#abort.signal);
+      return;
+    } finally {
+      this.#claiming -= want;
+    }
+    if (finals.length > 0) this.#checkIdle();
+    if (!this.#stopping) inClaimOrder(rows);
+    for (const row of rows) {
+      // Claimed as stop began: held and pending, so stop() hands them straight back.
+      this.#hold(row);
+      this.#pending.push(row);
+    }
+    this.#startRunnable();
+    // A full batch means there may be more: claim again as soon as a slot frees.
+    if (want > 0 && rows.length === want) this.#dirty = true;
   }
 
   #hold(row: ClaimRow): void {
-    this.#held.set(row.id, { row, controller: new AbortController(), lost: false });
+    this.#held.set(row.id, { row, controller: null, lost: false });
   }
 
   #startRunnable(): void {
@@ -189,10 +245,13 @@ export class Worker {
       stages: row.stages,
       priority: row.priority,
       createdAt: new Date(row.created_ms),
-      signal: held.controller.signal,
+      get signal() {
+        return (held.controller ??= new AbortController()).signal;
+      },
       fence: row.attempt,
     };
-    const f: Finished = { id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: true, result: null, error: null, discard: false, snoozeMs: null };
+    const final = row.stages === null || row.stages[row.stages.length - 1] === this.stage;
+    const f: Finished = { id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: true, final, result: null, error: null, discard: false, snoozeMs: null };
     try {
       const value = await this.handler(job);
       const outcome = outcomeOf(value);
@@ -216,8 +275,11 @@ export class Worker {
       f.error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
     }
     this.#running--;
-    this.#finished.push(f);
-    this.#flush();
+    if (f.ok && f.final && !this.#stopping) this.#finals.push(f);
+    else {
+      this.#finished.push(f);
+      this.#flush();
+    }
     this.#dirty = true;
     this.#startRunnable();
     this.#signal();
@@ -236,7 +298,7 @@ export class Worker {
         } catch (err) {
           // The connection may have died mid-statement: try again. A retry of a batch
           // that did commit matches no row (fenced) and is reported as lease lost.
-          this.#finished.unshift(...batch);
+          this.#finished.unshift(...batch.filter((f) => !f.recorded));
           this.#problem(err);
           if (this.#finished.length > 0 && failures > 50 && this.#stopping) break;
           await sleep(backoffDelay(failures++, 50, 2000));
@@ -251,25 +313,25 @@ export class Worker {
   }
 
   async #record(batch: Finished[]): Promise<void> {
-    const ok = batch.filter((f) => f.ok);
-    const failed = batch.filter((f) => !f.ok);
     const { executor, schemaSql, channels, options } = this.host;
-    if (ok.length > 0) {
-      const done = new Set(
-        await jobCompleteMany(
-          executor,
-          schemaSql,
-          channels,
-          ok.map((f) => f.id),
-          ok.map((f) => f.fence),
-          ok.map((f) => f.result),
-        ),
+    const final: Finished[] = [];
+    const advance: Finished[] = [];
+    const failed: Finished[] = [];
+    for (const f of batch) (!f.ok ? failed : f.final ? final : advance).push(f);
+    if (final.length > 0) {
+      const done = await jobFinishMany(executor, schemaSql, channels, options.keepCompleted, finishBatch(final));
+      this.#completed(final, done);
+    }
+    if (advance.length > 0) {
+      const done = await jobCompleteMany(
+        executor,
+        schemaSql,
+        channels,
+        advance.map((f) => f.id),
+        advance.map((f) => f.fence),
+        advance.map((f) => f.result),
       );
-      for (const f of ok) {
-        this.#held.delete(f.id);
-        if (done.has(f.id)) this.host.emitEvent('job:completed', { id: f.id, kind: f.kind, stage: f.stage });
-        else this.host.emitEvent('job:lease:lost', { id: f.id, kind: f.kind, fence: f.fence, during: 'complete' });
-      }
+      this.#completed(advance, done);
     }
     if (failed.length > 0) {
       const rows = await jobFailMany(
@@ -287,6 +349,7 @@ export class Worker {
       );
       const states = new Map(rows.map((r) => [r.id, r.state]));
       for (const f of failed) {
+        f.recorded = true;
         this.#held.delete(f.id);
         const state = states.get(f.id);
         if (!state) this.host.emitEvent('job:lease:lost', { id: f.id, kind: f.kind, fence: f.fence, during: 'fail' });
@@ -295,9 +358,23 @@ export class Worker {
     }
   }
 
+  /** Releases completed jobs and reports them (events are built only when someone listens). */
+  #completed(batch: Finished[], matched: string[]): void {
+    const events = this.host.hasListeners('job:completed');
+    const done = matched.length === batch.length && !events ? null : new Set(matched);
+    for (const f of batch) {
+      f.recorded = true;
+      this.#held.delete(f.id);
+      if (done === null) continue;
+      if (done.has(f.id)) {
+        if (events) this.host.emitEvent('job:completed', { id: f.id, kind: f.kind, stage: f.stage });
+      } else this.host.emitEvent('job:lease:lost', { id: f.id, kind: f.kind, fence: f.fence, during: 'complete' });
+    }
+  }
+
   /** Renews the leases of the jobs held and not yet finished; a job missing from the answer was lost. */
   async #beat(): Promise<void> {
-    const finishing = new Set(this.#finished.map((f) => f.id));
+    const finishing = new Set([...this.#finished, ...this.#finals].map((f) => f.id));
     const held = [...this.#held.values()].filter((h) => !h.lost && !finishing.has(h.row.id));
     if (held.length === 0) return;
     let kept: Set<string>;
@@ -315,12 +392,12 @@ export class Worker {
       this.#problem(err);
       return;
     }
-    const finishingNow = new Set(this.#finished.map((f) => f.id));
+    const finishingNow = new Set([...this.#finished, ...this.#finals].map((f) => f.id));
     for (const h of held) {
       if (kept.has(h.row.id) || finishingNow.has(h.row.id) || this.#held.get(h.row.id) !== h) continue;
       // Lost: rescued after a lease expiry, cancelled, or claimed by another worker.
       h.lost = true;
-      h.controller.abort(new HeraldError('LEASE_LOST', `job ${h.row.id} attempt ${h.row.attempt}: lease lost`));
+      abortHeld(h, new HeraldError('LEASE_LOST', `job ${h.row.id} attempt ${h.row.attempt}: lease lost`));
       this.host.emitEvent('job:lease:lost', { id: h.row.id, kind: this.kind, fence: h.row.attempt, during: 'heartbeat' });
       const i = this.#pending.indexOf(h.row);
       if (i >= 0) {
@@ -331,7 +408,7 @@ export class Worker {
   }
 
   #checkIdle(): void {
-    if (this.#running === 0 && this.#finished.length === 0 && !this.#flushing) {
+    if (this.#running === 0 && this.#finished.length === 0 && this.#finals.length === 0 && !this.#flushing && this.#cycles.size === 0) {
       for (const fn of this.#idle.splice(0)) fn();
     }
   }
@@ -353,9 +430,11 @@ export class Worker {
       this.#signal();
     }
     await this.#loop;
+    // The loop has ended: completions it did not record go through the flush path.
+    this.#finished.push(...this.#finals.splice(0));
     // Prefetched, never started: back to available without counting the attempt.
     for (const row of this.#pending.splice(0)) {
-      this.#finished.push({ id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: false, result: null, error: null, discard: false, snoozeMs: 0 });
+      this.#finished.push({ id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: false, final: false, result: null, error: null, discard: false, snoozeMs: 0 });
     }
     this.#flush();
     const idle = new Promise<void>((resolve) => {
@@ -371,8 +450,8 @@ export class Worker {
     if (timedOut) {
       for (const h of this.#held.values()) {
         if (h.lost) continue;
-        h.controller.abort(new HeraldError('STOPPED', 'worker stopped before the job finished'));
-        this.#finished.push({ id: h.row.id, kind: this.kind, stage: this.stage, fence: h.row.attempt, ok: false, result: null, error: null, discard: false, snoozeMs: 0 });
+        abortHeld(h, new HeraldError('STOPPED', 'worker stopped before the job finished'));
+        this.#finished.push({ id: h.row.id, kind: this.kind, stage: this.stage, fence: h.row.attempt, ok: false, final: false, result: null, error: null, discard: false, snoozeMs: 0 });
       }
       this.#flush();
       await this.#flushing;
