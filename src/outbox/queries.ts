@@ -238,7 +238,8 @@ export async function outboxMarkFailed(
             next_attempt_at = now() + f.delay_ms * interval '1 millisecond',
             dead_at = CASE WHEN e.attempts + 1 >= $4 THEN now() END
        FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS f(seq, err, delay_ms)
-      WHERE e.seq = f.seq
+      -- seq = ANY is for the plan: joined to unnest alone, Postgres may hash the whole table.
+      WHERE e.seq = ANY($1::bigint[]) AND e.seq = f.seq
      RETURNING e.seq::text AS seq, e.attempts, e.dead_at IS NOT NULL AS dead`,
     [failures.map((f) => f.seq), failures.map((f) => f.error.slice(0, 2000)), failures.map((f) => f.delayMs), maxAttempts],
   );

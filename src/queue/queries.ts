@@ -48,6 +48,8 @@ export interface ClaimRow {
   priority: number;
   /** created_at in epoch milliseconds (a number parses far faster than a timestamp). */
   created_ms: number;
+  /** run_at in epoch microseconds, exact (decimal text): part of the claim cursor. */
+  run_us: string;
 }
 
 /** Channels of one schema: wake-ups (payload: queue name) and transitions (payload: small JSON). */
@@ -194,6 +196,19 @@ export interface ClaimRequest {
   stage: string | null;
   limit: number;
   leaseMs: number;
+  /**
+   * Start after this claim-order key (the last row this worker claimed): the scan skips
+   * the index entries of jobs claimed since the last vacuum, which otherwise every claim
+   * walks again. Jobs that sort before it are found by the next claim without one.
+   */
+  after?: ClaimKey | null;
+}
+
+/** A position in claim order: (priority, run_at, id). */
+export interface ClaimKey {
+  priority: number;
+  runUs: string;
+  id: string;
 }
 
 /**
@@ -211,10 +226,13 @@ export interface ClaimRequest {
  * twice. attempt + 1 is the new fence. RETURNING gives only what a worker needs, in no
  * particular order: the caller sorts by (priority, id).
  */
-function claimCtes(s: string, p: number, ev: number): string {
+function claimCtes(s: string, p: number, ev: number, after: boolean): string {
+  const cursor = after
+    ? `AND (priority, run_at, id) > ($${p + 5}::smallint, timestamptz 'epoch' + $${p + 6}::bigint * interval '1 microsecond', $${p + 7}::bigint)`
+    : '';
   return `picked AS (
        SELECT ctid FROM ${s}.jobs
-        WHERE state = 'available' AND queue = $${p} AND kind = $${p + 1} AND stage = $${p + 2}::text AND run_at <= now()
+        WHERE state = 'available' AND queue = $${p} AND kind = $${p + 1} AND stage = $${p + 2}::text AND run_at <= now() ${cursor}
         ORDER BY priority, run_at, id
         LIMIT $${p + 3}
         FOR UPDATE SKIP LOCKED
@@ -226,15 +244,20 @@ function claimCtes(s: string, p: number, ev: number): string {
         WHERE j.ctid = ANY(ARRAY(SELECT ctid FROM picked))
        RETURNING j.id::text AS id, j.payload, j.attempt, j.attempt_base, j.max_attempts, j.stages, j.priority,
                  extract(epoch FROM j.created_at)::float8 * 1000 AS created_ms,
+                 (extract(epoch FROM j.run_at) * 1000000)::bigint::text AS run_us,
                  ${notice('j', `$${ev}`)} AS notice
      )`;
 }
 
-const claimParams = (a: ClaimRequest) => [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs];
+const claimParams = (a: ClaimRequest) => {
+  const base: unknown[] = [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs];
+  return a.after ? [...base, a.after.priority, a.after.runUs, a.after.id] : base;
+};
 
 /** Claims up to `limit` due jobs, taking a lease (see {@link claimCtes}). */
 export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a: ClaimRequest): Promise<ClaimRow[]> {
-  const { rows } = await x.query<ClaimRow>(`WITH ${claimCtes(s, 1, 6)} SELECT * FROM claimed`, [...claimParams(a), ch.events], PREPARE);
+  const cp = claimParams(a);
+  const { rows } = await x.query<ClaimRow>(`WITH ${claimCtes(s, 1, cp.length + 1, !!a.after)} SELECT * FROM claimed`, [...cp, ch.events], PREPARE);
   return rows;
 }
 
@@ -333,13 +356,14 @@ export async function jobFinishAndClaim(
   a: ClaimRequest,
 ): Promise<{ completed: string[]; claimed: ClaimRow[] }> {
   const fp = finishParams(keep, b);
-  const ev = fp.length + 6;
+  const cp = claimParams(a);
+  const ev = fp.length + cp.length + 1;
   const { rows } = await x.query<ClaimRow & { completed: string | null }>(
-    `WITH ${finishCte(s, keep, 1, ev)}, ${claimCtes(s, fp.length + 1, ev)}
-     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, created_ms, NULL::text AS completed FROM claimed
+    `WITH ${finishCte(s, keep, 1, ev)}, ${claimCtes(s, fp.length + 1, ev, !!a.after)}
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, created_ms, run_us, NULL::text AS completed FROM claimed
      UNION ALL
-     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id::text FROM done`,
-    [...fp, ...claimParams(a), ch.events],
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id::text FROM done`,
+    [...fp, ...cp, ch.events],
     PREPARE,
   );
   const completed: string[] = [];

@@ -47,6 +47,39 @@ describe('queue', () => {
     assert.equal(job?.attempt, 1);
   });
 
+  test('priority: lower runs first, and a more urgent job enqueued during a drain is taken by the next claim', async () => {
+    const h = herald({ pollIntervalMs: 60_000 }); // only the wake-up can bring the urgent job in time
+    await h.queue.enqueueMany(Array.from({ length: 40 }, (_, i) => ({ kind: 'prio', payload: { i }, priority: 5 })));
+    await h.queue.enqueueMany(Array.from({ length: 5 }, (_, i) => ({ kind: 'prio', payload: { i: 100 + i }, priority: 1 })));
+    const order: number[] = [];
+    const gate = deferred<void>();
+    const wakes = h.listen('herald.jobs.wake');
+    await wakes.established;
+    const w = h.queue.work<{ i: number }>(
+      'prio',
+      async (job) => {
+        order.push(job.payload.i);
+        if (order.length === 10) await gate.promise;
+      },
+      { concurrency: 1, prefetch: 2 },
+    );
+    await waitFor(() => order.length === 10);
+    const woke = wakes.wait({ timeoutMs: 10_000 });
+    await h.queue.enqueue('prio', { i: -1 }, { priority: -1 });
+    assert.ok(await woke);
+    gate.resolve();
+    await waitFor(() => order.length === 46);
+    await w.stop();
+    await wakes.close();
+    // The five priority-1 jobs first; the urgent job right after the jobs that were running
+    // or held ahead (prefetch 2) when it came; every job once. (Two claims in flight may
+    // answer out of order, so jobs of equal priority are not strictly in enqueue order.)
+    assert.deepEqual(order.slice(0, 5).sort(), [100, 101, 102, 103, 104]);
+    const urgent = order.indexOf(-1);
+    assert.ok(urgent >= 10 && urgent <= 12, `urgent job ran at position ${urgent}: ${order.join(',')}`);
+    assert.deepEqual(order.filter((i) => i >= 0 && i < 100).sort((a, b) => a - b), Array.from({ length: 40 }, (_, i) => i));
+  });
+
   test('retries follow the backoff schedule in database time, then dead; retry from dead', async () => {
     const h = herald({ retryBaseDelayMs: 100, retryMaxDelayMs: 400, retryJitter: 0 });
     const { id } = await h.queue.enqueue('flaky', {}, { maxAttempts: 4 });

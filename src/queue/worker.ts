@@ -10,6 +10,7 @@ import {
   jobFinishAndClaim,
   jobFinishMany,
   jobHeartbeatMany,
+  type ClaimKey,
   type ClaimRow,
   type FinishBatch,
   type QueueChannels,
@@ -59,13 +60,26 @@ function finishBatch(fs: Finished[]): FinishBatch {
   return { ids: fs.map((f) => f.id), attempts: fs.map((f) => f.fence), results: fs.map((f) => f.result) };
 }
 
-/** Sorts a claimed batch by (priority, id) in place; RETURNING gives no order. */
+/** The later of a claim cursor and a claimed row's key, in claim order (priority, run_at, id). */
+function laterKey(k: ClaimKey | null, r: ClaimRow): ClaimKey {
+  const key = { priority: r.priority, runUs: r.run_us, id: r.id };
+  if (k === null) return key;
+  const a = BigInt(k.runUs);
+  const b = BigInt(key.runUs);
+  const c = k.priority - key.priority || (a < b ? -1 : a > b ? 1 : 0) || compareIds(k.id, key.id);
+  return c >= 0 ? k : key;
+}
+
+/** Claim order: (priority, run_at, id). Epoch microseconds fit a double exactly until 2255. */
+function claimOrder(x: ClaimRow, y: ClaimRow): number {
+  return x.priority - y.priority || Number(x.run_us) - Number(y.run_us) || compareIds(x.id, y.id);
+}
+
+/** Sorts rows in claim order in place, unless they already are (RETURNING gives no order). */
 function inClaimOrder(rows: ClaimRow[]): void {
   for (let i = 1; i < rows.length; i++) {
-    const a = rows[i - 1];
-    const b = rows[i];
-    if (a.priority > b.priority || (a.priority === b.priority && compareIds(a.id, b.id) > 0)) {
-      rows.sort((x, y) => x.priority - y.priority || compareIds(x.id, y.id));
+    if (claimOrder(rows[i - 1], rows[i]) > 0) {
+      rows.sort(claimOrder);
       return;
     }
   }
@@ -90,6 +104,13 @@ export class Worker {
   readonly #cycles = new Set<Promise<void>>();
   #claiming = 0;
   #failures = 0;
+  /**
+   * Where the next claim starts in claim order: after the last job this worker claimed,
+   * so it does not walk the dead index entries of the jobs before it again. Dropped on
+   * every wake-up (new or re-scheduled jobs may sort earlier), at every safety poll, and
+   * whenever a claim comes back short; a claim without it scans from the start.
+   */
+  #after: ClaimKey | null = null;
   #flushing: Promise<void> | null = null;
   #dirty = true;
   #waiter: (() => void) | null = null;
@@ -124,6 +145,7 @@ export class Worker {
 
   /** Something may be due: claim now. */
   wake(): void {
+    this.#after = null;
     this.#dirty = true;
     this.#signal();
   }
@@ -164,6 +186,7 @@ export class Worker {
       // Nothing to do until a wake-up, a finished job, a statement's answer, or the poll.
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => {
+          this.#after = null;
           this.#dirty = true;
           this.#signal();
         }, options.pollIntervalMs);
@@ -183,7 +206,7 @@ export class Worker {
     this.#claiming += want;
     let rows: ClaimRow[];
     try {
-      const claim = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs };
+      const claim = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs, after: want > 0 ? this.#after : null };
       const attrs = { 'herald.queue': this.queue, 'herald.kind': this.kind, 'herald.completed': finals.length };
       if (finals.length === 0) {
         rows = await withSpan('herald.queue.claim', attrs, () => jobClaimBatch(this.host.executor, this.host.schemaSql, this.host.channels, claim));
@@ -200,6 +223,7 @@ export class Worker {
       // ones that did commit matches no row and is reported as lease lost).
       this.#finals.unshift(...finals);
       this.#problem(err);
+      this.#after = null;
       this.#dirty = true;
       await sleep(backoffDelay(this.#failures++, 50, 2000), this.#abort.signal);
       return;
@@ -207,12 +231,18 @@ export class Worker {
       this.#claiming -= want;
     }
     if (finals.length > 0) this.#checkIdle();
-    if (!this.#stopping) inClaimOrder(rows);
+    inClaimOrder(rows);
+    // A full batch: the next claim starts after its last job. A short one: the queue may
+    // be drained, or rows were skipped (locked by other claimers who may roll back).
+    if (want > 0 && rows.length === want) for (const row of rows) this.#after = laterKey(this.#after, row);
+    else if (want > 0) this.#after = null;
     for (const row of rows) {
       // Claimed as stop began: held and pending, so stop() hands them straight back.
       this.#hold(row);
       this.#pending.push(row);
     }
+    // Two claims in flight may answer out of order: jobs held ahead start in claim order.
+    if (rows.length > 0 && this.#pending.length > rows.length) inClaimOrder(this.#pending);
     this.#startRunnable();
     // A full batch means there may be more: claim again as soon as a slot frees.
     if (want > 0 && rows.length === want) this.#dirty = true;
