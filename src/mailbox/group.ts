@@ -1,5 +1,12 @@
 import type { MessageInsert } from './queries.js';
 
+/** `lock_timeout` of a statement that carries several callers' sends (ms). */
+export const GROUP_LOCK_TIMEOUT_MS = 50;
+/** A statement running longer than this no longer holds the next group back (ms). */
+export const STALL_MS = 50;
+/** At most this many such statements at once; beyond, the next group waits. */
+const MAX_DETACHED = 8;
+
 /** One caller's rows, and how to answer it. */
 interface Request {
   rows: readonly MessageInsert[];
@@ -41,20 +48,34 @@ export interface SendGroupLimits {
  *   every caller gets the error and may retry with the same ids (idempotent);
  * - a request is never split: `sendMany` still writes its batch in one statement.
  *
+ * Row locks: a send of an id that a transaction still open elsewhere is inserting waits
+ * for that transaction (idempotency). So that it does not hold the other callers of its
+ * group, a statement of several callers gives up after {@link GROUP_LOCK_TIMEOUT_MS}
+ * (`lock_timeout`, SQLSTATE 55P03) and the calls are retried one statement each, side
+ * by side: only the one whose id is locked keeps waiting. And a statement still running
+ * after {@link STALL_MS} stops holding the next group back: that one starts, and the
+ * stalled one answers its callers when it ends.
+ *
  * A statement starts on the next turn of the event loop (`setImmediate`), so calls made
  * in the same turn — for example every caller just released by the previous statement
  * sending again — share it. That adds no measurable latency to a lone send.
  */
 export class SendGroup {
-  readonly #run: (rows: MessageInsert[]) => Promise<Set<string>>;
+  readonly #run: (rows: MessageInsert[], shared: boolean) => Promise<Set<string>>;
   readonly #limits: SendGroupLimits;
   #queue: Request[] = [];
   #running: Promise<void> | undefined;
+  /** Statements that ran past STALL_MS and no longer hold the next group back. */
+  readonly #detached = new Set<Promise<void>>();
   /** Statements run so far (for tests and diagnostics). */
   statements = 0;
 
-  /** `run` inserts rows in one statement (and commits), returning the ids it created. */
-  constructor(run: (rows: MessageInsert[]) => Promise<Set<string>>, limits: SendGroupLimits) {
+  /**
+   * `run` inserts rows in one statement (and commits), returning the ids it created;
+   * `shared` says the rows are several callers': the statement must then not wait long
+   * on a row lock (see `mailboxSendBatch`'s `lockTimeoutMs`).
+   */
+  constructor(run: (rows: MessageInsert[], shared: boolean) => Promise<Set<string>>, limits: SendGroupLimits) {
     this.#run = run;
     this.#limits = limits;
   }
@@ -71,7 +92,7 @@ export class SendGroup {
 
   /** Resolves when no statement is running or waiting. */
   async idle(): Promise<void> {
-    while (this.#running) await this.#running;
+    while (this.#running || this.#detached.size > 0) await Promise.all([this.#running, ...this.#detached]);
   }
 
   async #flush(): Promise<void> {
@@ -80,7 +101,22 @@ export class SendGroup {
         // Let the calls of this turn join (see the class comment).
         await new Promise<void>((resolve) => setImmediate(resolve));
         if (this.#queue.length === 0) return;
-        await this.#runGroup(this.#take());
+        const statement = this.#runGroup(this.#take());
+        // A statement that waits on a row lock (its id is being inserted by a transaction
+        // still open elsewhere) must not hold every other send of this process: past
+        // STALL_MS the next group goes ahead, and this one finishes on its own.
+        let timer: NodeJS.Timeout | undefined;
+        const stalled = await Promise.race([
+          statement.then(() => false),
+          new Promise<boolean>((resolve) => (timer = setTimeout(resolve, STALL_MS, true))),
+        ]);
+        clearTimeout(timer);
+        if (stalled && this.#detached.size < MAX_DETACHED) {
+          this.#detached.add(statement);
+          void statement.finally(() => this.#detached.delete(statement));
+        } else {
+          await statement;
+        }
       }
     } finally {
       this.#running = undefined;
@@ -105,15 +141,15 @@ export class SendGroup {
     let created: Set<string>;
     try {
       this.statements++;
-      created = await this.#run(group.length === 1 ? [...group[0].rows] : group.flatMap((r) => r.rows));
+      created = await this.#run(group.length === 1 ? [...group[0].rows] : group.flatMap((r) => r.rows), group.length > 1);
     } catch (err) {
       if (group.length === 1 || !failedBeforeCommit(err)) {
         for (const r of group) r.reject(err);
         return;
       }
-      // Nothing of the group committed: each request alone, so one bad request does not
-      // sink the others.
-      for (const r of group) await this.#runGroup([r]);
+      // Nothing of the group committed: each request alone (at once, side by side), so
+      // one bad request — or one waiting on a lock — does not sink or hold the others.
+      await Promise.all(group.map((r) => this.#runGroup([r])));
       return;
     }
     for (const r of group) r.resolve(r.rows.map((row) => created.delete(row.id)));

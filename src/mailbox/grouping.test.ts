@@ -128,6 +128,27 @@ describe('group commit of sends without tx', () => {
     }
   });
 
+  it('a send waiting on a row lock of an open transaction does not hold the other sends back', async () => {
+    const to = dest('stall');
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await herald.mailbox.send({ to, payload: 'in tx', id: 'stall-x' }, { tx: client });
+      const blocked = herald.mailbox.send({ to, payload: 'outside', id: 'stall-x' }); // waits for that transaction
+      // Sent after it, answered while the transaction is still open.
+      assert.deepEqual(await herald.mailbox.send({ to, payload: 'other', id: 'stall-y' }), { id: 'stall-y', created: true });
+      await client.query('ROLLBACK');
+      assert.deepEqual(await blocked, { id: 'stall-x', created: true });
+    } finally {
+      client.release();
+    }
+    const { rows } = await pool.query(`SELECT id, payload FROM herald.mailbox_messages WHERE destination = $1 ORDER BY id`, [to]);
+    assert.deepEqual(rows, [
+      { id: 'stall-x', payload: 'outside' },
+      { id: 'stall-y', payload: 'other' },
+    ]);
+  });
+
   it('rejects bad group options', () => {
     for (const mailbox of [{ sendGroupMaxMessages: 0 }, { sendGroupMaxMessages: 1.5 }, { sendGroupMaxBytes: -1 }]) {
       assert.throws(() => createHerald({ connectionString: db.url, mailbox }), { name: 'InvalidOptionError' });

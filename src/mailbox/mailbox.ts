@@ -29,7 +29,7 @@ import type {
   ReceiveOptions,
   SendResult,
 } from './types.js';
-import { SendGroup } from './group.js';
+import { GROUP_LOCK_TIMEOUT_MS, SendGroup } from './group.js';
 import { mailboxChannel, waitBounded, WakeHub } from './wakeup.js';
 
 /** Defaults of {@link MailboxOptions}; the README's option table is this object. */
@@ -134,7 +134,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     this.channel = mailboxChannel(schema);
     this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('problem', err));
     this.#group = new SendGroup(
-      async (rows) => (await mailboxSendBatch(driver.executor, this.#schemaSql, rows, this.channel)).created,
+      async (rows, shared) => (await mailboxSendBatch(driver.executor, this.#schemaSql, rows, this.channel, shared ? GROUP_LOCK_TIMEOUT_MS : null)).created,
       { maxMessages: this.options.sendGroupMaxMessages, maxBytes: this.options.sendGroupMaxBytes },
     );
     const self = this;

@@ -57,8 +57,9 @@ export async function mailboxSendBatch(
   schema: string,
   rows: readonly MessageInsert[],
   channel: string | null,
+  lockTimeoutMs: number | null = null,
 ): Promise<{ created: Set<string>; destinations: string[] }> {
-  if (rows.length === 1 && channel !== null) return mailboxSendOne(executor, schema, rows[0], channel);
+  if (rows.length === 1 && channel !== null && lockTimeoutMs === null) return mailboxSendOne(executor, schema, rows[0], channel);
   const params: unknown[] = [
     rows.map((r) => r.id),
     rows.map((r) => r.destination),
@@ -66,8 +67,13 @@ export async function mailboxSendBatch(
     rows.map((r) => r.format),
     rows.map((r) => r.payload),
   ];
+  // With lockTimeoutMs (a group of several callers' sends, see SendGroup): the statement
+  // first sets lock_timeout for its own transaction (an InitPlan, evaluated before the
+  // first row is inserted), so waiting on an id that an open transaction is inserting
+  // fails it (55P03) instead of holding every caller of the group.
+  const guard = lockTimeoutMs === null ? '' : `\n       WHERE (SELECT set_config('lock_timeout', $${channel === null ? 6 : 7}, true)) IS NOT NULL`;
   const insert = `INSERT INTO ${schema}.mailbox_messages (id, destination, topic, format, payload)
-       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])${guard}
        ON CONFLICT (id) DO NOTHING
        RETURNING id, destination`;
   const text =
@@ -81,6 +87,7 @@ export async function mailboxSendBatch(
          woke AS (SELECT count(pg_notify($6, d.destination)) AS n FROM (SELECT DISTINCT destination FROM ins) d)
          SELECT ins.id, ins.destination FROM ins WHERE (SELECT n FROM woke) >= 0`;
   if (channel !== null) params.push(channel);
+  if (lockTimeoutMs !== null) params.push(`${Math.max(1, Math.round(lockTimeoutMs))}ms`);
   // Prepared: parsing and planning this statement costs several times running it.
   const { rows: created } = await executor.query<{ id: string; destination: string }>(text, params, { prepare: true });
   return { created: new Set(created.map((r) => r.id)), destinations: [...new Set(created.map((r) => r.destination))] };
