@@ -165,14 +165,9 @@ export class Worker {
    */
   async #run(): Promise<void> {
     const { options } = this.host;
-    const capacity = this.concurrency + this.prefetch;
-    const worthwhile = Math.max(1, Math.floor(capacity / 4));
     while (!this.#stopping) {
-      const backlog = this.#finished.length < options.completionBatchSize;
-      const free = capacity - this.#running - this.#pending.length - this.#claiming;
-      const want = this.#dirty && backlog && free > 0 ? free : 0;
-      const turn =
-        this.#cycles.size === 0 ? want > 0 || this.#finals.length > 0 : this.#cycles.size < 2 && Math.max(want, this.#finals.length) >= worthwhile;
+      const want = this.#turn();
+      const turn = want >= 0;
       if (turn) {
         if (want > 0) this.#dirty = false;
         const cycle = this.#cycle(this.#finals.splice(0, options.completionBatchSize), want);
@@ -198,6 +193,21 @@ export class Worker {
       });
     }
     await Promise.all(this.#cycles);
+  }
+
+  /**
+   * Whether the loop should start a statement now, and how many jobs it should claim:
+   * -1 for no. With none in flight, any completion or free capacity is worth one; with
+   * one in flight, a second starts only for a quarter of the capacity or more.
+   */
+  #turn(): number {
+    const capacity = this.concurrency + this.prefetch;
+    const backlog = this.#finished.length < this.host.options.completionBatchSize;
+    const free = capacity - this.#running - this.#pending.length - this.#claiming;
+    const want = this.#dirty && backlog && free > 0 ? free : 0;
+    if (this.#cycles.size === 0) return want > 0 || this.#finals.length > 0 ? want : -1;
+    const worthwhile = Math.max(1, Math.floor(capacity / 4));
+    return this.#cycles.size < 2 && Math.max(want, this.#finals.length) >= worthwhile ? want : -1;
   }
 
   /** One statement of the loop: record `finals`, claim up to `want`. Never throws. */
@@ -312,7 +322,8 @@ export class Worker {
     }
     this.#dirty = true;
     this.#startRunnable();
-    this.#signal();
+    // Wake the loop only when it has something to start (a waiting loop costs a timer).
+    if (this.#waiter !== null && (this.#stopping || this.#turn() >= 0)) this.#signal();
   }
 
   /** Records buffered outcomes in batches; one flush at a time, the next takes what piled up meanwhile. */
