@@ -38,7 +38,7 @@ export interface HeraldOptions {
   poolSize?: number;
   /**
    * Run hot statements (job claims and completions, plain enqueues, mailbox sends and
-   * takes) as named prepared statements. Turn off when the pool goes through a transaction-mode pooler without
+   * takes outside a transaction) as named prepared statements. Turn off when the pool goes through a transaction-mode pooler without
    * prepared-statement support (PgBouncer before 1.21 or `max_prepared_statements = 0`);
    * a server error about a missing or duplicate prepared statement also turns them off.
    * @defaultValue true (with `sql`: that instance's `prepare` option)

@@ -19,15 +19,12 @@ export interface PgDriverOptions {
   /** Called with errors of idle pool clients (a dying server); they never crash the process. */
   onPoolError?: (err: Error) => void;
   /**
-   * Run pgherald's hot statements (claims, completions, plain enqueues, mailbox sends
-   * and takes) as named prepared statements on the pool's connections, also inside the
-   * transactions pgherald runs for itself (a mailbox consumer's take; statements pgherald
-   * runs in a transaction you pass as `{ tx }` are not prepared). Turn off behind a pooler in transaction mode without
-   * prepared-statement support (PgBouncer before 1.21, or `max_prepared_statements = 0`);
-   * if the server reports a missing or duplicate prepared statement, the driver turns
-   * them off by itself: a statement outside a transaction runs again unprepared, one
-   * inside a transaction fails with that error (the transaction is aborted; the
-   * caller's retry runs unprepared). @defaultValue true
+   * Run pgherald's hot statements (claims, completions, plain enqueues) as named
+   * prepared statements on the pool's connections. Turn off behind a pooler in
+   * transaction mode without prepared-statement support (PgBouncer before 1.21, or
+   * `max_prepared_statements = 0`); if the server reports a missing or duplicate
+   * prepared statement, the driver turns them off by itself and runs the statement
+   * unprepared. @defaultValue true
    */
   preparedStatements?: boolean;
 }
@@ -39,50 +36,6 @@ const MAX_PREPARED = 500;
 // name (42P05): a transaction pooler moved us to another server connection. Both are
 // reported before the statement runs, so running it again unprepared is safe.
 const POOLER_PREPARE_ERRORS = new Set(['26000', '42P05']);
-
-/** Whether a driver still prepares statements, and the names it gave (shared by its executors). */
-interface PrepareState {
-  on: boolean;
-  names: Map<string, string>;
-}
-
-type Queryable = { query(config: pg.QueryConfig | string, values?: unknown[]): Promise<pg.QueryResult | pg.QueryResult[]> };
-
-/**
- * An executor over a pool (`autocommit`) or a client in a transaction that runs the
- * statements marked `prepare` as named statements while `state.on`.
- */
-function preparingExecutor(target: Queryable, state: PrepareState, autocommit: boolean): Executor {
-  const nameOf = (text: string): string | undefined => {
-    let name = state.names.get(text);
-    if (name === undefined && state.names.size < MAX_PREPARED) {
-      name = `herald_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
-      state.names.set(text, name);
-    }
-    return name;
-  };
-  const executor: Executor = {
-    async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
-      const name = state.on && opts?.prepare ? nameOf(text) : undefined;
-      let res: pg.QueryResult | pg.QueryResult[] | undefined;
-      if (name !== undefined) {
-        try {
-          res = await target.query({ name, text, values: values as unknown[] });
-        } catch (err) {
-          if (!POOLER_PREPARE_ERRORS.has((err as { code?: string }).code ?? '')) throw err;
-          state.on = false;
-          // Inside a transaction the error aborted it: the caller retries (unprepared).
-          if (!autocommit) throw err;
-        }
-      }
-      res ??= await target.query(text, values as unknown[]);
-      // A multi-statement simple query returns one result per statement: keep the last.
-      if (Array.isArray(res)) res = res[res.length - 1] ?? ({ rows: [], rowCount: 0 } as unknown as pg.QueryResult);
-      return { rows: (res.rows ?? []) as R[], rowCount: res.rowCount ?? 0 };
-    },
-  };
-  return executor;
-}
 
 /**
  * A driver over node-postgres (`pg`). Every pool and client it owns handles its
@@ -108,8 +61,32 @@ export function pgDriver(options: PgDriverOptions): Driver {
     ? { connectionString: options.listenConnectionString }
     : (pool as unknown as { options: pg.ClientConfig }).options;
 
-  const prepared: PrepareState = { on: options.preparedStatements ?? true, names: new Map() };
-  const executor = preparingExecutor(pool as unknown as Queryable, prepared, true);
+  let prepare = options.preparedStatements ?? true;
+  const names = new Map<string, string>();
+  const nameOf = (text: string): string | undefined => {
+    let name = names.get(text);
+    if (name === undefined && names.size < MAX_PREPARED) {
+      name = `herald_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
+      names.set(text, name);
+    }
+    return name;
+  };
+  const executor: Executor = {
+    async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
+      const name = prepare && opts?.prepare ? nameOf(text) : undefined;
+      if (name !== undefined) {
+        try {
+          const res = await pool.query({ name, text, values: values as unknown[] });
+          return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
+        } catch (err) {
+          if (!POOLER_PREPARE_ERRORS.has((err as { code?: string }).code ?? '')) throw err;
+          prepare = false;
+        }
+      }
+      const res = await pool.query(text, values as unknown[]);
+      return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
+    },
+  };
 
   return {
     kind: 'pg',
@@ -127,7 +104,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
       client.on('error', onError);
       try {
         await client.query('BEGIN');
-        const result = await fn(preparingExecutor(client as unknown as Queryable, prepared, false));
+        const result = await fn(pgClientExecutor(client));
         await client.query('COMMIT');
         return result;
       } catch (err) {

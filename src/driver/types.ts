@@ -27,9 +27,7 @@ export interface QueryOptions {
   /**
    * A hot statement run again and again with the same text: a driver with prepared
    * statements on runs it as a named prepared statement (parsed and planned once per
-   * connection; parsing and planning can cost more than running). Executors over a
-   * caller's transaction (`{ tx }`) ignore it; the pg driver's executors over its pool
-   * and inside the transactions pgherald runs for itself use it.
+   * connection). Executors over a caller's transaction ignore it.
    */
   prepare?: boolean;
 }
