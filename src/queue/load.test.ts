@@ -59,41 +59,45 @@ describe('queue under load and faults', () => {
 
   test('16 workers in 4 processes run every job while backends are terminated every 3 s', async () => {
     const total = scaled(100_000);
-    const h = new Herald({ connectionString: db.url, poolSize: 2 });
+    // The enqueuer's own connections are spared (application_name): a killed enqueue
+    // would leave its outcome unknown.
+    const enqueuerUrl = new URL(db.url);
+    enqueuerUrl.searchParams.set('application_name', 'load-enqueuer');
+    const h = new Herald({ connectionString: enqueuerUrl.toString(), poolSize: 2 });
     h.notifier.on('problem', () => {});
-    try {
-      for (let i = 0; i < total; i += 10_000) {
-        const n = Math.min(10_000, total - i);
-        await h.queue.enqueueMany(Array.from({ length: n }, (_, k) => ({ kind: 'load', payload: { n: i + k } })));
-      }
-    } finally {
-      await h.close();
-    }
-    const outs = Array.from({ length: 4 }, (_, i) => join(tmp, `runs-${i}.txt`));
-    const procs = outs.map((o) => spawnWorker('load', o));
-    await waitFor(() => procs.every((p) => p.lines.includes('ready')), { timeoutMs: 30_000 });
     let terminated = 0;
-    const killer = setInterval(() => {
-      // At random: each worker backend of the database dies with probability 1/2.
+    // At random: each worker backend of the database dies with probability `p`.
+    const terminateRound = (p: number) =>
       adminQuery<{ n: number }>(
         `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
-          WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND random() < 0.5`,
-        [db.name],
+          WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+            AND application_name <> 'load-enqueuer' AND random() < $2`,
+        [db.name, p],
       )
         .then((r) => (terminated += r[0].n))
         .catch(() => {});
-    }, 3000);
+    const completed = async () =>
+      (await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM herald.jobs WHERE kind = 'load' AND state = 'completed'`, [], db.url))[0].n;
+    const outs = Array.from({ length: 4 }, (_, i) => join(tmp, `runs-${i}.txt`));
+    const procs = outs.map((o) => spawnWorker('load', o));
+    await waitFor(() => procs.every((p) => p.lines.includes('ready')), { timeoutMs: 30_000 });
+    const killer = setInterval(() => void terminateRound(0.5), 3000);
     try {
-      await waitFor(
-        async () => {
-          const r = await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM herald.jobs WHERE kind = 'load' AND state = 'completed'`, [], db.url);
-          if (process.env.QDEBUG) console.log("# done", r[0].n, "terminated", terminated);
-          return r[0].n === total;
-        },
-        { timeoutMs: 240_000, intervalMs: 500, what: `${total} jobs completed` },
-      );
+      // In 8 waves, each enqueued while the workers run and followed at once by a round of
+      // terminations, so faults land mid-run however fast the workers drain.
+      const wave = Math.ceil(total / 8);
+      for (let start = 0; start < total; start += wave) {
+        const end = Math.min(total, start + wave);
+        for (let i = start; i < end; i += 10_000) {
+          const n = Math.min(10_000, end - i);
+          await h.queue.enqueueMany(Array.from({ length: n }, (_, k) => ({ kind: 'load', payload: { n: i + k } })));
+        }
+        await terminateRound(start === 0 ? 1 : 0.5);
+        await waitFor(async () => (await completed()) === end, { timeoutMs: 240_000, intervalMs: 200, what: `${end} jobs completed` });
+      }
     } finally {
       clearInterval(killer);
+      await h.close();
     }
     await Promise.all(
       procs.map((p) => {
