@@ -344,8 +344,8 @@ export async function jobFinishMany(x: Executor, s: string, ch: QueueChannels, k
 /**
  * Records final completions and claims more in one statement: one round trip and one
  * commit where a busy worker would otherwise spend two. The two CTEs touch disjoint rows
- * (running vs available). A claimed row comes back with `completed` null; each matched
- * completion as a row with only `completed` set.
+ * (running vs available). Returns the claimed rows and the completions that matched no
+ * row (fenced out).
  */
 export async function jobFinishAndClaim(
   x: Executor,
@@ -354,25 +354,23 @@ export async function jobFinishAndClaim(
   keep: boolean,
   b: FinishBatch,
   a: ClaimRequest,
-): Promise<{ completed: string[]; claimed: ClaimRow[] }> {
+): Promise<{ missed: string[]; claimed: ClaimRow[] }> {
   const fp = finishParams(keep, b);
   const cp = claimParams(a);
   const ev = fp.length + cp.length + 1;
-  const { rows } = await x.query<ClaimRow & { completed: string | null }>(
+  // The completions answer with one extra row: the ids that did not match (usually none),
+  // not a row per completed job.
+  const { rows } = await x.query<ClaimRow & { missed: string[] | null }>(
     `WITH ${finishCte(s, keep, 1, ev)}, ${claimCtes(s, fp.length + 1, ev, !!a.after)}
-     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, created_ms, run_us, NULL::text AS completed FROM claimed
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, created_ms, run_us, NULL::text[] AS missed FROM claimed
      UNION ALL
-     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id::text FROM done`,
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))`,
     [...fp, ...cp, ch.events],
     PREPARE,
   );
-  const completed: string[] = [];
-  const claimed: ClaimRow[] = [];
-  for (const r of rows) {
-    if (r.completed !== null) completed.push(r.completed);
-    else claimed.push(r);
-  }
-  return { completed, claimed };
+  const last = rows.pop()!;
+  return { missed: last.missed ?? [], claimed: rows };
 }
 
 /** How a failed attempt ends, per job of {@link jobFailMany}. */

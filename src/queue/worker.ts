@@ -56,6 +56,13 @@ interface Finished {
   recorded?: boolean;
 }
 
+/** The jobs of `batch` whose completion matched no row (null: all matched). */
+function missedOf(batch: Finished[], matched: string[]): Set<string> | null {
+  if (matched.length === batch.length) return null;
+  const ok = new Set(matched);
+  return new Set(batch.filter((f) => !ok.has(f.id)).map((f) => f.id));
+}
+
 function finishBatch(fs: Finished[]): FinishBatch {
   return { ids: fs.map((f) => f.id), attempts: fs.map((f) => f.fence), results: fs.map((f) => f.result) };
 }
@@ -224,7 +231,7 @@ export class Worker {
         const r = await withSpan('herald.queue.claim', attrs, () =>
           jobFinishAndClaim(this.host.executor, this.host.schemaSql, this.host.channels, options.keepCompleted, finishBatch(finals), claim),
         );
-        this.#completed(finals, r.completed);
+        this.#completed(finals, r.missed.length === 0 ? null : new Set(r.missed));
         rows = r.claimed;
       }
       this.#failures = 0;
@@ -361,7 +368,7 @@ export class Worker {
     for (const f of batch) (!f.ok ? failed : f.final ? final : advance).push(f);
     if (final.length > 0) {
       const done = await jobFinishMany(executor, schemaSql, channels, options.keepCompleted, finishBatch(final));
-      this.#completed(final, done);
+      this.#completed(final, missedOf(final, done));
     }
     if (advance.length > 0) {
       const done = await jobCompleteMany(
@@ -372,7 +379,7 @@ export class Worker {
         advance.map((f) => f.fence),
         advance.map((f) => f.result),
       );
-      this.#completed(advance, done);
+      this.#completed(advance, missedOf(advance, done));
     }
     if (failed.length > 0) {
       const rows = await jobFailMany(
@@ -400,16 +407,20 @@ export class Worker {
   }
 
   /** Releases completed jobs and reports them (events are built only when someone listens). */
-  #completed(batch: Finished[], matched: string[]): void {
+  #completed(batch: Finished[], missed: Set<string> | null): void {
     const events = this.host.hasListeners('job:completed');
-    const done = matched.length === batch.length && !events ? null : new Set(matched);
+    if (missed === null && !events) {
+      for (const f of batch) {
+        f.recorded = true;
+        this.#held.delete(f.id);
+      }
+      return;
+    }
     for (const f of batch) {
       f.recorded = true;
       this.#held.delete(f.id);
-      if (done === null) continue;
-      if (done.has(f.id)) {
-        if (events) this.host.emitEvent('job:completed', { id: f.id, kind: f.kind, stage: f.stage });
-      } else this.host.emitEvent('job:lease:lost', { id: f.id, kind: f.kind, fence: f.fence, during: 'complete' });
+      if (missed?.has(f.id)) this.host.emitEvent('job:lease:lost', { id: f.id, kind: f.kind, fence: f.fence, during: 'complete' });
+      else if (events) this.host.emitEvent('job:completed', { id: f.id, kind: f.kind, stage: f.stage });
     }
   }
 
