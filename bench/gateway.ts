@@ -78,7 +78,7 @@ interface Result {
 
 async function measure(transport: string, clients: number): Promise<Result> {
   const server = fork(join(here, 'gateway/server.ts'), [], { execArgv, env: { ...process.env, DATABASE_URL: url, FLUSH_INTERVAL_MS: args['flush-interval-ms'] }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const { url: base } = await once<{ url: string }>(server, (m) => m.url, 'server url');
+  const { url: base, channel } = await once<{ url: string; channel: string }>(server, (m) => m.url, 'server url');
   const per = Math.ceil(clients / PROCS);
   const procs = Array.from({ length: PROCS }, (_, i) =>
     fork(join(here, 'gateway/clients.ts'), [base, transport, String(Math.min(per, clients - i * per)), String(SAMPLE_EVERY)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
@@ -106,7 +106,7 @@ async function measure(transport: string, clients: number): Promise<Result> {
     const due = Math.floor((elapsed / 1000) * RATE) - sent;
     if (due > 0) {
       const stamps = Array.from({ length: due }, () => String(performance.timeOrigin + performance.now()));
-      await publisher.query("SELECT pg_notify('gw.bench', p) FROM unnest($1::text[]) AS p", [stamps]);
+      await publisher.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [channel, stamps]);
       sent += due;
     }
     await new Promise((r) => setTimeout(r, 2));
@@ -126,6 +126,8 @@ async function measure(transport: string, clients: number): Promise<Result> {
   await new Promise((r) => server.once('exit', r));
   const lat = reports.flatMap((r) => r.latencies).sort((a, b) => a - b);
   const received = reports.reduce((a, r) => a + r.received, 0);
+  // A bench that measures nothing must say so, not print NaN.
+  if (received === 0 || lat.length === 0) throw new Error(`${transport} ${clients}: no event reached a client (sent ${measuredSent} on channel ${channel}); server counters ${JSON.stringify(stats)}`);
   const cut = reports.reduce((a, r) => a + r.closed, 0);
   return {
     transport,

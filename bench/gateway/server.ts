@@ -1,7 +1,8 @@
 /**
  * The server process of bench/gateway.ts: a HeraldServer on loopback (open mode, no
- * credentials), limits raised for the load. Tells its parent its URL over IPC and
- * answers `{ rss: true }` with its resident memory and the gateway's counters.
+ * credentials), limits raised for the load. Tells its parent its URL and the channel
+ * behind topic `bench` over IPC, and answers `{ rss: true }` with its resident memory
+ * and the gateway's counters.
  */
 import { createHerald } from '../../src/client.js';
 import { HeraldServer } from '../../src/server/server.js';
@@ -11,7 +12,8 @@ await herald.migrate();
 const server = new HeraldServer(herald, { port: 0, maxClients: 50_000, maxConnectionsPerToken: 50_000, flushIntervalMs: Number(process.env.FLUSH_INTERVAL_MS ?? 0) });
 const url = await server.start();
 await herald.notifier.start();
-process.send!({ url });
+// The channel behind topic `bench` (channelPrefix applies): the publisher notifies exactly this.
+process.send!({ url, channel: server.gateway.channelOf('bench') });
 process.on('message', async (m: { rss?: boolean; stop?: boolean; cpu?: boolean }) => {
   if (m.cpu) process.send!({ cpu: process.cpuUsage(), at: performance.now() });
   if (m.rss) {
