@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Principal } from './auth.js';
 
@@ -191,28 +192,31 @@ export abstract class Connection {
       return 0;
     }
     let events = 0;
-    let out: Buffer | undefined;
     if (pending.length === 1) {
       const item = pending[0];
+      let out: Buffer | undefined = item as Buffer;
       if (item instanceof FrameBatch) {
         out = item.wire(this.format);
         events = item.events;
-      } else out = item;
-    } else {
-      const parts: Buffer[] = [];
-      for (const item of pending) {
-        if (item instanceof FrameBatch) {
-          const b = item.wire(this.format);
-          if (b) parts.push(b);
-          events += item.events;
-        } else parts.push(item);
       }
-      out = parts.length === 1 ? parts[0] : Buffer.concat(parts);
+      if (out) this.writeWire(out);
+    } else {
+      // Several parts (batches of several slices of a round, a gap...): one gathered
+      // write of the shared buffers, no copy.
+      this.cork();
+      for (const item of pending) {
+        let out: Buffer | undefined = item as Buffer;
+        if (item instanceof FrameBatch) {
+          out = item.wire(this.format);
+          events += item.events;
+        }
+        if (out) this.writeWire(out);
+      }
+      this.uncork();
     }
     pending.length = 0;
     this.#pendingBytes = 0;
     this.#batches = 0;
-    if (out && out.length > 0) this.writeWire(out);
     return events;
   }
 
@@ -268,8 +272,16 @@ export abstract class Connection {
   }
 
   protected abstract socketBuffered(): number;
-  /** Writes wire-ready bytes to the socket (one write per flush). */
+  /** Writes wire-ready bytes to the socket. */
   protected abstract writeWire(bytes: Buffer): void;
+  /** The socket the frames go to (writes between `cork` and `uncork` leave in one syscall). */
+  protected abstract socket(): { cork(): void; uncork(): void; write(b: Buffer): boolean; destroyed: boolean } | null | undefined;
+  protected cork(): void {
+    this.socket()?.cork();
+  }
+  protected uncork(): void {
+    this.socket()?.uncork();
+  }
   /** Sends the goodbye (SSE `event: close`, WebSocket close code) and ends gracefully. */
   protected abstract end(reason: CloseReason, message: string): void;
   protected abstract destroy(): void;
@@ -324,6 +336,9 @@ export class SseConnection extends Connection {
   }
   wire(payload: Buffer): Buffer {
     return payload;
+  }
+  protected socket(): Socket | null {
+    return this.res.socket;
   }
   protected writeWire(bytes: Buffer): void {
     const socket = this.res.socket;
@@ -388,8 +403,10 @@ export class WsConnection extends Connection {
     // masked, so the same bytes serve every client (framed once per event), and a
     // round's events go out in one write. `ws` writes its own frames (replies, close)
     // to the same socket synchronously, so the order holds.
-    const socket = (this.ws as unknown as { _socket?: { write(b: Buffer): boolean } })._socket;
-    if (socket) socket.write(bytes);
+    this.socket()?.write(bytes);
+  }
+  protected socket(): Socket | undefined {
+    return (this.ws as unknown as { _socket?: Socket })._socket;
   }
   protected end(reason: CloseReason, message: string): void {
     if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
