@@ -10,6 +10,7 @@
  *
  * Usage: node --import tsx bench/gateway.ts [--runs 3] [--clients 1000,5000]
  *        [--transports sse,ws] [--rate 1000] [--seconds 10] [--client-procs 2] [--flush-interval-ms 0]
+ *        [--profile <dir>]  (CPU profiles of the server and client processes)
  * DATABASE_URL: use that server instead of starting a throwaway cluster.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -29,6 +30,8 @@ const { values: args } = parseArgs({
     'client-procs': { type: 'string', default: '2' },
     'sample-every': { type: 'string', default: '25' },
     'flush-interval-ms': { type: 'string', default: '0' },
+    // A directory: CPU profiles (--cpu-prof) of the server and client processes go there.
+    profile: { type: 'string' },
   },
 });
 const RUNS = Number(args.runs);
@@ -37,7 +40,7 @@ const SECONDS = Number(args.seconds);
 const PROCS = Number(args['client-procs']);
 const SAMPLE_EVERY = Number(args['sample-every']);
 const here = new URL('.', import.meta.url).pathname;
-const execArgv = ['--import', 'tsx'];
+const execArgv = ['--import', 'tsx', ...(args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`] : [])];
 
 function once<T>(child: ChildProcess, pick: (m: any) => boolean, what: string): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -64,6 +67,19 @@ publisher.on('error', () => {});
 await publisher.connect();
 const version = (await publisher.query('SHOW server_version')).rows[0].server_version;
 
+interface ServerStats {
+  rss: number;
+  cpu: NodeJS.CpuUsage;
+  at: number;
+  arrivalP50: number;
+  arrivalP99: number;
+  loopP50: number;
+  loopP99: number;
+  loopMax: number;
+  flushes: number;
+  perFlush: number;
+}
+
 interface Result {
   transport: string;
   clients: number;
@@ -74,11 +90,12 @@ interface Result {
   rssMb: number;
   cpu: number;
   cut: number;
+  server: ServerStats;
 }
 
 async function measure(transport: string, clients: number): Promise<Result> {
   const server = fork(join(here, 'gateway/server.ts'), [], { execArgv, env: { ...process.env, DATABASE_URL: url, FLUSH_INTERVAL_MS: args['flush-interval-ms'] }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const { url: base } = await once<{ url: string }>(server, (m) => m.url, 'server url');
+  const { url: base, channel } = await once<{ url: string; channel: string }>(server, (m) => m.url, 'server url');
   const per = Math.ceil(clients / PROCS);
   const procs = Array.from({ length: PROCS }, (_, i) =>
     fork(join(here, 'gateway/clients.ts'), [base, transport, String(Math.min(per, clients - i * per)), String(SAMPLE_EVERY)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
@@ -106,7 +123,7 @@ async function measure(transport: string, clients: number): Promise<Result> {
     const due = Math.floor((elapsed / 1000) * RATE) - sent;
     if (due > 0) {
       const stamps = Array.from({ length: due }, () => String(performance.timeOrigin + performance.now()));
-      await publisher.query("SELECT pg_notify('gw.bench', p) FROM unnest($1::text[]) AS p", [stamps]);
+      await publisher.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p', [channel, stamps]);
       sent += due;
     }
     await new Promise((r) => setTimeout(r, 2));
@@ -114,7 +131,7 @@ async function measure(transport: string, clients: number): Promise<Result> {
   const measuredSent = sent - measuredFrom;
   const measureEnd = performance.now();
   server.send({ rss: true });
-  const stats = await once<{ rss: number; cpu: NodeJS.CpuUsage; at: number }>(server, (m) => m.rss, 'server stats');
+  const stats = await once<ServerStats>(server, (m) => m.rss, 'server stats');
   const c0 = await cpuStart!;
   const serverCpu = (stats.cpu.user + stats.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / (stats.at - c0.at);
   const reports = await Promise.all(procs.map((p) => {
@@ -126,6 +143,8 @@ async function measure(transport: string, clients: number): Promise<Result> {
   await new Promise((r) => server.once('exit', r));
   const lat = reports.flatMap((r) => r.latencies).sort((a, b) => a - b);
   const received = reports.reduce((a, r) => a + r.received, 0);
+  // A bench that measures nothing must say so, not print NaN.
+  if (received === 0 || lat.length === 0) throw new Error(`${transport} ${clients}: no event reached a client (sent ${measuredSent} on channel ${channel}); server counters ${JSON.stringify(stats)}`);
   const cut = reports.reduce((a, r) => a + r.closed, 0);
   return {
     transport,
@@ -137,6 +156,7 @@ async function measure(transport: string, clients: number): Promise<Result> {
     rssMb: stats.rss / 2 ** 20,
     cpu: serverCpu,
     cut,
+    server: stats,
   };
 }
 
@@ -147,6 +167,8 @@ for (let run = 1; run <= RUNS; run++) {
       const r = await measure(transport, clients);
       results.push(r);
       console.error(`run ${run} ${transport} ${clients}: p50 ${r.p50.toFixed(1)} ms p99 ${r.p99.toFixed(1)} ms delivered ${Math.round(r.delivered)}/s (offered ${RATE * clients}/s) rss ${r.rssMb.toFixed(0)} MB server cpu ${(100 * r.cpu).toFixed(0)}% cut ${r.cut}`);
+      const s = r.server;
+      console.error(`  server: arrival p50 ${s.arrivalP50.toFixed(1)} / p99 ${s.arrivalP99.toFixed(1)} ms; event-loop delay p50 ${s.loopP50.toFixed(1)} / p99 ${s.loopP99.toFixed(1)} / max ${s.loopMax.toFixed(0)} ms; ${(s.flushes / SECONDS).toFixed(0)} flush rounds/s, ${s.perFlush.toFixed(0)} connections each`);
     }
   }
 }

@@ -1,153 +1,153 @@
 /**
  * A client process of bench/gateway.ts: opens `count` SSE or WebSocket clients of one
- * topic. Every client counts what it receives; one in `sampleEvery` parses each payload
- * (`<publish time ms, float>`) for the fan-out latency. Controlled over IPC:
- * `{ measure: true }` starts counting, `{ report: true }` sends the counts and samples.
+ * topic on raw sockets. The clients share one receive buffer (`onread`: no allocation
+ * per read, no HTTP or WebSocket library on the read path) so the client processes,
+ * which share the machine with the server, stay cheap:
+ *
+ * - every client counts the events it receives on the raw bytes (SSE: the one `v` of
+ *   `event: notification` in each event frame — the bench payloads are digits, the ids
+ *   hex, and the server's keep-alive comments are off; WebSocket: frame headers, payloads skipped);
+ * - one in `sampleEvery` also decodes each event's payload (`<publish time ms, float>`)
+ *   for the fan-out latency.
+ *
+ * Controlled over IPC: `{ measure: true }` starts counting, `{ report: true }` sends
+ * the counts and samples.
  */
-import { request } from 'node:http';
-import { connect } from 'node:net';
-import { WebSocket } from 'ws';
+import { connect, type Socket } from 'node:net';
 
 const [url, transport, countText, sampleEveryText] = process.argv.slice(2);
 const count = Number(countText);
 const sampleEvery = Number(sampleEveryText);
+const u = new URL(url);
 const now = () => performance.timeOrigin + performance.now();
 let measuring = false;
 let received = 0;
 let closed = 0;
 const latencies: number[] = [];
+/** One receive buffer for every socket: each read is handled before the next one. */
+const shared = Buffer.allocUnsafe(256 * 1024);
+const V = 0x76;
 
-function onPayload(sampled: boolean, payload: string): void {
-  if (!measuring) return;
-  received++;
-  if (sampled) latencies.push(now() - Number(payload));
-}
+const request = transport === 'ws'
+  ? `GET /ws?topic=bench HTTP/1.1\r\nHost: ${u.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`
+  : `GET /channels/bench/events HTTP/1.1\r\nHost: ${u.host}\r\nAccept: text/event-stream\r\n\r\n`;
 
-const MARK = Buffer.from('event: notification');
+/** Per-socket reader: fed each read's bytes (a view of the shared buffer, valid only during the call). */
+type Reader = (bytes: Buffer) => void;
 
-function sse(i: number): Promise<void> {
-  const sampled = i % sampleEvery === 0;
+/** Skips the HTTP response head, then hands the rest of every read to `body`. Resolves `ready` at the first body byte for SSE, at the first frame for WebSocket. */
+function open(sampled: boolean): Promise<void> {
   return new Promise((resolve, reject) => {
-    const req = request(`${url}/channels/bench/events`, { agent: false }, (res) => {
-      if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode}`));
-      let buf = '';
-      let tail: Buffer = Buffer.alloc(0);
-      let ready = false;
-      if (sampled) res.setEncoding('latin1');
-      res.on('data', (chunk: Buffer | string) => {
-        if (!ready) {
-          ready = true;
-          resolve();
-        }
-        if (!sampled) {
-          // Count frames on the raw bytes without decoding them: one "event: notification"
-          // per event. The last 18 bytes are kept so a marker split between two chunks counts once.
-          const b = tail.length ? Buffer.concat([tail, chunk as Buffer]) : (chunk as Buffer);
-          let at = 0;
-          while ((at = b.indexOf(MARK, at)) >= 0) {
-            if (measuring && at + MARK.length > tail.length) received++;
-            at += MARK.length;
+    let head = '';
+    let reader: Reader | undefined;
+    const body: Reader = transport === 'ws' ? wsReader(sampled, resolve) : sseReader(sampled, resolve);
+    const socket: Socket = connect({
+      port: Number(u.port),
+      host: u.hostname,
+      onread: {
+        buffer: shared,
+        callback: (n: number, buf: Uint8Array) => {
+          const bytes = Buffer.from(buf.buffer, buf.byteOffset, n);
+          if (reader) {
+            reader(bytes);
+            return true;
           }
-          tail = Buffer.from(b.subarray(Math.max(0, b.length - (MARK.length - 1))));
-          return;
-        }
-        buf += chunk as string;
-        let k: number;
-        while ((k = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, k);
-          buf = buf.slice(k + 2);
-          if (!block.includes('event: notification')) continue;
-          const d = block.indexOf('data: ');
-          onPayload(true, block.slice(d + 6));
-        }
-      });
-      res.on('close', () => closed++);
+          head += bytes.toString('latin1');
+          const end = head.indexOf('\r\n\r\n');
+          if (end < 0) return true;
+          const status = head.slice(0, head.indexOf('\r\n'));
+          if (!/^HTTP\/1\.1 (200|101)/.test(status)) {
+            reject(new Error(`refused: ${status}`));
+            return true;
+          }
+          reader = body;
+          const rest = bytes.subarray(bytes.length - (head.length - end - 4));
+          head = '';
+          if (rest.length > 0) reader(rest);
+          return true;
+        },
+      },
     });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-/**
- * A WebSocket client that only counts: a raw socket, the upgrade by hand, then frame
- * headers parsed to skip payloads (server frames are unmasked). Used for the clients
- * that are not sampled, so the client processes spend their CPU on reading, not on
- * decoding messages, and the measure is about the server.
- */
-function rawWs(): Promise<void> {
-  const u = new URL(url);
-  return new Promise((resolve, reject) => {
-    const socket = connect(Number(u.port), u.hostname);
     socket.on('error', reject);
     socket.on('close', () => closed++);
-    socket.write(`GET /ws?topic=bench HTTP/1.1\r\nHost: ${u.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
-    let upgraded = false;
-    let pending: Buffer = Buffer.alloc(0); // an incomplete header, or the handshake
-    let skip = 0; // payload bytes still to skip
-    let frames = 0;
-    socket.on('data', (chunk: Buffer) => {
-      const buf: Buffer = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-      pending = Buffer.alloc(0);
-      let at = 0;
-      if (!upgraded) {
-        const end = buf.indexOf('\r\n\r\n');
-        if (end < 0) {
-          pending = buf;
-          return;
-        }
-        upgraded = true;
-        at = end + 4;
-      }
-      for (;;) {
-        if (skip > 0) {
-          const n = Math.min(skip, buf.length - at);
-          skip -= n;
-          at += n;
-          if (skip > 0) return;
-        }
-        if (buf.length - at < 2) break;
-        const len7 = buf[at + 1] & 0x7f;
-        const head = len7 < 126 ? 2 : len7 === 126 ? 4 : 10;
-        if (buf.length - at < head) break;
-        const len = len7 < 126 ? len7 : len7 === 126 ? buf.readUInt16BE(at + 2) : Number(buf.readBigUInt64BE(at + 2));
-        at += head;
-        skip = len;
-        if (frames++ === 0) resolve(); // the first frame is the "subscribed" reply
-        else if (measuring) received++;
-      }
-      if (at < buf.length) pending = Buffer.from(buf.subarray(at));
-    });
+    socket.write(request);
   });
 }
 
-function ws(i: number): Promise<void> {
-  const sampled = i % sampleEvery === 0;
-  if (!sampled) return rawWs();
-  return new Promise((resolve, reject) => {
-    const socket = new WebSocket(`${url.replace('http', 'ws')}/ws?topic=bench`, { perMessageDeflate: false });
-    socket.on('error', reject);
-    socket.on('close', () => closed++);
-    socket.on('message', (data: Buffer) => {
-      // '{"type":"event"...': byte 9 is 'e' for events; counted without decoding.
-      if (!sampled && data[9] === 0x65) {
-        if (measuring) received++;
-        return;
-      }
-      const text = data.toString();
-      if (text.startsWith('{"type":"subscribed"')) return resolve();
-      if (!text.startsWith('{"type":"event"')) return;
-      if (!sampled) {
-        if (measuring) received++;
-        return;
-      }
-      onPayload(true, JSON.parse(text).data);
-    });
-  });
+function sseReader(sampled: boolean, ready: () => void): Reader {
+  let first = true;
+  let text = '';
+  return (bytes) => {
+    if (first) {
+      first = false;
+      ready(); // `event: ready` (before any event: the publisher has not started)
+      return;
+    }
+    if (!measuring) return;
+    if (!sampled) {
+      for (let i = 0; i < bytes.length; i++) if (bytes[i] === V) received++;
+      return;
+    }
+    text += bytes.toString('latin1');
+    let k: number;
+    while ((k = text.indexOf('\n\n')) >= 0) {
+      const block = text.slice(0, k);
+      text = text.slice(k + 2);
+      const d = block.indexOf('\ndata: ');
+      if (d < 0 || !block.includes('event: notification')) continue;
+      received++;
+      latencies.push(now() - Number(block.slice(d + 7)));
+    }
+  };
 }
 
-const open = transport === 'ws' ? ws : sse;
+/** Server frames are unmasked: a 2-byte header (+2 or +8 length bytes), then the payload. */
+function wsReader(sampled: boolean, ready: () => void): Reader {
+  let frames = 0;
+  let skip = 0; // payload bytes of the current frame still to come
+  let partHead: Buffer | undefined; // a header split between two reads
+  let payload = ''; // a sampled client's current payload
+  const done = () => {
+    if (frames++ === 0) return ready(); // the first frame is the "subscribed" reply
+    if (!measuring) return;
+    received++;
+    if (sampled) {
+      const d = payload.indexOf('"data":"');
+      if (d >= 0) latencies.push(now() - Number(payload.slice(d + 8, payload.indexOf('"', d + 8))));
+    }
+  };
+  return (input) => {
+    let bytes = input;
+    if (partHead) {
+      bytes = Buffer.concat([partHead, input]);
+      partHead = undefined;
+    }
+    let at = 0;
+    for (;;) {
+      if (skip > 0) {
+        const n = Math.min(skip, bytes.length - at);
+        if (sampled) payload += bytes.toString('latin1', at, at + n);
+        skip -= n;
+        at += n;
+        if (skip > 0) return;
+        done();
+      }
+      if (at >= bytes.length) return;
+      if (bytes.length - at < 2) break;
+      const len7 = bytes[at + 1] & 0x7f;
+      const head = len7 < 126 ? 2 : len7 === 126 ? 4 : 10;
+      if (bytes.length - at < head) break;
+      skip = len7 < 126 ? len7 : len7 === 126 ? bytes.readUInt16BE(at + 2) : Number(bytes.readBigUInt64BE(at + 2));
+      at += head;
+      payload = '';
+      if (skip === 0) done();
+    }
+    partHead = Buffer.from(bytes.subarray(at)); // a copy: the shared buffer is reused
+  };
+}
+
 for (let i = 0; i < count; i += 200) {
-  await Promise.all(Array.from({ length: Math.min(200, count - i) }, (_, j) => open(i + j)));
+  await Promise.all(Array.from({ length: Math.min(200, count - i) }, (_, j) => open((i + j) % sampleEvery === 0)));
 }
 process.send!({ ready: true });
 process.on('message', (m: { measure?: boolean; report?: boolean }) => {

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Principal } from './auth.js';
 
@@ -36,6 +37,47 @@ const CLOSE_GRACE_MS = 1000;
 let nextId = 1;
 
 /**
+ * The frames of one topic queued in one flush round, shared by every connection that
+ * follows the topic: the gateway appends each event's frame (rendered once per wire
+ * format) and queues the batch once per connection, so a notification costs the same
+ * whatever the number of clients; a connection's write is then the batch joined once
+ * per format (one Buffer for all of them). A batch is sealed (takes no more frames) at
+ * the flush round, when a client joins the topic, and when an order-sensitive frame
+ * (a gap, a replay) is queued behind it on one of its connections.
+ */
+export class FrameBatch {
+  /** No more frames are appended once sealed (the hub opens a new batch). */
+  sealed = false;
+  /** Events appended (each connection counts them as deliveries when written). */
+  events = 0;
+  readonly #parts: { [F in Format]?: { frames: Buffer[]; bytes: number; joined?: Buffer } } = {};
+
+  /** Appends one event's frame for `format` (call once per format per event, then {@link countEvent}). */
+  add(format: Format, frame: Buffer): void {
+    const part = (this.#parts[format] ??= { frames: [], bytes: 0 });
+    part.frames.push(frame);
+    part.bytes += frame.length;
+  }
+
+  countEvent(): void {
+    this.events++;
+  }
+
+  /** Bytes of `format` in the batch. */
+  bytes(format: Format): number {
+    return this.#parts[format]?.bytes ?? 0;
+  }
+
+  /** The batch's bytes for `format` as one Buffer, joined once and shared; seals the batch. */
+  wire(format: Format): Buffer | undefined {
+    this.sealed = true;
+    const part = this.#parts[format];
+    if (!part || part.frames.length === 0) return undefined;
+    return (part.joined ??= part.frames.length === 1 ? part.frames[0] : Buffer.concat(part.frames, part.bytes));
+  }
+}
+
+/**
  * One streaming client (SSE response or WebSocket). Frames are queued and written
  * once per event-loop turn (every notification that arrived in the same turn goes out
  * in one write). The queued bytes plus what the socket still holds may never pass
@@ -46,10 +88,14 @@ export abstract class Connection {
   readonly id = nextId++;
   /** Subscriptions by key (`channel:<topic>` or `stream:<kind>/<name>`), each with its cleanup. */
   readonly subscriptions = new Map<string, () => void>();
-  #pending: Buffer[] = [];
+  /** Wire-ready frames and shared topic batches, in order (reused between writes). */
+  readonly #pending: (Buffer | FrameBatch)[] = [];
   /** False until the transport may write (an SSE response before its headers). */
   protected started = true;
+  /** Bytes of the queued frames (batches are counted at the write, see {@link flush}). */
   #pendingBytes = 0;
+  /** Batches in `#pending`. */
+  #batches = 0;
   #closed = false;
   #closeReason: CloseReason | undefined;
   #expiryTimer: NodeJS.Timeout | undefined;
@@ -90,38 +136,88 @@ export abstract class Connection {
 
   /** Bytes queued here and not yet taken by the kernel. */
   get bufferedBytes(): number {
-    return this.#pendingBytes + this.socketBuffered();
+    return this.#queuedBytes() + this.socketBuffered();
   }
 
+  #queuedBytes(): number {
+    let n = this.#pendingBytes;
+    if (this.#batches > 0) for (const item of this.#pending) if (item instanceof FrameBatch) n += item.bytes(this.format);
+    return n;
+  }
+
+  /** Turns a rendered payload into the bytes this transport writes (a WebSocket frame; SSE as is). */
+  abstract wire(payload: Buffer): Buffer;
+
   /**
-   * Queues a rendered frame. Returns false (and cuts the client as a slow consumer)
-   * when that would pass the buffer bound, or when the connection is closed.
+   * Queues a wire-ready frame (see {@link wire}) behind everything queued so far.
+   * Returns false (and cuts the client as a slow consumer) when that would pass the
+   * buffer bound, or when the connection is closed. `ordered: false` (keep-alive
+   * comments) may go out anywhere between frames.
    */
-  enqueue(frame: Buffer): boolean {
+  enqueue(frame: Buffer, ordered = true): boolean {
     if (this.#closed) return false;
     // Only the queue is checked here (cheap, per event); the socket's own buffer is
     // added at flush time, once per turn. Together they stay under about twice the bound.
-    if (this.#pendingBytes + frame.length > this.maxBufferedBytes) {
+    if (this.#queuedBytes() + frame.length > this.maxBufferedBytes) {
       this.close('slow_consumer', `send buffer over ${this.maxBufferedBytes} bytes: the client is not reading`);
       return false;
     }
+    // A topic batch queued before this frame takes no more events: they would pass it.
+    if (ordered && this.#batches > 0) for (const item of this.#pending) if (item instanceof FrameBatch) item.sealed = true;
     if (this.#pending.length === 0) this.scheduleFlush(this);
     this.#pending.push(frame);
     this.#pendingBytes += frame.length;
     return true;
   }
 
-  /** Writes what is queued (called by the gateway once per turn). */
-  flush(): void {
-    if (this.#closed || !this.started || this.#pending.length === 0) return;
-    if (this.#pendingBytes + this.socketBuffered() > this.maxBufferedBytes) {
+  /** Queues a topic batch (the gateway appends to it until it is sealed). False when closed. */
+  enqueueBatch(batch: FrameBatch): boolean {
+    if (this.#closed) return false;
+    if (this.#pending.length === 0) this.scheduleFlush(this);
+    this.#pending.push(batch);
+    this.#batches++;
+    return true;
+  }
+
+  /**
+   * Writes what is queued in one write (called by the gateway once per round, after it
+   * sealed the round's batches); returns the number of batch events written. A client
+   * whose queued plus socket-held bytes pass `maxBufferedBytes` is cut instead.
+   */
+  flush(): number {
+    const pending = this.#pending;
+    if (this.#closed || !this.started || pending.length === 0) return 0;
+    if (this.#queuedBytes() + this.socketBuffered() > this.maxBufferedBytes) {
       this.close('slow_consumer', `send buffer over ${this.maxBufferedBytes} bytes: the client is not reading`);
-      return;
+      return 0;
     }
-    const frames = this.#pending;
-    this.#pending = [];
+    let events = 0;
+    if (pending.length === 1) {
+      const item = pending[0];
+      let out: Buffer | undefined = item as Buffer;
+      if (item instanceof FrameBatch) {
+        out = item.wire(this.format);
+        events = item.events;
+      }
+      if (out) this.writeWire(out);
+    } else {
+      // Several parts (batches of several slices of a round, a gap...): one gathered
+      // write of the shared buffers, no copy.
+      this.cork();
+      for (const item of pending) {
+        let out: Buffer | undefined = item as Buffer;
+        if (item instanceof FrameBatch) {
+          out = item.wire(this.format);
+          events += item.events;
+        }
+        if (out) this.writeWire(out);
+      }
+      this.uncork();
+    }
+    pending.length = 0;
     this.#pendingBytes = 0;
-    this.writeFrames(frames);
+    this.#batches = 0;
+    return events;
   }
 
   /** Lets queued frames go out once the transport can write. */
@@ -130,19 +226,24 @@ export abstract class Connection {
     if (this.#pending.length > 0) this.scheduleFlush(this);
   }
 
+  #drop(): void {
+    this.#closed = true;
+    clearTimeout(this.#expiryTimer);
+    this.#pending.length = 0;
+    this.#pendingBytes = 0;
+    this.#batches = 0;
+    for (const cleanup of this.subscriptions.values()) cleanup();
+    this.subscriptions.clear();
+  }
+
   /**
    * Ends the connection without writing anything (setup failed before the response
    * started; the caller sends the error).
    */
   discard(): void {
     if (this.#closed) return;
-    this.#closed = true;
     this.#closeReason = 'ended';
-    clearTimeout(this.#expiryTimer);
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    for (const cleanup of this.subscriptions.values()) cleanup();
-    this.subscriptions.clear();
+    this.#drop();
     this.onClose?.('ended');
     this.#resolveClosed('ended');
   }
@@ -150,13 +251,8 @@ export abstract class Connection {
   /** Ends the connection with a reason; idempotent. */
   close(reason: CloseReason, message: string = reason): void {
     if (this.#closed) return;
-    this.#closed = true;
     this.#closeReason = reason;
-    clearTimeout(this.#expiryTimer);
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    for (const cleanup of this.subscriptions.values()) cleanup();
-    this.subscriptions.clear();
+    this.#drop();
     this.onClose?.(reason);
     if (reason === 'client_gone') {
       this.destroy();
@@ -176,11 +272,22 @@ export abstract class Connection {
   }
 
   protected abstract socketBuffered(): number;
-  protected abstract writeFrames(frames: Buffer[]): void;
+  /** Writes wire-ready bytes to the socket. */
+  protected abstract writeWire(bytes: Buffer): void;
+  /** The socket the frames go to (writes between `cork` and `uncork` leave in one syscall). */
+  protected abstract socket(): { cork(): void; uncork(): void; write(b: Buffer): boolean; destroyed: boolean } | null | undefined;
+  protected cork(): void {
+    this.socket()?.cork();
+  }
+  protected uncork(): void {
+    this.socket()?.uncork();
+  }
   /** Sends the goodbye (SSE `event: close`, WebSocket close code) and ends gracefully. */
   protected abstract end(reason: CloseReason, message: string): void;
   protected abstract destroy(): void;
 }
+
+const KEEP_ALIVE = Buffer.from(': keep-alive\n\n');
 
 /** A Server-Sent Events response. */
 export class SseConnection extends Connection {
@@ -196,7 +303,7 @@ export class SseConnection extends Connection {
     super('sse', format, principal, maxBufferedBytes, scheduleFlush);
     this.started = false;
     req.socket.setNoDelay(true);
-    const heartbeat = setInterval(() => this.enqueue(Buffer.from(': keep-alive\n\n')), heartbeatMs);
+    const heartbeat = setInterval(() => this.enqueue(KEEP_ALIVE, false), heartbeatMs);
     heartbeat.unref();
     res.on('close', () => {
       clearInterval(heartbeat);
@@ -227,10 +334,16 @@ export class SseConnection extends Connection {
   protected socketBuffered(): number {
     return this.res.socket?.writableLength ?? 0;
   }
-  protected writeFrames(frames: Buffer[]): void {
+  wire(payload: Buffer): Buffer {
+    return payload;
+  }
+  protected socket(): Socket | null {
+    return this.res.socket;
+  }
+  protected writeWire(bytes: Buffer): void {
     const socket = this.res.socket;
     if (!socket || socket.destroyed) return;
-    socket.write(frames.length === 1 ? frames[0] : Buffer.concat(frames));
+    socket.write(bytes);
   }
   protected end(reason: CloseReason, message: string): void {
     if (this.res.destroyed) return;
@@ -242,15 +355,11 @@ export class SseConnection extends Connection {
   }
 }
 
-const framedCache = new WeakMap<Buffer, Buffer>();
-
-/** An unmasked, final WebSocket text frame around `payload` (RFC 6455 §5.2), cached per payload buffer. */
+/** An unmasked, final WebSocket text frame around `payload` (RFC 6455 §5.2): the same bytes serve every client. */
 export function wsTextFrame(payload: Buffer): Buffer {
-  let frame = framedCache.get(payload);
-  if (frame) return frame;
   const n = payload.length;
   const head = n < 126 ? 2 : n < 65536 ? 4 : 10;
-  frame = Buffer.allocUnsafe(head + n);
+  const frame = Buffer.allocUnsafe(head + n);
   frame[0] = 0x81; // FIN + text
   if (n < 126) frame[1] = n;
   else if (n < 65536) {
@@ -261,7 +370,6 @@ export function wsTextFrame(payload: Buffer): Buffer {
     frame.writeBigUInt64BE(BigInt(n), 2);
   }
   payload.copy(frame, head);
-  framedCache.set(payload, frame);
   return frame;
 }
 
@@ -286,16 +394,19 @@ export class WsConnection extends Connection {
   protected socketBuffered(): number {
     return this.ws.bufferedAmount;
   }
-  protected writeFrames(frames: Buffer[]): void {
+  wire(payload: Buffer): Buffer {
+    return wsTextFrame(payload);
+  }
+  protected writeWire(bytes: Buffer): void {
     if (this.ws.readyState !== this.ws.OPEN) return;
     // Fan-out writes pre-framed bytes straight to the socket: a server frame is never
-    // masked, so the same bytes serve every client (framed once per event, cached), and
-    // a turn's events go out in one write. `ws` writes its own frames (replies, close)
+    // masked, so the same bytes serve every client (framed once per event), and a
+    // round's events go out in one write. `ws` writes its own frames (replies, close)
     // to the same socket synchronously, so the order holds.
-    const socket = (this.ws as unknown as { _socket?: { write(b: Buffer): boolean } })._socket;
-    if (!socket) return;
-    const framed = frames.map(wsTextFrame);
-    socket.write(framed.length === 1 ? framed[0] : Buffer.concat(framed));
+    this.socket()?.write(bytes);
+  }
+  protected socket(): Socket | undefined {
+    return (this.ws as unknown as { _socket?: Socket })._socket;
   }
   protected end(reason: CloseReason, message: string): void {
     if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Herald } from '../client.js';
 import type { ListenOptions } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
-import type { Connection, Format } from './connection.js';
+import { FrameBatch, wsTextFrame, type Connection, type Format } from './connection.js';
 import { HttpError } from './http.js';
 import type { DurableStreamSource, StreamEvent } from './stream.js';
 
@@ -31,6 +31,7 @@ interface HistoryEntry {
   seq: number;
   id: string;
   payload: string;
+  /** Wire-ready frames (WebSocket frames framed), rendered once per format. */
   frames: Partial<Record<Format, Buffer>>;
 }
 
@@ -40,6 +41,10 @@ interface Hub {
   channel: string;
   sub: Subscription;
   conns: Set<Connection>;
+  /** Connections per wire format: an event is rendered for the formats in use only. */
+  formats: Record<Format, number>;
+  /** This round's frames, queued once on every connection of the topic (see FrameBatch). */
+  batch: FrameBatch | undefined;
   history: HistoryEntry[];
   /** Events after this sequence number are all in `history` or still to come (no hole). */
   coveredAfter: number;
@@ -52,7 +57,16 @@ export interface GatewayCounters {
   notifications: number;
   gaps: number;
   resumes: number;
+  /** Flush rounds (one per event-loop turn with frames queued). */
+  flushes: number;
+  /** Connections written in those rounds (one write each). */
+  flushedConnections: number;
 }
+
+const FORMATS: readonly Format[] = ['sse', 'sse-json', 'ws'];
+
+/** Longest stretch (ms) a flush round writes before it yields to the event loop. */
+const SLICE_MS = 5;
 
 /** Renders a JSON string value once. */
 const q = JSON.stringify;
@@ -75,9 +89,13 @@ export class Gateway {
   readonly #streams = new Map<string, DurableStreamSource>();
   readonly #boot = randomBytes(4).toString('hex');
   #seq = 0;
+  /** Connections with frames queued since the current round began (the next round). */
   #dirty: Connection[] = [];
+  /** The round being written, and how far. */
+  #round: Connection[] = [];
+  #at = 0;
   #flushing = false;
-  readonly counters: GatewayCounters = { deliveries: { sse: 0, ws: 0 }, notifications: 0, gaps: 0, resumes: 0 };
+  readonly counters: GatewayCounters = { deliveries: { sse: 0, ws: 0 }, notifications: 0, gaps: 0, resumes: 0, flushes: 0, flushedConnections: 0 };
 
   constructor(readonly herald: Herald, readonly options: GatewayOptions) {
     const room = 63 - Buffer.byteLength(options.channelPrefix);
@@ -145,7 +163,12 @@ export class Gateway {
       hub = this.#openHub(topic, channel);
     }
     const h = hub;
-    h.conns.add(conn);
+    if (!h.conns.has(conn)) {
+      h.conns.add(conn);
+      h.formats[conn.format]++;
+      // The open batch was queued on the connections before this one: the next event starts a new batch.
+      if (h.batch) h.batch.sealed = true;
+    }
     conn.subscriptions.set(key, () => this.#leave(h, conn));
     try {
       await h.established;
@@ -174,7 +197,7 @@ export class Gateway {
   #gap(conn: Connection, what: 'topic' | 'stream', name: string, after: string | null, reason: string): void {
     this.counters.gaps++;
     const body = `{"type":"gap","${what}":${q(name)},"after":${q(after)},"reason":${q(reason)}}`;
-    conn.enqueue(Buffer.from(conn.format === 'ws' ? body : `event: gap\ndata: ${body}\n\n`));
+    conn.enqueue(conn.wire(Buffer.from(conn.format === 'ws' ? body : `event: gap\ndata: ${body}\n\n`)));
   }
 
   #openHub(topic: string, channel: string): Hub {
@@ -183,6 +206,8 @@ export class Gateway {
       topic,
       channel,
       conns: new Set(),
+      formats: { sse: 0, 'sse-json': 0, ws: 0 },
+      batch: undefined,
       history: [],
       coveredAfter: this.#seq,
       established: Promise.resolve(),
@@ -217,7 +242,7 @@ export class Gateway {
   }
 
   #leave(hub: Hub, conn: Connection): void {
-    hub.conns.delete(conn);
+    if (hub.conns.delete(conn)) hub.formats[conn.format]--;
     if (hub.conns.size === 0 && this.#hubs.get(hub.topic) === hub) {
       this.#hubs.delete(hub.topic);
       void hub.sub.close();
@@ -234,18 +259,34 @@ export class Gateway {
     } else {
       hub.coveredAfter = seq;
     }
-    for (const c of hub.conns) this.#deliver(hub, entry, c);
+    if (hub.conns.size === 0) return;
+    // One batch per topic per round, queued once on each connection; every event of the
+    // round is appended to it (rendered once per format in use), so the per-client cost
+    // is one queue entry and one write per round, not one per event.
+    let batch = hub.batch;
+    if (!batch || batch.sealed) {
+      batch = hub.batch = new FrameBatch();
+      for (const c of hub.conns) c.enqueueBatch(batch);
+    }
+    for (const format of FORMATS) if (hub.formats[format] > 0) batch.add(format, this.#frame(hub, entry, format));
+    batch.countEvent();
   }
 
-  #deliver(hub: Hub, e: HistoryEntry, c: Connection): void {
-    let frame = e.frames[c.format];
+  /** The wire-ready frame of history entry `e` in `format`, rendered once. */
+  #frame(hub: Hub, e: HistoryEntry, format: Format): Buffer {
+    let frame = e.frames[format];
     if (!frame) {
-      if (c.format === 'ws') frame = Buffer.from(`{"type":"event","topic":${q(hub.topic)},"id":"${e.id}","data":${q(e.payload)}}`);
-      else if (c.format === 'sse') frame = Buffer.from(`id: ${e.id}\nevent: notification\n${sseData(e.payload)}\n`);
+      if (format === 'ws') frame = wsTextFrame(Buffer.from(`{"type":"event","topic":${q(hub.topic)},"id":"${e.id}","data":${q(e.payload)}}`));
+      else if (format === 'sse') frame = Buffer.from(`id: ${e.id}\nevent: notification\n${sseData(e.payload)}\n`);
       else frame = Buffer.from(`id: ${e.id}\nevent: notification\ndata: {"topic":${q(hub.topic)},"data":${q(e.payload)}}\n\n`);
-      e.frames[c.format] = frame;
+      e.frames[format] = frame;
     }
-    if (c.enqueue(frame)) this.counters.deliveries[c.transport]++;
+    return frame;
+  }
+
+  /** Replays one history entry to one connection (resume), in order with what it has queued. */
+  #deliver(hub: Hub, e: HistoryEntry, c: Connection): void {
+    if (c.enqueue(this.#frame(hub, e, c.format))) this.counters.deliveries[c.transport]++;
   }
 
   /** Subscribes `conn` to durable stream `<kind>/<name>` from after `after` (null: live only). */
@@ -259,7 +300,7 @@ export class Gateway {
     if (after !== null) this.counters.resumes++;
     const render = (e: StreamEvent): Buffer => {
       const event = e.event ?? 'message';
-      if (conn.format === 'ws') return Buffer.from(`{"type":"event","stream":${q(label)},"id":${q(e.id)},"event":${q(event)},"data":${q(e.data)}}`);
+      if (conn.format === 'ws') return wsTextFrame(Buffer.from(`{"type":"event","stream":${q(label)},"id":${q(e.id)},"event":${q(event)},"data":${q(e.data)}}`));
       if (conn.format === 'sse') return Buffer.from(`id: ${e.id}\nevent: ${event}\n${sseData(e.data)}\n`);
       return Buffer.from(`id: ${e.id}\nevent: ${event}\ndata: {"stream":${q(label)},"data":${q(e.data)}}\n\n`);
     };
@@ -279,7 +320,7 @@ export class Gateway {
         ac.abort();
         conn.subscriptions.delete(key);
         const body = `{"type":"end","stream":${q(label)},"reason":${q(reason)}}`;
-        conn.enqueue(Buffer.from(conn.format === 'ws' ? body : `event: end\ndata: ${body}\n\n`));
+        conn.enqueue(conn.wire(Buffer.from(conn.format === 'ws' ? body : `event: end\ndata: ${body}\n\n`)));
       },
     });
   }
@@ -293,18 +334,50 @@ export class Gateway {
     return true;
   }
 
-  /** Called by a connection that has frames queued: they are written together at the end of this turn. */
+  /** Called by a connection that has frames queued: they are written in the next flush round. */
   readonly scheduleFlush = (c: Connection): void => {
     this.#dirty.push(c);
     if (this.#flushing) return;
     this.#flushing = true;
-    const run = (fn: () => void) => (this.options.flushIntervalMs > 0 ? setTimeout(fn, this.options.flushIntervalMs) : setImmediate(fn));
-    run(() => {
-      this.#flushing = false;
-      const dirty = this.#dirty;
+    if (this.options.flushIntervalMs > 0) setTimeout(this.#flush, this.options.flushIntervalMs);
+    else setImmediate(this.#flush);
+  };
+
+  /**
+   * Writes a flush round: one write per connection with frames queued, each taking
+   * everything queued for it so far. A round over thousands of connections is written
+   * in slices of about {@link SLICE_MS}, yielding to the event loop in between: the
+   * listen connection is read meanwhile, and its events reach the connections not yet
+   * written in this same round (a write takes a batch as it is then). So an event
+   * waits at most about one round for any client, and a round never blocks the
+   * process for longer than a slice.
+   */
+  readonly #flush = (): void => {
+    if (this.#at >= this.#round.length) {
+      this.#round = this.#dirty;
       this.#dirty = [];
-      for (const conn of dirty) conn.flush();
-    });
+      this.#at = 0;
+      this.counters.flushes++;
+      this.counters.flushedConnections += this.#round.length;
+    }
+    const round = this.#round;
+    const deadline = performance.now() + SLICE_MS;
+    while (this.#at < round.length) {
+      const conn = round[this.#at++];
+      const events = conn.flush();
+      if (events > 0) this.counters.deliveries[conn.transport] += events;
+      if ((this.#at & 63) === 0 && performance.now() > deadline) break;
+    }
+    if (this.#at < round.length) return void setImmediate(this.#flush);
+    this.#round = [];
+    this.#at = 0;
+    this.#flushing = false;
+    if (this.#dirty.length > 0) {
+      // Frames queued during the round: the next round starts at once (its wait was the round).
+      this.#flushing = true;
+      if (this.options.flushIntervalMs > 0) setTimeout(this.#flush, this.options.flushIntervalMs);
+      else setImmediate(this.#flush);
+    }
   };
 
   /** Closes every hub's subscription (the connections are closed by the server). */
