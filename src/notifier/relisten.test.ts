@@ -1,18 +1,15 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { createHerald, type Herald } from '../client.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { test } from 'node:test';
+import type { Herald } from '../client.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
 
 let db: TestDatabase;
 let herald: Herald;
 
-before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url, notifier: { queueUsageIntervalMs: 0 } });
-});
-after(async () => {
-  await herald.close();
-  await db.drop();
+useHerald({ notifier: { queueUsageIntervalMs: 0 } }, (d, h) => {
+  db = d;
+  herald = h;
 });
 
 test('subscribing again while the UNLISTEN of the last subscriber is in flight still receives notifications', async () => {

@@ -1,23 +1,20 @@
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import postgres from 'postgres';
-import { createHerald, type Herald } from '../client.js';
+import type { Herald } from '../client.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
-import { freshDatabase, terminateBackends, type TestDatabase } from '../../test/support/db.js';
+import { terminateBackends, type TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
 import { deferred, nextEvent, waitFor } from '../../test/support/wait.js';
 import { verifyWebhookSignature, webhookSink, type OutboxEvent } from './sinks.js';
 
 let db: TestDatabase;
 let herald: Herald;
 
-before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url, notifier: { queueUsageIntervalMs: 0 } });
-});
-after(async () => {
-  await herald.close();
-  await db.drop();
+useHerald({ notifier: { queueUsageIntervalMs: 0 } }, (d, h) => {
+  db = d;
+  herald = h;
 });
 
 test('an event added in a rolled-back transaction is never published; a committed one is', async () => {

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { createHerald, type Herald } from '../client.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { test } from 'node:test';
+import type { Herald } from '../client.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
 import { RelayFleet } from '../../test/support/relay-fleet.js';
 import { scaled } from '../../test/support/scale.js';
 import { waitFor } from '../../test/support/wait.js';
@@ -9,13 +10,9 @@ import { waitFor } from '../../test/support/wait.js';
 let db: TestDatabase;
 let herald: Herald;
 
-before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url, notifier: { queueUsageIntervalMs: 0 } });
-});
-after(async () => {
-  await herald.close();
-  await db.drop();
+useHerald({ notifier: { queueUsageIntervalMs: 0 } }, (d, h) => {
+  db = d;
+  herald = h;
 });
 
 /** Adds `total` events over `keys` keys in batches, while the relays run. */

@@ -267,14 +267,7 @@ export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a
  * A pipeline job moves to its next stage (available again, attempts of the stage
  * reset by attempt_base); the last stage completes it. Returns the ids that matched.
  */
-export async function jobCompleteMany(
-  x: Executor,
-  s: string,
-  ch: QueueChannels,
-  ids: string[],
-  attempts: number[],
-  results: (string | null)[],
-): Promise<string[]> {
+export async function jobCompleteMany(x: Executor, s: string, ch: QueueChannels, b: FinishBatch): Promise<string[]> {
   const next = 'j.stages[array_position(j.stages, j.stage) + 1]';
   const { rows } = await x.query<{ id: string }>(
     `WITH done AS (
@@ -292,7 +285,7 @@ export async function jobCompleteMany(
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
      )
      SELECT id::text AS id, ${wake('done', '$3', "state = 'available'")} AS woke, ${notice('done', '$4')} AS notice FROM done`,
-    [ids, perJob(ids, { a: attempts, r: results }, ['r']), ch.wake, ch.events],
+    [b.ids, perJob(b.ids, { a: b.attempts, r: b.results }, ['r']), ch.wake, ch.events],
   );
   return rows.map((r) => r.id);
 }

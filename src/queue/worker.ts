@@ -71,9 +71,7 @@ function finishBatch(fs: Finished[]): FinishBatch {
 function laterKey(k: ClaimKey | null, r: ClaimRow): ClaimKey {
   const key = { priority: r.priority, runUs: r.run_us, id: r.id };
   if (k === null) return key;
-  const a = BigInt(k.runUs);
-  const b = BigInt(key.runUs);
-  const c = k.priority - key.priority || (a < b ? -1 : a > b ? 1 : 0) || compareIds(k.id, key.id);
+  const c = k.priority - key.priority || Number(k.runUs) - Number(key.runUs) || compareIds(k.id, key.id);
   return c >= 0 ? k : key;
 }
 
@@ -251,8 +249,7 @@ export class Worker {
     inClaimOrder(rows);
     // A full batch: the next claim starts after its last job. A short one: the queue may
     // be drained, or rows were skipped (locked by other claimers who may roll back).
-    if (want > 0 && rows.length === want) for (const row of rows) this.#after = laterKey(this.#after, row);
-    else if (want > 0) this.#after = null;
+    if (want > 0) this.#after = rows.length === want ? laterKey(this.#after, rows[rows.length - 1]) : null;
     for (const row of rows) {
       // Claimed as stop began: held and pending, so stop() hands them straight back.
       this.#hold(row);
@@ -371,14 +368,7 @@ export class Worker {
       this.#completed(final, missedOf(final, done));
     }
     if (advance.length > 0) {
-      const done = await jobCompleteMany(
-        executor,
-        schemaSql,
-        channels,
-        advance.map((f) => f.id),
-        advance.map((f) => f.fence),
-        advance.map((f) => f.result),
-      );
+      const done = await jobCompleteMany(executor, schemaSql, channels, finishBatch(advance));
       this.#completed(advance, missedOf(advance, done));
     }
     if (failed.length > 0) {
@@ -409,13 +399,6 @@ export class Worker {
   /** Releases completed jobs and reports them (events are built only when someone listens). */
   #completed(batch: Finished[], missed: Set<string> | null): void {
     const events = this.host.hasListeners('job:completed');
-    if (missed === null && !events) {
-      for (const f of batch) {
-        f.recorded = true;
-        this.#held.delete(f.id);
-      }
-      return;
-    }
     for (const f of batch) {
       f.recorded = true;
       this.#held.delete(f.id);
