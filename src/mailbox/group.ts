@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { MessageInsert } from './queries.js';
 
 /** `lock_timeout` of a statement that carries several callers' sends (ms). */
@@ -58,7 +59,10 @@ export interface SendGroupLimits {
  *
  * A statement starts on the next turn of the event loop (`setImmediate`), so calls made
  * in the same turn — for example every caller just released by the previous statement
- * sending again — share it. That adds no measurable latency to a lone send.
+ * sending again — share it; except that when the previous statement was a lone caller's
+ * and nothing else waits, the next one starts after a single microtask (calls made in
+ * the same synchronous run still join; a sequential sender's sends then cost one round
+ * trip each and no extra turn of the event loop).
  */
 export class SendGroup {
   readonly #run: (rows: MessageInsert[], shared: boolean) => Promise<Set<string>>;
@@ -67,6 +71,10 @@ export class SendGroup {
   #running: Promise<void> | undefined;
   /** Statements that ran past STALL_MS and no longer hold the next group back. */
   readonly #detached = new Set<Promise<void>>();
+  /** The last statement carried one caller's request and nobody waited: the next may start at once. */
+  #lone = true;
+  /** Arms the stall timer of the statement running now (set while one runs). */
+  #armStall: (() => void) | undefined;
   /** Statements run so far (for tests and diagnostics). */
   statements = 0;
 
@@ -86,7 +94,8 @@ export class SendGroup {
       let bytes = 0;
       for (const r of rows) bytes += Buffer.byteLength(r.payload);
       this.#queue.push({ rows, bytes, resolve, reject });
-      this.#running ??= this.#flush();
+      if (this.#running) this.#armStall?.();
+      else this.#running = this.#flush(this.#lone);
     });
   }
 
@@ -95,28 +104,49 @@ export class SendGroup {
     while (this.#running || this.#detached.size > 0) await Promise.all([this.#running, ...this.#detached]);
   }
 
-  async #flush(): Promise<void> {
+  /**
+   * Runs groups until the queue is empty. The first group starts after one microtask
+   * when the previous statement was a lone caller's (a sequential sender pays no extra
+   * turn of the event loop, and the calls made in the same synchronous run still join);
+   * otherwise, and for every following group, it starts on the next turn of the event
+   * loop, so the calls of this turn (every caller just released by the previous
+   * statement sending again) join it.
+   */
+  async #flush(immediate: boolean): Promise<void> {
     try {
-      for (;;) {
-        // Let the calls of this turn join (see the class comment).
-        await new Promise<void>((resolve) => setImmediate(resolve));
+      for (let first = true; ; first = false) {
+        // After a lone statement, one microtask is enough for the calls of this same
+        // synchronous run (a Promise.all of sends) to join; otherwise wait for the turn.
+        if (first && immediate) await Promise.resolve();
+        else await new Promise<void>((resolve) => setImmediate(resolve));
         if (this.#queue.length === 0) return;
-        const statement = this.#runGroup(this.#take());
+        const group = this.#take();
+        const statement = this.#runGroup(group);
         // A statement that waits on a row lock (its id is being inserted by a transaction
-        // still open elsewhere) must not hold every other send of this process: past
-        // STALL_MS the next group goes ahead, and this one finishes on its own.
+        // still open elsewhere) must not hold every other send of this process: once
+        // somebody waits, past STALL_MS from its start the next group goes ahead and this
+        // one finishes on its own. No timer while nobody waits (the lone sender's case).
+        const started = performance.now();
         let timer: NodeJS.Timeout | undefined;
-        const stalled = await Promise.race([
-          statement.then(() => false),
-          new Promise<boolean>((resolve) => (timer = setTimeout(resolve, STALL_MS, true))),
-        ]);
+        let stall!: () => void;
+        const stalledSignal = new Promise<boolean>((resolve) => (stall = () => resolve(true)));
+        this.#armStall = () => {
+          timer ??= setTimeout(stall, Math.max(0, STALL_MS - (performance.now() - started)));
+        };
+        if (this.#queue.length > 0) this.#armStall();
+        const stalled = await Promise.race([statement.then(() => false), stalledSignal]);
+        this.#armStall = undefined;
         clearTimeout(timer);
+        this.#lone = group.length === 1 && this.#queue.length === 0;
         if (stalled && this.#detached.size < MAX_DETACHED) {
           this.#detached.add(statement);
           void statement.finally(() => this.#detached.delete(statement));
-        } else {
+        } else if (stalled) {
           await statement;
         }
+        // Nobody waiting: stop here, so that the next call (a lone sender's next send)
+        // finds no statement running and may start at once.
+        if (this.#queue.length === 0) return;
       }
     } finally {
       this.#running = undefined;

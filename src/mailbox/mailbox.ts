@@ -321,7 +321,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     if (!Number.isInteger(limit) || limit < 1) throw new InvalidOptionError('limit', limit, 'a positive integer');
     const rows = await mailboxDeadList(this.#driver.executor, this.#schemaSql, to, limit);
     return rows.map((r) => ({
-      ...(decode({ ...r, seq: '0' }) as MailboxMessage<P>),
+      ...(decode({ ...r, seq: '0', created_ms: r.created_at.getTime() }) as MailboxMessage<P>),
       lastError: r.last_error,
       deadAt: r.dead_at,
     }));
@@ -392,7 +392,7 @@ function decode(row: MessageRow): MailboxMessage {
     topic: row.topic,
     payload: row.format === 'json' ? JSON.parse(row.payload) : row.payload,
     attempts: row.attempts,
-    createdAt: row.created_at,
+    createdAt: new Date(row.created_ms),
   };
 }
 
