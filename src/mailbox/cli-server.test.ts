@@ -1,30 +1,17 @@
 /** `herald send|receive|mailbox ...` and `POST/GET /mailbox/<to>`, on a real Postgres. */
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
-import { after, before, describe, it } from 'node:test';
-import { createHerald, type Herald } from '../client.js';
+import { describe, it } from 'node:test';
+import type { Herald } from '../client.js';
 import { runCli } from '../cli/main.js';
-import { HeraldServer } from '../server/server.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useServer } from '../../test/support/server.js';
 import { waitFor } from '../../test/support/wait.js';
 
 let db: TestDatabase;
 let herald: Herald;
-let server: HeraldServer;
 let base: string;
-
-before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url, poolSize: 6 });
-  server = new HeraldServer(herald, { port: 0 });
-  base = await server.start();
-});
-
-after(async () => {
-  await server.stop();
-  await herald.close();
-  await db.drop();
-});
+useServer({ herald: { poolSize: 6 } }, (f) => ({ db, herald, base } = f));
 
 async function cli(args: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
   let out = '';

@@ -119,11 +119,18 @@ async function mailboxSendOne(executor: Executor, schema: string, row: MessageIn
  * lock different rows without waiting on each other, and the LIMIT is applied once (a
  * `WHERE id IN (SELECT ... LIMIT)` may be re-evaluated and take more). A row that a
  * crashed consumer held is unlocked when its transaction rolls back, and is ready again.
+ *
+ * The UPDATE finds the locked row versions by ctid (a TID scan, no second descent of
+ * the primary key per row). The ctids are stable while we hold the locks. A row updated
+ * by another transaction after this statement's snapshot (a redrive, a failure record)
+ * is locked in a version the snapshot cannot see, and the UPDATE skips it: it stays
+ * ready, not taken this time, never twice; whatever made it ready again also woke
+ * the destination (a redrive notifies; a failure record arms the retry wake-up).
  */
 export async function mailboxClaim(executor: Executor, schema: string, destination: string, topic: string | null, limit: number): Promise<MessageRow[]> {
   const { rows } = await executor.query<MessageRow>(
     `WITH next AS (
-       SELECT id FROM ${schema}.mailbox_messages
+       SELECT ctid FROM ${schema}.mailbox_messages
         WHERE destination = $1 AND state = 'ready' AND visible_at <= now()
           AND ($2::text IS NULL OR topic = $2::text)
         ORDER BY seq
@@ -132,8 +139,7 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
      )
      UPDATE ${schema}.mailbox_messages m
         SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1
-       FROM next
-      WHERE m.id = next.id
+      WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM next))
      RETURNING ${RETURNED}`,
     [destination, topic, limit],
     { prepare: true },

@@ -3,11 +3,11 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { createHerald, type Herald } from '../client.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import type { Herald } from '../client.js';
+import { useServer } from '../../test/support/server.js';
 import { SseClient } from '../../test/support/sse.js';
 import { deferred, waitFor } from '../../test/support/wait.js';
-import { HeraldServer } from './server.js';
+import type { HeraldServer } from './server.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ADMIN = 'dashboard-admin-token-1234';
@@ -15,28 +15,20 @@ const ADMIN = 'dashboard-admin-token-1234';
 const VIEWER = 'dashboard-viewer-key-5678';
 const ARTIFACTS = join(new URL('../..', import.meta.url).pathname, 'test-artifacts');
 
-let db: TestDatabase;
 let herald: Herald;
 let server: HeraldServer;
 let base: string;
-
-before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url, queue: { retryBaseDelayMs: 10, retryMaxDelayMs: 50 } });
-  server = new HeraldServer(herald, {
-    port: 0,
-    token: ADMIN,
-    apiKeys: [{ name: 'viewer', key: VIEWER, grants: { subscribe: ['*'], publish: ['*'] } }],
-    channelPrefix: 'gw.',
-  });
-  base = await server.start();
-});
-
-after(async () => {
-  await server?.stop();
-  await herald?.close();
-  await db?.drop();
-});
+useServer(
+  {
+    herald: { queue: { retryBaseDelayMs: 10, retryMaxDelayMs: 50 } },
+    server: {
+      token: ADMIN,
+      apiKeys: [{ name: 'viewer', key: VIEWER, grants: { subscribe: ['*'], publish: ['*'] } }],
+      channelPrefix: 'gw.',
+    },
+  },
+  (f) => ({ herald, server, base } = f),
+);
 
 /** The state cell of a job's row in a panel. */
 function stateOf(page: Page, panel: string, id: string, state: string) {

@@ -4,24 +4,17 @@
  * replays exactly the same sequence per key partition.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { createHerald, type Herald } from '../index.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { test } from 'node:test';
+import type { Herald } from '../index.js';
+import { useHerald } from '../../test/support/herald.js';
 import { scaled } from '../../test/support/scale.js';
 import { waitFor } from '../../test/support/wait.js';
 import type { TopicConsumer } from './consumer.js';
 import type { TopicMessage } from './types.js';
 
-let db: TestDatabase;
 let herald: Herald;
-before(async () => {
-  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
-  herald = createHerald({ connectionString: db.url, poolSize: 12 });
-});
-after(async () => {
-  await herald.close();
-  await db.drop();
-});
+// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+useHerald({ poolSize: 12 }, (_db, h) => (herald = h), { isolated: true });
 
 type Body = { k: number; n: number };
 

@@ -6,24 +6,19 @@
  * key's messages arrive in order.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import pg from 'pg';
-import { createHerald, type Herald } from '../index.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import type { Herald } from '../index.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
 import { scaled } from '../../test/support/scale.js';
 import { waitFor } from '../../test/support/wait.js';
 import type { TopicConsumer } from './consumer.js';
 
 let db: TestDatabase;
 let herald: Herald;
-before(async () => {
-  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
-  herald = createHerald({ connectionString: db.url, poolSize: 12 });
-});
-after(async () => {
-  await herald.close();
-  await db.drop();
-});
+// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+useHerald({ poolSize: 12 }, (d, h) => ((db = d), (herald = h)), { isolated: true });
 
 /** A small deterministic PRNG (mulberry32) so a failing seed can be replayed. */
 function prng(seed: number): () => number {

@@ -4,22 +4,15 @@
  * retained position: its messages are never silently skipped.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { createHerald, type Herald } from '../index.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import { test } from 'node:test';
+import type { Herald } from '../index.js';
+import { useHerald } from '../../test/support/herald.js';
 import { waitFor } from '../../test/support/wait.js';
 import { TopicRetentionError, type BehindInfo } from './types.js';
 
-let db: TestDatabase;
 let herald: Herald;
-before(async () => {
-  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
-  herald = createHerald({ connectionString: db.url });
-});
-after(async () => {
-  await herald.close();
-  await db.drop();
-});
+// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+useHerald({}, (_db, h) => (herald = h), { isolated: true });
 
 test('a group behind retention gets the behind event with the oldest position, not a skip', async () => {
   await herald.topics.create('ret', { partitions: 2, segmentSize: 100, retentionMs: 0 });

@@ -1,22 +1,17 @@
 /** The CLI commands and the server routes of topics, against a real Postgres. */
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { runCli } from '../cli/main.js';
-import { createHerald, type Herald } from '../index.js';
+import type { Herald } from '../index.js';
 import { HeraldServer } from '../server/server.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
 
 let db: TestDatabase;
 let herald: Herald;
-before(async () => {
-  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
-  herald = createHerald({ connectionString: db.url });
-});
-after(async () => {
-  await herald.close();
-  await db.drop();
-});
+// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+useHerald({}, (d, h) => ((db = d), (herald = h)), { isolated: true });
 
 async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const out = new PassThrough();

@@ -1,21 +1,16 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import pg from 'pg';
 import { createHerald, type Herald } from '../index.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
 import { waitFor } from '../../test/support/wait.js';
 import type { TopicMessage } from './types.js';
 
 let db: TestDatabase;
 let herald: Herald;
-before(async () => {
-  db = await freshDatabase({ isolated: true }); // topics: see freshDatabase
-  herald = createHerald({ connectionString: db.url });
-});
-after(async () => {
-  await herald.close();
-  await db.drop();
-});
+// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+useHerald({}, (d, h) => ((db = d), (herald = h)), { isolated: true });
 
 test('every group receives every message, in publish order per key', async () => {
   await herald.topics.create('orders', { partitions: 4 });

@@ -1,25 +1,12 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { createHerald, type Herald } from '../../client.js';
-import { freshDatabase, type TestDatabase } from '../../../test/support/db.js';
+import { test } from 'node:test';
+import type { Herald } from '../../client.js';
+import { useServer } from '../../../test/support/server.js';
 import { WsClient } from '../../../test/support/ws.js';
-import { HeraldServer } from '../server.js';
 
-let db: TestDatabase;
 let herald: Herald;
-let server: HeraldServer;
 let base: string;
-before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url });
-  server = new HeraldServer(herald, { port: 0 });
-  base = await server.start();
-});
-after(async () => {
-  await server.stop();
-  await herald.close();
-  await db.drop();
-});
+useServer({}, (f) => ({ herald, base } = f));
 
 test('topics part as a durable gateway stream: WebSocket subscribe, resume after a position, unknown topic refused', async () => {
   const m1 = await herald.topics.publish('orders', { n: 1 });
