@@ -147,10 +147,12 @@ export class MailboxConsumer {
     let release!: () => void;
     const began = performance.now();
     this.takes++;
-    this.#taking = new Promise<void>((resolve) => (release = resolve));
+    const taking = new Promise<void>((resolve) => (release = resolve));
+    this.#taking = taking;
+    // Called after the claim and again on failure: by then another loop may have begun
+    // its own take, whose promise must stay in place (its waiters wait for its claim).
     const done = () => {
-      if (!this.#taking) return;
-      this.#taking = undefined;
+      if (this.#taking === taking) this.#taking = undefined;
       release();
     };
     try {
@@ -184,7 +186,7 @@ export class MailboxConsumer {
       this.consumed += n;
       return n;
     } catch (err) {
-      done(); // BEGIN failed
+      done(); // BEGIN failed (after the claim, a no-op)
       // Rolled back: what this take held is ready again, so the next take must look.
       this.#emptyAt = undefined;
       if (!(err instanceof HandlerFailed)) throw err;

@@ -307,6 +307,58 @@ describe('consume', () => {
     }
     assert.deepEqual(local.notifier.channels(), []);
   });
+
+  it('a take that rolls back while another loop is taking does not strand the loops waiting on that take', { timeout: 60_000 }, async () => {
+    // Pool of 2: the failing take holds one connection, the test holds the other, so the
+    // next loop's take waits for a connection (its take begun) while the first one rolls back.
+    const local = createHerald({ connectionString: db.url, poolSize: 2, mailbox: { retryDelayMs: 10, maxRetryDelayMs: 10 } });
+    const hold = deferred();
+    const failNow = deferred();
+    try {
+      const to = dest('strand');
+      const consumed: string[] = [];
+      let failed = false;
+      const c = local.mailbox.consume(
+        to,
+        async (m) => {
+          if (m.id === `${to}-bad` && !failed) {
+            failed = true;
+            await failNow.promise;
+            throw new Error('first attempt fails');
+          }
+          consumed.push(m.id);
+        },
+        { concurrency: 3 },
+      );
+      await local.mailbox.start();
+      await local.mailbox.send({ to, payload: 'bad', id: `${to}-bad` });
+      await waitFor(() => failed, { what: 'the first take runs the failing handler' });
+      const held = deferred();
+      const holding = local.driver.transaction(async () => {
+        held.resolve();
+        await hold.promise;
+      });
+      await held.promise; // the pool's other connection
+      const takes = c.takes;
+      // Sent from another Herald: its wake-up starts a take that must wait for a connection.
+      await herald.mailbox.send({ to, payload: 'ok', id: `${to}-ok` });
+      await waitFor(() => c.takes === takes + 1, { what: 'another loop begins its take (waiting for a connection)' });
+      failNow.resolve(); // the first take rolls back now, with the second take still waiting
+      await waitFor(() => c.failures === 1, { what: 'the failure recorded' });
+      hold.resolve();
+      await holding;
+      await waitFor(() => consumed.includes(`${to}-ok`) && consumed.includes(`${to}-bad`), { what: 'both messages consumed' });
+      // Every loop must still take: more messages than one take holds, each consumed once.
+      await local.mailbox.sendMany(Array.from({ length: 20 }, (_, i) => ({ to, payload: i, id: `${to}-${i}` })));
+      await waitFor(() => consumed.length === 22, { what: 'every message consumed' });
+      await c.stop(); // hung for ever before the fix: a loop waited on a take nobody released
+      assert.equal(new Set(consumed).size, 22);
+    } finally {
+      hold.resolve();
+      failNow.resolve();
+      await local.close();
+    }
+  });
 });
 
 describe('retention and stats', () => {
