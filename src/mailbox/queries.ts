@@ -141,8 +141,11 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
         SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1
       WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM next))
      RETURNING ${RETURNED}`,
+    // Not prepared: a generic plan made while the table was small (a consumer started on
+    // an empty mailbox) kept walking far more of the table as it grew, until an ANALYZE:
+    // 872 µs and 243 buffers per take against 137 µs (plan included) and 29 unprepared,
+    // in a 5 s run from an empty table. The plan is cheap beside that risk.
     [destination, topic, limit],
-    { prepare: true },
   );
   // RETURNING has no order: by seq (decimal strings of positive bigints: shorter is smaller).
   if (rows.length > 1) rows.sort((a, b) => a.seq.length - b.seq.length || (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
