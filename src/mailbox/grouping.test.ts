@@ -4,28 +4,23 @@
  * transaction-mode PgBouncer that cannot keep them).
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import pg from 'pg';
 import { createHerald, type Herald } from '../client.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
 import { pgbouncerBinary, startPgBouncer } from '../../test/support/pgbouncer.js';
 import { waitFor } from '../../test/support/wait.js';
 
 let db: TestDatabase;
 let herald: Herald;
 let pool: pg.Pool;
-
-before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url, poolSize: 8 });
+useHerald({ poolSize: 8 }, (d, h) => {
+  db = d;
+  herald = h;
   pool = new pg.Pool({ connectionString: db.url, max: 2 });
   pool.on('error', () => {});
-});
-
-after(async () => {
-  await herald.close();
-  await pool.end();
-  await db.drop();
+  return () => pool.end();
 });
 
 let n = 0;

@@ -1,30 +1,25 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import pg from 'pg';
 import postgres from 'postgres';
 import { createHerald, type Herald } from '../client.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
-import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
 import { deferred, waitFor } from '../../test/support/wait.js';
 import type { MailboxMessage } from './types.js';
 
 let db: TestDatabase;
 let herald: Herald;
 let pool: pg.Pool;
-
-before(async () => {
-  db = await freshDatabase();
-  herald = createHerald({ connectionString: db.url, poolSize: 12, mailbox: { retryDelayMs: 10, maxRetryDelayMs: 50 } });
+useHerald({ poolSize: 12, mailbox: { retryDelayMs: 10, maxRetryDelayMs: 50 } }, async (d, h) => {
+  db = d;
+  herald = h;
   pool = new pg.Pool({ connectionString: db.url, max: 4 });
   pool.on('error', () => {});
   await pool.query('CREATE TABLE ledger (message_id text PRIMARY KEY, note text)');
-});
-
-after(async () => {
-  await herald.close();
-  await pool.end();
-  await db.drop();
+  return () => pool.end();
 });
 
 let n = 0;

@@ -14,7 +14,9 @@ import type { TopicMessage } from './types.js';
 
 let herald: Herald;
 // topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
-useHerald({ poolSize: 12 }, (_db, h) => (herald = h), { isolated: true });
+useHerald({ poolSize: 12 }, (_db, h) => {
+  herald = h;
+}, { isolated: true });
 
 type Body = { k: number; n: number };
 

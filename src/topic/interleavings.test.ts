@@ -18,7 +18,10 @@ import type { TopicConsumer } from './consumer.js';
 let db: TestDatabase;
 let herald: Herald;
 // topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
-useHerald({ poolSize: 12 }, (d, h) => ((db = d), (herald = h)), { isolated: true });
+useHerald({ poolSize: 12 }, (d, h) => {
+  db = d;
+  herald = h;
+}, { isolated: true });
 
 /** A small deterministic PRNG (mulberry32) so a failing seed can be replayed. */
 function prng(seed: number): () => number {

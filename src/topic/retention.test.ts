@@ -12,7 +12,9 @@ import { TopicRetentionError, type BehindInfo } from './types.js';
 
 let herald: Herald;
 // topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
-useHerald({}, (_db, h) => (herald = h), { isolated: true });
+useHerald({}, (_db, h) => {
+  herald = h;
+}, { isolated: true });
 
 test('a group behind retention gets the behind event with the oldest position, not a skip', async () => {
   await herald.topics.create('ret', { partitions: 2, segmentSize: 100, retentionMs: 0 });

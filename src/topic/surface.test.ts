@@ -11,7 +11,10 @@ import { useHerald } from '../../test/support/herald.js';
 let db: TestDatabase;
 let herald: Herald;
 // topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
-useHerald({}, (d, h) => ((db = d), (herald = h)), { isolated: true });
+useHerald({}, (d, h) => {
+  db = d;
+  herald = h;
+}, { isolated: true });
 
 async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const out = new PassThrough();

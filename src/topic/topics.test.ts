@@ -10,7 +10,10 @@ import type { TopicMessage } from './types.js';
 let db: TestDatabase;
 let herald: Herald;
 // topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
-useHerald({}, (d, h) => ((db = d), (herald = h)), { isolated: true });
+useHerald({}, (d, h) => {
+  db = d;
+  herald = h;
+}, { isolated: true });
 
 test('every group receives every message, in publish order per key', async () => {
   await herald.topics.create('orders', { partitions: 4 });
