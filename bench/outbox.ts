@@ -21,7 +21,8 @@ import pg from 'pg';
 import { createHerald, type Herald } from '../src/client.js';
 import { freePort } from '../src/embedded/cluster.js';
 import { benchPostgres } from './support/postgres.js';
-import { jetstreamSink, type OutboxSink } from '../src/outbox/sinks.js';
+import { jetstreamSink } from '../src/outbox/jetstream.js';
+import type { OutboxSink } from '../src/outbox/sinks.js';
 
 const { values: args } = parseArgs({
   options: {

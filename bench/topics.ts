@@ -19,7 +19,8 @@ import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createClient } from 'redis';
-import { createHerald, freePort, PostgresCluster } from '../src/index.js';
+import { createHerald } from '../src/index.js';
+import { freePort, PostgresCluster } from '../src/embedded/index.js';
 
 /** `--runs N` and `--n N` (as `npm run bench -- topics -- --runs 1` passes them), else BENCH_RUNS / BENCH_N. */
 function arg(name: string): string | undefined {

@@ -20,7 +20,8 @@ export type HeraldErrorCode =
   | 'NOT_FOUND'
   | 'CONFLICT'
   | 'LEASE_LOST'
-  | 'RETENTION';
+  | 'RETENTION'
+  | 'MISSING_DEPENDENCY';
 
 /** Base class of every error pgherald throws on purpose. */
 export class HeraldError extends Error {

@@ -1,5 +1,9 @@
 /**
- * pgherald: Postgres-native messaging for TypeScript.
+ * pgherald: Postgres-native messaging for TypeScript. The core: driver, notifier,
+ * mailbox, queue, outbox, topics and row changes. The server (`pgherald/server`), the
+ * NATS JetStream sink (`pgherald/nats`), the embedded Postgres (`pgherald/embedded`)
+ * and the throwaway-cluster test helpers (`pgherald/testing`) are subpaths, so an
+ * application that only wants a queue loads none of them.
  * @packageDocumentation
  */
 export { Herald, createHerald, type HeraldOptions } from './client.js';
@@ -22,7 +26,6 @@ export type { OutgoingNotification } from './notifier/notify.js';
 export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, NotifierStatus, ChannelStats } from './notifier/types.js';
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';
 export { migrate, migrations, migrationScript, migrationStatus, type Migration, type MigrationStatus } from './schema/migrator.js';
-export { PostgresCluster, embeddedBinDir, freePort, type ClusterOptions } from './embedded/cluster.js';
 export { Queue, type CronHandle } from './queue/queue.js';
 export { Worker as QueueWorker } from './queue/worker.js';
 export { CronSchedule } from './queue/cron.js';
@@ -63,21 +66,14 @@ export { Relay, RELAY_DEFAULTS, type RelayOptions, type RelayEvents, type RelayS
 export {
   callbackSink,
   webhookSink,
-  jetstreamSink,
   webhookSignature,
   verifyWebhookSignature,
   type OutboxEvent,
   type OutboxSink,
   type WebhookSinkOptions,
   type WebhookBody,
-  type JetStreamSinkOptions,
 } from './outbox/sinks.js';
 export { Changes, CHANGES_DEFAULTS, parseChange, parseTableName, type RowChange, type TrackOptions, type TrackedTable } from './change/changes.js';
-export { HeraldServer, SERVER_DEFAULTS, isLoopback, type ServerOptions } from './server/server.js';
-export { Router, HttpError, readJson, sendJson, type Handler, type RouteOptions } from './server/http.js';
-export { allows, type Action, type ApiKey, type AuthOptions, type Grants, type Principal } from './server/auth.js';
-export type { DurableStreamSource, StreamEvent, StreamSink } from './server/stream.js';
-export type { DashboardAction, DashboardPanel } from './server/dashboard.js';
 export { Topics, type TopicStats } from './topic/topics.js';
 export { TopicConsumer } from './topic/consumer.js';
 export {

@@ -38,7 +38,7 @@ describe('README examples', () => {
       const db = await freshDatabase({ migrated: false });
       dbs.push(db);
       const file = join(dir, `example-${i + 1}.ts`);
-      writeFileSync(file, code.replaceAll(`from 'pgherald'`, `from '${join(root, 'src', 'index.ts')}'`));
+      writeFileSync(file, code.replace(/from 'pgherald(\/(server|nats|embedded|testing))?'/g, (_m, _sub, name: string | undefined) => `from '${join(root, 'src', name ?? '', 'index.ts')}'`));
       const { code: exit, output } = await run(file, { DATABASE_URL: db.url });
       assert.equal(exit, 0, `example ${i + 1} failed:\n${output}`);
     });

@@ -1,6 +1,10 @@
 import { createHash } from 'node:crypto';
-import pg from 'pg';
+import type pg from 'pg';
+import { loadPeer } from '../internal/peer.js';
 import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
+
+/** The `pg` package, loaded when a `pg` driver is first made (an optional peer dependency). */
+const pgLib = (): typeof pg => loadPeer<typeof pg>('pg', 'the pg driver (pgDriver, createHerald({ connectionString }))');
 
 /** Options of {@link pgDriver}. */
 export interface PgDriverOptions {
@@ -48,7 +52,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
   const owned = !options.pool;
   const pool =
     options.pool ??
-    new pg.Pool({ connectionString: options.connectionString, max: options.max ?? 10 });
+    new (pgLib().Pool)({ connectionString: options.connectionString, max: options.max ?? 10 });
   const onPoolError = options.onPoolError ?? (() => {});
   pool.on('error', onPoolError);
   // pg-pool removes its idle 'error' listener when it hands a client out, and the
@@ -120,7 +124,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
       }
     },
     async openListenSession(opts = {}): Promise<ListenSession> {
-      const client = new pg.Client({
+      const client = new (pgLib().Client)({
         ...listenConfig,
         keepAlive: true,
         // Named so operators (and tests) can tell the listen session apart in pg_stat_activity.

@@ -1,7 +1,11 @@
-import postgres from 'postgres';
+import type postgres from 'postgres';
+import { loadPeer } from '../internal/peer.js';
 import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
 
 type Sql = postgres.Sql<Record<string, never>>;
+
+/** The `postgres` package, loaded when a postgres.js driver makes its own instance (an optional peer dependency). */
+const postgresLib = (): typeof postgres => loadPeer<typeof postgres>('postgres', 'the postgres.js driver (postgresJsDriver)');
 
 /** Options of {@link postgresJsDriver}. */
 export interface PostgresJsDriverOptions {
@@ -28,7 +32,7 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
   const owned = !options.sql;
   const sql: Sql =
     (options.sql as Sql) ??
-    postgres(options.connectionString as string, { max: options.max ?? 10, onnotice: () => {} });
+    postgresLib()(options.connectionString as string, { max: options.max ?? 10, onnotice: () => {} });
   const listenUrl = options.listenConnectionString ?? options.connectionString;
   const listenOptions = (sql as unknown as { options: Record<string, unknown> }).options;
 
@@ -58,8 +62,8 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
         onclose: () => fireClose(new Error('listen connection closed')),
       };
       const session: Sql = listenUrl
-        ? postgres(listenUrl, common)
-        : postgres({ ...(listenOptions as object), ...common } as postgres.Options<Record<string, never>>);
+        ? postgresLib()(listenUrl, common)
+        : postgresLib()({ ...(listenOptions as object), ...common } as postgres.Options<Record<string, never>>);
       try {
         await session.unsafe('SELECT 1');
       } catch (err) {

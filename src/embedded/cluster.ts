@@ -19,7 +19,8 @@ import { chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { createServer } from 'node:net';
 import { arch, platform } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
+import { loadPeer } from '../internal/peer.js';
 import { HeraldError } from '../errors.js';
 import { sleep } from '../internal/backoff.js';
 
@@ -68,7 +69,7 @@ export function freePort(): Promise<number> {
 
 /** True when a session can be opened on `url` and answers `SELECT 1`. */
 export async function canConnect(url: string, timeoutMs = 1000): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: timeoutMs });
+  const client = new (loadPeer<typeof pg>('pg', 'the embedded cluster').Client)({ connectionString: url, connectionTimeoutMillis: timeoutMs });
   client.on('error', () => {});
   try {
     await client.connect();

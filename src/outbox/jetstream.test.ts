@@ -6,7 +6,7 @@ import { createHerald, type Herald } from '../client.js';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { natsServerBinary, startNatsServer, type NatsServer } from '../../test/support/nats.js';
 import { waitFor } from '../../test/support/wait.js';
-import { jetstreamSink } from './sinks.js';
+import { jetstreamSink } from './jetstream.js';
 
 const skip = natsServerBinary() ? false : 'nats-server is not installed (apt-get install nats-server)';
 

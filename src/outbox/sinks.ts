@@ -5,8 +5,6 @@
  * and marking, so receivers deduplicate on it.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { connect, headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 
 /** An event as sinks receive it. */
@@ -135,62 +133,6 @@ export function webhookSink(options: WebhookSinkOptions): OutboxSink {
       }
       await res.arrayBuffer().catch(() => undefined);
       if (res.status < 200 || res.status > 299) throw new HeraldError('CONNECTION', `webhook answered ${res.status}`);
-    },
-  };
-}
-
-/** Options of {@link jetstreamSink}. */
-export interface JetStreamSinkOptions {
-  /** NATS server URL(s); the sink connects and closes the connection itself. */
-  servers?: string | string[];
-  /** An open connection instead (not closed by the sink). */
-  connection?: NatsConnection;
-  /** Subject of an event. @defaultValue `herald.<type>` */
-  subject?: (event: OutboxEvent) => string;
-  /** Time to wait for the stream's acknowledgement. @defaultValue 5000 */
-  timeoutMs?: number;
-}
-
-/**
- * Publishes to NATS JetStream with the event id as the JetStream message id
- * (`Nats-Msg-Id`), so the stream drops a republished event within its
- * `duplicate_window`. The body is the JSON payload; the event's headers travel as
- * NATS headers, plus `Herald-Event-Type` and `Herald-Event-Key`. A subject that no
- * stream captures fails the attempt.
- */
-export function jetstreamSink(options: JetStreamSinkOptions): OutboxSink & { readonly duplicates: number } {
-  if (!options.servers && !options.connection) throw new InvalidOptionError('servers', options.servers, 'NATS server URL(s) or a connection');
-  const timeoutMs = options.timeoutMs ?? 5000;
-  const subject = options.subject ?? ((e: OutboxEvent) => `herald.${e.type}`);
-  let conn: Promise<{ nc: NatsConnection; js: JetStreamClient }> | undefined;
-  let duplicates = 0;
-  const open = () => {
-    conn ??= (async () => {
-      const nc = options.connection ?? (await connect({ servers: options.servers, maxReconnectAttempts: -1 }));
-      return { nc, js: jetstream(nc) };
-    })();
-    conn.catch(() => (conn = undefined));
-    return conn;
-  };
-  return {
-    get duplicates() {
-      return duplicates;
-    },
-    async publish(event) {
-      const { js } = await open();
-      const h = natsHeaders();
-      for (const [k, v] of Object.entries(event.headers ?? {})) h.set(k, String(v));
-      h.set('Herald-Event-Type', event.type);
-      if (event.key !== null) h.set('Herald-Event-Key', event.key);
-      const ack = await js.publish(subject(event), JSON.stringify(event.payload ?? null), { msgID: event.id, timeout: timeoutMs, headers: h });
-      if (ack.duplicate) duplicates++;
-    },
-    async close() {
-      const c = conn;
-      conn = undefined;
-      if (!c || options.connection) return;
-      const { nc } = await c.catch(() => ({ nc: undefined }));
-      await nc?.drain().catch(() => nc?.close());
     },
   };
 }

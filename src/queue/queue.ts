@@ -170,16 +170,23 @@ export class Queue extends TypedEmitter<QueueEvents> {
   }
 
   /**
-   * Enqueues `kind` once per tick of `cron` (UTC; 5 fields, or 6 with seconds) across
-   * all processes: the process holding leadership (elected through the database)
-   * enqueues, and each tick is recorded so it is enqueued once even across a change
-   * of leader. Missed ticks are not back-filled beyond the latest one within `leaderTtlMs`.
+   * Enqueues `kind` once per tick of `cron` (5 fields, or 6 with seconds; see
+   * {@link CronSchedule}) across all processes: the process holding leadership (elected
+   * through the database) enqueues, and each tick is recorded so it is enqueued once
+   * even across a change of leader. Missed ticks are not back-filled beyond the latest
+   * one within `leaderTtlMs`. `options.tz` (an IANA time zone, default `UTC`) is the zone
+   * the expression's wall-clock times are read in, daylight-saving changes included;
+   * the other options are the enqueued job's.
+   *
+   * @example
+   * herald.queue.schedule('report', '0 9 * * MON-FRI', 'daily-report', {}, { tz: 'Europe/Berlin' });
    */
-  schedule(name: string, cron: string, kind: string, payload?: unknown, options: Omit<EnqueueOptions, 'tx'> = {}): CronHandle {
+  schedule(name: string, cron: string, kind: string, payload?: unknown, options: Omit<EnqueueOptions, 'tx'> & { tz?: string } = {}): CronHandle {
     assertName('name', name);
     assertName('kind', kind);
-    const schedule = new CronSchedule(cron);
-    this.#crons.set(name, { name, schedule, kind, payload, options });
+    const { tz, ...jobOptions } = options;
+    const schedule = new CronSchedule(cron, tz ?? 'UTC');
+    this.#crons.set(name, { name, schedule, kind, payload, options: jobOptions });
     this.start();
     return { name, remove: () => void this.#crons.delete(name) };
   }

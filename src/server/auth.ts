@@ -1,7 +1,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { createRemoteJWKSet, errors as joseErrors, importSPKI, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import type { JWTPayload, JWTVerifyGetKey } from 'jose';
 import { InvalidOptionError } from '../errors.js';
+import { importPeer } from '../internal/peer.js';
 import { HttpError } from './http.js';
 
 /** What a client may do with a resource. `admin` implies `subscribe` and `publish`. */
@@ -133,7 +134,9 @@ const ANONYMOUS: Principal = Object.freeze({ id: 'anonymous', kind: 'anonymous',
  */
 export class Authenticator {
   readonly #keys: { name: string; key: Buffer; grants: Grants }[];
-  readonly #jwtKeys: { key: Promise<CryptoKey | Uint8Array> | JWTVerifyGetKey; alg: string }[] = [];
+  readonly #jwtKeys: { key: Promise<CryptoKey | Uint8Array | JWTVerifyGetKey>; alg: string }[] = [];
+  // `jose` (an optional peer dependency) is loaded only when a JWT option is given.
+  #jose: Promise<typeof import('jose')> | undefined;
   readonly #issuer?: string;
   readonly #audience?: string;
 
@@ -147,8 +150,9 @@ export class Authenticator {
       if (typeof options.jwtSecret !== 'string' || options.jwtSecret.length < 16) throw new InvalidOptionError('jwtSecret', '<hidden>', 'a secret of 16 characters or more');
       this.#jwtKeys.push({ key: Promise.resolve(new TextEncoder().encode(options.jwtSecret)), alg: 'HS256' });
     }
+    const jose = () => (this.#jose ??= importPeer<typeof import('jose')>('jose', 'JWT authentication (jwtSecret, jwtPublicKey, jwksUrl)'));
     if (options.jwtPublicKey !== undefined) {
-      const key = importSPKI(options.jwtPublicKey, 'RS256');
+      const key = jose().then((j) => j.importSPKI(options.jwtPublicKey!, 'RS256'));
       key.catch(() => {});
       this.#jwtKeys.push({ key, alg: 'RS256' });
     }
@@ -159,10 +163,23 @@ export class Authenticator {
       } catch {
         throw new InvalidOptionError('jwksUrl', options.jwksUrl, 'an http(s) URL');
       }
-      this.#jwtKeys.push({ key: createRemoteJWKSet(url), alg: 'RS256' });
+      const key = jose().then((j) => j.createRemoteJWKSet(url));
+      key.catch(() => {});
+      this.#jwtKeys.push({ key, alg: 'RS256' });
     }
+    if (options.jwtSecret !== undefined) jose().catch(() => {});
     this.#issuer = options.jwtIssuer;
     this.#audience = options.jwtAudience;
+  }
+
+  /**
+   * Resolves once every configured key is usable (`jose` loaded, PEM parsed); rejects
+   * with the reason otherwise (`MISSING_DEPENDENCY` when `jose` is not installed).
+   * The server awaits it in `start()`, so a bad key fails at start, not per request.
+   */
+  async ready(): Promise<void> {
+    if (this.#jose) await this.#jose;
+    for (const { key } of this.#jwtKeys) await key;
   }
 
   /** True when any credential is configured; without one the server is open (loopback only). */
@@ -182,9 +199,10 @@ export class Authenticator {
     }
     if (this.#jwtKeys.length > 0 && credential.split('.').length === 3) {
       let expired = false;
+      const { jwtVerify, errors: joseErrors } = await this.#jose!;
       for (const { key, alg } of this.#jwtKeys) {
         try {
-          const resolved = typeof key === 'function' ? key : await key;
+          const resolved = await key;
           const { payload } = await jwtVerify(credential, resolved as Uint8Array, {
             algorithms: [alg],
             issuer: this.#issuer,

@@ -1,4 +1,5 @@
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Counter, Gauge, Registry } from 'prom-client';
+import { loadPeer } from '../internal/peer.js';
 import type { Herald } from '../client.js';
 import type { Gateway } from './gateway.js';
 
@@ -8,7 +9,7 @@ import type { Gateway } from './gateway.js';
  * `registers: [server.metrics.registry]` to a prom-client metric.
  */
 export class ServerMetrics {
-  readonly registry = new Registry();
+  readonly registry: Registry;
   /** Connections accepted, by transport. */
   readonly connections: Counter<'transport'>;
   /** Connections ended, by transport and reason (`slow_consumer`, `token_expired`, `client_gone`, ...). */
@@ -19,6 +20,8 @@ export class ServerMetrics {
   readonly clients: Gauge<'transport'>;
 
   constructor(herald: Herald, gateway: Gateway, clientCount: (transport: 'sse' | 'ws') => number) {
+    const { Counter, Gauge, Registry, collectDefaultMetrics } = loadPeer<typeof import('prom-client')>('prom-client', 'HeraldServer (/metrics)');
+    this.registry = new Registry();
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'herald_process_' });
     this.connections = new Counter({ name: 'herald_gateway_connections_total', help: 'Streaming connections accepted', labelNames: ['transport'], registers });

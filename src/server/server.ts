@@ -1,8 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
-import { WebSocketServer } from 'ws';
+import type { WebSocketServer } from 'ws';
 import type { Herald } from '../client.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
+import { loadPeer, requirePeers } from '../internal/peer.js';
 import { PAYLOAD_LIMIT_BYTES } from '../notifier/validate.js';
 import { assertAllowed, Authenticator, credentialOf, type Action, type ApiKey, type AuthOptions, type Principal } from './auth.js';
 import { SseConnection, type Connection } from './connection.js';
@@ -132,6 +133,7 @@ export class HeraldServer {
   #stopping = false;
 
   constructor(readonly herald: Herald, options: ServerOptions = {}) {
+    requirePeers(['ws', 'prom-client'], 'HeraldServer');
     this.options = resolveOptions(options);
     const apiKeys: ApiKey[] = [...(options.apiKeys ?? [])];
     if (this.options.token) apiKeys.push({ name: 'admin', key: this.options.token, grants: { admin: ['*'] } });
@@ -149,7 +151,8 @@ export class HeraldServer {
     });
     this.metrics = new ServerMetrics(herald, this.gateway, (t) => this.clientCount(t));
     this.dashboard = new Dashboard(this);
-    this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.options.maxMessageBytes + 1024, perMessageDeflate: false });
+    const { WebSocketServer: Wss } = loadPeer<typeof import('ws')>('ws', 'HeraldServer (WebSocket)');
+    this.#wss = new Wss({ noServer: true, maxPayload: this.options.maxMessageBytes + 1024, perMessageDeflate: false });
     this.#http = createServer((req, res) => void this.#handle(req, res));
     this.#http.keepAliveTimeout = 5000;
     this.#http.on('connection', (s: Socket) => {
@@ -190,6 +193,7 @@ export class HeraldServer {
   async start(): Promise<string> {
     if (this.#url) return this.#url;
     this.#stopping = false;
+    await this.auth.ready();
     this.herald.notifier.start().catch(() => {});
     await new Promise<void>((resolve, reject) => {
       this.#http.once('error', reject);
