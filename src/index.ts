@@ -21,7 +21,7 @@ export { Subscription } from './notifier/subscription.js';
 export type { OutgoingNotification } from './notifier/notify.js';
 export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, NotifierStatus, ChannelStats } from './notifier/types.js';
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';
-export { migrate, migrations, migrationScript, migrationStatus, type Migration, type MigrationStatus } from './schema/migrator.js';
+export { migrate, migrations, migrationScript, migrationStatus, OUTSIDE_SCRIPT_MARKER, type Migration, type MigrationStatus, type MigrateOptions } from './schema/migrator.js';
 export { PostgresCluster, embeddedBinDir, freePort, type ClusterOptions } from './embedded/cluster.js';
 export { Queue, type CronHandle } from './queue/queue.js';
 export { Worker as QueueWorker } from './queue/worker.js';
