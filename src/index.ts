@@ -59,6 +59,7 @@ export type {
   MailboxEvents,
 } from './mailbox/types.js';
 export { Outbox, type NewOutboxEvent, type OutboxStats, type DeadOutboxEvent } from './outbox/outbox.js';
+export { OUTBOX_KEY_LOCK_BUCKETS } from './outbox/queries.js';
 export { Relay, RELAY_DEFAULTS, type RelayOptions, type RelayEvents, type RelayStats } from './outbox/relay.js';
 export {
   callbackSink,
