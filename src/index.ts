@@ -25,7 +25,7 @@ export { Subscription } from './notifier/subscription.js';
 export type { OutgoingNotification } from './notifier/notify.js';
 export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, NotifierStatus, ChannelStats } from './notifier/types.js';
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';
-export { migrate, migrations, migrationScript, migrationStatus, type Migration, type MigrationStatus } from './schema/migrator.js';
+export { migrate, migrations, migrationScript, migrationStatus, OUTSIDE_SCRIPT_MARKER, type Migration, type MigrationStatus, type MigrateOptions } from './schema/migrator.js';
 export { Queue, type CronHandle } from './queue/queue.js';
 export { Worker as QueueWorker } from './queue/worker.js';
 export { CronSchedule } from './queue/cron.js';
@@ -62,6 +62,7 @@ export type {
   MailboxEvents,
 } from './mailbox/types.js';
 export { Outbox, type NewOutboxEvent, type OutboxStats, type DeadOutboxEvent } from './outbox/outbox.js';
+export { OUTBOX_KEY_LOCK_BUCKETS } from './outbox/queries.js';
 export { Relay, RELAY_DEFAULTS, type RelayOptions, type RelayEvents, type RelayStats } from './outbox/relay.js';
 export {
   callbackSink,

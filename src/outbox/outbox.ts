@@ -9,6 +9,7 @@ import {
   outboxInsertOne,
   outboxListDead,
   outboxLockKeys,
+  type OUTBOX_KEY_LOCK_BUCKETS,
   outboxPrunePublished,
   outboxRedrive,
   outboxStats,
@@ -87,7 +88,8 @@ export class Outbox {
   /**
    * Adds one event; with `{ tx }` it exists only if that transaction commits. Returns
    * the event id (a UUID). Producers of one key wait for each other until commit (a
-   * transaction-level advisory lock), which keeps the key's events in commit order.
+   * transaction-level advisory lock on the key's bucket, one of
+   * {@link OUTBOX_KEY_LOCK_BUCKETS}), which keeps the key's events in commit order.
    */
   async add(event: NewOutboxEvent, options: { tx?: TxLike } = {}): Promise<string> {
     const e = checkEvent(event, 'event');

@@ -4,7 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { pgDriver } from '../driver/pg.js';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
-import { migrate, migrations, migrationScript, migrationStatus } from './migrator.js';
+import { migrate, migrations, migrationScript, migrationStatus, OUTSIDE_SCRIPT_MARKER } from './migrator.js';
 
 let db: TestDatabase;
 before(async () => {
@@ -73,8 +73,13 @@ describe('migrations', () => {
     const client = new pg.Client({ connectionString: db.url });
     await client.connect();
     try {
-      await client.query(script);
-      await client.query(script); // twice: idempotent
+      // The transactional part in one go; what follows the marker one statement at a time.
+      const [inTx, outside = ''] = script.split(OUTSIDE_SCRIPT_MARKER);
+      for (let i = 0; i < 2; i++) {
+        // twice: idempotent
+        await client.query(inTx);
+        for (const st of outside.split(/;\n/).filter((x) => x.replace(/--[^\n]*/g, '').trim())) await client.query(st);
+      }
     } finally {
       await client.end();
     }

@@ -1,28 +1,49 @@
-import { readdirSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import type { Driver, Executor } from '../driver/types.js';
+import type { Driver, Executor, ListenSession } from '../driver/types.js';
 import { HeraldError } from '../errors.js';
+import { sleep } from '../internal/backoff.js';
 import { schemaIdent } from '../internal/ident.js';
+import { MIGRATION_FILES } from './migrations.gen.js';
 
 /** One numbered migration. */
 export interface Migration {
   version: number;
   name: string;
+  /** Statements run in the migration's transaction (the part of the file before the marker). */
   sql: string;
+  /**
+   * Statements run one by one outside any transaction after `sql` commits: the part of
+   * the file after a line `-- herald:outside-transaction`, split at `;` ending a line.
+   * This is where indexes on tables that may be large are built `CONCURRENTLY`, so an
+   * upgrade never blocks writes for the length of an index build.
+   */
+  outside: string[];
 }
 
-/** Where the numbered `.sql` files live, from `src/schema/` and from `dist/schema/` alike. */
-const SQL_DIR = fileURLToPath(new URL('../../src/schema/sql/', import.meta.url));
+const OUTSIDE_MARKER = /^-- herald:outside-transaction[ \t]*$/m;
 
 let cached: Migration[] | undefined;
 
-/** All migrations shipped with this version, in order. Files are named `NNN_name.sql`. */
+/**
+ * All migrations shipped with this version, in order. They are the numbered
+ * `src/schema/sql/NNN_name.sql` files, compiled into a module at build time
+ * (`scripts/build-migrations.mjs`): nothing is read from disk at run time.
+ */
 export function migrations(): Migration[] {
   if (cached) return cached;
-  cached = readdirSync(SQL_DIR)
-    .filter((f) => /^\d{3}_[a-z0-9_]+\.sql$/.test(f))
-    .sort()
-    .map((f) => ({ version: Number(f.slice(0, 3)), name: f.slice(4, -4), sql: readFileSync(SQL_DIR + f, 'utf8') }));
+  cached = MIGRATION_FILES.map((f) => {
+    const m = OUTSIDE_MARKER.exec(f.sql);
+    const inside = m ? f.sql.slice(0, m.index) : f.sql;
+    const outside = m
+      ? f.sql
+          .slice(m.index + m[0].length)
+          .split(/;[ \t]*$/m)
+          .map((st) => st.replace(/^\s*(--[^\n]*\n\s*)*/, '').trim())
+          .filter((st) => st.length > 0)
+      : [];
+    // A part made of comments only is no statement at all.
+    const sql = inside.replace(/--[^\n]*/g, '').trim() ? inside : '';
+    return { version: f.version, name: f.name, sql, outside };
+  });
   return cached;
 }
 
@@ -39,37 +60,91 @@ export interface MigrationStatus {
 }
 
 const LOCK_NAMESPACE = 'pgherald.migrate:';
+// A second lock, held by a dedicated session for the whole run (statements outside a
+// transaction included); the transaction-level lock above stays, so a process of an
+// older version, which takes only that one, still waits for us.
+const SESSION_LOCK_NAMESPACE = 'pgherald.migrate.session:';
+
+/** Options of {@link migrate}. */
+export interface MigrateOptions {
+  /** Apply migrations up to this version only (tests of upgrades, staged rollouts). @defaultValue every shipped migration */
+  to?: number;
+}
 
 /**
- * Applies every pending migration in one transaction, under a transaction-level
- * advisory lock keyed by the schema name: many processes may call it at once; one
- * applies, the others wait and then find nothing to do.
+ * Applies every pending migration, each in its own transaction, under advisory locks
+ * keyed by the schema name: many processes may call it at once; one applies, the
+ * others wait and then find nothing to do. Statements a migration runs outside a
+ * transaction (indexes built `CONCURRENTLY`) run after its transaction commits, and
+ * the migration is recorded only when they all succeeded; an index left invalid by an
+ * interrupted build is dropped and built again by the next run. The lock session is a
+ * dedicated connection (the listen connection string's), since a session lock needs
+ * a session even when the pool goes through a transaction pooler.
  *
  * @returns the versions this call applied
  */
-export async function migrate(driver: Driver, schema = 'herald'): Promise<number[]> {
+export async function migrate(driver: Driver, schema = 'herald', options: MigrateOptions = {}): Promise<number[]> {
   const q = schemaIdent(schema);
+  const to = options.to ?? Infinity;
+  let session: ListenSession | undefined;
   try {
-    return await driver.transaction(async (tx) => {
-      await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [LOCK_NAMESPACE + schema]);
-      await tx.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
-      await tx.query(
-        `CREATE TABLE IF NOT EXISTS ${q}.migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
-      );
-      const applied = new Set((await tx.query<{ version: number }>(`SELECT version FROM ${q}.migrations`)).rows.map((r) => r.version));
-      const done: number[] = [];
-      for (const m of migrations()) {
-        if (applied.has(m.version)) continue;
-        await tx.query(migrationSql(m, schema));
-        await tx.query(`INSERT INTO ${q}.migrations (version, name) VALUES ($1, $2)`, [m.version, m.name]);
-        done.push(m.version);
+    session = await driver.openListenSession();
+    const s = session;
+    // Polled, not waited on: a backend blocked in pg_advisory_lock() holds a snapshot,
+    // and CREATE INDEX CONCURRENTLY (run by the holder) waits for every older snapshot
+    // to end, which would be a deadlock.
+    for (let delay = 20; ; delay = Math.min(delay * 2, 500)) {
+      const got = await s.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok', [SESSION_LOCK_NAMESPACE + schema]);
+      if (got.rows[0]?.ok) break;
+      await sleep(delay);
+    }
+    const done: number[] = [];
+    for (const m of migrations()) {
+      if (m.version > to) break;
+      // Its own transaction, under the transaction-level lock; re-checked there.
+      const pending = await driver.transaction(async (tx) => {
+        await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [LOCK_NAMESPACE + schema]);
+        await tx.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
+        await tx.query(
+          `CREATE TABLE IF NOT EXISTS ${q}.migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
+        );
+        const applied = await tx.query(`SELECT 1 FROM ${q}.migrations WHERE version = $1`, [m.version]);
+        if (applied.rows.length > 0) return false;
+        if (m.sql.trim()) await tx.query(migrationSql(m, schema));
+        if (m.outside.length === 0) await tx.query(`INSERT INTO ${q}.migrations (version, name) VALUES ($1, $2)`, [m.version, m.name]);
+        return true;
+      });
+      if (!pending) continue;
+      if (m.outside.length > 0) {
+        await dropInvalidIndexes(s, schema);
+        for (const st of m.outside) await s.query(st.replaceAll(':schema', q));
+        await s.query(`INSERT INTO ${q}.migrations (version, name) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING`, [m.version, m.name]);
       }
-      return done;
-    });
+      done.push(m.version);
+    }
+    await s.query('SELECT pg_advisory_unlock(hashtextextended($1, 0))', [SESSION_LOCK_NAMESPACE + schema]);
+    return done;
   } catch (err) {
     if (err instanceof HeraldError) throw err;
     throw new HeraldError('MIGRATION', `migration of schema ${schema} failed: ${(err as Error).message}`, { cause: err });
+  } finally {
+    await session?.close();
   }
+}
+
+/**
+ * Drops the invalid indexes of `schema`: what a `CREATE INDEX CONCURRENTLY` that was
+ * interrupted (crash, cancel, terminated backend) leaves behind, which `IF NOT EXISTS`
+ * would otherwise take for done. Only called under the session lock, so no build of
+ * ours is in progress.
+ */
+async function dropInvalidIndexes(session: ListenSession, schema: string): Promise<void> {
+  const { rows } = await session.query<{ name: string }>(
+    `SELECT c.relname AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = $1 AND NOT i.indisvalid`,
+    [schema],
+  );
+  for (const r of rows) await session.query(`DROP INDEX CONCURRENTLY IF EXISTS ${schemaIdent(schema)}.${schemaIdent(r.name)}`);
 }
 
 /** Every shipped migration with the time it was applied (null when pending). */
@@ -87,6 +162,9 @@ export async function migrationStatus(executor: Executor, schema = 'herald'): Pr
 /**
  * The whole schema as one SQL script, for teams that run their own migration tool.
  * It creates the schema and records each version, so `migrate()` later finds nothing to do.
+ * Index builds that must not block writes come after the `COMMIT`, below the line
+ * {@link OUTSIDE_SCRIPT_MARKER}, as separate statements that must run outside a
+ * transaction (`psql -f` does; a driver sends them one at a time). Idempotent.
  */
 export function migrationScript(schema = 'herald'): string {
   const q = schemaIdent(schema);
@@ -97,18 +175,25 @@ export function migrationScript(schema = 'herald'): string {
     `CREATE SCHEMA IF NOT EXISTS ${q};`,
     `CREATE TABLE IF NOT EXISTS ${q}.migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());`,
   ];
+  const later: string[] = [];
   for (const m of migrations()) {
+    const record = `INSERT INTO ${q}.migrations (version, name) VALUES (${m.version}, '${m.name}') ON CONFLICT (version) DO NOTHING;`;
     parts.push(
       `-- ${String(m.version).padStart(3, '0')} ${m.name}`,
       `DO $herald$ BEGIN IF NOT EXISTS (SELECT 1 FROM ${q}.migrations WHERE version = ${m.version}) THEN`,
-      `EXECUTE ${dollarQuote(migrationSql(m, schema))};`,
-      `INSERT INTO ${q}.migrations (version, name) VALUES (${m.version}, '${m.name}');`,
+      `EXECUTE ${dollarQuote(migrationSql(m, schema) || 'SELECT 1')};`,
+      m.outside.length === 0 ? record : '',
       'END IF; END $herald$;',
     );
+    if (m.outside.length > 0) later.push(`-- ${String(m.version).padStart(3, '0')} ${m.name}`, ...m.outside.map((st) => st.replaceAll(':schema', q) + ';'), record);
   }
   parts.push('COMMIT;');
+  if (later.length > 0) parts.push(OUTSIDE_SCRIPT_MARKER, ...later);
   return parts.join('\n') + '\n';
 }
+
+/** The line of {@link migrationScript} after which statements run outside a transaction, one at a time. */
+export const OUTSIDE_SCRIPT_MARKER = '-- herald: the statements below run outside a transaction, one at a time';
 
 function dollarQuote(text: string): string {
   let tag = 'm';
