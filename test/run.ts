@@ -78,7 +78,9 @@ const child = spawn(
     'tsx',
     '--test',
     `--test-concurrency=${concurrency}`,
-    '--test-timeout=300000',
+    // A backstop for a test that hangs without waiting on anything; waits themselves fail
+    // when their measure stops moving (test/support/wait.ts), however loaded the machine.
+    '--test-timeout=900000',
     '--test-reporter=spec',
     ...files.map((f) => relative(root, join(root, f))),
   ],

@@ -15,7 +15,7 @@ import { privateCluster } from '../../test/support/cluster.js';
 import { freshDatabase, terminateBackends, type TestDatabase } from '../../test/support/db.js';
 import { TcpProxy } from '../../test/support/proxy.js';
 import { scaled } from '../../test/support/scale.js';
-import { deferred, nextEvent, waitFor } from '../../test/support/wait.js';
+import { deferred, nextEvent, waitFor, waitForCount } from '../../test/support/wait.js';
 
 const WORKERS = fileURLToPath(new URL('../../test/workers/', import.meta.url));
 
@@ -184,11 +184,11 @@ describe('mailbox under load with listen terminations and server restarts (priva
       const sentCount = async () => (await admin.query('SELECT count(*)::int AS c FROM herald.mailbox_messages')).rows[0].c as number;
       // Restart while the producers are still sending (and the consumers consuming).
       for (const fraction of [0.3, 0.6]) {
-        await waitFor(async () => (await sentCount()) >= total * fraction, { timeoutMs: 240_000, intervalMs: 50, what: `sent at ${fraction}` });
+        await waitForCount(sentCount, Math.ceil(total * fraction), { intervalMs: 50, what: 'messages sent' });
         await pc.cluster.restart();
       }
       const produced = await Promise.all(producers.map((p) => p.line<{ created: number; retries: number }>('created')));
-      await waitFor(async () => (await ledgerCount()) >= total, { timeoutMs: 240_000, intervalMs: 200, what: 'every message in the ledger' });
+      await waitForCount(ledgerCount, total, { intervalMs: 200, what: 'messages in the ledger' });
       clearInterval(terminator);
 
       const stats = await Promise.all(

@@ -5,7 +5,7 @@ import type { TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { RelayFleet } from '../../test/support/relay-fleet.js';
 import { scaled } from '../../test/support/scale.js';
-import { waitFor } from '../../test/support/wait.js';
+import { waitForCount } from '../../test/support/wait.js';
 
 let db: TestDatabase;
 let herald: Herald;
@@ -34,10 +34,13 @@ test('10,000 events while relays are SIGKILLed 200 times between publish and mar
     // runs a few kills ahead, so all of them happen before the last events are published.
     shouldKill: (f) => f.kills < targetKills && f.kills < (targetKills * f.ids.size) / total + 5,
   });
-  await fleet.start();
-  await produce('crash', total, 100);
-  await waitFor(() => fleet.ids.size >= total, { timeoutMs: 170_000, intervalMs: 100, what: `${total} distinct events published` });
-  await fleet.stop();
+  try {
+    await fleet.start();
+    await produce('crash', total, 100);
+    await waitForCount(() => fleet.ids.size, total, { intervalMs: 100, what: 'distinct events published' });
+  } finally {
+    await fleet.stop();
+  }
   const { rows } = await herald.driver.executor.query<{ pending: number }>(
     `SELECT count(*)::int AS pending FROM herald.outbox_events WHERE type = 'test' AND key LIKE 'crash-%' AND published_at IS NULL`,
   );
@@ -51,10 +54,13 @@ test('10,000 events while relays are SIGKILLed 200 times between publish and mar
 test('four relays in four processes, no crashes: every event published exactly once, per-key order kept', async () => {
   const total = scaled(4000);
   const fleet = new RelayFleet(db.url, 4, { batchSize: 50 });
-  await fleet.start();
-  await produce('four', total, 50);
-  await waitFor(() => fleet.ids.size >= total, { timeoutMs: 120_000, intervalMs: 100, what: `${total} events published` });
-  await fleet.stop();
+  try {
+    await fleet.start();
+    await produce('four', total, 50);
+    await waitForCount(() => fleet.ids.size, total, { intervalMs: 100, what: 'events published' });
+  } finally {
+    await fleet.stop();
+  }
   assert.equal(fleet.ids.size, total);
   assert.equal(fleet.publishes.length, total, 'no event published twice');
   assert.equal(fleet.spawned, 4, 'no relay died');

@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { Herald } from '../client.js';
 import { adminQuery, freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { scaled } from '../../test/support/scale.js';
-import { waitFor } from '../../test/support/wait.js';
+import { waitForCount } from '../../test/support/wait.js';
 
 const FIXTURE = new URL('../../test/fixtures/queue-worker.ts', import.meta.url).pathname;
 let db: TestDatabase;
@@ -80,9 +80,9 @@ describe('queue under load and faults', () => {
       (await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM herald.jobs WHERE kind = 'load' AND state = 'completed'`, [], db.url))[0].n;
     const outs = Array.from({ length: 4 }, (_, i) => join(tmp, `runs-${i}.txt`));
     const procs = outs.map((o) => spawnWorker('load', o));
-    await waitFor(() => procs.every((p) => p.lines.includes('ready')), { timeoutMs: 30_000 });
     const killer = setInterval(() => void terminateRound(0.5), 3000);
     try {
+      await waitForCount(() => procs.filter((p) => p.lines.includes('ready')).length, procs.length, { what: 'workers ready' });
       // In 8 waves, each enqueued while the workers run and followed at once by a round of
       // terminations, so faults land mid-run however fast the workers drain.
       const wave = Math.ceil(total / 8);
@@ -93,18 +93,19 @@ describe('queue under load and faults', () => {
           await h.queue.enqueueMany(Array.from({ length: n }, (_, k) => ({ kind: 'load', payload: { n: i + k } })));
         }
         await terminateRound(start === 0 ? 1 : 0.5);
-        await waitFor(async () => (await completed()) === end, { timeoutMs: 240_000, intervalMs: 200, what: `${end} jobs completed` });
+        await waitForCount(completed, end, { intervalMs: 200, what: 'jobs completed' });
       }
     } finally {
       clearInterval(killer);
       await h.close();
+      await Promise.all(
+        procs.map((p) => {
+          if (p.child.exitCode !== null || p.child.signalCode !== null) return undefined;
+          p.child.kill('SIGTERM');
+          return new Promise((r) => p.child.once('exit', r));
+        }),
+      );
     }
-    await Promise.all(
-      procs.map((p) => {
-        p.child.kill('SIGTERM');
-        return new Promise((r) => p.child.once('exit', r));
-      }),
-    );
     // Every handler run, as (id, fence) = (job, attempt over its life).
     const runs = new Map<string, number[]>();
     for (const o of outs) {

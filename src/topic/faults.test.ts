@@ -13,7 +13,7 @@ import { LISTEN_APPLICATION_NAME } from '../driver/types.js';
 import { createHerald, Herald } from '../index.js';
 import { privateCluster, type PrivateCluster } from '../../test/support/cluster.js';
 import { terminateBackends } from '../../test/support/db.js';
-import { nextEvent, waitFor } from '../../test/support/wait.js';
+import { nextEvent, waitFor, waitForCount } from '../../test/support/wait.js';
 
 // A cluster of its own: topics hand out only rows below the cluster-wide visibility
 // horizon, so other test files' open transactions would delay (never lose) deliveries.
@@ -123,7 +123,7 @@ test('consumers survive a SIGKILLed and restarted server: every message committe
     await waitFor(() => problems.length > 0, { what: 'consumers report the outage' });
     await pc.cluster.restart();
     await publish(300, total);
-    await waitFor(async () => (await h.driver.executor.query<{ n: number }>('SELECT count(*)::int AS n FROM got')).rows[0].n === 2 * total, { timeoutMs: 60_000, what: 'both groups complete' });
+    await waitForCount(async () => (await h.driver.executor.query<{ n: number }>('SELECT count(*)::int AS n FROM got')).rows[0].n, 2 * total, { what: 'messages of both groups' });
     const { rows } = await h.driver.executor.query<{ grp: string; n: number; d: number }>('SELECT grp, count(*)::int AS n, count(DISTINCT v)::int AS d FROM got GROUP BY grp ORDER BY grp');
     assert.deepEqual(rows, [{ grp: 'a', n: total, d: total }, { grp: 'b', n: total, d: total }]);
     assert.equal(handlerErrors.filter((e) => String((e as { error: Error }).error?.message).includes('duplicate key')).length, 0);

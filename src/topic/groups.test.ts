@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import type { Herald } from '../index.js';
 import { useHerald } from '../../test/support/herald.js';
 import { scaled } from '../../test/support/scale.js';
-import { waitFor } from '../../test/support/wait.js';
+import { waitFor, waitForCount } from '../../test/support/wait.js';
 import type { TopicConsumer } from './consumer.js';
 import type { TopicMessage } from './types.js';
 
@@ -60,7 +60,7 @@ test('3 groups each receive all of 50,000 messages; 4 consumers keep per-key ord
     await herald.topics.publishMany('volume', batch);
   }
   for (const group of Object.keys(groups)) {
-    await waitFor(() => count.get(group)! >= total, { timeoutMs: 120_000, what: `group ${group}` });
+    await waitForCount(() => count.get(group)!, total, { what: `group ${group}` });
   }
   for (const group of Object.keys(groups)) {
     assert.equal(count.get(group), total, `group ${group} got each message once`);
@@ -87,7 +87,7 @@ test('3 groups each receive all of 50,000 messages; 4 consumers keep per-key ord
     ...Array.from({ length: 4 }, () => herald.topics.consumer<Body>('volume', 'quad', handler('quad'), { batchSize: 500 })),
   ];
   await Promise.all(replayers.map((c) => c.start()));
-  for (const group of ['solo1', 'quad']) await waitFor(() => count.get(group)! >= total, { timeoutMs: 120_000, what: `replay ${group}` });
+  for (const group of ['solo1', 'quad']) await waitForCount(() => count.get(group)!, total, { what: `replay ${group}` });
   await Promise.all(replayers.map((c) => c.stop()));
   const whole = await herald.topics.read<Body>('volume', { limit: 100_000 });
   assert.equal(whole.messages.length, total);
