@@ -227,10 +227,13 @@ describe('queue', () => {
 
   test('stuck report by database time; retention deletes finished jobs', async () => {
     const h = herald();
-    const { id } = await h.queue.enqueue('stale', {}, { delayMs: 60_000 });
-    await h.driver.executor.query(`UPDATE herald.jobs SET stage_entered_at = now() - interval '2 hours' WHERE id = $1`, [id]);
+    const { id } = await h.queue.enqueue('stale', {});
+    const later = await h.queue.enqueue('stale', {}, { delayMs: 60_000 });
+    await h.driver.executor.query(`UPDATE herald.jobs SET stage_entered_at = now() - interval '2 hours', run_at = now() - interval '2 hours' WHERE id = $1`, [id]);
+    await h.driver.executor.query(`UPDATE herald.jobs SET stage_entered_at = now() - interval '2 hours' WHERE id = $1`, [later.id]);
     const stuck = await h.queue.stuck({ thresholdMs: 3_600_000 });
-    assert.deepEqual(stuck.map((j) => j.id), [id]);
+    assert.deepEqual(stuck.map((j) => j.id), [id], 'a job scheduled in the future is not stuck');
+    await h.queue.cancel(later.id);
     assert.ok(stuck[0].stuckMs >= 7_200_000);
     await h.queue.cancel(id);
     await h.driver.executor.query(`UPDATE herald.jobs SET finished_at = now() - interval '2 days' WHERE id = $1`, [id]);

@@ -305,7 +305,12 @@ export class Queue extends TypedEmitter<QueueEvents> {
     return q.jobStats(this.executor, this.schemaSql) as never;
   }
 
-  /** Waiting or running jobs that entered their current stage more than `thresholdMs` ago (database time), oldest first. */
+  /**
+   * Stuck jobs, longest stuck first: due but not claimed for more than `thresholdMs`
+   * (since they entered their stage or became due, whichever is later), or running in
+   * their stage for more than `thresholdMs` (database time). Jobs scheduled in the future
+   * are not stuck. Reads the claim and lease indexes: its cost follows the backlog.
+   */
   async stuck(options: { thresholdMs: number; limit?: number }): Promise<(JobInfo & { stuckMs: number })[]> {
     const t = options?.thresholdMs;
     if (typeof t !== 'number' || !Number.isFinite(t) || t < 0) throw new InvalidOptionError('thresholdMs', t, 'a finite number >= 0');

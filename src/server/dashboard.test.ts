@@ -25,6 +25,9 @@ useServer(
       token: ADMIN,
       apiKeys: [{ name: 'viewer', key: VIEWER, grants: { subscribe: ['*'], publish: ['*'] } }],
       channelPrefix: 'gw.',
+      // Fresh reads on every request: these tests check what a change shows at once
+      // (dashboard-cost.test.ts covers the shared reads).
+      dashboardRefreshMs: 0,
     },
   },
   (f) => ({ herald, server, base } = f),

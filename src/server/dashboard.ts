@@ -42,13 +42,18 @@ export const KNOWN_PANELS = [
 export class Dashboard {
   readonly #panels = new Map<string, DashboardPanel>();
   readonly #startedAt = Date.now();
+  // What the database gave for the panels, shared by every open tab and refreshed at
+  // most every `refreshMs`: ten tabs cost the database what one does.
+  #cache: { at: number; data: Promise<PanelReads> } | undefined;
 
-  constructor(readonly server: HeraldServer) {}
+  /** @param refreshMs the longest the panels' database reads are reused (`dashboardRefreshMs`) */
+  constructor(readonly server: HeraldServer, readonly refreshMs = 2000) {}
 
   /** Adds (or replaces) a panel. */
   addPanel(panel: DashboardPanel): void {
     if (!/^[a-z][a-z0-9_-]*$/.test(panel.id)) throw new HttpError(500, 'INVALID_OPTION', `panel id ${JSON.stringify(panel.id)} must match [a-z][a-z0-9_-]*`);
     this.#panels.set(panel.id, panel);
+    this.#cache = undefined;
   }
 
   /** Panel ids registered so far. */
@@ -56,13 +61,65 @@ export class Dashboard {
     return [...this.#panels.keys()];
   }
 
-  /** Everything the page shows, in one JSON document (`GET /api/dashboard`). */
+  /**
+   * Everything the page shows, in one JSON document (`GET /api/dashboard`). The panels'
+   * database reads are made at most once every `refreshMs` whatever the number of
+   * callers (concurrent callers share one read); the server's own figures are fresh.
+   */
   async snapshot(): Promise<Record<string, unknown>> {
-    const { herald, gateway } = this.server;
-    const stats = herald.notifier.stats();
-    let queueUsage = stats.queueUsage;
+    const { gateway } = this.server;
+    const stats = this.server.herald.notifier.stats();
+    const { queueUsage, panels: read, readAt } = await this.#reads();
+    const panels = [...read];
+    for (const k of KNOWN_PANELS) if (!this.#panels.has(k.id)) panels.push({ id: k.id, title: k.title, data: null, actions: [], missing: true } as never);
+    return {
+      server: {
+        uptimeMs: Date.now() - this.#startedAt,
+        clients: { sse: this.server.clientCount('sse'), ws: this.server.clientCount('ws') },
+        counters: gateway.counters,
+        streamKinds: gateway.streamKinds(),
+      },
+      notifier: {
+        status: stats.status,
+        reconnects: stats.reconnects,
+        queueUsage: queueUsage ?? stats.queueUsage,
+        lastError: stats.lastError?.message ?? null,
+      },
+      panelsReadAt: new Date(readAt).toISOString(),
+      channels: Object.entries(stats.channels).map(([channel, c]) => ({ channel, ...c })),
+      topics: gateway.topics(),
+      panels,
+    };
+  }
+
+  /** Runs an action of a panel (admin only; the route checks); the next snapshot reads the database again. */
+  async run(panelId: string, action: string, args: Record<string, unknown>): Promise<unknown> {
+    const panel = this.#panels.get(panelId);
+    const a = panel?.actions?.[action];
+    if (!a) throw new HttpError(404, 'NOT_FOUND', `no action ${action} on panel ${panelId}`);
     try {
-      queueUsage = await herald.notifier.sampleQueueUsage();
+      return await a.run(args);
+    } finally {
+      this.#cache = undefined;
+    }
+  }
+
+  #reads(): Promise<PanelReads> {
+    const now = Date.now();
+    if (this.#cache && now - this.#cache.at < this.refreshMs) return this.#cache.data;
+    const data = this.#read(now);
+    const entry = { at: now, data };
+    this.#cache = entry;
+    data.catch(() => {
+      if (this.#cache === entry) this.#cache = undefined;
+    });
+    return data;
+  }
+
+  async #read(readAt: number): Promise<PanelReads> {
+    let queueUsage: number | null = null;
+    try {
+      queueUsage = await this.server.herald.notifier.sampleQueueUsage();
     } catch {
       /* keep the last sample */
     }
@@ -76,33 +133,14 @@ export class Dashboard {
         }
       }),
     );
-    for (const k of KNOWN_PANELS) if (!this.#panels.has(k.id)) panels.push({ id: k.id, title: k.title, data: null, actions: [], missing: true } as never);
-    return {
-      server: {
-        uptimeMs: Date.now() - this.#startedAt,
-        clients: { sse: this.server.clientCount('sse'), ws: this.server.clientCount('ws') },
-        counters: gateway.counters,
-        streamKinds: gateway.streamKinds(),
-      },
-      notifier: {
-        status: stats.status,
-        reconnects: stats.reconnects,
-        queueUsage,
-        lastError: stats.lastError?.message ?? null,
-      },
-      channels: Object.entries(stats.channels).map(([channel, c]) => ({ channel, ...c })),
-      topics: gateway.topics(),
-      panels,
-    };
+    return { queueUsage, panels, readAt };
   }
+}
 
-  /** Runs an action of a panel (admin only; the route checks). */
-  async run(panelId: string, action: string, args: Record<string, unknown>): Promise<unknown> {
-    const panel = this.#panels.get(panelId);
-    const a = panel?.actions?.[action];
-    if (!a) throw new HttpError(404, 'NOT_FOUND', `no action ${action} on panel ${panelId}`);
-    return a.run(args);
-  }
+interface PanelReads {
+  queueUsage: number | null;
+  panels: Record<string, unknown>[];
+  readAt: number;
 }
 
 /**

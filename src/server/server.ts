@@ -59,6 +59,8 @@ export interface ServerOptions extends AuthOptions {
   publicMetrics?: boolean;
   /** Extra wait (ms) so frames for a client are written together; 0 = at the end of the event-loop turn. @defaultValue 0 */
   flushIntervalMs?: number;
+  /** The longest the dashboard's panel reads are reused: every open tab shares one read of the database per period. @defaultValue 2000 */
+  dashboardRefreshMs?: number;
 }
 
 type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | 'token'>> & { token?: string };
@@ -81,6 +83,7 @@ export const SERVER_DEFAULTS: Resolved = {
   historySize: 1000,
   publicMetrics: false,
   flushIntervalMs: 0,
+  dashboardRefreshMs: 2000,
 };
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -99,6 +102,9 @@ function resolveOptions(options: ServerOptions): Resolved {
     if (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || o[k] <= 0) throw new InvalidOptionError(k, o[k], 'a positive number');
   }
   if (typeof o.flushIntervalMs !== 'number' || !(o.flushIntervalMs >= 0) || o.flushIntervalMs > 1000) throw new InvalidOptionError('flushIntervalMs', o.flushIntervalMs, 'a number of ms between 0 and 1000');
+  if (!Number.isInteger(o.dashboardRefreshMs) || o.dashboardRefreshMs < 0 || o.dashboardRefreshMs > 60_000) {
+    throw new InvalidOptionError('dashboardRefreshMs', o.dashboardRefreshMs, 'an integer number of ms between 0 and 60000');
+  }
   if (!Number.isInteger(o.historySize) || o.historySize < 0) throw new InvalidOptionError('historySize', o.historySize, 'an integer >= 0');
   if (o.maxMessageBytes >= PAYLOAD_LIMIT_BYTES) throw new InvalidOptionError('maxMessageBytes', o.maxMessageBytes, `at most ${PAYLOAD_LIMIT_BYTES - 1} (the NOTIFY payload limit)`);
   if (typeof o.channelPrefix !== 'string' || Buffer.byteLength(o.channelPrefix) > 55) throw new InvalidOptionError('channelPrefix', o.channelPrefix, 'a string of at most 55 bytes');
@@ -150,7 +156,7 @@ export class HeraldServer {
       flushIntervalMs: this.options.flushIntervalMs,
     });
     this.metrics = new ServerMetrics(herald, this.gateway, (t) => this.clientCount(t));
-    this.dashboard = new Dashboard(this);
+    this.dashboard = new Dashboard(this, this.options.dashboardRefreshMs);
     const { WebSocketServer: Wss } = loadPeer<typeof import('ws')>('ws', 'HeraldServer (WebSocket)');
     this.#wss = new Wss({ noServer: true, maxPayload: this.options.maxMessageBytes + 1024, perMessageDeflate: false });
     this.#http = createServer((req, res) => void this.#handle(req, res));
