@@ -47,6 +47,11 @@ export interface AuthOptions {
   jwtIssuer?: string;
   /** Required `aud` claim. */
   jwtAudience?: string;
+  /**
+   * Refuse JWTs without an `exp` claim (401 `TOKEN_EXP_REQUIRED`): a token that never
+   * expires cannot be revoked short of rotating the key. @defaultValue true
+   */
+  requireExp?: boolean;
 }
 
 /** Compiles a grant pattern (`*` = any run of characters, everything else literal). */
@@ -117,10 +122,15 @@ function validateGrants(where: string, grants: unknown): Grants {
   return grants as Grants;
 }
 
-/** The credential a request carries: `Authorization: Bearer <t>`, then `?access_token=<t>` (EventSource and WebSocket cannot set headers). */
+const BEARER = /^bearer[ \t]+(\S+)[ \t]*$/i;
+
+/**
+ * The credential a request carries: `Authorization: Bearer <t>` (the scheme in any case,
+ * RFC 7235), then `?access_token=<t>` (EventSource and WebSocket cannot set headers).
+ */
 export function credentialOf(req: IncomingMessage, url: URL): string | undefined {
-  const header = req.headers.authorization;
-  if (header?.startsWith('Bearer ')) return header.slice(7).trim() || undefined;
+  const m = BEARER.exec(req.headers.authorization ?? '');
+  if (m) return m[1];
   return url.searchParams.get('access_token') || undefined;
 }
 
@@ -136,6 +146,7 @@ export class Authenticator {
   readonly #jwtKeys: { key: Promise<CryptoKey | Uint8Array> | JWTVerifyGetKey; alg: string }[] = [];
   readonly #issuer?: string;
   readonly #audience?: string;
+  readonly #requireExp: boolean;
 
   constructor(options: AuthOptions) {
     this.#keys = (options.apiKeys ?? []).map((k, i) => {
@@ -163,6 +174,8 @@ export class Authenticator {
     }
     this.#issuer = options.jwtIssuer;
     this.#audience = options.jwtAudience;
+    if (options.requireExp !== undefined && typeof options.requireExp !== 'boolean') throw new InvalidOptionError('requireExp', options.requireExp, 'true or false');
+    this.#requireExp = options.requireExp ?? true;
   }
 
   /** True when any credential is configured; without one the server is open (loopback only). */
@@ -183,18 +196,24 @@ export class Authenticator {
     if (this.#jwtKeys.length > 0 && credential.split('.').length === 3) {
       let expired = false;
       for (const { key, alg } of this.#jwtKeys) {
+        let payload: JWTPayload;
         try {
           const resolved = typeof key === 'function' ? key : await key;
-          const { payload } = await jwtVerify(credential, resolved as Uint8Array, {
+          ({ payload } = await jwtVerify(credential, resolved as Uint8Array, {
             algorithms: [alg],
             issuer: this.#issuer,
             audience: this.#audience,
-          });
-          const id = typeof payload.sub === 'string' && payload.sub ? `jwt:${payload.sub}` : `jwt:${createHash('sha256').update(credential).digest('hex').slice(0, 16)}`;
-          return { id, kind: 'jwt', grants: grantsFromClaims(payload), expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null };
+          }));
         } catch (err) {
           if (err instanceof joseErrors.JWTExpired) expired = true;
+          continue;
         }
+        // The signature is good: a missing exp is this token's fault, not another key's.
+        if (this.#requireExp && typeof payload.exp !== 'number') {
+          throw new HttpError(401, 'TOKEN_EXP_REQUIRED', 'the token has no exp claim; this server requires one (requireExp)');
+        }
+        const id = typeof payload.sub === 'string' && payload.sub ? `jwt:${payload.sub}` : `jwt:${createHash('sha256').update(credential).digest('hex').slice(0, 16)}`;
+        return { id, kind: 'jwt', grants: grantsFromClaims(payload), expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null };
       }
       if (expired) throw new HttpError(401, 'TOKEN_EXPIRED', 'the token has expired');
     }
