@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
 import { InvalidOptionError } from '../errors.js';
+import { DASHBOARD_PATH } from './assets/dashboard.js';
 import { HttpError, type Router } from './http.js';
 
 /**
@@ -66,6 +67,14 @@ export function normalizeOrigin(value: string): string | null {
   }
 }
 
+function pathOf(req: IncomingMessage): string | null {
+  try {
+    return new URL(req.url ?? '/', 'http://localhost').pathname;
+  } catch {
+    return null;
+  }
+}
+
 function isLoopbackName(hostname: string): boolean {
   if (hostname === 'localhost' || hostname === '[::1]') return true;
   return isIP(hostname) === 4 && hostname.startsWith('127.');
@@ -81,7 +90,7 @@ function isLoopbackName(hostname: string): boolean {
  *    (same host and port as `Host`) nor allowed, or, without `Origin`, when the browser
  *    says so (`Sec-Fetch-Site: cross-site | same-site`). Cross-site requests are refused
  *    403 `ORIGIN_NOT_ALLOWED`, except navigations (`Sec-Fetch-Mode: navigate`, GET/HEAD)
- *    to an open page. No `Origin` and no `Sec-Fetch-Site` (curl, servers, SDKs): served.
+ *    to the dashboard page (it holds no data; a link from elsewhere opens it). No `Origin` and no `Sec-Fetch-Site` (curl, servers, SDKs): served.
  * 3. **Content type**: POST/PUT/PATCH/DELETE to an existing route need
  *    `content-type: application/json` (parameters allowed), else 415
  *    `UNSUPPORTED_MEDIA_TYPE`: a cross-site HTML form or `no-cors` fetch cannot send it.
@@ -222,23 +231,21 @@ export class RequestGuard {
     return u.hostname === host.hostname && originPort === (host.port ?? defaultPort);
   }
 
-  /** A top-level or frame navigation to an open route (a page, a probe): the initiator never reads the answer. */
+  /** A navigation to the dashboard page (top-level or frame; framing is refused by the page's headers). */
   #openNavigation(req: IncomingMessage, method: string): boolean {
     if ((method !== 'GET' && method !== 'HEAD') || req.headers['sec-fetch-mode'] !== 'navigate') return false;
-    const found = this.#match(req, method);
-    return !!found && 'route' in found && found.route.open;
+    const path = pathOf(req);
+    return path !== null && DASHBOARD_PATH.test(path);
   }
 
   #routeExists(req: IncomingMessage, method: string): boolean {
-    const found = this.#match(req, method);
-    return !!found && 'route' in found;
-  }
-
-  #match(req: IncomingMessage, method: string): ReturnType<Router['match']> {
+    const path = pathOf(req);
+    if (path === null) return false;
     try {
-      return this.context.router.match(method, new URL(req.url ?? '/', 'http://localhost').pathname);
+      const found = this.context.router.match(method, path);
+      return !!found && 'route' in found;
     } catch {
-      return undefined;
+      return false; // malformed percent-encoding: the router answers 400
     }
   }
 }

@@ -156,7 +156,10 @@ describe('Origin and content type', () => {
     const nav = { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'navigate' };
     const page = await rawRequest(base, '/dashboard', { headers: nav });
     assert.equal(page.status, 200, 'a link from elsewhere opens the dashboard page');
-    assert.equal((await rawRequest(base, '/api/dashboard', { headers: nav })).status, 403);
+    assert.equal((await rawRequest(base, '/', { headers: nav })).status, 200);
+    for (const path of ['/api/dashboard', '/events?topic=x', '/channels/x/events', '/health', '/client.js', '/mailbox/victim']) {
+      assert.equal((await rawRequest(base, path, { headers: nav })).status, 403, `a navigation to ${path}`);
+    }
     assert.equal((await rawRequest(base, '/client.js', { headers: cross })).status, 403);
     for (const site of ['same-origin', 'none']) assert.equal((await rawRequest(base, '/health', { headers: { 'sec-fetch-site': site } })).status, 200);
     const got = await rawRequest(base, '/mailbox/victim', { headers: { 'sec-fetch-site': 'same-origin' } });

@@ -207,6 +207,9 @@ window.heraldDashboard = { refresh, get client() { return client; }, get jobEven
 </html>
 `;
 
+/** The dashboard page's paths: `/`, `/dashboard`, `/dashboard/`. */
+export const DASHBOARD_PATH = /^\/(?:dashboard\/?)?$/;
+
 /** The page's one inline script, allowed by its hash (no 'unsafe-inline' for scripts). */
 const INLINE_SCRIPT = /<script type="module">([\s\S]*?)<\/script>/.exec(DASHBOARD_HTML)![1];
 
