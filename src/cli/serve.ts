@@ -138,7 +138,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--data-dir <dir>', 'embedded Postgres folder (default: $HERALD_DATA_DIR or ./.herald)')
     .addHelpText(
       'after',
-      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token "$(openssl rand -hex 24)"\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald',
+      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token "$(openssl rand -hex 24)"\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald --allowed-origin https://app.example.com',
     )
     .action(async (opts: ServeOpts) => {
       const env = ctx.io.env;
