@@ -182,9 +182,11 @@ export class RequestGuard {
       onRefused?.(e);
       const body = JSON.stringify({ error: { code: e.code, message: e.message } });
       const reason = e.status === 421 ? 'Misdirected Request' : e.status === 403 ? 'Forbidden' : 'Bad Request';
+      // Destroyed once written: a client that never closes its side holds nothing.
       socket.end(
         `HTTP/1.1 ${e.status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
           `x-content-type-options: nosniff\r\nconnection: close\r\n\r\n${body}`,
+        () => socket.destroy(),
       );
       return false;
     }
@@ -195,7 +197,7 @@ export class RequestGuard {
     const raw = req.headers.host;
     const host = parseHost(raw);
     if (host && this.#hostAllowed(host, req.socket?.localPort)) return;
-    throw new HttpError(421, 'HOST_NOT_ALLOWED', `Host ${JSON.stringify(raw ?? '')} is not served here (loopback names only, or allowedHosts / --allowed-host)`);
+    throw new HttpError(421, 'HOST_NOT_ALLOWED', `Host ${JSON.stringify((raw ?? '').slice(0, 100))} is not served here (loopback names only, or allowedHosts / --allowed-host)`);
   }
 
   #hostAllowed(host: Authority, localPort: number | undefined): boolean {
