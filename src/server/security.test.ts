@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { SignJWT } from 'jose';
 import type { Herald } from '../client.js';
+import { serverOptionsFrom } from '../cli/serve.js';
 import { InvalidOptionError } from '../errors.js';
 import { rawRequest, rawUpgrade, witness } from '../../test/support/raw-http.js';
 import { useServer } from '../../test/support/server.js';
@@ -268,4 +269,15 @@ describe('credentialed mode', () => {
     });
     assert.throws(() => new HeraldServer(herald, { jwtSecret: SECRET, requireExp: 'no' as never }), InvalidOptionError);
   });
+});
+
+test('CLI: --allowed-origin / --allowed-host (repeatable) win over HERALD_ALLOWED_ORIGINS / HERALD_ALLOWED_HOSTS (comma-separated); --no-require-exp and HERALD_REQUIRE_EXP', () => {
+  const env = { HERALD_ALLOWED_ORIGINS: 'https://a.test, https://b.test', HERALD_ALLOWED_HOSTS: 'h1.internal,h2.internal', HERALD_REQUIRE_EXP: 'false' };
+  const fromEnv = serverOptionsFrom({}, env);
+  assert.deepEqual([fromEnv.allowedOrigins, fromEnv.allowedHosts, fromEnv.requireExp], [['https://a.test', 'https://b.test'], ['h1.internal', 'h2.internal'], false]);
+  const fromFlags = serverOptionsFrom({ allowedOrigin: ['https://c.test'], allowedHost: ['h3.internal'], requireExp: true }, env);
+  assert.deepEqual([fromFlags.allowedOrigins, fromFlags.allowedHosts, fromFlags.requireExp], [['https://c.test'], ['h3.internal'], true]);
+  const none = serverOptionsFrom({}, {});
+  assert.deepEqual([none.allowedOrigins, none.allowedHosts, none.requireExp], [undefined, undefined, undefined]);
+  assert.throws(() => serverOptionsFrom({}, { HERALD_REQUIRE_EXP: 'maybe' }), /HERALD_REQUIRE_EXP must be true or false/);
 });
