@@ -1,6 +1,7 @@
 /**
  * `herald serve` in open mode against a real browser: a page on another site (an
- * attacker page served from 127.0.0.2) tries every write and read it could aim at the
+ * attacker page served from 127.0.0.2, another site, and from another port of
+ * 127.0.0.1, the same site) tries every write and read it could aim at the
  * developer's loopback server; each attempt is checked against the database and a real
  * listener, not only by its status. Then DNS rebinding (a name that resolves to
  * 127.0.0.1), and the positive side: the server's own dashboard and client still work,
@@ -21,6 +22,17 @@ import { HeraldServer } from './server.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ATTACKER_HOST = '127.0.0.2';
+const ATTACKER_PAGE = '<!doctype html><html><head><title>a page on another site</title></head><body><iframe name="sink"></iframe></body></html>';
+
+/** Serves the attacker page on `host`; resolves with the server and its origin. */
+async function attackerServer(host: string): Promise<{ server: Server; origin: string }> {
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(ATTACKER_PAGE);
+  });
+  await new Promise<void>((r) => server.listen(0, host, () => r()));
+  return { server, origin: `http://${host}:${(server.address() as { port: number }).port}` };
+}
 
 let herald: Herald;
 let server: HeraldServer;
@@ -121,16 +133,18 @@ async function attack(page: Page, target: string, ids: { cancelled: string; wait
 describe('open mode against a real browser', { skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} is not installed` }, () => {
   let context: BrowserContext;
   let profile: string;
-  let attacker: Server;
+  const attackers: Server[] = [];
+  /** Another site (127.0.0.2) and the same site on another port (127.0.0.1). */
   let attackerOrigin: string;
+  let sameSiteOrigin: string;
 
   before(async () => {
-    attacker = createServer((_req, res) => {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-      res.end('<!doctype html><html><head><title>a page on another site</title></head><body><iframe name="sink"></iframe></body></html>');
-    });
-    await new Promise<void>((r) => attacker.listen(0, ATTACKER_HOST, () => r()));
-    attackerOrigin = `http://${ATTACKER_HOST}:${(attacker.address() as { port: number }).port}`;
+    for (const host of [ATTACKER_HOST, '127.0.0.1']) {
+      const a = await attackerServer(host);
+      attackers.push(a.server);
+      if (host === ATTACKER_HOST) attackerOrigin = a.origin;
+      else sameSiteOrigin = a.origin;
+    }
     profile = mkdtempSync(join(tmpdir(), 'herald-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
@@ -157,7 +171,7 @@ describe('open mode against a real browser', { skip: existsSync(CHROMIUM) ? fals
 
   after(async () => {
     await context?.close();
-    await new Promise<void>((r) => (attacker ? attacker.close(() => r()) : r()));
+    for (const a of attackers) await new Promise<void>((r) => a.close(() => r()));
     if (profile) rmSync(profile, { recursive: true, force: true });
   });
 
@@ -182,44 +196,46 @@ describe('open mode against a real browser', { skip: existsSync(CHROMIUM) ? fals
     const page = await context.newPage();
     const seen = new Map<string, number[]>();
     page.on('response', (r) => {
-      if (!r.url().startsWith(base)) return;
+      if (!r.url().startsWith(base + '/')) return;
       const path = new URL(r.url()).pathname;
       seen.set(path, [...(seen.get(path) ?? []), r.status()]);
     });
     try {
-      await page.goto(`${attackerOrigin}/`);
-      const out = await attack(page, base, { cancelled: cancelled.id, waiting: waiting.id });
+      for (const origin of [attackerOrigin, sameSiteOrigin]) {
+        await page.goto(`${origin}/`);
+        const out = await attack(page, base, { cancelled: cancelled.id, waiting: waiting.id });
 
-      // A real HTML form (enctype text/plain makes a JSON-looking body) posted into a frame.
-      const formResponse = page.waitForResponse((r) => r.url() === `${base}/jobs` && r.request().method() === 'POST' && r.request().postData()?.includes('evil-form') === true);
-      await page.evaluate((T) => {
-        const form = document.createElement('form');
-        form.method = 'POST';
-        form.enctype = 'text/plain';
-        form.action = T + '/jobs';
-        form.target = 'sink';
-        const input = document.createElement('input');
-        input.name = '{"kind":"evil-form","uniqueKey":"';
-        input.value = '"}';
-        form.append(input);
-        document.body.append(form);
-        form.submit();
-      }, base);
-      assert.equal((await formResponse).status(), 403, 'the form POST is refused');
+        // A real HTML form (enctype text/plain makes a JSON-looking body) posted into a frame.
+        const formResponse = page.waitForResponse((r) => r.url() === `${base}/jobs` && r.request().method() === 'POST' && r.request().postData()?.includes('evil-form') === true);
+        await page.evaluate((T) => {
+          const form = document.createElement('form');
+          form.method = 'POST';
+          form.enctype = 'text/plain';
+          form.action = T + '/jobs';
+          form.target = 'sink';
+          const input = document.createElement('input');
+          input.name = '{"kind":"evil-form","uniqueKey":"';
+          input.value = '"}';
+          form.append(input);
+          document.body.append(form);
+          form.submit();
+        }, base);
+        assert.equal((await formResponse).status(), 403, `the form POST from ${origin} is refused`);
 
-      // What the page saw: nothing readable, no stream, no WebSocket.
-      for (const [name, v] of Object.entries(out)) {
-        if (name.endsWith(':simple') || name === 'streamNoCors' || name === 'mailboxTake') assert.equal(v, 'opaque', name);
-        else if (name.endsWith(':json') || name === 'streamCors' || name === 'dashboardRead') assert.equal(v, 'TypeError', name);
+        // What the page saw: nothing readable, no stream, no WebSocket.
+        for (const [name, v] of Object.entries(out)) {
+          if (name.endsWith(':simple') || name === 'streamNoCors' || name === 'mailboxTake') assert.equal(v, 'opaque', `${origin} ${name}`);
+          else if (name.endsWith(':json') || name === 'streamCors' || name === 'dashboardRead') assert.equal(v, 'TypeError', `${origin} ${name}`);
+        }
+        assert.deepEqual(out.ws, { opened: false, code: 1006, got: [] });
+        for (const name of ['es', 'esTopic', 'esJobs', 'esMulti']) assert.deepEqual(out[name], { opened: false, readyState: 2, data: [] }, name);
+        assert.equal(out.mailboxImg, 'error');
       }
-      assert.deepEqual(out.ws, { opened: false, code: 1006, got: [] });
-      for (const name of ['es', 'esTopic', 'esJobs', 'esMulti']) assert.deepEqual(out[name], { opened: false, readyState: 2, data: [] }, name);
-      assert.equal(out.mailboxImg, 'error');
 
       // What the server answered: every request the page made to it was refused 403.
       assert.ok(seen.size >= 10, `responses seen: ${[...seen.keys()].join(' ')}`);
       for (const [path, statuses] of seen) for (const s of statuses) assert.equal(s, 403, `${path} answered ${s}`);
-      assert.ok((await count(server.metrics.refused, { code: 'ORIGIN_NOT_ALLOWED' })) - refusedBefore >= 9 + 1 + 4 + 4, 'refusals counted (simple POSTs, upgrade, streams, reads)');
+      assert.ok((await count(server.metrics.refused, { code: 'ORIGIN_NOT_ALLOWED' })) - refusedBefore >= 2 * (9 + 1 + 4 + 4), 'refusals counted (simple POSTs, upgrade, streams, reads)');
 
       // What changed in the database and on the wire: nothing.
       assert.deepEqual(await listener.settle(), [], 'no notification reached a real listener');
