@@ -11,8 +11,9 @@ import { HttpError, type Router } from './http.js';
 export interface GuardOptions {
   /**
    * Origins (`https://app.example.com`, scheme + host + port, no path) whose pages may
-   * open WebSockets, send writes and read responses (CORS) from another site. The
-   * server's own origin is always allowed. `'*'` allows every origin and is refused
+   * open WebSockets, send writes and read responses (CORS) from another site; an app
+   * scheme's origin (`tauri://localhost`) is compared as given. The server's own origin
+   * is always allowed. `'*'` allows every origin and is refused
    * without credentials. @defaultValue [] (only the server's own pages)
    */
   allowedOrigins?: string[];
@@ -54,6 +55,9 @@ export function parseHost(value: string | undefined): Authority | null {
   if (port !== null && port > 65535) return null;
   return { hostname: m[1].toLowerCase(), port };
 }
+
+/** An app scheme's origin (`tauri://localhost`, `chrome-extension://<id>`): compared as given, in lower case. */
+const APP_ORIGIN = /^[a-z][a-z0-9+.-]*:\/\/[^\s/?#]+$/i;
 
 /** A serialized origin (`http://a.example:8080`) in normal form, or null when it is not one. */
 export function normalizeOrigin(value: string): string | null {
@@ -118,8 +122,8 @@ export class RequestGuard {
         if (context.open) throw new InvalidOptionError(`allowedOrigins[${i}]`, o, "an origin: '*' needs credentials (any page could drive an open server)");
         return;
       }
-      const n = typeof o === 'string' ? normalizeOrigin(o) : null;
-      if (!n) throw new InvalidOptionError(`allowedOrigins[${i}]`, o, 'an origin: http(s)://host[:port], no path');
+      const n = typeof o !== 'string' ? null : /^https?:/i.test(o) ? normalizeOrigin(o) : APP_ORIGIN.test(o) ? o.toLowerCase() : null;
+      if (!n) throw new InvalidOptionError(`allowedOrigins[${i}]`, o, 'an origin: http(s)://host[:port] (or an app scheme such as tauri://localhost), no path');
       this.#origins.add(n);
     });
     this.#anyOrigin = origins.includes('*');
@@ -217,10 +221,11 @@ export class RequestGuard {
       return site === 'cross-site' || site === 'same-site' ? { kind: 'foreign', value: `a ${site} page` } : { kind: 'none' };
     }
     const origin = normalizeOrigin(raw);
-    if (origin === null) return { kind: 'foreign', value: JSON.stringify(raw.slice(0, 100)) }; // "null" (sandboxed, file:), garbage
-    if (this.#sameOrigin(origin, req.headers.host)) return { kind: 'same' };
-    if (this.#anyOrigin || this.#origins.has(origin)) return { kind: 'allowed', value: origin };
-    return { kind: 'foreign', value: origin };
+    if (origin !== null && this.#sameOrigin(origin, req.headers.host)) return { kind: 'same' };
+    // An app scheme is compared as sent (lower case); "null" (sandboxed frames, file: pages) and garbage never match.
+    const key = origin ?? (APP_ORIGIN.test(raw) ? raw.toLowerCase() : null);
+    if (key !== null && (this.#anyOrigin || this.#origins.has(key))) return { kind: 'allowed', value: key };
+    return { kind: 'foreign', value: key ?? JSON.stringify(raw.slice(0, 100)) };
   }
 
   /** Same host and port as the `Host` the request was sent to (any scheme: a TLS proxy may sit in front). */

@@ -187,6 +187,13 @@ describe('Origin and content type', () => {
       assert.equal(evil.headers['access-control-allow-origin'], undefined);
       assert.equal((await rawUpgrade(url, '/ws', { origin: 'http://app.test:3001' })).status, 403);
     });
+    await withServer({ allowedOrigins: ['tauri://localhost'] }, async (url) => {
+      const r = await rawRequest(url, '/health', { headers: { origin: 'tauri://localhost' } });
+      assert.equal(r.status, 200, 'an app scheme, compared as given');
+      assert.equal(r.headers['access-control-allow-origin'], 'tauri://localhost');
+      assert.equal((await rawRequest(url, '/health', { headers: { origin: 'tauri://other' } })).status, 403);
+      assert.equal((await rawRequest(url, '/health', { headers: { origin: 'null' } })).status, 403);
+    });
     assert.throws(() => new HeraldServer(herald, { allowedOrigins: ['*'] }), InvalidOptionError, "'*' needs credentials");
     assert.throws(() => new HeraldServer(herald, { allowedOrigins: ['https://app.test/path'] }), InvalidOptionError);
     assert.throws(() => new HeraldServer(herald, { allowedOrigins: ['app.test'] }), InvalidOptionError);
