@@ -6,6 +6,8 @@ import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { waitFor } from '../../test/support/wait.js';
 import { runCli } from './main.js';
 
+const JSON_TYPE = { 'content-type': 'application/json' };
+
 let db: TestDatabase;
 let herald: Herald;
 
@@ -78,8 +80,8 @@ test('server: outbox backlog and dead letters over HTTP, row changes on SSE', as
     const dead = await (await fetch(`${base}/outbox/dead?limit=10`)).json();
     assert.ok(dead.events.some((e: { id: string; type: string }) => e.id === id && e.type === 'http.poison'));
     assert.equal((await fetch(`${base}/outbox/dead?limit=0`)).status, 400);
-    assert.equal((await fetch(`${base}/outbox/redrive`, { method: 'POST', body: '{}' })).status, 400);
-    const redrive = await fetch(`${base}/outbox/redrive`, { method: 'POST', body: JSON.stringify({ ids: [id] }) });
+    assert.equal((await fetch(`${base}/outbox/redrive`, { method: 'POST', headers: JSON_TYPE, body: '{}' })).status, 400);
+    const redrive = await fetch(`${base}/outbox/redrive`, { method: 'POST', headers: JSON_TYPE, body: JSON.stringify({ ids: [id] }) });
     assert.deepEqual(await redrive.json(), { redriven: 1 });
 
     await herald.changes.track('items');

@@ -44,7 +44,24 @@ type ServeOpts = {
   maxChannels?: string;
   channelPrefix?: string;
   publicMetrics?: boolean;
+  allowedOrigin?: string[];
+  allowedHost?: string[];
+  requireExp?: boolean;
 };
+
+/** Repeated flags, else a comma-separated environment variable. */
+function listOption(given: string[] | undefined, env: string | undefined): string[] | undefined {
+  if (given?.length) return given;
+  const list = env?.split(',').map((s) => s.trim()).filter(Boolean);
+  return list?.length ? list : undefined;
+}
+
+function boolEnv(name: string, value: string | undefined): boolean | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (/^(1|true|yes|on)$/i.test(value)) return true;
+  if (/^(0|false|no|off)$/i.test(value)) return false;
+  throw new CliError(`${name} must be true or false, got ${value}`, 2);
+}
 
 function intOption(name: string, value: string | undefined): number | undefined {
   if (value === undefined || value === '') return undefined;
@@ -88,6 +105,9 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
     maxChannels: intOption('--max-channels', opts.maxChannels),
     channelPrefix: opts.channelPrefix,
     publicMetrics: opts.publicMetrics,
+    allowedOrigins: listOption(opts.allowedOrigin, env.HERALD_ALLOWED_ORIGINS),
+    allowedHosts: listOption(opts.allowedHost, env.HERALD_ALLOWED_HOSTS),
+    requireExp: opts.requireExp ?? boolEnv('HERALD_REQUIRE_EXP', env.HERALD_REQUIRE_EXP),
   };
 }
 
@@ -111,10 +131,14 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--max-channels <n>', 'topics listened on at once (default 1000)')
     .option('--channel-prefix <prefix>', 'Postgres channel prefix of client topics, e.g. gw. (default: none, topic = channel)')
     .option('--public-metrics', 'serve /metrics without credentials')
+    .option('--allowed-origin <origin>', 'a web origin (https://app.example.com) allowed to use the server from its pages; repeatable (default: $HERALD_ALLOWED_ORIGINS, comma-separated)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--allowed-host <host>', 'a Host name served besides the loopback names; repeatable; with credentials it turns the Host check on (default: $HERALD_ALLOWED_HOSTS)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--require-exp', 'refuse JWTs without exp (the default; $HERALD_REQUIRE_EXP)')
+    .option('--no-require-exp', 'accept JWTs without exp')
     .option('--data-dir <dir>', 'embedded Postgres folder (default: $HERALD_DATA_DIR or ./.herald)')
     .addHelpText(
       'after',
-      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token "$(openssl rand -hex 24)"\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald',
+      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token "$(openssl rand -hex 24)"\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald --allowed-origin https://app.example.com',
     )
     .action(async (opts: ServeOpts) => {
       const env = ctx.io.env;

@@ -48,6 +48,11 @@ export interface AuthOptions {
   jwtIssuer?: string;
   /** Required `aud` claim. */
   jwtAudience?: string;
+  /**
+   * Refuse JWTs without an `exp` claim (401 `TOKEN_EXP_REQUIRED`): a token that never
+   * expires cannot be revoked short of rotating the key. @defaultValue true
+   */
+  requireExp?: boolean;
 }
 
 /** Compiles a grant pattern (`*` = any run of characters, everything else literal). */
@@ -118,10 +123,15 @@ function validateGrants(where: string, grants: unknown): Grants {
   return grants as Grants;
 }
 
-/** The credential a request carries: `Authorization: Bearer <t>`, then `?access_token=<t>` (EventSource and WebSocket cannot set headers). */
+const BEARER = /^bearer[ \t]+(\S+)[ \t]*$/i;
+
+/**
+ * The credential a request carries: `Authorization: Bearer <t>` (the scheme in any case,
+ * RFC 7235), then `?access_token=<t>` (EventSource and WebSocket cannot set headers).
+ */
 export function credentialOf(req: IncomingMessage, url: URL): string | undefined {
-  const header = req.headers.authorization;
-  if (header?.startsWith('Bearer ')) return header.slice(7).trim() || undefined;
+  const m = BEARER.exec(req.headers.authorization ?? '');
+  if (m) return m[1];
   return url.searchParams.get('access_token') || undefined;
 }
 
@@ -139,6 +149,7 @@ export class Authenticator {
   #jose: Promise<typeof import('jose')> | undefined;
   readonly #issuer?: string;
   readonly #audience?: string;
+  readonly #requireExp: boolean;
 
   constructor(options: AuthOptions) {
     this.#keys = (options.apiKeys ?? []).map((k, i) => {
@@ -170,6 +181,8 @@ export class Authenticator {
     if (options.jwtSecret !== undefined) jose().catch(() => {});
     this.#issuer = options.jwtIssuer;
     this.#audience = options.jwtAudience;
+    if (options.requireExp !== undefined && typeof options.requireExp !== 'boolean') throw new InvalidOptionError('requireExp', options.requireExp, 'true or false');
+    this.#requireExp = options.requireExp ?? true;
   }
 
   /**
@@ -201,18 +214,24 @@ export class Authenticator {
       let expired = false;
       const { jwtVerify, errors: joseErrors } = await this.#jose!;
       for (const { key, alg } of this.#jwtKeys) {
+        let payload: JWTPayload;
         try {
           const resolved = await key;
-          const { payload } = await jwtVerify(credential, resolved as Uint8Array, {
+          ({ payload } = await jwtVerify(credential, resolved as Uint8Array, {
             algorithms: [alg],
             issuer: this.#issuer,
             audience: this.#audience,
-          });
-          const id = typeof payload.sub === 'string' && payload.sub ? `jwt:${payload.sub}` : `jwt:${createHash('sha256').update(credential).digest('hex').slice(0, 16)}`;
-          return { id, kind: 'jwt', grants: grantsFromClaims(payload), expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null };
+          }));
         } catch (err) {
           if (err instanceof joseErrors.JWTExpired) expired = true;
+          continue;
         }
+        // The signature is good: a missing exp is this token's fault, not another key's.
+        if (this.#requireExp && typeof payload.exp !== 'number') {
+          throw new HttpError(401, 'TOKEN_EXP_REQUIRED', 'the token has no exp claim; this server requires one (requireExp)');
+        }
+        const id = typeof payload.sub === 'string' && payload.sub ? `jwt:${payload.sub}` : `jwt:${createHash('sha256').update(credential).digest('hex').slice(0, 16)}`;
+        return { id, kind: 'jwt', grants: grantsFromClaims(payload), expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null };
       }
       if (expired) throw new HttpError(401, 'TOKEN_EXPIRED', 'the token has expired');
     }

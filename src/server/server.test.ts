@@ -106,7 +106,7 @@ describe('herald server', () => {
       const ok = await fetch(`${url}/channels/x/events?access_token=s3cret`);
       assert.equal(ok.status, 200);
       await ok.body?.cancel();
-      const notify = await fetch(`${url}/channels/x/notify`, { method: 'POST', headers: { authorization: 'Bearer s3cret' }, body: '{}' });
+      const notify = await fetch(`${url}/channels/x/notify`, { method: 'POST', headers: { authorization: 'Bearer s3cret', 'content-type': 'application/json' }, body: '{}' });
       assert.equal(notify.status, 202);
     } finally {
       await server.stop();

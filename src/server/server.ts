@@ -9,6 +9,7 @@ import { assertAllowed, Authenticator, credentialOf, type Action, type ApiKey, t
 import { SseConnection, type Connection } from './connection.js';
 import { Dashboard } from './dashboard.js';
 import { Gateway } from './gateway.js';
+import { RequestGuard, type GuardOptions } from './guard.js';
 import { HttpError, Router, sendError, sendJson, statusOf } from './http.js';
 import { TokenLimits } from './limits.js';
 import { ServerMetrics } from './metrics.js';
@@ -24,7 +25,7 @@ import { registerOutboxRoutes } from './routes/outbox.js';
 import { registerDashboardPanels } from './panels.js';
 
 /** Options of {@link HeraldServer}; every one has a default (see {@link SERVER_DEFAULTS}). */
-export interface ServerOptions extends AuthOptions {
+export interface ServerOptions extends AuthOptions, GuardOptions {
   /** Address to bind. A non-loopback address requires credentials (`token`, `apiKeys` or a JWT key). @defaultValue '127.0.0.1' */
   host?: string;
   /** Port; 0 picks a free one. @defaultValue 8080 */
@@ -63,7 +64,7 @@ export interface ServerOptions extends AuthOptions {
   dashboardRefreshMs?: number;
 }
 
-type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | 'token'>> & { token?: string };
+type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | keyof GuardOptions | 'token'>> & { token?: string };
 
 /** Defaults of {@link ServerOptions}; the README's option table is this object. */
 export const SERVER_DEFAULTS: Resolved = {
@@ -129,6 +130,8 @@ export class HeraldServer {
   readonly gateway: Gateway;
   readonly metrics: ServerMetrics;
   readonly dashboard: Dashboard;
+  /** Host, Origin and content-type checks of every request and upgrade (see guard.ts). */
+  readonly guard: RequestGuard;
   readonly #http: Server;
   readonly #wss: WebSocketServer;
   readonly #connections = new Set<Connection>();
@@ -147,6 +150,7 @@ export class HeraldServer {
     if (!isLoopback(this.options.host) && !this.auth.enabled) {
       throw new InvalidOptionError('host', this.options.host, 'a loopback address unless credentials are configured (--token, --api-keys, --jwt-secret, --jwt-public-key or --jwks-url)');
     }
+    this.guard = new RequestGuard(options, { open: !this.auth.enabled, host: this.options.host, router: this.router });
     this.limits = new TokenLimits(this.options.maxConnectionsPerToken, this.options.publishPerSecond);
     this.gateway = new Gateway(herald, {
       channelPrefix: this.options.channelPrefix,
@@ -364,6 +368,7 @@ export class HeraldServer {
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
+      if (this.guard.check(req, res)) return; // Host, Origin, content type (guard.ts); true: a preflight, answered
       const url = new URL(req.url ?? '/', 'http://localhost');
       const found = this.router.match(req.method ?? 'GET', url.pathname);
       if (!found) throw new HttpError(404, 'NOT_FOUND', `no route for ${url.pathname}`);

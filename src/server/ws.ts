@@ -40,6 +40,7 @@ function refuse(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
  */
 export async function handleUpgrade(server: HeraldServer, wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   socket.on('error', () => socket.destroy());
+  if (!server.guard.upgrade(req, socket, (err) => server.refused(err))) return; // Host and Origin (guard.ts)
   const url = new URL(req.url ?? '/', 'http://localhost');
   if (url.pathname !== '/ws') {
     socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');

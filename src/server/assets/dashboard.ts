@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 /**
  * The dashboard page served at `GET /` and `GET /dashboard`. It holds no data: it reads
  * `/api/dashboard` every second with the admin token the operator enters (kept in
@@ -204,3 +206,25 @@ window.heraldDashboard = { refresh, get client() { return client; }, get jobEven
 </body>
 </html>
 `;
+
+/** The dashboard page's paths: `/`, `/dashboard`, `/dashboard/`. */
+export const DASHBOARD_PATH = /^\/(?:dashboard\/?)?$/;
+
+/** The page's one inline script, allowed by its hash (no 'unsafe-inline' for scripts). */
+const INLINE_SCRIPT = /<script type="module">([\s\S]*?)<\/script>/.exec(DASHBOARD_HTML)![1];
+
+/**
+ * The Content-Security-Policy of the dashboard: its own inline module script (by hash)
+ * and `/client.js`; fetch, EventSource and WebSocket to its own origin only; inline
+ * styles (the page sets widths); no framing, no plugins, no forms, no `<base>`.
+ */
+export const DASHBOARD_CSP = [
+  "default-src 'none'",
+  `script-src 'self' 'sha256-${createHash('sha256').update(INLINE_SCRIPT).digest('base64')}'`,
+  "style-src 'unsafe-inline'",
+  "connect-src 'self'",
+  "img-src 'self' data:",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ');

@@ -1,5 +1,5 @@
 import { CLIENT_JS } from '../assets/client.js';
-import { DASHBOARD_HTML } from '../assets/dashboard.js';
+import { DASHBOARD_CSP, DASHBOARD_HTML, DASHBOARD_PATH } from '../assets/dashboard.js';
 import { readJson, sendJson, sendText } from '../http.js';
 import type { HeraldServer } from '../server.js';
 
@@ -7,7 +7,10 @@ import type { HeraldServer } from '../server.js';
 export function registerSiteRoutes(server: HeraldServer): void {
   server.router.add('GET', /^\/client\.js$/, (_req, res) => sendText(res, 200, 'text/javascript; charset=utf-8', CLIENT_JS), { open: true });
   // The page holds no data: it asks for a token and reads /api/dashboard with it.
-  server.router.add('GET', /^\/(?:dashboard\/?)?$/, (_req, res) => sendText(res, 200, 'text/html; charset=utf-8', DASHBOARD_HTML), { open: true });
+  server.router.add('GET', DASHBOARD_PATH, (_req, res) => {
+    res.setHeader('content-security-policy', DASHBOARD_CSP); // replaces the guard's default-src 'none'
+    sendText(res, 200, 'text/html; charset=utf-8', DASHBOARD_HTML);
+  }, { open: true });
   server.router.add('GET', /^\/api\/dashboard$/, async (_req, res) => sendJson(res, 200, await server.dashboard.snapshot()), {
     action: 'admin',
     resource: () => 'dashboard',
