@@ -23,7 +23,7 @@ export function registerTopicsRoutes(server: HeraldServer): void {
     sendJson(res, 202, { topic, id: m.id, position: m.position });
   }, { action: 'publish', resource: ([topic]) => `topic/${topic}` });
 
-  server.router.add('GET', /^\/topics\/([^/]+)\/events$/, async (req, res, [topic], url) => {
+  server.router.add('GET', /^\/topics\/([^/]+)\/events$/, async (req, res, [topic], url, principal) => {
     const header = req.headers['last-event-id'];
     const from = (typeof header === 'string' && header.trim()) || url.searchParams.get('from') || 'latest';
     let after: string;
@@ -34,10 +34,11 @@ export function registerTopicsRoutes(server: HeraldServer): void {
       if (err instanceof HeraldError && err.code === 'INVALID_ARGUMENT') throw new HttpError(400, 'INVALID_ARGUMENT', err.message);
       throw err;
     }
-    const stream = server.openStream(req, res);
+    // Admitted like every stream: clients, per-token connections, the topics' wake-up channel against maxChannels.
+    const stream = server.openStream(req, res, principal!, { key: `topic/${topic}`, channels: [herald.topics.channel] });
     const abort = new AbortController();
     void stream.closed.then(() => abort.abort());
-    stream.send('ready', JSON.stringify({ topic, after }));
+    stream.ready({ topic, after });
     try {
       for await (const m of herald.topics.tail(topic, { after, signal: abort.signal })) {
         const data = JSON.stringify({ id: m.id, key: m.key, partition: m.partition, payload: m.payload, publishedAt: m.publishedAt });
