@@ -58,6 +58,13 @@ export interface ServerOptions extends AuthOptions {
   publicMetrics?: boolean;
   /** Extra wait (ms) so frames for a client are written together; 0 = at the end of the event-loop turn. @defaultValue 0 */
   flushIntervalMs?: number;
+  /**
+   * `POST /topics/<name>/publish` to a missing durable topic creates it (with the
+   * Herald's `topicDefaults`) when the caller holds `create` (or `admin`) on
+   * `topic/<name>`. Off: such a publish is 404 `NOT_FOUND`, and topics are created by
+   * `PUT /topics/<name>` (or the library / CLI). @defaultValue false
+   */
+  autoCreateTopics?: boolean;
 }
 
 type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | 'token'>> & { token?: string };
@@ -80,6 +87,7 @@ export const SERVER_DEFAULTS: Resolved = {
   historySize: 1000,
   publicMetrics: false,
   flushIntervalMs: 0,
+  autoCreateTopics: false,
 };
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -98,6 +106,7 @@ function resolveOptions(options: ServerOptions): Resolved {
     if (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || o[k] <= 0) throw new InvalidOptionError(k, o[k], 'a positive number');
   }
   if (typeof o.flushIntervalMs !== 'number' || !(o.flushIntervalMs >= 0) || o.flushIntervalMs > 1000) throw new InvalidOptionError('flushIntervalMs', o.flushIntervalMs, 'a number of ms between 0 and 1000');
+  if (typeof o.autoCreateTopics !== 'boolean') throw new InvalidOptionError('autoCreateTopics', o.autoCreateTopics, 'true or false');
   if (!Number.isInteger(o.historySize) || o.historySize < 0) throw new InvalidOptionError('historySize', o.historySize, 'an integer >= 0');
   if (o.maxMessageBytes >= PAYLOAD_LIMIT_BYTES) throw new InvalidOptionError('maxMessageBytes', o.maxMessageBytes, `at most ${PAYLOAD_LIMIT_BYTES - 1} (the NOTIFY payload limit)`);
   if (typeof o.channelPrefix !== 'string' || Buffer.byteLength(o.channelPrefix) > 55) throw new InvalidOptionError('channelPrefix', o.channelPrefix, 'a string of at most 55 bytes');

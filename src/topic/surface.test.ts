@@ -85,6 +85,10 @@ test('SSE subscription to a topic resumes after Last-Event-ID; publish endpoint'
   const server = new HeraldServer(herald, { port: 0 });
   const base = await server.start();
   try {
+    // Publishing never creates a topic over HTTP: PUT /topics/<name> does (admin in open mode).
+    const created = await fetch(`${base}/topics/sse`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{}' });
+    assert.equal(created.status, 201);
+    await created.body?.cancel();
     const pub = await fetch(`${base}/topics/sse/publish`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ payload: { n: 1 }, key: 'a' }) });
     assert.equal(pub.status, 202);
     const m1 = (await pub.json()) as { position: string };
