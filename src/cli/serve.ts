@@ -44,6 +44,7 @@ type ServeOpts = {
   maxChannels?: string;
   channelPrefix?: string;
   publicMetrics?: boolean;
+  autoCreateTopics?: boolean;
 };
 
 function intOption(name: string, value: string | undefined): number | undefined {
@@ -88,6 +89,7 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
     maxChannels: intOption('--max-channels', opts.maxChannels),
     channelPrefix: opts.channelPrefix,
     publicMetrics: opts.publicMetrics,
+    autoCreateTopics: opts.autoCreateTopics,
   };
 }
 
@@ -111,6 +113,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--max-channels <n>', 'topics listened on at once (default 1000)')
     .option('--channel-prefix <prefix>', 'Postgres channel prefix of client topics, e.g. gw. (default: none, topic = channel)')
     .option('--public-metrics', 'serve /metrics without credentials')
+    .option('--auto-create-topics', 'POST /topics/<name>/publish creates a missing topic for a caller with create (or admin) on topic/<name> (default: 404)')
     .option('--data-dir <dir>', 'embedded Postgres folder (default: $HERALD_DATA_DIR or ./.herald)')
     .addHelpText(
       'after',
