@@ -173,6 +173,9 @@ describe('one admission path for every streaming endpoint', () => {
       const r = await ws.request({ type: 'subscribe', stream: 'topic/t0' });
       assert.equal(r.code, 'TOO_MANY_CHANNELS');
       assert.deepEqual(refusal(await stream(`${base}/events?stream=topic/t0`)), { status: 503, code: 'TOO_MANY_CHANNELS' });
+      const urlStream = await WsClient.connect(`${base}/ws?stream=topic/t0`);
+      assert.equal(await urlStream.closed, 4429);
+      assert.match(urlStream.closeReason, /TOO_MANY_CHANNELS/);
       t.close();
       await waitFor(() => server.gateway.channelsInUse().length === 0, { what: 'topic one released' });
       assert.equal((await ws.request({ type: 'subscribe', stream: 'topic/t0' })).type, 'subscribed');

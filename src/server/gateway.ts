@@ -1,9 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Herald } from '../client.js';
-import type { ListenOptions } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
-import { FrameBatch, wsTextFrame, type Connection, type Format } from './connection.js';
 import { InvalidOptionError } from '../errors.js';
+import { FrameBatch, wsTextFrame, type Connection, type Format } from './connection.js';
 import { HttpError } from './http.js';
 import type { DurableStreamSource, StreamEvent } from './stream.js';
 

@@ -101,7 +101,9 @@ export async function handleUpgrade(server: HeraldServer, wss: WebSocketServer, 
         }
       } catch (err) {
         server.refused(err);
-        conn.close(closeReasonOf(err), (err as Error).message);
+        // As a refusal before the upgrade: the reason starts with the error code.
+        const code = err instanceof HttpError ? err.code : 'INTERNAL';
+        conn.close(closeReasonOf(err), `${code}: ${(err as Error).message}`);
       }
     })();
   });
