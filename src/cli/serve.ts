@@ -47,6 +47,7 @@ type ServeOpts = {
   allowedOrigin?: string[];
   allowedHost?: string[];
   requireExp?: boolean;
+  autoCreateTopics?: boolean;
 };
 
 /** Repeated flags, else a comma-separated environment variable. */
@@ -108,6 +109,7 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
     allowedOrigins: listOption(opts.allowedOrigin, env.HERALD_ALLOWED_ORIGINS),
     allowedHosts: listOption(opts.allowedHost, env.HERALD_ALLOWED_HOSTS),
     requireExp: opts.requireExp ?? boolEnv('HERALD_REQUIRE_EXP', env.HERALD_REQUIRE_EXP),
+    autoCreateTopics: opts.autoCreateTopics,
   };
 }
 
@@ -135,6 +137,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--allowed-host <host>', 'a Host name served besides the loopback names; repeatable; with credentials it turns the Host check on (default: $HERALD_ALLOWED_HOSTS)', (v: string, acc: string[] = []) => [...acc, v])
     .option('--require-exp', 'refuse JWTs without exp (the default; $HERALD_REQUIRE_EXP)')
     .option('--no-require-exp', 'accept JWTs without exp')
+    .option('--auto-create-topics', 'POST /topics/<name>/publish creates a missing topic for a caller with create (or admin) on topic/<name> (default: 404)')
     .option('--data-dir <dir>', 'embedded Postgres folder (default: $HERALD_DATA_DIR or ./.herald)')
     .addHelpText(
       'after',

@@ -4,7 +4,7 @@ import { CliError, type CliContext } from './context.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
 
-/** `herald topics list|stats|tail|reset|publish`. */
+/** `herald topics list|create|stats|tail|reset|publish`. */
 export function registerTopicsCommands(program: Command, ctx: CliContext): void {
   const globals = () => program.opts<Globals>();
   const topics = program
@@ -12,7 +12,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .description('durable topics: list them, show stats and group lag, follow one, move a group')
     .addHelpText(
       'after',
-      "\nExamples:\n  herald topics list\n  herald topics stats orders\n  herald topics tail orders --from earliest --count 10\n  herald topics reset orders billing --to earliest\n  herald topics publish orders '{\"id\":42}' --key customer-7",
+      "\nExamples:\n  herald topics list\n  herald topics create orders --partitions 16 --retention-ms 604800000\n  herald topics stats orders\n  herald topics tail orders --from earliest --count 10\n  herald topics reset orders billing --to earliest\n  herald topics publish orders '{\"id\":42}' --key customer-7",
     );
 
   topics
@@ -25,6 +25,19 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
         const groups = s.groups.map((g) => `${g.name}(lag ${g.lag})`).join(' ') || '-';
         ctx.out(`${name}\tpartitions=${s.partitions}\tmessages=${s.messages}\tsegments=${s.segments}\tbytes=${s.bytes}\tgroups=${groups}`);
       }
+    });
+
+  topics
+    .command('create')
+    .description('create a topic (idempotent: an existing topic keeps its options); prints {"topic","created"}')
+    .argument('<topic>', 'topic name')
+    .option('--partitions <n>', 'key partitions, 1..1024 (default 8)', (v) => Number(v))
+    .option('--segment-size <n>', 'message ids per segment (default 1000000)', (v) => Number(v))
+    .option('--retention-ms <n>', 'drop full segments older than this (default: keep)', (v) => Number(v))
+    .option('--retention-bytes <n>', 'drop the oldest full segments past this size (default: keep)', (v) => Number(v))
+    .action(async (topic: string, opts: { partitions?: number; segmentSize?: number; retentionMs?: number; retentionBytes?: number }) => {
+      const created = await ctx.herald(globals()).topics.create(topic, opts);
+      ctx.out(JSON.stringify({ topic, created }));
     });
 
   topics

@@ -5,15 +5,20 @@ import { InvalidOptionError } from '../errors.js';
 import { importPeer } from '../internal/peer.js';
 import { HttpError } from './http.js';
 
-/** What a client may do with a resource. `admin` implies `subscribe` and `publish`. */
-export type Action = 'subscribe' | 'publish' | 'admin';
+/** What a client may do with a resource. `admin` implies every other action. `create`: create a durable topic (`topic/<name>`). */
+export type Action = 'subscribe' | 'publish' | 'create' | 'admin';
 
 /** Grant patterns per action. A pattern is a resource name where `*` matches any run of characters (`tenant:42:*`). */
 export interface Grants {
   subscribe?: string[];
   publish?: string[];
+  /** Create durable topics (resources `topic/<name>`): `PUT /topics/<name>`, and a publish to a missing topic with `autoCreateTopics`. */
+  create?: string[];
   admin?: string[];
 }
+
+/** Every action, in the order grants list them. */
+export const ACTIONS = ['subscribe', 'publish', 'create', 'admin'] as const;
 
 /** An API key and what it grants. */
 export interface ApiKey {
@@ -55,26 +60,107 @@ export interface AuthOptions {
   requireExp?: boolean;
 }
 
-/** Compiles a grant pattern (`*` = any run of characters, everything else literal). */
-function compile(pattern: string): RegExp {
-  const body = pattern.split('*').map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*');
-  return new RegExp(`^${body}$`, 's');
+/**
+ * A compiled grant pattern: `*` matches any run of characters (none included),
+ * everything else is literal. The pattern is split at its stars into literal pieces:
+ * the first must start the resource, the last must end it, and the ones between are
+ * found in order, each at its leftmost place after the previous one (leftmost is never
+ * worse for the pieces that follow). Each piece is searched with Knuth-Morris-Pratt, so
+ * the resource is read once, left to right: matching costs O(resource + pattern) steps
+ * whatever the pattern (a regex with several `.*` backtracks: `*a*a*a*a*b` against a
+ * long run of `a` took seconds).
+ */
+export class GrantPattern {
+  /** Literal pieces between the stars (`a*b*c` → `a`, `b`, `c`; `*` alone → two empty pieces). */
+  readonly #pieces: string[];
+  /** KMP failure table of each middle piece. */
+  readonly #fail: Int32Array[];
+
+  constructor(readonly pattern: string) {
+    this.#pieces = pattern.split('*');
+    this.#fail = this.#pieces.map((p, i) => (i > 0 && i < this.#pieces.length - 1 ? failureTable(p) : new Int32Array(0)));
+  }
+
+  /**
+   * True when `resource` matches. `work`, when given, counts the character comparisons
+   * made (its `steps` grows): at most about twice the resource's length plus the
+   * pattern's, whatever the inputs.
+   */
+  matches(resource: string, work?: { steps: number }): boolean {
+    const pieces = this.#pieces;
+    const n = resource.length;
+    let steps = 0;
+    try {
+      if (pieces.length === 1) {
+        steps += Math.min(n, this.pattern.length);
+        return resource === this.pattern;
+      }
+      const first = pieces[0];
+      const last = pieces[pieces.length - 1];
+      if (n < first.length + last.length) return false;
+      steps += first.length + last.length;
+      if (!resource.startsWith(first) || !resource.endsWith(last)) return false;
+      let at = first.length;
+      const end = n - last.length;
+      for (let i = 1; i < pieces.length - 1; i++) {
+        const piece = pieces[i];
+        if (piece.length === 0) continue;
+        // KMP search of `piece` in resource[at, end): the text index never moves back.
+        const fail = this.#fail[i];
+        let k = 0;
+        let found = -1;
+        for (let j = at; j < end; j++) {
+          const c = resource.charCodeAt(j);
+          steps++;
+          while (k > 0 && piece.charCodeAt(k) !== c) {
+            k = fail[k - 1];
+            steps++;
+          }
+          if (piece.charCodeAt(k) === c) k++;
+          if (k === piece.length) {
+            found = j + 1;
+            break;
+          }
+        }
+        if (found < 0) return false;
+        at = found;
+      }
+      return true;
+    } finally {
+      if (work) work.steps += steps;
+    }
+  }
 }
 
-const patternCache = new Map<string, RegExp>();
+/** KMP failure table: `t[i]` is the length of the longest proper prefix of `p[0..i]` that is also its suffix. */
+function failureTable(p: string): Int32Array {
+  const t = new Int32Array(p.length);
+  let k = 0;
+  for (let i = 1; i < p.length; i++) {
+    while (k > 0 && p.charCodeAt(i) !== p.charCodeAt(k)) k = t[k - 1];
+    if (p.charCodeAt(i) === p.charCodeAt(k)) k++;
+    t[i] = k;
+  }
+  return t;
+}
 
-/** True when `resource` matches one of `patterns`. */
+const patternCache = new Map<string, GrantPattern>();
+
+/** The compiled form of `pattern`, cached (the cache is cleared past 10000 patterns). */
+export function grantPattern(pattern: string): GrantPattern {
+  let compiled = patternCache.get(pattern);
+  if (!compiled) {
+    if (patternCache.size > 10_000) patternCache.clear();
+    compiled = new GrantPattern(pattern);
+    patternCache.set(pattern, compiled);
+  }
+  return compiled;
+}
+
+/** True when `resource` matches one of `patterns` (see {@link GrantPattern}: linear time). */
 export function matchesAny(patterns: readonly string[] | undefined, resource: string): boolean {
   if (!patterns) return false;
-  for (const p of patterns) {
-    let re = patternCache.get(p);
-    if (!re) {
-      if (patternCache.size > 10_000) patternCache.clear();
-      re = compile(p);
-      patternCache.set(p, re);
-    }
-    if (re.test(resource)) return true;
-  }
+  for (const p of patterns) if (grantPattern(p).matches(resource)) return true;
   return false;
 }
 
@@ -97,7 +183,7 @@ export function grantsFromClaims(claims: JWTPayload): Grants {
   };
   const g = claims.grants as Record<string, unknown> | undefined;
   if (g && typeof g === 'object') {
-    for (const action of ['subscribe', 'publish', 'admin'] as const) {
+    for (const action of ACTIONS) {
       const list = g[action];
       if (Array.isArray(list)) for (const p of list) add(action, p);
       else add(action, list);
@@ -108,16 +194,16 @@ export function grantsFromClaims(claims: JWTPayload): Grants {
       const i = item.indexOf(':');
       if (i <= 0) continue;
       const action = item.slice(0, i);
-      if (action === 'subscribe' || action === 'publish' || action === 'admin') add(action, item.slice(i + 1));
+      if ((ACTIONS as readonly string[]).includes(action)) add(action as Action, item.slice(i + 1));
     }
   }
   return grants;
 }
 
 function validateGrants(where: string, grants: unknown): Grants {
-  if (!grants || typeof grants !== 'object') throw new InvalidOptionError(where, grants, 'an object { subscribe?, publish?, admin? } of pattern lists');
+  if (!grants || typeof grants !== 'object') throw new InvalidOptionError(where, grants, 'an object { subscribe?, publish?, create?, admin? } of pattern lists');
   for (const [k, v] of Object.entries(grants)) {
-    if (!['subscribe', 'publish', 'admin'].includes(k)) throw new InvalidOptionError(`${where}.${k}`, v, 'one of subscribe, publish, admin');
+    if (!(ACTIONS as readonly string[]).includes(k)) throw new InvalidOptionError(`${where}.${k}`, v, `one of ${ACTIONS.join(', ')}`);
     if (!Array.isArray(v) || v.some((p) => typeof p !== 'string' || p === '')) throw new InvalidOptionError(`${where}.${k}`, v, 'a list of non-empty patterns');
   }
   return grants as Grants;

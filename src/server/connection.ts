@@ -92,8 +92,14 @@ export abstract class Connection {
   readonly #pending: (Buffer | FrameBatch)[] = [];
   /** False until the transport may write (an SSE response before its headers). */
   protected started = true;
-  /** Bytes of the queued frames (batches are counted at the write, see {@link flush}). */
+  /** Bytes of the queued frames and replies (batches are counted at the write, see {@link flush}). */
   #pendingBytes = 0;
+  /**
+   * Replies to the client's own requests (WebSocket `pong`, `subscribed`, `error`...):
+   * written before the queued frames at the next write, as they used to be sent at once,
+   * and counted against the same bound as fan-out.
+   */
+  readonly #replies: Buffer[] = [];
   /** Batches in `#pending`. */
   #batches = 0;
   #closed = false;
@@ -164,8 +170,26 @@ export abstract class Connection {
     }
     // A topic batch queued before this frame takes no more events: they would pass it.
     if (ordered && this.#batches > 0) for (const item of this.#pending) if (item instanceof FrameBatch) item.sealed = true;
-    if (this.#pending.length === 0) this.scheduleFlush(this);
+    if (this.#pending.length === 0 && this.#replies.length === 0) this.scheduleFlush(this);
     this.#pending.push(frame);
+    this.#pendingBytes += frame.length;
+    return true;
+  }
+
+  /**
+   * Queues a reply to the client's own request: written ahead of the frames queued so
+   * far (replies keep their own order), bounded like them. False (and the client cut
+   * as a slow consumer) when that would pass `maxBufferedBytes`: a client that sends
+   * without reading is disconnected, its replies never pile up.
+   */
+  enqueueReply(frame: Buffer): boolean {
+    if (this.#closed) return false;
+    if (this.#queuedBytes() + frame.length > this.maxBufferedBytes) {
+      this.close('slow_consumer', `send buffer over ${this.maxBufferedBytes} bytes: the client is not reading`);
+      return false;
+    }
+    if (this.#pending.length === 0 && this.#replies.length === 0) this.scheduleFlush(this);
+    this.#replies.push(frame);
     this.#pendingBytes += frame.length;
     return true;
   }
@@ -173,7 +197,7 @@ export abstract class Connection {
   /** Queues a topic batch (the gateway appends to it until it is sealed). False when closed. */
   enqueueBatch(batch: FrameBatch): boolean {
     if (this.#closed) return false;
-    if (this.#pending.length === 0) this.scheduleFlush(this);
+    if (this.#pending.length === 0 && this.#replies.length === 0) this.scheduleFlush(this);
     this.#pending.push(batch);
     this.#batches++;
     return true;
@@ -186,13 +210,14 @@ export abstract class Connection {
    */
   flush(): number {
     const pending = this.#pending;
-    if (this.#closed || !this.started || pending.length === 0) return 0;
+    const replies = this.#replies;
+    if (this.#closed || !this.started || pending.length + replies.length === 0) return 0;
     if (this.#queuedBytes() + this.socketBuffered() > this.maxBufferedBytes) {
       this.close('slow_consumer', `send buffer over ${this.maxBufferedBytes} bytes: the client is not reading`);
       return 0;
     }
     let events = 0;
-    if (pending.length === 1) {
+    if (replies.length === 0 && pending.length === 1) {
       const item = pending[0];
       let out: Buffer | undefined = item as Buffer;
       if (item instanceof FrameBatch) {
@@ -201,9 +226,10 @@ export abstract class Connection {
       }
       if (out) this.writeWire(out);
     } else {
-      // Several parts (batches of several slices of a round, a gap...): one gathered
-      // write of the shared buffers, no copy.
+      // Several parts (replies, batches of several slices of a round, a gap...): one
+      // gathered write of the shared buffers, no copy; replies first.
       this.cork();
+      for (const r of replies) this.writeWire(r);
       for (const item of pending) {
         let out: Buffer | undefined = item as Buffer;
         if (item instanceof FrameBatch) {
@@ -215,6 +241,7 @@ export abstract class Connection {
       this.uncork();
     }
     pending.length = 0;
+    replies.length = 0;
     this.#pendingBytes = 0;
     this.#batches = 0;
     return events;
@@ -223,13 +250,14 @@ export abstract class Connection {
   /** Lets queued frames go out once the transport can write. */
   protected markStarted(): void {
     this.started = true;
-    if (this.#pending.length > 0) this.scheduleFlush(this);
+    if (this.#pending.length + this.#replies.length > 0) this.scheduleFlush(this);
   }
 
   #drop(): void {
     this.#closed = true;
     clearTimeout(this.#expiryTimer);
     this.#pending.length = 0;
+    this.#replies.length = 0;
     this.#pendingBytes = 0;
     this.#batches = 0;
     for (const cleanup of this.subscriptions.values()) cleanup();
@@ -386,9 +414,14 @@ export class WsConnection extends Connection {
     ws.on('error', () => this.finished());
   }
 
-  /** Sends one message now (replies to the client's own requests). */
-  reply(message: Record<string, unknown>): void {
-    if (!this.isClosed && this.ws.readyState === this.ws.OPEN) this.ws.send(JSON.stringify(message));
+  /**
+   * Replies to the client's own request (`pong`, `subscribed`, `error`...): queued
+   * ahead of the fan-out frames and written at the next flush, within the same
+   * `maxBufferedBytes` (past it the client is cut with 4509). False when not sent.
+   */
+  reply(message: Record<string, unknown>): boolean {
+    if (this.isClosed || this.ws.readyState !== this.ws.OPEN) return false;
+    return this.enqueueReply(wsTextFrame(Buffer.from(JSON.stringify(message))));
   }
 
   protected socketBuffered(): number {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Herald } from '../client.js';
-import type { ListenOptions } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
+import { InvalidOptionError } from '../errors.js';
 import { FrameBatch, wsTextFrame, type Connection, type Format } from './connection.js';
 import { HttpError } from './http.js';
 import type { DurableStreamSource, StreamEvent } from './stream.js';
@@ -10,7 +10,11 @@ import type { DurableStreamSource, StreamEvent } from './stream.js';
 export interface GatewayOptions {
   /** Prefix of the Postgres channel behind each client topic: with `gw.`, topic `orders` is channel `gw.orders`. @defaultValue '' */
   channelPrefix: string;
-  /** Distinct topics the gateway LISTENs on at once; the next new topic is refused with 503 `TOO_MANY_CHANNELS`. @defaultValue 1000 */
+  /**
+   * Distinct Postgres channels LISTENed on at once for clients: every gateway topic and
+   * every channel a durable stream or a part's stream causes (see {@link Gateway.reserveChannels});
+   * the next new one is refused with 503 `TOO_MANY_CHANNELS`. @defaultValue 1000
+   */
   maxChannels: number;
   /** Recent notifications kept per topic so a reconnecting client can resume by `Last-Event-ID`. @defaultValue 1000 */
   historySize: number;
@@ -49,6 +53,8 @@ interface Hub {
   /** Events after this sequence number are all in `history` or still to come (no hole). */
   coveredAfter: number;
   established: Promise<void>;
+  /** Gives the hub's channel back to `maxChannels`. */
+  release: () => void;
 }
 
 /** Counters read by /metrics (plain numbers: incremented per delivery, so kept cheap). */
@@ -86,6 +92,11 @@ function sseData(data: string): string {
  */
 export class Gateway {
   readonly #hubs = new Map<string, Hub>();
+  /** Channels LISTENed on for clients, with the number of holders of each. */
+  readonly #channels = new Map<string, number>();
+  /** pgherald's own channels (`<schema>.*` and each part's): no client topic may map to one. */
+  readonly #reservedPrefix: string;
+  readonly #reserved: Set<string>;
   readonly #streams = new Map<string, DurableStreamSource>();
   readonly #boot = randomBytes(4).toString('hex');
   #seq = 0;
@@ -100,6 +111,47 @@ export class Gateway {
   constructor(readonly herald: Herald, readonly options: GatewayOptions) {
     const room = 63 - Buffer.byteLength(options.channelPrefix);
     if (room < 8) throw new HttpError(500, 'INVALID_OPTION', 'channelPrefix leaves under 8 bytes for topic names');
+    this.#reservedPrefix = `${herald.schema}.`;
+    this.#reserved = new Set([herald.mailbox.channel, herald.outbox.channel, herald.topics.channel, herald.queue.channels.wake, herald.queue.channels.events]);
+    if (options.channelPrefix.startsWith(this.#reservedPrefix)) {
+      throw new InvalidOptionError('channelPrefix', options.channelPrefix, `a prefix outside pgherald's own channels (${this.#reservedPrefix}*)`);
+    }
+  }
+
+  /** True when `channel` is one of pgherald's own (`<schema>.*`, or a part's channel): client topics never map to one. */
+  isReservedChannel(channel: string): boolean {
+    return channel.startsWith(this.#reservedPrefix) || this.#reserved.has(channel);
+  }
+
+  /**
+   * Counts the LISTEN channels a client's subscription causes against `maxChannels`:
+   * a channel already held (by any client) costs nothing more; a new one past the cap
+   * is refused with 503 `TOO_MANY_CHANNELS` (and nothing is reserved). Returns the
+   * release (idempotent). Every stream of every part goes through here: gateway topics,
+   * durable streams (their source's `channels(name)`), and parts' own SSE streams.
+   */
+  reserveChannels(channels: readonly string[]): () => void {
+    const fresh = new Set(channels.filter((c) => !this.#channels.has(c)));
+    if (fresh.size > 0 && this.#channels.size + fresh.size > this.options.maxChannels) {
+      throw new HttpError(503, 'TOO_MANY_CHANNELS', `the server listens on at most ${this.options.maxChannels} channels for clients`);
+    }
+    const held = [...new Set(channels)];
+    for (const c of held) this.#channels.set(c, (this.#channels.get(c) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const c of held) {
+        const left = (this.#channels.get(c) ?? 1) - 1;
+        if (left <= 0) this.#channels.delete(c);
+        else this.#channels.set(c, left);
+      }
+    };
+  }
+
+  /** Channels LISTENed on for clients now (gateway topics, durable and part streams). */
+  channelsInUse(): string[] {
+    return [...this.#channels.keys()];
   }
 
   /** Longest topic name in bytes. */
@@ -107,12 +159,21 @@ export class Gateway {
     return 63 - Buffer.byteLength(this.options.channelPrefix);
   }
 
-  /** The Postgres channel behind a client topic (what back-end code notifies to reach browsers). Throws 400 `INVALID_TOPIC`. */
+  /**
+   * The Postgres channel behind a client topic (what back-end code notifies to reach
+   * browsers). Throws 400 `INVALID_TOPIC` for a malformed name, and 403 `RESERVED_TOPIC`
+   * when the channel would be one of pgherald's own (`<schema>.*`: job transitions,
+   * wake-ups, row changes...), so a topic can neither watch nor forge them.
+   */
   channelOf(topic: string): string {
-    if (topic.length === 0 || CONTROL.test(topic) || Buffer.byteLength(topic) > this.maxTopicBytes) {
+    if (typeof topic !== 'string' || topic.length === 0 || CONTROL.test(topic) || Buffer.byteLength(topic) > this.maxTopicBytes) {
       throw new HttpError(400, 'INVALID_TOPIC', `topic must be 1 to ${this.maxTopicBytes} UTF-8 bytes without control characters`);
     }
-    return this.options.channelPrefix + topic;
+    const channel = this.options.channelPrefix + topic;
+    if (this.isReservedChannel(channel)) {
+      throw new HttpError(403, 'RESERVED_TOPIC', `topic ${q(topic)} maps to channel ${q(channel)}, which belongs to pgherald (${this.#reservedPrefix}*); choose another name`);
+    }
+    return channel;
   }
 
   /** Registers a durable stream source under `kind` (streams are addressed `<kind>/<name>`). */
@@ -156,12 +217,7 @@ export class Gateway {
     const key = `channel:${topic}`;
     this.#checkRoom(conn, key);
     let hub = this.#hubs.get(topic);
-    if (!hub) {
-      if (this.#hubs.size >= this.options.maxChannels) {
-        throw new HttpError(503, 'TOO_MANY_CHANNELS', `the server listens on at most ${this.options.maxChannels} topics`);
-      }
-      hub = this.#openHub(topic, channel);
-    }
+    if (!hub) hub = this.#openHub(topic, channel);
     const h = hub;
     if (!h.conns.has(conn)) {
       h.conns.add(conn);
@@ -201,6 +257,8 @@ export class Gateway {
   }
 
   #openHub(topic: string, channel: string): Hub {
+    // Counted against maxChannels before anything is listened on (throws TOO_MANY_CHANNELS).
+    const release = this.reserveChannels([channel]);
     let first = true;
     const hub: Hub = {
       topic,
@@ -212,29 +270,28 @@ export class Gateway {
       coveredAfter: this.#seq,
       established: Promise.resolve(),
       sub: undefined as unknown as Subscription,
+      release,
     };
-    const listen = (handler: (n: { payload: string }) => void, options: ListenOptions) => {
-      try {
-        return this.herald.listen(channel, handler, options);
-      } catch (err) {
-        throw new HttpError(503, 'NOT_LISTENING', `cannot listen: ${(err as Error).message}`);
-      }
-    };
-    hub.sub = listen((n) => this.#onNotification(hub, n.payload), {
-      // Large: the handler is synchronous, so this only fills if the event loop stalls.
-      bufferSize: 100_000,
-      onListen: () => {
-        // A fresh sequence number: whatever was sent before LISTEN went live may have been missed.
-        hub.coveredAfter = ++this.#seq;
-        if (first) {
-          first = false;
-          return;
-        }
-        // LISTEN came back after a lost connection: notifications in between are gone.
-        hub.history = [];
-        for (const c of hub.conns) this.#gap(c, 'topic', topic, null, 'the listen connection was lost; notifications may be missing');
-      },
-    });
+    try {
+      hub.sub = this.herald.listen(channel, (n) => this.#onNotification(hub, n.payload), {
+        // Large: the handler is synchronous, so this only fills if the event loop stalls.
+        bufferSize: 100_000,
+        onListen: () => {
+          // A fresh sequence number: whatever was sent before LISTEN went live may have been missed.
+          hub.coveredAfter = ++this.#seq;
+          if (first) {
+            first = false;
+            return;
+          }
+          // LISTEN came back after a lost connection: notifications in between are gone.
+          hub.history = [];
+          for (const c of hub.conns) this.#gap(c, 'topic', topic, null, 'the listen connection was lost; notifications may be missing');
+        },
+      });
+    } catch (err) {
+      release();
+      throw new HttpError(503, 'NOT_LISTENING', `cannot listen: ${(err as Error).message}`);
+    }
     hub.established = hub.sub.established;
     hub.established.catch(() => {});
     this.#hubs.set(topic, hub);
@@ -245,6 +302,7 @@ export class Gateway {
     if (hub.conns.delete(conn)) hub.formats[conn.format]--;
     if (hub.conns.size === 0 && this.#hubs.get(hub.topic) === hub) {
       this.#hubs.delete(hub.topic);
+      hub.release();
       void hub.sub.close();
     }
   }
@@ -295,8 +353,14 @@ export class Gateway {
     const label = `${kind}/${name}`;
     const key = `stream:${label}`;
     this.#checkRoom(conn, key);
+    // The LISTEN channels the source will cause count against maxChannels (throws first).
+    const release = this.reserveChannels(source.channels?.(name) ?? []);
     const ac = new AbortController();
-    conn.subscriptions.set(key, () => ac.abort());
+    const cleanup = () => {
+      ac.abort();
+      release();
+    };
+    conn.subscriptions.set(key, cleanup);
     if (after !== null) this.counters.resumes++;
     const render = (e: StreamEvent): Buffer => {
       const event = e.event ?? 'message';
@@ -304,7 +368,8 @@ export class Gateway {
       if (conn.format === 'sse') return Buffer.from(`id: ${e.id}\nevent: ${event}\n${sseData(e.data)}\n`);
       return Buffer.from(`id: ${e.id}\nevent: ${event}\ndata: {"stream":${q(label)},"data":${q(e.data)}}\n\n`);
     };
-    await source.open(name, after, {
+    // (A source that throws synchronously is handled like one that rejects.)
+    const opened = Promise.resolve().then(() => source.open(name, after, {
       signal: ac.signal,
       event: (e) => {
         if (ac.signal.aborted) return false;
@@ -317,12 +382,20 @@ export class Gateway {
       },
       end: (reason) => {
         if (ac.signal.aborted) return;
-        ac.abort();
-        conn.subscriptions.delete(key);
+        cleanup();
+        if (conn.subscriptions.get(key) === cleanup) conn.subscriptions.delete(key);
         const body = `{"type":"end","stream":${q(label)},"reason":${q(reason)}}`;
         conn.enqueue(conn.wire(Buffer.from(conn.format === 'ws' ? body : `event: end\ndata: ${body}\n\n`)));
       },
-    });
+    }));
+    try {
+      await opened;
+    } catch (err) {
+      // Nothing to follow: the subscription is not kept (nor its channels).
+      if (conn.subscriptions.get(key) === cleanup) conn.subscriptions.delete(key);
+      cleanup();
+      throw err;
+    }
   }
 
   /** Drops one subscription of `conn` (key `channel:<topic>` or `stream:<kind>/<name>`); false when it had none. */
@@ -383,6 +456,7 @@ export class Gateway {
   /** Closes every hub's subscription (the connections are closed by the server). */
   async stop(): Promise<void> {
     const subs = [...this.#hubs.values()].map((h) => h.sub);
+    for (const h of this.#hubs.values()) h.release();
     this.#hubs.clear();
     await Promise.all(subs.map((s) => s.close()));
   }

@@ -15,7 +15,7 @@ import { TokenLimits } from './limits.js';
 import { ServerMetrics } from './metrics.js';
 import { registerChannelRoutes } from './routes/channels.js';
 import { registerSiteRoutes } from './routes/site.js';
-import { SseStream, type SseLimits } from './sse.js';
+import { PartStream } from './sse.js';
 import { handleUpgrade } from './ws.js';
 import { registerTopicsRoutes } from './routes/topics.js';
 import { registerJobsRoutes } from './routes/jobs.js';
@@ -62,6 +62,13 @@ export interface ServerOptions extends AuthOptions, GuardOptions {
   flushIntervalMs?: number;
   /** The longest the dashboard's panel reads are reused: every open tab shares one read of the database per period. @defaultValue 2000 */
   dashboardRefreshMs?: number;
+  /**
+   * `POST /topics/<name>/publish` to a missing durable topic creates it (with the
+   * Herald's `topicDefaults`) when the caller holds `create` (or `admin`) on
+   * `topic/<name>`. Off: such a publish is 404 `NOT_FOUND`, and topics are created by
+   * `PUT /topics/<name>` (or the library / CLI). @defaultValue false
+   */
+  autoCreateTopics?: boolean;
 }
 
 type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | keyof GuardOptions | 'token'>> & { token?: string };
@@ -85,6 +92,7 @@ export const SERVER_DEFAULTS: Resolved = {
   publicMetrics: false,
   flushIntervalMs: 0,
   dashboardRefreshMs: 2000,
+  autoCreateTopics: false,
 };
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -106,6 +114,7 @@ function resolveOptions(options: ServerOptions): Resolved {
   if (!Number.isInteger(o.dashboardRefreshMs) || o.dashboardRefreshMs < 0 || o.dashboardRefreshMs > 60_000) {
     throw new InvalidOptionError('dashboardRefreshMs', o.dashboardRefreshMs, 'an integer number of ms between 0 and 60000');
   }
+  if (typeof o.autoCreateTopics !== 'boolean') throw new InvalidOptionError('autoCreateTopics', o.autoCreateTopics, 'true or false');
   if (!Number.isInteger(o.historySize) || o.historySize < 0) throw new InvalidOptionError('historySize', o.historySize, 'an integer >= 0');
   if (o.maxMessageBytes >= PAYLOAD_LIMIT_BYTES) throw new InvalidOptionError('maxMessageBytes', o.maxMessageBytes, `at most ${PAYLOAD_LIMIT_BYTES - 1} (the NOTIFY payload limit)`);
   if (typeof o.channelPrefix !== 'string' || Buffer.byteLength(o.channelPrefix) > 55) throw new InvalidOptionError('channelPrefix', o.channelPrefix, 'a string of at most 55 bytes');
@@ -135,7 +144,6 @@ export class HeraldServer {
   readonly #http: Server;
   readonly #wss: WebSocketServer;
   readonly #connections = new Set<Connection>();
-  readonly #legacyStreams = new Set<SseStream>();
   readonly #principals = new WeakMap<IncomingMessage, Promise<Principal>>();
   readonly #sockets = new Set<Socket>();
   #url: string | undefined;
@@ -181,12 +189,12 @@ export class HeraldServer {
 
   /** Streaming clients connected now. */
   get clients(): number {
-    return this.#connections.size + this.#legacyStreams.size;
+    return this.#connections.size;
   }
 
   /** Streaming clients of one transport. */
   clientCount(transport: 'sse' | 'ws'): number {
-    let n = transport === 'sse' ? this.#legacyStreams.size : 0;
+    let n = 0;
     for (const c of this.#connections) if (c.transport === transport) n++;
     return n;
   }
@@ -222,8 +230,6 @@ export class HeraldServer {
   async stop(): Promise<void> {
     this.#stopping = true;
     for (const c of [...this.#connections]) c.close('shutdown', 'server shutting down');
-    for (const s of this.#legacyStreams) s.close('server shutting down');
-    this.#legacyStreams.clear();
     await this.gateway.stop();
     this.#url = undefined;
     if (!this.#http.listening) return;
@@ -293,16 +299,25 @@ export class HeraldServer {
   }
 
   /**
-   * Opens a plain SSE stream for a part's own streaming route (no fan-out; the part
-   * writes events itself). Counts against `maxClients`.
+   * Opens the SSE stream of a part's own streaming route (`/jobs/events`,
+   * `/topics/<name>/events`, `/changes/<table>/events`...) through the one admission
+   * path of every stream: `maxClients` (503 `TOO_MANY_CLIENTS`), the principal's
+   * connections (429 `TOO_MANY_CONNECTIONS`), and every Postgres channel the stream will
+   * LISTEN on (`channels`) against `maxChannels` (503 `TOO_MANY_CHANNELS`). The stream
+   * holds one subscription (`stream:<key>`), bounded and cut like every other stream.
+   * Throws before anything is written, so the route answers with a JSON error; call
+   * `ready(...)` once set up (or `discard()` and throw when the setup failed).
    */
-  openStream(req: IncomingMessage, res: ServerResponse): SseStream {
-    if (this.clients >= this.options.maxClients) throw new HttpError(503, 'TOO_MANY_CLIENTS', 'client limit reached');
-    const limits: SseLimits = { maxBufferedBytes: this.options.maxBufferedBytes, heartbeatMs: this.options.sseHeartbeatMs };
-    const stream = new SseStream(req, res, limits);
-    this.#legacyStreams.add(stream);
-    void stream.closed.then(() => this.#legacyStreams.delete(stream));
-    return stream;
+  openStream(req: IncomingMessage, res: ServerResponse, principal: Principal, options: { key: string; channels: readonly string[] }): PartStream {
+    const conn = this.openSse(req, res, principal, 'sse');
+    try {
+      const release = this.gateway.reserveChannels(options.channels);
+      conn.subscriptions.set(`stream:${options.key}`, release);
+    } catch (err) {
+      conn.discard();
+      throw err;
+    }
+    return new PartStream(conn);
   }
 
   /** Counts a refusal for /metrics. */

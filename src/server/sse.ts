@@ -1,75 +1,57 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-
-/** Limits of one SSE client. */
-export interface SseLimits {
-  /** Bytes the socket may hold unsent before the client counts as stuck and is cut. */
-  maxBufferedBytes: number;
-  /** Interval of `:` comments that keep proxies from closing an idle stream. */
-  heartbeatMs: number;
-}
+import type { SseConnection } from './connection.js';
 
 /**
- * One Server-Sent Events stream. Writes never grow memory past `maxBufferedBytes`:
- * a client that stops reading is sent away (closed) with a reason instead.
+ * A part's own Server-Sent Events stream (`GET /jobs/events`, `GET /topics/<name>/events`,
+ * `GET /changes/<table>/events`), from `server.openStream(...)`. It is a gateway SSE
+ * connection underneath, admitted like every other stream (`maxClients`, connections
+ * per token, its LISTEN channels against `maxChannels`) and bounded the same way (a
+ * client that stops reading is cut as a slow consumer). The part writes the events.
+ *
+ * Nothing is written before {@link ready}: until then a failed setup can still answer
+ * with a JSON error ({@link discard}, then throw).
  */
-export class SseStream {
-  #closed = false;
-  readonly #heartbeat: NodeJS.Timeout;
-  readonly closed: Promise<string>;
-  #resolveClosed!: (reason: string) => void;
+export class PartStream {
+  constructor(readonly connection: SseConnection) {}
 
-  constructor(req: IncomingMessage, readonly res: ServerResponse, readonly limits: SseLimits) {
-    this.closed = new Promise((r) => (this.#resolveClosed = r));
-    res.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-store',
-      connection: 'keep-alive',
-      'x-accel-buffering': 'no',
-    });
-    res.flushHeaders();
-    req.socket.setNoDelay(true);
-    this.#heartbeat = setInterval(() => this.comment('keep-alive'), limits.heartbeatMs);
-    this.#heartbeat.unref();
-    res.on('close', () => this.close('client went away'));
+  /** Resolves with the reason once the stream has ended. */
+  get closed(): Promise<string> {
+    return this.connection.closed;
   }
 
   get isClosed(): boolean {
-    return this.#closed;
+    return this.connection.isClosed;
   }
 
-  /** Sends one event; multi-line data becomes several `data:` lines. Returns false when the client was cut. */
+  /** Sends the headers and a first `event: ready` with `data` (JSON); events sent before it go out right after. */
+  ready(data: Record<string, unknown>): void {
+    this.connection.open(data);
+  }
+
+  /**
+   * Sends one event (queued, written at the end of the event-loop turn); multi-line
+   * data becomes several `data:` lines. Returns false when the client is gone or was cut
+   * (slow consumer): stop producing then.
+   */
   send(event: string, data: string, id?: string): boolean {
     let frame = '';
     if (id !== undefined) frame += `id: ${id}\n`;
     frame += `event: ${event}\n`;
     for (const line of data.split(/\r\n|\r|\n/)) frame += `data: ${line}\n`;
-    return this.#write(frame + '\n');
+    return this.connection.enqueue(Buffer.from(frame + '\n'));
   }
 
-  comment(text: string): boolean {
-    return this.#write(`: ${text}\n\n`);
-  }
-
-  #write(frame: string): boolean {
-    if (this.#closed) return false;
-    if (this.res.writableLength + frame.length > this.limits.maxBufferedBytes) {
-      this.close('slow consumer: send buffer full');
-      return false;
-    }
-    this.res.write(frame);
-    return true;
-  }
-
-  /** Ends the stream, telling the client why in a last `close` event when it can still be written. */
+  /**
+   * Ends the stream after what is queued, with a last `event: close` whose data is
+   * `{"code":"ENDED","reason":<reason>}`. Idempotent.
+   */
   close(reason: string): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    clearInterval(this.#heartbeat);
-    if (!this.res.destroyed && !reason.startsWith('slow consumer') && reason !== 'client went away') {
-      this.res.end(`event: close\ndata: ${JSON.stringify({ reason })}\n\n`);
-    } else {
-      this.res.destroy();
-    }
-    this.#resolveClosed(reason);
+    // The queued events go first: close writes its goodbye after a last flush.
+    this.connection.flush();
+    this.connection.close('ended', reason);
+  }
+
+  /** Ends the stream before anything was written (setup failed); the caller answers with the error. */
+  discard(): void {
+    this.connection.discard();
   }
 }

@@ -44,6 +44,13 @@ export interface DurableStreamSource {
    */
   resource(name: string): string;
   /**
+   * The Postgres channels a subscription to `name` makes the server LISTEN on (e.g.
+   * `herald.topics`). Each counts against the server's `maxChannels` while the
+   * subscription lasts (a channel already listened on for another client costs nothing
+   * more). Omit when the source causes no LISTEN of its own.
+   */
+  channels?(name: string): string[];
+  /**
    * Starts delivering stream `name` to `sink`: first every stored event after `after`
    * (when `after` is null: from now on only), then live events, in order, without
    * duplicates. If events after `after` are gone, call `sink.gap(...)` first. Resolves

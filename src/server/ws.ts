@@ -8,6 +8,9 @@ import { TokenBucket } from './limits.js';
 import { lastEventIdOf, publish, splitStream } from './routes/channels.js';
 import type { HeraldServer } from './server.js';
 
+/** After a `RATE_LIMITED` error reply, further dropped messages get no reply for this long. */
+export const RATE_LIMIT_WINDOW_MS = 1000;
+
 /** The close reason for an error that refuses a whole connection. */
 function closeReasonOf(err: unknown): CloseReason {
   const code = err instanceof HttpError ? err.code : '';
@@ -66,10 +69,21 @@ export async function handleUpgrade(server: HeraldServer, wss: WebSocketServer, 
     const conn = new WsConnection(ws, principal, server.options.maxBufferedBytes, server.gateway.scheduleFlush);
     server.track(conn, release);
     const bucket = new TokenBucket(server.options.wsMessagesPerSecond);
+    // One RATE_LIMITED reply per window: a flood gets one error, not one per dropped message.
+    let quietUntil = 0;
     ws.on('message', (data: RawData, isBinary: boolean) => {
       if (conn.isClosed) return;
       if (!bucket.take()) {
-        conn.reply({ type: 'error', code: 'RATE_LIMITED', message: `over ${server.options.wsMessagesPerSecond} messages/s; message dropped` });
+        const now = performance.now();
+        if (now >= quietUntil) {
+          quietUntil = now + RATE_LIMIT_WINDOW_MS;
+          conn.reply({
+            type: 'error',
+            code: 'RATE_LIMITED',
+            status: 429,
+            message: `over ${server.options.wsMessagesPerSecond} messages/s: messages are dropped, without further errors for ${RATE_LIMIT_WINDOW_MS} ms`,
+          });
+        }
         return;
       }
       if (isBinary) return conn.close('bad_message', 'binary messages are not supported');
@@ -88,13 +102,15 @@ export async function handleUpgrade(server: HeraldServer, wss: WebSocketServer, 
         }
       } catch (err) {
         server.refused(err);
-        conn.close(closeReasonOf(err), (err as Error).message);
+        // As a refusal before the upgrade: the reason starts with the error code.
+        const code = err instanceof HttpError ? err.code : 'INTERNAL';
+        conn.close(closeReasonOf(err), `${code}: ${(err as Error).message}`);
       }
     })();
   });
 }
 
-async function onMessage(server: HeraldServer, conn: WsConnection, text: string): Promise<void> {
+async function onMessage(server: HeraldServer, conn: WsConnection, text: string): Promise<unknown> {
   let msg: Record<string, unknown>;
   try {
     msg = JSON.parse(text);

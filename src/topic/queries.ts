@@ -66,10 +66,12 @@ export async function topicCreate(
   s: string,
   name: string,
   o: { partitions: number; segmentSize: number; retentionMs: number | null; retentionBytes: number | null },
+  created?: { created: boolean },
 ): Promise<TopicRow> {
   await tx.query(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, ['pgherald.topic:' + s + name]);
   const existing = await topicGet(tx, s, name);
   if (existing) return existing;
+  if (created) created.created = true;
   const { rows } = await tx.query<TopicRow>(
     `INSERT INTO ${s}.topics (name, partitions, segment_size, retention_ms, retention_bytes) VALUES ($1, $2, $3, $4, $5) RETURNING *`,
     [name, o.partitions, o.segmentSize, o.retentionMs, o.retentionBytes],

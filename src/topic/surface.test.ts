@@ -27,7 +27,13 @@ async function cli(...argv: string[]): Promise<{ code: number; out: string; err:
   return { code, out: o, err: e };
 }
 
-test('herald topics publish, list, tail, stats, reset', async () => {
+test('herald topics create, publish, list, tail, stats, reset', async () => {
+  const made = await cli('topics', 'create', 'cli', '--partitions', '8', '--retention-ms', '86400000');
+  assert.equal(made.code, 0, made.err);
+  assert.deepEqual(JSON.parse(made.out), { topic: 'cli', created: true });
+  assert.deepEqual(JSON.parse((await cli('topics', 'create', 'cli')).out), { topic: 'cli', created: false });
+  const badCreate = await cli('topics', 'create', 'cli2', '--partitions', '0');
+  assert.notEqual(badCreate.code, 0);
   const p1 = await cli('topics', 'publish', 'cli', '{"n":1}', '--key', 'k');
   assert.equal(p1.code, 0, p1.err);
   const first = JSON.parse(p1.out);
@@ -85,6 +91,10 @@ test('SSE subscription to a topic resumes after Last-Event-ID; publish endpoint'
   const server = new HeraldServer(herald, { port: 0 });
   const base = await server.start();
   try {
+    // Publishing never creates a topic over HTTP: PUT /topics/<name> does (admin in open mode).
+    const created = await fetch(`${base}/topics/sse`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{}' });
+    assert.equal(created.status, 201);
+    await created.body?.cancel();
     const pub = await fetch(`${base}/topics/sse/publish`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ payload: { n: 1 }, key: 'a' }) });
     assert.equal(pub.status, 202);
     const m1 = (await pub.json()) as { position: string };

@@ -1,6 +1,6 @@
 import type { Driver, Executor, TxLike } from '../driver/types.js';
 import { toExecutor } from '../driver/index.js';
-import { HeraldError } from '../errors.js';
+import { HeraldError, InvalidOptionError } from '../errors.js';
 import { quoteIdent, schemaIdent } from '../internal/ident.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
@@ -63,6 +63,7 @@ export class Topics {
   readonly #schema: string;
   readonly #defaults: Required<TopicOptions>;
   readonly #maintenanceIntervalMs: number;
+  readonly #autoCreate: boolean;
   readonly #topics = new Map<string, Promise<TopicState>>();
   readonly #consumers = new Set<TopicConsumer>();
   #timer: NodeJS.Timeout | undefined;
@@ -75,6 +76,9 @@ export class Topics {
     this.#s = schemaIdent(schema);
     this.#defaults = resolveTopicOptions(options.topicDefaults ?? {}, 'topicDefaults.');
     this.#maintenanceIntervalMs = positiveInt('maintenanceIntervalMs', options.maintenanceIntervalMs ?? TOPICS_DEFAULTS.maintenanceIntervalMs);
+    const autoCreate = options.autoCreate ?? TOPICS_DEFAULTS.autoCreate;
+    if (typeof autoCreate !== 'boolean') throw new InvalidOptionError('topics.autoCreate', autoCreate, 'true or false');
+    this.#autoCreate = autoCreate;
   }
 
   /** The notification channel that wakes consumers (payload: the topic name). */
@@ -83,23 +87,31 @@ export class Topics {
   }
 
   /**
-   * Creates a topic (idempotent; the options of an existing topic are kept). A first
-   * publish creates a missing topic with `topicDefaults`.
+   * Creates a topic (idempotent; the options of an existing topic are kept). Resolves
+   * true when this call created it. With `autoCreate` (the default) a first publish
+   * creates a missing topic with `topicDefaults` too.
    */
-  async create(name: string, options: TopicOptions = {}): Promise<void> {
+  async create(name: string, options: TopicOptions = {}): Promise<boolean> {
     assertName('topic', name);
     const o = resolveTopicOptions({ ...this.#defaults, ...stripUndefined(options) }, '');
-    await this.#driver.transaction((tx) => q.topicCreate(tx, this.#s, name, o));
+    const created = { created: false };
+    await this.#driver.transaction((tx) => q.topicCreate(tx, this.#s, name, o, created));
+    return created.created;
   }
 
-  /** Publishes one message (a JSON value) to a topic; with `{ tx }` it exists only if that transaction commits. */
-  async publish(topic: string, payload: unknown, options: { tx?: TxLike; key?: string | null } = {}): Promise<PublishedMessage> {
-    const [m] = await this.publishMany(topic, [{ payload, key: options.key ?? null }], { tx: options.tx });
+  /**
+   * Publishes one message (a JSON value) to a topic; with `{ tx }` it exists only if that
+   * transaction commits. A missing topic is created with `topicDefaults` when
+   * `autoCreate` (this call's, else the `topics.autoCreate` option) is true, else
+   * `HeraldError` `NOT_FOUND`.
+   */
+  async publish(topic: string, payload: unknown, options: { tx?: TxLike; key?: string | null; autoCreate?: boolean } = {}): Promise<PublishedMessage> {
+    const [m] = await this.publishMany(topic, [{ payload, key: options.key ?? null }], { tx: options.tx, autoCreate: options.autoCreate });
     return m;
   }
 
-  /** Publishes a batch in one statement (one wake-up), in order; returns ids and positions in the same order. */
-  async publishMany(topic: string, messages: readonly { payload: unknown; key?: string | null }[], options: { tx?: TxLike } = {}): Promise<PublishedMessage[]> {
+  /** Publishes a batch in one statement (one wake-up), in order; returns ids and positions in the same order. `autoCreate` as in {@link publish}. */
+  async publishMany(topic: string, messages: readonly { payload: unknown; key?: string | null }[], options: { tx?: TxLike; autoCreate?: boolean } = {}): Promise<PublishedMessage[]> {
     assertName('topic', topic);
     if (!Array.isArray(messages)) throw new HeraldError('INVALID_ARGUMENT', 'messages must be an array');
     if (messages.length === 0) return [];
@@ -116,7 +128,7 @@ export class Topics {
     }
     const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
     return withSpan('herald.topics.publish', { 'herald.topic': topic, 'herald.count': messages.length }, async () => {
-      const state = await this.#state(topic);
+      const state = await this.#state(topic, options.autoCreate ?? this.#autoCreate);
       await this.#ensureSegments(state, messages.length);
       let rows: { id: string; xid: string }[];
       try {
@@ -384,11 +396,13 @@ export class Topics {
     await this.#maintaining;
   }
 
-  #state(topic: string): Promise<TopicState> {
+  /** The topic's state, created with `topicDefaults` when missing and `create` (default: the `autoCreate` option), else NOT_FOUND. */
+  #state(topic: string, create = this.#autoCreate): Promise<TopicState> {
     let p = this.#topics.get(topic);
     if (!p) {
       p = (async () => {
         let row = await q.topicGet(this.#driver.executor, this.#s, topic);
+        if (!row && !create) throw new HeraldError('NOT_FOUND', `no topic ${JSON.stringify(topic)}: create it first (herald.topics.create), or enable autoCreate`);
         if (!row) row = await this.#driver.transaction((tx) => q.topicCreate(tx, this.#s, topic, this.#defaults));
         return { row, upper: 0n, lastId: 0n, checkedAt: 0 };
       })();

@@ -50,6 +50,15 @@ export interface TopicsOptions {
   topicDefaults?: TopicOptions;
   /** Interval of retention and segment maintenance once `herald.topics.start()` ran. @defaultValue 60000 */
   maintenanceIntervalMs?: number;
+  /**
+   * Whether a publish (or a consumer's `start`, or `createGroup`) on a missing topic
+   * creates it with `topicDefaults`. With `false`, topics are created only by
+   * `herald.topics.create` and those calls throw `HeraldError` `NOT_FOUND`. A publish
+   * may override it per call (`{ autoCreate }`). `herald serve` never relies on it: its
+   * HTTP publish creates nothing unless the server runs with `autoCreateTopics`.
+   * @defaultValue true
+   */
+  autoCreate?: boolean;
 }
 
 /** Where a new group starts: `earliest` retained message, `latest` (only what comes next), or a point in time. */
@@ -103,6 +112,7 @@ export const TOPICS_DEFAULTS = {
   retentionMs: null as number | null,
   retentionBytes: null as number | null,
   maintenanceIntervalMs: 60_000,
+  autoCreate: true,
 };
 
 /** What the `behind` event and {@link TopicRetentionError} carry. */

@@ -24,20 +24,22 @@ export function registerJobsRoutes(server: HeraldServer): void {
     sendJson(res, r.inserted ? 201 : 200, r);
   }, { action: 'publish', resource: () => 'jobs' });
 
-  server.router.add('GET', /^\/jobs\/events$/, async (req, res, _params, url) => {
+  server.router.add('GET', /^\/jobs\/events$/, async (req, res, _params, url, principal) => {
     const only = url.searchParams.get('id');
-    const stream = server.openStream(req, res);
+    // Admitted like every stream (clients, per-token connections, its LISTEN channel against maxChannels).
+    const stream = server.openStream(req, res, principal!, { key: 'jobs/events', channels: [queue.channels.events] });
     const sub = queue.watch((t) => {
       if (only === null || t.id === only) stream.send('transition', JSON.stringify(t));
     });
     void stream.closed.then(() => sub.close());
     try {
       await sub.established;
-    } catch {
-      stream.close('listen failed');
-      return;
+    } catch (err) {
+      stream.discard();
+      await sub.close();
+      throw new HttpError(503, 'NOT_LISTENING', `cannot listen: ${(err as Error).message}`);
     }
-    stream.send('ready', JSON.stringify({ channel: queue.channels.events }));
+    stream.ready({ channel: queue.channels.events });
   }, { action: 'subscribe', resource: () => 'jobs' });
 
   server.router.add('GET', /^\/jobs\/(\d{1,19})$/, async (_req, res, [id]) => {

@@ -41,17 +41,26 @@ export function registerOutboxRoutes(server: HeraldServer): void {
     }
   }, admin);
 
-  router.add('GET', /^\/changes\/([^/]+)\/events$/, async (req, res, [table]) => {
-    const sub = herald.notifier.listen(herald.changes.channelFor(table));
+  router.add('GET', /^\/changes\/([^/]+)\/events$/, async (req, res, [table], _url, principal) => {
+    let channel: string;
+    try {
+      channel = herald.changes.channelFor(table);
+    } catch (err) {
+      if (err instanceof HeraldError) throw new HttpError(400, err.code, err.message);
+      throw err;
+    }
+    // Admitted like every stream: clients, per-token connections, and this table's channel against maxChannels.
+    const stream = server.openStream(req, res, principal!, { key: `changes/${table}`, channels: [channel] });
+    const sub = herald.notifier.listen(channel);
     try {
       await sub.established;
     } catch (err) {
+      stream.discard();
       await sub.close();
-      throw err;
+      throw new HttpError(503, 'NOT_LISTENING', `cannot listen: ${(err as Error).message}`);
     }
-    const stream = server.openStream(req, res);
-    stream.send('ready', JSON.stringify({ table }));
     void stream.closed.then(() => sub.close());
+    stream.ready({ table });
     for await (const n of sub) {
       if (!stream.send('change', n.payload)) break;
     }

@@ -1,7 +1,12 @@
 import { HeraldError } from '../../errors.js';
 import { TopicRetentionError } from '../../topic/types.js';
-import { HttpError, readJson, sendJson } from '../http.js';
+import type { TopicOptions } from '../../topic/types.js';
+import { allows } from '../auth.js';
+import { HttpError, readBody, readJson, sendJson } from '../http.js';
 import type { HeraldServer } from '../server.js';
+
+/** Fields of the `PUT /topics/<name>` body: the topic options fixed at creation. */
+const TOPIC_OPTION_KEYS = ['partitions', 'segmentSize', 'retentionMs', 'retentionBytes'];
 
 /**
  * Topic routes:
@@ -10,20 +15,51 @@ import type { HeraldServer } from '../server.js';
  *   `id: <position>`, `event: message`, `data: {"id","key","partition","payload","publishedAt"}`,
  *   so a reconnecting EventSource resumes where it stopped. Behind retention:
  *   `event: behind` with the oldest retained position, then the stream ends.
+ * - `PUT /topics/<name>`: creates a durable topic (grant `create` or `admin` on
+ *   `topic/<name>`), body optional `{ partitions?, segmentSize?, retentionMs?, retentionBytes? }`;
+ *   201 `{ topic, created: true }`, or 200 `{ topic, created: false }` when it exists.
  * - `POST /topics/<name>/publish`: body `{ "payload": <JSON>, "key"?: "<text>" }`; 202 `{ id, position }`.
+ *   A missing topic is 404 `NOT_FOUND`, unless `autoCreateTopics` and a `create` grant.
  */
 export function registerTopicsRoutes(server: HeraldServer): void {
   const herald = server.herald;
 
-  server.router.add('POST', /^\/topics\/([^/]+)\/publish$/, async (req, res, [topic]) => {
+  server.router.add('PUT', /^\/topics\/([^/]+)$/, async (req, res, [topic]) => {
+    const text = (await readBody(req, server.options.maxBodyBytes)).toString('utf8');
+    let body: Record<string, unknown> = {};
+    if (text.trim() !== '') {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        throw new HttpError(400, 'INVALID_JSON', 'body is not valid JSON');
+      }
+      if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'INVALID_BODY', 'body must be a JSON object');
+      const unknown = Object.keys(body).filter((k) => !TOPIC_OPTION_KEYS.includes(k));
+      if (unknown.length) throw new HttpError(400, 'UNKNOWN_FIELD', `unknown field(s): ${unknown.join(', ')}`);
+    }
+    const created = await herald.topics.create(topic, body as TopicOptions);
+    sendJson(res, created ? 201 : 200, { topic, created });
+  }, { action: 'create', resource: ([topic]) => `topic/${topic}` });
+
+  server.router.add('POST', /^\/topics\/([^/]+)\/publish$/, async (req, res, [topic], _url, principal) => {
     const body = await readJson<{ payload?: unknown; key?: unknown }>(req, server.options.maxBodyBytes, ['payload', 'key']);
     if (body.payload === undefined) throw new HttpError(400, 'INVALID_PAYLOAD', 'payload is required (any JSON value)');
     if (body.key !== undefined && body.key !== null && typeof body.key !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'key must be a string');
-    const m = await herald.topics.publish(topic, body.payload, { key: (body.key as string | null | undefined) ?? null });
-    sendJson(res, 202, { topic, id: m.id, position: m.position });
+    // Publishing never creates a topic (DDL) unless the server allows it and the caller may create.
+    const autoCreate = server.options.autoCreateTopics && allows(principal!.grants, 'create', `topic/${topic}`);
+    try {
+      const m = await herald.topics.publish(topic, body.payload, { key: (body.key as string | null | undefined) ?? null, autoCreate });
+      sendJson(res, 202, { topic, id: m.id, position: m.position });
+    } catch (err) {
+      if (err instanceof HeraldError && err.code === 'NOT_FOUND') {
+        const how = server.options.autoCreateTopics ? 'a publish creates it only for a caller with create on topic/<name>' : 'create it with PUT /topics/<name>';
+        throw new HttpError(404, 'NOT_FOUND', `no topic ${JSON.stringify(topic)}: ${how}`);
+      }
+      throw err;
+    }
   }, { action: 'publish', resource: ([topic]) => `topic/${topic}` });
 
-  server.router.add('GET', /^\/topics\/([^/]+)\/events$/, async (req, res, [topic], url) => {
+  server.router.add('GET', /^\/topics\/([^/]+)\/events$/, async (req, res, [topic], url, principal) => {
     const header = req.headers['last-event-id'];
     const from = (typeof header === 'string' && header.trim()) || url.searchParams.get('from') || 'latest';
     let after: string;
@@ -34,10 +70,11 @@ export function registerTopicsRoutes(server: HeraldServer): void {
       if (err instanceof HeraldError && err.code === 'INVALID_ARGUMENT') throw new HttpError(400, 'INVALID_ARGUMENT', err.message);
       throw err;
     }
-    const stream = server.openStream(req, res);
+    // Admitted like every stream: clients, per-token connections, the topics' wake-up channel against maxChannels.
+    const stream = server.openStream(req, res, principal!, { key: `topic/${topic}`, channels: [herald.topics.channel] });
     const abort = new AbortController();
     void stream.closed.then(() => abort.abort());
-    stream.send('ready', JSON.stringify({ topic, after }));
+    stream.ready({ topic, after });
     try {
       for await (const m of herald.topics.tail(topic, { after, signal: abort.signal })) {
         const data = JSON.stringify({ id: m.id, key: m.key, partition: m.partition, payload: m.payload, publishedAt: m.publishedAt });

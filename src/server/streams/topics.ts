@@ -16,6 +16,8 @@ export function topicStreamSource(herald: Herald): DurableStreamSource {
   const topics = herald.topics;
   return {
     resource: (name) => `topic/${name}`,
+    // tail() LISTENs on the topics' one wake-up channel, whatever the topic.
+    channels: () => [topics.channel],
     async open(name, after, sink) {
       try {
         await topics.resolveAfter(name, 'latest'); // the topic exists
