@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { toExecutor } from '../driver/index.js';
 import type { Driver, TxLike } from '../driver/types.js';
-import { HeraldError, InvalidOptionError } from '../errors.js';
+import { HeraldError, InvalidArgumentError, InvalidOptionError } from '../errors.js';
+import { assertInt, MAX_DURATION_MS } from '../internal/validate.js';
 import { TypedEmitter } from '../internal/events.js';
 import { schemaIdent } from '../internal/ident.js';
 import { withSpan } from '../internal/tracing.js';
@@ -206,7 +207,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const topic = options.topic ?? null;
     if (topic !== null) assertName(topic, 'topic');
     const timeoutMs = options.timeoutMs ?? 0;
-    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0)) throw new InvalidOptionError('timeoutMs', timeoutMs, 'a number >= 0');
+    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0) || timeoutMs > MAX_DURATION_MS) throw new InvalidOptionError('timeoutMs', timeoutMs, `a number of ms from 0 to ${MAX_DURATION_MS}`);
     const executor = options.tx ? toExecutor(options.tx) : undefined;
     const signal = options.signal;
     const take = (): Promise<MessageRow | undefined> =>
@@ -318,7 +319,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   async deadLetters<P = unknown>(to: string, options: { limit?: number } = {}): Promise<DeadMessage<P>[]> {
     assertName(to, 'to');
     const limit = options.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 1) throw new InvalidOptionError('limit', limit, 'a positive integer');
+    assertInt('limit', limit, 1, 10_000);
     const rows = await mailboxDeadList(this.#driver.executor, this.#schemaSql, to, limit);
     return rows.map((r) => ({
       ...(decode({ ...r, seq: '0', created_ms: r.created_at.getTime() }) as MailboxMessage<P>),
@@ -331,6 +332,10 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   async redrive(to: string, options: { ids?: readonly string[]; tx?: TxLike } = {}): Promise<number> {
     assertName(to, 'to');
     const executor = options.tx ? toExecutor(options.tx) : this.#driver.executor;
+    if (options.ids !== undefined) {
+      if (!Array.isArray(options.ids)) throw new InvalidArgumentError('ids', options.ids, 'an array of message ids');
+      options.ids.forEach((id) => assertName(id, 'id'));
+    }
     return mailboxRedrive(executor, this.#schemaSql, this.channel, to, options.ids ? [...options.ids] : null);
   }
 
@@ -353,7 +358,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
    * `deadRetentionMs` when that is set), in batches. The sweep runs this on its schedule.
    */
   async purge(options: { batchSize?: number } = {}): Promise<{ consumed: number; dead: number }> {
-    const batch = options.batchSize ?? 5000;
+    const batch = assertInt('batchSize', options.batchSize ?? 5000, 1, 1_000_000);
     const sweep = async (state: 'consumed' | 'dead', olderThanMs: number): Promise<number> => {
       let total = 0;
       for (;;) {
