@@ -1,6 +1,6 @@
 import { HeraldError } from '../../errors.js';
 import { TopicRetentionError } from '../../topic/types.js';
-import { HttpError, readJson, sendJson } from '../http.js';
+import { HttpError, publicError, readJson, sendJson } from '../http.js';
 import type { HeraldServer } from '../server.js';
 
 /**
@@ -49,7 +49,7 @@ export function registerTopicsRoutes(server: HeraldServer): void {
         stream.close('behind retention');
         return;
       }
-      if (!stream.isClosed) stream.close('error: ' + ((err as Error)?.message ?? String(err)));
+      if (!stream.isClosed) stream.close('error: ' + publicError(err).message);
       return;
     }
     stream.close('subscription ended');
