@@ -506,6 +506,11 @@ export class HeraldServer {
       await route.handler(req, res, params, url, principal);
     } catch (err) {
       try {
+        // The client went away (a truncated body, a reset): nobody to answer, nothing to log.
+        if (req.socket?.destroyed || res.destroyed) {
+          res.destroy();
+          return;
+        }
         this.refused(err);
         if (!(err instanceof HttpError) && statusOf(err) >= 500) this.#internalError(err, requestId, req);
         sendError(res, err, requestId);
