@@ -316,7 +316,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
   }
 
   /** Cancels waiting or running jobs; returns the ids that were cancelled. A running job's handler sees its `signal` abort at the next heartbeat. */
-  cancel(ids: string | string[], options: { tx?: TxLike } = {}): Promise<string[]> {
+  async cancel(ids: string | string[], options: { tx?: TxLike } = {}): Promise<string[]> {
     const list = (Array.isArray(ids) ? ids : [ids]).map(assertId);
     return q.jobCancelMany(options.tx ? toExecutor(options.tx) : this.executor, this.schemaSql, this.channels, list);
   }
