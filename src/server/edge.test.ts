@@ -8,7 +8,8 @@ import { connect, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { useServer, type ServerFixture } from '../../test/support/server.js';
 import { waitFor } from '../../test/support/wait.js';
-import { HeraldServer } from './server.js';
+import { serverOptionsFrom } from '../cli/serve.js';
+import { HeraldServer, SERVER_DEFAULTS } from './server.js';
 
 let f: ServerFixture;
 const logged: { err: unknown; requestId: string }[] = [];
@@ -168,6 +169,15 @@ describe('herald serve edge', () => {
     } finally {
       await server.stop();
     }
+  });
+
+  it('herald serve takes --max-connections (or HERALD_MAX_CONNECTIONS); options are validated', () => {
+    assert.equal(serverOptionsFrom({ maxConnections: '50' }, {}).maxConnections, 50);
+    assert.equal(serverOptionsFrom({}, { HERALD_MAX_CONNECTIONS: '70' }).maxConnections, 70);
+    assert.equal(serverOptionsFrom({}, {}).maxConnections, undefined);
+    assert.equal(SERVER_DEFAULTS.maxConnections, 21_000);
+    assert.throws(() => new HeraldServer(f.herald, { maxConnections: 0 }), { code: 'INVALID_OPTION' });
+    assert.throws(() => new HeraldServer(f.herald, { headersTimeoutMs: 5000, requestTimeoutMs: 1000 }), { code: 'INVALID_OPTION' });
   });
 
   it('caps open sockets: a flood of idle sockets past maxConnections does not stop /health and /livez', async () => {
