@@ -8,6 +8,7 @@ import { connect, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { useServer, type ServerFixture } from '../../test/support/server.js';
 import { waitFor } from '../../test/support/wait.js';
+import { WsClient } from '../../test/support/ws.js';
 import { serverOptionsFrom } from '../cli/serve.js';
 import { HeraldServer, SERVER_DEFAULTS } from './server.js';
 
@@ -153,6 +154,26 @@ describe('herald serve edge', () => {
     assert.equal(d.error.code, 'INVALID_ARGUMENT');
     assert.doesNotMatch(d.error.message, /bigint/);
     assert.equal(logged.length, 1, 'a client mistake is not logged as an internal error');
+  });
+
+  it('a WebSocket request that fails inside gets INTERNAL with a request id, logged once, without the database text', async () => {
+    const ws = await WsClient.connect(f.base.replace('http', 'ws') + '/ws');
+    const notify = f.herald.notify;
+    (f.herald as { notify: unknown }).notify = async () => {
+      throw Object.assign(new Error('permission denied for secret_schema'), { code: '42501' });
+    };
+    try {
+      const before = logged.length;
+      const reply = await ws.request({ type: 'publish', topic: 'x', payload: 'p', ref: 1 });
+      assert.equal(reply.code, 'INTERNAL');
+      assert.equal(reply.status, 500);
+      assert.ok(reply.requestId);
+      assert.doesNotMatch(JSON.stringify(reply), /secret_schema/);
+      assert.deepEqual(logged.slice(before).map((l) => l.requestId), [reply.requestId]);
+    } finally {
+      (f.herald as { notify: unknown }).notify = notify;
+      ws.close();
+    }
   });
 
   it('closes a socket that sends no headers within headersTimeoutMs with 408', async () => {

@@ -431,13 +431,23 @@ export class HeraldServer {
     return `${this.#bootId}-${(++this.#requests).toString(36)}`;
   }
 
-  /** Logs an internal error once, with its request id. Never throws. */
-  #internalError(err: unknown, requestId: string, req: IncomingMessage): void {
+  /**
+   * Reports an internal error (not a deliberate refusal) once to `onInternalError`,
+   * under a new request id unless one is given; returns the id to show the client.
+   * Never throws. WebSocket messages use it with `method: 'WS'`.
+   */
+  reportInternalError(err: unknown, context: { method: string; path: string; requestId?: string }): string {
+    const requestId = context.requestId ?? this.#nextRequestId();
     try {
-      this.#onInternalError(err, { requestId, method: String(req.method), path: String(req.url ?? '').split('?')[0] });
+      this.#onInternalError(err, { requestId, method: context.method, path: context.path });
     } catch {
       // a logger that throws must not take the request path with it
     }
+    return requestId;
+  }
+
+  #internalError(err: unknown, requestId: string, req: IncomingMessage): void {
+    this.reportInternalError(err, { requestId, method: String(req.method), path: String(req.url ?? '').split('?')[0] });
   }
 
   #onConnection(s: Socket): void {

@@ -154,8 +154,10 @@ async function onMessage(server: HeraldServer, conn: WsConnection, text: string)
   } catch (err) {
     server.refused(err);
     if (err instanceof HttpError && err.code === 'TOKEN_EXPIRED') return conn.close('token_expired', err.message);
-    // Our code and message only: never a driver's or Postgres' text.
-    const e = publicError(err);
-    conn.reply({ type: 'error', code: e.code, status: e.status, message: e.message, topic: msg.topic, stream: msg.stream, ref });
+    // Our code and message only: never a driver's or Postgres' text. An internal error
+    // is logged once, and its id goes to the client.
+    const requestId = !(err instanceof HttpError) && statusOf(err) >= 500 ? server.reportInternalError(err, { method: 'WS', path: `/ws ${String(msg.type).slice(0, 20)}` }) : undefined;
+    const e = publicError(err, requestId);
+    conn.reply({ type: 'error', code: e.code, status: e.status, message: e.message, requestId, topic: msg.topic, stream: msg.stream, ref });
   }
 }

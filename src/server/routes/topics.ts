@@ -1,6 +1,6 @@
 import { HeraldError } from '../../errors.js';
 import { TopicRetentionError } from '../../topic/types.js';
-import { HttpError, publicError, readJson, sendJson } from '../http.js';
+import { HttpError, publicError, readJson, sendJson, statusOf } from '../http.js';
 import type { HeraldServer } from '../server.js';
 
 /**
@@ -49,7 +49,10 @@ export function registerTopicsRoutes(server: HeraldServer): void {
         stream.close('behind retention');
         return;
       }
-      if (!stream.isClosed) stream.close('error: ' + publicError(err).message);
+      if (!stream.isClosed) {
+        const requestId = statusOf(err) >= 500 ? server.reportInternalError(err, { method: 'GET', path: `/topics/${topic}/events` }) : undefined;
+        stream.close('error: ' + publicError(err, requestId).message);
+      }
       return;
     }
     stream.close('subscription ended');
