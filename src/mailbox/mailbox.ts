@@ -61,6 +61,7 @@ function resolveOptions(options: MailboxOptions = {}): Required<MailboxOptions> 
   for (const k of ['maxAttempts', 'sendGroupMaxMessages', 'sendGroupMaxBytes'] as const) {
     if (!Number.isInteger(o[k])) throw new InvalidOptionError(k, o[k], 'a positive integer');
   }
+  if (o.maxAttempts > 10_000) throw new InvalidOptionError('maxAttempts', o.maxAttempts, 'an integer from 1 to 10000');
   for (const k of ['retryDelayMs', 'maxRetryDelayMs', 'retentionMs', 'deadRetentionMs', 'retentionIntervalMs'] as const) {
     if (typeof o[k] !== 'number' || !(o[k] >= 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
   }
@@ -272,8 +273,8 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const concurrency = options.concurrency ?? 1;
     const batchSize = options.batchSize ?? 1;
     const maxAttempts = options.maxAttempts ?? this.options.maxAttempts;
-    for (const [k, v] of [['concurrency', concurrency], ['batchSize', batchSize], ['maxAttempts', maxAttempts]] as const) {
-      if (!Number.isInteger(v) || v < 1) throw new InvalidOptionError(k, v, 'a positive integer');
+    for (const [k, v, max] of [['concurrency', concurrency, 10_000], ['batchSize', batchSize, 100_000], ['maxAttempts', maxAttempts, 10_000]] as const) {
+      if (!Number.isInteger(v) || v < 1 || v > max) throw new InvalidOptionError(k, v, `an integer from 1 to ${max}`);
     }
     const cooldownMs = options.cooldownMs ?? CONSUME_COOLDOWN_MS;
     if (typeof cooldownMs !== 'number' || !(cooldownMs >= 0) || !Number.isFinite(cooldownMs)) throw new InvalidOptionError('cooldownMs', cooldownMs, 'a number >= 0');

@@ -167,9 +167,9 @@ export class Queue extends TypedEmitter<QueueEvents> {
     const queue = assertName('queue', options.queue ?? 'default');
     const stage = options.stage === undefined ? null : assertName('stage', options.stage);
     const concurrency = options.concurrency ?? 10;
-    if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidOptionError('concurrency', concurrency, 'an integer >= 1');
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) throw new InvalidOptionError('concurrency', concurrency, 'an integer from 1 to 10000');
     const prefetch = options.prefetch ?? 0;
-    if (!Number.isInteger(prefetch) || prefetch < 0) throw new InvalidOptionError('prefetch', prefetch, 'an integer >= 0');
+    if (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 100_000) throw new InvalidOptionError('prefetch', prefetch, 'an integer from 0 to 100000');
     const worker = new Worker(this, queue, kind, stage, handler as JobHandler, concurrency, prefetch);
     this.#workers.add(worker);
     this.start();
