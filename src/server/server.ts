@@ -9,7 +9,7 @@ import { assertAllowed, Authenticator, credentialOf, type Action, type ApiKey, t
 import { SseConnection, type Connection } from './connection.js';
 import { Dashboard } from './dashboard.js';
 import { Gateway } from './gateway.js';
-import { HttpError, Router, sendError, sendJson, statusOf, publicError } from './http.js';
+import { HttpError, Router, sendError, sendJson, statusOf } from './http.js';
 import { TokenLimits } from './limits.js';
 import { ServerMetrics } from './metrics.js';
 import { registerChannelRoutes } from './routes/channels.js';
@@ -490,7 +490,8 @@ export class HeraldServer {
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
     );
     // A peer that does not read its answer does not keep the socket.
-    setTimeout(() => socket.destroy(), 1000).unref();
+    const timer = setTimeout(() => socket.destroy(), 1000).unref();
+    socket.once('close', () => clearTimeout(timer));
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -506,7 +507,7 @@ export class HeraldServer {
       res.setHeader('x-request-id', requestId);
       const url = this.parseUrl(req);
       const found = this.router.match(req.method ?? 'GET', url.pathname);
-      if (!found) throw new HttpError(404, 'NOT_FOUND', `no route for ${url.pathname}`);
+      if (!found) throw new HttpError(404, 'NOT_FOUND', `no route for ${url.pathname.slice(0, 200)}`);
       if ('allowed' in found) {
         res.setHeader('allow', found.allowed.join(', '));
         throw new HttpError(405, 'METHOD_NOT_ALLOWED', `use ${found.allowed.join(' or ')}`);
