@@ -186,7 +186,7 @@ export function jsonDepthOver(text: string, max: number): boolean {
   return false;
 }
 
-/** The top-level field of a parsed body whose value holds a string with NUL (or undefined). */
+/** Whether a parsed JSON value holds a NUL in any string or key (to depth {@link MAX_JSON_DEPTH}). */
 function fieldWithNul(value: unknown, depth = 0): boolean {
   if (typeof value === 'string') return value.includes('\0');
   if (value === null || typeof value !== 'object' || depth > MAX_JSON_DEPTH) return false;
