@@ -63,6 +63,28 @@ export class InvalidOptionError extends HeraldError {
   }
 }
 
+/**
+ * An argument of a call (a job's `maxAttempts`, a job id, a name, a limit) outside its
+ * documented range, of the wrong type, or holding a NUL character; the message names
+ * the argument and the value. Code `INVALID_ARGUMENT`.
+ */
+export class InvalidArgumentError extends HeraldError {
+  readonly argument: string;
+  constructor(argument: string, value: unknown, expected: string) {
+    super('INVALID_ARGUMENT', `${argument}: expected ${expected}, got ${describe(value)}`);
+    this.name = 'InvalidArgumentError';
+    this.argument = argument;
+  }
+}
+
+/** A payload pgherald cannot store as given (not JSON-serialisable, or text with a NUL). Code `INVALID_PAYLOAD`. */
+export class InvalidPayloadError extends HeraldError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('INVALID_PAYLOAD', message, options);
+    this.name = 'InvalidPayloadError';
+  }
+}
+
 /** LISTEN does not stick on this connection (a transaction-mode pooler such as PgBouncer sits in front). */
 export class ListenNotSessionError extends HeraldError {
   constructor(message: string) {

@@ -42,6 +42,7 @@ type ServeOpts = {
   maxMessageBytes?: string;
   publishRate?: string;
   maxChannels?: string;
+  maxConnections?: string;
   channelPrefix?: string;
   publicMetrics?: boolean;
   allowedOrigin?: string[];
@@ -104,6 +105,7 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
     maxMessageBytes: intOption('--max-message-bytes', opts.maxMessageBytes),
     publishPerSecond: intOption('--publish-rate', opts.publishRate),
     maxChannels: intOption('--max-channels', opts.maxChannels),
+    maxConnections: intOption('--max-connections', opts.maxConnections ?? env.HERALD_MAX_CONNECTIONS),
     channelPrefix: opts.channelPrefix,
     publicMetrics: opts.publicMetrics,
     allowedOrigins: listOption(opts.allowedOrigin, env.HERALD_ALLOWED_ORIGINS),
@@ -131,6 +133,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--max-message-bytes <n>', 'largest publish payload, at most 7999 (default 7999)')
     .option('--publish-rate <n>', 'publishes per second per token (default 100)')
     .option('--max-channels <n>', 'topics listened on at once (default 1000)')
+    .option('--max-connections <n>', 'open sockets at most; past it new ones are closed (default: $HERALD_MAX_CONNECTIONS or 21000)')
     .option('--channel-prefix <prefix>', 'Postgres channel prefix of client topics, e.g. gw. (default: none, topic = channel)')
     .option('--public-metrics', 'serve /metrics without credentials')
     .option('--allowed-origin <origin>', 'a web origin (https://app.example.com) allowed to use the server from its pages; repeatable (default: $HERALD_ALLOWED_ORIGINS, comma-separated)', (v: string, acc: string[] = []) => [...acc, v])

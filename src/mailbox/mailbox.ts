@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { toExecutor } from '../driver/index.js';
 import type { Driver, TxLike } from '../driver/types.js';
-import { HeraldError, InvalidOptionError } from '../errors.js';
+import { HeraldError, InvalidArgumentError, InvalidOptionError } from '../errors.js';
+import { assertInt, MAX_DURATION_MS } from '../internal/validate.js';
 import { TypedEmitter } from '../internal/events.js';
 import { schemaIdent } from '../internal/ident.js';
 import { withSpan } from '../internal/tracing.js';
@@ -60,6 +61,7 @@ function resolveOptions(options: MailboxOptions = {}): Required<MailboxOptions> 
   for (const k of ['maxAttempts', 'sendGroupMaxMessages', 'sendGroupMaxBytes'] as const) {
     if (!Number.isInteger(o[k])) throw new InvalidOptionError(k, o[k], 'a positive integer');
   }
+  if (o.maxAttempts > 10_000) throw new InvalidOptionError('maxAttempts', o.maxAttempts, 'an integer from 1 to 10000');
   for (const k of ['retryDelayMs', 'maxRetryDelayMs', 'retentionMs', 'deadRetentionMs', 'retentionIntervalMs'] as const) {
     if (typeof o[k] !== 'number' || !(o[k] >= 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
   }
@@ -206,7 +208,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const topic = options.topic ?? null;
     if (topic !== null) assertName(topic, 'topic');
     const timeoutMs = options.timeoutMs ?? 0;
-    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0)) throw new InvalidOptionError('timeoutMs', timeoutMs, 'a number >= 0');
+    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0) || timeoutMs > MAX_DURATION_MS) throw new InvalidOptionError('timeoutMs', timeoutMs, `a number of ms from 0 to ${MAX_DURATION_MS}`);
     const executor = options.tx ? toExecutor(options.tx) : undefined;
     const signal = options.signal;
     const take = (): Promise<MessageRow | undefined> =>
@@ -271,8 +273,8 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const concurrency = options.concurrency ?? 1;
     const batchSize = options.batchSize ?? 1;
     const maxAttempts = options.maxAttempts ?? this.options.maxAttempts;
-    for (const [k, v] of [['concurrency', concurrency], ['batchSize', batchSize], ['maxAttempts', maxAttempts]] as const) {
-      if (!Number.isInteger(v) || v < 1) throw new InvalidOptionError(k, v, 'a positive integer');
+    for (const [k, v, max] of [['concurrency', concurrency, 10_000], ['batchSize', batchSize, 100_000], ['maxAttempts', maxAttempts, 10_000]] as const) {
+      if (!Number.isInteger(v) || v < 1 || v > max) throw new InvalidOptionError(k, v, `an integer from 1 to ${max}`);
     }
     const cooldownMs = options.cooldownMs ?? CONSUME_COOLDOWN_MS;
     if (typeof cooldownMs !== 'number' || !(cooldownMs >= 0) || !Number.isFinite(cooldownMs)) throw new InvalidOptionError('cooldownMs', cooldownMs, 'a number >= 0');
@@ -318,7 +320,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   async deadLetters<P = unknown>(to: string, options: { limit?: number } = {}): Promise<DeadMessage<P>[]> {
     assertName(to, 'to');
     const limit = options.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 1) throw new InvalidOptionError('limit', limit, 'a positive integer');
+    assertInt('limit', limit, 1, 10_000);
     const rows = await mailboxDeadList(this.#driver.executor, this.#schemaSql, to, limit);
     return rows.map((r) => ({
       ...(decode({ ...r, seq: '0', created_ms: r.created_at.getTime() }) as MailboxMessage<P>),
@@ -331,6 +333,10 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   async redrive(to: string, options: { ids?: readonly string[]; tx?: TxLike } = {}): Promise<number> {
     assertName(to, 'to');
     const executor = options.tx ? toExecutor(options.tx) : this.#driver.executor;
+    if (options.ids !== undefined) {
+      if (!Array.isArray(options.ids)) throw new InvalidArgumentError('ids', options.ids, 'an array of message ids');
+      options.ids.forEach((id) => assertName(id, 'id'));
+    }
     return mailboxRedrive(executor, this.#schemaSql, this.channel, to, options.ids ? [...options.ids] : null);
   }
 
@@ -353,7 +359,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
    * `deadRetentionMs` when that is set), in batches. The sweep runs this on its schedule.
    */
   async purge(options: { batchSize?: number } = {}): Promise<{ consumed: number; dead: number }> {
-    const batch = options.batchSize ?? 5000;
+    const batch = assertInt('batchSize', options.batchSize ?? 5000, 1, 1_000_000);
     const sweep = async (state: 'consumed' | 'dead', olderThanMs: number): Promise<number> => {
       let total = 0;
       for (;;) {

@@ -1,7 +1,8 @@
 import { toExecutor } from '../driver/index.js';
 import type { Driver, Executor, TxLike } from '../driver/types.js';
-import { HeraldError, InvalidOptionError } from '../errors.js';
+import { HeraldError, InvalidArgumentError, InvalidOptionError } from '../errors.js';
 import { schemaIdent } from '../internal/ident.js';
+import { assertInt, assertText, jsonHasNul } from '../internal/validate.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import {
@@ -146,7 +147,7 @@ export class Outbox {
   /** Dead-lettered events, oldest first. @param options.limit at most this many @defaultValue 100 */
   async dead(options: { limit?: number } = {}): Promise<DeadOutboxEvent[]> {
     const limit = options.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 1) throw new InvalidOptionError('limit', limit, 'a positive integer');
+    assertInt('limit', limit, 1, 10_000);
     const rows = await outboxListDead(this.#driver.executor, this.#s, limit);
     return rows.map((r) => ({ ...toOutboxEvent(r), lastError: r.last_error, deadAt: new Date(r.dead_at) }));
   }
@@ -191,16 +192,23 @@ export class Outbox {
   }
 }
 
+/** Longest event type (UTF-8 bytes). */
+export const OUTBOX_TYPE_MAX_BYTES = 200;
+/** Longest event key (UTF-8 bytes). */
+export const OUTBOX_KEY_MAX_BYTES = 1000;
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 function checkEvent(event: NewOutboxEvent, where: string): { type: string; key: string | null; payload: string; headers: string } {
   if (event === null || typeof event !== 'object') throw new HeraldError('INVALID_ARGUMENT', `${where} must be an object`);
-  if (typeof event.type !== 'string' || event.type.length === 0) throw new HeraldError('INVALID_ARGUMENT', `${where}.type must be a non-empty string`);
+  assertText(`${where}.type`, event.type, OUTBOX_TYPE_MAX_BYTES);
   const key = event.key ?? null;
-  if (key !== null && typeof key !== 'string') throw new HeraldError('INVALID_ARGUMENT', `${where}.key must be a string or null`);
+  if (key !== null && (typeof key !== 'string' || key.includes('\0') || Buffer.byteLength(key) > OUTBOX_KEY_MAX_BYTES)) {
+    throw new InvalidArgumentError(`${where}.key`, key, `null or a string of at most ${OUTBOX_KEY_MAX_BYTES} UTF-8 bytes without NUL`);
+  }
   const headers = event.headers ?? {};
-  if (typeof headers !== 'object' || Array.isArray(headers) || Object.values(headers).some((v) => typeof v !== 'string')) {
-    throw new HeraldError('INVALID_ARGUMENT', `${where}.headers must be an object of strings`);
+  if (typeof headers !== 'object' || Array.isArray(headers) || Object.entries(headers).some(([k, v]) => typeof v !== 'string' || k.includes('\0') || v.includes('\0'))) {
+    throw new HeraldError('INVALID_ARGUMENT', `${where}.headers must be an object of strings without NUL`);
   }
   let payload: string;
   try {
@@ -209,5 +217,7 @@ function checkEvent(event: NewOutboxEvent, where: string): { type: string; key: 
     throw new HeraldError('INVALID_PAYLOAD', `${where}.payload is not JSON-serialisable`, { cause: err });
   }
   if (payload === undefined) throw new HeraldError('INVALID_PAYLOAD', `${where}.payload is not JSON-serialisable`);
+  // jsonb cannot hold NUL (\u0000).
+  if (jsonHasNul(payload)) throw new HeraldError('INVALID_PAYLOAD', `${where}.payload must not contain a NUL character (\\u0000)`);
   return { type: event.type, key, payload, headers: JSON.stringify(headers) };
 }

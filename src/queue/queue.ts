@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type { Driver, TxLike } from '../driver/types.js';
 import { toExecutor } from '../driver/index.js';
-import { HeraldError, InvalidOptionError } from '../errors.js';
+import { HeraldError, InvalidArgumentError, InvalidOptionError, InvalidPayloadError } from '../errors.js';
 import { TypedEmitter } from '../internal/events.js';
 import { schemaIdent } from '../internal/ident.js';
 import { withSpan } from '../internal/tracing.js';
+import { assertBigintId, assertDate, assertDuration, assertInt, assertText, jsonHasNul } from '../internal/validate.js';
 import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
 import { CronSchedule } from './cron.js';
@@ -25,14 +26,18 @@ import {
 } from './types.js';
 import { Worker } from './worker.js';
 
-const NAME_MAX_BYTES = 100;
+/** Longest job kind, queue, stage or cron name (UTF-8 bytes). */
+export const NAME_MAX_BYTES = 100;
+/** Longest unique key (UTF-8 bytes): it is a btree index key. */
+export const UNIQUE_KEY_MAX_BYTES = 1000;
+/** Largest `maxAttempts` of a job. */
+export const MAX_ATTEMPTS_LIMIT = 10_000;
+/** Largest `limit` of a listing (`list`, `stuck`). */
+export const LIST_LIMIT_MAX = 10_000;
 const STATES: JobState[] = ['available', 'running', 'completed', 'dead', 'cancelled'];
 
-function assertName(option: string, v: unknown): string {
-  if (typeof v !== 'string' || v.length === 0 || Buffer.byteLength(v) > NAME_MAX_BYTES) {
-    throw new InvalidOptionError(option, v, `a non-empty string of at most ${NAME_MAX_BYTES} bytes`);
-  }
-  return v;
+function assertName(argument: string, v: unknown): string {
+  return assertText(argument, v, NAME_MAX_BYTES);
 }
 
 interface CronEntry {
@@ -106,30 +111,33 @@ export class Queue extends TypedEmitter<QueueEvents> {
 
   /** Enqueues a batch in one statement; results in the order of `items`. */
   async enqueueMany(items: readonly EnqueueItem[], options: { tx?: TxLike } = {}): Promise<EnqueueResult[]> {
-    if (!Array.isArray(items)) throw new HeraldError('INVALID_ARGUMENT', 'enqueueMany expects an array');
+    if (!Array.isArray(items)) throw new InvalidArgumentError('items', items, 'an array of jobs');
     if (items.length === 0) return [];
     const b: q.JobInsertBatch = { queue: [], kind: [], payload: [], priority: [], runAt: [], delayMs: [], maxAttempts: [], uniqueKey: [], stages: [], announce: [] };
     for (const it of items) {
+      if (it === null || typeof it !== 'object') throw new InvalidArgumentError('job', it, 'an object { kind, payload?, ...options }');
       b.kind.push(assertName('kind', it.kind));
       b.queue.push(assertName('queue', it.queue ?? 'default'));
-      const payload = JSON.stringify(it.payload === undefined ? {} : it.payload);
-      if (payload === undefined) throw new HeraldError('INVALID_PAYLOAD', 'payload must be JSON-serialisable');
+      let payload: string | undefined;
+      try {
+        payload = JSON.stringify(it.payload === undefined ? {} : it.payload);
+      } catch (err) {
+        throw new InvalidPayloadError(`payload cannot be serialised as JSON: ${(err as Error).message}`, { cause: err });
+      }
+      if (payload === undefined) throw new InvalidPayloadError('payload must be JSON-serialisable');
+      // Postgres jsonb cannot hold NUL (\u0000); say so before the database does.
+      if (jsonHasNul(payload)) throw new InvalidPayloadError('payload must not contain a NUL character (\\u0000)');
       b.payload.push(payload);
       const priority = it.priority ?? 0;
-      if (!Number.isInteger(priority) || priority < -32768 || priority > 32767) throw new InvalidOptionError('priority', priority, 'an integer from -32768 to 32767');
-      b.priority.push(priority);
-      if (it.runAt !== undefined && !(it.runAt instanceof Date && !Number.isNaN(it.runAt.getTime()))) throw new InvalidOptionError('runAt', it.runAt, 'a valid Date');
-      b.runAt.push(it.runAt ?? null);
-      if (it.delayMs !== undefined && !(typeof it.delayMs === 'number' && Number.isFinite(it.delayMs) && it.delayMs >= 0)) throw new InvalidOptionError('delayMs', it.delayMs, 'a finite number >= 0');
-      b.delayMs.push(it.delayMs ?? null);
-      const max = it.maxAttempts ?? this.options.maxAttempts;
-      if (!Number.isInteger(max) || max < 1) throw new InvalidOptionError('maxAttempts', max, 'an integer >= 1');
-      b.maxAttempts.push(max);
-      if (it.uniqueKey !== undefined && (typeof it.uniqueKey !== 'string' || it.uniqueKey.length === 0)) throw new InvalidOptionError('uniqueKey', it.uniqueKey, 'a non-empty string');
-      b.uniqueKey.push(it.uniqueKey ?? null);
+      b.priority.push(assertInt('priority', priority, -32768, 32767));
+      b.runAt.push(it.runAt === undefined ? null : assertDate('runAt', it.runAt));
+      b.delayMs.push(it.delayMs === undefined ? null : assertDuration('delayMs', it.delayMs));
+      b.maxAttempts.push(assertInt('maxAttempts', it.maxAttempts ?? this.options.maxAttempts, 1, MAX_ATTEMPTS_LIMIT));
+      b.uniqueKey.push(it.uniqueKey === undefined ? null : assertText('uniqueKey', it.uniqueKey, UNIQUE_KEY_MAX_BYTES));
+      if (it.announce !== undefined && typeof it.announce !== 'boolean') throw new InvalidArgumentError('announce', it.announce, 'a boolean');
       if (it.stages !== undefined) {
-        if (!Array.isArray(it.stages) || it.stages.length === 0 || new Set(it.stages).size !== it.stages.length) {
-          throw new InvalidOptionError('stages', it.stages, 'a non-empty array of distinct stage names');
+        if (!Array.isArray(it.stages) || it.stages.length === 0 || it.stages.length > 100 || new Set(it.stages).size !== it.stages.length) {
+          throw new InvalidArgumentError('stages', it.stages, 'a non-empty array of at most 100 distinct stage names');
         }
         it.stages.forEach((st: unknown) => assertName('stages', st));
       }
@@ -159,9 +167,9 @@ export class Queue extends TypedEmitter<QueueEvents> {
     const queue = assertName('queue', options.queue ?? 'default');
     const stage = options.stage === undefined ? null : assertName('stage', options.stage);
     const concurrency = options.concurrency ?? 10;
-    if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidOptionError('concurrency', concurrency, 'an integer >= 1');
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) throw new InvalidOptionError('concurrency', concurrency, 'an integer from 1 to 10000');
     const prefetch = options.prefetch ?? 0;
-    if (!Number.isInteger(prefetch) || prefetch < 0) throw new InvalidOptionError('prefetch', prefetch, 'an integer >= 0');
+    if (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 100_000) throw new InvalidOptionError('prefetch', prefetch, 'an integer from 0 to 100000');
     const worker = new Worker(this, queue, kind, stage, handler as JobHandler, concurrency, prefetch);
     this.#workers.add(worker);
     this.start();
@@ -238,7 +246,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
 
   /** Deletes finished jobs older than `olderThanMs` (default `retentionMs`), in batches. Returns how many. */
   async prune(options: { olderThanMs?: number; states?: ('completed' | 'dead' | 'cancelled')[] } = {}): Promise<number> {
-    const olderThan = options.olderThanMs ?? this.options.retentionMs;
+    const olderThan = assertDuration('olderThanMs', options.olderThanMs ?? this.options.retentionMs);
     const states = options.states ?? ['completed', 'dead', 'cancelled'];
     let total = 0;
     for (;;) {
@@ -288,13 +296,14 @@ export class Queue extends TypedEmitter<QueueEvents> {
 
   /** Jobs, newest first, filtered by queue, kind, state and stage. `limit` defaults to 100; page with `beforeId`. */
   async list(filter: { queue?: string; kind?: string; state?: JobState; stage?: string; limit?: number; beforeId?: string } = {}): Promise<JobInfo[]> {
-    if (filter.state !== undefined && !STATES.includes(filter.state)) throw new InvalidOptionError('state', filter.state, STATES.join(', '));
+    if (filter.state !== undefined && !STATES.includes(filter.state)) throw new InvalidArgumentError('state', filter.state, STATES.join(', '));
+    for (const k of ['queue', 'kind', 'stage'] as const) if (filter[k] !== undefined) assertName(k, filter[k]);
     const rows = await q.jobList(this.executor, this.schemaSql, {
       queue: filter.queue ?? null,
       kind: filter.kind ?? null,
       state: filter.state ?? null,
       stage: filter.stage ?? null,
-      limit: filter.limit ?? 100,
+      limit: assertInt('limit', filter.limit ?? 100, 1, LIST_LIMIT_MAX),
       beforeId: filter.beforeId ? assertId(filter.beforeId) : null,
     });
     return rows.map(toInfo);
@@ -313,13 +322,13 @@ export class Queue extends TypedEmitter<QueueEvents> {
    */
   async stuck(options: { thresholdMs: number; limit?: number }): Promise<(JobInfo & { stuckMs: number })[]> {
     const t = options?.thresholdMs;
-    if (typeof t !== 'number' || !Number.isFinite(t) || t < 0) throw new InvalidOptionError('thresholdMs', t, 'a finite number >= 0');
-    const rows = await q.jobListStuck(this.executor, this.schemaSql, t, options.limit ?? 100);
+    assertDuration('thresholdMs', t);
+    const rows = await q.jobListStuck(this.executor, this.schemaSql, t, assertInt('limit', options.limit ?? 100, 1, LIST_LIMIT_MAX));
     return rows.map((r) => ({ ...toInfo(r), stuckMs: Number(r.stuck_ms) }));
   }
 
   /** Cancels waiting or running jobs; returns the ids that were cancelled. A running job's handler sees its `signal` abort at the next heartbeat. */
-  cancel(ids: string | string[], options: { tx?: TxLike } = {}): Promise<string[]> {
+  async cancel(ids: string | string[], options: { tx?: TxLike } = {}): Promise<string[]> {
     const list = (Array.isArray(ids) ? ids : [ids]).map(assertId);
     return q.jobCancelMany(options.tx ? toExecutor(options.tx) : this.executor, this.schemaSql, this.channels, list);
   }
@@ -380,9 +389,9 @@ export class Queue extends TypedEmitter<QueueEvents> {
   }
 }
 
+/** A job id: a decimal string from 0 to 2^63 - 1 (`INVALID_ARGUMENT` otherwise). */
 function assertId(id: string): string {
-  if (typeof id !== 'string' || !/^\d{1,19}$/.test(id)) throw new HeraldError('INVALID_ARGUMENT', `job id must be a string of digits, got ${JSON.stringify(id)}`);
-  return id;
+  return assertBigintId('job id', id);
 }
 
 function toInfo(r: q.JobRow): JobInfo {

@@ -77,6 +77,7 @@ export function resolveQueueOptions(o: QueueOptions = {}): ResolvedQueueOptions 
   positive(r, 'retentionBatchSize');
   positive(r, 'leaderTtlMs');
   positive(r, 'completionBatchSize');
+  if (!Number.isInteger(r.maxAttempts) || r.maxAttempts > 10_000) throw new InvalidOptionError('maxAttempts', r.maxAttempts, 'an integer from 1 to 10000');
   if (typeof r.keepCompleted !== 'boolean') throw new InvalidOptionError('keepCompleted', r.keepCompleted, 'a boolean');
   if (typeof r.retryJitter !== 'number' || !(r.retryJitter >= 0 && r.retryJitter <= 1)) {
     throw new InvalidOptionError('retryJitter', r.retryJitter, 'a number from 0 to 1');

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
+import { truncateUtf8 } from './http.js';
 import type { Principal } from './auth.js';
 
 /** Why a connection ended; also the `reason` label of the disconnect metric. */
@@ -443,7 +444,7 @@ export class WsConnection extends Connection {
   }
   protected end(reason: CloseReason, message: string): void {
     if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
-      this.ws.close(WS_CLOSE[reason], message.slice(0, 120));
+      this.ws.close(WS_CLOSE[reason], truncateUtf8(message, 123)); // ws throws past 123 bytes
     }
   }
   protected destroy(): void {

@@ -1,4 +1,5 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { randomBytes } from 'node:crypto';
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
 import type { WebSocketServer } from 'ws';
 import type { Herald } from '../client.js';
@@ -69,9 +70,31 @@ export interface ServerOptions extends AuthOptions, GuardOptions {
    * `PUT /topics/<name>` (or the library / CLI). @defaultValue false
    */
   autoCreateTopics?: boolean;
+  /**
+   * Open sockets at most (node's `server.maxConnections`): past it a new socket is
+   * closed at once, never queued. When the cap is reached, the oldest socket with no
+   * request in flight (idle keep-alive, or one that has not sent a whole request yet) is
+   * closed to keep a slot free, so a flood of idle sockets cannot lock out `/health`.
+   * Keep it above `maxClients` (streams hold their socket). @defaultValue 21000
+   */
+  maxConnections?: number;
+  /** Time a client has to send a request's headers, from the moment its socket opens (408, then closed). @defaultValue 10000 */
+  headersTimeoutMs?: number;
+  /** Time a client has to send a whole request, body included (408, then closed); at least `headersTimeoutMs`. @defaultValue 30000 */
+  requestTimeoutMs?: number;
+  /** Longest request target (path and query) in bytes: 414 `URL_TOO_LONG` past it. @defaultValue 8192 */
+  maxUrlBytes?: number;
+  /** Largest request line plus headers in bytes (node's `maxHeaderSize`): 431 `HEADERS_TOO_LARGE` past it. @defaultValue 16384 */
+  maxHeaderBytes?: number;
+  /**
+   * Called once for each internal error (a 5xx that is not a deliberate refusal) with
+   * the request id also sent to the client (`x-request-id`, `error.requestId`).
+   * @defaultValue one line on stderr
+   */
+  onInternalError?: (err: unknown, context: { requestId: string; method: string; path: string }) => void;
 }
 
-type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | keyof GuardOptions | 'token'>> & { token?: string };
+type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | keyof GuardOptions | 'token' | 'onInternalError'>> & { token?: string };
 
 /** Defaults of {@link ServerOptions}; the README's option table is this object. */
 export const SERVER_DEFAULTS: Resolved = {
@@ -93,7 +116,15 @@ export const SERVER_DEFAULTS: Resolved = {
   flushIntervalMs: 0,
   dashboardRefreshMs: 2000,
   autoCreateTopics: false,
+  maxConnections: 21_000,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  maxUrlBytes: 8192,
+  maxHeaderBytes: 16_384,
 };
+
+/** How often node checks `headersTimeoutMs` / `requestTimeoutMs` (node's `connectionsCheckingInterval`), at most. */
+const TIMEOUT_CHECK_MS = 1000;
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
@@ -107,7 +138,7 @@ function resolveOptions(options: ServerOptions): Resolved {
   for (const [k, v] of Object.entries(options)) if (v !== undefined && k in SERVER_DEFAULTS) (o as Record<string, unknown>)[k] = v;
   o.token = options.token || undefined;
   if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) throw new InvalidOptionError('port', o.port, 'an integer between 0 and 65535');
-  for (const k of ['maxBodyBytes', 'maxBufferedBytes', 'sseHeartbeatMs', 'maxClients', 'maxConnectionsPerToken', 'maxSubscriptionsPerConnection', 'maxMessageBytes', 'publishPerSecond', 'wsMessagesPerSecond', 'maxChannels'] as const) {
+  for (const k of ['maxBodyBytes', 'maxBufferedBytes', 'sseHeartbeatMs', 'maxClients', 'maxConnectionsPerToken', 'maxSubscriptionsPerConnection', 'maxMessageBytes', 'publishPerSecond', 'wsMessagesPerSecond', 'maxChannels', 'maxConnections', 'headersTimeoutMs', 'requestTimeoutMs', 'maxUrlBytes', 'maxHeaderBytes'] as const) {
     if (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || o[k] <= 0) throw new InvalidOptionError(k, o[k], 'a positive number');
   }
   if (typeof o.flushIntervalMs !== 'number' || !(o.flushIntervalMs >= 0) || o.flushIntervalMs > 1000) throw new InvalidOptionError('flushIntervalMs', o.flushIntervalMs, 'a number of ms between 0 and 1000');
@@ -117,6 +148,8 @@ function resolveOptions(options: ServerOptions): Resolved {
   if (typeof o.autoCreateTopics !== 'boolean') throw new InvalidOptionError('autoCreateTopics', o.autoCreateTopics, 'true or false');
   if (!Number.isInteger(o.historySize) || o.historySize < 0) throw new InvalidOptionError('historySize', o.historySize, 'an integer >= 0');
   if (o.maxMessageBytes >= PAYLOAD_LIMIT_BYTES) throw new InvalidOptionError('maxMessageBytes', o.maxMessageBytes, `at most ${PAYLOAD_LIMIT_BYTES - 1} (the NOTIFY payload limit)`);
+  for (const k of ['maxConnections', 'maxUrlBytes', 'maxHeaderBytes'] as const) if (!Number.isInteger(o[k])) throw new InvalidOptionError(k, o[k], 'a positive integer');
+  if (o.requestTimeoutMs < o.headersTimeoutMs) throw new InvalidOptionError('requestTimeoutMs', o.requestTimeoutMs, `at least headersTimeoutMs (${o.headersTimeoutMs})`);
   if (typeof o.channelPrefix !== 'string' || Buffer.byteLength(o.channelPrefix) > 55) throw new InvalidOptionError('channelPrefix', o.channelPrefix, 'a string of at most 55 bytes');
   return o;
 }
@@ -146,6 +179,12 @@ export class HeraldServer {
   readonly #connections = new Set<Connection>();
   readonly #principals = new WeakMap<IncomingMessage, Promise<Principal>>();
   readonly #sockets = new Set<Socket>();
+  /** Requests in flight per socket, and upgraded (WebSocket) sockets: neither is evicted at the connection cap. */
+  readonly #busy = new Map<Socket, number>();
+  readonly #upgraded = new Set<Socket>();
+  readonly #onInternalError: NonNullable<ServerOptions['onInternalError']>;
+  readonly #bootId = randomBytes(4).toString('hex');
+  #requests = 0;
   #url: string | undefined;
   #stopping = false;
 
@@ -171,13 +210,30 @@ export class HeraldServer {
     this.dashboard = new Dashboard(this, this.options.dashboardRefreshMs);
     const { WebSocketServer: Wss } = loadPeer<typeof import('ws')>('ws', 'HeraldServer (WebSocket)');
     this.#wss = new Wss({ noServer: true, maxPayload: this.options.maxMessageBytes + 1024, perMessageDeflate: false });
-    this.#http = createServer((req, res) => void this.#handle(req, res));
+    this.#onInternalError =
+      options.onInternalError ??
+      ((err, c) => console.error(`herald serve: internal error, request ${c.requestId} (${c.method} ${c.path.slice(0, 200)}):`, err instanceof Error ? (err.stack ?? err.message) : err));
+    this.#http = createServer(
+      {
+        maxHeaderSize: this.options.maxHeaderBytes,
+        headersTimeout: this.options.headersTimeoutMs,
+        requestTimeout: this.options.requestTimeoutMs,
+        connectionsCheckingInterval: Math.min(TIMEOUT_CHECK_MS, this.options.headersTimeoutMs),
+      },
+      (req, res) => void this.#handle(req, res),
+    );
     this.#http.keepAliveTimeout = 5000;
-    this.#http.on('connection', (s: Socket) => {
-      this.#sockets.add(s);
-      s.on('close', () => this.#sockets.delete(s));
+    this.#http.maxConnections = this.options.maxConnections;
+    this.#http.on('connection', (s: Socket) => this.#onConnection(s));
+    this.#http.on('clientError', (err: Error & { code?: string }, socket: Socket) => this.#onClientError(err, socket));
+    this.#http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      this.#upgraded.add(socket);
+      const requestId = this.#nextRequestId();
+      handleUpgrade(this, this.#wss, req, socket, head).catch((err) => {
+        this.#internalError(err, requestId, req);
+        socket.destroy();
+      });
     });
-    this.#http.on('upgrade', (req, socket, head) => void handleUpgrade(this, this.#wss, req, socket as Socket, head));
     this.#routes();
   }
 
@@ -259,7 +315,12 @@ export class HeraldServer {
   authenticate(req: IncomingMessage): Promise<Principal> {
     let p = this.#principals.get(req);
     if (!p) {
-      const url = new URL(req.url ?? '/', 'http://localhost');
+      let url: URL;
+      try {
+        url = new URL(req.url ?? '/', 'http://localhost');
+      } catch {
+        return Promise.reject(new HttpError(400, 'BAD_URL', 'the request target is not a valid URL'));
+      }
       p = this.auth.authenticate(credentialOf(req, url));
       this.#principals.set(req, p);
     }
@@ -381,12 +442,102 @@ export class HeraldServer {
     }
   }
 
-  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /**
+   * Parses a request target, refusing what cannot be served: 414 `URL_TOO_LONG` past
+   * `maxUrlBytes`, 400 `BAD_URL` for a target `URL` cannot parse.
+   */
+  parseUrl(req: IncomingMessage): URL {
+    const target = req.url ?? '/';
+    if (target.length > this.options.maxUrlBytes) throw new HttpError(414, 'URL_TOO_LONG', `the request target is over ${this.options.maxUrlBytes} bytes`);
     try {
+      return new URL(target, 'http://localhost');
+    } catch {
+      throw new HttpError(400, 'BAD_URL', 'the request target is not a valid URL');
+    }
+  }
+
+  #nextRequestId(): string {
+    return `${this.#bootId}-${(++this.#requests).toString(36)}`;
+  }
+
+  /**
+   * Reports an internal error (not a deliberate refusal) once to `onInternalError`,
+   * under a new request id unless one is given; returns the id to show the client.
+   * Never throws. WebSocket messages use it with `method: 'WS'`.
+   */
+  reportInternalError(err: unknown, context: { method: string; path: string; requestId?: string }): string {
+    const requestId = context.requestId ?? this.#nextRequestId();
+    try {
+      this.#onInternalError(err, { requestId, method: context.method, path: context.path });
+    } catch {
+      // a logger that throws must not take the request path with it
+    }
+    return requestId;
+  }
+
+  #internalError(err: unknown, requestId: string, req: IncomingMessage): void {
+    this.reportInternalError(err, { requestId, method: String(req.method), path: String(req.url ?? '').split('?')[0] });
+  }
+
+  #onConnection(s: Socket): void {
+    this.#sockets.add(s);
+    s.on('close', () => {
+      this.#sockets.delete(s);
+      this.#busy.delete(s);
+      this.#upgraded.delete(s);
+    });
+    // At the cap, close the oldest socket that has nothing in flight so the next client
+    // (a probe, say) finds a slot; node refuses sockets past the cap.
+    if (this.#sockets.size >= this.options.maxConnections) {
+      for (const old of this.#sockets) {
+        if (old !== s && !this.#busy.has(old) && !this.#upgraded.has(old)) {
+          old.destroy();
+          break;
+        }
+      }
+    }
+  }
+
+  /** Malformed HTTP (node's parser refused it), header overflow, timeouts: a JSON answer and close. */
+  #onClientError(err: Error & { code?: string }, socket: Socket): void {
+    const code = err.code ?? '';
+    if (code === 'ECONNRESET' || code === 'EPIPE' || !socket.writable || (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent) {
+      socket.destroy();
+      return;
+    }
+    const [status, errorCode, message] =
+      code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'HEADERS_TOO_LARGE', `request line and headers are over ${this.options.maxHeaderBytes} bytes`]
+        : code === 'HPE_URI_TOO_LONG'
+          ? [414, 'URL_TOO_LONG', 'the request target is too long']
+          : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? [408, 'REQUEST_TIMEOUT', 'the request was not received in time']
+            : [400, 'BAD_REQUEST', 'malformed HTTP request'];
+    this.refused(new HttpError(status, errorCode, message));
+    const body = JSON.stringify({ error: { code: errorCode, message } });
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+    // A peer that does not read its answer does not keep the socket.
+    const timer = setTimeout(() => socket.destroy(), 1000).unref();
+    socket.once('close', () => clearTimeout(timer));
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const requestId = this.#nextRequestId();
+    const socket = req.socket;
+    this.#busy.set(socket, (this.#busy.get(socket) ?? 0) + 1);
+    res.once('close', () => {
+      const n = (this.#busy.get(socket) ?? 1) - 1;
+      if (n > 0) this.#busy.set(socket, n);
+      else this.#busy.delete(socket);
+    });
+    try {
+      res.setHeader('x-request-id', requestId);
       if (this.guard.check(req, res)) return; // Host, Origin, content type (guard.ts); true: a preflight, answered
-      const url = new URL(req.url ?? '/', 'http://localhost');
+      const url = this.parseUrl(req);
       const found = this.router.match(req.method ?? 'GET', url.pathname);
-      if (!found) throw new HttpError(404, 'NOT_FOUND', `no route for ${url.pathname}`);
+      if (!found) throw new HttpError(404, 'NOT_FOUND', `no route for ${url.pathname.slice(0, 200)}`);
       if ('allowed' in found) {
         res.setHeader('allow', found.allowed.join(', '));
         throw new HttpError(405, 'METHOD_NOT_ALLOWED', `use ${found.allowed.join(' or ')}`);
@@ -395,8 +546,18 @@ export class HeraldServer {
       const principal = route.open ? undefined : await this.authorize(req, route.action, route.resource(params, url));
       await route.handler(req, res, params, url, principal);
     } catch (err) {
-      this.refused(err);
-      sendError(res, err);
+      try {
+        // The client went away (a truncated body, a reset): nobody to answer, nothing to log.
+        if (req.socket?.destroyed || res.destroyed) {
+          res.destroy();
+          return;
+        }
+        this.refused(err);
+        if (!(err instanceof HttpError) && statusOf(err) >= 500) this.#internalError(err, requestId, req);
+        sendError(res, err, requestId);
+      } catch {
+        res.destroy();
+      }
     }
   }
 }

@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import type { RawData, WebSocket, WebSocketServer } from 'ws';
 import { assertAllowed, type Principal } from './auth.js';
 import { WsConnection, WS_CLOSE, type CloseReason } from './connection.js';
-import { HttpError, statusOf } from './http.js';
+import { HttpError, publicError, statusOf, truncateUtf8 } from './http.js';
 import { TokenBucket } from './limits.js';
 import { lastEventIdOf, publish, splitStream } from './routes/channels.js';
 import type { HeraldServer } from './server.js';
@@ -26,9 +26,17 @@ function closeReasonOf(err: unknown): CloseReason {
 function refuse(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer, err: unknown, server: HeraldServer): void {
   server.refused(err);
   wss.handleUpgrade(req, socket, head, (ws) => {
-    const code = err instanceof HttpError ? err.code : 'INTERNAL';
-    ws.close(WS_CLOSE[closeReasonOf(err)], `${code}: ${(err as Error).message}`.slice(0, 120));
+    ws.on('error', () => ws.terminate()); // a bad frame before the close completes must not throw
+    const e = publicError(err);
+    ws.close(WS_CLOSE[closeReasonOf(err)], truncateUtf8(`${e.code}: ${e.message}`, 123));
   });
+}
+
+/** Answers an upgrade request with a plain HTTP error (no handshake) and closes. */
+function endUpgrade(socket: Socket, err: HttpError): void {
+  const body = JSON.stringify({ error: { code: err.code, message: err.message } });
+  const reason = err.status === 404 ? 'Not Found' : err.status === 414 ? 'URI Too Long' : 'Bad Request';
+  socket.end(`HTTP/1.1 ${err.status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
 }
 
 /**
@@ -44,11 +52,14 @@ function refuse(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
 export async function handleUpgrade(server: HeraldServer, wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   socket.on('error', () => socket.destroy());
   if (!server.guard.upgrade(req, socket, (err) => server.refused(err))) return; // Host and Origin (guard.ts)
-  const url = new URL(req.url ?? '/', 'http://localhost');
-  if (url.pathname !== '/ws') {
-    socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-    return;
+  let url: URL;
+  try {
+    url = server.parseUrl(req);
+  } catch (err) {
+    server.refused(err);
+    return endUpgrade(socket, err as HttpError);
   }
+  if (url.pathname !== '/ws') return endUpgrade(socket, new HttpError(404, 'NOT_FOUND', `no WebSocket endpoint at ${url.pathname.slice(0, 100)}`));
   let principal: Principal;
   let release: () => void;
   const topics = url.searchParams.getAll('topic');
@@ -103,8 +114,8 @@ export async function handleUpgrade(server: HeraldServer, wss: WebSocketServer, 
       } catch (err) {
         server.refused(err);
         // As a refusal before the upgrade: the reason starts with the error code.
-        const code = err instanceof HttpError ? err.code : 'INTERNAL';
-        conn.close(closeReasonOf(err), `${code}: ${(err as Error).message}`);
+        const pub = publicError(err);
+        conn.close(closeReasonOf(err), `${pub.code}: ${pub.message}`);
       }
     })();
   });
@@ -160,7 +171,10 @@ async function onMessage(server: HeraldServer, conn: WsConnection, text: string)
   } catch (err) {
     server.refused(err);
     if (err instanceof HttpError && err.code === 'TOKEN_EXPIRED') return conn.close('token_expired', err.message);
-    const code = err instanceof HttpError ? err.code : ((err as { code?: string }).code ?? 'INTERNAL');
-    conn.reply({ type: 'error', code, status: statusOf(err), message: (err as Error).message, topic: msg.topic, stream: msg.stream, ref });
+    // Our code and message only: never a driver's or Postgres' text. An internal error
+    // is logged once, and its id goes to the client.
+    const requestId = !(err instanceof HttpError) && statusOf(err) >= 500 ? server.reportInternalError(err, { method: 'WS', path: `/ws ${String(msg.type).slice(0, 20)}` }) : undefined;
+    const e = publicError(err, requestId);
+    conn.reply({ type: 'error', code: e.code, status: e.status, message: e.message, requestId, topic: msg.topic, stream: msg.stream, ref });
   }
 }

@@ -2,6 +2,7 @@ import type { Driver, Executor, TxLike } from '../driver/types.js';
 import { toExecutor } from '../driver/index.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { quoteIdent, schemaIdent } from '../internal/ident.js';
+import { assertBigintId, jsonHasNul } from '../internal/validate.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import { TopicConsumer } from './consumer.js';
@@ -14,6 +15,7 @@ import {
   parsePosition,
   positiveInt,
   TopicRetentionError,
+  TOPIC_KEY_MAX_BYTES,
   TOPICS_DEFAULTS,
   type ConsumerOptions,
   type GroupStart,
@@ -120,9 +122,11 @@ export class Topics {
     for (const m of messages) {
       const text = m?.payload === undefined ? undefined : JSON.stringify(m.payload);
       if (text === undefined) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload must be a JSON value (not undefined or a function)');
-      if (text.includes('\\u0000')) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload cannot contain NUL characters');
+      if (jsonHasNul(text)) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload cannot contain NUL characters');
       const key = m.key ?? null;
-      if (key !== null && (typeof key !== 'string' || key.includes('\0'))) throw new HeraldError('INVALID_ARGUMENT', 'key must be a string without NUL, or null');
+      if (key !== null && (typeof key !== 'string' || key.includes('\0') || Buffer.byteLength(key) > TOPIC_KEY_MAX_BYTES)) {
+        throw new HeraldError('INVALID_ARGUMENT', `key must be null or a string of at most ${TOPIC_KEY_MAX_BYTES} UTF-8 bytes without NUL`);
+      }
       keys.push(key);
       payloads.push(text);
     }
@@ -295,6 +299,7 @@ export class Topics {
       return formatPosition(l.xid, l.id);
     }
     if (/^\d{1,19}$/.test(after)) {
+      assertBigintId('message id', after);
       const xid = await q.messageXid(ex, this.#s, st.row.id, after);
       if (!xid) throw new HeraldError('NOT_FOUND', `topic ${topic} has no retained message ${after}`);
       return formatPosition(xid, after);

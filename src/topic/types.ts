@@ -1,5 +1,6 @@
 import type { Executor } from '../driver/types.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
+import { BIGINT_MAX } from '../internal/validate.js';
 
 /**
  * A position in a topic: `"<xid>:<id>"`, the publishing transaction's id and the
@@ -156,6 +157,10 @@ export type ConsumerEvents = {
   stopped: [];
 };
 
+/** Longest message key (UTF-8 bytes). */
+export const TOPIC_KEY_MAX_BYTES = 1000;
+const XID8_MAX = 18446744073709551615n;
+
 /** Formats a position. */
 export function formatPosition(xid: string, id: string): TopicPosition {
   return `${xid}:${id}`;
@@ -164,7 +169,11 @@ export function formatPosition(xid: string, id: string): TopicPosition {
 /** Parses a position; throws INVALID_ARGUMENT for anything else. */
 export function parsePosition(position: string): { xid: string; id: string } {
   const m = /^(\d{1,20}):(\d{1,19})$/.exec(String(position));
-  if (!m) throw new HeraldError('INVALID_ARGUMENT', `not a topic position: ${JSON.stringify(String(position).slice(0, 60))} (expected "<xid>:<id>")`);
+  // Both parts are 64-bit in the database (xid8 is unsigned, the id a bigint): a larger
+  // number is refused here, not by Postgres with its own text.
+  if (!m || BigInt(m[1]) > XID8_MAX || BigInt(m[2]) > BIGINT_MAX) {
+    throw new HeraldError('INVALID_ARGUMENT', `not a topic position: ${JSON.stringify(String(position).slice(0, 60))} (expected "<xid>:<id>", each a 64-bit number)`);
+  }
   return { xid: m[1], id: m[2] };
 }
 

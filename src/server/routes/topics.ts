@@ -2,7 +2,7 @@ import { HeraldError } from '../../errors.js';
 import { TopicRetentionError } from '../../topic/types.js';
 import type { TopicOptions } from '../../topic/types.js';
 import { allows } from '../auth.js';
-import { HttpError, readBody, readJson, sendJson } from '../http.js';
+import { HttpError, publicError, readBody, readJson, sendJson, statusOf } from '../http.js';
 import type { HeraldServer } from '../server.js';
 
 /** Fields of the `PUT /topics/<name>` body: the topic options fixed at creation. */
@@ -86,7 +86,10 @@ export function registerTopicsRoutes(server: HeraldServer): void {
         stream.close('behind retention');
         return;
       }
-      if (!stream.isClosed) stream.close('error: ' + ((err as Error)?.message ?? String(err)));
+      if (!stream.isClosed) {
+        const requestId = statusOf(err) >= 500 ? server.reportInternalError(err, { method: 'GET', path: `/topics/${topic}/events` }) : undefined;
+        stream.close('error: ' + publicError(err, requestId).message);
+      }
       return;
     }
     stream.close('subscription ended');

@@ -1,7 +1,7 @@
 import type { Herald } from '../../client.js';
 import { HeraldError } from '../../errors.js';
 import { TopicRetentionError } from '../../topic/types.js';
-import { HttpError } from '../http.js';
+import { HttpError, publicError } from '../http.js';
 import type { DurableStreamSource } from '../stream.js';
 
 /**
@@ -29,7 +29,7 @@ export function topicStreamSource(herald: Herald): DurableStreamSource {
       try {
         position = await topics.resolveAfter(name, after ?? 'latest');
       } catch (err) {
-        sink.gap({ after, reason: `position not retained: ${(err as Error).message}` });
+        sink.gap({ after, reason: `position not retained: ${publicError(err).message}` });
         position = await topics.resolveAfter(name, 'earliest');
       }
       void (async () => {
@@ -48,7 +48,7 @@ export function topicStreamSource(herald: Herald): DurableStreamSource {
               position = await topics.resolveAfter(name, 'earliest').catch(() => position);
               continue;
             }
-            sink.end(`error: ${(err as Error)?.message ?? String(err)}`);
+            sink.end(`error: ${publicError(err).message}`);
             return;
           }
         }
