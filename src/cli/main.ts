@@ -17,7 +17,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   const ctx = new CliContext(io);
   const program = new Command('herald')
     .description('pgherald: Postgres-native messaging (notifier, mailbox, queue, outbox, topics) and its server')
-    .option('-d, --database-url <url>', 'Postgres connection string (default: $DATABASE_URL)')
+    .option('-d, --database-url <url>', 'Postgres connection string (default: $DATABASE_URL, else the database of a herald serve running on --data-dir)')
     .option('--listen-url <url>', 'direct or session-pooled connection for LISTEN (default: the database URL; $HERALD_LISTEN_URL)')
     .option('--schema <name>', "pgherald's schema (default: $HERALD_SCHEMA or herald)")
     .option('--data-dir <dir>', "embedded Postgres folder of `herald serve`; other commands find its database there when no URL is given (default: $HERALD_DATA_DIR or ./.herald)")

@@ -162,7 +162,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--show-secrets', 'print the embedded database URL with its password (hidden as *** by default)')
     .addHelpText(
       'after',
-      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token "$(openssl rand -hex 24)"\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald',
+      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token-file /run/secrets/herald-token\n  herald serve --data-dir /var/lib/herald --show-secrets\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald',
     )
     .action(async (opts: ServeOpts) => {
       const env = ctx.io.env;
