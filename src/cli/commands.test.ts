@@ -116,6 +116,16 @@ describe('CLI options and messages (issue 16)', () => {
     });
   });
 
+  it('redrive of ids that are not dead letters says so', async () => {
+    const sent = await herald.mailbox.send({ to: 'redrive-box', payload: 1 });
+    const box = await cli(['mailbox', 'redrive', 'redrive-box', sent.id, 'nope'], env());
+    assert.equal(box.code, 1);
+    assert.deepEqual(box.stdout.trim().split('\n'), ['redrove 0', 'not redriven 2 of 2: only dead messages of "redrive-box" are (the others are unknown, ready or consumed)']);
+    const outbox = await cli(['outbox', 'redrive', '00000000-0000-0000-0000-000000000000'], env());
+    assert.equal(outbox.code, 1);
+    assert.match(outbox.stdout, /^redriven 0\nnot redriven 1 of 1: only dead-lettered events are/);
+  });
+
   it('a bad database URL is named (password hidden), before and after connecting', async () => {
     const bad = await cli(['jobs', 'list'], { DATABASE_URL: 'not-a-url' });
     assert.equal(bad.code, 2);

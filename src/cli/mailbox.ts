@@ -101,6 +101,10 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .action(async (to: string, ids: string[]) => {
       const n = await ctx.herald(globals()).mailbox.redrive(to, { ids: ids.length ? ids : undefined });
       ctx.out(`redrove ${n}`);
+      if (ids.length > 0 && n < ids.length) {
+        ctx.out(`not redriven ${ids.length - n} of ${ids.length}: only dead messages of ${JSON.stringify(to)} are (the others are unknown, ready or consumed)`);
+        ctx.exitCode = 1;
+      }
     });
 }
 

@@ -46,6 +46,10 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
       if (opts.all && ids.length > 0) throw new CliError('give event ids or --all, not both', 2);
       const n = await herald().outbox.redrive(opts.all ? {} : { ids });
       ctx.out(`redriven ${n}`);
+      if (!opts.all && n < ids.length) {
+        ctx.out(`not redriven ${ids.length - n} of ${ids.length}: only dead-lettered events are (the others are unknown, pending or published)`);
+        ctx.exitCode = 1;
+      }
     });
 
   const changes = program.command('changes').description('row-change triggers: announce INSERT/UPDATE/DELETE of a table');

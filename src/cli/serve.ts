@@ -120,7 +120,7 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
  * orphaned and shuts down as if it had received the signal. Outside npm a process
  * whose parent exits keeps running on purpose (`nohup herald serve &`).
  */
-function parentGone(env: Record<string, string | undefined>): Promise<void> {
+function parentGone(env: Record<string, string | undefined>, ctx: CliContext): Promise<void> {
   if (!env.npm_lifecycle_event || process.ppid <= 1) return new Promise(() => {});
   const parent = process.ppid;
   return new Promise((resolve) => {
@@ -131,6 +131,7 @@ function parentGone(env: Record<string, string | undefined>): Promise<void> {
       }
     }, PARENT_CHECK_MS);
     timer.unref();
+    ctx.onCleanup(async () => clearInterval(timer));
   });
 }
 
@@ -199,7 +200,7 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
       embedded?.served(url);
       ctx.out(`herald serving on ${url}`);
       ctx.err(`dashboard: ${url}/dashboard  browser client: ${url}/client.js  metrics: ${url}/metrics`);
-      await Promise.race([ctx.io.interrupted, parentGone(env)]);
+      await Promise.race([ctx.io.interrupted, parentGone(env, ctx)]);
       ctx.err('shutting down');
     });
 }
