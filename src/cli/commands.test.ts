@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import type { Herald } from '../client.js';
@@ -114,6 +115,18 @@ describe('CLI options and messages (issue 16)', () => {
         { id: missing, state: null, reason: 'not found' },
       ],
     });
+  });
+
+  it('completion bash completes commands, subcommands and options', async () => {
+    const script = await cli(['completion', 'bash']);
+    assert.equal(script.code, 0);
+    const complete = (...words: string[]) =>
+      execFileSync('bash', ['-c', `${script.stdout}\nCOMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _herald; echo "\${COMPREPLY[*]}"`, 'bash', 'herald', ...words], { encoding: 'utf8' }).trim();
+    assert.equal(complete('jo'), 'jobs');
+    assert.equal(complete('jobs', 'l'), 'list');
+    assert.equal(complete('--data-dir', 'x', 'jobs', 'list', '--limit', '5', '--js'), '--json');
+    assert.equal(complete('mailbox', ''), 'stats dead redrive');
+    assert.equal((await cli(['completion', 'fish'])).code, 2);
   });
 
   it('redrive of ids that are not dead letters says so', async () => {

@@ -8,6 +8,7 @@ import { registerJobsCommands } from './jobs.js';
 import { registerOutboxCommands } from './outbox.js';
 import { registerTopicsCommands } from './topics.js';
 import { packageVersion, redactUrl } from './options.js';
+import { registerCompletionCommand } from './completion.js';
 
 /**
  * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
@@ -32,6 +33,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerMailboxCommands(program, ctx);
   registerOutboxCommands(program, ctx);
   registerTopicsCommands(program, ctx);
+  registerCompletionCommand(program, ctx);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return ctx.exitCode;
