@@ -1,5 +1,7 @@
 import type { Writable } from 'node:stream';
 import { Herald, type HeraldOptions } from '../client.js';
+import { checkPostgresUrl } from './options.js';
+import { dataDirOf, runningEmbeddedUrl } from './state.js';
 
 /** Where the CLI writes and what it reads; tests pass their own. */
 export interface CliIo {
@@ -29,19 +31,36 @@ export class CliContext {
     this.io.stderr.write(line + '\n');
   }
 
-  /** The connection string from `--database-url` or DATABASE_URL. */
-  databaseUrl(opts: { databaseUrl?: string }): string {
-    const url = opts.databaseUrl ?? this.io.env.DATABASE_URL;
-    if (!url) throw new CliError('no database: pass --database-url or set DATABASE_URL');
+  /** The database URL this invocation resolved (for error messages), once known. */
+  resolvedUrl: string | undefined;
+
+  /**
+   * The connection string: `--database-url`, then `$DATABASE_URL`, then the database
+   * of a `herald serve` running on the data folder (`--data-dir`, `$HERALD_DATA_DIR`,
+   * `./.herald`, through its `herald.json`). Each is checked to be a Postgres URL.
+   */
+  databaseUrl(opts: { databaseUrl?: string; dataDir?: string }): string {
+    let url: string | undefined;
+    if (opts.databaseUrl) url = checkPostgresUrl(opts.databaseUrl, '--database-url');
+    else if (this.io.env.DATABASE_URL) url = checkPostgresUrl(this.io.env.DATABASE_URL, 'DATABASE_URL');
+    else url = runningEmbeddedUrl(dataDirOf(opts.dataDir, this.io.env));
+    if (!url) {
+      throw new CliError(
+        `no database: pass --database-url, set DATABASE_URL, or start \`herald serve\` in this folder (its database is found through ${dataDirOf(opts.dataDir, this.io.env)}/herald.json; see --data-dir)`,
+      );
+    }
+    this.resolvedUrl = url;
     return url;
   }
 
   /** A Herald for this invocation, closed when the command ends. */
-  herald(opts: { databaseUrl?: string; schema?: string; listenUrl?: string }, extra: Partial<HeraldOptions> = {}): Herald {
+  herald(opts: { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string }, extra: Partial<HeraldOptions> = {}): Herald {
     if (!this.#herald) {
+      const listenUrl = opts.listenUrl || this.io.env.HERALD_LISTEN_URL || undefined;
+      if (listenUrl) checkPostgresUrl(listenUrl, opts.listenUrl ? '--listen-url' : 'HERALD_LISTEN_URL');
       this.#herald = new Herald({
         connectionString: this.databaseUrl(opts),
-        listenConnectionString: opts.listenUrl ?? this.io.env.HERALD_LISTEN_URL,
+        listenConnectionString: listenUrl,
         schema: opts.schema ?? this.io.env.HERALD_SCHEMA,
         poolSize: 4,
         ...extra,

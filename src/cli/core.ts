@@ -2,8 +2,9 @@ import type { Command } from 'commander';
 import { ListenNotSessionError } from '../errors.js';
 import { migrationScript } from '../schema/migrator.js';
 import { CliError, type CliContext } from './context.js';
+import { COUNT_RANGE, intArg } from './options.js';
 
-type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
+type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
 /** migrate, listen, notify, doctor. */
 export function registerCoreCommands(program: Command, ctx: CliContext): void {
@@ -13,8 +14,9 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
     .command('migrate')
     .description('apply pending migrations (up), show them (status), or print the SQL (sql)')
     .argument('[action]', 'up | status | sql', 'up')
+    .option('--json', 'status: one JSON object per migration ({"version","name","appliedAt"})')
     .addHelpText('after', '\nExamples:\n  herald migrate\n  herald migrate status\n  herald migrate sql > pgherald.sql')
-    .action(async (action: string) => {
+    .action(async (action: string, opts: { json?: boolean }) => {
       if (action === 'sql') {
         ctx.io.stdout.write(migrationScript(globals().schema ?? ctx.io.env.HERALD_SCHEMA));
         return;
@@ -25,7 +27,8 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
         ctx.out(applied.length ? `applied ${applied.join(', ')}` : 'up to date');
       } else if (action === 'status') {
         for (const m of await herald.migrationStatus()) {
-          ctx.out(`${String(m.version).padStart(3, '0')} ${m.name.padEnd(24)} ${m.appliedAt ? m.appliedAt.toISOString() : 'pending'}`);
+          if (opts.json) ctx.out(JSON.stringify({ version: m.version, name: m.name, appliedAt: m.appliedAt }));
+          else ctx.out(`${String(m.version).padStart(3, '0')} ${m.name.padEnd(24)} ${m.appliedAt ? m.appliedAt.toISOString() : 'pending'}`);
         }
       } else {
         throw new CliError(`unknown migrate action ${JSON.stringify(action)}: use up, status or sql`, 2);
@@ -36,7 +39,7 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
     .command('listen')
     .description('print notifications of the channels as they arrive (one JSON line each) until interrupted')
     .argument('<channels...>', 'channel names, exactly as given (case-sensitive)')
-    .option('--count <n>', 'exit after n notifications', (v) => Number(v))
+    .option('--count <n>', 'exit after n notifications', intArg('--count', COUNT_RANGE))
     .addHelpText('after', "\nExamples:\n  herald listen orders\n  herald listen 'OrderCreated' audit --count 1")
     .action(async (channels: string[], opts: { count?: number }) => {
       const herald = ctx.herald(globals());
@@ -67,7 +70,9 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
   program
     .command('doctor')
     .description('check connectivity, server version, a LISTEN round trip, pooler mode and notification-queue usage')
-    .action(async () => {
+    .option('--json', 'print {"ok", "checks": [{"name","ok","detail"}]}')
+    .action(async (opts: { json?: boolean }) => {
+      const json = opts.json === true;
       const herald = ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 } });
       const checks: [string, boolean, string][] = [];
       try {
@@ -78,7 +83,7 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
         if (Number(rows[0].n) < 150000) checks.push(['version', false, 'pgherald supports PostgreSQL 15 and later']);
       } catch (err) {
         checks.push(['connect', false, (err as Error).message]);
-        return report(ctx, checks);
+        return report(ctx, checks, json);
       }
       const started = Date.now();
       try {
@@ -107,11 +112,14 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
       } catch (err) {
         checks.push(['schema', false, (err as Error).message]);
       }
-      report(ctx, checks);
+      report(ctx, checks, json);
     });
 }
 
-function report(ctx: CliContext, checks: [string, boolean, string][]): void {
-  for (const [name, ok, detail] of checks) ctx.out(`${ok ? 'ok  ' : 'FAIL'} ${name.padEnd(8)} ${detail}`);
+function report(ctx: CliContext, checks: [string, boolean, string][], json: boolean): void {
+  if (json) {
+    const list = checks.map(([name, ok, detail]) => ({ name, ok, detail }));
+    ctx.out(JSON.stringify({ ok: list.every((c) => c.ok), checks: list }));
+  } else for (const [name, ok, detail] of checks) ctx.out(`${ok ? 'ok  ' : 'FAIL'} ${name.padEnd(8)} ${detail}`);
   if (checks.some(([, ok]) => !ok)) ctx.exitCode = 1;
 }

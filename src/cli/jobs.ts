@@ -1,8 +1,23 @@
 import type { Command } from 'commander';
 import { jobSummary, type JobInfo, type JobState } from '../queue/types.js';
 import { CliError, type CliContext } from './context.js';
+import { COUNT_RANGE, LIMIT_RANGE, intArg } from './options.js';
 
-type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
+type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
+
+/** Why a job was left alone by `cancel` / `retry` (undefined: it does not exist). */
+function whyNot(action: 'cancel' | 'retry', job: JobInfo | undefined, includeCompleted: boolean): string {
+  if (!job) return 'not found';
+  if (action === 'cancel') {
+    if (job.state === 'cancelled') return 'already cancelled';
+    if (job.state === 'completed' || job.state === 'dead') return `already finished (${job.state})`;
+    return `state ${job.state}`;
+  }
+  if (job.state === 'available') return 'still waiting (available): only dead or cancelled jobs are retried';
+  if (job.state === 'running') return 'running: only dead or cancelled jobs are retried';
+  if (job.state === 'completed' && !includeCompleted) return 'completed: pass --include-completed to run it again';
+  return `state ${job.state}`;
+}
 
 function line(j: JobInfo): string {
   return JSON.stringify(jobSummary(j));
@@ -15,54 +30,90 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
 
   jobs
     .command('list')
-    .description('list jobs, newest first, one JSON line each')
+    .description('list jobs, newest first (by id), one JSON line each')
     .option('--queue <name>', 'only this queue')
     .option('--kind <kind>', 'only this kind')
     .option('--state <state>', 'available | running | completed | dead | cancelled')
     .option('--stage <stage>', 'only jobs at this pipeline stage')
-    .option('--limit <n>', 'at most n jobs', (v) => Number(v), 100)
-    .addHelpText('after', '\nExamples:\n  herald jobs list --state dead\n  herald jobs list --kind email --limit 10')
-    .action(async (o: { queue?: string; kind?: string; state?: JobState; stage?: string; limit: number }) => {
-      for (const j of await ctx.herald(globals()).queue.list(o)) ctx.out(line(j));
+    .option('--before-id <id>', 'only jobs with a smaller id (the next page: the last id shown)')
+    .option('--limit <n>', 'at most n jobs (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--json', 'every field of each job (payload, errors, history...), one JSON object per line')
+    .addHelpText('after', '\nExamples:\n  herald jobs list --state dead\n  herald jobs list --kind email --limit 10\n  herald jobs list --limit 10 --before-id 120')
+    .action(async (o: { queue?: string; kind?: string; state?: JobState; stage?: string; beforeId?: string; limit: number; json?: boolean }) => {
+      const { json, ...filter } = o;
+      for (const j of await ctx.herald(globals()).queue.list(filter)) ctx.out(json ? JSON.stringify(j) : line(j));
+    });
+
+  jobs
+    .command('get')
+    .description('one job with every field (payload, errors, history, result), as indented JSON; exit 1 when there is no such job')
+    .argument('<id>', 'job id')
+    .option('--json', 'on one line')
+    .addHelpText('after', '\nExamples:\n  herald jobs get 42')
+    .action(async (id: string, o: { json?: boolean }) => {
+      const job = await ctx.herald(globals()).queue.get(id);
+      if (!job) throw new CliError(`job ${id} not found`);
+      ctx.out(o.json ? JSON.stringify(job) : JSON.stringify(job, null, 2));
     });
 
   jobs
     .command('stats')
     .description('job counts per queue, kind and state (scheduled = available, not yet due)')
-    .action(async () => {
+    .option('--json', 'print a JSON array of {"queue","kind","state","count"}')
+    .action(async (o: { json?: boolean }) => {
       const rows = await ctx.herald(globals()).queue.stats();
+      if (o.json) return ctx.out(JSON.stringify(rows));
       ctx.out(`${'queue'.padEnd(16)} ${'kind'.padEnd(24)} ${'state'.padEnd(10)} count`);
       for (const r of rows) ctx.out(`${r.queue.padEnd(16)} ${r.kind.padEnd(24)} ${r.state.padEnd(10)} ${r.count}`);
     });
 
+  /** Prints what `cancel`/`retry` did and, per id left alone, why; exit 1 when some were. */
+  const report = async (action: 'cancel' | 'retry', ids: string[], done: string[], json: boolean | undefined, includeCompleted = false) => {
+    const herald = ctx.herald(globals());
+    const doneSet = new Set(done);
+    const skipped: { id: string; state: JobState | null; reason: string }[] = [];
+    for (const id of ids) {
+      if (doneSet.has(id)) continue;
+      const job = await herald.queue.get(id);
+      skipped.push({ id, state: job?.state ?? null, reason: whyNot(action, job, includeCompleted) });
+    }
+    const verb = action === 'cancel' ? 'cancelled' : 'retried';
+    if (json) ctx.out(JSON.stringify({ [verb]: done, skipped }));
+    else {
+      ctx.out(`${verb} ${done.length}: ${done.join(' ')}`.trimEnd());
+      for (const s of skipped) ctx.out(`not ${verb} ${s.id}: ${s.reason}`);
+    }
+    if (skipped.length > 0) ctx.exitCode = 1;
+  };
+
   jobs
     .command('retry')
-    .description('make dead or cancelled jobs available again with a fresh budget of attempts')
+    .description('make dead or cancelled jobs available again with a fresh budget of attempts; says why for each id left alone')
     .argument('<ids...>', 'job ids')
     .option('--include-completed', 'also re-run completed jobs')
+    .option('--json', 'print {"retried":[ids],"skipped":[{"id","state","reason"}]}')
     .addHelpText('after', '\nExamples:\n  herald jobs retry 42 43')
-    .action(async (ids: string[], o: { includeCompleted?: boolean }) => {
+    .action(async (ids: string[], o: { includeCompleted?: boolean; json?: boolean }) => {
       const done = await ctx.herald(globals()).queue.retry(ids, { includeCompleted: o.includeCompleted });
-      ctx.out(`retried ${done.length}: ${done.join(' ')}`);
-      if (done.length < ids.length) ctx.exitCode = 1;
+      await report('retry', ids, done, o.json, o.includeCompleted === true);
     });
 
   jobs
     .command('cancel')
-    .description('cancel waiting or running jobs (a running handler sees its signal abort at its next heartbeat)')
+    .description('cancel waiting or running jobs (a running handler sees its signal abort at its next heartbeat); says why for each id left alone')
     .argument('<ids...>', 'job ids')
+    .option('--json', 'print {"cancelled":[ids],"skipped":[{"id","state","reason"}]}')
     .addHelpText('after', '\nExamples:\n  herald jobs cancel 42')
-    .action(async (ids: string[]) => {
+    .action(async (ids: string[], o: { json?: boolean }) => {
       const done = await ctx.herald(globals()).queue.cancel(ids);
-      ctx.out(`cancelled ${done.length}: ${done.join(' ')}`);
-      if (done.length < ids.length) ctx.exitCode = 1;
+      await report('cancel', ids, done, o.json);
     });
 
   jobs
     .command('watch')
     .description('print job transitions live (jobs enqueued with announce; pipelines by default), one JSON line each')
     .option('--id <id>', 'only this job')
-    .option('--count <n>', 'exit after n transitions', (v) => Number(v))
+    .option('--count <n>', 'exit after n transitions', intArg('--count', COUNT_RANGE))
     .addHelpText('after', '\nExamples:\n  herald jobs watch\n  herald jobs watch --id 42 --count 7')
     .action(async (o: { id?: string; count?: number }) => {
       const herald = ctx.herald(globals());
@@ -83,12 +134,13 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .command('stuck')
     .description('waiting or running jobs that entered their current stage more than --older-than ago (database time); exit 1 if any')
     .option('--older-than <duration>', 'threshold: 90s, 15m, 2h or milliseconds', '15m')
-    .option('--limit <n>', 'at most n jobs', (v) => Number(v), 100)
+    .option('--limit <n>', 'at most n jobs (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--json', 'every field of each job, with stuckMs, one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald jobs stuck --older-than 30m')
-    .action(async (o: { olderThan: string; limit: number }) => {
+    .action(async (o: { olderThan: string; limit: number; json?: boolean }) => {
       const thresholdMs = parseDuration(o.olderThan);
       const rows = await ctx.herald(globals()).queue.stuck({ thresholdMs, limit: o.limit });
-      for (const j of rows) ctx.out(JSON.stringify({ id: j.id, kind: j.kind, stage: j.stage, state: j.state, stuckMs: Math.round(j.stuckMs), since: j.stageEnteredAt }));
+      for (const j of rows) ctx.out(o.json ? JSON.stringify(j) : JSON.stringify({ id: j.id, kind: j.kind, stage: j.stage, state: j.state, stuckMs: Math.round(j.stuckMs), since: j.stageEnteredAt }));
       if (rows.length > 0) ctx.exitCode = 1;
     });
 }

@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { CliError, type CliContext } from './context.js';
+import { COUNT_RANGE, LIMIT_RANGE, intArg } from './options.js';
 
-type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
+type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
 function seconds(value: string, option: string): number {
   const n = Number(value);
@@ -46,12 +47,11 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .argument('<to>', 'destination')
     .option('--topic <topic>', 'only messages of this topic')
     .option('--wait <seconds>', 'how long to wait for each message (0: look once)', '0')
-    .option('--count <n>', 'messages to take before exiting', '1')
+    .option('--count <n>', 'messages to take before exiting', intArg('--count', COUNT_RANGE), 1)
     .addHelpText('after', '\nExamples:\n  herald receive billing\n  herald receive billing --wait 30 --count 10\n\nExit code 0 when at least one message was received, 3 when none arrived in time.')
-    .action(async (to: string, opts: { topic?: string; wait: string; count: string }) => {
+    .action(async (to: string, opts: { topic?: string; wait: string; count: number }) => {
       const waitS = seconds(opts.wait, '--wait');
-      const count = Number(opts.count);
-      if (!Number.isInteger(count) || count < 1) throw new CliError(`--count must be a positive integer, got ${JSON.stringify(opts.count)}`, 2);
+      const count = opts.count;
       const mailbox = ctx.herald(globals()).mailbox;
       const stop = new AbortController();
       void ctx.io.interrupted.then(() => stop.abort());
@@ -86,9 +86,10 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .command('dead')
     .description('list dead messages of a destination with their last error (JSON lines)')
     .argument('<to>', 'destination')
-    .option('--limit <n>', 'at most n', '100')
-    .action(async (to: string, opts: { limit: string }) => {
-      const dead = await ctx.herald(globals()).mailbox.deadLetters(to, { limit: Number(opts.limit) });
+    .option('--limit <n>', 'at most n (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--json', 'one JSON object per line (the default output; accepted for symmetry)')
+    .action(async (to: string, opts: { limit: number }) => {
+      const dead = await ctx.herald(globals()).mailbox.deadLetters(to, { limit: opts.limit });
       for (const d of dead) ctx.out(JSON.stringify(d));
     });
 
@@ -100,6 +101,10 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .action(async (to: string, ids: string[]) => {
       const n = await ctx.herald(globals()).mailbox.redrive(to, { ids: ids.length ? ids : undefined });
       ctx.out(`redrove ${n}`);
+      if (ids.length > 0 && n < ids.length) {
+        ctx.out(`not redriven ${ids.length - n} of ${ids.length}: only dead messages of ${JSON.stringify(to)} are (the others are unknown, ready or consumed)`);
+        ctx.exitCode = 1;
+      }
     });
 }
 

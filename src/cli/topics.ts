@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
 import type { GroupStart } from '../topic/types.js';
 import { CliError, type CliContext } from './context.js';
+import { COUNT_RANGE, intArg } from './options.js';
 
-type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string };
+type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
 /** `herald topics list|create|stats|tail|reset|publish`. */
 export function registerTopicsCommands(program: Command, ctx: CliContext): void {
@@ -18,10 +19,15 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
   topics
     .command('list')
     .description('one line per topic: name, partitions, retained messages, segments, bytes, groups with lag')
-    .action(async () => {
+    .option('--json', "each topic's stats (as `topics stats` prints them), one JSON object per line")
+    .action(async (opts: { json?: boolean }) => {
       const herald = ctx.herald(globals());
       for (const name of await herald.topics.list()) {
         const s = await herald.topics.stats(name);
+        if (opts.json) {
+          ctx.out(JSON.stringify(s));
+          continue;
+        }
         const groups = s.groups.map((g) => `${g.name}(lag ${g.lag})`).join(' ') || '-';
         ctx.out(`${name}\tpartitions=${s.partitions}\tmessages=${s.messages}\tsegments=${s.segments}\tbytes=${s.bytes}\tgroups=${groups}`);
       }
@@ -44,8 +50,9 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .command('stats')
     .description('statistics of one topic as JSON: size, retention, per-group and per-partition position and lag')
     .argument('<topic>', 'topic name')
-    .action(async (topic: string) => {
-      ctx.out(JSON.stringify(await ctx.herald(globals()).topics.stats(topic), null, 2));
+    .option('--json', 'on one line (the default is indented)')
+    .action(async (topic: string, opts: { json?: boolean }) => {
+      ctx.out(JSON.stringify(await ctx.herald(globals()).topics.stats(topic), null, opts.json ? undefined : 2));
     });
 
   topics
@@ -53,13 +60,12 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .description('print messages of a topic as JSON lines ({"id","position","key","partition","payload","publishedAt"}) as they come')
     .argument('<topic>', 'topic name')
     .option('--from <where>', "'earliest', 'latest' or a position (<xid>:<id>) to resume after", 'latest')
-    .option('--count <n>', 'exit after n messages', (v) => Number(v))
+    .option('--count <n>', 'exit after n messages', intArg('--count', COUNT_RANGE))
     .action(async (topic: string, opts: { from: string; count?: number }) => {
       const herald = ctx.herald(globals());
       const abort = new AbortController();
       void ctx.io.interrupted.then(() => abort.abort());
       let seen = 0;
-      if (opts.count !== undefined && !(Number.isInteger(opts.count) && opts.count > 0)) throw new CliError('--count must be a positive integer', 2);
       for await (const m of herald.topics.tail(topic, { after: opts.from, signal: abort.signal })) {
         ctx.out(JSON.stringify({ id: m.id, position: m.position, key: m.key, partition: m.partition, payload: m.payload, publishedAt: m.publishedAt }));
         if (opts.count !== undefined && ++seen >= opts.count) break;

@@ -11,11 +11,13 @@
  *   (`postgres` if present, else one we create), and the data folder must be
  *   reachable by that user.
  * - The server is started through a tiny `sh` wrapper that reads its stdin: when the
- *   parent dies for any reason the pipe closes and the wrapper stops the server.
+ *   parent dies for any reason the pipe closes and the wrapper stops the server. The
+ *   wrapper exits as soon as the server does, so a server that refuses to start (its
+ *   data folder locked by another one) is reported at once, not at the start deadline.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { arch, platform } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -109,10 +111,15 @@ export function postgresOsUser(): OsUser | undefined {
 /**
  * Spawns `command` through a tiny `sh` wrapper that reads its stdin: when the parent
  * dies for any reason (even SIGKILL) the pipe closes and the wrapper sends the child
- * SIGINT; writing a line to the wrapper's stdin does the same on purpose.
+ * SIGINT; writing a line to the wrapper's stdin does the same on purpose; SIGINT or
+ * SIGTERM to the wrapper too. The wrapper waits for the child and exits with it (the
+ * stdin watcher runs beside it, on a copy of stdin kept away from the child).
  */
 export function spawnTiedToParent(command: string, args: string[], user?: OsUser): ChildProcess {
-  const script = '"$0" "$@" & pid=$!; trap "kill -INT $pid 2>/dev/null" INT TERM; read _line; kill -INT $pid 2>/dev/null; wait $pid';
+  const script =
+    'exec 3<&0; "$0" "$@" 3<&- </dev/null & pid=$!; trap "kill -INT $pid 2>/dev/null" INT TERM; ' +
+    '{ read _line <&3; kill -INT $pid 2>/dev/null; } & watch=$!; exec 3<&-; ' +
+    'while kill -0 $pid 2>/dev/null; do wait $pid; done; kill $watch 2>/dev/null; exit 0';
   const child = spawn('sh', ['-c', script, command, ...args], {
     uid: user?.uid,
     gid: user?.gid,
@@ -175,13 +182,28 @@ export class PostgresCluster {
     mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
     const args = ['-D', this.dataDir, '-U', 'postgres', '--encoding=UTF8', '--locale=C', '--no-sync'];
     let pwfile: string | undefined;
-    if (this.#options.password) {
-      pwfile = join(this.dataDir, '..', `.pwfile-${randomBytes(6).toString('hex')}`);
-      writeFileSync(pwfile, this.#options.password + '\n', { mode: 0o600 });
-      args.push('--auth=scram-sha-256', `--pwfile=${pwfile}`);
-    } else {
-      args.push('--auth=trust');
+    try {
+      if (this.#options.password) {
+        pwfile = join(this.dataDir, '..', `.pwfile-${randomBytes(6).toString('hex')}`);
+        writeFileSync(pwfile, this.#options.password + '\n', { mode: 0o600 });
+        args.push('--auth=scram-sha-256', `--pwfile=${pwfile}`);
+      } else {
+        args.push('--auth=trust');
+      }
+      this.#initdb(args, pwfile);
+    } finally {
+      // The password file must not outlive initdb, whatever happened (issue 16).
+      if (pwfile) {
+        try {
+          unlinkSync(pwfile);
+        } catch {
+          /* already gone */
+        }
+      }
     }
+  }
+
+  #initdb(args: string[], pwfile: string | undefined): void {
     if (this.#user) {
       chownSync(this.dataDir, this.#user.uid, this.#user.gid);
       if (pwfile) chownSync(pwfile, this.#user.uid, this.#user.gid);
@@ -195,13 +217,6 @@ export class PostgresCluster {
       }
     }
     const res = spawnSync(join(this.binDir, 'initdb'), args, { uid: this.#user?.uid, gid: this.#user?.gid, encoding: 'utf8' });
-    if (pwfile) {
-      try {
-        writeFileSync(pwfile, '');
-      } catch {
-        /* best effort */
-      }
-    }
     if (res.status !== 0) throw new HeraldError('CONNECTION', `initdb failed: ${res.stderr || res.error?.message}`);
   }
 
@@ -240,6 +255,15 @@ export class PostgresCluster {
         await sleep(50);
       }
       if (!dead) throw new HeraldError('TIMEOUT', `Postgres did not accept connections on port ${this.port}: ${log.slice(-2000)}`);
+      // 'exit' may come before the last of stderr: read what is left (bounded, as a
+      // lingering backend of a killed server may hold the pipe open).
+      if (!child.stderr!.readableEnded) await Promise.race([new Promise((r) => child.stderr!.once('end', r)), sleep(500)]);
+      // Postgres found the folder's lock file held by a live postmaster: another server
+      // runs on this folder. Say so now (the lock is not ours to wait for).
+      if (/lock file "[^"]*" already exists/.test(log)) {
+        const pid = /another postmaster \(PID (\d+)\)/.exec(log)?.[1];
+        throw new HeraldError('CONFLICT', `the data folder ${this.dataDir} is in use by another Postgres${pid ? ` (PID ${pid})` : ''}; stop it or use another data folder`);
+      }
       // After a SIGKILL the old backends may still hold shared memory for a moment.
       if (Date.now() >= deadline || !/shared memory|lock file|already running|could not bind/i.test(log)) {
         throw new HeraldError('CONNECTION', `Postgres exited during start: ${log.slice(-2000)}`);

@@ -535,10 +535,12 @@ export async function jobList(
   f: { queue: string | null; kind: string | null; state: string | null; stage: string | null; limit: number; beforeId: string | null },
 ): Promise<JobRow[]> {
   const { rows } = await x.query<JobRow>(
-    `SELECT ${JOB_COLUMNS} FROM ${s}.jobs
+    // ORDER BY j.id, qualified: a bare `id` names the output column `id::text AS id`
+    // and sorted ids as text (9 after 16, issue 16).
+    `SELECT ${JOB_COLUMNS} FROM ${s}.jobs j
       WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR state = $3)
-        AND ($4::text IS NULL OR stage = $4) AND ($6::bigint IS NULL OR id < $6)
-      ORDER BY id DESC LIMIT $5`,
+        AND ($4::text IS NULL OR stage = $4) AND ($6::bigint IS NULL OR j.id < $6)
+      ORDER BY j.id DESC LIMIT $5`,
     [f.queue, f.kind, f.state, f.stage, f.limit, f.beforeId],
   );
   return rows;
