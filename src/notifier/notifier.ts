@@ -98,6 +98,9 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   #queueTimer: NodeJS.Timeout | undefined;
   #healthTimer: NodeJS.Timeout | undefined;
   #probeFailures = 0;
+  /** Sessions already found dead: a statement failing on one is a consequence, not another problem. */
+  readonly #dead = new WeakSet<ListenSession>();
+  readonly #reported = new WeakSet<Error>();
 
   constructor(driver: Driver, options: NotifierOptions = {}) {
     super();
@@ -311,6 +314,11 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     return next;
   }
 
+  #destroy(session: ListenSession): void {
+    this.#dead.add(session);
+    session.destroy();
+  }
+
   /**
    * Runs one statement on the listen session with a deadline
    * (`statementTimeoutMs`); past it the session is destroyed (the reconnect path
@@ -326,7 +334,10 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         this.#abort.signal,
       );
     } catch (err) {
-      if (err instanceof HeraldError && err.code === 'TIMEOUT') session.destroy();
+      if (err instanceof HeraldError && err.code === 'TIMEOUT' && !this.#dead.has(session)) {
+        this.#problem(err);
+        this.#destroy(session);
+      }
       throw err;
     }
   }
@@ -348,9 +359,9 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
       await this.#statement(session, sql);
     } catch (err) {
       // Cut off by stop(), or the session already died and was replaced: not a problem.
-      if (this.#abort.signal.aborted || session !== this.#session) return;
+      if (this.#abort.signal.aborted || session !== this.#session || this.#dead.has(session)) return;
       this.#problem(err);
-      session.destroy(); // the reconnect path re-LISTENs everything
+      this.#destroy(session); // the reconnect path re-LISTENs everything
       return;
     } finally {
       for (const c of remove) this.#unlistening.delete(c);
@@ -365,6 +376,8 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
 
   #problem(err: unknown): void {
     const e = err instanceof Error ? err : new Error(String(err));
+    if (this.#reported.has(e)) return; // one fault, one event
+    this.#reported.add(e);
     this.#lastError = e;
     this.emit('problem', e);
   }
@@ -550,9 +563,9 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
       }
       this.#scheduleHealth(session);
     } catch (err) {
-      if (this.#abort.signal.aborted || session !== this.#session) return;
+      if (this.#abort.signal.aborted || session !== this.#session || this.#dead.has(session)) return;
       this.#problem(err);
-      session.destroy();
+      this.#destroy(session);
     }
   }
 
