@@ -1,7 +1,7 @@
 import postgres from 'postgres';
 import { HeraldError } from '../errors.js';
 import { deadline, statementTimeout } from './deadline.js';
-import { DEFAULT_CONNECT_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SESSION_CLOSE_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
 
 type Sql = postgres.Sql<Record<string, never>>;
 
@@ -43,7 +43,7 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
 
   return {
     kind: 'postgres',
-    executor: withDeadlines(sql, postgresJsExecutor(sql, options.preparedStatements ?? listenOptions.prepare !== false)),
+    executor: withDeadlines(sql, postgresJsExecutor(sql, options.preparedStatements ?? listenOptions.prepare !== false), Number(listenOptions.connect_timeout) * 1000 || connectTimeoutMs),
     async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
       return (await sql.begin((tx) => fn(postgresJsExecutor(tx as unknown as Sql)))) as T;
     },
@@ -99,7 +99,7 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
     },
     async end(endOpts = {}) {
       // postgres.js destroys what is still open after `timeout` seconds.
-      if (owned) await sql.end({ timeout: (endOpts.timeoutMs ?? 1000) / 1000 });
+      if (owned) await sql.end({ timeout: (endOpts.timeoutMs ?? DEFAULT_SESSION_CLOSE_TIMEOUT_MS) / 1000 });
     },
   };
 }
@@ -111,34 +111,44 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
  * connection is not handed out again; its keep-alive (postgres.js `keep_alive`) ends
  * it in the end.
  */
-function withDeadlines(sql: Sql, plain: Executor): Executor {
+function withDeadlines(sql: Sql, plain: Executor, connectTimeoutMs: number): Executor {
   const reserve = (sql as unknown as { reserve?: () => Promise<Sql & { release(): void }> }).reserve;
   return {
     async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
-      const ms = opts?.timeoutMs;
-      if (ms === undefined || !Number.isFinite(ms)) return plain.query<R>(text, values, opts);
-      if (!reserve) return deadline(plain.query<R>(text, values), ms, () => statementTimeout('a statement', ms));
-      const started = Date.now();
-      const reserving = reserve.call(sql);
-      let conn: Sql & { release(): void };
       try {
-        conn = await deadline(reserving, ms, () => statementTimeout('acquiring a pool connection', ms));
+        return await timed<R>(text, values, opts);
       } catch (err) {
-        reserving.then((c) => c.release(), () => {});
-        throw err;
-      }
-      const running = postgresJsExecutor(conn).query<R>(text, values);
-      try {
-        const res = await deadline(running, ms - (Date.now() - started), () => statementTimeout('a statement', ms));
-        conn.release();
-        return res;
-      } catch (err) {
-        running.catch(() => {});
-        if (!(err instanceof HeraldError && err.code === 'TIMEOUT')) conn.release();
-        throw err;
+        if ((err as { code?: string }).code !== 'CONNECT_TIMEOUT') throw err;
+        throw new HeraldError('TIMEOUT', `could not connect to PostgreSQL within ${connectTimeoutMs} ms (connect_timeout): the address accepted no session`, {
+          cause: err,
+        });
       }
     },
   };
+  async function timed<R>(text: string, values: readonly unknown[] | undefined, opts: QueryOptions | undefined): Promise<QueryResult<R>> {
+    const ms = opts?.timeoutMs;
+    if (ms === undefined || !Number.isFinite(ms)) return plain.query<R>(text, values, opts);
+    if (!reserve) return deadline(plain.query<R>(text, values), ms, () => statementTimeout('a statement', ms));
+    const started = Date.now();
+    const reserving = reserve.call(sql);
+    let conn: Sql & { release(): void };
+    try {
+      conn = await deadline(reserving, ms, () => statementTimeout('acquiring a pool connection', ms));
+    } catch (err) {
+      reserving.then((c) => c.release(), () => {});
+      throw err;
+    }
+    const running = postgresJsExecutor(conn).query<R>(text, values);
+    try {
+      const res = await deadline(running, ms - (Date.now() - started), () => statementTimeout('a statement', ms));
+      conn.release();
+      return res;
+    } catch (err) {
+      running.catch(() => {});
+      if (!(err instanceof HeraldError && err.code === 'TIMEOUT')) conn.release();
+      throw err;
+    }
+  }
 }
 
 /**
