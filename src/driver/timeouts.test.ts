@@ -1,35 +1,13 @@
 import assert from 'node:assert/strict';
-import { createServer, type Server, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { HeraldError } from '../errors.js';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { TcpProxy } from '../../test/support/proxy.js';
+import { silentServer } from '../../test/support/silent.js';
 import { waitFor } from '../../test/support/wait.js';
 import { pgDriver } from './pg.js';
 import { postgresJsDriver } from './postgres-js.js';
 import type { Driver } from './types.js';
-
-/** A TCP server that accepts every connection and never says a word. */
-export async function silentServer(): Promise<{ url: string; accepted: () => number; close(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  let accepted = 0;
-  const server: Server = createServer((s) => {
-    accepted++;
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const port = (server.address() as { port: number }).port;
-  return {
-    url: `postgres://herald@127.0.0.1:${port}/silent`,
-    accepted: () => accepted,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
-}
 
 const MAKERS: { name: string; make(url: string, connectTimeoutMs?: number): Driver }[] = [
   { name: 'pg', make: (url, connectTimeoutMs) => pgDriver({ connectionString: url, max: 2, connectTimeoutMs }) },

@@ -20,6 +20,7 @@ export const NOTIFIER_DEFAULTS: Required<NotifierOptions> = {
   reconnectBaseDelayMs: 50,
   reconnectMaxDelayMs: 1000,
   maxReconnectAttempts: Infinity,
+  maxConnectAttempts: Infinity,
   connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
   statementTimeoutMs: 5000,
   verifySession: true,
@@ -29,7 +30,8 @@ export const NOTIFIER_DEFAULTS: Required<NotifierOptions> = {
 };
 
 function resolveOptions(options: NotifierOptions): Required<NotifierOptions> {
-  const o = { ...NOTIFIER_DEFAULTS, ...stripUndefined(options) };
+  const given = stripUndefined(options);
+  const o = { ...NOTIFIER_DEFAULTS, maxConnectAttempts: given.maxReconnectAttempts ?? NOTIFIER_DEFAULTS.maxConnectAttempts, ...given };
   const positive = ['subscriberBufferSize', 'healthCheckIntervalMs', 'healthCheckTimeoutMs', 'connectTimeoutMs', 'statementTimeoutMs', 'verifySessionTimeoutMs'] as const;
   for (const k of positive) {
     if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
@@ -38,8 +40,8 @@ function resolveOptions(options: NotifierOptions): Required<NotifierOptions> {
   for (const k of ['reconnectBaseDelayMs', 'reconnectMaxDelayMs', 'queueUsageIntervalMs'] as const) {
     if (typeof o[k] !== 'number' || o[k] < 0 || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
   }
-  if (typeof o.maxReconnectAttempts !== 'number' || !(o.maxReconnectAttempts >= 1)) {
-    throw new InvalidOptionError('maxReconnectAttempts', o.maxReconnectAttempts, 'a number >= 1 (or Infinity)');
+  for (const k of ['maxReconnectAttempts', 'maxConnectAttempts'] as const) {
+    if (typeof o[k] !== 'number' || !(o[k] >= 1)) throw new InvalidOptionError(k, o[k], 'a number >= 1 (or Infinity)');
   }
   if (typeof o.queueUsageWarnThreshold !== 'number' || o.queueUsageWarnThreshold < 0 || o.queueUsageWarnThreshold > 1) {
     throw new InvalidOptionError('queueUsageWarnThreshold', o.queueUsageWarnThreshold, 'a number between 0 and 1');
@@ -436,7 +438,8 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         }
         if (signal.aborted) break;
         this.#problem(err);
-        if (err instanceof ListenNotSessionError || ++attempts >= this.options.maxReconnectAttempts) {
+        const limit = everConnected ? this.options.maxReconnectAttempts : this.options.maxConnectAttempts;
+        if (err instanceof ListenNotSessionError || ++attempts >= limit) {
           const final = err instanceof Error ? err : new Error(String(err));
           this.#fail(final);
           return;
@@ -448,9 +451,9 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   }
 
   /**
-   * Opens a listen session within `connectTimeoutMs` (the driver's own timeout, and
-   * this deadline in case a driver does not keep it). A session that arrives after
-   * the deadline or after stop() is closed.
+   * Opens a listen session within `connectTimeoutMs` (the driver's own timeout; a
+   * backstop at twice that in case a driver does not keep it). A session that
+   * arrives after the deadline or after stop() is closed.
    */
   async #open(signal: AbortSignal): Promise<ListenSession> {
     const ms = this.options.connectTimeoutMs;
@@ -458,8 +461,8 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     try {
       return await deadline(
         opening,
-        ms,
-        () => new HeraldError('TIMEOUT', `opening the listen connection took over ${ms} ms (connectTimeoutMs)`),
+        2 * ms,
+        () => new HeraldError('TIMEOUT', `could not open the listen connection within ${ms} ms (connectTimeoutMs)`),
         signal,
       );
     } catch (err) {

@@ -37,8 +37,15 @@ export interface NotifierOptions {
   reconnectBaseDelayMs?: number;
   /** Cap of the reconnect delay. @defaultValue 1000 */
   reconnectMaxDelayMs?: number;
-  /** Reconnect attempts in a row before status `failed`. @defaultValue Infinity (never give up) */
+  /** Reconnect attempts in a row (after a lost connection) before status `failed`. @defaultValue Infinity (never give up) */
   maxReconnectAttempts?: number;
+  /**
+   * Attempts to open the first connection before status `failed` (then `start()`
+   * and every `established` reject with the last error). The CLI sets 1, so a
+   * command against an unreachable address fails instead of retrying for ever.
+   * @defaultValue `maxReconnectAttempts` (Infinity: never give up)
+   */
+  maxConnectAttempts?: number;
   /**
    * How long opening the listen session may take (TCP connect, TLS, startup,
    * authentication); an address that accepts and never answers counts as a failed
