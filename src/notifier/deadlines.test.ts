@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
+import postgres from 'postgres';
 import { Herald } from '../client.js';
 import { LISTEN_APPLICATION_NAME } from '../driver/types.js';
 import { HeraldError } from '../errors.js';
@@ -52,6 +53,50 @@ async function delivers(herald: Herald, channel: string, payload: string): Promi
     await sub.close();
   }
 }
+
+describe('notifier deadlines over postgres.js', () => {
+  it('a black hole during an in-flight LISTEN: found, rebuilt, the pending subscription goes live', async () => {
+    const proxy = await TcpProxy.start(db.url);
+    const sql = postgres(db.url, { max: 2, onnotice: () => {} });
+    const herald = new Herald({ sql, listenConnectionString: proxy.url(db.url), notifier: { ...FAST, statementTimeoutMs: 600_000 } });
+    try {
+      await herald.listen('pjs-before').established;
+      const lost = nextEvent(herald.notifier, 'lost', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
+      proxy.blackhole();
+      const pending = herald.listen('pjs-mid-listen');
+      await lost;
+      proxy.pass();
+      await within(pending.established, 30_000, 'the pending subscription going live');
+      assert.deepEqual(await herald.notifier.serverChannels(), ['pjs-before', 'pjs-mid-listen']);
+    } finally {
+      await within(herald.close(), 10_000, 'close()');
+      await sql.end({ timeout: 1 });
+      await proxy.close();
+    }
+  });
+
+  it('the reconnect probe through a black-holed pooled connection times out and the notifier recovers', async () => {
+    const poolProxy = await TcpProxy.start(db.url);
+    const sql = postgres(poolProxy.url(db.url), { max: 4, onnotice: () => {}, connect_timeout: 1 });
+    const herald = new Herald({ sql, listenConnectionString: db.url, notifier: { ...FAST, statementTimeoutMs: 300 } });
+    const problems: Error[] = [];
+    herald.notifier.on('problem', (e) => problems.push(e));
+    try {
+      await herald.listen('pjs-probe').established;
+      poolProxy.blackhole();
+      assert.equal(await terminateBackends(db.name, { applicationName: LISTEN_APPLICATION_NAME }), 1);
+      await waitFor(() => problems.filter((e) => (e as HeraldError).code === 'TIMEOUT').length >= 2, { what: 'two probes timing out', timeoutMs: 30_000 });
+      const reconnected = nextEvent(herald.notifier, 'reconnected', 30_000);
+      poolProxy.pass();
+      await reconnected;
+      await delivers(herald, 'pjs-probe', 'probe ok');
+    } finally {
+      await within(herald.close(), 10_000, 'close()');
+      await sql.end({ timeout: 1 });
+      await poolProxy.close();
+    }
+  });
+});
 
 describe('notifier deadlines', () => {
   it('a black hole during an in-flight LISTEN is found by the health check; the pending subscription goes live after the reconnect', async () => {
