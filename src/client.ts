@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type postgres from 'postgres';
 import { pgDriver, postgresJsDriver } from './driver/index.js';
 import type { Driver, Executor, TxLike } from './driver/types.js';
-import { HeraldError } from './errors.js';
+import { HeraldError, InvalidOptionError } from './errors.js';
 import { schemaIdent } from './internal/ident.js';
 import { Notifier, type ListenOptions } from './notifier/notifier.js';
 import type { OutgoingNotification } from './notifier/notify.js';
@@ -100,6 +100,10 @@ export class Herald {
     const given = [options.connectionString, options.pool, options.sql, options.driver].filter((x) => x !== undefined).length;
     if (given !== 1) {
       throw new HeraldError('INVALID_OPTION', 'give exactly one of connectionString, pool, sql or driver');
+    }
+    const ct = options.connectTimeoutMs;
+    if (ct !== undefined && (typeof ct !== 'number' || !(ct > 0) || !Number.isFinite(ct))) {
+      throw new InvalidOptionError('connectTimeoutMs', ct, 'a positive number');
     }
     this.#ownsDriver = !options.driver;
     this.driver =

@@ -4,7 +4,7 @@ import pg from 'pg';
 import postgres from 'postgres';
 import { Herald } from '../client.js';
 import { LISTEN_APPLICATION_NAME } from '../driver/types.js';
-import { HeraldError } from '../errors.js';
+import { HeraldError, InvalidOptionError } from '../errors.js';
 import { freshDatabase, terminateBackends, type TestDatabase } from '../../test/support/db.js';
 import { TcpProxy } from '../../test/support/proxy.js';
 import { nextEvent, waitFor } from '../../test/support/wait.js';
@@ -99,6 +99,26 @@ describe('notifier deadlines over postgres.js', () => {
 });
 
 describe('notifier deadlines', () => {
+  it('rejects bad deadline options naming the option, and documents the defaults', async () => {
+    for (const [options, name] of [
+      [{ connectTimeoutMs: -1 }, 'connectTimeoutMs'],
+      [{ notifier: { statementTimeoutMs: 0 } }, 'statementTimeoutMs'],
+      [{ notifier: { connectTimeoutMs: Number.NaN } }, 'connectTimeoutMs'],
+      [{ notifier: { maxConnectAttempts: 0 } }, 'maxConnectAttempts'],
+    ] as const) {
+      assert.throws(
+        () => new Herald({ connectionString: db.url, ...options }),
+        (e: unknown) => e instanceof InvalidOptionError && e.option === name,
+      );
+    }
+    assert.equal(NOTIFIER_DEFAULTS.connectTimeoutMs, 10_000);
+    assert.equal(NOTIFIER_DEFAULTS.statementTimeoutMs, 5000);
+    const herald = new Herald({ connectionString: db.url, connectTimeoutMs: 1234, notifier: { maxReconnectAttempts: 7 } });
+    assert.equal(herald.notifier.options.connectTimeoutMs, 1234);
+    assert.equal(herald.notifier.options.maxConnectAttempts, 7);
+    await herald.close();
+  });
+
   it('a black hole during an in-flight LISTEN is found by the health check; the pending subscription goes live after the reconnect', async () => {
     const proxy = await TcpProxy.start(db.url);
     // A statement deadline far away: only the health check (due, then healthCheckTimeoutMs) can find it.
