@@ -300,7 +300,20 @@ describe('notifier deadlines', () => {
         await reconnected;
       };
       await reconnectOnce(); // warm-up: the pool has made its connections
-      const before = { res: resources(), own: herald.notifier._resources(), pool: pool.listenerCount('error') + pool.listenerCount('connect') };
+      // Listeners on the pooled connections' clients and sockets (the probe of every reconnect uses them).
+      const clientListeners = () => {
+        let max = 0;
+        for (const c of (pool as unknown as { _clients: (pg.Client & { connection: { stream: NodeJS.EventEmitter } })[] })._clients) {
+          for (const e of [c, c.connection.stream]) for (const name of e.eventNames()) max = Math.max(max, e.listenerCount(name));
+        }
+        return max;
+      };
+      const before = {
+        res: resources(),
+        own: herald.notifier._resources(),
+        pool: pool.listenerCount('error') + pool.listenerCount('connect'),
+        clients: clientListeners(),
+      };
       for (let i = 0; i < 50; i++) await reconnectOnce();
       await delivers(herald, 'churn', 'after 50');
       const afterRes = resources();
@@ -309,6 +322,7 @@ describe('notifier deadlines', () => {
       assert.ok(own.abortListeners <= before.own.abortListeners, `abort listeners ${before.own.abortListeners} -> ${own.abortListeners}`);
       assert.equal(own.probes, 0);
       assert.equal(pool.listenerCount('error') + pool.listenerCount('connect'), before.pool);
+      assert.ok(clientListeners() <= before.clients, `listeners on a pooled client or its socket: ${before.clients} -> ${clientListeners()}`);
       for (const kind of ['Timeout', 'TCPSocketWrap', 'TCPWRAP']) {
         // A reconnect in progress may hold one more of each; 50 leaks would show as 50.
         assert.ok((afterRes[kind] ?? 0) <= (before.res[kind] ?? 0) + 2, `${kind}: ${before.res[kind] ?? 0} -> ${afterRes[kind] ?? 0}`);
