@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type postgres from 'postgres';
 import { pgDriver, postgresJsDriver } from './driver/index.js';
 import type { Driver, Executor, TxLike } from './driver/types.js';
-import { HeraldError } from './errors.js';
+import { HeraldError, InvalidOptionError } from './errors.js';
 import { schemaIdent } from './internal/ident.js';
 import { Notifier, type ListenOptions } from './notifier/notifier.js';
 import type { OutgoingNotification } from './notifier/notify.js';
@@ -36,6 +36,15 @@ export interface HeraldOptions {
   listenConnectionString?: string;
   /** Pool size when pgherald creates the pool. @defaultValue 10 */
   poolSize?: number;
+  /**
+   * How long opening a connection may take (TCP connect, TLS, startup,
+   * authentication), for the pool pgherald creates and for the listen session
+   * (`notifier.connectTimeoutMs` overrides it for the latter). Past it the attempt
+   * fails with a `TIMEOUT` `HeraldError` instead of hanging on an address that
+   * accepts and never answers. A `pool`, `sql` or `driver` you pass keeps its own
+   * settings. @defaultValue 10000
+   */
+  connectTimeoutMs?: number;
   /**
    * Run hot statements (job claims and completions, plain enqueues, mailbox sends and
    * takes outside a transaction) as named prepared statements. Turn off when the pool goes through a transaction-mode pooler without
@@ -92,19 +101,29 @@ export class Herald {
     if (given !== 1) {
       throw new HeraldError('INVALID_OPTION', 'give exactly one of connectionString, pool, sql or driver');
     }
+    const ct = options.connectTimeoutMs;
+    if (ct !== undefined && (typeof ct !== 'number' || !(ct > 0) || !Number.isFinite(ct))) {
+      throw new InvalidOptionError('connectTimeoutMs', ct, 'a positive number');
+    }
     this.#ownsDriver = !options.driver;
     this.driver =
       options.driver ??
       (options.sql
-        ? postgresJsDriver({ sql: options.sql, listenConnectionString: options.listenConnectionString, preparedStatements: options.preparedStatements })
+        ? postgresJsDriver({
+            sql: options.sql,
+            listenConnectionString: options.listenConnectionString,
+            preparedStatements: options.preparedStatements,
+            connectTimeoutMs: options.connectTimeoutMs,
+          })
         : pgDriver({
             pool: options.pool,
+            connectTimeoutMs: options.connectTimeoutMs,
             connectionString: options.connectionString,
             max: options.poolSize,
             listenConnectionString: options.listenConnectionString,
             preparedStatements: options.preparedStatements,
           }));
-    this.notifier = new Notifier(this.driver, options.notifier);
+    this.notifier = new Notifier(this.driver, { connectTimeoutMs: options.connectTimeoutMs, ...options.notifier });
     this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue);
     this.mailbox = new Mailbox(this.driver, this.notifier, this.schema, options.mailbox);
     this.outbox = new Outbox(this.driver, this.notifier, this.schema);

@@ -53,8 +53,20 @@ export class CliContext {
     return url;
   }
 
+  /**
+   * The connect timeout from `--connect-timeout` or HERALD_CONNECT_TIMEOUT_MS
+   * (milliseconds), or undefined for the library's default (10 s).
+   */
+  connectTimeoutMs(opts: { connectTimeout?: string }): number | undefined {
+    const raw = opts.connectTimeout ?? this.io.env.HERALD_CONNECT_TIMEOUT_MS;
+    if (raw === undefined || raw === '') return undefined;
+    const ms = Number(raw);
+    if (!Number.isFinite(ms) || ms <= 0) throw new CliError(`--connect-timeout: expected a positive number of milliseconds, got ${JSON.stringify(raw)}`, 2);
+    return ms;
+  }
+
   /** A Herald for this invocation, closed when the command ends. */
-  herald(opts: { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string }, extra: Partial<HeraldOptions> = {}): Herald {
+  herald(opts: { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string; connectTimeout?: string }, extra: Partial<HeraldOptions> = {}): Herald {
     if (!this.#herald) {
       const listenUrl = opts.listenUrl || this.io.env.HERALD_LISTEN_URL || undefined;
       if (listenUrl) checkPostgresUrl(listenUrl, opts.listenUrl ? '--listen-url' : 'HERALD_LISTEN_URL');
@@ -63,7 +75,12 @@ export class CliContext {
         listenConnectionString: listenUrl,
         schema: opts.schema ?? this.io.env.HERALD_SCHEMA,
         poolSize: 4,
+        connectTimeoutMs: this.connectTimeoutMs(opts),
         ...extra,
+        // A command fails when its first connection fails (after connectTimeoutMs),
+        // with the error, instead of retrying for ever; reconnects after a loss
+        // still retry (herald listen, herald serve).
+        notifier: { maxConnectAttempts: 1, ...extra.notifier },
       });
     }
     return this.#herald;

@@ -11,6 +11,17 @@ import { packageVersion, redactUrl } from './options.js';
 import { registerCompletionCommand } from './completion.js';
 
 /**
+ * After an interrupt (Ctrl-C, SIGTERM), how long a command may take to stop by
+ * itself. Long-running commands (`listen`, `serve`, `jobs watch`, ...) stop cleanly
+ * well within it; one still waiting on the network (an address that accepts and
+ * never answers) is abandoned with exit code 130, so one Ctrl-C always ends the CLI.
+ */
+export const INTERRUPT_GRACE_MS = 2000;
+
+/** Exit code of a command abandoned after an interrupt (128 + SIGINT). */
+export const INTERRUPTED_EXIT_CODE = 130;
+
+/**
  * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
  * code. A thin layer over the library: every command calls the same code paths.
  */
@@ -24,6 +35,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     .option('--data-dir <dir>', "embedded Postgres folder of `herald serve`; other commands find its database there when no URL is given (default: $HERALD_DATA_DIR or ./.herald)")
     .version(packageVersion(), '-V, --version', 'print the version of pgherald')
     .configureHelp({ showGlobalOptions: true })
+    .option('--connect-timeout <ms>', 'give up opening a connection after this many milliseconds (default: $HERALD_CONNECT_TIMEOUT_MS or 10000)')
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
     .showHelpAfterError();
@@ -34,8 +46,28 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerOutboxCommands(program, ctx);
   registerTopicsCommands(program, ctx);
   registerCompletionCommand(program, ctx);
+  let interrupted = false;
+  let finished = false;
+  let graceTimer: NodeJS.Timeout | undefined;
+  // Resolves INTERRUPT_GRACE_MS after an interrupt: a command that has not stopped by
+  // then (it waits on the network and does not watch the interrupt) is abandoned.
+  const abandoned = io.interrupted.then(
+    () =>
+      new Promise<'abandoned'>((resolve) => {
+        if (finished) return;
+        interrupted = true;
+        graceTimer = setTimeout(() => resolve('abandoned'), INTERRUPT_GRACE_MS);
+        graceTimer.unref();
+      }),
+  );
   try {
-    await program.parseAsync(argv, { from: 'user' });
+    const command = program.parseAsync(argv, { from: 'user' });
+    const outcome = await Promise.race([command.then(() => 'done' as const), abandoned]);
+    if (outcome === 'abandoned') {
+      command.catch(() => {});
+      ctx.err('herald: interrupted');
+      return INTERRUPTED_EXIT_CODE;
+    }
     return ctx.exitCode;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
@@ -50,7 +82,15 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     ctx.err(`herald: ${(err as Error)?.message ?? String(err)}${whereTo(ctx, err)}`);
     return 1;
   } finally {
-    await ctx.cleanup();
+    finished = true;
+    clearTimeout(graceTimer);
+    // Closing waits on the network too: after an interrupt it gets the same grace.
+    let cleanupTimer: NodeJS.Timeout | undefined;
+    const cleaned = ctx.cleanup();
+    if (interrupted) {
+      await Promise.race([cleaned, new Promise<void>((r) => (cleanupTimer = setTimeout(r, INTERRUPT_GRACE_MS).unref()))]);
+      clearTimeout(cleanupTimer);
+    } else await cleaned;
   }
 }
 
@@ -69,8 +109,15 @@ function whereTo(ctx: CliContext, err: unknown): string {
 export function main(): void {
   let interrupt!: () => void;
   const interrupted = new Promise<void>((resolve) => (interrupt = resolve));
-  process.once('SIGINT', () => interrupt());
-  process.once('SIGTERM', () => interrupt());
+  // The first signal asks the command to stop (runCli abandons it after
+  // INTERRUPT_GRACE_MS); a second one ends the process at once.
+  let signals = 0;
+  const onSignal = () => {
+    if (++signals > 1) process.exit(INTERRUPTED_EXIT_CODE);
+    interrupt();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const io: CliIo = {
     stdout: process.stdout,
     stderr: process.stderr,

@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { loadPeer } from '../internal/peer.js';
-import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
+import { HeraldError } from '../errors.js';
+import { deadline, statementTimeout } from './deadline.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SESSION_CLOSE_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
 
 /** The `pg` package, loaded when a `pg` driver is first made (an optional peer dependency). */
 const pgLib = (): typeof pg => loadPeer<typeof pg>('pg', 'the pg driver (pgDriver, createHerald({ connectionString }))');
@@ -31,6 +33,14 @@ export interface PgDriverOptions {
    * unprepared. @defaultValue true
    */
   preparedStatements?: boolean;
+  /**
+   * How long opening a connection may take (TCP connect, TLS, startup,
+   * authentication), for the pool pgherald creates and for the listen session. A
+   * server that accepts and never answers fails with a `TIMEOUT` `HeraldError`
+   * instead of hanging. An existing `pool` keeps its own settings.
+   * @defaultValue 10000
+   */
+  connectTimeoutMs?: number;
 }
 
 /** Distinct statement texts prepared at most; beyond it, statements run unprepared. */
@@ -50,9 +60,13 @@ const POOLER_PREPARE_ERRORS = new Set(['26000', '42P05']);
  */
 export function pgDriver(options: PgDriverOptions): Driver {
   const owned = !options.pool;
+  const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  // The timeout goes on each client, not on the pool: pg-pool's own
+  // connectionTimeoutMillis would also bound the wait for a free client, which is not
+  // a network wait (a busy pool is not a dead server).
   const pool =
     options.pool ??
-    new (pgLib().Pool)({ connectionString: options.connectionString, max: options.max ?? 10 });
+    new (pgLib().Pool)({ connectionString: options.connectionString, max: options.max ?? 10, Client: timedClient(connectTimeoutMs) as never });
   const onPoolError = options.onPoolError ?? (() => {});
   pool.on('error', onPoolError);
   // pg-pool removes its idle 'error' listener when it hands a client out, and the
@@ -75,8 +89,37 @@ export function pgDriver(options: PgDriverOptions): Driver {
     }
     return name;
   };
+  /**
+   * A statement with a deadline (acquiring a connection included). Past it, the
+   * connection is released as broken and its socket destroyed: a connection that was
+   * black-holed while idle in the pool is discarded, never waited on again.
+   */
+  const timedQuery = async <R>(text: string, values: readonly unknown[] | undefined, timeoutMs: number): Promise<QueryResult<R>> => {
+    const started = Date.now();
+    const acquiring = pool.connect();
+    let client: pg.PoolClient;
+    try {
+      client = await deadline(acquiring, timeoutMs, () => statementTimeout('acquiring a pool connection', timeoutMs));
+    } catch (err) {
+      acquiring.then((c) => c.release(), () => {});
+      throw err;
+    }
+    const running = client.query(text, values as unknown[]);
+    try {
+      const res = await deadline(running, timeoutMs - (Date.now() - started), () => statementTimeout('a statement', timeoutMs));
+      client.release();
+      return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
+    } catch (err) {
+      running.catch(() => {});
+      client.release(err as Error);
+      if (err instanceof HeraldError && err.code === 'TIMEOUT') destroyStream(client);
+      throw err;
+    }
+  };
+
   const executor: Executor = {
     async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
+      if (opts?.timeoutMs !== undefined && Number.isFinite(opts.timeoutMs)) return timedQuery<R>(text, values, opts.timeoutMs);
       const name = prepare && opts?.prepare ? nameOf(text) : undefined;
       if (name !== undefined) {
         try {
@@ -124,12 +167,12 @@ export function pgDriver(options: PgDriverOptions): Driver {
       }
     },
     async openListenSession(opts = {}): Promise<ListenSession> {
-      const client = new (pgLib().Client)({
+      const Client = timedClient(opts.connectTimeoutMs ?? connectTimeoutMs);
+      const client: pg.Client = new Client({
         ...listenConfig,
         keepAlive: true,
         // Named so operators (and tests) can tell the listen session apart in pg_stat_activity.
         application_name: LISTEN_APPLICATION_NAME,
-        connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
       });
       let closeHandler: ((err?: Error) => void) | undefined;
       let closed = false;
@@ -148,10 +191,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
         await client.end().catch(() => {});
         throw err;
       }
-      const destroy = () => {
-        const stream = (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream;
-        stream?.destroy();
-      };
+      const destroy = () => destroyStream(client);
       return {
         query: (text, values) => pgClientExecutor(client).query(text, values),
         onNotification(handler: (n: RawNotification) => void) {
@@ -162,21 +202,64 @@ export function pgDriver(options: PgDriverOptions): Driver {
         onClose(handler) {
           closeHandler = handler;
         },
-        async close() {
+        async close(closeOpts = {}) {
           closed = true;
           // end() waits for the server's goodbye; a black-holed socket never sends one.
           const ended = client.end().catch(() => {});
-          const timer = setTimeout(destroy, 1000);
+          const timer = setTimeout(destroy, closeOpts.timeoutMs ?? DEFAULT_SESSION_CLOSE_TIMEOUT_MS);
           await ended;
           clearTimeout(timer);
         },
         destroy,
       };
     },
-    async end() {
-      if (owned) await pool.end();
+    async end(endOpts = {}) {
+      if (!owned) return;
+      // pool.end() waits for every client's socket to close; a black-holed one never
+      // does. Past the deadline, destroy what is left.
+      const ms = endOpts.timeoutMs ?? DEFAULT_SESSION_CLOSE_TIMEOUT_MS;
+      await deadline(pool.end(), ms, () => new HeraldError('TIMEOUT', 'pool end')).catch(() => {
+        for (const c of (pool as unknown as { _clients?: pg.Client[] })._clients ?? []) destroyStream(c);
+      });
     },
   };
+}
+
+/** Destroys a `pg` client's socket at once (no goodbye: a black-holed peer never answers one). */
+function destroyStream(client: pg.ClientBase): void {
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+}
+
+/**
+ * A `pg.Client` class whose connect fails after `connectTimeoutMs` with a `TIMEOUT`
+ * `HeraldError` that says what happened (pg's own message is "timeout expired").
+ */
+function timedClient(connectTimeoutMs: number): typeof pg.Client {
+  return class TimedClient extends pgLib().Client {
+    constructor(config: pg.ClientConfig) {
+      super({ ...config, connectionTimeoutMillis: connectTimeoutMs });
+    }
+    override connect(callback?: any): any {
+      const where = describeTarget(this as unknown as { host?: string; port?: number });
+      if (callback) return super.connect((err: Error, ...rest: unknown[]) => callback(err && connectError(err, where, connectTimeoutMs), ...rest));
+      return super.connect().catch((err: Error) => {
+        throw connectError(err, where, connectTimeoutMs);
+      });
+    }
+  } as unknown as typeof pg.Client;
+}
+
+function describeTarget(c: { host?: string; port?: number }): string {
+  return c.host ? `${c.host}:${c.port ?? 5432}` : 'the server';
+}
+
+function connectError(err: Error, where: string, ms: number): Error {
+  if (err?.message !== 'timeout expired' && !/connection timeout/i.test(err?.message ?? '')) return err;
+  return new HeraldError(
+    'TIMEOUT',
+    `could not connect to PostgreSQL at ${where} within ${ms} ms (connectTimeoutMs): the address accepted no session`,
+    { cause: err },
+  );
 }
 
 /** Wraps a `pg` client (or pool) as an {@link Executor}. */

@@ -1,6 +1,8 @@
 import type postgres from 'postgres';
 import { loadPeer } from '../internal/peer.js';
-import { LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
+import { HeraldError } from '../errors.js';
+import { deadline, statementTimeout } from './deadline.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SESSION_CLOSE_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
 
 type Sql = postgres.Sql<Record<string, never>>;
 
@@ -22,6 +24,12 @@ export interface PostgresJsDriverOptions {
    * @defaultValue the instance's own `prepare` option (postgres.js: true unless turned off)
    */
   preparedStatements?: boolean;
+  /**
+   * How long opening a connection may take, for the instance pgherald creates and for
+   * the listen session (postgres.js `connect_timeout`). An existing `sql` keeps its own.
+   * @defaultValue 10000
+   */
+  connectTimeoutMs?: number;
 }
 
 /**
@@ -30,15 +38,16 @@ export interface PostgresJsDriverOptions {
  */
 export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
   const owned = !options.sql;
+  const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
   const sql: Sql =
     (options.sql as Sql) ??
-    postgresLib()(options.connectionString as string, { max: options.max ?? 10, onnotice: () => {} });
+    postgresLib()(options.connectionString as string, { max: options.max ?? 10, onnotice: () => {}, connect_timeout: connectTimeoutMs / 1000 });
   const listenUrl = options.listenConnectionString ?? options.connectionString;
   const listenOptions = (sql as unknown as { options: Record<string, unknown> }).options;
 
   return {
     kind: 'postgres',
-    executor: postgresJsExecutor(sql, options.preparedStatements ?? listenOptions.prepare !== false),
+    executor: withDeadlines(sql, postgresJsExecutor(sql, options.preparedStatements ?? listenOptions.prepare !== false), Number(listenOptions.connect_timeout) * 1000 || connectTimeoutMs),
     async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
       return (await sql.begin((tx) => fn(postgresJsExecutor(tx as unknown as Sql)))) as T;
     },
@@ -53,7 +62,7 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
       };
       const common = {
         max: 1,
-        connect_timeout: Math.max(1, Math.ceil((opts.connectTimeoutMs ?? 5000) / 1000)),
+        connect_timeout: (opts.connectTimeoutMs ?? connectTimeoutMs) / 1000,
         idle_timeout: 0,
         connection: { application_name: LISTEN_APPLICATION_NAME },
         max_lifetime: 0,
@@ -69,6 +78,9 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
       } catch (err) {
         closed = true;
         await session.end({ timeout: 0 }).catch(() => {});
+        if ((err as { code?: string }).code === 'CONNECT_TIMEOUT') {
+          throw new HeraldError('TIMEOUT', `could not open the listen connection within ${opts.connectTimeoutMs ?? connectTimeoutMs} ms (connectTimeoutMs): the address accepted no session`, { cause: err });
+        }
         throw err;
       }
       return {
@@ -89,10 +101,58 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
         },
       };
     },
-    async end() {
-      if (owned) await sql.end({ timeout: 5 });
+    async end(endOpts = {}) {
+      // postgres.js destroys what is still open after `timeout` seconds.
+      if (owned) await sql.end({ timeout: (endOpts.timeoutMs ?? DEFAULT_SESSION_CLOSE_TIMEOUT_MS) / 1000 });
     },
   };
+}
+
+/**
+ * Statements with a `timeoutMs` run on a reserved connection. Past the deadline the
+ * caller gets a `TIMEOUT` error at once and that connection is never given back to
+ * the pool (postgres.js cannot destroy one connection of its pool): a black-holed
+ * connection is not handed out again; its keep-alive (postgres.js `keep_alive`) ends
+ * it in the end.
+ */
+function withDeadlines(sql: Sql, plain: Executor, connectTimeoutMs: number): Executor {
+  const reserve = (sql as unknown as { reserve?: () => Promise<Sql & { release(): void }> }).reserve;
+  return {
+    async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
+      try {
+        return await timed<R>(text, values, opts);
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'CONNECT_TIMEOUT') throw err;
+        throw new HeraldError('TIMEOUT', `could not connect to PostgreSQL within ${connectTimeoutMs} ms (connect_timeout): the address accepted no session`, {
+          cause: err,
+        });
+      }
+    },
+  };
+  async function timed<R>(text: string, values: readonly unknown[] | undefined, opts: QueryOptions | undefined): Promise<QueryResult<R>> {
+    const ms = opts?.timeoutMs;
+    if (ms === undefined || !Number.isFinite(ms)) return plain.query<R>(text, values, opts);
+    if (!reserve) return deadline(plain.query<R>(text, values), ms, () => statementTimeout('a statement', ms));
+    const started = Date.now();
+    const reserving = reserve.call(sql);
+    let conn: Sql & { release(): void };
+    try {
+      conn = await deadline(reserving, ms, () => statementTimeout('acquiring a pool connection', ms));
+    } catch (err) {
+      reserving.then((c) => c.release(), () => {});
+      throw err;
+    }
+    const running = postgresJsExecutor(conn).query<R>(text, values);
+    try {
+      const res = await deadline(running, ms - (Date.now() - started), () => statementTimeout('a statement', ms));
+      conn.release();
+      return res;
+    } catch (err) {
+      running.catch(() => {});
+      if (!(err instanceof HeraldError && err.code === 'TIMEOUT')) conn.release();
+      throw err;
+    }
+  }
 }
 
 /**

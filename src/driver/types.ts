@@ -7,6 +7,16 @@
 /** `application_name` of every listen session, to tell it apart in `pg_stat_activity`. */
 export const LISTEN_APPLICATION_NAME = 'pgherald:listen';
 
+/** Default of the drivers' `connectTimeoutMs` (and of `createHerald`'s). */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * How long closing a listen session (or ending a pool pgherald created) waits for
+ * the server's goodbye before it destroys the sockets: a black-holed peer never
+ * sends one.
+ */
+export const DEFAULT_SESSION_CLOSE_TIMEOUT_MS = 1000;
+
 /** Rows and count of one statement. */
 export interface QueryResult<R = Record<string, unknown>> {
   rows: R[];
@@ -30,6 +40,15 @@ export interface QueryOptions {
    * connection). Executors over a caller's transaction ignore it.
    */
   prepare?: boolean;
+  /**
+   * A deadline for the statement, waiting for a pool connection included. Past it
+   * the statement fails with a `TIMEOUT` `HeraldError`, and a pool driver discards
+   * the connection it ran on (released as broken, socket destroyed) so that a dead
+   * connection is never handed out again. pgherald sets it on the statements it
+   * issues for itself (the notifier's probe, queue-usage samples); executors over a
+   * caller's transaction ignore it.
+   */
+  timeoutMs?: number;
 }
 
 /**
@@ -57,8 +76,11 @@ export interface ListenSession {
   onNotification(handler: (n: RawNotification) => void): void;
   /** Called once when the session dies (socket error, server shutdown, terminate). */
   onClose(handler: (err?: Error) => void): void;
-  /** Closes the session and waits for the socket to be gone; never throws. */
-  close(): Promise<void>;
+  /**
+   * Closes the session and waits for the socket to be gone; never throws. Past
+   * `timeoutMs` (default {@link DEFAULT_SESSION_CLOSE_TIMEOUT_MS}) the socket is destroyed.
+   */
+  close(options?: { timeoutMs?: number }): Promise<void>;
   /** Destroys the socket at once (used when the health query stalls). */
   destroy(): void;
 }
@@ -75,6 +97,9 @@ export interface Driver {
   transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T>;
   /** Opens a new dedicated session for LISTEN (outside the pool); fails after `connectTimeoutMs`. */
   openListenSession(options?: { connectTimeoutMs?: number }): Promise<ListenSession>;
-  /** Closes the pool if the driver created it. */
-  end(): Promise<void>;
+  /**
+   * Closes the pool if the driver created it. Past `timeoutMs` (default
+   * {@link DEFAULT_SESSION_CLOSE_TIMEOUT_MS}) the sockets still open are destroyed.
+   */
+  end(options?: { timeoutMs?: number }): Promise<void>;
 }

@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
+import { getEventListeners } from 'node:events';
+import { deadline } from '../driver/deadline.js';
 import { toExecutor } from '../driver/index.js';
-import type { Driver, ListenSession, RawNotification, TxLike } from '../driver/types.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, type Driver, type ListenSession, type QueryResult, type RawNotification, type TxLike } from '../driver/types.js';
 import { HeraldError, InvalidOptionError, ListenNotSessionError } from '../errors.js';
-import { backoffDelay, sleep, withTimeout } from '../internal/backoff.js';
+import { backoffDelay, sleep } from '../internal/backoff.js';
 import { TypedEmitter } from '../internal/events.js';
 import { quoteIdent } from '../internal/ident.js';
 import { notifyManyOn, notifyOn, type OutgoingNotification } from './notify.js';
@@ -18,7 +20,9 @@ export const NOTIFIER_DEFAULTS: Required<NotifierOptions> = {
   reconnectBaseDelayMs: 50,
   reconnectMaxDelayMs: 1000,
   maxReconnectAttempts: Infinity,
-  connectTimeoutMs: 5000,
+  maxConnectAttempts: Infinity,
+  connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
+  statementTimeoutMs: 5000,
   verifySession: true,
   verifySessionTimeoutMs: 2000,
   queueUsageIntervalMs: 10000,
@@ -26,8 +30,9 @@ export const NOTIFIER_DEFAULTS: Required<NotifierOptions> = {
 };
 
 function resolveOptions(options: NotifierOptions): Required<NotifierOptions> {
-  const o = { ...NOTIFIER_DEFAULTS, ...stripUndefined(options) };
-  const positive = ['subscriberBufferSize', 'healthCheckIntervalMs', 'healthCheckTimeoutMs', 'connectTimeoutMs', 'verifySessionTimeoutMs'] as const;
+  const given = stripUndefined(options);
+  const o = { ...NOTIFIER_DEFAULTS, maxConnectAttempts: given.maxReconnectAttempts ?? NOTIFIER_DEFAULTS.maxConnectAttempts, ...given };
+  const positive = ['subscriberBufferSize', 'healthCheckIntervalMs', 'healthCheckTimeoutMs', 'connectTimeoutMs', 'statementTimeoutMs', 'verifySessionTimeoutMs'] as const;
   for (const k of positive) {
     if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
   }
@@ -35,8 +40,8 @@ function resolveOptions(options: NotifierOptions): Required<NotifierOptions> {
   for (const k of ['reconnectBaseDelayMs', 'reconnectMaxDelayMs', 'queueUsageIntervalMs'] as const) {
     if (typeof o[k] !== 'number' || o[k] < 0 || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
   }
-  if (typeof o.maxReconnectAttempts !== 'number' || !(o.maxReconnectAttempts >= 1)) {
-    throw new InvalidOptionError('maxReconnectAttempts', o.maxReconnectAttempts, 'a number >= 1 (or Infinity)');
+  for (const k of ['maxReconnectAttempts', 'maxConnectAttempts'] as const) {
+    if (typeof o[k] !== 'number' || !(o[k] >= 1)) throw new InvalidOptionError(k, o[k], 'a number >= 1 (or Infinity)');
   }
   if (typeof o.queueUsageWarnThreshold !== 'number' || o.queueUsageWarnThreshold < 0 || o.queueUsageWarnThreshold > 1) {
     throw new InvalidOptionError('queueUsageWarnThreshold', o.queueUsageWarnThreshold, 'a number between 0 and 1');
@@ -95,6 +100,9 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   #queueTimer: NodeJS.Timeout | undefined;
   #healthTimer: NodeJS.Timeout | undefined;
   #probeFailures = 0;
+  /** Sessions already found dead: a statement failing on one is a consequence, not another problem. */
+  readonly #dead = new WeakSet<ListenSession>();
+  readonly #reported = new WeakSet<Error>();
 
   constructor(driver: Driver, options: NotifierOptions = {}) {
     super();
@@ -184,7 +192,9 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
 
   /** Samples `pg_notification_queue_usage()` now, emits `queueUsage` (and `queueWarning` at the threshold). */
   async sampleQueueUsage(): Promise<number> {
-    const { rows } = await this.#driver.executor.query<{ u: number }>('SELECT pg_notification_queue_usage()::float8 AS u');
+    const { rows } = await this.#driver.executor.query<{ u: number }>('SELECT pg_notification_queue_usage()::float8 AS u', [], {
+      timeoutMs: this.options.statementTimeoutMs,
+    });
     const usage = Number(rows[0]?.u ?? 0);
     this.#queueUsage = usage;
     this.emit('queueUsage', usage);
@@ -206,14 +216,12 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
    * queried on the session itself after every LISTEN/UNLISTEN already requested.
    */
   async serverChannels(): Promise<string[]> {
-    let result: string[] = [];
-    await this.#enqueue(async () => {
+    return this.#enqueue(async () => {
       const session = this.#session;
       if (!session) throw new HeraldError('NOT_STARTED', 'the notifier has no live listen session');
-      const { rows } = await session.query<{ c: string }>('SELECT pg_listening_channels() AS c');
-      result = rows.map((r) => r.c).sort();
+      const { rows } = await this.#statement<{ c: string }>(session, 'SELECT pg_listening_channels() AS c');
+      return rows.map((r) => r.c).sort();
     });
-    return result;
   }
 
   /** Channels with at least one subscriber. */
@@ -224,6 +232,12 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   /**
    * Closes every subscription and the listen connection; leaves no socket or timer
    * behind. Idempotent; `start()` may be called again afterwards.
+   *
+   * It returns promptly whatever state the connection is in: every wait of the
+   * notifier (connecting, a statement on the session, the probe through the pool,
+   * the backoff) ends on stop, and the session is destroyed rather than waited on. A
+   * LISTEN or UNLISTEN that stop cuts off is not a `problem`: closing the session
+   * ends every LISTEN anyway.
    */
   async stop(): Promise<void> {
     if (!this.#ready) return;
@@ -293,10 +307,41 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   }
 
   /** Serialises every statement on the session (LISTEN/UNLISTEN diffs, health queries). */
-  #enqueue(task: () => Promise<void>): Promise<void> {
+  #enqueue<T>(task: () => Promise<T>): Promise<T> {
     const next = this.#chain.then(task, task);
-    this.#chain = next.catch(() => {});
+    this.#chain = next.then(
+      () => {},
+      () => {},
+    );
     return next;
+  }
+
+  #destroy(session: ListenSession): void {
+    this.#dead.add(session);
+    session.destroy();
+  }
+
+  /**
+   * Runs one statement on the listen session with a deadline
+   * (`statementTimeoutMs`); past it the session is destroyed (the reconnect path
+   * rebuilds it and LISTENs every wanted channel). Ends at once on stop.
+   */
+  async #statement<R>(session: ListenSession, text: string, values?: readonly unknown[]): Promise<QueryResult<R>> {
+    const ms = this.options.statementTimeoutMs;
+    try {
+      return await deadline(
+        session.query<R>(text, values),
+        ms,
+        () => new HeraldError('TIMEOUT', `a statement on the listen connection (${text.split(' ')[0]}) took over ${ms} ms (statementTimeoutMs)`),
+        this.#abort.signal,
+      );
+    } catch (err) {
+      if (err instanceof HeraldError && err.code === 'TIMEOUT' && !this.#dead.has(session)) {
+        this.#problem(err);
+        this.#destroy(session);
+      }
+      throw err;
+    }
   }
 
   #schedule(): void {
@@ -313,10 +358,12 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     const sql = [...add.map((c) => `LISTEN ${quoteIdent(c)}`), ...remove.map((c) => `UNLISTEN ${quoteIdent(c)}`)].join('; ');
     for (const c of remove) this.#unlistening.add(c);
     try {
-      await session.query(sql);
+      await this.#statement(session, sql);
     } catch (err) {
+      // Cut off by stop(), or the session already died and was replaced: not a problem.
+      if (this.#abort.signal.aborted || session !== this.#session || this.#dead.has(session)) return;
       this.#problem(err);
-      session.destroy(); // the reconnect path re-LISTENs everything
+      this.#destroy(session); // the reconnect path re-LISTENs everything
       return;
     } finally {
       for (const c of remove) this.#unlistening.delete(c);
@@ -331,6 +378,8 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
 
   #problem(err: unknown): void {
     const e = err instanceof Error ? err : new Error(String(err));
+    if (this.#reported.has(e)) return; // one fault, one event
+    this.#reported.add(e);
     this.#lastError = e;
     this.emit('problem', e);
   }
@@ -343,18 +392,14 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     while (!signal.aborted) {
       let session: ListenSession | undefined;
       try {
-        session = await this.#driver.openListenSession({ connectTimeoutMs: this.options.connectTimeoutMs });
-        if (signal.aborted) {
-          await session.close();
-          break;
-        }
+        session = await this.#open(signal);
         const closed = new Promise<Error | undefined>((resolve) => session!.onClose(resolve));
         session.onNotification((n) => this.#dispatch(n));
         this.#session = session;
         this.#live.clear();
         const wanted = [...this.#channels.keys()];
-        if (wanted.length > 0) await session.query(wanted.map((c) => `LISTEN ${quoteIdent(c)}`).join('; '));
-        if (this.options.verifySession) await this.#verify(session);
+        if (wanted.length > 0) await this.#statement(session, wanted.map((c) => `LISTEN ${quoteIdent(c)}`).join('; '));
+        if (this.options.verifySession) await this.#verify(session, signal);
         for (const c of wanted) this.#live.add(c);
         const downtimeMs = everConnected ? Date.now() - lostAt : 0;
         const tries = attempts;
@@ -370,11 +415,13 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         everConnected = true;
         this.#schedule(); // channels subscribed while we were connecting
         this.#scheduleHealth(session);
-        const onAbort = new Promise<undefined>((resolve) => signal.addEventListener('abort', () => resolve(undefined), { once: true }));
-        const err = await Promise.race([closed, onAbort]);
+        // Until the session dies or stop(); the abort listener goes away with the
+        // session (one left behind per reconnect was a leak).
+        const err = await deadline(closed, Infinity, () => new Error('unreachable'), signal).catch(() => undefined);
         clearTimeout(this.#healthTimer);
         this.#session = undefined;
         this.#live.clear();
+        session.destroy();
         await session.close();
         if (signal.aborted) break;
         lostAt = Date.now();
@@ -382,6 +429,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         this.#setStatus('reconnecting');
         this.emit('lost', err);
       } catch (err) {
+        clearTimeout(this.#healthTimer);
         this.#session = undefined;
         this.#live.clear();
         if (session) {
@@ -390,7 +438,8 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         }
         if (signal.aborted) break;
         this.#problem(err);
-        if (err instanceof ListenNotSessionError || ++attempts >= this.options.maxReconnectAttempts) {
+        const limit = everConnected ? this.options.maxReconnectAttempts : this.options.maxConnectAttempts;
+        if (err instanceof ListenNotSessionError || ++attempts >= limit) {
           const final = err instanceof Error ? err : new Error(String(err));
           this.#fail(final);
           return;
@@ -398,6 +447,33 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         this.#setStatus(everConnected ? 'reconnecting' : 'connecting');
       }
       await sleep(backoffDelay(attempts, this.options.reconnectBaseDelayMs, this.options.reconnectMaxDelayMs), signal);
+    }
+  }
+
+  /**
+   * Opens a listen session within `connectTimeoutMs` (the driver's own timeout; a
+   * backstop at twice that in case a driver does not keep it). A session that
+   * arrives after the deadline or after stop() is closed.
+   */
+  async #open(signal: AbortSignal): Promise<ListenSession> {
+    const ms = this.options.connectTimeoutMs;
+    const opening = this.#driver.openListenSession({ connectTimeoutMs: ms });
+    try {
+      return await deadline(
+        opening,
+        2 * ms,
+        () => new HeraldError('TIMEOUT', `could not open the listen connection within ${ms} ms (connectTimeoutMs)`),
+        signal,
+      );
+    } catch (err) {
+      opening.then(
+        (late) => {
+          late.destroy();
+          void late.close();
+        },
+        () => {},
+      );
+      throw err;
     }
   }
 
@@ -415,19 +491,28 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
    * the pool (another session), and wait for it. Behind a transaction-mode pooler,
    * LISTEN lands on a server connection that is handed to someone else, and the
    * notification never comes back.
+   *
+   * Every step has a deadline: the NOTIFY through the pool gets `statementTimeoutMs`
+   * (a pooled connection black-holed while idle is discarded by the driver, and the
+   * next attempt takes another), the statements on the session too.
    */
-  async #verify(session: ListenSession): Promise<void> {
+  async #verify(session: ListenSession, signal: AbortSignal): Promise<void> {
     const probe = `herald.probe.${randomUUID()}`.slice(0, 63);
     const token = randomUUID();
     const arrived = new Promise<void>((resolve) => this.#probes.set(probe, (p) => p === token && resolve()));
+    let verified = false;
     try {
-      await session.query(`LISTEN ${quoteIdent(probe)}`);
-      await notifyOn(this.#driver.executor, probe, token);
+      await this.#statement(session, `LISTEN ${quoteIdent(probe)}`);
+      const ms = this.options.statementTimeoutMs;
+      await deadline(notifyOn(this.#driver.executor, probe, token, { timeoutMs: ms }), Infinity, () => new Error('unreachable'), signal);
       try {
-        await withTimeout(arrived, this.options.verifySessionTimeoutMs, () => new HeraldError('TIMEOUT', 'LISTEN round trip timed out'));
+        const waitMs = this.options.verifySessionTimeoutMs;
+        await deadline(arrived, waitMs, () => new HeraldError('TIMEOUT', `LISTEN round trip took over ${waitMs} ms`), signal);
         this.#probeFailures = 0;
       } catch (err) {
-        const { rows } = await session.query<{ n: number }>(
+        if (signal.aborted) throw err;
+        const { rows } = await this.#statement<{ n: number }>(
+          session,
           'SELECT count(*)::int AS n FROM pg_listening_channels() c WHERE c = $1',
           [probe],
         );
@@ -438,38 +523,57 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         }
         throw err;
       }
+      verified = true;
     } finally {
       this.#probes.delete(probe);
-      await session.query(`UNLISTEN ${quoteIdent(probe)}`).catch(() => {});
     }
+    // A failed UNLISTEN of the probe on a verified session is a failed session: it
+    // goes through the reconnect path like any other.
+    if (verified) await this.#statement(session, `UNLISTEN ${quoteIdent(probe)}`);
   }
 
   /**
    * The health query runs on the listen session itself, so a black-holed socket
-   * (open, passing nothing) is found even when no error ever arrives.
+   * (open, passing nothing) is found even when no error ever arrives. Its deadline
+   * (`healthCheckTimeoutMs`) counts from the moment the check is due, the wait behind
+   * a LISTEN or UNLISTEN in flight included: a statement stuck in a black hole
+   * cannot hide the dead session, which is found within
+   * `healthCheckIntervalMs + healthCheckTimeoutMs`.
    */
   #scheduleHealth(session: ListenSession): void {
     clearTimeout(this.#healthTimer);
-    this.#healthTimer = setTimeout(() => {
-      void this.#enqueue(async () => {
-        if (session !== this.#session) return;
-        try {
-          const { rows } = await withTimeout(
-            session.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_listening_channels()'),
-            this.options.healthCheckTimeoutMs,
-            () => new HeraldError('TIMEOUT', `listen connection health query took over ${this.options.healthCheckTimeoutMs} ms`),
-          );
-          if (session !== this.#session) return;
-          if ((rows[0]?.n ?? 0) < this.#live.size) {
-            throw new HeraldError('CONNECTION', `the listen session holds ${rows[0]?.n} channels, expected ${this.#live.size}`);
-          }
-          this.#scheduleHealth(session);
-        } catch (err) {
-          this.#problem(err);
-          session.destroy();
-        }
-      });
-    }, this.options.healthCheckIntervalMs);
+    this.#healthTimer = setTimeout(() => void this.#checkHealth(session), this.options.healthCheckIntervalMs);
     this.#healthTimer.unref();
+  }
+
+  async #checkHealth(session: ListenSession): Promise<void> {
+    if (session !== this.#session) return;
+    const ms = this.options.healthCheckTimeoutMs;
+    try {
+      const held = await deadline(
+        this.#enqueue(async () => {
+          if (session !== this.#session) return -1;
+          const { rows } = await this.#statement<{ n: number }>(session, 'SELECT count(*)::int AS n FROM pg_listening_channels()');
+          return rows[0]?.n ?? 0;
+        }),
+        ms,
+        () => new HeraldError('TIMEOUT', `listen connection health query took over ${ms} ms (healthCheckTimeoutMs)`),
+        this.#abort.signal,
+      );
+      if (session !== this.#session || held < 0) return;
+      if (held < this.#live.size) {
+        throw new HeraldError('CONNECTION', `the listen session holds ${held} channels, expected ${this.#live.size}`);
+      }
+      this.#scheduleHealth(session);
+    } catch (err) {
+      if (this.#abort.signal.aborted || session !== this.#session || this.#dead.has(session)) return;
+      this.#problem(err);
+      this.#destroy(session);
+    }
+  }
+
+  /** @internal Test seam: what the notifier holds that could grow per reconnect. */
+  _resources(): { abortListeners: number; probes: number } {
+    return { abortListeners: getEventListeners(this.#abort.signal, 'abort').length, probes: this.#probes.size };
   }
 }

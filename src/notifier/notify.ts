@@ -1,5 +1,5 @@
 import { HeraldError } from '../errors.js';
-import type { Executor } from '../driver/types.js';
+import type { Executor, QueryOptions } from '../driver/types.js';
 import { assertChannel, assertPayload } from './validate.js';
 
 /** One notification to send. */
@@ -13,10 +13,10 @@ export interface OutgoingNotification {
  * Sends one notification through `executor`. When `executor` is the caller's
  * transaction, it is delivered only if that transaction commits.
  */
-export async function notifyOn(executor: Executor, channel: string, payload = ''): Promise<void> {
+export async function notifyOn(executor: Executor, channel: string, payload = '', options?: QueryOptions): Promise<void> {
   assertChannel(channel);
   assertPayload(payload);
-  await executor.query('SELECT pg_notify($1, $2)', [channel, payload]);
+  await executor.query('SELECT pg_notify($1, $2)', [channel, payload], options);
 }
 
 /**

@@ -27,16 +27,39 @@ export interface NotifierOptions {
   subscriberBufferSize?: number;
   /** Interval of the health query on the listen session itself. @defaultValue 5000 */
   healthCheckIntervalMs?: number;
-  /** A health query slower than this counts as a dead (black-holed) connection. @defaultValue 3000 */
+  /**
+   * A health query not answered this long after it was due (waiting behind a LISTEN
+   * or UNLISTEN in flight included) counts as a dead (black-holed) connection: a dead
+   * session is found within `healthCheckIntervalMs + healthCheckTimeoutMs`. @defaultValue 3000
+   */
   healthCheckTimeoutMs?: number;
   /** First reconnect delay ceiling; doubles per attempt (full jitter). @defaultValue 50 */
   reconnectBaseDelayMs?: number;
   /** Cap of the reconnect delay. @defaultValue 1000 */
   reconnectMaxDelayMs?: number;
-  /** Reconnect attempts in a row before status `failed`. @defaultValue Infinity (never give up) */
+  /** Reconnect attempts in a row (after a lost connection) before status `failed`. @defaultValue Infinity (never give up) */
   maxReconnectAttempts?: number;
-  /** Timeout for opening the listen session. @defaultValue 5000 */
+  /**
+   * Attempts to open the first connection before status `failed` (then `start()`
+   * and every `established` reject with the last error). The CLI sets 1, so a
+   * command against an unreachable address fails instead of retrying for ever.
+   * @defaultValue `maxReconnectAttempts` (Infinity: never give up)
+   */
+  maxConnectAttempts?: number;
+  /**
+   * How long opening the listen session may take (TCP connect, TLS, startup,
+   * authentication); an address that accepts and never answers counts as a failed
+   * attempt, retried with backoff. @defaultValue createHerald's `connectTimeoutMs` (10000)
+   */
   connectTimeoutMs?: number;
+  /**
+   * Deadline of every statement pgherald issues for the notifier: LISTEN and
+   * UNLISTEN on the listen session (past it the session is destroyed and rebuilt,
+   * and every wanted channel LISTENed again), the probe NOTIFY of the round trip and
+   * `sampleQueueUsage()` through the pool (past it that pooled connection is
+   * discarded, never handed out again). @defaultValue 5000
+   */
+  statementTimeoutMs?: number;
   /**
    * After every (re)connect, prove that LISTEN sticks with a round trip: LISTEN a
    * probe channel, NOTIFY it through the pool, wait for it. This is how a
@@ -75,7 +98,11 @@ export interface NotifierEvents extends Record<string, unknown[]> {
   status: [status: NotifierStatus];
   /** LISTEN is live on a new session (first connect and every reconnect). */
   connected: [];
-  /** LISTEN is live again after a lost connection; durable consumers catch up by query now. */
+  /**
+   * LISTEN is live again after a lost connection (emitted once per recovery, after
+   * every channel is LISTENed again and each subscription's `onListen` ran): durable
+   * consumers catch up by query now and cut any error backoff short.
+   */
   reconnected: [info: { attempts: number; downtimeMs: number }];
   /** The listen session died (socket error, terminate, restart, failed health query). */
   lost: [err: Error | undefined];

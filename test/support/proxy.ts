@@ -13,6 +13,8 @@ export class TcpProxy {
   #mode: ProxyMode = 'pass';
   #delayMs = 0;
   port = 0;
+  /** Chunks swallowed by the black hole so far: a test awaits it to know a statement went into the hole. */
+  swallowed = 0;
 
   private constructor(readonly targetHost: string, readonly targetPort: number) {
     this.#server = createServer((client) => this.#accept(client));
@@ -57,7 +59,10 @@ export class TcpProxy {
 
   #pipe(from: Socket, to: Socket): void {
     from.on('data', (chunk) => {
-      if (this.#mode === 'blackhole') return; // swallowed: the peer waits forever
+      if (this.#mode === 'blackhole') {
+        this.swallowed++;
+        return; // swallowed: the peer waits forever
+      }
       if (this.#delayMs > 0) setTimeout(() => to.writable && to.write(chunk), this.#delayMs);
       else if (to.writable) to.write(chunk);
     });
