@@ -37,7 +37,7 @@ export function registerJobsRoutes(server: HeraldServer): void {
       stream.close('listen failed');
       return;
     }
-    stream.send('ready', JSON.stringify({ channel: queue.channels.events }));
+    stream.send('ready', JSON.stringify({ channel: queue.channelNames.events }));
   }, { action: 'subscribe', resource: () => 'jobs' });
 
   server.router.add('GET', /^\/jobs\/(\d{1,19})$/, async (_req, res, [id]) => {
