@@ -66,6 +66,8 @@ export class Dashboard {
     } catch {
       /* keep the last sample */
     }
+    // Wake-ups paused or something unread: name who holds the notification queue's tail.
+    const holders = !herald.notifier.wakeups || (queueUsage ?? 0) > 0 ? await herald.notifier.queueTailHolders().catch(() => []) : [];
     const panels = await Promise.all(
       [...this.#panels.values()].map(async (p) => {
         try {
@@ -88,6 +90,9 @@ export class Dashboard {
         status: stats.status,
         reconnects: stats.reconnects,
         queueUsage,
+        wakeups: stats.wakeups,
+        wakeupsPausedSince: stats.wakeupsPausedSince,
+        queueTailHolders: holders,
         lastError: stats.lastError?.message ?? null,
       },
       channels: Object.entries(stats.channels).map(([channel, c]) => ({ channel, ...c })),

@@ -97,6 +97,8 @@ export function sendText(res: ServerResponse, status: number, contentType: strin
 /** The HTTP status of an error (HttpError's own; HeraldError codes mapped; else 500). */
 export function statusOf(err: unknown): number {
   if (err instanceof HttpError) return err.status;
+  // NOTIFY_QUEUE_FULL: the server cannot queue a notification now (a stalled listener); retry later.
+  if (err instanceof HeraldError && err.code === 'NOTIFY_QUEUE_FULL') return 503;
   if (err instanceof HeraldError) return err.code === 'NOT_FOUND' ? 404 : err.code === 'CONFLICT' ? 409 : err.code === 'PAYLOAD_TOO_LARGE' ? 413 : 400;
   return 500;
 }
