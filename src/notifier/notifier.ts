@@ -480,7 +480,14 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     const arrived = new Promise<void>((resolve) => this.#probes.set(probe, (p) => p === token && resolve()));
     try {
       await session.query(`LISTEN ${quoteIdent(probe)}`);
-      await notifyOn(this.#driver.executor, probe, token);
+      try {
+        await notifyOn(this.#driver.executor, probe, token);
+      } catch (err) {
+        // A full notification queue (a stalled listener elsewhere) cannot carry the probe:
+        // the session stays unverified rather than never listening (wake-ups pause).
+        if (this.pressure.noteError(err)) return;
+        throw err;
+      }
       try {
         await withTimeout(arrived, this.options.verifySessionTimeoutMs, () => new HeraldError('TIMEOUT', 'LISTEN round trip timed out'));
         this.#probeFailures = 0;
