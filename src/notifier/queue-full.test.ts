@@ -116,10 +116,18 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     assert.equal(full.holders[0].reason, 'idle in transaction');
     if (!canFill) for (const p of [pSend, pEnq, pPub, pOut, pTx]) await p.notifier.sampleQueueUsage();
 
+    // Where the queue still has room (15/16), a listener proves the paused writes attach no wake-up.
+    const heard: string[] = [];
+    if (!canFill) {
+      const ear = await connect();
+      ear.on('notification', (n) => heard.push(`${n.channel}:${n.payload}`));
+      for (const ch of [hc.mailbox.channel, hc.queue.channelNames.wake, hc.topics.channel]) await ear.query(`LISTEN "${ch}"`);
+    }
+
     // Writes. On 17+ the first of each producer meets 54000 and commits through the retry.
-    const sendFull = nextEvent<[QueueFullInfo]>(pSend.notifier, 'queueFull');
+    const sendFull = canFill ? nextEvent<[QueueFullInfo]>(pSend.notifier, 'queueFull') : undefined;
     assert.deepEqual(await pSend.mailbox.send({ to: 'qf', id: 'm1', payload: 'one' }), { id: 'm1', created: true });
-    if (canFill) {
+    if (sendFull) {
       const [info] = await sendFull;
       assert.equal(info.reason, 'error');
       assert.equal(info.holders[0]?.pid, stalledPid);
@@ -133,6 +141,12 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     await pOut.outbox.addMany([{ type: 'qf', payload: 2, key: 'k' }]);
     await filler.query('INSERT INTO qf_rows (id) VALUES (1)'); // a tracked table: its trigger must not fail the write
     for (const p of [pEnq, pPub]) assert.equal(p.notifier.wakeups, false, 'the write paused wake-ups');
+
+    if (!canFill) {
+      await filler.query(`SELECT pg_notify($1, 'marker')`, [hc.mailbox.channel]);
+      await waitFor(() => heard.length > 0, { what: 'the marker' });
+      assert.deepEqual(heard, [`${hc.mailbox.channel}:marker`], 'no wake-up before the marker');
+    }
 
     // In the caller's transaction: the commit fails once (a wake-up was attached before the
     // pressure was known), typed; run again, it commits without one.
