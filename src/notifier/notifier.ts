@@ -116,7 +116,9 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
       executor: driver.executor,
       highWater: this.options.queueUsageHighWater,
       lowWater: this.options.queueUsageLowWater,
+      intervalMs: this.options.queueUsageIntervalMs,
       pausedIntervalMs: this.options.queueUsageIntervalMs || this.options.healthCheckIntervalMs,
+      started: () => this.#ready !== undefined && this.#status !== 'failed',
       full: (info) => this.emit('queueFull', info),
       resumed: (info) => {
         this.emit('queueResumed', info);

@@ -148,8 +148,12 @@ export interface PressureHost {
   executor: Executor;
   highWater: number;
   lowWater: number;
+  /** Sampling interval of a process that writes while its notifier does not sample (ms; 0: none). */
+  intervalMs: number;
   /** Sampling interval while paused (ms). */
   pausedIntervalMs: number;
+  /** Whether the notifier is started (it then samples every `intervalMs` itself). */
+  started(): boolean;
   full(info: QueueFullInfo): void;
   resumed(info: QueueResumedInfo): void;
 }
@@ -165,6 +169,8 @@ export class NotifyPressure {
   #since = 0;
   #episodes = 0;
   #timer: NodeJS.Timeout | undefined;
+  /** A write asked for the state: sample even if the notifier does not (a process that only writes). */
+  #watching = false;
   /** The current episode's announcement (queueFull), so that queueResumed never precedes it. */
   #announced: Promise<void> = Promise.resolve();
   #holders: QueueTailHolder[] = [];
@@ -173,8 +179,16 @@ export class NotifyPressure {
     this.#host = host;
   }
 
-  /** False while wake-ups are paused: writes then carry no `pg_notify`. */
+  /**
+   * False while wake-ups are paused: writes then carry no `pg_notify`. The first read
+   * starts sampling the usage every `queueUsageIntervalMs` in a process whose notifier
+   * is not started (one that only writes), so it pauses at the high-water mark too.
+   */
   get wakeups(): boolean {
+    if (!this.#watching) {
+      this.#watching = true;
+      this.#schedule();
+    }
     return !this.#paused;
   }
 
@@ -241,6 +255,7 @@ export class NotifyPressure {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#paused = false;
+    this.#watching = false;
   }
 
   #pause(reason: 'usage' | 'error', usage: number | null, error?: Error): void {
@@ -254,29 +269,37 @@ export class NotifyPressure {
       this.#holders = holders;
       this.#host.full({ reason, usage: u, holders, ...(error ? { error } : {}) });
     })();
-    this.#arm();
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#schedule();
   }
 
   #resume(usage: number): void {
     this.#paused = false;
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
     const pausedMs = Date.now() - this.#since;
     void this.#announced.then(() => this.#host.resumed({ usage, pausedMs }));
   }
 
-  /** While paused, sample until the queue has drained (whether or not the notifier samples too). */
-  #arm(): void {
-    clearTimeout(this.#timer);
+  /**
+   * Samples on a timer while paused (until the queue has drained, whether or not the
+   * notifier samples too), and in a process that writes while its notifier does not
+   * sample. A failed sample while not paused stops that (the next write starts it again),
+   * so a closed pool leaves no timer behind.
+   */
+  #schedule(): void {
+    if (this.#timer) return;
+    const idle = this.#watching && this.#host.intervalMs > 0 && !this.#host.started();
+    if (!this.#paused && !idle) return;
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
-      void this.#host
-        .sample()
-        .catch(() => {})
-        .finally(() => {
-          if (this.#paused && this.#timer === undefined) this.#arm();
-        });
-    }, this.#host.pausedIntervalMs);
+      void this.#host.sample().then(
+        () => this.#schedule(),
+        () => {
+          if (!this.#paused) this.#watching = false;
+          this.#schedule();
+        },
+      );
+    }, this.#paused ? this.#host.pausedIntervalMs : this.#host.intervalMs);
     this.#timer.unref();
   }
 }

@@ -84,12 +84,14 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     hc.outbox.relay({ sink: (e) => void published.push(e.payload), pollIntervalMs: 100 });
     await hc.listen('qf-ready').established;
 
-    // One producer process per write path: each meets the full queue with wake-ups still on.
-    const pSend = make();
-    const pEnq = make();
-    const pPub = make();
+    // One producer process per write path: each meets the full queue with wake-ups still on
+    // (no sampling of their own until paused). pOut samples like a process that only writes.
+    const producer = { notifier: { ...water, queueUsageIntervalMs: 0, healthCheckIntervalMs: 100 } };
+    const pSend = make(producer);
+    const pEnq = make(producer);
+    const pPub = make(producer);
+    const pTx = make(producer);
     const pOut = make();
-    const pTx = make();
 
     // The stalled listener, and the queue filled behind it.
     const stalled = await connect();
@@ -114,7 +116,7 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     assert.equal(hc.notifier.wakeups, false);
     assert.equal(full.holders[0]?.pid, stalledPid, `the stalled listener is named first: ${JSON.stringify(full.holders)}`);
     assert.equal(full.holders[0].reason, 'idle in transaction');
-    if (!canFill) for (const p of [pSend, pEnq, pPub, pOut, pTx]) await p.notifier.sampleQueueUsage();
+    if (!canFill) for (const p of [pSend, pEnq, pPub, pTx]) await p.notifier.sampleQueueUsage();
 
     // Where the queue still has room (15/16), a listener proves the paused writes attach no wake-up.
     const heard: string[] = [];
@@ -137,7 +139,10 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     assert.equal((await pEnq.queue.enqueue('qf-job', { n: 2 }, { uniqueKey: 'qf-2' })).inserted, true);
     await pPub.topics.publish('qf', 1);
     await pPub.topics.publishMany('qf', [{ payload: 2 }, { payload: 3, key: 'k' }]);
+    // A process that only writes samples the usage itself from its first write on.
+    const outFull = nextEvent<[QueueFullInfo]>(pOut.notifier, 'queueFull');
     await pOut.outbox.add({ type: 'qf', payload: 1 });
+    assert.equal((await outFull)[0].reason, 'usage');
     await pOut.outbox.addMany([{ type: 'qf', payload: 2, key: 'k' }]);
     await filler.query('INSERT INTO qf_rows (id) VALUES (1)'); // a tracked table: its trigger must not fail the write
     for (const p of [pEnq, pPub]) assert.equal(p.notifier.wakeups, false, 'the write paused wake-ups');
@@ -182,9 +187,8 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     assert.match(metrics, /herald_notify_queue_full_total 1/);
 
     // The stalled session ends: the queue drains, wake-ups resume by themselves.
-    // (The outbox producer may never have paused: its trigger skips the NOTIFY server-side.)
-    const paused = [hc, pSend, pEnq, pPub, pOut, pTx].filter((h) => !h.notifier.wakeups);
-    assert.ok(paused.length >= 5, `paused: ${paused.length}`);
+    const paused = [hc, pSend, pEnq, pPub, pOut, pTx];
+    assert.deepEqual(paused.map((h) => h.notifier.wakeups), [false, false, false, false, false, false]);
     const resumed = paused.map((h) => nextEvent<[QueueResumedInfo]>(h.notifier, 'queueResumed', 30_000));
     await stalled.query('COMMIT');
     const [[r]] = await Promise.all(resumed);
