@@ -26,6 +26,7 @@ import { embeddedBinDir } from '../embedded/cluster.js';
 import { HeraldError, NotifyQueueFullError } from '../errors.js';
 import { HeraldServer } from '../server/server.js';
 import { privateCluster } from '../../test/support/cluster.js';
+import { freshDatabase } from '../../test/support/db.js';
 import { cli } from '../../test/support/cli.js';
 import { nextEvent, waitFor } from '../../test/support/wait.js';
 import type { QueueFullInfo, QueueResumedInfo } from './pressure.js';
@@ -208,5 +209,41 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     for (const c of clients) await c.end().catch(() => {});
     for (const h of heralds) await h.close();
     await pc.dispose();
+  }
+});
+
+test('the outbox and row-change triggers skip their NOTIFY at herald.notify_max_usage; the write commits', async () => {
+  const db = await freshDatabase();
+  const herald = createHerald({ connectionString: db.url, notifier: { queueUsageIntervalMs: 0 } });
+  const ear = new pg.Client({ connectionString: db.url });
+  ear.on('error', () => {});
+  try {
+    await herald.driver.executor.query('CREATE TABLE qf_items (id int PRIMARY KEY)');
+    const tracked = await herald.changes.track('qf_items');
+    await ear.connect();
+    const heard: string[] = [];
+    ear.on('notification', (n) => heard.push(n.channel));
+    await ear.query(`LISTEN "${herald.outbox.channel}"; LISTEN "${tracked.channel}"`);
+    // The setting as the triggers read it: 0 means "the queue is always too full".
+    await herald.transaction(async (tx) => {
+      await tx.query(`SET LOCAL herald.notify_max_usage = '0'`);
+      await tx.query('INSERT INTO qf_items (id) VALUES (1)');
+      await herald.outbox.add({ type: 'qf', payload: 1 }, { tx });
+    });
+    await herald.driver.executor.query(`SELECT pg_notify($1, 'marker')`, [herald.outbox.channel]);
+    await waitFor(() => heard.length > 0, { what: 'the marker' });
+    assert.deepEqual(heard, [herald.outbox.channel], 'only the marker: neither trigger notified');
+    assert.equal((await herald.driver.executor.query('SELECT count(*)::int AS n FROM herald.outbox_events')).rows[0].n, 1);
+    // Without the setting (default 0.5) both announce again.
+    await herald.transaction(async (tx) => {
+      await tx.query('INSERT INTO qf_items (id) VALUES (2)');
+      await herald.outbox.add({ type: 'qf', payload: 2 }, { tx });
+    });
+    await waitFor(() => heard.length === 3, { what: 'both wake-ups' });
+    assert.deepEqual(heard.slice(1).sort(), [herald.outbox.channel, tracked.channel].sort());
+  } finally {
+    await ear.end().catch(() => {});
+    await herald.close();
+    await db.drop();
   }
 });
