@@ -2,6 +2,7 @@
  * The mailbox's SQL. Every statement takes `$n` parameters; the only identifier
  * spliced in is the schema, validated and quoted by `schemaIdent`.
  */
+import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
 
 /** A message row as the consume path returns it. */
@@ -191,7 +192,7 @@ export async function mailboxRedrive(executor: Executor, schema: string, channel
         WHERE destination = $1 AND state = 'dead' AND ($2::text[] IS NULL OR id = ANY($2::text[]))
        RETURNING id
      )
-     SELECT count(*)::int AS n, CASE WHEN count(*) > 0 AND $3::text IS NOT NULL THEN pg_notify($3::text, $1) END AS woke FROM moved`,
+     SELECT count(*)::int AS n, CASE WHEN count(*) > 0 THEN ${wakeSql('$3', '$1')} END AS woke FROM moved`,
     [destination, ids, channel],
   );
   return rows[0]?.n ?? 0;

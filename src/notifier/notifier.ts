@@ -253,7 +253,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
       reconnects: this.#reconnects,
       channels,
       queueUsage: this.#queueUsage,
-      wakeups: this.pressure.wakeups,
+      wakeups: !this.pressure.paused,
       wakeupsPausedSince: this.pressure.pausedSince,
       queueFullEpisodes: this.pressure.episodes,
       lastError: this.#lastError,

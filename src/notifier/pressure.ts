@@ -192,6 +192,11 @@ export class NotifyPressure {
     return !this.#paused;
   }
 
+  /** True while wake-ups are paused (read without side effects, for observers). */
+  get paused(): boolean {
+    return this.#paused;
+  }
+
   /** When the current pause began, or null. */
   get pausedSince(): Date | null {
     return this.#paused ? new Date(this.#since) : null;

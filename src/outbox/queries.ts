@@ -2,6 +2,7 @@
  * SQL of the outbox. Every statement takes the quoted schema (from `schemaIdent`) and
  * `$n` parameters only.
  */
+import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
 
 /** A row of `outbox_events` as relays and sinks see it. */
@@ -298,7 +299,7 @@ export async function outboxRedrive(ex: Executor, s: string, channel: string | n
           SET dead_at = NULL, attempts = 0, next_attempt_at = now()
         WHERE dead_at IS NOT NULL AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
        RETURNING 1)
-     SELECT count(*)::int AS n, CASE WHEN $2::text IS NOT NULL THEN pg_notify($2::text, '') END FROM redriven`,
+     SELECT count(*)::int AS n, ${wakeSql('$2', "''")} FROM redriven`,
     [ids, channel],
   );
   return rows[0]?.n ?? 0;

@@ -5,6 +5,7 @@
  * in a transaction are merged by Postgres) and one small transition notice per job
  * that asked for them (`announce`).
  */
+import { wakeSql } from '../notifier/pressure.js';
 import type { Executor, QueryOptions } from '../driver/types.js';
 
 // The statements a worker runs again and again: prepared once per pool connection.
@@ -66,7 +67,7 @@ export interface QueueChannels {
 // limit (kind, queue and stage names are limited to 100 bytes each).
 // A NULL channel (wake-ups paused: the notification queue is nearly full) sends nothing.
 const notice = (a: string, events: string, state = `${a}.state`) =>
-  `CASE WHEN ${a}.announce AND ${events}::text IS NOT NULL THEN pg_notify(${events}::text, json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', nullif(${a}.stage, ''), 'state', ${state}, 'attempt', ${a}.attempt - ${a}.attempt_base)::text) END`;
+  `CASE WHEN ${a}.announce THEN ${wakeSql(events, `json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', nullif(${a}.stage, ''), 'state', ${state}, 'attempt', ${a}.attempt - ${a}.attempt_base)::text`)} END`;
 
 // One wake-up per queue named in `rows` whose jobs are due. The subquery is
 // uncorrelated, so Postgres runs it once (an InitPlan), not once per row.

@@ -67,7 +67,7 @@ export class Dashboard {
       /* keep the last sample */
     }
     // Wake-ups paused or something unread: name who holds the notification queue's tail.
-    const holders = !herald.notifier.wakeups || (queueUsage ?? 0) > 0 ? await herald.notifier.queueTailHolders().catch(() => []) : [];
+    const holders = !stats.wakeups || (queueUsage ?? 0) > 0 ? await herald.notifier.queueTailHolders().catch(() => []) : [];
     const panels = await Promise.all(
       [...this.#panels.values()].map(async (p) => {
         try {

@@ -113,7 +113,7 @@ export class ServerMetrics {
       help: '1 while this process attaches no wake-ups to its writes (the notification queue is full or above queueUsageHighWater)',
       registers,
       collect() {
-        this.set(herald.notifier.wakeups ? 0 : 1);
+        this.set(herald.notifier.pressure.paused ? 1 : 0);
       },
     });
     new Counter({

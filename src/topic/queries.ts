@@ -8,6 +8,7 @@
  * horizon has ended, so a cursor handed out can never be passed by a row that
  * commits later (trap 6 of DESIGN.md).
  */
+import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
 import { quoteIdent } from '../internal/ident.js';
 
@@ -150,7 +151,7 @@ export async function messageAppend(
               src.k, src.p::jsonb
          FROM src
        RETURNING id, xid
-     ), wake AS (SELECT CASE WHEN $6::text IS NOT NULL THEN pg_notify($6::text, $7) END)
+     ), wake AS (SELECT ${wakeSql('$6', '$7')})
      -- ORDER BY the numeric column: an output alias of the same name would sort as text.
      SELECT ins.id::text AS id, ins.xid::text AS xid FROM ins, wake ORDER BY ins.id::bigint`,
     [topic.id, `${s}.${quoteIdent(topicSequenceName(topic.id))}`, topic.partitions, keys, payloads, channel, topic.name],
