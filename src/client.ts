@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type postgres from 'postgres';
 import { pgDriver, postgresJsDriver } from './driver/index.js';
 import type { Driver, Executor, TxLike } from './driver/types.js';
-import { HeraldError, InvalidOptionError } from './errors.js';
+import { HeraldError, InvalidOptionError, NotifyQueueFullError } from './errors.js';
 import { schemaIdent } from './internal/ident.js';
 import { Notifier, type ListenOptions } from './notifier/notifier.js';
 import type { OutgoingNotification } from './notifier/notify.js';
@@ -158,9 +158,19 @@ export class Herald {
     return this.notifier.notifyMany(items, options);
   }
 
-  /** Runs `fn` in a transaction; pass the `tx` it gets to any write (`{ tx }`). */
-  transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
-    return this.driver.transaction(fn);
+  /**
+   * Runs `fn` in a transaction; pass the `tx` it gets to any write (`{ tx }`). A commit
+   * that fails because the notification queue is full (a wake-up attached before the
+   * pressure was known) rejects with {@link NotifyQueueFullError}: nothing committed,
+   * wake-ups are now paused, and running the transaction again commits it without them.
+   */
+  async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
+    try {
+      return await this.driver.transaction(fn);
+    } catch (err) {
+      if (err instanceof NotifyQueueFullError || !this.notifier.pressure.noteError(err)) throw err;
+      throw new NotifyQueueFullError('the transaction did not commit: the notification queue is full (wake-ups are now paused; run it again)', { cause: err });
+    }
   }
 
   /** Stops every part and closes the connections pgherald opened. Idempotent. */

@@ -21,7 +21,8 @@ export type HeraldErrorCode =
   | 'CONFLICT'
   | 'LEASE_LOST'
   | 'RETENTION'
-  | 'MISSING_DEPENDENCY';
+  | 'MISSING_DEPENDENCY'
+  | 'NOTIFY_QUEUE_FULL';
 
 /** Base class of every error pgherald throws on purpose. */
 export class HeraldError extends Error {
@@ -90,6 +91,21 @@ export class ListenNotSessionError extends HeraldError {
   constructor(message: string) {
     super('LISTEN_NOT_SESSION', message);
     this.name = 'ListenNotSessionError';
+  }
+}
+
+/**
+ * Postgres could not queue a notification: its notification queue is full (SQLSTATE
+ * 54000 "too many notifications in the NOTIFY queue"), because some session that ran
+ * LISTEN sits in a long transaction and holds the queue's tail. The server's error is
+ * in `cause`. Thrown by a plain `notify`/`notifyMany`, and by `herald.transaction()`
+ * when its commit failed for that reason (nothing of it committed; retry it: the notifier
+ * has stopped attaching wake-ups to pgherald's writes, see `queueFull`).
+ */
+export class NotifyQueueFullError extends HeraldError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('NOTIFY_QUEUE_FULL', message, options);
+    this.name = 'NotifyQueueFullError';
   }
 }
 

@@ -22,6 +22,7 @@ export {
 } from './driver/index.js';
 export { Notifier, NOTIFIER_DEFAULTS, type ListenOptions } from './notifier/notifier.js';
 export { Subscription } from './notifier/subscription.js';
+export { NotifyPressure, queueTailHolders, type QueueTailHolder, type QueueFullInfo, type QueueResumedInfo } from './notifier/pressure.js';
 export type { OutgoingNotification } from './notifier/notify.js';
 export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, NotifierStatus, ChannelStats } from './notifier/types.js';
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { ListenNotSessionError } from '../errors.js';
+import type { QueueTailHolder } from '../notifier/pressure.js';
 import { migrationScript } from '../schema/migrator.js';
 import { CliError, type CliContext } from './context.js';
 import { COUNT_RANGE, intArg } from './options.js';
@@ -102,7 +103,19 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
       }
       try {
         const usage = await herald.notifier.sampleQueueUsage();
-        checks.push(['queue', usage < 0.5, `notification queue ${(usage * 100).toFixed(2)}% used`]);
+        const high = herald.notifier.options.queueUsageHighWater;
+        checks.push(['queue', usage < high, `notification queue ${(usage * 100).toFixed(usage > 0 && usage < 0.0001 ? 6 : 2)}% used`]);
+        // Something is unread: name who holds the queue's tail (a listener in a transaction).
+        if (usage > 0) {
+          const holders = await herald.notifier.queueTailHolders(3);
+          checks.push([
+            'tail',
+            usage < high,
+            holders.length === 0
+              ? 'no session in a transaction: a listener that does not read its socket holds the tail'
+              : `the queue's tail is likely held by ${holders.map(describeHolder).join('; or ')}`,
+          ]);
+        }
       } catch (err) {
         checks.push(['queue', false, (err as Error).message]);
       }
@@ -114,6 +127,13 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
       }
       report(ctx, checks, json);
     });
+}
+
+function describeHolder(h: QueueTailHolder): string {
+  const since = h.xactStart ?? h.stateChange;
+  const age = since ? ` since ${since.toISOString()} (${Math.round((Date.now() - since.getTime()) / 1000)} s)` : '';
+  const query = h.query ? `, query: ${JSON.stringify(h.query.length > 80 ? h.query.slice(0, 80) + '…' : h.query)}` : '';
+  return `pid ${h.pid} (${h.reason}${age}, application_name ${JSON.stringify(h.applicationName)}, user ${h.user ?? '?'}${query})`;
 }
 
 function report(ctx: CliContext, checks: [string, boolean, string][], json: boolean): void {

@@ -127,16 +127,22 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   #sweeping: Promise<void> | undefined;
   #started = false;
   #host: ConsumerHost;
+  readonly #notifier: Notifier;
 
   constructor(driver: Driver, notifier: Notifier, schema = 'herald', options: MailboxOptions = {}) {
     super();
     this.options = resolveOptions(options);
     this.#driver = driver;
+    this.#notifier = notifier;
     this.#schemaSql = schemaIdent(schema);
     this.channel = mailboxChannel(schema);
     this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('problem', err));
     this.#group = new SendGroup(
-      async (rows, shared) => (await mailboxSendBatch(driver.executor, this.#schemaSql, rows, this.channel, shared ? GROUP_LOCK_TIMEOUT_MS : null)).created,
+      // With its wake-up while wake-ups are on; a commit that met a full notification
+      // queue runs once more without it (nothing of it committed; ids are idempotent anyway).
+      async (rows, shared) =>
+        (await notifier.pressure.run((wake) => mailboxSendBatch(driver.executor, this.#schemaSql, rows, wake ? this.channel : null, shared ? GROUP_LOCK_TIMEOUT_MS : null)))
+          .created,
       { maxMessages: this.options.sendGroupMaxMessages, maxBytes: this.options.sendGroupMaxBytes },
     );
     const self = this;
@@ -186,8 +192,9 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const rows = messages.map(encode);
     const created = await withSpan('herald.mailbox.send', { 'herald.mailbox.count': rows.length }, async () => {
       if (options.tx) {
-        // In the caller's transaction: the NOTIFY commits with it, from the same statement.
-        const ids = (await mailboxSendBatch(toExecutor(options.tx), this.#schemaSql, rows, this.channel)).created;
+        // In the caller's transaction: the NOTIFY commits with it, from the same statement
+        // (none while wake-ups are paused: a full notification queue would fail the commit).
+        const ids = (await mailboxSendBatch(toExecutor(options.tx), this.#schemaSql, rows, this.#notifier.wakeups ? this.channel : null)).created;
         // A batch that repeats an id creates it once: the first occurrence reports it.
         return rows.map((r) => ids.delete(r.id));
       }
@@ -332,12 +339,13 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   /** Puts dead messages of `to` (all, or `ids`) back to ready with attempts reset; returns how many. */
   async redrive(to: string, options: { ids?: readonly string[]; tx?: TxLike } = {}): Promise<number> {
     assertName(to, 'to');
-    const executor = options.tx ? toExecutor(options.tx) : this.#driver.executor;
     if (options.ids !== undefined) {
       if (!Array.isArray(options.ids)) throw new InvalidArgumentError('ids', options.ids, 'an array of message ids');
       options.ids.forEach((id) => assertName(id, 'id'));
     }
-    return mailboxRedrive(executor, this.#schemaSql, this.channel, to, options.ids ? [...options.ids] : null);
+    const ids = options.ids ? [...options.ids] : null;
+    if (options.tx) return mailboxRedrive(toExecutor(options.tx), this.#schemaSql, this.#notifier.wakeups ? this.channel : null, to, ids);
+    return this.#notifier.pressure.run((wake) => mailboxRedrive(this.#driver.executor, this.#schemaSql, wake ? this.channel : null, to, ids));
   }
 
   /** Counts per destination (all destinations, or one). A full scan: for operators. */

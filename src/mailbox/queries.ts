@@ -2,6 +2,7 @@
  * The mailbox's SQL. Every statement takes `$n` parameters; the only identifier
  * spliced in is the schema, validated and quoted by `schemaIdent`.
  */
+import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
 
 /** A message row as the consume path returns it. */
@@ -83,9 +84,9 @@ export async function mailboxSendBatch(
       : rows.length <= SMALL_BATCH
         ? // A small batch (a group of concurrent sends): pg_notify per created row in
           // RETURNING; Postgres folds identical notifications of one transaction into one.
-          `${insert}, pg_notify($6, destination) IS NULL AS woke`
+          `${insert}, pg_notify($6::text, destination) IS NULL AS woke`
         : `WITH ins AS (${insert}),
-         woke AS (SELECT count(pg_notify($6, d.destination)) AS n FROM (SELECT DISTINCT destination FROM ins) d)
+         woke AS (SELECT count(pg_notify($6::text, d.destination)) AS n FROM (SELECT DISTINCT destination FROM ins) d)
          SELECT ins.id, ins.destination FROM ins WHERE (SELECT n FROM woke) >= 0`;
   if (channel !== null) params.push(channel);
   if (lockTimeoutMs !== null) params.push(`${Math.max(1, Math.round(lockTimeoutMs))}ms`);
@@ -183,7 +184,7 @@ export async function mailboxRecordFailure(
 }
 
 /** Puts dead messages of a destination (all, or the given ids) back to ready with attempts reset, and wakes the destination. */
-export async function mailboxRedrive(executor: Executor, schema: string, channel: string, destination: string, ids: readonly string[] | null): Promise<number> {
+export async function mailboxRedrive(executor: Executor, schema: string, channel: string | null, destination: string, ids: readonly string[] | null): Promise<number> {
   const { rows } = await executor.query<{ n: number }>(
     `WITH moved AS (
        UPDATE ${schema}.mailbox_messages
@@ -191,7 +192,7 @@ export async function mailboxRedrive(executor: Executor, schema: string, channel
         WHERE destination = $1 AND state = 'dead' AND ($2::text[] IS NULL OR id = ANY($2::text[]))
        RETURNING id
      )
-     SELECT count(*)::int AS n, CASE WHEN count(*) > 0 THEN pg_notify($3, $1) END AS woke FROM moved`,
+     SELECT count(*)::int AS n, CASE WHEN count(*) > 0 THEN ${wakeSql('$3', '$1')} END AS woke FROM moved`,
     [destination, ids, channel],
   );
   return rows[0]?.n ?? 0;

@@ -3,11 +3,12 @@ import { getEventListeners } from 'node:events';
 import { deadline } from '../driver/deadline.js';
 import { toExecutor } from '../driver/index.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, type Driver, type ListenSession, type QueryResult, type RawNotification, type TxLike } from '../driver/types.js';
-import { HeraldError, InvalidOptionError, ListenNotSessionError } from '../errors.js';
-import { backoffDelay, sleep } from '../internal/backoff.js';
+import { HeraldError, InvalidOptionError, ListenNotSessionError, NotifyQueueFullError } from '../errors.js';
+import { backoffDelay, sleep, withTimeout } from '../internal/backoff.js';
 import { TypedEmitter } from '../internal/events.js';
 import { quoteIdent } from '../internal/ident.js';
 import { notifyManyOn, notifyOn, type OutgoingNotification } from './notify.js';
+import { NotifyPressure, queueTailHolders, type QueueTailHolder } from './pressure.js';
 import { Subscription, type SubscriptionHost } from './subscription.js';
 import type { Notification, NotifierEvents, NotifierOptions, NotifierStats, NotifierStatus } from './types.js';
 import { assertChannel } from './validate.js';
@@ -27,6 +28,8 @@ export const NOTIFIER_DEFAULTS: Required<NotifierOptions> = {
   verifySessionTimeoutMs: 2000,
   queueUsageIntervalMs: 10000,
   queueUsageWarnThreshold: 0.5,
+  queueUsageHighWater: 0.5,
+  queueUsageLowWater: 0.25,
 };
 
 function resolveOptions(options: NotifierOptions): Required<NotifierOptions> {
@@ -43,8 +46,11 @@ function resolveOptions(options: NotifierOptions): Required<NotifierOptions> {
   for (const k of ['maxReconnectAttempts', 'maxConnectAttempts'] as const) {
     if (typeof o[k] !== 'number' || !(o[k] >= 1)) throw new InvalidOptionError(k, o[k], 'a number >= 1 (or Infinity)');
   }
-  if (typeof o.queueUsageWarnThreshold !== 'number' || o.queueUsageWarnThreshold < 0 || o.queueUsageWarnThreshold > 1) {
-    throw new InvalidOptionError('queueUsageWarnThreshold', o.queueUsageWarnThreshold, 'a number between 0 and 1');
+  for (const k of ['queueUsageWarnThreshold', 'queueUsageHighWater', 'queueUsageLowWater'] as const) {
+    if (typeof o[k] !== 'number' || !(o[k] >= 0) || o[k] > 1) throw new InvalidOptionError(k, o[k], 'a number between 0 and 1');
+  }
+  if (o.queueUsageLowWater >= o.queueUsageHighWater) {
+    throw new InvalidOptionError('queueUsageLowWater', o.queueUsageLowWater, `a number below queueUsageHighWater (${o.queueUsageHighWater})`);
   }
   return o;
 }
@@ -79,6 +85,11 @@ export interface ListenOptions {
  */
 export class Notifier extends TypedEmitter<NotifierEvents> implements SubscriptionHost {
   readonly options: Readonly<Required<NotifierOptions>>;
+  /**
+   * The process's "wake-ups on" state under notification-queue pressure: the parts ask
+   * it before attaching a wake-up to a write (see `src/notifier/pressure.ts`).
+   */
+  readonly pressure: NotifyPressure;
   readonly #driver: Driver;
   readonly #channels = new Map<string, ChannelState>();
   /** Channels LISTENed on the current session. */
@@ -108,6 +119,31 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     super();
     this.#driver = driver;
     this.options = resolveOptions(options);
+    this.pressure = new NotifyPressure({
+      sample: () => this.sampleQueueUsage(),
+      executor: driver.executor,
+      highWater: this.options.queueUsageHighWater,
+      lowWater: this.options.queueUsageLowWater,
+      intervalMs: this.options.queueUsageIntervalMs,
+      pausedIntervalMs: this.options.queueUsageIntervalMs || this.options.healthCheckIntervalMs,
+      started: () => this.#ready !== undefined && this.#status !== 'failed',
+      full: (info) => this.emit('queueFull', info),
+      resumed: (info) => {
+        this.emit('queueResumed', info);
+        // Writes made while paused woke nobody: every subscriber catches up now.
+        for (const c of this.#live) for (const sub of this.#channels.get(c)?.subs ?? []) sub._listening();
+      },
+    });
+  }
+
+  /** False while wake-ups are paused because the notification queue is (nearly) full (see {@link NotifyPressure}). */
+  get wakeups(): boolean {
+    return this.pressure.wakeups;
+  }
+
+  /** The backends that may hold the notification queue's tail, best candidate first (`pg_stat_activity`). */
+  queueTailHolders(limit?: number): Promise<QueueTailHolder[]> {
+    return queueTailHolders(this.#driver.executor, limit);
   }
 
   /** Where the connection stands: connecting, listening, reconnecting, failed or stopped. */
@@ -182,12 +218,25 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
    * Throws a typed error before any SQL for a bad channel or a payload of 8000 bytes or more.
    */
   async notify(channel: string, payload = '', options: { tx?: TxLike } = {}): Promise<void> {
-    await notifyOn(options.tx ? toExecutor(options.tx) : this.#driver.executor, channel, payload);
+    await this.#queueFull(notifyOn(options.tx ? toExecutor(options.tx) : this.#driver.executor, channel, payload));
   }
 
   /** Sends a batch of notifications in one round trip (in the caller's transaction with `{ tx }`). */
   async notifyMany(items: readonly OutgoingNotification[], options: { tx?: TxLike } = {}): Promise<void> {
-    await notifyManyOn(options.tx ? toExecutor(options.tx) : this.#driver.executor, items);
+    await this.#queueFull(notifyManyOn(options.tx ? toExecutor(options.tx) : this.#driver.executor, items));
+  }
+
+  /** A full notification queue becomes {@link NotifyQueueFullError} (and pauses wake-ups). */
+  async #queueFull(sent: Promise<void>): Promise<void> {
+    try {
+      await sent;
+    } catch (err) {
+      if (!this.pressure.noteError(err)) throw err;
+      throw new NotifyQueueFullError(
+        'the notification queue is full: a session that LISTENs is stuck in a long transaction (see queueTailHolders() or herald doctor)',
+        { cause: err },
+      );
+    }
   }
 
   /** Samples `pg_notification_queue_usage()` now, emits `queueUsage` (and `queueWarning` at the threshold). */
@@ -199,6 +248,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     this.#queueUsage = usage;
     this.emit('queueUsage', usage);
     if (usage >= this.options.queueUsageWarnThreshold) this.emit('queueWarning', usage);
+    this.pressure.observe(usage);
     return usage;
   }
 
@@ -208,7 +258,16 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     for (const [name, s] of this.#channels) {
       channels[name] = { subscribers: s.subs.size, delivered: s.delivered, dropped: s.dropped, listening: this.#live.has(name) };
     }
-    return { status: this.#status, reconnects: this.#reconnects, channels, queueUsage: this.#queueUsage, lastError: this.#lastError };
+    return {
+      status: this.#status,
+      reconnects: this.#reconnects,
+      channels,
+      queueUsage: this.#queueUsage,
+      wakeups: !this.pressure.paused,
+      wakeupsPausedSince: this.pressure.pausedSince,
+      queueFullEpisodes: this.pressure.episodes,
+      lastError: this.#lastError,
+    };
   }
 
   /**
@@ -240,6 +299,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
    * ends every LISTEN anyway.
    */
   async stop(): Promise<void> {
+    this.pressure.stop();
     if (!this.#ready) return;
     this.#abort.abort();
     clearInterval(this.#queueTimer);
@@ -504,7 +564,14 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     try {
       await this.#statement(session, `LISTEN ${quoteIdent(probe)}`);
       const ms = this.options.statementTimeoutMs;
-      await deadline(notifyOn(this.#driver.executor, probe, token, { timeoutMs: ms }), Infinity, () => new Error('unreachable'), signal);
+      try {
+        await deadline(notifyOn(this.#driver.executor, probe, token, { timeoutMs: ms }), Infinity, () => new Error('unreachable'), signal);
+      } catch (err) {
+        // A full notification queue (a stalled listener elsewhere) cannot carry the probe:
+        // the session stays unverified rather than never listening (wake-ups pause).
+        if (this.pressure.noteError(err)) return;
+        throw err;
+      }
       try {
         const waitMs = this.options.verifySessionTimeoutMs;
         await deadline(arrived, waitMs, () => new HeraldError('TIMEOUT', `LISTEN round trip took over ${waitMs} ms`), signal);

@@ -1,3 +1,5 @@
+import type { QueueFullInfo, QueueResumedInfo } from './pressure.js';
+
 /** A notification handed to subscribers. */
 export interface Notification {
   /** The channel, exactly as given to `listen`. */
@@ -72,6 +74,21 @@ export interface NotifierOptions {
   queueUsageIntervalMs?: number;
   /** Usage (0..1) at or above which `queueWarning` is emitted. @defaultValue 0.5 */
   queueUsageWarnThreshold?: number;
+  /**
+   * Usage (0..1) of a sample at or above which this process pauses its wake-ups: the
+   * parts stop attaching `pg_notify` to their writes, consumers rely on their polls,
+   * and `queueFull` fires. A write that fails with "too many notifications in the
+   * NOTIFY queue" pauses them too, whatever the usage. 1 pauses only on that failure.
+   * @defaultValue 0.5
+   */
+  queueUsageHighWater?: number;
+  /**
+   * Usage (0..1) of a sample at or below which paused wake-ups resume (`queueResumed`).
+   * Below `queueUsageHighWater`. While paused, the usage is sampled every
+   * `queueUsageIntervalMs` (or `healthCheckIntervalMs` when that is 0).
+   * @defaultValue 0.25
+   */
+  queueUsageLowWater?: number;
 }
 
 /** Per-channel counters. */
@@ -89,6 +106,12 @@ export interface NotifierStats {
   channels: Record<string, ChannelStats>;
   /** Last sampled `pg_notification_queue_usage()` (0..1), or null before the first sample. */
   queueUsage: number | null;
+  /** False while wake-ups are paused because the notification queue is (nearly) full. */
+  wakeups: boolean;
+  /** When the current pause began, or null. */
+  wakeupsPausedSince: Date | null;
+  /** Pauses (`queueFull` episodes) so far in this process. */
+  queueFullEpisodes: number;
   lastError: Error | null;
 }
 
@@ -114,6 +137,14 @@ export interface NotifierEvents extends Record<string, unknown[]> {
   queueUsage: [usage: number];
   /** Usage reached `queueUsageWarnThreshold`: some session may sit in a long transaction while listening. */
   queueWarning: [usage: number];
+  /**
+   * The notification queue is full or above `queueUsageHighWater`: wake-ups are paused
+   * (writes commit without them; consumers find work by their polls). Once per episode;
+   * `holders` names the backends that may hold the queue's tail.
+   */
+  queueFull: [info: QueueFullInfo];
+  /** The queue drained to `queueUsageLowWater`: wake-ups resume and every subscription's `onListen` runs (catch up now). */
+  queueResumed: [info: QueueResumedInfo];
   /** A background failure (connect attempt, health query, LISTEN); the notifier keeps trying. */
   problem: [err: Error];
 }

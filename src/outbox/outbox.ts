@@ -94,8 +94,9 @@ export class Outbox {
    */
   async add(event: NewOutboxEvent, options: { tx?: TxLike } = {}): Promise<string> {
     const e = checkEvent(event, 'event');
-    const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
-    return withSpan('herald.outbox.add', { 'herald.event_type': e.type }, () => outboxInsertOne(ex, this.#s, this.#lockPrefix, e));
+    return withSpan('herald.outbox.add', { 'herald.event_type': e.type }, () =>
+      this.#write(options.tx, (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e), (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e)),
+    );
   }
 
   /** Adds a batch in one statement (in array order); returns the ids in the same order. */
@@ -116,8 +117,25 @@ export class Outbox {
       return outboxInsertMany(ex, this.#s, cols);
     };
     return withSpan('herald.outbox.add', { 'herald.batch_size': events.length }, () =>
-      options.tx ? run(toExecutor(options.tx)) : keys.length ? this.#driver.transaction(run) : outboxInsertMany(this.#driver.executor, this.#s, cols),
+      this.#write(options.tx, run, (ex) => (keys.length ? this.#driver.transaction(run) : outboxInsertMany(ex, this.#s, cols))),
     );
+  }
+
+  /**
+   * Runs an insert. Its wake-up is the table's statement trigger, which skips the
+   * NOTIFY when `herald.outbox_wake` is `off`: while wake-ups are paused (a nearly full
+   * notification queue) the insert runs after `SET LOCAL herald.outbox_wake = off` — in
+   * the caller's transaction, for the rest of it; otherwise in a transaction of ours.
+   * Without `tx`, an insert whose commit met a full queue runs once more that way
+   * (nothing of it committed). `inTx` runs in a transaction, `onPool` on the pool.
+   */
+  #write<T>(tx: TxLike | undefined, inTx: (ex: Executor) => Promise<T>, onPool: (ex: Executor) => Promise<T>): Promise<T> {
+    const quiet = async (ex: Executor) => {
+      await ex.query(`SELECT set_config('herald.outbox_wake', 'off', true)`);
+      return inTx(ex);
+    };
+    if (tx) return this.#notifier.wakeups ? inTx(toExecutor(tx)) : quiet(toExecutor(tx));
+    return this.#notifier.pressure.run((wake) => (wake ? onPool(this.#driver.executor) : this.#driver.transaction(quiet)));
   }
 
   /**
@@ -161,7 +179,7 @@ export class Outbox {
     if (ids !== null && (!Array.isArray(ids) || ids.some((id) => typeof id !== 'string' || !UUID.test(id)))) {
       throw new InvalidOptionError('ids', ids, 'an array of event ids (UUIDs)');
     }
-    return outboxRedrive(this.#driver.executor, this.#s, this.channel, ids);
+    return this.#notifier.pressure.run((wake) => outboxRedrive(this.#driver.executor, this.#s, wake ? this.channel : null, ids));
   }
 
   /**

@@ -2,6 +2,7 @@
  * SQL of the outbox. Every statement takes the quoted schema (from `schemaIdent`) and
  * `$n` parameters only.
  */
+import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
 
 /** A row of `outbox_events` as relays and sinks see it. */
@@ -308,14 +309,14 @@ export async function outboxListDead(ex: Executor, s: string, limit: number): Pr
  * Returns dead events to the pending state with fresh attempts, due now, and wakes the
  * relays (the insert trigger does not fire on UPDATE). `ids` null = every dead event.
  */
-export async function outboxRedrive(ex: Executor, s: string, channel: string, ids: string[] | null): Promise<number> {
+export async function outboxRedrive(ex: Executor, s: string, channel: string | null, ids: string[] | null): Promise<number> {
   const { rows } = await ex.query<{ n: number }>(
     `WITH redriven AS (
        UPDATE ${s}.outbox_events
           SET dead_at = NULL, attempts = 0, next_attempt_at = now()
         WHERE dead_at IS NOT NULL AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
        RETURNING 1)
-     SELECT count(*)::int AS n, pg_notify($2, '') FROM redriven`,
+     SELECT count(*)::int AS n, ${wakeSql('$2', "''")} FROM redriven`,
     [ids, channel],
   );
   return rows[0]?.n ?? 0;

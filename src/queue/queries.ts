@@ -5,6 +5,7 @@
  * in a transaction are merged by Postgres) and one small transition notice per job
  * that asked for them (`announce`).
  */
+import { wakeSql } from '../notifier/pressure.js';
 import type { Executor, QueryOptions } from '../driver/types.js';
 
 // The statements a worker runs again and again: prepared once per pool connection.
@@ -52,21 +53,27 @@ export interface ClaimRow {
   run_us: string;
 }
 
-/** Channels of one schema: wake-ups (payload: queue name) and transitions (payload: small JSON). */
+/**
+ * Channels of one schema: wake-ups (payload: queue name) and transitions (payload: small
+ * JSON). Null while wake-ups are paused (a nearly full notification queue): the
+ * statements then notify nothing.
+ */
 export interface QueueChannels {
-  wake: string;
-  events: string;
+  wake: string | null;
+  events: string | null;
 }
 
 // A transition notice: id, kind, stage, state, attempt. Small, far below the 8000-byte
 // limit (kind, queue and stage names are limited to 100 bytes each).
+// A NULL channel (wake-ups paused: the notification queue is nearly full) sends nothing.
 const notice = (a: string, events: string, state = `${a}.state`) =>
-  `CASE WHEN ${a}.announce THEN pg_notify(${events}, json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', nullif(${a}.stage, ''), 'state', ${state}, 'attempt', ${a}.attempt - ${a}.attempt_base)::text) END`;
+  `CASE WHEN ${a}.announce THEN ${wakeSql(events, `json_build_object('id', ${a}.id::text, 'kind', ${a}.kind, 'stage', nullif(${a}.stage, ''), 'state', ${state}, 'attempt', ${a}.attempt - ${a}.attempt_base)::text`)} END`;
 
 // One wake-up per queue named in `rows` whose jobs are due. The subquery is
 // uncorrelated, so Postgres runs it once (an InitPlan), not once per row.
+// A NULL channel (wake-ups paused) selects no queue, so nothing is sent.
 const wake = (rows: string, channel: string, cond = 'true') =>
-  `(SELECT count(pg_notify(${channel}, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond}) w)`;
+  `(SELECT count(pg_notify(${channel}::text, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond} AND ${channel}::text IS NOT NULL) w)`;
 
 // Batch statements on running jobs take their ids as `$ids::bigint[]` and everything
 // per job as one jsonb object keyed by id (`perJob`), read with `field(...)`. No join to

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Driver, TxLike } from '../driver/types.js';
+import type { Driver, Executor, TxLike } from '../driver/types.js';
 import { toExecutor } from '../driver/index.js';
 import { HeraldError, InvalidArgumentError, InvalidOptionError, InvalidPayloadError } from '../errors.js';
 import { TypedEmitter } from '../internal/events.js';
@@ -61,10 +61,14 @@ export interface CronHandle {
  * transitions. The database is the only authority on a job's state; NOTIFY only
  * wakes workers and watchers. See `src/queue/README.md` for the state model.
  */
+/** The channels of a statement while wake-ups are paused: it notifies nothing. */
+const NO_CHANNELS: q.QueueChannels = { wake: null, events: null };
+
 export class Queue extends TypedEmitter<QueueEvents> {
   readonly options: ResolvedQueueOptions;
   readonly schemaSql: string;
-  readonly channels: q.QueueChannels;
+  /** The channel names: wake-ups (payload: the queue name) and transitions of announced jobs. */
+  readonly channelNames: { readonly wake: string; readonly events: string };
   readonly #workers = new Set<Worker>();
   readonly #crons = new Map<string, CronEntry>();
   readonly #holder = `${process.pid}:${randomUUID()}`;
@@ -78,12 +82,33 @@ export class Queue extends TypedEmitter<QueueEvents> {
     super();
     this.options = resolveQueueOptions(options);
     this.schemaSql = schemaIdent(schema);
-    this.channels = { wake: `${schema}.jobs.wake`, events: `${schema}.jobs.events` };
+    this.channelNames = { wake: `${schema}.jobs.wake`, events: `${schema}.jobs.events` };
+    this.#executor = notifier.pressure.watch(driver.executor);
   }
 
-  /** The pool executor. */
-  get executor() {
-    return this.driver.executor;
+  readonly #executor: Executor;
+
+  /**
+   * The channels the next statement notifies: the names, or nulls while wake-ups are
+   * paused (a nearly full notification queue, see `notifier.pressure`).
+   */
+  get channels(): q.QueueChannels {
+    return this.notifier.wakeups ? this.channelNames : NO_CHANNELS;
+  }
+
+  /** The pool executor (a statement that meets a full notification queue pauses wake-ups). */
+  get executor(): Executor {
+    return this.#executor;
+  }
+
+  /**
+   * Runs a write with the channels to notify: in the caller's transaction as things
+   * stand; on the pool through `pressure.run`, which runs it again without wake-ups if
+   * its commit met a full notification queue (nothing of it committed).
+   */
+  #write<T>(tx: TxLike | undefined, fn: (x: Executor, ch: q.QueueChannels) => Promise<T>): Promise<T> {
+    if (tx) return fn(toExecutor(tx), this.channels);
+    return this.notifier.pressure.run((wake) => fn(this.driver.executor, wake ? this.channelNames : NO_CHANNELS));
   }
 
   /** Whether this process currently leads cron scheduling. */
@@ -144,11 +169,11 @@ export class Queue extends TypedEmitter<QueueEvents> {
       b.stages.push(it.stages ? JSON.stringify(it.stages) : null);
       b.announce.push(it.announce ?? it.stages !== undefined);
     }
-    const x = options.tx ? toExecutor(options.tx) : this.executor;
     const plain = b.uniqueKey.every((k) => k === null) && b.stages.every((st) => st === null) && b.announce.every((a) => !a);
     return withSpan('herald.queue.enqueue', { 'herald.jobs': items.length }, async () => {
-      if (plain) return (await q.jobInsertPlain(x, this.schemaSql, this.channels, b)).map((id) => ({ id, inserted: true }));
-      const rows = await q.jobInsertMany(x, this.schemaSql, this.channels, b);
+      if (plain) return (await this.#write(options.tx, (x, ch) => q.jobInsertPlain(x, this.schemaSql, ch, b))).map((id) => ({ id, inserted: true }));
+      const rows = await this.#write(options.tx, (x, ch) => q.jobInsertMany(x, this.schemaSql, ch, b));
+      const x = options.tx ? toExecutor(options.tx) : this.executor;
       const missing = rows.flatMap((r, i) => (r.inserted ? [] : [b.uniqueKey[i]!]));
       const existing = missing.length ? await q.jobFindByUniqueKeys(x, this.schemaSql, missing) : new Map<string, string>();
       return rows.map((r, i) => (r.inserted ? { id: r.id, inserted: true } : { id: existing.get(b.uniqueKey[i]!) ?? '', inserted: false }));
@@ -203,7 +228,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
   start(): void {
     if (this.#started || this.#stopped) return;
     this.#started = true;
-    this.#sub = this.notifier.listen(this.channels.wake, (n) => {
+    this.#sub = this.notifier.listen(this.channelNames.wake, (n) => {
       for (const w of this.#workers) if (w.queue === n.payload) w.wake();
     }, {
       // LISTEN is live (first time or after a reconnect): catch up by claiming now.
@@ -235,7 +260,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
     let total = 0;
     let dead = 0;
     for (;;) {
-      const rows = await q.jobRescueExpired(this.executor, this.schemaSql, this.channels, 1000);
+      const rows = await this.#write(undefined, (x, ch) => q.jobRescueExpired(x, this.schemaSql, ch, 1000));
       total += rows.length;
       dead += rows.filter((r) => r.state === 'dead').length;
       if (rows.length < 1000) break;
@@ -330,7 +355,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
   /** Cancels waiting or running jobs; returns the ids that were cancelled. A running job's handler sees its `signal` abort at the next heartbeat. */
   async cancel(ids: string | string[], options: { tx?: TxLike } = {}): Promise<string[]> {
     const list = (Array.isArray(ids) ? ids : [ids]).map(assertId);
-    return q.jobCancelMany(options.tx ? toExecutor(options.tx) : this.executor, this.schemaSql, this.channels, list);
+    return this.#write(options.tx, (x, ch) => q.jobCancelMany(x, this.schemaSql, ch, list));
   }
 
   /**
@@ -342,7 +367,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
     const list = (Array.isArray(ids) ? ids : [ids]).map(assertId);
     const states = options.includeCompleted ? ['dead', 'cancelled', 'completed'] : ['dead', 'cancelled'];
     try {
-      return await q.jobRetryMany(options.tx ? toExecutor(options.tx) : this.executor, this.schemaSql, this.channels, list, states);
+      return await this.#write(options.tx, (x, ch) => q.jobRetryMany(x, this.schemaSql, ch, list, states));
     } catch (err) {
       if ((err as { code?: string }).code === '23505') throw new HeraldError('CONFLICT', 'another waiting or running job holds the unique key', { cause: err });
       throw err;
@@ -357,7 +382,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
    */
   watch(handler: (t: JobTransition) => void, options: { onListen?: () => void } = {}): Subscription {
     return this.notifier.listen(
-      this.channels.events,
+      this.channelNames.events,
       (n) => {
         let t: JobTransition;
         try {

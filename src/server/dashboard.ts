@@ -69,7 +69,7 @@ export class Dashboard {
   async snapshot(): Promise<Record<string, unknown>> {
     const { gateway } = this.server;
     const stats = this.server.herald.notifier.stats();
-    const { queueUsage, panels: read, readAt } = await this.#reads();
+    const { queueUsage, holders, panels: read, readAt } = await this.#reads();
     const panels = [...read];
     for (const k of KNOWN_PANELS) if (!this.#panels.has(k.id)) panels.push({ id: k.id, title: k.title, data: null, actions: [], missing: true } as never);
     return {
@@ -83,6 +83,9 @@ export class Dashboard {
         status: stats.status,
         reconnects: stats.reconnects,
         queueUsage: queueUsage ?? stats.queueUsage,
+        wakeups: stats.wakeups,
+        wakeupsPausedSince: stats.wakeupsPausedSince,
+        queueTailHolders: holders,
         lastError: stats.lastError?.message ?? null,
       },
       panelsReadAt: new Date(readAt).toISOString(),
@@ -123,6 +126,9 @@ export class Dashboard {
     } catch {
       /* keep the last sample */
     }
+    // Wake-ups paused or something unread: name who holds the notification queue's tail.
+    const notifier = this.server.herald.notifier;
+    const holders = !notifier.stats().wakeups || (queueUsage ?? 0) > 0 ? await notifier.queueTailHolders().catch(() => []) : [];
     const panels = await Promise.all(
       [...this.#panels.values()].map(async (p) => {
         try {
@@ -133,12 +139,13 @@ export class Dashboard {
         }
       }),
     );
-    return { queueUsage, panels, readAt };
+    return { queueUsage, holders, panels, readAt };
   }
 }
 
 interface PanelReads {
   queueUsage: number | null;
+  holders: unknown[];
   panels: Record<string, unknown>[];
   readAt: number;
 }

@@ -112,7 +112,7 @@ export class Gateway {
     const room = 63 - Buffer.byteLength(options.channelPrefix);
     if (room < 8) throw new HttpError(500, 'INVALID_OPTION', 'channelPrefix leaves under 8 bytes for topic names');
     this.#reservedPrefix = `${herald.schema}.`;
-    this.#reserved = new Set([herald.mailbox.channel, herald.outbox.channel, herald.topics.channel, herald.queue.channels.wake, herald.queue.channels.events]);
+    this.#reserved = new Set([herald.mailbox.channel, herald.outbox.channel, herald.topics.channel, herald.queue.channelNames.wake, herald.queue.channelNames.events]);
     if (options.channelPrefix.startsWith(this.#reservedPrefix)) {
       throw new InvalidOptionError('channelPrefix', options.channelPrefix, `a prefix outside pgherald's own channels (${this.#reservedPrefix}*)`);
     }

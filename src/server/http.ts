@@ -132,7 +132,8 @@ function dataException(err: unknown): string | undefined {
 export function statusOf(err: unknown): number {
   if (err instanceof HttpError) return err.status;
   if (err instanceof HeraldError) {
-    if (UNAVAILABLE.has(err.code)) return 503;
+    // NOTIFY_QUEUE_FULL: the server cannot queue a notification now (a stalled listener); retry later.
+    if (UNAVAILABLE.has(err.code) || err.code === 'NOTIFY_QUEUE_FULL') return 503;
     return err.code === 'NOT_FOUND' ? 404 : err.code === 'CONFLICT' ? 409 : err.code === 'PAYLOAD_TOO_LARGE' ? 413 : 400;
   }
   if (dataException(err)) return 400;

@@ -112,6 +112,23 @@ export class ServerMetrics {
       },
     });
     new Gauge({
+      name: 'herald_notify_wakeups_paused',
+      help: '1 while this process attaches no wake-ups to its writes (the notification queue is full or above queueUsageHighWater)',
+      registers,
+      collect() {
+        this.set(herald.notifier.pressure.paused ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'herald_notify_queue_full_total',
+      help: 'Times this process paused its wake-ups because the notification queue was full or above queueUsageHighWater (queueFull events)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(herald.notifier.stats().queueFullEpisodes);
+      },
+    });
+    new Gauge({
       name: 'herald_notification_queue_usage',
       help: 'pg_notification_queue_usage() (0..1), sampled at scrape time',
       registers,

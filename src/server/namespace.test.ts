@@ -36,7 +36,7 @@ describe("gateway topics cannot reach pgherald's own channels", () => {
       const watcher = await SseClient.open(`${base}/jobs/events`);
       clients.push(watcher);
       await watcher.until(() => watcher.named('ready').length === 1);
-      const reserved = [herald.queue.channels.events, herald.queue.channels.wake, herald.topics.channel, herald.mailbox.channel, herald.outbox.channel, herald.changes.channelFor('public.items'), 'herald.anything'];
+      const reserved = [herald.queue.channelNames.events, herald.queue.channelNames.wake, herald.topics.channel, herald.mailbox.channel, herald.outbox.channel, herald.changes.channelFor('public.items'), 'herald.anything'];
       const forged = JSON.stringify({ id: '1', kind: 'forged', stage: null, state: 'completed', attempt: 1 });
       for (const topic of reserved) {
         const t = encodeURIComponent(topic);
@@ -64,7 +64,7 @@ describe("gateway topics cannot reach pgherald's own channels", () => {
         ws.close();
       }
       // A real transition is the first (and only) thing the watcher sees.
-      await herald.notify(herald.queue.channels.events, JSON.stringify({ id: '2', kind: 'real', stage: null, state: 'completed', attempt: 1 }));
+      await herald.notify(herald.queue.channelNames.events, JSON.stringify({ id: '2', kind: 'real', stage: null, state: 'completed', attempt: 1 }));
       await watcher.until(() => watcher.named('transition').length === 1);
       assert.deepEqual(watcher.named('transition').map((e) => JSON.parse(e.data).kind), ['real']);
       // Topics outside the namespace work as before: `herald notify orders` reaches /channels/orders/events.
@@ -97,7 +97,7 @@ describe("gateway topics cannot reach pgherald's own channels", () => {
         clients.push(viaRoute);
         assert.equal(viaRoute.status, 403);
         assert.equal(JSON.parse(viaRoute.body).error.code, 'FORBIDDEN');
-        const viaTopic = await SseClient.open(`${nbase}/channels/${encodeURIComponent(herald.queue.channels.events)}/events?access_token=${WIDE}`);
+        const viaTopic = await SseClient.open(`${nbase}/channels/${encodeURIComponent(herald.queue.channelNames.events)}/events?access_token=${WIDE}`);
         clients.push(viaTopic);
         assert.equal(viaTopic.status, 403);
         assert.equal(JSON.parse(viaTopic.body).error.code, 'RESERVED_TOPIC');

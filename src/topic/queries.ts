@@ -8,6 +8,7 @@
  * horizon has ended, so a cursor handed out can never be passed by a row that
  * commits later (trap 6 of DESIGN.md).
  */
+import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
 import { quoteIdent } from '../internal/ident.js';
 
@@ -128,7 +129,7 @@ export async function topicSequenceLast(ex: Executor, s: string, topicId: number
 
 /**
  * Appends messages and sends one coalesced wake-up (channel `channel`, payload the
- * topic name) in the same statement. `kpart` is the key's hash modulo the topic's
+ * topic name; none when `channel` is null: wake-ups paused) in the same statement. `kpart` is the key's hash modulo the topic's
  * partitions; a message without key goes round-robin by id. Ids come from the
  * topic's sequence in array order.
  */
@@ -138,7 +139,7 @@ export async function messageAppend(
   topic: TopicRow,
   keys: (string | null)[],
   payloads: string[],
-  channel: string,
+  channel: string | null,
 ): Promise<{ id: string; xid: string }[]> {
   const { rows } = await ex.query<{ id: string; xid: string }>(
     `WITH src AS (
@@ -152,7 +153,7 @@ export async function messageAppend(
               src.k, src.p::jsonb
          FROM src
        RETURNING id, xid
-     ), wake AS (SELECT pg_notify($6, $7))
+     ), wake AS (SELECT ${wakeSql('$6', '$7')})
      -- ORDER BY the numeric column: an output alias of the same name would sort as text.
      SELECT ins.id::text AS id, ins.xid::text AS xid FROM ins, wake ORDER BY ins.id::bigint`,
     [topic.id, `${s}.${quoteIdent(topicSequenceName(topic.id))}`, topic.partitions, keys, payloads, channel, topic.name],

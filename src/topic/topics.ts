@@ -134,16 +134,20 @@ export class Topics {
     return withSpan('herald.topics.publish', { 'herald.topic': topic, 'herald.count': messages.length }, async () => {
       const state = await this.#state(topic, options.autoCreate ?? this.#autoCreate);
       await this.#ensureSegments(state, messages.length);
+      // The wake-up rides in the statement while wake-ups are on. Without the caller's
+      // transaction, a commit that met a full notification queue runs once more without
+      // it (nothing of it committed); in the caller's, none is attached once paused.
+      const append = (wake: boolean) => q.messageAppend(ex, this.#s, state.row, keys, payloads, wake ? this.channel : null);
       let rows: { id: string; xid: string }[];
       try {
-        rows = await q.messageAppend(ex, this.#s, state.row, keys, payloads, this.channel);
+        rows = options.tx ? await append(this.#notifier.wakeups) : await this.#notifier.pressure.run(append);
       } catch (err) {
         // 23514: no segment for an id (another process burned through the spare segment
         // since our last check). Without the caller's transaction we can fix and retry.
         if ((err as { code?: string }).code !== '23514' || options.tx) throw wrap(err, topic);
         state.checkedAt = 0;
         await this.#ensureSegments(state, messages.length);
-        rows = await q.messageAppend(ex, this.#s, state.row, keys, payloads, this.channel);
+        rows = await this.#notifier.pressure.run(append);
       }
       const last = BigInt(rows[rows.length - 1].id);
       if (last > state.lastId) state.lastId = last;
@@ -203,7 +207,13 @@ export class Topics {
       moved = await q.groupReset(ex, this.#s, st.row.id, group, checkStart(to));
     }
     // Wake the running consumers (with the caller's transaction: when it commits).
-    if (moved > 0) await this.#notifier.notify(this.channel, topic, { tx: ex });
+    // The wake-up is a courtesy (consumers also poll): never attached while paused, and
+    // one that meets a full queue after the move committed on its own is dropped.
+    if (moved > 0 && this.#notifier.wakeups) {
+      await this.#notifier.notify(this.channel, topic, { tx: ex }).catch((err) => {
+        if (options.tx || !this.#notifier.pressure.noteError(err)) throw err;
+      });
+    }
     return moved;
   }
 

@@ -125,7 +125,10 @@ function render(d) {
   );
   const u = d.notifier.queueUsage == null ? 0 : d.notifier.queueUsage;
   $('usage-bar').style.width = Math.max(0.5, u * 100) + '%';
-  $('usage-text').textContent = (u * 100).toFixed(4) + '% of the notification queue in use' + (u >= 0.5 ? ' — a listener may sit in a long transaction' : '');
+  const h = (d.notifier.queueTailHolders || [])[0];
+  $('usage-text').textContent = (u * 100).toFixed(4) + '% of the notification queue in use' +
+    (d.notifier.wakeups === false ? ' — WAKE-UPS PAUSED (consumers poll)' : '') +
+    (h && (u >= 0.5 || d.notifier.wakeups === false) ? ' — tail likely held by pid ' + h.pid + ' (' + h.reason + ', ' + JSON.stringify(h.applicationName) + ')' : u >= 0.5 ? ' — a listener may sit in a long transaction' : '');
   $('topics-body').replaceChildren(...d.topics.map((t) => el('tr', {}, el('td', {}, t.topic), el('td', {}, t.channel), el('td', {}, t.clients))));
   $('channels-body').replaceChildren(...d.channels.map((c) => el('tr', {}, el('td', {}, c.channel), el('td', {}, c.subscribers), el('td', {}, c.delivered), el('td', {}, c.dropped), el('td', {}, c.listening))));
   // A panel's section is rebuilt only when its data changed, so buttons stay put between refreshes.

@@ -27,7 +27,7 @@ export function registerJobsRoutes(server: HeraldServer): void {
   server.router.add('GET', /^\/jobs\/events$/, async (req, res, _params, url, principal) => {
     const only = url.searchParams.get('id');
     // Admitted like every stream (clients, per-token connections, its LISTEN channel against maxChannels).
-    const stream = server.openStream(req, res, principal!, { key: 'jobs/events', channels: [queue.channels.events] });
+    const stream = server.openStream(req, res, principal!, { key: 'jobs/events', channels: [queue.channelNames.events] });
     const sub = queue.watch((t) => {
       if (only === null || t.id === only) stream.send('transition', JSON.stringify(t));
     });
@@ -39,7 +39,7 @@ export function registerJobsRoutes(server: HeraldServer): void {
       await sub.close();
       throw new HttpError(503, 'NOT_LISTENING', `cannot listen: ${(err as Error).message}`);
     }
-    stream.ready({ channel: queue.channels.events });
+    stream.ready({ channel: queue.channelNames.events });
   }, { action: 'subscribe', resource: () => 'jobs' });
 
   server.router.add('GET', /^\/jobs\/(\d{1,19})$/, async (_req, res, [id]) => {
