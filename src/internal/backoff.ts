@@ -29,10 +29,10 @@ const MAX_DOUBLINGS = 30;
 
 /**
  * The policy of every consumer loop (queue worker, mailbox consumer, outbox relay,
- * topic consumer) after a database error (connection lost, server restarting): 100 ms
- * doubling to 5 s, equal jitter. The notifier's `reconnected` event cuts it short.
+ * topic consumer) after a database error (connection lost, server restarting): 50 ms
+ * doubling to 2 s, equal jitter. The notifier's `reconnected` event cuts it short.
  */
-export const DB_ERROR_BACKOFF: Readonly<RetryPolicy> = Object.freeze({ baseMs: 100, maxMs: 5000, jitter: 0.5 });
+export const DB_ERROR_BACKOFF: Readonly<RetryPolicy> = Object.freeze({ baseMs: 50, maxMs: 2000, jitter: 0.5 });
 
 /** The delay before the next attempt after `attempts` failed ones (see {@link RetryPolicy}). */
 export function retryDelay(policy: RetryPolicy, attempts: number, random: () => number = Math.random): number {

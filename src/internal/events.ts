@@ -26,6 +26,10 @@ export class TypedEmitter<Events extends Record<string, unknown[]>> {
   hasListeners<K extends keyof Events & string>(event: K): boolean {
     return this.#emitter.listenerCount(event) > 0;
   }
+  /** How many listeners `event` has (tests check that nothing grows per reconnect). */
+  listenerCount<K extends keyof Events & string>(event: K): number {
+    return this.#emitter.listenerCount(event);
+  }
   /** Resolves with the arguments of the next `event`. */
   next<K extends keyof Events & string>(event: K): Promise<Events[K]> {
     return new Promise((resolve) => this.once(event, (...args) => resolve(args)));

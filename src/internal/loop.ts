@@ -4,7 +4,8 @@ import { DB_ERROR_BACKOFF, retryDelay, type RetryPolicy } from './backoff.js';
  * What a turn asks its {@link Loop} to do next:
  * - `'again'`: run the next turn at once (work was found; there may be more);
  * - `'idle'`: nothing found: wait for a wake-up — none if one came during the turn
- *   (`dirty`) — or the safety poll;
+ *   (`dirty`) — or the safety poll. The turn must have cleared `dirty` when it began
+ *   its claim, or the loop runs it again at once;
  * - `'wait'`: busy (every slot full): wait for any wake-up or {@link Loop.interrupt},
  *   whatever `dirty` says, or the safety poll;
  * - a number: like `'idle'`, but look again after at most that many milliseconds.
@@ -49,6 +50,17 @@ export interface StopOptions {
 
 type Waiter = () => void;
 
+let defaultBackoff: RetryPolicy = DB_ERROR_BACKOFF;
+
+/**
+ * @internal A test seam: the backoff of loops created from now on without a `backoff`
+ * option (`undefined` restores {@link DB_ERROR_BACKOFF}). Recovery tests set an hour, so
+ * that only a reconnect can end a loop's backoff in the test's time.
+ */
+export function setDefaultLoopBackoff(policy: RetryPolicy | undefined): void {
+  defaultBackoff = policy ?? DB_ERROR_BACKOFF;
+}
+
 /**
  * The one consumer loop under the queue worker, the mailbox consumer, the outbox relay
  * and the topic consumer (see `src/internal/README.md`). The part gives it one turn —
@@ -78,7 +90,7 @@ export class Loop {
 
   constructor(options: LoopOptions) {
     this.#o = options;
-    this.#policy = options.backoff ?? DB_ERROR_BACKOFF;
+    this.#policy = options.backoff ?? defaultBackoff;
   }
 
   /** Aborted when stop() begins. */
@@ -184,14 +196,17 @@ export class Loop {
     return this.#bounded(new Promise(() => {}), ms);
   }
 
-  /** A one-shot timer that stop() clears (e.g. a wake-up when a retried message becomes visible). */
+  /**
+   * A one-shot timer that stop() clears and that does not keep the process alive (an
+   * early wake-up, such as when a retried message becomes visible: the poll is the net).
+   */
   timer(ms: number, fn: () => void): void {
     if (this.stopping) return;
     const t = setTimeout(() => {
       this.#timers.delete(t);
       fn();
     }, ms);
-    if (this.#o.unref) t.unref();
+    t.unref();
     this.#timers.add(t);
   }
 
