@@ -50,6 +50,14 @@ export interface StopOptions {
 
 type Waiter = () => void;
 
+interface Hold {
+  cut: () => void;
+  /** stop() ends it. */
+  byStop: boolean;
+  /** A reconnect ends it. */
+  byReconnect: boolean;
+}
+
 let defaultBackoff: RetryPolicy = DB_ERROR_BACKOFF;
 
 /**
@@ -80,8 +88,8 @@ export class Loop {
   /** Idle waits, released by wake()/interrupt()/stop(); two arrays swapped on release (no allocation). */
   #waiters: Waiter[] = [];
   #spare: Waiter[] = [];
-  /** Backoff pauses, cut short by a reconnect (and by stop() unless `untilStop` is false). */
-  readonly #pauses = new Set<{ cut: () => void; byStop: boolean }>();
+  /** Timed waits other than idle: backoff pauses, sleeps, the wait for `ready`; each says what cuts it short. */
+  readonly #holds = new Set<Hold>();
   readonly #timers = new Set<NodeJS.Timeout>();
   #lanes: Promise<void>[] = [];
   #failures = 0;
@@ -125,7 +133,7 @@ export class Loop {
   }
 
   async #lane(ready: Promise<unknown> | undefined): Promise<void> {
-    if (ready) await this.#bounded(ready.catch(() => {}), this.#o.pollIntervalMs);
+    if (ready) await this.#hold(this.#o.pollIntervalMs, true, false, ready);
     const { turn, pollIntervalMs } = this.#o;
     while (!this.stopping) {
       let next: Turn;
@@ -175,25 +183,35 @@ export class Loop {
    * (a path that must keep retrying while stopping, such as recording outcomes).
    */
   pause(ms: number, untilStop = true): Promise<void> {
-    if (untilStop && this.stopping) return Promise.resolve();
-    return new Promise((resolve) => {
-      const entry = {
-        byStop: untilStop,
-        cut: () => {
-          clearTimeout(timer);
-          this.#pauses.delete(entry);
-          resolve();
-        },
-      };
-      const timer = setTimeout(entry.cut, ms);
-      this.#pauses.add(entry);
-    });
+    return this.#hold(ms, untilStop, true);
   }
 
   /** Waits `ms` unless stop() comes first (a cooldown, a fixed retry delay). */
   sleep(ms: number): Promise<void> {
-    if (this.stopping) return Promise.resolve();
-    return this.#bounded(new Promise(() => {}), ms);
+    return this.#hold(ms, true, false);
+  }
+
+  /**
+   * One timed wait, ended by its timer, by `until` settling, or by what `byStop` /
+   * `byReconnect` name. No listener on the abort signal: many lanes may wait at once.
+   */
+  #hold(ms: number, byStop: boolean, byReconnect: boolean, until?: Promise<unknown>): Promise<void> {
+    if (byStop && this.stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const hold: Hold = {
+        byStop,
+        byReconnect,
+        cut: () => {
+          if (!this.#holds.delete(hold)) return;
+          clearTimeout(timer);
+          resolve();
+        },
+      };
+      const timer = setTimeout(hold.cut, ms);
+      if (this.#o.unref) timer.unref();
+      this.#holds.add(hold);
+      until?.then(hold.cut, hold.cut);
+    });
   }
 
   /**
@@ -233,29 +251,9 @@ export class Loop {
     });
   }
 
-  /** Resolves when `promise` settles, after `ms`, or at stop(); leaves no timer or listener. */
-  #bounded(promise: Promise<unknown>, ms: number): Promise<void> {
-    const signal = this.#abort.signal;
-    if (signal.aborted) return Promise.resolve();
-    let timer: NodeJS.Timeout | undefined;
-    let onAbort: (() => void) | undefined;
-    return Promise.race([
-      promise,
-      new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, ms);
-        if (this.#o.unref) timer.unref();
-        onAbort = resolve;
-        signal.addEventListener('abort', onAbort, { once: true });
-      }),
-    ]).then(() => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', onAbort!);
-    });
-  }
-
   #reconnected(): void {
     this.#failures = 0;
-    for (const p of [...this.#pauses]) p.cut();
+    for (const h of [...this.#holds]) if (h.byReconnect) h.cut();
     this.wake();
   }
 
@@ -272,7 +270,7 @@ export class Loop {
     this.#o.reconnects?.off('reconnected', this.#onReconnect);
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
-    for (const p of [...this.#pauses]) if (p.byStop) p.cut();
+    for (const h of [...this.#holds]) if (h.byStop) h.cut();
     this.interrupt();
     const lanes = Promise.all(this.#lanes).then(() => {});
     const drained = options.drain ? lanes.then(options.drain) : lanes;
