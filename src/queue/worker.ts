@@ -119,6 +119,8 @@ export class Worker {
    * whenever a claim comes back short; a claim without it scans from the start.
    */
   #after: ClaimKey | null = null;
+  /** Wake-ups so far: a claim that was in flight during one must not set the cursor again. */
+  #wakes = 0;
   #flushing: Promise<void> | null = null;
   /** The claim loop; its `dirty` means "something may be due: claim when capacity frees". */
   readonly #loop: Loop;
@@ -144,6 +146,7 @@ export class Worker {
       // every safety poll drops it.
       onWake: () => {
         this.#after = null;
+        this.#wakes++;
       },
       unref: true,
     });
@@ -209,6 +212,7 @@ export class Worker {
   async #cycle(finals: Finished[], want: number): Promise<void> {
     const { options } = this.host;
     this.#claiming += want;
+    const wakes = this.#wakes;
     let rows: ClaimRow[];
     try {
       const claim = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs, after: want > 0 ? this.#after : null };
@@ -237,8 +241,10 @@ export class Worker {
     if (finals.length > 0) this.#checkIdle();
     inClaimOrder(rows);
     // A full batch: the next claim starts after its last job. A short one: the queue may
-    // be drained, or rows were skipped (locked by other claimers who may roll back).
-    if (want > 0) this.#after = rows.length === want ? laterKey(this.#after, rows[rows.length - 1]) : null;
+    // be drained, or rows were skipped (locked by other claimers who may roll back). A
+    // wake-up while this claim was in flight dropped the cursor: a job that sorts before
+    // it may have come, so the cursor stays dropped.
+    if (want > 0) this.#after = rows.length === want && wakes === this.#wakes ? laterKey(this.#after, rows[rows.length - 1]) : null;
     for (const row of rows) {
       // Claimed as stop began: held and pending, so stop() hands them straight back.
       this.#hold(row);
