@@ -30,6 +30,9 @@ export { migrate, migrations, migrationScript, migrationStatus, OUTSIDE_SCRIPT_M
 export { Queue, type CronHandle } from './queue/queue.js';
 export { Worker as QueueWorker } from './queue/worker.js';
 export { CronSchedule } from './queue/cron.js';
+export { JOB_ERRORS_KEPT } from './queue/queries.js';
+export { DB_ERROR_BACKOFF, retryDelay, type RetryPolicy } from './internal/backoff.js';
+export { ERROR_TEXT_MAX_CHARS } from './internal/describe-error.js';
 export {
   QUEUE_DEFAULTS,
   snooze,

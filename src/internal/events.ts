@@ -26,6 +26,10 @@ export class TypedEmitter<Events extends Record<string, unknown[]>> {
   hasListeners<K extends keyof Events & string>(event: K): boolean {
     return this.#emitter.listenerCount(event) > 0;
   }
+  /** How many listeners `event` has (tests check that nothing grows per reconnect). */
+  listenerCount<K extends keyof Events & string>(event: K): number {
+    return this.#emitter.listenerCount(event);
+  }
   /** Resolves with the arguments of the next `event`. */
   next<K extends keyof Events & string>(event: K): Promise<Events[K]> {
     return new Promise((resolve) => this.once(event, (...args) => resolve(args)));
@@ -33,7 +37,9 @@ export class TypedEmitter<Events extends Record<string, unknown[]>> {
   protected emit<K extends keyof Events & string>(event: K, ...args: Events[K]): void {
     // A throwing listener must not break the part that emits.
     if (this.#emitter.listenerCount(event) === 0) return;
-    for (const listener of this.#emitter.listeners(event)) {
+    // rawListeners: a `once` listener comes wrapped, and its wrapper removes it when called
+    // (`listeners()` would return the bare function, and a `once` listener would stay for ever).
+    for (const listener of this.#emitter.rawListeners(event)) {
       try {
         (listener as (...a: unknown[]) => void)(...args);
       } catch {

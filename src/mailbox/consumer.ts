@@ -1,19 +1,23 @@
 import { performance } from 'node:perf_hooks';
 import type { Driver } from '../driver/types.js';
-import { backoffDelay, sleep } from '../internal/backoff.js';
+import type { RetryPolicy } from '../internal/backoff.js';
+import { describeError } from '../internal/describe-error.js';
+import { Loop, type ReconnectSource, type Turn } from '../internal/loop.js';
 import { withSpan } from '../internal/tracing.js';
 import { mailboxClaim, mailboxRecordFailure, type MessageRow } from './queries.js';
 import type { MailboxHandler, MailboxMessage } from './types.js';
-import { waitBounded, type WakeHub } from './wakeup.js';
+import type { WakeHub } from './wakeup.js';
 
 /** What a consumer needs from its mailbox. */
 export interface ConsumerHost {
   readonly driver: Driver;
   readonly schemaSql: string;
   readonly hub: WakeHub;
+  /** The notifier: its `reconnected` event cuts a consumer's error backoff short. */
+  readonly reconnects: ReconnectSource;
   readonly pollIntervalMs: number;
-  readonly retryDelayMs: number;
-  readonly maxRetryDelayMs: number;
+  /** Redelivery delays after failed handler runs (the one retry policy). */
+  readonly retry: RetryPolicy;
   decode(row: MessageRow): MailboxMessage;
   problem(err: unknown): void;
   failed(info: { to: string; id: string; attempts: number; error: unknown; dead: boolean }): void;
@@ -52,15 +56,14 @@ export class MailboxConsumer {
   readonly #host: ConsumerHost;
   readonly #settings: ConsumerSettings;
   readonly #handler: MailboxHandler;
-  readonly #abort = new AbortController();
-  readonly #timers = new Set<NodeJS.Timeout>();
-  #loops: Promise<void>[] = [];
+  /** Its lanes are the `concurrency` loops; `dirty` is "the destination's epoch moved". */
+  readonly #loop: Loop;
   #stopping: Promise<void> | undefined;
   #unwatch: () => void = () => {};
   /** A take of this consumer in flight (its loops take one after the other). */
   #taking: Promise<void> | undefined;
-  /** The epoch read before the last take that left the destination empty (took less than a batch). */
-  #emptyAt: number | undefined;
+  /** The last take left the destination empty (took less than a batch), and no wake-up came since it began. */
+  #empty = false;
   /** When the last take that found less than a full batch began (performance.now()). */
   #lastPartialAt = -Infinity;
 
@@ -70,17 +73,27 @@ export class MailboxConsumer {
     this.#settings = settings;
     this.#handler = handler;
     this.to = settings.to;
+    this.#loop = new Loop({
+      turn: () => this.#turn(),
+      pollIntervalMs: host.pollIntervalMs,
+      onError: (err) => host.problem(err),
+      reconnects: host.reconnects,
+      lanes: settings.concurrency,
+    });
   }
 
   /** True once `stop()` was called. */
   get stopped(): boolean {
-    return this.#abort.signal.aborted;
+    return this.#loop.stopping;
   }
 
   /** @internal */
   _start(ready: Promise<void>): void {
-    this.#unwatch = this.#host.hub.watch(this.to);
-    for (let i = 0; i < this.#settings.concurrency; i++) this.#loops.push(this.#loop(ready));
+    const loop = this.#loop;
+    this.#unwatch = this.#host.hub.watch(this.to, () => loop.wake());
+    // LISTEN first, then the first take is the catch-up (bounded by the safety poll, and
+    // by stop(), in case the notifier cannot connect).
+    loop.start(ready);
   }
 
   /**
@@ -88,61 +101,41 @@ export class MailboxConsumer {
    * to the end and commit), and releases everything. Idempotent.
    */
   stop(): Promise<void> {
-    if (!this.#stopping) {
-      this.#abort.abort();
-      for (const t of this.#timers) clearTimeout(t);
-      this.#timers.clear();
-      this.#stopping = Promise.all(this.#loops).then(() => {
-        this.#unwatch();
-        this.#host.released(this);
-      });
-    }
-    return this.#stopping;
+    return (this.#stopping ??= this.#loop.stop().then(() => {
+      this.#unwatch();
+      this.#host.released(this);
+    }));
   }
 
-  async #loop(ready: Promise<void>): Promise<void> {
-    const signal = this.#abort.signal;
-    const hub = this.#host.hub;
-    // LISTEN first, then the first query is the catch-up (bounded by the safety poll, and
-    // by stop(), in case the notifier cannot connect).
-    await waitBounded(ready, this.#host.pollIntervalMs, signal);
-    let errors = 0;
-    while (!signal.aborted) {
-      // The loops of one consumer take one after the other, and a loop takes only if the
-      // last take found a full batch (more may be ready) or a wake-up came since: so a
-      // wake-up costs one take, not one per loop (each an empty transaction).
-      while (this.#taking) await this.#taking;
-      if (signal.aborted) break;
-      const seen = hub.epoch(this.to);
-      if (this.#emptyAt === seen) {
-        await hub.wait(this.to, seen, this.#host.pollIntervalMs, signal);
-        // The safety poll: look even if no wake-up came.
-        if (hub.epoch(this.to) === seen) this.#emptyAt = undefined;
-        continue;
-      }
-      // Cooldown after a partial take: messages sent meanwhile share the next take.
+  /**
+   * One turn of a lane. The lanes of one consumer take one after the other, and a lane
+   * takes only if the last take found a full batch (more may be ready) or a wake-up came
+   * since it began: so a wake-up costs one take, not one per lane (each an empty
+   * transaction).
+   */
+  async #turn(): Promise<Turn> {
+    while (this.#taking) await this.#taking;
+    const loop = this.#loop;
+    if (loop.stopping) return 'again';
+    // Nothing new since the last take found the destination empty: wait for a wake-up or
+    // the safety poll (which marks the loop dirty: look even if no wake-up came).
+    if (this.#empty && !loop.dirty) return 'idle';
+    // Cooldown after a partial take: messages sent meanwhile share the next take.
+    if (this.#empty) {
       const wait = this.#lastPartialAt + this.#settings.cooldownMs - performance.now();
-      if (wait > 0 && this.#emptyAt !== undefined) {
-        await sleep(wait, signal);
-        continue; // read the epoch again: the take below covers everything sent until now
+      if (wait > 0) {
+        await loop.sleep(wait);
+        return 'again'; // look again: the take covers everything sent until it begins
       }
-      let took: number;
-      try {
-        took = await this.#runOnce(seen);
-        errors = 0;
-      } catch (err) {
-        this.#host.problem(err);
-        await sleep(backoffDelay(errors++, 100, 5000) + 50, signal);
-        continue;
-      }
-      if (took > 0) continue;
-      await hub.wait(this.to, seen, this.#host.pollIntervalMs, signal);
-      if (hub.epoch(this.to) === seen) this.#emptyAt = undefined;
     }
+    loop.dirty = false;
+    const took = await this.#runOnce();
+    loop.succeeded();
+    return took > 0 ? 'again' : 'idle';
   }
 
   /** One transaction: take, handle, commit. Returns how many messages were taken. */
-  async #runOnce(seen: number): Promise<number> {
+  async #runOnce(): Promise<number> {
     const { to, topic, batchSize } = this.#settings;
     let release!: () => void;
     const began = performance.now();
@@ -163,9 +156,10 @@ export class MailboxConsumer {
           // Fewer than a batch: nothing else was ready when this take looked; the next
           // take waits for a wake-up (or the safety poll).
           if (rows.length < batchSize) {
-            this.#emptyAt = seen;
+            this.#empty = true;
             this.#lastPartialAt = began;
           } else {
+            this.#empty = false;
             this.#lastPartialAt = -Infinity;
           }
         } finally {
@@ -188,7 +182,7 @@ export class MailboxConsumer {
     } catch (err) {
       done(); // BEGIN failed (after the claim, a no-op)
       // Rolled back: what this take held is ready again, so the next take must look.
-      this.#emptyAt = undefined;
+      this.#empty = false;
       if (!(err instanceof HandlerFailed)) throw err;
       // The transaction rolled back: the handler's writes and every mark are undone.
       // Record the failure for this one message in its own statement.
@@ -199,32 +193,16 @@ export class MailboxConsumer {
         err.row.id,
         describeError(err.error),
         this.#settings.maxAttempts,
-        this.#host.retryDelayMs,
-        this.#host.maxRetryDelayMs,
+        this.#host.retry,
       );
       if (result) {
         this.#host.failed({ to, id: err.row.id, attempts: result.attempts, error: err.error, dead: result.state === 'dead' });
-        if (result.state === 'ready' && !this.stopped) {
+        if (result.state === 'ready') {
           // Wake this process when the message becomes visible again, before the safety poll.
-          const timer = setTimeout(() => {
-            this.#timers.delete(timer);
-            this.#host.hub.wake(to);
-          }, Math.ceil(result.delayMs) + 5);
-          timer.unref();
-          this.#timers.add(timer);
+          this.#loop.timer(Math.ceil(result.delayMs) + 5, () => this.#host.hub.wake(to));
         }
       }
       return 1; // others of the batch may be ready again: look at once
     }
-  }
-}
-
-/** The text kept as `last_error`: an Error's message, or the thrown value as a string (at most 4000 characters). */
-export function describeError(error: unknown): string {
-  if (error instanceof Error) return error.message.slice(0, 4000);
-  try {
-    return String(error).slice(0, 4000);
-  } catch {
-    return 'unprintable error';
   }
 }

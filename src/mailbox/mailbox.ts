@@ -5,6 +5,7 @@ import { HeraldError, InvalidArgumentError, InvalidOptionError } from '../errors
 import { assertInt, MAX_DURATION_MS } from '../internal/validate.js';
 import { TypedEmitter } from '../internal/events.js';
 import { schemaIdent } from '../internal/ident.js';
+import { nonNegativeNumber, numberBetween, positiveInteger, positiveNumber, resolveOptions } from '../internal/options.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import { MailboxConsumer, type ConsumerHost } from './consumer.js';
@@ -39,6 +40,7 @@ export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
   maxAttempts: 5,
   retryDelayMs: 1000,
   maxRetryDelayMs: 60_000,
+  retryJitter: 0,
   retentionMs: 86_400_000,
   deadRetentionMs: 0,
   retentionIntervalMs: 60_000,
@@ -52,20 +54,19 @@ export const CONSUME_COOLDOWN_MS = 0;
 /** Longest destination, topic or id, in UTF-8 bytes (a destination travels as a NOTIFY payload). */
 export const MAX_NAME_BYTES = 1000;
 
-function resolveOptions(options: MailboxOptions = {}): Required<MailboxOptions> {
-  const o = { ...MAILBOX_DEFAULTS };
-  for (const [k, v] of Object.entries(options ?? {})) if (v !== undefined) (o as Record<string, unknown>)[k] = v;
-  for (const k of ['pollIntervalMs', 'maxAttempts', 'sendGroupMaxMessages', 'sendGroupMaxBytes'] as const) {
-    if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
-  }
-  for (const k of ['maxAttempts', 'sendGroupMaxMessages', 'sendGroupMaxBytes'] as const) {
-    if (!Number.isInteger(o[k])) throw new InvalidOptionError(k, o[k], 'a positive integer');
-  }
-  if (o.maxAttempts > 10_000) throw new InvalidOptionError('maxAttempts', o.maxAttempts, 'an integer from 1 to 10000');
-  for (const k of ['retryDelayMs', 'maxRetryDelayMs', 'retentionMs', 'deadRetentionMs', 'retentionIntervalMs'] as const) {
-    if (typeof o[k] !== 'number' || !(o[k] >= 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
-  }
-  return o;
+function resolveMailboxOptions(options: MailboxOptions = {}): Required<MailboxOptions> {
+  return resolveOptions(MAILBOX_DEFAULTS, options, {
+    pollIntervalMs: positiveNumber,
+    maxAttempts: positiveInteger(10_000),
+    sendGroupMaxMessages: positiveInteger(),
+    sendGroupMaxBytes: positiveInteger(),
+    retryDelayMs: nonNegativeNumber,
+    maxRetryDelayMs: nonNegativeNumber,
+    retryJitter: numberBetween(0, 1),
+    retentionMs: nonNegativeNumber,
+    deadRetentionMs: nonNegativeNumber,
+    retentionIntervalMs: nonNegativeNumber,
+  });
 }
 
 function assertName(value: unknown, what: string): asserts value is string {
@@ -131,7 +132,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
 
   constructor(driver: Driver, notifier: Notifier, schema = 'herald', options: MailboxOptions = {}) {
     super();
-    this.options = resolveOptions(options);
+    this.options = resolveMailboxOptions(options);
     this.#driver = driver;
     this.#notifier = notifier;
     this.#schemaSql = schemaIdent(schema);
@@ -150,9 +151,9 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
       driver,
       schemaSql: this.#schemaSql,
       hub: this.#hub,
+      reconnects: notifier,
       pollIntervalMs: this.options.pollIntervalMs,
-      retryDelayMs: this.options.retryDelayMs,
-      maxRetryDelayMs: this.options.maxRetryDelayMs,
+      retry: { baseMs: this.options.retryDelayMs, maxMs: this.options.maxRetryDelayMs, jitter: this.options.retryJitter },
       decode: (row) => decode(row),
       problem: (err) => self.emit('problem', err instanceof Error ? err : new Error(String(err))),
       failed: (info) => {

@@ -4,6 +4,7 @@
  */
 import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
+import { retryDelaySql, type RetryPolicy } from '../internal/backoff.js';
 
 /** A message row as the consume path returns it. */
 export interface MessageRow {
@@ -155,9 +156,10 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
 
 /**
  * Records a failed handler run after its transaction rolled back: counts the attempt,
- * keeps the error, and either delays the next delivery (exponential, capped) or, at
- * `maxAttempts`, moves the message to the dead-letter state. Does nothing if another
- * consumer took and consumed the message meanwhile.
+ * keeps the error, and either delays the next delivery (the one retry policy, in
+ * database time, n = attempts after this one) or, at `maxAttempts`, moves the message
+ * to the dead-letter state. Does nothing if another consumer took and consumed the
+ * message meanwhile.
  */
 export async function mailboxRecordFailure(
   executor: Executor,
@@ -165,8 +167,7 @@ export async function mailboxRecordFailure(
   id: string,
   error: string,
   maxAttempts: number,
-  retryDelayMs: number,
-  maxRetryDelayMs: number,
+  retry: RetryPolicy,
 ): Promise<{ state: 'ready' | 'dead'; attempts: number; delayMs: number } | undefined> {
   const { rows } = await executor.query<{ state: 'ready' | 'dead'; attempts: number; delay_ms: number }>(
     `UPDATE ${schema}.mailbox_messages
@@ -174,10 +175,10 @@ export async function mailboxRecordFailure(
             last_error = $2,
             state = CASE WHEN attempts + 1 >= $3 THEN 'dead' ELSE 'ready' END,
             dead_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
-            visible_at = now() + least($5::float8, $4::float8 * power(2, least(attempts, 30))) * interval '1 millisecond'
+            visible_at = now() + ${retryDelaySql('attempts + 1', '$4', '$5', '$6')} * interval '1 millisecond'
       WHERE id = $1 AND state = 'ready'
-     RETURNING state, attempts, least($5::float8, $4::float8 * power(2, least(attempts - 1, 30)))::float8 AS delay_ms`,
-    [id, error, maxAttempts, retryDelayMs, maxRetryDelayMs],
+     RETURNING state, attempts, (extract(epoch FROM visible_at - now()) * 1000)::float8 AS delay_ms`,
+    [id, error, maxAttempts, retry.baseMs, retry.maxMs, retry.jitter],
   );
   const r = rows[0];
   return r ? { state: r.state, attempts: r.attempts, delayMs: Number(r.delay_ms) } : undefined;

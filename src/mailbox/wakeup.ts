@@ -55,6 +55,8 @@ export class WakeHub {
   readonly #waiters = new Map<string, Set<Waiter>>();
   /** Receivers interested in each destination; epochs are kept only for these. */
   readonly #interest = new Map<string, number>();
+  /** Consumers' wake-up callbacks per destination (their loops' `wake`). */
+  readonly #callbacks = new Map<string, Set<Waiter>>();
   #global = 0;
   #sub: Subscription | undefined;
   #onProblem: (err: Error) => void;
@@ -92,14 +94,25 @@ export class WakeHub {
 
   /**
    * Registers interest in a destination (a running receive or consumer) so its epoch
-   * is tracked; returns the function that releases it.
+   * is tracked, and `onWake` (a consumer loop's wake) to call whenever the epoch moves;
+   * returns the function that releases both.
    */
-  watch(destination: string): () => void {
+  watch(destination: string, onWake?: Waiter): () => void {
     this.#interest.set(destination, (this.#interest.get(destination) ?? 0) + 1);
+    if (onWake) {
+      let set = this.#callbacks.get(destination);
+      if (!set) this.#callbacks.set(destination, (set = new Set()));
+      set.add(onWake);
+    }
     let released = false;
     return () => {
       if (released) return;
       released = true;
+      if (onWake) {
+        const set = this.#callbacks.get(destination);
+        set?.delete(onWake);
+        if (set?.size === 0) this.#callbacks.delete(destination);
+      }
       const n = (this.#interest.get(destination) ?? 1) - 1;
       if (n > 0) this.#interest.set(destination, n);
       else {
@@ -146,6 +159,7 @@ export class WakeHub {
   wakeAll(): void {
     this.#global++;
     for (const set of [...this.#waiters.values()]) for (const w of [...set]) w();
+    for (const set of [...this.#callbacks.values()]) for (const w of [...set]) w();
   }
 
   #wake(destination: string): void {
@@ -153,6 +167,8 @@ export class WakeHub {
     this.#epochs.set(destination, (this.#epochs.get(destination) ?? 0) + 1);
     const set = this.#waiters.get(destination);
     if (set) for (const w of [...set]) w();
+    const callbacks = this.#callbacks.get(destination);
+    if (callbacks) for (const w of callbacks) w();
   }
 
   /** UNLISTENs and releases every waiter. */
@@ -163,6 +179,7 @@ export class WakeHub {
     this.wakeAll();
     this.#epochs.clear();
     this.#interest.clear();
+    this.#callbacks.clear();
     await sub?.close();
   }
 }

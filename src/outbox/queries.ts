@@ -259,7 +259,7 @@ export async function outboxMarkFailed(
       -- seq = ANY is for the plan: joined to unnest alone, Postgres may hash the whole table.
       WHERE e.seq = ANY($1::bigint[]) AND e.seq = f.seq
      RETURNING e.seq::text AS seq, e.attempts, e.dead_at IS NOT NULL AS dead`,
-    [failures.map((f) => f.seq), failures.map((f) => f.error.slice(0, 2000)), failures.map((f) => f.delayMs), maxAttempts],
+    [failures.map((f) => f.seq), failures.map((f) => f.error), failures.map((f) => f.delayMs), maxAttempts],
   );
   return rows;
 }

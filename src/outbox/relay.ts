@@ -1,7 +1,10 @@
 import type { Driver, Executor } from '../driver/types.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
-import { backoffDelay, sleep, withTimeout } from '../internal/backoff.js';
+import { retryDelay, withTimeout, type RetryPolicy } from '../internal/backoff.js';
+import { describeError } from '../internal/describe-error.js';
 import { TypedEmitter } from '../internal/events.js';
+import { Loop } from '../internal/loop.js';
+import { boolean, nonNegativeNumber, numberBetween, positiveInteger, positiveNumber, resolveOptions } from '../internal/options.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
@@ -20,10 +23,12 @@ export interface RelayOptions {
   pollIntervalMs?: number;
   /** Attempts before an event is dead-lettered. @defaultValue 10 */
   maxAttempts?: number;
-  /** Retry delay after the first failure; doubles per attempt (with jitter). @defaultValue 1000 */
+  /** Retry delay ceiling after the first failure; doubles per attempt (the retry policy in the README). @defaultValue 1000 */
   retryBaseDelayMs?: number;
   /** Cap of the retry delay. @defaultValue 300000 */
   retryMaxDelayMs?: number;
+  /** Share of each retry delay taken off at random (0 = none, 1 = full jitter). @defaultValue 0.5 */
+  retryJitter?: number;
   /** A publish that takes longer fails its attempt. @defaultValue 30000 */
   publishTimeoutMs?: number;
   /** Close the sink on `stop()` (when it has `close`). @defaultValue true */
@@ -38,6 +43,7 @@ export const RELAY_DEFAULTS = {
   maxAttempts: 10,
   retryBaseDelayMs: 1000,
   retryMaxDelayMs: 300_000,
+  retryJitter: 0.5,
   publishTimeoutMs: 30_000,
   closeSink: true,
 } as const;
@@ -45,19 +51,17 @@ export const RELAY_DEFAULTS = {
 type ResolvedRelayOptions = Required<Omit<RelayOptions, 'sink'>>;
 
 function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions {
-  const o = { ...RELAY_DEFAULTS } as ResolvedRelayOptions;
-  for (const [k, v] of Object.entries(options)) if (v !== undefined && k !== 'sink') (o as Record<string, unknown>)[k] = v;
-  for (const k of ['batchSize', 'concurrency', 'maxAttempts'] as const) {
-    if (!Number.isInteger(o[k]) || o[k] < 1) throw new InvalidOptionError(k, o[k], 'a positive integer');
-  }
-  for (const k of ['pollIntervalMs', 'publishTimeoutMs'] as const) {
-    if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
-  }
-  for (const k of ['retryBaseDelayMs', 'retryMaxDelayMs'] as const) {
-    if (typeof o[k] !== 'number' || o[k] < 0 || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
-  }
-  if (typeof o.closeSink !== 'boolean') throw new InvalidOptionError('closeSink', o.closeSink, 'a boolean');
-  return o;
+  return resolveOptions<ResolvedRelayOptions>(RELAY_DEFAULTS, options, {
+    batchSize: positiveInteger(),
+    concurrency: positiveInteger(),
+    maxAttempts: positiveInteger(),
+    pollIntervalMs: positiveNumber,
+    publishTimeoutMs: positiveNumber,
+    retryBaseDelayMs: nonNegativeNumber,
+    retryMaxDelayMs: nonNegativeNumber,
+    retryJitter: numberBetween(0, 1),
+    closeSink: boolean,
+  });
 }
 
 /** Events of a relay. */
@@ -112,14 +116,13 @@ export class Relay extends TypedEmitter<RelayEvents> {
   readonly #notifier: Notifier;
   readonly #schema: string;
   readonly #channel: string;
-  #loop: Promise<void> | undefined;
-  #abort = new AbortController();
+  #loop: Loop | undefined;
+  #stopping: Promise<void> | undefined;
   #sub: Subscription | undefined;
-  #woken = false;
-  #wake: (() => void) | undefined;
   #nextRetryAt = Infinity;
   /** The key the last claim stopped at: the next claim's key scan starts after it. */
   #cursor: string | null = null;
+  readonly #retry: RetryPolicy;
   readonly #stats = { published: 0, failed: 0, dead: 0, batches: 0 };
 
   /** @internal Use `herald.outbox.relay(options)`. */
@@ -129,6 +132,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
       throw new InvalidOptionError('sink', options?.sink, 'a function or an object with publish(event)');
     }
     this.options = resolveRelayOptions(options);
+    this.#retry = { baseMs: this.options.retryBaseDelayMs, maxMs: this.options.retryMaxDelayMs, jitter: this.options.retryJitter };
     this.#sink = typeof options.sink === 'function' ? callbackSink(options.sink) : options.sink;
     this.#driver = driver;
     this.#notifier = notifier;
@@ -149,10 +153,15 @@ export class Relay extends TypedEmitter<RelayEvents> {
   /** Starts claiming and publishing. Idempotent. */
   start(): this {
     if (this.#loop) return this;
-    this.#abort = new AbortController();
-    this.#woken = true;
-    this.#sub = this.#notifier.listen(this.#channel, () => this.#poke(), { onListen: () => this.#poke() });
-    this.#loop = this.#run();
+    const loop: Loop = new Loop({
+      turn: () => this.#turn(loop),
+      pollIntervalMs: this.options.pollIntervalMs,
+      onError: (err) => this.emit('problem', err as Error),
+      reconnects: this.#notifier,
+    });
+    this.#loop = loop;
+    this.#sub = this.#notifier.listen(this.#channel, () => loop.wake(), { onListen: () => loop.wake() });
+    loop.start();
     return this;
   }
 
@@ -160,55 +169,31 @@ export class Relay extends TypedEmitter<RelayEvents> {
    * Stops after the batch in flight is published and marked; closes the sink (see
    * `closeSink`). Leaves no timer, subscription or connection behind. Idempotent.
    */
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
+    if (this.#stopping) return this.#stopping;
     const loop = this.#loop;
-    if (!loop) return;
-    this.#abort.abort();
-    this.#wake?.();
-    await loop;
-    this.#loop = undefined;
-    await this.#sub?.close();
-    this.#sub = undefined;
-    if (this.options.closeSink) await this.#sink.close?.().catch(() => {});
-    this.emit('stopped');
+    if (!loop) return Promise.resolve();
+    return (this.#stopping = (async () => {
+      await loop.stop();
+      this.#loop = undefined;
+      await this.#sub?.close();
+      this.#sub = undefined;
+      if (this.options.closeSink) await this.#sink.close?.().catch(() => {});
+      this.#stopping = undefined;
+      this.emit('stopped');
+    })());
   }
 
-  #poke(): void {
-    this.#woken = true;
-    this.#wake?.();
-  }
-
-  async #run(): Promise<void> {
-    const signal = this.#abort.signal;
-    let dbFailures = 0;
-    while (!signal.aborted) {
-      this.#woken = false;
-      let claimed: number;
-      try {
-        claimed = await this.runOnce();
-        dbFailures = 0;
-      } catch (err) {
-        this.emit('problem', err as Error);
-        await sleep(backoffDelay(dbFailures++, 100, 5000) + 10, signal);
-        continue;
-      }
-      // Anything claimed: claim again at once. A short batch does not mean caught up:
-      // the window of keys scanned is bounded, and published runs make the keys' next events due.
-      if (claimed > 0 || signal.aborted) continue;
-      if (this.#woken) continue;
-      const untilRetry = this.#nextRetryAt - Date.now();
-      const waitMs = Math.max(1, Math.min(this.options.pollIntervalMs, untilRetry));
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, waitMs);
-        function done() {
-          clearTimeout(timer);
-          resolve();
-        }
-        this.#wake = done;
-      });
-      this.#wake = undefined;
-      if (Date.now() >= this.#nextRetryAt) this.#nextRetryAt = Infinity;
-    }
+  /** One turn of the loop: claim, publish, mark; then at once again, or idle until a wake-up, the poll or the next retry. */
+  async #turn(loop: Loop): Promise<number | 'again' | 'idle'> {
+    if (Date.now() >= this.#nextRetryAt) this.#nextRetryAt = Infinity;
+    loop.dirty = false;
+    const claimed = await this.runOnce();
+    loop.succeeded();
+    // Anything claimed: claim again at once. A short batch does not mean caught up:
+    // the window of keys scanned is bounded, and published runs make the keys' next events due.
+    if (claimed > 0) return 'again';
+    return this.#nextRetryAt === Infinity ? 'idle' : this.#nextRetryAt - Date.now();
   }
 
   /**
@@ -236,7 +221,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
               );
               ok.push(event);
             } catch (error) {
-              failed.push({ event, error, delayMs: this.#retryDelay(event.attempts) });
+              failed.push({ event, error, delayMs: retryDelay(this.#retry, event.attempts + 1) });
               break;
             }
           }
@@ -249,7 +234,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
       const marks = await outboxMarkFailed(
         tx,
         this.#schema,
-        failed.map((f) => ({ seq: f.event.seq, error: errorText(f.error), delayMs: f.delayMs })),
+        failed.map((f) => ({ seq: f.event.seq, error: describeError(f.error), delayMs: f.delayMs })),
         o.maxAttempts,
       );
       return { claimed: runs.reduce((n, r) => n + r.length, 0), ok, failed, marks };
@@ -331,20 +316,5 @@ export class Relay extends TypedEmitter<RelayEvents> {
     }
     this.#cursor = cursor;
     return got;
-  }
-
-  /** Equal jitter: half the exponential ceiling plus a random half, so a retry is never immediate. */
-  #retryDelay(attemptsBefore: number): number {
-    const ceiling = Math.min(this.options.retryMaxDelayMs, this.options.retryBaseDelayMs * 2 ** Math.min(attemptsBefore, 30));
-    return Math.floor(ceiling / 2 + Math.random() * (ceiling / 2));
-  }
-}
-
-function errorText(err: unknown): string {
-  if (err instanceof Error) return err.message || err.name;
-  try {
-    return typeof err === 'string' ? err : JSON.stringify(err) ?? String(err);
-  } catch {
-    return String(err);
   }
 }

@@ -7,9 +7,24 @@
  */
 import { wakeSql } from '../notifier/pressure.js';
 import type { Executor, QueryOptions } from '../driver/types.js';
+import { retryDelaySql, type RetryPolicy } from '../internal/backoff.js';
 
 // The statements a worker runs again and again: prepared once per pool connection.
 const PREPARE: QueryOptions = { prepare: true };
+
+/**
+ * Entries a job's `errors` list keeps: the newest ones (attempt, time, error text of at
+ * most `ERROR_TEXT_MAX_CHARS`); older entries are dropped as new ones arrive, so a job
+ * retried for ever does not grow without bound. `last_error` always holds the latest.
+ */
+export const JOB_ERRORS_KEPT = 20;
+
+/** SQL: `errors` (a jsonb array expression) with `entry` appended, keeping the newest {@link JOB_ERRORS_KEPT}. */
+function appendError(errors: string, entry: string): string {
+  return `CASE WHEN jsonb_array_length(${errors}) < ${JOB_ERRORS_KEPT} THEN ${errors} || jsonb_build_array(${entry})
+    ELSE (SELECT jsonb_agg(e ORDER BY i) FROM jsonb_array_elements(${errors} || jsonb_build_array(${entry})) WITH ORDINALITY AS t(e, i)
+           WHERE i > jsonb_array_length(${errors}) + 1 - ${JOB_ERRORS_KEPT}) END`;
+}
 
 /** A job row as the queries return it (bigint ids as strings). */
 export interface JobRow {
@@ -386,8 +401,8 @@ export interface FailBatch {
 
 /**
  * Ends failed (or snoozed) attempts, fenced like {@link jobCompleteMany}. A retry is
- * scheduled in database time: now() + min(maxMs, baseMs * 2^(n-1)) * (1 - jitter *
- * random()), n = attempts of this stage so far. With no attempts left, or `discard`,
+ * scheduled in database time by the one retry policy (`retryDelaySql`), n = attempts of
+ * this stage so far. With no attempts left, or `discard`,
  * the job goes to dead with its last error.
  */
 export async function jobFailMany(
@@ -395,7 +410,7 @@ export async function jobFailMany(
   s: string,
   ch: QueueChannels,
   b: FailBatch,
-  backoff: { baseMs: number; maxMs: number; jitter: number },
+  backoff: RetryPolicy,
 ): Promise<{ id: string; state: string }[]> {
   const snooze = `${field(2, 's')}::float8`;
   const error = field(2, 'e');
@@ -409,13 +424,12 @@ export async function jobFailMany(
               run_at = CASE
                 WHEN ${snooze} IS NOT NULL THEN now() + ${snooze} * interval '1 millisecond'
                 WHEN ${dead} THEN j.run_at
-                ELSE now() + least($4::float8, $3::float8 * power(2::float8, greatest(j.attempt - j.attempt_base - 1, 0)))
-                             * (1 - $5::float8 * random()) * interval '1 millisecond' END,
+                ELSE now() + ${retryDelaySql('j.attempt - j.attempt_base', '$3', '$4', '$5')} * interval '1 millisecond' END,
               finished_at = CASE WHEN ${dead} THEN now() END,
               lease_expires_at = NULL,
               last_error = coalesce(${error}, j.last_error),
               errors = CASE WHEN ${error} IS NULL THEN j.errors
-                ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', ${error})) END,
+                ELSE ${appendError('j.errors', `jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', ${error})`)} END,
               history = ${history('j.stage', newState)}
         WHERE ${fenced(1, 2)}
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at
@@ -463,7 +477,7 @@ export async function jobRescueExpired(x: Executor, s: string, ch: QueueChannels
               run_at = now(), lease_expires_at = NULL,
               finished_at = CASE WHEN ${dead} THEN now() END,
               last_error = 'lease expired: the worker stopped heartbeating (died or lost its connection)',
-              errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', 'lease expired')),
+              errors = ${appendError('j.errors', "jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', 'lease expired')")},
               history = ${history('j.stage', `CASE WHEN ${dead} THEN 'dead' ELSE 'available' END`)}
          FROM expired WHERE j.id = expired.id
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce

@@ -1,5 +1,6 @@
 import type { TxLike } from '../driver/types.js';
 import { InvalidOptionError } from '../errors.js';
+import { boolean, numberBetween, resolveOptions, type OptionCheck } from '../internal/options.js';
 
 /** A job's state. `available` includes jobs scheduled for later (`runAt` in the future). */
 export type JobState = 'available' | 'running' | 'completed' | 'dead' | 'cancelled';
@@ -63,44 +64,32 @@ export type ResolvedQueueOptions = Required<QueueOptions>;
 
 /** Fills in defaults and validates, naming the option and value on error. */
 export function resolveQueueOptions(o: QueueOptions = {}): ResolvedQueueOptions {
-  const r = { ...QUEUE_DEFAULTS, ...stripUndefined(o) } as ResolvedQueueOptions;
+  const defaults = { ...QUEUE_DEFAULTS, heartbeatIntervalMs: undefined as number | undefined };
+  const r = resolveOptions(defaults, o, {
+    leaseMs: finitePositive,
+    pollIntervalMs: finitePositive,
+    rescueIntervalMs: finitePositive,
+    retryBaseDelayMs: finiteNonNegative,
+    retryMaxDelayMs: finiteNonNegative,
+    retryJitter: numberBetween(0, 1),
+    maxAttempts: finitePositive,
+    retentionMs: finiteNonNegative,
+    retentionIntervalMs: finitePositive,
+    retentionBatchSize: finitePositive,
+    leaderTtlMs: finitePositive,
+    completionBatchSize: finitePositive,
+    keepCompleted: boolean,
+  }) as ResolvedQueueOptions;
   if (r.heartbeatIntervalMs === undefined) r.heartbeatIntervalMs = Math.max(10, Math.floor(r.leaseMs / 3));
-  positive(r, 'leaseMs');
-  positive(r, 'heartbeatIntervalMs');
-  positive(r, 'pollIntervalMs');
-  positive(r, 'rescueIntervalMs');
-  nonNegative(r, 'retryBaseDelayMs');
-  nonNegative(r, 'retryMaxDelayMs');
-  positive(r, 'maxAttempts');
-  nonNegative(r, 'retentionMs');
-  positive(r, 'retentionIntervalMs');
-  positive(r, 'retentionBatchSize');
-  positive(r, 'leaderTtlMs');
-  positive(r, 'completionBatchSize');
+  const expected = finitePositive(r.heartbeatIntervalMs);
+  if (expected) throw new InvalidOptionError('heartbeatIntervalMs', r.heartbeatIntervalMs, expected);
   if (!Number.isInteger(r.maxAttempts) || r.maxAttempts > 10_000) throw new InvalidOptionError('maxAttempts', r.maxAttempts, 'an integer from 1 to 10000');
-  if (typeof r.keepCompleted !== 'boolean') throw new InvalidOptionError('keepCompleted', r.keepCompleted, 'a boolean');
-  if (typeof r.retryJitter !== 'number' || !(r.retryJitter >= 0 && r.retryJitter <= 1)) {
-    throw new InvalidOptionError('retryJitter', r.retryJitter, 'a number from 0 to 1');
-  }
   if (r.heartbeatIntervalMs >= r.leaseMs) throw new InvalidOptionError('heartbeatIntervalMs', r.heartbeatIntervalMs, `less than leaseMs (${r.leaseMs})`);
   return r;
 }
 
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
-
-/** Throws unless `o[key]` is a finite number > 0. */
-export function positive(o: Record<string, unknown>, key: string): void {
-  const v = o[key];
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new InvalidOptionError(key, v, 'a finite number > 0');
-}
-
-/** Throws unless `o[key]` is a finite number >= 0. */
-export function nonNegative(o: Record<string, unknown>, key: string): void {
-  const v = o[key];
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new InvalidOptionError(key, v, 'a finite number >= 0');
-}
+const finitePositive: OptionCheck = (v) => (typeof v === 'number' && Number.isFinite(v) && v > 0 ? undefined : 'a finite number > 0');
+const finiteNonNegative: OptionCheck = (v) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? undefined : 'a finite number >= 0');
 
 /** Options of `enqueue` / `enqueueMany` items. */
 export interface EnqueueOptions {

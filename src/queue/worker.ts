@@ -1,6 +1,8 @@
 import type { Executor } from '../driver/types.js';
 import { HeraldError } from '../errors.js';
-import { backoffDelay, sleep } from '../internal/backoff.js';
+import { DB_ERROR_BACKOFF, retryDelay } from '../internal/backoff.js';
+import { capErrorText, describeError } from '../internal/describe-error.js';
+import { Loop, type ReconnectSource, type Turn } from '../internal/loop.js';
 import { withSpan } from '../internal/tracing.js';
 import {
   compareIds,
@@ -23,6 +25,8 @@ export interface WorkerHost {
   readonly schemaSql: string;
   readonly channels: QueueChannels;
   readonly options: ResolvedQueueOptions;
+  /** The notifier: its `reconnected` event cuts a worker's error backoff short. */
+  readonly notifier: ReconnectSource;
   emitEvent(event: string, ...args: unknown[]): void;
   /** Whether anyone listens to `event` (so a hot path can skip building its payload). */
   hasListeners(event: string): boolean;
@@ -108,7 +112,6 @@ export class Worker {
   /** Statements of the claim loop in flight, and the jobs they may still bring. */
   readonly #cycles = new Set<Promise<void>>();
   #claiming = 0;
-  #failures = 0;
   /**
    * Where the next claim starts in claim order: after the last job this worker claimed,
    * so it does not walk the dead index entries of the jobs before it again. Dropped on
@@ -116,14 +119,14 @@ export class Worker {
    * whenever a claim comes back short; a claim without it scans from the start.
    */
   #after: ClaimKey | null = null;
+  /** Wake-ups so far: a claim that was in flight during one must not set the cursor again. */
+  #wakes = 0;
   #flushing: Promise<void> | null = null;
-  #dirty = true;
-  #waiter: (() => void) | null = null;
-  #stopping = false;
-  #loop: Promise<void> | null = null;
+  /** The claim loop; its `dirty` means "something may be due: claim when capacity frees". */
+  readonly #loop: Loop;
+  #started = false;
   #heartbeat: NodeJS.Timeout | null = null;
   #idle: (() => void)[] = [];
-  readonly #abort = new AbortController();
 
   constructor(
     readonly host: WorkerHost,
@@ -133,7 +136,21 @@ export class Worker {
     readonly handler: JobHandler<any>,
     readonly concurrency: number,
     readonly prefetch: number,
-  ) {}
+  ) {
+    this.#loop = new Loop({
+      turn: () => this.#turn(),
+      pollIntervalMs: host.options.pollIntervalMs,
+      onError: (err) => this.#problem(err),
+      reconnects: host.notifier,
+      // New or re-scheduled jobs may sort before the claim cursor: every wake-up and
+      // every safety poll drops it.
+      onWake: () => {
+        this.#after = null;
+        this.#wakes++;
+      },
+      unref: true,
+    });
+  }
 
   /** Jobs running or held (claimed ahead) now. */
   get held(): number {
@@ -142,62 +159,38 @@ export class Worker {
 
   /** Starts the claim loop and the heartbeat. */
   start(): void {
-    if (this.#loop) return;
-    this.#loop = this.#run();
+    if (this.#started) return;
+    this.#started = true;
+    this.#loop.start();
     this.#heartbeat = setInterval(() => void this.#beat(), this.host.options.heartbeatIntervalMs);
     this.#heartbeat.unref();
   }
 
   /** Something may be due: claim now. */
   wake(): void {
-    this.#after = null;
-    this.#dirty = true;
-    this.#signal();
-  }
-
-  #signal(): void {
-    const w = this.#waiter;
-    this.#waiter = null;
-    w?.();
+    this.#loop.wake();
   }
 
   /**
-   * The claim loop. Each turn starts one statement that records the final completions
-   * gathered since the last turn and claims up to the free capacity (when something may
-   * be due): a busy worker pays one round trip and one commit per batch, not two. Up to
-   * two statements are in flight, so one commit's WAL flush overlaps the next batch;
-   * the second starts only with a worthwhile batch (a quarter of the capacity).
+   * A turn of the claim loop. Each turn starts one statement that records the final
+   * completions gathered since the last turn and claims up to the free capacity (when
+   * something may be due): a busy worker pays one round trip and one commit per batch,
+   * not two. Up to two statements are in flight, so one commit's WAL flush overlaps the
+   * next batch; the second starts only with a worthwhile batch (a quarter of the
+   * capacity). With nothing to start, the loop waits for a wake-up, a finished job, a
+   * statement's answer, or the poll.
    */
-  async #run(): Promise<void> {
-    const { options } = this.host;
-    while (!this.#stopping) {
-      const want = this.#turn();
-      const turn = want >= 0;
-      if (turn) {
-        if (want > 0) this.#dirty = false;
-        const cycle = this.#cycle(this.#finals.splice(0, options.completionBatchSize), want);
-        this.#cycles.add(cycle);
-        void cycle.finally(() => {
-          this.#cycles.delete(cycle);
-          this.#signal();
-        });
-        continue;
-      }
-      // Nothing to do until a wake-up, a finished job, a statement's answer, or the poll.
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(() => {
-          this.#after = null;
-          this.#dirty = true;
-          this.#signal();
-        }, options.pollIntervalMs);
-        t.unref();
-        this.#waiter = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-    }
-    await Promise.all(this.#cycles);
+  async #turn(): Promise<Turn> {
+    const want = this.#want();
+    if (want < 0) return 'wait';
+    if (want > 0) this.#loop.dirty = false;
+    const cycle = this.#cycle(this.#finals.splice(0, this.host.options.completionBatchSize), want);
+    this.#cycles.add(cycle);
+    void cycle.finally(() => {
+      this.#cycles.delete(cycle);
+      this.#loop.interrupt();
+    });
+    return 'again';
   }
 
   /**
@@ -205,11 +198,11 @@ export class Worker {
    * -1 for no. With none in flight, any completion or free capacity is worth one; with
    * one in flight, a second starts only for a quarter of the capacity or more.
    */
-  #turn(): number {
+  #want(): number {
     const capacity = this.concurrency + this.prefetch;
     const backlog = this.#finished.length < this.host.options.completionBatchSize;
     const free = capacity - this.#running - this.#pending.length - this.#claiming;
-    const want = this.#dirty && backlog && free > 0 ? free : 0;
+    const want = this.#loop.dirty && backlog && free > 0 ? free : 0;
     if (this.#cycles.size === 0) return want > 0 || this.#finals.length > 0 ? want : -1;
     const worthwhile = Math.max(1, Math.floor(capacity / 4));
     return this.#cycles.size < 2 && Math.max(want, this.#finals.length) >= worthwhile ? want : -1;
@@ -219,6 +212,7 @@ export class Worker {
   async #cycle(finals: Finished[], want: number): Promise<void> {
     const { options } = this.host;
     this.#claiming += want;
+    const wakes = this.#wakes;
     let rows: ClaimRow[];
     try {
       const claim = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs, after: want > 0 ? this.#after : null };
@@ -232,15 +226,14 @@ export class Worker {
         this.#completed(finals, r.missed.length === 0 ? null : new Set(r.missed));
         rows = r.claimed;
       }
-      this.#failures = 0;
+      this.#loop.succeeded();
     } catch (err) {
       // The statement may or may not have committed: retry the completions (a retry of
       // ones that did commit matches no row and is reported as lease lost).
       this.#finals.unshift(...finals);
-      this.#problem(err);
       this.#after = null;
-      this.#dirty = true;
-      await sleep(backoffDelay(this.#failures++, 50, 2000), this.#abort.signal);
+      this.#loop.dirty = true;
+      await this.#loop.backoff(err);
       return;
     } finally {
       this.#claiming -= want;
@@ -248,8 +241,10 @@ export class Worker {
     if (finals.length > 0) this.#checkIdle();
     inClaimOrder(rows);
     // A full batch: the next claim starts after its last job. A short one: the queue may
-    // be drained, or rows were skipped (locked by other claimers who may roll back).
-    if (want > 0) this.#after = rows.length === want ? laterKey(this.#after, rows[rows.length - 1]) : null;
+    // be drained, or rows were skipped (locked by other claimers who may roll back). A
+    // wake-up while this claim was in flight dropped the cursor: a job that sorts before
+    // it may have come, so the cursor stays dropped.
+    if (want > 0) this.#after = rows.length === want && wakes === this.#wakes ? laterKey(this.#after, rows[rows.length - 1]) : null;
     for (const row of rows) {
       // Claimed as stop began: held and pending, so stop() hands them straight back.
       this.#hold(row);
@@ -259,7 +254,7 @@ export class Worker {
     if (rows.length > 0 && this.#pending.length > rows.length) inClaimOrder(this.#pending);
     this.#startRunnable();
     // A full batch means there may be more: claim again as soon as a slot frees.
-    if (want > 0 && rows.length === want) this.#dirty = true;
+    if (want > 0 && rows.length === want) this.#loop.dirty = true;
   }
 
   #hold(row: ClaimRow): void {
@@ -267,7 +262,7 @@ export class Worker {
   }
 
   #startRunnable(): void {
-    while (this.#running < this.concurrency && this.#pending.length > 0 && !this.#stopping) {
+    while (this.#running < this.concurrency && this.#pending.length > 0 && !this.#loop.stopping) {
       const row = this.#pending.shift()!;
       const held = this.#held.get(row.id);
       if (!held || held.lost) continue;
@@ -304,7 +299,7 @@ export class Worker {
         if (outcomeKind(outcome) === 'snooze') f.snoozeMs = outcome.delayMs ?? 0;
         else {
           f.discard = true;
-          f.error = outcome.reason ?? 'discarded';
+          f.error = capErrorText(outcome.reason ?? 'discarded');
         }
       } else if (value !== undefined) {
         try {
@@ -316,18 +311,19 @@ export class Worker {
     } catch (err) {
       f.ok = false;
       f.errorValue = err;
-      f.error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+      f.error = describeError(err, true);
     }
     this.#running--;
-    if (f.ok && f.final && !this.#stopping) this.#finals.push(f);
+    const loop = this.#loop;
+    if (f.ok && f.final && !loop.stopping) this.#finals.push(f);
     else {
       this.#finished.push(f);
       this.#flush();
     }
-    this.#dirty = true;
+    loop.dirty = true;
     this.#startRunnable();
     // Wake the loop only when it has something to start (a waiting loop costs a timer).
-    if (this.#waiter !== null && (this.#stopping || this.#turn() >= 0)) this.#signal();
+    if (loop.waiting && (loop.stopping || this.#want() >= 0)) loop.interrupt();
   }
 
   /** Records buffered outcomes in batches; one flush at a time, the next takes what piled up meanwhile. */
@@ -345,15 +341,16 @@ export class Worker {
           // that did commit matches no row (fenced) and is reported as lease lost.
           this.#finished.unshift(...batch.filter((f) => !f.recorded));
           this.#problem(err);
-          if (this.#finished.length > 0 && failures > 50 && this.#stopping) break;
-          await sleep(backoffDelay(failures++, 50, 2000));
+          if (this.#finished.length > 0 && failures > 50 && this.#loop.stopping) break;
+          // Not cut short by stop(): outcomes must be recorded while stopping too.
+          await this.#loop.pause(retryDelay(DB_ERROR_BACKOFF, ++failures), false);
         }
       }
     })().finally(() => {
       this.#flushing = null;
-      if (this.#finished.length > 0 && !(this.#stopping && this.#held.size === 0)) this.#flush();
+      if (this.#finished.length > 0 && !(this.#loop.stopping && this.#held.size === 0)) this.#flush();
       this.#checkIdle();
-      this.#signal();
+      this.#loop.interrupt();
     });
   }
 
@@ -458,40 +455,38 @@ export class Worker {
    * outcome, and clears the heartbeat. Idempotent.
    */
   async stop(timeoutMs = 30_000): Promise<void> {
-    if (!this.#loop) return;
-    if (!this.#stopping) {
-      this.#stopping = true;
-      this.#abort.abort();
-      this.#signal();
-    }
-    await this.#loop;
-    // The loop has ended: completions it did not record go through the flush path.
-    this.#finished.push(...this.#finals.splice(0));
-    // Prefetched, never started: back to available without counting the attempt.
-    for (const row of this.#pending.splice(0)) {
-      this.#finished.push({ id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: false, final: false, result: null, error: null, discard: false, snoozeMs: 0 });
-    }
-    this.#flush();
-    const idle = new Promise<void>((resolve) => {
-      this.#idle.push(resolve);
-      this.#checkIdle();
+    if (!this.#started) return;
+    await this.#loop.stop({
+      timeoutMs,
+      drain: async () => {
+        await Promise.all(this.#cycles);
+        // The loop has ended: completions it did not record go through the flush path.
+        this.#finished.push(...this.#finals.splice(0));
+        // Prefetched, never started: back to available without counting the attempt.
+        for (const row of this.#pending.splice(0)) this.#finished.push(this.#handBack(row));
+        this.#flush();
+        await new Promise<void>((resolve) => {
+          this.#idle.push(resolve);
+          this.#checkIdle();
+        });
+      },
+      onTimeout: async () => {
+        this.#pending.length = 0; // held too: handed back below
+        for (const h of this.#held.values()) {
+          if (h.lost) continue;
+          abortHeld(h, new HeraldError('STOPPED', 'worker stopped before the job finished'));
+          this.#finished.push(this.#handBack(h.row));
+        }
+        this.#flush();
+        await this.#flushing;
+      },
     });
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      idle.then(() => false),
-      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs))),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) {
-      for (const h of this.#held.values()) {
-        if (h.lost) continue;
-        abortHeld(h, new HeraldError('STOPPED', 'worker stopped before the job finished'));
-        this.#finished.push({ id: h.row.id, kind: this.kind, stage: this.stage, fence: h.row.attempt, ok: false, final: false, result: null, error: null, discard: false, snoozeMs: 0 });
-      }
-      this.#flush();
-      await this.#flushing;
-    }
     if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.#heartbeat = null;
+  }
+
+  /** The outcome that hands a claimed job back to available without counting the attempt. */
+  #handBack(row: ClaimRow): Finished {
+    return { id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: false, final: false, result: null, error: null, discard: false, snoozeMs: 0 };
   }
 }

@@ -1,7 +1,8 @@
 import type { Driver } from '../driver/types.js';
 import { HeraldError } from '../errors.js';
-import { backoffDelay } from '../internal/backoff.js';
 import { TypedEmitter } from '../internal/events.js';
+import { Loop, type Turn } from '../internal/loop.js';
+import { positiveInteger, nonNegativeNumber, resolveOptions } from '../internal/options.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
@@ -10,8 +11,6 @@ import { toMessage } from './message.js';
 import {
   CONSUMER_DEFAULTS,
   formatPosition,
-  nonNegative,
-  positiveInt,
   TopicRetentionError,
   type ConsumerEvents,
   type ConsumerOptions,
@@ -46,11 +45,10 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   readonly options: Readonly<Required<Omit<ConsumerOptions, 'start'>> & { start: GroupStart }>;
   readonly #host: ConsumerHost;
   readonly #handler: (batch: TopicBatch<T>) => Promise<void> | void;
-  #running: Promise<void> | undefined;
-  #abort = new AbortController();
+  #loop: Loop | undefined;
   #sub: Subscription | undefined;
-  #wake: (() => void) | undefined;
-  #dirty = false;
+  /** The next re-check interval while messages wait for an open transaction below them. */
+  #horizonWait: number;
   #rotate = Math.floor(Math.random() * 1024);
   /** Per key partition, the retention mark already reported (one `behind` event per episode). */
   readonly #reported = new Map<number, string>();
@@ -60,13 +58,14 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   constructor(host: ConsumerHost, topic: string, group: string, handler: (batch: TopicBatch<T>) => Promise<void> | void, options: ConsumerOptions) {
     super();
     if (typeof handler !== 'function') throw new HeraldError('INVALID_ARGUMENT', 'handler must be a function');
-    const o = { ...CONSUMER_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) };
-    positiveInt('batchSize', o.batchSize, 100_000);
-    positiveInt('pollIntervalMs', o.pollIntervalMs);
-    positiveInt('horizonPollMs', o.horizonPollMs);
-    positiveInt('horizonPollMaxMs', o.horizonPollMaxMs);
-    nonNegative('retryDelayMs', o.retryDelayMs);
-    this.options = o;
+    this.options = resolveOptions(CONSUMER_DEFAULTS, options, {
+      batchSize: positiveInteger(100_000),
+      pollIntervalMs: positiveInteger(),
+      horizonPollMs: positiveInteger(),
+      horizonPollMaxMs: positiveInteger(),
+      retryDelayMs: nonNegativeNumber,
+    });
+    this.#horizonWait = this.options.horizonPollMs;
     this.#host = host;
     this.topic = topic;
     this.group = group;
@@ -75,7 +74,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
 
   /** True between `start()` and `stop()`. */
   get running(): boolean {
-    return this.#running !== undefined;
+    return this.#loop !== undefined;
   }
 
   /**
@@ -83,19 +82,26 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
    * consuming. Resolves once LISTEN is live. Idempotent.
    */
   async start(): Promise<void> {
-    if (this.#running) return;
-    this.#abort = new AbortController();
+    if (this.#loop) return;
     const row = await this.#host.topic();
     await q.groupCreate(this.#host.driver.executor, this.#host.s, row.id, this.group, this.options.start);
+    const loop: Loop = new Loop({
+      turn: () => this.#turn(loop, row),
+      pollIntervalMs: this.options.pollIntervalMs,
+      onError: (err) => this.emit('problem', err),
+      reconnects: this.#host.notifier,
+    });
     const sub = this.#host.notifier.listen(
       this.#host.channel,
       (n) => {
-        if (n.payload === this.topic) this.#poke();
+        if (n.payload === this.topic) loop.wake();
       },
-      { onListen: () => this.#poke() },
+      { onListen: () => loop.wake() },
     );
     this.#sub = sub;
-    this.#running = this.#run(row);
+    this.#loop = loop;
+    this.#horizonWait = this.options.horizonPollMs;
+    loop.start();
     try {
       await sub.established;
     } catch (err) {
@@ -107,89 +113,44 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
 
   /** Stops after the batch in flight (which commits or rolls back); leaves no timer or listener. Idempotent. */
   async stop(): Promise<void> {
-    const running = this.#running;
-    if (!running) return;
-    this.#abort.abort();
-    this.#poke();
+    const loop = this.#loop;
+    if (!loop) return;
+    const stopped = loop.stop();
     await this.#sub?.close();
     this.#sub = undefined;
-    await running;
-    this.#running = undefined;
+    await stopped;
+    if (this.#loop !== loop) return; // a concurrent stop() finished
+    this.#loop = undefined;
     this.#host.forget();
     this.emit('stopped');
   }
 
-  #poke(): void {
-    this.#dirty = true;
-    const w = this.#wake;
-    this.#wake = undefined;
-    w?.();
-  }
-
-  #idle(ms: number): Promise<void> {
-    if (this.#dirty || this.#abort.signal.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.#wake = undefined;
-        resolve();
-      }, ms);
-      this.#wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-    });
-  }
-
-  async #run(row: q.TopicRow): Promise<void> {
-    const signal = this.#abort.signal;
-    let failures = 0;
-    let horizonWait = this.options.horizonPollMs;
-    while (!signal.aborted) {
-      this.#dirty = false;
-      try {
-        const worked = await this.#batch(row);
-        failures = 0;
-        if (worked === 'retry') {
-          await this.#sleep(this.options.retryDelayMs);
-          continue;
-        }
-        if (worked) {
-          horizonWait = this.options.horizonPollMs;
-          // A busy group still reports a partition that fell behind retention.
-          if (Date.now() - this.#behindCheckedAt >= this.options.pollIntervalMs) await this.#checkBehind(row);
-          continue;
-        }
-        await this.#checkBehind(row);
-        const pending = await q.messagePendingHorizon(this.#host.driver.executor, this.#host.s, row.id);
-        if (pending) {
-          await this.#idle(horizonWait);
-          // Open transactions anywhere in the cluster hold the horizon back; they usually end
-          // soon, so the re-check backs off only up to horizonPollMaxMs.
-          horizonWait = Math.min(horizonWait * 2, this.options.horizonPollMaxMs, this.options.pollIntervalMs);
-        } else {
-          horizonWait = this.options.horizonPollMs;
-          await this.#idle(this.options.pollIntervalMs);
-        }
-      } catch (err) {
-        if (signal.aborted) break;
-        this.emit('problem', err);
-        await this.#sleep(backoffDelay(failures++, 100, 5000) + 10);
-      }
+  /** One turn of the loop: a batch; then at once again, or idle until a wake-up, the horizon re-check or the poll. */
+  async #turn(loop: Loop, row: q.TopicRow): Promise<Turn> {
+    loop.dirty = false;
+    const worked = await this.#batch(row);
+    loop.succeeded();
+    if (worked === 'retry') {
+      await loop.sleep(this.options.retryDelayMs);
+      return 'again';
     }
-  }
-
-  #sleep(ms: number): Promise<void> {
-    if (this.#abort.signal.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      const signal = this.#abort.signal;
-      function done() {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
-      }
-      signal.addEventListener('abort', done, { once: true });
-    });
+    if (worked) {
+      this.#horizonWait = this.options.horizonPollMs;
+      // A busy group still reports a partition that fell behind retention.
+      if (Date.now() - this.#behindCheckedAt >= this.options.pollIntervalMs) await this.#checkBehind(row);
+      return 'again';
+    }
+    await this.#checkBehind(row);
+    const pending = await q.messagePendingHorizon(this.#host.driver.executor, this.#host.s, row.id);
+    if (!pending) {
+      this.#horizonWait = this.options.horizonPollMs;
+      return 'idle';
+    }
+    // Open transactions anywhere in the cluster hold the horizon back; they usually end
+    // soon, so the re-check backs off only up to horizonPollMaxMs.
+    const wait = this.#horizonWait;
+    this.#horizonWait = Math.min(wait * 2, this.options.horizonPollMaxMs, this.options.pollIntervalMs);
+    return wait;
   }
 
   /** One batch transaction. Returns true when messages were consumed, 'retry' after a handler failure. */
