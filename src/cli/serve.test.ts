@@ -153,7 +153,7 @@ describe('herald serve on its embedded Postgres (issues 12 and 16)', () => {
       await served(shell);
       const { pid, postgresPid, port } = state(dir);
       shell.kill('SIGTERM');
-      await waitFor(() => !isAlive(pid) && !isAlive(postgresPid), { timeoutMs: 30_000, what: 'the server and its Postgres to stop' });
+      await waitFor(() => !isAlive(pid) && !isAlive(postgresPid), { timeoutMs: 90_000, what: 'the server and its Postgres to stop' });
       assert.equal(await portFree(port), true);
     } finally {
       shell.kill('SIGKILL');
