@@ -72,11 +72,12 @@ describe('queue', () => {
     await w.stop();
     await wakes.close();
     // The five priority-1 jobs first; the urgent job right after the jobs that were running
-    // or held ahead (prefetch 2) when it came; every job once. (Two claims in flight may
+    // or held ahead (prefetch 2) when it came, plus at most one claim (prefetch 2) that was
+    // already in flight when it committed; every job once. (Two claims in flight may
     // answer out of order, so jobs of equal priority are not strictly in enqueue order.)
     assert.deepEqual(order.slice(0, 5).sort(), [100, 101, 102, 103, 104]);
     const urgent = order.indexOf(-1);
-    assert.ok(urgent >= 10 && urgent <= 12, `urgent job ran at position ${urgent}: ${order.join(',')}`);
+    assert.ok(urgent >= 10 && urgent <= 14, `urgent job ran at position ${urgent}: ${order.join(',')}`);
     assert.deepEqual(order.filter((i) => i >= 0 && i < 100).sort((a, b) => a - b), Array.from({ length: 40 }, (_, i) => i));
   });
 

@@ -38,7 +38,8 @@ describe('queue CLI and HTTP routes', () => {
       assert.equal((await cli(['jobs', 'stuck', '--older-than', '1h'])).code, 0);
       assert.match((await cli(['jobs', 'cancel', id])).out, new RegExp(`cancelled 1: ${id}`));
       assert.match((await cli(['jobs', 'retry', id])).out, new RegExp(`retried 1: ${id}`));
-      await h.driver.executor.query(`UPDATE herald.jobs SET stage_entered_at = now() - interval '2 hours' WHERE id = $1`, [id]);
+      // Due for two hours (a job counts as stuck from when it became due).
+      await h.driver.executor.query(`UPDATE herald.jobs SET stage_entered_at = now() - interval '2 hours', run_at = now() - interval '2 hours' WHERE id = $1`, [id]);
       const stuck = await cli(['jobs', 'stuck', '--older-than', '1h']);
       assert.equal(stuck.code, 1);
       assert.equal(JSON.parse(stuck.out.trim()).id, id);
