@@ -312,7 +312,10 @@ describe('open mode against a real browser', { skip: existsSync(CHROMIUM) ? fals
         await page.fill('#watch-topic', topic);
         await page.click('#watch-go');
         await page.locator('#watch-state', { hasText: 'open' }).waitFor();
-        await waitFor(() => server.gateway.topics().find((t) => t.topic === topic)?.clients === 1, { what: 'browser subscribed' });
+        await waitFor(() => {
+          const t = server.gateway.topics().find((x) => x.topic === topic);
+          return t?.clients === 1 && t.live;
+        }, { what: 'browser subscribed and LISTEN live' });
         await herald.notify(topic, 'hello');
         await page.locator('#events .event', { hasText: 'hello' }).waitFor();
         await herald.queue.cancel(job.id);

@@ -53,6 +53,8 @@ interface Hub {
   /** Events after this sequence number are all in `history` or still to come (no hole). */
   coveredAfter: number;
   established: Promise<void>;
+  /** LISTEN went live for this topic (a later lost connection reaches clients as a `gap`). */
+  live: boolean;
   /** Gives the hub's channel back to `maxChannels`. */
   release: () => void;
 }
@@ -196,8 +198,9 @@ export class Gateway {
   }
 
   /** Topics with their connection counts. */
-  topics(): { topic: string; channel: string; clients: number }[] {
-    return [...this.#hubs.values()].map((h) => ({ topic: h.topic, channel: h.channel, clients: h.conns.size }));
+  /** Gateway topics with their channel, client count and whether LISTEN went live. */
+  topics(): { topic: string; channel: string; clients: number; live: boolean }[] {
+    return [...this.#hubs.values()].map((h) => ({ topic: h.topic, channel: h.channel, clients: h.conns.size, live: h.live }));
   }
 
   #checkRoom(conn: Connection, key: string): void {
@@ -269,6 +272,7 @@ export class Gateway {
       history: [],
       coveredAfter: this.#seq,
       established: Promise.resolve(),
+      live: false,
       sub: undefined as unknown as Subscription,
       release,
     };
@@ -279,6 +283,7 @@ export class Gateway {
         onListen: () => {
           // A fresh sequence number: whatever was sent before LISTEN went live may have been missed.
           hub.coveredAfter = ++this.#seq;
+          hub.live = true;
           if (first) {
             first = false;
             return;
