@@ -41,13 +41,13 @@ describe('Loop', () => {
       await waitFor(() => errors.length === 1, { what: 'the first error' });
       assert.equal(loop.failures, 1);
       down = false;
-      source.emit('reconnected', { attempts: 1, downtimeMs: 10 });
+      source.emit('notifier:reconnected', { attempts: 1, downtimeMs: 10 });
       await delivered.promise;
       assert.equal(loop.failures, 0);
     } finally {
       await loop.stop();
     }
-    assert.equal(source.listenerCount('reconnected'), 0, 'stop() removes the reconnect listener');
+    assert.equal(source.listenerCount('notifier:reconnected'), 0, 'stop() removes the reconnect listener');
   });
 
   it('a wake-up during a turn is not lost; an idle loop waits for the next one', async () => {
@@ -135,7 +135,7 @@ describe('Loop', () => {
     }
     await busyStopped;
     assert.ok(finished, 'the turn in flight ran to its end');
-    assert.equal(source.listenerCount('reconnected'), 0);
+    assert.equal(source.listenerCount('notifier:reconnected'), 0);
     assert.ok(timeouts() <= before, `no timer left behind (${timeouts()} now, ${before} before)`);
   });
 

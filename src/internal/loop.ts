@@ -14,8 +14,8 @@ export type Turn = 'again' | 'idle' | 'wait' | number;
 
 /** Where a loop hears that the listen connection is back (the notifier's `reconnected` event). */
 export interface ReconnectSource {
-  on(event: 'reconnected', listener: () => void): unknown;
-  off(event: 'reconnected', listener: () => void): unknown;
+  on(event: 'notifier:reconnected', listener: () => void): unknown;
+  off(event: 'notifier:reconnected', listener: () => void): unknown;
 }
 
 /** Settings of a {@link Loop}. */
@@ -128,7 +128,7 @@ export class Loop {
    */
   start(ready?: Promise<unknown>): void {
     if (this.#lanes.length > 0 || this.stopping) return;
-    this.#o.reconnects?.on('reconnected', this.#onReconnect);
+    this.#o.reconnects?.on('notifier:reconnected', this.#onReconnect);
     for (let i = 0; i < (this.#o.lanes ?? 1); i++) this.#lanes.push(this.#lane(ready));
   }
 
@@ -267,7 +267,7 @@ export class Loop {
   stop(options: StopOptions = {}): Promise<void> {
     if (this.#stopped) return this.#stopped;
     this.#abort.abort();
-    this.#o.reconnects?.off('reconnected', this.#onReconnect);
+    this.#o.reconnects?.off('notifier:reconnected', this.#onReconnect);
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
     for (const h of [...this.#holds]) if (h.byStop) h.cut();

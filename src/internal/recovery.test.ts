@@ -25,18 +25,18 @@ interface Running {
 async function startConsumers(herald: Herald): Promise<Running> {
   const seen = new Set<string>();
   const problems = { queue: 0, mailbox: 0, relay: 0, topic: 0 };
-  herald.queue.on('problem', () => problems.queue++);
-  herald.mailbox.on('problem', () => problems.mailbox++);
+  herald.queue.on('job:problem', () => problems.queue++);
+  herald.mailbox.on('message:problem', () => problems.mailbox++);
   const worker = herald.queue.work('recover', (job) => void seen.add(`job:${(job.payload as { tag: string }).tag}`));
   const consumer = herald.mailbox.consume('recover', (m) => void seen.add(`message:${(m.payload as { tag: string }).tag}`));
   const relay = herald.outbox.relay({ sink: (e) => void seen.add(`event:${(e.payload as { tag: string }).tag}`), pollIntervalMs: POLL_MS });
-  relay.on('problem', () => problems.relay++);
+  relay.on('relay:problem', () => problems.relay++);
   relay.start();
   await herald.topics.create('recover', { partitions: 1 });
   const topic = herald.topics.consumer<{ tag: string }>('recover', 'g', ({ messages }) => void messages.forEach((m) => seen.add(`topic:${m.payload.tag}`)), {
     pollIntervalMs: POLL_MS,
   });
-  topic.on('problem', () => problems.topic++);
+  topic.on('topic:problem', () => problems.topic++);
   await topic.start();
   return {
     seen,
@@ -73,7 +73,7 @@ describe('consumers recover at once when the listen connection comes back (priva
       queue: { pollIntervalMs: POLL_MS },
       mailbox: { pollIntervalMs: POLL_MS },
     });
-    herald.notifier.on('problem', () => {});
+    herald.notifier.on('notifier:problem', () => {});
   });
   after(async () => {
     setDefaultLoopBackoff(undefined);
@@ -109,7 +109,7 @@ describe('consumers recover at once when the listen connection comes back (priva
     setDefaultLoopBackoff(undefined);
     running ??= await startConsumers(herald);
     await deliverAll(herald, running, 'warm');
-    const events = ['reconnected', 'connected', 'lost', 'status', 'problem', 'overflow', 'handlerError', 'queueUsage', 'queueWarning'] as const;
+    const events = ['notifier:reconnected', 'notifier:connected', 'notifier:lost', 'notifier:status', 'notifier:problem', 'notifier:overflow', 'notifier:handlerError', 'notifier:queueUsage', 'notifier:queueWarning'] as const;
     const listeners = () => Object.fromEntries(events.map((e) => [e, herald.notifier.listenerCount(e)]));
     const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
     const listenersBefore = listeners();

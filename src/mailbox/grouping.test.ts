@@ -214,7 +214,7 @@ describe('prepared statements', () => {
       mailbox: { sendGroupMaxMessages: 1 },
     });
     const problems: Error[] = [];
-    via.mailbox.on('problem', (err) => problems.push(err));
+    via.mailbox.on('message:problem', (err) => problems.push(err));
     try {
       const to = dest('bouncer');
       const seen = new Map<string, number>();

@@ -239,7 +239,7 @@ describe('consume', () => {
     ]);
     let fail = true;
     const dead = deferred<{ id: string; attempts: number }>();
-    herald.mailbox.once('dead', (info) => dead.resolve(info));
+    herald.mailbox.once('message:dead', (info) => dead.resolve(info));
     const consumer = herald.mailbox.consume<string>(
       to,
       async (m, tx) => {
@@ -374,7 +374,7 @@ describe('retention and stats', () => {
     const to = dest('sweep');
     await local.mailbox.send({ to, payload: '1' });
     await local.mailbox.receive(to);
-    const purged = new Promise((resolve) => local.mailbox.once('purged', resolve));
+    const purged = new Promise((resolve) => local.mailbox.once('message:purged', resolve));
     await local.mailbox.start();
     await purged;
     assert.deepEqual(await local.mailbox.stats(to), []);

@@ -137,7 +137,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     this.#notifier = notifier;
     this.#schemaSql = schemaIdent(schema);
     this.channel = mailboxChannel(schema);
-    this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('problem', err));
+    this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('message:problem', err));
     this.#group = new SendGroup(
       // With its wake-up while wake-ups are on; a commit that met a full notification
       // queue runs once more without it (nothing of it committed; ids are idempotent anyway).
@@ -155,10 +155,10 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
       pollIntervalMs: this.options.pollIntervalMs,
       retry: { baseMs: this.options.retryDelayMs, maxMs: this.options.maxRetryDelayMs, jitter: this.options.retryJitter },
       decode: (row) => decode(row),
-      problem: (err) => self.emit('problem', err instanceof Error ? err : new Error(String(err))),
+      problem: (err) => self.emit('message:problem', err instanceof Error ? err : new Error(String(err))),
       failed: (info) => {
-        self.emit('handlerError', { to: info.to, id: info.id, attempts: info.attempts, error: info.error });
-        if (info.dead) self.emit('dead', { to: info.to, id: info.id, attempts: info.attempts, error: info.error });
+        self.emit('message:handlerError', { to: info.to, id: info.id, attempts: info.attempts, error: info.error });
+        if (info.dead) self.emit('message:dead', { to: info.to, id: info.id, attempts: info.attempts, error: info.error });
       },
       released: (c) => self.#consumers.delete(c),
     };
@@ -387,9 +387,9 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     this.#sweeping = (async () => {
       try {
         const result = await this.purge();
-        if (result.consumed || result.dead) this.emit('purged', result);
+        if (result.consumed || result.dead) this.emit('message:purged', result);
       } catch (err) {
-        this.emit('problem', err as Error);
+        this.emit('message:problem', err as Error);
       } finally {
         this.#sweeping = undefined;
       }

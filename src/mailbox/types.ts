@@ -138,13 +138,13 @@ export interface DestinationStats {
 }
 
 /** Events of the mailbox (`herald.mailbox.on(name, fn)`). */
-export interface MailboxEvents extends Record<string, unknown[]> {
+export type MailboxEvents = {
   /** A handler threw; the message will be delivered again after a delay. */
-  handlerError: [info: { to: string; id: string; attempts: number; error: unknown }];
+  'message:handlerError': [info: { to: string; id: string; attempts: number; error: unknown }];
   /** A message reached `maxAttempts` and moved to the dead-letter state. */
-  dead: [info: { to: string; id: string; attempts: number; error: unknown }];
+  'message:dead': [info: { to: string; id: string; attempts: number; error: unknown }];
   /** A background failure (a consume transaction or the retention sweep); it is retried. */
-  problem: [err: Error];
+  'message:problem': [err: Error];
   /** The retention sweep deleted messages. */
-  purged: [info: { consumed: number; dead: number }];
+  'message:purged': [info: { consumed: number; dead: number }];
 }

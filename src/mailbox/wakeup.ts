@@ -77,8 +77,8 @@ export class WakeHub {
   async ready(): Promise<void> {
     try {
       if (!this.#sub || this.#sub.closed) {
-        this.#notifier.off('overflow', this.#onOverflow);
-        this.#notifier.on('overflow', this.#onOverflow);
+        this.#notifier.off('notifier:overflow', this.#onOverflow);
+        this.#notifier.on('notifier:overflow', this.#onOverflow);
         this.#sub = this.#notifier.listen(this.#channel, (n) => this.#wake(n.payload), {
           bufferSize: 10_000,
           // After every (re)LISTEN: catch up by query, since notifications sent while the
@@ -173,7 +173,7 @@ export class WakeHub {
 
   /** UNLISTENs and releases every waiter. */
   async close(): Promise<void> {
-    this.#notifier.off('overflow', this.#onOverflow);
+    this.#notifier.off('notifier:overflow', this.#onOverflow);
     const sub = this.#sub;
     this.#sub = undefined;
     this.wakeAll();

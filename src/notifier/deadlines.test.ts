@@ -80,7 +80,7 @@ describe('notifier deadlines over postgres.js', () => {
     const sql = postgres(poolProxy.url(db.url), { max: 4, onnotice: () => {}, connect_timeout: 1 });
     const herald = new Herald({ sql, listenConnectionString: db.url, notifier: { ...FAST, statementTimeoutMs: 300 } });
     const problems: Error[] = [];
-    herald.notifier.on('problem', (e) => problems.push(e));
+    herald.notifier.on('notifier:problem', (e) => problems.push(e));
     try {
       await herald.listen('pjs-probe').established;
       poolProxy.blackhole();
@@ -197,7 +197,7 @@ describe('notifier deadlines', () => {
       notifier: { ...FAST, statementTimeoutMs: 300 },
     });
     const problems: Error[] = [];
-    herald.notifier.on('problem', (e) => problems.push(e));
+    herald.notifier.on('notifier:problem', (e) => problems.push(e));
     try {
       const sub = herald.listen('probe-hole');
       await sub.established; // the probe of the first connect left an idle pooled connection
@@ -268,7 +268,7 @@ describe('notifier deadlines', () => {
     for (let round = 0; round < 5; round++) {
       const herald = new Herald({ connectionString: db.url, notifier: FAST });
       const problems: Error[] = [];
-      herald.notifier.on('problem', (e) => problems.push(e));
+      herald.notifier.on('notifier:problem', (e) => problems.push(e));
       const a = herald.listen('clean-a');
       const b = herald.listen('clean-b');
       await Promise.all([a.established, b.established]);

@@ -63,7 +63,7 @@ describe('notifier under faults', () => {
     const pc = await privateCluster();
     const herald = new Herald({ connectionString: pc.url, notifier: OPTIONS });
     const problems: Error[] = [];
-    herald.notifier.on('problem', (e) => problems.push(e));
+    herald.notifier.on('notifier:problem', (e) => problems.push(e));
     try {
       const sub = herald.listen('restart');
       await sub.established;
@@ -134,7 +134,7 @@ describe('notifier under faults', () => {
       await sub.established;
       await pc.cluster.stop();
       let failures = 0;
-      herald.notifier.on('problem', () => failures++);
+      herald.notifier.on('notifier:problem', () => failures++);
       await waitFor(() => failures >= 10, { what: 'ten failed attempts' });
       assert.equal(herald.notifier.status, 'reconnecting');
       const reconnected = nextEvent<[{ attempts: number }]>(herald.notifier, 'reconnected', 60_000);

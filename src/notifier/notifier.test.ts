@@ -296,7 +296,7 @@ describe('notifier', () => {
     const herald = new Herald({ connectionString: db.url, notifier: FAST });
     try {
       const statuses: string[] = [];
-      herald.notifier.on('status', (s) => statuses.push(s));
+      herald.notifier.on('notifier:status', (s) => statuses.push(s));
       await herald.notifier.start();
       assert.equal(herald.notifier.status, 'listening');
       await herald.close();

@@ -127,9 +127,9 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
       intervalMs: this.options.queueUsageIntervalMs,
       pausedIntervalMs: this.options.queueUsageIntervalMs || this.options.healthCheckIntervalMs,
       started: () => this.#ready !== undefined && this.#status !== 'failed',
-      full: (info) => this.emit('queueFull', info),
+      full: (info) => this.emit('notifier:queueFull', info),
       resumed: (info) => {
-        this.emit('queueResumed', info);
+        this.emit('notifier:queueResumed', info);
         // Writes made while paused woke nobody: every subscriber catches up now.
         for (const c of this.#live) for (const sub of this.#channels.get(c)?.subs ?? []) sub._listening();
       },
@@ -246,8 +246,8 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     });
     const usage = Number(rows[0]?.u ?? 0);
     this.#queueUsage = usage;
-    this.emit('queueUsage', usage);
-    if (usage >= this.options.queueUsageWarnThreshold) this.emit('queueWarning', usage);
+    this.emit('notifier:queueUsage', usage);
+    if (usage >= this.options.queueUsageWarnThreshold) this.emit('notifier:queueWarning', usage);
     this.pressure.observe(usage);
     return usage;
   }
@@ -331,12 +331,12 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
 
   /** @internal */
   overflow(sub: Subscription): void {
-    this.emit('overflow', { channel: sub.channel, dropped: sub.dropped, bufferSize: this.options.subscriberBufferSize });
+    this.emit('notifier:overflow', { channel: sub.channel, dropped: sub.dropped, bufferSize: this.options.subscriberBufferSize });
   }
 
   /** @internal */
   handlerFailed(sub: Subscription, error: unknown): void {
-    this.emit('handlerError', { channel: sub.channel, error });
+    this.emit('notifier:handlerError', { channel: sub.channel, error });
   }
 
   // ---- internals ----
@@ -344,7 +344,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   #setStatus(status: NotifierStatus): void {
     if (this.#status === status) return;
     this.#status = status;
-    this.emit('status', status);
+    this.emit('notifier:status', status);
   }
 
   #dispatch(n: RawNotification): void {
@@ -441,7 +441,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
     if (this.#reported.has(e)) return; // one fault, one event
     this.#reported.add(e);
     this.#lastError = e;
-    this.emit('problem', e);
+    this.emit('notifier:problem', e);
   }
 
   async #run(): Promise<void> {
@@ -467,10 +467,10 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         this.#setStatus('listening');
         this.#readyResolve?.();
         for (const c of wanted) for (const sub of this.#channels.get(c)?.subs ?? []) sub._listening();
-        this.emit('connected');
+        this.emit('notifier:connected');
         if (everConnected) {
           this.#reconnects++;
-          this.emit('reconnected', { attempts: tries, downtimeMs });
+          this.emit('notifier:reconnected', { attempts: tries, downtimeMs });
         }
         everConnected = true;
         this.#schedule(); // channels subscribed while we were connecting
@@ -487,7 +487,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
         lostAt = Date.now();
         this.#problem(err ?? new HeraldError('CONNECTION', 'listen connection closed'));
         this.#setStatus('reconnecting');
-        this.emit('lost', err);
+        this.emit('notifier:lost', err);
       } catch (err) {
         clearTimeout(this.#healthTimer);
         this.#session = undefined;

@@ -72,7 +72,7 @@ describe('notifier behind PgBouncer', { skip: missing }, () => {
       const jobs = await herald.queue.enqueueMany(Array.from({ length: 200 }, (_, i) => ({ kind: 'pooled', payload: { i } })));
       const ran = new Map<string, number>();
       let problems = 0;
-      herald.queue.on('problem', () => problems++);
+      herald.queue.on('job:problem', () => problems++);
       herald.queue.work('pooled', (job) => void ran.set(job.id, (ran.get(job.id) ?? 0) + 1), { concurrency: 4, prefetch: 20 });
       await waitFor(async () => (await herald.queue.stats()).some((r) => r.kind === 'pooled' && r.state === 'completed' && r.count === 200));
       assert.equal(ran.size, 200);

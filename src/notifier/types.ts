@@ -116,35 +116,35 @@ export interface NotifierStats {
 }
 
 /** Events of the notifier (`notifier.on(name, listener)`). */
-export interface NotifierEvents extends Record<string, unknown[]> {
+export type NotifierEvents = {
   /** Status changed. */
-  status: [status: NotifierStatus];
+  'notifier:status': [status: NotifierStatus];
   /** LISTEN is live on a new session (first connect and every reconnect). */
-  connected: [];
+  'notifier:connected': [];
   /**
    * LISTEN is live again after a lost connection (emitted once per recovery, after
    * every channel is LISTENed again and each subscription's `onListen` ran): durable
    * consumers catch up by query now and cut any error backoff short.
    */
-  reconnected: [info: { attempts: number; downtimeMs: number }];
+  'notifier:reconnected': [info: { attempts: number; downtimeMs: number }];
   /** The listen session died (socket error, terminate, restart, failed health query). */
-  lost: [err: Error | undefined];
+  'notifier:lost': [err: Error | undefined];
   /** A subscriber's buffer filled; it drops until it reads again. Emitted once per episode. */
-  overflow: [info: { channel: string; dropped: number; bufferSize: number }];
+  'notifier:overflow': [info: { channel: string; dropped: number; bufferSize: number }];
   /** A subscriber's handler threw or rejected. */
-  handlerError: [info: { channel: string; error: unknown }];
+  'notifier:handlerError': [info: { channel: string; error: unknown }];
   /** A sample of `pg_notification_queue_usage()`. */
-  queueUsage: [usage: number];
+  'notifier:queueUsage': [usage: number];
   /** Usage reached `queueUsageWarnThreshold`: some session may sit in a long transaction while listening. */
-  queueWarning: [usage: number];
+  'notifier:queueWarning': [usage: number];
   /**
    * The notification queue is full or above `queueUsageHighWater`: wake-ups are paused
    * (writes commit without them; consumers find work by their polls). Once per episode;
    * `holders` names the backends that may hold the queue's tail.
    */
-  queueFull: [info: QueueFullInfo];
+  'notifier:queueFull': [info: QueueFullInfo];
   /** The queue drained to `queueUsageLowWater`: wake-ups resume and every subscription's `onListen` runs (catch up now). */
-  queueResumed: [info: QueueResumedInfo];
+  'notifier:queueResumed': [info: QueueResumedInfo];
   /** A background failure (connect attempt, health query, LISTEN); the notifier keeps trying. */
-  problem: [err: Error];
+  'notifier:problem': [err: Error];
 }

@@ -74,7 +74,7 @@ test('a poison event is dead-lettered after its attempts while other keys keep f
     batchSize: 50,
   });
   const retries: number[] = [];
-  relay.on('retry', (r) => retries.push(r.attempts));
+  relay.on('relay:retry', (r) => retries.push(r.attempts));
   const died = nextEvent<[{ event: OutboxEvent; attempts: number }]>(relay, 'dead');
   const poisonId = await herald.outbox.add({ type: 'poison', key: 'p' });
   const sameKeyId = await herald.outbox.add({ type: 'after-poison', key: 'p' });
@@ -118,7 +118,7 @@ test('the webhook sink signs the body, sends the event id as idempotency key, an
   const relay = herald.outbox.relay({ sink: webhookSink({ url, secret, timeoutMs: 300 }), retryBaseDelayMs: 20, pollIntervalMs: 50, maxAttempts: 100 });
   try {
     const errors: unknown[] = [];
-    relay.on('retry', (r) => errors.push(r.error));
+    relay.on('relay:retry', (r) => errors.push(r.error));
     const id = await herald.outbox.add({ type: 'hook.test', key: 'h', payload: { a: 1 }, headers: { x: 'y' } });
     await waitFor(() => errors.length >= 1, { what: 'a failed attempt (500)' });
     assert.match(String((errors[0] as Error).message), /500/);
@@ -172,7 +172,7 @@ test('a relay whose connections are terminated reports the problem, reconnects a
   const first = await herald.outbox.add({ type: 'term', key: 't' });
   await waitFor(() => seen.has(first), { what: 'the first event' });
   const problems: Error[] = [];
-  relay.on('problem', (e) => problems.push(e));
+  relay.on('relay:problem', (e) => problems.push(e));
   await terminateBackends(db.name);
   const ids: string[] = [];
   // The pool's idle clients were killed too: adding may need a retry.

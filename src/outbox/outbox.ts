@@ -145,7 +145,7 @@ export class Outbox {
   relay(options: RelayOptions): Relay {
     const relay = new Relay(this.#driver, this.#notifier, this.#s, this.channel, options);
     this.#relays.add(relay);
-    relay.once('stopped', () => this.#relays.delete(relay));
+    relay.once('relay:stopped', () => this.#relays.delete(relay));
     return relay.start();
   }
 

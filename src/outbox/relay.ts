@@ -65,17 +65,17 @@ function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions {
 }
 
 /** Events of a relay. */
-export interface RelayEvents extends Record<string, unknown[]> {
+export type RelayEvents = {
   /** A batch was published and marked (after its transaction committed). */
-  published: [events: OutboxEvent[]];
+  'relay:published': [events: OutboxEvent[]];
   /** An attempt failed; the event is retried after `delayMs` (database time). */
-  retry: [info: { event: OutboxEvent; error: unknown; attempts: number; delayMs: number }];
+  'relay:retry': [info: { event: OutboxEvent; error: unknown; attempts: number; delayMs: number }];
   /** An event reached `maxAttempts` and was dead-lettered. */
-  dead: [info: { event: OutboxEvent; error: unknown; attempts: number }];
+  'relay:dead': [info: { event: OutboxEvent; error: unknown; attempts: number }];
   /** A database failure (connection lost, ...); the relay retries with backoff. */
-  problem: [err: Error];
+  'relay:problem': [err: Error];
   /** The relay stopped. */
-  stopped: [];
+  'relay:stopped': [];
 }
 
 /** Counters of a relay. */
@@ -156,7 +156,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
     const loop: Loop = new Loop({
       turn: () => this.#turn(loop),
       pollIntervalMs: this.options.pollIntervalMs,
-      onError: (err) => this.emit('problem', err as Error),
+      onError: (err) => this.emit('relay:problem', err as Error),
       reconnects: this.#notifier,
     });
     this.#loop = loop;
@@ -180,7 +180,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
       this.#sub = undefined;
       if (this.options.closeSink) await this.#sink.close?.().catch(() => {});
       this.#stopping = undefined;
-      this.emit('stopped');
+      this.emit('relay:stopped');
     })());
   }
 
@@ -242,7 +242,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
     if (outcome.claimed === 0) return 0;
     this.#stats.batches++;
     this.#stats.published += outcome.ok.length;
-    if (outcome.ok.length) this.emit('published', outcome.ok);
+    if (outcome.ok.length) this.emit('relay:published', outcome.ok);
     const bySeq = new Map(outcome.marks.map((m) => [m.seq, m]));
     for (const f of outcome.failed) {
       const mark = bySeq.get(f.event.seq);
@@ -250,10 +250,10 @@ export class Relay extends TypedEmitter<RelayEvents> {
       this.#stats.failed++;
       if (mark?.dead) {
         this.#stats.dead++;
-        this.emit('dead', { event: f.event, error: f.error, attempts });
+        this.emit('relay:dead', { event: f.event, error: f.error, attempts });
       } else {
         this.#nextRetryAt = Math.min(this.#nextRetryAt, Date.now() + f.delayMs);
-        this.emit('retry', { event: f.event, error: f.error, attempts, delayMs: f.delayMs });
+        this.emit('relay:retry', { event: f.event, error: f.error, attempts, delayMs: f.delayMs });
       }
     }
     return outcome.claimed;

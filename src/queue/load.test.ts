@@ -64,7 +64,7 @@ describe('queue under load and faults', () => {
     const enqueuerUrl = new URL(db.url);
     enqueuerUrl.searchParams.set('application_name', 'load-enqueuer');
     const h = new Herald({ connectionString: enqueuerUrl.toString(), poolSize: 2 });
-    h.notifier.on('problem', () => {});
+    h.notifier.on('notifier:problem', () => {});
     let terminated = 0;
     // At random: each worker backend of the database dies with probability `p`.
     const terminateRound = (p: number) =>

@@ -149,7 +149,7 @@ describe('queue', () => {
     const firstRunning = deferred();
     const release = deferred();
     const lost = deferred<{ during: string }>();
-    a.queue.on('job:lease:lost', (info) => info.id === id && lost.resolve(info));
+    a.queue.on('job:leaseLost', (info) => info.id === id && lost.resolve(info));
     const wa = a.queue.work('fenced', async () => {
       firstRunning.resolve();
       await release.promise; // ignores its signal, like a worker stuck in a long pause
@@ -265,7 +265,7 @@ describe('queue', () => {
     const hs = [herald({ leaderTtlMs: 900 }), herald({ leaderTtlMs: 900 }), herald({ leaderTtlMs: 900 })];
     const events: { tick: string; id: string }[] = [];
     for (const h of hs) {
-      h.queue.on('cron:enqueued', (e) => events.push({ tick: e.tick.toISOString(), id: e.id }));
+      h.queue.on('job:cronEnqueued', (e) => events.push({ tick: e.tick.toISOString(), id: e.id }));
       h.queue.schedule('each-second', '* * * * * *', 'tick-once');
     }
     await waitFor(() => events.length >= 3, { timeoutMs: 20_000 });

@@ -117,7 +117,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
   }
 
   /** @internal used by workers */
-  emitEvent(event: string, ...args: unknown[]): void {
+  emitEvent<K extends keyof QueueEvents & string>(event: K, ...args: QueueEvents[K]): void {
     (this.emit as (e: string, ...a: unknown[]) => void).call(this, event, ...args);
   }
 
@@ -236,7 +236,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
         for (const w of this.#workers) w.wake();
       },
     });
-    this.#sub.established.catch((err) => this.emit('problem', err));
+    this.#sub.established.catch((err) => this.emit('job:problem', err));
     this.#every(this.options.rescueIntervalMs, () => this.rescue());
     if (this.options.retentionMs > 0) this.#every(this.options.retentionIntervalMs, () => this.prune());
     this.#every(Math.min(1000, Math.floor(this.options.leaderTtlMs / 3)), () => this.#cronTick());
@@ -248,7 +248,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
       if (running) return;
       running = true;
       fn()
-        .catch((err) => this.emit('problem', err))
+        .catch((err) => this.emit('job:problem', err))
         .finally(() => (running = false));
     }, ms);
     t.unref();
@@ -265,7 +265,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
       dead += rows.filter((r) => r.state === 'dead').length;
       if (rows.length < 1000) break;
     }
-    if (total > 0) this.emit('rescue:swept', { rescued: total - dead, dead });
+    if (total > 0) this.emit('job:rescued', { rescued: total - dead, dead });
     return total;
   }
 
@@ -279,7 +279,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
       total += n;
       if (n < this.options.retentionBatchSize) break;
     }
-    if (total > 0) this.emit('retention:swept', { deleted: total });
+    if (total > 0) this.emit('job:retentionSwept', { deleted: total });
     return total;
   }
 
@@ -291,7 +291,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
     const leader = await q.leaderAcquire(this.executor, this.schemaSql, 'cron', this.#holder, this.options.leaderTtlMs);
     if (leader !== this.#leader) {
       this.#leader = leader;
-      this.emit('leader:changed', { leader });
+      this.emit('job:cronLeader', { leader });
     }
     if (!leader) return;
     const now = await q.dbNow(this.executor);
@@ -303,13 +303,13 @@ export class Queue extends TypedEmitter<QueueEvents> {
         const [r] = await this.enqueueMany([{ ...c.options, kind: c.kind, payload: c.payload }], { tx });
         return r.id;
       });
-      if (id) this.emit('cron:enqueued', { name: c.name, tick, id });
+      if (id) this.emit('job:cronEnqueued', { name: c.name, tick, id });
     }
   }
 
   async #resign(): Promise<void> {
     this.#leader = false;
-    this.emit('leader:changed', { leader: false });
+    this.emit('job:cronLeader', { leader: false });
     await q.leaderRelease(this.executor, this.schemaSql, 'cron', this.#holder);
   }
 

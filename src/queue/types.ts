@@ -229,23 +229,23 @@ export interface JobInfo {
 }
 
 /** Events of the queue (`herald.queue.on(name, fn)`). */
-export interface QueueEvents extends Record<string, unknown[]> {
+export type QueueEvents = {
   /** A job's handler finished and its completion was recorded. */
   'job:completed': [info: { id: string; kind: string; stage: string | null }];
   /** A handler threw; the job was retried or went dead. */
   'job:failed': [info: { id: string; kind: string; error: unknown; state: string }];
   /** A worker's completion, failure or heartbeat was rejected: its lease was lost (rescued, cancelled or claimed again). */
-  'job:lease:lost': [info: { id: string; kind: string; fence: number; during: 'complete' | 'fail' | 'heartbeat' }];
+  'job:leaseLost': [info: { id: string; kind: string; fence: number; during: 'complete' | 'fail' | 'heartbeat' }];
   /** The rescue sweep made jobs with expired leases available again (or dead). */
-  'rescue:swept': [info: { rescued: number; dead: number }];
+  'job:rescued': [info: { rescued: number; dead: number }];
   /** The retention sweep deleted finished jobs. */
-  'retention:swept': [info: { deleted: number }];
+  'job:retentionSwept': [info: { deleted: number }];
   /** This process became or stopped being the cron leader. */
-  'leader:changed': [info: { leader: boolean }];
+  'job:cronLeader': [info: { leader: boolean }];
   /** A cron tick was enqueued by this process. */
-  'cron:enqueued': [info: { name: string; tick: Date; id: string }];
+  'job:cronEnqueued': [info: { name: string; tick: Date; id: string }];
   /** A background failure (claim, flush, heartbeat, sweep); the queue keeps going. */
-  problem: [err: Error];
+  'job:problem': [err: Error];
 }
 
 /** The short view of a job that the CLI (`herald jobs list`) and the dashboard show. */

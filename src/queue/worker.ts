@@ -17,7 +17,7 @@ import {
   type FinishBatch,
   type QueueChannels,
 } from './queries.js';
-import { outcomeKind, outcomeOf, type Job, type JobHandler, type ResolvedQueueOptions } from './types.js';
+import { outcomeKind, outcomeOf, type Job, type JobHandler, type ResolvedQueueOptions, type QueueEvents } from './types.js';
 
 /** What a worker needs from its queue. */
 export interface WorkerHost {
@@ -25,11 +25,11 @@ export interface WorkerHost {
   readonly schemaSql: string;
   readonly channels: QueueChannels;
   readonly options: ResolvedQueueOptions;
-  /** The notifier: its `reconnected` event cuts a worker's error backoff short. */
+  /** The notifier: its `notifier:reconnected` event cuts a worker's error backoff short. */
   readonly notifier: ReconnectSource;
-  emitEvent(event: string, ...args: unknown[]): void;
+  emitEvent<K extends keyof QueueEvents & string>(event: K, ...args: QueueEvents[K]): void;
   /** Whether anyone listens to `event` (so a hot path can skip building its payload). */
-  hasListeners(event: string): boolean;
+  hasListeners(event: keyof QueueEvents & string): boolean;
 }
 
 interface Held {
@@ -387,7 +387,7 @@ export class Worker {
         f.recorded = true;
         this.#held.delete(f.id);
         const state = states.get(f.id);
-        if (!state) this.host.emitEvent('job:lease:lost', { id: f.id, kind: f.kind, fence: f.fence, during: 'fail' });
+        if (!state) this.host.emitEvent('job:leaseLost', { id: f.id, kind: f.kind, fence: f.fence, during: 'fail' });
         else if (f.snoozeMs === null) this.host.emitEvent('job:failed', { id: f.id, kind: f.kind, error: f.errorValue ?? f.error, state });
       }
     }
@@ -399,7 +399,7 @@ export class Worker {
     for (const f of batch) {
       f.recorded = true;
       this.#held.delete(f.id);
-      if (missed?.has(f.id)) this.host.emitEvent('job:lease:lost', { id: f.id, kind: f.kind, fence: f.fence, during: 'complete' });
+      if (missed?.has(f.id)) this.host.emitEvent('job:leaseLost', { id: f.id, kind: f.kind, fence: f.fence, during: 'complete' });
       else if (events) this.host.emitEvent('job:completed', { id: f.id, kind: f.kind, stage: f.stage });
     }
   }
@@ -430,7 +430,7 @@ export class Worker {
       // Lost: rescued after a lease expiry, cancelled, or claimed by another worker.
       h.lost = true;
       abortHeld(h, new HeraldError('LEASE_LOST', `job ${h.row.id} attempt ${h.row.attempt}: lease lost`));
-      this.host.emitEvent('job:lease:lost', { id: h.row.id, kind: this.kind, fence: h.row.attempt, during: 'heartbeat' });
+      this.host.emitEvent('job:leaseLost', { id: h.row.id, kind: this.kind, fence: h.row.attempt, during: 'heartbeat' });
       const i = this.#pending.indexOf(h.row);
       if (i >= 0) {
         this.#pending.splice(i, 1);
@@ -446,7 +446,7 @@ export class Worker {
   }
 
   #problem(err: unknown): void {
-    this.host.emitEvent('problem', err instanceof Error ? err : new Error(String(err)));
+    this.host.emitEvent('job:problem', err instanceof Error ? err : new Error(String(err)));
   }
 
   /**

@@ -88,7 +88,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     const loop: Loop = new Loop({
       turn: () => this.#turn(loop, row),
       pollIntervalMs: this.options.pollIntervalMs,
-      onError: (err) => this.emit('problem', err),
+      onError: (err) => this.emit('topic:problem', err),
       reconnects: this.#host.notifier,
     });
     const sub = this.#host.notifier.listen(
@@ -108,7 +108,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
       await this.stop();
       throw err;
     }
-    this.emit('started');
+    this.emit('topic:started');
   }
 
   /** Stops after the batch in flight (which commits or rolls back); leaves no timer or listener. Idempotent. */
@@ -122,7 +122,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     if (this.#loop !== loop) return; // a concurrent stop() finished
     this.#loop = undefined;
     this.#host.forget();
-    this.emit('stopped');
+    this.emit('topic:stopped');
   }
 
   /** One turn of the loop: a batch; then at once again, or idle until a wake-up, the horizon re-check or the poll. */
@@ -181,14 +181,14 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         this.#pending = undefined;
         if (r && p) {
           this.consumed += p.count;
-          this.emit('batch', p);
+          this.emit('topic:batch', p);
         }
         return r;
       });
     } catch (err) {
       this.#pending = undefined;
       if (err === HANDLER && handlerError) {
-        this.emit('handlerError', handlerError);
+        this.emit('topic:handlerError', handlerError);
         return 'retry';
       }
       throw err;
@@ -216,7 +216,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         position: formatPosition(b.cursor_xid, b.cursor_id),
         oldestPosition: oldest ? formatPosition(oldest.xid, oldest.id) : null,
       };
-      this.emit('behind', { ...info, error: new TopicRetentionError(info) });
+      this.emit('topic:behind', { ...info, error: new TopicRetentionError(info) });
     }
     for (const k of [...this.#reported.keys()]) if (!now.has(k)) this.#reported.delete(k);
   }

@@ -107,8 +107,8 @@ test('consumers survive a SIGKILLed and restarted server: every message committe
     );
     const handlerErrors: unknown[] = [];
     for (const c of consumers) {
-      c.on('problem', (e) => problems.push(e));
-      c.on('handlerError', (e) => handlerErrors.push(e));
+      c.on('topic:problem', (e) => problems.push(e));
+      c.on('topic:handlerError', (e) => handlerErrors.push(e));
       await c.start();
     }
     const total = 600;

@@ -33,9 +33,9 @@ test('a group behind retention gets the behind event with the oldest position, n
   const slowSeen: number[] = [];
   const slow = herald.topics.consumer<number>('ret', 'slow', ({ messages }) => void slowSeen.push(...messages.map((m) => m.payload)));
   const behind: BehindInfo[] = [];
-  slow.on('behind', (b) => behind.push(b));
+  slow.on('topic:behind', (b) => behind.push(b));
   const fastBehind: unknown[] = [];
-  fast.on('behind', (b) => fastBehind.push(b));
+  fast.on('topic:behind', (b) => fastBehind.push(b));
   await slow.start();
   await waitFor(() => behind.length === 2, { what: 'behind events for both partitions' });
   const oldest = published[300].position;

@@ -94,7 +94,7 @@ test('the position commits with the handler writes; a throwing handler rolls bot
     }
   }, { retryDelayMs: 10 });
   const errors: unknown[] = [];
-  c.on('handlerError', (e) => errors.push(e));
+  c.on('topic:handlerError', (e) => errors.push(e));
   await c.start();
   await herald.topics.publishMany('exact', [1, 2, 3].map((payload) => ({ payload })));
   await waitFor(async () => (await herald.driver.executor.query('SELECT count(*)::int AS n FROM sink')).rows[0].n === 3);
@@ -158,7 +158,7 @@ test("a new group starts at 'latest' or at a point in time", async () => {
   assert.deepEqual(latest, [6]);
   assert.deepEqual([...fromTime].sort(), [4, 5, 6]);
   // Reset to a time replays from there; to 'latest' skips what is there.
-  const replay = new Promise<void>((resolve) => a.on('batch', () => latest.length >= 4 && resolve()));
+  const replay = new Promise<void>((resolve) => a.on('topic:batch', () => latest.length >= 4 && resolve()));
   assert.equal(await herald.topics.resetGroup('starts', 'latest', cut), 3);
   await replay;
   assert.deepEqual([...latest].sort(), [4, 5, 6, 6]);

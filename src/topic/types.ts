@@ -144,17 +144,17 @@ export class TopicRetentionError extends HeraldError {
 /** Events of a {@link TopicConsumer}. */
 export type ConsumerEvents = {
   /** A batch committed. */
-  batch: [{ partition: number; count: number; position: TopicPosition }];
+  'topic:batch': [{ partition: number; count: number; position: TopicPosition }];
   /** A key partition of the group is behind retention; it is not consumed until the group is reset. */
-  behind: [BehindInfo & { error: TopicRetentionError }];
+  'topic:behind': [BehindInfo & { error: TopicRetentionError }];
   /** The handler threw; the batch rolled back and is retried after `retryDelayMs`. */
-  handlerError: [{ partition: number; error: unknown }];
+  'topic:handlerError': [{ partition: number; error: unknown }];
   /** A background failure (connection lost...); the consumer keeps trying. */
-  problem: [unknown];
+  'topic:problem': [unknown];
   /** The consumer is running. */
-  started: [];
+  'topic:started': [];
   /** The consumer stopped. */
-  stopped: [];
+  'topic:stopped': [];
 };
 
 /** Longest message key (UTF-8 bytes). */

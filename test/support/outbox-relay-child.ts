@@ -29,8 +29,8 @@ const relay = herald.outbox.relay({
       send({ t: 'pub', id: e.id, key: e.key, seq: e.seq });
     }),
 });
-relay.on('published', (events) => send({ t: 'marked', n: events.length }));
-relay.on('problem', (err) => send({ t: 'problem', message: err.message }));
+relay.on('relay:published', (events) => send({ t: 'marked', n: events.length }));
+relay.on('relay:problem', (err) => send({ t: 'problem', message: err.message }));
 send({ t: 'ready', pid: process.pid });
 
 async function stop(): Promise<void> {

@@ -29,11 +29,11 @@ const herald = createHerald({
 let dupErrors = 0;
 let otherErrors = 0;
 let problems = 0;
-herald.mailbox.on('handlerError', ({ error }) => {
+herald.mailbox.on('message:handlerError', ({ error }) => {
   if ((error as { code?: string })?.code === '23505') dupErrors++;
   else otherErrors++;
 });
-herald.mailbox.on('problem', () => problems++);
+herald.mailbox.on('message:problem', () => problems++);
 
 const consumers = cfg.destinations.map((to) =>
   herald.mailbox.consume(
