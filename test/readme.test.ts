@@ -1,18 +1,20 @@
 /**
- * The README is the contract: every ```ts block in it is run, as written, against a
+ * The README and docs/ are the contract: every ```ts block in them is run, as written, against a
  * fresh database (with `pgherald` resolved to this checkout's sources). Blocks fenced
  * as ```typescript are fragments and are not run.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { freshDatabase, type TestDatabase } from './support/db.js';
 
 const root = new URL('..', import.meta.url).pathname;
-const readme = readFileSync(join(root, 'README.md'), 'utf8');
-const blocks = [...readme.matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m) => m[1]);
+const pages = ['README.md', ...readdirSync(join(root, 'docs')).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
+const blocks = pages.flatMap((page) =>
+  [...readFileSync(join(root, page), 'utf8').matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m) => ({ page, code: m[1] })),
+);
 const dir = mkdtempSync(join(root, 'test', '.readme-'));
 const dbs: TestDatabase[] = [];
 after(async () => {
@@ -30,11 +32,11 @@ function run(file: string, env: Record<string, string>): Promise<{ code: number 
   });
 }
 
-describe('README examples', () => {
+describe('README and docs examples', () => {
   it('has runnable examples', () => assert.ok(blocks.length > 0));
-  blocks.forEach((code, i) => {
-    const title = code.split('\n').find((l) => l.trim() && !l.startsWith('import'))?.trim().slice(0, 60);
-    it(`example ${i + 1} runs: ${title}`, async () => {
+  blocks.forEach(({ page, code }, i) => {
+    const title = code.split('\n').find((l) => l.trim() && !l.startsWith('import'))?.trim().slice(0, 50);
+    it(`example ${i + 1} (${page}) runs: ${title}`, async () => {
       const db = await freshDatabase({ migrated: false });
       dbs.push(db);
       const file = join(dir, `example-${i + 1}.ts`);
