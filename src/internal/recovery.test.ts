@@ -89,7 +89,7 @@ describe('consumers recover at once when the listen connection comes back (priva
     running = await startConsumers(herald);
     await deliverAll(herald, running, 'before');
 
-    const lost = nextEvent(herald.notifier, 'lost', 60_000);
+    const lost = nextEvent(herald.notifier, 'notifier:lost', 60_000);
     await pc.cluster.stop();
     await lost;
     // Each loop polls every 100 ms: its next look fails and it enters the backoff.
@@ -97,7 +97,7 @@ describe('consumers recover at once when the listen connection comes back (priva
     await waitFor(() => p.queue > 0 && p.mailbox > 0 && p.relay > 0 && p.topic > 0, { timeoutMs: 60_000, what: 'every consumer failing' });
     const failed = { ...p };
 
-    const reconnected = nextEvent(herald.notifier, 'reconnected', 120_000);
+    const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 120_000);
     await pc.cluster.restart();
     await reconnected;
     await deliverAll(herald, running, 'after');
@@ -116,7 +116,7 @@ describe('consumers recover at once when the listen connection comes back (priva
     const timersBefore = timers();
     const database = new URL(pc.url).pathname.slice(1) || 'postgres';
     for (let i = 0; i < 50; i++) {
-      const reconnected = nextEvent(herald.notifier, 'reconnected', 60_000);
+      const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 60_000);
       const n = await terminateBackends(database, { applicationName: LISTEN_APPLICATION_NAME }, pc.url);
       assert.equal(n, 1, `reconnect ${i + 1}: one listen session terminated`);
       await reconnected;

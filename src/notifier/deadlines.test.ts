@@ -61,7 +61,7 @@ describe('notifier deadlines over postgres.js', () => {
     const herald = new Herald({ sql, listenConnectionString: proxy.url(db.url), notifier: { ...FAST, statementTimeoutMs: 600_000 } });
     try {
       await herald.listen('pjs-before').established;
-      const lost = nextEvent(herald.notifier, 'lost', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
+      const lost = nextEvent(herald.notifier, 'notifier:lost', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
       proxy.blackhole();
       const pending = herald.listen('pjs-mid-listen');
       await lost;
@@ -86,7 +86,7 @@ describe('notifier deadlines over postgres.js', () => {
       poolProxy.blackhole();
       assert.equal(await terminateBackends(db.name, { applicationName: LISTEN_APPLICATION_NAME }), 1);
       await waitFor(() => problems.filter((e) => (e as HeraldError).code === 'TIMEOUT').length >= 2, { what: 'two probes timing out', timeoutMs: 30_000 });
-      const reconnected = nextEvent(herald.notifier, 'reconnected', 30_000);
+      const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 30_000);
       poolProxy.pass();
       await reconnected;
       await delivers(herald, 'pjs-probe', 'probe ok');
@@ -151,10 +151,10 @@ describe('notifier deadlines', () => {
       const keep = herald.listen('keep');
       const leave = herald.listen('leave');
       await Promise.all([keep.established, leave.established]);
-      const reconnected = nextEvent(herald.notifier, 'reconnected', 30_000);
+      const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 30_000);
       proxy.blackhole();
       await leave.close(); // its UNLISTEN goes into the hole
-      await nextEvent(herald.notifier, 'lost', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
+      await nextEvent(herald.notifier, 'notifier:lost', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
       proxy.pass();
       await reconnected;
       assert.deepEqual(await herald.notifier.serverChannels(), ['keep']);
@@ -206,7 +206,7 @@ describe('notifier deadlines', () => {
       assert.equal(await terminateBackends(db.name, { applicationName: LISTEN_APPLICATION_NAME }), 1);
       await waitFor(() => timeouts() >= 2, { what: 'two probes timing out', timeoutMs: 30_000 });
       assert.equal(herald.notifier.status, 'reconnecting');
-      const reconnected = nextEvent(herald.notifier, 'reconnected', 30_000);
+      const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 30_000);
       poolProxy.pass();
       await reconnected;
       await delivers(herald, 'probe-hole', 'probe ok');
@@ -226,7 +226,7 @@ describe('notifier deadlines', () => {
     try {
       const sub = herald.listen('all-dark');
       await sub.established;
-      const reconnected = nextEvent(herald.notifier, 'reconnected', bound);
+      const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', bound);
       proxy.blackhole();
       // Traffic while dark: a LISTEN on the listen session, a statement through the pool.
       const pending = herald.listen('dark-listen');
@@ -293,7 +293,7 @@ describe('notifier deadlines', () => {
       const sub = herald.listen('churn');
       await sub.established;
       const reconnectOnce = async () => {
-        const reconnected = nextEvent(herald.notifier, 'reconnected', 30_000);
+        const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 30_000);
         await waitFor(async () => (await terminateBackends(db.name, { applicationName: LISTEN_APPLICATION_NAME })) === 1, {
           what: 'the listen backend to terminate',
         });

@@ -41,7 +41,7 @@ describe('notifier under faults', () => {
       await waitFor(() => relistened === 1, { what: 'first onListen' });
       for (let round = 1; round <= 3; round++) {
         const reconnected = nextEvent<[{ attempts: number }]>(herald.notifier, 'reconnected');
-        const lost = nextEvent(herald.notifier, 'lost');
+        const lost = nextEvent(herald.notifier, 'notifier:lost');
         assert.equal(await terminateBackends(db.name, { applicationName: LISTEN_APPLICATION_NAME }), 1);
         await lost;
         await reconnected;
@@ -68,7 +68,7 @@ describe('notifier under faults', () => {
       const sub = herald.listen('restart');
       await sub.established;
       for (const fault of ['restart', 'kill'] as const) {
-        const reconnected = nextEvent(herald.notifier, 'reconnected', 60_000);
+        const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 60_000);
         if (fault === 'restart') await pc.cluster.stop();
         else await pc.cluster.kill();
         await waitFor(() => herald.notifier.status === 'reconnecting', { what: 'reconnecting status' });
@@ -101,7 +101,7 @@ describe('notifier under faults', () => {
       proxy.blackhole(); // the socket stays open and nothing passes: no error will ever come
       await lost;
       proxy.pass();
-      await nextEvent(herald.notifier, 'reconnected', 30_000);
+      await nextEvent(herald.notifier, 'notifier:reconnected', 30_000);
       await deliveryResumes(herald, sub, 'after blackhole');
       assert.equal(herald.notifier.status, 'listening');
     } finally {
@@ -116,7 +116,7 @@ describe('notifier under faults', () => {
     try {
       const sub = herald.listen('cut');
       await sub.established;
-      const reconnected = nextEvent(herald.notifier, 'reconnected');
+      const reconnected = nextEvent(herald.notifier, 'notifier:reconnected');
       proxy.cut();
       await reconnected;
       await deliveryResumes(herald, sub, 'after cut');

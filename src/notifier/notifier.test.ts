@@ -278,7 +278,7 @@ describe('notifier', () => {
     const herald = new Herald({ connectionString: db.url, notifier: { healthCheckIntervalMs: 100, queueUsageIntervalMs: 100 } });
     const sub = herald.listen('leak-check');
     await sub.established;
-    await nextEvent(herald.notifier, 'queueUsage');
+    await nextEvent(herald.notifier, 'notifier:queueUsage');
     assert.ok(count() > baseline);
     await herald.notifier.stop();
     assert.equal(herald.notifier.status, 'stopped');

@@ -37,7 +37,7 @@ describe('notifier behind PgBouncer', { skip: missing }, () => {
     const bouncer = await startPgBouncer(db.url, 'transaction');
     const herald = new Herald({ connectionString: bouncer.url(db.url), notifier: OPTIONS });
     try {
-      const failed = nextEvent(herald.notifier, 'status', 30_000);
+      const failed = nextEvent(herald.notifier, 'notifier:status', 30_000);
       const sub = herald.listen('via-transaction-pool');
       await assert.rejects(sub.established, (e: unknown) => e instanceof ListenNotSessionError && e.code === 'LISTEN_NOT_SESSION');
       await failed;

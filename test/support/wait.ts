@@ -56,9 +56,9 @@ export function waitForCount(
 }
 
 /** Resolves with the arguments of the next `event` on an emitter with `once`, or rejects after `timeoutMs`. */
-export function nextEvent<A extends unknown[]>(
-  emitter: { once(event: string, fn: (...args: any[]) => void): unknown },
-  event: string,
+export function nextEvent<A extends unknown[], E extends { once(event: any, fn: (...args: any[]) => void): unknown } = { once(event: string, fn: (...args: any[]) => void): unknown }>(
+  emitter: E,
+  event: Parameters<E['once']>[0] & string,
   timeoutMs = 15_000,
 ): Promise<A> {
   return new Promise((resolve, reject) => {
