@@ -126,8 +126,8 @@ describe('notifier deadlines', () => {
     try {
       const first = herald.listen('before-hole');
       await first.established;
-      const lost = nextEvent<[Error | undefined]>(herald.notifier, 'lost', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
-      const problem = nextEvent<[Error]>(herald.notifier, 'problem', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
+      const lost = nextEvent(herald.notifier, 'notifier:lost', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
+      const problem = nextEvent(herald.notifier, 'notifier:problem', 20 * (FAST.healthCheckIntervalMs + FAST.healthCheckTimeoutMs));
       proxy.blackhole();
       const pending = herald.listen('mid-listen'); // its LISTEN goes into the hole
       const [err] = await problem;
@@ -175,7 +175,7 @@ describe('notifier deadlines', () => {
     });
     try {
       await herald.listen('first').established;
-      const problem = nextEvent<[Error]>(herald.notifier, 'problem', 30_000);
+      const problem = nextEvent(herald.notifier, 'notifier:problem', 30_000);
       proxy.blackhole();
       const pending = herald.listen('stuck-listen');
       const [err] = await problem;

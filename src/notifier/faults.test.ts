@@ -40,7 +40,7 @@ describe('notifier under faults', () => {
       herald.listen('after-terminate', { onListen: () => relistened++ });
       await waitFor(() => relistened === 1, { what: 'first onListen' });
       for (let round = 1; round <= 3; round++) {
-        const reconnected = nextEvent<[{ attempts: number }]>(herald.notifier, 'reconnected');
+        const reconnected = nextEvent(herald.notifier, 'notifier:reconnected');
         const lost = nextEvent(herald.notifier, 'notifier:lost');
         assert.equal(await terminateBackends(db.name, { applicationName: LISTEN_APPLICATION_NAME }), 1);
         await lost;
@@ -97,7 +97,7 @@ describe('notifier under faults', () => {
     try {
       const sub = herald.listen('blackhole');
       await sub.established;
-      const lost = nextEvent<[Error | undefined]>(herald.notifier, 'lost');
+      const lost = nextEvent(herald.notifier, 'notifier:lost');
       proxy.blackhole(); // the socket stays open and nothing passes: no error will ever come
       await lost;
       proxy.pass();
@@ -137,7 +137,7 @@ describe('notifier under faults', () => {
       herald.notifier.on('notifier:problem', () => failures++);
       await waitFor(() => failures >= 10, { what: 'ten failed attempts' });
       assert.equal(herald.notifier.status, 'reconnecting');
-      const reconnected = nextEvent<[{ attempts: number }]>(herald.notifier, 'reconnected', 60_000);
+      const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 60_000);
       await pc.cluster.restart();
       const [info] = await reconnected;
       assert.ok(info.attempts >= 9);

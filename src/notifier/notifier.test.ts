@@ -122,7 +122,7 @@ describe('notifier', () => {
     try {
       const stuck = herald.listen('busy', () => new Promise(() => {})); // a handler that never returns
       const idle = herald.listen('busy'); // an iterator nobody reads
-      const overflow = nextEvent<[{ channel: string }]>(herald.notifier, 'overflow');
+      const overflow = nextEvent(herald.notifier, 'notifier:overflow');
       const fast: Notification[] = [];
       const allFast = deferred();
       const total = 2000;
@@ -261,7 +261,7 @@ describe('notifier', () => {
   it('samples notification-queue usage and warns at the threshold', async () => {
     const herald = new Herald({ connectionString: db.url, notifier: { ...FAST, queueUsageWarnThreshold: 0 } });
     try {
-      const warning = nextEvent<[number]>(herald.notifier, 'queueWarning');
+      const warning = nextEvent(herald.notifier, 'notifier:queueWarning');
       const usage = await herald.notifier.sampleQueueUsage();
       assert.ok(usage >= 0 && usage <= 1);
       assert.equal((await warning)[0], usage);

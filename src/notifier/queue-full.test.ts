@@ -100,7 +100,7 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     await stalled.query('BEGIN');
     await stalled.query('SELECT 1');
     const stalledPid = (await stalled.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
-    const hcFull = nextEvent<[QueueFullInfo]>(hc.notifier, 'queueFull', 30_000);
+    const hcFull = nextEvent(hc.notifier, 'notifier:queueFull', 30_000);
     const filler = await connect();
     for (let i = 0; ; i++) {
       try {
@@ -128,7 +128,7 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     }
 
     // Writes. On 17+ the first of each producer meets 54000 and commits through the retry.
-    const sendFull = canFill ? nextEvent<[QueueFullInfo]>(pSend.notifier, 'queueFull') : undefined;
+    const sendFull = canFill ? nextEvent(pSend.notifier, 'notifier:queueFull') : undefined;
     assert.deepEqual(await pSend.mailbox.send({ to: 'qf', id: 'm1', payload: 'one' }), { id: 'm1', created: true });
     if (sendFull) {
       const [info] = await sendFull;
@@ -141,7 +141,7 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     await pPub.topics.publish('qf', 1);
     await pPub.topics.publishMany('qf', [{ payload: 2 }, { payload: 3, key: 'k' }]);
     // A process that only writes samples the usage itself from its first write on.
-    const outFull = nextEvent<[QueueFullInfo]>(pOut.notifier, 'queueFull');
+    const outFull = nextEvent(pOut.notifier, 'notifier:queueFull');
     await pOut.outbox.add({ type: 'qf', payload: 1 });
     assert.equal((await outFull)[0].reason, 'usage');
     await pOut.outbox.addMany([{ type: 'qf', payload: 2, key: 'k' }]);
@@ -190,7 +190,7 @@ test('a stalled listener fills the queue: every write commits and is consumed, q
     // The stalled session ends: the queue drains, wake-ups resume by themselves.
     const paused = [hc, pSend, pEnq, pPub, pOut, pTx];
     assert.deepEqual(paused.map((h) => h.notifier.wakeups), [false, false, false, false, false, false]);
-    const resumed = paused.map((h) => nextEvent<[QueueResumedInfo]>(h.notifier, 'queueResumed', 30_000));
+    const resumed = paused.map((h) => nextEvent(h.notifier, 'notifier:queueResumed', 30_000));
     await stalled.query('COMMIT');
     const [[r]] = await Promise.all(resumed);
     assert.ok(r.usage <= water.queueUsageLowWater);

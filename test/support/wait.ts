@@ -56,16 +56,16 @@ export function waitForCount(
 }
 
 /** Resolves with the arguments of the next `event` on an emitter with `once`, or rejects after `timeoutMs`. */
-export function nextEvent<A extends unknown[], E extends { once(event: any, fn: (...args: any[]) => void): unknown } = { once(event: string, fn: (...args: any[]) => void): unknown }>(
+export function nextEvent<E extends { once(event: any, fn: (...args: any[]) => void): unknown }>(
   emitter: E,
   event: Parameters<E['once']>[0] & string,
   timeoutMs = 15_000,
-): Promise<A> {
+): Promise<any[]> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`timed out waiting for event ${event}`)), timeoutMs);
     emitter.once(event, (...args: unknown[]) => {
       clearTimeout(timer);
-      resolve(args as A);
+      resolve(args);
     });
   });
 }
