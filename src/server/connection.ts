@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { truncateUtf8 } from './http.js';
 import type { Principal } from './auth.js';
+import { sseFrame } from './sse.js';
 
 /** Why a connection ended; also the `reason` label of the disconnect metric. */
 export type CloseReason =
@@ -356,7 +357,7 @@ export class SseConnection extends Connection {
       connection: 'close',
       'x-accel-buffering': 'no',
     });
-    this.res.write(`event: ready\ndata: ${JSON.stringify(ready)}\n\n`);
+    this.res.write(sseFrame('ready', JSON.stringify(ready)));
     this.markStarted();
   }
 
@@ -377,7 +378,7 @@ export class SseConnection extends Connection {
   protected end(reason: CloseReason, message: string): void {
     if (this.res.destroyed) return;
     if (!this.res.headersSent) return void this.res.destroy();
-    this.res.end(`event: close\ndata: ${JSON.stringify({ code: reason.toUpperCase(), reason: message })}\n\n`);
+    this.res.end(sseFrame('close', JSON.stringify({ code: reason.toUpperCase(), reason: message })));
   }
   protected destroy(): void {
     this.res.destroy();

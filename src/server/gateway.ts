@@ -5,6 +5,7 @@ import { InvalidOptionError } from '../errors.js';
 import { FrameBatch, wsTextFrame, type Connection, type Format } from './connection.js';
 import { HttpError } from './http.js';
 import type { DurableStreamSource, StreamEvent } from './stream.js';
+import { sseFrame } from './sse.js';
 
 /** Options of the fan-out core (the server passes its own). */
 export interface GatewayOptions {
@@ -79,11 +80,6 @@ const SLICE_MS = 5;
 /** Renders a JSON string value once. */
 const q = JSON.stringify;
 
-function sseData(data: string): string {
-  let out = '';
-  for (const line of data.split(/\r\n|\r|\n/)) out += `data: ${line}\n`;
-  return out;
-}
 
 /**
  * The fan-out core: maps client topics to channels the server controls (prefix + cap),
@@ -256,7 +252,7 @@ export class Gateway {
   #gap(conn: Connection, what: 'topic' | 'stream', name: string, after: string | null, reason: string): void {
     this.counters.gaps++;
     const body = `{"type":"gap","${what}":${q(name)},"after":${q(after)},"reason":${q(reason)}}`;
-    conn.enqueue(conn.wire(Buffer.from(conn.format === 'ws' ? body : `event: gap\ndata: ${body}\n\n`)));
+    conn.enqueue(conn.wire(Buffer.from(conn.format === 'ws' ? body : sseFrame('gap', body))));
   }
 
   #openHub(topic: string, channel: string): Hub {
@@ -340,8 +336,8 @@ export class Gateway {
     let frame = e.frames[format];
     if (!frame) {
       if (format === 'ws') frame = wsTextFrame(Buffer.from(`{"type":"event","topic":${q(hub.topic)},"id":"${e.id}","data":${q(e.payload)}}`));
-      else if (format === 'sse') frame = Buffer.from(`id: ${e.id}\nevent: notification\n${sseData(e.payload)}\n`);
-      else frame = Buffer.from(`id: ${e.id}\nevent: notification\ndata: {"topic":${q(hub.topic)},"data":${q(e.payload)}}\n\n`);
+      else if (format === 'sse') frame = Buffer.from(sseFrame('notification', e.payload, e.id));
+      else frame = Buffer.from(sseFrame('notification', `{"topic":${q(hub.topic)},"data":${q(e.payload)}}`, e.id));
       e.frames[format] = frame;
     }
     return frame;
@@ -370,8 +366,8 @@ export class Gateway {
     const render = (e: StreamEvent): Buffer => {
       const event = e.event ?? 'message';
       if (conn.format === 'ws') return wsTextFrame(Buffer.from(`{"type":"event","stream":${q(label)},"id":${q(e.id)},"event":${q(event)},"data":${q(e.data)}}`));
-      if (conn.format === 'sse') return Buffer.from(`id: ${e.id}\nevent: ${event}\n${sseData(e.data)}\n`);
-      return Buffer.from(`id: ${e.id}\nevent: ${event}\ndata: {"stream":${q(label)},"data":${q(e.data)}}\n\n`);
+      if (conn.format === 'sse') return Buffer.from(sseFrame(event, e.data, e.id));
+      return Buffer.from(sseFrame(event, `{"stream":${q(label)},"data":${q(e.data)}}`, e.id));
     };
     // (A source that throws synchronously is handled like one that rejects.)
     const opened = Promise.resolve().then(() => source.open(name, after, {
@@ -390,7 +386,7 @@ export class Gateway {
         cleanup();
         if (conn.subscriptions.get(key) === cleanup) conn.subscriptions.delete(key);
         const body = `{"type":"end","stream":${q(label)},"reason":${q(reason)}}`;
-        conn.enqueue(conn.wire(Buffer.from(conn.format === 'ws' ? body : `event: end\ndata: ${body}\n\n`)));
+        conn.enqueue(conn.wire(Buffer.from(conn.format === 'ws' ? body : sseFrame('end', body))));
       },
     }));
     try {

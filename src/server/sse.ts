@@ -1,6 +1,19 @@
 import type { SseConnection } from './connection.js';
 
 /**
+ * The one Server-Sent Events frame writer of the server (gateway topics and streams,
+ * part streams, the `ready` and `close` events): `id:` when given, `event:`, then one
+ * `data:` line per line of `data` (CR, LF and CRLF all split, so a payload can never
+ * end a frame early or forge a field), then the blank line.
+ */
+export function sseFrame(event: string, data: string, id?: string): string {
+  let frame = id === undefined ? '' : `id: ${id}\n`;
+  frame += `event: ${event}\n`;
+  for (const line of data.split(/\r\n|\r|\n/)) frame += `data: ${line}\n`;
+  return frame + '\n';
+}
+
+/**
  * A part's own Server-Sent Events stream (`GET /jobs/events`, `GET /topics/<name>/events`,
  * `GET /changes/<table>/events`), from `server.openStream(...)`. It is a gateway SSE
  * connection underneath, admitted like every other stream (`maxClients`, connections
@@ -33,11 +46,7 @@ export class PartStream {
    * (slow consumer): stop producing then.
    */
   send(event: string, data: string, id?: string): boolean {
-    let frame = '';
-    if (id !== undefined) frame += `id: ${id}\n`;
-    frame += `event: ${event}\n`;
-    for (const line of data.split(/\r\n|\r|\n/)) frame += `data: ${line}\n`;
-    return this.connection.enqueue(Buffer.from(frame + '\n'));
+    return this.connection.enqueue(Buffer.from(sseFrame(event, data, id)));
   }
 
   /**
