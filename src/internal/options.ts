@@ -54,3 +54,13 @@ export const boolean: OptionCheck = (v) => (typeof v === 'boolean' ? undefined :
 export function nullOr(check: OptionCheck): OptionCheck {
   return (v) => (v === null ? undefined : check(v));
 }
+/** An integer from `min` to `max`. */
+export function integerBetween(min: number, max: number): OptionCheck {
+  return (v) => (finite(v) && Number.isInteger(v) && v >= min && v <= max ? undefined : `an integer from ${min} to ${max}`);
+}
+/** A number >= 1, `Infinity` allowed (attempt counts without a limit). */
+export const attemptsOrInfinity: OptionCheck = (v) => (typeof v === 'number' && v >= 1 ? undefined : 'a number >= 1 (or Infinity)');
+/** A string of at most `maxBytes` UTF-8 bytes. */
+export function stringOfBytes(maxBytes: number): OptionCheck {
+  return (v) => (typeof v === 'string' && Buffer.byteLength(v) <= maxBytes ? undefined : `a string of at most ${maxBytes} bytes`);
+}

@@ -7,6 +7,7 @@ import { HeraldError, InvalidOptionError, ListenNotSessionError, NotifyQueueFull
 import { backoffDelay, sleep, withTimeout } from '../internal/backoff.js';
 import { TypedEmitter } from '../internal/events.js';
 import { quoteIdent } from '../internal/ident.js';
+import { attemptsOrInfinity, boolean, nonNegativeNumber, numberBetween, positiveInteger, positiveNumber, resolveOptions } from '../internal/options.js';
 import { notifyManyOn, notifyOn, type OutgoingNotification } from './notify.js';
 import { NotifyPressure, queueTailHolders, type QueueTailHolder } from './pressure.js';
 import { Subscription, type SubscriptionHost } from './subscription.js';
@@ -32,31 +33,30 @@ export const NOTIFIER_DEFAULTS: Required<NotifierOptions> = {
   queueUsageLowWater: 0.25,
 };
 
-function resolveOptions(options: NotifierOptions): Required<NotifierOptions> {
-  const given = stripUndefined(options);
-  const o = { ...NOTIFIER_DEFAULTS, maxConnectAttempts: given.maxReconnectAttempts ?? NOTIFIER_DEFAULTS.maxConnectAttempts, ...given };
-  const positive = ['subscriberBufferSize', 'healthCheckIntervalMs', 'healthCheckTimeoutMs', 'connectTimeoutMs', 'statementTimeoutMs', 'verifySessionTimeoutMs'] as const;
-  for (const k of positive) {
-    if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a positive number');
-  }
-  if (!Number.isInteger(o.subscriberBufferSize)) throw new InvalidOptionError('subscriberBufferSize', o.subscriberBufferSize, 'a positive integer');
-  for (const k of ['reconnectBaseDelayMs', 'reconnectMaxDelayMs', 'queueUsageIntervalMs'] as const) {
-    if (typeof o[k] !== 'number' || o[k] < 0 || !Number.isFinite(o[k])) throw new InvalidOptionError(k, o[k], 'a number >= 0');
-  }
-  for (const k of ['maxReconnectAttempts', 'maxConnectAttempts'] as const) {
-    if (typeof o[k] !== 'number' || !(o[k] >= 1)) throw new InvalidOptionError(k, o[k], 'a number >= 1 (or Infinity)');
-  }
-  for (const k of ['queueUsageWarnThreshold', 'queueUsageHighWater', 'queueUsageLowWater'] as const) {
-    if (typeof o[k] !== 'number' || !(o[k] >= 0) || o[k] > 1) throw new InvalidOptionError(k, o[k], 'a number between 0 and 1');
-  }
+function resolveNotifierOptions(options: NotifierOptions = {}): Required<NotifierOptions> {
+  // maxConnectAttempts follows maxReconnectAttempts unless given itself.
+  const defaults = { ...NOTIFIER_DEFAULTS, maxConnectAttempts: options.maxReconnectAttempts ?? NOTIFIER_DEFAULTS.maxConnectAttempts };
+  const o = resolveOptions<Required<NotifierOptions>>(defaults, options, {
+    subscriberBufferSize: positiveInteger(),
+    healthCheckIntervalMs: positiveNumber,
+    healthCheckTimeoutMs: positiveNumber,
+    connectTimeoutMs: positiveNumber,
+    statementTimeoutMs: positiveNumber,
+    verifySessionTimeoutMs: positiveNumber,
+    reconnectBaseDelayMs: nonNegativeNumber,
+    reconnectMaxDelayMs: nonNegativeNumber,
+    queueUsageIntervalMs: nonNegativeNumber,
+    maxReconnectAttempts: attemptsOrInfinity,
+    maxConnectAttempts: attemptsOrInfinity,
+    queueUsageWarnThreshold: numberBetween(0, 1),
+    queueUsageHighWater: numberBetween(0, 1),
+    queueUsageLowWater: numberBetween(0, 1),
+    verifySession: boolean,
+  });
   if (o.queueUsageLowWater >= o.queueUsageHighWater) {
     throw new InvalidOptionError('queueUsageLowWater', o.queueUsageLowWater, `a number below queueUsageHighWater (${o.queueUsageHighWater})`);
   }
   return o;
-}
-
-export function stripUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 interface ChannelState {
@@ -118,7 +118,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   constructor(driver: Driver, options: NotifierOptions = {}) {
     super();
     this.#driver = driver;
-    this.options = resolveOptions(options);
+    this.options = resolveNotifierOptions(options);
     this.pressure = new NotifyPressure({
       sample: () => this.sampleQueueUsage(),
       executor: driver.executor,

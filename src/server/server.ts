@@ -5,6 +5,7 @@ import type { WebSocketServer } from 'ws';
 import type { Herald } from '../client.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { loadPeer, requirePeers } from '../internal/peer.js';
+import { boolean, integerBetween, numberBetween, positiveInteger, positiveNumber, resolveOptions, stringOfBytes } from '../internal/options.js';
 import { PAYLOAD_LIMIT_BYTES } from '../notifier/validate.js';
 import { assertAllowed, Authenticator, credentialOf, type Action, type ApiKey, type AuthOptions, type Principal } from './auth.js';
 import { SseConnection, type Connection } from './connection.js';
@@ -133,24 +134,33 @@ export function isLoopback(host: string): boolean {
   return LOOPBACK.has(host) || (isIP(host) === 4 && host.startsWith('127.'));
 }
 
-function resolveOptions(options: ServerOptions): Resolved {
-  const o: Resolved = { ...SERVER_DEFAULTS };
-  for (const [k, v] of Object.entries(options)) if (v !== undefined && k in SERVER_DEFAULTS) (o as Record<string, unknown>)[k] = v;
+function resolveServerOptions(options: ServerOptions): Resolved {
+  const o = resolveOptions<Resolved>(SERVER_DEFAULTS, options, {
+    port: integerBetween(0, 65535),
+    maxBodyBytes: positiveNumber,
+    maxBufferedBytes: positiveNumber,
+    sseHeartbeatMs: positiveNumber,
+    maxClients: positiveNumber,
+    maxConnectionsPerToken: positiveNumber,
+    maxSubscriptionsPerConnection: positiveNumber,
+    publishPerSecond: positiveNumber,
+    wsMessagesPerSecond: positiveNumber,
+    maxChannels: positiveNumber,
+    headersTimeoutMs: positiveNumber,
+    requestTimeoutMs: positiveNumber,
+    maxMessageBytes: integerBetween(1, PAYLOAD_LIMIT_BYTES - 1),
+    maxConnections: positiveInteger(),
+    maxUrlBytes: positiveInteger(),
+    maxHeaderBytes: positiveInteger(),
+    flushIntervalMs: numberBetween(0, 1000),
+    dashboardRefreshMs: integerBetween(0, 60_000),
+    autoCreateTopics: boolean,
+    publicMetrics: boolean,
+    historySize: integerBetween(0, Number.MAX_SAFE_INTEGER),
+    channelPrefix: stringOfBytes(55),
+  });
   o.token = options.token || undefined;
-  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) throw new InvalidOptionError('port', o.port, 'an integer between 0 and 65535');
-  for (const k of ['maxBodyBytes', 'maxBufferedBytes', 'sseHeartbeatMs', 'maxClients', 'maxConnectionsPerToken', 'maxSubscriptionsPerConnection', 'maxMessageBytes', 'publishPerSecond', 'wsMessagesPerSecond', 'maxChannels', 'maxConnections', 'headersTimeoutMs', 'requestTimeoutMs', 'maxUrlBytes', 'maxHeaderBytes'] as const) {
-    if (typeof o[k] !== 'number' || !Number.isFinite(o[k]) || o[k] <= 0) throw new InvalidOptionError(k, o[k], 'a positive number');
-  }
-  if (typeof o.flushIntervalMs !== 'number' || !(o.flushIntervalMs >= 0) || o.flushIntervalMs > 1000) throw new InvalidOptionError('flushIntervalMs', o.flushIntervalMs, 'a number of ms between 0 and 1000');
-  if (!Number.isInteger(o.dashboardRefreshMs) || o.dashboardRefreshMs < 0 || o.dashboardRefreshMs > 60_000) {
-    throw new InvalidOptionError('dashboardRefreshMs', o.dashboardRefreshMs, 'an integer number of ms between 0 and 60000');
-  }
-  if (typeof o.autoCreateTopics !== 'boolean') throw new InvalidOptionError('autoCreateTopics', o.autoCreateTopics, 'true or false');
-  if (!Number.isInteger(o.historySize) || o.historySize < 0) throw new InvalidOptionError('historySize', o.historySize, 'an integer >= 0');
-  if (o.maxMessageBytes >= PAYLOAD_LIMIT_BYTES) throw new InvalidOptionError('maxMessageBytes', o.maxMessageBytes, `at most ${PAYLOAD_LIMIT_BYTES - 1} (the NOTIFY payload limit)`);
-  for (const k of ['maxConnections', 'maxUrlBytes', 'maxHeaderBytes'] as const) if (!Number.isInteger(o[k])) throw new InvalidOptionError(k, o[k], 'a positive integer');
   if (o.requestTimeoutMs < o.headersTimeoutMs) throw new InvalidOptionError('requestTimeoutMs', o.requestTimeoutMs, `at least headersTimeoutMs (${o.headersTimeoutMs})`);
-  if (typeof o.channelPrefix !== 'string' || Buffer.byteLength(o.channelPrefix) > 55) throw new InvalidOptionError('channelPrefix', o.channelPrefix, 'a string of at most 55 bytes');
   return o;
 }
 
@@ -190,7 +200,7 @@ export class HeraldServer {
 
   constructor(readonly herald: Herald, options: ServerOptions = {}) {
     requirePeers(['ws', 'prom-client'], 'HeraldServer');
-    this.options = resolveOptions(options);
+    this.options = resolveServerOptions(options);
     const apiKeys: ApiKey[] = [...(options.apiKeys ?? [])];
     if (this.options.token) apiKeys.push({ name: 'admin', key: this.options.token, grants: { admin: ['*'] } });
     this.auth = new Authenticator({ ...options, apiKeys });
