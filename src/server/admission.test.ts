@@ -188,4 +188,39 @@ describe('one admission path for every streaming endpoint', () => {
       await server.stop();
     }
   });
+
+  test('a waiting long poll (GET /mailbox/<to>?wait=) is admitted like a stream: per token and maxClients', async () => {
+    const { server, base } = await serve({ apiKeys: KEYS, maxConnectionsPerToken: 1, maxClients: 2 });
+    const headers = (t: string) => ({ authorization: `Bearer ${t}` });
+    const first = new AbortController();
+    const firstPoll = fetch(`${base}/mailbox/lp-a?wait=300`, { headers: headers(A), signal: first.signal }).catch((e: Error) => e);
+    try {
+      await waitFor(() => server.clients === 1, { what: 'the first long poll admitted' });
+      // Token a already holds its one connection: a second waiting poll is refused at once.
+      const second = await fetch(`${base}/mailbox/lp-a?wait=300`, { headers: headers(A) });
+      assert.equal(second.status, 429);
+      assert.equal((await second.json()).error.code, 'TOO_MANY_CONNECTIONS');
+      // A poll that does not wait holds nothing and is not limited.
+      const quick = await fetch(`${base}/mailbox/lp-a?wait=0`, { headers: headers(A) });
+      assert.equal(quick.status, 204);
+      // Token b takes the second client slot; a stream of b is then past maxClients.
+      const other = new AbortController();
+      const otherPoll = fetch(`${base}/mailbox/lp-b?wait=300`, { headers: headers(B), signal: other.signal }).catch((e: Error) => e);
+      await waitFor(() => server.clients === 2, { what: 'the second long poll admitted' });
+      const third = await fetch(`${base}/jobs/events`, { headers: headers(B) });
+      assert.equal(third.status, 503);
+      assert.equal((await third.json()).error.code, 'TOO_MANY_CLIENTS');
+      other.abort();
+      await otherPoll;
+      // The first poll is answered by a send; its slot is released.
+      await herald.mailbox.send({ to: 'lp-a', payload: 'for the poll' });
+      const res = await firstPoll;
+      assert.ok(res instanceof Response);
+      assert.equal(res.status, 200);
+      assert.equal((await res.json()).payload, 'for the poll');
+      await waitFor(() => server.clients === 0, { what: 'both long polls released' });
+    } finally {
+      first.abort();
+    }
+  });
 });

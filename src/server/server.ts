@@ -195,6 +195,8 @@ export class HeraldServer {
   readonly #onInternalError: NonNullable<ServerOptions['onInternalError']>;
   readonly #bootId = randomBytes(4).toString('hex');
   #requests = 0;
+  /** Long polls (`GET /mailbox/<to>?wait=`) waiting now: held like streams, admitted like them. */
+  #longPolls = 0;
   #url: string | undefined;
   #stopping = false;
 
@@ -253,9 +255,9 @@ export class HeraldServer {
     return this.#url;
   }
 
-  /** Streaming clients connected now. */
+  /** Streaming clients connected now (SSE, WebSocket, and long polls waiting). */
   get clients(): number {
-    return this.#connections.size;
+    return this.#connections.size + this.#longPolls;
   }
 
   /** Streaming clients of one transport. */
@@ -342,13 +344,30 @@ export class HeraldServer {
    * `TOO_MANY_CLIENTS`) and its token's `maxConnectionsPerToken` (429
    * `TOO_MANY_CONNECTIONS`); releases both when it closes.
    */
-  admit(principal: Principal, transport: 'sse' | 'ws'): () => void {
+  admit(principal: Principal, transport: 'sse' | 'ws' | 'poll'): () => void {
     if (this.#stopping) throw new HttpError(503, 'SHUTTING_DOWN', 'server is shutting down');
     if (this.clients >= this.options.maxClients) throw new HttpError(503, 'TOO_MANY_CLIENTS', 'client limit reached');
     // Per-token limits count tokens; the open (credential-less, loopback) mode has none.
     const release = principal.kind === 'anonymous' ? () => {} : this.limits.acquireConnection(principal.id);
     this.metrics.connections.inc({ transport });
     return release;
+  }
+
+  /**
+   * Admits a long poll (a request that holds its connection while it waits) like a
+   * stream: it counts against `maxClients` and the principal's `maxConnectionsPerToken`
+   * until the returned release runs (idempotent).
+   */
+  admitLongPoll(principal: Principal): () => void {
+    const release = this.admit(principal, 'poll');
+    this.#longPolls++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.#longPolls--;
+      release();
+    };
   }
 
   /** Tracks an open connection until it closes. */

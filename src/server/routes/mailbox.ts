@@ -28,7 +28,7 @@ export function registerMailboxRoutes(server: HeraldServer): void {
     sendJson(res, result.created ? 201 : 200, { id: result.id, to, created: result.created });
   }, { action: 'publish', resource: ([to]) => `mailbox/${to}` });
 
-  server.router.add('GET', /^\/mailbox\/([^/]+)$/, async (_req, res, [to], url) => {
+  server.router.add('GET', /^\/mailbox\/([^/]+)$/, async (_req, res, [to], url, principal) => {
     const unknown = [...url.searchParams.keys()].filter((k) => !QUERY_KEYS.has(k));
     if (unknown.length) throw new HttpError(400, 'UNKNOWN_FIELD', `unknown query parameter(s): ${unknown.join(', ')}`);
     const waitText = url.searchParams.get('wait') ?? '0';
@@ -41,6 +41,8 @@ export function registerMailboxRoutes(server: HeraldServer): void {
     // receive roll back a take that races with the disconnect.
     const gone = new AbortController();
     const onClose = () => gone.abort();
+    // A poll that waits holds its connection like a stream: admitted like one (maxClients, per token).
+    const release = wait > 0 ? server.admitLongPoll(principal!) : () => {};
     res.once('close', onClose);
     try {
       const m = await mailbox.receive(to, { topic, timeoutMs: Math.round(wait * 1000), signal: gone.signal });
@@ -53,6 +55,7 @@ export function registerMailboxRoutes(server: HeraldServer): void {
       sendJson(res, 200, messageJson(m));
     } finally {
       res.off('close', onClose);
+      release();
     }
   }, { action: 'subscribe', resource: ([to]) => `mailbox/${to}` });
 }
