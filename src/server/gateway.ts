@@ -284,9 +284,9 @@ export class Gateway {
             first = false;
             return;
           }
-          // LISTEN came back after a lost connection: notifications in between are gone.
+          // LISTEN came back (a lost connection) or wake-ups resumed (a full queue): notifications in between may be gone.
           hub.history = [];
-          for (const c of hub.conns) this.#gap(c, 'topic', topic, null, 'the listen connection was lost; notifications may be missing');
+          for (const c of hub.conns) this.#gap(c, 'topic', topic, null, 'notifications may be missing: the listen connection was lost, or the notification queue was full');
         },
       });
     } catch (err) {
