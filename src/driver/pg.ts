@@ -172,7 +172,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
         ...listenConfig,
         keepAlive: true,
         // Named so operators (and tests) can tell the listen session apart in pg_stat_activity.
-        application_name: LISTEN_APPLICATION_NAME,
+        application_name: opts.applicationName ?? LISTEN_APPLICATION_NAME,
       });
       let closeHandler: ((err?: Error) => void) | undefined;
       let closed = false;

@@ -64,7 +64,7 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
         max: 1,
         connect_timeout: (opts.connectTimeoutMs ?? connectTimeoutMs) / 1000,
         idle_timeout: 0,
-        connection: { application_name: LISTEN_APPLICATION_NAME },
+        connection: { application_name: opts.applicationName ?? LISTEN_APPLICATION_NAME },
         max_lifetime: 0,
         onnotice: () => {},
         onnotify: (channel: string, payload: string) => notify?.({ channel, payload, processId: 0 }),

@@ -6,6 +6,8 @@
 
 /** `application_name` of every listen session, to tell it apart in `pg_stat_activity`. */
 export const LISTEN_APPLICATION_NAME = 'pgherald:listen';
+/** `application_name` of the session `migrate()` holds its lock on (`pg_stat_activity` tells it from the listen session). */
+export const MIGRATE_APPLICATION_NAME = 'pgherald:migrate';
 
 /** Default of the drivers' `connectTimeoutMs` (and of `createHerald`'s). */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
@@ -96,7 +98,7 @@ export interface Driver {
   /** Runs `fn` in a transaction on one connection; commits if it resolves, rolls back if it throws. */
   transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T>;
   /** Opens a new dedicated session for LISTEN (outside the pool); fails after `connectTimeoutMs`. */
-  openListenSession(options?: { connectTimeoutMs?: number }): Promise<ListenSession>;
+  openListenSession(options?: { connectTimeoutMs?: number; applicationName?: string }): Promise<ListenSession>;
   /**
    * Closes the pool if the driver created it. Past `timeoutMs` (default
    * {@link DEFAULT_SESSION_CLOSE_TIMEOUT_MS}) the sockets still open are destroyed.

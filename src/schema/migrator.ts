@@ -1,4 +1,4 @@
-import type { Driver, Executor, ListenSession } from '../driver/types.js';
+import { MIGRATE_APPLICATION_NAME, type Driver, type Executor, type ListenSession } from '../driver/types.js';
 import { HeraldError } from '../errors.js';
 import { sleep } from '../internal/backoff.js';
 import { schemaIdent } from '../internal/ident.js';
@@ -88,7 +88,7 @@ export async function migrate(driver: Driver, schema = 'herald', options: Migrat
   const to = options.to ?? Infinity;
   let session: ListenSession | undefined;
   try {
-    session = await driver.openListenSession();
+    session = await driver.openListenSession({ applicationName: MIGRATE_APPLICATION_NAME });
     const s = session;
     // Polled, not waited on: a backend blocked in pg_advisory_lock() holds a snapshot,
     // and CREATE INDEX CONCURRENTLY (run by the holder) waits for every older snapshot
