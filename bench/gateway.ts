@@ -60,7 +60,7 @@ function once<T>(child: ChildProcess, pick: (m: any) => boolean, what: string): 
 const pct = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const pgServer = await benchPostgres({ fsync: 'off', max_connections: 100 });
+const pgServer = await benchPostgres({ max_connections: 100 });
 const url = pgServer.url;
 const publisher = new pg.Client({ connectionString: url });
 publisher.on('error', () => {});

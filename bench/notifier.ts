@@ -69,7 +69,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- Postgres
 
-const pgServer = await benchPostgres({ fsync: 'off', full_page_writes: 'off', shared_buffers: '256MB', max_connections: 100 });
+const pgServer = await benchPostgres({ shared_buffers: '256MB', max_connections: 100 });
 const url = pgServer.url;
 const tmp = pgServer.dir;
 const cleanup = () => pgServer.stop();
