@@ -1,0 +1,279 @@
+/**
+ * Steady-state soak of the job queue: enqueue and work at the same time at a fixed
+ * offered rate for minutes, sampling every second what a regression would move:
+ * throughput, enqueue-to-start latency (p50, p99), Node RSS, the Postgres backends'
+ * RSS and CPU, and the size of the library's tables (indexes and TOAST included).
+ *
+ *   node --import tsx bench/soak.ts [--lib pgherald|graphile-worker|pg-boss] [--rate 5000]
+ *        [--minutes 15] [--concurrency 50] [--out bench/results]
+ *
+ * Each library runs alone in a fresh database of the same server (run the script once
+ * per library, one after the other, for a side-by-side figure). Library defaults
+ * everywhere except the worker concurrency (and pg-boss' batch size, which it needs to
+ * reach any rate). The producer enqueues what is due every 20 ms in one batch (one
+ * transaction per batch); when it falls behind, the next batch is larger, and the
+ * series shows offered vs achieved. Postgres runs at its default durability.
+ *
+ * Writes `<out>/soak-<lib>.json` (the series and the conditions) and prints one line
+ * per minute; `bench/plot.ts <file.json>` draws it as a PNG.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'graphile-worker';
+import PgBoss from 'pg-boss';
+import { Herald } from '../src/client.js';
+import { benchPostgres } from './support/postgres.js';
+
+const { values: args } = parseArgs({
+  options: {
+    lib: { type: 'string', default: 'pgherald' },
+    rate: { type: 'string', default: '5000' },
+    minutes: { type: 'string', default: '15' },
+    concurrency: { type: 'string', default: '50' },
+    out: { type: 'string', default: 'bench/results' },
+  },
+});
+const RATE = Number(args.rate);
+const MINUTES = Number(args.minutes);
+const CONCURRENCY = Number(args.concurrency);
+for (const [k, v] of Object.entries({ rate: RATE, minutes: MINUTES, concurrency: CONCURRENCY })) {
+  if (!(v > 0) || !Number.isFinite(v)) throw new Error(`--${k} must be a positive number`);
+}
+
+/** Wall-clock milliseconds with sub-millisecond resolution (one clock for producer and workers: one process). */
+const now = () => performance.timeOrigin + performance.now();
+
+interface SoakLib {
+  name: string;
+  schema: string;
+  setup(url: string): Promise<void>;
+  enqueue(stamps: number[]): Promise<void>;
+  start(onStart: (enqueuedAt: number) => void): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function heraldLib(): SoakLib {
+  let h: Herald;
+  return {
+    name: 'pgherald',
+    schema: 'herald',
+    async setup(url) {
+      h = new Herald({ connectionString: url });
+      await h.migrate();
+    },
+    async enqueue(stamps) {
+      await h.queue.enqueueMany(stamps.map((t) => ({ kind: 'soak', payload: { t } })));
+    },
+    async start(onStart) {
+      h.queue.work<{ t: number }>('soak', (job) => void onStart(job.payload.t), { concurrency: CONCURRENCY });
+    },
+    async stop() {
+      await h.close();
+    },
+  };
+}
+
+function graphileLib(): SoakLib {
+  let utils: WorkerUtils;
+  let runner: Runner | undefined;
+  let url = '';
+  const logger = new Logger(() => () => {});
+  return {
+    name: 'graphile-worker',
+    schema: 'graphile_worker',
+    async setup(u) {
+      url = u;
+      utils = await makeWorkerUtils({ connectionString: url, logger });
+      await utils.migrate();
+    },
+    async enqueue(stamps) {
+      await utils.addJobs(stamps.map((t) => ({ identifier: 'soak', payload: { t } })));
+    },
+    async start(onStart) {
+      runner = await run({
+        connectionString: url,
+        concurrency: CONCURRENCY,
+        noHandleSignals: true,
+        logger,
+        taskList: { soak: async (payload) => void onStart((payload as { t: number }).t) },
+      });
+    },
+    async stop() {
+      await runner?.stop();
+      await utils.release();
+    },
+  };
+}
+
+function pgBossLib(): SoakLib {
+  let boss: PgBoss;
+  return {
+    name: 'pg-boss',
+    schema: 'pgboss',
+    async setup(url) {
+      boss = new PgBoss({ connectionString: url });
+      boss.on('error', () => {});
+      await boss.start();
+      await boss.createQueue('soak');
+    },
+    async enqueue(stamps) {
+      await boss.insert(stamps.map((t) => ({ name: 'soak', data: { t } })));
+    },
+    async start(onStart) {
+      // pg-boss polls; concurrency = several work() calls, each taking a batch.
+      for (let i = 0; i < CONCURRENCY; i++) {
+        await boss.work<{ t: number }>('soak', { batchSize: 50 }, async (jobs) => {
+          for (const j of jobs) onStart(j.data.t);
+        });
+      }
+    },
+    async stop() {
+      await boss.stop({ graceful: false, wait: true });
+    },
+  };
+}
+
+const LIBS: Record<string, () => SoakLib> = { pgherald: heraldLib, 'graphile-worker': graphileLib, 'pg-boss': pgBossLib };
+const make = LIBS[args.lib!];
+if (!make) throw new Error(`--lib must be one of ${Object.keys(LIBS).join(', ')}`);
+
+/** RSS (bytes) and CPU seconds of the given Postgres backends, from /proc (same machine only). */
+function backendUsage(pids: number[]): { rss: number; cpu: number } {
+  const tick = 100; // USER_HZ on Linux
+  let rss = 0;
+  let cpu = 0;
+  for (const pid of pids) {
+    try {
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      rss += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024;
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      cpu += (Number(fields[11]) + Number(fields[12])) / tick;
+    } catch {
+      /* the backend ended */
+    }
+  }
+  return { rss, cpu };
+}
+
+const pct = (xs: number[], p: number) => (xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]);
+
+interface Sample {
+  /** Seconds since the start. */
+  t: number;
+  enqueued: number;
+  started: number;
+  p50: number;
+  p99: number;
+  nodeRss: number;
+  nodeCpu: number;
+  pgRss: number;
+  pgCpu: number;
+  tableBytes: number;
+  behind: number;
+}
+
+const server = await benchPostgres({ max_connections: 200 });
+const admin = new pg.Client({ connectionString: server.url });
+await admin.connect();
+const dbName = `soak_${process.pid}`;
+await admin.query(`CREATE DATABASE ${dbName}`);
+const url = new URL(server.url);
+url.pathname = `/${dbName}`;
+const monitor = new pg.Client({ connectionString: url.toString() });
+const lib = make();
+const samples: Sample[] = [];
+let stopping = false;
+try {
+  await lib.setup(url.toString());
+  await monitor.connect();
+  const settings = Object.fromEntries(
+    (await monitor.query<{ name: string; setting: string }>(`SELECT name, setting FROM pg_settings WHERE name IN ('server_version','fsync','full_page_writes','synchronous_commit','shared_buffers','autovacuum','max_connections')`)).rows.map((r) => [r.name, r.setting]),
+  );
+  let enqueued = 0;
+  let started = 0;
+  let latencies: number[] = [];
+  await lib.start((t) => {
+    started++;
+    latencies.push(now() - t);
+  });
+  const t0 = now();
+  const end = t0 + MINUTES * 60_000;
+  // The producer: every 20 ms, what is due at RATE/s, in one batch.
+  const producing = (async () => {
+    while (!stopping && now() < end) {
+      const due = Math.floor(((now() - t0) / 1000) * RATE) - enqueued;
+      if (due > 0) {
+        const stamp = now();
+        await lib.enqueue(Array.from({ length: due }, () => stamp));
+        enqueued += due;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  let lastCpu = process.cpuUsage();
+  let lastPg = { rss: 0, cpu: 0 };
+  let lastEnq = 0;
+  let lastStarted = 0;
+  let minute: Sample[] = [];
+  console.log(`# soak ${lib.name}: ${RATE} jobs/s offered for ${MINUTES} min, concurrency ${CONCURRENCY}; Postgres ${settings.server_version} fsync=${settings.fsync} full_page_writes=${settings.full_page_writes} synchronous_commit=${settings.synchronous_commit}; ${cpus().length} × ${cpus()[0]?.model.trim()}`);
+  console.log('minute | offered/s | enqueued/s | started/s | p50 ms | p99 ms (worst second) | node RSS MB | pg RSS MB | tables MB | backlog');
+  while (now() < end) {
+    await new Promise((r) => setTimeout(r, 1000));
+    const pids = (await monitor.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'`, [dbName])).rows.map((r) => r.pid);
+    const pgUse = backendUsage(pids);
+    const size = await monitor.query<{ b: string }>(
+      `SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::text AS b FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`,
+      [lib.schema],
+    );
+    const cpu = process.cpuUsage(lastCpu);
+    lastCpu = process.cpuUsage();
+    const s: Sample = {
+      t: Math.round((now() - t0) / 1000),
+      enqueued: enqueued - lastEnq,
+      started: started - lastStarted,
+      p50: pct(latencies, 0.5),
+      p99: pct(latencies, 0.99),
+      nodeRss: process.memoryUsage().rss,
+      nodeCpu: (cpu.user + cpu.system) / 1e6,
+      pgRss: pgUse.rss,
+      pgCpu: Math.max(0, pgUse.cpu - lastPg.cpu),
+      tableBytes: Number(size.rows[0].b),
+      behind: enqueued - started,
+    };
+    lastPg = pgUse;
+    lastEnq = enqueued;
+    lastStarted = started;
+    latencies = [];
+    samples.push(s);
+    minute.push(s);
+    if (minute.length === 60 || now() >= end) {
+      const sum = (k: keyof Sample) => minute.reduce((a, x) => a + x[k], 0);
+      const last = minute[minute.length - 1];
+      console.log(
+        `${Math.ceil(samples.length / 60)} | ${RATE} | ${Math.round(sum('enqueued') / minute.length)} | ${Math.round(sum('started') / minute.length)} | ${pct(minute.map((x) => x.p50), 0.5).toFixed(1)} | ${Math.max(...minute.map((x) => x.p99)).toFixed(1)} | ${(last.nodeRss / 2 ** 20).toFixed(0)} | ${(last.pgRss / 2 ** 20).toFixed(0)} | ${(last.tableBytes / 2 ** 20).toFixed(1)} | ${last.behind}`,
+      );
+      minute = [];
+    }
+  }
+  stopping = true;
+  await producing;
+  mkdirSync(args.out!, { recursive: true });
+  const file = join(args.out!, `soak-${lib.name}.json`);
+  writeFileSync(
+    file,
+    JSON.stringify({ lib: lib.name, rate: RATE, minutes: MINUTES, concurrency: CONCURRENCY, settings, node: process.version, cpus: cpus().length, loadavg: loadavg(), samples }, null, 0),
+  );
+  console.log(`# series written to ${file}`);
+} finally {
+  stopping = true;
+  await lib.stop().catch(() => {});
+  await monitor.end().catch(() => {});
+  await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => {});
+  await admin.end();
+  await server.stop();
+}
