@@ -55,6 +55,8 @@ function fencesOf(text: string): Fence[] {
 export interface Example {
   page: string;
   line: number;
+  /** The heading the example sits under. */
+  section: string;
   code: string;
   expected: string | null;
 }
@@ -66,7 +68,9 @@ export function examplesOf(page: string, text: string): Example[] {
     if (f.lang !== 'ts') return [];
     const next = fences[i + 1];
     const adjacent = next !== undefined && next.lang === 'text' && text.slice(f.end, next.start).trim() === '';
-    return [{ page, line: f.line, code: f.body, expected: adjacent ? next.body : null }];
+    const headings = [...text.slice(0, f.start).replace(/^```[\s\S]*?^```[ \t]*$/gm, '').matchAll(/^#{1,6}[ \t]+(.+?)[ \t#]*$/gm)];
+    const section = headings.at(-1)?.[1] ?? page;
+    return [{ page, line: f.line, section, code: f.body, expected: adjacent ? next.body : null }];
   });
 }
 
@@ -177,6 +181,8 @@ describe('documentation links', () => {
     assert.equal(slugOf('Retries, backoff and error text'), 'retries-backoff-and-error-text');
     assert.equal(slugOf('WebSocket protocol (`/ws`)'), 'websocket-protocol-ws');
     assert.deepEqual([...anchorsOf('# A\n## B\n```sh\n# not a heading\n```\n## B\n')], ['a', 'b', 'b-1']);
+    const pairs = examplesOf('x.md', '# A\n```ts\nconsole.log(1)\n```\n\n```text\n1\n```\n## B\n```ts\nx\n```\nprose\n```text\ny\n```\n```typescript\nz\n```\n');
+    assert.deepEqual(pairs.map((e) => [e.section, e.line, e.expected]), [['A', 2, '1\n'], ['B', 9, null]]);
     const dir = mkdtempSync(join(root, 'test', '.links-'));
     try {
       writeFileSync(join(dir, 'a.md'), '# Top\n\n[ok](b.md#there) [self](#top) [bad](b.md#nowhere) [gone](c.md) [web](https://example.com/x#y) `[code](d.md)`\n');
@@ -206,8 +212,7 @@ describe('documentation examples', { concurrency: 3 }, () => {
   });
 
   examples.forEach((ex, i) => {
-    const title = ex.code.split('\n').find((l) => l.trim() && !l.startsWith('import'))?.trim().slice(0, 50);
-    it(`${ex.page}:${ex.line} prints what the text shows, twice: ${title}`, async () => {
+    it(`${ex.page}:${ex.line} (${ex.section}) prints what the text shows, twice`, async () => {
       const db = await freshDatabase({ migrated: false });
       dbs.push(db);
       const file = join(dir, `example-${i + 1}.ts`);
