@@ -182,7 +182,7 @@ describe('documentation links', () => {
     assert.equal(slugOf('WebSocket protocol (`/ws`)'), 'websocket-protocol-ws');
     assert.deepEqual([...anchorsOf('# A\n## B\n```sh\n# not a heading\n```\n## B\n')], ['a', 'b', 'b-1']);
     const pairs = examplesOf('x.md', '# A\n```ts\nconsole.log(1)\n```\n\n```text\n1\n```\n## B\n```ts\nx\n```\nprose\n```text\ny\n```\n```typescript\nz\n```\n');
-    assert.deepEqual(pairs.map((e) => [e.section, e.line, e.expected]), [['A', 2, '1\n'], ['B', 9, null]]);
+    assert.deepEqual(pairs.map((e) => [e.section, e.line, e.expected]), [['A', 2, '1\n'], ['B', 10, null]]);
     const dir = mkdtempSync(join(root, 'test', '.links-'));
     try {
       writeFileSync(join(dir, 'a.md'), '# Top\n\n[ok](b.md#there) [self](#top) [bad](b.md#nowhere) [gone](c.md) [web](https://example.com/x#y) `[code](d.md)`\n');
