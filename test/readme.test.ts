@@ -217,10 +217,17 @@ describe('documentation examples', { concurrency: 3 }, () => {
       dbs.push(db);
       const file = join(dir, `example-${i + 1}.ts`);
       writeFileSync(file, ex.code.replace(/from 'pgherald(\/(server|nats|embedded|testing))?'/g, (_m, _sub, name: string | undefined) => `from '${join(root, 'src', name ?? '', 'index.ts')}'`));
+      const printed: string[] = [];
       for (const round of ['first', 'second']) {
         const { code, stdout, stderr } = await run(file, { DATABASE_URL: db.url });
         assert.equal(code, 0, `${ex.page}:${ex.line} failed on its ${round} run:\n${stdout}\n${stderr}`);
-        if (ex.expected !== null) assert.equal(normalise(stdout), normalise(ex.expected), `${ex.page}:${ex.line}: what the ${round} run printed (stderr: ${stderr})`);
+        printed.push(normalise(stdout));
+        if (ex.expected !== null) assert.equal(printed.at(-1), normalise(ex.expected), `${ex.page}:${ex.line}: what the ${round} run printed (stderr: ${stderr})`);
+      }
+      // No output block yet: say what to add (once it prints only stable values).
+      if (ex.expected === null) {
+        const same = printed[0] === printed[1] ? 'both runs printed' : `the runs differ; the second printed:\n${printed[1]}\nthe first`;
+        assert.fail(`${ex.page}:${ex.line} has no output block after it; ${same}:\n\`\`\`text\n${printed[0]}\n\`\`\``);
       }
     });
   });
