@@ -34,7 +34,7 @@ import type {
 import { GROUP_LOCK_TIMEOUT_MS, SendGroup } from './group.js';
 import { mailboxChannel, waitBounded, WakeHub } from './wakeup.js';
 
-/** Defaults of {@link MailboxOptions}; the README's option table is this object. */
+/** Defaults of {@link MailboxOptions}; the option table of docs/mailbox.md is this object. */
 export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
   pollIntervalMs: 30_000,
   maxAttempts: 5,

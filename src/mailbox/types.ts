@@ -13,7 +13,7 @@ export interface MailboxOptions {
   retryDelayMs?: number;
   /** Cap of the redelivery delay. @defaultValue 60000 */
   maxRetryDelayMs?: number;
-  /** Share of each redelivery delay taken off at random (0 = none, 1 = full jitter; the retry policy in the README). @defaultValue 0 */
+  /** Share of each redelivery delay taken off at random (0 = none, 1 = full jitter; the retry policy in docs/library.md). @defaultValue 0 */
   retryJitter?: number;
   /**
    * How long consumed messages are kept before retention deletes them. The id of a kept

@@ -14,7 +14,7 @@ import { Subscription, type SubscriptionHost } from './subscription.js';
 import type { Notification, NotifierEvents, NotifierOptions, NotifierStats, NotifierStatus } from './types.js';
 import { assertChannel } from './validate.js';
 
-/** Defaults of {@link NotifierOptions}; the README's option table is this object. */
+/** Defaults of {@link NotifierOptions}; the option table of docs/notifier.md is this object. */
 export const NOTIFIER_DEFAULTS: Required<NotifierOptions> = {
   subscriberBufferSize: 1000,
   healthCheckIntervalMs: 5000,

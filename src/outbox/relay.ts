@@ -23,7 +23,7 @@ export interface RelayOptions {
   pollIntervalMs?: number;
   /** Attempts before an event is dead-lettered. @defaultValue 10 */
   maxAttempts?: number;
-  /** Retry delay ceiling after the first failure; doubles per attempt (the retry policy in the README). @defaultValue 1000 */
+  /** Retry delay ceiling after the first failure; doubles per attempt (the retry policy in docs/library.md). @defaultValue 1000 */
   retryBaseDelayMs?: number;
   /** Cap of the retry delay. @defaultValue 300000 */
   retryMaxDelayMs?: number;

@@ -5,7 +5,7 @@ import { DASHBOARD_PATH } from './assets/dashboard.js';
 import { HttpError, type Router } from './http.js';
 
 /**
- * What a web page on another site may ask of the server (see README "Security").
+ * What a web page on another site may ask of the server (see docs/server.md, "Security").
  * Part of {@link ServerOptions}.
  */
 export interface GuardOptions {

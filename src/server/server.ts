@@ -97,7 +97,7 @@ export interface ServerOptions extends AuthOptions, GuardOptions {
 
 type Resolved = Required<Omit<ServerOptions, keyof AuthOptions | keyof GuardOptions | 'token' | 'onInternalError'>> & { token?: string };
 
-/** Defaults of {@link ServerOptions}; the README's option table is this object. */
+/** Defaults of {@link ServerOptions}; the option table of docs/server.md is this object. */
 export const SERVER_DEFAULTS: Resolved = {
   host: '127.0.0.1',
   port: 8080,

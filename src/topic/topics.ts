@@ -56,7 +56,7 @@ const SEGMENT_CHECK_MS = 1000;
 
 /**
  * Durable topics: an append-only log per topic with consumer groups and replay
- * (`herald.topics`). See the README section "Topics" and src/topic/README.md.
+ * (`herald.topics`). See docs/topics.md and src/topic/README.md.
  */
 export class Topics {
   readonly #driver: Driver;
