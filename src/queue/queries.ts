@@ -43,6 +43,7 @@ export interface JobRow {
   stages: string[] | null;
   stage: string | null;
   announce: boolean;
+  timeout_ms: number | null;
   last_error: string | null;
   errors: unknown[];
   history: unknown[] | null;
@@ -62,6 +63,8 @@ export interface ClaimRow {
   max_attempts: number;
   stages: string[] | null;
   priority: number;
+  /** The job's own handler timeout (null: the worker's). */
+  timeout_ms: number | null;
   /** created_at in epoch milliseconds (a number parses far faster than a timestamp). */
   created_ms: number;
   /** run_at in epoch microseconds, exact (decimal text): part of the claim cursor. */
@@ -89,6 +92,9 @@ const notice = (a: string, events: string, state = `${a}.state`) =>
 // A NULL channel (wake-ups paused) selects no queue, so nothing is sent.
 const wake = (rows: string, channel: string, cond = 'true') =>
   `(SELECT count(pg_notify(${channel}::text, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond} AND ${channel}::text IS NOT NULL) w)`;
+
+// Finished jobs that held a limit slot: a worker elsewhere may be waiting for that slot.
+const LIMITED = 'limit_key IS NOT NULL';
 
 // Batch statements on running jobs take their ids as `$ids::bigint[]` and everything
 // per job as one jsonb object keyed by id (`perJob`), read with `field(...)`. No join to
@@ -134,6 +140,7 @@ export interface JobInsertBatch {
   uniqueKey: (string | null)[];
   stages: (string | null)[];
   announce: boolean[];
+  timeoutMs: (number | null)[];
 }
 
 /**
@@ -147,13 +154,13 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
   const { rows } = await x.query<{ id: string; inserted: boolean }>(
     `WITH input AS (
        SELECT nextval('${s}.jobs_id_seq') AS id, t.*
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $8::text[], $9::jsonb[], $10::bool[])
-              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, unique_key, stages, announce, ord)
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $8::text[], $9::jsonb[], $10::bool[], $13::int[])
+              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, unique_key, stages, announce, timeout_ms, ord)
      ), ins AS (
-       INSERT INTO ${s}.jobs AS j (id, queue, kind, payload, priority, run_at, max_attempts, unique_key, stages, stage, announce, history)
+       INSERT INTO ${s}.jobs AS j (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, unique_key, stages, stage, announce, history)
        SELECT i.id, i.queue, i.kind, i.payload, i.priority,
               coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond'),
-              i.max_attempts, i.unique_key, st.arr, coalesce(st.arr[1], ''), i.announce,
+              i.max_attempts, i.timeout_ms, i.unique_key, st.arr, coalesce(st.arr[1], ''), i.announce,
               CASE WHEN i.announce THEN jsonb_build_array(jsonb_build_object('stage', st.arr[1], 'state', 'available', 'at', now())) END
          FROM input i
          CROSS JOIN LATERAL (SELECT CASE WHEN i.stages IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(i.stages)) END AS arr) st
@@ -165,7 +172,7 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
             ${wake('ins', '$11', 'run_at <= now()')} AS woke, ${notice('ins', '$12')} AS notice
        FROM input i LEFT JOIN ins ON ins.id = i.id
       ORDER BY i.ord`,
-    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.uniqueKey, b.stages, b.announce, ch.wake, ch.events],
+    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.uniqueKey, b.stages, b.announce, ch.wake, ch.events, b.timeoutMs],
   );
   return rows;
 }
@@ -179,15 +186,15 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
 export async function jobInsertPlain(x: Executor, s: string, ch: QueueChannels, b: JobInsertBatch): Promise<string[]> {
   const { rows } = await x.query<{ id: string }>(
     `WITH ins AS (
-       INSERT INTO ${s}.jobs (queue, kind, payload, priority, run_at, max_attempts)
-       SELECT t.queue, t.kind, t.payload, t.priority, coalesce(t.run_at, now() + coalesce(t.delay_ms, 0) * interval '1 millisecond'), t.max_attempts
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[])
-              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, ord)
+       INSERT INTO ${s}.jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms)
+       SELECT t.queue, t.kind, t.payload, t.priority, coalesce(t.run_at, now() + coalesce(t.delay_ms, 0) * interval '1 millisecond'), t.max_attempts, t.timeout_ms
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $9::int[])
+              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, timeout_ms, ord)
         ORDER BY t.ord
        RETURNING id, queue, run_at
      )
      SELECT id::text AS id, ${wake('ins', '$8', 'run_at <= now()')} AS woke FROM ins`,
-    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, ch.wake],
+    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, ch.wake, b.timeoutMs],
     PREPARE,
   );
   const ids = rows.map((r) => r.id);
@@ -252,34 +259,96 @@ function claimCtes(s: string, p: number, ev: number, after: boolean): string {
   const cursor = after
     ? `AND (priority, run_at, id) > ($${p + 5}::smallint, timestamptz 'epoch' + $${p + 6}::bigint * interval '1 microsecond', $${p + 7}::bigint)`
     : '';
-  return `picked AS (
+  // While a pause or a limit applies to (queue, kind), this claim takes nothing and says
+  // so (`controlled`): the worker then claims through job_admit (see claimAdmitted).
+  return `ctl AS (
+       SELECT EXISTS (SELECT 1 FROM ${s}.queue_controls c WHERE c.queue IN ('', $${p}) AND c.kind IN ('', $${p + 1})
+                        AND (c.paused_at IS NOT NULL OR c.concurrency IS NOT NULL OR c.rate_count IS NOT NULL)) AS controlled
+     ), picked AS (
        SELECT ctid FROM ${s}.jobs
         WHERE state = 'available' AND queue = $${p} AND kind = $${p + 1} AND stage = $${p + 2}::text AND run_at <= now() ${cursor}
+          AND NOT (SELECT controlled FROM ctl)
         ORDER BY priority, run_at, id
         LIMIT $${p + 3}
         FOR UPDATE SKIP LOCKED
      ), claimed AS (
        UPDATE ${s}.jobs j
-          SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
-              lease_expires_at = now() + $${p + 4} * interval '1 millisecond',
-              history = ${history('j.stage', "'running'")}
+          SET ${claimSet(`$${p + 4}`, 'NULL')}
         WHERE j.ctid = ANY(ARRAY(SELECT ctid FROM picked))
-       RETURNING j.id::text AS id, j.payload, j.attempt, j.attempt_base, j.max_attempts, j.stages, j.priority,
-                 extract(epoch FROM j.created_at)::float8 * 1000 AS created_ms,
-                 (extract(epoch FROM j.run_at) * 1000000)::bigint::text AS run_us,
-                 ${notice('j', `$${ev}`)} AS notice
+       RETURNING ${claimReturning(`$${ev}`)}
      )`;
 }
+
+/** The SET list of a claim: running, attempt + 1 (the new fence), the lease, the limit key. */
+const claimSet = (leaseMs: string, limitKey: string) =>
+  `state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+              lease_expires_at = now() + ${leaseMs} * interval '1 millisecond', limit_key = ${limitKey},
+              history = ${history('j.stage', "'running'")}`;
+
+/** What a claim returns per job (see {@link ClaimRow}), with the transition notice. */
+const claimReturning = (events: string) =>
+  `j.id::text AS id, j.payload, j.attempt, j.attempt_base, j.max_attempts, j.stages, j.priority, j.timeout_ms,
+                 extract(epoch FROM j.created_at)::float8 * 1000 AS created_ms,
+                 (extract(epoch FROM j.run_at) * 1000000)::bigint::text AS run_us,
+                 ${notice('j', events)} AS notice`;
 
 const claimParams = (a: ClaimRequest) => {
   const base: unknown[] = [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs];
   return a.after ? [...base, a.after.priority, a.after.runUs, a.after.id] : base;
 };
 
-/** Claims up to `limit` due jobs, taking a lease (see {@link claimCtes}). */
-export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a: ClaimRequest): Promise<ClaimRow[]> {
+/** Claims up to `limit` due jobs, taking a lease (see {@link claimCtes}); `controlled`: a pause or limit applies, nothing was claimed. */
+export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a: ClaimRequest): Promise<{ claimed: ClaimRow[]; controlled: boolean }> {
   const cp = claimParams(a);
-  const { rows } = await x.query<ClaimRow>(`WITH ${claimCtes(s, 1, cp.length + 1, !!a.after)} SELECT * FROM claimed`, [...cp, ch.events], PREPARE);
+  // One extra row at the end carries `controlled` (uncorrelated: computed once).
+  const { rows } = await x.query<ClaimRow & { controlled: boolean | null }>(
+    `WITH ${claimCtes(s, 1, cp.length + 1, !!a.after)}
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us, NULL::boolean AS controlled FROM claimed
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT controlled FROM ctl)`,
+    [...cp, ch.events],
+    PREPARE,
+  );
+  const last = rows.pop()!;
+  return { claimed: rows, controlled: last.controlled === true };
+}
+
+/** What `job_admit` decided for a claim under controls (see migration 014). */
+export interface Admission {
+  mode: 'free' | 'paused' | 'limited';
+  ids: string[] | null;
+  keys: string[] | null;
+  wait_ms: number | null;
+}
+
+/**
+ * Admission of a claim under a pause or limit: takes the limit keys' transaction locks,
+ * counts what runs, takes rate tokens. Run it in the transaction that then claims the
+ * admitted jobs ({@link jobClaimAdmitted}), so the locks are held until the claims commit.
+ */
+export async function jobAdmit(x: Executor, s: string, a: { queue: string; kind: string; stage: string | null; want: number; scan: number }): Promise<Admission> {
+  const { rows } = await x.query<Admission>(
+    `SELECT mode, ids::text[] AS ids, keys, wait_ms FROM ${s}.job_admit($1, $2, $3, $4, $5)`,
+    [a.queue, a.kind, a.stage ?? '', a.want, a.scan],
+    PREPARE,
+  );
+  return rows[0];
+}
+
+/**
+ * Claims the jobs `job_admit` admitted, each under its limit key. A job taken meanwhile
+ * (no longer available) is skipped. Same lease and fence as {@link claimCtes}.
+ */
+export async function jobClaimAdmitted(x: Executor, s: string, ch: QueueChannels, ids: string[], keys: string[], leaseMs: number): Promise<ClaimRow[]> {
+  const map: Record<string, string> = {};
+  ids.forEach((id, i) => (map[id] = keys[i]));
+  const { rows } = await x.query<ClaimRow>(
+    `UPDATE ${s}.jobs j SET ${claimSet('$3', "($2::jsonb ->> j.id::text)")}
+      WHERE j.id = ANY($1::bigint[]) AND j.state = 'available' AND j.run_at <= now()
+      RETURNING ${claimReturning('$4')}`,
+    [ids, JSON.stringify(map), leaseMs, ch.events],
+    PREPARE,
+  );
   return rows;
 }
 
@@ -334,12 +403,12 @@ function finishCte(s: string, keep: boolean, p: number, ev: number): string {
           SET state = 'completed', finished_at = now(), lease_expires_at = NULL, result = coalesce(${field(p + 1, 'r', '->')}, j.result),
               history = ${history('j.stage', "'completed'")}
         WHERE ${fenced(p, p + 1)}
-       RETURNING j.id, ${notice('j', `$${ev}`)} AS notice
+       RETURNING j.id, j.queue, j.limit_key, ${notice('j', `$${ev}`)} AS notice
      )`
     : `done AS (
        DELETE FROM ${s}.jobs j
         WHERE ${fenced(p, p + 1)}
-       RETURNING j.id, ${notice('j', `$${ev}`, "'completed'")} AS notice
+       RETURNING j.id, j.queue, j.limit_key, ${notice('j', `$${ev}`, "'completed'")} AS notice
      )`;
 }
 
@@ -349,8 +418,8 @@ const finishParams = (keep: boolean, b: FinishBatch) => [b.ids, perJob(b.ids, ke
 export async function jobFinishMany(x: Executor, s: string, ch: QueueChannels, keep: boolean, b: FinishBatch): Promise<string[]> {
   const params = finishParams(keep, b);
   const { rows } = await x.query<{ id: string }>(
-    `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id FROM done`,
-    [...params, ch.events],
+    `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id, ${wake('done', `$${params.length + 2}`, LIMITED)} AS woke FROM done`,
+    [...params, ch.events, ch.wake],
     PREPARE,
   );
   return rows.map((r) => r.id);
@@ -369,23 +438,24 @@ export async function jobFinishAndClaim(
   keep: boolean,
   b: FinishBatch,
   a: ClaimRequest,
-): Promise<{ missed: string[]; claimed: ClaimRow[] }> {
+): Promise<{ missed: string[]; claimed: ClaimRow[]; controlled: boolean }> {
   const fp = finishParams(keep, b);
   const cp = claimParams(a);
   const ev = fp.length + cp.length + 1;
   // The completions answer with one extra row: the ids that did not match (usually none),
-  // not a row per completed job.
-  const { rows } = await x.query<ClaimRow & { missed: string[] | null }>(
+  // not a row per completed job, and whether a control applies to the claim.
+  const { rows } = await x.query<ClaimRow & { missed: string[] | null; controlled: boolean | null }>(
     `WITH ${finishCte(s, keep, 1, ev)}, ${claimCtes(s, fp.length + 1, ev, !!a.after)}
-     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, created_ms, run_us, NULL::text[] AS missed FROM claimed
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us, NULL::text[] AS missed, NULL::boolean AS controlled, NULL::bigint AS woke FROM claimed
      UNION ALL
-     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-            ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))`,
-    [...fp, ...cp, ch.events],
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done)), (SELECT controlled FROM ctl),
+            ${wake('done', `$${ev + 1}`, LIMITED)}`,
+    [...fp, ...cp, ch.events, ch.wake],
     PREPARE,
   );
   const last = rows.pop()!;
-  return { missed: last.missed ?? [], claimed: rows };
+  return { missed: last.missed ?? [], claimed: rows, controlled: last.controlled === true };
 }
 
 /** How a failed attempt ends, per job of {@link jobFailMany}. */
@@ -432,9 +502,9 @@ export async function jobFailMany(
                 ELSE ${appendError('j.errors', `jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', ${error})`)} END,
               history = ${history('j.stage', newState)}
         WHERE ${fenced(1, 2)}
-       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at, j.limit_key
      )
-     SELECT id::text AS id, state, ${wake('done', '$6', "state = 'available' AND run_at <= now()")} AS woke, ${notice('done', '$7')} AS notice FROM done`,
+     SELECT id::text AS id, state, ${wake('done', '$6', `((state = 'available' AND run_at <= now()) OR ${LIMITED})`)} AS woke, ${notice('done', '$7')} AS notice FROM done`,
     [
       b.ids,
       perJob(b.ids, { a: b.attempts, e: b.errors, d: b.discard.map((d) => d || null), s: b.snoozeMs }),
@@ -541,7 +611,7 @@ export async function jobDeleteFinished(x: Executor, s: string, olderThanMs: num
 }
 
 const JOB_COLUMNS = `id::text AS id, queue, kind, payload, state, priority, run_at, attempt, attempt_base, max_attempts, lease_expires_at,
-  unique_key, stages, nullif(stage, '') AS stage, announce, last_error, errors, history, result, created_at, attempted_at, stage_entered_at, finished_at`;
+  unique_key, stages, nullif(stage, '') AS stage, announce, timeout_ms, last_error, errors, history, result, created_at, attempted_at, stage_entered_at, finished_at`;
 
 /** One job by id. */
 export async function jobGet(x: Executor, s: string, id: string): Promise<JobRow | undefined> {
@@ -643,6 +713,100 @@ export async function cronClaimTick(x: Executor, s: string, name: string, tick: 
     [name, tick],
   );
   return rows.length === 1;
+}
+
+/** A row of `queue_controls` ('' = every queue / every kind). */
+export interface ControlRow {
+  queue: string;
+  kind: string;
+  paused_at: Date | null;
+  concurrency: number | null;
+  partition_by: string[] | null;
+  rate_count: number | null;
+  rate_period_ms: number | null;
+  updated_at: Date;
+}
+
+/** Pauses (queue, kind) ('' = every); an existing pause keeps its time. Returns the row. */
+export async function controlPause(x: Executor, s: string, queue: string, kind: string): Promise<ControlRow> {
+  const { rows } = await x.query<ControlRow>(
+    `INSERT INTO ${s}.queue_controls AS c (queue, kind, paused_at) VALUES ($1, $2, now())
+     ON CONFLICT (queue, kind) DO UPDATE SET paused_at = coalesce(c.paused_at, now()), updated_at = now()
+     RETURNING *`,
+    [queue, kind],
+  );
+  return rows[0];
+}
+
+/**
+ * Runs a change of `queue_controls` (`sql`, a data-modifying statement RETURNING *),
+ * wakes the workers of `wakeQueue` ('' = every queue) when it changed a row (something
+ * may now start), then drops rows left with nothing.
+ */
+async function controlChange(x: Executor, s: string, ch: QueueChannels, sql: string, params: unknown[], wakeQueue: string): Promise<ControlRow[]> {
+  const p = params.length;
+  const { rows } = await x.query<ControlRow>(
+    `WITH changed AS (${sql})
+     SELECT changed.*, (SELECT count(pg_notify($${p + 1}::text, $${p + 2})) FROM changed WHERE $${p + 1}::text IS NOT NULL) AS woke FROM changed`,
+    [...params, ch.wake, wakeQueue],
+  );
+  // Rows left with nothing go (a row changed again meanwhile is re-checked and kept).
+  await x.query(`DELETE FROM ${s}.queue_controls WHERE paused_at IS NULL AND concurrency IS NULL AND rate_count IS NULL`);
+  return rows;
+}
+
+/** Lifts the pause of exactly (queue, kind); returns whether there was one. Wakes the workers it concerns. */
+export async function controlResume(x: Executor, s: string, ch: QueueChannels, queue: string, kind: string): Promise<boolean> {
+  const rows = await controlChange(
+    x,
+    s,
+    ch,
+    `UPDATE ${s}.queue_controls SET paused_at = NULL, updated_at = now() WHERE queue = $1 AND kind = $2 AND paused_at IS NOT NULL RETURNING *`,
+    [queue, kind],
+    queue,
+  );
+  return rows.length > 0;
+}
+
+/** Sets the limit of (queue, kind), replacing any other; a null limit removes it (returns whether there was one). */
+export async function controlSetLimit(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  queue: string,
+  kind: string,
+  l: { concurrency: number | null; partitionBy: string[] | null; rateCount: number | null; ratePeriodMs: number | null } | null,
+): Promise<boolean> {
+  if (l === null) {
+    const rows = await controlChange(
+      x,
+      s,
+      ch,
+      `UPDATE ${s}.queue_controls SET concurrency = NULL, partition_by = NULL, rate_count = NULL, rate_period_ms = NULL, updated_at = now()
+        WHERE queue = $1 AND kind = $2 AND (concurrency IS NOT NULL OR rate_count IS NOT NULL) RETURNING *`,
+      [queue, kind],
+      queue,
+    );
+    return rows.length > 0;
+  }
+  await controlChange(
+    x,
+    s,
+    ch,
+    `INSERT INTO ${s}.queue_controls AS c (queue, kind, concurrency, partition_by, rate_count, rate_period_ms) VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (queue, kind) DO UPDATE SET concurrency = EXCLUDED.concurrency, partition_by = EXCLUDED.partition_by,
+            rate_count = EXCLUDED.rate_count, rate_period_ms = EXCLUDED.rate_period_ms, updated_at = now()
+     RETURNING *`,
+    [queue, kind, l.concurrency, l.partitionBy, l.rateCount, l.ratePeriodMs],
+    queue,
+  );
+  return true;
+}
+
+/** Every pause and limit. */
+export async function controlList(x: Executor, s: string): Promise<ControlRow[]> {
+  const { rows } = await x.query<ControlRow>(`SELECT * FROM ${s}.queue_controls ORDER BY queue, kind`);
+  return rows;
 }
 
 /** The database's clock. */
