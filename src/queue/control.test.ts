@@ -234,3 +234,78 @@ describe('fleet-wide limits (in one process, two Heralds)', () => {
     assert.ok(t[t.length - 1] - t[0] >= 1000, 'sixteen starts at 4 per 400 ms take at least 1.2 s minus the first burst');
   });
 });
+
+describe('pause and limits from the CLI, the HTTP API and the dashboard', () => {
+  test('herald jobs pause|resume|paused|limit|limits|unlimit; POST /jobs/pause|resume and the queues panel need admin', async () => {
+    const { cli } = await import('../../test/support/cli.js');
+    const { HeraldServer } = await import('../server/server.js');
+    const env = { DATABASE_URL: db.url };
+    let r = await cli(['jobs', 'pause', '--queue', 'cliq'], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^paused queue cliq since /);
+    r = await cli(['jobs', 'paused'], env);
+    assert.deepEqual(r.stdout.trim().split('\n').map((l) => JSON.parse(l)).map((p) => [p.queue, p.kind]), [['cliq', null]]);
+    r = await cli(['jobs', 'resume', '--queue', 'cliq', '--kind', 'x'], env);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, /not paused: queue cliq, kind x/);
+    r = await cli(['jobs', 'resume', '--queue', 'cliq', '--json'], env);
+    assert.equal(r.code, 0);
+    assert.deepEqual(JSON.parse(r.stdout), { resumed: true });
+    r = await cli(['jobs', 'limit', '--queue', 'cliq', '--concurrency', '3', '--rate', '10/1s', '--partition-by', 'customer.id'], env);
+    assert.equal(r.code, 0, r.stderr);
+    r = await cli(['jobs', 'limits'], env);
+    const lim = r.stdout.trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.queue === 'cliq');
+    assert.deepEqual([lim.queue, lim.kind, lim.concurrency, lim.partitionBy, lim.rate], ['cliq', null, 3, ['customer', 'id'], { count: 10, periodMs: 1000 }]);
+    assert.equal((await cli(['jobs', 'limit', '--queue', 'cliq'], env)).code, 2);
+    assert.equal((await cli(['jobs', 'limit', '--rate', 'often'], env)).code, 2);
+    assert.equal((await cli(['jobs', 'unlimit', '--queue', 'cliq'], env)).code, 0);
+    assert.equal((await cli(['jobs', 'unlimit', '--queue', 'cliq'], env)).code, 1);
+
+    const h = herald();
+    await h.queue.enqueue('dash-kind', {}, { queue: 'dashq', delayMs: 3_600_000 });
+    const ADMIN = 'control-admin-token-123456';
+    const VIEWER = 'control-viewer-token-123456';
+    const server = new HeraldServer(h, {
+      port: 0,
+      token: ADMIN,
+      apiKeys: [{ name: 'viewer', key: VIEWER, grants: { subscribe: ['*'], publish: ['*'] } }],
+      dashboardRefreshMs: 0,
+    });
+    const base = await server.start();
+    try {
+      const post = (path: string, token: string, body: unknown) =>
+        fetch(`${base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      assert.equal((await post('/jobs/pause', VIEWER, { queue: 'dashq' })).status, 403);
+      assert.deepEqual(await h.queue.paused(), []);
+      const p = await post('/jobs/pause', ADMIN, { queue: 'dashq' });
+      assert.equal(p.status, 200);
+      assert.equal((await p.json()).paused.queue, 'dashq');
+      assert.equal((await post('/jobs/pause', ADMIN, { queue: 7 })).status, 400);
+      const controls = await (await fetch(`${base}/jobs/controls`, { headers: { authorization: `Bearer ${ADMIN}` } })).json();
+      assert.deepEqual(controls.paused.map((x: { queue: string }) => x.queue), ['dashq']);
+      const panel = async () => {
+        const snap = await (await fetch(`${base}/api/dashboard`, { headers: { authorization: `Bearer ${ADMIN}` } })).json();
+        const q = snap.panels.find((x: { id: string }) => x.id === 'queues');
+        const i = q.data.findIndex((row: { queue: string }) => row.queue === 'dashq');
+        return { row: q.data[i], actions: q.rowActions[i] };
+      };
+      let seen = await panel();
+      assert.equal(seen.row.paused, 'queue');
+      assert.deepEqual(seen.actions, ['resume']);
+      const act = (name: string) => post(`/api/dashboard/panels/queues/actions/${name}`, ADMIN, { args: { queue: 'dashq', kind: 'dash-kind' } });
+      assert.equal((await post('/api/dashboard/panels/queues/actions/resume', VIEWER, { args: { queue: 'dashq', kind: 'dash-kind' } })).status, 403);
+      assert.equal((await act('resume')).status, 200);
+      assert.deepEqual(await h.queue.paused(), []);
+      seen = await panel();
+      assert.equal(seen.row.paused, '');
+      assert.deepEqual(seen.actions, ['pause']);
+      assert.equal((await act('resume')).status, 409);
+      assert.equal((await act('pause')).status, 200);
+      assert.deepEqual((await h.queue.paused()).map((x) => [x.queue, x.kind]), [['dashq', 'dash-kind']]);
+      const resumed = await post('/jobs/resume', ADMIN, { queue: 'dashq', kind: 'dash-kind' });
+      assert.deepEqual(await resumed.json(), { resumed: true });
+    } finally {
+      await server.stop();
+    }
+  });
+});
