@@ -315,7 +315,7 @@ export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a
 
 /** What `job_admit` decided for a claim under controls (see migration 014). */
 export interface Admission {
-  mode: 'free' | 'paused' | 'limited';
+  mode: 'free' | 'paused' | 'limited' | 'busy';
   ids: string[] | null;
   keys: string[] | null;
   wait_ms: number | null;

@@ -73,6 +73,15 @@ export function limitedClaimScan(want: number): number {
   return Math.min(1000, Math.max(100, want * 10));
 }
 
+/**
+ * When every key with due jobs was being admitted by another claimer, the next claim comes
+ * after a random 5 to 25 ms (the other claim's transaction is short), or the poll interval
+ * if shorter. Random, so that the claimers that met do not meet again.
+ */
+export function busyRetryMs(pollIntervalMs: number): number {
+  return Math.min(pollIntervalMs, 5 + Math.random() * 20);
+}
+
 /** The jobs of `batch` whose completion matched no row (null: all matched). */
 function missedOf(batch: Finished[], matched: string[]): Set<string> | null {
   if (matched.length === batch.length) return null;
@@ -304,7 +313,9 @@ export class Worker {
       if (want <= 0) return { done, rows: [] as ClaimRow[], free: false, waitMs: null };
       const a = await jobAdmit(tx, s, { queue: this.queue, kind: this.kind, stage: this.stage, want, scan: limitedClaimScan(want) });
       const rows = a.mode === 'limited' && a.ids && a.ids.length > 0 ? await jobClaimAdmitted(tx, s, ch, a.ids, a.keys!, options.leaseMs) : [];
-      return { done, rows, free: a.mode === 'free', waitMs: a.wait_ms };
+      // Busy: another claimer held every key with due jobs; it commits soon, then look again.
+      const waitMs = a.mode === 'busy' ? busyRetryMs(options.pollIntervalMs) : a.wait_ms;
+      return { done, rows, free: a.mode === 'free', waitMs };
     });
     if (out.done) this.#completed(finals, missedOf(finals, out.done));
     if (out.free) this.#control(false);

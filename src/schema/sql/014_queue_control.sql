@@ -46,10 +46,10 @@ ALTER TABLE :schema.jobs ADD COLUMN IF NOT EXISTS timeout_ms int, ADD COLUMN IF 
 -- transaction advisory locks (two-key form, class = hash of the schema's control table),
 -- held until the caller's transaction, which also runs the claim, commits.
 --
--- Deadlocks: only the first key is waited for, before any other is held; every other key
--- is tried (pg_try_advisory_xact_lock) and skipped when another claimer holds it, which
--- then admits that key's jobs itself. The candidates are the first p_scan due jobs in
--- claim order.
+-- No claimer ever waits for a key: each is tried (pg_try_advisory_xact_lock) and skipped
+-- when another claimer holds it (that one admits the key's jobs), so claimers of different
+-- keys run in parallel and no deadlock can form. The candidates are the first p_scan due
+-- jobs in claim order.
 CREATE OR REPLACE FUNCTION :schema.job_admit(p_queue text, p_kind text, p_stage text, p_want int, p_scan int)
 RETURNS TABLE (mode text, ids bigint[], keys text[], wait_ms float8)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -59,8 +59,7 @@ DECLARE
   cand_ids bigint[];
   cand_keys text[];
   k text;
-  first boolean := true;
-  got boolean;
+  skipped boolean := false;
   running int;
   free_slots int;
   n_cand int;
@@ -98,14 +97,10 @@ BEGIN
   END IF;
   FOR k, n_cand IN SELECT u.k, count(*)::int FROM unnest(cand_keys) WITH ORDINALITY AS u(k, o) GROUP BY u.k ORDER BY min(u.o) LOOP
     EXIT WHEN admitted >= p_want;
-    IF first THEN
-      PERFORM pg_advisory_xact_lock(cls, hashtext(k));
-      got := true;
-      first := false;
-    ELSE
-      got := pg_try_advisory_xact_lock(cls, hashtext(k));
+    IF NOT pg_try_advisory_xact_lock(cls, hashtext(k)) THEN
+      skipped := true;
+      CONTINUE;
     END IF;
-    CONTINUE WHEN NOT got;
     take := least(n_cand, p_want - admitted);
     IF c.concurrency IS NOT NULL THEN
       -- A new statement, so a new snapshot: it sees every claim committed before the lock.
@@ -143,6 +138,6 @@ BEGIN
       END IF;
     END LOOP;
   END IF;
-  RETURN QUERY SELECT 'limited'::text, out_ids, out_keys, wait;
+  RETURN QUERY SELECT CASE WHEN admitted = 0 AND skipped THEN 'busy' ELSE 'limited' END, out_ids, out_keys, wait;
 END
 $$;
