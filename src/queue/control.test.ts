@@ -22,7 +22,7 @@ function herald(queue: ConstructorParameters<typeof Herald>[0]['queue'] = {}): H
     async query(text, values, options) {
       const r = await x.query(text, values, options);
       if (text.includes('.job_admit(')) {
-        const mode = (r.rows[0] as { mode: string }).mode;
+        const mode = (r.rows[r.rows.length - 1] as { mode: string }).mode;
         watch.admits[mode] = (watch.admits[mode] ?? 0) + 1;
       }
       return r as never;
@@ -30,7 +30,7 @@ function herald(queue: ConstructorParameters<typeof Herald>[0]['queue'] = {}): H
   });
   const driver: Driver = {
     kind: base.kind,
-    executor: base.executor,
+    executor: wrap(base.executor),
     transaction: (fn) => base.transaction((tx) => fn(wrap(tx))),
     openListenSession: (o) => base.openListenSession(o),
     end: (o) => base.end(o),

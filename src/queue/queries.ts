@@ -314,42 +314,48 @@ export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a
 }
 
 /** What `job_admit` decided for a claim under controls (see migration 014). */
-export interface Admission {
-  mode: 'free' | 'paused' | 'limited' | 'busy';
-  ids: string[] | null;
-  keys: string[] | null;
-  wait_ms: number | null;
-}
+export type AdmitMode = 'free' | 'paused' | 'limited' | 'busy';
 
 /**
- * Admission of a claim under a pause or limit: takes the limit keys' transaction locks,
- * counts what runs, takes rate tokens. Run it in the transaction that then claims the
- * admitted jobs ({@link jobClaimAdmitted}), so the locks are held until the claims commit.
+ * A claim while a pause or limit applies, in one statement (so in one transaction, which
+ * holds the limit keys' locks `job_admit` takes until it commits): records `finals` when
+ * given (fenced like {@link jobFinishMany}), asks `job_admit` which due jobs may start
+ * (it row-locks its candidates, so no other claimer takes them meanwhile), and claims
+ * those, each under its limit key. Completions in the same statement are not yet visible to `job_admit`, which counts
+ * their slots as taken (it admits fewer, never more).
  */
-export async function jobAdmit(x: Executor, s: string, a: { queue: string; kind: string; stage: string | null; want: number; scan: number }): Promise<Admission> {
-  const { rows } = await x.query<Admission>(
-    `SELECT mode, ids::text[] AS ids, keys, wait_ms FROM ${s}.job_admit($1, $2, $3, $4, $5)`,
-    [a.queue, a.kind, a.stage ?? '', a.want, a.scan],
+export async function jobClaimLimited(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  keep: boolean,
+  b: FinishBatch | null,
+  a: { queue: string; kind: string; stage: string | null; want: number; scan: number; leaseMs: number },
+): Promise<{ missed: string[]; claimed: ClaimRow[]; mode: AdmitMode; waitMs: number | null }> {
+  const fp = b ? finishParams(keep, b) : [];
+  const p = fp.length + 1;
+  const ev = p + 6;
+  const finish = b ? `${finishCte(s, keep, 1, ev)}, ` : '';
+  const { rows } = await x.query<ClaimRow & { missed: string[] | null; mode: AdmitMode | null; wait_ms: number | null }>(
+    `WITH ${finish}a AS (
+       SELECT * FROM ${s}.job_admit($${p}, $${p + 1}, $${p + 2}, $${p + 3}, $${p + 4})
+     ), claimed AS (
+       UPDATE ${s}.jobs j SET ${claimSet(`$${p + 5}`, '((SELECT keys FROM a) ->> j.id::text)')}
+        WHERE j.id = ANY((SELECT ids FROM a)::bigint[]) AND j.state = 'available'
+       RETURNING ${claimReturning(`$${ev}`)}
+     )
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,
+            NULL::text[] AS missed, NULL::text AS mode, NULL::float8 AS wait_ms, NULL::bigint AS woke FROM claimed
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            ${b ? 'ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))' : 'NULL::text[]'},
+            (SELECT mode FROM a), (SELECT wait_ms FROM a),
+            ${b ? wake('done', `$${ev + 1}`, LIMITED) : 'NULL::bigint'}`,
+    [...fp, a.queue, a.kind, a.stage ?? '', a.want, a.scan, a.leaseMs, ch.events, ...(b ? [ch.wake] : [])],
     PREPARE,
   );
-  return rows[0];
-}
-
-/**
- * Claims the jobs `job_admit` admitted, each under its limit key. A job taken meanwhile
- * (no longer available) is skipped. Same lease and fence as {@link claimCtes}.
- */
-export async function jobClaimAdmitted(x: Executor, s: string, ch: QueueChannels, ids: string[], keys: string[], leaseMs: number): Promise<ClaimRow[]> {
-  const map: Record<string, string> = {};
-  ids.forEach((id, i) => (map[id] = keys[i]));
-  const { rows } = await x.query<ClaimRow>(
-    `UPDATE ${s}.jobs j SET ${claimSet('$3', "($2::jsonb ->> j.id::text)")}
-      WHERE j.id = ANY($1::bigint[]) AND j.state = 'available' AND j.run_at <= now()
-      RETURNING ${claimReturning('$4')}`,
-    [ids, JSON.stringify(map), leaseMs, ch.events],
-    PREPARE,
-  );
-  return rows;
+  const last = rows.pop()!;
+  return { missed: last.missed ?? [], claimed: rows, mode: last.mode!, waitMs: last.wait_ms };
 }
 
 /**

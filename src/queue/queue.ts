@@ -119,11 +119,6 @@ export class Queue extends TypedEmitter<QueueEvents> {
     return this.notifier.pressure.run((wake) => fn(this.driver.executor, wake ? this.channelNames : NO_CHANNELS));
   }
 
-  /** @internal used by workers: runs `fn` in a transaction on one pool connection. */
-  transaction<T>(fn: (x: Executor) => Promise<T>): Promise<T> {
-    return this.driver.transaction(fn);
-  }
-
   /** Whether this process currently leads cron scheduling. */
   get isLeader(): boolean {
     return this.#leader;

@@ -6,8 +6,7 @@ import { Loop, type ReconnectSource, type Turn } from '../internal/loop.js';
 import { withSpan } from '../internal/tracing.js';
 import {
   compareIds,
-  jobAdmit,
-  jobClaimAdmitted,
+  jobClaimLimited,
   jobClaimBatch,
   jobCompleteMany,
   jobFailMany,
@@ -30,8 +29,6 @@ export interface WorkerHost {
   /** The notifier: its `notifier:reconnected` event cuts a worker's error backoff short. */
   readonly notifier: ReconnectSource;
   emitEvent<K extends keyof QueueEvents & string>(event: K, ...args: QueueEvents[K]): void;
-  /** Runs `fn` in a transaction (the claim under a limit holds its locks until it commits). */
-  transaction<T>(fn: (x: Executor) => Promise<T>): Promise<T>;
   /** Whether anyone listens to `event` (so a hot path can skip building its payload). */
   hasListeners(event: keyof QueueEvents & string): boolean;
 }
@@ -302,32 +299,33 @@ export class Worker {
   }
 
   /**
-   * A claim while a pause or limit applies, in one transaction: record `finals` (their
-   * slots free up for this very claim), ask `job_admit` which jobs may start (it takes
-   * the limit keys' locks, held until this transaction commits), claim those.
+   * A claim while a pause or limit applies: one statement records `finals`, asks
+   * `job_admit` which jobs may start (it takes the limit keys' locks, held until the
+   * statement commits) and claims those (see `jobClaimLimited`).
    */
   async #claimControlled(finals: Finished[], want: number): Promise<ClaimRow[]> {
     const { schemaSql: s, channels: ch, options } = this.host;
-    const out = await this.host.transaction(async (tx) => {
-      const done = finals.length > 0 ? await jobFinishMany(tx, s, ch, options.keepCompleted, finishBatch(finals)) : null;
-      if (want <= 0) return { done, rows: [] as ClaimRow[], free: false, waitMs: null };
-      const a = await jobAdmit(tx, s, { queue: this.queue, kind: this.kind, stage: this.stage, want, scan: limitedClaimScan(want) });
-      const rows = a.mode === 'limited' && a.ids && a.ids.length > 0 ? await jobClaimAdmitted(tx, s, ch, a.ids, a.keys!, options.leaseMs) : [];
-      // Busy: another claimer held every key with due jobs; it commits soon, then look again.
-      const waitMs = a.mode === 'busy' ? busyRetryMs(options.pollIntervalMs) : a.wait_ms;
-      return { done, rows, free: a.mode === 'free', waitMs };
+    const r = await jobClaimLimited(this.host.executor, s, ch, options.keepCompleted, finals.length > 0 ? finishBatch(finals) : null, {
+      queue: this.queue,
+      kind: this.kind,
+      stage: this.stage,
+      want,
+      scan: limitedClaimScan(want),
+      leaseMs: options.leaseMs,
     });
-    if (out.done) this.#completed(finals, missedOf(finals, out.done));
-    if (out.free) this.#control(false);
-    if (out.waitMs !== null && this.#tokenTimer === null && !this.#loop.stopping) {
-      // A rate limit held back due jobs: claim again when the next token is due.
+    if (finals.length > 0) this.#completed(finals, r.missed.length === 0 ? null : new Set(r.missed));
+    if (r.mode === 'free') this.#control(false);
+    // Busy: another claimer held every key with due jobs; it commits soon, then look again.
+    const waitMs = r.mode === 'busy' ? busyRetryMs(options.pollIntervalMs) : r.waitMs;
+    if (waitMs !== null && this.#tokenTimer === null && !this.#loop.stopping) {
+      // A rate limit held back due jobs (or the keys were busy): claim again then.
       this.#tokenTimer = setTimeout(() => {
         this.#tokenTimer = null;
         this.wake();
-      }, Math.max(1, Math.ceil(out.waitMs)));
+      }, Math.max(1, Math.ceil(waitMs)));
       this.#tokenTimer.unref();
     }
-    return out.rows;
+    return r.claimed;
   }
 
   #hold(row: ClaimRow): void {

@@ -16,6 +16,10 @@ CREATE TABLE IF NOT EXISTS :schema.queue_controls (
   -- At most rate_count starts per rate_period_ms (a token bucket, per partition key).
   rate_count int CHECK (rate_count > 0),
   rate_period_ms float8 CHECK (rate_period_ms > 0),
+  -- A limit is split into this many stripes (fewer when concurrency or rate_count is
+  -- smaller), each with its share and its own lock, so that claimers of one key run in
+  -- parallel instead of queueing for one lock held across their commits.
+  stripes int NOT NULL DEFAULT 8 CHECK (stripes BETWEEN 1 AND 64),
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (queue, kind),
   CHECK ((rate_count IS NULL) = (rate_period_ms IS NULL)),
@@ -36,45 +40,72 @@ ALTER TABLE :schema.jobs ADD COLUMN IF NOT EXISTS timeout_ms int, ADD COLUMN IF 
 
 -- Admission of a claim under controls, for a worker of (queue, kind, stage) wanting
 -- p_want jobs. Returns mode 'free' (no control applies: claim the ordinary way), 'paused',
--- or 'limited' with the admitted job ids and their limit keys in claim order, and
--- wait_ms: when a rate limit refused a due job, how long until its next token.
+-- 'limited' with the admitted job ids (in claim order) and `keys` (a jsonb object: job id
+-- -> its limit key), or 'busy' (none admitted while another claimer held a key with due
+-- jobs: try again shortly); wait_ms: when a rate limit refused a due job, how long until
+-- its next token. The caller claims the admitted jobs in the same statement (the
+-- transaction that holds the locks).
 --
 -- Why a function, and the order inside: a limit key's running count must be read AFTER
--- its lock is held, in a snapshot taken after the lock (a single statement's snapshot
+-- its lock is held, in a snapshot taken after the lock (a plain statement's snapshot
 -- predates the locks it takes, and would miss a claim committed in between). In a
 -- VOLATILE plpgsql function each statement takes a new snapshot. The locks are
 -- transaction advisory locks (two-key form, class = hash of the schema's control table),
--- held until the caller's transaction, which also runs the claim, commits.
+-- held until the caller's transaction, which also claims, commits.
 --
--- No claimer ever waits for a key: each is tried (pg_try_advisory_xact_lock) and skipped
--- when another claimer holds it (that one admits the key's jobs), so claimers of different
--- keys run in parallel and no deadlock can form. The candidates are the first p_scan due
--- jobs in claim order.
+-- Stripes: each limit key is split into S = least(stripes, concurrency, rate_count) units,
+-- `<key>#<i>`, each with concurrency / S slots (the remainder to the first ones) and a
+-- token bucket of rate_count / S; a job is claimed under one unit (its limit_key). The
+-- units' shares add up to the limit, so the sum of what runs (or starts) never exceeds it.
+--
+-- Deadlocks: a claimer waits for a unit only while it holds no other: units are tried in
+-- order (keys in claim order, each key's stripes from a random one) with
+-- pg_try_advisory_xact_lock and skipped when held by another claimer; units that a read
+-- before any lock shows full are not locked at all. Only when every unit worth locking was
+-- skipped, and none is held, does the claimer wait for the first of them; a waiter holding
+-- nothing closes no cycle.
+--
+-- Candidates: the first p_scan due jobs in claim order (p_want without partitions), locked
+-- FOR UPDATE SKIP LOCKED like the ordinary claim, so concurrent claimers look at different
+-- jobs instead of admitting the same ones; the locks go with the transaction.
 CREATE OR REPLACE FUNCTION :schema.job_admit(p_queue text, p_kind text, p_stage text, p_want int, p_scan int)
-RETURNS TABLE (mode text, ids bigint[], keys text[], wait_ms float8)
+RETURNS TABLE (mode text, ids bigint[], keys jsonb, wait_ms float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   c record;
   cls int := hashtext(':schema.queue_controls');
   cand_ids bigint[];
   cand_keys text[];
+  key_list text[];
+  rem int[];
+  n_stripes int;
+  off int;
+  st int;
+  units text[] := '{}';
+  unit_of int[] := '{}';
+  unit_cap int[] := '{}';
+  share float8;
+  hint jsonb := '{}'::jsonb;
+  u int;
+  i int;
   k text;
-  skipped boolean := false;
+  held int := 0;
+  first_skipped int := NULL;
+  waiting boolean := false;
   running int;
-  free_slots int;
-  n_cand int;
   b record;
   tokens float8;
   quota jsonb := '{}'::jsonb;
+  pos jsonb := '{}'::jsonb;
   admitted int := 0;
   take int;
   wait float8 := NULL;
   out_ids bigint[] := '{}';
-  out_keys text[] := '{}';
+  out_keys jsonb := '{}'::jsonb;
 BEGIN
   IF EXISTS (SELECT 1 FROM :schema.queue_controls q
               WHERE q.queue IN ('', p_queue) AND q.kind IN ('', p_kind) AND q.paused_at IS NOT NULL) THEN
-    RETURN QUERY SELECT 'paused'::text, NULL::bigint[], NULL::text[], NULL::float8;
+    RETURN QUERY SELECT 'paused'::text, NULL::bigint[], NULL::jsonb, NULL::float8;
     RETURN;
   END IF;
   -- The kind's own limit wins over the queue's.
@@ -82,62 +113,114 @@ BEGIN
    WHERE q.queue = p_queue AND q.kind IN ('', p_kind) AND (q.concurrency IS NOT NULL OR q.rate_count IS NOT NULL)
    ORDER BY q.kind DESC LIMIT 1;
   IF NOT FOUND THEN
-    RETURN QUERY SELECT 'free'::text, NULL::bigint[], NULL::text[], NULL::float8;
+    RETURN QUERY SELECT 'free'::text, NULL::bigint[], NULL::jsonb, NULL::float8;
+    RETURN;
+  END IF;
+  IF p_want <= 0 THEN
+    RETURN QUERY SELECT 'limited'::text, out_ids, out_keys, NULL::float8;
     RETURN;
   END IF;
   SELECT array_agg(t.id ORDER BY t.o), array_agg(t.k ORDER BY t.o) INTO cand_ids, cand_keys
     FROM (SELECT j.id, row_number() OVER () AS o,
                  jsonb_build_array(c.queue, c.kind, CASE WHEN c.partition_by IS NOT NULL THEN j.payload #>> c.partition_by END)::text AS k
-            FROM (SELECT * FROM :schema.jobs
+            FROM (SELECT id, payload FROM :schema.jobs
                    WHERE state = 'available' AND queue = p_queue AND kind = p_kind AND stage = p_stage AND run_at <= now()
-                   ORDER BY priority, run_at, id LIMIT p_scan) j) t;
+                   ORDER BY priority, run_at, id
+                   -- Without partitions every candidate has the one key: no need to look further.
+                   LIMIT CASE WHEN c.partition_by IS NULL THEN p_want ELSE p_scan END
+                   FOR UPDATE SKIP LOCKED) j) t;
   IF cand_ids IS NULL THEN
     RETURN QUERY SELECT 'limited'::text, out_ids, out_keys, NULL::float8;
     RETURN;
   END IF;
-  FOR k, n_cand IN SELECT u.k, count(*)::int FROM unnest(cand_keys) WITH ORDINALITY AS u(k, o) GROUP BY u.k ORDER BY min(u.o) LOOP
-    EXIT WHEN admitted >= p_want;
-    IF NOT pg_try_advisory_xact_lock(cls, hashtext(k)) THEN
-      skipped := true;
+  -- Distinct keys in order of their first candidate, with how many candidates each has.
+  SELECT array_agg(x.k ORDER BY x.o), array_agg(x.n ORDER BY x.o) INTO key_list, rem
+    FROM (SELECT y.k, min(y.o) AS o, count(*)::int AS n FROM unnest(cand_keys) WITH ORDINALITY AS y(k, o) GROUP BY y.k) x;
+  n_stripes := least(c.stripes, coalesce(c.concurrency, c.stripes), coalesce(c.rate_count, c.stripes));
+  FOR i IN 1 .. array_length(key_list, 1) LOOP
+    off := floor(random() * n_stripes)::int;
+    FOR st IN 0 .. n_stripes - 1 LOOP
+      units := units || (key_list[i] || '#' || ((off + st) % n_stripes));
+      unit_of := unit_of || i;
+      unit_cap := unit_cap || (c.concurrency / n_stripes + CASE WHEN (off + st) % n_stripes < c.concurrency % n_stripes THEN 1 ELSE 0 END);
+    END LOOP;
+  END LOOP;
+  share := c.rate_count::float8 / n_stripes;
+  IF c.concurrency IS NOT NULL THEN
+    -- Before any lock: which units look full (a hint; the count that decides comes after the lock).
+    SELECT coalesce(jsonb_object_agg(j.limit_key, j.n), '{}'::jsonb) INTO hint
+      FROM (SELECT limit_key, count(*) AS n FROM :schema.jobs
+             WHERE limit_key = ANY(units) AND lease_expires_at IS NOT NULL AND state = 'running' AND lease_expires_at > clock_timestamp()
+             GROUP BY limit_key) j;
+  END IF;
+  u := 1;
+  LOOP
+    IF u > array_length(units, 1) OR admitted >= p_want THEN
+      -- Every unit worth locking was skipped and none is held: wait for the first skipped.
+      IF admitted = 0 AND held = 0 AND first_skipped IS NOT NULL AND NOT waiting THEN
+        u := first_skipped;
+        waiting := true;
+      ELSE
+        EXIT;
+      END IF;
+    END IF;
+    k := units[u];
+    i := unit_of[u];
+    IF rem[i] = 0 THEN
+      u := u + 1;
       CONTINUE;
     END IF;
-    take := least(n_cand, p_want - admitted);
+    IF waiting THEN
+      PERFORM pg_advisory_xact_lock(cls, hashtext(k));
+    ELSIF c.concurrency IS NOT NULL AND coalesce((hint ->> k)::int, 0) >= unit_cap[u] THEN
+      u := u + 1;
+      CONTINUE;
+    ELSIF NOT pg_try_advisory_xact_lock(cls, hashtext(k)) THEN
+      first_skipped := coalesce(first_skipped, u);
+      u := u + 1;
+      CONTINUE;
+    END IF;
+    held := held + 1;
+    take := least(rem[i], p_want - admitted);
     IF c.concurrency IS NOT NULL THEN
       -- A new statement, so a new snapshot: it sees every claim committed before the lock.
       SELECT count(*)::int INTO running FROM :schema.jobs j
        WHERE j.limit_key = k AND j.lease_expires_at IS NOT NULL AND j.state = 'running' AND j.lease_expires_at > clock_timestamp();
-      take := least(take, greatest(0, c.concurrency - running));
+      take := least(take, greatest(0, unit_cap[u] - running));
     END IF;
     IF c.rate_count IS NOT NULL AND take > 0 THEN
       SELECT rb.tokens, rb.at INTO b FROM :schema.queue_rate_buckets rb WHERE rb.key = k;
       IF NOT FOUND THEN
-        tokens := c.rate_count;
+        tokens := share;
       ELSE
-        tokens := least(c.rate_count::float8,
-                        b.tokens + greatest(0, extract(epoch FROM clock_timestamp() - b.at) * 1000) * c.rate_count / c.rate_period_ms);
+        tokens := least(share, b.tokens + greatest(0, extract(epoch FROM clock_timestamp() - b.at) * 1000) * share / c.rate_period_ms);
       END IF;
       IF floor(tokens) < take THEN
-        wait := least(coalesce(wait, 'Infinity'::float8), (1 - (tokens - floor(tokens))) * c.rate_period_ms / c.rate_count);
+        wait := least(coalesce(wait, 'Infinity'::float8), (1 - (tokens - floor(tokens))) * c.rate_period_ms / share);
       END IF;
       take := least(take, floor(tokens)::int);
       INSERT INTO :schema.queue_rate_buckets AS rb (key, tokens, at) VALUES (k, tokens - take, clock_timestamp())
         ON CONFLICT (key) DO UPDATE SET tokens = EXCLUDED.tokens, at = EXCLUDED.at;
     END IF;
     IF take > 0 THEN
-      quota := quota || jsonb_build_object(k, take);
+      quota := quota || jsonb_build_object(key_list[i], coalesce(quota -> key_list[i], '[]'::jsonb) || (SELECT jsonb_agg(k) FROM generate_series(1, take)));
+      rem[i] := rem[i] - take;
       admitted := admitted + take;
     END IF;
+    EXIT WHEN waiting;
+    u := u + 1;
   END LOOP;
   IF admitted > 0 THEN
+    -- Each admitted candidate, in claim order, under one of its key's admitted units.
     FOR i IN 1 .. array_length(cand_ids, 1) LOOP
-      take := coalesce((quota ->> cand_keys[i])::int, 0);
-      IF take > 0 THEN
+      take := coalesce((pos ->> cand_keys[i])::int, 0);
+      IF take < coalesce(jsonb_array_length(quota -> cand_keys[i]), 0) THEN
         out_ids := out_ids || cand_ids[i];
-        out_keys := out_keys || cand_keys[i];
-        quota := quota || jsonb_build_object(cand_keys[i], take - 1);
+        out_keys := out_keys || jsonb_build_object(cand_ids[i]::text, quota -> cand_keys[i] ->> take);
+        pos := pos || jsonb_build_object(cand_keys[i], take + 1);
       END IF;
     END LOOP;
   END IF;
-  RETURN QUERY SELECT CASE WHEN admitted = 0 AND skipped THEN 'busy' ELSE 'limited' END, out_ids, out_keys, wait;
+  RETURN QUERY SELECT CASE WHEN admitted = 0 AND first_skipped IS NOT NULL THEN 'busy' ELSE 'limited' END, out_ids, out_keys, wait;
 END
 $$;
