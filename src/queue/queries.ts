@@ -141,6 +141,8 @@ export interface JobInsertBatch {
   stages: (string | null)[];
   announce: boolean[];
   timeoutMs: (number | null)[];
+  /** The batch of every job of this statement, or null. */
+  batchId?: string | null;
 }
 
 /**
@@ -157,10 +159,10 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
          FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $8::text[], $9::jsonb[], $10::bool[], $13::int[])
               WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, unique_key, stages, announce, timeout_ms, ord)
      ), ins AS (
-       INSERT INTO ${s}.jobs AS j (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, unique_key, stages, stage, announce, history)
+       INSERT INTO ${s}.jobs AS j (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, batch_id, unique_key, stages, stage, announce, history)
        SELECT i.id, i.queue, i.kind, i.payload, i.priority,
               coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond'),
-              i.max_attempts, i.timeout_ms, i.unique_key, st.arr, coalesce(st.arr[1], ''), i.announce,
+              i.max_attempts, i.timeout_ms, $14::bigint, i.unique_key, st.arr, coalesce(st.arr[1], ''), i.announce,
               CASE WHEN i.announce THEN jsonb_build_array(jsonb_build_object('stage', st.arr[1], 'state', 'available', 'at', now())) END
          FROM input i
          CROSS JOIN LATERAL (SELECT CASE WHEN i.stages IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(i.stages)) END AS arr) st
@@ -172,7 +174,7 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
             ${wake('ins', '$11', 'run_at <= now()')} AS woke, ${notice('ins', '$12')} AS notice
        FROM input i LEFT JOIN ins ON ins.id = i.id
       ORDER BY i.ord`,
-    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.uniqueKey, b.stages, b.announce, ch.wake, ch.events, b.timeoutMs],
+    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.uniqueKey, b.stages, b.announce, ch.wake, ch.events, b.timeoutMs, b.batchId ?? null],
   );
   return rows;
 }
@@ -813,6 +815,46 @@ export async function controlSetLimit(
 export async function controlList(x: Executor, s: string): Promise<ControlRow[]> {
   const { rows } = await x.query<ControlRow>(`SELECT * FROM ${s}.queue_controls ORDER BY queue, kind`);
   return rows;
+}
+
+/** A row of `job_batches`. */
+export interface BatchRow {
+  id: string;
+  total: number;
+  completed: number;
+  dead: number;
+  cancelled: number;
+  callback_queue: string;
+  callback_kind: string;
+  callback_job_id: string | null;
+  outcome: 'completed' | 'dead' | null;
+  created_at: Date;
+  settled_at: Date | null;
+}
+
+/** Creates a batch of `total` jobs (its members are inserted next, in the same transaction). */
+export async function batchInsert(
+  x: Executor,
+  s: string,
+  b: { total: number; queue: string; kind: string; payload: string; maxAttempts: number },
+): Promise<string> {
+  const { rows } = await x.query<{ id: string }>(
+    `INSERT INTO ${s}.job_batches (total, callback_queue, callback_kind, callback_payload, callback_max_attempts)
+     VALUES ($1, $2, $3, $4::jsonb, $5) RETURNING id::text AS id`,
+    [b.total, b.queue, b.kind, b.payload, b.maxAttempts],
+  );
+  return rows[0].id;
+}
+
+/** One batch. */
+export async function batchGet(x: Executor, s: string, id: string): Promise<BatchRow | undefined> {
+  const { rows } = await x.query<BatchRow>(
+    `SELECT id::text AS id, total, completed, dead, cancelled, callback_queue, callback_kind, callback_job_id::text AS callback_job_id,
+            outcome, created_at, settled_at
+       FROM ${s}.job_batches WHERE id = $1::bigint`,
+    [id],
+  );
+  return rows[0];
 }
 
 /** The database's clock. */

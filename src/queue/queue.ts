@@ -25,6 +25,7 @@ import {
   type QueueLimitOptions,
   type QueuePause,
   type QueueTarget,
+  type BatchInfo,
   type ResolvedQueueOptions,
   type WorkOptions,
 } from './types.js';
@@ -146,6 +147,64 @@ export class Queue extends TypedEmitter<QueueEvents> {
   async enqueueMany(items: readonly EnqueueItem[], options: { tx?: TxLike } = {}): Promise<EnqueueResult[]> {
     if (!Array.isArray(items)) throw new InvalidArgumentError('items', items, 'an array of jobs');
     if (items.length === 0) return [];
+    return this.#insert(this.#batchOf(items), options.tx);
+  }
+
+  /**
+   * Enqueues `items` as one batch, in one transaction (the caller's with `tx`): when every
+   * member has completed, or as soon as one is dead or cancelled, the callback job
+   * `callback.kind` is enqueued exactly once, in the transaction of the member's transition,
+   * with payload `{ batchId, outcome: 'completed' | 'dead', total, completed, dead, cancelled,
+   * payload: callback.payload }`. Members may not have a `uniqueKey`.
+   *
+   * @example
+   * const { batchId } = await herald.queue.enqueueBatch(files.map((f) => ({ kind: 'resize', payload: f })), { callback: { kind: 'album-ready', payload: { album: 7 } } });
+   */
+  async enqueueBatch(
+    items: readonly EnqueueItem[],
+    options: { callback: { kind: string; payload?: unknown; queue?: string; maxAttempts?: number }; tx?: TxLike },
+  ): Promise<{ batchId: string; jobs: EnqueueResult[] }> {
+    if (!Array.isArray(items) || items.length === 0) throw new InvalidArgumentError('items', items, 'a non-empty array of jobs');
+    const cb = options?.callback;
+    if (cb === null || typeof cb !== 'object') throw new InvalidArgumentError('callback', cb, 'an object { kind, payload?, queue?, maxAttempts? }');
+    const b = this.#batchOf(items);
+    if (b.uniqueKey.some((k) => k !== null)) throw new InvalidArgumentError('uniqueKey', b.uniqueKey.find((k) => k !== null), 'no unique key on a batch member');
+    const callback = this.#batchOf([{ kind: cb.kind, payload: cb.payload, queue: cb.queue, maxAttempts: cb.maxAttempts }]);
+    const run = async (tx: TxLike) => {
+      const x = toExecutor(tx);
+      const batchId = await q.batchInsert(x, this.schemaSql, {
+        total: items.length,
+        queue: callback.queue[0],
+        kind: callback.kind[0],
+        payload: callback.payload[0],
+        maxAttempts: callback.maxAttempts[0],
+      });
+      // Through jobInsertMany (not the plain path): it carries the batch id.
+      b.batchId = batchId;
+      const rows = await q.jobInsertMany(x, this.schemaSql, this.channels, b);
+      return { batchId, jobs: rows.map((r) => ({ id: r.id, inserted: true })) };
+    };
+    return options.tx ? run(options.tx) : this.driver.transaction(run);
+  }
+
+  /** A batch's counters and, once settled, its outcome and callback job; undefined if there is none. */
+  async batch(id: string): Promise<BatchInfo | undefined> {
+    const r = await q.batchGet(this.executor, this.schemaSql, assertBigintId('batch id', id));
+    if (!r) return undefined;
+    return {
+      id: r.id,
+      total: r.total,
+      completed: r.completed,
+      dead: r.dead,
+      cancelled: r.cancelled,
+      outcome: r.outcome,
+      callbackJobId: r.callback_job_id,
+      createdAt: r.created_at,
+      settledAt: r.settled_at,
+    };
+  }
+
+  #batchOf(items: readonly EnqueueItem[]): q.JobInsertBatch {
     const b: q.JobInsertBatch = { queue: [], kind: [], payload: [], priority: [], runAt: [], delayMs: [], maxAttempts: [], uniqueKey: [], stages: [], announce: [], timeoutMs: [] };
     for (const it of items) {
       if (it === null || typeof it !== 'object') throw new InvalidArgumentError('job', it, 'an object { kind, payload?, ...options }');
@@ -178,6 +237,12 @@ export class Queue extends TypedEmitter<QueueEvents> {
       b.stages.push(it.stages ? JSON.stringify(it.stages) : null);
       b.announce.push(it.announce ?? it.stages !== undefined);
     }
+    return b;
+  }
+
+  #insert(b: q.JobInsertBatch, tx: TxLike | undefined): Promise<EnqueueResult[]> {
+    const options = { tx };
+    const items = b.kind;
     const plain = b.uniqueKey.every((k) => k === null) && b.stages.every((st) => st === null) && b.announce.every((a) => !a);
     return withSpan('herald.queue.enqueue', { 'herald.jobs': items.length }, async () => {
       if (plain) return (await this.#write(options.tx, (x, ch) => q.jobInsertPlain(x, this.schemaSql, ch, b))).map((id) => ({ id, inserted: true }));

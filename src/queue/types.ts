@@ -246,6 +246,21 @@ export interface QueueLimit {
   updatedAt: Date;
 }
 
+/** A batch as `queue.batch(id)` returns it. */
+export interface BatchInfo {
+  id: string;
+  total: number;
+  completed: number;
+  dead: number;
+  cancelled: number;
+  /** Null until settled: `completed` (every member completed) or `dead` (a member dead or cancelled first). */
+  outcome: 'completed' | 'dead' | null;
+  /** The callback job, enqueued once when the batch settled. */
+  callbackJobId: string | null;
+  createdAt: Date;
+  settledAt: Date | null;
+}
+
 /** A job transition as announced on the events channel. */
 export interface JobTransition {
   id: string;

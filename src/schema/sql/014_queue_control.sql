@@ -224,3 +224,78 @@ BEGIN
   RETURN QUERY SELECT CASE WHEN admitted = 0 AND first_skipped IS NOT NULL THEN 'busy' ELSE 'limited' END, out_ids, out_keys, wait;
 END
 $$;
+
+-- Batches: a group of jobs whose settlement enqueues one callback job. The counters move
+-- with every final transition of a member (a trigger, so every path counts: completion,
+-- deletion on completion, failure to dead, cancel, rescue to dead, retry back from dead);
+-- the batch settles when every member completed (outcome 'completed') or a member went
+-- dead or was cancelled (outcome 'dead'). The trigger that settles it inserts the callback
+-- and sets callback_job_id under the batch row's lock, in the same transaction as the
+-- member's transition: concurrent last finishers in different processes queue on that
+-- row, and the later one sees callback_job_id set, so the callback is enqueued once.
+CREATE TABLE IF NOT EXISTS :schema.job_batches (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  total int NOT NULL CHECK (total > 0),
+  completed int NOT NULL DEFAULT 0,
+  dead int NOT NULL DEFAULT 0,
+  cancelled int NOT NULL DEFAULT 0,
+  callback_queue text NOT NULL,
+  callback_kind text NOT NULL,
+  callback_payload jsonb NOT NULL DEFAULT '{}'::jsonb,
+  callback_max_attempts int NOT NULL,
+  callback_job_id bigint,
+  outcome text CHECK (outcome IN ('completed', 'dead')),
+  created_at timestamptz NOT NULL DEFAULT now(),
+  settled_at timestamptz
+);
+ALTER TABLE :schema.jobs ADD COLUMN IF NOT EXISTS batch_id bigint;
+
+CREATE OR REPLACE FUNCTION :schema.job_batch_track() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  dc int := 0;
+  dd int := 0;
+  dx int := 0;
+  b record;
+  cb bigint;
+  v_outcome text;
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    -- A running job deleted is a completion (keepCompleted: false); finished rows deleted
+    -- by retention were counted when they finished.
+    IF OLD.state = 'running' THEN dc := 1; ELSE RETURN NULL; END IF;
+  ELSE
+    dc := (NEW.state = 'completed')::int - (OLD.state = 'completed')::int;
+    dd := (NEW.state = 'dead')::int - (OLD.state = 'dead')::int;
+    dx := (NEW.state = 'cancelled')::int - (OLD.state = 'cancelled')::int;
+    IF dc = 0 AND dd = 0 AND dx = 0 THEN RETURN NULL; END IF;
+  END IF;
+  UPDATE :schema.job_batches SET completed = completed + dc, dead = dead + dd, cancelled = cancelled + dx
+   WHERE id = OLD.batch_id RETURNING * INTO b;
+  IF NOT FOUND OR b.callback_job_id IS NOT NULL THEN RETURN NULL; END IF;
+  IF b.completed >= b.total THEN
+    v_outcome := 'completed';
+  ELSIF b.dead > 0 OR b.cancelled > 0 THEN
+    v_outcome := 'dead';
+  ELSE
+    RETURN NULL;
+  END IF;
+  INSERT INTO :schema.jobs (queue, kind, payload, max_attempts)
+  VALUES (b.callback_queue, b.callback_kind,
+          jsonb_build_object('batchId', b.id::text, 'outcome', v_outcome, 'total', b.total, 'completed', b.completed,
+                             'dead', b.dead, 'cancelled', b.cancelled, 'payload', b.callback_payload),
+          b.callback_max_attempts)
+  RETURNING id INTO cb;
+  UPDATE :schema.job_batches SET callback_job_id = cb, outcome = v_outcome, settled_at = now() WHERE id = b.id;
+  IF :schema.notify_queue_ok() THEN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.jobs.wake', b.callback_queue);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS job_batch_update ON :schema.jobs;
+CREATE TRIGGER job_batch_update AFTER UPDATE OF state ON :schema.jobs
+  FOR EACH ROW WHEN (OLD.batch_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION :schema.job_batch_track();
+DROP TRIGGER IF EXISTS job_batch_delete ON :schema.jobs;
+CREATE TRIGGER job_batch_delete AFTER DELETE ON :schema.jobs
+  FOR EACH ROW WHEN (OLD.batch_id IS NOT NULL) EXECUTE FUNCTION :schema.job_batch_track();
