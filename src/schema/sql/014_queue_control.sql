@@ -60,7 +60,7 @@ ALTER TABLE :schema.jobs ADD COLUMN IF NOT EXISTS timeout_ms int, ADD COLUMN IF 
 --
 -- Deadlocks: a claimer waits for a unit only while it holds no other: units are tried in
 -- order (keys in claim order, each key's stripes from a random one) with
--- pg_try_advisory_xact_lock and skipped when held by another claimer; units that a read
+-- pg_try_advisory_xact_lock and skipped when held by another claimer; with partitions, units a read
 -- before any lock shows full are not locked at all. Only when every unit worth locking was
 -- skipped, and none is held, does the claimer wait for the first of them; a waiter holding
 -- nothing closes no cycle.
@@ -76,6 +76,7 @@ DECLARE
   cls int := hashtext(':schema.queue_controls');
   cand_ids bigint[];
   cand_keys text[];
+  one_key text;
   key_list text[];
   rem int[];
   n_stripes int;
@@ -120,9 +121,11 @@ BEGIN
     RETURN QUERY SELECT 'limited'::text, out_ids, out_keys, NULL::float8;
     RETURN;
   END IF;
+  one_key := jsonb_build_array(c.queue, c.kind, NULL)::text;
   SELECT array_agg(t.id ORDER BY t.o), array_agg(t.k ORDER BY t.o) INTO cand_ids, cand_keys
     FROM (SELECT j.id, row_number() OVER () AS o,
-                 jsonb_build_array(c.queue, c.kind, CASE WHEN c.partition_by IS NOT NULL THEN j.payload #>> c.partition_by END)::text AS k
+                 CASE WHEN c.partition_by IS NULL THEN one_key
+                      ELSE jsonb_build_array(c.queue, c.kind, j.payload #>> c.partition_by)::text END AS k
             FROM (SELECT id, payload FROM :schema.jobs
                    WHERE state = 'available' AND queue = p_queue AND kind = p_kind AND stage = p_stage AND run_at <= now()
                    ORDER BY priority, run_at, id
@@ -146,8 +149,9 @@ BEGIN
     END LOOP;
   END LOOP;
   share := c.rate_count::float8 / n_stripes;
-  IF c.concurrency IS NOT NULL THEN
-    -- Before any lock: which units look full (a hint; the count that decides comes after the lock).
+  IF c.concurrency IS NOT NULL AND c.partition_by IS NOT NULL THEN
+    -- Before any lock: which units look full (a hint; the count that decides comes after the
+    -- lock). Only with partitions: without, the count after the lock is as cheap.
     SELECT coalesce(jsonb_object_agg(j.limit_key, j.n), '{}'::jsonb) INTO hint
       FROM (SELECT limit_key, count(*) AS n FROM :schema.jobs
              WHERE limit_key = ANY(units) AND lease_expires_at IS NOT NULL AND state = 'running' AND lease_expires_at > clock_timestamp()
