@@ -27,7 +27,7 @@ export type { OutgoingNotification } from './notifier/notify.js';
 export type { Notification, NotifierEvents, NotifierOptions, NotifierStats, NotifierStatus, ChannelStats } from './notifier/types.js';
 export { MAX_CHANNEL_BYTES, PAYLOAD_LIMIT_BYTES } from './notifier/validate.js';
 export { migrate, migrations, migrationScript, migrationStatus, OUTSIDE_SCRIPT_MARKER, type Migration, type MigrationStatus, type MigrateOptions } from './schema/migrator.js';
-export { Queue, type CronHandle } from './queue/queue.js';
+export { Queue, LIMIT_MAX, TIMEOUT_MAX_MS, type CronHandle } from './queue/queue.js';
 export { Worker as QueueWorker } from './queue/worker.js';
 export { CronSchedule } from './queue/cron.js';
 export { JOB_ERRORS_KEPT } from './queue/queries.js';
@@ -49,6 +49,11 @@ export {
   type JobTransition,
   type JobOutcome,
   type WorkOptions,
+  type QueueTarget,
+  type QueuePause,
+  type QueueLimit,
+  type QueueLimitOptions,
+  type BatchInfo,
 } from './queue/types.js';
 export { Mailbox, MAILBOX_DEFAULTS, MAX_NAME_BYTES } from './mailbox/mailbox.js';
 export { MailboxConsumer } from './mailbox/consumer.js';

@@ -123,7 +123,8 @@ describe('CLI options and messages (issue 16)', () => {
     const complete = (...words: string[]) =>
       execFileSync('bash', ['-c', `${script.stdout}\nCOMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _herald; echo "\${COMPREPLY[*]}"`, 'bash', 'herald', ...words], { encoding: 'utf8' }).trim();
     assert.equal(complete('jo'), 'jobs');
-    assert.equal(complete('jobs', 'l'), 'list');
+    assert.equal(complete('jobs', 'l'), 'list limit limits');
+    assert.equal(complete('jobs', 'pa'), 'pause paused');
     assert.equal(complete('--data-dir', 'x', 'jobs', 'list', '--limit', '5', '--js'), '--json');
     assert.equal(complete('mailbox', ''), 'stats dead redrive');
     assert.equal((await cli(['completion', 'fish'])).code, 2);

@@ -23,7 +23,17 @@ function line(j: JobInfo): string {
   return JSON.stringify(jobSummary(j));
 }
 
-/** `herald jobs list|stats|retry|cancel|watch|stuck`. */
+/** A pause or limit target as the CLI prints it. */
+const where = (queue: string | null, kind: string | null) => `${queue === null ? 'every queue' : `queue ${queue}`}${kind === null ? '' : `, kind ${kind}`}`;
+
+/** `10/1s`, `100/1m`: a rate limit's count and period. */
+export function parseRate(v: string): { count: number; periodMs: number } {
+  const m = /^(\d+)\/(.+)$/.exec(v.trim());
+  if (!m || Number(m[1]) < 1) throw new CliError(`invalid rate ${JSON.stringify(v)}: use <count>/<period>, e.g. 10/1s or 100/1m`, 2);
+  return { count: Number(m[1]), periodMs: parseDuration(m[2]) };
+}
+
+/** `herald jobs list|stats|retry|cancel|watch|stuck|pause|resume|paused|limit|unlimit|limits`. */
 export function registerJobsCommands(program: Command, ctx: CliContext): void {
   const globals = () => program.opts<Globals>();
   const jobs = program.command('jobs').description('inspect and manage the job queue');
@@ -128,6 +138,78 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
       await sub.established;
       ctx.err('watching job transitions');
       await Promise.race([finished, ctx.io.interrupted]);
+    });
+
+  jobs
+    .command('pause')
+    .description('pause a queue, a kind, a kind of a queue, or everything (no option), in every process: running jobs finish, nothing new is claimed; kept in the database until resume')
+    .option('--queue <name>', 'only this queue (default: every queue)')
+    .option('--kind <kind>', 'only this kind (default: every kind)')
+    .option('--json', 'print {"queue","kind","pausedAt"}')
+    .addHelpText('after', '\nExamples:\n  herald jobs pause --queue emails\n  herald jobs pause --kind report\n  herald jobs pause')
+    .action(async (o: { queue?: string; kind?: string; json?: boolean }) => {
+      const p = await ctx.herald(globals()).queue.pause({ queue: o.queue, kind: o.kind });
+      ctx.out(o.json ? JSON.stringify(p) : `paused ${where(p.queue, p.kind)} since ${p.pausedAt.toISOString()}`);
+    });
+
+  jobs
+    .command('resume')
+    .description('lift the pause of exactly this target (the same --queue/--kind as given to pause) and wake its workers; exit 1 when there was no such pause')
+    .option('--queue <name>', 'the paused queue (default: the pause of every queue)')
+    .option('--kind <kind>', 'the paused kind')
+    .option('--json', 'print {"resumed":true|false}')
+    .addHelpText('after', '\nExamples:\n  herald jobs resume --queue emails\n  herald jobs resume')
+    .action(async (o: { queue?: string; kind?: string; json?: boolean }) => {
+      const resumed = await ctx.herald(globals()).queue.resume({ queue: o.queue, kind: o.kind });
+      const target = where(o.queue ?? null, o.kind ?? null);
+      ctx.out(o.json ? JSON.stringify({ resumed }) : resumed ? `resumed ${target}` : `not paused: ${target} (see herald jobs paused)`);
+      if (!resumed) ctx.exitCode = 1;
+    });
+
+  jobs
+    .command('paused')
+    .description('the pauses in force, one JSON line each ({"queue","kind","pausedAt"}; null = every)')
+    .action(async () => {
+      for (const p of await ctx.herald(globals()).queue.paused()) ctx.out(JSON.stringify(p));
+    });
+
+  jobs
+    .command('limit')
+    .description('set the fleet-wide limit of a queue (or of one kind in it), replacing its previous one: at most --concurrency running at once and/or --rate starts per period, per value of --partition-by')
+    .option('--queue <name>', 'the queue', 'default')
+    .option('--kind <kind>', 'only this kind (default: every kind of the queue)')
+    .option('--concurrency <n>', 'at most n jobs running at once (1 to 1000000)', intArg('--concurrency', { min: 1, max: 1_000_000 }))
+    .option('--rate <count/period>', 'at most count starts per period, e.g. 10/1s, 600/1m')
+    .option('--partition-by <path>', 'a payload field, or a dotted path (customer.id): each value gets its own limit')
+    .addHelpText('after', '\nExamples:\n  herald jobs limit --queue sync --concurrency 3 --partition-by customerId\n  herald jobs limit --queue emails --rate 100/1m')
+    .action(async (o: { queue: string; kind?: string; concurrency?: number; rate?: string; partitionBy?: string }) => {
+      if (o.concurrency === undefined && o.rate === undefined) throw new CliError('give --concurrency and/or --rate', 2);
+      await ctx.herald(globals()).queue.setLimit({
+        queue: o.queue,
+        kind: o.kind,
+        concurrency: o.concurrency,
+        rate: o.rate === undefined ? undefined : parseRate(o.rate),
+        partitionBy: o.partitionBy?.split('.'),
+      });
+      ctx.out(`limited ${where(o.queue, o.kind ?? null)}`);
+    });
+
+  jobs
+    .command('unlimit')
+    .description('remove the limit of a queue (or of one kind in it); exit 1 when it had none')
+    .option('--queue <name>', 'the queue', 'default')
+    .option('--kind <kind>', 'only this kind')
+    .action(async (o: { queue: string; kind?: string }) => {
+      const removed = await ctx.herald(globals()).queue.removeLimit({ queue: o.queue, kind: o.kind });
+      ctx.out(removed ? `unlimited ${where(o.queue, o.kind ?? null)}` : `no limit on ${where(o.queue, o.kind ?? null)}`);
+      if (!removed) ctx.exitCode = 1;
+    });
+
+  jobs
+    .command('limits')
+    .description('the limits in force, one JSON line each ({"queue","kind","concurrency","partitionBy","rate","updatedAt"})')
+    .action(async () => {
+      for (const l of await ctx.herald(globals()).queue.limits()) ctx.out(JSON.stringify(l));
     });
 
   jobs

@@ -43,6 +43,7 @@ export interface JobRow {
   stages: string[] | null;
   stage: string | null;
   announce: boolean;
+  timeout_ms: number | null;
   last_error: string | null;
   errors: unknown[];
   history: unknown[] | null;
@@ -62,6 +63,8 @@ export interface ClaimRow {
   max_attempts: number;
   stages: string[] | null;
   priority: number;
+  /** The job's own handler timeout (null: the worker's). */
+  timeout_ms: number | null;
   /** created_at in epoch milliseconds (a number parses far faster than a timestamp). */
   created_ms: number;
   /** run_at in epoch microseconds, exact (decimal text): part of the claim cursor. */
@@ -89,6 +92,9 @@ const notice = (a: string, events: string, state = `${a}.state`) =>
 // A NULL channel (wake-ups paused) selects no queue, so nothing is sent.
 const wake = (rows: string, channel: string, cond = 'true') =>
   `(SELECT count(pg_notify(${channel}::text, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond} AND ${channel}::text IS NOT NULL) w)`;
+
+// Finished jobs that held a limit slot: a worker elsewhere may be waiting for that slot.
+const LIMITED = 'limit_key IS NOT NULL';
 
 // Batch statements on running jobs take their ids as `$ids::bigint[]` and everything
 // per job as one jsonb object keyed by id (`perJob`), read with `field(...)`. No join to
@@ -134,6 +140,9 @@ export interface JobInsertBatch {
   uniqueKey: (string | null)[];
   stages: (string | null)[];
   announce: boolean[];
+  timeoutMs: (number | null)[];
+  /** The batch of every job of this statement, or null. */
+  batchId?: string | null;
 }
 
 /**
@@ -147,13 +156,13 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
   const { rows } = await x.query<{ id: string; inserted: boolean }>(
     `WITH input AS (
        SELECT nextval('${s}.jobs_id_seq') AS id, t.*
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $8::text[], $9::jsonb[], $10::bool[])
-              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, unique_key, stages, announce, ord)
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $8::text[], $9::jsonb[], $10::bool[], $13::int[])
+              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, unique_key, stages, announce, timeout_ms, ord)
      ), ins AS (
-       INSERT INTO ${s}.jobs AS j (id, queue, kind, payload, priority, run_at, max_attempts, unique_key, stages, stage, announce, history)
+       INSERT INTO ${s}.jobs AS j (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, batch_id, unique_key, stages, stage, announce, history)
        SELECT i.id, i.queue, i.kind, i.payload, i.priority,
               coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond'),
-              i.max_attempts, i.unique_key, st.arr, coalesce(st.arr[1], ''), i.announce,
+              i.max_attempts, i.timeout_ms, $14::bigint, i.unique_key, st.arr, coalesce(st.arr[1], ''), i.announce,
               CASE WHEN i.announce THEN jsonb_build_array(jsonb_build_object('stage', st.arr[1], 'state', 'available', 'at', now())) END
          FROM input i
          CROSS JOIN LATERAL (SELECT CASE WHEN i.stages IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(i.stages)) END AS arr) st
@@ -165,7 +174,7 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
             ${wake('ins', '$11', 'run_at <= now()')} AS woke, ${notice('ins', '$12')} AS notice
        FROM input i LEFT JOIN ins ON ins.id = i.id
       ORDER BY i.ord`,
-    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.uniqueKey, b.stages, b.announce, ch.wake, ch.events],
+    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.uniqueKey, b.stages, b.announce, ch.wake, ch.events, b.timeoutMs, b.batchId ?? null],
   );
   return rows;
 }
@@ -179,15 +188,15 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
 export async function jobInsertPlain(x: Executor, s: string, ch: QueueChannels, b: JobInsertBatch): Promise<string[]> {
   const { rows } = await x.query<{ id: string }>(
     `WITH ins AS (
-       INSERT INTO ${s}.jobs (queue, kind, payload, priority, run_at, max_attempts)
-       SELECT t.queue, t.kind, t.payload, t.priority, coalesce(t.run_at, now() + coalesce(t.delay_ms, 0) * interval '1 millisecond'), t.max_attempts
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[])
-              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, ord)
+       INSERT INTO ${s}.jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms)
+       SELECT t.queue, t.kind, t.payload, t.priority, coalesce(t.run_at, now() + coalesce(t.delay_ms, 0) * interval '1 millisecond'), t.max_attempts, t.timeout_ms
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $9::int[])
+              WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, timeout_ms, ord)
         ORDER BY t.ord
        RETURNING id, queue, run_at
      )
      SELECT id::text AS id, ${wake('ins', '$8', 'run_at <= now()')} AS woke FROM ins`,
-    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, ch.wake],
+    [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, ch.wake, b.timeoutMs],
     PREPARE,
   );
   const ids = rows.map((r) => r.id);
@@ -252,35 +261,103 @@ function claimCtes(s: string, p: number, ev: number, after: boolean): string {
   const cursor = after
     ? `AND (priority, run_at, id) > ($${p + 5}::smallint, timestamptz 'epoch' + $${p + 6}::bigint * interval '1 microsecond', $${p + 7}::bigint)`
     : '';
-  return `picked AS (
+  // While a pause or a limit applies to (queue, kind), this claim takes nothing and says
+  // so (`controlled`): the worker then claims through job_admit (see claimAdmitted).
+  return `ctl AS (
+       SELECT EXISTS (SELECT 1 FROM ${s}.queue_controls c WHERE c.queue IN ('', $${p}) AND c.kind IN ('', $${p + 1})
+                        AND (c.paused_at IS NOT NULL OR c.concurrency IS NOT NULL OR c.rate_count IS NOT NULL)) AS controlled
+     ), picked AS (
        SELECT ctid FROM ${s}.jobs
         WHERE state = 'available' AND queue = $${p} AND kind = $${p + 1} AND stage = $${p + 2}::text AND run_at <= now() ${cursor}
+          AND NOT (SELECT controlled FROM ctl)
         ORDER BY priority, run_at, id
         LIMIT $${p + 3}
         FOR UPDATE SKIP LOCKED
      ), claimed AS (
        UPDATE ${s}.jobs j
-          SET state = 'running', attempt = j.attempt + 1, attempted_at = now(),
-              lease_expires_at = now() + $${p + 4} * interval '1 millisecond',
-              history = ${history('j.stage', "'running'")}
+          SET ${claimSet(`$${p + 4}`, 'NULL')}
         WHERE j.ctid = ANY(ARRAY(SELECT ctid FROM picked))
-       RETURNING j.id::text AS id, j.payload, j.attempt, j.attempt_base, j.max_attempts, j.stages, j.priority,
-                 extract(epoch FROM j.created_at)::float8 * 1000 AS created_ms,
-                 (extract(epoch FROM j.run_at) * 1000000)::bigint::text AS run_us,
-                 ${notice('j', `$${ev}`)} AS notice
+       RETURNING ${claimReturning(`$${ev}`)}
      )`;
 }
+
+/** The SET list of a claim: running, attempt + 1 (the new fence), the lease, the limit key. */
+const claimSet = (leaseMs: string, limitKey: string) =>
+  `state = 'running', attempt = j.attempt + 1, attempted_at = now(),
+              lease_expires_at = now() + ${leaseMs} * interval '1 millisecond', limit_key = ${limitKey},
+              history = ${history('j.stage', "'running'")}`;
+
+/** What a claim returns per job (see {@link ClaimRow}), with the transition notice. */
+const claimReturning = (events: string) =>
+  `j.id::text AS id, j.payload, j.attempt, j.attempt_base, j.max_attempts, j.stages, j.priority, j.timeout_ms,
+                 extract(epoch FROM j.created_at)::float8 * 1000 AS created_ms,
+                 (extract(epoch FROM j.run_at) * 1000000)::bigint::text AS run_us,
+                 ${notice('j', events)} AS notice`;
 
 const claimParams = (a: ClaimRequest) => {
   const base: unknown[] = [a.queue, a.kind, a.stage ?? '', a.limit, a.leaseMs];
   return a.after ? [...base, a.after.priority, a.after.runUs, a.after.id] : base;
 };
 
-/** Claims up to `limit` due jobs, taking a lease (see {@link claimCtes}). */
-export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a: ClaimRequest): Promise<ClaimRow[]> {
+/** Claims up to `limit` due jobs, taking a lease (see {@link claimCtes}); `controlled`: a pause or limit applies, nothing was claimed. */
+export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a: ClaimRequest): Promise<{ claimed: ClaimRow[]; controlled: boolean }> {
   const cp = claimParams(a);
-  const { rows } = await x.query<ClaimRow>(`WITH ${claimCtes(s, 1, cp.length + 1, !!a.after)} SELECT * FROM claimed`, [...cp, ch.events], PREPARE);
-  return rows;
+  // One extra row at the end carries `controlled` (uncorrelated: computed once).
+  const { rows } = await x.query<ClaimRow & { controlled: boolean | null }>(
+    `WITH ${claimCtes(s, 1, cp.length + 1, !!a.after)}
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us, NULL::boolean AS controlled FROM claimed
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT controlled FROM ctl)`,
+    [...cp, ch.events],
+    PREPARE,
+  );
+  const last = rows.pop()!;
+  return { claimed: rows, controlled: last.controlled === true };
+}
+
+/** What `job_admit` decided for a claim under controls (see migration 014). */
+export type AdmitMode = 'free' | 'paused' | 'limited' | 'busy';
+
+/**
+ * A claim while a pause or limit applies, in one statement (so in one transaction, which
+ * holds the limit keys' locks `job_admit` takes until it commits): records `finals` when
+ * given (fenced like {@link jobFinishMany}), asks `job_admit` which due jobs may start
+ * (it row-locks its candidates, so no other claimer takes them meanwhile), and claims
+ * those, each under its limit key. Completions in the same statement are not yet visible to `job_admit`, which counts
+ * their slots as taken (it admits fewer, never more).
+ */
+export async function jobClaimLimited(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  keep: boolean,
+  b: FinishBatch | null,
+  a: { queue: string; kind: string; stage: string | null; want: number; scan: number; leaseMs: number },
+): Promise<{ missed: string[]; claimed: ClaimRow[]; mode: AdmitMode; waitMs: number | null }> {
+  const fp = b ? finishParams(keep, b) : [];
+  const p = fp.length + 1;
+  const ev = p + 6;
+  const finish = b ? `${finishCte(s, keep, 1, ev)}, ` : '';
+  const { rows } = await x.query<ClaimRow & { missed: string[] | null; mode: AdmitMode | null; wait_ms: number | null }>(
+    `WITH ${finish}a AS (
+       SELECT * FROM ${s}.job_admit($${p}, $${p + 1}, $${p + 2}, $${p + 3}, $${p + 4})
+     ), claimed AS (
+       UPDATE ${s}.jobs j SET ${claimSet(`$${p + 5}`, '((SELECT keys FROM a) ->> j.id::text)')}
+        WHERE j.id = ANY((SELECT ids FROM a)::bigint[]) AND j.state = 'available'
+       RETURNING ${claimReturning(`$${ev}`)}
+     )
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,
+            NULL::text[] AS missed, NULL::text AS mode, NULL::float8 AS wait_ms, NULL::bigint AS woke FROM claimed
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            ${b ? 'ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))' : 'NULL::text[]'},
+            (SELECT mode FROM a), (SELECT wait_ms FROM a),
+            ${b ? wake('done', `$${ev + 1}`, LIMITED) : 'NULL::bigint'}`,
+    [...fp, a.queue, a.kind, a.stage ?? '', a.want, a.scan, a.leaseMs, ch.events, ...(b ? [ch.wake] : [])],
+    PREPARE,
+  );
+  const last = rows.pop()!;
+  return { missed: last.missed ?? [], claimed: rows, mode: last.mode!, waitMs: last.wait_ms };
 }
 
 /**
@@ -334,12 +411,12 @@ function finishCte(s: string, keep: boolean, p: number, ev: number): string {
           SET state = 'completed', finished_at = now(), lease_expires_at = NULL, result = coalesce(${field(p + 1, 'r', '->')}, j.result),
               history = ${history('j.stage', "'completed'")}
         WHERE ${fenced(p, p + 1)}
-       RETURNING j.id, ${notice('j', `$${ev}`)} AS notice
+       RETURNING j.id, j.queue, j.limit_key, ${notice('j', `$${ev}`)} AS notice
      )`
     : `done AS (
        DELETE FROM ${s}.jobs j
         WHERE ${fenced(p, p + 1)}
-       RETURNING j.id, ${notice('j', `$${ev}`, "'completed'")} AS notice
+       RETURNING j.id, j.queue, j.limit_key, ${notice('j', `$${ev}`, "'completed'")} AS notice
      )`;
 }
 
@@ -349,8 +426,8 @@ const finishParams = (keep: boolean, b: FinishBatch) => [b.ids, perJob(b.ids, ke
 export async function jobFinishMany(x: Executor, s: string, ch: QueueChannels, keep: boolean, b: FinishBatch): Promise<string[]> {
   const params = finishParams(keep, b);
   const { rows } = await x.query<{ id: string }>(
-    `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id FROM done`,
-    [...params, ch.events],
+    `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id, ${wake('done', `$${params.length + 2}`, LIMITED)} AS woke FROM done`,
+    [...params, ch.events, ch.wake],
     PREPARE,
   );
   return rows.map((r) => r.id);
@@ -369,23 +446,24 @@ export async function jobFinishAndClaim(
   keep: boolean,
   b: FinishBatch,
   a: ClaimRequest,
-): Promise<{ missed: string[]; claimed: ClaimRow[] }> {
+): Promise<{ missed: string[]; claimed: ClaimRow[]; controlled: boolean }> {
   const fp = finishParams(keep, b);
   const cp = claimParams(a);
   const ev = fp.length + cp.length + 1;
   // The completions answer with one extra row: the ids that did not match (usually none),
-  // not a row per completed job.
-  const { rows } = await x.query<ClaimRow & { missed: string[] | null }>(
+  // not a row per completed job, and whether a control applies to the claim.
+  const { rows } = await x.query<ClaimRow & { missed: string[] | null; controlled: boolean | null }>(
     `WITH ${finishCte(s, keep, 1, ev)}, ${claimCtes(s, fp.length + 1, ev, !!a.after)}
-     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, created_ms, run_us, NULL::text[] AS missed FROM claimed
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us, NULL::text[] AS missed, NULL::boolean AS controlled, NULL::bigint AS woke FROM claimed
      UNION ALL
-     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-            ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))`,
-    [...fp, ...cp, ch.events],
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done)), (SELECT controlled FROM ctl),
+            ${wake('done', `$${ev + 1}`, LIMITED)}`,
+    [...fp, ...cp, ch.events, ch.wake],
     PREPARE,
   );
   const last = rows.pop()!;
-  return { missed: last.missed ?? [], claimed: rows };
+  return { missed: last.missed ?? [], claimed: rows, controlled: last.controlled === true };
 }
 
 /** How a failed attempt ends, per job of {@link jobFailMany}. */
@@ -432,9 +510,9 @@ export async function jobFailMany(
                 ELSE ${appendError('j.errors', `jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', ${error})`)} END,
               history = ${history('j.stage', newState)}
         WHERE ${fenced(1, 2)}
-       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at, j.limit_key
      )
-     SELECT id::text AS id, state, ${wake('done', '$6', "state = 'available' AND run_at <= now()")} AS woke, ${notice('done', '$7')} AS notice FROM done`,
+     SELECT id::text AS id, state, ${wake('done', '$6', `((state = 'available' AND run_at <= now()) OR ${LIMITED})`)} AS woke, ${notice('done', '$7')} AS notice FROM done`,
     [
       b.ids,
       perJob(b.ids, { a: b.attempts, e: b.errors, d: b.discard.map((d) => d || null), s: b.snoozeMs }),
@@ -541,7 +619,7 @@ export async function jobDeleteFinished(x: Executor, s: string, olderThanMs: num
 }
 
 const JOB_COLUMNS = `id::text AS id, queue, kind, payload, state, priority, run_at, attempt, attempt_base, max_attempts, lease_expires_at,
-  unique_key, stages, nullif(stage, '') AS stage, announce, last_error, errors, history, result, created_at, attempted_at, stage_entered_at, finished_at`;
+  unique_key, stages, nullif(stage, '') AS stage, announce, timeout_ms, last_error, errors, history, result, created_at, attempted_at, stage_entered_at, finished_at`;
 
 /** One job by id. */
 export async function jobGet(x: Executor, s: string, id: string): Promise<JobRow | undefined> {
@@ -643,6 +721,140 @@ export async function cronClaimTick(x: Executor, s: string, name: string, tick: 
     [name, tick],
   );
   return rows.length === 1;
+}
+
+/** A row of `queue_controls` ('' = every queue / every kind). */
+export interface ControlRow {
+  queue: string;
+  kind: string;
+  paused_at: Date | null;
+  concurrency: number | null;
+  partition_by: string[] | null;
+  rate_count: number | null;
+  rate_period_ms: number | null;
+  updated_at: Date;
+}
+
+/** Pauses (queue, kind) ('' = every); an existing pause keeps its time. Returns the row. */
+export async function controlPause(x: Executor, s: string, queue: string, kind: string): Promise<ControlRow> {
+  const { rows } = await x.query<ControlRow>(
+    `INSERT INTO ${s}.queue_controls AS c (queue, kind, paused_at) VALUES ($1, $2, now())
+     ON CONFLICT (queue, kind) DO UPDATE SET paused_at = coalesce(c.paused_at, now()), updated_at = now()
+     RETURNING *`,
+    [queue, kind],
+  );
+  return rows[0];
+}
+
+/**
+ * Runs a change of `queue_controls` (`sql`, a data-modifying statement RETURNING *),
+ * wakes the workers of `wakeQueue` ('' = every queue) when it changed a row (something
+ * may now start), then drops rows left with nothing.
+ */
+async function controlChange(x: Executor, s: string, ch: QueueChannels, sql: string, params: unknown[], wakeQueue: string): Promise<ControlRow[]> {
+  const p = params.length;
+  const { rows } = await x.query<ControlRow>(
+    `WITH changed AS (${sql})
+     SELECT changed.*, (SELECT count(pg_notify($${p + 1}::text, $${p + 2})) FROM changed WHERE $${p + 1}::text IS NOT NULL) AS woke FROM changed`,
+    [...params, ch.wake, wakeQueue],
+  );
+  // Rows left with nothing go (a row changed again meanwhile is re-checked and kept).
+  await x.query(`DELETE FROM ${s}.queue_controls WHERE paused_at IS NULL AND concurrency IS NULL AND rate_count IS NULL`);
+  return rows;
+}
+
+/** Lifts the pause of exactly (queue, kind); returns whether there was one. Wakes the workers it concerns. */
+export async function controlResume(x: Executor, s: string, ch: QueueChannels, queue: string, kind: string): Promise<boolean> {
+  const rows = await controlChange(
+    x,
+    s,
+    ch,
+    `UPDATE ${s}.queue_controls SET paused_at = NULL, updated_at = now() WHERE queue = $1 AND kind = $2 AND paused_at IS NOT NULL RETURNING *`,
+    [queue, kind],
+    queue,
+  );
+  return rows.length > 0;
+}
+
+/** Sets the limit of (queue, kind), replacing any other; a null limit removes it (returns whether there was one). */
+export async function controlSetLimit(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  queue: string,
+  kind: string,
+  l: { concurrency: number | null; partitionBy: string[] | null; rateCount: number | null; ratePeriodMs: number | null } | null,
+): Promise<boolean> {
+  if (l === null) {
+    const rows = await controlChange(
+      x,
+      s,
+      ch,
+      `UPDATE ${s}.queue_controls SET concurrency = NULL, partition_by = NULL, rate_count = NULL, rate_period_ms = NULL, updated_at = now()
+        WHERE queue = $1 AND kind = $2 AND (concurrency IS NOT NULL OR rate_count IS NOT NULL) RETURNING *`,
+      [queue, kind],
+      queue,
+    );
+    return rows.length > 0;
+  }
+  await controlChange(
+    x,
+    s,
+    ch,
+    `INSERT INTO ${s}.queue_controls AS c (queue, kind, concurrency, partition_by, rate_count, rate_period_ms) VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (queue, kind) DO UPDATE SET concurrency = EXCLUDED.concurrency, partition_by = EXCLUDED.partition_by,
+            rate_count = EXCLUDED.rate_count, rate_period_ms = EXCLUDED.rate_period_ms, updated_at = now()
+     RETURNING *`,
+    [queue, kind, l.concurrency, l.partitionBy, l.rateCount, l.ratePeriodMs],
+    queue,
+  );
+  return true;
+}
+
+/** Every pause and limit. */
+export async function controlList(x: Executor, s: string): Promise<ControlRow[]> {
+  const { rows } = await x.query<ControlRow>(`SELECT * FROM ${s}.queue_controls ORDER BY queue, kind`);
+  return rows;
+}
+
+/** A row of `job_batches`. */
+export interface BatchRow {
+  id: string;
+  total: number;
+  completed: number;
+  dead: number;
+  cancelled: number;
+  callback_queue: string;
+  callback_kind: string;
+  callback_job_id: string | null;
+  outcome: 'completed' | 'dead' | null;
+  created_at: Date;
+  settled_at: Date | null;
+}
+
+/** Creates a batch of `total` jobs (its members are inserted next, in the same transaction). */
+export async function batchInsert(
+  x: Executor,
+  s: string,
+  b: { total: number; queue: string; kind: string; payload: string; maxAttempts: number },
+): Promise<string> {
+  const { rows } = await x.query<{ id: string }>(
+    `INSERT INTO ${s}.job_batches (total, callback_queue, callback_kind, callback_payload, callback_max_attempts)
+     VALUES ($1, $2, $3, $4::jsonb, $5) RETURNING id::text AS id`,
+    [b.total, b.queue, b.kind, b.payload, b.maxAttempts],
+  );
+  return rows[0].id;
+}
+
+/** One batch. */
+export async function batchGet(x: Executor, s: string, id: string): Promise<BatchRow | undefined> {
+  const { rows } = await x.query<BatchRow>(
+    `SELECT id::text AS id, total, completed, dead, cancelled, callback_queue, callback_kind, callback_job_id::text AS callback_job_id,
+            outcome, created_at, settled_at
+       FROM ${s}.job_batches WHERE id = $1::bigint`,
+    [id],
+  );
+  return rows[0];
 }
 
 /** The database's clock. */

@@ -21,6 +21,11 @@ import {
   type JobTransition,
   type QueueEvents,
   type QueueOptions,
+  type QueueLimit,
+  type QueueLimitOptions,
+  type QueuePause,
+  type QueueTarget,
+  type BatchInfo,
   type ResolvedQueueOptions,
   type WorkOptions,
 } from './types.js';
@@ -32,6 +37,10 @@ export const NAME_MAX_BYTES = 100;
 export const UNIQUE_KEY_MAX_BYTES = 1000;
 /** Largest `maxAttempts` of a job. */
 export const MAX_ATTEMPTS_LIMIT = 10_000;
+/** Longest handler timeout (`timeoutMs` of a job or worker): 2^31 - 1 ms (about 24.8 days, the longest timer Node keeps). */
+export const TIMEOUT_MAX_MS = 2_147_483_647;
+/** Largest `concurrency` and `rate.count` of a limit. */
+export const LIMIT_MAX = 1_000_000;
 /** Largest `limit` of a listing (`list`, `stuck`). */
 export const LIST_LIMIT_MAX = 10_000;
 const STATES: JobState[] = ['available', 'running', 'completed', 'dead', 'cancelled'];
@@ -138,7 +147,65 @@ export class Queue extends TypedEmitter<QueueEvents> {
   async enqueueMany(items: readonly EnqueueItem[], options: { tx?: TxLike } = {}): Promise<EnqueueResult[]> {
     if (!Array.isArray(items)) throw new InvalidArgumentError('items', items, 'an array of jobs');
     if (items.length === 0) return [];
-    const b: q.JobInsertBatch = { queue: [], kind: [], payload: [], priority: [], runAt: [], delayMs: [], maxAttempts: [], uniqueKey: [], stages: [], announce: [] };
+    return this.#insert(this.#batchOf(items), options.tx);
+  }
+
+  /**
+   * Enqueues `items` as one batch, in one transaction (the caller's with `tx`): when every
+   * member has completed, or as soon as one is dead or cancelled, the callback job
+   * `callback.kind` is enqueued exactly once, in the transaction of the member's transition,
+   * with payload `{ batchId, outcome: 'completed' | 'dead', total, completed, dead, cancelled,
+   * payload: callback.payload }`. Members may not have a `uniqueKey`.
+   *
+   * @example
+   * const { batchId } = await herald.queue.enqueueBatch(files.map((f) => ({ kind: 'resize', payload: f })), { callback: { kind: 'album-ready', payload: { album: 7 } } });
+   */
+  async enqueueBatch(
+    items: readonly EnqueueItem[],
+    options: { callback: { kind: string; payload?: unknown; queue?: string; maxAttempts?: number }; tx?: TxLike },
+  ): Promise<{ batchId: string; jobs: EnqueueResult[] }> {
+    if (!Array.isArray(items) || items.length === 0) throw new InvalidArgumentError('items', items, 'a non-empty array of jobs');
+    const cb = options?.callback;
+    if (cb === null || typeof cb !== 'object') throw new InvalidArgumentError('callback', cb, 'an object { kind, payload?, queue?, maxAttempts? }');
+    const b = this.#batchOf(items);
+    if (b.uniqueKey.some((k) => k !== null)) throw new InvalidArgumentError('uniqueKey', b.uniqueKey.find((k) => k !== null), 'no unique key on a batch member');
+    const callback = this.#batchOf([{ kind: cb.kind, payload: cb.payload, queue: cb.queue, maxAttempts: cb.maxAttempts }]);
+    const run = async (tx: TxLike) => {
+      const x = toExecutor(tx);
+      const batchId = await q.batchInsert(x, this.schemaSql, {
+        total: items.length,
+        queue: callback.queue[0],
+        kind: callback.kind[0],
+        payload: callback.payload[0],
+        maxAttempts: callback.maxAttempts[0],
+      });
+      // Through jobInsertMany (not the plain path): it carries the batch id.
+      b.batchId = batchId;
+      const rows = await q.jobInsertMany(x, this.schemaSql, this.channels, b);
+      return { batchId, jobs: rows.map((r) => ({ id: r.id, inserted: true })) };
+    };
+    return options.tx ? run(options.tx) : this.driver.transaction(run);
+  }
+
+  /** A batch's counters and, once settled, its outcome and callback job; undefined if there is none. */
+  async batch(id: string): Promise<BatchInfo | undefined> {
+    const r = await q.batchGet(this.executor, this.schemaSql, assertBigintId('batch id', id));
+    if (!r) return undefined;
+    return {
+      id: r.id,
+      total: r.total,
+      completed: r.completed,
+      dead: r.dead,
+      cancelled: r.cancelled,
+      outcome: r.outcome,
+      callbackJobId: r.callback_job_id,
+      createdAt: r.created_at,
+      settledAt: r.settled_at,
+    };
+  }
+
+  #batchOf(items: readonly EnqueueItem[]): q.JobInsertBatch {
+    const b: q.JobInsertBatch = { queue: [], kind: [], payload: [], priority: [], runAt: [], delayMs: [], maxAttempts: [], uniqueKey: [], stages: [], announce: [], timeoutMs: [] };
     for (const it of items) {
       if (it === null || typeof it !== 'object') throw new InvalidArgumentError('job', it, 'an object { kind, payload?, ...options }');
       b.kind.push(assertName('kind', it.kind));
@@ -159,6 +226,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
       b.delayMs.push(it.delayMs === undefined ? null : assertDuration('delayMs', it.delayMs));
       b.maxAttempts.push(assertInt('maxAttempts', it.maxAttempts ?? this.options.maxAttempts, 1, MAX_ATTEMPTS_LIMIT));
       b.uniqueKey.push(it.uniqueKey === undefined ? null : assertText('uniqueKey', it.uniqueKey, UNIQUE_KEY_MAX_BYTES));
+      b.timeoutMs.push(it.timeoutMs === undefined ? null : assertInt('timeoutMs', it.timeoutMs, 1, TIMEOUT_MAX_MS));
       if (it.announce !== undefined && typeof it.announce !== 'boolean') throw new InvalidArgumentError('announce', it.announce, 'a boolean');
       if (it.stages !== undefined) {
         if (!Array.isArray(it.stages) || it.stages.length === 0 || it.stages.length > 100 || new Set(it.stages).size !== it.stages.length) {
@@ -169,6 +237,12 @@ export class Queue extends TypedEmitter<QueueEvents> {
       b.stages.push(it.stages ? JSON.stringify(it.stages) : null);
       b.announce.push(it.announce ?? it.stages !== undefined);
     }
+    return b;
+  }
+
+  #insert(b: q.JobInsertBatch, tx: TxLike | undefined): Promise<EnqueueResult[]> {
+    const options = { tx };
+    const items = b.kind;
     const plain = b.uniqueKey.every((k) => k === null) && b.stages.every((st) => st === null) && b.announce.every((a) => !a);
     return withSpan('herald.queue.enqueue', { 'herald.jobs': items.length }, async () => {
       if (plain) return (await this.#write(options.tx, (x, ch) => q.jobInsertPlain(x, this.schemaSql, ch, b))).map((id) => ({ id, inserted: true }));
@@ -195,7 +269,11 @@ export class Queue extends TypedEmitter<QueueEvents> {
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) throw new InvalidOptionError('concurrency', concurrency, 'an integer from 1 to 10000');
     const prefetch = options.prefetch ?? 0;
     if (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 100_000) throw new InvalidOptionError('prefetch', prefetch, 'an integer from 0 to 100000');
-    const worker = new Worker(this, queue, kind, stage, handler as JobHandler, concurrency, prefetch);
+    const timeoutMs = options.timeoutMs === undefined ? null : options.timeoutMs;
+    if (timeoutMs !== null && (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > TIMEOUT_MAX_MS)) {
+      throw new InvalidOptionError('timeoutMs', timeoutMs, `an integer from 1 to ${TIMEOUT_MAX_MS}`);
+    }
+    const worker = new Worker(this, queue, kind, stage, handler as JobHandler, concurrency, prefetch, timeoutMs);
     this.#workers.add(worker);
     this.start();
     worker.start();
@@ -229,7 +307,8 @@ export class Queue extends TypedEmitter<QueueEvents> {
     if (this.#started || this.#stopped) return;
     this.#started = true;
     this.#sub = this.notifier.listen(this.channelNames.wake, (n) => {
-      for (const w of this.#workers) if (w.queue === n.payload) w.wake();
+      // '' (no queue has that name): every queue, as a resume of everything sends.
+      for (const w of this.#workers) if (w.queue === n.payload || n.payload === '') w.wake();
     }, {
       // LISTEN is live (first time or after a reconnect): catch up by claiming now.
       onListen: () => {
@@ -311,6 +390,96 @@ export class Queue extends TypedEmitter<QueueEvents> {
     this.#leader = false;
     this.emit('job:cronLeader', { leader: false });
     await q.leaderRelease(this.executor, this.schemaSql, 'cron', this.#holder);
+  }
+
+  /**
+   * Pauses a queue, one kind, one kind of one queue, or everything (`{}`), for every
+   * process: running jobs finish; no claim that starts after this returns takes a job of
+   * the target (a claim statement already running may still take some). Kept in the
+   * database (`queue_controls`): survives restarts. Pausing twice keeps the first time.
+   *
+   * @example
+   * await herald.queue.pause({ queue: 'emails' });
+   */
+  async pause(target: QueueTarget = {}): Promise<QueuePause> {
+    const [queue, kind] = this.#target(target);
+    const row = await q.controlPause(this.executor, this.schemaSql, queue, kind);
+    return { queue: row.queue || null, kind: row.kind || null, pausedAt: row.paused_at! };
+  }
+
+  /**
+   * Lifts the pause of exactly `target` (the same `queue`/`kind` as given to `pause`) and
+   * wakes the workers it concerns. Returns whether there was such a pause. Other pauses
+   * that cover the same jobs (the whole queue, everything) stay.
+   */
+  async resume(target: QueueTarget = {}): Promise<boolean> {
+    const [queue, kind] = this.#target(target);
+    return this.#write(undefined, (x, ch) => q.controlResume(x, this.schemaSql, ch, queue, kind));
+  }
+
+  /** The pauses in force (null = every queue / kind). */
+  async paused(): Promise<QueuePause[]> {
+    return (await q.controlList(this.executor, this.schemaSql))
+      .filter((r) => r.paused_at !== null)
+      .map((r) => ({ queue: r.queue || null, kind: r.kind || null, pausedAt: r.paused_at! }));
+  }
+
+  /**
+   * Sets the fleet-wide limit of a queue or of one kind in it, replacing the one it had:
+   * at most `concurrency` jobs running at once and/or at most `rate.count` starts per
+   * `rate.periodMs`, per value of `partitionBy` when given. Enforced when jobs are
+   * claimed, in every process; see docs/queue.md for the exact guarantee.
+   *
+   * @example
+   * await herald.queue.setLimit({ queue: 'sync', concurrency: 3, partitionBy: 'customerId' });
+   */
+  async setLimit(options: QueueLimitOptions): Promise<void> {
+    if (options === null || typeof options !== 'object') throw new InvalidArgumentError('limit', options, 'an object { queue?, kind?, concurrency?, partitionBy?, rate? }');
+    const queue = assertName('queue', options.queue ?? 'default');
+    const kind = options.kind === undefined ? '' : assertName('kind', options.kind);
+    const concurrency = options.concurrency === undefined ? null : assertInt('concurrency', options.concurrency, 1, LIMIT_MAX);
+    let partitionBy: string[] | null = null;
+    if (options.partitionBy !== undefined) {
+      const path = typeof options.partitionBy === 'string' ? [options.partitionBy] : options.partitionBy;
+      if (!Array.isArray(path) || path.length === 0 || path.length > 10) throw new InvalidArgumentError('partitionBy', options.partitionBy, 'a field name or a path of 1 to 10 names');
+      partitionBy = path.map((n) => assertName('partitionBy', n));
+    }
+    let rate: { count: number; periodMs: number } | null = null;
+    if (options.rate !== undefined) {
+      if (options.rate === null || typeof options.rate !== 'object') throw new InvalidArgumentError('rate', options.rate, 'an object { count, periodMs }');
+      rate = { count: assertInt('rate.count', options.rate.count, 1, LIMIT_MAX), periodMs: assertDuration('rate.periodMs', options.rate.periodMs) };
+      if (rate.periodMs <= 0) throw new InvalidArgumentError('rate.periodMs', rate.periodMs, 'a duration > 0');
+    }
+    if (concurrency === null && rate === null) throw new InvalidArgumentError('limit', options, 'concurrency and/or rate');
+    await this.#write(undefined, (x, ch) =>
+      q.controlSetLimit(x, this.schemaSql, ch, queue, kind, { concurrency, partitionBy, rateCount: rate?.count ?? null, ratePeriodMs: rate?.periodMs ?? null }),
+    );
+  }
+
+  /** Removes the limit of a queue (or of one kind in it); returns whether there was one. Wakes its workers. */
+  async removeLimit(target: { queue?: string; kind?: string } = {}): Promise<boolean> {
+    const queue = assertName('queue', target.queue ?? 'default');
+    const kind = target.kind === undefined ? '' : assertName('kind', target.kind);
+    return this.#write(undefined, (x, ch) => q.controlSetLimit(x, this.schemaSql, ch, queue, kind, null));
+  }
+
+  /** The limits in force. */
+  async limits(): Promise<QueueLimit[]> {
+    return (await q.controlList(this.executor, this.schemaSql))
+      .filter((r) => r.concurrency !== null || r.rate_count !== null)
+      .map((r) => ({
+        queue: r.queue,
+        kind: r.kind || null,
+        concurrency: r.concurrency,
+        partitionBy: r.partition_by,
+        rate: r.rate_count === null ? null : { count: r.rate_count, periodMs: Number(r.rate_period_ms) },
+        updatedAt: r.updated_at,
+      }));
+  }
+
+  #target(target: QueueTarget): [string, string] {
+    if (target === null || typeof target !== 'object') throw new InvalidArgumentError('target', target, 'an object { queue?, kind? }');
+    return [target.queue === undefined ? '' : assertName('queue', target.queue), target.kind === undefined ? '' : assertName('kind', target.kind)];
   }
 
   /** One job, or undefined. */
@@ -432,6 +601,7 @@ function toInfo(r: q.JobRow): JobInfo {
     maxAttempts: r.max_attempts,
     leaseExpiresAt: r.lease_expires_at,
     uniqueKey: r.unique_key,
+    timeoutMs: r.timeout_ms,
     stages: r.stages,
     stage: r.stage,
     lastError: r.last_error,

@@ -111,6 +111,12 @@ export interface EnqueueOptions {
   stages?: string[];
   /** Announce every transition on the events channel and keep a history. @defaultValue true for pipelines, false otherwise */
   announce?: boolean;
+  /**
+   * Handler timeout of this job in ms (1 to 2^31 - 1), overriding the worker's `timeoutMs`:
+   * past it the handler's `signal` aborts and the attempt fails (retried per the retry policy).
+   * @defaultValue the worker's `timeoutMs` (none)
+   */
+  timeoutMs?: number;
 }
 
 /** One item of `enqueueMany`. */
@@ -190,6 +196,69 @@ export interface WorkOptions {
   concurrency?: number;
   /** Extra jobs claimed ahead and held (leased) locally, so a finished slot refills without a round trip. @defaultValue 0 */
   prefetch?: number;
+  /**
+   * Handler timeout in ms (1 to 2^31 - 1) for jobs without their own `timeoutMs`: past it
+   * the handler's `signal` aborts (reason a `HeraldError` with code `TIMEOUT`) and the
+   * attempt is recorded as failed at once (retried per the retry policy, or dead); the
+   * slot stays taken until the handler returns. Independent of the lease. @defaultValue none
+   */
+  timeoutMs?: number;
+}
+
+/** What `pause`/`resume` act on: omitted `queue` = every queue, omitted `kind` = every kind. */
+export interface QueueTarget {
+  queue?: string;
+  kind?: string;
+}
+
+/** A pause as `paused()` lists it (null = every queue / every kind). */
+export interface QueuePause {
+  queue: string | null;
+  kind: string | null;
+  /** Database time the pause began. */
+  pausedAt: Date;
+}
+
+/** A fleet-wide limit of a queue, or of one kind in it (`setLimit`). */
+export interface QueueLimitOptions {
+  /** @defaultValue 'default' */
+  queue?: string;
+  /** Only this kind (its limit replaces the queue's for its jobs). @defaultValue every kind of the queue */
+  kind?: string;
+  /** At most this many jobs running at once across all processes (per partition key with `partitionBy`). Integer 1 to 1000000. */
+  concurrency?: number;
+  /**
+   * A payload field (`'customerId'`) or path (`['customer', 'id']`): each of its values
+   * (as text; a missing field counts as one value) gets its own concurrency and rate limit.
+   */
+  partitionBy?: string | string[];
+  /** At most `count` job starts per `periodMs` (a token bucket: bursts up to `count`). */
+  rate?: { count: number; periodMs: number };
+}
+
+/** A limit as `limits()` lists it. */
+export interface QueueLimit {
+  queue: string;
+  kind: string | null;
+  concurrency: number | null;
+  partitionBy: string[] | null;
+  rate: { count: number; periodMs: number } | null;
+  updatedAt: Date;
+}
+
+/** A batch as `queue.batch(id)` returns it. */
+export interface BatchInfo {
+  id: string;
+  total: number;
+  completed: number;
+  dead: number;
+  cancelled: number;
+  /** Null until settled: `completed` (every member completed) or `dead` (a member dead or cancelled first). */
+  outcome: 'completed' | 'dead' | null;
+  /** The callback job, enqueued once when the batch settled. */
+  callbackJobId: string | null;
+  createdAt: Date;
+  settledAt: Date | null;
 }
 
 /** A job transition as announced on the events channel. */
@@ -215,6 +284,8 @@ export interface JobInfo {
   maxAttempts: number;
   leaseExpiresAt: Date | null;
   uniqueKey: string | null;
+  /** The job's own handler timeout (null: the worker's `timeoutMs`). */
+  timeoutMs: number | null;
   stages: string[] | null;
   stage: string | null;
   lastError: string | null;

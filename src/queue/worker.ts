@@ -6,6 +6,7 @@ import { Loop, type ReconnectSource, type Turn } from '../internal/loop.js';
 import { withSpan } from '../internal/tracing.js';
 import {
   compareIds,
+  jobClaimLimited,
   jobClaimBatch,
   jobCompleteMany,
   jobFailMany,
@@ -58,6 +59,24 @@ interface Finished {
   snoozeMs: number | null;
   /** Its statement committed (a flush that fails half-way retries only the rest). */
   recorded?: boolean;
+}
+
+/**
+ * How many due jobs (in claim order) a claim under a limit looks through for ones it may
+ * start: ten times what it wants, at least 100, at most 1000. Jobs of saturated keys
+ * beyond that window wait (head-of-line) until the ones before them start.
+ */
+export function limitedClaimScan(want: number): number {
+  return Math.min(1000, Math.max(100, want * 10));
+}
+
+/**
+ * When every key with due jobs was being admitted by another claimer, the next claim comes
+ * after a random 5 to 25 ms (the other claim's transaction is short), or the poll interval
+ * if shorter. Random, so that the claimers that met do not meet again.
+ */
+export function busyRetryMs(pollIntervalMs: number): number {
+  return Math.min(pollIntervalMs, 5 + Math.random() * 20);
 }
 
 /** The jobs of `batch` whose completion matched no row (null: all matched). */
@@ -127,6 +146,14 @@ export class Worker {
   #started = false;
   #heartbeat: NodeJS.Timeout | null = null;
   #idle: (() => void)[] = [];
+  /**
+   * A pause or a limit applies to this worker's (queue, kind): claims go through
+   * `job_admit` in a transaction ({@link #claimControlled}). Set when the ordinary claim
+   * answers `controlled`, cleared when admission answers `free`.
+   */
+  #controlled = false;
+  /** A wake-up planned for when a rate limit's next token is due. */
+  #tokenTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly host: WorkerHost,
@@ -136,6 +163,7 @@ export class Worker {
     readonly handler: JobHandler<any>,
     readonly concurrency: number,
     readonly prefetch: number,
+    readonly timeoutMs: number | null = null,
   ) {
     this.#loop = new Loop({
       turn: () => this.#turn(),
@@ -217,20 +245,26 @@ export class Worker {
     try {
       const claim = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs, after: want > 0 ? this.#after : null };
       const attrs = { 'herald.queue': this.queue, 'herald.kind': this.kind, 'herald.completed': finals.length };
-      if (finals.length === 0) {
-        rows = await withSpan('herald.queue.claim', attrs, () => jobClaimBatch(this.host.executor, this.host.schemaSql, this.host.channels, claim));
+      if (this.#controlled) {
+        claim.after = null;
+        rows = await withSpan('herald.queue.claim', attrs, () => this.#claimControlled(finals, want));
+      } else if (finals.length === 0) {
+        const r = await withSpan('herald.queue.claim', attrs, () => jobClaimBatch(this.host.executor, this.host.schemaSql, this.host.channels, claim));
+        rows = r.claimed;
+        if (r.controlled) this.#control(true);
       } else {
         const r = await withSpan('herald.queue.claim', attrs, () =>
           jobFinishAndClaim(this.host.executor, this.host.schemaSql, this.host.channels, options.keepCompleted, finishBatch(finals), claim),
         );
         this.#completed(finals, r.missed.length === 0 ? null : new Set(r.missed));
         rows = r.claimed;
+        if (r.controlled) this.#control(true);
       }
       this.#loop.succeeded();
     } catch (err) {
       // The statement may or may not have committed: retry the completions (a retry of
       // ones that did commit matches no row and is reported as lease lost).
-      this.#finals.unshift(...finals);
+      this.#finals.unshift(...finals.filter((f) => !f.recorded));
       this.#after = null;
       this.#loop.dirty = true;
       await this.#loop.backoff(err);
@@ -244,7 +278,7 @@ export class Worker {
     // be drained, or rows were skipped (locked by other claimers who may roll back). A
     // wake-up while this claim was in flight dropped the cursor: a job that sorts before
     // it may have come, so the cursor stays dropped.
-    if (want > 0) this.#after = rows.length === want && wakes === this.#wakes ? laterKey(this.#after, rows[rows.length - 1]) : null;
+    if (want > 0) this.#after = rows.length === want && wakes === this.#wakes && !this.#controlled ? laterKey(this.#after, rows[rows.length - 1]) : null;
     for (const row of rows) {
       // Claimed as stop began: held and pending, so stop() hands them straight back.
       this.#hold(row);
@@ -255,6 +289,43 @@ export class Worker {
     this.#startRunnable();
     // A full batch means there may be more: claim again as soon as a slot frees.
     if (want > 0 && rows.length === want) this.#loop.dirty = true;
+  }
+
+  /** Enters or leaves controlled mode; either way, claim again at once the other way. */
+  #control(on: boolean): void {
+    this.#controlled = on;
+    this.#after = null;
+    this.#loop.dirty = true;
+  }
+
+  /**
+   * A claim while a pause or limit applies: one statement records `finals`, asks
+   * `job_admit` which jobs may start (it takes the limit keys' locks, held until the
+   * statement commits) and claims those (see `jobClaimLimited`).
+   */
+  async #claimControlled(finals: Finished[], want: number): Promise<ClaimRow[]> {
+    const { schemaSql: s, channels: ch, options } = this.host;
+    const r = await jobClaimLimited(this.host.executor, s, ch, options.keepCompleted, finals.length > 0 ? finishBatch(finals) : null, {
+      queue: this.queue,
+      kind: this.kind,
+      stage: this.stage,
+      want,
+      scan: limitedClaimScan(want),
+      leaseMs: options.leaseMs,
+    });
+    if (finals.length > 0) this.#completed(finals, r.missed.length === 0 ? null : new Set(r.missed));
+    if (r.mode === 'free') this.#control(false);
+    // Busy: another claimer held every key with due jobs; it commits soon, then look again.
+    const waitMs = r.mode === 'busy' ? busyRetryMs(options.pollIntervalMs) : r.waitMs;
+    if (waitMs !== null && this.#tokenTimer === null && !this.#loop.stopping) {
+      // A rate limit held back due jobs (or the keys were busy): claim again then.
+      this.#tokenTimer = setTimeout(() => {
+        this.#tokenTimer = null;
+        this.wake();
+      }, Math.max(1, Math.ceil(waitMs)));
+      this.#tokenTimer.unref();
+    }
+    return r.claimed;
   }
 
   #hold(row: ClaimRow): void {
@@ -291,8 +362,32 @@ export class Worker {
     };
     const final = row.stages === null || row.stages[row.stages.length - 1] === this.stage;
     const f: Finished = { id: row.id, kind: this.kind, stage: this.stage, fence: row.attempt, ok: true, final, result: null, error: null, discard: false, snoozeMs: null };
+    const timeoutMs = row.timeout_ms ?? this.timeoutMs;
+    let settled: Promise<unknown> | null = null;
+    let timedOut = false;
     try {
-      const value = await this.handler(job);
+      let value: unknown;
+      if (timeoutMs === null) value = await this.handler(job);
+      else {
+        // The attempt fails at the timeout whether or not the handler heeds its signal;
+        // the slot is released only when the handler returns (below).
+        const run = Promise.resolve().then(() => this.handler(job));
+        settled = run.then(() => {}, () => {});
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            timedOut = true;
+            const err = new HeraldError('TIMEOUT', `job ${row.id} timed out after ${timeoutMs} ms`);
+            abortHeld(held, err);
+            reject(err);
+          }, timeoutMs);
+        });
+        try {
+          value = await Promise.race([run, timeout]);
+        } finally {
+          clearTimeout(timer);
+        }
+      }
       const outcome = outcomeOf(value);
       if (outcome) {
         f.ok = false;
@@ -313,12 +408,21 @@ export class Worker {
       f.errorValue = err;
       f.error = describeError(err, true);
     }
-    this.#running--;
     const loop = this.#loop;
-    if (f.ok && f.final && !loop.stopping) this.#finals.push(f);
-    else {
+    if (timedOut) {
+      // Record the failure now; keep the slot until the handler gives up.
       this.#finished.push(f);
       this.#flush();
+      await settled;
+      this.#running--;
+      this.#checkIdle();
+    } else {
+      this.#running--;
+      if (f.ok && f.final && !loop.stopping) this.#finals.push(f);
+      else {
+        this.#finished.push(f);
+        this.#flush();
+      }
     }
     loop.dirty = true;
     this.#startRunnable();
@@ -483,6 +587,8 @@ export class Worker {
     });
     if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.#heartbeat = null;
+    if (this.#tokenTimer) clearTimeout(this.#tokenTimer);
+    this.#tokenTimer = null;
   }
 
   /** The outcome that hands a claimed job back to available without counting the attempt. */

@@ -50,7 +50,9 @@ const finishedBadly = (r: Record<string, unknown>) => r.state === 'dead' || r.st
  * Registers the dashboard panels of the queue, mailbox and outbox, each read through
  * the part's own library API on every refresh (`/api/dashboard`), with admin actions
  * (the dashboard's routes require `admin` on `dashboard`):
- * - `queues`: `queue.stats()` as one row per queue and kind, a column per state;
+ * - `queues`: `queue.stats()` as one row per queue and kind, a column per state, `paused`
+ *   (the pauses holding the row: `queue`, `kind`, `queue+kind`, `all`; '' when none); actions
+ *   `pause` (that queue and kind) and `resume` (lifts every pause holding the row);
  * - `jobs`: `queue.list({ limit: jobsLimit })`; actions `retry` (dead, cancelled) and `cancel` (available, running);
  * - `pipelines`: pipeline jobs (`stages`) among the newest `pipelineScanLimit` jobs, with their stage progress;
  * - `stuck`: `queue.stuck({ thresholdMs: stuckThresholdMs })`; action `cancel`;
@@ -85,21 +87,54 @@ export function registerDashboardPanels(server: HeraldServer, options: Dashboard
     },
   };
 
+  // A row's pauses: those covering its queue and kind (null in a pause = every).
+  const covering = async (row: Record<string, unknown>) =>
+    (await queue.paused()).filter((p) => (p.queue === null || p.queue === row.queue) && (p.kind === null || p.kind === row.kind));
+  const queueName = (args: Record<string, unknown>, key: 'queue' | 'kind') => {
+    if (typeof args[key] !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', `args.${key} must be a string`);
+    return args[key] as string;
+  };
+
   dash.addPanel({
     id: 'queues',
     title: 'Queues and jobs by state',
     load: async () => {
       const rows = new Map<string, Record<string, unknown>>();
+      const pauses = await queue.paused();
       for (const s of await queue.stats()) {
         const key = `${s.queue}\u0000${s.kind}`;
         let row = rows.get(key);
         if (!row) {
-          row = { queue: s.queue, kind: s.kind, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])) };
+          const by = pauses.filter((p) => (p.queue === null || p.queue === s.queue) && (p.kind === null || p.kind === s.kind));
+          // paused: which pauses hold the row ('queue', 'kind', 'queue+kind', 'all'), '' when none.
+          const paused = by.map((p) => (p.queue === null ? (p.kind === null ? 'all' : 'kind') : p.kind === null ? 'queue' : 'queue+kind')).join(' ');
+          row = { queue: s.queue, kind: s.kind, paused, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])) };
           rows.set(key, row);
         }
         row[s.state] = Number(row[s.state] ?? 0) + s.count;
       }
       return [...rows.values()];
+    },
+    actions: {
+      pause: {
+        label: 'Pause',
+        appliesTo: (r) => !r.paused,
+        run: async (args) => {
+          const p = await queue.pause({ queue: queueName(args, 'queue'), kind: queueName(args, 'kind') });
+          return { paused: p };
+        },
+      },
+      resume: {
+        label: 'Resume',
+        appliesTo: (r) => Boolean(r.paused),
+        run: async (args) => {
+          const row = { queue: queueName(args, 'queue'), kind: queueName(args, 'kind') };
+          const by = await covering(row);
+          if (by.length === 0) throw new HttpError(409, 'CONFLICT', `${row.queue}/${row.kind} is not paused`);
+          for (const p of by) await queue.resume({ queue: p.queue ?? undefined, kind: p.kind ?? undefined });
+          return { resumed: by };
+        },
+      },
     },
   });
 

@@ -6,8 +6,10 @@ const ENQUEUE_KEYS = ['kind', 'payload', 'queue', 'priority', 'runAt', 'delayMs'
 
 /**
  * Job routes: `POST /jobs` (enqueue), `GET /jobs/<id>` (status), `GET /jobs/events`
- * (transitions as Server-Sent Events). Authorization: enqueue needs `publish` on
- * resource `jobs`; status and events need `subscribe` on `jobs`.
+ * (transitions as Server-Sent Events), `POST /jobs/pause` and `POST /jobs/resume`
+ * (`{ queue?, kind? }`), `GET /jobs/controls` (pauses and limits). Authorization: enqueue
+ * needs `publish` on resource `jobs`; status and events need `subscribe` on `jobs`; the
+ * control routes need `admin` on `jobs`.
  */
 export function registerJobsRoutes(server: HeraldServer): void {
   const queue = server.herald.queue;
@@ -41,6 +43,26 @@ export function registerJobsRoutes(server: HeraldServer): void {
     }
     stream.ready({ channel: queue.channelNames.events });
   }, { action: 'subscribe', resource: () => 'jobs' });
+
+  // Queue control: admin on resource `jobs`.
+  const admin = { action: 'admin', resource: () => 'jobs' } as const;
+  const target = (body: Record<string, unknown>) => {
+    for (const k of ['queue', 'kind'] as const) {
+      if (body[k] !== undefined && typeof body[k] !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', `${k} must be a string`);
+    }
+    return { queue: body.queue as string | undefined, kind: body.kind as string | undefined };
+  };
+  server.router.add('POST', /^\/jobs\/pause$/, async (req, res) => {
+    const body = await readJson<Record<string, unknown>>(req, server.options.maxBodyBytes, ['queue', 'kind']);
+    sendJson(res, 200, { paused: await queue.pause(target(body)) });
+  }, admin);
+  server.router.add('POST', /^\/jobs\/resume$/, async (req, res) => {
+    const body = await readJson<Record<string, unknown>>(req, server.options.maxBodyBytes, ['queue', 'kind']);
+    sendJson(res, 200, { resumed: await queue.resume(target(body)) });
+  }, admin);
+  server.router.add('GET', /^\/jobs\/controls$/, async (_req, res) => {
+    sendJson(res, 200, { paused: await queue.paused(), limits: await queue.limits() });
+  }, admin);
 
   server.router.add('GET', /^\/jobs\/(\d{1,19})$/, async (_req, res, [id]) => {
     const job = await queue.get(id);

@@ -1,0 +1,102 @@
+/**
+ * The cost of queue control on the claim path: drains of no-op jobs by the same worker
+ * setup, side by side in the same run on the same Postgres, each in a fresh database:
+ * - unlimited: no pause, no limit (the ordinary one-statement claim);
+ * - concurrency: a queue-wide concurrency limit that never binds (100000 running);
+ * - per-key: a concurrency limit per payload key (50 keys, 100000 each) that never binds;
+ * - rate: a queue-wide rate limit that never binds (10,000,000 starts per second).
+ * Configurations run interleaved (A B C D, A B C D, ...), medians reported.
+ *
+ *   node --import tsx bench/queue-limits.ts
+ *
+ * Environment: DATABASE_URL (use this server instead of starting a cluster), BENCH_RUNS
+ * (default 3), BENCH_JOBS (jobs per drain, default 20000), BENCH_WORKERS (work() calls,
+ * default 4), BENCH_CONCURRENCY (per work() call, default 10), BENCH_PREFETCH (default 0).
+ */
+import { cpus, loadavg } from 'node:os';
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { Herald } from '../src/client.js';
+import { benchPostgres } from './support/postgres.js';
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const JOBS = Number(process.env.BENCH_JOBS ?? 20_000);
+const WORKERS = Number(process.env.BENCH_WORKERS ?? 4);
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 10);
+const PREFETCH = Number(process.env.BENCH_PREFETCH ?? 0);
+
+const server = await benchPostgres({ max_connections: 200, shared_buffers: '256MB' });
+
+async function admin(sql: string): Promise<Record<string, unknown>[]> {
+  const c = new pg.Client({ connectionString: server.url });
+  c.on('error', () => {});
+  await c.connect();
+  try {
+    return (await c.query(sql)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
+type Config = 'unlimited' | 'concurrency' | 'per-key' | 'rate';
+const CONFIGS: Config[] = ['unlimited', 'concurrency', 'per-key', 'rate'];
+
+let n = 0;
+async function drain(config: Config): Promise<number> {
+  const name = `bench_limits_${process.pid}_${n++}`;
+  await admin(`CREATE DATABASE ${name}`);
+  const url = new URL(server.url);
+  url.pathname = '/' + name;
+  const h = new Herald({ connectionString: url.toString(), poolSize: 10, queue: { keepCompleted: PREFETCH === 0 } });
+  try {
+    await h.migrate();
+    if (config === 'concurrency') await h.queue.setLimit({ concurrency: 100_000 });
+    if (config === 'per-key') await h.queue.setLimit({ concurrency: 100_000, partitionBy: 'k' });
+    if (config === 'rate') await h.queue.setLimit({ rate: { count: 1_000_000, periodMs: 100 } });
+    for (let i = 0; i < JOBS; i += 10_000) {
+      await h.queue.enqueueMany(Array.from({ length: Math.min(10_000, JOBS - i) }, (_, j) => ({ kind: 'noop', payload: { k: `c${(i + j) % 50}` } })));
+    }
+    await admin(`CHECKPOINT`);
+    let done = 0;
+    let finish!: () => void;
+    const finished = new Promise<void>((r) => (finish = r));
+    const t0 = performance.now();
+    for (let w = 0; w < WORKERS; w++) {
+      h.queue.work('noop', () => {
+        if (++done === JOBS) finish();
+      }, { concurrency: CONCURRENCY, prefetch: PREFETCH });
+    }
+    await finished;
+    const ms = performance.now() - t0;
+    await h.queue.stop();
+    return JOBS / (ms / 1000);
+  } finally {
+    await h.close();
+    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  }
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const settings = await admin(`SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'server_version', 'shared_buffers')`);
+console.log(`# ${new Date().toISOString()} load ${loadavg().map((x) => x.toFixed(1)).join(' ')}, ${cpus().length} CPUs`);
+console.log(`# ${settings.map((r) => `${r.name}=${r.setting}`).join(', ')}`);
+console.log(`# ${JOBS} jobs per drain, ${WORKERS} work() x concurrency ${CONCURRENCY}, prefetch ${PREFETCH}, keepCompleted ${PREFETCH === 0}, ${RUNS} rounds`);
+const results = new Map<Config, number[]>(CONFIGS.map((c) => [c, []]));
+try {
+  for (let r = 0; r < RUNS; r++) {
+    for (const c of CONFIGS) {
+      const rate = await drain(c);
+      results.get(c)!.push(rate);
+      console.log(`round ${r + 1} ${c}: ${Math.round(rate)} jobs/s`);
+    }
+  }
+  const base = median(results.get('unlimited')!);
+  console.log('\n| claim path | jobs/s (median) | runs | vs unlimited |\n|---|---|---|---|');
+  for (const c of CONFIGS) {
+    const m = median(results.get(c)!);
+    console.log(`| ${c} | ${Math.round(m)} | ${results.get(c)!.map((x) => Math.round(x)).join(', ')} | ${c === 'unlimited' ? '—' : `${((m / base - 1) * 100).toFixed(1)}%`} |`);
+  }
+  console.log(`# done ${new Date().toISOString()} load ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+} finally {
+  await server.stop();
+}
