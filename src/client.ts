@@ -12,7 +12,7 @@ import { Queue } from './queue/queue.js';
 import type { QueueOptions } from './queue/types.js';
 import { Mailbox } from './mailbox/mailbox.js';
 import type { MailboxOptions } from './mailbox/types.js';
-import { migrate, migrationStatus, type MigrationStatus } from './schema/migrator.js';
+import { migrate, migrationStatus, type MigrateOptions, type MigrationStatus } from './schema/migrator.js';
 import { Outbox } from './outbox/outbox.js';
 import { Changes } from './change/changes.js';
 import { Topics } from './topic/topics.js';
@@ -132,8 +132,8 @@ export class Herald {
   }
 
   /** Applies pending migrations (safe from many processes at once). Returns the versions applied. */
-  migrate(): Promise<number[]> {
-    return migrate(this.driver, this.schema);
+  migrate(options: Pick<MigrateOptions, 'lockTimeoutMs' | 'lockRetries'> = {}): Promise<number[]> {
+    return migrate(this.driver, this.schema, options);
   }
 
   /** Every migration with the time it was applied, or null when pending. */

@@ -1,5 +1,5 @@
 import { MIGRATE_APPLICATION_NAME, type Driver, type Executor, type ListenSession } from '../driver/types.js';
-import { HeraldError } from '../errors.js';
+import { HeraldError, InvalidOptionError } from '../errors.js';
 import { sleep } from '../internal/backoff.js';
 import { schemaIdent } from '../internal/ident.js';
 import { MIGRATION_FILES } from './migrations.gen.js';
@@ -69,7 +69,20 @@ const SESSION_LOCK_NAMESPACE = 'pgherald.migrate.session:';
 export interface MigrateOptions {
   /** Apply migrations up to this version only (tests of upgrades, staged rollouts). @defaultValue every shipped migration */
   to?: number;
+  /**
+   * Longest wait for a table lock a migration's DDL needs (`lock_timeout` of its
+   * transaction). A DDL that waits for a lock makes every later writer of that table
+   * wait behind it, so it gives up after this long, rolls back and tries again
+   * (backoff 100 ms doubling to 2 s): writers are never held longer than this by a
+   * waiting migration, even while a long transaction holds the table. @defaultValue 1000
+   */
+  lockTimeoutMs?: number;
+  /** Tries per migration before failing with `MIGRATION` (lock waits that timed out). @defaultValue 60 */
+  lockRetries?: number;
 }
+
+/** SQLSTATE of a lock wait that `lock_timeout` ended. */
+const LOCK_NOT_AVAILABLE = '55P03';
 
 /**
  * Applies every pending migration, each in its own transaction, under advisory locks
@@ -86,6 +99,10 @@ export interface MigrateOptions {
 export async function migrate(driver: Driver, schema = 'herald', options: MigrateOptions = {}): Promise<number[]> {
   const q = schemaIdent(schema);
   const to = options.to ?? Infinity;
+  const lockTimeoutMs = options.lockTimeoutMs ?? 1000;
+  const lockRetries = options.lockRetries ?? 60;
+  if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 1) throw new InvalidOptionError('lockTimeoutMs', lockTimeoutMs, 'a positive integer number of ms');
+  if (!Number.isInteger(lockRetries) || lockRetries < 1) throw new InvalidOptionError('lockRetries', lockRetries, 'a positive integer');
   let session: ListenSession | undefined;
   try {
     session = await driver.openListenSession({ applicationName: MIGRATE_APPLICATION_NAME });
@@ -102,8 +119,10 @@ export async function migrate(driver: Driver, schema = 'herald', options: Migrat
     for (const m of migrations()) {
       if (m.version > to) break;
       // Its own transaction, under the transaction-level lock; re-checked there.
-      const pending = await driver.transaction(async (tx) => {
+      const attempt = () => driver.transaction(async (tx) => {
         await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [LOCK_NAMESPACE + schema]);
+        // Set after the advisory lock (waiting for another migrator is not a table lock wait).
+        await tx.query(`SELECT set_config('lock_timeout', $1, true)`, [`${lockTimeoutMs}ms`]);
         await tx.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
         await tx.query(
           `CREATE TABLE IF NOT EXISTS ${q}.migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
@@ -114,6 +133,19 @@ export async function migrate(driver: Driver, schema = 'herald', options: Migrat
         if (m.outside.length === 0) await tx.query(`INSERT INTO ${q}.migrations (version, name) VALUES ($1, $2)`, [m.version, m.name]);
         return true;
       });
+      let pending = false;
+      for (let tries = 1, delay = 100; ; tries++, delay = Math.min(delay * 2, 2000)) {
+        try {
+          pending = await attempt();
+          break;
+        } catch (err) {
+          if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
+          if (tries >= lockRetries) {
+            throw new HeraldError('MIGRATION', `migration ${m.version} (${m.name}) of schema ${schema} could not take its table locks within ${lockTimeoutMs} ms in ${tries} tries: a long transaction holds a table it changes (see pg_locks)`, { cause: err });
+          }
+          await sleep(delay);
+        }
+      }
       if (!pending) continue;
       if (m.outside.length > 0) {
         await dropInvalidIndexes(s, schema);

@@ -48,11 +48,14 @@ describe('schema upgrades', () => {
     const url = new URL(db.url);
     url.searchParams.set('application_name', 'upgrade-writer');
     const writers = pgDriver({ connectionString: url.toString(), max: 4 });
-    const migrator = pgDriver({ connectionString: db.url, max: 2 });
+    const murl = new URL(db.url);
+    murl.searchParams.set('application_name', 'upgrade-migrator');
+    const migrator = pgDriver({ connectionString: murl.toString(), max: 2 });
     let stop = false;
     let writes = 0;
     let worst = 0;
     const blockedSamples: string[] = [];
+    let waitsOnDdl = 0;
     try {
       // Four writers insert and update jobs for as long as the upgrade runs.
       const writing = Array.from({ length: 4 }, async (_, w) => {
@@ -71,12 +74,18 @@ describe('schema upgrades', () => {
       // A sampler: a writer waiting on a lock is what a blocking DDL would cause.
       const sampling = (async () => {
         while (!stop) {
-          const r = await adminQuery<{ pid: number; query: string; blockers: number[] }>(
-            `SELECT pid, query, pg_blocking_pids(pid) AS blockers FROM pg_stat_activity
-              WHERE datname = $1 AND application_name = 'upgrade-writer' AND wait_event_type = 'Lock'`,
+          // A writer may wait a moment for a DDL of the upgrade (bounded by lockTimeoutMs);
+          // it must never wait on anything else (an index build that blocks writes).
+          const r = await adminQuery<{ pid: number; query: string; blockers: string[] }>(
+            `SELECT a.pid, a.query, array(SELECT b.application_name || ':' || left(b.query, 60) FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid))) AS blockers
+               FROM pg_stat_activity a
+              WHERE a.datname = $1 AND a.application_name = 'upgrade-writer' AND a.wait_event_type = 'Lock'`,
             [db.name],
           );
-          for (const b of r) blockedSamples.push(`${b.pid} blocked by ${b.blockers.join(',')}: ${b.query}`);
+          for (const b of r) {
+            if (b.blockers.every((x) => x.startsWith('upgrade-migrator:') && !/CONCURRENTLY/i.test(x))) waitsOnDdl++;
+            else blockedSamples.push(`${b.pid} blocked by ${b.blockers.join(' | ')}: ${b.query}`);
+          }
           await new Promise((res) => setImmediate(res));
         }
       })();
@@ -86,9 +95,9 @@ describe('schema upgrades', () => {
       stop = true;
       await Promise.all([...writing, sampling]);
       assert.deepEqual(applied, migrations().filter((m) => m.version > 7).map((m) => m.version));
-      assert.deepEqual(blockedSamples, [], 'no writer ever waited on a lock during the upgrade');
+      assert.deepEqual(blockedSamples, [], 'no writer waited on anything but a short DDL of the upgrade');
       assert.ok(during > 0, 'writes went on during the upgrade');
-      console.log(`# upgrade over ${rows} jobs: ${during} writes during it, slowest write ${worst.toFixed(0)} ms`);
+      console.log(`# upgrade over ${rows} jobs: ${during} writes during it, slowest write ${worst.toFixed(0)} ms, ${waitsOnDdl} samples of a writer waiting on a DDL`);
       const idx = await migrator.executor.query<{ valid: boolean }>(
         `SELECT i.indisvalid AS valid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'jobs_lease_expiry_idx'`,
       );
@@ -99,6 +108,48 @@ describe('schema upgrades', () => {
       stop = true;
       await writers.end();
       await migrator.end();
+    }
+  });
+
+  it('a migration whose DDL waits behind a long transaction gives up after lockTimeoutMs and retries: writers go on meanwhile', async () => {
+    const other = await freshDatabase({ migrated: false });
+    const driver = pgDriver({ connectionString: other.url, max: 3 });
+    const holder = pgDriver({ connectionString: other.url, max: 1 });
+    const writer = pgDriver({ connectionString: other.url, max: 1 });
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let holding: Promise<unknown> | undefined;
+    try {
+      const target = migrations().find((m) => /ALTER TABLE :schema\.jobs ADD COLUMN/i.test(m.sql));
+      assert.ok(target, 'a migration alters the jobs table');
+      await migrate(driver, 'herald', { to: target.version - 1 });
+      // A long transaction that wrote to jobs holds its ROW EXCLUSIVE lock until it ends.
+      let holds!: () => void;
+      const held = new Promise<void>((r) => (holds = r));
+      holding = holder.transaction(async (tx) => {
+        await tx.query(`INSERT INTO herald.jobs (kind) VALUES ('long')`);
+        holds();
+        await released;
+      });
+      await held;
+      const upgrading = migrate(driver, 'herald', { lockTimeoutMs: 100, lockRetries: 1_000 });
+      // The ALTER TABLE cannot get its lock; a writer must not queue behind it for good.
+      // Each insert below would hang until the long transaction ends if the DDL waited
+      // without a lock_timeout; here each returns (at worst after one lockTimeoutMs).
+      for (let i = 0; i < 20; i++) await writer.executor.query(`INSERT INTO herald.jobs (kind) VALUES ('writer')`);
+      const status = await migrationStatus(writer.executor);
+      assert.ok(status.some((m) => m.version === target.version && m.appliedAt === null), 'the migration is still waiting for its lock');
+      release();
+      await holding;
+      const applied = await upgrading;
+      assert.ok(applied.includes(target.version));
+      const count = await writer.executor.query<{ n: number }>(`SELECT count(*)::int AS n FROM herald.jobs WHERE kind = 'writer'`);
+      assert.equal(count.rows[0].n, 20);
+    } finally {
+      release();
+      await holding?.catch(() => {});
+      await Promise.all([driver.end(), holder.end(), writer.end()]);
+      await other.drop();
     }
   });
 
