@@ -36,7 +36,7 @@ test('messages published while the listen connection is down arrive by catch-up 
   await c.start();
   await herald.topics.publish('down', 1);
   await waitFor(() => seen.length === 1);
-  const lost = nextEvent(herald.notifier, 'lost');
+  const lost = nextEvent(herald.notifier, 'notifier:lost');
   assert.equal(await terminateBackends('postgres', { applicationName: LISTEN_APPLICATION_NAME }, isolated.url), 1);
   await lost;
   await herald.topics.publishMany('down', [{ payload: 2 }, { payload: 3 }]); // their NOTIFY reaches nobody

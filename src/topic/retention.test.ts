@@ -50,7 +50,7 @@ test('a group behind retention gets the behind event with the oldest position, n
   assert.deepEqual(after1.partitions.map((p) => p.position), before.partitions.map((p) => p.position));
 
   // A whole-topic reader from an old position gets the typed error too.
-  await assert.rejects(herald.topics.read('ret', { after: published[10].position }), (err: unknown) => {
+  await assert.rejects(herald.topics.read('ret', { after: published[10].position! }), (err: unknown) => {
     assert.ok(err instanceof TopicRetentionError);
     assert.equal(err.code, 'RETENTION');
     assert.equal(err.info.oldestPosition, oldest);

@@ -37,7 +37,7 @@ test('herald topics create, publish, list, tail, stats, reset', async () => {
   const p1 = await cli('topics', 'publish', 'cli', '{"n":1}', '--key', 'k');
   assert.equal(p1.code, 0, p1.err);
   const first = JSON.parse(p1.out);
-  assert.match(first.position, /^\d+:\d+$/);
+  assert.match(first.position, /^\d+$/);
   assert.equal((await cli('topics', 'publish', 'cli', 'plain text')).code, 0);
   const list = await cli('topics', 'list');
   assert.match(list.out, /^cli\tpartitions=8\tmessages=2\t/m);
