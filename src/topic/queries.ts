@@ -333,10 +333,13 @@ export async function cursorClaimRead(
        SELECT c.kpart, c.cursor_id
          FROM ${s}.topic_group_cursors c
          JOIN ${s}.topic_partitions p ON p.topic_id = c.topic_id AND p.kpart = c.kpart
+         -- "has a message after the cursor": a LATERAL with LIMIT 1, not EXISTS, which
+         -- the planner turns into a semi-join that filters every row of the partition
+         -- after the fact; here the cursor is an index condition and prunes segments.
+         CROSS JOIN LATERAL (SELECT 1 FROM ${s}.topic_messages m
+                              WHERE m.topic_id = $1 AND m.kpart = c.kpart AND m.id > c.cursor_id LIMIT 1) next
         WHERE c.topic_id = $1 AND c.group_name = $2
           AND c.cursor_id >= p.dropped_id
-          AND EXISTS (SELECT 1 FROM ${s}.topic_messages m
-                       WHERE m.topic_id = $1 AND m.kpart = c.kpart AND m.id > c.cursor_id)
         ORDER BY (c.kpart + $4 - $3) % $4
         LIMIT 1
         FOR UPDATE OF c SKIP LOCKED

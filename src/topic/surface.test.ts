@@ -10,7 +10,7 @@ import { useHerald } from '../../test/support/herald.js';
 
 let db: TestDatabase;
 let herald: Herald;
-// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+// topics: a cluster of the file's own (a test here holds transactions open on purpose; see freshDatabase)
 useHerald({}, (d, h) => {
   db = d;
   herald = h;
