@@ -206,7 +206,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         }
         const last = rows[rows.length - 1].id;
         // Counted on the pool: committed before the handler runs.
-        const attempts = await q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last);
+        const attempts = await q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1);
         const messages: TopicMessage<T>[] = rows.map((r) => toMessage<T>(this.topic, r));
         try {
           await this.#runHandler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx }, claim.pid);

@@ -131,7 +131,7 @@ export async function segmentEnsure(tx: Executor, s: string, topic: TopicRow, ta
 
 /** The sequence's last handed-out id (non-transactional, cheap). */
 export async function topicSequenceLast(ex: Executor, s: string, topicId: number): Promise<bigint> {
-  const { rows } = await ex.query<{ v: string }>(`SELECT last_value::text AS v FROM ${s}.${quoteIdent(topicSequenceName(topicId))}`);
+  const { rows } = await ex.query<{ v: string }>(`SELECT (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::text AS v FROM ${s}.${quoteIdent(topicSequenceName(topicId))}`);
   return BigInt(rows[0].v);
 }
 
@@ -164,8 +164,9 @@ export async function pendingAppend(
          FROM src
        RETURNING publish_id
      ), wake AS (SELECT ${wakeSql('$6', '$7')}),
-     floor AS (SELECT last_value FROM ${s}.${quoteIdent(topicSequenceName(topic.id))})
-     SELECT ins.publish_id::text AS publish_id, floor.last_value::text AS floor FROM ins, wake, floor ORDER BY ins.publish_id`,
+     -- A sequence never used yet says last_value 1 with is_called false: nothing handed out.
+     floor AS (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS v FROM ${s}.${quoteIdent(topicSequenceName(topic.id))})
+     SELECT ins.publish_id::text AS publish_id, floor.v::text AS floor FROM ins, wake, floor ORDER BY ins.publish_id`,
     [topic.id, `${s}.${quoteIdent(topicPublishSequenceName(topic.id))}`, topic.partitions, keys, payloads, channel, topic.name],
   );
   return rows;
@@ -369,21 +370,23 @@ export async function cursorClaimRead(
 }
 
 /**
- * Counts an attempt on `messageId` (the first message of the batch about to run), on
- * the pool, committed before the handler runs: a handler that kills its process
- * still uses up the attempt. Returns the attempts so far, this one included.
+ * Records an attempt starting at `messageId` through `throughId`, on the pool,
+ * committed before the handler runs: a handler that kills its process still uses up
+ * the attempt. Only an attempt on one message alone (`single`) counts against it: a
+ * larger batch that fails names no message, it only makes the next batches single
+ * (up to `throughId`). Returns the attempts on `messageId` so far, this one included.
  */
-export async function attemptBegin(ex: Executor, s: string, topicId: number, group: string, kpart: number, messageId: string, throughId: string): Promise<number> {
+export async function attemptBegin(ex: Executor, s: string, topicId: number, group: string, kpart: number, messageId: string, throughId: string, single: boolean): Promise<number> {
   const { rows } = await ex.query<{ attempts: number }>(
     `INSERT INTO ${s}.topic_attempts AS a (topic_id, group_name, kpart, message_id, through_id, attempts)
-     VALUES ($1, $2, $3, $4, $5, 1)
+     VALUES ($1, $2, $3, $4, $5, CASE WHEN $6::boolean THEN 1 ELSE 0 END)
      ON CONFLICT (topic_id, group_name, kpart) DO UPDATE
-       SET attempts = CASE WHEN a.message_id = EXCLUDED.message_id THEN a.attempts + 1 ELSE 1 END,
+       SET attempts = CASE WHEN NOT $6::boolean THEN 0 WHEN a.message_id = EXCLUDED.message_id THEN a.attempts + 1 ELSE 1 END,
            through_id = GREATEST(EXCLUDED.through_id, CASE WHEN a.through_id >= EXCLUDED.message_id THEN a.through_id ELSE 0 END),
            last_error = CASE WHEN a.message_id = EXCLUDED.message_id THEN a.last_error END,
            message_id = EXCLUDED.message_id, updated_at = now()
      RETURNING attempts`,
-    [topicId, group, kpart, messageId, throughId],
+    [topicId, group, kpart, messageId, throughId, single],
   );
   return rows[0].attempts;
 }

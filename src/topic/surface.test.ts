@@ -7,6 +7,7 @@ import type { Herald } from '../index.js';
 import { HeraldServer } from '../server/server.js';
 import type { TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
+import { waitFor } from '../../test/support/wait.js';
 
 let db: TestDatabase;
 let herald: Herald;
@@ -119,5 +120,50 @@ test('SSE subscription to a topic resumes after Last-Event-ID; publish endpoint'
     await bad.body?.cancel();
   } finally {
     await server.stop();
+  }
+});
+
+test('dead letters over the CLI and HTTP: list, redrive', async () => {
+  await herald.topics.create('dl', { partitions: 1 });
+  let heal = false;
+  const c = herald.topics.consumer<number>('dl', 'g', ({ messages }) => {
+    if (!heal && messages.some((m) => m.payload === 2)) throw new Error('no 2');
+  }, { maxAttempts: 1, retryDelayMs: 10 });
+  const dead: unknown[] = [];
+  c.on('topic:dead', (d) => dead.push(d));
+  let delivered = 0;
+  c.on('topic:batch', (b) => (delivered += b.count));
+  await c.start();
+  const server = new HeraldServer(herald, { port: 0 });
+  const base = await server.start();
+  try {
+    await herald.topics.publishMany('dl', [1, 2, 3].map((payload) => ({ payload })));
+    await waitFor(() => dead.length === 1 && delivered === 2, { what: 'one dead letter, two delivered' });
+    const listed = await cli('topics', 'dead', 'dl', '--group', 'g');
+    assert.equal(listed.code, 0, listed.err);
+    const letter = JSON.parse(listed.out.trim());
+    assert.deepEqual([letter.group, letter.payload, letter.attempts, letter.redriving], ['g', 2, 1, false]);
+    assert.match(letter.lastError, /no 2/);
+    const http = await fetch(`${base}/topics/dl/dead?group=g`);
+    assert.equal(http.status, 200);
+    const body = (await http.json()) as { letters: { position: string }[] };
+    assert.deepEqual(body.letters.map((l) => l.position), [letter.position]);
+    const badLimit = await fetch(`${base}/topics/dl/dead?limit=0`);
+    assert.equal(badLimit.status, 400);
+    await badLimit.body?.cancel();
+    const none = await cli('topics', 'redrive', 'dl', 'g', '999999');
+    assert.equal(none.code, 1);
+    heal = true;
+    const redrive = await fetch(`${base}/topics/dl/groups/g/redrive`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ positions: [letter.position] }) });
+    assert.equal(redrive.status, 200);
+    assert.deepEqual(await redrive.json(), { redriven: 1 });
+    await waitFor(() => delivered === 3, { what: 'the redriven letter' });
+    assert.deepEqual(await herald.topics.deadLetters('dl'), []);
+    const badBody = await fetch(`${base}/topics/dl/groups/g/redrive`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    assert.equal(badBody.status, 400);
+    await badBody.body?.cancel();
+  } finally {
+    await server.stop();
+    await c.stop();
   }
 });
