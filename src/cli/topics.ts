@@ -5,7 +5,7 @@ import { COUNT_RANGE, intArg } from './options.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
-/** `herald topics list|create|stats|tail|reset|publish`. */
+/** `herald topics list|create|stats|tail|reset|publish|dead|redrive`. */
 export function registerTopicsCommands(program: Command, ctx: CliContext): void {
   const globals = () => program.opts<Globals>();
   const topics = program
@@ -13,7 +13,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .description('durable topics: list them, show stats and group lag, follow one, move a group')
     .addHelpText(
       'after',
-      "\nExamples:\n  herald topics list\n  herald topics create orders --partitions 16 --retention-ms 604800000\n  herald topics stats orders\n  herald topics tail orders --from earliest --count 10\n  herald topics reset orders billing --to earliest\n  herald topics publish orders '{\"id\":42}' --key customer-7",
+      "\nExamples:\n  herald topics list\n  herald topics create orders --partitions 16 --retention-ms 604800000\n  herald topics stats orders\n  herald topics tail orders --from earliest --count 10\n  herald topics reset orders billing --to earliest\n  herald topics publish orders '{\"id\":42}' --key customer-7\n  herald topics dead orders --group billing\n  herald topics redrive orders billing",
     );
 
   topics
@@ -59,7 +59,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .command('tail')
     .description('print messages of a topic as JSON lines ({"id","position","key","partition","payload","publishedAt"}) as they come')
     .argument('<topic>', 'topic name')
-    .option('--from <where>', "'earliest', 'latest' or a position (<xid>:<id>) to resume after", 'latest')
+    .option('--from <where>', "'earliest', 'latest' or a position to resume after", 'latest')
     .option('--count <n>', 'exit after n messages', intArg('--count', COUNT_RANGE))
     .action(async (topic: string, opts: { from: string; count?: number }) => {
       const herald = ctx.herald(globals());
@@ -77,12 +77,12 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .description("move a group's position: replay from earliest, skip to latest, go to a time, or resume after a position")
     .argument('<topic>', 'topic name')
     .argument('<group>', 'group name')
-    .requiredOption('--to <where>', "'earliest', 'latest', an ISO time (2026-01-31T12:00:00Z) or a position (<xid>:<id>)")
+    .requiredOption('--to <where>', "'earliest', 'latest', an ISO time (2026-01-31T12:00:00Z) or a position (digits; an earlier version's <xid>:<id> means its id)")
     .action(async (topic: string, group: string, opts: { to: string }) => {
       const herald = ctx.herald(globals());
       let to: GroupStart | { position: string };
       if (opts.to === 'earliest' || opts.to === 'latest') to = opts.to;
-      else if (/^\d+:\d+$/.test(opts.to)) to = { position: opts.to };
+      else if (/^(\d+:)?\d+$/.test(opts.to)) to = { position: opts.to };
       else {
         const d = new Date(opts.to);
         if (Number.isNaN(d.getTime())) throw new CliError(`--to: expected earliest, latest, an ISO time or a position, got ${JSON.stringify(opts.to)}`, 2);
@@ -108,5 +108,31 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
       }
       const m = await ctx.herald(globals()).topics.publish(topic, value, { key: opts.key ?? null });
       ctx.out(JSON.stringify(m));
+    });
+
+  topics
+    .command('dead')
+    .description('list dead letters of a topic (messages whose handler failed maxAttempts times) as JSON lines, with attempts and last error')
+    .argument('<topic>', 'topic name')
+    .option('--group <group>', 'only this group (default: every group)')
+    .option('--limit <n>', 'most letters to print', intArg('--limit', COUNT_RANGE), 100)
+    .action(async (topic: string, opts: { group?: string; limit: number }) => {
+      const dead = await ctx.herald(globals()).topics.deadLetters(topic, { group: opts.group, limit: opts.limit });
+      for (const d of dead) ctx.out(JSON.stringify(d));
+    });
+
+  topics
+    .command('redrive')
+    .description("hand dead letters of a group back to its consumers (all, or the given positions); each is delivered again as a batch of its own")
+    .argument('<topic>', 'topic name')
+    .argument('<group>', 'group name')
+    .argument('[positions...]', 'positions of dead letters (default: every dead letter of the group)')
+    .action(async (topic: string, group: string, positions: string[]) => {
+      const n = await ctx.herald(globals()).topics.redrive(topic, group, { positions: positions.length ? positions : undefined });
+      ctx.out(`redrove ${n}`);
+      if (positions.length > 0 && n < positions.length) {
+        ctx.out(`not redriven ${positions.length - n} of ${positions.length}: only dead letters of group ${JSON.stringify(group)} not already redriven are`);
+        ctx.exitCode = 1;
+      }
     });
 }

@@ -72,10 +72,10 @@ describe('input ranges in the library', () => {
     await refuses(t.publish('ranges', 1, { key: 'k'.repeat(1001) }), 'INVALID_ARGUMENT', 'key of 1001 bytes');
     await refuses(t.resolveAfter('ranges', '99999999999999999999999:1'), 'INVALID_ARGUMENT', 'xid past 64 bits');
     await refuses(t.resolveAfter('ranges', '1:9223372036854775808'), 'INVALID_ARGUMENT', 'id past bigint');
-    await refuses(t.resolveAfter('ranges', '9223372036854775808'), 'INVALID_ARGUMENT', 'message id past bigint');
+    await refuses(t.resolveAfter('ranges', '9223372036854775808'), 'INVALID_ARGUMENT', 'position past bigint');
     await refuses(t.read('ranges', { after: '18446744073709551616:1' }), 'INVALID_ARGUMENT', 'read after xid past 64 bits');
     const m = await t.publish('ranges', { s: '\\u0000' });
-    assert.match(m.position, /^\d+:\d+$/);
+    assert.match(m.position ?? '', /^\d+$/);
   });
 
   it('outbox: types, keys, headers and payloads are bounded and refuse NUL', async () => {

@@ -243,7 +243,7 @@ test('dashboard data and actions need an admin grant: 401 without a credential, 
   const snap = await (await get(ADMIN)).json();
   assert.deepEqual(
     snap.panels.map((p: { id: string }) => p.id),
-    ['queues', 'jobs', 'pipelines', 'stuck', 'mailboxes', 'mailbox-dead', 'outbox', 'outbox-dead'],
+    ['queues', 'jobs', 'pipelines', 'stuck', 'mailboxes', 'mailbox-dead', 'outbox', 'outbox-dead', 'topic-dead'],
   );
   const jobs = snap.panels.find((p: { id: string }) => p.id === 'jobs');
   const i = jobs.data.findIndex((r: { id: string }) => r.id === job.id);

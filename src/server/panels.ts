@@ -59,11 +59,12 @@ const finishedBadly = (r: Record<string, unknown>) => r.state === 'dead' || r.st
  * - `mailboxes`: `mailbox.stats()`; action `redrive` (all dead letters of a destination);
  * - `mailbox-dead`: `mailbox.deadLetters(to)` of each destination with dead letters; action `redrive` (one message);
  * - `outbox`: `outbox.stats()`; panel action `redrive-all`;
- * - `outbox-dead`: `outbox.dead()`; action `redrive` (one event).
+ * - `outbox-dead`: `outbox.dead()`; action `redrive` (one event);
+ * - `topic-dead`: `topics.deadLetters(topic)` of every topic; action `redrive` (one dead letter back to its group).
  */
 export function registerDashboardPanels(server: HeraldServer, options: DashboardPanelOptions = {}): void {
   const o = { ...DASHBOARD_PANEL_DEFAULTS, ...options };
-  const { queue, mailbox, outbox } = server.herald;
+  const { queue, mailbox, outbox, topics } = server.herald;
   const dash = server.dashboard;
 
   const retry = {
@@ -234,6 +235,32 @@ export function registerDashboardPanels(server: HeraldServer, options: Dashboard
           if (!UUID.test(id)) throw new HttpError(400, 'INVALID_ARGUMENT', 'args.id must be an outbox event id (a UUID)');
           const redriven = await outbox.redrive({ ids: [id] });
           if (redriven === 0) throw new HttpError(409, 'CONFLICT', `event ${String(args.id)} is not dead`);
+          return { redriven };
+        },
+      },
+    },
+  });
+
+  dash.addPanel({
+    id: 'topic-dead',
+    title: 'Topic dead letters',
+    load: async () => {
+      const rows: Record<string, unknown>[] = [];
+      for (const t of await topics.list()) {
+        if (rows.length >= o.deadLimit) break;
+        for (const d of await topics.deadLetters(t, { limit: o.deadLimit - rows.length })) {
+          rows.push({ topic: t, group: d.group, position: d.position, key: d.key, attempts: d.attempts, lastError: d.lastError, deadAt: d.deadAt, redriving: d.redriving });
+        }
+      }
+      return rows;
+    },
+    actions: {
+      redrive: {
+        label: 'Redrive',
+        appliesTo: (r) => r.redriving === false,
+        run: async (args) => {
+          const redriven = await topics.redrive(text(args, 'topic'), text(args, 'group'), { positions: [text(args, 'position')] });
+          if (redriven === 0) throw new HttpError(409, 'CONFLICT', `position ${String(args.position)} is not a dead letter of that group`);
           return { redriven };
         },
       },

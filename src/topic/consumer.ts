@@ -2,6 +2,7 @@ import type { Driver } from '../driver/types.js';
 import { HeraldError } from '../errors.js';
 import { TypedEmitter } from '../internal/events.js';
 import { Loop, type Turn } from '../internal/loop.js';
+import { describeError } from '../internal/describe-error.js';
 import { positiveInteger, nonNegativeNumber, resolveOptions } from '../internal/options.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
@@ -10,12 +11,12 @@ import * as q from './queries.js';
 import { toMessage } from './message.js';
 import {
   CONSUMER_DEFAULTS,
-  formatPosition,
   TopicRetentionError,
   type ConsumerEvents,
   type ConsumerOptions,
   type GroupStart,
   type TopicBatch,
+  type TopicMessage,
 } from './types.js';
 
 /** What a consumer needs from `Topics`. */
@@ -25,30 +26,38 @@ export interface ConsumerHost {
   s: string;
   channel: string;
   topic: () => Promise<q.TopicRow>;
+  /** Runs the topic's sequencer if committed messages wait to enter the log. */
+  sequence: () => Promise<void>;
   forget: () => void;
 }
 
+type Resolved = Required<Omit<ConsumerOptions, 'start' | 'horizonPollMs' | 'horizonPollMaxMs'>> & { start: GroupStart };
+
+/** What a batch transaction did. */
+type Outcome = false | 'batch' | 'dead' | 'retry' | 'exhausted';
+
 /**
- * One consumer of a group. Each batch is one transaction: lock a key partition of the
- * group (FOR UPDATE SKIP LOCKED), read its next messages below the visibility
- * horizon, run the handler with the transaction, advance the cursor, commit. A crash
- * or a throw rolls back the handler's writes and the cursor together.
+ * One consumer of a group. Each turn first runs the topic's sequencer when committed
+ * messages wait to enter the log, then takes one batch in one transaction: lock a key
+ * partition of the group (FOR UPDATE SKIP LOCKED), read its next messages after the
+ * cursor, count the attempt (committed on the pool before the handler runs), run the
+ * handler with the transaction, advance the cursor, commit. A crash or a throw rolls
+ * back the handler's writes and the cursor together; a message whose attempts reach
+ * `maxAttempts` goes to the group's dead letters and the partition moves on.
  *
- * Wake-ups: a NOTIFY per publishing statement (payload: topic name) on the one listen
- * connection; a catch-up pass after every (re)LISTEN; a safety poll; and a short
- * re-check while messages wait for an open transaction below them to end (its end
- * sends no notification).
+ * Wake-ups: a NOTIFY per publishing statement and per sequencer run (payload: topic
+ * name) on the one listen connection; a catch-up pass after every (re)LISTEN; a safety
+ * poll. Nothing waits for other transactions: a publish that commits late is
+ * sequenced (and woken for) when it commits.
  */
 export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   readonly topic: string;
   readonly group: string;
-  readonly options: Readonly<Required<Omit<ConsumerOptions, 'start'>> & { start: GroupStart }>;
+  readonly options: Readonly<Resolved>;
   readonly #host: ConsumerHost;
   readonly #handler: (batch: TopicBatch<T>) => Promise<void> | void;
   #loop: Loop | undefined;
   #sub: Subscription | undefined;
-  /** The next re-check interval while messages wait for an open transaction below them. */
-  #horizonWait: number;
   #rotate = Math.floor(Math.random() * 1024);
   /** Per key partition, the retention mark already reported (one `behind` event per episode). */
   readonly #reported = new Map<number, string>();
@@ -58,14 +67,13 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   constructor(host: ConsumerHost, topic: string, group: string, handler: (batch: TopicBatch<T>) => Promise<void> | void, options: ConsumerOptions) {
     super();
     if (typeof handler !== 'function') throw new HeraldError('INVALID_ARGUMENT', 'handler must be a function');
-    this.options = resolveOptions(CONSUMER_DEFAULTS, options, {
+    this.options = resolveOptions<Resolved>(CONSUMER_DEFAULTS, options, {
       batchSize: positiveInteger(100_000),
       pollIntervalMs: positiveInteger(),
-      horizonPollMs: positiveInteger(),
-      horizonPollMaxMs: positiveInteger(),
       retryDelayMs: nonNegativeNumber,
+      maxAttempts: positiveInteger(1_000_000),
+      handlerTimeoutMs: nonNegativeNumber,
     });
-    this.#horizonWait = this.options.horizonPollMs;
     this.#host = host;
     this.topic = topic;
     this.group = group;
@@ -84,6 +92,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   async start(): Promise<void> {
     if (this.#loop) return;
     const row = await this.#host.topic();
+    await this.#host.sequence();
     await q.groupCreate(this.#host.driver.executor, this.#host.s, row.id, this.group, this.options.start);
     const loop: Loop = new Loop({
       turn: () => this.#turn(loop, row),
@@ -100,7 +109,6 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     );
     this.#sub = sub;
     this.#loop = loop;
-    this.#horizonWait = this.options.horizonPollMs;
     loop.start();
     try {
       await sub.established;
@@ -125,76 +133,150 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     this.emit('topic:stopped');
   }
 
-  /** One turn of the loop: a batch; then at once again, or idle until a wake-up, the horizon re-check or the poll. */
+  /** One turn of the loop: sequence, then a batch; then at once again, or idle until a wake-up or the poll. */
   async #turn(loop: Loop, row: q.TopicRow): Promise<Turn> {
     loop.dirty = false;
-    const worked = await this.#batch(row);
+    await this.#host.sequence();
+    let worked = await this.#redriven(row);
+    if (!worked) worked = await this.#batch(row);
     loop.succeeded();
     if (worked === 'retry') {
       await loop.sleep(this.options.retryDelayMs);
       return 'again';
     }
     if (worked) {
-      this.#horizonWait = this.options.horizonPollMs;
       // A busy group still reports a partition that fell behind retention.
       if (Date.now() - this.#behindCheckedAt >= this.options.pollIntervalMs) await this.#checkBehind(row);
       return 'again';
     }
     await this.#checkBehind(row);
-    const pending = await q.messagePendingHorizon(this.#host.driver.executor, this.#host.s, row.id);
-    if (!pending) {
-      this.#horizonWait = this.options.horizonPollMs;
-      return 'idle';
-    }
-    // Open transactions anywhere in the cluster hold the horizon back; they usually end
-    // soon, so the re-check backs off only up to horizonPollMaxMs.
-    const wait = this.#horizonWait;
-    this.#horizonWait = Math.min(wait * 2, this.options.horizonPollMaxMs, this.options.pollIntervalMs);
-    return wait;
+    return 'idle';
   }
 
-  /** One batch transaction. Returns true when messages were consumed, 'retry' after a handler failure. */
-  async #batch(row: q.TopicRow): Promise<boolean | 'retry'> {
+  /** Runs the handler on `messages` in `tx`, bounded by `handlerTimeoutMs` (which cancels the batch's statement). */
+  async #runHandler(batch: TopicBatch<T>, pid: number): Promise<void> {
+    const work = withSpan('herald.topics.consume', { 'herald.topic': this.topic, 'herald.group': this.group, 'herald.count': batch.messages.length }, async () => {
+      await this.#handler(batch);
+    });
+    const ms = this.options.handlerTimeoutMs;
+    if (ms === 0) return work;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)));
+    try {
+      const r = await Promise.race([work, timeout]);
+      if (r === 'timeout') {
+        work.catch(() => {}); // it may still settle; the batch is over
+        // A statement of the handler may be running on the batch's connection: cancel it
+        // so the rollback does not wait for it (a cancel that finds the session idle is ignored).
+        await this.#host.driver.executor.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => {});
+        throw new HeraldError('TIMEOUT', `topic ${this.topic} group ${this.group}: handler ran longer than handlerTimeoutMs (${ms} ms); the batch rolled back`);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** One batch transaction. */
+  async #batch(row: q.TopicRow): Promise<Outcome> {
     const { driver, s } = this.#host;
-    let handlerError: { partition: number; error: unknown } | undefined;
+    const max = this.options.maxAttempts;
+    let failed: { partition: number; error: unknown; attempts: number; head: string } | undefined;
+    let done: { partition: number; count: number; position: string } | undefined;
+    let dead: { partition: number; id: string; position: string; key: string | null; attempts: number } | undefined;
     const HANDLER = Symbol('handler');
     try {
-      return await driver.transaction(async (tx) => {
+      const outcome = await driver.transaction(async (tx): Promise<Outcome> => {
         const claim = await q.cursorClaimRead(tx, s, row.id, this.group, this.#rotate++ % row.partitions, row.partitions, this.options.batchSize);
         if (!claim || claim.rows.length === 0) return false;
-        const rows = claim.rows;
-        const messages = rows.map((r) => toMessage<T>(this.topic, r));
+        let rows = claim.rows;
+        const head = rows[0].id;
+        // After a failed attempt, up to the last message of the batch that failed, batches
+        // hold one message: the attempts count against the message that fails.
+        const a = claim.attempt;
+        const suspect = a !== null && BigInt(a.through_id) >= BigInt(head);
+        const prior = suspect && a.message_id === head ? a.attempts : 0;
+        if (suspect) rows = rows.slice(0, 1);
+        if (prior >= max) {
+          // Its attempts are used up (the last one failed, or killed its process): to the
+          // group's dead letters, and the partition moves on in the same transaction.
+          await q.deadLetterInsert(tx, s, row.id, this.group, head, prior);
+          await q.cursorAdvance(tx, s, row.id, this.group, claim.kpart, head);
+          dead = { partition: claim.kpart, id: rows[0].publish_id ?? head, position: head, key: rows[0].key, attempts: prior };
+          return 'dead';
+        }
+        const last = rows[rows.length - 1].id;
+        // Counted on the pool: committed before the handler runs.
+        const attempts = await q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1);
+        const messages: TopicMessage<T>[] = rows.map((r) => toMessage<T>(this.topic, r));
         try {
-          await withSpan('herald.topics.consume', { 'herald.topic': this.topic, 'herald.group': this.group, 'herald.count': rows.length }, async () => {
-            await this.#handler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx });
-          });
+          await this.#runHandler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx }, claim.pid);
         } catch (error) {
-          handlerError = { partition: claim.kpart, error };
+          failed = { partition: claim.kpart, error, attempts, head };
           throw HANDLER;
         }
-        const lastRow = rows[rows.length - 1];
-        await q.cursorAdvance(tx, s, row.id, this.group, claim.kpart, lastRow.xid, lastRow.id);
-        this.#pending = { partition: claim.kpart, count: rows.length, position: formatPosition(lastRow.xid, lastRow.id) };
-        return true;
-      }).then((r) => {
-        const p = this.#pending;
-        this.#pending = undefined;
-        if (r && p) {
-          this.consumed += p.count;
-          this.emit('topic:batch', p);
-        }
-        return r;
+        await q.cursorAdvance(tx, s, row.id, this.group, claim.kpart, last);
+        done = { partition: claim.kpart, count: rows.length, position: last };
+        return 'batch';
       });
+      if (outcome === 'batch' && done) {
+        this.consumed += done.count;
+        this.emit('topic:batch', done);
+      }
+      if (outcome === 'dead' && dead) {
+        const lastError = (await q.deadLetterList(driver.executor, s, row.id, this.group, String(BigInt(dead.position) - 1n), 1))[0]?.last_error ?? null;
+        this.emit('topic:dead', { ...dead, lastError });
+      }
+      return outcome;
     } catch (err) {
-      this.#pending = undefined;
-      if (err === HANDLER && handlerError) {
-        this.emit('topic:handlerError', handlerError);
-        return 'retry';
+      if (err === HANDLER && failed) {
+        const f = failed;
+        await q.attemptFailed(driver.executor, s, row.id, this.group, f.partition, f.head, describeError(f.error)).catch((e) => this.emit('topic:problem', e));
+        this.emit('topic:handlerError', { partition: f.partition, error: f.error, attempts: f.attempts });
+        // The last attempt failed: no pause, the next claim moves the message to dead letters.
+        return f.attempts >= max ? 'exhausted' : 'retry';
       }
       throw err;
     }
   }
-  #pending: { partition: number; count: number; position: string } | undefined;
+
+  /** Redelivers one dead letter that `redrive()` handed back, as a batch of its own. */
+  async #redriven(row: q.TopicRow): Promise<Outcome> {
+    const { driver, s } = this.#host;
+    const max = this.options.maxAttempts;
+    if (!(await q.deadLetterRedrivenExists(driver.executor, s, row.id, this.group))) return false;
+    // Attempts used up by handlers that killed their process: back to dead.
+    await q.deadLetterExhausted(driver.executor, s, row.id, this.group, max);
+    const d = await q.deadLetterNextRedriven(driver.executor, s, row.id, this.group); // counts the attempt, committed
+    if (!d) return false;
+    let failure: unknown;
+    const HANDLER = Symbol('handler');
+    try {
+      const ok = await driver.transaction(async (tx) => {
+        if (!(await q.deadLetterLock(tx, s, row.id, this.group, d.id))) return false;
+        const { rows } = await tx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+        try {
+          await this.#runHandler({ topic: this.topic, group: this.group, partition: d.kpart, messages: [toMessage<T>(this.topic, d)], tx }, rows[0].pid);
+        } catch (error) {
+          failure = error;
+          throw HANDLER;
+        }
+        await q.deadLetterDelete(tx, s, row.id, this.group, d.id);
+        return true;
+      });
+      if (ok) {
+        this.consumed += 1;
+        this.emit('topic:batch', { partition: d.kpart, count: 1, position: d.id });
+      }
+      return ok ? 'batch' : false;
+    } catch (err) {
+      if (err !== HANDLER) throw err;
+      const text = describeError(failure);
+      const isDead = await q.deadLetterFailed(driver.executor, s, row.id, this.group, d.id, text, max);
+      this.emit('topic:handlerError', { partition: d.kpart, error: failure, attempts: d.attempts });
+      if (isDead) this.emit('topic:dead', { partition: d.kpart, id: d.publish_id ?? d.id, position: d.id, key: d.key, attempts: d.attempts, lastError: text });
+      return 'retry';
+    }
+  }
 
   #behindCheckedAt = 0;
 
@@ -205,16 +287,16 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     const now = new Set<number>();
     for (const b of behind) {
       now.add(b.kpart);
-      const mark = formatPosition(b.dropped_xid, b.dropped_id);
-      if (this.#reported.get(b.kpart) === mark) continue;
-      this.#reported.set(b.kpart, mark);
+      if (this.#reported.get(b.kpart) === b.dropped_id) continue;
+      this.#reported.set(b.kpart, b.dropped_id);
       const oldest = await q.messageOldest(ex, this.#host.s, row.id);
       const info = {
         topic: this.topic,
         group: this.group,
         partition: b.kpart,
-        position: formatPosition(b.cursor_xid, b.cursor_id),
-        oldestPosition: oldest ? formatPosition(oldest.xid, oldest.id) : null,
+        position: b.cursor_id,
+        through: b.dropped_id,
+        oldestPosition: oldest ?? null,
       };
       this.emit('topic:behind', { ...info, error: new TopicRetentionError(info) });
     }

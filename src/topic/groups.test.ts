@@ -13,7 +13,7 @@ import type { TopicConsumer } from './consumer.js';
 import type { TopicMessage } from './types.js';
 
 let herald: Herald;
-// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+// topics: a cluster of the file's own (a test here holds transactions open on purpose; see freshDatabase)
 useHerald({ poolSize: 12 }, (_db, h) => {
   herald = h;
 }, { isolated: true });

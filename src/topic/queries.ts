@@ -3,10 +3,11 @@
  * `$n` parameters; dynamic identifiers (per-topic tables, segments, sequences) only go
  * through `quoteIdent`.
  *
- * Delivery order is (xid, id). A reader only takes rows with
- * `xid < pg_snapshot_xmin(pg_current_snapshot())`: every transaction below that
- * horizon has ended, so a cursor handed out can never be passed by a row that
- * commits later (trap 6 of DESIGN.md).
+ * Publishers write into `topic_pending`; one sequencer run at a time per topic moves
+ * the committed rows into the log and gives them their ids. Delivery order is the
+ * log's id: ids become visible in increasing order, so a reader that read up to id N
+ * never sees a row at or below N appear later (trap 6 of DESIGN.md), and no reader
+ * waits for anyone else's transaction.
  */
 import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
@@ -25,8 +26,10 @@ export interface TopicRow {
 
 /** A message row as read. `xid` is text (xid8). */
 export interface MessageRow {
+  /** The log id: the message's position. */
   id: string;
-  xid: string;
+  /** The id its publish returned (null for messages of versions before the sequencer: then `id`). */
+  publish_id: string | null;
   kpart: number;
   key: string | null;
   /** jsonb as text: parsed by the library, the same way over every driver. */
@@ -41,6 +44,10 @@ export function topicTableName(topicId: number): string {
 }
 export function topicSequenceName(topicId: number): string {
   return `topic_seq_${topicId}`;
+}
+/** The sequence of publish ids (migration 012). */
+export function topicPublishSequenceName(topicId: number): string {
+  return `topic_pub_${topicId}`;
 }
 function segmentTableName(topicId: number, lower: bigint): string {
   return `topic_messages_${topicId}_s${lower}`;
@@ -80,6 +87,7 @@ export async function topicCreate(
   const t = rows[0];
   const table = `${s}.${quoteIdent(topicTableName(t.id))}`;
   await tx.query(`CREATE SEQUENCE ${s}.${quoteIdent(topicSequenceName(t.id))} AS bigint`);
+  await tx.query(`CREATE SEQUENCE ${s}.${quoteIdent(topicPublishSequenceName(t.id))} AS bigint`);
   await tx.query(`CREATE TABLE ${table} (LIKE ${s}.topic_messages INCLUDING DEFAULTS) PARTITION BY RANGE (id)`);
   await tx.query(`ALTER TABLE ${s}.topic_messages ATTACH PARTITION ${table} FOR VALUES IN (${Number(t.id)})`);
   await tx.query(`INSERT INTO ${s}.topic_partitions (topic_id, kpart) SELECT $1, g FROM generate_series(0, $2 - 1) g`, [t.id, t.partitions]);
@@ -123,42 +131,88 @@ export async function segmentEnsure(tx: Executor, s: string, topic: TopicRow, ta
 
 /** The sequence's last handed-out id (non-transactional, cheap). */
 export async function topicSequenceLast(ex: Executor, s: string, topicId: number): Promise<bigint> {
-  const { rows } = await ex.query<{ v: string }>(`SELECT last_value::text AS v FROM ${s}.${quoteIdent(topicSequenceName(topicId))}`);
+  const { rows } = await ex.query<{ v: string }>(`SELECT (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::text AS v FROM ${s}.${quoteIdent(topicSequenceName(topicId))}`);
   return BigInt(rows[0].v);
 }
 
 /**
- * Appends messages and sends one coalesced wake-up (channel `channel`, payload the
- * topic name; none when `channel` is null: wake-ups paused) in the same statement. `kpart` is the key's hash modulo the topic's
- * partitions; a message without key goes round-robin by id. Ids come from the
- * topic's sequence in array order.
+ * Publishes: inserts into `topic_pending` (publish ids from the topic's `topic_pub_<id>`
+ * in array order) and sends one coalesced wake-up (channel `channel`, payload the topic
+ * name; none when `channel` is null: wake-ups paused) in the same statement. `kpart` is
+ * the key's hash modulo the topic's partitions; a message without key goes round-robin
+ * by publish id. `floor` is the log sequence's value when the statement ran: every id
+ * the sequencer gives these rows is above it (it runs after they commit).
  */
-export async function messageAppend(
+export async function pendingAppend(
   ex: Executor,
   s: string,
   topic: TopicRow,
   keys: (string | null)[],
   payloads: string[],
   channel: string | null,
-): Promise<{ id: string; xid: string }[]> {
-  const { rows } = await ex.query<{ id: string; xid: string }>(
+): Promise<{ publish_id: string; floor: string }[]> {
+  const { rows } = await ex.query<{ publish_id: string; floor: string }>(
     `WITH src AS (
-       SELECT nextval($2::regclass) AS id, u.k, u.p
+       SELECT nextval($2::regclass) AS pid, u.k, u.p
          FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS u(k, p, ord)
      ), ins AS (
-       INSERT INTO ${s}.topic_messages (topic_id, id, kpart, key, payload)
-       SELECT $1, src.id,
-              CASE WHEN src.k IS NULL THEN (src.id % $3)::int
+       INSERT INTO ${s}.topic_pending (topic_id, publish_id, kpart, key, payload)
+       SELECT $1, src.pid,
+              CASE WHEN src.k IS NULL THEN (src.pid % $3)::int
                    ELSE (((hashtextextended(src.k, 0) % $3) + $3) % $3)::int END,
               src.k, src.p::jsonb
          FROM src
-       RETURNING id, xid
-     ), wake AS (SELECT ${wakeSql('$6', '$7')})
-     -- ORDER BY the numeric column: an output alias of the same name would sort as text.
-     SELECT ins.id::text AS id, ins.xid::text AS xid FROM ins, wake ORDER BY ins.id::bigint`,
-    [topic.id, `${s}.${quoteIdent(topicSequenceName(topic.id))}`, topic.partitions, keys, payloads, channel, topic.name],
+       RETURNING publish_id
+     ), wake AS (SELECT ${wakeSql('$6', '$7')}),
+     -- A sequence never used yet says last_value 1 with is_called false: nothing handed out.
+     floor AS (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS v FROM ${s}.${quoteIdent(topicSequenceName(topic.id))})
+     SELECT ins.publish_id::text AS publish_id, floor.v::text AS floor FROM ins, wake, floor ORDER BY ins.publish_id`,
+    [topic.id, `${s}.${quoteIdent(topicPublishSequenceName(topic.id))}`, topic.partitions, keys, payloads, channel, topic.name],
   );
   return rows;
+}
+
+/** True when the topic has committed messages the sequencer has not moved into the log yet. */
+export async function pendingExists(ex: Executor, s: string, topicId: number): Promise<boolean> {
+  const { rows } = await ex.query<{ p: boolean }>(`SELECT EXISTS (SELECT 1 FROM ${s}.topic_pending WHERE topic_id = $1) AS p`, [topicId]);
+  return rows[0].p;
+}
+
+/** Messages still pending for a topic (committed, not yet in the log). */
+export async function pendingCount(ex: Executor, s: string, topicId: number): Promise<number> {
+  const { rows } = await ex.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${s}.topic_pending WHERE topic_id = $1`, [topicId]);
+  return Number(rows[0].n);
+}
+
+/** Takes the topic's sequencer lock for the rest of `tx` (waits for a run in progress). */
+export async function sequencerLock(tx: Executor, s: string, topicId: number): Promise<void> {
+  await tx.query(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [`pgherald.topic-seq:${topicId}`]);
+}
+
+/**
+ * One sequencer run in one round trip (the `topic_sequence` function of migration 012;
+ * call it outside a transaction): under the topic's sequencer lock, moves up to
+ * `limit` committed pending messages into the log in publish-id order; each gets its
+ * position, the next id of the topic's `topic_seq_<id>`. Rows of transactions still
+ * open are invisible to it and stay pending: a later run moves them once they commit.
+ * Wakes consumers when it moved anything (`channel` null: wake-ups paused).
+ */
+export async function sequencerRun(ex: Executor, s: string, topic: TopicRow, limit: number, channel: string | null): Promise<{ publish_id: string; id: string }[]> {
+  const { rows } = await ex.query<{ publish_id: string; id: string }>(
+    `SELECT publish_id::text AS publish_id, id::text AS id FROM ${s}.topic_sequence($1, $2::regclass, $3, $4, $5)`,
+    [topic.id, `${s}.${quoteIdent(topicSequenceName(topic.id))}`, limit, channel, topic.name],
+  );
+  return rows;
+}
+
+/** Log ids of messages by publish id, among ids above `floor` (what a publish returns as positions). */
+export async function messagePositions(ex: Executor, s: string, topicId: number, floor: string, publishIds: string[]): Promise<Map<string, string>> {
+  const { rows } = await ex.query<{ publish_id: string; id: string }>(
+    `SELECT publish_id::text AS publish_id, id::text AS id FROM ${s}.topic_messages
+      WHERE topic_id = $1 AND id > $2::bigint AND publish_id = ANY($3::bigint[])`,
+    [topicId, floor, publishIds],
+  );
+  return new Map(rows.map((r) => [r.publish_id, r.id]));
 }
 
 /** Creates a group with one cursor per key partition; `start` gives each cursor's first value. Idempotent. */
@@ -173,8 +227,8 @@ export async function groupCreate(
     `WITH g AS (
        INSERT INTO ${s}.topic_groups (topic_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING name
      ), c AS (
-       INSERT INTO ${s}.topic_group_cursors (topic_id, group_name, kpart, cursor_xid, cursor_id)
-       SELECT $1, g.name, p.kpart, st.x, st.i FROM g, ${s}.topic_partitions p, LATERAL (${startCursorSql(s)}) st
+       INSERT INTO ${s}.topic_group_cursors (topic_id, group_name, kpart, cursor_id)
+       SELECT $1, g.name, p.kpart, st.i FROM g, ${s}.topic_partitions p, LATERAL (${startCursorSql(s)}) st
         WHERE p.topic_id = $1
      )
      SELECT count(*) > 0 AS created FROM g`,
@@ -184,51 +238,47 @@ export async function groupCreate(
 }
 
 /**
- * The cursor (x, i) a key partition `p` starts from: everything at or below it counts
- * as consumed. earliest: the partition's retention mark; latest: after the newest
- * committed message and at least the current horizon (a transaction still open may
- * come or not: it committed neither before nor after); time: just before the first
- * retained message published at or after $4 (as latest where there is none).
+ * The cursor (an id) a key partition `p` starts from: everything at or below it counts
+ * as consumed. earliest: the partition's retention mark; latest: the newest id in the
+ * log (callers run the sequencer first, so every message committed before is in it);
+ * time: just before the first retained message of the partition published at or after
+ * $4 (as latest where there is none).
  */
 function startCursorSql(s: string): string {
-  // "after the newest committed message, at least the horizon" is 'latest', and the
-  // fallback of 'time' for a partition with nothing published since.
-  const latestX = `CASE WHEN l.xid IS NULL OR l.xid < h.x THEN h.x ELSE l.xid END`;
-  const latestI = `CASE WHEN l.xid IS NULL OR l.xid < h.x THEN 0::bigint ELSE l.id END`;
-  return `SELECT CASE $3 WHEN 'earliest' THEN p.dropped_xid
-                         WHEN 'latest' THEN ${latestX}
-                         ELSE COALESCE(f.xid, ${latestX}) END AS x,
-                 CASE $3 WHEN 'earliest' THEN p.dropped_id
-                         WHEN 'latest' THEN ${latestI}
-                         ELSE COALESCE(f.id - 1, ${latestI}) END AS i
-            FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x) h
+  const latest = `GREATEST(p.dropped_id, COALESCE((SELECT m.id FROM ${s}.topic_messages m WHERE m.topic_id = p.topic_id ORDER BY m.id DESC LIMIT 1), 0))`;
+  return `SELECT CASE $3 WHEN 'earliest' THEN p.dropped_id
+                         WHEN 'latest' THEN ${latest}
+                         WHEN 'time' THEN CASE WHEN f.id IS NULL THEN ${latest} ELSE GREATEST(p.dropped_id, f.id - 1) END END AS i
+            FROM (SELECT 1) one
             LEFT JOIN LATERAL (
-              SELECT m.xid, m.id FROM ${s}.topic_messages m
-               WHERE $3 = 'time' AND m.topic_id = p.topic_id AND m.kpart = p.kpart AND m.published_at >= $4::timestamptz
-               ORDER BY m.xid, m.id LIMIT 1) f ON true
-            LEFT JOIN LATERAL (
-              SELECT m.xid, m.id FROM ${s}.topic_messages m
-               WHERE $3 <> 'earliest' AND m.topic_id = p.topic_id AND m.kpart = p.kpart
-               ORDER BY m.xid DESC, m.id DESC LIMIT 1) l ON true`;
+              SELECT m.id FROM ${s}.topic_messages m
+               WHERE $3 = 'time' AND m.topic_id = p.topic_id AND m.kpart = p.kpart AND m.id > p.dropped_id AND m.published_at >= $4::timestamptz
+               ORDER BY m.id LIMIT 1) f ON true`;
 }
 
-/** The position after the newest committed message of a topic, at least the current horizon. */
-export async function topicLatest(ex: Executor, s: string, topicId: number): Promise<{ xid: string; id: string }> {
-  const { rows } = await ex.query<{ xid: string; id: string }>(
-    `SELECT (CASE WHEN l.xid IS NULL OR l.xid < h.x THEN h.x ELSE l.xid END)::text AS xid,
-            (CASE WHEN l.xid IS NULL OR l.xid < h.x THEN 0 ELSE l.id END)::text AS id
-       FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x) h
-       LEFT JOIN LATERAL (SELECT m.xid, m.id FROM ${s}.topic_messages m WHERE m.topic_id = $1
-                           ORDER BY m.xid DESC, m.id DESC LIMIT 1) l ON true`,
+/** The newest id in the topic's log (0 when empty), at least the highest retention mark. */
+export async function topicLatest(ex: Executor, s: string, topicId: number): Promise<string> {
+  const { rows } = await ex.query<{ id: string }>(
+    `SELECT GREATEST(COALESCE((SELECT m.id FROM ${s}.topic_messages m WHERE m.topic_id = $1 ORDER BY m.id DESC LIMIT 1), 0),
+                     COALESCE((SELECT max(dropped_id) FROM ${s}.topic_partitions WHERE topic_id = $1), 0))::text AS id`,
     [topicId],
   );
-  return rows[0];
+  return rows[0].id;
+}
+
+/**
+ * A moved cursor forgets the partition's attempt row: it describes batches after the
+ * old position (a replay must not take them for failed ones and go one message at a time).
+ */
+function attemptsForgetSql(s: string): string {
+  return `DELETE FROM ${s}.topic_attempts WHERE topic_id = $1 AND group_name = $2`;
 }
 
 /** Moves every cursor of a group (replay or skip). Returns the number of cursors moved. */
 export async function groupReset(ex: Executor, s: string, topicId: number, group: string, to: 'earliest' | 'latest' | Date): Promise<number> {
   const { rowCount } = await ex.query(
-    `UPDATE ${s}.topic_group_cursors c SET cursor_xid = st.x, cursor_id = st.i, updated_at = now()
+    `WITH forget AS (${attemptsForgetSql(s)})
+     UPDATE ${s}.topic_group_cursors c SET cursor_id = st.i, updated_at = now()
        FROM ${s}.topic_partitions p, LATERAL (${startCursorSql(s)}) st
       WHERE c.topic_id = $1 AND c.group_name = $2 AND p.topic_id = c.topic_id AND p.kpart = c.kpart`,
     [topicId, group, to instanceof Date ? 'time' : to, to instanceof Date ? to : null],
@@ -236,26 +286,39 @@ export async function groupReset(ex: Executor, s: string, topicId: number, group
   return rowCount;
 }
 
-/** Moves every cursor of a group to a position (xid, id): delivery resumes after it. */
-export async function groupResetTo(ex: Executor, s: string, topicId: number, group: string, xid: string, id: string): Promise<number> {
+/** Moves every cursor of a group to a position (an id): delivery resumes after it. */
+export async function groupResetTo(ex: Executor, s: string, topicId: number, group: string, id: string): Promise<number> {
   const { rowCount } = await ex.query(
-    `UPDATE ${s}.topic_group_cursors SET cursor_xid = $3::xid8, cursor_id = $4::bigint, updated_at = now()
-      WHERE topic_id = $1 AND group_name = $2`,
-    [topicId, group, xid, id],
+    `WITH forget AS (${attemptsForgetSql(s)})
+     UPDATE ${s}.topic_group_cursors SET cursor_id = $3::bigint, updated_at = now() WHERE topic_id = $1 AND group_name = $2`,
+    [topicId, group, id],
   );
   return rowCount;
 }
 
+/** What a claim returns: the locked key partition, its cursor, its attempt row and the next messages. */
+export interface Claim {
+  kpart: number;
+  cursor: string;
+  /** The attempt row of this key partition, if any. */
+  attempt: { message_id: string; through_id: string; attempts: number } | null;
+  rows: MessageRow[];
+  /** The backend running the batch's transaction (a handler timeout cancels its statement). */
+  pid: number;
+}
+
 /**
  * Claims one key partition of the group and reads its next batch, in one round trip.
- * The claim locks a cursor that has deliverable messages and is not behind retention,
+ * The claim locks a cursor that has messages after it and is not behind retention,
  * with FOR UPDATE SKIP LOCKED inside the CTE (LIMIT 1): the consumers of a group share
  * the partitions without waiting on each other, and the lock, held until the batch
  * commits, keeps one key's messages in order. In READ COMMITTED the locked row is the
  * current version, so a cursor another consumer just advanced is seen. The rotation
- * ($3) spreads consumers over partitions. Returns the cursor's partition and up to $5
- * messages after it, below the horizon. Both parts share the statement's snapshot; rows below its xmin are final,
- * so reading with it never hands out a row out of order.
+ * ($3) spreads consumers over partitions. The log is read by id after the cursor: the
+ * sequencer makes ids visible in increasing order, so whatever this snapshot sees
+ * after the cursor is a prefix of what will ever be there. `m.id > c.cursor_id` is a
+ * parameter of the nested loop: Postgres prunes the segments below the cursor at run
+ * time (claims touch only the segments at or after it).
  */
 export async function cursorClaimRead(
   ex: Executor,
@@ -265,73 +328,225 @@ export async function cursorClaimRead(
   rotate: number,
   partitions: number,
   limit: number,
-): Promise<{ kpart: number; rows: MessageRow[] } | undefined> {
-  const { rows } = await ex.query<MessageRow & { ckpart: number }>(
+): Promise<Claim | undefined> {
+  const { rows } = await ex.query<MessageRow & { ckpart: number; cursor_id: string; a_mid: string | null; a_through: string | null; a_attempts: number | null; pid: number }>(
     `WITH c AS (
-       SELECT c.kpart, c.cursor_xid, c.cursor_id
+       SELECT c.kpart, c.cursor_id
          FROM ${s}.topic_group_cursors c
          JOIN ${s}.topic_partitions p ON p.topic_id = c.topic_id AND p.kpart = c.kpart
+         -- "has a message after the cursor": a LATERAL with LIMIT 1, not EXISTS, which
+         -- the planner turns into a semi-join that filters every row of the partition
+         -- after the fact; here the cursor is an index condition and prunes segments.
+         CROSS JOIN LATERAL (SELECT 1 FROM ${s}.topic_messages m
+                              WHERE m.topic_id = $1 AND m.kpart = c.kpart AND m.id > c.cursor_id LIMIT 1) next
         WHERE c.topic_id = $1 AND c.group_name = $2
-          AND (c.cursor_xid, c.cursor_id) >= (p.dropped_xid, p.dropped_id)
-          AND EXISTS (SELECT 1 FROM ${s}.topic_messages m
-                       WHERE m.topic_id = $1 AND m.kpart = c.kpart
-                         AND (m.xid, m.id) > (c.cursor_xid, c.cursor_id)
-                         AND m.xid < pg_snapshot_xmin(pg_current_snapshot()))
+          AND c.cursor_id >= p.dropped_id
         ORDER BY (c.kpart + $4 - $3) % $4
         LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
      )
-     SELECT c.kpart AS ckpart, m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload::text AS payload,
+     SELECT c.kpart AS ckpart, c.cursor_id::text AS cursor_id, pg_backend_pid() AS pid,
+            a.message_id::text AS a_mid, a.through_id::text AS a_through, a.attempts AS a_attempts,
+            m.id::text AS id, m.publish_id::text AS publish_id, m.kpart, m.key, m.payload::text AS payload,
             (extract(epoch FROM m.published_at) * 1000)::float8 AS published_ms
-       FROM c LEFT JOIN LATERAL (
+       FROM c
+       LEFT JOIN ${s}.topic_attempts a ON a.topic_id = $1 AND a.group_name = $2 AND a.kpart = c.kpart
+       LEFT JOIN LATERAL (
          SELECT m.* FROM ${s}.topic_messages m
-          WHERE m.topic_id = $1 AND m.kpart = c.kpart AND (m.xid, m.id) > (c.cursor_xid, c.cursor_id)
-            AND m.xid < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY m.xid, m.id LIMIT $5) m ON true
-      ORDER BY m.xid, m.id`,
+          WHERE m.topic_id = $1 AND m.kpart = c.kpart AND m.id > c.cursor_id
+          ORDER BY m.id LIMIT $5) m ON true
+      ORDER BY m.id`,
     [topicId, group, rotate, partitions, limit],
   );
   if (rows.length === 0) return undefined;
-  return { kpart: rows[0].ckpart, rows: rows[0].id === null ? [] : rows };
+  const r0 = rows[0];
+  return {
+    kpart: r0.ckpart,
+    cursor: r0.cursor_id,
+    pid: r0.pid,
+    attempt: r0.a_mid === null ? null : { message_id: r0.a_mid, through_id: r0.a_through!, attempts: r0.a_attempts! },
+    rows: r0.id === null ? [] : rows,
+  };
 }
 
-/** Reads the whole topic (every key partition) after a position, below the visibility horizon. */
-export async function messageReadTopic(ex: Executor, s: string, topicId: number, xid: string, id: string, limit: number): Promise<MessageRow[]> {
+/**
+ * Records an attempt starting at `messageId` through `throughId`, on the pool,
+ * committed before the handler runs: a handler that kills its process still uses up
+ * the attempt. Only an attempt on one message alone (`single`) counts against it: a
+ * larger batch that fails names no message, it only makes the next batches single
+ * (up to `throughId`). Returns the attempts on `messageId` so far, this one included.
+ */
+export async function attemptBegin(ex: Executor, s: string, topicId: number, group: string, kpart: number, messageId: string, throughId: string, single: boolean): Promise<number> {
+  const { rows } = await ex.query<{ attempts: number }>(
+    `INSERT INTO ${s}.topic_attempts AS a (topic_id, group_name, kpart, message_id, through_id, attempts)
+     VALUES ($1, $2, $3, $4, $5, CASE WHEN $6::boolean THEN 1 ELSE 0 END)
+     ON CONFLICT (topic_id, group_name, kpart) DO UPDATE
+       SET attempts = CASE WHEN NOT $6::boolean THEN 0 WHEN a.message_id = EXCLUDED.message_id THEN a.attempts + 1 ELSE 1 END,
+           through_id = GREATEST(EXCLUDED.through_id, CASE WHEN a.through_id >= EXCLUDED.message_id THEN a.through_id ELSE 0 END),
+           last_error = CASE WHEN a.message_id = EXCLUDED.message_id THEN a.last_error END,
+           message_id = EXCLUDED.message_id, updated_at = now()
+     RETURNING attempts`,
+    [topicId, group, kpart, messageId, throughId, single],
+  );
+  return rows[0].attempts;
+}
+
+/** Records the error of a failed attempt (on the pool, after the batch rolled back). */
+export async function attemptFailed(ex: Executor, s: string, topicId: number, group: string, kpart: number, messageId: string, error: string): Promise<void> {
+  await ex.query(
+    `UPDATE ${s}.topic_attempts SET last_error = $5, updated_at = now() WHERE topic_id = $1 AND group_name = $2 AND kpart = $3 AND message_id = $4`,
+    [topicId, group, kpart, messageId, error],
+  );
+}
+
+/** Copies a message into the group's dead letters (in the batch's transaction, with the cursor moving past it). */
+export async function deadLetterInsert(tx: Executor, s: string, topicId: number, group: string, id: string, attempts: number): Promise<void> {
+  await tx.query(
+    `INSERT INTO ${s}.topic_dead_letters (topic_id, group_name, id, publish_id, kpart, key, payload, published_at, attempts, last_error)
+     SELECT m.topic_id, $2, m.id, m.publish_id, m.kpart, m.key, m.payload, m.published_at, $4,
+            (SELECT a.last_error FROM ${s}.topic_attempts a WHERE a.topic_id = $1 AND a.group_name = $2 AND a.kpart = m.kpart AND a.message_id = m.id)
+       FROM ${s}.topic_messages m WHERE m.topic_id = $1 AND m.id = $3
+     ON CONFLICT (topic_id, group_name, id) DO UPDATE
+       SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, dead_at = now(), redrive_at = NULL`,
+    [topicId, group, id, attempts],
+  );
+}
+
+/** A dead letter as stored. */
+export interface DeadLetterRow extends MessageRow {
+  group_name: string;
+  attempts: number;
+  last_error: string | null;
+  dead_at: Date;
+  redrive_at: Date | null;
+}
+
+const DEAD_COLUMNS = `d.group_name, d.id::text AS id, d.publish_id::text AS publish_id, d.kpart, d.key, d.payload::text AS payload,
+  (extract(epoch FROM d.published_at) * 1000)::float8 AS published_ms, d.attempts, d.last_error, d.dead_at, d.redrive_at`;
+
+/** Dead letters of a topic (one group or all), oldest position first, after `afterId`. */
+export async function deadLetterList(ex: Executor, s: string, topicId: number, group: string | null, afterId: string, limit: number): Promise<DeadLetterRow[]> {
+  const { rows } = await ex.query<DeadLetterRow>(
+    `SELECT ${DEAD_COLUMNS} FROM ${s}.topic_dead_letters d
+      WHERE d.topic_id = $1 AND ($2::text IS NULL OR d.group_name = $2) AND d.id > $3::bigint
+      ORDER BY d.group_name, d.id LIMIT $4`,
+    [topicId, group, afterId, limit],
+  );
+  return rows;
+}
+
+/** Marks dead letters of a group for redelivery (all, or the given ids). Returns how many. */
+export async function deadLetterRedrive(ex: Executor, s: string, topicId: number, group: string, ids: string[] | null): Promise<number> {
+  const { rowCount } = await ex.query(
+    `UPDATE ${s}.topic_dead_letters SET redrive_at = now(), attempts = 0
+      WHERE topic_id = $1 AND group_name = $2 AND redrive_at IS NULL AND ($3::bigint[] IS NULL OR id = ANY($3::bigint[]))`,
+    [topicId, group, ids],
+  );
+  return rowCount;
+}
+
+/**
+ * Claims one redriven dead letter of the group (FOR UPDATE SKIP LOCKED: one consumer
+ * takes it) and counts an attempt on it. The count must commit before the handler
+ * runs, so this runs on the pool; the row lock is taken again by {@link deadLetterLock}.
+ */
+export async function deadLetterNextRedriven(ex: Executor, s: string, topicId: number, group: string): Promise<DeadLetterRow | undefined> {
+  const { rows } = await ex.query<DeadLetterRow>(
+    `WITH d AS (
+       SELECT topic_id, group_name, id FROM ${s}.topic_dead_letters
+        WHERE topic_id = $1 AND group_name = $2 AND redrive_at IS NOT NULL
+        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+     )
+     UPDATE ${s}.topic_dead_letters d SET attempts = d.attempts + 1
+       FROM d AS x WHERE d.topic_id = x.topic_id AND d.group_name = x.group_name AND d.id = x.id
+     RETURNING ${DEAD_COLUMNS}`,
+    [topicId, group],
+  );
+  return rows[0];
+}
+
+/** True when the group has dead letters handed back by `redrive` (a probe of a small partial index). */
+export async function deadLetterRedrivenExists(ex: Executor, s: string, topicId: number, group: string): Promise<boolean> {
+  const { rows } = await ex.query<{ e: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM ${s}.topic_dead_letters WHERE topic_id = $1 AND group_name = $2 AND redrive_at IS NOT NULL) AS e`,
+    [topicId, group],
+  );
+  return rows[0].e;
+}
+
+/** Locks a redriven dead letter in the batch's transaction; false when another consumer holds it or it is gone. */
+export async function deadLetterLock(tx: Executor, s: string, topicId: number, group: string, id: string): Promise<boolean> {
+  const { rows } = await tx.query(
+    `SELECT 1 FROM ${s}.topic_dead_letters WHERE topic_id = $1 AND group_name = $2 AND id = $3 AND redrive_at IS NOT NULL FOR UPDATE SKIP LOCKED`,
+    [topicId, group, id],
+  );
+  return rows.length > 0;
+}
+
+/** Removes a dead letter (its redelivery committed), in the batch's transaction. */
+export async function deadLetterDelete(tx: Executor, s: string, topicId: number, group: string, id: string): Promise<void> {
+  await tx.query(`DELETE FROM ${s}.topic_dead_letters WHERE topic_id = $1 AND group_name = $2 AND id = $3`, [topicId, group, id]);
+}
+
+/** A redriven dead letter failed again: back to dead (on the pool) with its error. */
+export async function deadLetterFailed(ex: Executor, s: string, topicId: number, group: string, id: string, error: string, maxAttempts: number): Promise<boolean> {
+  const { rows } = await ex.query<{ dead: boolean }>(
+    `UPDATE ${s}.topic_dead_letters SET last_error = $4,
+            redrive_at = CASE WHEN attempts >= $5 THEN NULL ELSE redrive_at END,
+            dead_at = CASE WHEN attempts >= $5 THEN now() ELSE dead_at END
+      WHERE topic_id = $1 AND group_name = $2 AND id = $3 RETURNING redrive_at IS NULL AS dead`,
+    [topicId, group, id, error, maxAttempts],
+  );
+  return rows[0]?.dead ?? false;
+}
+
+/** A redriven dead letter whose attempts are used up (its handler killed the process): back to dead. */
+export async function deadLetterExhausted(ex: Executor, s: string, topicId: number, group: string, maxAttempts: number): Promise<number> {
+  const { rowCount } = await ex.query(
+    `UPDATE ${s}.topic_dead_letters SET redrive_at = NULL, dead_at = now()
+      WHERE topic_id = $1 AND group_name = $2 AND redrive_at IS NOT NULL AND attempts >= $3`,
+    [topicId, group, maxAttempts],
+  );
+  return rowCount;
+}
+
+/** Per group: dead letters waiting and being redriven (dashboard, stats). */
+export async function deadLetterCounts(ex: Executor, s: string, topicId: number): Promise<{ group_name: string; dead: string; redriving: string }[]> {
+  const { rows } = await ex.query<{ group_name: string; dead: string; redriving: string }>(
+    `SELECT group_name, count(*) FILTER (WHERE redrive_at IS NULL)::text AS dead, count(*) FILTER (WHERE redrive_at IS NOT NULL)::text AS redriving
+       FROM ${s}.topic_dead_letters WHERE topic_id = $1 GROUP BY group_name ORDER BY group_name`,
+    [topicId],
+  );
+  return rows;
+}
+
+/** Reads the whole topic (every key partition) after an id, in delivery order. */
+export async function messageReadTopic(ex: Executor, s: string, topicId: number, id: string, limit: number): Promise<MessageRow[]> {
   const { rows } = await ex.query<MessageRow>(
-    `SELECT m.id::text AS id, m.xid::text AS xid, m.kpart, m.key, m.payload::text AS payload,
+    `SELECT m.id::text AS id, m.publish_id::text AS publish_id, m.kpart, m.key, m.payload::text AS payload,
             (extract(epoch FROM m.published_at) * 1000)::float8 AS published_ms FROM ${s}.topic_messages m
-      WHERE m.topic_id = $1 AND (m.xid, m.id) > ($2::xid8, $3::bigint)
-        AND m.xid < pg_snapshot_xmin(pg_current_snapshot())
-      ORDER BY m.xid, m.id LIMIT $4`,
-    [topicId, xid, id, limit],
+      WHERE m.topic_id = $1 AND m.id > $2::bigint
+      ORDER BY m.id LIMIT $3`,
+    [topicId, id, limit],
   );
   return rows;
 }
 
 /** Advances a claimed cursor (in the batch's transaction). */
-export async function cursorAdvance(ex: Executor, s: string, topicId: number, group: string, kpart: number, xid: string, id: string): Promise<void> {
+export async function cursorAdvance(ex: Executor, s: string, topicId: number, group: string, kpart: number, id: string): Promise<void> {
   await ex.query(
-    `UPDATE ${s}.topic_group_cursors SET cursor_xid = $4::xid8, cursor_id = $5::bigint, updated_at = now()
+    `UPDATE ${s}.topic_group_cursors SET cursor_id = $4::bigint, updated_at = now()
       WHERE topic_id = $1 AND group_name = $2 AND kpart = $3`,
-    [topicId, group, kpart, xid, id],
+    [topicId, group, kpart, id],
   );
 }
 
-/** True when the topic has rows that are not yet below the horizon (a transaction still open). */
-export async function messagePendingHorizon(ex: Executor, s: string, topicId: number): Promise<boolean> {
-  const { rows } = await ex.query<{ p: boolean }>(
-    `SELECT EXISTS (SELECT 1 FROM ${s}.topic_messages WHERE topic_id = $1 AND xid >= pg_snapshot_xmin(pg_current_snapshot())) AS p`,
-    [topicId],
-  );
-  return rows[0].p;
-}
-
-/** Key partitions of a group whose cursor lies below retention, with the oldest retained position. */
-export async function groupBehind(ex: Executor, s: string, topicId: number, group: string): Promise<{ kpart: number; cursor_xid: string; cursor_id: string; dropped_xid: string; dropped_id: string }[]> {
-  const { rows } = await ex.query<{ kpart: number; cursor_xid: string; cursor_id: string; dropped_xid: string; dropped_id: string }>(
-    `SELECT c.kpart, c.cursor_xid::text AS cursor_xid, c.cursor_id::text AS cursor_id, p.dropped_xid::text AS dropped_xid, p.dropped_id::text AS dropped_id
+/** Key partitions of a group whose cursor lies below retention: messages after `cursor_id` through `dropped_id` were dropped. */
+export async function groupBehind(ex: Executor, s: string, topicId: number, group: string): Promise<{ kpart: number; cursor_id: string; dropped_id: string }[]> {
+  const { rows } = await ex.query<{ kpart: number; cursor_id: string; dropped_id: string }>(
+    `SELECT c.kpart, c.cursor_id::text AS cursor_id, p.dropped_id::text AS dropped_id
        FROM ${s}.topic_group_cursors c JOIN ${s}.topic_partitions p ON p.topic_id = c.topic_id AND p.kpart = c.kpart
-      WHERE c.topic_id = $1 AND c.group_name = $2 AND (c.cursor_xid, c.cursor_id) < (p.dropped_xid, p.dropped_id)
+      WHERE c.topic_id = $1 AND c.group_name = $2 AND c.cursor_id < p.dropped_id
       ORDER BY c.kpart`,
     [topicId, group],
   );
@@ -339,34 +554,29 @@ export async function groupBehind(ex: Executor, s: string, topicId: number, grou
 }
 
 /** The highest retention mark of the topic over all key partitions (a whole-topic reader below it lost messages). */
-export async function topicDroppedMax(ex: Executor, s: string, topicId: number): Promise<{ xid: string; id: string }> {
-  const { rows } = await ex.query<{ xid: string; id: string }>(
-    `SELECT p.dropped_xid::text AS xid, p.dropped_id::text AS id FROM ${s}.topic_partitions p WHERE p.topic_id = $1
-      ORDER BY p.dropped_xid DESC, p.dropped_id DESC LIMIT 1`,
+export async function topicDroppedMax(ex: Executor, s: string, topicId: number): Promise<string> {
+  const { rows } = await ex.query<{ id: string }>(
+    `SELECT COALESCE(max(dropped_id), 0)::text AS id FROM ${s}.topic_partitions WHERE topic_id = $1`,
     [topicId],
   );
-  return rows[0] ?? { xid: '0', id: '0' };
+  return rows[0].id;
 }
 
-/** The oldest retained message's position, if any. */
-export async function messageOldest(ex: Executor, s: string, topicId: number): Promise<{ xid: string; id: string } | undefined> {
-  const { rows } = await ex.query<{ xid: string; id: string }>(
-    `SELECT m.xid::text AS xid, m.id::text AS id FROM ${s}.topic_messages m WHERE m.topic_id = $1 ORDER BY m.xid, m.id LIMIT 1`,
+/** The oldest retained message's id, if any (above every retention mark). */
+export async function messageOldest(ex: Executor, s: string, topicId: number): Promise<string | undefined> {
+  const { rows } = await ex.query<{ id: string }>(
+    `SELECT m.id::text AS id FROM ${s}.topic_messages m
+      WHERE m.topic_id = $1 AND m.id > (SELECT COALESCE(max(dropped_id), 0) FROM ${s}.topic_partitions WHERE topic_id = $1)
+      ORDER BY m.id LIMIT 1`,
     [topicId],
   );
-  return rows[0];
+  return rows[0]?.id;
 }
 
-/** The xid of a retained message by id (to turn an id into a position). */
-export async function messageXid(ex: Executor, s: string, topicId: number, id: string): Promise<string | undefined> {
-  const { rows } = await ex.query<{ xid: string }>(`SELECT xid::text AS xid FROM ${s}.topic_messages WHERE topic_id = $1 AND id = $2`, [topicId, id]);
-  return rows[0]?.xid;
-}
-
-/** Segments with size and newest publish time, oldest first. */
-export async function segmentList(ex: Executor, s: string, topicId: number): Promise<{ lower: string; upper: string; table_name: string; bytes: string }[]> {
-  const { rows } = await ex.query<{ lower: string; upper: string; table_name: string; bytes: string }>(
-    `SELECT lower::text AS lower, upper::text AS upper, table_name,
+/** Segments with size, oldest first. */
+export async function segmentList(ex: Executor, s: string, topicId: number): Promise<{ lower: string; upper: string; table_name: string; bytes: string; marked: boolean }[]> {
+  const { rows } = await ex.query<{ lower: string; upper: string; table_name: string; bytes: string; marked: boolean }>(
+    `SELECT lower::text AS lower, upper::text AS upper, table_name, marked,
             COALESCE(pg_total_relation_size(to_regclass(quote_ident($2) || '.' || quote_ident(table_name))), 0)::text AS bytes
        FROM ${s}.topic_segments g WHERE g.topic_id = $1 ORDER BY g.lower`,
     [topicId, s.slice(1, -1).replaceAll('""', '"')],
@@ -374,44 +584,60 @@ export async function segmentList(ex: Executor, s: string, topicId: number): Pro
   return rows;
 }
 
-/** Newest publish time in one segment (null when empty). */
-export async function segmentNewest(ex: Executor, s: string, table: string): Promise<Date | null> {
-  const { rows } = await ex.query<{ t: Date | null }>(`SELECT max(published_at) AS t FROM ${s}.${quoteIdent(table)}`);
+/**
+ * Retention step 1: in one transaction under the sequencer lock (no run in progress,
+ * so every id of a full segment is committed), raises each key partition's retention
+ * mark to the newest id the segment holds there, and marks the segment as dropping.
+ * From this commit on no claim reads the segment (cursors below a mark are behind)
+ * and no one loses a message silently: a group whose cursor is below the mark gets
+ * `topic:behind` for exactly (cursor, mark].
+ */
+export async function segmentMark(tx: Executor, s: string, topicId: number, table: string, lower: string, upper: string): Promise<void> {
+  await sequencerLock(tx, s, topicId);
+  await tx.query(
+    `UPDATE ${s}.topic_partitions p SET dropped_id = d.id
+       FROM (SELECT kpart, max(id) AS id FROM ${s}.topic_messages
+              WHERE topic_id = $1 AND id >= $2::bigint AND id < $3::bigint GROUP BY kpart) d
+      WHERE p.topic_id = $1 AND p.kpart = d.kpart AND d.id > p.dropped_id`,
+    [topicId, lower, upper],
+  );
+  // Every partition's mark reaches at least the segment's end: a cursor there is not
+  // behind, one below lost the partition's messages in between (none when the
+  // segment held none of the partition: then no message is reported lost).
+  await tx.query(`UPDATE ${s}.topic_segments SET marked = true WHERE topic_id = $1 AND lower = $2`, [topicId, lower]);
+  void table;
+}
+
+/** Retention step 2: DETACH ... CONCURRENTLY (or FINALIZE an interrupted one); outside a transaction. No-op when already detached. */
+export async function segmentDetach(ex: Executor, s: string, topicId: number, table: string): Promise<void> {
+  const seg = `${s}.${quoteIdent(table)}`;
+  const { rows } = await ex.query<{ pending: boolean }>(`SELECT inhdetachpending AS pending FROM pg_inherits WHERE inhrelid = to_regclass($1)`, [seg]);
+  if (rows.length === 0) return;
+  const how = rows[0].pending ? 'FINALIZE' : 'CONCURRENTLY';
+  await ex.query(`ALTER TABLE ${s}.${quoteIdent(topicTableName(topicId))} DETACH PARTITION ${seg} ${how}`);
+}
+
+/** Retention step 3: drops the detached table and forgets the segment, in one transaction. */
+export async function segmentForget(tx: Executor, s: string, topicId: number, table: string, lower: string): Promise<void> {
+  await tx.query(`DROP TABLE IF EXISTS ${s}.${quoteIdent(table)}`);
+  await tx.query(`DELETE FROM ${s}.topic_segments WHERE topic_id = $1 AND lower = $2`, [topicId, lower]);
+}
+
+/** Newest publish time in a segment's id range (null when it holds nothing). */
+export async function segmentNewest(ex: Executor, s: string, topicId: number, lower: string, upper: string): Promise<Date | null> {
+  const { rows } = await ex.query<{ t: Date | null }>(
+    `SELECT max(published_at) AS t FROM ${s}.topic_messages WHERE topic_id = $1 AND id >= $2::bigint AND id < $3::bigint`,
+    [topicId, lower, upper],
+  );
   return rows[0].t;
 }
 
-/**
- * Drops one segment: DETACH ... CONCURRENTLY (PG 14+; waits for every transaction that
- * may still write into it, without blocking publishers), then, in one transaction,
- * raises each key partition's retention mark to the newest (xid, id) the segment held
- * and drops the table. Must run outside a transaction block (`ex` is the pool).
- */
-export async function segmentDrop(ex: Executor, tx: (fn: (t: Executor) => Promise<void>) => Promise<void>, s: string, topicId: number, table: string, lower: string): Promise<void> {
-  const seg = `${s}.${quoteIdent(table)}`;
-  const { rows } = await ex.query<{ pending: boolean }>(`SELECT inhdetachpending AS pending FROM pg_inherits WHERE inhrelid = to_regclass($1)`, [seg]);
-  if (rows.length > 0) {
-    // An interrupted DETACH ... CONCURRENTLY leaves the partition "detach pending": finish it.
-    const how = rows[0].pending ? 'FINALIZE' : 'CONCURRENTLY';
-    await ex.query(`ALTER TABLE ${s}.${quoteIdent(topicTableName(topicId))} DETACH PARTITION ${seg} ${how}`);
-  }
-  await tx(async (t) => {
-    await t.query(
-      `UPDATE ${s}.topic_partitions p SET dropped_xid = d.xid, dropped_id = d.id
-         FROM (SELECT DISTINCT ON (kpart) kpart, xid, id FROM ${seg} ORDER BY kpart, xid DESC, id DESC) d
-        WHERE p.topic_id = $1 AND p.kpart = d.kpart AND (d.xid, d.id) > (p.dropped_xid, p.dropped_id)`,
-      [topicId],
-    );
-    await t.query(`DROP TABLE ${seg}`);
-    await t.query(`DELETE FROM ${s}.topic_segments WHERE topic_id = $1 AND lower = $2`, [topicId, lower]);
-  });
-}
-
 /** Per group and key partition: cursor and lag (messages after the cursor). */
-export async function groupStats(ex: Executor, s: string, topicId: number): Promise<{ group_name: string; kpart: number; cursor_xid: string; cursor_id: string; lag: string; updated_at: Date }[]> {
-  const { rows } = await ex.query<{ group_name: string; kpart: number; cursor_xid: string; cursor_id: string; lag: string; updated_at: Date }>(
-    `SELECT c.group_name, c.kpart, c.cursor_xid::text AS cursor_xid, c.cursor_id::text AS cursor_id, c.updated_at,
+export async function groupStats(ex: Executor, s: string, topicId: number): Promise<{ group_name: string; kpart: number; cursor_id: string; lag: string; updated_at: Date }[]> {
+  const { rows } = await ex.query<{ group_name: string; kpart: number; cursor_id: string; lag: string; updated_at: Date }>(
+    `SELECT c.group_name, c.kpart, c.cursor_id::text AS cursor_id, c.updated_at,
             (SELECT count(*) FROM ${s}.topic_messages m WHERE m.topic_id = c.topic_id AND m.kpart = c.kpart
-                AND (m.xid, m.id) > (c.cursor_xid, c.cursor_id))::text AS lag
+                AND m.id > c.cursor_id)::text AS lag
        FROM ${s}.topic_group_cursors c WHERE c.topic_id = $1 ORDER BY c.group_name, c.kpart`,
     [topicId],
   );

@@ -11,7 +11,7 @@ import { waitFor } from '../../test/support/wait.js';
 import { TopicRetentionError, type BehindInfo } from './types.js';
 
 let herald: Herald;
-// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+// topics: a cluster of the file's own (a test here holds transactions open on purpose; see freshDatabase)
 useHerald({}, (_db, h) => {
   herald = h;
 }, { isolated: true });
@@ -50,7 +50,7 @@ test('a group behind retention gets the behind event with the oldest position, n
   assert.deepEqual(after1.partitions.map((p) => p.position), before.partitions.map((p) => p.position));
 
   // A whole-topic reader from an old position gets the typed error too.
-  await assert.rejects(herald.topics.read('ret', { after: published[10].position }), (err: unknown) => {
+  await assert.rejects(herald.topics.read('ret', { after: published[10].position! }), (err: unknown) => {
     assert.ok(err instanceof TopicRetentionError);
     assert.equal(err.code, 'RETENTION');
     assert.equal(err.info.oldestPosition, oldest);
@@ -76,7 +76,6 @@ test('retention by size drops the oldest full segments only', async () => {
   assert.equal(await herald.topics.maintain('size'), 2);
   const s = await herald.topics.stats('size');
   assert.equal(s.messages, 20);
-  // Visible once every older transaction in the cluster has ended (the horizon).
   const r = await waitFor(async () => {
     const x = await herald.topics.read('size', { after: 'earliest' });
     return x.messages.length === 20 ? x : undefined;

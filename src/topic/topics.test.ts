@@ -9,7 +9,7 @@ import type { TopicMessage } from './types.js';
 
 let db: TestDatabase;
 let herald: Herald;
-// topics: a cluster of the file's own (their visibility horizon is cluster-wide; see freshDatabase)
+// topics: a cluster of the file's own (a test here holds transactions open on purpose; see freshDatabase)
 useHerald({}, (d, h) => {
   db = d;
   herald = h;
@@ -134,7 +134,7 @@ test('bad input fails before any SQL with typed errors', async () => {
 
 test("a new group starts at 'latest' or at a point in time", async () => {
   await herald.topics.create('starts', { partitions: 3 });
-  // An older transaction held open keeps the visibility horizon below every message here.
+  // An older write transaction held open: it delays nothing (it used to hold every message here back).
   const hold = new pg.Client({ connectionString: db.url });
   await hold.connect();
   await hold.query('BEGIN');

@@ -7,10 +7,9 @@ import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import { TopicConsumer } from './consumer.js';
 import * as q from './queries.js';
-import { toMessage } from './message.js';
+import { toDeadLetter, toMessage } from './message.js';
 import {
   assertName,
-  formatPosition,
   nonNegative,
   parsePosition,
   positiveInt,
@@ -21,6 +20,7 @@ import {
   type GroupStart,
   type PublishedMessage,
   type TopicBatch,
+  type TopicDeadLetter,
   type TopicMessage,
   type TopicOptions,
   type TopicPosition,
@@ -31,9 +31,21 @@ interface TopicState {
   row: q.TopicRow;
   /** Highest segment upper bound known. */
   upper: bigint;
-  /** Highest id this process saw handed out. */
+  /** Highest log id this process saw handed out. */
   lastId: bigint;
   checkedAt: number;
+  /** The sequencer run of this process in progress, and the one queued behind it (see #sequence). */
+  seqRunning?: Promise<Map<string, string>>;
+  seqQueued?: Promise<Map<string, string>>;
+}
+
+/** Options of {@link Topics.maintain}. */
+export interface MaintainOptions {
+  /**
+   * @internal Test seam: awaited after each retention step of a segment has committed
+   * (`'marked'`, `'detached'`, `'dropped'`), so a test can kill the process between steps.
+   */
+  onStep?: (step: 'marked' | 'detached' | 'dropped', info: { topic: string; segment: string }) => Promise<void> | void;
 }
 
 /** Statistics of one topic (`herald.topics.stats`). */
@@ -44,11 +56,13 @@ export interface TopicStats {
   retentionMs: number | null;
   retentionBytes: number | null;
   messages: number;
+  /** Messages committed but not yet moved into the log by the sequencer (normally 0 or a few). */
+  pending: number;
   bytes: number;
   segments: number;
   oldestAt: Date | null;
   newestAt: Date | null;
-  groups: { name: string; lag: number; partitions: { partition: number; position: TopicPosition; lag: number; updatedAt: Date }[] }[];
+  groups: { name: string; lag: number; dead: number; redriving: number; partitions: { partition: number; position: TopicPosition; lag: number; updatedAt: Date }[] }[];
 }
 
 /** Re-check of the sequence against the segments at least this often per topic and process. */
@@ -66,6 +80,7 @@ export class Topics {
   readonly #defaults: Required<TopicOptions>;
   readonly #maintenanceIntervalMs: number;
   readonly #autoCreate: boolean;
+  readonly #sequencerBatchSize: number;
   readonly #topics = new Map<string, Promise<TopicState>>();
   readonly #consumers = new Set<TopicConsumer>();
   #timer: NodeJS.Timeout | undefined;
@@ -81,6 +96,7 @@ export class Topics {
     const autoCreate = options.autoCreate ?? TOPICS_DEFAULTS.autoCreate;
     if (typeof autoCreate !== 'boolean') throw new InvalidOptionError('topics.autoCreate', autoCreate, 'true or false');
     this.#autoCreate = autoCreate;
+    this.#sequencerBatchSize = positiveInt('topics.sequencerBatchSize', options.sequencerBatchSize ?? TOPICS_DEFAULTS.sequencerBatchSize, 1_000_000);
   }
 
   /** The notification channel that wakes consumers (payload: the topic name). */
@@ -133,25 +149,21 @@ export class Topics {
     const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
     return withSpan('herald.topics.publish', { 'herald.topic': topic, 'herald.count': messages.length }, async () => {
       const state = await this.#state(topic, options.autoCreate ?? this.#autoCreate);
-      await this.#ensureSegments(state, messages.length);
       // The wake-up rides in the statement while wake-ups are on. Without the caller's
       // transaction, a commit that met a full notification queue runs once more without
       // it (nothing of it committed); in the caller's, none is attached once paused.
-      const append = (wake: boolean) => q.messageAppend(ex, this.#s, state.row, keys, payloads, wake ? this.channel : null);
-      let rows: { id: string; xid: string }[];
-      try {
-        rows = options.tx ? await append(this.#notifier.wakeups) : await this.#notifier.pressure.run(append);
-      } catch (err) {
-        // 23514: no segment for an id (another process burned through the spare segment
-        // since our last check). Without the caller's transaction we can fix and retry.
-        if ((err as { code?: string }).code !== '23514' || options.tx) throw wrap(err, topic);
-        state.checkedAt = 0;
-        await this.#ensureSegments(state, messages.length);
-        rows = await this.#notifier.pressure.run(append);
-      }
-      const last = BigInt(rows[rows.length - 1].id);
-      if (last > state.lastId) state.lastId = last;
-      return rows.map((r) => ({ id: r.id, position: formatPosition(r.xid, r.id) }));
+      const append = (wake: boolean) => q.pendingAppend(ex, this.#s, state.row, keys, payloads, wake ? this.channel : null);
+      const rows = options.tx ? await append(this.#notifier.wakeups) : await this.#notifier.pressure.run(append);
+      // Inside the caller's transaction nothing is committed yet: consumers sequence it
+      // when its wake-up (or their poll) comes after the commit.
+      if (options.tx) return rows.map((r) => ({ id: r.publish_id, position: null }));
+      // Committed: move it into the log now (delivery does not wait for a consumer's
+      // turn) and return the positions.
+      const moved = await this.#sequence(state);
+      const ids = rows.map((r) => r.publish_id);
+      let found = moved;
+      if (ids.some((id) => !moved.has(id))) found = await q.messagePositions(this.#driver.executor, this.#s, state.row.id, rows[0].floor, ids);
+      return rows.map((r) => ({ id: r.publish_id, position: found.get(r.publish_id) ?? null }));
     });
   }
 
@@ -170,6 +182,7 @@ export class Topics {
         s: this.#s,
         channel: this.channel,
         topic: () => this.#state(topic).then((st) => st.row),
+        sequence: () => this.#sequenceIfPending(topic),
         forget: () => this.#consumers.delete(c as TopicConsumer),
       },
       topic,
@@ -185,6 +198,7 @@ export class Topics {
   async createGroup(topic: string, group: string, start: GroupStart = 'earliest'): Promise<boolean> {
     assertName('group', group);
     const st = await this.#state(topic);
+    await this.#sequenceIfPending(topic);
     return q.groupCreate(this.#driver.executor, this.#s, st.row.id, group, checkStart(start));
   }
 
@@ -201,10 +215,11 @@ export class Topics {
     const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
     let moved: number;
     if (typeof to === 'object' && !(to instanceof Date)) {
-      const p = parsePosition(to.position);
-      moved = await q.groupResetTo(ex, this.#s, st.row.id, group, p.xid, p.id);
+      moved = await q.groupResetTo(ex, this.#s, st.row.id, group, parsePosition(to.position));
     } else {
-      moved = await q.groupReset(ex, this.#s, st.row.id, group, checkStart(to));
+      checkStart(to);
+      await this.#sequenceIfPending(topic);
+      moved = await q.groupReset(ex, this.#s, st.row.id, group, to);
     }
     // Wake the running consumers (with the caller's transaction: when it commits).
     // The wake-up is a courtesy (consumers also poll): never attached while paused, and
@@ -227,13 +242,13 @@ export class Topics {
     const limit = positiveInt('limit', options.limit ?? 100, 100_000);
     const ex = this.#driver.executor;
     const position = await this.resolveAfter(topic, options.after ?? 'earliest');
-    const p = parsePosition(position);
+    await this.#sequenceIfPending(topic);
     const dropped = await q.topicDroppedMax(ex, this.#s, st.row.id);
-    if (cmp(p, dropped) < 0) {
+    if (BigInt(position) < BigInt(dropped)) {
       const oldest = await q.messageOldest(ex, this.#s, st.row.id);
-      throw new TopicRetentionError({ topic, group: null, partition: null, position, oldestPosition: oldest ? formatPosition(oldest.xid, oldest.id) : null });
+      throw new TopicRetentionError({ topic, group: null, partition: null, position, through: dropped, oldestPosition: oldest ?? null });
     }
-    const rows = await q.messageReadTopic(ex, this.#s, st.row.id, p.xid, p.id, limit);
+    const rows = await q.messageReadTopic(ex, this.#s, st.row.id, position, limit);
     const messages = rows.map((r) => toMessage<T>(topic, r));
     return { messages, position: messages.length ? messages[messages.length - 1].position : position };
   }
@@ -262,7 +277,6 @@ export class Topics {
     try {
       await sub.established;
       let position = await this.resolveAfter(topic, options.after ?? 'latest');
-      let pendingWait = 25;
       while (!signal?.aborted) {
         dirty = false;
         const r = await this.read<T>(topic, { after: position, limit: options.batchSize ?? 500 });
@@ -272,10 +286,7 @@ export class Topics {
         }
         position = r.position;
         if (r.messages.length > 0) continue;
-        // Rows of transactions still open below the horizon: re-check soon (their end sends no NOTIFY).
-        const pending = await q.messagePendingHorizon(this.#driver.executor, this.#s, (await this.#existing(topic)).row.id);
-        const ms = pending ? pendingWait : pollMs;
-        pendingWait = pending ? Math.min(pendingWait * 2, pollMs) : 25;
+        const ms = pollMs;
         if (dirty || signal?.aborted) continue;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(() => {
@@ -296,26 +307,20 @@ export class Topics {
     }
   }
 
-  /** Turns `'earliest'`, `'latest'`, a position or a message id (digits only) into a position to read after. */
+  /**
+   * Turns `'earliest'`, `'latest'` or a position (an earlier version's `"<xid>:<id>"`
+   * means its id) into the position to read after. `'latest'`: after every message
+   * committed so far (the sequencer runs first).
+   */
   async resolveAfter(topic: string, after: string): Promise<TopicPosition> {
     const st = await this.#existing(topic);
     const ex = this.#driver.executor;
-    if (after === 'earliest') {
-      const d = await q.topicDroppedMax(ex, this.#s, st.row.id);
-      return formatPosition(d.xid, d.id);
-    }
+    if (after === 'earliest') return q.topicDroppedMax(ex, this.#s, st.row.id);
     if (after === 'latest') {
-      const l = await q.topicLatest(ex, this.#s, st.row.id);
-      return formatPosition(l.xid, l.id);
+      await this.#sequenceIfPending(topic);
+      return q.topicLatest(ex, this.#s, st.row.id);
     }
-    if (/^\d{1,19}$/.test(after)) {
-      assertBigintId('message id', after);
-      const xid = await q.messageXid(ex, this.#s, st.row.id, after);
-      if (!xid) throw new HeraldError('NOT_FOUND', `topic ${topic} has no retained message ${after}`);
-      return formatPosition(xid, after);
-    }
-    parsePosition(after);
-    return after;
+    return parsePosition(after);
   }
 
   /** Names of the topics. */
@@ -328,17 +333,26 @@ export class Topics {
     await this.#existing(topic);
     const ex = this.#driver.executor;
     const t = (await q.topicGet(ex, this.#s, topic))!;
-    const [counts, segments, groups] = await Promise.all([
+    const [counts, segments, groups, pending, dead] = await Promise.all([
       q.topicCounts(ex, this.#s, t.id),
       q.segmentList(ex, this.#s, t.id),
       q.groupStats(ex, this.#s, t.id),
+      q.pendingCount(ex, this.#s, t.id),
+      q.deadLetterCounts(ex, this.#s, t.id),
     ]);
     const byGroup = new Map<string, TopicStats['groups'][number]>();
     for (const g of groups) {
       let e = byGroup.get(g.group_name);
-      if (!e) byGroup.set(g.group_name, (e = { name: g.group_name, lag: 0, partitions: [] }));
+      if (!e) byGroup.set(g.group_name, (e = { name: g.group_name, lag: 0, dead: 0, redriving: 0, partitions: [] }));
       e.lag += Number(g.lag);
-      e.partitions.push({ partition: g.kpart, position: formatPosition(g.cursor_xid, g.cursor_id), lag: Number(g.lag), updatedAt: g.updated_at });
+      e.partitions.push({ partition: g.kpart, position: g.cursor_id, lag: Number(g.lag), updatedAt: g.updated_at });
+    }
+    for (const d of dead) {
+      const e = byGroup.get(d.group_name);
+      if (e) {
+        e.dead = Number(d.dead);
+        e.redriving = Number(d.redriving);
+      }
     }
     return {
       name: t.name,
@@ -347,6 +361,7 @@ export class Topics {
       retentionMs: t.retention_ms === null ? null : Number(t.retention_ms),
       retentionBytes: t.retention_bytes === null ? null : Number(t.retention_bytes),
       messages: Number(counts.messages),
+      pending,
       bytes: segments.reduce((a, x) => a + Number(x.bytes), 0),
       segments: segments.length,
       oldestAt: counts.oldest,
@@ -356,39 +371,99 @@ export class Topics {
   }
 
   /**
-   * Retention: drops whole segments of every topic (or of `topic`) that are full and
-   * older than `retentionMs`, or the oldest full segments while the log is larger than
-   * `retentionBytes`; the segment being written and the spare ones are never dropped.
-   * Returns the number of segments dropped. `start()` runs it every `maintenanceIntervalMs`.
+   * A group's dead letters (or every group's), in position order: messages whose
+   * handler failed `maxAttempts` times. `after` pages by position within a group.
    */
-  async maintain(topic?: string): Promise<number> {
+  async deadLetters<T = unknown>(topic: string, options: { group?: string; after?: TopicPosition; limit?: number } = {}): Promise<TopicDeadLetter<T>[]> {
+    const st = await this.#existing(topic);
+    if (options.group !== undefined) assertName('group', options.group);
+    const limit = positiveInt('limit', options.limit ?? 100, 10_000);
+    const after = options.after === undefined ? '0' : parsePosition(options.after);
+    const rows = await q.deadLetterList(this.#driver.executor, this.#s, st.row.id, options.group ?? null, after, limit);
+    return rows.map((r) => toDeadLetter<T>(topic, r));
+  }
+
+  /**
+   * Hands dead letters of a group back to its consumers (all of them, or the given
+   * positions): each is delivered again as a batch of its own, after the messages the
+   * group is on (not in its key's original place), with a fresh `maxAttempts`; it
+   * leaves the dead letters when that batch commits, and comes back if it fails again.
+   * Returns how many were handed back.
+   */
+  async redrive(topic: string, group: string, options: { positions?: TopicPosition[] } = {}): Promise<number> {
+    assertName('group', group);
+    const st = await this.#existing(topic);
+    const ids = options.positions === undefined ? null : options.positions.map((p) => parsePosition(p));
+    const n = await q.deadLetterRedrive(this.#driver.executor, this.#s, st.row.id, group, ids);
+    if (n > 0 && this.#notifier.wakeups) {
+      await this.#notifier.notify(this.channel, topic).catch((err) => {
+        if (!this.#notifier.pressure.noteError(err)) throw err;
+      });
+    }
+    return n;
+  }
+
+  /**
+   * Retention of every topic (or of `topic`): drops whole segments that are full and
+   * whose newest message is older than `retentionMs` (default 7 days), or the oldest
+   * full ones while the log is larger than `retentionBytes`; the segment being written
+   * and the spare ones are never dropped. Returns the number of segments dropped.
+   *
+   * Each segment goes in three steps, each committed before the next: (1) the key
+   * partitions' retention marks are raised to the newest ids it holds (from then on a
+   * group whose position is below a mark gets `topic:behind` for exactly the messages
+   * after its position through the mark, and no claim reads the segment); (2) `DETACH
+   * PARTITION ... CONCURRENTLY`; (3) `DROP TABLE`. A run interrupted anywhere leaves
+   * marked segments that the next run finishes first. Safe to call from many
+   * processes at once (a second detach of one table fails that run; the next goes on).
+   *
+   * This is the function a maintenance service calls on a timer; `start()` runs it
+   * every `maintenanceIntervalMs`.
+   */
+  async maintain(topic?: string, options: MaintainOptions = {}): Promise<number> {
     const ex = this.#driver.executor;
     const rows = topic ? [(await this.#existing(topic)).row] : await q.topicList(ex, this.#s);
     let dropped = 0;
     for (const t of rows) {
+      const segments = await q.segmentList(ex, this.#s, t.id);
+      // Finish what an interrupted run marked (in order: marks are already up).
+      for (const seg of segments.filter((x) => x.marked)) {
+        await this.#dropMarked(t, seg, options);
+        dropped++;
+      }
       if (t.retention_ms === null && t.retention_bytes === null) continue;
       const last = await q.topicSequenceLast(ex, this.#s, t.id);
-      const segments = await q.segmentList(ex, this.#s, t.id);
-      // Full: every id of the segment was handed out (open writers are waited for by DETACH CONCURRENTLY).
-      const full = segments.filter((x) => BigInt(x.upper) - 1n <= last);
-      let total = segments.reduce((a, x) => a + Number(x.bytes), 0);
+      // Full: every id of the segment was handed out (the mark step waits for the sequencer run in progress).
+      const full = segments.filter((x) => !x.marked && BigInt(x.upper) - 1n <= last);
+      let total = segments.filter((x) => !x.marked).reduce((a, x) => a + Number(x.bytes), 0);
       for (const seg of full) {
         let drop = false;
         if (t.retention_bytes !== null && total > Number(t.retention_bytes)) drop = true;
         if (!drop && t.retention_ms !== null) {
-          const { rows: r } = await ex.query<{ old: boolean }>(
-            `SELECT COALESCE(max(published_at) < now() - $1::bigint * interval '1 millisecond', true) AS old FROM ${this.#s}.${quoteIdent(seg.table_name)}`,
-            [t.retention_ms],
-          );
+          const newest = await q.segmentNewest(ex, this.#s, t.id, seg.lower, seg.upper);
+          const { rows: r } = await ex.query<{ old: boolean }>(`SELECT $1::timestamptz IS NULL OR $1::timestamptz < now() - $2::bigint * interval '1 millisecond' AS old`, [
+            newest,
+            t.retention_ms,
+          ]);
           drop = r[0].old;
         }
         if (!drop) break; // segments age in order: a younger one follows
-        await q.segmentDrop(ex, (fn) => this.#driver.transaction(fn), this.#s, t.id, seg.table_name, seg.lower);
+        await this.#driver.transaction((tx) => q.segmentMark(tx, this.#s, t.id, seg.table_name, seg.lower, seg.upper));
+        await options.onStep?.('marked', { topic: t.name, segment: seg.table_name });
+        await this.#dropMarked(t, seg, options);
         total -= Number(seg.bytes);
         dropped++;
       }
     }
     return dropped;
+  }
+
+  async #dropMarked(t: q.TopicRow, seg: { lower: string; table_name: string }, options: MaintainOptions): Promise<void> {
+    // Must run outside a transaction block: the pool.
+    await q.segmentDetach(this.#driver.executor, this.#s, t.id, seg.table_name);
+    await options.onStep?.('detached', { topic: t.name, segment: seg.table_name });
+    await this.#driver.transaction((tx) => q.segmentForget(tx, this.#s, t.id, seg.table_name, seg.lower));
+    await options.onStep?.('dropped', { topic: t.name, segment: seg.table_name });
   }
 
   /** Starts periodic maintenance (retention). Idempotent. */
@@ -437,9 +512,69 @@ export class Topics {
   }
 
   /**
-   * Keeps a spare segment ahead of the ids this publish may take. Checked from local
-   * knowledge, and against the sequence at least every second (other processes
-   * publish too). Segments are made on the pool, never in the caller's transaction.
+   * Runs the sequencer when the topic has committed messages waiting (one cheap read
+   * otherwise). Consumers call it at every turn, readers before reading.
+   */
+  async #sequenceIfPending(topic: string): Promise<void> {
+    const st = await this.#existing(topic);
+    if (await q.pendingExists(this.#driver.executor, this.#s, st.row.id)) await this.#sequence(st);
+  }
+
+  /**
+   * A sequencer run for this process: calls made while one runs share the next one,
+   * which starts after it ends (its snapshot may predate a caller's commit, the next
+   * one's does not). Across processes runs are serialized by the topic's advisory lock
+   * in `topic_sequence`. Resolves the publish id → position map of what that run moved.
+   */
+  #sequence(st: TopicState): Promise<Map<string, string>> {
+    if (st.seqQueued) return st.seqQueued;
+    const queued = (async () => {
+      await st.seqRunning?.catch(() => {});
+      st.seqQueued = undefined;
+      const running = this.#sequenceNow(st);
+      st.seqRunning = running;
+      try {
+        return await running;
+      } finally {
+        if (st.seqRunning === running) st.seqRunning = undefined;
+      }
+    })();
+    st.seqQueued = queued;
+    return queued;
+  }
+
+  async #sequenceNow(st: TopicState): Promise<Map<string, string>> {
+    const moved = new Map<string, string>();
+    // A run moves at most one segment's worth, so the segments made ahead cover it.
+    const limit = Math.min(this.#sequencerBatchSize, Number(st.row.segment_size));
+    for (;;) {
+      await this.#ensureSegments(st, limit);
+      const run = (wake: boolean) => q.sequencerRun(this.#driver.executor, this.#s, st.row, limit, wake ? this.channel : null);
+      let rows: { publish_id: string; id: string }[];
+      try {
+        rows = await this.#notifier.pressure.run(run);
+      } catch (err) {
+        // 23514: no segment for an id (another process's runs used up the spare segment
+        // since our last check). Nothing committed: make it and run again.
+        if ((err as { code?: string }).code !== '23514') throw err;
+        st.checkedAt = 0;
+        st.lastId = await q.topicSequenceLast(this.#driver.executor, this.#s, st.row.id);
+        await this.#ensureSegments(st, limit);
+        rows = await this.#notifier.pressure.run(run);
+      }
+      for (const r of rows) moved.set(r.publish_id, r.id);
+      if (rows.length > 0) {
+        const last = BigInt(rows[rows.length - 1].id);
+        if (last > st.lastId) st.lastId = last;
+      }
+      if (rows.length < limit) return moved;
+    }
+  }
+
+  /**
+   * Keeps a spare segment ahead of the ids the next sequencer run may take. Checked
+   * from local knowledge, and against the sequence at least every second (other
+   * processes sequence too). Segments are made on the pool in a transaction of their own.
    */
   async #ensureSegments(state: TopicState, n: number): Promise<void> {
     const size = BigInt(state.row.segment_size);
@@ -452,18 +587,6 @@ export class Topics {
     }
     state.checkedAt = Date.now();
   }
-}
-
-
-
-/** Compares two positions in delivery order. */
-export function cmp(a: { xid: string; id: string }, b: { xid: string; id: string }): number {
-  const ax = BigInt(a.xid);
-  const bx = BigInt(b.xid);
-  if (ax !== bx) return ax < bx ? -1 : 1;
-  const ai = BigInt(a.id);
-  const bi = BigInt(b.id);
-  return ai === bi ? 0 : ai < bi ? -1 : 1;
 }
 
 function checkStart(start: GroupStart): GroupStart {
@@ -483,12 +606,4 @@ function resolveTopicOptions(o: TopicOptions, prefix: string): Required<TopicOpt
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
-
-function wrap(err: unknown, topic: string): unknown {
-  if (err instanceof HeraldError) return err;
-  if ((err as { code?: string }).code === '23514') {
-    return new HeraldError('CONFLICT', `topic ${topic}: no log segment for the new ids yet; retry the transaction`, { cause: err });
-  }
-  return err;
 }

@@ -3,9 +3,10 @@ import { HeraldError, InvalidOptionError } from '../errors.js';
 import { BIGINT_MAX } from '../internal/validate.js';
 
 /**
- * A position in a topic: `"<xid>:<id>"`, the publishing transaction's id and the
- * message id. Positions sort in delivery order (by xid, then id); a reader resumes
- * *after* a position. Treat it as opaque text.
+ * A position in a topic: decimal text, the message's id in the topic's log, given when
+ * the sequencer moved the committed message into the log. Positions sort in delivery
+ * order (numerically); a reader resumes *after* a position. Positions of earlier
+ * versions, `"<xid>:<id>"`, are still accepted as input and mean the id.
  */
 export type TopicPosition = string;
 
@@ -13,9 +14,9 @@ export type TopicPosition = string;
 export interface TopicMessage<T = unknown> {
   /** The topic's name. */
   topic: string;
-  /** Message id (decimal text): unique per topic, from the topic's sequence. */
+  /** Message id (decimal text): the id its publish returned, unique per topic. */
   id: string;
-  /** Where this message sits in delivery order; resume after it. */
+  /** Where this message sits in delivery order (its id in the log); resume after it. */
   position: TopicPosition;
   /** The key given at publish (messages with one key keep their order within a group), or null. */
   key: string | null;
@@ -29,8 +30,14 @@ export interface TopicMessage<T = unknown> {
 
 /** What `publish` returns. */
 export interface PublishedMessage {
+  /** The message's id (consumers see it as `message.id`). */
   id: string;
-  position: TopicPosition;
+  /**
+   * Its position, when known at return: a publish without `tx` commits and runs the
+   * sequencer, so it is set; a publish inside the caller's transaction gets it only
+   * once that transaction commits and the sequencer ran: `null`.
+   */
+  position: TopicPosition | null;
 }
 
 /** Options of a topic, fixed when the topic is created (first `create` or first publish). */
@@ -39,7 +46,7 @@ export interface TopicOptions {
   partitions?: number;
   /** Message ids per segment (the unit retention drops). @defaultValue 1000000 */
   segmentSize?: number;
-  /** Drop segments whose newest message is older than this. @defaultValue null (keep) */
+  /** Drop segments whose newest message is older than this (null: keep by age). @defaultValue 604800000 (7 days) */
   retentionMs?: number | null;
   /** Drop the oldest segments while the topic's log is larger than this. @defaultValue null (keep) */
   retentionBytes?: number | null;
@@ -60,6 +67,12 @@ export interface TopicsOptions {
    * @defaultValue true
    */
   autoCreate?: boolean;
+  /**
+   * Most messages one sequencer run moves into the log (a run is one short
+   * transaction; a larger backlog takes several). Capped by the topic's `segmentSize`.
+   * @defaultValue 10000
+   */
+  sequencerBatchSize?: number;
 }
 
 /** Where a new group starts: `earliest` retained message, `latest` (only what comes next), or a point in time. */
@@ -88,32 +101,46 @@ export interface ConsumerOptions {
   batchSize?: number;
   /** Safety poll when no wake-up comes. @defaultValue 1000 */
   pollIntervalMs?: number;
-  /** Re-check interval while messages wait for an open transaction to end (they cannot be handed out before). @defaultValue 25 */
+  /** @deprecated No effect: delivery no longer waits for other transactions. */
   horizonPollMs?: number;
-  /** Longest re-check interval while messages wait for an open transaction (the interval doubles from `horizonPollMs` up to this, or `pollIntervalMs` if lower). @defaultValue 1000 */
+  /** @deprecated No effect: delivery no longer waits for other transactions. */
   horizonPollMaxMs?: number;
   /** Pause after a handler failure before the same batch is retried. @defaultValue 1000 */
   retryDelayMs?: number;
+  /**
+   * Attempts on one message before it goes to the group's dead letters and the key
+   * partition moves on. An attempt is counted (and committed) before the handler runs,
+   * so a handler that kills its process uses one up too. Give every consumer of a
+   * group the same value. @defaultValue 10
+   */
+  maxAttempts?: number;
+  /**
+   * Longest a handler may run: past it the batch's running statement is cancelled, the
+   * batch rolls back and the attempt counts as failed (`topic:handlerError` with a
+   * `TIMEOUT` error). 0: no limit. @defaultValue 60000
+   */
+  handlerTimeoutMs?: number;
 }
 
 /** Defaults of {@link ConsumerOptions}. */
-export const CONSUMER_DEFAULTS: Required<Omit<ConsumerOptions, 'start'>> & { start: GroupStart } = {
+export const CONSUMER_DEFAULTS: Required<Omit<ConsumerOptions, 'start' | 'horizonPollMs' | 'horizonPollMaxMs'>> & { start: GroupStart } = {
   start: 'earliest',
   batchSize: 100,
   pollIntervalMs: 1000,
-  horizonPollMs: 25,
-  horizonPollMaxMs: 1000,
   retryDelayMs: 1000,
+  maxAttempts: 10,
+  handlerTimeoutMs: 60_000,
 };
 
 /** Defaults of {@link TopicOptions} and {@link TopicsOptions}. */
 export const TOPICS_DEFAULTS = {
   partitions: 8,
   segmentSize: 1_000_000,
-  retentionMs: null as number | null,
+  retentionMs: 7 * 24 * 3600_000 as number | null,
   retentionBytes: null as number | null,
   maintenanceIntervalMs: 60_000,
   autoCreate: true,
+  sequencerBatchSize: 10_000,
 };
 
 /** What the `behind` event and {@link TopicRetentionError} carry. */
@@ -122,8 +149,10 @@ export interface BehindInfo {
   group: string | null;
   /** The key partition concerned (null for a whole-topic reader). */
   partition: number | null;
-  /** The reader's position: messages after it were dropped by retention. */
+  /** The reader's position: messages after it, through `through`, were dropped by retention. */
   position: TopicPosition;
+  /** The newest dropped position concerned: the lost messages are those after `position` up to and including this one. */
+  through: TopicPosition;
   /** Position of the oldest retained message of the topic, or null when the log is empty. */
   oldestPosition: TopicPosition | null;
 }
@@ -134,7 +163,7 @@ export class TopicRetentionError extends HeraldError {
   constructor(info: BehindInfo) {
     super(
       'RETENTION',
-      `topic ${info.topic}${info.group ? ` group ${info.group}` : ''}${info.partition !== null ? ` partition ${info.partition}` : ''}: position ${info.position} is behind retention (oldest retained ${info.oldestPosition ?? 'none'}); reset the position to go on`,
+      `topic ${info.topic}${info.group ? ` group ${info.group}` : ''}${info.partition !== null ? ` partition ${info.partition}` : ''}: position ${info.position} is behind retention (messages after it through ${info.through} were dropped; oldest retained ${info.oldestPosition ?? 'none'}); reset the position to go on`,
     );
     this.name = 'TopicRetentionError';
     this.info = info;
@@ -147,8 +176,10 @@ export type ConsumerEvents = {
   'topic:batch': [{ partition: number; count: number; position: TopicPosition }];
   /** A key partition of the group is behind retention; it is not consumed until the group is reset. */
   'topic:behind': [BehindInfo & { error: TopicRetentionError }];
-  /** The handler threw; the batch rolled back and is retried after `retryDelayMs`. */
-  'topic:handlerError': [{ partition: number; error: unknown }];
+  /** The handler threw (or ran past `handlerTimeoutMs`); the batch rolled back and is retried after `retryDelayMs`. `attempts`: attempts on the batch's first message so far. */
+  'topic:handlerError': [{ partition: number; error: unknown; attempts: number }];
+  /** A message used up `maxAttempts` and went to the group's dead letters; the key partition moves on. */
+  'topic:dead': [{ partition: number; id: string; position: TopicPosition; key: string | null; attempts: number; lastError: string | null }];
   /** A background failure (connection lost...); the consumer keeps trying. */
   'topic:problem': [unknown];
   /** The consumer is running. */
@@ -161,20 +192,19 @@ export type ConsumerEvents = {
 export const TOPIC_KEY_MAX_BYTES = 1000;
 const XID8_MAX = 18446744073709551615n;
 
-/** Formats a position. */
-export function formatPosition(xid: string, id: string): TopicPosition {
-  return `${xid}:${id}`;
-}
 
-/** Parses a position; throws INVALID_ARGUMENT for anything else. */
-export function parsePosition(position: string): { xid: string; id: string } {
-  const m = /^(\d{1,20}):(\d{1,19})$/.exec(String(position));
-  // Both parts are 64-bit in the database (xid8 is unsigned, the id a bigint): a larger
-  // number is refused here, not by Postgres with its own text.
-  if (!m || BigInt(m[1]) > XID8_MAX || BigInt(m[2]) > BIGINT_MAX) {
-    throw new HeraldError('INVALID_ARGUMENT', `not a topic position: ${JSON.stringify(String(position).slice(0, 60))} (expected "<xid>:<id>", each a 64-bit number)`);
+/**
+ * Parses a position (an id; the `"<xid>:<id>"` form of earlier versions means its id)
+ * to the id; throws INVALID_ARGUMENT for anything else.
+ */
+export function parsePosition(position: string): string {
+  const m = /^(?:(\d{1,20}):)?(\d{1,19})$/.exec(String(position));
+  // 64-bit in the database (the legacy xid8 unsigned, the id a bigint): a larger number
+  // is refused here, not by Postgres with its own text.
+  if (!m || (m[1] !== undefined && BigInt(m[1]) > XID8_MAX) || BigInt(m[2]) > BIGINT_MAX) {
+    throw new HeraldError('INVALID_ARGUMENT', `not a topic position: ${JSON.stringify(String(position).slice(0, 60))} (expected a message position, a 63-bit number)`);
   }
-  return { xid: m[1], id: m[2] };
+  return String(BigInt(m[2]));
 }
 
 /** Validates a topic or group name. */
@@ -192,4 +222,18 @@ export function positiveInt(option: string, v: unknown, max = Number.MAX_SAFE_IN
 export function nonNegative(option: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new InvalidOptionError(option, v, 'a number >= 0');
   return v;
+}
+
+/** A message of a group's dead letters (`herald.topics.deadLetters`). */
+export interface TopicDeadLetter<T = unknown> extends TopicMessage<T> {
+  /** The group it failed in. */
+  group: string;
+  /** Attempts it used (since its last redrive, when redriven). */
+  attempts: number;
+  /** The last failure (`describeError` text), or null when the process died. */
+  lastError: string | null;
+  /** When it went to dead letters. */
+  deadAt: Date;
+  /** True once `redrive` handed it back to the group, until a batch with it commits. */
+  redriving: boolean;
 }

@@ -20,6 +20,10 @@ const TOPIC_OPTION_KEYS = ['partitions', 'segmentSize', 'retentionMs', 'retentio
  *   201 `{ topic, created: true }`, or 200 `{ topic, created: false }` when it exists.
  * - `POST /topics/<name>/publish`: body `{ "payload": <JSON>, "key"?: "<text>" }`; 202 `{ id, position }`.
  *   A missing topic is 404 `NOT_FOUND`, unless `autoCreateTopics` and a `create` grant.
+ * - `GET /topics/<name>/dead?group=&limit=` (grant `admin` on `topic/<name>`): the dead
+ *   letters, `{ letters: [...] }` (each as `herald.topics.deadLetters` returns it).
+ * - `POST /topics/<name>/groups/<group>/redrive` (grant `admin` on `topic/<name>`), body
+ *   `{ "all": true }` or `{ "positions": ["<position>", ...] }`: `{ redriven: n }`.
  */
 export function registerTopicsRoutes(server: HeraldServer): void {
   const herald = server.herald;
@@ -94,4 +98,35 @@ export function registerTopicsRoutes(server: HeraldServer): void {
     }
     stream.close('subscription ended');
   }, { action: 'subscribe', resource: ([topic]) => `topic/${topic}` });
+
+  const topicAdmin = { action: 'admin', resource: ([topic]: string[]) => `topic/${topic}` } as const;
+
+  server.router.add('GET', /^\/topics\/([^/]+)\/dead$/, async (_req, res, [topic], url) => {
+    const raw = url.searchParams.get('limit') ?? '100';
+    const limit = Number(raw);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new HttpError(400, 'INVALID_LIMIT', 'limit must be an integer from 1 to 10000');
+    const group = url.searchParams.get('group') ?? undefined;
+    sendJson(res, 200, { letters: await topicCall(() => herald.topics.deadLetters(topic, { group, limit })) });
+  }, topicAdmin);
+
+  server.router.add('POST', /^\/topics\/([^/]+)\/groups\/([^/]+)\/redrive$/, async (req, res, [topic, group]) => {
+    const body = await readJson<{ positions?: unknown; all?: unknown }>(req, server.options.maxBodyBytes, ['positions', 'all']);
+    if ((body.all === true) === (body.positions !== undefined)) throw new HttpError(400, 'INVALID_BODY', 'give "positions" (an array of positions) or "all": true');
+    if (body.positions !== undefined && (!Array.isArray(body.positions) || body.positions.some((p) => typeof p !== 'string'))) {
+      throw new HttpError(400, 'INVALID_BODY', '"positions" must be an array of positions (strings)');
+    }
+    const redriven = await topicCall(() => herald.topics.redrive(topic, group, body.all === true ? {} : { positions: body.positions as string[] }));
+    sendJson(res, 200, { redriven });
+  }, topicAdmin);
+}
+
+/** Maps the library's typed errors of a topic call to HTTP errors. */
+async function topicCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof HeraldError && err.code === 'NOT_FOUND') throw new HttpError(404, 'NOT_FOUND', err.message);
+    if (err instanceof HeraldError && (err.code === 'INVALID_ARGUMENT' || err.code === 'INVALID_OPTION')) throw new HttpError(400, err.code, err.message);
+    throw err;
+  }
 }
