@@ -305,8 +305,10 @@ async function refresh() {
   try {
     var d = await api('/api/dashboard');
     authState(null);
-    if (!isAdmin) { isAdmin = true; document.body.classList.add('admin'); $('panels').replaceChildren(); }
+    var first = !isAdmin;
+    if (first) { isAdmin = true; document.body.classList.add('admin'); $('panels').replaceChildren(); }
     render(d);
+    if (first) { route(); loadSeries(); }
     $('status').textContent = 'live';
     $('status').className = 'ok';
     followJobs();
