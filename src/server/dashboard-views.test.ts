@@ -239,7 +239,7 @@ describe('dashboard views in headless Chromium', { skip: existsSync(CHROMIUM) ? 
         await page.locator(`#outbox-dead-list tr[data-row-id="${eventId}"]`).waitFor();
         assert.ok(await fitsWidth(page), `dead letters fit ${width} px`);
         await shoot(page, `dead-${width}`);
-        await page.click(`a[href="#/mailbox/${encodeURIComponent(sent[0].id)}"]`);
+        await page.click(`#view a[href="#/mailbox/${encodeURIComponent(sent[0].id)}"]`);
         await page.locator('#message-detail td[data-col="lastError"]', { hasText: 'ledger locked' }).waitFor();
         await page.locator('#message-detail td[data-col="state"]', { hasText: 'dead' }).waitFor();
         await shoot(page, `message-${width}`);

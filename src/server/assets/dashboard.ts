@@ -24,6 +24,7 @@ export const DASHBOARD_HTML_TEMPLATE = String.raw`<!doctype html>
     :root { --bg: #0f131a; --fg: #e3e7ee; --card: #171c25; --line: #2a3140; --soft: #222937; --muted: #9aa4b6; --accent: #60a5fa; --bad: #f87171; --ok: #4ade80; --warn: #fbbf24; --head: #05070a; --headfg: #e3e7ee; }
   }
   * { box-sizing: border-box; }
+  [hidden] { display: none !important; }
   body { font: 14px/1.4 system-ui, sans-serif; margin: 0; background: var(--bg); color: var(--fg); }
   a { color: var(--accent); }
   a:focus-visible, button:focus-visible, input:focus-visible, select:focus-visible, summary:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
@@ -35,6 +36,7 @@ export const DASHBOARD_HTML_TEMPLATE = String.raw`<!doctype html>
   header nav a[aria-current="page"] { background: rgba(255,255,255,0.15); }
   header .tok { display: flex; gap: 6px; align-items: center; flex-wrap: wrap; }
   header input { max-width: 14em; }
+  header input, header button { color: var(--fg); }
   main { padding: 12px 16px; }
   .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(420px, 100%), 1fr)); gap: 14px; }
   section { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; min-width: 0; overflow-x: auto; }
@@ -59,6 +61,7 @@ export const DASHBOARD_HTML_TEMPLATE = String.raw`<!doctype html>
   .uplot .u-legend { font-size: 12px; }
   #refused { display: none; } body.refused #refused { display: block; }
   body.refused #home, body.refused #view { display: none; }
+  @media (max-width: 600px) { main { padding: 8px; } th, td { white-space: nowrap; max-width: 24em; overflow: hidden; text-overflow: ellipsis; } .kv td { white-space: normal; } }
   @media (min-width: 1900px) { body { font-size: 16px; } table { font-size: 15px; } }
 /*UPLOT_CSS*/
 </style>
@@ -346,7 +349,7 @@ function chartDefs(s) {
   ];
 }
 function fmtVal(unit) {
-  return function (u, v) { return v == null ? '—' : unit === 'ms' ? dur(v) : unit === '/s' ? (v < 10 ? v.toFixed(2) : v.toFixed(0)) + '/s' : num(Math.round(v)); };
+  return function (u, v) { return v == null ? '—' : unit === 'ms' ? dur(v) : unit === '/s' ? (v < 10 ? v.toFixed(2) : v.toFixed(0)) + '/s' : Number.isInteger(v) ? num(v) : v.toFixed(1); };
 }
 function drawCharts(s) {
   lastSeries = s;
@@ -370,7 +373,10 @@ function drawCharts(s) {
       series: [{ value: function (u, v) { return v == null ? '—' : new Date(v * 1000).toLocaleTimeString(); } }].concat(def.series.map(function (x, i) {
         return { label: x.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: false, value: f };
       })),
-      axes: [{ stroke: fg, grid: { stroke: line } }, { stroke: fg, grid: { stroke: line }, size: 60, values: function (u, vals) { return vals.map(function (v) { return f(u, v); }); } }],
+      axes: [
+        { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } },
+        { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 }, size: 64, values: function (u, vals) { return vals.map(function (v) { return f(u, v); }); } },
+      ],
       scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(1, max || 0) * 1.1]; } } },
       legend: { live: true },
     }, data, box);
@@ -390,6 +396,11 @@ async function loadSeries() {
   } catch (err) { authState(err); }
   seriesTimer = setTimeout(loadSeries, next);
 }
+// The system switched between light and dark: draw the charts again in its colours.
+if (window.matchMedia) matchMedia('(prefers-color-scheme: dark)').addEventListener('change', function () {
+  Object.keys(charts).forEach(function (k) { charts[k].destroy(); delete charts[k]; });
+  if (lastSeries && (!current || current.name === 'home')) drawCharts(lastSeries);
+});
 window.addEventListener('resize', function () {
   Object.keys(charts).forEach(function (k) { var box = $('chart-' + k); if (box && box.clientWidth) charts[k].setSize({ width: box.clientWidth, height: 170 }); });
 });
