@@ -176,7 +176,7 @@ export class Outbox {
 
   /** One event by id (a UUID) with its delivery state, or undefined (unknown, or pruned). */
   async get(id: string): Promise<OutboxEventInfo | undefined> {
-    if (typeof id !== 'string' || !UUID.test(id)) throw new InvalidOptionError('id', id, 'an event id (UUID)');
+    if (typeof id !== 'string' || !UUID.test(id)) throw new InvalidArgumentError('id', id, 'an event id (UUID)');
     const r = await outboxGet(this.#driver.executor, this.#s, id);
     if (!r) return undefined;
     const at = (d: Date | string | null) => (d === null ? null : d instanceof Date ? d : new Date(d));
