@@ -685,7 +685,13 @@ export interface JobActivityRow {
  * the database time the read was made at, the next call's `since`.
  */
 export async function jobActivity(x: Executor, s: string, since: Date): Promise<{ at: Date; rows: JobActivityRow[] }> {
-  const { rows } = await x.query<JobActivityRow & { at: Date }>(
+  const { rows } = await x.query<JobActivityRow & { at: Date }>(jobActivitySql(s), [since]);
+  const at = rows[rows.length - 1].at;
+  return { at, rows: rows.filter((r) => r.queue !== null) };
+}
+
+/** The statement of {@link jobActivity} (`$1`: since); tests EXPLAIN it. */
+export const jobActivitySql = (s: string): string =>
     `WITH waiting AS (
        SELECT queue, count(*) FILTER (WHERE run_at <= now())::int AS available, count(*) FILTER (WHERE run_at > now())::int AS scheduled
          FROM ${s}.jobs WHERE state = 'available' GROUP BY queue),
@@ -709,9 +715,4 @@ export async function jobActivity(x: Executor, s: string, since: Date): Promise<
        FROM queues q LEFT JOIN waiting w USING (queue) LEFT JOIN running r USING (queue)
        LEFT JOIN finished f USING (queue) LEFT JOIN started st USING (queue)
       UNION ALL SELECT NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, now()
-      ORDER BY 1 NULLS LAST`,
-    [since],
-  );
-  const at = rows[rows.length - 1].at;
-  return { at, rows: rows.filter((r) => r.queue !== null) };
-}
+      ORDER BY 1 NULLS LAST`;

@@ -8,6 +8,7 @@ import { describe, test } from 'node:test';
 import type { Herald } from '../client.js';
 import { useServer } from '../../test/support/server.js';
 import { waitFor } from '../../test/support/wait.js';
+import { jobActivitySql } from '../queue/queries.js';
 import type { AuditEntry } from './audit.js';
 import type { HeraldServer } from './server.js';
 import type { SeriesColumns, SeriesSample } from './series.js';
@@ -253,6 +254,19 @@ describe('dashboard admin API', () => {
     assert.equal((await herald.queue.get(job.id))?.state, 'available');
     assert.equal(server.audit.entries().length, before, 'refused before the handler: nothing to audit');
     assert.deepEqual((await get('/api/dashboard/whoami')).body.principal, 'key:admin');
+  });
+
+  test('the sampler’s read follows the backlog and the interval’s work, not the history of finished jobs', async () => {
+    await herald.driver.executor.query(
+      `INSERT INTO herald.jobs (kind, queue, state, finished_at, attempted_at) SELECT 'old', 'hist-q', 'completed', now() - interval '1 day', now() - interval '1 day' FROM generate_series(1, 30000)`,
+    );
+    await herald.driver.executor.query('ANALYZE herald.jobs');
+    const plan = await herald.driver.executor.query<{ 'QUERY PLAN': unknown }>(`EXPLAIN (FORMAT JSON) ${jobActivitySql('herald')}`, [new Date(Date.now() - 5000)]);
+    const text = JSON.stringify(plan.rows[0]['QUERY PLAN']);
+    assert.ok(!/"Seq Scan"[^}]*"Relation Name":"jobs"/.test(text), `no sequential scan of jobs: ${text.slice(0, 600)}`);
+    const a = await herald.queue.activity(new Date(Date.now() - 60_000));
+    assert.equal(a.queues.find((q) => q.queue === 'hist-q'), undefined, 'finished long ago: not in the interval');
+    await herald.driver.executor.query(`DELETE FROM herald.jobs WHERE queue = 'hist-q'`);
   });
 
   test('stuck jobs: a job scheduled in the future is never stuck, one due and waiting past the threshold is', async () => {
