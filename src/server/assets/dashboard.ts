@@ -28,6 +28,7 @@ export const DASHBOARD_HTML_TEMPLATE = String.raw`<!doctype html>
   body { font: 14px/1.4 system-ui, sans-serif; margin: 0; background: var(--bg); color: var(--fg); }
   a { color: var(--accent); }
   a:focus-visible, button:focus-visible, input:focus-visible, select:focus-visible, summary:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+  #view:focus, #main:focus { outline: none; }
   .skip { position: absolute; left: -999px; } .skip:focus { left: 8px; top: 8px; z-index: 10; background: var(--card); padding: 6px; }
   header { background: var(--head); color: var(--headfg); padding: 8px 16px; display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: center; }
   header h1 { font-size: 18px; margin: 0; }
