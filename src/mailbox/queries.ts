@@ -272,3 +272,21 @@ export async function mailboxStats(executor: Executor, schema: string, destinati
   );
   return rows;
 }
+
+/** A message with its state (the dashboard's detail view). */
+export interface MessageInfoRow extends DeadRow {
+  state: 'ready' | 'consumed' | 'dead';
+  visible_at: Date;
+  consumed_at: Date | null;
+  dead_at: Date;
+}
+
+/** One message by id (the primary key), any state, or undefined. */
+export async function mailboxGet(executor: Executor, schema: string, id: string): Promise<MessageInfoRow | undefined> {
+  const { rows } = await executor.query<MessageInfoRow>(
+    `SELECT id, destination, topic, format, payload, state, attempts, last_error, created_at, visible_at, consumed_at, dead_at
+       FROM ${schema}.mailbox_messages WHERE id = $1`,
+    [id],
+  );
+  return rows[0];
+}

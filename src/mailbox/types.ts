@@ -122,6 +122,16 @@ export interface DeadMessage<P = unknown> extends MailboxMessage<P> {
   deadAt: Date;
 }
 
+/** A message with its state, as `get` returns it. */
+export interface MessageInfo<P = unknown> extends MailboxMessage<P> {
+  state: 'ready' | 'consumed' | 'dead';
+  lastError: string | null;
+  /** When a ready message may be handed out (later than now after a failed delivery). */
+  visibleAt: Date;
+  consumedAt: Date | null;
+  deadAt: Date | null;
+}
+
 /** Counts of one destination. */
 export interface DestinationStats {
   to: string;

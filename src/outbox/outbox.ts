@@ -8,6 +8,7 @@ import type { Notifier } from '../notifier/notifier.js';
 import {
   outboxInsertMany,
   outboxInsertOne,
+  outboxGet,
   outboxListDead,
   outboxLockKeys,
   type OUTBOX_KEY_LOCK_BUCKETS,
@@ -53,6 +54,17 @@ export interface OutboxStats {
 export interface DeadOutboxEvent extends OutboxEvent {
   lastError: string | null;
   deadAt: Date;
+}
+
+/** An event with its delivery state, as {@link Outbox.get} returns it. */
+export interface OutboxEventInfo extends OutboxEvent {
+  /** `pending` (waiting for a relay, or retrying), `published` or `dead`. */
+  state: 'pending' | 'published' | 'dead';
+  lastError: string | null;
+  /** When a relay may try it next (pending events). */
+  nextAttemptAt: Date;
+  publishedAt: Date | null;
+  deadAt: Date | null;
 }
 
 const LOCK_NAMESPACE = 'pgherald.outbox:';
@@ -159,6 +171,22 @@ export class Outbox {
       dead: r.dead,
       published: r.published,
       oldestPendingAgeMs: r.oldest_pending_age_ms === null ? null : Math.max(0, Math.round(Number(r.oldest_pending_age_ms))),
+    };
+  }
+
+  /** One event by id (a UUID) with its delivery state, or undefined (unknown, or pruned). */
+  async get(id: string): Promise<OutboxEventInfo | undefined> {
+    if (typeof id !== 'string' || !UUID.test(id)) throw new InvalidArgumentError('id', id, 'an event id (UUID)');
+    const r = await outboxGet(this.#driver.executor, this.#s, id);
+    if (!r) return undefined;
+    const at = (d: Date | string | null) => (d === null ? null : d instanceof Date ? d : new Date(d));
+    return {
+      ...toOutboxEvent(r),
+      state: r.dead_at !== null ? 'dead' : r.published_at !== null ? 'published' : 'pending',
+      lastError: r.last_error,
+      nextAttemptAt: at(r.next_attempt_at)!,
+      publishedAt: at(r.published_at),
+      deadAt: at(r.dead_at),
     };
   }
 

@@ -335,3 +335,16 @@ export async function outboxPrunePublished(ex: Executor, s: string, olderThanMs:
   );
   return rowCount;
 }
+
+/** One event with its delivery state, or undefined (`id` a UUID). */
+export async function outboxGet(
+  ex: Executor,
+  s: string,
+  id: string,
+): Promise<(OutboxEventRow & { last_error: string | null; next_attempt_at: Date; published_at: Date | null; dead_at: Date | null }) | undefined> {
+  const { rows } = await ex.query<OutboxEventRow & { last_error: string | null; next_attempt_at: Date; published_at: Date | null; dead_at: Date | null }>(
+    `SELECT ${EVENT_COLUMNS}, e.last_error, e.next_attempt_at, e.published_at, e.dead_at FROM ${s}.outbox_events AS e WHERE e.id = $1::uuid`,
+    [id],
+  );
+  return rows[0];
+}

@@ -631,7 +631,17 @@ export async function jobGet(x: Executor, s: string, id: string): Promise<JobRow
 export async function jobList(
   x: Executor,
   s: string,
-  f: { queue: string | null; kind: string | null; state: string | null; stage: string | null; limit: number; beforeId: string | null },
+  f: {
+    queue: string | null;
+    kind: string | null;
+    state: string | null;
+    stage: string | null;
+    limit: number;
+    beforeId: string | null;
+    uniqueKey?: string | null;
+    createdAfter?: Date | null;
+    createdBefore?: Date | null;
+  },
 ): Promise<JobRow[]> {
   const { rows } = await x.query<JobRow>(
     // ORDER BY j.id, qualified: a bare `id` names the output column `id::text AS id`
@@ -639,8 +649,10 @@ export async function jobList(
     `SELECT ${JOB_COLUMNS} FROM ${s}.jobs j
       WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR state = $3)
         AND ($4::text IS NULL OR stage = $4) AND ($6::bigint IS NULL OR j.id < $6)
+        AND ($7::text IS NULL OR j.unique_key = $7)
+        AND ($8::timestamptz IS NULL OR j.created_at >= $8) AND ($9::timestamptz IS NULL OR j.created_at < $9)
       ORDER BY j.id DESC LIMIT $5`,
-    [f.queue, f.kind, f.state, f.stage, f.limit, f.beforeId],
+    [f.queue, f.kind, f.state, f.stage, f.limit, f.beforeId, f.uniqueKey ?? null, f.createdAfter ?? null, f.createdBefore ?? null],
   );
   return rows;
 }
@@ -862,3 +874,57 @@ export async function dbNow(x: Executor): Promise<Date> {
   const { rows } = await x.query<{ now: Date }>('SELECT now() AS now');
   return new Date(rows[0].now);
 }
+
+/** One row of {@link jobActivity}: a queue's backlog now and its work since `since`. */
+export interface JobActivityRow {
+  queue: string;
+  available: number;
+  scheduled: number;
+  running: number;
+  completed: number;
+  dead: number;
+  started: number;
+  latency_avg_ms: number | null;
+  latency_max_ms: number | null;
+}
+
+/**
+ * What the dashboard's sampler reads every few seconds, per queue: the backlog now
+ * (available due, scheduled, running) and, since `$1`, the jobs that finished (completed,
+ * dead) and the due-to-start latency (attempted_at - run_at) of the jobs that started.
+ * Every branch reads a partial index (claim, lease, finished), so the cost follows the
+ * backlog and the work of the interval, never the history of finished jobs. Returns
+ * the database time the read was made at, the next call's `since`.
+ */
+export async function jobActivity(x: Executor, s: string, since: Date): Promise<{ at: Date; rows: JobActivityRow[] }> {
+  const { rows } = await x.query<JobActivityRow & { at: Date }>(jobActivitySql(s), [since]);
+  const at = rows[rows.length - 1].at;
+  return { at, rows: rows.filter((r) => r.queue !== null) };
+}
+
+/** The statement of {@link jobActivity} (`$1`: since); tests EXPLAIN it. */
+export const jobActivitySql = (s: string): string =>
+    `WITH waiting AS (
+       SELECT queue, count(*) FILTER (WHERE run_at <= now())::int AS available, count(*) FILTER (WHERE run_at > now())::int AS scheduled
+         FROM ${s}.jobs WHERE state = 'available' GROUP BY queue),
+     running AS (
+       SELECT queue, count(*)::int AS running FROM ${s}.jobs WHERE state = 'running' AND lease_expires_at IS NOT NULL GROUP BY queue),
+     finished AS (
+       SELECT queue, count(*) FILTER (WHERE state = 'completed')::int AS completed, count(*) FILTER (WHERE state = 'dead')::int AS dead
+         FROM ${s}.jobs WHERE state IN ('completed', 'dead', 'cancelled') AND finished_at > $1 GROUP BY queue),
+     started AS (
+       SELECT queue, count(*)::int AS started,
+              avg(extract(epoch FROM attempted_at - run_at) * 1000)::float8 AS latency_avg_ms,
+              max(extract(epoch FROM attempted_at - run_at) * 1000)::float8 AS latency_max_ms
+         FROM (SELECT queue, attempted_at, run_at FROM ${s}.jobs WHERE state = 'running' AND lease_expires_at IS NOT NULL AND attempted_at > $1
+               UNION ALL
+               SELECT queue, attempted_at, run_at FROM ${s}.jobs WHERE state IN ('completed', 'dead', 'cancelled') AND finished_at > $1 AND attempted_at > $1) t
+        GROUP BY queue),
+     queues AS (SELECT queue FROM waiting UNION SELECT queue FROM running UNION SELECT queue FROM finished UNION SELECT queue FROM started)
+     SELECT q.queue, coalesce(w.available, 0) AS available, coalesce(w.scheduled, 0) AS scheduled, coalesce(r.running, 0) AS running,
+            coalesce(f.completed, 0) AS completed, coalesce(f.dead, 0) AS dead, coalesce(st.started, 0) AS started,
+            st.latency_avg_ms, st.latency_max_ms, now() AS at
+       FROM queues q LEFT JOIN waiting w USING (queue) LEFT JOIN running r USING (queue)
+       LEFT JOIN finished f USING (queue) LEFT JOIN started st USING (queue)
+      UNION ALL SELECT NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, now()
+      ORDER BY 1 NULLS LAST`;

@@ -19,6 +19,7 @@ import {
   type JobInfo,
   type JobState,
   type JobTransition,
+  type QueueActivity,
   type QueueEvents,
   type QueueOptions,
   type QueueLimit,
@@ -488,10 +489,18 @@ export class Queue extends TypedEmitter<QueueEvents> {
     return row && toInfo(row);
   }
 
-  /** Jobs, newest first, filtered by queue, kind, state and stage. `limit` defaults to 100; page with `beforeId`. */
-  async list(filter: { queue?: string; kind?: string; state?: JobState; stage?: string; limit?: number; beforeId?: string } = {}): Promise<JobInfo[]> {
+  /**
+   * Jobs, newest first, filtered by queue, kind, state, stage, unique key and creation
+   * time (`createdAfter` inclusive, `createdBefore` exclusive). `limit` defaults to 100;
+   * page with `beforeId` (the last id of the previous page).
+   */
+  async list(
+    filter: { queue?: string; kind?: string; state?: JobState; stage?: string; uniqueKey?: string; createdAfter?: Date; createdBefore?: Date; limit?: number; beforeId?: string } = {},
+  ): Promise<JobInfo[]> {
     if (filter.state !== undefined && !STATES.includes(filter.state)) throw new InvalidArgumentError('state', filter.state, STATES.join(', '));
     for (const k of ['queue', 'kind', 'stage'] as const) if (filter[k] !== undefined) assertName(k, filter[k]);
+    if (filter.uniqueKey !== undefined) assertText('uniqueKey', filter.uniqueKey, UNIQUE_KEY_MAX_BYTES);
+    for (const k of ['createdAfter', 'createdBefore'] as const) if (filter[k] !== undefined) assertDate(k, filter[k]);
     const rows = await q.jobList(this.executor, this.schemaSql, {
       queue: filter.queue ?? null,
       kind: filter.kind ?? null,
@@ -499,8 +508,38 @@ export class Queue extends TypedEmitter<QueueEvents> {
       stage: filter.stage ?? null,
       limit: assertInt('limit', filter.limit ?? 100, 1, LIST_LIMIT_MAX),
       beforeId: filter.beforeId ? assertId(filter.beforeId) : null,
+      uniqueKey: filter.uniqueKey ?? null,
+      createdAfter: filter.createdAfter ?? null,
+      createdBefore: filter.createdBefore ?? null,
     });
     return rows.map(toInfo);
+  }
+
+  /**
+   * Per queue: the backlog now (`available`: due and waiting, `scheduled`: waiting for
+   * a later `runAt`, `running`) and, since `since` (database time), the jobs that
+   * `completed` or went `dead`, how many `started`, and their due-to-start latency
+   * (`attemptedAt - runAt`, average and maximum, ms; null when none started). `at` is
+   * the database time of the read: pass it as the next `since`. Reads only the partial
+   * indexes of waiting, running and finished jobs (the dashboard samples it every few seconds).
+   */
+  async activity(since: Date): Promise<{ at: Date; queues: QueueActivity[] }> {
+    assertDate('since', since);
+    const { at, rows } = await q.jobActivity(this.executor, this.schemaSql, since);
+    return {
+      at,
+      queues: rows.map((r) => ({
+        queue: r.queue,
+        available: r.available,
+        scheduled: r.scheduled,
+        running: r.running,
+        completed: r.completed,
+        dead: r.dead,
+        started: r.started,
+        latencyAvgMs: r.latency_avg_ms === null ? null : Math.max(0, Number(r.latency_avg_ms)),
+        latencyMaxMs: r.latency_max_ms === null ? null : Math.max(0, Number(r.latency_max_ms)),
+      })),
+    };
   }
 
   /** Counts per queue, kind and state (`scheduled`: available but not due yet). */

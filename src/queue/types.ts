@@ -299,6 +299,26 @@ export interface JobInfo {
   finishedAt: Date | null;
 }
 
+/** One queue in {@link Queue.activity}: its backlog now and its work since `since`. */
+export interface QueueActivity {
+  queue: string;
+  /** Waiting and due. */
+  available: number;
+  /** Waiting for a later `runAt`. */
+  scheduled: number;
+  running: number;
+  /** Finished as completed since `since`. */
+  completed: number;
+  /** Went dead since `since`. */
+  dead: number;
+  /** Attempts started since `since` (still running, or finished since). */
+  started: number;
+  /** Average `attemptedAt - runAt` of those attempts (ms), null when none started. */
+  latencyAvgMs: number | null;
+  /** Largest `attemptedAt - runAt` of those attempts (ms), null when none started. */
+  latencyMaxMs: number | null;
+}
+
 /** Events of the queue (`herald.queue.on(name, fn)`). */
 export type QueueEvents = {
   /** A job's handler finished and its completion was recorded. */

@@ -13,7 +13,7 @@ const CHROMIUM = '/usr/bin/chromium';
 const ADMIN = 'dashboard-admin-token-1234';
 /** Subscribe and publish on everything, but no admin grant. */
 const VIEWER = 'dashboard-viewer-key-5678';
-const ARTIFACTS = join(new URL('../..', import.meta.url).pathname, 'test-artifacts');
+const ARTIFACTS = join(new URL('../..', import.meta.url).pathname, 'test', '.artifacts');
 
 let herald: Herald;
 let server: HeraldServer;

@@ -56,6 +56,11 @@ export class Dashboard {
     this.#cache = undefined;
   }
 
+  /** Drops the shared read: the next snapshot reads the database again (after an action). */
+  invalidate(): void {
+    this.#cache = undefined;
+  }
+
   /** Panel ids registered so far. */
   panels(): string[] {
     return [...this.#panels.keys()];

@@ -212,7 +212,7 @@ describe('Origin and content type', () => {
     assert.equal(page.headers['x-frame-options'], 'DENY');
     const csp = String(page.headers['content-security-policy']);
     assert.match(csp, /frame-ancestors 'none'/);
-    assert.match(csp, /script-src 'self' 'sha256-[A-Za-z0-9+/=]+'/);
+    assert.match(csp, /script-src 'self'(;|$)/);
     assert.doesNotMatch(csp, /script-src[^;]*unsafe-inline/);
   });
 });

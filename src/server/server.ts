@@ -25,6 +25,9 @@ import { registerMailboxRoutes } from './routes/mailbox.js';
 import { topicStreamSource } from './streams/topics.js';
 import { registerOutboxRoutes } from './routes/outbox.js';
 import { registerDashboardPanels } from './panels.js';
+import { registerAdminRoutes } from './routes/admin.js';
+import { SeriesSampler } from './series.js';
+import { AuditLog } from './audit.js';
 
 /** Options of {@link HeraldServer}; every one has a default (see {@link SERVER_DEFAULTS}). */
 export interface ServerOptions extends AuthOptions, GuardOptions {
@@ -64,6 +67,12 @@ export interface ServerOptions extends AuthOptions, GuardOptions {
   flushIntervalMs?: number;
   /** The longest the dashboard's panel reads are reused: every open tab shares one read of the database per period. @defaultValue 2000 */
   dashboardRefreshMs?: number;
+  /** Time between two samples of the dashboard's charts (one sampler per server, whatever the number of tabs); 0 turns sampling off (the charts stay empty). @defaultValue 5000 */
+  dashboardSampleIntervalMs?: number;
+  /** How far back the charts go: the ring keeps `dashboardSampleRetentionMs / dashboardSampleIntervalMs` samples, in memory. @defaultValue 3600000 (1 hour) */
+  dashboardSampleRetentionMs?: number;
+  /** Dashboard actions kept in the audit ring (`GET /api/dashboard/audit`; each is also emitted as `dashboard:audit`). @defaultValue 1000 */
+  dashboardAuditSize?: number;
   /**
    * `POST /topics/<name>/publish` to a missing durable topic creates it (with the
    * Herald's `topicDefaults`) when the caller holds `create` (or `admin`) on
@@ -116,6 +125,9 @@ export const SERVER_DEFAULTS: Resolved = {
   publicMetrics: false,
   flushIntervalMs: 0,
   dashboardRefreshMs: 2000,
+  dashboardSampleIntervalMs: 5000,
+  dashboardSampleRetentionMs: 3_600_000,
+  dashboardAuditSize: 1000,
   autoCreateTopics: false,
   maxConnections: 21_000,
   headersTimeoutMs: 10_000,
@@ -154,12 +166,18 @@ function resolveServerOptions(options: ServerOptions): Resolved {
     maxHeaderBytes: positiveInteger(),
     flushIntervalMs: numberBetween(0, 1000),
     dashboardRefreshMs: integerBetween(0, 60_000),
+    dashboardSampleIntervalMs: integerBetween(0, 3_600_000),
+    dashboardSampleRetentionMs: integerBetween(1000, 7 * 86_400_000),
+    dashboardAuditSize: integerBetween(1, 1_000_000),
     autoCreateTopics: boolean,
     publicMetrics: boolean,
     historySize: integerBetween(0, Number.MAX_SAFE_INTEGER),
     channelPrefix: stringOfBytes(55),
   });
   o.token = options.token || undefined;
+  if (o.dashboardSampleRetentionMs < o.dashboardSampleIntervalMs) {
+    throw new InvalidOptionError('dashboardSampleRetentionMs', o.dashboardSampleRetentionMs, `at least dashboardSampleIntervalMs (${o.dashboardSampleIntervalMs})`);
+  }
   if (o.requestTimeoutMs < o.headersTimeoutMs) throw new InvalidOptionError('requestTimeoutMs', o.requestTimeoutMs, `at least headersTimeoutMs (${o.headersTimeoutMs})`);
   return o;
 }
@@ -182,6 +200,10 @@ export class HeraldServer {
   readonly gateway: Gateway;
   readonly metrics: ServerMetrics;
   readonly dashboard: Dashboard;
+  /** The dashboard charts' sampler (one per server; runs while the server is started). */
+  readonly series: SeriesSampler;
+  /** Dashboard actions taken (ring + `dashboard:audit` events). */
+  readonly audit: AuditLog;
   /** Host, Origin and content-type checks of every request and upgrade (see guard.ts). */
   readonly guard: RequestGuard;
   readonly #http: Server;
@@ -220,6 +242,8 @@ export class HeraldServer {
     });
     this.metrics = new ServerMetrics(herald, this.gateway, (t) => this.clientCount(t));
     this.dashboard = new Dashboard(this, this.options.dashboardRefreshMs);
+    this.series = new SeriesSampler(herald, this.options.dashboardSampleIntervalMs, this.options.dashboardSampleRetentionMs);
+    this.audit = new AuditLog(this.options.dashboardAuditSize);
     const { WebSocketServer: Wss } = loadPeer<typeof import('ws')>('ws', 'HeraldServer (WebSocket)');
     this.#wss = new Wss({ noServer: true, maxPayload: this.options.maxMessageBytes + 1024, perMessageDeflate: false });
     this.#onInternalError =
@@ -288,6 +312,7 @@ export class HeraldServer {
         resolve();
       });
     });
+    this.series.start();
     const addr = this.#http.address() as { port: number };
     const host = this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host;
     this.#url = `http://${host}:${addr.port}`;
@@ -299,6 +324,7 @@ export class HeraldServer {
     this.#stopping = true;
     for (const c of [...this.#connections]) c.close('shutdown', 'server shutting down');
     await this.gateway.stop();
+    await this.series.stop();
     this.#url = undefined;
     if (!this.#http.listening) return;
     const closed = new Promise<void>((resolve) => this.#http.close(() => resolve()));
@@ -459,6 +485,7 @@ export class HeraldServer {
     registerMailboxRoutes(this);
     registerOutboxRoutes(this);
     registerDashboardPanels(this);
+    registerAdminRoutes(this);
     this.gateway.registerStream('topic', topicStreamSource(this.herald));
   }
 
