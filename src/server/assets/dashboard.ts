@@ -288,10 +288,8 @@ function render(d) {
   Array.from(panels.children).forEach(function (s) { if (!keep.has(s.id)) s.remove(); });
 }
 
-// QUEUE PAUSE/RESUME (issue #18, point 4): when the queue offers pause/resume (another
-// branch adds herald.queue.pause/resume/paused), GET /api/dashboard/whoami answers
-// queuePause: true; the Pause/Resume buttons go on the rows of the 'queues' panel here,
-// posting to /api/queues/<queue>/(pause|resume) (route to add in routes/admin.ts).
+// Row actions of a panel (the queues panel's Pause/Resume, retry, cancel, redrive) are
+// buttons posting to /api/dashboard/panels/<id>/actions/<name> (audited by the server).
 function renderPanel(p) {
   var wide = Array.isArray(p.data) && p.data.length > 0 && Object.keys(p.data[0]).length > 5;
   var s = el('section', { id: 'panel-' + p.id, 'data-panel': p.id, class: wide ? 'wide' : null }, el('h2', {}, p.title));

@@ -170,8 +170,6 @@ export function registerAdminRoutes(server: HeraldServer): void {
     sendJson(res, 200, done);
   }, admin);
 
-  // QUEUE PAUSE/RESUME (issue #18, point 4): `herald.queue.pause/resume/paused` is being
-  // added on another branch (queuectl). Once merged, add here:
-  //   POST /api/queues/<queue>/(pause|resume) -> audited('queue.pause'|'queue.resume', ...)
-  // and the page shows its buttons when /api/dashboard/whoami says `queuePause: true`.
+  // Queue pause/resume are the `queues` panel's row actions (panels.ts): they go through
+  // POST /api/dashboard/panels/queues/actions/(pause|resume), audited as panel.queues.*.
 }
