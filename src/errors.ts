@@ -22,7 +22,8 @@ export type HeraldErrorCode =
   | 'LEASE_LOST'
   | 'RETENTION'
   | 'MISSING_DEPENDENCY'
-  | 'NOTIFY_QUEUE_FULL';
+  | 'NOTIFY_QUEUE_FULL'
+  | 'IN_RECOVERY';
 
 /** Base class of every error pgherald throws on purpose. */
 export class HeraldError extends Error {
@@ -106,6 +107,19 @@ export class NotifyQueueFullError extends HeraldError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('NOTIFY_QUEUE_FULL', message, options);
     this.name = 'NotifyQueueFullError';
+  }
+}
+
+/**
+ * The server is a standby (in recovery, `pg_is_in_recovery()`): it takes no writes and
+ * delivers no notifications of the primary (NOTIFY is not replicated). The notifier
+ * treats such a server as not ready and keeps reconnecting until its address leads to
+ * a primary (after a failover, once the address moved).
+ */
+export class ServerInRecoveryError extends HeraldError {
+  constructor(message = 'the server is in recovery (a standby): LISTEN needs the primary; reconnecting until the address leads to one') {
+    super('IN_RECOVERY', message);
+    this.name = 'ServerInRecoveryError';
   }
 }
 
