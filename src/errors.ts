@@ -23,7 +23,8 @@ export type HeraldErrorCode =
   | 'RETENTION'
   | 'MISSING_DEPENDENCY'
   | 'NOTIFY_QUEUE_FULL'
-  | 'IN_RECOVERY';
+  | 'IN_RECOVERY'
+  | 'TOO_MANY_CONNECTIONS';
 
 /** Base class of every error pgherald throws on purpose. */
 export class HeraldError extends Error {
@@ -120,6 +121,19 @@ export class ServerInRecoveryError extends HeraldError {
   constructor(message = 'the server is in recovery (a standby): LISTEN needs the primary; reconnecting until the address leads to one') {
     super('IN_RECOVERY', message);
     this.name = 'ServerInRecoveryError';
+  }
+}
+
+/**
+ * The server refused a new connection because every slot of `max_connections` is taken
+ * (SQLSTATE 53300, kept in `cause`). Transient: pgherald's loops back off and retry, and
+ * recover once connections free up; a call of yours that needed a new connection fails
+ * with it.
+ */
+export class TooManyConnectionsError extends HeraldError {
+  constructor(where: string, cause: unknown) {
+    super('TOO_MANY_CONNECTIONS', `PostgreSQL at ${where} refused the connection: max_connections reached (53300); pgherald retries with backoff`, { cause });
+    this.name = 'TooManyConnectionsError';
   }
 }
 
