@@ -4,6 +4,7 @@
  * and a server restarted every 10 s while consumers run.
  */
 import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
 import { describe, test } from 'node:test';
 import pg from 'pg';
 import { createHerald } from '../client.js';
@@ -130,6 +131,129 @@ describe('failover to a promoted standby', () => {
       await newPrimary.end().catch(() => {});
       await proxy.close();
       await pair.dispose();
+    }
+  });
+});
+
+describe('max_connections reached', () => {
+  test('every slot taken: typed errors, backoff, no crash; consumers recover when connections free up', async () => {
+    const pc = await privateCluster({ settings: { max_connections: 20, superuser_reserved_connections: 0 } });
+    const hogs: pg.Client[] = [];
+    const admin = new pg.Client({ connectionString: pc.url });
+    await admin.connect();
+    const herald = createHerald({
+      connectionString: pc.url,
+      poolSize: 4,
+      notifier: { reconnectMaxDelayMs: 200, queueUsageIntervalMs: 0 },
+      mailbox: { pollIntervalMs: 300 },
+    });
+    const problems: unknown[] = [];
+    herald.notifier.on('notifier:problem', (e) => problems.push(e));
+    herald.mailbox.on('message:problem', (e) => problems.push(e));
+    const consumed: string[] = [];
+    try {
+      // Take every slot (the admin session holds one).
+      for (;;) {
+        const c = new pg.Client({ connectionString: pc.url });
+        c.on('error', () => {});
+        try {
+          await c.connect();
+          hogs.push(c);
+        } catch (err) {
+          assert.equal((err as { code?: string }).code, '53300');
+          break;
+        }
+      }
+      await admin.query(`INSERT INTO herald.mailbox_messages (id, destination, payload) VALUES ('full-1', 'full', 'x')`);
+      const consumer = herald.mailbox.consume('full', (m) => void consumed.push(m.id));
+      await waitFor(() => problems.some((e) => e instanceof HeraldError && e.code === 'TOO_MANY_CONNECTIONS'), { timeoutMs: 60_000, what: 'a TooManyConnectionsError' });
+      await assert.rejects(herald.mailbox.send({ to: 'full', payload: 'y', id: 'full-2' }), (e: unknown) => e instanceof HeraldError && e.code === 'TOO_MANY_CONNECTIONS');
+      assert.equal(consumed.length, 0, 'nothing consumed while no connection could be had');
+      // Free the slots: everything resumes by itself.
+      await Promise.all(hogs.splice(0).map((c) => c.end()));
+      await waitFor(() => consumed.includes('full-1'), { timeoutMs: 60_000, what: 'the consumer to resume' });
+      await herald.mailbox.send({ to: 'full', payload: 'y', id: 'full-2' });
+      await waitFor(() => consumed.includes('full-2'), { timeoutMs: 60_000, what: 'a new message consumed' });
+      assert.equal(herald.notifier.status, 'listening');
+      await consumer.stop();
+    } finally {
+      await Promise.all(hogs.map((c) => c.end().catch(() => {})));
+      await herald.close();
+      await admin.end();
+      await pc.dispose();
+    }
+  });
+});
+
+describe('server restarted every 10 s', () => {
+  test('consumers keep delivering through three restarts: every message consumed once (delivery p99 reported)', async (t) => {
+    const pc = await privateCluster();
+    const admin = new pg.Pool({ connectionString: pc.url, max: 2 });
+    admin.on('error', () => {});
+    await admin.query('CREATE TABLE ledger (message_id text PRIMARY KEY)');
+    const herald = createHerald({
+      connectionString: pc.url,
+      poolSize: 6,
+      notifier: { reconnectMaxDelayMs: 200, queueUsageIntervalMs: 0 },
+      mailbox: { pollIntervalMs: 1000, leaseMs: 1000, retryDelayMs: 50, maxRetryDelayMs: 200, maxAttempts: 1000 },
+    });
+    herald.notifier.on('notifier:problem', () => {});
+    herald.mailbox.on('message:problem', () => {});
+    let dupErrors = 0;
+    herald.mailbox.on('message:handlerError', ({ error }) => {
+      if ((error as { code?: string })?.code === '23505') dupErrors++;
+    });
+    const sentAt = new Map<string, number>();
+    const latencies: number[] = [];
+    const consumer = herald.mailbox.consume(
+      'restarts',
+      async (m, tx) => {
+        await tx.query('INSERT INTO ledger (message_id) VALUES ($1)', [m.id]);
+        const at = sentAt.get(m.id);
+        if (at !== undefined) latencies.push(performance.now() - at);
+      },
+      { concurrency: 2 },
+    );
+    let stopping = false;
+    const acked: string[] = [];
+    let n = 0;
+    // A steady producer: one message every 20 ms, each retried with its id until acknowledged.
+    const producing = (async () => {
+      while (!stopping) {
+        const id = `r-${n++}`;
+        const started = performance.now();
+        sentAt.set(id, started);
+        const r = await retry(() => herald.mailbox.send({ to: 'restarts', payload: id, id }), () => stopping);
+        if (r) acked.push(id);
+        const wait = 20 - (performance.now() - started);
+        if (wait > 0) await new Promise((res) => setTimeout(res, wait));
+      }
+    })();
+    try {
+      for (let i = 0; i < 3; i++) {
+        // Ten seconds of traffic (measured by acknowledged sends, not by a sleep), then a restart.
+        const target = acked.length + 10_000 / 20;
+        await waitForCount(() => acked.length, target, { what: 'messages acknowledged between restarts' });
+        await pc.cluster.restart();
+      }
+      await waitForCount(() => acked.length, acked.length + 100, { what: 'messages after the last restart' });
+      stopping = true;
+      await producing;
+      const ledger = async () => (await admin.query('SELECT count(*)::int AS n FROM ledger')).rows[0].n as number;
+      await waitForCount(ledger, acked.length, { what: 'acknowledged messages consumed' });
+      const { rows } = await admin.query(`SELECT count(*)::int AS n FROM unnest($1::text[]) a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.message_id = a.id)`, [acked]);
+      assert.equal(rows[0].n, 0, 'every acknowledged message consumed');
+      assert.equal(dupErrors, 0, 'none consumed twice');
+      t.diagnostic(
+        `${acked.length} messages, 3 restarts 10 s apart: delivery latency p50 ${pct(latencies, 50).toFixed(0)} ms, p99 ${pct(latencies, 99).toFixed(0)} ms, max ${Math.max(...latencies).toFixed(0)} ms`,
+      );
+    } finally {
+      stopping = true;
+      await producing.catch(() => {});
+      await consumer.stop();
+      await herald.close();
+      await admin.end();
+      await pc.dispose();
     }
   });
 });
