@@ -367,7 +367,7 @@ export async function outboxStats(ex: Executor, s: string): Promise<OutboxStatsR
     `SELECT
        (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NULL AND dead_at IS NULL)::int AS pending,
        (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now())::int AS due,
-       (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NULL AND dead_at IS NULL AND attempts > 0)::int AS retrying,
+       (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NULL AND dead_at IS NULL AND attempts > 0 AND NOT (lease IS NOT NULL AND next_attempt_at > now()))::int AS retrying,
        (SELECT count(*) FROM ${s}.outbox_events WHERE dead_at IS NOT NULL)::int AS dead,
        (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NOT NULL)::int AS published,
        (SELECT (extract(epoch FROM now() - min(created_at)) * 1000)::float8
