@@ -175,7 +175,7 @@ describe('mailbox under faults (shared cluster)', () => {
     await waitFor(() => herald.notifier.status === 'listening');
 
     proxy.blackhole(); // reconnect attempts hang until we let traffic pass again
-    const lost = nextEvent(herald.notifier, 'lost');
+    const lost = nextEvent(herald.notifier, 'notifier:lost');
     proxy.cut();
     await lost;
     // Committed while no receiver listens: this NOTIFY reaches nobody.
@@ -183,7 +183,7 @@ describe('mailbox under faults (shared cluster)', () => {
       { to: toReceive, payload: 'r', id: 'offline-r' },
       { to: toConsume, payload: 'c', id: 'offline-c' },
     ]);
-    const reconnected = nextEvent(herald.notifier, 'reconnected', 60_000);
+    const reconnected = nextEvent(herald.notifier, 'notifier:reconnected', 60_000);
     proxy.pass();
     await reconnected;
     assert.equal((await receiving)?.id, 'offline-r');
