@@ -75,7 +75,7 @@ test('a poison event is dead-lettered after its attempts while other keys keep f
   });
   const retries: number[] = [];
   relay.on('relay:retry', (r) => retries.push(r.attempts));
-  const died = nextEvent<[{ event: OutboxEvent; attempts: number }]>(relay, 'relay:dead');
+  const died = nextEvent<[{ event: OutboxEvent; attempts: number }]>(relay, 'dead');
   const poisonId = await herald.outbox.add({ type: 'poison', key: 'p' });
   const sameKeyId = await herald.outbox.add({ type: 'after-poison', key: 'p' });
   const others = await herald.outbox.addMany(Array.from({ length: 200 }, (_, i) => ({ type: 'ok', key: `k${i % 20}` })));
