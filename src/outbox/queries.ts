@@ -311,7 +311,7 @@ export async function outboxSettle(
 ): Promise<{ published: Set<string>; failed: Map<string, { attempts: number; dead: boolean }>; released: Set<string> }> {
   const { rows } = await ex.query<{ what: 'p' | 'f' | 'r'; seq: string; attempts: number | null; dead: boolean | null }>(
     `WITH pub AS (
-       UPDATE ${s}.outbox_events AS e SET published_at = now(), lease = NULL, last_error = NULL
+       UPDATE ${s}.outbox_events AS e SET published_at = now(), next_attempt_at = now(), lease = NULL, last_error = NULL
         WHERE e.seq = ANY($2::bigint[]) AND e.lease = $1::uuid
        RETURNING e.seq
      ), fail AS (
