@@ -22,7 +22,9 @@ export type HeraldErrorCode =
   | 'LEASE_LOST'
   | 'RETENTION'
   | 'MISSING_DEPENDENCY'
-  | 'NOTIFY_QUEUE_FULL';
+  | 'NOTIFY_QUEUE_FULL'
+  | 'IN_RECOVERY'
+  | 'TOO_MANY_CONNECTIONS';
 
 /** Base class of every error pgherald throws on purpose. */
 export class HeraldError extends Error {
@@ -106,6 +108,32 @@ export class NotifyQueueFullError extends HeraldError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('NOTIFY_QUEUE_FULL', message, options);
     this.name = 'NotifyQueueFullError';
+  }
+}
+
+/**
+ * The server is a standby (in recovery, `pg_is_in_recovery()`): it takes no writes and
+ * delivers no notifications of the primary (NOTIFY is not replicated). The notifier
+ * treats such a server as not ready and keeps reconnecting until its address leads to
+ * a primary (after a failover, once the address moved).
+ */
+export class ServerInRecoveryError extends HeraldError {
+  constructor(message = 'the server is in recovery (a standby): LISTEN needs the primary; reconnecting until the address leads to one') {
+    super('IN_RECOVERY', message);
+    this.name = 'ServerInRecoveryError';
+  }
+}
+
+/**
+ * The server refused a new connection because every slot of `max_connections` is taken
+ * (SQLSTATE 53300, kept in `cause`). Transient: pgherald's loops back off and retry, and
+ * recover once connections free up; a call of yours that needed a new connection fails
+ * with it.
+ */
+export class TooManyConnectionsError extends HeraldError {
+  constructor(where: string, cause: unknown) {
+    super('TOO_MANY_CONNECTIONS', `PostgreSQL at ${where} refused the connection: max_connections reached (53300); pgherald retries with backoff`, { cause });
+    this.name = 'TooManyConnectionsError';
   }
 }
 

@@ -182,7 +182,7 @@ describe('CLI options and messages (issue 16)', () => {
     assert.equal(typeof (await json(['changes', 'list'])).length, 'number');
     const doctor = (await json(['doctor']))[0];
     assert.equal(doctor.ok, true);
-    assert.deepEqual(doctor.checks.map((c: { name: string }) => c.name), ['connect', 'listen', 'pooler', 'queue', 'schema']);
+    assert.deepEqual(doctor.checks.map((c: { name: string }) => c.name), ['connect', 'recovery', 'connections', 'listen', 'pooler', 'queue', 'schema']);
     const missing = await cli(['jobs', 'get', '9000000000000000000'], env());
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /job 9000000000000000000 not found/);

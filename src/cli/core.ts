@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { ListenNotSessionError } from '../errors.js';
 import type { QueueTailHolder } from '../notifier/pressure.js';
+import { serverHealth } from '../internal/server-health.js';
 import { migrationScript } from '../schema/migrator.js';
 import { CliError, type CliContext } from './context.js';
 import { COUNT_RANGE, intArg } from './options.js';
@@ -70,10 +71,13 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
 
   program
     .command('doctor')
-    .description('check connectivity, server version, a LISTEN round trip, pooler mode and notification-queue usage')
+    .description('check connectivity, server version, recovery mode, connection headroom, a LISTEN round trip, pooler mode and notification-queue usage')
     .option('--json', 'print {"ok", "checks": [{"name","ok","detail"}]}')
-    .action(async (opts: { json?: boolean }) => {
+    .option('--connection-headroom <fraction>', `fail the connections check when fewer than this share of max_connections is free for ordinary roles (0 to 1)`, String(DOCTOR_CONNECTION_HEADROOM))
+    .action(async (opts: { json?: boolean; connectionHeadroom?: string }) => {
       const json = opts.json === true;
+      const headroom = Number(opts.connectionHeadroom ?? DOCTOR_CONNECTION_HEADROOM);
+      if (!(headroom >= 0 && headroom <= 1)) throw new CliError(`--connection-headroom: expected a number from 0 to 1, got ${JSON.stringify(opts.connectionHeadroom)}`, 2);
       const herald = ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 } });
       const checks: [string, boolean, string][] = [];
       try {
@@ -85,6 +89,25 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
       } catch (err) {
         checks.push(['connect', false, (err as Error).message]);
         return report(ctx, checks, json);
+      }
+      try {
+        const health = await serverHealth(herald.driver.executor);
+        checks.push([
+          'recovery',
+          !health.inRecovery,
+          health.inRecovery
+            ? 'the server is in recovery (a standby): writes and LISTEN need the primary (after a failover, point the address at the new primary; libpq URLs: target_session_attrs=read-write)'
+            : 'primary (not in recovery)',
+        ]);
+        const c = health.connections;
+        checks.push([
+          'connections',
+          c.free >= headroom * c.max,
+          `${c.used}/${c.max} max_connections used (${c.reserved} reserved), ${Math.max(0, c.free)} free for ordinary roles` +
+            (c.free < headroom * c.max ? `: under ${Math.round(headroom * 100)}% headroom; new connections fail with 53300 when none is free (lower pool sizes, add a pooler, or raise max_connections)` : ''),
+        ]);
+      } catch (err) {
+        checks.push(['recovery', false, (err as Error).message]);
       }
       const started = Date.now();
       try {
@@ -128,6 +151,9 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
       report(ctx, checks, json);
     });
 }
+
+/** Default of `herald doctor --connection-headroom`: the share of max_connections that should stay free. */
+export const DOCTOR_CONNECTION_HEADROOM = 0.1;
 
 function describeHolder(h: QueueTailHolder): string {
   const since = h.xactStart ?? h.stateChange;

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { loadPeer } from '../internal/peer.js';
-import { HeraldError } from '../errors.js';
+import { TooManyConnectionsError, HeraldError } from '../errors.js';
 import { deadline, statementTimeout } from './deadline.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SESSION_CLOSE_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
 
@@ -254,6 +254,8 @@ function describeTarget(c: { host?: string; port?: number }): string {
 }
 
 function connectError(err: Error, where: string, ms: number): Error {
+  // The server refused the session: every slot is taken (53300, too_many_connections).
+  if ((err as { code?: string })?.code === '53300') return new TooManyConnectionsError(where, err);
   if (err?.message !== 'timeout expired' && !/connection timeout/i.test(err?.message ?? '')) return err;
   return new HeraldError(
     'TIMEOUT',

@@ -1,10 +1,14 @@
+import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Driver } from '../driver/types.js';
 import type { RetryPolicy } from '../internal/backoff.js';
 import { describeError } from '../internal/describe-error.js';
 import { Loop, type ReconnectSource, type Turn } from '../internal/loop.js';
 import { withSpan } from '../internal/tracing.js';
-import { mailboxClaim, mailboxRecordFailure, type MessageRow } from './queries.js';
+import { HeraldError } from '../errors.js';
+import type { Executor } from '../driver/types.js';
+import { withTimeout } from '../internal/backoff.js';
+import { ABANDONED_ERROR, mailboxConsumeLeased, mailboxLease, mailboxNextVisible, mailboxRecordFailure, mailboxRelease, type LeasedRow, type MessageRow } from './queries.js';
 import type { MailboxHandler, MailboxMessage } from './types.js';
 import type { WakeHub } from './wakeup.js';
 
@@ -32,6 +36,10 @@ export interface ConsumerSettings {
   batchSize: number;
   maxAttempts: number;
   cooldownMs: number;
+  /** How long a taken message stays hidden if its consumer never records an outcome. */
+  leaseMs: number;
+  /** A handler run longer than this fails its attempt (0: unbounded). */
+  handlerTimeoutMs: number;
 }
 
 class HandlerFailed extends Error {
@@ -41,9 +49,10 @@ class HandlerFailed extends Error {
 }
 
 /**
- * A running consumer of one destination: `concurrency` loops, each taking up to
- * `batchSize` messages in a transaction, running the handler on them inside it, and
- * committing the consumption together with the handler's own writes.
+ * A running consumer of one destination: `concurrency` loops, each leasing up to
+ * `batchSize` messages (attempt counted and committed), then consuming them in a
+ * transaction that runs the handler on them and commits the consumption together with
+ * the handler's own writes.
  */
 export class MailboxConsumer {
   /** Messages whose consumption committed. */
@@ -66,6 +75,8 @@ export class MailboxConsumer {
   #empty = false;
   /** When the last take that found less than a full batch began (performance.now()). */
   #lastPartialAt = -Infinity;
+  /** When the armed "a hidden message becomes visible" wake-up fires (performance.now()), or Infinity. */
+  #visibleWakeAt = Infinity;
 
   /** @internal created by `Mailbox.consume`. */
   constructor(host: ConsumerHost, settings: ConsumerSettings, handler: MailboxHandler) {
@@ -134,75 +145,124 @@ export class MailboxConsumer {
     return took > 0 ? 'again' : 'idle';
   }
 
-  /** One transaction: take, handle, commit. Returns how many messages were taken. */
+  /**
+   * After a take that found nothing: if a hidden message of the destination becomes
+   * visible before the safety poll (another consumer's lease or retry delay ending),
+   * wake this consumer then. One timer at a time, the earliest.
+   */
+  async #wakeWhenVisible(): Promise<void> {
+    const { to, topic } = this.#settings;
+    const ms = await mailboxNextVisible(this.#host.driver.executor, this.#host.schemaSql, to, topic);
+    if (ms === null || ms >= this.#host.pollIntervalMs) return;
+    const at = performance.now() + ms;
+    if (at >= this.#visibleWakeAt) return;
+    this.#visibleWakeAt = at;
+    this.#loop.timer(Math.ceil(ms) + 5, () => {
+      if (this.#visibleWakeAt === at) this.#visibleWakeAt = Infinity;
+      this.#host.hub.wake(to);
+    });
+  }
+
+  /**
+   * One take: the lease (its own commit: the attempt is counted before any handler
+   * runs), then one transaction that consumes the leased messages (fenced by the lease
+   * token), runs the handler on them and commits the consumption together with the
+   * handler's writes. Returns how many messages the lease took.
+   */
   async #runOnce(): Promise<number> {
-    const { to, topic, batchSize } = this.#settings;
+    const { to, topic, batchSize, maxAttempts, leaseMs, handlerTimeoutMs } = this.#settings;
+    const host = this.#host;
     let release!: () => void;
     const began = performance.now();
     this.takes++;
     const taking = new Promise<void>((resolve) => (release = resolve));
     this.#taking = taking;
-    // Called after the claim and again on failure: by then another loop may have begun
-    // its own take, whose promise must stay in place (its waiters wait for its claim).
+    // Called after the lease: by then another loop may have begun its own take, whose
+    // promise must stay in place (its waiters wait for its lease).
     const done = () => {
       if (this.#taking === taking) this.#taking = undefined;
       release();
     };
+    const token = randomUUID();
+    let rows: LeasedRow[];
     try {
-      const n = await this.#host.driver.transaction(async (tx) => {
-        let rows: MessageRow[];
+      rows = await mailboxLease(host.driver.executor, host.schemaSql, to, topic, batchSize, token, leaseMs, maxAttempts);
+      // Fewer than a batch (and not an abandoned message taken alone): nothing else was
+      // ready when this take looked; the next take waits for a wake-up (or the safety poll).
+      if (rows.length < batchSize && !rows.some((r) => r.alone)) {
+        this.#empty = true;
+        this.#lastPartialAt = began;
+      } else {
+        this.#empty = false;
+        this.#lastPartialAt = -Infinity;
+      }
+    } finally {
+      done();
+    }
+    // Abandoned messages that had used up their deliveries died in the lease statement.
+    for (const r of rows) {
+      if (r.state === 'dead') host.failed({ to, id: r.id, attempts: r.attempts, error: new Error(ABANDONED_ERROR), dead: true });
+    }
+    if (rows.length === 0) {
+      await this.#wakeWhenVisible();
+      return 0;
+    }
+    const live = rows.filter((r) => r.state === 'ready');
+    if (live.length === 0) return rows.length;
+    try {
+      const n = await host.driver.transaction(async (tx) => {
+        const held = await mailboxConsumeLeased(tx, host.schemaSql, live.map((r) => r.id), token, handlerTimeoutMs > 0 ? handlerTimeoutMs : null);
+        // The handler gets the transaction through a guard: once its time is up (or the
+        // take is over) a late statement of it fails instead of running on a connection
+        // that went back to the pool.
+        let open = true;
+        const guarded: Executor = {
+          query: (text, values, options) =>
+            open ? tx.query(text, values, options) : Promise.reject(new HeraldError('TIMEOUT', 'this consume transaction has ended (handlerTimeoutMs); the handler may no longer use it')),
+        };
         try {
-          rows = await mailboxClaim(tx, this.#host.schemaSql, to, topic, batchSize);
-          // Fewer than a batch: nothing else was ready when this take looked; the next
-          // take waits for a wake-up (or the safety poll).
-          if (rows.length < batchSize) {
-            this.#empty = true;
-            this.#lastPartialAt = began;
-          } else {
-            this.#empty = false;
-            this.#lastPartialAt = -Infinity;
+          for (const row of live) {
+            if (!held.has(row.id)) continue; // lease lost before we locked it: another consumer has it
+            const message = host.decode(row);
+            try {
+              await withSpan('herald.mailbox.consume', { 'herald.mailbox.to': to, 'herald.mailbox.id': row.id }, async () => {
+                const run = Promise.resolve().then(() => this.#handler(message, guarded));
+                await (handlerTimeoutMs > 0
+                  ? withTimeout(run, handlerTimeoutMs, () => new HeraldError('TIMEOUT', `the handler ran over handlerTimeoutMs (${handlerTimeoutMs} ms)`))
+                  : run);
+              });
+            } catch (error) {
+              throw new HandlerFailed(row, error);
+            }
           }
         } finally {
-          done();
+          open = false;
         }
-        for (const row of rows) {
-          const message = this.#host.decode(row);
-          try {
-            await withSpan('herald.mailbox.consume', { 'herald.mailbox.to': to, 'herald.mailbox.id': row.id }, async () => {
-              await this.#handler(message, tx);
-            });
-          } catch (error) {
-            throw new HandlerFailed(row, error);
-          }
-        }
-        return rows.length;
+        return held.size;
       });
       this.consumed += n;
-      return n;
+      return rows.length;
     } catch (err) {
-      done(); // BEGIN failed (after the claim, a no-op)
-      // Rolled back: what this take held is ready again, so the next take must look.
+      // Rolled back: what this take held is ready again (now or when its lease ends),
+      // so the next take must look.
       this.#empty = false;
+      const failedId = err instanceof HandlerFailed ? err.row.id : null;
+      // The others of the batch go back unused (fenced: a consumed or re-leased one is
+      // untouched). A database error may leave them leased until the lease ends.
+      await mailboxRelease(host.driver.executor, host.schemaSql, live.filter((r) => r.id !== failedId).map((r) => r.id), token).catch((e) => host.problem(e));
       if (!(err instanceof HandlerFailed)) throw err;
-      // The transaction rolled back: the handler's writes and every mark are undone.
-      // Record the failure for this one message in its own statement.
+      // The handler's writes and the consumption are undone; the attempt was counted by
+      // the lease. Record the failure for this one message in its own statement.
       this.failures++;
-      const result = await mailboxRecordFailure(
-        this.#host.driver.executor,
-        this.#host.schemaSql,
-        err.row.id,
-        describeError(err.error),
-        this.#settings.maxAttempts,
-        this.#host.retry,
-      );
+      const result = await mailboxRecordFailure(host.driver.executor, host.schemaSql, err.row.id, token, describeError(err.error), maxAttempts, host.retry);
       if (result) {
-        this.#host.failed({ to, id: err.row.id, attempts: result.attempts, error: err.error, dead: result.state === 'dead' });
+        host.failed({ to, id: err.row.id, attempts: result.attempts, error: err.error, dead: result.state === 'dead' });
         if (result.state === 'ready') {
           // Wake this process when the message becomes visible again, before the safety poll.
-          this.#loop.timer(Math.ceil(result.delayMs) + 5, () => this.#host.hub.wake(to));
+          this.#loop.timer(Math.ceil(result.delayMs) + 5, () => host.hub.wake(to));
         }
       }
-      return 1; // others of the batch may be ready again: look at once
+      return rows.length; // others of the batch may be ready again: look at once
     }
   }
 }

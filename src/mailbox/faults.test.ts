@@ -83,7 +83,8 @@ describe('mailbox under faults (shared cluster)', () => {
   it('a consumer SIGKILLed inside its handler: the message is redelivered and the ledger shows it once', async () => {
     const herald = createHerald({ connectionString: db.url, poolSize: 3 });
     const to = 'sigkill';
-    const victim = worker('mailbox-consumer.ts', { url: db.url, destinations: [to], name: 'victim', mode: 'hang' });
+    // A short lease: the message is hidden until it ends (the victim never recorded an outcome).
+    const victim = worker('mailbox-consumer.ts', { url: db.url, destinations: [to], name: 'victim', mode: 'hang', leaseMs: 500 });
     await victim.line('ready');
     await herald.mailbox.send({ to, payload: 'once', id: 'kill-1' });
     assert.equal((await victim.line<{ inHandler: string }>('inHandler')).inHandler, 'kill-1');
@@ -98,8 +99,61 @@ describe('mailbox under faults (shared cluster)', () => {
     await c.stop();
     const rows = (await pool.query(`SELECT consumer FROM ledger WHERE message_id = 'kill-1'`)).rows;
     assert.deepEqual(rows, [{ consumer: 'survivor' }]);
+    assert.equal((await pool.query(`SELECT attempts FROM herald.mailbox_messages WHERE id = 'kill-1'`)).rows[0].attempts, 2, 'the killed delivery counted');
     assert.equal((await herald.mailbox.stats(to))[0].consumed, 1);
     await herald.close();
+  });
+
+  it('a message that SIGKILLs its consumer every time ends in dead letters after maxAttempts; later messages are delivered', async () => {
+    const herald = createHerald({ connectionString: db.url, poolSize: 3 });
+    const to = 'poison';
+    const maxAttempts = 3;
+    const spawned: Worker[] = [];
+    const start = () => {
+      const w = worker('mailbox-consumer.ts', { url: db.url, destinations: [to], name: 'poisoned', mode: 'poison', maxAttempts, leaseMs: 300, pollIntervalMs: 200 });
+      spawned.push(w);
+      return w;
+    };
+    try {
+      await herald.mailbox.send({ to, payload: 'poison', id: 'poison-1' });
+      await herald.mailbox.send({ to, payload: 'fine', id: 'after-1' });
+      const state = async () => (await pool.query(`SELECT state, attempts, last_error FROM herald.mailbox_messages WHERE id = 'poison-1'`)).rows[0];
+      // Each consumer process dies in the poison's handler; a new one takes over, until
+      // the lease statement finds the poison abandoned with its attempts used up.
+      let deaths = 0;
+      while ((await state()).state !== 'dead') {
+        const w = start();
+        const outcome = await Promise.race([
+          w.exited.then(() => 'exited' as const),
+          waitFor(async () => (await state()).state === 'dead', { timeoutMs: 120_000, what: 'the poison message to die' }).then(() => 'dead' as const),
+        ]);
+        if (outcome === 'exited') deaths++;
+        else break;
+      }
+      const dead = await state();
+      assert.equal(dead.state, 'dead');
+      assert.equal(dead.attempts, maxAttempts, 'every killed delivery counted, none beyond maxAttempts');
+      assert.equal(deaths, maxAttempts, 'the process died once per attempt');
+      assert.match(dead.last_error, /no outcome recorded/);
+      // Later messages: the one sent behind the poison, and new ones.
+      const survivor = spawned.at(-1)!.child.exitCode === null && spawned.at(-1)!.child.signalCode === null ? spawned.at(-1)! : start();
+      await survivor.line('ready');
+      await herald.mailbox.sendMany([
+        { to, payload: 'fine', id: 'after-2' },
+        { to, payload: 'fine', id: 'after-3' },
+      ]);
+      await waitFor(async () => (await pool.query(`SELECT count(*)::int AS n FROM ledger WHERE message_id LIKE 'after-%'`)).rows[0].n === 3, {
+        timeoutMs: 60_000,
+        what: 'the later messages to be consumed',
+      });
+      assert.equal((await pool.query(`SELECT count(*)::int AS n FROM ledger WHERE message_id = 'poison-1'`)).rows[0].n, 0);
+      const dl = await herald.mailbox.deadLetters(to);
+      assert.deepEqual(dl.map((m) => m.id), ['poison-1']);
+    } finally {
+      for (const w of spawned) w.child.kill('SIGKILL');
+      await Promise.all(spawned.map((w) => w.exited));
+      await herald.close();
+    }
   });
 
   it('a message committed while every receiver was disconnected arrives after reconnect, before the safety poll', async () => {

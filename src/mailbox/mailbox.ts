@@ -48,6 +48,8 @@ export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
   retentionIntervalMs: 60_000,
   sendGroupMaxMessages: 1000,
   sendGroupMaxBytes: 4_194_304,
+  handlerTimeoutMs: 60_000,
+  leaseMs: 30_000,
 };
 
 /** Default `cooldownMs` of `consume`. */
@@ -68,8 +70,13 @@ function resolveMailboxOptions(options: MailboxOptions = {}): Required<MailboxOp
     retentionMs: nonNegativeNumber,
     deadRetentionMs: nonNegativeNumber,
     retentionIntervalMs: nonNegativeNumber,
+    handlerTimeoutMs: durationOrZero,
+    leaseMs: positiveDuration,
   });
 }
+
+const durationOrZero = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= MAX_DURATION_MS ? undefined : `a number of ms from 0 to ${MAX_DURATION_MS}`);
+const positiveDuration = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v > 0 && v <= MAX_DURATION_MS ? undefined : `a number of ms above 0, at most ${MAX_DURATION_MS}`);
 
 function assertName(value: unknown, what: string): asserts value is string {
   if (typeof value !== 'string' || value.length === 0) throw new HeraldError('INVALID_ARGUMENT', `${what} must be a non-empty string`);
@@ -288,7 +295,13 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     }
     const cooldownMs = options.cooldownMs ?? CONSUME_COOLDOWN_MS;
     if (typeof cooldownMs !== 'number' || !(cooldownMs >= 0) || !Number.isFinite(cooldownMs)) throw new InvalidOptionError('cooldownMs', cooldownMs, 'a number >= 0');
-    const settings = { to, topic, concurrency, batchSize, maxAttempts, cooldownMs };
+    const handlerTimeoutMs = options.handlerTimeoutMs ?? this.options.handlerTimeoutMs;
+    const leaseMs = options.leaseMs ?? this.options.leaseMs;
+    for (const [k, v, check] of [['handlerTimeoutMs', handlerTimeoutMs, durationOrZero], ['leaseMs', leaseMs, positiveDuration]] as const) {
+      const expected = check(v);
+      if (expected) throw new InvalidOptionError(k, v, expected);
+    }
+    const settings = { to, topic, concurrency, batchSize, maxAttempts, cooldownMs, handlerTimeoutMs, leaseMs };
     const consumer = new MailboxConsumer(this.#host, settings, handler as MailboxHandler);
     this.#consumers.add(consumer);
     const ready = this.start();

@@ -140,7 +140,7 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
         FOR UPDATE SKIP LOCKED
      )
      UPDATE ${schema}.mailbox_messages m
-        SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1
+        SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1, lease = NULL
       WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM next))
      RETURNING ${RETURNED}`,
     // Not prepared: a generic plan made while the table was small (a consumer started on
@@ -154,34 +154,148 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
   return rows;
 }
 
+/** A leased row: `state` 'dead' when it died in the lease; `alone` when an abandoned row was taken alone. */
+export type LeasedRow = MessageRow & { state: 'ready' | 'dead'; alone: boolean };
+
+/** Text kept as `last_error` of a message whose last lease ended with no outcome recorded. */
+export const ABANDONED_ERROR = 'no outcome recorded: the consumer died, lost its connection or stalled before its lease ended';
+
 /**
- * Records a failed handler run after its transaction rolled back: counts the attempt,
- * keeps the error, and either delays the next delivery (the one retry policy, in
- * database time, n = attempts after this one) or, at `maxAttempts`, moves the message
- * to the dead-letter state. Does nothing if another consumer took and consumed the
- * message meanwhile.
+ * A consumer's lease: takes up to `limit` ready messages of one destination and, in this
+ * one statement (its own commit, before any handler runs), counts the attempt (attempts
+ * + 1), hides them until the lease ends (`visible_at`) and stamps them with `token`.
+ * A process that dies in its handler has thus still used an attempt.
+ *
+ * Same shape as {@link mailboxClaim} (SKIP LOCKED + LIMIT in a CTE, then the UPDATE by
+ * ctid). A row whose lease is still set when it is ready again was abandoned: its
+ * holder never recorded an outcome (it died, lost its connection, or took longer than
+ * the lease to lock it). Such a row is taken alone (a batch of one, so a message that
+ * kills its process does not use up the attempts of the messages taken with it), and
+ * one that has had `maxAttempts` deliveries already moves to the dead-letter state
+ * here instead (state 'dead' in the result; no handler runs).
+ */
+export async function mailboxLease(
+  executor: Executor,
+  schema: string,
+  destination: string,
+  topic: string | null,
+  limit: number,
+  token: string,
+  leaseMs: number,
+  maxAttempts: number,
+): Promise<LeasedRow[]> {
+  const dies = 'm.lease IS NOT NULL AND m.attempts >= $6';
+  const { rows } = await executor.query<LeasedRow>(
+    `WITH next AS (
+       SELECT ctid, seq, lease IS NOT NULL AS abandoned FROM ${schema}.mailbox_messages
+        WHERE destination = $1 AND state = 'ready' AND visible_at <= now()
+          AND ($2::text IS NULL OR topic = $2::text)
+        ORDER BY seq
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+     ), pick AS (
+       SELECT ctid FROM next WHERE NOT EXISTS (SELECT 1 FROM next WHERE abandoned)
+       UNION ALL
+       (SELECT ctid FROM next WHERE abandoned ORDER BY seq LIMIT 1)
+     )
+     UPDATE ${schema}.mailbox_messages m
+        SET attempts = CASE WHEN ${dies} THEN m.attempts ELSE m.attempts + 1 END,
+            state = CASE WHEN ${dies} THEN 'dead' ELSE 'ready' END,
+            dead_at = CASE WHEN ${dies} THEN now() END,
+            last_error = CASE WHEN ${dies} THEN $7 ELSE m.last_error END,
+            visible_at = CASE WHEN ${dies} THEN m.visible_at ELSE now() + $5::float8 * interval '1 millisecond' END,
+            lease = CASE WHEN ${dies} THEN NULL ELSE $4::uuid END
+      WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM pick))
+     RETURNING ${RETURNED}, m.state, (SELECT bool_or(abandoned) FROM next) IS TRUE AS alone`,
+    [destination, topic, limit, token, leaseMs, maxAttempts, ABANDONED_ERROR],
+  );
+  if (rows.length > 1) rows.sort((a, b) => a.seq.length - b.seq.length || (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
+  return rows;
+}
+
+/**
+ * Milliseconds until the next hidden message of a destination becomes visible (a lease
+ * or a retry delay ending), or null when none is hidden. Run after a lease found
+ * nothing, so a consumer wakes when a crashed consumer's lease ends instead of at the
+ * safety poll. Walks only the destination's ready rows (the partial index), and all of
+ * them are hidden when the lease found none.
+ */
+export async function mailboxNextVisible(executor: Executor, schema: string, destination: string, topic: string | null): Promise<number | null> {
+  const { rows } = await executor.query<{ ms: number | null }>(
+    `SELECT (extract(epoch FROM min(visible_at) - now()) * 1000)::float8 AS ms
+       FROM ${schema}.mailbox_messages
+      WHERE destination = $1 AND state = 'ready' AND ($2::text IS NULL OR topic = $2::text)`,
+    [destination, topic],
+  );
+  const ms = rows[0]?.ms;
+  return ms == null ? null : Math.max(0, Number(ms));
+}
+
+/**
+ * Consumes leased messages in the caller's (the consume) transaction, fenced by the
+ * lease token: a message whose lease ended and was taken again by another consumer (or
+ * consumed, or redriven) matches nothing. Returns the ids it holds now: the row locks
+ * keep every other consumer off them until this transaction ends, whatever the lease.
+ * With `statementTimeoutMs`, sets `statement_timeout` for the rest of the transaction
+ * (SET LOCAL semantics, from an InitPlan evaluated before the UPDATE).
+ */
+export async function mailboxConsumeLeased(executor: Executor, schema: string, ids: readonly string[], token: string, statementTimeoutMs: number | null): Promise<Set<string>> {
+  const guard = statementTimeoutMs === null ? '' : `AND (SELECT set_config('statement_timeout', $3, true)) IS NOT NULL`;
+  const params: unknown[] = [ids, token];
+  if (statementTimeoutMs !== null) params.push(`${Math.max(1, Math.round(statementTimeoutMs))}ms`);
+  const { rows } = await executor.query<{ id: string }>(
+    `UPDATE ${schema}.mailbox_messages
+        SET state = 'consumed', consumed_at = now(), lease = NULL
+      WHERE id = ANY($1::text[]) AND lease = $2::uuid AND state = 'ready' ${guard}
+     RETURNING id`,
+    params,
+  );
+  return new Set(rows.map((r) => r.id));
+}
+
+/**
+ * Records a failed handler run after its transaction rolled back, fenced by the lease
+ * token: keeps the error, and either delays the next delivery (the one retry policy, in
+ * database time, n = attempts, already counted by the lease) or, at `maxAttempts`, moves
+ * the message to the dead-letter state. Does nothing if the lease was lost meanwhile.
  */
 export async function mailboxRecordFailure(
   executor: Executor,
   schema: string,
   id: string,
+  token: string,
   error: string,
   maxAttempts: number,
   retry: RetryPolicy,
 ): Promise<{ state: 'ready' | 'dead'; attempts: number; delayMs: number } | undefined> {
   const { rows } = await executor.query<{ state: 'ready' | 'dead'; attempts: number; delay_ms: number }>(
     `UPDATE ${schema}.mailbox_messages
-        SET attempts = attempts + 1,
-            last_error = $2,
-            state = CASE WHEN attempts + 1 >= $3 THEN 'dead' ELSE 'ready' END,
-            dead_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
-            visible_at = now() + ${retryDelaySql('attempts + 1', '$4', '$5', '$6')} * interval '1 millisecond'
-      WHERE id = $1 AND state = 'ready'
+        SET last_error = $2,
+            state = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'ready' END,
+            dead_at = CASE WHEN attempts >= $3 THEN now() END,
+            visible_at = now() + ${retryDelaySql('attempts', '$4', '$5', '$6')} * interval '1 millisecond',
+            lease = NULL
+      WHERE id = $1 AND lease = $7::uuid AND state = 'ready'
      RETURNING state, attempts, (extract(epoch FROM visible_at - now()) * 1000)::float8 AS delay_ms`,
-    [id, error, maxAttempts, retry.baseMs, retry.maxMs, retry.jitter],
+    [id, error, maxAttempts, retry.baseMs, retry.maxMs, retry.jitter, token],
   );
   const r = rows[0];
   return r ? { state: r.state, attempts: r.attempts, delayMs: Number(r.delay_ms) } : undefined;
+}
+
+/**
+ * Gives leased messages back unused (the others of a batch whose handler threw, or a
+ * take abandoned by stop): ready at once, the attempt uncounted. Fenced by the token.
+ */
+export async function mailboxRelease(executor: Executor, schema: string, ids: readonly string[], token: string): Promise<number> {
+  if (ids.length === 0) return 0;
+  const { rowCount } = await executor.query(
+    `UPDATE ${schema}.mailbox_messages
+        SET attempts = attempts - 1, visible_at = now(), lease = NULL
+      WHERE id = ANY($1::text[]) AND lease = $2::uuid AND state = 'ready'`,
+    [ids, token],
+  );
+  return rowCount;
 }
 
 /** Puts dead messages of a destination (all, or the given ids) back to ready with attempts reset, and wakes the destination. */
@@ -189,7 +303,7 @@ export async function mailboxRedrive(executor: Executor, schema: string, channel
   const { rows } = await executor.query<{ n: number }>(
     `WITH moved AS (
        UPDATE ${schema}.mailbox_messages
-          SET state = 'ready', attempts = 0, visible_at = now(), dead_at = NULL
+          SET state = 'ready', attempts = 0, visible_at = now(), dead_at = NULL, lease = NULL
         WHERE destination = $1 AND state = 'dead' AND ($2::text[] IS NULL OR id = ANY($2::text[]))
        RETURNING id
      )

@@ -33,6 +33,19 @@ export interface MailboxOptions {
   sendGroupMaxMessages?: number;
   /** Most payload bytes (UTF-8, as encoded) in one grouped statement; a larger single call still goes, alone. @defaultValue 4194304 (4 MiB) */
   sendGroupMaxBytes?: number;
+  /**
+   * Default `handlerTimeoutMs` of `consume`: a handler run longer than this fails its
+   * attempt (the consume transaction rolls back; the failure is recorded like a throw).
+   * 0 leaves handlers unbounded. @defaultValue 60000
+   */
+  handlerTimeoutMs?: number;
+  /**
+   * Default `leaseMs` of `consume`: how long a message taken by a consumer stays hidden
+   * from other consumers if that consumer never records an outcome (its process died,
+   * its connection was lost). It is the redelivery delay after such a crash.
+   * @defaultValue 30000
+   */
+  leaseMs?: number;
 }
 
 /** A message to send. */
@@ -68,7 +81,7 @@ export interface MailboxMessage<P = unknown> {
   topic: string | null;
   /** The payload: a string as sent, or the parsed JSON value. */
   payload: P;
-  /** Deliveries so far, this one included (failed handler runs count). */
+  /** Deliveries so far, this one included (counted and committed before the handler runs: failed, timed-out and interrupted runs count). */
   attempts: number;
   createdAt: Date;
 }
@@ -114,6 +127,22 @@ export interface ConsumeOptions {
   batchSize?: number;
   /** Overrides the mailbox's `maxAttempts` for this consumer. */
   maxAttempts?: number;
+  /**
+   * A handler run (one message) longer than this fails its attempt: the consume
+   * transaction rolls back (its `statement_timeout` is set to this too, so a statement of
+   * the handler stuck on a lock ends), the failure is recorded with a `TIMEOUT` error,
+   * and a statement the handler issues later on its `tx` fails instead of running.
+   * The attempt was counted before the handler ran. 0 leaves handlers unbounded.
+   * @defaultValue the mailbox's `handlerTimeoutMs` (60000)
+   */
+  handlerTimeoutMs?: number;
+  /**
+   * How long a taken message stays hidden if this consumer never records an outcome
+   * (process killed, connection lost before the consume transaction locked it): the
+   * redelivery delay after a crash. A live consume transaction holds its messages by
+   * row locks, however long its handler runs. @defaultValue the mailbox's `leaseMs` (30000)
+   */
+  leaseMs?: number;
 }
 
 /** A dead message with its last error. */

@@ -3,7 +3,7 @@ import { getEventListeners } from 'node:events';
 import { deadline } from '../driver/deadline.js';
 import { toExecutor } from '../driver/index.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, type Driver, type ListenSession, type QueryResult, type RawNotification, type TxLike } from '../driver/types.js';
-import { HeraldError, InvalidOptionError, ListenNotSessionError, NotifyQueueFullError } from '../errors.js';
+import { HeraldError, InvalidOptionError, ListenNotSessionError, NotifyQueueFullError, ServerInRecoveryError } from '../errors.js';
 import { backoffDelay, sleep, withTimeout } from '../internal/backoff.js';
 import { TypedEmitter } from '../internal/events.js';
 import { quoteIdent } from '../internal/ident.js';
@@ -98,6 +98,8 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   readonly #unlistening = new Set<string>();
   readonly #probes = new Map<string, (payload: string) => void>();
   #status: NotifierStatus = 'stopped';
+  /** The last connect found the server in recovery (a standby). */
+  #inRecovery = false;
   #session: ListenSession | undefined;
   #loop: Promise<void> | undefined;
   #abort = new AbortController();
@@ -453,6 +455,14 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
       let session: ListenSession | undefined;
       try {
         session = await this.#open(signal);
+        // A standby (or a primary being demoted) takes no LISTEN worth having: NOTIFY is
+        // not replicated. Not ready: try again until the address leads to a primary.
+        const { rows: recovery } = await this.#statement<{ r: boolean }>(session, 'SELECT pg_is_in_recovery() AS r');
+        if (recovery[0]?.r) throw new ServerInRecoveryError();
+        if (this.#inRecovery) {
+          this.#inRecovery = false;
+          this.emit('notifier:recovery', { inRecovery: false });
+        }
         const closed = new Promise<Error | undefined>((resolve) => session!.onClose(resolve));
         session.onNotification((n) => this.#dispatch(n));
         this.#session = session;
@@ -497,7 +507,14 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
           await session.close();
         }
         if (signal.aborted) break;
-        this.#problem(err);
+        // One report per state change, not one per retry, while the server is a standby.
+        if (err instanceof ServerInRecoveryError) {
+          if (!this.#inRecovery) {
+            this.#inRecovery = true;
+            this.emit('notifier:recovery', { inRecovery: true });
+            this.#problem(err);
+          }
+        } else this.#problem(err);
         const limit = everConnected ? this.options.maxReconnectAttempts : this.options.maxConnectAttempts;
         if (err instanceof ListenNotSessionError || ++attempts >= limit) {
           const final = err instanceof Error ? err : new Error(String(err));

@@ -122,6 +122,13 @@ export type NotifierEvents = {
   /** LISTEN is live on a new session (first connect and every reconnect). */
   'notifier:connected': [];
   /**
+   * The listen connection found the server in recovery (a standby; `inRecovery: true`,
+   * reported once, with one `notifier:problem` carrying a `ServerInRecoveryError`), or a
+   * primary again after that (`false`). Meanwhile the notifier reconnects with backoff
+   * and LISTENs nothing.
+   */
+  'notifier:recovery': [info: { inRecovery: boolean }];
+  /**
    * LISTEN is live again after a lost connection (emitted once per recovery, after
    * every channel is LISTENed again and each subscription's `onListen` ran): durable
    * consumers catch up by query now and cut any error backoff short.

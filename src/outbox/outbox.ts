@@ -40,7 +40,7 @@ export interface OutboxStats {
   pending: number;
   /** Pending and due now. */
   due: number;
-  /** Pending after at least one failed attempt. */
+  /** Pending after at least one failed or interrupted attempt (not counting events a relay holds right now). */
   retrying: number;
   /** Dead-lettered. */
   dead: number;

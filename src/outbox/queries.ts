@@ -134,7 +134,7 @@ export async function outboxLockHeads(ex: Executor, s: string, seqs: string[], l
     `SELECT ${EVENT_COLUMNS}
        FROM ${s}.outbox_events AS e
       WHERE e.seq = ANY($1::bigint[])
-        AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now()
+        AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now() AND e.lease IS NULL
       ORDER BY array_position($1::bigint[], e.seq)
       LIMIT $2
       FOR UPDATE OF e SKIP LOCKED`,
@@ -155,7 +155,7 @@ export async function outboxClaimKeyless(ex: Executor, s: string, limit: number,
   const { rows } = await ex.query<OutboxEventRow>(
     `SELECT ${EVENT_COLUMNS}
        FROM ${s}.outbox_events AS e
-      WHERE e.published_at IS NULL AND e.dead_at IS NULL AND e.key IS NULL AND e.next_attempt_at <= now()
+      WHERE e.published_at IS NULL AND e.dead_at IS NULL AND e.key IS NULL AND e.next_attempt_at <= now() AND e.lease IS NULL
         AND ($2::bigint IS NULL OR e.seq > $2::bigint)
       ORDER BY e.seq
       LIMIT $1
@@ -204,7 +204,7 @@ export async function outboxClaimRuns(
        SELECT ${EVENT_COLUMNS}
          FROM ${s}.outbox_events AS e
         WHERE e.seq IN (SELECT seq FROM cand)
-          AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now()
+          AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now() AND e.lease IS NULL
           FOR UPDATE OF e SKIP LOCKED)
      SELECT cand.ord::text AS ord, cand.seq::text AS cand_seq, locked.*
        FROM cand LEFT JOIN locked ON locked.seq = cand.seq::text
@@ -228,40 +228,127 @@ export async function outboxClaimRuns(
   return runs;
 }
 
-/** Marks events published (in the claim transaction, after the sink acknowledged them). */
-export async function outboxMarkPublished(ex: Executor, s: string, seqs: string[]): Promise<void> {
-  if (seqs.length === 0) return;
-  await ex.query(
-    `UPDATE ${s}.outbox_events SET published_at = now(), attempts = attempts + 1, last_error = NULL
-      WHERE seq = ANY($1::bigint[])`,
-    [seqs],
+/** Text kept as `last_error` of an event whose last lease ended with no outcome recorded. */
+export const ABANDONED_EVENT_ERROR = 'no outcome recorded: the relay died, lost its connection or stalled past its lease';
+
+/**
+ * Finds one abandoned event: leased, due again (its lease ended) and still pending, so
+ * its relay never recorded an outcome (it died, lost its connection, or its publish ran
+ * past the lease). Only one that heads its key (no older pending event of the key), or
+ * a keyless one. The relay takes it alone, before any other claim: an event that kills
+ * its relay every time uses up its own attempts, not those of a batch. The ordinary
+ * claims skip leased rows (`lease IS NULL`). Walks the small leased index (migration 010).
+ */
+export async function outboxClaimAbandoned(ex: Executor, s: string): Promise<OutboxEventRow | undefined> {
+  const { rows } = await ex.query<OutboxEventRow>(
+    `SELECT ${EVENT_COLUMNS}
+       FROM ${s}.outbox_events AS e
+      WHERE e.lease IS NOT NULL AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now()
+        AND (e.key IS NULL OR NOT EXISTS (
+              SELECT 1 FROM ${s}.outbox_events AS p
+               WHERE p.key = e.key AND p.seq < e.seq AND p.published_at IS NULL AND p.dead_at IS NULL))
+      ORDER BY e.seq
+      LIMIT 1
+      FOR UPDATE OF e SKIP LOCKED`,
   );
+  return rows[0];
 }
 
 /**
- * Records failed attempts: the next attempt is scheduled in database time; an event
- * whose attempts reach `maxAttempts` is dead-lettered. Returns the seqs that died.
+ * Leases claimed events (still locked by the claim transaction, which commits right
+ * after): counts the attempt (attempts + 1), hides them from every claim until the
+ * lease ends (`next_attempt_at`), and stamps them with `token`. An abandoned event
+ * that has had `maxAttempts` attempts already is dead-lettered instead. Returns, per
+ * seq, the attempts after this statement and whether it died.
  */
-export async function outboxMarkFailed(
+export async function outboxLease(
   ex: Executor,
   s: string,
-  failures: { seq: string; error: string; delayMs: number }[],
+  seqs: string[],
+  token: string,
+  leaseMs: number,
   maxAttempts: number,
 ): Promise<{ seq: string; attempts: number; dead: boolean }[]> {
-  if (failures.length === 0) return [];
+  if (seqs.length === 0) return [];
+  const dies = 'e.lease IS NOT NULL AND e.attempts >= $4';
   const { rows } = await ex.query<{ seq: string; attempts: number; dead: boolean }>(
     `UPDATE ${s}.outbox_events AS e
-        SET attempts = e.attempts + 1,
-            last_error = f.err,
-            next_attempt_at = now() + f.delay_ms * interval '1 millisecond',
-            dead_at = CASE WHEN e.attempts + 1 >= $4 THEN now() END
-       FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS f(seq, err, delay_ms)
-      -- seq = ANY is for the plan: joined to unnest alone, Postgres may hash the whole table.
-      WHERE e.seq = ANY($1::bigint[]) AND e.seq = f.seq
+        SET attempts = CASE WHEN ${dies} THEN e.attempts ELSE e.attempts + 1 END,
+            dead_at = CASE WHEN ${dies} THEN now() END,
+            last_error = CASE WHEN ${dies} THEN $5 ELSE e.last_error END,
+            next_attempt_at = CASE WHEN ${dies} THEN e.next_attempt_at ELSE now() + $3::float8 * interval '1 millisecond' END,
+            lease = CASE WHEN ${dies} THEN NULL ELSE $2::uuid END
+      WHERE e.seq = ANY($1::bigint[])
      RETURNING e.seq::text AS seq, e.attempts, e.dead_at IS NOT NULL AS dead`,
-    [failures.map((f) => f.seq), failures.map((f) => f.error), failures.map((f) => f.delayMs), maxAttempts],
+    [seqs, token, leaseMs, maxAttempts, ABANDONED_EVENT_ERROR],
   );
   return rows;
+}
+
+/** What a relay records after publishing a leased batch. */
+export interface OutboxSettle {
+  /** Acknowledged by the sink. */
+  published: string[];
+  /** Failed attempts: retried after `delayMs` (database time), or dead at `maxAttempts`. */
+  failed: { seq: string; error: string; delayMs: number }[];
+  /** Leased but not tried (after a failure in their run, or past the lease): back, attempt uncounted. */
+  released: string[];
+}
+
+/**
+ * Records the outcome of a leased batch in one statement, outside any transaction of
+ * the publish, every row fenced by the lease token: a row whose lease ended and was
+ * leased again by another relay (or published, or redriven) matches nothing, so a
+ * slow relay cannot mark what it no longer holds. The attempt was counted by the lease:
+ * a failure is dead-lettered when attempts reach `maxAttempts`. Returns what matched.
+ */
+export async function outboxSettle(
+  ex: Executor,
+  s: string,
+  token: string,
+  settle: OutboxSettle,
+  maxAttempts: number,
+): Promise<{ published: Set<string>; failed: Map<string, { attempts: number; dead: boolean }>; released: Set<string> }> {
+  const { rows } = await ex.query<{ what: 'p' | 'f' | 'r'; seq: string; attempts: number | null; dead: boolean | null }>(
+    `WITH pub AS (
+       UPDATE ${s}.outbox_events AS e SET published_at = now(), next_attempt_at = now(), lease = NULL, last_error = NULL
+        WHERE e.seq = ANY($2::bigint[]) AND e.lease = $1::uuid
+       RETURNING e.seq
+     ), fail AS (
+       UPDATE ${s}.outbox_events AS e
+          SET last_error = f.err,
+              next_attempt_at = now() + f.delay_ms * interval '1 millisecond',
+              dead_at = CASE WHEN e.attempts >= $6 THEN now() END,
+              lease = NULL
+         FROM unnest($3::bigint[], $4::text[], $5::float8[]) AS f(seq, err, delay_ms)
+        -- seq = ANY is for the plan: joined to unnest alone, Postgres may hash the whole table.
+        WHERE e.seq = ANY($3::bigint[]) AND e.seq = f.seq AND e.lease = $1::uuid
+       RETURNING e.seq, e.attempts, e.dead_at IS NOT NULL AS dead
+     ), rel AS (
+       UPDATE ${s}.outbox_events AS e SET attempts = e.attempts - 1, next_attempt_at = now(), lease = NULL
+        WHERE e.seq = ANY($7::bigint[]) AND e.lease = $1::uuid
+       RETURNING e.seq
+     )
+     SELECT 'p' AS what, seq::text AS seq, NULL::int AS attempts, NULL::boolean AS dead FROM pub
+     UNION ALL SELECT 'f', seq::text, attempts, dead FROM fail
+     UNION ALL SELECT 'r', seq::text, NULL, NULL FROM rel`,
+    [
+      token,
+      settle.published,
+      settle.failed.map((f) => f.seq),
+      settle.failed.map((f) => f.error),
+      settle.failed.map((f) => f.delayMs),
+      maxAttempts,
+      settle.released,
+    ],
+  );
+  const out = { published: new Set<string>(), failed: new Map<string, { attempts: number; dead: boolean }>(), released: new Set<string>() };
+  for (const r of rows) {
+    if (r.what === 'p') out.published.add(r.seq);
+    else if (r.what === 'f') out.failed.set(r.seq, { attempts: r.attempts!, dead: r.dead! });
+    else out.released.add(r.seq);
+  }
+  return out;
 }
 
 /** Backlog counters. */
@@ -280,7 +367,7 @@ export async function outboxStats(ex: Executor, s: string): Promise<OutboxStatsR
     `SELECT
        (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NULL AND dead_at IS NULL)::int AS pending,
        (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now())::int AS due,
-       (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NULL AND dead_at IS NULL AND attempts > 0)::int AS retrying,
+       (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NULL AND dead_at IS NULL AND attempts > 0 AND NOT (lease IS NOT NULL AND next_attempt_at > now()))::int AS retrying,
        (SELECT count(*) FROM ${s}.outbox_events WHERE dead_at IS NOT NULL)::int AS dead,
        (SELECT count(*) FROM ${s}.outbox_events WHERE published_at IS NOT NULL)::int AS published,
        (SELECT (extract(epoch FROM now() - min(created_at)) * 1000)::float8
@@ -313,7 +400,7 @@ export async function outboxRedrive(ex: Executor, s: string, channel: string | n
   const { rows } = await ex.query<{ n: number }>(
     `WITH redriven AS (
        UPDATE ${s}.outbox_events
-          SET dead_at = NULL, attempts = 0, next_attempt_at = now()
+          SET dead_at = NULL, attempts = 0, next_attempt_at = now(), lease = NULL
         WHERE dead_at IS NOT NULL AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
        RETURNING 1)
      SELECT count(*)::int AS n, ${wakeSql('$2', "''")} FROM redriven`,

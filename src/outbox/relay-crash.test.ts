@@ -30,6 +30,8 @@ test('10,000 events while relays are SIGKILLed 200 times between publish and mar
   const targetKills = scaled(200);
   const fleet = new RelayFleet(db.url, 4, {
     batchSize: 20,
+    // A killed relay's batch is taken again when its lease ends (then one event at a time).
+    leaseMs: 1500,
     // Spread the kills over the run: kill at a batch start while behind a schedule that
     // runs a few kills ahead, so all of them happen before the last events are published.
     shouldKill: (f) => f.kills < targetKills && f.kills < (targetKills * f.ids.size) / total + 5,

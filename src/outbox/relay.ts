@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { Driver, Executor } from '../driver/types.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { retryDelay, withTimeout, type RetryPolicy } from '../internal/backoff.js';
@@ -8,7 +10,17 @@ import { boolean, nonNegativeNumber, numberBetween, positiveInteger, positiveNum
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
-import { outboxClaimKeyless, outboxClaimRuns, outboxFindHeads, outboxLockHeads, outboxMarkFailed, outboxMarkPublished, type OutboxEventRow } from './queries.js';
+import {
+  ABANDONED_EVENT_ERROR,
+  outboxClaimAbandoned,
+  outboxClaimKeyless,
+  outboxClaimRuns,
+  outboxFindHeads,
+  outboxLease,
+  outboxLockHeads,
+  outboxSettle,
+  type OutboxEventRow,
+} from './queries.js';
 import { callbackSink, type OutboxEvent, type OutboxSink } from './sinks.js';
 
 /** Options of a relay (`outbox.relay(options)`). */
@@ -31,6 +43,15 @@ export interface RelayOptions {
   retryJitter?: number;
   /** A publish that takes longer fails its attempt. @defaultValue 30000 */
   publishTimeoutMs?: number;
+  /**
+   * How long a leased batch is this relay's: its events are hidden from other relays
+   * until then. Past it (by this process's clock) the relay publishes no further event
+   * of the batch, and its outcome is recorded only for events no other relay leased
+   * since (fenced by the lease token). A relay that dies leaves its batch to be taken
+   * again when the lease ends. Keep it above the time a batch takes to publish
+   * (`publishTimeoutMs` for a run of one). @defaultValue 60000
+   */
+  leaseMs?: number;
   /** Close the sink on `stop()` (when it has `close`). @defaultValue true */
   closeSink?: boolean;
 }
@@ -45,6 +66,7 @@ export const RELAY_DEFAULTS = {
   retryMaxDelayMs: 300_000,
   retryJitter: 0.5,
   publishTimeoutMs: 30_000,
+  leaseMs: 60_000,
   closeSink: true,
 } as const;
 
@@ -57,6 +79,7 @@ function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions {
     maxAttempts: positiveInteger(),
     pollIntervalMs: positiveNumber,
     publishTimeoutMs: positiveNumber,
+    leaseMs: positiveNumber,
     retryBaseDelayMs: nonNegativeNumber,
     retryMaxDelayMs: nonNegativeNumber,
     retryJitter: numberBetween(0, 1),
@@ -66,12 +89,18 @@ function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions {
 
 /** Events of a relay. */
 export type RelayEvents = {
-  /** A batch was published and marked (after its transaction committed). */
+  /** A batch was published and marked (after the marking statement committed). */
   'relay:published': [events: OutboxEvent[]];
   /** An attempt failed; the event is retried after `delayMs` (database time). */
   'relay:retry': [info: { event: OutboxEvent; error: unknown; attempts: number; delayMs: number }];
   /** An event reached `maxAttempts` and was dead-lettered. */
   'relay:dead': [info: { event: OutboxEvent; error: unknown; attempts: number }];
+  /**
+   * The outcome of events this relay published (or failed, or gave back) was refused:
+   * their lease ended and another relay leased them again (or published them). `published`
+   * lists the ids this relay did publish all the same (sinks deduplicate on the id).
+   */
+  'relay:fenced': [info: { events: OutboxEvent[]; published: string[] }];
   /** A database failure (connection lost, ...); the relay retries with backoff. */
   'relay:problem': [err: Error];
   /** The relay stopped. */
@@ -85,6 +114,8 @@ export interface RelayStats {
   failed: number;
   dead: number;
   batches: number;
+  /** Outcomes refused by the lease fence (see `relay:fenced`). */
+  fenced: number;
 }
 
 /** Turns a claimed row into the event sinks receive. */
@@ -102,12 +133,14 @@ export function toOutboxEvent(r: OutboxEventRow): OutboxEvent {
 }
 
 /**
- * A relay: claims batches of due events (runs from the head of each key, SKIP LOCKED), publishes
- * them to its sink and marks them in the same transaction, after the sink acknowledged.
- * The row locks of that transaction are the "in flight" marks: if the relay dies, its
- * connection dies, the transaction rolls back and another relay publishes the same
- * events again, with the same ids. Wakes on the outbox's NOTIFY channel, catches up
- * after every (re)LISTEN, and polls every `pollIntervalMs` as a safety net.
+ * A relay: leases batches of due events (runs from the head of each key, SKIP LOCKED, in
+ * a short transaction that counts the attempt), publishes them to its sink with no
+ * transaction open, then marks the outcome in one statement fenced by the lease token.
+ * The lease is the "in flight" mark: if the relay dies, the lease ends and another
+ * relay publishes the same events again, with the same ids (an event that kills its
+ * relay every time is taken alone and dead-lettered at `maxAttempts`). Wakes on the
+ * outbox's NOTIFY channel, catches up after every (re)LISTEN, and polls every
+ * `pollIntervalMs` as a safety net.
  */
 export class Relay extends TypedEmitter<RelayEvents> {
   readonly options: Readonly<ResolvedRelayOptions>;
@@ -123,7 +156,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
   /** The key the last claim stopped at: the next claim's key scan starts after it. */
   #cursor: string | null = null;
   readonly #retry: RetryPolicy;
-  readonly #stats = { published: 0, failed: 0, dead: 0, batches: 0 };
+  readonly #stats = { published: 0, failed: 0, dead: 0, batches: 0, fenced: 0 };
 
   /** @internal Use `herald.outbox.relay(options)`. */
   constructor(driver: Driver, notifier: Notifier, quotedSchema: string, channel: string, options: RelayOptions) {
@@ -197,66 +230,107 @@ export class Relay extends TypedEmitter<RelayEvents> {
   }
 
   /**
-   * Claims, publishes and marks one batch; returns how many events it claimed. The
+   * Leases, publishes and records one batch; returns how many events it leased. The
    * loop calls it; tests and tools may too (on a relay that is not started).
+   *
+   * Three steps, no transaction open across the network: (1) a short transaction
+   * claims the batch (SKIP LOCKED) and leases it (attempts + 1, hidden until the lease
+   * ends, a fresh token) and commits; (2) the sink publishes with nothing of ours open;
+   * (3) one statement records the outcome, fenced by the token.
    */
   async runOnce(): Promise<number> {
     const o = this.options;
-    const outcome = await this.#driver.transaction(async (tx) => {
-      const rows = await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () => this.#claim(tx));
-      if (rows.length === 0) return { claimed: 0, ok: [] as OutboxEvent[], failed: [] as { event: OutboxEvent; error: unknown; delayMs: number }[], marks: [] as { seq: string; attempts: number; dead: boolean }[] };
-      const runs = rows.map((run) => run.map(toOutboxEvent));
-      const ok: OutboxEvent[] = [];
-      const failed: { event: OutboxEvent; error: unknown; delayMs: number }[] = [];
-      // Workers take whole runs (one key each); a run's events go one after another, and
-      // a failure ends the run: the key's later events stay pending, untouched, so the
-      // failed event stays the key's head and order holds.
-      let next = 0;
-      const worker = async () => {
-        while (next < runs.length) {
-          for (const event of runs[next++]) {
-            try {
-              await withSpan('herald.outbox.publish', { 'herald.event_id': event.id, 'herald.event_type': event.type }, () =>
-                withTimeout(Promise.resolve().then(() => this.#sink.publish(event)), o.publishTimeoutMs, () => new HeraldError('TIMEOUT', `publish took over ${o.publishTimeoutMs} ms`)),
-              );
-              ok.push(event);
-            } catch (error) {
-              failed.push({ event, error, delayMs: retryDelay(this.#retry, event.attempts + 1) });
-              break;
-            }
-          }
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(o.concurrency, runs.length) }, worker));
-      // Marked in the claim transaction, only now that the sink acknowledged: a crash
-      // before this commit republishes with the same ids.
-      await outboxMarkPublished(tx, this.#schema, ok.map((e) => e.seq));
-      const marks = await outboxMarkFailed(
-        tx,
-        this.#schema,
-        failed.map((f) => ({ seq: f.event.seq, error: describeError(f.error), delayMs: f.delayMs })),
-        o.maxAttempts,
-      );
-      return { claimed: runs.reduce((n, r) => n + r.length, 0), ok, failed, marks };
+    const token = randomUUID();
+    const leasedAt = performance.now();
+    const lease = await this.#driver.transaction(async (tx) => {
+      // An abandoned event (its relay never recorded an outcome) goes alone, first.
+      const abandoned = await outboxClaimAbandoned(tx, this.#schema);
+      const rows = abandoned
+        ? [[abandoned]]
+        : await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () => this.#claim(tx));
+      const seqs = rows.flatMap((run) => run.map((r) => r.seq));
+      const marks = await outboxLease(tx, this.#schema, seqs, token, o.leaseMs, o.maxAttempts);
+      return { rows, marks };
     });
-    if (outcome.claimed === 0) return 0;
-    this.#stats.batches++;
-    this.#stats.published += outcome.ok.length;
-    if (outcome.ok.length) this.emit('relay:published', outcome.ok);
-    const bySeq = new Map(outcome.marks.map((m) => [m.seq, m]));
-    for (const f of outcome.failed) {
-      const mark = bySeq.get(f.event.seq);
-      const attempts = mark?.attempts ?? f.event.attempts + 1;
-      this.#stats.failed++;
-      if (mark?.dead) {
+    const claimed = lease.marks.length;
+    if (claimed === 0) return 0;
+    const died = new Set(lease.marks.filter((m) => m.dead).map((m) => m.seq));
+    for (const run of lease.rows) {
+      for (const r of run) {
+        if (!died.has(r.seq)) continue;
         this.#stats.dead++;
-        this.emit('relay:dead', { event: f.event, error: f.error, attempts });
-      } else {
-        this.#nextRetryAt = Math.min(this.#nextRetryAt, Date.now() + f.delayMs);
-        this.emit('relay:retry', { event: f.event, error: f.error, attempts, delayMs: f.delayMs });
+        this.emit('relay:dead', { event: toOutboxEvent(r), error: new Error(ABANDONED_EVENT_ERROR), attempts: r.attempts });
       }
     }
-    return outcome.claimed;
+    const runs = lease.rows.map((run) => run.filter((r) => !died.has(r.seq)).map(toOutboxEvent)).filter((run) => run.length > 0);
+    const leaseEnd = leasedAt + o.leaseMs;
+    const ok: OutboxEvent[] = [];
+    const failed: { event: OutboxEvent; error: unknown; delayMs: number }[] = [];
+    const untried: OutboxEvent[] = [];
+    // Workers take whole runs (one key each); a run's events go one after another, and
+    // a failure ends the run: the key's later events go back untried, so the failed
+    // event stays the key's head and order holds. So does a lease that ran out (by this
+    // process's clock, from before the lease statement): another relay may hold the key
+    // now, and publishing the rest would publish out of order.
+    let next = 0;
+    const worker = async () => {
+      while (next < runs.length) {
+        const run = runs[next++];
+        for (let i = 0; i < run.length; i++) {
+          const event = run[i];
+          if (performance.now() >= leaseEnd) {
+            untried.push(...run.slice(i));
+            break;
+          }
+          try {
+            await withSpan('herald.outbox.publish', { 'herald.event_id': event.id, 'herald.event_type': event.type }, () =>
+              withTimeout(Promise.resolve().then(() => this.#sink.publish(event)), o.publishTimeoutMs, () => new HeraldError('TIMEOUT', `publish took over ${o.publishTimeoutMs} ms`)),
+            );
+            ok.push(event);
+          } catch (error) {
+            failed.push({ event, error, delayMs: retryDelay(this.#retry, event.attempts + 1) });
+            untried.push(...run.slice(i + 1));
+            break;
+          }
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(o.concurrency, runs.length) }, worker));
+    const settled = await outboxSettle(
+      this.#driver.executor,
+      this.#schema,
+      token,
+      {
+        published: ok.map((e) => e.seq),
+        failed: failed.map((f) => ({ seq: f.event.seq, error: describeError(f.error), delayMs: f.delayMs })),
+        released: untried.map((e) => e.seq),
+      },
+      o.maxAttempts,
+    );
+    this.#stats.batches++;
+    const marked = ok.filter((e) => settled.published.has(e.seq));
+    this.#stats.published += marked.length;
+    if (marked.length) this.emit('relay:published', marked);
+    // Refused by the fence: the lease ended and the events were leased again (or
+    // published) elsewhere. Published by this relay all the same: sinks deduplicate by id.
+    const fenced = [...ok.filter((e) => !settled.published.has(e.seq)), ...failed.map((f) => f.event).filter((e) => !settled.failed.has(e.seq)), ...untried.filter((e) => !settled.released.has(e.seq))];
+    if (fenced.length) {
+      this.#stats.fenced += fenced.length;
+      this.emit('relay:fenced', { events: fenced, published: ok.filter((e) => !settled.published.has(e.seq)).map((e) => e.id) });
+    }
+    for (const f of failed) {
+      const mark = settled.failed.get(f.event.seq);
+      if (!mark) continue;
+      this.#stats.failed++;
+      if (mark.dead) {
+        this.#stats.dead++;
+        this.emit('relay:dead', { event: f.event, error: f.error, attempts: mark.attempts });
+      } else {
+        this.#nextRetryAt = Math.min(this.#nextRetryAt, Date.now() + f.delayMs);
+        this.emit('relay:retry', { event: f.event, error: f.error, attempts: mark.attempts, delayMs: f.delayMs });
+      }
+    }
+    return claimed;
   }
 
   /**

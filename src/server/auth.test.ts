@@ -226,6 +226,8 @@ describe('authentication and grants', () => {
     assert.match(text, /herald_gateway_refused_total\{status="403",code="FORBIDDEN"\} \d+/);
     assert.match(text, /herald_gateway_disconnects_total\{transport="sse",reason="token_expired"\} 1/);
     assert.match(text, /herald_notification_queue_usage \d/);
+    assert.match(text, /herald_pg_in_recovery 0/);
+    assert.match(text, /herald_pg_connections\{kind="max"\} \d+/);
     assert.equal((await fetch(`${base}/livez`)).status, 200);
     assert.equal((await fetch(`${base}/readyz`)).status, 200);
   });

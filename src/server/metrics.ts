@@ -1,6 +1,7 @@
 import type { Counter, Gauge, Registry } from 'prom-client';
 import { loadPeer } from '../internal/peer.js';
 import type { Herald } from '../client.js';
+import { serverHealth } from '../internal/server-health.js';
 import type { Gateway } from './gateway.js';
 
 /**
@@ -35,6 +36,31 @@ export class ServerMetrics {
       collect() {
         this.set({ transport: 'sse' }, clientCount('sse'));
         this.set({ transport: 'ws' }, clientCount('ws'));
+      },
+    });
+    // The server itself, read at scrape time (one statement, no table read): recovery
+    // mode and connection headroom. A failed read leaves the values out of that scrape.
+    const readHealth = () => serverHealth(herald.driver.executor, 2000).catch(() => undefined);
+    new Gauge({
+      name: 'herald_pg_in_recovery',
+      help: 'The server is in recovery (a standby): 1, a primary: 0',
+      registers,
+      async collect() {
+        const h = await readHealth();
+        if (h) this.set(h.inRecovery ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'herald_pg_connections',
+      help: 'Server connections: used (client backends), max (max_connections), reserved (superuser and reserved slots)',
+      labelNames: ['kind'],
+      registers,
+      async collect() {
+        const h = await readHealth();
+        if (!h) return;
+        this.set({ kind: 'used' }, h.connections.used);
+        this.set({ kind: 'max' }, h.connections.max);
+        this.set({ kind: 'reserved' }, h.connections.reserved);
       },
     });
     new Counter({

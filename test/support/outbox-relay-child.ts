@@ -3,7 +3,7 @@
  * event to the parent over IPC and waits for the parent's ack before acknowledging, so
  * the parent can SIGKILL it exactly between publish and mark.
  *
- * env: HERALD_URL, RELAY_BATCH, RELAY_CONCURRENCY.
+ * env: HERALD_URL, RELAY_BATCH, RELAY_CONCURRENCY, RELAY_LEASE_MS (optional).
  */
 import { createHerald } from '../../src/client.js';
 
@@ -23,6 +23,7 @@ const relay = herald.outbox.relay({
   batchSize: Number(process.env.RELAY_BATCH ?? 20),
   concurrency: Number(process.env.RELAY_CONCURRENCY ?? 1),
   pollIntervalMs: 200,
+  leaseMs: process.env.RELAY_LEASE_MS ? Number(process.env.RELAY_LEASE_MS) : undefined,
   sink: (e) =>
     new Promise<void>((resolve) => {
       acks.set(e.id, resolve);

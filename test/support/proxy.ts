@@ -16,7 +16,7 @@ export class TcpProxy {
   /** Chunks swallowed by the black hole so far: a test awaits it to know a statement went into the hole. */
   swallowed = 0;
 
-  private constructor(readonly targetHost: string, readonly targetPort: number) {
+  private constructor(public targetHost: string, public targetPort: number) {
     this.#server = createServer((client) => this.#accept(client));
   }
 
@@ -66,6 +66,17 @@ export class TcpProxy {
       if (this.#delayMs > 0) setTimeout(() => to.writable && to.write(chunk), this.#delayMs);
       else if (to.writable) to.write(chunk);
     });
+  }
+
+  /**
+   * Points new connections at another server (a VIP or DNS record moving to a new
+   * primary) and cuts the open ones, as the old server's going away would.
+   */
+  retarget(target: string): void {
+    const u = new URL(target.includes('://') ? target : `tcp://${target}`);
+    this.targetHost = u.hostname;
+    this.targetPort = Number(u.port || 5432);
+    this.cut();
   }
 
   /** Destroys every open connection (new ones are still accepted). */

@@ -55,7 +55,7 @@ export class RelayFleet {
   constructor(
     readonly url: string,
     readonly size: number,
-    readonly options: { batchSize: number; shouldKill?: (fleet: RelayFleet) => boolean },
+    readonly options: { batchSize: number; leaseMs?: number; shouldKill?: (fleet: RelayFleet) => boolean },
   ) {}
 
   #script = '';
@@ -69,7 +69,7 @@ export class RelayFleet {
     this.spawned++;
     const child = fork(this.#script, [], {
       execArgv: [],
-      env: { ...process.env, HERALD_URL: this.url, RELAY_BATCH: String(this.options.batchSize), RELAY_CONCURRENCY: '1' },
+      env: { ...process.env, HERALD_URL: this.url, RELAY_BATCH: String(this.options.batchSize), RELAY_CONCURRENCY: '1', ...(this.options.leaseMs ? { RELAY_LEASE_MS: String(this.options.leaseMs) } : {}) },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     const m: Member = { child, inBatch: false, dead: false };

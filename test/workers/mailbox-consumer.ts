@@ -3,6 +3,8 @@
  * { url, listenUrl?, destinations: string[], batchSize?, concurrency?, name, mode: 'ledger' | 'hang' }
  * - ledger: each message writes a ledger row (unique on message id) in the consuming transaction.
  * - hang: writes the ledger row, prints {"inHandler": id} and never returns (the test SIGKILLs us).
+ * - poison: like ledger, but a message whose payload is "poison" SIGKILLs this process in its handler.
+ * Optional: maxAttempts (default 1000), leaseMs (mailbox default otherwise).
  * Prints {"ready": true} once every consumer LISTENs; on SIGTERM stops and prints its counts.
  */
 import { createHerald } from '../../src/client.js';
@@ -14,8 +16,10 @@ const cfg = JSON.parse(process.argv[2]) as {
   batchSize?: number;
   concurrency?: number;
   name: string;
-  mode: 'ledger' | 'hang';
+  mode: 'ledger' | 'hang' | 'poison';
   pollIntervalMs?: number;
+  maxAttempts?: number;
+  leaseMs?: number;
 };
 const print = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
 
@@ -24,7 +28,7 @@ const herald = createHerald({
   listenConnectionString: cfg.listenUrl,
   poolSize: cfg.destinations.length * (cfg.concurrency ?? 1) + 2,
   notifier: { healthCheckIntervalMs: 1000, healthCheckTimeoutMs: 1000 },
-  mailbox: { pollIntervalMs: cfg.pollIntervalMs ?? 5000, retryDelayMs: 20, maxRetryDelayMs: 200, maxAttempts: 1000 },
+  mailbox: { pollIntervalMs: cfg.pollIntervalMs ?? 5000, retryDelayMs: 20, maxRetryDelayMs: 200, maxAttempts: cfg.maxAttempts ?? 1000, leaseMs: cfg.leaseMs },
 });
 let dupErrors = 0;
 let otherErrors = 0;
@@ -39,6 +43,11 @@ const consumers = cfg.destinations.map((to) =>
   herald.mailbox.consume(
     to,
     async (m, tx) => {
+      if (cfg.mode === 'poison' && m.payload === 'poison') {
+        print({ dying: m.id, attempts: m.attempts });
+        process.kill(process.pid, 'SIGKILL');
+        await new Promise(() => {});
+      }
       await tx.query('INSERT INTO ledger (message_id, consumer) VALUES ($1, $2)', [m.id, cfg.name]);
       if (cfg.mode === 'hang') {
         print({ inHandler: m.id });

@@ -1,0 +1,99 @@
+/**
+ * Consumer leases and handler timeouts: the attempt is committed before the handler
+ * runs; a handler over handlerTimeoutMs rolls back and uses its attempt.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { Herald } from '../client.js';
+import { HeraldError } from '../errors.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
+import { deferred, waitFor } from '../../test/support/wait.js';
+
+let herald: Herald;
+let db: TestDatabase;
+
+useHerald({ mailbox: { retryDelayMs: 10, maxRetryDelayMs: 20 } }, async (d, h) => {
+  db = d;
+  herald = h;
+  await h.driver.executor.query('CREATE TABLE side_effects (message_id text, run int)');
+  await h.driver.executor.query('CREATE TABLE blocker (id int PRIMARY KEY)');
+  await h.driver.executor.query('INSERT INTO blocker VALUES (1)');
+});
+
+const row = async (id: string) =>
+  (await herald.driver.executor.query<{ state: string; attempts: number; last_error: string | null }>(`SELECT state, attempts, last_error FROM herald.mailbox_messages WHERE id = $1`, [id])).rows[0];
+
+test('the attempt is committed before the handler runs', async () => {
+  const inHandler = deferred();
+  const finish = deferred();
+  const c = herald.mailbox.consume('lease-visible', async () => {
+    inHandler.resolve();
+    await finish.promise;
+  });
+  try {
+    await herald.mailbox.send({ to: 'lease-visible', payload: 1, id: 'lv-1' });
+    await inHandler.promise;
+    // Seen from another connection while the handler runs: counted, still ready (held by the consume transaction).
+    assert.deepEqual(await row('lv-1'), { state: 'ready', attempts: 1, last_error: null });
+    finish.resolve();
+    await waitFor(async () => (await row('lv-1')).state === 'consumed');
+    assert.equal((await row('lv-1')).attempts, 1);
+  } finally {
+    finish.resolve();
+    await c.stop();
+  }
+});
+
+test('a handler over handlerTimeoutMs rolls back and uses its attempt; a late statement on its tx fails; a statement stuck on a lock ends', async () => {
+  const errors: unknown[] = [];
+  herald.mailbox.on('message:handlerError', (e) => e.to === 'slow' && errors.push(e.error));
+  const lateResult = deferred<unknown>();
+  let runs = 0;
+  // Hold a row lock so the second run's statement waits on it.
+  const locker = await (await import('pg')).default;
+  const client = new locker.Client({ connectionString: db.url });
+  await client.connect();
+  await client.query('BEGIN');
+  await client.query('SELECT * FROM blocker FOR UPDATE');
+  const c = herald.mailbox.consume(
+    'slow',
+    async (m, tx) => {
+      runs++;
+      await tx.query('INSERT INTO side_effects VALUES ($1, $2)', [m.id, runs]);
+      if (runs === 1) {
+        // Never returns in time; after the timeout, uses its transaction again.
+        await new Promise((r) => setTimeout(r, 1500));
+        lateResult.resolve(await tx.query('SELECT 1').catch((e) => e));
+        return;
+      }
+      if (runs === 2) {
+        await tx.query('UPDATE blocker SET id = 1'); // waits on the lock until statement_timeout
+        return;
+      }
+    },
+    { handlerTimeoutMs: 400 },
+  );
+  try {
+    await herald.mailbox.send({ to: 'slow', payload: 'x', id: 'slow-1' });
+    await waitFor(async () => (await row('slow-1')).state === 'consumed', { timeoutMs: 30_000, what: 'the third run to consume it' });
+    assert.equal(runs, 3);
+    assert.equal((await row('slow-1')).attempts, 3, 'both timed-out runs counted');
+    assert.equal(errors.length, 2);
+    assert.ok(errors.every((e) => e instanceof HeraldError || (e as { code?: string }).code === '57014'), 'a TIMEOUT, or the statement timeout');
+    assert.ok(errors[0] instanceof HeraldError && (errors[0] as HeraldError).code === 'TIMEOUT');
+    const late = await lateResult.promise;
+    assert.ok(late instanceof HeraldError && late.code === 'TIMEOUT', 'a statement after the timeout is refused');
+    const { rows } = await herald.driver.executor.query<{ run: number }>(`SELECT run FROM side_effects WHERE message_id = 'slow-1'`);
+    assert.deepEqual(rows.map((r) => r.run), [3], 'only the committed run left its writes');
+  } finally {
+    await c.stop();
+    await client.query('ROLLBACK').catch(() => {});
+    await client.end();
+  }
+});
+
+test('handlerTimeoutMs and leaseMs are validated', () => {
+  assert.throws(() => herald.mailbox.consume('v', () => {}, { handlerTimeoutMs: -1 }), /handlerTimeoutMs/);
+  assert.throws(() => herald.mailbox.consume('v', () => {}, { leaseMs: 0 }), /leaseMs/);
+});

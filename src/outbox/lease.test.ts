@@ -1,0 +1,120 @@
+/**
+ * The relay's leases: no transaction open while the sink publishes; the outcome is
+ * fenced by the lease token; the attempt is counted before the sink runs, so an event
+ * that kills its relay every time ends in dead letters.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { Herald } from '../client.js';
+import { spawnFixture, type Fixture } from '../../test/support/child.js';
+import type { TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
+import { deferred, waitFor } from '../../test/support/wait.js';
+import type { OutboxEvent } from './sinks.js';
+
+let db: TestDatabase;
+let herald: Herald;
+
+useHerald({ notifier: { queueUsageIntervalMs: 0 } }, (d, h) => {
+  db = d;
+  herald = h;
+});
+
+const eventRows = (ids: string[]) =>
+  herald.driver.executor
+    .query<{ id: string; attempts: number; published: boolean; dead: boolean; leased: boolean }>(
+      `SELECT id::text AS id, attempts, published_at IS NOT NULL AS published, dead_at IS NOT NULL AS dead, lease IS NOT NULL AS leased
+         FROM herald.outbox_events WHERE id = ANY($1::uuid[]) ORDER BY seq`,
+      [ids],
+    )
+    .then((r) => r.rows);
+
+test('a sink that stalls past the lease: another relay re-leases and publishes; the slow relay publishes no more and its marks are refused', async () => {
+  const stall = deferred();
+  const slowSeen: string[] = [];
+  const slow = herald.outbox.relay({
+    leaseMs: 800,
+    // Longer than the lease: the stalled publish outlives it (as a hung HTTP call would).
+    publishTimeoutMs: 600_000,
+    pollIntervalMs: 60_000,
+    sink: async (e) => {
+      slowSeen.push(e.id);
+      if (slowSeen.length === 1) await stall.promise;
+    },
+  });
+  const fenced: { events: OutboxEvent[]; published: string[] }[] = [];
+  const slowMarked: string[] = [];
+  slow.on('relay:fenced', (f) => fenced.push(f));
+  slow.on('relay:published', (events) => slowMarked.push(...events.map((e) => e.id)));
+  let fast: ReturnType<Herald['outbox']['relay']> | undefined;
+  try {
+    const ids = await herald.outbox.addMany([1, 2, 3].map((n) => ({ type: 'stall', key: 'k', payload: { n } })));
+    await waitFor(() => slowSeen.length === 1, { what: 'the slow relay to publish the first event' });
+    // While the slow relay publishes, nothing of pgherald's is open on the database.
+    const { rows: open } = await herald.driver.executor.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL`,
+    );
+    assert.equal(open[0].n, 0, 'no transaction open during the publish');
+    assert.ok((await eventRows(ids)).every((r) => r.leased && r.attempts === 1), 'the batch is leased, each attempt counted');
+
+    const fastMarked: string[] = [];
+    const fastSeen: string[] = [];
+    fast = herald.outbox.relay({ pollIntervalMs: 100, sink: (e) => void fastSeen.push(e.id) });
+    fast.on('relay:published', (events) => fastMarked.push(...events.map((e) => e.id)));
+    // When the lease ends, the second relay takes the abandoned events (one at a time, in key order).
+    await waitFor(() => fastMarked.length === 3, { timeoutMs: 60_000, what: 'the second relay to publish and mark the events' });
+    assert.deepEqual(fastSeen, ids, 'in key order');
+
+    stall.resolve();
+    await waitFor(() => fenced.length > 0, { timeoutMs: 60_000, what: 'the slow relay to be fenced' });
+    assert.deepEqual(slowSeen, [ids[0]], 'the slow relay published nothing after its lease ran out');
+    assert.deepEqual(fenced[0].published, [ids[0]], 'its late publish is reported as fenced');
+    assert.deepEqual(fenced[0].events.map((e) => e.id).sort(), [...ids].sort(), 'every outcome of its batch refused');
+    assert.deepEqual(slowMarked, [], 'the slow relay marked nothing');
+    assert.deepEqual(fastMarked, ids, 'each event marked once, by the relay that held it');
+    const rows = await eventRows(ids);
+    assert.ok(rows.every((r) => r.published && !r.leased && !r.dead));
+    assert.deepEqual(rows.map((r) => r.attempts), [2, 2, 2], 'one attempt per lease');
+    assert.equal(slow.stats().fenced, 3);
+  } finally {
+    stall.resolve();
+    await slow.stop();
+    await fast?.stop();
+  }
+});
+
+test('an event that SIGKILLs its relay every time is dead-lettered after maxAttempts; the events leased with it and later ones are published', async () => {
+  const maxAttempts = 3;
+  const spawned: Fixture[] = [];
+  try {
+    const poison = await herald.outbox.add({ type: 'poison' });
+    // Keyless, leased in the same batch as the poison: the first crash costs them an attempt, then each goes alone.
+    const before = await herald.outbox.addMany([1, 2, 3, 4].map((n) => ({ type: 'fine', payload: { n } })));
+    const dead = async () => (await eventRows([poison]))[0].dead;
+    let deaths = 0;
+    while (!(await dead())) {
+      const relay = spawnFixture('outbox-relay.ts', [db.url, '300', String(maxAttempts)]);
+      spawned.push(relay);
+      const outcome = await Promise.race([
+        relay.exited.then(() => 'exited' as const),
+        waitFor(dead, { timeoutMs: 120_000, what: 'the poison event to be dead-lettered' }).then(() => 'dead' as const),
+      ]);
+      if (outcome === 'exited') deaths++;
+    }
+    assert.equal(deaths, maxAttempts, 'the relay died once per attempt, never more');
+    const [row] = await eventRows([poison]);
+    assert.equal(row.attempts, maxAttempts);
+    const list = await herald.outbox.dead();
+    assert.deepEqual(list.map((d) => d.id), [poison]);
+    assert.match(list[0].lastError ?? '', /no outcome recorded/);
+    const later = await herald.outbox.addMany([5, 6].map((n) => ({ type: 'fine', payload: { n } })));
+    let survivor = spawned.at(-1)!;
+    if (!survivor.alive) spawned.push((survivor = spawnFixture('outbox-relay.ts', [db.url, '300', String(maxAttempts)])));
+    await waitFor(async () => (await eventRows([...before, ...later])).every((r) => r.published), { timeoutMs: 60_000, what: 'the other events published' });
+    const published = new Set(spawned.flatMap((f) => f.lines.filter((l) => l.startsWith('published ')).map((l) => l.slice(10))));
+    for (const id of [...before, ...later]) assert.ok(published.has(id), `${id} reached a sink`);
+    assert.ok((await eventRows(before)).every((r) => r.attempts <= 2), 'the events leased with the poison used at most one attempt for its crash');
+  } finally {
+    await Promise.all(spawned.map((f) => f.kill()));
+  }
+});
