@@ -11,6 +11,7 @@ import {
   outboxListDead,
   outboxLockKeys,
   type OUTBOX_KEY_LOCK_BUCKETS,
+  outboxPruneDead,
   outboxPrunePublished,
   outboxRedrive,
   outboxStats,
@@ -76,9 +77,11 @@ export class Outbox {
   readonly #s: string;
   readonly #lockPrefix: string;
   readonly #relays = new Set<Relay>();
+  readonly #active: () => void;
 
-  /** @internal Use `herald.outbox`. */
-  constructor(driver: Driver, notifier: Notifier, schema: string) {
+  /** @internal Use `herald.outbox`. `active` is called on every add and relay: it starts the maintenance service. */
+  constructor(driver: Driver, notifier: Notifier, schema: string, active: () => void = () => {}) {
+    this.#active = active;
     this.#driver = driver;
     this.#notifier = notifier;
     this.#s = schemaIdent(schema);
@@ -94,6 +97,7 @@ export class Outbox {
    */
   async add(event: NewOutboxEvent, options: { tx?: TxLike } = {}): Promise<string> {
     const e = checkEvent(event, 'event');
+    this.#active();
     return withSpan('herald.outbox.add', { 'herald.event_type': e.type }, () =>
       this.#write(options.tx, (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e), (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e)),
     );
@@ -104,6 +108,7 @@ export class Outbox {
     if (!Array.isArray(events)) throw new HeraldError('INVALID_ARGUMENT', 'addMany expects an array');
     if (events.length === 0) return [];
     const checked = events.map((e, i) => checkEvent(e, `events[${i}]`));
+    this.#active();
     const cols = {
       types: checked.map((e) => e.type),
       keys: checked.map((e) => e.key),
@@ -144,6 +149,7 @@ export class Outbox {
    */
   relay(options: RelayOptions): Relay {
     const relay = new Relay(this.#driver, this.#notifier, this.#s, this.channel, options);
+    this.#active();
     this.#relays.add(relay);
     relay.once('relay:stopped', () => this.#relays.delete(relay));
     return relay.start();
@@ -184,16 +190,33 @@ export class Outbox {
 
   /**
    * Deletes published events older than `olderThanMs` (database time), in batches of
-   * `batchSize`, until none is left; returns how many. @defaultValue olderThanMs 86400000, batchSize 10000
+   * `batchSize`, until none is left; returns how many. The maintenance task
+   * `outboxRetention` calls it (on by default, 7 days). @defaultValue olderThanMs 86400000, batchSize 10000
    */
   async prune(options: { olderThanMs?: number; batchSize?: number } = {}): Promise<number> {
+    return this.#deleteOld(outboxPrunePublished, options);
+  }
+
+  /**
+   * Deletes dead-lettered events dead for longer than `olderThanMs` (database time),
+   * in batches; returns how many. The maintenance task `deadLetterRetention` calls it.
+   * @defaultValue olderThanMs 2592000000 (30 days), batchSize 10000
+   */
+  async pruneDead(options: { olderThanMs?: number; batchSize?: number } = {}): Promise<number> {
+    return this.#deleteOld(outboxPruneDead, { olderThanMs: options.olderThanMs ?? 2_592_000_000, batchSize: options.batchSize });
+  }
+
+  async #deleteOld(
+    statement: (ex: Executor, s: string, olderThanMs: number, limit: number) => Promise<number>,
+    options: { olderThanMs?: number; batchSize?: number },
+  ): Promise<number> {
     const olderThanMs = options.olderThanMs ?? 86_400_000;
     const batchSize = options.batchSize ?? 10_000;
     if (!(olderThanMs >= 0) || !Number.isFinite(olderThanMs)) throw new InvalidOptionError('olderThanMs', olderThanMs, 'a number >= 0');
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new InvalidOptionError('batchSize', batchSize, 'a positive integer');
     let total = 0;
     for (;;) {
-      const n = await outboxPrunePublished(this.#driver.executor, this.#s, olderThanMs, batchSize);
+      const n = await statement(this.#driver.executor, this.#s, olderThanMs, batchSize);
       total += n;
       if (n < batchSize) return total;
     }

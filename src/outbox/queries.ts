@@ -335,3 +335,17 @@ export async function outboxPrunePublished(ex: Executor, s: string, olderThanMs:
   );
   return rowCount;
 }
+
+/** Deletes dead-lettered events dead for longer than `olderThanMs` (database time), at most `limit`; returns how many. */
+export async function outboxPruneDead(ex: Executor, s: string, olderThanMs: number, limit: number): Promise<number> {
+  // Reads the partial index on dead_at; batched like the prune of published events.
+  const { rowCount } = await ex.query(
+    `WITH doomed AS (
+       SELECT seq FROM ${s}.outbox_events
+        WHERE dead_at IS NOT NULL AND dead_at < now() - $1 * interval '1 millisecond'
+        LIMIT $2)
+     DELETE FROM ${s}.outbox_events AS e USING doomed WHERE e.seq = doomed.seq`,
+    [olderThanMs, limit],
+  );
+  return rowCount;
+}

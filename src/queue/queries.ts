@@ -611,26 +611,6 @@ export async function jobListStuck(
 }
 
 /**
- * Takes or renews leadership of `role` for `ttlMs` (database time): succeeds when
- * nobody holds it, the lease expired, or `holder` already holds it.
- */
-export async function leaderAcquire(x: Executor, s: string, role: string, holder: string, ttlMs: number): Promise<boolean> {
-  const { rows } = await x.query(
-    `INSERT INTO ${s}.queue_leaders AS l (role, holder, expires_at) VALUES ($1, $2, now() + $3 * interval '1 millisecond')
-     ON CONFLICT (role) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-      WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()
-     RETURNING holder`,
-    [role, holder, ttlMs],
-  );
-  return rows.length === 1;
-}
-
-/** Gives leadership up (only if `holder` holds it). */
-export async function leaderRelease(x: Executor, s: string, role: string, holder: string): Promise<void> {
-  await x.query(`DELETE FROM ${s}.queue_leaders WHERE role = $1 AND holder = $2`, [role, holder]);
-}
-
-/**
  * Records that `tick` of schedule `name` is enqueued, if no later-or-equal tick was:
  * true means the caller enqueues it (in the same transaction), so a tick is enqueued
  * once even if two processes believe they lead.

@@ -1,0 +1,22 @@
+-- 011 maintenance: the state of the periodic tasks of the one maintenance service
+-- (queue rescue, retention of every part, dead-letter retention). The elected leader
+-- (role 'maintenance' in queue_leaders) plans and records each task here, so any
+-- process (`herald maintenance status`) sees the last run, the next one and who ran it.
+CREATE TABLE IF NOT EXISTS :schema.maintenance_tasks (
+  task text PRIMARY KEY,
+  -- The leader's settings when it planned the task.
+  enabled boolean NOT NULL DEFAULT true,
+  interval_ms double precision NOT NULL,
+  retention_ms double precision,
+  -- Counters over the life of the fleet.
+  runs bigint NOT NULL DEFAULT 0,
+  errors bigint NOT NULL DEFAULT 0,
+  last_started_at timestamptz,
+  last_finished_at timestamptz,
+  last_rows bigint,
+  last_duration_ms double precision,
+  last_error text,
+  next_run_at timestamptz,
+  -- The process that planned or last ran the task.
+  holder text
+);
