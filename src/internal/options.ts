@@ -54,3 +54,10 @@ export const boolean: OptionCheck = (v) => (typeof v === 'boolean' ? undefined :
 export function nullOr(check: OptionCheck): OptionCheck {
   return (v) => (v === null ? undefined : check(v));
 }
+
+/**
+ * Default `samplePages` of `queue.stats({ estimate: true })` and
+ * `mailbox.stats({ estimate: true })`: pages of the table sampled (`TABLESAMPLE SYSTEM`)
+ * to estimate its finished rows; a table no larger is counted exactly.
+ */
+export const STATS_SAMPLE_PAGES = 500;

@@ -5,7 +5,7 @@ import { HeraldError, InvalidArgumentError, InvalidOptionError } from '../errors
 import { assertInt, MAX_DURATION_MS } from '../internal/validate.js';
 import { TypedEmitter } from '../internal/events.js';
 import { schemaIdent } from '../internal/ident.js';
-import { nonNegativeNumber, numberBetween, positiveInteger, positiveNumber, resolveOptions } from '../internal/options.js';
+import { nonNegativeNumber, numberBetween, positiveInteger, positiveNumber, resolveOptions, STATS_SAMPLE_PAGES } from '../internal/options.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import { MailboxConsumer, type ConsumerHost } from './consumer.js';
@@ -16,6 +16,7 @@ import {
   mailboxRedrive,
   mailboxSendBatch,
   mailboxStats,
+  mailboxStatsEstimated,
   type MessageInsert,
   type MessageRow,
 } from './queries.js';
@@ -342,8 +343,22 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     return this.#notifier.pressure.run((wake) => mailboxRedrive(this.#driver.executor, this.#schemaSql, wake ? this.channel : null, to, ids));
   }
 
-  /** Counts per destination (all destinations, or one). A full scan: for operators. */
-  async stats(to?: string): Promise<DestinationStats[]> {
+  /**
+   * Counts per destination (all destinations, or one). A full scan: for operators. With
+   * `{ estimate: true }` (all destinations; what the dashboard reads) ready, delayed and
+   * dead messages are counted exactly from their indexes and consumed ones estimated
+   * from a sample of at most `samplePages` pages (default 500, `STATS_SAMPLE_PAGES`; exact when the table is
+   * no larger); rows then carry `estimated`.
+   */
+  async stats(to?: string | { estimate?: boolean; samplePages?: number }): Promise<DestinationStats[]> {
+    if (typeof to === 'object' && to !== null) {
+      const pages = assertInt('samplePages', to.samplePages ?? STATS_SAMPLE_PAGES, 1, 1_000_000_000);
+      if (to.estimate) {
+        const rows = await mailboxStatsEstimated(this.#driver.executor, this.#schemaSql, pages);
+        return rows.map((r) => ({ to: r.destination, ready: r.ready, delayed: r.delayed, consumed: r.consumed, dead: r.dead, oldestReadyAt: r.oldest_ready_at, estimated: r.estimated }));
+      }
+      to = undefined;
+    }
     if (to !== undefined) assertName(to, 'to');
     const rows = await mailboxStats(this.#driver.executor, this.#schemaSql, to ?? null);
     return rows.map((r) => ({

@@ -144,6 +144,8 @@ export interface DestinationStats {
   dead: number;
   /** Creation time of the oldest waiting message, or null. */
   oldestReadyAt: Date | null;
+  /** Present with `stats({ estimate: true })`: whether `consumed` is estimated from a sample. */
+  estimated?: boolean;
 }
 
 /** Events of the mailbox (`herald.mailbox.on(name, fn)`). */

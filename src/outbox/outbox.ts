@@ -44,8 +44,10 @@ export interface OutboxStats {
   retrying: number;
   /** Dead-lettered. */
   dead: number;
-  /** Published and not yet pruned. */
+  /** Published and not yet pruned (with `estimate`: from the table's statistics). */
   published: number;
+  /** Whether `published` is an estimate. */
+  publishedEstimated: boolean;
   /** Age of the oldest pending event in ms (database time), or null. */
   oldestPendingAgeMs: number | null;
 }
@@ -155,15 +157,22 @@ export class Outbox {
     return relay.start();
   }
 
-  /** Backlog counters. */
-  async stats(): Promise<OutboxStats> {
-    const r = await outboxStats(this.#driver.executor, this.#s);
+  /**
+   * Backlog counters. Pending, due, retrying and dead are exact and read partial
+   * indexes (their cost follows the backlog); `published` is exact (a scan of every
+   * published event) unless `estimate`, which takes it from the table's statistics
+   * (`pg_class.reltuples`, as of the last VACUUM or ANALYZE, less pending and dead
+   * events) — what the dashboard reads.
+   */
+  async stats(options: { estimate?: boolean } = {}): Promise<OutboxStats> {
+    const r = await outboxStats(this.#driver.executor, this.#s, options.estimate === true);
     return {
       pending: r.pending,
       due: r.due,
       retrying: r.retrying,
       dead: r.dead,
       published: r.published,
+      publishedEstimated: r.published_estimated,
       oldestPendingAgeMs: r.oldest_pending_age_ms === null ? null : Math.max(0, Math.round(Number(r.oldest_pending_age_ms))),
     };
   }

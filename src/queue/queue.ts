@@ -2,6 +2,7 @@ import type { Driver, Executor, TxLike } from '../driver/types.js';
 import { toExecutor } from '../driver/index.js';
 import { HeraldError, InvalidArgumentError, InvalidOptionError, InvalidPayloadError } from '../errors.js';
 import { TypedEmitter } from '../internal/events.js';
+import { STATS_SAMPLE_PAGES } from '../internal/options.js';
 import { schemaIdent } from '../internal/ident.js';
 import { withSpan } from '../internal/tracing.js';
 import { assertBigintId, assertDate, assertDuration, assertInt, assertText, jsonHasNul } from '../internal/validate.js';
@@ -332,9 +333,18 @@ export class Queue extends TypedEmitter<QueueEvents> {
     return rows.map(toInfo);
   }
 
-  /** Counts per queue, kind and state (`scheduled`: available but not due yet). */
-  stats(): Promise<{ queue: string; kind: string; state: JobState | 'scheduled'; count: number }[]> {
-    return q.jobStats(this.executor, this.schemaSql) as never;
+  /**
+   * Counts per queue, kind and state (`scheduled`: available but not due yet): exact,
+   * a scan of the whole table. With `estimate`, no scan of finished history: waiting,
+   * scheduled, running, dead and cancelled jobs are counted exactly from their indexes,
+   * completed ones estimated from a sample of at most `samplePages` pages of the table
+   * (default 500, `STATS_SAMPLE_PAGES`; exact when the table is no larger), and each row says whether it is
+   * `estimated`. The dashboard reads the estimate.
+   */
+  stats(options: { estimate?: boolean; samplePages?: number } = {}): Promise<{ queue: string; kind: string; state: JobState | 'scheduled'; count: number; estimated?: boolean }[]> {
+    if (!options.estimate) return q.jobStats(this.executor, this.schemaSql) as never;
+    const pages = assertInt('samplePages', options.samplePages ?? STATS_SAMPLE_PAGES, 1, 1_000_000_000);
+    return q.jobStatsEstimated(this.executor, this.schemaSql, pages) as never;
   }
 
   /**

@@ -20,3 +20,12 @@ CREATE TABLE IF NOT EXISTS :schema.maintenance_tasks (
   -- The process that planned or last ran the task.
   holder text
 );
+
+-- Cheap dashboard and stats (issue 15 point 3): counts that would otherwise scan the
+-- finished history. Dead and cancelled jobs per queue and kind (the `queues` panel:
+-- waiting and running jobs already have their partial indexes); dead outbox events in
+-- event order (the dead-letter list walked the primary key past every published event).
+-- CONCURRENTLY: an upgrade must not block writes to a large jobs or outbox table.
+-- herald:outside-transaction
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_failed_idx ON :schema.jobs (queue, kind, state) WHERE state IN ('dead', 'cancelled');
+CREATE INDEX CONCURRENTLY IF NOT EXISTS outbox_events_dead_seq ON :schema.outbox_events (seq) WHERE dead_at IS NOT NULL;
