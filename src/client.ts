@@ -16,7 +16,11 @@ import { migrate, migrationStatus, type MigrateOptions, type MigrationStatus } f
 import { Outbox } from './outbox/outbox.js';
 import { Changes } from './change/changes.js';
 import { Topics } from './topic/topics.js';
-import type { TopicsOptions } from './topic/types.js';
+import type { ConsumerOptions, TopicBatch, TopicsOptions } from './topic/types.js';
+import type { TopicConsumer } from './topic/consumer.js';
+import { Maintenance } from './maintenance/maintenance.js';
+import { maintenanceRunners, partFallbacks } from './maintenance/tasks.js';
+import { resolveMaintenanceOptions, type MaintenanceOptions } from './maintenance/types.js';
 
 /** Options of {@link createHerald}. Give one of `connectionString`, `pool`, `sql` or `driver`. */
 export interface HeraldOptions {
@@ -63,6 +67,11 @@ export interface HeraldOptions {
   mailbox?: MailboxOptions;
   /** Topics options (defaults of implicitly created topics, maintenance interval). */
   topics?: TopicsOptions;
+  /**
+   * The maintenance service (`herald.maintenance`): which periodic tasks run, how often,
+   * and their retention; leadership lease. See {@link MaintenanceOptions}.
+   */
+  maintenance?: MaintenanceOptions;
 }
 
 /**
@@ -91,6 +100,12 @@ export class Herald {
   readonly changes: Changes;
   /** Durable topics: an append-only log with consumer groups and replay. */
   readonly topics: Topics;
+  /**
+   * The one maintenance service: rescue of expired job leases and the retention of
+   * every part, run by one elected process of the fleet. It starts on first use of any
+   * part; `status()` reports every task.
+   */
+  readonly maintenance: Maintenance;
   readonly #ownsDriver: boolean;
   #closed = false;
 
@@ -124,11 +139,15 @@ export class Herald {
             preparedStatements: options.preparedStatements,
           }));
     this.notifier = new Notifier(this.driver, { connectTimeoutMs: options.connectTimeoutMs, ...options.notifier });
-    this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue);
-    this.mailbox = new Mailbox(this.driver, this.notifier, this.schema, options.mailbox);
-    this.outbox = new Outbox(this.driver, this.notifier, this.schema);
+    // Any part used starts the maintenance service (a send-only process purges too).
+    const active = () => this.maintenance.start();
+    this.queue = new Queue(this.driver, this.notifier, this.schema, options.queue, active);
+    this.mailbox = new Mailbox(this.driver, this.notifier, this.schema, options.mailbox, active);
+    this.outbox = new Outbox(this.driver, this.notifier, this.schema, active);
     this.changes = new Changes(this.driver, this.notifier, this.schema);
-    this.topics = new Topics(this.driver, this.notifier, this.schema, options.topics);
+    this.topics = new MaintainedTopics(this.driver, this.notifier, this.schema, options.topics, active);
+    const maintenanceOptions = resolveMaintenanceOptions(options.maintenance, partFallbacks(options));
+    this.maintenance = new Maintenance(this.queue.executor, schemaIdent(this.schema), maintenanceRunners(this), maintenanceOptions);
   }
 
   /** Applies pending migrations (safe from many processes at once). Returns the versions applied. */
@@ -177,12 +196,43 @@ export class Herald {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // First: a task in flight uses the parts and the pool; the leader resigns.
+    await this.maintenance.stop();
     await this.queue.stop();
     await this.mailbox.stop();
     await this.outbox.stop();
     await this.topics.stop();
     await this.notifier.stop();
     if (this.#ownsDriver) await this.driver.end();
+  }
+}
+
+/**
+ * The topics of a Herald: publishing or consuming starts the maintenance service, and
+ * `start()` starts it instead of a timer of its own (the task `topicRetention` calls
+ * `maintain()`).
+ */
+class MaintainedTopics extends Topics {
+  readonly #active: () => void;
+  constructor(driver: Driver, notifier: Notifier, schema: string, options: TopicsOptions | undefined, active: () => void) {
+    super(driver, notifier, schema, options);
+    this.#active = active;
+  }
+  override publish(...args: Parameters<Topics['publish']>): ReturnType<Topics['publish']> {
+    this.#active();
+    return super.publish(...args);
+  }
+  override publishMany(...args: Parameters<Topics['publishMany']>): ReturnType<Topics['publishMany']> {
+    this.#active();
+    return super.publishMany(...args);
+  }
+  override consumer<T = unknown>(topic: string, group: string, handler: (batch: TopicBatch<T>) => Promise<void> | void, options?: ConsumerOptions): TopicConsumer<T> {
+    this.#active();
+    return super.consumer<T>(topic, group, handler, options);
+  }
+  /** Starts the maintenance service, whose task `topicRetention` runs topic retention. */
+  override start(): void {
+    this.#active();
   }
 }
 

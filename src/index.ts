@@ -56,6 +56,19 @@ export {
   type QueueLimitOptions,
   type BatchInfo,
 } from './queue/types.js';
+export { Maintenance, MAINTENANCE_ROLE } from './maintenance/maintenance.js';
+export { Leadership } from './maintenance/leadership.js';
+export {
+  MAINTENANCE_DEFAULTS,
+  MAINTENANCE_TASKS,
+  type MaintenanceOptions,
+  type MaintenanceTaskOptions,
+  type MaintenanceTask,
+  type MaintenanceStatus,
+  type MaintenanceTaskStatus,
+  type MaintenanceTaskMetrics,
+  type MaintenanceEvents,
+} from './maintenance/types.js';
 export { Mailbox, MAILBOX_DEFAULTS, MAX_NAME_BYTES } from './mailbox/mailbox.js';
 export { MailboxConsumer } from './mailbox/consumer.js';
 export { mailboxChannel } from './mailbox/wakeup.js';

@@ -81,6 +81,9 @@ export class CliContext {
         // with the error, instead of retrying for ever; reconnects after a loss
         // still retry (herald listen, herald serve).
         notifier: { maxConnectAttempts: 1, ...extra.notifier },
+        // Short commands (a send, a stats read) never stand for maintenance leadership;
+        // `herald serve` turns it on.
+        maintenance: { enabled: false, ...extra.maintenance },
       });
     }
     return this.#herald;

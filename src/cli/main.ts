@@ -7,6 +7,7 @@ import { registerServeCommand } from './serve.js';
 import { registerJobsCommands } from './jobs.js';
 import { registerOutboxCommands } from './outbox.js';
 import { registerTopicsCommands } from './topics.js';
+import { registerMaintenanceCommands } from './maintenance.js';
 import { packageVersion, redactUrl } from './options.js';
 import { registerCompletionCommand } from './completion.js';
 
@@ -45,6 +46,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerMailboxCommands(program, ctx);
   registerOutboxCommands(program, ctx);
   registerTopicsCommands(program, ctx);
+  registerMaintenanceCommands(program, ctx);
   registerCompletionCommand(program, ctx);
   let interrupted = false;
   let finished = false;

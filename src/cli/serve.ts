@@ -219,11 +219,10 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
         if (!opts.showSecrets) ctx.err(`  (password in ${root}/credentials.json; --show-secrets prints it; \`herald <command>\` in this folder finds this database itself)`);
         // ---- end of embedded Postgres ----
       }
-      herald = ctx.herald({ ...globals, databaseUrl }, { poolSize: 10 });
+      herald = ctx.herald({ ...globals, databaseUrl }, { poolSize: 10, maintenance: { enabled: true } });
       const applied = await herald.migrate();
       if (applied.length) ctx.err(`applied migrations ${applied.join(', ')}`);
       await herald.notifier.start();
-      herald.topics.start(); // retention of topics every maintenanceIntervalMs
       const server = new HeraldServer(herald, serverOptions);
       const url = await server.start();
       ctx.onCleanup(() => server.stop());

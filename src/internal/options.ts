@@ -64,3 +64,10 @@ export const attemptsOrInfinity: OptionCheck = (v) => (typeof v === 'number' && 
 export function stringOfBytes(maxBytes: number): OptionCheck {
   return (v) => (typeof v === 'string' && Buffer.byteLength(v) <= maxBytes ? undefined : `a string of at most ${maxBytes} bytes`);
 }
+
+/**
+ * Default `samplePages` of `queue.stats({ estimate: true })` and
+ * `mailbox.stats({ estimate: true })`: pages of the table sampled (`TABLESAMPLE SYSTEM`)
+ * to estimate its finished rows; a table no larger is counted exactly.
+ */
+export const STATS_SAMPLE_PAGES = 500;

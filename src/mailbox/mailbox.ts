@@ -5,7 +5,7 @@ import { HeraldError, InvalidArgumentError, InvalidOptionError } from '../errors
 import { assertInt, MAX_DURATION_MS } from '../internal/validate.js';
 import { TypedEmitter } from '../internal/events.js';
 import { schemaIdent } from '../internal/ident.js';
-import { nonNegativeNumber, numberBetween, positiveInteger, positiveNumber, resolveOptions } from '../internal/options.js';
+import { nonNegativeNumber, numberBetween, positiveInteger, positiveNumber, resolveOptions, STATS_SAMPLE_PAGES } from '../internal/options.js';
 import { withSpan } from '../internal/tracing.js';
 import type { Notifier } from '../notifier/notifier.js';
 import { MailboxConsumer, type ConsumerHost } from './consumer.js';
@@ -17,6 +17,7 @@ import {
   mailboxRedrive,
   mailboxSendBatch,
   mailboxStats,
+  mailboxStatsEstimated,
   type MessageInsert,
   type MessageRow,
 } from './queries.js';
@@ -133,14 +134,14 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   readonly #group: SendGroup;
   readonly #consumers = new Set<MailboxConsumer>();
   readonly #receives = new Set<AbortController>();
-  #retentionTimer: NodeJS.Timeout | undefined;
-  #sweeping: Promise<void> | undefined;
-  #started = false;
   #host: ConsumerHost;
   readonly #notifier: Notifier;
+  readonly #active: () => void;
 
-  constructor(driver: Driver, notifier: Notifier, schema = 'herald', options: MailboxOptions = {}) {
+  /** @param active called on every send, receive and consume: starts the maintenance service (`createHerald` passes it). */
+  constructor(driver: Driver, notifier: Notifier, schema = 'herald', options: MailboxOptions = {}, active: () => void = () => {}) {
     super();
+    this.#active = active;
     this.options = resolveMailboxOptions(options);
     this.#driver = driver;
     this.#notifier = notifier;
@@ -200,6 +201,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     if (!Array.isArray(messages)) throw new HeraldError('INVALID_ARGUMENT', 'sendMany expects an array of messages');
     if (messages.length === 0) return [];
     const rows = messages.map(encode);
+    this.#active();
     const created = await withSpan('herald.mailbox.send', { 'herald.mailbox.count': rows.length }, async () => {
       if (options.tx) {
         // In the caller's transaction: the NOTIFY commits with it, from the same statement
@@ -224,6 +226,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     assertName(to, 'to');
     const topic = options.topic ?? null;
     if (topic !== null) assertName(topic, 'topic');
+    this.#active();
     const timeoutMs = options.timeoutMs ?? 0;
     if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0) || timeoutMs > MAX_DURATION_MS) throw new InvalidOptionError('timeoutMs', timeoutMs, `a number of ms from 0 to ${MAX_DURATION_MS}`);
     const executor = options.tx ? toExecutor(options.tx) : undefined;
@@ -310,31 +313,22 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   }
 
   /**
-   * Starts the background work: the LISTEN (resolves when it is live) and the retention
-   * sweep. `consume` calls it. Idempotent.
+   * Starts the background work: the LISTEN (resolves when it is live) and the
+   * maintenance service (which purges consumed messages: `herald.maintenance`).
+   * `consume` calls it. Idempotent.
    */
   start(): Promise<void> {
-    if (!this.#started) {
-      this.#started = true;
-      if (this.options.retentionIntervalMs > 0) {
-        this.#retentionTimer = setInterval(() => void this.#sweep(), this.options.retentionIntervalMs);
-        this.#retentionTimer.unref();
-      }
-    }
+    this.#active();
     return this.#hub.ready();
   }
 
   /**
    * Stops every consumer (in-flight transactions finish), ends pending `receive` waits
-   * (they return null), stops the sweep and UNLISTENs. Leaves no timer or listener. Idempotent.
+   * (they return null) and UNLISTENs. Leaves no timer or listener. Idempotent.
    */
   async stop(): Promise<void> {
-    this.#started = false;
-    clearInterval(this.#retentionTimer);
-    this.#retentionTimer = undefined;
     for (const r of this.#receives) r.abort();
     await Promise.all([...this.#consumers].map((c) => c.stop()));
-    await this.#sweeping;
     await this.#group.idle();
     await this.#hub.close();
   }
@@ -379,8 +373,22 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     return this.#notifier.pressure.run((wake) => mailboxRedrive(this.#driver.executor, this.#schemaSql, wake ? this.channel : null, to, ids));
   }
 
-  /** Counts per destination (all destinations, or one). A full scan: for operators. */
-  async stats(to?: string): Promise<DestinationStats[]> {
+  /**
+   * Counts per destination (all destinations, or one). A full scan: for operators. With
+   * `{ estimate: true }` (all destinations; what the dashboard reads) ready, delayed and
+   * dead messages are counted exactly from their indexes and consumed ones estimated
+   * from a sample of at most `samplePages` pages (default 500, `STATS_SAMPLE_PAGES`; exact when the table is
+   * no larger); rows then carry `estimated`.
+   */
+  async stats(to?: string | { estimate?: boolean; samplePages?: number }): Promise<DestinationStats[]> {
+    if (typeof to === 'object' && to !== null) {
+      const pages = assertInt('samplePages', to.samplePages ?? STATS_SAMPLE_PAGES, 1, 1_000_000_000);
+      if (to.estimate) {
+        const rows = await mailboxStatsEstimated(this.#driver.executor, this.#schemaSql, pages);
+        return rows.map((r) => ({ to: r.destination, ready: r.ready, delayed: r.delayed, consumed: r.consumed, dead: r.dead, oldestReadyAt: r.oldest_ready_at, estimated: r.estimated }));
+      }
+      to = undefined;
+    }
     if (to !== undefined) assertName(to, 'to');
     const rows = await mailboxStats(this.#driver.executor, this.#schemaSql, to ?? null);
     return rows.map((r) => ({
@@ -394,11 +402,21 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   }
 
   /**
-   * Deletes consumed messages older than `retentionMs` (and dead ones older than
-   * `deadRetentionMs` when that is set), in batches. The sweep runs this on its schedule.
+   * Deletes consumed messages older than `consumedOlderThanMs` (default `retentionMs`)
+   * and dead ones older than `deadOlderThanMs` (default `deadRetentionMs`, where 0 keeps
+   * them); null keeps that kind. In batches of `batchSize` (default
+   * 5000). The maintenance service calls it (tasks `mailboxRetention` for consumed
+   * messages, `deadLetterRetention` for dead ones); emits `message:purged` when it
+   * deleted any.
    */
-  async purge(options: { batchSize?: number } = {}): Promise<{ consumed: number; dead: number }> {
+  async purge(options: { batchSize?: number; consumedOlderThanMs?: number | null; deadOlderThanMs?: number | null } = {}): Promise<{ consumed: number; dead: number }> {
     const batch = assertInt('batchSize', options.batchSize ?? 5000, 1, 1_000_000);
+    const consumedMs = options.consumedOlderThanMs === undefined ? this.options.retentionMs : options.consumedOlderThanMs;
+    // deadRetentionMs 0 means "keep dead messages"; an explicit deadOlderThanMs 0 means "all of them".
+    const deadMs = options.deadOlderThanMs === undefined ? this.options.deadRetentionMs || null : options.deadOlderThanMs;
+    for (const [k, v] of [['consumedOlderThanMs', consumedMs], ['deadOlderThanMs', deadMs]] as const) {
+      if (v !== null && !(typeof v === 'number' && v >= 0 && Number.isFinite(v))) throw new InvalidOptionError(k, v, 'null or a number >= 0');
+    }
     const sweep = async (state: 'consumed' | 'dead', olderThanMs: number): Promise<number> => {
       let total = 0;
       for (;;) {
@@ -407,24 +425,10 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
         if (n < batch) return total;
       }
     };
-    const consumed = await sweep('consumed', this.options.retentionMs);
-    const dead = this.options.deadRetentionMs > 0 ? await sweep('dead', this.options.deadRetentionMs) : 0;
+    const consumed = consumedMs === null ? 0 : await sweep('consumed', consumedMs);
+    const dead = deadMs === null ? 0 : await sweep('dead', deadMs);
+    if (consumed || dead) this.emit('message:purged', { consumed, dead });
     return { consumed, dead };
-  }
-
-  async #sweep(): Promise<void> {
-    if (this.#sweeping) return;
-    this.#sweeping = (async () => {
-      try {
-        const result = await this.purge();
-        if (result.consumed || result.dead) this.emit('message:purged', result);
-      } catch (err) {
-        this.emit('message:problem', err as Error);
-      } finally {
-        this.#sweeping = undefined;
-      }
-    })();
-    await this.#sweeping;
   }
 }
 

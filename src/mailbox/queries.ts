@@ -404,3 +404,37 @@ export async function mailboxGet(executor: Executor, schema: string, id: string)
   );
   return rows[0];
 }
+
+/**
+ * The statement of {@link mailboxStatsEstimated} (`$1`: sample percent for consumed
+ * messages; 100 counts them exactly). Ready and delayed messages read the ready index,
+ * dead ones the dead index (their cost follows the backlog); consumed messages, the
+ * bulk of the table, are counted in a `TABLESAMPLE SYSTEM` sample and scaled up.
+ */
+export const mailboxStatsEstimatedSql = (schema: string): string =>
+  `SELECT destination,
+          sum(ready)::float8 AS ready, sum(delayed)::float8 AS delayed, sum(consumed)::float8 AS consumed, sum(dead)::float8 AS dead,
+          min(oldest_ready_at) AS oldest_ready_at, bool_or(estimated) AS estimated
+     FROM (
+       SELECT destination, count(*) FILTER (WHERE visible_at <= now()) AS ready, count(*) FILTER (WHERE visible_at > now()) AS delayed,
+              0 AS consumed, 0 AS dead, min(created_at) AS oldest_ready_at, false AS estimated
+         FROM ${schema}.mailbox_messages WHERE state = 'ready' GROUP BY destination
+       UNION ALL
+       SELECT destination, 0, 0, 0, count(*), NULL, false FROM ${schema}.mailbox_messages WHERE state = 'dead' GROUP BY destination
+       UNION ALL
+       SELECT destination, 0, 0, round(count(*) * 100 / $1::float8), 0, NULL, $1::float8 < 100
+         FROM ${schema}.mailbox_messages TABLESAMPLE SYSTEM ($1::float4) WHERE state = 'consumed' GROUP BY destination
+     ) AS c
+    GROUP BY destination ORDER BY destination`;
+
+/** Counts per destination without a scan of the consumed history (see {@link mailboxStatsEstimatedSql}). */
+export async function mailboxStatsEstimated(executor: Executor, schema: string, samplePages: number): Promise<(StatsRow & { estimated: boolean })[]> {
+  const { rows: size } = await executor.query<{ pages: number }>(
+    `SELECT greatest(c.relpages, (pg_relation_size(c.oid) / current_setting('block_size')::int))::float8 AS pages FROM pg_class c WHERE c.oid = $1::regclass`,
+    [`${schema}.mailbox_messages`],
+  );
+  const pages = Number(size[0]?.pages ?? 0);
+  const percent = pages <= samplePages ? 100 : Math.max(0.0001, (samplePages / pages) * 100);
+  const { rows } = await executor.query<StatsRow & { estimated: boolean }>(mailboxStatsEstimatedSql(schema), [percent]);
+  return rows.map((r) => ({ ...r, ready: Number(r.ready), delayed: Number(r.delayed), consumed: Number(r.consumed), dead: Number(r.dead) }));
+}

@@ -17,13 +17,22 @@ export interface MailboxOptions {
   retryJitter?: number;
   /**
    * How long consumed messages are kept before retention deletes them. The id of a kept
-   * message still deduplicates sends, so this is also the idempotency window.
+   * message still deduplicates sends, so this is also the idempotency window. The
+   * default of the maintenance task `mailboxRetention` (`maintenance.mailboxRetention.retentionMs` wins).
    * @defaultValue 86400000 (one day)
    */
   retentionMs?: number;
-  /** How long dead messages are kept; 0 keeps them until redriven or deleted by hand. @defaultValue 0 */
+  /**
+   * How long dead messages are kept; 0 keeps them until redriven or deleted by hand. A
+   * value > 0 enables the maintenance task `deadLetterRetention` with this retention
+   * (which then covers dead outbox events too). @defaultValue 0
+   */
   deadRetentionMs?: number;
-  /** Interval of the retention sweep while the mailbox is started; 0 turns it off. @defaultValue 60000 */
+  /**
+   * Interval of the maintenance task `mailboxRetention` (the service runs in every
+   * process that uses any part, on the elected leader); 0 disables the task.
+   * `maintenance.mailboxRetention` wins. @defaultValue 60000
+   */
   retentionIntervalMs?: number;
   /**
    * Group commit of sends without `tx`: concurrent `send`/`sendMany` calls of this
@@ -174,6 +183,8 @@ export interface DestinationStats {
   dead: number;
   /** Creation time of the oldest waiting message, or null. */
   oldestReadyAt: Date | null;
+  /** Present with `stats({ estimate: true })`: whether `consumed` is estimated from a sample. */
+  estimated?: boolean;
 }
 
 /** Events of the mailbox (`herald.mailbox.on(name, fn)`). */
@@ -182,8 +193,8 @@ export type MailboxEvents = {
   'message:handlerError': [info: { to: string; id: string; attempts: number; error: unknown }];
   /** A message reached `maxAttempts` and moved to the dead-letter state. */
   'message:dead': [info: { to: string; id: string; attempts: number; error: unknown }];
-  /** A background failure (a consume transaction or the retention sweep); it is retried. */
+  /** A background failure (a consume transaction); it is retried. Failures of retention are `maintenance:error` events of `herald.maintenance`. */
   'message:problem': [err: Error];
-  /** The retention sweep deleted messages. */
+  /** `purge()` deleted messages (the maintenance tasks `mailboxRetention` and `deadLetterRetention` call it). */
   'message:purged': [info: { consumed: number; dead: number }];
 }

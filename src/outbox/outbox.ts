@@ -12,6 +12,7 @@ import {
   outboxListDead,
   outboxLockKeys,
   type OUTBOX_KEY_LOCK_BUCKETS,
+  outboxPruneDead,
   outboxPrunePublished,
   outboxRedrive,
   outboxStats,
@@ -44,8 +45,10 @@ export interface OutboxStats {
   retrying: number;
   /** Dead-lettered. */
   dead: number;
-  /** Published and not yet pruned. */
+  /** Published and not yet pruned (with `estimate`: from the table's statistics). */
   published: number;
+  /** Whether `published` is an estimate. */
+  publishedEstimated: boolean;
   /** Age of the oldest pending event in ms (database time), or null. */
   oldestPendingAgeMs: number | null;
 }
@@ -88,9 +91,11 @@ export class Outbox {
   readonly #s: string;
   readonly #lockPrefix: string;
   readonly #relays = new Set<Relay>();
+  readonly #active: () => void;
 
-  /** @internal Use `herald.outbox`. */
-  constructor(driver: Driver, notifier: Notifier, schema: string) {
+  /** @internal Use `herald.outbox`. `active` is called on every add and relay: it starts the maintenance service. */
+  constructor(driver: Driver, notifier: Notifier, schema: string, active: () => void = () => {}) {
+    this.#active = active;
     this.#driver = driver;
     this.#notifier = notifier;
     this.#s = schemaIdent(schema);
@@ -106,6 +111,7 @@ export class Outbox {
    */
   async add(event: NewOutboxEvent, options: { tx?: TxLike } = {}): Promise<string> {
     const e = checkEvent(event, 'event');
+    this.#active();
     return withSpan('herald.outbox.add', { 'herald.event_type': e.type }, () =>
       this.#write(options.tx, (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e), (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e)),
     );
@@ -116,6 +122,7 @@ export class Outbox {
     if (!Array.isArray(events)) throw new HeraldError('INVALID_ARGUMENT', 'addMany expects an array');
     if (events.length === 0) return [];
     const checked = events.map((e, i) => checkEvent(e, `events[${i}]`));
+    this.#active();
     const cols = {
       types: checked.map((e) => e.type),
       keys: checked.map((e) => e.key),
@@ -156,20 +163,28 @@ export class Outbox {
    */
   relay(options: RelayOptions): Relay {
     const relay = new Relay(this.#driver, this.#notifier, this.#s, this.channel, options);
+    this.#active();
     this.#relays.add(relay);
     relay.once('relay:stopped', () => this.#relays.delete(relay));
     return relay.start();
   }
 
-  /** Backlog counters. */
-  async stats(): Promise<OutboxStats> {
-    const r = await outboxStats(this.#driver.executor, this.#s);
+  /**
+   * Backlog counters. Pending, due, retrying and dead are exact and read partial
+   * indexes (their cost follows the backlog); `published` is exact (a scan of every
+   * published event) unless `estimate`, which takes it from the table's statistics
+   * (`pg_class.reltuples`, as of the last VACUUM or ANALYZE, less pending and dead
+   * events) — what the dashboard reads.
+   */
+  async stats(options: { estimate?: boolean } = {}): Promise<OutboxStats> {
+    const r = await outboxStats(this.#driver.executor, this.#s, options.estimate === true);
     return {
       pending: r.pending,
       due: r.due,
       retrying: r.retrying,
       dead: r.dead,
       published: r.published,
+      publishedEstimated: r.published_estimated,
       oldestPendingAgeMs: r.oldest_pending_age_ms === null ? null : Math.max(0, Math.round(Number(r.oldest_pending_age_ms))),
     };
   }
@@ -212,16 +227,33 @@ export class Outbox {
 
   /**
    * Deletes published events older than `olderThanMs` (database time), in batches of
-   * `batchSize`, until none is left; returns how many. @defaultValue olderThanMs 86400000, batchSize 10000
+   * `batchSize`, until none is left; returns how many. The maintenance task
+   * `outboxRetention` calls it (on by default, 7 days). @defaultValue olderThanMs 86400000, batchSize 10000
    */
   async prune(options: { olderThanMs?: number; batchSize?: number } = {}): Promise<number> {
+    return this.#deleteOld(outboxPrunePublished, options);
+  }
+
+  /**
+   * Deletes dead-lettered events dead for longer than `olderThanMs` (database time),
+   * in batches; returns how many. The maintenance task `deadLetterRetention` calls it.
+   * @defaultValue olderThanMs 2592000000 (30 days), batchSize 10000
+   */
+  async pruneDead(options: { olderThanMs?: number; batchSize?: number } = {}): Promise<number> {
+    return this.#deleteOld(outboxPruneDead, { olderThanMs: options.olderThanMs ?? 2_592_000_000, batchSize: options.batchSize });
+  }
+
+  async #deleteOld(
+    statement: (ex: Executor, s: string, olderThanMs: number, limit: number) => Promise<number>,
+    options: { olderThanMs?: number; batchSize?: number },
+  ): Promise<number> {
     const olderThanMs = options.olderThanMs ?? 86_400_000;
     const batchSize = options.batchSize ?? 10_000;
     if (!(olderThanMs >= 0) || !Number.isFinite(olderThanMs)) throw new InvalidOptionError('olderThanMs', olderThanMs, 'a number >= 0');
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new InvalidOptionError('batchSize', batchSize, 'a positive integer');
     let total = 0;
     for (;;) {
-      const n = await outboxPrunePublished(this.#driver.executor, this.#s, olderThanMs, batchSize);
+      const n = await statement(this.#driver.executor, this.#s, olderThanMs, batchSize);
       total += n;
       if (n < batchSize) return total;
     }

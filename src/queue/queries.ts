@@ -666,6 +666,45 @@ export async function jobStats(x: Executor, s: string): Promise<{ queue: string;
   return rows;
 }
 
+/**
+ * The statement of {@link jobStatsEstimated} (`$1`: sample percent of the table for
+ * completed jobs; 100 counts them exactly). Each branch reads what follows the backlog
+ * or an index: waiting jobs the claim index (index-only), running ones the lease
+ * index, dead and cancelled ones their partial index (migration 011); completed jobs,
+ * the bulk of a busy table, are counted in a `TABLESAMPLE SYSTEM` sample of the
+ * table's pages and scaled up. Tests EXPLAIN it.
+ */
+export const jobStatsEstimatedSql = (s: string): string =>
+  `SELECT queue, kind, state, count::float8 AS count, estimated FROM (
+     SELECT queue, kind, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END AS state, count(*) AS count, false AS estimated
+       FROM ${s}.jobs WHERE state = 'available' GROUP BY 1, 2, 3
+     UNION ALL
+     SELECT queue, kind, 'running', count(*), false FROM ${s}.jobs
+      WHERE lease_expires_at IS NOT NULL AND state = 'running' GROUP BY 1, 2
+     UNION ALL
+     SELECT queue, kind, state, count(*), false FROM ${s}.jobs
+      WHERE state IN ('dead', 'cancelled') GROUP BY 1, 2, 3
+     UNION ALL
+     SELECT queue, kind, 'completed', round(count(*) * 100 / $1::float8), $1::float8 < 100 FROM ${s}.jobs TABLESAMPLE SYSTEM ($1::float4)
+      WHERE state = 'completed' GROUP BY 1, 2
+   ) AS c ORDER BY 1, 2, 3`;
+
+/**
+ * Counts per queue, kind and state without a scan of the whole table: exact for
+ * waiting, scheduled, running, dead and cancelled jobs; completed jobs estimated from
+ * a sample of at most `samplePages` pages (exact when the table has no more pages).
+ */
+export async function jobStatsEstimated(x: Executor, s: string, samplePages: number): Promise<{ queue: string; kind: string; state: string; count: number; estimated: boolean }[]> {
+  const { rows: size } = await x.query<{ pages: number }>(
+    `SELECT greatest(c.relpages, (pg_relation_size(c.oid) / current_setting('block_size')::int))::float8 AS pages FROM pg_class c WHERE c.oid = $1::regclass`,
+    [`${s}.jobs`],
+  );
+  const pages = Number(size[0]?.pages ?? 0);
+  const percent = pages <= samplePages ? 100 : Math.max(0.0001, (samplePages / pages) * 100);
+  const { rows } = await x.query<{ queue: string; kind: string; state: string; count: number; estimated: boolean }>(jobStatsEstimatedSql(s), [percent]);
+  return rows.map((r) => ({ ...r, count: Number(r.count) }));
+}
+
 /** The statement of {@link jobListStuck} (`$1`: threshold in ms, `$2`: limit); tests EXPLAIN it. */
 export const jobStuckSql = (s: string): string =>
   `WITH t AS (SELECT now() - $1 * interval '1 millisecond' AS before)
@@ -698,26 +737,6 @@ export async function jobListStuck(
     [thresholdMs, limit],
   );
   return rows;
-}
-
-/**
- * Takes or renews leadership of `role` for `ttlMs` (database time): succeeds when
- * nobody holds it, the lease expired, or `holder` already holds it.
- */
-export async function leaderAcquire(x: Executor, s: string, role: string, holder: string, ttlMs: number): Promise<boolean> {
-  const { rows } = await x.query(
-    `INSERT INTO ${s}.queue_leaders AS l (role, holder, expires_at) VALUES ($1, $2, now() + $3 * interval '1 millisecond')
-     ON CONFLICT (role) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-      WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()
-     RETURNING holder`,
-    [role, holder, ttlMs],
-  );
-  return rows.length === 1;
-}
-
-/** Gives leadership up (only if `holder` holds it). */
-export async function leaderRelease(x: Executor, s: string, role: string, holder: string): Promise<void> {
-  await x.query(`DELETE FROM ${s}.queue_leaders WHERE role = $1 AND holder = $2`, [role, holder]);
 }
 
 /**

@@ -1,13 +1,14 @@
-import { randomUUID } from 'node:crypto';
 import type { Driver, Executor, TxLike } from '../driver/types.js';
 import { toExecutor } from '../driver/index.js';
 import { HeraldError, InvalidArgumentError, InvalidOptionError, InvalidPayloadError } from '../errors.js';
 import { TypedEmitter } from '../internal/events.js';
+import { STATS_SAMPLE_PAGES } from '../internal/options.js';
 import { schemaIdent } from '../internal/ident.js';
 import { withSpan } from '../internal/tracing.js';
 import { assertBigintId, assertDate, assertDuration, assertInt, assertText, jsonHasNul } from '../internal/validate.js';
 import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
+import { Leadership, holderName } from '../maintenance/leadership.js';
 import { CronSchedule } from './cron.js';
 import * as q from './queries.js';
 import {
@@ -81,19 +82,23 @@ export class Queue extends TypedEmitter<QueueEvents> {
   readonly channelNames: { readonly wake: string; readonly events: string };
   readonly #workers = new Set<Worker>();
   readonly #crons = new Map<string, CronEntry>();
-  readonly #holder = `${process.pid}:${randomUUID()}`;
+  readonly #cron: Leadership;
+  readonly #active: () => void;
   #sub: Subscription | null = null;
-  #timers: NodeJS.Timeout[] = [];
+  #cronTimer: NodeJS.Timeout | undefined;
   #started = false;
-  #leader = false;
   #stopped = false;
 
-  constructor(readonly driver: Driver, readonly notifier: Notifier, readonly schema: string, options: QueueOptions = {}) {
+  /** @param active called on every enqueue, `work` and `schedule`: starts the maintenance service (`createHerald` passes it). */
+  constructor(readonly driver: Driver, readonly notifier: Notifier, readonly schema: string, options: QueueOptions = {}, active: () => void = () => {}) {
     super();
     this.options = resolveQueueOptions(options);
     this.schemaSql = schemaIdent(schema);
     this.channelNames = { wake: `${schema}.jobs.wake`, events: `${schema}.jobs.events` };
     this.#executor = notifier.pressure.watch(driver.executor);
+    this.#active = active;
+    // Cron leadership: the one election mechanism (src/maintenance/leadership.ts), role `cron`.
+    this.#cron = new Leadership(this.#executor, this.schemaSql, 'cron', holderName(), this.options.leaderTtlMs, (leader) => this.emit('job:cronLeader', { leader }));
   }
 
   readonly #executor: Executor;
@@ -123,7 +128,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
 
   /** Whether this process currently leads cron scheduling. */
   get isLeader(): boolean {
-    return this.#leader;
+    return this.#cron.isLeader;
   }
 
   /** @internal used by workers */
@@ -206,6 +211,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
   }
 
   #batchOf(items: readonly EnqueueItem[]): q.JobInsertBatch {
+    this.#active();
     const b: q.JobInsertBatch = { queue: [], kind: [], payload: [], priority: [], runAt: [], delayMs: [], maxAttempts: [], uniqueKey: [], stages: [], announce: [], timeoutMs: [] };
     for (const it of items) {
       if (it === null || typeof it !== 'object') throw new InvalidArgumentError('job', it, 'an object { kind, payload?, ...options }');
@@ -303,10 +309,15 @@ export class Queue extends TypedEmitter<QueueEvents> {
     return { name, remove: () => void this.#crons.delete(name) };
   }
 
-  /** Starts the background parts (wake-up subscription, rescue and retention sweeps, cron). Idempotent; `work` and `schedule` call it. */
+  /**
+   * Starts the background parts (wake-up subscription, cron) and the maintenance
+   * service, which rescues expired leases and deletes old finished jobs
+   * (`herald.maintenance`). Idempotent; `work` and `schedule` call it.
+   */
   start(): void {
     if (this.#started || this.#stopped) return;
     this.#started = true;
+    this.#active();
     this.#sub = this.notifier.listen(this.channelNames.wake, (n) => {
       // '' (no queue has that name): every queue, as a resume of everything sends.
       for (const w of this.#workers) if (w.queue === n.payload || n.payload === '') w.wake();
@@ -317,25 +328,21 @@ export class Queue extends TypedEmitter<QueueEvents> {
       },
     });
     this.#sub.established.catch((err) => this.emit('job:problem', err));
-    this.#every(this.options.rescueIntervalMs, () => this.rescue());
-    if (this.options.retentionMs > 0) this.#every(this.options.retentionIntervalMs, () => this.prune());
-    this.#every(Math.min(1000, Math.floor(this.options.leaderTtlMs / 3)), () => this.#cronTick());
-  }
-
-  #every(ms: number, fn: () => Promise<unknown>): void {
     let running = false;
-    const t = setInterval(() => {
+    this.#cronTimer = setInterval(() => {
       if (running) return;
       running = true;
-      fn()
+      this.#cronTick()
         .catch((err) => this.emit('job:problem', err))
         .finally(() => (running = false));
-    }, ms);
-    t.unref();
-    this.#timers.push(t);
+    }, Math.min(1000, Math.floor(this.options.leaderTtlMs / 3)));
+    this.#cronTimer.unref();
   }
 
-  /** Runs one rescue sweep now: jobs whose lease expired become available (or dead). Returns how many. */
+  /**
+   * Runs one rescue sweep now: jobs whose lease expired become available (or dead).
+   * Returns how many. The maintenance task `queueRescue` calls it.
+   */
   async rescue(): Promise<number> {
     let total = 0;
     let dead = 0;
@@ -349,7 +356,10 @@ export class Queue extends TypedEmitter<QueueEvents> {
     return total;
   }
 
-  /** Deletes finished jobs older than `olderThanMs` (default `retentionMs`), in batches. Returns how many. */
+  /**
+   * Deletes finished jobs older than `olderThanMs` (default `retentionMs`), in batches
+   * of `retentionBatchSize`. Returns how many. The maintenance task `queueRetention` calls it.
+   */
   async prune(options: { olderThanMs?: number; states?: ('completed' | 'dead' | 'cancelled')[] } = {}): Promise<number> {
     const olderThan = assertDuration('olderThanMs', options.olderThanMs ?? this.options.retentionMs);
     const states = options.states ?? ['completed', 'dead', 'cancelled'];
@@ -365,15 +375,10 @@ export class Queue extends TypedEmitter<QueueEvents> {
 
   async #cronTick(): Promise<void> {
     if (this.#crons.size === 0) {
-      if (this.#leader) await this.#resign();
+      await this.#cron.resign();
       return;
     }
-    const leader = await q.leaderAcquire(this.executor, this.schemaSql, 'cron', this.#holder, this.options.leaderTtlMs);
-    if (leader !== this.#leader) {
-      this.#leader = leader;
-      this.emit('job:cronLeader', { leader });
-    }
-    if (!leader) return;
+    if (!(await this.#cron.renew())) return;
     const now = await q.dbNow(this.executor);
     for (const c of this.#crons.values()) {
       const tick = c.schedule.latestTick(now, new Date(now.getTime() - this.options.leaderTtlMs));
@@ -387,11 +392,6 @@ export class Queue extends TypedEmitter<QueueEvents> {
     }
   }
 
-  async #resign(): Promise<void> {
-    this.#leader = false;
-    this.emit('job:cronLeader', { leader: false });
-    await q.leaderRelease(this.executor, this.schemaSql, 'cron', this.#holder);
-  }
 
   /**
    * Pauses a queue, one kind, one kind of one queue, or everything (`{}`), for every
@@ -542,9 +542,18 @@ export class Queue extends TypedEmitter<QueueEvents> {
     };
   }
 
-  /** Counts per queue, kind and state (`scheduled`: available but not due yet). */
-  stats(): Promise<{ queue: string; kind: string; state: JobState | 'scheduled'; count: number }[]> {
-    return q.jobStats(this.executor, this.schemaSql) as never;
+  /**
+   * Counts per queue, kind and state (`scheduled`: available but not due yet): exact,
+   * a scan of the whole table. With `estimate`, no scan of finished history: waiting,
+   * scheduled, running, dead and cancelled jobs are counted exactly from their indexes,
+   * completed ones estimated from a sample of at most `samplePages` pages of the table
+   * (default 500, `STATS_SAMPLE_PAGES`; exact when the table is no larger), and each row says whether it is
+   * `estimated`. The dashboard reads the estimate.
+   */
+  stats(options: { estimate?: boolean; samplePages?: number } = {}): Promise<{ queue: string; kind: string; state: JobState | 'scheduled'; count: number; estimated?: boolean }[]> {
+    if (!options.estimate) return q.jobStats(this.executor, this.schemaSql) as never;
+    const pages = assertInt('samplePages', options.samplePages ?? STATS_SAMPLE_PAGES, 1, 1_000_000_000);
+    return q.jobStatsEstimated(this.executor, this.schemaSql, pages) as never;
   }
 
   /**
@@ -606,17 +615,17 @@ export class Queue extends TypedEmitter<QueueEvents> {
 
   /**
    * Stops every worker (running jobs finish, up to `timeoutMs`; jobs claimed ahead are
-   * handed back), the sweeps, cron (leadership is released) and the wake-up
-   * subscription. Idempotent.
+   * handed back), cron (leadership is released) and the wake-up subscription.
+   * Idempotent. (Rescue and retention belong to `herald.maintenance`.)
    */
   async stop(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
-    for (const t of this.#timers) clearInterval(t);
-    this.#timers = [];
+    clearInterval(this.#cronTimer);
+    this.#cronTimer = undefined;
     await Promise.all([...this.#workers].map((w) => w.stop(options.timeoutMs)));
     this.#workers.clear();
-    if (this.#leader) await this.#resign().catch(() => {});
+    await this.#cron.resign().catch(() => {});
     await this.#sub?.close();
     this.#sub = null;
   }

@@ -13,7 +13,7 @@ export interface QueueOptions {
   heartbeatIntervalMs?: number;
   /** Safety poll when no wake-up arrives (scheduled jobs, lost notifications). @defaultValue 1000 */
   pollIntervalMs?: number;
-  /** Interval of the rescue sweep for expired leases (each process with workers runs it). @defaultValue 5000 */
+  /** Interval of the maintenance task `queueRescue` (expired leases; run by the elected maintenance leader). `maintenance.queueRescue.intervalMs` wins. @defaultValue 5000 */
   rescueIntervalMs?: number;
   /** Retry backoff: first delay ceiling. @defaultValue 1000 */
   retryBaseDelayMs?: number;
@@ -30,9 +30,13 @@ export interface QueueOptions {
    * completed. Dead and cancelled jobs are always kept. @defaultValue true
    */
   keepCompleted?: boolean;
-  /** Finished jobs kept this long before the retention sweep deletes them; 0 keeps them forever. @defaultValue 86400000 (24 h) */
+  /**
+   * Finished jobs kept this long before the maintenance task `queueRetention` deletes
+   * them; 0 keeps them forever (disables the task). `maintenance.queueRetention` wins.
+   * @defaultValue 86400000 (24 h)
+   */
   retentionMs?: number;
-  /** Interval of the retention sweep (each process with workers runs it). @defaultValue 60000 */
+  /** Interval of the maintenance task `queueRetention`. `maintenance.queueRetention.intervalMs` wins. @defaultValue 60000 */
   retentionIntervalMs?: number;
   /** Rows deleted per retention statement. @defaultValue 5000 */
   retentionBatchSize?: number;
@@ -327,15 +331,15 @@ export type QueueEvents = {
   'job:failed': [info: { id: string; kind: string; error: unknown; state: string }];
   /** A worker's completion, failure or heartbeat was rejected: its lease was lost (rescued, cancelled or claimed again). */
   'job:leaseLost': [info: { id: string; kind: string; fence: number; during: 'complete' | 'fail' | 'heartbeat' }];
-  /** The rescue sweep made jobs with expired leases available again (or dead). */
+  /** `rescue()` (the maintenance task `queueRescue`) made jobs with expired leases available again (or dead). */
   'job:rescued': [info: { rescued: number; dead: number }];
-  /** The retention sweep deleted finished jobs. */
+  /** `prune()` (the maintenance task `queueRetention`) deleted finished jobs. */
   'job:retentionSwept': [info: { deleted: number }];
   /** This process became or stopped being the cron leader. */
   'job:cronLeader': [info: { leader: boolean }];
   /** A cron tick was enqueued by this process. */
   'job:cronEnqueued': [info: { name: string; tick: Date; id: string }];
-  /** A background failure (claim, flush, heartbeat, sweep); the queue keeps going. */
+  /** A background failure (claim, flush, heartbeat, cron); the queue keeps going. Maintenance failures are `maintenance:error`. */
   'job:problem': [err: Error];
 }
 

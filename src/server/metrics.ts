@@ -2,6 +2,7 @@ import type { Counter, Gauge, Registry } from 'prom-client';
 import { loadPeer } from '../internal/peer.js';
 import type { Herald } from '../client.js';
 import { serverHealth } from '../internal/server-health.js';
+import type { MaintenanceTaskMetrics } from '../maintenance/types.js';
 import type { Gateway } from './gateway.js';
 
 /**
@@ -152,6 +153,30 @@ export class ServerMetrics {
       collect() {
         this.reset();
         this.inc(herald.notifier.stats().queueFullEpisodes);
+      },
+    });
+    // The maintenance service: what this process ran (it runs tasks while it leads).
+    const perTask = (name: string, help: string, pick: (m: MaintenanceTaskMetrics) => number) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['task'],
+        registers,
+        collect() {
+          this.reset();
+          for (const [task, m] of Object.entries(herald.maintenance.metrics())) this.inc({ task }, pick(m));
+        },
+      });
+    perTask('herald_maintenance_runs_total', 'Maintenance task runs made by this process', (m) => m.runs);
+    perTask('herald_maintenance_rows_total', 'Rows changed by maintenance tasks in this process (deleted, rescued, segments dropped)', (m) => m.rows);
+    perTask('herald_maintenance_errors_total', 'Maintenance task runs that failed in this process', (m) => m.errors);
+    perTask('herald_maintenance_duration_seconds_total', 'Time spent in maintenance task runs in this process', (m) => m.durationMs / 1000);
+    new Gauge({
+      name: 'herald_maintenance_leader',
+      help: '1 while this process is the maintenance leader (runs the periodic tasks)',
+      registers,
+      collect() {
+        this.set(herald.maintenance.isLeader ? 1 : 0);
       },
     });
     new Gauge({

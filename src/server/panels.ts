@@ -12,6 +12,12 @@ export interface DashboardPanelOptions {
   stuckThresholdMs?: number;
   /** Rows of each dead-letter panel (mailbox, outbox) and of the stuck panel. @defaultValue 50 */
   deadLimit?: number;
+  /**
+   * Pages of the jobs and mailbox tables sampled to estimate their finished rows
+   * (completed jobs, consumed messages) in the `queues` and `mailboxes` panels; a
+   * table no larger is counted exactly. @defaultValue 500
+   */
+  estimateSamplePages?: number;
 }
 
 /** Defaults of {@link DashboardPanelOptions}. */
@@ -20,6 +26,7 @@ export const DASHBOARD_PANEL_DEFAULTS: Required<DashboardPanelOptions> = {
   pipelineScanLimit: 500,
   stuckThresholdMs: 300_000,
   deadLimit: 50,
+  estimateSamplePages: 500,
 };
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -49,18 +56,29 @@ const finishedBadly = (r: Record<string, unknown>) => r.state === 'dead' || r.st
 /**
  * Registers the dashboard panels of the queue, mailbox and outbox, each read through
  * the part's own library API on every refresh (`/api/dashboard`), with admin actions
- * (the dashboard's routes require `admin` on `dashboard`):
- * - `queues`: `queue.stats()` as one row per queue and kind, a column per state, `paused`
- *   (the pauses holding the row: `queue`, `kind`, `queue+kind`, `all`; '' when none); actions
- *   `pause` (that queue and kind) and `resume` (lifts every pause holding the row);
+      const pauses = await queue.paused();
+      for (const s of await queue.stats({ estimate: true, samplePages: o.estimateSamplePages })) {
+        const key = `${s.queue}\u0000${s.kind}`;
+        let row = rows.get(key);
+        if (!row) {
+          const by = pauses.filter((p) => (p.queue === null || p.queue === s.queue) && (p.kind === null || p.kind === s.kind));
+          // paused: which pauses hold the row ('queue', 'kind', 'queue+kind', 'all'), '' when none.
+          const paused = by.map((p) => (p.queue === null ? (p.kind === null ? 'all' : 'kind') : p.kind === null ? 'queue' : 'queue+kind')).join(' ');
+          row = { queue: s.queue, kind: s.kind, paused, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])), estimated: false };
  * - `jobs`: `queue.list({ limit: jobsLimit })`; actions `retry` (dead, cancelled) and `cancel` (available, running);
  * - `pipelines`: pipeline jobs (`stages`) among the newest `pipelineScanLimit` jobs, with their stage progress;
  * - `stuck`: `queue.stuck({ thresholdMs: stuckThresholdMs })`; action `cancel`;
- * - `mailboxes`: `mailbox.stats()`; action `redrive` (all dead letters of a destination);
+ * - `mailboxes`: `mailbox.stats({ estimate: true })`; action `redrive` (all dead letters of a destination);
  * - `mailbox-dead`: `mailbox.deadLetters(to)` of each destination with dead letters; action `redrive` (one message);
- * - `outbox`: `outbox.stats()`; panel action `redrive-all`;
- * - `outbox-dead`: `outbox.dead()`; action `redrive` (one event);
- * - `topic-dead`: `topics.deadLetters(topic)` of every topic; action `redrive` (one dead letter back to its group).
+      const pauses = await queue.paused();
+      for (const s of await queue.stats({ estimate: true, samplePages: o.estimateSamplePages })) {
+        const key = `${s.queue}\u0000${s.kind}`;
+        let row = rows.get(key);
+        if (!row) {
+          const by = pauses.filter((p) => (p.queue === null || p.queue === s.queue) && (p.kind === null || p.kind === s.kind));
+          // paused: which pauses hold the row ('queue', 'kind', 'queue+kind', 'all'), '' when none.
+          const paused = by.map((p) => (p.queue === null ? (p.kind === null ? 'all' : 'kind') : p.kind === null ? 'queue' : 'queue+kind')).join(' ');
+          row = { queue: s.queue, kind: s.kind, paused, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])), estimated: false };
  */
 export function registerDashboardPanels(server: HeraldServer, options: DashboardPanelOptions = {}): void {
   const o = { ...DASHBOARD_PANEL_DEFAULTS, ...options };
@@ -102,17 +120,18 @@ export function registerDashboardPanels(server: HeraldServer, options: Dashboard
     load: async () => {
       const rows = new Map<string, Record<string, unknown>>();
       const pauses = await queue.paused();
-      for (const s of await queue.stats()) {
+      for (const s of await queue.stats({ estimate: true, samplePages: o.estimateSamplePages })) {
         const key = `${s.queue}\u0000${s.kind}`;
         let row = rows.get(key);
         if (!row) {
           const by = pauses.filter((p) => (p.queue === null || p.queue === s.queue) && (p.kind === null || p.kind === s.kind));
           // paused: which pauses hold the row ('queue', 'kind', 'queue+kind', 'all'), '' when none.
           const paused = by.map((p) => (p.queue === null ? (p.kind === null ? 'all' : 'kind') : p.kind === null ? 'queue' : 'queue+kind')).join(' ');
-          row = { queue: s.queue, kind: s.kind, paused, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])) };
+          row = { queue: s.queue, kind: s.kind, paused, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])), estimated: false };
           rows.set(key, row);
         }
         row[s.state] = Number(row[s.state] ?? 0) + s.count;
+        if (s.estimated) row.estimated = true;
       }
       return [...rows.values()];
     },
@@ -180,7 +199,7 @@ export function registerDashboardPanels(server: HeraldServer, options: Dashboard
   dash.addPanel({
     id: 'mailboxes',
     title: 'Mailboxes',
-    load: () => mailbox.stats(),
+    load: () => mailbox.stats({ estimate: true, samplePages: o.estimateSamplePages }),
     actions: {
       redrive: {
         label: 'Redrive dead',
@@ -195,7 +214,7 @@ export function registerDashboardPanels(server: HeraldServer, options: Dashboard
     title: 'Mailbox dead letters',
     load: async () => {
       const rows: Record<string, unknown>[] = [];
-      for (const d of await mailbox.stats()) {
+      for (const d of await mailbox.stats({ estimate: true, samplePages: o.estimateSamplePages })) {
         if (d.dead === 0 || rows.length >= o.deadLimit) continue;
         for (const m of await mailbox.deadLetters(d.to, { limit: o.deadLimit - rows.length })) {
           rows.push({ id: m.id, to: m.to, topic: m.topic, attempts: m.attempts, lastError: m.lastError, deadAt: m.deadAt });
@@ -218,7 +237,7 @@ export function registerDashboardPanels(server: HeraldServer, options: Dashboard
   dash.addPanel({
     id: 'outbox',
     title: 'Outbox backlog',
-    load: () => outbox.stats(),
+    load: () => outbox.stats({ estimate: true }),
     actions: { 'redrive-all': { label: 'Redrive all dead letters', scope: 'panel', run: async () => ({ redriven: await outbox.redrive({}) }) } },
   });
 

@@ -305,6 +305,8 @@ export class HeraldServer {
     this.#stopping = false;
     await this.auth.ready();
     this.herald.notifier.start().catch(() => {});
+    // An HTTP-only process runs the maintenance service too (it may be the fleet's only process).
+    this.herald.maintenance.start();
     await new Promise<void>((resolve, reject) => {
       this.#http.once('error', reject);
       this.#http.listen(this.options.port, this.options.host, () => {
