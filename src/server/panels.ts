@@ -56,29 +56,21 @@ const finishedBadly = (r: Record<string, unknown>) => r.state === 'dead' || r.st
 /**
  * Registers the dashboard panels of the queue, mailbox and outbox, each read through
  * the part's own library API on every refresh (`/api/dashboard`), with admin actions
-      const pauses = await queue.paused();
-      for (const s of await queue.stats({ estimate: true, samplePages: o.estimateSamplePages })) {
-        const key = `${s.queue}\u0000${s.kind}`;
-        let row = rows.get(key);
-        if (!row) {
-          const by = pauses.filter((p) => (p.queue === null || p.queue === s.queue) && (p.kind === null || p.kind === s.kind));
-          // paused: which pauses hold the row ('queue', 'kind', 'queue+kind', 'all'), '' when none.
-          const paused = by.map((p) => (p.queue === null ? (p.kind === null ? 'all' : 'kind') : p.kind === null ? 'queue' : 'queue+kind')).join(' ');
-          row = { queue: s.queue, kind: s.kind, paused, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])), estimated: false };
+ * (the dashboard's routes require `admin` on `dashboard`):
+ * - `queues`: `queue.stats({ estimate: true })` as one row per queue and kind, a column per state, `paused`
+ *   (the pauses holding the row: `queue`, `kind`, `queue+kind`, `all`; '' when none); actions
+ *   `pause` (that queue and kind) and `resume` (lifts every pause holding the row);
  * - `jobs`: `queue.list({ limit: jobsLimit })`; actions `retry` (dead, cancelled) and `cancel` (available, running);
  * - `pipelines`: pipeline jobs (`stages`) among the newest `pipelineScanLimit` jobs, with their stage progress;
  * - `stuck`: `queue.stuck({ thresholdMs: stuckThresholdMs })`; action `cancel`;
  * - `mailboxes`: `mailbox.stats({ estimate: true })`; action `redrive` (all dead letters of a destination);
  * - `mailbox-dead`: `mailbox.deadLetters(to)` of each destination with dead letters; action `redrive` (one message);
-      const pauses = await queue.paused();
-      for (const s of await queue.stats({ estimate: true, samplePages: o.estimateSamplePages })) {
-        const key = `${s.queue}\u0000${s.kind}`;
-        let row = rows.get(key);
-        if (!row) {
-          const by = pauses.filter((p) => (p.queue === null || p.queue === s.queue) && (p.kind === null || p.kind === s.kind));
-          // paused: which pauses hold the row ('queue', 'kind', 'queue+kind', 'all'), '' when none.
-          const paused = by.map((p) => (p.queue === null ? (p.kind === null ? 'all' : 'kind') : p.kind === null ? 'queue' : 'queue+kind')).join(' ');
-          row = { queue: s.queue, kind: s.kind, paused, ...Object.fromEntries(STATE_COLUMNS.map((c) => [c, 0])), estimated: false };
+ * - `outbox`: `outbox.stats({ estimate: true })`; panel action `redrive-all`;
+ * - `outbox-dead`: `outbox.dead()`; action `redrive` (one event);
+ * - `topic-dead`: `topics.deadLetters(topic)` of every topic; action `redrive` (one dead letter back to its group).
+ * Counts never scan finished history: they read partial indexes, and the bulk (completed
+ * jobs, consumed messages, published events) is estimated (a sample of pages, or
+ * `pg_class.reltuples`); a row with an estimate says so (`estimated: true`).
  */
 export function registerDashboardPanels(server: HeraldServer, options: DashboardPanelOptions = {}): void {
   const o = { ...DASHBOARD_PANEL_DEFAULTS, ...options };
