@@ -507,7 +507,7 @@ export async function jobFailMany(
               lease_expires_at = NULL,
               last_error = coalesce(${error}, j.last_error),
               errors = CASE WHEN ${error} IS NULL THEN j.errors
-                ELSE ${appendError('j.errors', `jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', ${error})`)} END,
+                ELSE ${appendError('j.errors', `jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'durationMs', round(extract(epoch FROM now() - j.attempted_at) * 1000), 'error', ${error})`)} END,
               history = ${history('j.stage', newState)}
         WHERE ${fenced(1, 2)}
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at, j.limit_key
@@ -555,7 +555,7 @@ export async function jobRescueExpired(x: Executor, s: string, ch: QueueChannels
               run_at = now(), lease_expires_at = NULL,
               finished_at = CASE WHEN ${dead} THEN now() END,
               last_error = 'lease expired: the worker stopped heartbeating (died or lost its connection)',
-              errors = ${appendError('j.errors', "jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'error', 'lease expired')")},
+              errors = ${appendError('j.errors', "jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'durationMs', round(extract(epoch FROM now() - j.attempted_at) * 1000), 'error', 'lease expired')")},
               history = ${history('j.stage', `CASE WHEN ${dead} THEN 'dead' ELSE 'available' END`)}
          FROM expired WHERE j.id = expired.id
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce

@@ -293,7 +293,8 @@ export interface JobInfo {
   stages: string[] | null;
   stage: string | null;
   lastError: string | null;
-  errors: { attempt: number; at: string; error: string }[];
+  /** The failed attempts (the last 20): number, when it failed, how long it ran (from its claim to its failure, or to the rescue of its expired lease; absent on entries written before 0.x), and the error text. */
+  errors: { attempt: number; at: string; durationMs?: number; error: string }[];
   /** Transitions with their database timestamps (announced jobs only). */
   history: { stage: string | null; state: JobState; at: string }[] | null;
   result: unknown;

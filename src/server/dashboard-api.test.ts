@@ -147,6 +147,8 @@ describe('dashboard admin API', () => {
     assert.equal(d.status, 200);
     assert.deepEqual(d.body.payload, { order: 1 });
     assert.deepEqual(d.body.errors.map((e: { attempt: number; error: string }) => [e.attempt, e.error]), [[1, 'Error: boom 1'], [2, 'Error: boom 2']]);
+    // Every failed attempt says how long it ran (claim to failure).
+    assert.ok(d.body.errors.every((e: { durationMs?: number }) => typeof e.durationMs === 'number' && e.durationMs >= 0));
     assert.deepEqual(d.body.history.map((h: { state: string }) => h.state).at(-1), 'dead');
     assert.equal((await get('/api/jobs/99999999')).status, 404);
 

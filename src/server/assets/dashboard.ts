@@ -478,7 +478,7 @@ var views = {
     var j = await api('/api/jobs/' + id);
     current.jobId = j.id;
     var attempts = el('tbody');
-    (j.errors || []).forEach(function (e, i) { attempts.append(el('tr', { 'data-attempt': e.attempt }, el('td', {}, e.attempt), el('td', { title: e.at }, ago(e.at)), el('td', {}, i > 0 ? dur(new Date(e.at) - new Date(j.errors[i - 1].at)) + ' after the previous' : ''), el('td', { class: 'bad' }, e.error))); });
+    (j.errors || []).forEach(function (e, i) { attempts.append(el('tr', { 'data-attempt': e.attempt }, el('td', {}, e.attempt), el('td', { title: e.at }, ago(e.at)), el('td', {}, e.durationMs != null ? dur(e.durationMs) : (i > 0 ? dur(new Date(e.at) - new Date(j.errors[i - 1].at)) + ' after the previous' : '')), el('td', { class: 'bad' }, e.error))); });
     var lastRun = j.attemptedAt ? (j.finishedAt ? dur(new Date(j.finishedAt) - new Date(j.attemptedAt)) : 'running for ' + dur(Date.now() - new Date(j.attemptedAt))) : '—';
     var history = el('tbody');
     (j.history || []).forEach(function (h, i) { history.append(el('tr', {}, el('td', {}, h.stage || ''), el('td', { class: 'state-' + h.state }, h.state), el('td', { title: h.at }, ago(h.at)), el('td', {}, i > 0 ? dur(new Date(h.at) - new Date(j.history[i - 1].at)) : ''))); });
@@ -491,7 +491,7 @@ var views = {
       section('Job ' + j.id, { id: 'job-detail' }, actions, kv(j, ['state', 'queue', 'kind', 'stage', 'attempt', 'maxAttempts', 'priority', 'uniqueKey', 'createdAt', 'runAt', 'attemptedAt', 'finishedAt', 'leaseExpiresAt', 'lastError']), el('p', {}, 'last attempt took: ', el('span', { id: 'last-run' }, lastRun))),
       section('Payload', { id: 'job-payload' }, json(j.payload)),
       section('Result', { id: 'job-result' }, json(j.result)),
-      section('Attempts that failed', { id: 'job-attempts', class: 'wide' }, (j.errors || []).length ? el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'attempt'), el('th', {}, 'at'), el('th', {}, 'gap'), el('th', {}, 'error'))), attempts) : el('p', { class: 'muted' }, 'none')),
+      section('Attempts that failed', { id: 'job-attempts', class: 'wide' }, (j.errors || []).length ? el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'attempt'), el('th', {}, 'at'), el('th', {}, 'ran for'), el('th', {}, 'error'))), attempts) : el('p', { class: 'muted' }, 'none')),
       section('Pipeline history', { id: 'job-history', class: 'wide' }, j.history ? el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'stage'), el('th', {}, 'state'), el('th', {}, 'at'), el('th', {}, 'after'))), history) : el('p', { class: 'muted' }, j.stages ? 'not announced' : 'not a pipeline job')),
     ];
   },
