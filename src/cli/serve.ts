@@ -145,9 +145,12 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
  * whose parent exits keeps running on purpose (`nohup herald serve &`).
  */
 function parentGone(env: Record<string, string | undefined>, ctx: CliContext): Promise<void> {
-  if (!env.npm_lifecycle_event || process.ppid <= 1) return new Promise(() => {});
-  const parent = process.ppid;
+  // The parent as it was when this process started: the script may already be gone by
+  // the time the server is up (a SIGTERM during start-up), and then we stop at once.
+  const parent = STARTING_PARENT;
+  if (!env.npm_lifecycle_event || parent <= 1) return new Promise(() => {});
   return new Promise((resolve) => {
+    if (process.ppid !== parent) return resolve();
     const timer = setInterval(() => {
       if (process.ppid !== parent) {
         clearInterval(timer);
@@ -158,6 +161,9 @@ function parentGone(env: Record<string, string | undefined>, ctx: CliContext): P
     ctx.onCleanup(async () => clearInterval(timer));
   });
 }
+
+/** This process's parent when the module loaded (before any start-up work). */
+const STARTING_PARENT = process.ppid;
 
 /** How often a server started by an npm script checks that the script is still there. */
 const PARENT_CHECK_MS = 250;
