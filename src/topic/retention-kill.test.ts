@@ -17,7 +17,8 @@ import type { BehindInfo } from './types.js';
 
 let db: TestDatabase;
 let herald: Herald;
-useHerald({}, (d, h) => {
+// The test drives retention itself: no maintenance service runs it behind its back.
+useHerald({ maintenance: { enabled: false } }, (d, h) => {
   db = d;
   herald = h;
 });
@@ -34,7 +35,7 @@ before(() => {
     worker,
     `import { createHerald } from ${JSON.stringify(src)};
 const [topic, step, nth] = process.argv.slice(2);
-const herald = createHerald({ connectionString: process.env.DATABASE_URL });
+const herald = createHerald({ connectionString: process.env.DATABASE_URL, maintenance: { enabled: false } });
 let n = 0;
 await herald.topics.maintain(topic, {
   onStep: async (s) => {

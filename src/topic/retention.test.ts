@@ -12,7 +12,8 @@ import { TopicRetentionError, type BehindInfo } from './types.js';
 
 let herald: Herald;
 // topics: a cluster of the file's own (a test here holds transactions open on purpose; see freshDatabase)
-useHerald({}, (_db, h) => {
+// The test drives retention itself: no maintenance service runs it behind its back.
+useHerald({ maintenance: { enabled: false } }, (_db, h) => {
   herald = h;
 }, { isolated: true });
 
