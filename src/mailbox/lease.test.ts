@@ -47,7 +47,12 @@ test('the attempt is committed before the handler runs', async () => {
 
 test('a handler over handlerTimeoutMs rolls back and uses its attempt; a late statement on its tx fails; a statement stuck on a lock ends', async () => {
   const errors: unknown[] = [];
-  herald.mailbox.on('message:handlerError', (e) => e.to === 'slow' && errors.push(e.error));
+  const firstTimedOut = deferred();
+  herald.mailbox.on('message:handlerError', (e) => {
+    if (e.to !== 'slow') return;
+    errors.push(e.error);
+    firstTimedOut.resolve();
+  });
   const lateResult = deferred<unknown>();
   let runs = 0;
   // Hold a row lock so the second run's statement waits on it.
@@ -62,8 +67,8 @@ test('a handler over handlerTimeoutMs rolls back and uses its attempt; a late st
       runs++;
       await tx.query('INSERT INTO side_effects VALUES ($1, $2)', [m.id, runs]);
       if (runs === 1) {
-        // Never returns in time; after the timeout, uses its transaction again.
-        await new Promise((r) => setTimeout(r, 1500));
+        // Never returns in time; once the timeout was reported, uses its transaction again.
+        await firstTimedOut.promise;
         lateResult.resolve(await tx.query('SELECT 1').catch((e) => e));
         return;
       }
