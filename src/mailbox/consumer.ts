@@ -43,7 +43,7 @@ export interface ConsumerSettings {
 }
 
 class HandlerFailed extends Error {
-  constructor(readonly row: MessageRow, readonly error: unknown) {
+  constructor(readonly row: LeasedRow, readonly error: unknown) {
     super('handler failed');
   }
 }
@@ -211,7 +211,7 @@ export class MailboxConsumer {
     if (live.length === 0) return rows.length;
     try {
       const n = await host.driver.transaction(async (tx) => {
-        const held = await mailboxConsumeLeased(tx, host.schemaSql, live.map((r) => r.id), token, handlerTimeoutMs > 0 ? handlerTimeoutMs : null);
+        const held = await mailboxConsumeLeased(tx, host.schemaSql, live, token, handlerTimeoutMs > 0 ? handlerTimeoutMs : null);
         // The handler gets the transaction through a guard: once its time is up (or the
         // take is over) a late statement of it fails instead of running on a connection
         // that went back to the pool.
@@ -249,12 +249,12 @@ export class MailboxConsumer {
       const failedId = err instanceof HandlerFailed ? err.row.id : null;
       // The others of the batch go back unused (fenced: a consumed or re-leased one is
       // untouched). A database error may leave them leased until the lease ends.
-      await mailboxRelease(host.driver.executor, host.schemaSql, live.filter((r) => r.id !== failedId).map((r) => r.id), token).catch((e) => host.problem(e));
+      await mailboxRelease(host.driver.executor, host.schemaSql, live.filter((r) => r.id !== failedId), token).catch((e) => host.problem(e));
       if (!(err instanceof HandlerFailed)) throw err;
       // The handler's writes and the consumption are undone; the attempt was counted by
       // the lease. Record the failure for this one message in its own statement.
       this.failures++;
-      const result = await mailboxRecordFailure(host.driver.executor, host.schemaSql, err.row.id, token, describeError(err.error), maxAttempts, host.retry);
+      const result = await mailboxRecordFailure(host.driver.executor, host.schemaSql, err.row, token, describeError(err.error), maxAttempts, host.retry);
       if (result) {
         host.failed({ to, id: err.row.id, attempts: result.attempts, error: err.error, dead: result.state === 'dead' });
         if (result.state === 'ready') {

@@ -102,3 +102,39 @@ test('handlerTimeoutMs and leaseMs are validated', () => {
   assert.throws(() => herald.mailbox.consume('v', () => {}, { handlerTimeoutMs: -1 }), /handlerTimeoutMs/);
   assert.throws(() => herald.mailbox.consume('v', () => {}, { leaseMs: 0 }), /leaseMs/);
 });
+
+test('statements fenced by a lease find their rows by ctid: their cost does not grow with the backlog', async () => {
+  const { mailboxConsumeLeased, mailboxLease } = await import('./queries.js');
+  const { randomUUID } = await import('node:crypto');
+  // A backlog the planner has no statistics for (never analyzed): the case where it took
+  // the partial index of ready rows and filtered every waiting message on each take.
+  const to = 'plan-backlog';
+  for (let c = 0; c < 4; c++) await herald.mailbox.sendMany(Array.from({ length: 2500 }, (_, i) => ({ to, payload: c * 2500 + i })));
+  const token = randomUUID();
+  const leased = await mailboxLease(herald.driver.executor, '"herald"', to, null, 100, token, 30_000, 10);
+  assert.equal(leased.length, 100);
+  // Run the consume statement through an executor that EXPLAINs it instead, in a
+  // transaction rolled back afterwards (the sentinel error).
+  let scan: { 'Node Type': string; 'Rows Removed by Filter'?: number } | undefined;
+  const rollback = new Error('rollback');
+  await assert.rejects(
+    herald.driver.transaction(async (tx) => {
+      const explaining = {
+        query: async (text: string, values?: unknown[]) => {
+          type Node = { 'Node Type': string; 'Relation Name'?: string; 'Rows Removed by Filter'?: number; Plans?: Node[] };
+          const r = await tx.query<{ 'QUERY PLAN': [{ Plan: Node }] }>(`EXPLAIN (ANALYZE, FORMAT JSON) ${text}`, values);
+          // The node that reads mailbox_messages under the UPDATE.
+          const find = (n: Node): Node | undefined =>
+            n['Relation Name'] === 'mailbox_messages' && n['Node Type'] !== 'ModifyTable' ? n : (n.Plans ?? []).map(find).find(Boolean);
+          scan = find(r.rows[0]['QUERY PLAN'][0].Plan);
+          return { rows: [], rowCount: 0 };
+        },
+      };
+      await mailboxConsumeLeased(explaining as never, '"herald"', leased, token, null);
+      throw rollback;
+    }),
+    (e) => e === rollback,
+  );
+  assert.equal(scan?.['Node Type'], 'Tid Scan');
+  assert.equal(scan?.['Rows Removed by Filter'] ?? 0, 0);
+});
