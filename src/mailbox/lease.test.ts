@@ -138,3 +138,24 @@ test('statements fenced by a lease find their rows by ctid: their cost does not 
   assert.equal(scan?.['Node Type'], 'Tid Scan');
   assert.equal(scan?.['Rows Removed by Filter'] ?? 0, 0);
 });
+
+test('the lease statement commits without waiting for the WAL flush (synchronous_commit off for its transaction alone)', async () => {
+  const { mailboxLease } = await import('./queries.js');
+  const { randomUUID } = await import('node:crypto');
+  await herald.mailbox.send({ to: 'async-lease', payload: 1 });
+  const rollback = new Error('rollback');
+  let setting: string | undefined;
+  let leased = 0;
+  await assert.rejects(
+    herald.driver.transaction(async (tx) => {
+      leased = (await mailboxLease(tx, '"herald"', 'async-lease', null, 10, randomUUID(), 30_000, 10)).length;
+      setting = (await tx.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0].synchronous_commit;
+      throw rollback;
+    }),
+    (e) => e === rollback,
+  );
+  assert.equal(leased, 1);
+  assert.equal(setting, 'off');
+  // Only that transaction: the session's own setting is untouched afterwards.
+  assert.equal((await herald.driver.executor.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0].synchronous_commit, 'on');
+});

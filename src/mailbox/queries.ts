@@ -2,6 +2,7 @@
  * The mailbox's SQL. Every statement takes `$n` parameters; the only identifier
  * spliced in is the schema, validated and quoted by `schemaIdent`.
  */
+import { LEASE_COMMITS_ASYNC } from '../internal/lease.js';
 import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
 import { retryDelaySql, type RetryPolicy } from '../internal/backoff.js';
@@ -177,6 +178,8 @@ export const ABANDONED_ERROR = 'no outcome recorded: the consumer died, lost its
  * kills its process does not use up the attempts of the messages taken with it), and
  * one that has had `maxAttempts` deliveries already moves to the dead-letter state
  * here instead (state 'dead' in the result; no handler runs).
+ *
+ * Its commit does not wait for the WAL flush ({@link LEASE_COMMITS_ASYNC}).
  */
 export async function mailboxLease(
   executor: Executor,
@@ -209,7 +212,7 @@ export async function mailboxLease(
             last_error = CASE WHEN ${dies} THEN $7 ELSE m.last_error END,
             visible_at = CASE WHEN ${dies} THEN m.visible_at ELSE now() + $5::float8 * interval '1 millisecond' END,
             lease = CASE WHEN ${dies} THEN NULL ELSE $4::uuid END
-      WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM pick))
+      WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM pick)) AND ${LEASE_COMMITS_ASYNC}
      RETURNING ${RETURNED}, m.state, (SELECT bool_or(abandoned) FROM next) IS TRUE AS alone, m.ctid::text AS ctid`,
     [destination, topic, limit, token, leaseMs, maxAttempts, ABANDONED_ERROR],
   );

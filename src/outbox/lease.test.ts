@@ -119,3 +119,24 @@ test('an event that SIGKILLs its relay every time is dead-lettered after maxAtte
     await Promise.all(spawned.map((f) => f.kill()));
   }
 });
+
+test('the claim transaction that leases commits without waiting for the WAL flush (synchronous_commit off for it alone)', async () => {
+  const { outboxLease } = await import('./queries.js');
+  const { randomUUID } = await import('node:crypto');
+  await herald.outbox.add({ type: 'async-lease' });
+  const seq = (await herald.driver.executor.query<{ seq: string }>(`SELECT max(seq)::text AS seq FROM herald.outbox_events`)).rows[0].seq;
+  const rollback = new Error('rollback');
+  let setting: string | undefined;
+  let marks = 0;
+  await assert.rejects(
+    herald.driver.transaction(async (tx) => {
+      marks = (await outboxLease(tx, '"herald"', [seq], randomUUID(), 30_000, 10)).length;
+      setting = (await tx.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0].synchronous_commit;
+      throw rollback;
+    }),
+    (e) => e === rollback,
+  );
+  assert.equal(marks, 1);
+  assert.equal(setting, 'off');
+  assert.equal((await herald.driver.executor.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0].synchronous_commit, 'on');
+});

@@ -2,6 +2,7 @@
  * SQL of the outbox. Every statement takes the quoted schema (from `schemaIdent`) and
  * `$n` parameters only.
  */
+import { LEASE_COMMITS_ASYNC } from '../internal/lease.js';
 import { wakeSql } from '../notifier/pressure.js';
 import type { Executor } from '../driver/types.js';
 
@@ -259,7 +260,8 @@ export async function outboxClaimAbandoned(ex: Executor, s: string): Promise<Out
  * after): counts the attempt (attempts + 1), hides them from every claim until the
  * lease ends (`next_attempt_at`), and stamps them with `token`. An abandoned event
  * that has had `maxAttempts` attempts already is dead-lettered instead. Returns, per
- * seq, the attempts after this statement and whether it died.
+ * seq, the attempts after this statement and whether it died. The claim transaction
+ * it ends commits without waiting for the WAL flush (see {@link LEASE_COMMITS_ASYNC}).
  */
 export async function outboxLease(
   ex: Executor,
@@ -278,7 +280,7 @@ export async function outboxLease(
             last_error = CASE WHEN ${dies} THEN $5 ELSE e.last_error END,
             next_attempt_at = CASE WHEN ${dies} THEN e.next_attempt_at ELSE now() + $3::float8 * interval '1 millisecond' END,
             lease = CASE WHEN ${dies} THEN NULL ELSE $2::uuid END
-      WHERE e.seq = ANY($1::bigint[])
+      WHERE e.seq = ANY($1::bigint[]) AND ${LEASE_COMMITS_ASYNC}
      RETURNING e.seq::text AS seq, e.attempts, e.dead_at IS NOT NULL AS dead`,
     [seqs, token, leaseMs, maxAttempts, ABANDONED_EVENT_ERROR],
   );
