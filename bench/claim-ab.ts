@@ -1,7 +1,7 @@
 /**
  * Before/after claim throughput of every part, in one run: the same workload against two
  * checkouts of pgherald, interleaved (A B B A A B ...), each measurement in its own
- * process (bench/claim-ab-child.ts) and its own fresh database of one cluster.
+ * process (bench/support/claim-ab-child.ts) and its own fresh database of one cluster.
  *
  *   git worktree add --detach /tmp/before <commit>   (and link node_modules into it)
  *   node --import tsx bench/claim-ab.ts --before /tmp/before [--after .] [--rounds 5]
@@ -47,7 +47,7 @@ async function measure(side: 'before' | 'after', part: string): Promise<number> 
   try {
     const url = new URL(server.url);
     url.pathname = `/${db}`;
-    const child = spawnSync(process.execPath, ['--import', 'tsx', resolve(import.meta.dirname, 'claim-ab-child.ts'), sides[side], part, String(N), url.toString()], {
+    const child = spawnSync(process.execPath, ['--import', 'tsx', resolve(import.meta.dirname, 'support/claim-ab-child.ts'), sides[side], part, String(N), url.toString()], {
       cwd: sides[side],
       encoding: 'utf8',
       maxBuffer: 64 * 1024 * 1024,

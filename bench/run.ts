@@ -1,6 +1,7 @@
 /**
  * `npm run bench [-- <part>... [-- options]]`: runs every benchmark script
- * `bench/<part>.ts` (or only the parts named), one after another, each in its own
+ * `bench/<part>.ts` (or only the parts named; soak, plot, claim-ab and backlog only when
+ * named), one after another, each in its own
  * process (`node --import tsx bench/<part>.ts`), each starting its own Postgres
  * (or using DATABASE_URL). Arguments after a literal `--` go to every script
  * (e.g. `npm run bench -- notifier -- --runs 1`).
@@ -15,6 +16,12 @@ const available = readdirSync(dir)
   .filter((f) => f.endsWith('.ts') && f !== 'run.ts' && !f.endsWith('.d.ts'))
   .map((f) => basename(f, '.ts'))
   .sort();
+/**
+ * Run only when named: long runs (a soak lasts 15 minutes, the deep backlog fills ten
+ * million jobs), tools that need arguments (plot: result files; claim-ab: a second
+ * checkout to compare with).
+ */
+const onlyWhenNamed = new Set(['soak', 'plot', 'claim-ab', 'backlog']);
 
 const argv = process.argv.slice(2);
 const split = argv.indexOf('--');
@@ -28,7 +35,7 @@ if (unknown.length > 0) {
 }
 
 let failed = 0;
-for (const name of names.length > 0 ? names : available) {
+for (const name of names.length > 0 ? names : available.filter((n) => !onlyWhenNamed.has(n))) {
   console.log(`\n## ${name}\n`);
   const code: number = await new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', join(dir, `${name}.ts`), ...passThrough], { stdio: 'inherit' });

@@ -1,6 +1,6 @@
 /**
  * One measurement of bench/claim-ab.ts, in its own process so that two versions of the
- * library never share a module graph: `node --import tsx bench/claim-ab-child.ts
+ * library never share a module graph: `node --import tsx bench/support/claim-ab-child.ts
  * <root> <part> <n> <databaseUrl>`. Loads `<root>/src/index.ts`, fills the part with
  * `n` items, then times how long its consumer (library defaults except the options
  * named below) takes to hand all of them to a no-op handler. Prints one JSON line
