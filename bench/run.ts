@@ -19,9 +19,9 @@ const available = readdirSync(dir)
 /**
  * Run only when named: long runs (a soak lasts 15 minutes, the deep backlog fills ten
  * million jobs), tools that need arguments (plot: result files; claim-ab: a second
- * checkout to compare with).
+ * checkout to compare with), and design prototypes (mailbox-take).
  */
-const onlyWhenNamed = new Set(['soak', 'plot', 'claim-ab', 'backlog']);
+const onlyWhenNamed = new Set(['soak', 'plot', 'claim-ab', 'backlog', 'mailbox-take']);
 
 const argv = process.argv.slice(2);
 const split = argv.indexOf('--');
