@@ -59,6 +59,7 @@ export {
   type WorkflowFailurePolicy,
   type WorkflowInfo,
   type WorkflowJob,
+  type WorkflowTransition,
 } from './queue/types.js';
 export { Maintenance, MAINTENANCE_ROLE } from './maintenance/maintenance.js';
 export { Leadership } from './maintenance/leadership.js';

@@ -32,6 +32,7 @@ import {
   type WorkflowFailurePolicy,
   type WorkflowInfo,
   type WorkflowJob,
+  type WorkflowTransition,
   type ResolvedQueueOptions,
   type WorkOptions,
 } from './types.js';
@@ -715,6 +716,31 @@ export class Queue extends TypedEmitter<QueueEvents> {
           return;
         }
         handler(t);
+      },
+      { onListen: options.onListen },
+    );
+  }
+
+  /**
+   * Live transitions of the members of workflow `id`: `handler` gets `{ workflowId, id,
+   * state }` for each (a member deleted on completion with `keepCompleted: false` as
+   * `completed`), in commit order; read `workflow(id)` for the whole picture. NOTIFY is a
+   * wake-up: transitions made while the listen connection is down are not replayed;
+   * `onListen` (after the first LISTEN and every reconnection) is the moment to re-read.
+   */
+  watchWorkflow(id: string, handler: (t: WorkflowTransition) => void, options: { onListen?: () => void } = {}): Subscription {
+    const wid = BigInt(assertBigintId('workflow id', id)).toString();
+    if (typeof handler !== 'function') throw new InvalidArgumentError('handler', handler, 'a function');
+    return this.notifier.listen(
+      `${this.schema}.workflows.events`,
+      (n) => {
+        let t: WorkflowTransition;
+        try {
+          t = JSON.parse(n.payload) as WorkflowTransition;
+        } catch {
+          return;
+        }
+        if (t.workflowId === wid) handler(t);
       },
       { onListen: options.onListen },
     );

@@ -296,6 +296,14 @@ export interface WorkflowInfo {
   createdAt: Date;
 }
 
+/** A transition of a workflow member as `queue.watchWorkflow` reports it. */
+export interface WorkflowTransition {
+  workflowId: string;
+  /** The job. */
+  id: string;
+  state: JobState;
+}
+
 /** A completed dependency as `queue.dependencyResults(jobId)` returns it. */
 export interface DependencyResult {
   id: string;

@@ -171,6 +171,38 @@ describe('workflows', () => {
     }
   });
 
+  test('watchWorkflow reports every transition of the members, in commit order', async () => {
+    const h = herald();
+    const seen: string[] = [];
+    const listening = deferred();
+    const wf0 = await h.queue.enqueueWorkflow({ jobs: [{ key: 'a', kind: 'watched', delayMs: 3_600_000 }, { key: 'b', kind: 'watched', dependsOn: ['a'] }, { key: 'c', kind: 'watched', dependsOn: ['b'] }] });
+    const keyOf = new Map(Object.entries(wf0.jobs).map(([k, id]) => [id, k]));
+    const sub = h.queue.watchWorkflow(wf0.id, (t) => seen.push(`${keyOf.get(t.id)} ${t.state}`), { onListen: () => listening.resolve() });
+    const other = h.queue.watchWorkflow('999999', (t) => seen.push(`other ${t.id}`));
+    const w = h.queue.work('watched', () => 1);
+    try {
+      await listening.promise;
+      // The first job was scheduled an hour ahead: retry makes it due now (it is not dead:
+      // a cancel first, which, policy cancel, also cancels b and c; retry all three).
+      await h.queue.cancel(wf0.jobs.a);
+      await h.queue.retry([wf0.jobs.a, wf0.jobs.b, wf0.jobs.c]);
+      await waitFor(() => seen.includes('c completed'), { what: 'the last transition' });
+      const expected = ['a cancelled', 'b cancelled', 'c cancelled', 'a available', 'b waiting', 'c waiting',
+        'a running', 'a completed', 'b available', 'b running', 'b completed', 'c available', 'c running', 'c completed'];
+      assert.deepEqual([...seen].sort(), [...expected].sort(), 'each transition once');
+      // Within a transaction a member's own transition is announced before what it releases.
+      const at = (x: string) => seen.indexOf(x);
+      for (const [x, y] of [['a cancelled', 'a available'], ['a completed', 'b available'], ['b available', 'b running'], ['b completed', 'c available'], ['c available', 'c running'], ['c running', 'c completed']]) {
+        assert.ok(at(x) < at(y), `${x} before ${y}: ${seen.join(', ')}`);
+      }
+      assert.ok(!seen.some((x) => x.startsWith('other')));
+    } finally {
+      await w.stop();
+      await sub.close();
+      await other.close();
+    }
+  });
+
   test('keepCompleted: false still releases dependents (their dependencies are deleted on completion)', async () => {
     const h = herald({ keepCompleted: false });
     const order: string[] = [];

@@ -43,6 +43,13 @@ DECLARE
   policy text;
   q text;
 BEGIN
+  -- Every transition of a member (a running job deleted: completed) is announced on
+  -- <schema>.workflows.events for watchWorkflow: a wake-up, like the jobs' channels.
+  IF (TG_OP = 'UPDATE' OR OLD.state = 'running') AND :schema.notify_queue_ok() THEN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.workflows.events',
+      json_build_object('workflowId', OLD.workflow_id::text, 'id', OLD.id::text,
+                        'state', CASE WHEN TG_OP = 'DELETE' THEN 'completed' ELSE NEW.state END)::text);
+  END IF;
   IF TG_OP = 'DELETE' THEN
     -- Its own incoming edges go with the row (outgoing ones stay for the view of its
     -- dependents, and go when they are deleted).
