@@ -55,6 +55,11 @@ export {
   type QueueLimit,
   type QueueLimitOptions,
   type BatchInfo,
+  type DependencyResult,
+  type WorkflowFailurePolicy,
+  type WorkflowInfo,
+  type WorkflowJob,
+  type WorkflowTransition,
 } from './queue/types.js';
 export { Maintenance, MAINTENANCE_ROLE } from './maintenance/maintenance.js';
 export { Leadership } from './maintenance/leadership.js';

@@ -43,7 +43,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .description('list jobs, newest first (by id), one JSON line each')
     .option('--queue <name>', 'only this queue')
     .option('--kind <kind>', 'only this kind')
-    .option('--state <state>', 'available | running | completed | dead | cancelled')
+    .option('--state <state>', 'waiting | available | running | completed | dead | cancelled')
     .option('--stage <stage>', 'only jobs at this pipeline stage')
     .option('--before-id <id>', 'only jobs with a smaller id (the next page: the last id shown)')
     .option('--limit <n>', 'at most n jobs (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)

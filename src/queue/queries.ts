@@ -572,7 +572,7 @@ export async function jobCancelMany(x: Executor, s: string, ch: QueueChannels, i
     `WITH done AS (
        UPDATE ${s}.jobs j SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
               history = ${history('j.stage', "'cancelled'")}
-        WHERE j.id = ANY($1::bigint[]) AND j.state IN ('available', 'running')
+        WHERE j.id = ANY($1::bigint[]) AND j.state IN ('waiting', 'available', 'running')
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
      )
      SELECT id::text AS id, ${notice('done', '$2')} AS notice FROM done`,
@@ -580,6 +580,9 @@ export async function jobCancelMany(x: Executor, s: string, ch: QueueChannels, i
   );
   return rows.map((r) => r.id);
 }
+
+// A workflow job retried while some of its dependencies are not completed waits for them again.
+const RETRY_STATE = "CASE WHEN j.workflow_id IS NOT NULL AND j.deps_pending > 0 THEN 'waiting' ELSE 'available' END";
 
 /**
  * Retries dead or cancelled jobs (or completed ones, when asked): available now, with
@@ -589,13 +592,13 @@ export async function jobCancelMany(x: Executor, s: string, ch: QueueChannels, i
 export async function jobRetryMany(x: Executor, s: string, ch: QueueChannels, ids: string[], states: string[]): Promise<string[]> {
   const { rows } = await x.query<{ id: string }>(
     `WITH done AS (
-       UPDATE ${s}.jobs j SET state = 'available', attempt_base = j.attempt, run_at = now(), finished_at = NULL,
+       UPDATE ${s}.jobs j SET state = ${RETRY_STATE}, attempt_base = j.attempt, run_at = now(), finished_at = NULL,
               stage_entered_at = now(), lease_expires_at = NULL,
-              history = ${history('j.stage', "'available'")}
+              history = ${history('j.stage', RETRY_STATE)}
         WHERE j.id = ANY($1::bigint[]) AND j.state = ANY($2::text[])
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
      )
-     SELECT id::text AS id, ${wake('done', '$3')} AS woke, ${notice('done', '$4')} AS notice FROM done`,
+     SELECT id::text AS id, ${wake('done', '$3', "state = 'available'")} AS woke, ${notice('done', '$4')} AS notice FROM done`,
     [ids, states, ch.wake, ch.events],
   );
   return rows.map((r) => r.id);
@@ -678,6 +681,8 @@ export const jobStatsEstimatedSql = (s: string): string =>
   `SELECT queue, kind, state, count::float8 AS count, estimated FROM (
      SELECT queue, kind, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END AS state, count(*) AS count, false AS estimated
        FROM ${s}.jobs WHERE state = 'available' GROUP BY 1, 2, 3
+     UNION ALL
+     SELECT queue, kind, 'waiting', count(*), false FROM ${s}.jobs WHERE state = 'waiting' GROUP BY 1, 2
      UNION ALL
      SELECT queue, kind, 'running', count(*), false FROM ${s}.jobs
       WHERE lease_expires_at IS NOT NULL AND state = 'running' GROUP BY 1, 2
@@ -886,6 +891,96 @@ export async function batchGet(x: Executor, s: string, id: string): Promise<Batc
     [id],
   );
   return rows[0];
+}
+
+/** A row of `job_workflows`. */
+export interface WorkflowRow {
+  id: string;
+  name: string | null;
+  on_failure: 'cancel' | 'hold';
+  total: number;
+  created_at: Date;
+}
+
+/**
+ * Inserts a workflow and its jobs (the caller's transaction holds both statements):
+ * ids drawn from the sequence first, so the edges can be written with them; jobs with
+ * dependencies start 'waiting' with deps_pending set. Wakes the queues of the jobs that
+ * are available and due. Returns the job ids in input order.
+ */
+export async function workflowInsert(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  w: { name: string | null; onFailure: string; keys: string[]; deps: number[][] },
+  b: JobInsertBatch,
+): Promise<{ id: string; jobIds: string[] }> {
+  const { rows: ids } = await x.query<{ id: string }>(`SELECT nextval('${s}.jobs_id_seq')::text AS id FROM generate_series(1, $1::int)`, [b.kind.length]);
+  const jobIds = ids.map((r) => r.id);
+  const { rows } = await x.query<{ id: string }>(
+    `INSERT INTO ${s}.job_workflows (name, on_failure, total, job_ids, job_keys) VALUES ($1, $2, $3, $4::bigint[], $5::text[]) RETURNING id::text AS id`,
+    [w.name, w.onFailure, jobIds.length, jobIds, w.keys],
+  );
+  const pending = w.deps.map((d) => d.length);
+  await x.query(
+    `WITH ins AS (
+       INSERT INTO ${s}.jobs (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, workflow_id, deps_pending, state)
+       SELECT t.id, t.queue, t.kind, t.payload, t.priority, coalesce(t.run_at, now() + coalesce(t.delay_ms, 0) * interval '1 millisecond'),
+              t.max_attempts, t.timeout_ms, $11::bigint, t.pending, CASE WHEN t.pending > 0 THEN 'waiting' ELSE 'available' END
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::timestamptz[], $7::float8[], $8::int[], $9::int[], $10::int[])
+              AS t(id, queue, kind, payload, priority, run_at, delay_ms, max_attempts, timeout_ms, pending)
+        ORDER BY t.id
+       RETURNING queue, run_at, state
+     )
+     SELECT ${wake('ins', '$12', "state = 'available' AND run_at <= now()")} AS woke`,
+    [jobIds, b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.timeoutMs, pending, rows[0].id, ch.wake],
+  );
+  const from: string[] = [];
+  const to: string[] = [];
+  w.deps.forEach((d, i) => d.forEach((j) => (from.push(jobIds[j]), to.push(jobIds[i]))));
+  if (from.length) await x.query(`INSERT INTO ${s}.job_deps (depends_on, job_id) SELECT * FROM unnest($1::bigint[], $2::bigint[])`, [from, to]);
+  return { id: rows[0].id, jobIds };
+}
+
+/** A workflow and its members (those not deleted), each with its key and dependencies. */
+export async function workflowGet(
+  x: Executor,
+  s: string,
+  id: string,
+): Promise<{ w: WorkflowRow; jobs: { id: string; key: string; kind: string; state: string; result: unknown; depends_on: string[] }[] } | undefined> {
+  const { rows } = await x.query<WorkflowRow & { job_ids: string[]; job_keys: string[] }>(
+    `SELECT id::text AS id, name, on_failure, total, created_at, job_ids::text[] AS job_ids, job_keys FROM ${s}.job_workflows WHERE id = $1::bigint`,
+    [id],
+  );
+  if (!rows[0]) return undefined;
+  const { job_ids, job_keys, ...w } = rows[0];
+  const { rows: jobs } = await x.query<{ id: string; kind: string; state: string; result: unknown; depends_on: string[] }>(
+    `SELECT j.id::text AS id, j.kind, j.state, j.result,
+            ARRAY(SELECT d.depends_on::text FROM ${s}.job_deps d WHERE d.job_id = j.id ORDER BY d.depends_on) AS depends_on
+       FROM ${s}.jobs j WHERE j.id = ANY($1::bigint[])`,
+    [job_ids],
+  );
+  const byId = new Map(jobs.map((j) => [j.id, j]));
+  return {
+    w,
+    jobs: job_ids.flatMap((jid, i) => {
+      const j = byId.get(jid);
+      return j ? [{ ...j, key: job_keys[i] }] : [];
+    }),
+  };
+}
+
+/** The completed dependencies of a job (those still in the table), with their keys and results. */
+export async function jobDependencyResults(x: Executor, s: string, id: string): Promise<{ id: string; key: string | null; kind: string; result: unknown }[]> {
+  const { rows } = await x.query<{ id: string; key: string | null; kind: string; result: unknown }>(
+    `SELECT p.id::text AS id, w.job_keys[array_position(w.job_ids, p.id)] AS key, p.kind, p.result
+       FROM ${s}.job_deps d JOIN ${s}.jobs p ON p.id = d.depends_on
+       LEFT JOIN ${s}.job_workflows w ON w.id = p.workflow_id
+      WHERE d.job_id = $1::bigint AND p.state = 'completed'
+      ORDER BY p.id`,
+    [id],
+  );
+  return rows;
 }
 
 /** The database's clock. */

@@ -28,6 +28,11 @@ import {
   type QueuePause,
   type QueueTarget,
   type BatchInfo,
+  type DependencyResult,
+  type WorkflowFailurePolicy,
+  type WorkflowInfo,
+  type WorkflowJob,
+  type WorkflowTransition,
   type ResolvedQueueOptions,
   type WorkOptions,
 } from './types.js';
@@ -43,9 +48,11 @@ export const MAX_ATTEMPTS_LIMIT = 10_000;
 export const TIMEOUT_MAX_MS = 2_147_483_647;
 /** Largest `concurrency` and `rate.count` of a limit. */
 export const LIMIT_MAX = 1_000_000;
+/** Most jobs in one workflow. */
+export const WORKFLOW_MAX_JOBS = 10_000;
 /** Largest `limit` of a listing (`list`, `stuck`). */
 export const LIST_LIMIT_MAX = 10_000;
-const STATES: JobState[] = ['available', 'running', 'completed', 'dead', 'cancelled'];
+const STATES: JobState[] = ['waiting', 'available', 'running', 'completed', 'dead', 'cancelled'];
 
 function assertName(argument: string, v: unknown): string {
   return assertText(argument, v, NAME_MAX_BYTES);
@@ -208,6 +215,107 @@ export class Queue extends TypedEmitter<QueueEvents> {
       createdAt: r.created_at,
       settledAt: r.settled_at,
     };
+  }
+
+  /**
+   * Enqueues a workflow: jobs with `dependsOn` edges (keys of the same call; no cycles), in
+   * one transaction (the caller's with `tx`). A job without dependencies is available at
+   * once; the others wait until every dependency has completed, and are released exactly
+   * once. A dependency that goes dead or is cancelled cancels its waiting dependents,
+   * transitively (`onFailure: 'cancel'`, the default), or leaves them waiting (`'hold'`:
+   * a retry of it that completes releases them). Members may not have a `uniqueKey`,
+   * `stages` or `announce`. Returns the workflow id and each key's job id.
+   *
+   * @example
+   * const wf = await herald.queue.enqueueWorkflow({ jobs: [{ key: 'a', kind: 'fetch' }, { key: 'b', kind: 'parse', dependsOn: ['a'] }] });
+   */
+  async enqueueWorkflow(
+    workflow: { name?: string; onFailure?: WorkflowFailurePolicy; jobs: readonly WorkflowJob[] },
+    options: { tx?: TxLike } = {},
+  ): Promise<{ id: string; jobs: Record<string, string> }> {
+    if (workflow === null || typeof workflow !== 'object') throw new InvalidArgumentError('workflow', workflow, 'an object { name?, onFailure?, jobs }');
+    const jobs = workflow.jobs;
+    if (!Array.isArray(jobs) || jobs.length === 0 || jobs.length > WORKFLOW_MAX_JOBS) {
+      throw new InvalidArgumentError('jobs', jobs, `a non-empty array of at most ${WORKFLOW_MAX_JOBS} jobs`);
+    }
+    const name = workflow.name === undefined ? null : assertName('name', workflow.name);
+    const onFailure = workflow.onFailure ?? 'cancel';
+    if (onFailure !== 'cancel' && onFailure !== 'hold') throw new InvalidArgumentError('onFailure', onFailure, "'cancel' or 'hold'");
+    const index = new Map<string, number>();
+    jobs.forEach((j, i) => {
+      if (j === null || typeof j !== 'object') throw new InvalidArgumentError('job', j, 'an object { key, kind, dependsOn?, ...options }');
+      const key = assertName('key', j.key);
+      if (index.has(key)) throw new InvalidArgumentError('key', key, 'keys unique within the workflow');
+      for (const k of ['uniqueKey', 'stages', 'announce'] as const) {
+        if ((j as Record<string, unknown>)[k] !== undefined) throw new InvalidArgumentError(k, (j as Record<string, unknown>)[k], `no ${k} on a workflow job`);
+      }
+      index.set(key, i);
+    });
+    const deps = jobs.map((j) => {
+      const on = j.dependsOn ?? [];
+      if (!Array.isArray(on)) throw new InvalidArgumentError('dependsOn', on, 'an array of keys of the same workflow');
+      const out = new Set<number>();
+      for (const k of on) {
+        const at = typeof k === 'string' ? index.get(k) : undefined;
+        if (at === undefined) throw new InvalidArgumentError('dependsOn', k, `a key of the same workflow (job ${JSON.stringify(j.key)})`);
+        if (at === index.get(j.key)) throw new InvalidArgumentError('dependsOn', k, 'another job than itself');
+        out.add(at);
+      }
+      return [...out];
+    });
+    // Kahn's algorithm: whatever is left when no job without pending dependencies remains lies on a cycle.
+    const pending = deps.map((d) => d.length);
+    const dependents: number[][] = jobs.map(() => []);
+    deps.forEach((d, i) => d.forEach((j) => dependents[j].push(i)));
+    const ready = pending.flatMap((n, i) => (n === 0 ? [i] : []));
+    let seen = 0;
+    while (ready.length) {
+      const i = ready.pop()!;
+      seen++;
+      for (const k of dependents[i]) if (--pending[k] === 0) ready.push(k);
+    }
+    if (seen < jobs.length) {
+      const cycle = jobs.filter((_, i) => pending[i] > 0).map((j) => j.key);
+      throw new InvalidArgumentError('dependsOn', cycle.slice(0, 10), 'edges without a cycle (these jobs lie on or after one)');
+    }
+    const b = this.#batchOf(jobs.map(({ key: _k, dependsOn: _d, ...rest }) => rest));
+    const keys = jobs.map((j) => j.key);
+    const run = (x: Executor, ch: q.QueueChannels) => q.workflowInsert(x, this.schemaSql, ch, { name, onFailure, keys, deps }, b);
+    const r = options.tx
+      ? await run(toExecutor(options.tx), this.channels)
+      : await this.driver.transaction((tx) => run(toExecutor(tx), this.channels));
+    return { id: r.id, jobs: Object.fromEntries(keys.map((k, i) => [k, r.jobIds[i]])) };
+  }
+
+  /** A workflow: its policy, its members' states and results, counts per state and an overall state; undefined if there is none. */
+  async workflow(id: string): Promise<WorkflowInfo | undefined> {
+    const r = await q.workflowGet(this.executor, this.schemaSql, assertBigintId('workflow id', id));
+    if (!r) return undefined;
+    const counts = Object.fromEntries(STATES.map((st) => [st, 0])) as Record<JobState, number>;
+    for (const j of r.jobs) counts[j.state as JobState]++;
+    const failed = counts.dead + counts.cancelled > 0;
+    const active = counts.available + counts.running > 0;
+    // Members deleted on completion (keepCompleted: false) are missing: they completed.
+    const state: WorkflowInfo['state'] =
+      failed ? (active ? 'running' : counts.waiting > 0 ? 'held' : 'failed') : !active && counts.waiting === 0 ? 'completed' : 'running';
+    return {
+      id: r.w.id,
+      name: r.w.name,
+      onFailure: r.w.on_failure,
+      total: r.w.total,
+      counts,
+      state,
+      jobs: r.jobs.map((j) => ({ key: j.key, id: j.id, kind: j.kind, state: j.state as JobState, dependsOn: j.depends_on, result: j.result })),
+      createdAt: r.w.created_at,
+    };
+  }
+
+  /**
+   * The results of a job's completed dependencies (a handler calls it with `job.id`), in
+   * id order. Dependencies deleted on completion (`keepCompleted: false`) or by retention are absent.
+   */
+  async dependencyResults(jobId: string): Promise<DependencyResult[]> {
+    return q.jobDependencyResults(this.executor, this.schemaSql, assertId(jobId));
   }
 
   #batchOf(items: readonly EnqueueItem[]): q.JobInsertBatch {
@@ -608,6 +716,31 @@ export class Queue extends TypedEmitter<QueueEvents> {
           return;
         }
         handler(t);
+      },
+      { onListen: options.onListen },
+    );
+  }
+
+  /**
+   * Live transitions of the members of workflow `id`: `handler` gets `{ workflowId, id,
+   * state }` for each (a member deleted on completion with `keepCompleted: false` as
+   * `completed`), in commit order; read `workflow(id)` for the whole picture. NOTIFY is a
+   * wake-up: transitions made while the listen connection is down are not replayed;
+   * `onListen` (after the first LISTEN and every reconnection) is the moment to re-read.
+   */
+  watchWorkflow(id: string, handler: (t: WorkflowTransition) => void, options: { onListen?: () => void } = {}): Subscription {
+    const wid = BigInt(assertBigintId('workflow id', id)).toString();
+    if (typeof handler !== 'function') throw new InvalidArgumentError('handler', handler, 'a function');
+    return this.notifier.listen(
+      `${this.schema}.workflows.events`,
+      (n) => {
+        let t: WorkflowTransition;
+        try {
+          t = JSON.parse(n.payload) as WorkflowTransition;
+        } catch {
+          return;
+        }
+        if (t.workflowId === wid) handler(t);
       },
       { onListen: options.onListen },
     );

@@ -3,7 +3,8 @@ import { InvalidOptionError } from '../errors.js';
 import { boolean, numberBetween, resolveOptions, type OptionCheck } from '../internal/options.js';
 
 /** A job's state. `available` includes jobs scheduled for later (`runAt` in the future). */
-export type JobState = 'available' | 'running' | 'completed' | 'dead' | 'cancelled';
+/** `waiting`: a workflow job whose dependencies have not all completed (not claimable). */
+export type JobState = 'waiting' | 'available' | 'running' | 'completed' | 'dead' | 'cancelled';
 
 /** Options of `herald.queue` (every one has a default in {@link QUEUE_DEFAULTS}). */
 export interface QueueOptions {
@@ -263,6 +264,53 @@ export interface BatchInfo {
   callbackJobId: string | null;
   createdAt: Date;
   settledAt: Date | null;
+}
+
+/** One job of `enqueueWorkflow`: an ordinary job (no `uniqueKey`, `stages` or `announce`) with a key and its dependencies. */
+export interface WorkflowJob extends Omit<EnqueueItem, 'uniqueKey' | 'stages' | 'announce'> {
+  /** Names the job within the workflow (at most 100 bytes, unique in it). */
+  key: string;
+  /** Keys of jobs of the same call that must complete before this one becomes available. */
+  dependsOn?: string[];
+}
+
+/** What to do with the waiting dependents of a job that goes dead or is cancelled. */
+export type WorkflowFailurePolicy = 'cancel' | 'hold';
+
+/** A workflow as `queue.workflow(id)` returns it. */
+export interface WorkflowInfo {
+  id: string;
+  name: string | null;
+  onFailure: WorkflowFailurePolicy;
+  total: number;
+  /** Members per state (jobs deleted since, by `keepCompleted: false` or retention, are not counted). */
+  counts: Record<JobState, number>;
+  /**
+   * `running`: a member is available or running, or waiting with nothing dead or cancelled;
+   * `completed`: every member completed; `failed`: a member is dead or cancelled and none is
+   * left waiting, available or running; `held` (policy hold): a member is dead or cancelled,
+   * none available or running, some waiting for it (a retry of it resumes the workflow).
+   */
+  state: 'running' | 'completed' | 'failed' | 'held';
+  jobs: { key: string; id: string; kind: string; state: JobState; dependsOn: string[]; result: unknown }[];
+  createdAt: Date;
+}
+
+/** A transition of a workflow member as `queue.watchWorkflow` reports it. */
+export interface WorkflowTransition {
+  workflowId: string;
+  /** The job. */
+  id: string;
+  state: JobState;
+}
+
+/** A completed dependency as `queue.dependencyResults(jobId)` returns it. */
+export interface DependencyResult {
+  id: string;
+  /** Its key in the workflow. */
+  key: string | null;
+  kind: string;
+  result: unknown;
 }
 
 /** A job transition as announced on the events channel. */

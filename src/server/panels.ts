@@ -31,7 +31,7 @@ export const DASHBOARD_PANEL_DEFAULTS: Required<DashboardPanelOptions> = {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-const STATE_COLUMNS = ['scheduled', 'available', 'running', 'completed', 'dead', 'cancelled'] as const;
+const STATE_COLUMNS = ['waiting', 'scheduled', 'available', 'running', 'completed', 'dead', 'cancelled'] as const;
 
 /** A job id from an action's `args` (the row the operator clicked). */
 function jobId(args: Record<string, unknown>): string {

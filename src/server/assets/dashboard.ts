@@ -452,7 +452,7 @@ var views = {
     var r = await api('/api/jobs?' + qs);
     var form = el('form', { class: 'filters', id: 'job-filters' },
       el('label', {}, 'search id / unique key', el('input', { name: 'q', value: f.q, type: 'search' })),
-      el('label', {}, 'state', el('select', { name: 'state' }, ['', 'available', 'running', 'completed', 'dead', 'cancelled'].map(function (s) { var o = el('option', { value: s }, s || 'any'); if (s === f.state) o.selected = true; return o; }))),
+      el('label', {}, 'state', el('select', { name: 'state' }, ['', 'waiting', 'available', 'running', 'completed', 'dead', 'cancelled'].map(function (s) { var o = el('option', { value: s }, s || 'any'); if (s === f.state) o.selected = true; return o; }))),
       el('label', {}, 'queue', el('input', { name: 'queue', value: f.queue, size: 10 })),
       el('label', {}, 'kind', el('input', { name: 'kind', value: f.kind, size: 10 })),
       el('label', {}, 'created from', el('input', { name: 'from', type: 'datetime-local', value: f.from })),

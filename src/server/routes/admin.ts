@@ -3,7 +3,7 @@ import { HttpError, readJson, sendJson } from '../http.js';
 import type { Principal } from '../auth.js';
 import type { HeraldServer } from '../server.js';
 
-const JOB_STATES: readonly JobState[] = ['available', 'running', 'completed', 'dead', 'cancelled'];
+const JOB_STATES: readonly JobState[] = ['waiting', 'available', 'running', 'completed', 'dead', 'cancelled'];
 const JOB_ID = /^\d{1,19}$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** Most ids one bulk action takes. */
