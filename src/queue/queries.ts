@@ -385,8 +385,11 @@ export async function jobClaimLimited(
     `WITH ${finish}a AS (
        SELECT * FROM ${s}.job_admit($${p}, $${p + 1}, $${p + 2}, $${p + 3}, $${p + 4})
      ), claimed AS (
+       -- \`IS TRUE\`: a plain \`state = 'available'\` matches the claim index's predicate, and
+       -- Postgres then scanned that whole index (skip scan on id) instead of probing the
+       -- primary key for the few admitted ids.
        UPDATE ${s}.jobs j SET ${claimSet(`$${p + 5}`, '((SELECT keys FROM a) ->> j.id::text)')}
-        WHERE j.id = ANY((SELECT ids FROM a)::bigint[]) AND j.state = 'available'
+        WHERE j.id = ANY((SELECT ids FROM a)::bigint[]) AND (j.state = 'available') IS TRUE
        RETURNING ${claimReturning(`$${ev}`)}
      )
      SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,
