@@ -4,18 +4,28 @@
  * - unlimited: no pause, no limit (the ordinary one-statement claim);
  * - concurrency: a queue-wide concurrency limit that never binds (100000 running);
  * - per-key: a concurrency limit per payload key (50 keys, 100000 each) that never binds;
- * - rate: a queue-wide rate limit that never binds (10,000,000 starts per second).
- * Configurations run interleaved (A B C D, A B C D, ...), medians reported.
+ * - rate: a queue-wide rate limit that never binds (10,000,000 starts per second);
+ * - per-key 1: at most one running job per payload key (50 keys): binds per key, like
+ *   graphile-worker's named queues, but 50 keys leave the 40 slots enough to do.
+ * With graphile-worker installed, the same drain by graphile-worker 0.17 (one runner of
+ * concurrency workers x concurrency, its defaults) in three configurations: plain jobs;
+ * every job in one of 50 named queues (`queueName`: serial execution per queue, its form
+ * of a per-key limit of 1); and every job with its own `jobKey` (its de-duplication; the
+ * pgherald counterpart is a `uniqueKey` per job, `unique-key` below).
+ * Configurations run interleaved (A B C D ..., A B C D ..., ...), medians reported.
  *
  *   node --import tsx bench/queue-limits.ts
  *
  * Environment: DATABASE_URL (use this server instead of starting a cluster), BENCH_RUNS
  * (default 3), BENCH_JOBS (jobs per drain, default 20000), BENCH_WORKERS (work() calls,
- * default 4), BENCH_CONCURRENCY (per work() call, default 10), BENCH_PREFETCH (default 0).
+ * default 4), BENCH_CONCURRENCY (per work() call, default 10), BENCH_PREFETCH (default
+ * 'auto', the library default; a number sets it), BENCH_KEEP (keepCompleted, default true,
+ * the library default), BENCH_CONFIGS (comma-separated subset).
  */
 import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
+import { Logger, makeWorkerUtils, run } from 'graphile-worker';
 import { Herald } from '../src/client.js';
 import { benchPostgres } from './support/postgres.js';
 
@@ -23,7 +33,8 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const JOBS = Number(process.env.BENCH_JOBS ?? 20_000);
 const WORKERS = Number(process.env.BENCH_WORKERS ?? 4);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 10);
-const PREFETCH = Number(process.env.BENCH_PREFETCH ?? 0);
+const PREFETCH: number | 'auto' = (process.env.BENCH_PREFETCH ?? 'auto') === 'auto' ? 'auto' : Number(process.env.BENCH_PREFETCH);
+const KEEP = (process.env.BENCH_KEEP ?? 'true') === 'true';
 
 const server = await benchPostgres({ max_connections: 200, shared_buffers: '256MB' });
 
@@ -38,8 +49,46 @@ async function admin(sql: string): Promise<Record<string, unknown>[]> {
   }
 }
 
-type Config = 'unlimited' | 'concurrency' | 'per-key' | 'rate';
-const CONFIGS: Config[] = ['unlimited', 'concurrency', 'per-key', 'rate'];
+type Config = 'unlimited' | 'concurrency' | 'per-key' | 'rate' | 'per-key 1' | 'unique-key' | 'graphile plain' | 'graphile queueName' | 'graphile jobKey';
+const ALL: Config[] = ['unlimited', 'concurrency', 'per-key', 'rate', 'per-key 1', 'unique-key', 'graphile plain', 'graphile queueName', 'graphile jobKey'];
+const CONFIGS = process.env.BENCH_CONFIGS ? ALL.filter((c) => process.env.BENCH_CONFIGS!.split(',').includes(c)) : ALL;
+
+/** The same drain by graphile-worker: plain, in 50 serial named queues, or each job with its own jobKey. */
+async function drainGraphile(url: string, config: Config): Promise<number> {
+  const logger = new Logger(() => () => {});
+  const utils = await makeWorkerUtils({ connectionString: url, logger });
+  try {
+    await utils.migrate();
+    for (let i = 0; i < JOBS; i += 10_000) {
+      await utils.addJobs(
+        Array.from({ length: Math.min(10_000, JOBS - i) }, (_, j) => ({
+          identifier: 'noop',
+          payload: { k: `c${(i + j) % 50}` },
+          ...(config === 'graphile queueName' ? { queueName: `c${(i + j) % 50}` } : {}),
+          ...(config === 'graphile jobKey' ? { jobKey: `j${i + j}` } : {}),
+        })),
+      );
+    }
+    await admin(`CHECKPOINT`);
+    let done = 0;
+    let finish!: () => void;
+    const finished = new Promise<void>((r) => (finish = r));
+    const t0 = performance.now();
+    const runner = await run({
+      connectionString: url,
+      concurrency: WORKERS * CONCURRENCY,
+      noHandleSignals: true,
+      logger,
+      taskList: { noop: async () => void (++done === JOBS && finish()) },
+    });
+    await finished;
+    const ms = performance.now() - t0;
+    await runner.stop();
+    return JOBS / (ms / 1000);
+  } finally {
+    await utils.release();
+  }
+}
 
 let n = 0;
 async function drain(config: Config): Promise<number> {
@@ -47,14 +96,22 @@ async function drain(config: Config): Promise<number> {
   await admin(`CREATE DATABASE ${name}`);
   const url = new URL(server.url);
   url.pathname = '/' + name;
-  const h = new Herald({ connectionString: url.toString(), poolSize: 10, queue: { keepCompleted: PREFETCH === 0 } });
+  if (config.startsWith('graphile')) {
+    try {
+      return await drainGraphile(url.toString(), config);
+    } finally {
+      await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    }
+  }
+  const h = new Herald({ connectionString: url.toString(), poolSize: 10, queue: { keepCompleted: KEEP } });
   try {
     await h.migrate();
     if (config === 'concurrency') await h.queue.setLimit({ concurrency: 100_000 });
     if (config === 'per-key') await h.queue.setLimit({ concurrency: 100_000, partitionBy: 'k' });
     if (config === 'rate') await h.queue.setLimit({ rate: { count: 1_000_000, periodMs: 100 } });
+    if (config === 'per-key 1') await h.queue.setLimit({ concurrency: 1, partitionBy: 'k' });
     for (let i = 0; i < JOBS; i += 10_000) {
-      await h.queue.enqueueMany(Array.from({ length: Math.min(10_000, JOBS - i) }, (_, j) => ({ kind: 'noop', payload: { k: `c${(i + j) % 50}` } })));
+      await h.queue.enqueueMany(Array.from({ length: Math.min(10_000, JOBS - i) }, (_, j) => ({ kind: 'noop', payload: { k: `c${(i + j) % 50}` }, ...(config === 'unique-key' ? { uniqueKey: `j${i + j}` } : {}) })));
     }
     await admin(`CHECKPOINT`);
     let done = 0;
@@ -80,7 +137,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const settings = await admin(`SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'server_version', 'shared_buffers')`);
 console.log(`# ${new Date().toISOString()} load ${loadavg().map((x) => x.toFixed(1)).join(' ')}, ${cpus().length} CPUs`);
 console.log(`# ${settings.map((r) => `${r.name}=${r.setting}`).join(', ')}`);
-console.log(`# ${JOBS} jobs per drain, ${WORKERS} work() x concurrency ${CONCURRENCY}, prefetch ${PREFETCH}, keepCompleted ${PREFETCH === 0}, ${RUNS} rounds`);
+console.log(`# ${JOBS} jobs per drain, ${WORKERS} work() x concurrency ${CONCURRENCY}, prefetch ${PREFETCH}, keepCompleted ${KEEP}, ${RUNS} rounds`);
 const results = new Map<Config, number[]>(CONFIGS.map((c) => [c, []]));
 try {
   for (let r = 0; r < RUNS; r++) {
@@ -90,11 +147,15 @@ try {
       console.log(`round ${r + 1} ${c}: ${Math.round(rate)} jobs/s`);
     }
   }
-  const base = median(results.get('unlimited')!);
-  console.log('\n| claim path | jobs/s (median) | runs | vs unlimited |\n|---|---|---|---|');
+  // Each configuration against its own library's unlimited drain of the same round.
+  console.log('\n| claim path | jobs/s (median) | runs | vs unlimited (median of same-round ratios) |\n|---|---|---|---|');
   for (const c of CONFIGS) {
-    const m = median(results.get(c)!);
-    console.log(`| ${c} | ${Math.round(m)} | ${results.get(c)!.map((x) => Math.round(x)).join(', ')} | ${c === 'unlimited' ? '—' : `${((m / base - 1) * 100).toFixed(1)}%`} |`);
+    const baseName: Config = c.startsWith('graphile') ? 'graphile plain' : 'unlimited';
+    const base = results.get(baseName)!;
+    const mine = results.get(c)!;
+    const ratios = base.length === mine.length ? mine.map((x, r) => x / base[r]) : [];
+    const vs = c === baseName || ratios.length === 0 ? '—' : `${((median(ratios) - 1) * 100).toFixed(1)}%`;
+    console.log(`| ${c} | ${Math.round(median(mine))} | ${mine.map((x) => Math.round(x)).join(', ')} | ${vs} |`);
   }
   console.log(`# done ${new Date().toISOString()} load ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
 } finally {

@@ -10,7 +10,7 @@ import { Herald } from '../src/client.js';
 import { benchPostgres } from './support/postgres.js';
 
 const total = Number(process.argv[2] ?? 100_000);
-const prefetch = Number(process.argv[3] ?? 100);
+const prefetch = process.argv[3] === 'auto' ? 'auto' : Number(process.argv[3] ?? 100);
 const concurrency = Number(process.argv[4] ?? 10);
 const keepCompleted = process.argv[5] !== 'delete';
 

@@ -67,6 +67,8 @@ interface Lib {
   name: string;
   setup(url: string): Promise<void>;
   enqueue(n: number): Promise<void>;
+  /** All `n` jobs in one call of the library's batch enqueue. */
+  enqueueAll(n: number): Promise<void>;
   enqueueOne(): Promise<void>;
   startWorkers(onJob: () => void): Promise<void>;
   stopWorkers(): Promise<void>;
@@ -86,11 +88,15 @@ function herald(config: 'default' | 'throughput'): Lib {
         await h.queue.enqueueMany(Array.from({ length: Math.min(20_000, n - i) }, () => ({ kind: 'noop', payload: {} })));
       }
     },
+    async enqueueAll(n) {
+      await h.queue.enqueueMany(Array.from({ length: n }, () => ({ kind: 'noop', payload: {} })));
+    },
     async enqueueOne() {
       await h.queue.enqueue('noop', {});
     },
     async startWorkers(onJob) {
-      h.queue.work('noop', () => void onJob(), { concurrency: CONCURRENCY, prefetch: config === 'throughput' ? 1000 : 0 });
+      // Default: only concurrency set (library defaults: prefetch 'auto', completed jobs kept).
+      h.queue.work('noop', () => void onJob(), config === 'throughput' ? { concurrency: CONCURRENCY, prefetch: 1000 } : { concurrency: CONCURRENCY });
     },
     async stopWorkers() {
       await h.queue.stop();
@@ -117,6 +123,9 @@ function graphile(config: 'default' | 'throughput', localQueue = 500): Lib {
       for (let i = 0; i < n; i += 20_000) {
         await utils.addJobs(Array.from({ length: Math.min(20_000, n - i) }, () => ({ identifier: 'noop', payload: {} })));
       }
+    },
+    async enqueueAll(n) {
+      await utils.addJobs(Array.from({ length: n }, () => ({ identifier: 'noop', payload: {} })));
     },
     async enqueueOne() {
       await utils.addJob('noop', {});
@@ -157,6 +166,9 @@ function pgBoss(config: 'default' | 'throughput'): Lib {
         await boss.insert(Array.from({ length: Math.min(20_000, n - i) }, () => ({ name: 'noop', data: {} })));
       }
     },
+    async enqueueAll(n) {
+      await boss.insert(Array.from({ length: n }, () => ({ name: 'noop', data: {} })));
+    },
     async enqueueOne() {
       await boss.send('noop', {});
     },
@@ -193,11 +205,11 @@ async function withDb<T>(make: () => Lib, fn: (lib: Lib) => Promise<T>): Promise
   }
 }
 
-/** (a) enqueue 20k in one batch: seconds. */
-function enqueueBatch(make: () => Lib): Promise<number> {
+/** (a) enqueue `n` jobs in one call: seconds. */
+function enqueueBatch(make: () => Lib, n = N): Promise<number> {
   return withDb(make, async (lib) => {
     const t = performance.now();
-    await lib.enqueue(N);
+    await lib.enqueueAll(n);
     return (performance.now() - t) / 1000;
   });
 }
@@ -268,7 +280,7 @@ console.log(`# Job queue benchmark — PostgreSQL ${version}, ${cpus().length} C
 console.log(`# ${RUNS} runs, medians; drain = ${N} no-op jobs, concurrency ${CONCURRENCY}, one process\n`);
 
 const libs: [string, () => Lib][] = [
-  ['pgherald (default)', () => herald('default')],
+  ['pgherald (default: library defaults, concurrency 10)', () => herald('default')],
   ['pgherald (throughput: prefetch 1000, keepCompleted false)', () => herald('throughput')],
   ['graphile-worker (default)', () => graphile('default')],
   ['graphile-worker (throughput: localQueue 500, batched completion)', () => graphile('throughput')],
@@ -277,24 +289,49 @@ const libs: [string, () => Lib][] = [
   ['pg-boss (throughput: batchSize 50, poll 0.5 s)', () => pgBoss('throughput')],
 ];
 
-if (RUNS > 0) console.log('| library (config) | enqueue 20k batch (s) | drain 20k (jobs/s) | latency p50 (ms) | latency p99 (ms) |');
-if (RUNS > 0) console.log('|---|---|---|---|---|');
-// Comma-separated substrings of library names, e.g. "pgherald,graphile" or "pg-boss (throughput".
+// Rounds interleave the libraries (A, B, C, A, B, C, ...): a swing of the shared machine
+// hits every library of a round alike. Medians over rounds; ratios per round.
 const only = process.env.BENCH_LIBS?.split(',');
-for (const [name, make] of RUNS > 0 ? libs.filter(([n]) => !only || only.some((o) => n.includes(o))) : []) {
-  const enq: number[] = [];
-  const dr: number[] = [];
-  const p50: number[] = [];
-  const p99: number[] = [];
-  const polls = name.startsWith('pg-boss');
-  for (let r = 0; r < RUNS; r++) {
-    enq.push(await enqueueBatch(make));
-    dr.push(await drain(make));
+const chosen = RUNS > 0 ? libs.filter(([n]) => !only || only.some((o) => n.includes(o))) : [];
+type Figures = { enq: number[]; enq100: number[]; dr: number[]; p50: number[]; p99: number[] };
+const figs = new Map<string, Figures>(chosen.map(([n]) => [n, { enq: [], enq100: [], dr: [], p50: [], p99: [] }]));
+for (let r = 0; r < RUNS; r++) {
+  const round: string[] = [];
+  for (const [name, make] of chosen) {
+    const f = figs.get(name)!;
+    const polls = name.startsWith('pg-boss');
+    f.enq.push(await enqueueBatch(make));
+    f.enq100.push(await enqueueBatch(make, 100_000));
+    f.dr.push(await drain(make));
     const lat = await latency(make, polls ? Math.min(40, SAMPLES) : SAMPLES);
-    p50.push(pct(lat, 0.5));
-    p99.push(pct(lat, 0.99));
+    f.p50.push(pct(lat, 0.5));
+    f.p99.push(pct(lat, 0.99));
+    round.push(`${name.split(' (')[0]} ${name.match(/\((\w+)/)?.[1]}: ${Math.round(f.dr[r])} jobs/s, ${f.enq[r].toFixed(3)} s / ${f.enq100[r].toFixed(3)} s`);
   }
-  console.log(`| ${name} | ${median(enq).toFixed(3)} | ${Math.round(median(dr))} | ${median(p50).toFixed(1)} | ${median(p99).toFixed(1)} |`);
+  console.log(`# round ${r + 1} (load ${loadavg()[0].toFixed(1)}): ${round.join('; ')}`);
+}
+if (RUNS > 0) {
+  console.log('\n| library (config) | enqueue 20k, one call (s) | enqueue 100k, one call (s) | drain 20k (jobs/s) | latency p50 (ms) | latency p99 (ms) |');
+  console.log('|---|---|---|---|---|---|');
+  for (const [name, f] of figs) {
+    console.log(`| ${name} | ${median(f.enq).toFixed(3)} | ${median(f.enq100).toFixed(3)} | ${Math.round(median(f.dr))} | ${median(f.p50).toFixed(1)} | ${median(f.p99).toFixed(1)} |`);
+  }
+  // Same-round ratios against graphile-worker's best configuration of that round.
+  const hd = figs.get('pgherald (default: library defaults, concurrency 10)');
+  const gw = [...figs].filter(([n]) => n.startsWith('graphile-worker'));
+  if (hd && gw.length > 0) {
+    const rows = hd.dr.map((d, r) => {
+      const best = Math.max(...gw.map(([, f]) => f.dr[r]));
+      const enq = Math.min(...gw.map(([, f]) => f.enq[r]));
+      const enq100 = Math.min(...gw.map(([, f]) => f.enq100[r]));
+      return { drain: d / best, enq: enq / hd.enq[r], enq100: enq100 / hd.enq100[r] };
+    });
+    console.log('\n| round | drain: pgherald default / graphile best | enqueue 20k: graphile / pgherald | enqueue 100k: graphile / pgherald |');
+    console.log('|---|---|---|---|');
+    rows.forEach((x, r) => console.log(`| ${r + 1} | ${x.drain.toFixed(2)} | ${x.enq.toFixed(2)} | ${x.enq100.toFixed(2)} |`));
+    console.log(`| median | ${median(rows.map((x) => x.drain)).toFixed(2)} | ${median(rows.map((x) => x.enq)).toFixed(2)} | ${median(rows.map((x) => x.enq100)).toFixed(2)} |`);
+  }
+  console.log(`\n# load at end ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 }
 
 if (MILLION > 0) {

@@ -206,6 +206,49 @@ export async function jobInsertPlain(x: Executor, s: string, ch: QueueChannels, 
   return ids;
 }
 
+/**
+ * Whether every job of a plain batch has the same options (queue, kind, priority, run
+ * time, attempts, timeout), so {@link jobInsertUniform} can take them once.
+ */
+export function isUniform(b: JobInsertBatch): boolean {
+  const same = (xs: readonly unknown[]) => {
+    for (let i = 1; i < xs.length; i++) if (xs[i] !== xs[0]) return false;
+    return true;
+  };
+  if (!b.runAt.every((d) => d === null) && !(same(b.runAt.map((d) => d?.getTime())))) return false;
+  return same(b.queue) && same(b.kind) && same(b.priority) && same(b.delayMs) && same(b.maxAttempts) && same(b.timeoutMs);
+}
+
+/**
+ * Inserts a uniform batch of plain jobs (see {@link isUniform}): the options once, the
+ * payloads as one JSON array text (no array literal to build and escape per job), one
+ * wake-up when the jobs are due, and the ids back as one comma-separated text (one
+ * result row, not one per job). Rows are inserted in input order, so the ids, sorted,
+ * map back to the inputs.
+ */
+export async function jobInsertUniform(x: Executor, s: string, ch: QueueChannels, b: JobInsertBatch): Promise<string[]> {
+  const runAt = `coalesce($4::timestamptz, now() + coalesce($5::float8, 0) * interval '1 millisecond')`;
+  const { rows } = await x.query<{ ids: string }>(
+    `WITH ins AS (
+       INSERT INTO ${s}.jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms)
+       SELECT $1::text, $2::text, t.p, $3::int, ${runAt}, $6::int, $7::int
+         FROM jsonb_array_elements($8::jsonb) WITH ORDINALITY AS t(p, ord)
+        ORDER BY t.ord
+       RETURNING id
+     )
+     SELECT string_agg(id::text, ',') AS ids,
+            CASE WHEN $9::text IS NOT NULL AND ${runAt} <= now() THEN pg_notify($9::text, $1::text) END AS woke
+       FROM ins`,
+    [b.queue[0], b.kind[0], b.priority[0], b.runAt[0], b.delayMs[0], b.maxAttempts[0], b.timeoutMs[0], `[${b.payload.join(',')}]`, ch.wake],
+    PREPARE,
+  );
+  const ids = rows[0].ids === null ? [] : rows[0].ids.split(',');
+  for (let i = 1; i < ids.length; i++) {
+    if (compareIds(ids[i - 1], ids[i]) > 0) return ids.sort(compareIds);
+  }
+  return ids;
+}
+
 /** Bigint ids as decimal text, compared as numbers. */
 export function compareIds(a: string, b: string): number {
   return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
@@ -342,8 +385,11 @@ export async function jobClaimLimited(
     `WITH ${finish}a AS (
        SELECT * FROM ${s}.job_admit($${p}, $${p + 1}, $${p + 2}, $${p + 3}, $${p + 4})
      ), claimed AS (
+       -- \`IS TRUE\`: a plain \`state = 'available'\` matches the claim index's predicate, and
+       -- Postgres then scanned that whole index (skip scan on id) instead of probing the
+       -- primary key for the few admitted ids.
        UPDATE ${s}.jobs j SET ${claimSet(`$${p + 5}`, '((SELECT keys FROM a) ->> j.id::text)')}
-        WHERE j.id = ANY((SELECT ids FROM a)::bigint[]) AND j.state = 'available'
+        WHERE j.id = ANY((SELECT ids FROM a)::bigint[]) AND (j.state = 'available') IS TRUE
        RETURNING ${claimReturning(`$${ev}`)}
      )
      SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,

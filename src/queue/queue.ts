@@ -360,7 +360,10 @@ export class Queue extends TypedEmitter<QueueEvents> {
     const items = b.kind;
     const plain = b.uniqueKey.every((k) => k === null) && b.stages.every((st) => st === null) && b.announce.every((a) => !a);
     return withSpan('herald.queue.enqueue', { 'herald.jobs': items.length }, async () => {
-      if (plain) return (await this.#write(options.tx, (x, ch) => q.jobInsertPlain(x, this.schemaSql, ch, b))).map((id) => ({ id, inserted: true }));
+      if (plain) {
+        const insert = items.length > 1 && q.isUniform(b) ? q.jobInsertUniform : q.jobInsertPlain;
+        return (await this.#write(options.tx, (x, ch) => insert(x, this.schemaSql, ch, b))).map((id) => ({ id, inserted: true }));
+      }
       const rows = await this.#write(options.tx, (x, ch) => q.jobInsertMany(x, this.schemaSql, ch, b));
       const x = options.tx ? toExecutor(options.tx) : this.executor;
       const missing = rows.flatMap((r, i) => (r.inserted ? [] : [b.uniqueKey[i]!]));
@@ -382,8 +385,10 @@ export class Queue extends TypedEmitter<QueueEvents> {
     const stage = options.stage === undefined ? null : assertName('stage', options.stage);
     const concurrency = options.concurrency ?? 10;
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) throw new InvalidOptionError('concurrency', concurrency, 'an integer from 1 to 10000');
-    const prefetch = options.prefetch ?? 0;
-    if (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 100_000) throw new InvalidOptionError('prefetch', prefetch, 'an integer from 0 to 100000');
+    const prefetch = options.prefetch ?? 'auto';
+    if (prefetch !== 'auto' && (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 100_000)) {
+      throw new InvalidOptionError('prefetch', prefetch, "'auto' or an integer from 0 to 100000");
+    }
     const timeoutMs = options.timeoutMs === undefined ? null : options.timeoutMs;
     if (timeoutMs !== null && (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > TIMEOUT_MAX_MS)) {
       throw new InvalidOptionError('timeoutMs', timeoutMs, `an integer from 1 to ${TIMEOUT_MAX_MS}`);

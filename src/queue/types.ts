@@ -199,8 +199,14 @@ export interface WorkOptions {
   stage?: string;
   /** Jobs run at once. @defaultValue 10 */
   concurrency?: number;
-  /** Extra jobs claimed ahead and held (leased) locally, so a finished slot refills without a round trip. @defaultValue 0 */
-  prefetch?: number;
+  /**
+   * Extra jobs claimed ahead and held (leased) locally, so a finished slot refills without
+   * a round trip. `'auto'`: none while the queue has no backlog; after a claim that came
+   * back full, about 100 ms of this worker's recent completions (at most 100 per
+   * `concurrency` slot, at most 1000); none while a pause or limit applies (jobs held
+   * ahead are then handed back). @defaultValue 'auto'
+   */
+  prefetch?: number | 'auto';
   /**
    * Handler timeout in ms (1 to 2^31 - 1) for jobs without their own `timeoutMs`: past it
    * the handler's `signal` aborts (reason a `HeraldError` with code `TIMEOUT`) and the

@@ -79,6 +79,23 @@ export function busyRetryMs(pollIntervalMs: number): number {
   return Math.min(pollIntervalMs, 5 + Math.random() * 20);
 }
 
+/** Auto prefetch measures this worker's completion rate over windows this long (ms). */
+export const AUTO_WINDOW_MS = 100;
+
+/**
+ * Auto prefetch claims ahead only for short jobs: when each slot finished at least this
+ * many jobs in the last window (jobs of about 25 ms or less).
+ */
+export const AUTO_MIN_RUNS_PER_SLOT = 4;
+
+/**
+ * The most jobs auto prefetch holds ahead for a worker of `concurrency`: 100 per slot,
+ * at most 1000.
+ */
+export function autoAheadMax(concurrency: number): number {
+  return Math.min(1000, concurrency * 100);
+}
+
 /** The jobs of `batch` whose completion matched no row (null: all matched). */
 function missedOf(batch: Finished[], matched: string[]): Set<string> | null {
   if (matched.length === batch.length) return null;
@@ -154,6 +171,15 @@ export class Worker {
   #controlled = false;
   /** A wake-up planned for when a rate limit's next token is due. */
   #tokenTimer: NodeJS.Timeout | null = null;
+  /**
+   * Auto prefetch: the last claim came back full (more due jobs than it asked for), so a
+   * backlog is likely. Cleared by the next claim that comes back short.
+   */
+  #backlog = false;
+  /** Jobs finished in the current and the previous window of {@link AUTO_WINDOW_MS}. */
+  #windowStart = 0;
+  #windowDone = 0;
+  #lastWindowDone = 0;
 
   constructor(
     readonly host: WorkerHost,
@@ -162,7 +188,8 @@ export class Worker {
     readonly stage: string | null,
     readonly handler: JobHandler<any>,
     readonly concurrency: number,
-    readonly prefetch: number,
+    /** Jobs claimed ahead: a fixed number, or `'auto'` ({@link autoAhead}). */
+    readonly prefetch: number | 'auto',
     readonly timeoutMs: number | null = null,
   ) {
     this.#loop = new Loop({
@@ -227,13 +254,41 @@ export class Worker {
    * one in flight, a second starts only for a quarter of the capacity or more.
    */
   #want(): number {
-    const capacity = this.concurrency + this.prefetch;
+    const capacity = this.concurrency + this.#ahead();
     const backlog = this.#finished.length < this.host.options.completionBatchSize;
     const free = capacity - this.#running - this.#pending.length - this.#claiming;
     const want = this.#loop.dirty && backlog && free > 0 ? free : 0;
     if (this.#cycles.size === 0) return want > 0 || this.#finals.length > 0 ? want : -1;
     const worthwhile = Math.max(1, Math.floor(capacity / 4));
     return this.#cycles.size < 2 && Math.max(want, this.#finals.length) >= worthwhile ? want : -1;
+  }
+
+  /**
+   * Jobs to hold ahead now. A fixed `prefetch` as given; `'auto'`: none unless the last
+   * claim came back full (a backlog) and the jobs are short (each slot finished at least
+   * {@link AUTO_MIN_RUNS_PER_SLOT} in the last window), then as many as this worker
+   * finished in the last {@link AUTO_WINDOW_MS}, at most {@link autoAheadMax}. Long jobs
+   * are never claimed ahead, so they spread over every idle worker of the fleet.
+   */
+  #ahead(): number {
+    if (this.prefetch !== 'auto') return this.prefetch;
+    if (!this.#backlog) return 0;
+    this.#tick(0);
+    const recent = Math.max(this.#windowDone, this.#lastWindowDone);
+    // Short jobs only: each slot finished AUTO_MIN_RUNS_PER_SLOT jobs or more in a window.
+    if (recent < this.concurrency * AUTO_MIN_RUNS_PER_SLOT) return 0;
+    return Math.min(autoAheadMax(this.concurrency), recent);
+  }
+
+  /** Counts `n` finished jobs into the completion-rate window of auto prefetch. */
+  #tick(n: number): void {
+    const now = performance.now();
+    if (now - this.#windowStart >= AUTO_WINDOW_MS) {
+      this.#lastWindowDone = now - this.#windowStart < 2 * AUTO_WINDOW_MS ? this.#windowDone : 0;
+      this.#windowDone = 0;
+      this.#windowStart = now;
+    }
+    this.#windowDone += n;
   }
 
   /** One statement of the loop: record `finals`, claim up to `want`. Never throws. */
@@ -289,6 +344,7 @@ export class Worker {
     this.#startRunnable();
     // A full batch means there may be more: claim again as soon as a slot frees.
     if (want > 0 && rows.length === want) this.#loop.dirty = true;
+    if (want > 0) this.#backlog = rows.length === want;
   }
 
   /** Enters or leaves controlled mode; either way, claim again at once the other way. */
@@ -296,6 +352,12 @@ export class Worker {
     this.#controlled = on;
     this.#after = null;
     this.#loop.dirty = true;
+    if (on && this.prefetch === 'auto' && this.#pending.length > 0) {
+      // Jobs auto prefetch claimed ahead would start outside the pause or limit that
+      // now applies: hand them back at once (the attempt not counted).
+      for (const row of this.#pending.splice(0)) this.#finished.push(this.#handBack(row));
+      this.#flush();
+    }
   }
 
   /**
@@ -409,6 +471,7 @@ export class Worker {
       f.error = describeError(err, true);
     }
     const loop = this.#loop;
+    if (this.prefetch === 'auto') this.#tick(1);
     if (timedOut) {
       // Record the failure now; keep the slot until the handler gives up.
       this.#finished.push(f);
