@@ -83,6 +83,8 @@ export class Topics {
   readonly #sequencerBatchSize: number;
   readonly #topics = new Map<string, Promise<TopicState>>();
   readonly #consumers = new Set<TopicConsumer>();
+  /** Sequencer runs started in the background by publishes (awaited by `stop()`). */
+  readonly #background = new Set<Promise<void>>();
   #timer: NodeJS.Timeout | undefined;
   #maintaining: Promise<unknown> | undefined;
 
@@ -119,19 +121,40 @@ export class Topics {
 
   /**
    * Publishes one message (a JSON value) to a topic; with `{ tx }` it exists only if that
-   * transaction commits. A missing topic is created with `topicDefaults` when
-   * `autoCreate` (this call's, else the `topics.autoCreate` option) is true, else
-   * `HeraldError` `NOT_FOUND`.
+   * transaction commits. One statement: without `tx` the call costs one committed
+   * insert, and the topic's sequencer numbers the message in the background (the
+   * returned `position` is `null`) unless `waitForPosition` is true: then the call waits
+   * for the sequencer run that numbers it and returns its position. A missing topic is
+   * created with `topicDefaults` when `autoCreate` (this call's, else the
+   * `topics.autoCreate` option) is true, else `HeraldError` `NOT_FOUND`.
    */
-  async publish(topic: string, payload: unknown, options: { tx?: TxLike; key?: string | null; autoCreate?: boolean } = {}): Promise<PublishedMessage> {
-    const [m] = await this.publishMany(topic, [{ payload, key: options.key ?? null }], { tx: options.tx, autoCreate: options.autoCreate });
+  async publish(
+    topic: string,
+    payload: unknown,
+    options: { tx?: TxLike; key?: string | null; autoCreate?: boolean; waitForPosition?: boolean } = {},
+  ): Promise<PublishedMessage> {
+    const [m] = await this.publishMany(topic, [{ payload, key: options.key ?? null }], {
+      tx: options.tx,
+      autoCreate: options.autoCreate,
+      waitForPosition: options.waitForPosition,
+    });
     return m;
   }
 
-  /** Publishes a batch in one statement (one wake-up), in order; returns ids and positions in the same order. `autoCreate` as in {@link publish}. */
-  async publishMany(topic: string, messages: readonly { payload: unknown; key?: string | null }[], options: { tx?: TxLike; autoCreate?: boolean } = {}): Promise<PublishedMessage[]> {
+  /**
+   * Publishes a batch in one statement (one wake-up), in order; returns ids (and, with
+   * `waitForPosition`, positions) in the same order. Options as in {@link publish}.
+   */
+  async publishMany(
+    topic: string,
+    messages: readonly { payload: unknown; key?: string | null }[],
+    options: { tx?: TxLike; autoCreate?: boolean; waitForPosition?: boolean } = {},
+  ): Promise<PublishedMessage[]> {
     assertName('topic', topic);
     if (!Array.isArray(messages)) throw new HeraldError('INVALID_ARGUMENT', 'messages must be an array');
+    const wait = options.waitForPosition ?? false;
+    if (typeof wait !== 'boolean') throw new HeraldError('INVALID_ARGUMENT', 'waitForPosition must be true or false');
+    if (wait && options.tx) throw new HeraldError('INVALID_ARGUMENT', 'waitForPosition needs a publish without tx (inside a transaction nothing is committed yet)');
     if (messages.length === 0) return [];
     const keys: (string | null)[] = [];
     const payloads: string[] = [];
@@ -157,8 +180,12 @@ export class Topics {
       // Inside the caller's transaction nothing is committed yet: consumers sequence it
       // when its wake-up (or their poll) comes after the commit.
       if (options.tx) return rows.map((r) => ({ id: r.publish_id, position: null }));
-      // Committed: move it into the log now (delivery does not wait for a consumer's
-      // turn) and return the positions.
+      if (!wait) {
+        // Committed: number it in the background (shared with every publish meanwhile),
+        // so delivery does not wait for a consumer's turn and the caller pays one commit.
+        this.#sequenceSoon(state);
+        return rows.map((r) => ({ id: r.publish_id, position: null }));
+      }
       const moved = await this.#sequence(state);
       const ids = rows.map((r) => r.publish_id);
       let found = moved;
@@ -483,6 +510,7 @@ export class Topics {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     await Promise.all([...this.#consumers].map((c) => c.stop()));
+    await Promise.all([...this.#background]);
     await this.#maintaining;
   }
 
@@ -518,6 +546,21 @@ export class Topics {
   async #sequenceIfPending(topic: string): Promise<void> {
     const st = await this.#existing(topic);
     if (await q.pendingExists(this.#driver.executor, this.#s, st.row.id)) await this.#sequence(st);
+  }
+
+  /**
+   * Schedules a sequencer run in the background (after a committed publish). Joins the
+   * run already queued, if any: a burst of publishes makes one run per run in flight.
+   * A failed run is left to the next one (consumers sequence at every turn and poll).
+   */
+  #sequenceSoon(st: TopicState): void {
+    if (st.seqQueued) return;
+    const run = this.#sequence(st).then(
+      () => {},
+      () => {},
+    );
+    this.#background.add(run);
+    void run.finally(() => this.#background.delete(run));
   }
 
   /**
