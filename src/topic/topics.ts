@@ -172,20 +172,26 @@ export class Topics {
     const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
     return withSpan('herald.topics.publish', { 'herald.topic': topic, 'herald.count': messages.length }, async () => {
       const state = await this.#state(topic, options.autoCreate ?? this.#autoCreate);
-      // The wake-up rides in the statement while wake-ups are on. Without the caller's
-      // transaction, a commit that met a full notification queue runs once more without
-      // it (nothing of it committed); in the caller's, none is attached once paused.
       const append = (wake: boolean) => q.pendingAppend(ex, this.#s, state.row, keys, payloads, wake ? this.channel : null);
-      const rows = options.tx ? await append(this.#notifier.wakeups) : await this.#notifier.pressure.run(append);
-      // Inside the caller's transaction nothing is committed yet: consumers sequence it
-      // when its wake-up (or their poll) comes after the commit.
-      if (options.tx) return rows.map((r) => ({ id: r.publish_id, position: null }));
+      if (options.tx) {
+        // Inside the caller's transaction nothing is committed yet: the wake-up rides in
+        // the statement (none once wake-ups are paused) and consumers sequence the
+        // messages when it (or their poll) comes after the commit.
+        const rows = await append(this.#notifier.wakeups);
+        return rows.map((r) => ({ id: r.publish_id, position: null }));
+      }
+      // Without tx: no wake-up in the publish. A transaction that NOTIFYs holds the
+      // cluster's notification lock through its commit's WAL flush, so notifying
+      // publishes commit one at a time; this process's sequencer run, right after, moves
+      // the message and wakes the consumers (one NOTIFY per run, for every publish it moved).
       if (!wait) {
+        const quiet = await q.pendingAppendQuiet(ex, this.#s, state.row, keys, payloads);
         // Committed: number it in the background (shared with every publish meanwhile),
         // so delivery does not wait for a consumer's turn and the caller pays one commit.
         this.#sequenceSoon(state);
-        return rows.map((r) => ({ id: r.publish_id, position: null }));
+        return quiet.map((r) => ({ id: r.publish_id, position: null }));
       }
+      const rows = await append(false);
       const moved = await this.#sequence(state);
       const ids = rows.map((r) => r.publish_id);
       let found = moved;
