@@ -361,9 +361,10 @@ export class Topics {
     return (await q.topicList(this.#driver.executor, this.#s)).map((t) => t.name);
   }
 
-  /** Size, retention and per-group lag of a topic. */
+  /** Size, retention and per-group lag of a topic (the sequencer runs first when messages wait, as for `read`). */
   async stats(topic: string): Promise<TopicStats> {
     await this.#existing(topic);
+    await this.#sequenceIfPending(topic);
     const ex = this.#driver.executor;
     const t = (await q.topicGet(ex, this.#s, topic))!;
     const [counts, segments, groups, pending, dead] = await Promise.all([
