@@ -1,21 +1,37 @@
 /**
- * Topics benchmark: pgherald topics beside Redis Streams (XADD / XREADGROUP + XACK),
- * on this machine, in the same run.
+ * Topics benchmark: pgherald topics beside PgQ and Redis Streams on this machine, in
+ * the same run, interleaved round by round (pgherald, PgQ, Redis, pgbench ceiling).
  *
- *   node --import tsx bench/topics.ts            # 3 runs, markdown table of medians
+ *   node --import tsx bench/topics.ts            # 3 rounds, markdown table of medians
  *   node --import tsx bench/topics.ts --runs 1 --n 20000   (or BENCH_RUNS, BENCH_N)
  *   npm run bench -- topics -- --runs 1
  *
- * Postgres: its own throwaway cluster (PostgresCluster; or DATABASE_URL), default
- * durability (fsync on, synchronous_commit on). Redis: a redis-server started here on a
- * free port with AOF (appendfsync everysec), its usual durable setting.
+ * Postgres: a throwaway PostgreSQL 15 cluster from the system's binaries
+ * (`/usr/lib/postgresql/15/bin`, or $PG15_BINDIR), default durability (fsync,
+ * full_page_writes, synchronous_commit on), shared_buffers=256MB. pgherald and PgQ both
+ * run on it, each round in a fresh database. Without PG15 binaries it falls back to the
+ * embedded Postgres and skips PgQ. PgQ: `CREATE EXTENSION pgq` and the `pgqd` ticker
+ * (ticker_period 0.1 s; queue ticker_max_count 500, ticker_max_lag 0.1 s), skipped
+ * with a message when `postgresql-15-pgq3`/`pgqd` are absent. Redis: a redis-server
+ * started here on a free port with AOF (appendfsync everysec), its usual durable
+ * setting; skipped with a message when absent. Install both (Debian, as root):
  *
- * Measures: publish one message per call (8 concurrent publishers), publish in batches
- * of 500, and consume: 3 groups reading the same N messages at once (one consumer per
- * group, batches of 500), messages/s per group.
+ *   apt-get install -y redis-server postgresql-15-pgq3 pgqd
+ *
+ * (or `node --import tsx bench/topics.ts --install`, which runs that when one is missing).
+ *
+ * Measures: publish one message per call/transaction (8 concurrent publishers),
+ * publish in batches of 500, consume: 3 groups reading the same N messages at once
+ * (one consumer per group, batches of 500; a PgQ batch is what its ticks hold), and
+ * one group alone, messages/s per group. Consumers commit their position per batch in a
+ * transaction (pgherald: the batch's tx; PgQ: next_batch, get_batch_events and
+ * finish_batch in one transaction; Redis: XREADGROUP then XACK). Every contender
+ * parses each payload's JSON. Ceiling: pgbench, 8 clients, one single-row INSERT per
+ * transaction (a jsonb payload like the messages'), same cluster, 5 s.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import pg from 'pg';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createClient } from 'redis';
@@ -28,13 +44,22 @@ function arg(name: string): string | undefined {
   return i >= 0 ? process.argv[i + 1] : undefined;
 }
 const N = Number(arg('n') ?? process.env.BENCH_N ?? 50_000);
-const SINGLE = Math.max(1000, Math.round(N / 10));
+const SINGLE = Math.max(3000, Math.round(N / 10));
 const RUNS = Number(arg('runs') ?? process.env.BENCH_RUNS ?? 3);
 const BATCH = 500;
 const GROUPS = 3;
 const payload = (i: number) => ({ orderId: i, customer: `c-${i % 100}`, amount: (i * 7) % 1000, note: 'x'.repeat(40) });
 
 type Row = { system: string; publishSingle: number; publishBatched: number; consumePerGroup: number; consumeOneGroup: number };
+
+const PG15 = process.env.PG15_BINDIR ?? '/usr/lib/postgresql/15/bin';
+const PGQD = '/usr/bin/pgqd';
+const REDIS = '/usr/bin/redis-server';
+
+if (process.argv.includes('--install') && (!existsSync(REDIS) || !existsSync(PGQD) || !existsSync(join(PG15, 'postgres')))) {
+  const r = spawnSync('apt-get', ['install', '-y', '-qq', 'redis-server', 'postgresql-15-pgq3', 'pgqd'], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  if (r.status !== 0) console.error('apt-get install failed: the missing contenders are skipped');
+}
 
 async function timeIt(fn: () => Promise<void>): Promise<number> {
   const t = process.hrtime.bigint();
@@ -54,6 +79,7 @@ async function benchPg(url: string, run: number): Promise<Row> {
   await herald.migrate();
   const topic = `bench-${run}-${Date.now()}`;
   await herald.topics.create(topic, { partitions: 8 });
+  await herald.topics.create(topic + '-single', { partitions: 8 });
   const single = await timeIt(() =>
     pool([...Array(SINGLE).keys()], 8, async (i) => {
       await herald.topics.publish(topic + '-single', payload(i), { key: `k${i % 100}` });
@@ -67,6 +93,7 @@ async function benchPg(url: string, run: number): Promise<Row> {
   const counts = new Array(GROUPS).fill(0);
   const consumers = counts.map((_, g) =>
     herald.topics.consumer(topic, `g${g}`, ({ messages }) => {
+      for (const m of messages) if (m.payload === undefined) throw new Error('no payload');
       counts[g] += messages.length;
     }, { batchSize: BATCH }),
   );
@@ -78,6 +105,7 @@ async function benchPg(url: string, run: number): Promise<Row> {
   // One more group, consuming the whole topic alone (the machine's two cores to itself).
   let solo = 0;
   const soloConsumer = herald.topics.consumer(topic, 'solo', ({ messages }) => {
+    for (const m of messages) if (m.payload === undefined) throw new Error('no payload');
     solo += messages.length;
   }, { batchSize: BATCH });
   const alone = await timeIt(async () => {
@@ -91,7 +119,7 @@ async function benchPg(url: string, run: number): Promise<Row> {
 
 async function startRedis(dir: string): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();
-  const proc = spawn('/usr/bin/redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', dir], { stdio: 'ignore' });
+  const proc = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', dir], { stdio: 'ignore' });
   const url = `redis://127.0.0.1:${port}`;
   for (let i = 0; i < 200; i++) {
     const c = createClient({ url });
@@ -159,39 +187,144 @@ async function benchRedis(url: string, run: number): Promise<Row> {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+/** A fresh database of the cluster for one contender's round. */
+async function freshDb(adminUrl: string, name: string): Promise<string> {
+  const c = new pg.Client({ connectionString: adminUrl });
+  await c.connect();
+  await c.query(`CREATE DATABASE "${name}"`);
+  await c.end();
+  const u = new URL(adminUrl);
+  u.pathname = '/' + name;
+  return u.toString();
+}
+
+/** Starts pgqd against the cluster (it ticks every queue of every database it finds). */
+function startPgqd(dir: string, url: string): ChildProcess {
+  const u = new URL(url);
+  const ini = join(dir, 'pgqd.ini');
+  writeFileSync(
+    ini,
+    `[pgqd]\nlogfile = ${join(dir, 'pgqd.log')}\npidfile = ${join(dir, 'pgqd.pid')}\nbase_connstr = host=${u.hostname} port=${u.port} user=${decodeURIComponent(u.username) || 'postgres'}\ninitial_database = postgres\nticker_period = 0.1\ncheck_period = 1\nretry_period = 1\nmaint_period = 60\n`,
+  );
+  return spawn(PGQD, ['-q', ini], { stdio: 'ignore' });
+}
+
+async function benchPgq(url: string): Promise<Row> {
+  const db = new pg.Pool({ connectionString: url, max: 12 });
+  db.on('error', () => {});
+  await db.query('CREATE EXTENSION IF NOT EXISTS pgq');
+  await db.query(`SELECT pgq.create_queue('bench')`);
+  await db.query(`SELECT pgq.create_queue('single')`);
+  await db.query(`SELECT pgq.set_queue_config('bench', 'ticker_max_count', '500')`);
+  await db.query(`SELECT pgq.set_queue_config('bench', 'ticker_max_lag', '0.1 seconds')`);
+  for (let g = 0; g <= GROUPS; g++) await db.query(`SELECT pgq.register_consumer('bench', $1)`, [g === GROUPS ? 'solo' : `g${g}`]);
+  const single = await timeIt(() =>
+    pool([...Array(SINGLE).keys()], 8, async (i) => {
+      await db.query({ name: 'ins1', text: `SELECT pgq.insert_event('single', $1, $2)`, values: [`k${i % 100}`, JSON.stringify(payload(i))] });
+    }),
+  );
+  const batched = await timeIt(async () => {
+    for (let i = 0; i < N; i += BATCH) {
+      const n = Math.min(BATCH, N - i);
+      await db.query(`SELECT pgq.insert_event('bench', k, p) FROM unnest($1::text[], $2::text[]) AS u(k, p)`, [
+        Array.from({ length: n }, (_, j) => `k${(i + j) % 100}`),
+        Array.from({ length: n }, (_, j) => JSON.stringify(payload(i + j))),
+      ]);
+    }
+  });
+  const consume = async (consumer: string) => {
+    const c = await db.connect();
+    let got = 0;
+    try {
+      while (got < N) {
+        // One batch per transaction: the position (finish_batch) commits with the work.
+        await c.query('BEGIN');
+        const { rows } = await c.query<{ b: string | null }>({ name: 'nb', text: `SELECT pgq.next_batch('bench', $1) AS b`, values: [consumer] });
+        const b = rows[0].b;
+        if (b === null) {
+          await c.query('COMMIT');
+          await new Promise((r) => setTimeout(r, 10));
+          continue;
+        }
+        const ev = await c.query<{ ev_data: string }>({ name: 'ev', text: `SELECT ev_data FROM pgq.get_batch_events($1)`, values: [b] });
+        for (const r of ev.rows) JSON.parse(r.ev_data);
+        got += ev.rows.length;
+        await c.query({ name: 'fb', text: `SELECT pgq.finish_batch($1)`, values: [b] });
+        await c.query('COMMIT');
+      }
+    } finally {
+      c.release();
+    }
+  };
+  const per = await timeIt(() => Promise.all(Array.from({ length: GROUPS }, (_, g) => consume(`g${g}`))).then(() => {}));
+  const alone = await timeIt(() => consume('solo'));
+  await db.end();
+  return { system: 'PgQ', publishSingle: SINGLE / single, publishBatched: N / batched, consumePerGroup: N / per, consumeOneGroup: N / alone };
+}
+
+/** pgbench: 8 clients, one single-row INSERT per transaction (the commit ceiling of this cluster). */
+function ceiling(url: string, bindir: string | undefined, dir: string): number {
+  const bin = [bindir && join(bindir, 'pgbench'), join(PG15, 'pgbench')].find((p) => p && existsSync(p)) ?? 'pgbench';
+  const script = join(dir, 'ceiling.sql');
+  writeFileSync(script, `INSERT INTO bench_ceiling (payload) VALUES ('${JSON.stringify(payload(1))}');\n`);
+  const out = spawnSync(bin, ['-n', '-M', 'prepared', '-c', '8', '-j', '8', '-T', '5', '-f', script, url], { encoding: 'utf8' });
+  const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(out.stdout);
+  if (!m) throw new Error(`pgbench failed: ${out.stderr || out.stdout}`);
+  return Number(m[1]);
+}
+
 const tmp = mkdtempSync(join(tmpdir(), 'pgherald-bench-topics-'));
 chmodSync(tmp, 0o755);
 let cluster: PostgresCluster | undefined;
 let url = process.env.DATABASE_URL;
+const pg15 = existsSync(join(PG15, 'postgres'));
+let server = 'DATABASE_URL';
 if (!url) {
-  cluster = await PostgresCluster.start({ dataDir: join(tmp, 'pg'), settings: { shared_buffers: '256MB', max_connections: 100 } });
+  cluster = await PostgresCluster.start({ dataDir: join(tmp, 'pg'), binDir: pg15 ? PG15 : undefined, settings: { shared_buffers: '256MB', max_connections: 100 } });
   url = cluster.url();
+  server = pg15 ? `PostgreSQL 15 (${PG15})` : 'embedded Postgres';
 }
-const redisAvailable = existsSync('/usr/bin/redis-server');
+const pgqAvailable = existsSync(PGQD) && existsSync(join(tmp, '..')) && (pg15 || !!process.env.DATABASE_URL) && existsSync('/usr/share/postgresql/15/extension/pgq.control');
+if (!pgqAvailable) console.error('PgQ skipped: install postgresql-15-pgq3 and pgqd (apt-get install -y postgresql-15-pgq3 pgqd), and run on PostgreSQL 15');
+const redisAvailable = existsSync(REDIS);
+if (!redisAvailable) console.error('Redis Streams skipped: install redis-server (apt-get install -y redis-server)');
 const redis = redisAvailable ? await startRedis(tmp) : undefined;
+const pgqd = pgqAvailable ? startPgqd(tmp, url) : undefined;
 const rows: Row[] = [];
-const load0 = loadavg()[0];
+const ceilings: number[] = [];
+const load0 = loadavg();
 try {
   for (let run = 0; run < RUNS; run++) {
-    rows.push(await benchPg(url, run));
+    rows.push(await benchPg(await freshDb(url, `herald_${run}`), run));
+    if (pgqd) rows.push(await benchPgq(await freshDb(url, `pgq_${run}`)));
     if (redis) rows.push(await benchRedis(redis.url, run));
-    console.error(`run ${run + 1}/${RUNS} done`);
+    const cdb = await freshDb(url, `ceiling_${run}`);
+    const c = new pg.Client({ connectionString: cdb });
+    await c.connect();
+    await c.query('CREATE TABLE bench_ceiling (id bigserial PRIMARY KEY, payload jsonb NOT NULL)');
+    await c.end();
+    ceilings.push(ceiling(cdb, cluster?.binDir, tmp));
+    console.error(`round ${run + 1}/${RUNS} done`);
   }
 } finally {
   redis?.proc.kill('SIGKILL');
+  pgqd?.kill('SIGTERM');
   await cluster?.stop();
   rmSync(tmp, { recursive: true, force: true });
 }
+const load1 = loadavg();
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
-console.log(`\nTopics: N=${N} messages (single publishes: ${SINGLE}, 8 concurrent), batches of ${BATCH}, ${GROUPS} groups; median of ${RUNS} runs; ${cpus().length} cores, load average ${load0.toFixed(1)} at start\n`);
+console.log(`\nTopics: N=${N} messages (single publishes: ${SINGLE}, 8 concurrent), batches of ${BATCH}, ${GROUPS} groups; median of ${RUNS} rounds; ${server}; ${cpus().length} cores, load average ${load0.map((x) => x.toFixed(1)).join(' ')} at start, ${load1.map((x) => x.toFixed(1)).join(' ')} at end\n`);
 console.log('| system | publish, 1 per call (msg/s) | publish, batches of 500 (msg/s) | consume, per group, 3 groups at once (msg/s) | consume, one group alone (msg/s) |');
 console.log('|---|---:|---:|---:|---:|');
 const systems = [...new Set(rows.map((r) => r.system))];
 const med = (s: string, k: keyof Omit<Row, 'system'>) => median(rows.filter((r) => r.system === s).map((r) => r[k]));
 for (const s of systems) console.log(`| ${s} | ${fmt(med(s, 'publishSingle'))} | ${fmt(med(s, 'publishBatched'))} | ${fmt(med(s, 'consumePerGroup'))} | ${fmt(med(s, 'consumeOneGroup'))} |`);
-if (systems.length === 2) {
-  const [a, b] = systems;
+console.log(`| pgbench single-row INSERT ceiling (8 clients) | ${fmt(median(ceilings))} | | | |`);
+const [a, ...others] = systems;
+for (const b of others) {
   const r = (k: keyof Omit<Row, 'system'>) => (med(a, k) / med(b, k)).toFixed(2);
   console.log(`| ratio ${a} / ${b} | ${r('publishSingle')} | ${r('publishBatched')} | ${r('consumePerGroup')} | ${r('consumeOneGroup')} |`);
 }
-console.log(`\nall runs: ${JSON.stringify(rows.map((r) => ({ ...r, publishSingle: Math.round(r.publishSingle), publishBatched: Math.round(r.publishBatched), consumePerGroup: Math.round(r.consumePerGroup), consumeOneGroup: Math.round(r.consumeOneGroup) })))}`);
+console.log(`| ratio ${a} / pgbench ceiling | ${(med(a, 'publishSingle') / median(ceilings)).toFixed(2)} | | | |`);
+console.log(`\nall rounds: ${JSON.stringify(rows.map((r) => ({ ...r, publishSingle: Math.round(r.publishSingle), publishBatched: Math.round(r.publishBatched), consumePerGroup: Math.round(r.consumePerGroup), consumeOneGroup: Math.round(r.consumeOneGroup) })))}; ceilings ${JSON.stringify(ceilings.map(Math.round))}`);

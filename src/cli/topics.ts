@@ -106,7 +106,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
       } catch {
         value = payload;
       }
-      const m = await ctx.herald(globals()).topics.publish(topic, value, { key: opts.key ?? null });
+      const m = await ctx.herald(globals()).topics.publish(topic, value, { key: opts.key ?? null, waitForPosition: true });
       ctx.out(JSON.stringify(m));
     });
 

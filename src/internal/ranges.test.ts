@@ -74,7 +74,7 @@ describe('input ranges in the library', () => {
     await refuses(t.resolveAfter('ranges', '1:9223372036854775808'), 'INVALID_ARGUMENT', 'id past bigint');
     await refuses(t.resolveAfter('ranges', '9223372036854775808'), 'INVALID_ARGUMENT', 'position past bigint');
     await refuses(t.read('ranges', { after: '18446744073709551616:1' }), 'INVALID_ARGUMENT', 'read after xid past 64 bits');
-    const m = await t.publish('ranges', { s: '\\u0000' });
+    const m = await t.publish('ranges', { s: '\\u0000' }, { waitForPosition: true });
     assert.match(m.position ?? '', /^\d+$/);
   });
 

@@ -51,7 +51,7 @@ describe('creating a durable topic is explicit', () => {
       assert.ok((await strict.topics.list()).includes('lib-explicit'));
       assert.equal(await strict.topics.create('lib-missing', { partitions: 2 }), true);
       assert.equal(await strict.topics.create('lib-missing'), false, 'idempotent');
-      await strict.topics.publish('lib-missing', { n: 1 });
+      await strict.topics.publish('lib-missing', { n: 1 }, { waitForPosition: true });
       assert.equal((await strict.topics.stats('lib-missing')).messages, 1);
       assert.throws(() => createHerald({ connectionString: db.url, topics: { autoCreate: 'yes' as never } }), { code: 'INVALID_OPTION' });
     } finally {

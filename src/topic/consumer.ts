@@ -45,8 +45,8 @@ type Outcome = false | 'batch' | 'dead' | 'retry' | 'exhausted';
  * back the handler's writes and the cursor together; a message whose attempts reach
  * `maxAttempts` goes to the group's dead letters and the partition moves on.
  *
- * Wake-ups: a NOTIFY per publishing statement and per sequencer run (payload: topic
- * name) on the one listen connection; a catch-up pass after every (re)LISTEN; a safety
+ * Wake-ups: a NOTIFY per publishing statement inside a caller's transaction and per
+ * sequencer run that moved messages (payload: topic name) on the one listen connection; a catch-up pass after every (re)LISTEN; a safety
  * poll. Nothing waits for other transactions: a publish that commits late is
  * sequenced (and woken for) when it commits.
  */

@@ -172,9 +172,28 @@ export async function pendingAppend(
   return rows;
 }
 
+/**
+ * Publishes without a wake-up and without the floor (a publish that does not wait for
+ * its positions): the lean form of {@link pendingAppend}, prepared once per connection.
+ */
+export async function pendingAppendQuiet(ex: Executor, s: string, topic: TopicRow, keys: (string | null)[], payloads: string[]): Promise<{ publish_id: string }[]> {
+  const { rows } = await ex.query<{ publish_id: string }>(
+    `INSERT INTO ${s}.topic_pending (topic_id, publish_id, kpart, key, payload)
+     SELECT $1, src.pid,
+            CASE WHEN src.k IS NULL THEN (src.pid % $3)::int
+                 ELSE (((hashtextextended(src.k, 0) % $3) + $3) % $3)::int END,
+            src.k, src.p::jsonb
+       FROM (SELECT nextval($2::regclass) AS pid, u.k, u.p FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS u(k, p, ord) ORDER BY u.ord) src
+     RETURNING publish_id::text AS publish_id`,
+    [topic.id, `${s}.${quoteIdent(topicPublishSequenceName(topic.id))}`, topic.partitions, keys, payloads],
+    { prepare: true },
+  );
+  return rows.sort((a, b) => (BigInt(a.publish_id) < BigInt(b.publish_id) ? -1 : 1));
+}
+
 /** True when the topic has committed messages the sequencer has not moved into the log yet. */
 export async function pendingExists(ex: Executor, s: string, topicId: number): Promise<boolean> {
-  const { rows } = await ex.query<{ p: boolean }>(`SELECT EXISTS (SELECT 1 FROM ${s}.topic_pending WHERE topic_id = $1) AS p`, [topicId]);
+  const { rows } = await ex.query<{ p: boolean }>(`SELECT EXISTS (SELECT 1 FROM ${s}.topic_pending WHERE topic_id = $1) AS p`, [topicId], { prepare: true });
   return rows[0].p;
 }
 
@@ -201,6 +220,7 @@ export async function sequencerRun(ex: Executor, s: string, topic: TopicRow, lim
   const { rows } = await ex.query<{ publish_id: string; id: string }>(
     `SELECT publish_id::text AS publish_id, id::text AS id FROM ${s}.topic_sequence($1, $2::regclass, $3, $4, $5)`,
     [topic.id, `${s}.${quoteIdent(topicSequenceName(topic.id))}`, limit, channel, topic.name],
+    { prepare: true },
   );
   return rows;
 }
@@ -387,6 +407,7 @@ export async function attemptBegin(ex: Executor, s: string, topicId: number, gro
            message_id = EXCLUDED.message_id, updated_at = now()
      RETURNING attempts`,
     [topicId, group, kpart, messageId, throughId, single],
+    { prepare: true },
   );
   return rows[0].attempts;
 }
@@ -538,6 +559,7 @@ export async function cursorAdvance(ex: Executor, s: string, topicId: number, gr
     `UPDATE ${s}.topic_group_cursors SET cursor_id = $4::bigint, updated_at = now()
       WHERE topic_id = $1 AND group_name = $2 AND kpart = $3`,
     [topicId, group, kpart, id],
+    { prepare: true },
   );
 }
 

@@ -78,7 +78,7 @@ for (const [step, nth] of [['marked', 1], ['detached', 1], ['dropped', 1], ['mar
     await fast.start();
     await herald.topics.createGroup(topic, 'lag', 'earliest');
     try {
-      const published = await herald.topics.publishMany(topic, Array.from({ length: 70 }, (_, i) => ({ payload: i + 1 })));
+      const published = await herald.topics.publishMany(topic, Array.from({ length: 70 }, (_, i) => ({ payload: i + 1 })), { waitForPosition: true });
       const byPayload = new Map<number, { position: string; partition: number }>();
       const whole = await herald.topics.read<number>(topic, { after: 'earliest', limit: 1000 });
       for (const m of whole.messages) byPayload.set(m.payload, { position: m.position, partition: m.partition });

@@ -23,7 +23,7 @@ test('a group behind retention gets the behind event with the oldest position, n
   const fast = herald.topics.consumer<number>('ret', 'fast', ({ messages }) => void fastSeen.push(...messages.map((m) => m.payload)));
   await fast.start();
   await herald.topics.createGroup('ret', 'slow', 'earliest');
-  const published = await herald.topics.publishMany('ret', Array.from({ length: 350 }, (_, i) => ({ payload: i + 1 })));
+  const published = await herald.topics.publishMany('ret', Array.from({ length: 350 }, (_, i) => ({ payload: i + 1 })), { waitForPosition: true });
   await waitFor(() => fastSeen.length === 350);
   const before = (await herald.topics.stats('ret')).groups.find((g) => g.name === 'slow')!;
 
@@ -73,7 +73,7 @@ test('a group behind retention gets the behind event with the oldest position, n
 
 test('retention by size drops the oldest full segments only', async () => {
   await herald.topics.create('size', { partitions: 1, segmentSize: 50, retentionBytes: 1 });
-  await herald.topics.publishMany('size', Array.from({ length: 120 }, (_, i) => ({ payload: { i, pad: 'x'.repeat(200) } })));
+  await herald.topics.publishMany('size', Array.from({ length: 120 }, (_, i) => ({ payload: { i, pad: 'x'.repeat(200) } })), { waitForPosition: true });
   assert.equal(await herald.topics.maintain('size'), 2);
   const s = await herald.topics.stats('size');
   assert.equal(s.messages, 20);

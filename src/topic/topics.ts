@@ -83,6 +83,8 @@ export class Topics {
   readonly #sequencerBatchSize: number;
   readonly #topics = new Map<string, Promise<TopicState>>();
   readonly #consumers = new Set<TopicConsumer>();
+  /** Sequencer runs started in the background by publishes (awaited by `stop()`). */
+  readonly #background = new Set<Promise<void>>();
   #timer: NodeJS.Timeout | undefined;
   #maintaining: Promise<unknown> | undefined;
 
@@ -119,19 +121,40 @@ export class Topics {
 
   /**
    * Publishes one message (a JSON value) to a topic; with `{ tx }` it exists only if that
-   * transaction commits. A missing topic is created with `topicDefaults` when
-   * `autoCreate` (this call's, else the `topics.autoCreate` option) is true, else
-   * `HeraldError` `NOT_FOUND`.
+   * transaction commits. One statement: without `tx` the call costs one committed
+   * insert, and the topic's sequencer numbers the message in the background (the
+   * returned `position` is `null`) unless `waitForPosition` is true: then the call waits
+   * for the sequencer run that numbers it and returns its position. A missing topic is
+   * created with `topicDefaults` when `autoCreate` (this call's, else the
+   * `topics.autoCreate` option) is true, else `HeraldError` `NOT_FOUND`.
    */
-  async publish(topic: string, payload: unknown, options: { tx?: TxLike; key?: string | null; autoCreate?: boolean } = {}): Promise<PublishedMessage> {
-    const [m] = await this.publishMany(topic, [{ payload, key: options.key ?? null }], { tx: options.tx, autoCreate: options.autoCreate });
+  async publish(
+    topic: string,
+    payload: unknown,
+    options: { tx?: TxLike; key?: string | null; autoCreate?: boolean; waitForPosition?: boolean } = {},
+  ): Promise<PublishedMessage> {
+    const [m] = await this.publishMany(topic, [{ payload, key: options.key ?? null }], {
+      tx: options.tx,
+      autoCreate: options.autoCreate,
+      waitForPosition: options.waitForPosition,
+    });
     return m;
   }
 
-  /** Publishes a batch in one statement (one wake-up), in order; returns ids and positions in the same order. `autoCreate` as in {@link publish}. */
-  async publishMany(topic: string, messages: readonly { payload: unknown; key?: string | null }[], options: { tx?: TxLike; autoCreate?: boolean } = {}): Promise<PublishedMessage[]> {
+  /**
+   * Publishes a batch in one statement (one wake-up), in order; returns ids (and, with
+   * `waitForPosition`, positions) in the same order. Options as in {@link publish}.
+   */
+  async publishMany(
+    topic: string,
+    messages: readonly { payload: unknown; key?: string | null }[],
+    options: { tx?: TxLike; autoCreate?: boolean; waitForPosition?: boolean } = {},
+  ): Promise<PublishedMessage[]> {
     assertName('topic', topic);
     if (!Array.isArray(messages)) throw new HeraldError('INVALID_ARGUMENT', 'messages must be an array');
+    const wait = options.waitForPosition ?? false;
+    if (typeof wait !== 'boolean') throw new HeraldError('INVALID_ARGUMENT', 'waitForPosition must be true or false');
+    if (wait && options.tx) throw new HeraldError('INVALID_ARGUMENT', 'waitForPosition needs a publish without tx (inside a transaction nothing is committed yet)');
     if (messages.length === 0) return [];
     const keys: (string | null)[] = [];
     const payloads: string[] = [];
@@ -149,16 +172,26 @@ export class Topics {
     const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
     return withSpan('herald.topics.publish', { 'herald.topic': topic, 'herald.count': messages.length }, async () => {
       const state = await this.#state(topic, options.autoCreate ?? this.#autoCreate);
-      // The wake-up rides in the statement while wake-ups are on. Without the caller's
-      // transaction, a commit that met a full notification queue runs once more without
-      // it (nothing of it committed); in the caller's, none is attached once paused.
       const append = (wake: boolean) => q.pendingAppend(ex, this.#s, state.row, keys, payloads, wake ? this.channel : null);
-      const rows = options.tx ? await append(this.#notifier.wakeups) : await this.#notifier.pressure.run(append);
-      // Inside the caller's transaction nothing is committed yet: consumers sequence it
-      // when its wake-up (or their poll) comes after the commit.
-      if (options.tx) return rows.map((r) => ({ id: r.publish_id, position: null }));
-      // Committed: move it into the log now (delivery does not wait for a consumer's
-      // turn) and return the positions.
+      if (options.tx) {
+        // Inside the caller's transaction nothing is committed yet: the wake-up rides in
+        // the statement (none once wake-ups are paused) and consumers sequence the
+        // messages when it (or their poll) comes after the commit.
+        const rows = await append(this.#notifier.wakeups);
+        return rows.map((r) => ({ id: r.publish_id, position: null }));
+      }
+      // Without tx: no wake-up in the publish. A transaction that NOTIFYs holds the
+      // cluster's notification lock through its commit's WAL flush, so notifying
+      // publishes commit one at a time; this process's sequencer run, right after, moves
+      // the message and wakes the consumers (one NOTIFY per run, for every publish it moved).
+      if (!wait) {
+        const quiet = await q.pendingAppendQuiet(ex, this.#s, state.row, keys, payloads);
+        // Committed: number it in the background (shared with every publish meanwhile),
+        // so delivery does not wait for a consumer's turn and the caller pays one commit.
+        this.#sequenceSoon(state);
+        return quiet.map((r) => ({ id: r.publish_id, position: null }));
+      }
+      const rows = await append(false);
       const moved = await this.#sequence(state);
       const ids = rows.map((r) => r.publish_id);
       let found = moved;
@@ -328,9 +361,10 @@ export class Topics {
     return (await q.topicList(this.#driver.executor, this.#s)).map((t) => t.name);
   }
 
-  /** Size, retention and per-group lag of a topic. */
+  /** Size, retention and per-group lag of a topic (the sequencer runs first when messages wait, as for `read`). */
   async stats(topic: string): Promise<TopicStats> {
     await this.#existing(topic);
+    await this.#sequenceIfPending(topic);
     const ex = this.#driver.executor;
     const t = (await q.topicGet(ex, this.#s, topic))!;
     const [counts, segments, groups, pending, dead] = await Promise.all([
@@ -483,6 +517,7 @@ export class Topics {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     await Promise.all([...this.#consumers].map((c) => c.stop()));
+    await Promise.all([...this.#background]);
     await this.#maintaining;
   }
 
@@ -518,6 +553,21 @@ export class Topics {
   async #sequenceIfPending(topic: string): Promise<void> {
     const st = await this.#existing(topic);
     if (await q.pendingExists(this.#driver.executor, this.#s, st.row.id)) await this.#sequence(st);
+  }
+
+  /**
+   * Schedules a sequencer run in the background (after a committed publish). Joins the
+   * run already queued, if any: a burst of publishes makes one run per run in flight.
+   * A failed run is left to the next one (consumers sequence at every turn and poll).
+   */
+  #sequenceSoon(st: TopicState): void {
+    if (st.seqQueued) return;
+    const run = this.#sequence(st).then(
+      () => {},
+      () => {},
+    );
+    this.#background.add(run);
+    void run.finally(() => this.#background.delete(run));
   }
 
   /**

@@ -33,9 +33,10 @@ export interface PublishedMessage {
   /** The message's id (consumers see it as `message.id`). */
   id: string;
   /**
-   * Its position, when known at return: a publish without `tx` commits and runs the
-   * sequencer, so it is set; a publish inside the caller's transaction gets it only
-   * once that transaction commits and the sequencer ran: `null`.
+   * Its position, when the call waited for it (`waitForPosition: true`, without `tx`):
+   * the sequencer numbered it before the call returned. Otherwise `null`: the message
+   * is committed (or commits with the caller's `tx`) and the sequencer gives its
+   * position shortly after, in the background.
    */
   position: TopicPosition | null;
 }

@@ -52,7 +52,7 @@ test('012 converts (xid, id) cursors to ids without skipping; the topic goes on'
   }
   const herald = createHerald({ connectionString: db.url });
   try {
-    const p = await herald.topics.publish('old', 'd');
+    const p = await herald.topics.publish('old', 'd', { waitForPosition: true });
     assert.equal(p.id, '4', 'publish ids continue after the old ids');
     assert.ok(BigInt(p.position!) > 3n);
     const seen: Record<string, string[]> = { ahead: [], behind: [] };

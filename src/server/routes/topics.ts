@@ -52,7 +52,7 @@ export function registerTopicsRoutes(server: HeraldServer): void {
     // Publishing never creates a topic (DDL) unless the server allows it and the caller may create.
     const autoCreate = server.options.autoCreateTopics && allows(principal!.grants, 'create', `topic/${topic}`);
     try {
-      const m = await herald.topics.publish(topic, body.payload, { key: (body.key as string | null | undefined) ?? null, autoCreate });
+      const m = await herald.topics.publish(topic, body.payload, { key: (body.key as string | null | undefined) ?? null, autoCreate, waitForPosition: true });
       sendJson(res, 202, { topic, id: m.id, position: m.position });
     } catch (err) {
       if (err instanceof HeraldError && err.code === 'NOT_FOUND') {

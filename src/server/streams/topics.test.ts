@@ -9,7 +9,7 @@ let base: string;
 useServer({}, (f) => ({ herald, base } = f));
 
 test('topics part as a durable gateway stream: WebSocket subscribe, resume after a position, unknown topic refused', async () => {
-  const m1 = await herald.topics.publish('orders', { n: 1 });
+  const m1 = await herald.topics.publish('orders', { n: 1 }, { waitForPosition: true });
   await herald.topics.publish('orders', { n: 2 });
   const ws = await WsClient.connect(`${base}/ws`);
   assert.equal((await ws.request({ type: 'subscribe', stream: 'topic/orders', lastEventId: m1.position })).type, 'subscribed');
