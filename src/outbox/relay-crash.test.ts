@@ -25,7 +25,7 @@ async function produce(prefix: string, total: number, keys: number): Promise<voi
   }
 }
 
-test('10,000 events while relays are SIGKILLed 200 times between publish and mark: none lost, duplicates <= kills, per-key order kept', async () => {
+test('10,000 events while relays are SIGKILLed 200 times between publish and mark: none lost, duplicates <= kills + fenced publishes, per-key order kept', async () => {
   const total = scaled(10_000);
   const targetKills = scaled(200);
   const fleet = new RelayFleet(db.url, 4, {
@@ -49,7 +49,11 @@ test('10,000 events while relays are SIGKILLed 200 times between publish and mar
   assert.equal(fleet.ids.size, total, 'every event reached the sink');
   assert.equal(rows[0].pending, 0, 'every event is marked published');
   assert.equal(fleet.kills, targetKills, 'the relays were killed as often as planned');
-  assert.ok(fleet.duplicates <= fleet.kills, `duplicates ${fleet.duplicates} <= kills ${fleet.kills}`);
+  // One duplicate per kill (the event published before it, published again once the lease
+  // ends), plus one per event a relay published after its lease ran out (a slow ack on a
+  // loaded machine): that relay's mark is refused (relay:fenced) and another relay has
+  // published the event again.
+  assert.ok(fleet.duplicates <= fleet.kills + fleet.fencedPublished, `duplicates ${fleet.duplicates} <= kills ${fleet.kills} + fenced ${fleet.fencedPublished}`);
   assert.deepEqual(fleet.inversions, [], 'per-key order never inverted');
 });
 

@@ -32,6 +32,9 @@ const relay = herald.outbox.relay({
 });
 relay.on('relay:published', (events) => send({ t: 'marked', n: events.length }));
 relay.on('relay:problem', (err) => send({ t: 'problem', message: err.message }));
+// Published, then refused by the fence (the lease ran out meanwhile and another relay took
+// the events again): each such event is published twice by design.
+relay.on('relay:fenced', ({ published }) => send({ t: 'fenced', published: published.length }));
 send({ t: 'ready', pid: process.pid });
 
 async function stop(): Promise<void> {

@@ -44,6 +44,8 @@ export class RelayFleet {
   readonly publishes: Publish[] = [];
   readonly ids = new Set<string>();
   kills = 0;
+  /** Events a relay published and then could not mark (its lease ran out first): each is a duplicate the design allows. */
+  fencedPublished = 0;
   spawned = 0;
   readonly problems: string[] = [];
   /** Order violations seen: a publish of a key below a seq already published for it. */
@@ -74,7 +76,7 @@ export class RelayFleet {
     });
     const m: Member = { child, inBatch: false, dead: false };
     this.#members.add(m);
-    child.on('message', (msg: { t: string; id: string; key: string | null; seq: string; message?: string }) => {
+    child.on('message', (msg: { t: string; id: string; key: string | null; seq: string; message?: string; published?: number }) => {
       if (m.dead) return;
       if (msg.t === 'pub') {
         const p: Publish = { id: msg.id, key: msg.key, seq: BigInt(msg.seq) };
@@ -90,6 +92,9 @@ export class RelayFleet {
         }
         child.send({ t: 'ack', id: msg.id });
       } else if (msg.t === 'marked') {
+        m.inBatch = false;
+      } else if (msg.t === 'fenced') {
+        this.fencedPublished += msg.published ?? 0;
         m.inBatch = false;
       } else if (msg.t === 'problem') {
         this.problems.push(msg.message ?? '');
