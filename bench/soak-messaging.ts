@@ -1,6 +1,6 @@
 /**
  * Steady-state soak of the mailbox or the outbox: a fixed offered rate for minutes,
- * one message per transaction, consumed (mailbox) or relayed (outbox) at the same time,
+ * one `send`/`add` call per message (no `tx`), consumed (mailbox) or relayed (outbox) at the same time,
  * sampling every second what a regression would move: sent and consumed per second,
  * end-to-end latency p50/p99 (send call → handler/sink, one clock: one process), Node
  * RSS, the size of the part's table with its indexes and TOAST, its live rows, and the
@@ -10,7 +10,7 @@
  *        [--retention-ms 30000] [--retention-interval-ms 10000] [--consumer-batch N]
  *        [--consumer-concurrency N] [--pool 16] [--keys 1000] [--no-consumer] [--out bench/results]
  *
- * Producer: every 5 ms it calls `mailbox.send` / `outbox.add` (each its own transaction)
+ * Producer: every 5 ms it calls `mailbox.send` / `outbox.add` (no `tx`: the library's group commit lets concurrent calls share commits)
  * for every message then due at `--rate`, without waiting for earlier ones (the pool,
  * `--pool` connections, bounds what is in flight); each payload carries its send time.
  * Outbox events carry one of `--keys` keys in turn (0: no key). The consumer runs on its own Herald (own pool), as when it runs in another process:
@@ -175,7 +175,7 @@ try {
   let last = { sent: 0, committed: 0, consumed: 0, purged: 0 };
   let block: Sample[] = [];
   const blockLen = MINUTES < 5 ? 30 : 60;
-  const describe = `${PART}: ${RATE} messages/s offered for ${MINUTES} min (one per transaction), producer pool ${POOL}${PART === 'outbox' ? `, ${KEYS} keys` : ''}, consumer ${JSON.stringify(consumerOptions)}, retention ${RETENTION_MS} ms every ${RETENTION_INTERVAL_MS} ms`;
+  const describe = `${PART}: ${RATE} messages/s offered for ${MINUTES} min (one ${PART === 'mailbox' ? 'send' : 'add'} call per message, no tx), producer pool ${POOL}${PART === 'outbox' ? `, ${KEYS} keys` : ''}, consumer ${JSON.stringify(consumerOptions)}, retention ${RETENTION_MS} ms every ${RETENTION_INTERVAL_MS} ms`;
   console.log(`# soak ${describe}; Postgres ${settings.server_version} fsync=${settings.fsync} full_page_writes=${settings.full_page_writes} synchronous_commit=${settings.synchronous_commit}; ${cpus().length} × ${cpus()[0]?.model.trim()}; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   console.log('until s | sent/s | committed/s | consumed/s | p50 ms (median s) | p99 ms (worst s) | max ms | node RSS MB | table MB | rows | purged | backlog');
   while (now() < end) {
