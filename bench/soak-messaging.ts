@@ -89,6 +89,10 @@ interface Sample {
   nodeRss: number;
   tableBytes: number;
   rows: number;
+  /** Dead tuples of the table (statistics: pg_stat_user_tables.n_dead_tup). */
+  deadRows: number;
+  /** Vacuums of the table so far (auto and manual). */
+  vacuums: number;
   purged: number;
   backlog: number;
 }
@@ -177,11 +181,14 @@ try {
   const blockLen = MINUTES < 5 ? 30 : 60;
   const describe = `${PART}: ${RATE} messages/s offered for ${MINUTES} min (one ${PART === 'mailbox' ? 'send' : 'add'} call per message, no tx), producer pool ${POOL}${PART === 'outbox' ? `, ${KEYS} keys` : ''}, consumer ${JSON.stringify(consumerOptions)}, retention ${RETENTION_MS} ms every ${RETENTION_INTERVAL_MS} ms`;
   console.log(`# soak ${describe}; Postgres ${settings.server_version} fsync=${settings.fsync} full_page_writes=${settings.full_page_writes} synchronous_commit=${settings.synchronous_commit}; ${cpus().length} × ${cpus()[0]?.model.trim()}; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  console.log('until s | sent/s | committed/s | consumed/s | p50 ms (median s) | p99 ms (worst s) | max ms | node RSS MB | table MB | rows | purged | backlog');
+  console.log('until s | sent/s | committed/s | consumed/s | p50 ms (median s) | p99 ms (worst s) | max ms | node RSS MB | table MB | rows | dead tuples | vacuums | purged | backlog');
   while (now() < end) {
     await new Promise((r) => setTimeout(r, 1000));
-    const { rows } = await monitor.query<{ b: string; n: string }>(
-      `SELECT pg_total_relation_size(c.oid)::text AS b, (SELECT count(*) FROM herald.${TABLE})::text AS n FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE ns.nspname = 'herald' AND c.relname = $1`,
+    const { rows } = await monitor.query<{ b: string; n: string; dead: string; vacuums: string }>(
+      `SELECT pg_total_relation_size(c.oid)::text AS b, (SELECT count(*) FROM herald.${TABLE})::text AS n,
+              st.n_dead_tup::text AS dead, (st.autovacuum_count + st.vacuum_count)::text AS vacuums
+         FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace JOIN pg_stat_user_tables st ON st.relid = c.oid
+        WHERE ns.nspname = 'herald' AND c.relname = $1`,
       [TABLE],
     );
     const s: Sample = {
@@ -195,6 +202,8 @@ try {
       nodeRss: process.memoryUsage().rss,
       tableBytes: Number(rows[0].b),
       rows: Number(rows[0].n),
+      deadRows: Number(rows[0].dead),
+      vacuums: Number(rows[0].vacuums),
       purged: purged - last.purged,
       backlog: sent - consumed,
     };
@@ -206,7 +215,7 @@ try {
       const avg = (k: keyof Sample) => Math.round(block.reduce((a, x) => a + x[k], 0) / block.length);
       const b = block[block.length - 1];
       console.log(
-        `${b.t} | ${avg('sent')} | ${avg('committed')} | ${avg('consumed')} | ${pct(block.map((x) => x.p50), 0.5).toFixed(2)} | ${Math.max(...block.map((x) => x.p99)).toFixed(2)} | ${Math.max(...block.map((x) => x.max)).toFixed(1)} | ${(b.nodeRss / 2 ** 20).toFixed(0)} | ${(b.tableBytes / 2 ** 20).toFixed(1)} | ${b.rows} | ${block.reduce((a, x) => a + x.purged, 0)} | ${b.backlog}`,
+        `${b.t} | ${avg('sent')} | ${avg('committed')} | ${avg('consumed')} | ${pct(block.map((x) => x.p50), 0.5).toFixed(2)} | ${Math.max(...block.map((x) => x.p99)).toFixed(2)} | ${Math.max(...block.map((x) => x.max)).toFixed(1)} | ${(b.nodeRss / 2 ** 20).toFixed(0)} | ${(b.tableBytes / 2 ** 20).toFixed(1)} | ${b.rows} | ${b.deadRows} | ${b.vacuums} | ${block.reduce((a, x) => a + x.purged, 0)} | ${b.backlog}`,
       );
       block = [];
     }
@@ -255,7 +264,7 @@ try {
     { title: 'send → consumed latency', unit: 'ms', series: [['p50', 'p50'], ['p99', 'p99']] },
     { title: 'memory', unit: 'MB', series: [['nodeRss', 'Node RSS']], scale: 2 ** 20 },
     { title: `herald.${TABLE} (with indexes and TOAST)`, unit: 'MB', series: [['tableBytes', 'size']], scale: 2 ** 20 },
-    { title: 'rows: live in the table, deleted by retention per second', unit: 'rows', series: [['rows', 'rows'], ['purged', 'purged']] },
+    { title: 'rows: live in the table, deleted by retention per second', unit: 'rows', series: [['rows', 'rows'], ['purged', 'purged'], ['deadRows', 'dead tuples']] },
   ];
   writeFileSync(
     file,
