@@ -9,8 +9,12 @@
  * time). Everything shares one machine, so the clients' CPU competes with the server's.
  *
  * Usage: node --import tsx bench/gateway.ts [--runs 3] [--clients 1000,5000]
- *        [--transports sse,ws] [--rate 1000] [--seconds 10] [--client-procs 2] [--flush-interval-ms 0]
+ *        [--transports sse,ws,mixed] [--rate 1000] [--seconds 10] [--client-procs 2] [--flush-interval-ms 0]
  *        [--profile <dir>]  (CPU profiles of the server and client processes)
+ * `mixed` runs half the clients on SSE and half on WebSocket at once (give an even
+ * `--client-procs`: each process uses one transport). The file-descriptor limit of
+ * this process (`ulimit -n`, inherited by the children) must exceed the clients per
+ * process plus the server's sockets: the bench checks and says so before starting.
  * DATABASE_URL: use that server instead of starting a throwaway cluster.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -60,6 +64,14 @@ function once<T>(child: ChildProcess, pick: (m: any) => boolean, what: string): 
 const pct = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+// Every client is a socket in a client process and one in the server: check the limit
+// (`ulimit -n`; a process cannot raise its own hard limit) before starting anything.
+{
+  const { execSync } = await import('node:child_process');
+  const limit = Number(execSync('ulimit -n', { shell: '/bin/sh' }).toString().trim());
+  const most = Math.max(...args.clients!.split(',').map(Number));
+  if (Number.isFinite(limit) && limit < most + 1000) throw new Error(`ulimit -n is ${limit}: the server needs one descriptor per client (${most}) and more; raise it (ulimit -n ${most + 5000}) and run again`);
+}
 const pgServer = await benchPostgres({ max_connections: 100 });
 const url = pgServer.url;
 const publisher = new pg.Client({ connectionString: url });
@@ -98,7 +110,8 @@ async function measure(transport: string, clients: number): Promise<Result> {
   const { url: base, channel } = await once<{ url: string; channel: string }>(server, (m) => m.url, 'server url');
   const per = Math.ceil(clients / PROCS);
   const procs = Array.from({ length: PROCS }, (_, i) =>
-    fork(join(here, 'gateway/clients.ts'), [base, transport, String(Math.min(per, clients - i * per)), String(SAMPLE_EVERY)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
+    // `mixed`: half the client processes use SSE, half WebSocket (so half the clients each).
+    fork(join(here, 'gateway/clients.ts'), [base, transport === 'mixed' ? (i % 2 === 0 ? 'sse' : 'ws') : transport, String(Math.min(per, clients - i * per)), String(SAMPLE_EVERY)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
   );
   await Promise.all(procs.map((p) => once(p, (m) => m.ready, 'clients ready')));
   // Publish at RATE/s: each tick sends what is due in one statement (one notification per row).

@@ -1,5 +1,6 @@
 /**
- * Draws the time series of one or more soak runs (`bench/soak.ts` output) as a PNG, so
+ * Draws the time series of one or more soak runs (`bench/soak.ts`, `bench/soak-messaging.ts`,
+ * `bench/gateway-churn.ts` output; a file's own `charts` layout when it has one) as a PNG, so
  * a regression is visible at a glance: throughput (enqueued and started per second),
  * enqueue-to-start latency (p50 and p99 per second), memory (Node RSS, Postgres
  * backends' RSS) and table size. Several files (one per library) share each chart.
@@ -17,14 +18,17 @@ import { chromium } from 'playwright-core';
 const { values, positionals } = parseArgs({ allowPositionals: true, options: { out: { type: 'string' } } });
 if (positionals.length === 0) throw new Error('usage: bench/plot.ts <soak.json> [more.json ...] [--out file.png]');
 const out = values.out ?? positionals[0].replace(/\.json$/, '') + '.png';
-const runs = positionals.map((f) => JSON.parse(readFileSync(f, 'utf8')) as { lib: string; rate: number; minutes: number; samples: Record<string, number>[] });
+type ChartSpec = { title: string; unit: string; series: string[][]; scale?: number };
+const runs = positionals.map((f) => JSON.parse(readFileSync(f, 'utf8')) as { lib: string; rate: number; minutes: number; charts?: ChartSpec[]; samples: Record<string, number>[] });
 
 const require = createRequire(import.meta.url);
 const uplotDir = require.resolve('uplot/dist/uPlot.iife.min.js').replace(/uPlot\.iife\.min\.js$/, '');
 const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 if (!existsSync(executablePath)) throw new Error(`no Chromium at ${executablePath} (set CHROMIUM_PATH)`);
 
-const charts = [
+// A series file may carry its own chart layout (bench/soak-messaging.ts, bench/gateway-churn.ts);
+// the job-queue soak's files do not, and get this one.
+const charts: ChartSpec[] = runs[0].charts ?? [
   { title: 'jobs per second', unit: 'jobs/s', series: [['enqueued', 'enqueued'], ['started', 'started']] },
   { title: 'enqueue → start latency', unit: 'ms', series: [['p50', 'p50'], ['p99', 'p99']] },
   { title: 'memory', unit: 'MB', series: [['nodeRss', 'Node RSS'], ['pgRss', 'Postgres backends RSS']], scale: 2 ** 20 },

@@ -5,7 +5,9 @@
  * `{ rss: true }` ends it and answers with the resident memory, CPU time and what the
  * server saw in the window: how late notifications reached it (publish → server, from
  * a second subscription of the same channel), its event-loop delay, and its flush
- * rounds (how many, and connections written per round).
+ * rounds (how many, and connections written per round). `{ sample: true }` answers
+ * `{ sample: { rss, heapUsed, handles, clients, cpu, notifications, gaps } }` at once
+ * (bench/gateway-churn.ts samples it every second).
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createHerald } from '../../src/client.js';
@@ -33,7 +35,22 @@ const loop = monitorEventLoopDelay({ resolution: 1 });
 let at0 = { flushes: 0, flushedConnections: 0 };
 // The channel behind topic `bench` (channelPrefix applies): the publisher notifies exactly this.
 process.send!({ url, channel });
-process.on('message', async (m: { rss?: boolean; stop?: boolean; cpu?: boolean }) => {
+process.on('message', async (m: { rss?: boolean; stop?: boolean; cpu?: boolean; sample?: boolean }) => {
+  if (m.sample) {
+    // bench/gateway-churn.ts: one point of its per-second series.
+    const mem = process.memoryUsage();
+    process.send!({
+      sample: {
+        rss: mem.rss,
+        heapUsed: mem.heapUsed,
+        handles: process.getActiveResourcesInfo().length,
+        clients: server.clients,
+        cpu: process.cpuUsage(),
+        notifications: server.gateway.counters.notifications,
+        gaps: server.gateway.counters.gaps,
+      },
+    });
+  }
   if (m.cpu) {
     measuring = true;
     loop.enable();

@@ -59,7 +59,7 @@ export interface QueryOptions {
  */
 export type TxLike = Executor | { unsafe(text: string, values?: unknown[]): PromiseLike<unknown> };
 
-/** A notification as the server sent it. */
+/** A notification as the server sent it: a fresh object per notification (the notifier hands it to subscribers as is). */
 export interface RawNotification {
   channel: string;
   payload: string;

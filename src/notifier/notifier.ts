@@ -350,11 +350,16 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
   }
 
   #dispatch(n: RawNotification): void {
-    const probe = this.#probes.get(n.channel);
-    if (probe) return probe(n.payload);
+    // Hot path (one call per notification): no probe lookup unless a probe is pending,
+    // and the driver's object is handed on as is: it is fresh per notification and has
+    // the shape of a Notification, so a copy would only cost an allocation.
+    if (this.#probes.size !== 0) {
+      const probe = this.#probes.get(n.channel);
+      if (probe) return probe(n.payload);
+    }
     const state = this.#channels.get(n.channel);
     if (!state) return;
-    const notification: Notification = { channel: n.channel, payload: n.payload, processId: n.processId };
+    const notification: Notification = n;
     // Handlers run inline (Subscription._push): one that subscribes to this channel
     // again adds to the set being walked. Sets iterate in insertion order, so counting
     // keeps this notification to the subscribers that existed when it arrived.

@@ -17,6 +17,7 @@ import {
   outboxRedrive,
   outboxStats,
 } from './queries.js';
+import { ADD_GROUP_LOCK_TIMEOUT_MS, AddGroup } from './group.js';
 import { Relay, toOutboxEvent, type RelayOptions } from './relay.js';
 import type { OutboxEvent } from './sinks.js';
 
@@ -92,6 +93,7 @@ export class Outbox {
   readonly #lockPrefix: string;
   readonly #relays = new Set<Relay>();
   readonly #active: () => void;
+  readonly #group: AddGroup<CheckedEvent>;
 
   /** @internal Use `herald.outbox`. `active` is called on every add and relay: it starts the maintenance service. */
   constructor(driver: Driver, notifier: Notifier, schema: string, active: () => void = () => {}) {
@@ -101,6 +103,10 @@ export class Outbox {
     this.#s = schemaIdent(schema);
     this.channel = `${schema}.outbox`;
     this.#lockPrefix = `${LOCK_NAMESPACE}${schema}:`;
+    this.#group = new AddGroup<CheckedEvent>(
+      (events) => this.#insert(events, ADD_GROUP_LOCK_TIMEOUT_MS),
+      (events) => this.#insert(events, null),
+    );
   }
 
   /**
@@ -112,8 +118,11 @@ export class Outbox {
   async add(event: NewOutboxEvent, options: { tx?: TxLike } = {}): Promise<string> {
     const e = checkEvent(event, 'event');
     this.#active();
-    return withSpan('herald.outbox.add', { 'herald.event_type': e.type }, () =>
-      this.#write(options.tx, (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e), (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e)),
+    return withSpan('herald.outbox.add', { 'herald.event_type': e.type }, async () =>
+      options.tx
+        ? this.#write(options.tx, (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e), (ex) => outboxInsertOne(ex, this.#s, this.#lockPrefix, e))
+        : // Our own commit: grouped with the other adds of this process that are waiting.
+          (await this.#group.submit([e]))[0],
     );
   }
 
@@ -123,11 +132,22 @@ export class Outbox {
     if (events.length === 0) return [];
     const checked = events.map((e, i) => checkEvent(e, `events[${i}]`));
     this.#active();
+    return withSpan('herald.outbox.add', { 'herald.batch_size': events.length }, () =>
+      options.tx ? this.#insert(checked, null, options.tx) : this.#group.submit(checked),
+    );
+  }
+
+  /**
+   * Inserts events in one statement (in array order) with their key locks: in `tx`, or
+   * committed by us. `lockTimeoutMs`: how long our own transaction may wait for a key's
+   * lock (a grouped statement must not hold its other callers behind one key), null to wait.
+   */
+  #insert(events: readonly CheckedEvent[], lockTimeoutMs: number | null, tx?: TxLike): Promise<string[]> {
     const cols = {
-      types: checked.map((e) => e.type),
-      keys: checked.map((e) => e.key),
-      payloads: checked.map((e) => e.payload),
-      headers: checked.map((e) => e.headers),
+      types: events.map((e) => e.type),
+      keys: events.map((e) => e.key),
+      payloads: events.map((e) => e.payload),
+      headers: events.map((e) => e.headers),
     };
     const keys = [...new Set(cols.keys.filter((k): k is string => k !== null))];
     const run = async (ex: Executor) => {
@@ -135,9 +155,11 @@ export class Outbox {
       await outboxLockKeys(ex, this.#lockPrefix, keys);
       return outboxInsertMany(ex, this.#s, cols);
     };
-    return withSpan('herald.outbox.add', { 'herald.batch_size': events.length }, () =>
-      this.#write(options.tx, run, (ex) => (keys.length ? this.#driver.transaction(run) : outboxInsertMany(ex, this.#s, cols))),
-    );
+    const own = async (ex: Executor) => {
+      if (lockTimeoutMs !== null && keys.length > 0) await ex.query(`SELECT set_config('lock_timeout', $1, true)`, [`${lockTimeoutMs}ms`]);
+      return run(ex);
+    };
+    return this.#write(tx, tx ? run : own, (ex) => (keys.length ? this.#driver.transaction(own) : outboxInsertMany(ex, this.#s, cols)));
   }
 
   /**
@@ -267,6 +289,7 @@ export class Outbox {
   /** Stops every relay (each finishes its batch in flight). Idempotent. */
   async stop(): Promise<void> {
     await Promise.all([...this.#relays].map((r) => r.stop()));
+    await this.#group.idle();
   }
 }
 
@@ -277,7 +300,10 @@ export const OUTBOX_KEY_MAX_BYTES = 1000;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-function checkEvent(event: NewOutboxEvent, where: string): { type: string; key: string | null; payload: string; headers: string } {
+/** An event checked and serialised for the insert. */
+type CheckedEvent = { type: string; key: string | null; payload: string; headers: string };
+
+function checkEvent(event: NewOutboxEvent, where: string): CheckedEvent {
   if (event === null || typeof event !== 'object') throw new HeraldError('INVALID_ARGUMENT', `${where} must be an object`);
   assertText(`${where}.type`, event.type, OUTBOX_TYPE_MAX_BYTES);
   const key = event.key ?? null;
