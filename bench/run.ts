@@ -1,8 +1,7 @@
 /**
  * `npm run bench [-- <part>... [-- options]]`: runs every benchmark script
- * `bench/<part>.ts` (or only the parts named; soak, plot, claim-ab and backlog only when
- * named), one after another, each in its own
- * process (`node --import tsx bench/<part>.ts`), each starting its own Postgres
+ * `bench/<part>.ts` (or only the parts named; the soaks, plot, claim-ab, backlog and
+ * mailbox-take only when named), one after another, each in its own process (`node --import tsx bench/<part>.ts`), each starting its own Postgres
  * (or using DATABASE_URL). Arguments after a literal `--` go to every script
  * (e.g. `npm run bench -- notifier -- --runs 1`).
  * Exit code: non-zero when any script failed.
@@ -21,7 +20,7 @@ const available = readdirSync(dir)
  * million jobs), tools that need arguments (plot: result files; claim-ab: a second
  * checkout to compare with), and design prototypes (mailbox-take).
  */
-const onlyWhenNamed = new Set(['soak', 'plot', 'claim-ab', 'backlog', 'mailbox-take']);
+const onlyWhenNamed = new Set(['soak', 'soak-messaging', 'gateway-churn', 'plot', 'claim-ab', 'backlog', 'mailbox-take']);
 
 const argv = process.argv.slice(2);
 const split = argv.indexOf('--');

@@ -19,6 +19,13 @@ export class CliContext {
   exitCode = 0;
   #herald: Herald | undefined;
   readonly #cleanups: (() => Promise<void>)[] = [];
+  /**
+   * How long cleanups may take after an interrupt before the CLI exits anyway (ms);
+   * undefined: the CLI's INTERRUPT_GRACE_MS. `serve` with its embedded Postgres sets it
+   * higher: stopping Postgres (a checkpoint) may take longer than that on a busy machine,
+   * and leaving early would leave it running and the state file naming a dead server.
+   */
+  cleanupGraceMs: number | undefined;
   constructor(readonly io: CliIo) {}
 
   /** Writes a line to stdout. */

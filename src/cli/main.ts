@@ -90,7 +90,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     let cleanupTimer: NodeJS.Timeout | undefined;
     const cleaned = ctx.cleanup();
     if (interrupted) {
-      await Promise.race([cleaned, new Promise<void>((r) => (cleanupTimer = setTimeout(r, INTERRUPT_GRACE_MS).unref()))]);
+      await Promise.race([cleaned, new Promise<void>((r) => (cleanupTimer = setTimeout(r, ctx.cleanupGraceMs ?? INTERRUPT_GRACE_MS).unref()))]);
       clearTimeout(cleanupTimer);
     } else await cleaned;
   }

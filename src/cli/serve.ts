@@ -162,6 +162,9 @@ function parentGone(env: Record<string, string | undefined>, ctx: CliContext): P
   });
 }
 
+/** After SIGINT/SIGTERM, how long `serve` waits for its server and embedded Postgres to stop before it exits anyway. */
+export const EMBEDDED_STOP_GRACE_MS = 60_000;
+
 /** This process's parent when the module loaded (before any start-up work). */
 const STARTING_PARENT = process.ppid;
 
@@ -214,6 +217,9 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
         const root = dataDirOf(globals.dataDir, env);
         ctx.err(`starting embedded Postgres in ${root}`);
         embedded = await startEmbedded(root, (line) => ctx.err(line));
+        // Stopping Postgres is a checkpoint: on a busy machine it can take longer than the
+        // CLI's usual 2 s after a signal. A second signal still exits at once.
+        ctx.cleanupGraceMs = EMBEDDED_STOP_GRACE_MS;
         // Runs last: the server and pgherald close before their Postgres stops.
         ctx.onCleanup(async () => {
           await herald?.close().catch(() => {});
