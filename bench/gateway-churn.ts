@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { benchPostgres } from './support/postgres.js';
+import { once } from './support/ipc.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -60,20 +61,6 @@ for (const [k, v] of Object.entries({ minutes: MINUTES, rate: RATE, 'client-proc
 const here = new URL('.', import.meta.url).pathname;
 const execArgv = ['--import', 'tsx'];
 
-function once<T>(child: ChildProcess, pick: (m: any) => boolean, what: string): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const onExit = (code: number | null) => reject(new Error(`child exited with ${code} while waiting for ${what}`));
-    const on = (m: any) => {
-      if (pick(m)) {
-        child.off('message', on);
-        child.off('exit', onExit);
-        resolve(m);
-      }
-    };
-    child.on('message', on);
-    child.once('exit', onExit);
-  });
-}
 const pct = (xs: number[], p: number) => (xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]);
 const ask = <T>(child: ChildProcess, key: string, msg: object): Promise<T> => {
   const r = once<Record<string, T>>(child, (m) => m[key] !== undefined, key).then((m) => m[key]);

@@ -23,6 +23,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { benchPostgres } from './support/postgres.js';
+import { once } from './support/ipc.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -46,20 +47,6 @@ const SAMPLE_EVERY = Number(args['sample-every']);
 const here = new URL('.', import.meta.url).pathname;
 const execArgv = ['--import', 'tsx', ...(args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`] : [])];
 
-function once<T>(child: ChildProcess, pick: (m: any) => boolean, what: string): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const onExit = (code: number | null) => reject(new Error(`child exited with ${code} while waiting for ${what}`));
-    const on = (m: any) => {
-      if (pick(m)) {
-        child.off('message', on);
-        child.off('exit', onExit);
-        resolve(m);
-      }
-    };
-    child.on('message', on);
-    child.once('exit', onExit);
-  });
-}
 
 const pct = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
