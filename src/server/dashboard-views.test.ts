@@ -179,8 +179,12 @@ describe('dashboard views in headless Chromium', { skip: existsSync(CHROMIUM) ? 
       assert.equal(await page.locator('#jobs-list tbody tr').count(), 5);
       // Search by unique key, through the filter form.
       await page.goto(`${base}/dashboard?access_token=${ADMIN}#/jobs`);
+      await page.locator(`#jobs-list tr[data-row-id="${many[8]}"]`).waitFor(); // the unfiltered list is in
       await page.fill('#job-filters input[name="q"]', 'view-many-7');
       await page.click('#job-filters button[type="submit"]');
+      // The unfiltered list shows many[7] too: wait for the search's answer, in which
+      // many[8] (listed before it) is gone.
+      await page.locator(`#jobs-list tr[data-row-id="${many[8]}"]`).waitFor({ state: 'detached' });
       await page.locator(`#jobs-list tr[data-row-id="${many[7]}"]`).waitFor();
       assert.equal(await page.locator('#jobs-list tbody tr').count(), 1);
       // Bulk: cancel three, then retry them, from the state filter.
