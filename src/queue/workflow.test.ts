@@ -238,7 +238,7 @@ describe('workflows', () => {
         barrier = deferred();
         const leaves = Array.from({ length: 20 }, (_, i) => ({ key: `l${i}`, kind: 'leaf' }));
         const wf = await finishers[0].queue.enqueueWorkflow({ jobs: [...leaves, { key: 'sink', kind: 'sink', dependsOn: leaves.map((l) => l.key) }] });
-        await waitFor(async () => (await finishers[0].queue.workflow(wf.id))?.state === 'completed', { what: `round ${r} to complete`, timeoutMs: 60_000 });
+        await waitFor(async () => (await finishers[0].queue.workflow(wf.id))?.state === 'completed', { what: `round ${r} to complete`, timeoutMs: 60_000, progress: async () => (await finishers[0].queue.workflow(wf.id))?.counts.completed ?? 0 });
         assert.equal(sinkRuns.get(wf.jobs.sink), 1, `round ${r}: the sink ran once`);
         const [row] = await adminQuery<{ deps_pending: number; attempt: number }>(`SELECT deps_pending, attempt FROM herald.jobs WHERE id = $1`, [wf.jobs.sink], db.url);
         assert.deepEqual(row, { deps_pending: 0, attempt: 1 });
@@ -291,7 +291,7 @@ describe('workflows', () => {
       const done = await waitFor(async () => {
         const w = await h.queue.workflow(wf.id);
         return w?.state === 'completed' ? w : null;
-      }, { timeoutMs: 30_000, what: 'the workflow to complete after the rescue' });
+      }, { timeoutMs: 30_000, what: 'the workflow to complete after the rescue', progress: async () => (await h.queue.workflow(wf.id))?.counts.completed ?? 0 });
       assert.deepEqual(ran, ['first', 'second', 'third']);
       const [first] = await adminQuery<{ attempt: number; errors: { error: string }[] }>(`SELECT attempt, errors FROM herald.jobs WHERE id = $1`, [wf.jobs.first], db.url);
       assert.equal(first.attempt, 2, 'the killed attempt is counted');
