@@ -1,18 +1,20 @@
 /**
- * How much does counting a mailbox attempt before the handler cost? Four ways to take
- * 20,000 messages 100 at a time, each a fresh destination of one table, 3 rounds, the
- * median per way (messages/s), one process, one Postgres at default durability:
+ * How much does counting a mailbox attempt before the handler cost? The prototype of
+ * the take row (session 6), kept as its record. Four ways to take 20,000 messages 100
+ * at a time, each a fresh destination of one table, 3 rounds, the median per way
+ * (messages/s), one process, one Postgres at default durability:
  *  - old: the one-statement take of session 3 (claim and mark consumed in the consume
  *    transaction; a process killed in its handler leaves no trace, so its attempt is
  *    not counted);
- *  - lease: what the library does now (src/mailbox/queries.ts): a lease statement that
- *    commits on its own (attempts + 1, rows hidden), then the consume transaction
- *    marks the rows consumed: every message written twice;
  *  - m2: the old take, plus one row per take (its token and ids) inserted and committed
  *    on a second connection before the handlers run, deleted by the consume
  *    transaction: a take killed in its handler leaves that row behind, which is what a
- *    later take would count (a design not in the library yet);
- *  - m2async: the same with the take row committed without waiting for the flush.
+ *    later take counts;
+ *  - m2async: the same with the take row committed without waiting for the flush;
+ *  - library: the library's own statements for that design (session 7:
+ *    src/mailbox/queries.ts mailboxTake, mailboxTakeInsert; a committed take's row is
+ *    deleted by the next take statement, not by a statement of its own). The lease measured here in session 6 is gone
+ *    from the library (issue 15; see bench/RESULTS.md).
  *
  *   node --import tsx bench/mailbox-take.ts
  */
@@ -25,29 +27,30 @@ const herald = createHerald({ connectionString: server.url });
 await herald.migrate();
 const a = new pg.Client({ connectionString: server.url }); await a.connect();
 const b = new pg.Client({ connectionString: server.url }); await b.connect();
-// The prototype's own table (not in the schema).
-await a.query(`CREATE TABLE IF NOT EXISTS herald.mailbox_takes (token uuid PRIMARY KEY, destination text NOT NULL, ids text[] NOT NULL, at timestamptz NOT NULL DEFAULT now())`);
+// The prototype's table is the schema's mailbox_takes now (migration 018).
 const N = 20000;
 async function fill(to: string) {
   for (let c = 0; c < N; c += 5000) await herald.mailbox.sendMany(Array.from({ length: 5000 }, (_, i) => ({ to, payload: { i } })));
 }
 const CLAIM = (to: string) => `WITH next AS (SELECT ctid FROM herald.mailbox_messages WHERE destination = '${to}' AND state = 'ready' AND visible_at <= now() ORDER BY seq LIMIT 100 FOR UPDATE SKIP LOCKED)
   UPDATE herald.mailbox_messages m SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1, lease = NULL WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM next)) RETURNING m.id, m.payload`;
-const results: Record<string, number[]> = { old: [], m2: [], m2async: [], lease: [] };
+const results: Record<string, number[]> = { old: [], m2: [], m2async: [], library: [] };
 for (let round = 0; round < 3; round++) {
-  for (const mode of ['old', 'm2', 'm2async', 'lease'] as const) {
+  for (const mode of ['old', 'm2', 'm2async', 'library'] as const) {
     const to = `${mode}-${round}`;
     await fill(to);
     const t = performance.now();
     let n = 0;
-    if (mode === 'lease') {
-      const { mailboxLease, mailboxConsumeLeased } = await import('../src/mailbox/queries.js');
+    if (mode === 'library') {
+      const { mailboxTake, mailboxTakeInsert } = await import('../src/mailbox/queries.js');
+      let prev: string[] = [];
       for (;;) {
-        const tok = randomUUID();
-        const rows = await mailboxLease(b as any, 'herald', to, null, 100, tok, 30000, 10);
-        if (rows.length === 0) break;
         await a.query('BEGIN');
-        await mailboxConsumeLeased(a as any, 'herald', rows, tok, null);
+        const rows = await mailboxTake(a as any, 'herald', to, null, 100, null, prev);
+        if (rows.length === 0) { await a.query('COMMIT'); break; }
+        const tok = randomUUID();
+        await mailboxTakeInsert({ query: (t: string, v?: readonly unknown[]) => b.query(t, v as unknown[]) } as any, 'herald', [{ token: tok, destination: to, ids: rows.map((r) => r.id) }]);
+        prev = [tok];
         for (const row of rows) JSON.parse(row.payload);
         await a.query('COMMIT');
         n += rows.length;

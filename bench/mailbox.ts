@@ -20,13 +20,14 @@
  * Prints one markdown table per run and a table of medians.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import PgBoss from 'pg-boss';
 import { createHerald, type Herald } from '../src/client.js';
+import { postgresCpuSeconds as cpuOf } from './support/cpu.js';
 import { benchPostgres } from './support/postgres.js';
 import { sleep } from '../src/internal/backoff.js';
 
@@ -75,25 +76,8 @@ const settings = (await admin.query(`SELECT name, setting FROM pg_settings WHERE
 const pgbench = [process.env.PGBENCH, '/usr/lib/postgresql/15/bin/pgbench'].find((p) => p && existsSync(p)) ?? 'pgbench';
 
 // ---------- helpers ----------
-/** CPU seconds (user + system) of the postmaster and its children, from /proc (Linux). */
-function postgresCpuSeconds(): number {
-  const root = pgServer.cluster?.pid;
-  if (!root) return NaN;
-  const tick = 100; // USER_HZ
-  let total = 0;
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      // fields after the name: state(0) ppid(1) ... utime(11) stime(12)
-      if (Number(d) === root || Number(f[1]) === root) total += (Number(f[11]) + Number(f[12])) / tick;
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return total;
-}
+/** CPU seconds (user + system) of the postmaster and its children. */
+const postgresCpuSeconds = () => (pgServer.cluster?.pid ? cpuOf(pgServer.cluster.pid) : NaN);
 
 interface Probe {
   node: NodeJS.CpuUsage;

@@ -20,13 +20,18 @@
  * (default 3), BENCH_JOBS (jobs per drain, default 20000), BENCH_WORKERS (work() calls,
  * default 4), BENCH_CONCURRENCY (per work() call, default 10), BENCH_PREFETCH (default
  * 'auto', the library default; a number sets it), BENCH_KEEP (keepCompleted, default true,
- * the library default), BENCH_CONFIGS (comma-separated subset).
+ * the library default), BENCH_CONFIGS (comma-separated subset), BENCH_BASE (the path of
+ * another checkout, e.g. a worktree of the parent commit: every pgherald configuration also
+ * runs with that checkout's library, interleaved, as `<config> @base`).
+ * Besides jobs/s, each drain reports the CPU seconds of every process of the bench's own
+ * cluster per job (µs; from /proc, Linux): less disturbed by other load on the machine.
  */
 import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { Logger, makeWorkerUtils, run } from 'graphile-worker';
 import { Herald } from '../src/client.js';
+import { postgresCpuSeconds } from './support/cpu.js';
 import { benchPostgres } from './support/postgres.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
@@ -36,7 +41,21 @@ const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 10);
 const PREFETCH: number | 'auto' = (process.env.BENCH_PREFETCH ?? 'auto') === 'auto' ? 'auto' : Number(process.env.BENCH_PREFETCH);
 const KEEP = (process.env.BENCH_KEEP ?? 'true') === 'true';
 
+const BASE = process.env.BENCH_BASE;
+const BaseHerald: typeof Herald | null = BASE ? (await import(`${BASE}/src/client.ts`)).Herald : null;
+
+// Claim statements sent (both libraries load this one pg module): claims per drain.
+let claimStatements = 0;
+const pgQuery = pg.Client.prototype.query as (...a: unknown[]) => unknown;
+pg.Client.prototype.query = function (this: pg.Client, ...a: unknown[]) {
+  const q = a[0] as string | { text?: string } | undefined;
+  const text = typeof q === 'string' ? q : q?.text;
+  if (text?.includes('claimed AS')) claimStatements++;
+  return pgQuery.apply(this, a);
+} as never;
+
 const server = await benchPostgres({ max_connections: 200, shared_buffers: '256MB' });
+const pgCpu = () => (server.cluster?.pid ? postgresCpuSeconds(server.cluster.pid) : NaN);
 
 async function admin(sql: string): Promise<Record<string, unknown>[]> {
   const c = new pg.Client({ connectionString: server.url });
@@ -90,20 +109,30 @@ async function drainGraphile(url: string, config: Config): Promise<number> {
   }
 }
 
+/** One drain's result: jobs/s, and Postgres CPU µs per job (drain only). */
+interface Drained {
+  rate: number;
+  cpuUs: number;
+  /** Jobs per claim statement (NaN for graphile-worker). */
+  perClaim: number;
+}
+
 let n = 0;
-async function drain(config: Config): Promise<number> {
+async function drain(config: Config, Lib: typeof Herald = Herald): Promise<Drained> {
   const name = `bench_limits_${process.pid}_${n++}`;
   await admin(`CREATE DATABASE ${name}`);
   const url = new URL(server.url);
   url.pathname = '/' + name;
   if (config.startsWith('graphile')) {
     try {
-      return await drainGraphile(url.toString(), config);
+      const c0 = pgCpu();
+      const rate = await drainGraphile(url.toString(), config);
+      return { rate, cpuUs: ((pgCpu() - c0) * 1e6) / JOBS, perClaim: NaN };
     } finally {
       await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     }
   }
-  const h = new Herald({ connectionString: url.toString(), poolSize: 10, queue: { keepCompleted: KEEP } });
+  const h = new Lib({ connectionString: url.toString(), poolSize: 10, queue: { keepCompleted: KEEP } });
   try {
     await h.migrate();
     if (config === 'concurrency') await h.queue.setLimit({ concurrency: 100_000 });
@@ -117,6 +146,8 @@ async function drain(config: Config): Promise<number> {
     let done = 0;
     let finish!: () => void;
     const finished = new Promise<void>((r) => (finish = r));
+    const c0 = pgCpu();
+    const s0 = claimStatements;
     const t0 = performance.now();
     for (let w = 0; w < WORKERS; w++) {
       h.queue.work('noop', () => {
@@ -125,8 +156,9 @@ async function drain(config: Config): Promise<number> {
     }
     await finished;
     const ms = performance.now() - t0;
+    const cpu = pgCpu() - c0;
     await h.queue.stop();
-    return JOBS / (ms / 1000);
+    return { rate: JOBS / (ms / 1000), cpuUs: (cpu * 1e6) / JOBS, perClaim: JOBS / (claimStatements - s0) };
   } finally {
     await h.close();
     await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
@@ -138,24 +170,44 @@ const settings = await admin(`SELECT name, setting FROM pg_settings WHERE name I
 console.log(`# ${new Date().toISOString()} load ${loadavg().map((x) => x.toFixed(1)).join(' ')}, ${cpus().length} CPUs`);
 console.log(`# ${settings.map((r) => `${r.name}=${r.setting}`).join(', ')}`);
 console.log(`# ${JOBS} jobs per drain, ${WORKERS} work() x concurrency ${CONCURRENCY}, prefetch ${PREFETCH}, keepCompleted ${KEEP}, ${RUNS} rounds`);
-const results = new Map<Config, number[]>(CONFIGS.map((c) => [c, []]));
+// Contenders: every configuration, and with BENCH_BASE every pgherald one again with the base library.
+const RUNNERS: { name: string; config: Config; lib?: typeof Herald }[] = CONFIGS.flatMap((c) =>
+  BaseHerald && !c.startsWith('graphile') ? [{ name: c, config: c }, { name: `${c} @base`, config: c, lib: BaseHerald }] : [{ name: c, config: c }],
+);
+const results = new Map<string, Drained[]>(RUNNERS.map((c) => [c.name, []]));
 try {
   for (let r = 0; r < RUNS; r++) {
-    for (const c of CONFIGS) {
-      const rate = await drain(c);
-      results.get(c)!.push(rate);
-      console.log(`round ${r + 1} ${c}: ${Math.round(rate)} jobs/s`);
+    for (const c of RUNNERS) {
+      const d = await drain(c.config, c.lib);
+      results.get(c.name)!.push(d);
+      console.log(`round ${r + 1} ${c.name}: ${Math.round(d.rate)} jobs/s, ${Math.round(d.cpuUs)} µs Postgres CPU per job, ${d.perClaim.toFixed(0)} jobs per claim statement, load ${loadavg()[0].toFixed(1)}`);
     }
   }
   // Each configuration against its own library's unlimited drain of the same round.
-  console.log('\n| claim path | jobs/s (median) | runs | vs unlimited (median of same-round ratios) |\n|---|---|---|---|');
-  for (const c of CONFIGS) {
-    const baseName: Config = c.startsWith('graphile') ? 'graphile plain' : 'unlimited';
-    const base = results.get(baseName)!;
-    const mine = results.get(c)!;
-    const ratios = base.length === mine.length ? mine.map((x, r) => x / base[r]) : [];
-    const vs = c === baseName || ratios.length === 0 ? '—' : `${((median(ratios) - 1) * 100).toFixed(1)}%`;
-    console.log(`| ${c} | ${Math.round(median(mine))} | ${mine.map((x) => Math.round(x)).join(', ')} | ${vs} |`);
+  console.log(
+    '\n| claim path | jobs/s (median) | runs | vs unlimited (median of same-round ratios) | Postgres CPU µs/job (median) | runs | vs unlimited |\n|---|---:|---|---:|---:|---|---:|',
+  );
+  const pct = (x: number) => `${x >= 1 ? '+' : '−'}${(Math.abs(x - 1) * 100).toFixed(1)}%`;
+  for (const c of RUNNERS) {
+    const baseName = c.config.startsWith('graphile') ? 'graphile plain' : c.lib ? 'unlimited @base' : 'unlimited';
+    const base = results.get(baseName) ?? [];
+    const mine = results.get(c.name)!;
+    const same = base.length === mine.length && c.name !== baseName;
+    const vs = (f: (d: Drained) => number) => (same ? pct(median(mine.map((x, r) => f(x) / f(base[r])))) : '—');
+    const rates = mine.map((x) => x.rate);
+    const cpu = mine.map((x) => x.cpuUs);
+    console.log(
+      `| ${c.name} | ${Math.round(median(rates))} | ${rates.map(Math.round).join(', ')} | ${vs((d) => d.rate)} | ${Math.round(median(cpu))} | ${cpu.map(Math.round).join(', ')} | ${vs((d) => d.cpuUs)} |`,
+    );
+  }
+  if (BaseHerald) {
+    // This checkout against the base, configuration by configuration, same round.
+    console.log('\n| claim path | jobs/s this / base (median of same-round ratios) | CPU µs/job this / base |\n|---|---:|---:|');
+    for (const c of RUNNERS.filter((x) => x.lib)) {
+      const a = results.get(c.config)!;
+      const b = results.get(c.name)!;
+      console.log(`| ${c.config} | ${median(a.map((x, r) => x.rate / b[r].rate)).toFixed(3)} | ${median(a.map((x, r) => x.cpuUs / b[r].cpuUs)).toFixed(3)} |`);
+    }
   }
   console.log(`# done ${new Date().toISOString()} load ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
 } finally {

@@ -4,9 +4,9 @@
  *
  *   node --import tsx bench/queue-profile.ts [jobs] [prefetch] [concurrency]
  */
-import { readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Herald } from '../src/client.js';
+import { postgresCpuSeconds } from './support/cpu.js';
 import { benchPostgres } from './support/postgres.js';
 
 const total = Number(process.argv[2] ?? 100_000);
@@ -14,20 +14,7 @@ const prefetch = process.argv[3] === 'auto' ? 'auto' : Number(process.argv[3] ??
 const concurrency = Number(process.argv[4] ?? 10);
 const keepCompleted = process.argv[5] !== 'delete';
 
-/** CPU seconds of every process whose command is postgres. */
-function postgresCpu(): number {
-  let ticks = 0;
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      if (!stat.includes('(postgres)')) continue;
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(f[11]) + Number(f[12]);
-    } catch {}
-  }
-  return ticks / 100;
-}
+const postgresCpu = () => postgresCpuSeconds();
 
 const server = await benchPostgres({ max_connections: 200, shared_buffers: '256MB', shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track_planning': 'on' });
 const h = new Herald({ connectionString: server.url, poolSize: 10, queue: { keepCompleted } });

@@ -20,7 +20,7 @@ const available = readdirSync(dir)
  * million jobs), tools that need arguments (plot: result files; claim-ab: a second
  * checkout to compare with), and design prototypes (mailbox-take).
  */
-const onlyWhenNamed = new Set(['soak', 'soak-messaging', 'gateway-churn', 'plot', 'claim-ab', 'backlog', 'mailbox-take']);
+const onlyWhenNamed = new Set(['sustained', 'soak', 'soak-messaging', 'gateway-churn', 'plot', 'claim-ab', 'backlog', 'mailbox-take']);
 
 const argv = process.argv.slice(2);
 const split = argv.indexOf('--');

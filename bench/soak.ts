@@ -15,12 +15,19 @@
  * series shows offered vs achieved. Postgres runs at its default durability.
  *
  * Writes `<out>/soak-<lib>.json` (the series and the conditions) and prints one line
- * per minute; `bench/plot.ts <file.json>` draws it as a PNG.
+ * per minute; `bench/plot.ts <file.json>` draws it as a PNG. At the end it prints the ten
+ * worst seconds with what else happened in them (event-loop and GC pauses, the longest
+ * enqueue call, the server's WAL fsyncs, checkpoints, autovacuum, retention runs).
+ *
+ * Diagnosis (environment): `SOAK_PG_SETTINGS` (JSON) adds server settings (logging,
+ * `auto_explain`, a WAL setting to compare); `SOAK_WAITS=1` samples what the database's
+ * active backends wait on every 10 ms and prints the shares; `SOAK_POOL` sets pgherald's
+ * pool size.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, PerformanceObserver } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'graphile-worker';
@@ -50,6 +57,8 @@ const now = () => performance.timeOrigin + performance.now();
 interface SoakLib {
   name: string;
   schema: string;
+  /** Calls back with each retention run's deleted count (pgherald only). */
+  onRetention?(fn: (deleted: number) => void): void;
   setup(url: string): Promise<void>;
   enqueue(stamps: number[]): Promise<void>;
   start(onStart: (enqueuedAt: number) => void): Promise<void>;
@@ -62,8 +71,11 @@ function heraldLib(): SoakLib {
     name: 'pgherald',
     schema: 'herald',
     async setup(url) {
-      h = new Herald({ connectionString: url });
+      h = new Herald({ connectionString: url, ...(process.env.SOAK_POOL ? { poolSize: Number(process.env.SOAK_POOL) } : {}) });
       await h.migrate();
+    },
+    onRetention(fn) {
+      h.queue.on('job:retentionSwept', (e) => fn(e.deleted));
     },
     async enqueue(stamps) {
       await h.queue.enqueueMany(stamps.map((t) => ({ kind: 'soak', payload: { t } })));
@@ -175,9 +187,22 @@ interface Sample {
   pgCpu: number;
   tableBytes: number;
   behind: number;
+  /** Longest event-loop delay of the second (ms): a stall of this process (GC, a long turn). */
+  loopMaxMs: number;
+  /** Longest garbage-collection pause of the second (ms). */
+  gcMaxMs: number;
+  /** Longest enqueue call (one transaction) that ended in the second (ms). */
+  enqueueMaxMs: number;
+  /** WAL fsync time of the server in the second (ms; pg_stat_io, PostgreSQL 18+, else null) and how many. */
+  walSyncMs: number | null;
+  walSyncs: number | null;
+  /** What else happened in the second: `checkpoint` (one ended), `autovacuum <table>` (a worker ran on the database), `retention <n>` (pgherald's retention deleted n jobs). */
+  events: string[];
 }
 
-const server = await benchPostgres({ max_connections: 200 });
+// I/O timing: the per-second WAL fsync time (no effect on durability).
+// SOAK_PG_SETTINGS (JSON) adds server settings for a diagnosis (logging, lock waits...).
+const server = await benchPostgres({ max_connections: 200, track_io_timing: 'on', track_wal_io_timing: 'on', ...JSON.parse(process.env.SOAK_PG_SETTINGS ?? '{}') });
 const admin = new pg.Client({ connectionString: server.url });
 await admin.connect();
 const dbName = `soak_${process.pid}`;
@@ -192,9 +217,10 @@ try {
   await lib.setup(url.toString());
   await monitor.connect();
   const settings = Object.fromEntries(
-    (await monitor.query<{ name: string; setting: string }>(`SELECT name, setting FROM pg_settings WHERE name IN ('server_version','fsync','full_page_writes','synchronous_commit','shared_buffers','autovacuum','max_connections')`)).rows.map((r) => [r.name, r.setting]),
+    (await monitor.query<{ name: string; setting: string }>(`SELECT name, setting FROM pg_settings WHERE name IN ('server_version','server_version_num','fsync','full_page_writes','synchronous_commit','shared_buffers','autovacuum','max_connections')`)).rows.map((r) => [r.name, r.setting]),
   );
   let enqueued = 0;
+  let enqueueMax = 0;
   let started = 0;
   let latencies: number[] = [];
   await lib.start((t) => {
@@ -210,11 +236,50 @@ try {
       if (due > 0) {
         const stamp = now();
         await lib.enqueue(Array.from({ length: due }, () => stamp));
+        enqueueMax = Math.max(enqueueMax, now() - stamp);
         enqueued += due;
       }
       await new Promise((r) => setTimeout(r, 20));
     }
   })();
+  // What else happened each second, to read the worst seconds against.
+  let events: string[] = [];
+  lib.onRetention?.((n) => events.push(`retention ${n}`));
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
+  let gcMax = 0;
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcMax = Math.max(gcMax, e.duration);
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
+  const checkpointSql = Number(settings.server_version_num) >= 170000
+    ? `SELECT (num_timed + num_requested)::int AS n FROM pg_stat_checkpointer`
+    : `SELECT (checkpoints_timed + checkpoints_req)::int AS n FROM pg_stat_bgwriter`;
+  let lastCheckpoints = (await monitor.query<{ n: number }>(checkpointSql)).rows[0].n;
+  const walSql = Number(settings.server_version_num) >= 180000
+    ? `SELECT coalesce(sum(fsync_time), 0)::float8 AS ms, coalesce(sum(fsyncs), 0)::float8 AS n FROM pg_stat_io WHERE object = 'wal'`
+    : undefined;
+  const walNow = async () => (walSql ? (await monitor.query<{ ms: number; n: number }>(walSql)).rows[0] : undefined);
+  let lastWal = await walNow();
+  // SOAK_WAITS=1: what the database's backends wait on, sampled every 10 ms (a diagnosis).
+  const waits = new Map<string, number>();
+  let waitsPolling: Promise<void> | undefined;
+  if (process.env.SOAK_WAITS) {
+    const poller = new pg.Client({ connectionString: url.toString() });
+    await poller.connect();
+    waitsPolling = (async () => {
+      while (!stopping && now() < end) {
+        const { rows } = await poller.query<{ w: string; n: number }>(
+          `SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') || ' (' || split_part(left(query, 40), ' ', 1) || ')' AS w, count(*)::int AS n
+             FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid() GROUP BY 1`,
+          [dbName],
+        );
+        for (const r of rows) waits.set(r.w, (waits.get(r.w) ?? 0) + r.n);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await poller.end();
+    })();
+  }
   let lastCpu = process.cpuUsage();
   let lastPg = { rss: 0, cpu: 0 };
   let lastEnq = 0;
@@ -230,6 +295,12 @@ try {
       `SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::text AS b FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`,
       [lib.schema],
     );
+    const checkpoints = (await monitor.query<{ n: number }>(checkpointSql)).rows[0].n;
+    if (checkpoints > lastCheckpoints) events.push('checkpoint');
+    const wal = await walNow();
+    lastCheckpoints = checkpoints;
+    const vacuums = await monitor.query<{ q: string }>(`SELECT query AS q FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'autovacuum worker'`, [dbName]);
+    for (const v of vacuums.rows) events.push(v.q.replace(/^autovacuum:\s*/, 'autovacuum ').slice(0, 80));
     const cpu = process.cpuUsage(lastCpu);
     lastCpu = process.cpuUsage();
     const s: Sample = {
@@ -244,7 +315,18 @@ try {
       pgCpu: Math.max(0, pgUse.cpu - lastPg.cpu),
       tableBytes: Number(size.rows[0].b),
       behind: enqueued - started,
+      loopMaxMs: loop.max / 1e6,
+      gcMaxMs: gcMax,
+      enqueueMaxMs: enqueueMax,
+      walSyncMs: wal && lastWal ? wal.ms - lastWal.ms : null,
+      walSyncs: wal && lastWal ? wal.n - lastWal.n : null,
+      events,
     };
+    lastWal = wal;
+    enqueueMax = 0;
+    loop.reset();
+    gcMax = 0;
+    events = [];
     lastPg = pgUse;
     lastEnq = enqueued;
     lastStarted = started;
@@ -252,7 +334,7 @@ try {
     samples.push(s);
     minute.push(s);
     if (minute.length === 60 || now() >= end) {
-      const sum = (k: keyof Sample) => minute.reduce((a, x) => a + x[k], 0);
+      const sum = (k: 'enqueued' | 'started') => minute.reduce((a, x) => a + x[k], 0);
       const last = minute[minute.length - 1];
       console.log(
         `${Math.ceil(samples.length / 60)} | ${RATE} | ${Math.round(sum('enqueued') / minute.length)} | ${Math.round(sum('started') / minute.length)} | ${pct(minute.map((x) => x.p50), 0.5).toFixed(1)} | ${Math.max(...minute.map((x) => x.p99)).toFixed(1)} | ${(last.nodeRss / 2 ** 20).toFixed(0)} | ${(last.pgRss / 2 ** 20).toFixed(0)} | ${(last.tableBytes / 2 ** 20).toFixed(1)} | ${last.behind}`,
@@ -262,6 +344,21 @@ try {
   }
   stopping = true;
   await producing;
+  loop.disable();
+  gcObserver.disconnect();
+  if (waitsPolling) {
+    await waitsPolling;
+    const total = [...waits.values()].reduce((a, b) => a + b, 0);
+    console.log('# what active backends waited on (share of samples):');
+    for (const [w, n] of [...waits].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.log(`${((100 * n) / total).toFixed(1)}% ${w}`);
+  }
+  // The worst seconds, with what happened in them (and the second before).
+  const worst = [...samples].sort((a, b) => b.p99 - a.p99).slice(0, 10);
+  console.log('# worst seconds: t | p99 ms | event-loop max ms | GC max ms | longest enqueue ms | WAL fsyncs (ms total) | events (this second; the one before)');
+  for (const w of worst) {
+    const prev = samples.find((x) => x.t === w.t - 1);
+    console.log(`${w.t} | ${w.p99.toFixed(1)} | ${w.loopMaxMs.toFixed(1)} | ${w.gcMaxMs.toFixed(1)} | ${w.enqueueMaxMs.toFixed(1)} | ${w.walSyncs ?? '-'} (${w.walSyncMs?.toFixed(1) ?? '-'}) | ${w.events.join(', ') || '-'}; ${prev?.events.join(', ') || '-'}`);
+  }
   mkdirSync(args.out!, { recursive: true });
   const file = join(args.out!, `soak-${lib.name}.json`);
   writeFileSync(

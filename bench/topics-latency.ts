@@ -3,15 +3,23 @@
  * transaction held open in another database of the same cluster, and what the
  * sequencer design costs (the numbers behind src/topic/README.md "Why this design").
  *
- *   node --import tsx bench/topics-latency.ts [--rate 1000] [--seconds 10] [--publishers 8] [--n 5000]
+ *   node --import tsx bench/topics-latency.ts [--rate 1000] [--seconds 10] [--warmup 2] [--publishers 8] [--n 5000] [--concurrency 1,8] [--latency-only]
  *
  * Postgres: its own throwaway cluster (or DATABASE_URL), default durability (fsync on,
  * synchronous_commit on), shared_buffers=256MB.
  *
  * 1. Latency: one consumer group; messages published one per call (`publish()`, no tx)
  *    at `rate`/s for `seconds`; latency = handler time - publish start (same process,
- *    monotonic clock). Run twice: nothing else open; then a write transaction held open
- *    in another database for the whole run (the old design stalled every topic there).
+ *    monotonic clock). For each consumer `concurrency` given (default 1 and 8: key
+ *    partitions worked on at once), run twice: nothing else open; then a write
+ *    transaction held open in another database for the whole run (the old design
+ *    stalled every topic there). `--latency-only` stops after this part. Before the
+ *    first row, `warmup` seconds at the same rate on a topic of its own, reported apart
+ *    (the process's first second pays for new pool connections and per-session plans).
+ *    Each row also reports the CPU used meanwhile by Node (this process) and by
+ *    Postgres (the cluster's processes), in cores, and the load average at its end.
+ *    `--separate-publisher` publishes through a second Herald (its own pool), as a
+ *    producer service would, instead of the consumer's.
  * 2. Write cost: `publishers` concurrent publishers, `n` messages one per call:
  *    (a) `publish()` (insert into topic_pending; the sequencer runs in the background),
  *        and `publish({ waitForPosition: true })` (waits for the run that numbers it),
@@ -27,13 +35,18 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { createHerald } from '../src/index.js';
 import { benchPostgres } from './support/postgres.js';
+import { postgresCpuSeconds } from './support/cpu.js';
 
 const { values: args } = parseArgs({
   options: {
     rate: { type: 'string', default: '1000' },
     seconds: { type: 'string', default: '10' },
+    warmup: { type: 'string', default: '2' },
     publishers: { type: 'string', default: '8' },
     n: { type: 'string', default: '5000' },
+    concurrency: { type: 'string', default: '1,8' },
+    'latency-only': { type: 'boolean', default: false },
+    'separate-publisher': { type: 'boolean', default: false },
   },
 });
 const RATE = Number(args.rate);
@@ -49,6 +62,10 @@ const pct = (xs: number[], p: number) => {
 const pgx = await benchPostgres({ shared_buffers: '256MB' });
 const herald = createHerald({ connectionString: pgx.url, poolSize: 20 });
 await herald.migrate();
+// --separate-publisher: the latency rows publish through a Herald of their own (its own
+// pool, as a producer service would), so the consumer's claims and the sequencer runs
+// do not queue behind the publisher's inserts for a pool connection.
+const publisher = args['separate-publisher'] ? createHerald({ connectionString: pgx.url, poolSize: 20 }) : herald;
 const out: string[] = [];
 const log = (s: string) => {
   out.push(s);
@@ -56,16 +73,22 @@ const log = (s: string) => {
 };
 log(`# topics latency bench: ${cpus().length} cpus, load ${loadavg().map((x) => x.toFixed(1)).join(' ')}, rate ${RATE}/s x ${SECONDS}s, ${PUBLISHERS} publishers, n ${N}`);
 
-async function latency(label: string, topic: string): Promise<void> {
+const CONCURRENCY = String(args.concurrency).split(',').map(Number);
+
+const pgCpu = () => (pgx.cluster?.pid ? postgresCpuSeconds(pgx.cluster.pid) : NaN);
+
+async function latency(label: string, topic: string, concurrency: number, seconds = SECONDS): Promise<void> {
   await herald.topics.create(topic, { partitions: 8 });
   const sent = new Map<number, bigint>();
   const lat: number[] = [];
   const c = herald.topics.consumer<number>(topic, 'g', ({ messages }) => {
     const now = process.hrtime.bigint();
     for (const m of messages) lat.push(Number(now - sent.get(m.payload)!) / 1e6);
-  }, { batchSize: 500 });
+  }, { batchSize: 500, concurrency });
   await c.start();
-  const total = RATE * SECONDS;
+  const total = RATE * seconds;
+  const cpu0 = process.cpuUsage();
+  const pg0 = pgCpu();
   const t0 = performance.now();
   const inflight: Promise<unknown>[] = [];
   for (let i = 0; i < total; i++) {
@@ -73,14 +96,20 @@ async function latency(label: string, topic: string): Promise<void> {
     const wait = due - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
     sent.set(i, process.hrtime.bigint());
-    inflight.push(herald.topics.publish(topic, i, { key: `k${i % 100}` }));
+    inflight.push(publisher.topics.publish(topic, i, { key: `k${i % 100}` }));
     if (inflight.length >= 64) await Promise.all(inflight.splice(0));
   }
   await Promise.all(inflight);
   const achieved = total / ((performance.now() - t0) / 1000);
   while (lat.length < total) await new Promise((r) => setTimeout(r, 20));
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const nodeCores = (cpu.user + cpu.system) / 1e6 / wall;
+  const pgCores = (pgCpu() - pg0) / wall;
   await c.stop();
-  log(`| ${label} | ${Math.round(achieved)} | ${pct(lat, 50).toFixed(1)} | ${pct(lat, 99).toFixed(1)} | ${Math.max(...lat).toFixed(1)} |`);
+  log(
+    `| ${label} | ${concurrency} | ${Math.round(achieved)} | ${pct(lat, 50).toFixed(1)} | ${pct(lat, 99).toFixed(1)} | ${Math.max(...lat).toFixed(1)} | ${nodeCores.toFixed(2)} | ${pgCores.toFixed(2)} | ${loadavg()[0].toFixed(1)} |`,
+  );
 }
 
 async function holdOpen(): Promise<() => Promise<void>> {
@@ -101,13 +130,21 @@ async function holdOpen(): Promise<() => Promise<void>> {
   };
 }
 
-log('\n| publish -> handler latency | msg/s achieved | p50 ms | p99 ms | max ms |');
-log('|---|---:|---:|---:|---:|');
-await latency('nothing else open', 'lat-a');
-{
+log('\n| publish -> handler latency | consumer concurrency | msg/s achieved | p50 ms | p99 ms | max ms | Node cores | Postgres cores | load (1 min) |');
+log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+if (Number(args.warmup) > 0) await latency(`warm-up (the process's first ${args.warmup} s, own topic)`, 'lat-warmup', Math.min(...CONCURRENCY), Number(args.warmup));
+for (const n of CONCURRENCY) {
+  await latency('nothing else open', `lat-a${n}`, n);
   const release = await holdOpen();
-  await latency('write transaction held open in another database', 'lat-b');
+  await latency('write transaction held open in another database', `lat-b${n}`, n);
   await release();
+}
+log(`\nload average after the latency runs: ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+if (args['latency-only']) {
+  if (publisher !== herald) await publisher.close();
+  await herald.close();
+  await pgx.stop();
+  process.exit(0);
 }
 
 log('\n| write cost, 1 message per call | msg/s |');
@@ -172,5 +209,6 @@ for (const held of [false, true]) {
   await release?.();
 }
 
+if (publisher !== herald) await publisher.close();
 await herald.close();
 await pgx.stop();

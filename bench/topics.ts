@@ -28,6 +28,14 @@
  * finish_batch in one transaction; Redis: XREADGROUP then XACK). Every contender
  * parses each payload's JSON. Ceiling: pgbench, 8 clients, one single-row INSERT per
  * transaction (a jsonb payload like the messages'), same cluster, 5 s.
+ *
+ * Flat claim cost (`--flat TOTAL`, e.g. `--flat 5000000`; `--window 100000`): pgherald
+ * alone. Publishes TOTAL messages (batches of 5,000, 4 publishers at once, 8 key
+ * partitions, 100 keys, default segments of 1,000,000 ids), waits until the sequencer
+ * has moved them all, then consumes the first WINDOW messages (a group at `earliest`)
+ * and the last WINDOW (a group reset to the position TOTAL - WINDOW), one consumer,
+ * batches of 500, alternately for `--runs` rounds (each round resets both groups):
+ * messages/s of each, median, and the ratio last / first.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -80,6 +88,9 @@ async function benchPg(url: string, run: number): Promise<Row> {
   const topic = `bench-${run}-${Date.now()}`;
   await herald.topics.create(topic, { partitions: 8 });
   await herald.topics.create(topic + '-single', { partitions: 8 });
+  // Groups exist before publishing, as PgQ's consumers are registered and Redis' groups
+  // created before (the consume timings then include no group creation).
+  for (let g = 0; g <= GROUPS; g++) await herald.topics.createGroup(topic, g === GROUPS ? 'solo' : `g${g}`, 'earliest');
   const single = await timeIt(() =>
     pool([...Array(SINGLE).keys()], 8, async (i) => {
       await herald.topics.publish(topic + '-single', payload(i), { key: `k${i % 100}` });
@@ -284,6 +295,82 @@ if (!url) {
   url = cluster.url();
   server = pg15 ? `PostgreSQL 15 (${PG15})` : 'embedded Postgres';
 }
+const FLAT = Number(arg('flat') ?? 0);
+if (FLAT > 0) {
+  try {
+    await benchFlat(await freshDb(url, 'flat'), FLAT, Number(arg('window') ?? 100_000));
+  } finally {
+    await cluster?.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  process.exit(0);
+}
+
+/** Claim cost against history: the first and the last WINDOW messages of a TOTAL-message topic. */
+async function benchFlat(dbUrl: string, total: number, window: number): Promise<void> {
+  const load0 = loadavg();
+  const herald = createHerald({ connectionString: dbUrl, poolSize: 12 });
+  await herald.migrate();
+  const topic = 'flat';
+  await herald.topics.create(topic, { partitions: 8, retentionMs: null });
+  const tp = performance.now();
+  let next = 0;
+  const CHUNK = 5000;
+  await Promise.all(Array.from({ length: 4 }, async () => {
+    while (next < total) {
+      const i = next;
+      next += CHUNK;
+      const n = Math.min(CHUNK, total - i);
+      await herald.topics.publishMany(topic, Array.from({ length: n }, (_, j) => ({ payload: payload(i + j), key: `k${(i + j) % 100}` })));
+    }
+  }));
+  const published = (performance.now() - tp) / 1000;
+  // Every message in the log: a read sequences what is still pending.
+  for (;;) {
+    await herald.topics.read(topic, { after: 'latest', limit: 1 });
+    if ((await herald.topics.stats(topic)).pending === 0) break;
+  }
+  const sequenced = (performance.now() - tp) / 1000;
+  const latest = BigInt(await herald.topics.resolveAfter(topic, 'latest'));
+  const st = await herald.topics.stats(topic);
+  console.error(`published ${total} in ${published.toFixed(0)} s, all in the log after ${sequenced.toFixed(0)} s; ${st.segments} segments, ${(st.bytes / 1e9).toFixed(2)} GB`);
+  const consumeWindow = async (group: string, from: 'earliest' | bigint): Promise<number> => {
+    await herald.topics.createGroup(topic, group, 'earliest');
+    await herald.topics.resetGroup(topic, group, from === 'earliest' ? 'earliest' : { position: String(from) });
+    let got = 0;
+    let done: () => void = () => {};
+    const finished = new Promise<void>((r) => (done = r));
+    const c = herald.topics.consumer(topic, group, ({ messages }) => {
+      for (const m of messages) if (m.payload === undefined) throw new Error('no payload');
+      got += messages.length;
+      if (got >= window) done();
+    }, { batchSize: BATCH });
+    const t = performance.now();
+    await c.start();
+    await finished;
+    const secs = (performance.now() - t) / 1000;
+    await c.stop();
+    return got / secs;
+  };
+  const first: number[] = [];
+  const last: number[] = [];
+  for (let run = 0; run < RUNS; run++) {
+    first.push(await consumeWindow('first', 'earliest'));
+    last.push(await consumeWindow('last', latest - BigInt(window)));
+    console.error(`round ${run + 1}/${RUNS}: first ${Math.round(first[run])} msg/s, last ${Math.round(last[run])} msg/s`);
+  }
+  await herald.close();
+  const load1 = loadavg();
+  const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
+  console.log(`\nTopics, claim cost against history: ${total.toLocaleString('en-US')} messages (${st.segments} segments, ${(st.bytes / 1e9).toFixed(2)} GB), windows of ${window.toLocaleString('en-US')}, one consumer, batches of ${BATCH}; median of ${RUNS} rounds; ${cpus().length} cores, load average ${load0.map((x) => x.toFixed(1)).join(' ')} at start, ${load1.map((x) => x.toFixed(1)).join(' ')} at end; publishing took ${published.toFixed(0)} s (all in the log after ${sequenced.toFixed(0)} s)\n`);
+  console.log('| window | consume (msg/s) |');
+  console.log('|---|---:|');
+  console.log(`| first ${fmt(window)} (from earliest) | ${fmt(median(first))} |`);
+  console.log(`| last ${fmt(window)} | ${fmt(median(last))} |`);
+  console.log(`| ratio last / first | ${(median(last) / median(first)).toFixed(2)} |`);
+  console.log(`\nall rounds: first ${JSON.stringify(first.map(Math.round))}, last ${JSON.stringify(last.map(Math.round))}`);
+}
+
 const pgqAvailable = existsSync(PGQD) && existsSync(join(tmp, '..')) && (pg15 || !!process.env.DATABASE_URL) && existsSync('/usr/share/postgresql/15/extension/pgq.control');
 if (!pgqAvailable) console.error('PgQ skipped: install postgresql-15-pgq3 and pgqd (apt-get install -y postgresql-15-pgq3 pgqd), and run on PostgreSQL 15');
 const redisAvailable = existsSync(REDIS);

@@ -76,6 +76,7 @@ export {
 } from './maintenance/types.js';
 export { Mailbox, MAILBOX_DEFAULTS, MAX_NAME_BYTES } from './mailbox/mailbox.js';
 export { MailboxConsumer } from './mailbox/consumer.js';
+export { TAKE_ROW_TIMEOUT_MS } from './mailbox/takes.js';
 export { mailboxChannel } from './mailbox/wakeup.js';
 export type {
   MailboxOptions,

@@ -9,7 +9,9 @@
  * The options used work on every version being compared (the API of these calls has
  * not changed since 2026-11-22):
  * - queue: `enqueueMany` in batches of 5,000; `work(kind, fn, { concurrency: 10 })`.
- * - mailbox: `sendMany` in batches of 5,000; `consume(to, fn, { batchSize: 100 })`.
+ * - mailbox: `sendMany` in batches of 5,000; `consume(to, fn, { batchSize: 100 })`
+ *   (`AB_BATCH` and `AB_CONC` set batchSize and concurrency: e.g. 1000, what
+ *   bench/mailbox.ts's throughput consumers use).
  * - outbox: `addMany` in batches of 5,000 over 100 keys; `relay({ sink })` (defaults:
  *   batchSize 100, concurrency 10).
  * - topics: `publishMany` in batches of 5,000 over 100 keys to a topic of 8 partitions;
@@ -49,7 +51,7 @@ if (part === 'queue') {
 } else if (part === 'mailbox') {
   for (const c of chunks(5000)) await herald.mailbox.sendMany(c.map((i) => ({ to: 'ab', payload: { i } })));
   started = process.hrtime.bigint();
-  herald.mailbox.consume('ab', () => count(1), { batchSize: 100, concurrency: Number(process.env.AB_CONC ?? 1) });
+  herald.mailbox.consume('ab', () => count(1), { batchSize: Number(process.env.AB_BATCH ?? 100), concurrency: Number(process.env.AB_CONC ?? 1) });
 } else if (part === 'outbox') {
   for (const c of chunks(5000)) await herald.outbox.addMany(c.map((i) => ({ type: 'ab', key: `k${i % 100}`, payload: { i } })));
   started = process.hrtime.bigint();

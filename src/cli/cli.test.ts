@@ -24,7 +24,8 @@ describe('herald CLI', () => {
     const again = await cli(['migrate', 'up', '--database-url', db.url]);
     assert.equal(again.stdout.trim(), 'up to date');
     const status = await cli(['migrate', 'status'], { DATABASE_URL: db.url });
-    assert.doesNotMatch(status.stdout, /pending/);
+    // No migration in the pending state (a name may contain the word: 023 topic_pending_floor).
+    assert.doesNotMatch(status.stdout, /\spending$/m);
     const bad = await cli(['migrate', 'sideways'], { DATABASE_URL: db.url });
     assert.equal(bad.code, 2);
   });

@@ -25,7 +25,7 @@ export function registerMaintenanceCommands(program: Command, ctx: CliContext): 
       for (const t of s.tasks) {
         const state = t.enabled ? (t.lastError ? 'failing' : 'on') : 'off';
         ctx.out(
-          `${t.task.padEnd(20)} ${state.padEnd(7)} last=${at(t.lastRunAt)} rows=${t.lastRows ?? '-'} took=${t.lastDurationMs === null ? '-' : `${Math.round(t.lastDurationMs)}ms`} ` +
+          `${t.task.padEnd(21)} ${state.padEnd(7)} last=${at(t.lastRunAt)} rows=${t.lastRows ?? '-'} took=${t.lastDurationMs === null ? '-' : `${Math.round(t.lastDurationMs)}ms`} ` +
             `next=${t.enabled ? at(t.nextRunAt) : '-'} runs=${t.runs} errors=${t.errors} leader=${leader}` +
             (t.lastError ? ` error=${JSON.stringify(t.lastError)}` : ''),
         );

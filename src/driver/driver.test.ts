@@ -48,6 +48,27 @@ for (const { name, make } of DRIVERS) {
       }
     });
 
+    it('a transaction opened with { prepare: true } runs statements marked prepare as prepared statements; without it, unprepared', async () => {
+      const driver = make(db.url);
+      try {
+        const text = `SELECT $1::int + 1 AS n, (SELECT count(*)::int FROM pg_prepared_statements WHERE statement LIKE '%conf_prepared_${name}%') AS prepared`;
+        const run = (prepare: boolean) =>
+          driver.transaction(async (tx) => {
+            const first = (await tx.query<{ n: number; prepared: number }>(text, [1], { prepare: true })).rows[0];
+            // The same text again, on the same connection: a prepared statement is there now.
+            const again = (await tx.query<{ n: number; prepared: number }>(text, [2], { prepare: true })).rows[0];
+            return { first, again };
+          }, { prepare });
+        const plain = await run(false);
+        assert.deepEqual(plain, { first: { n: 2, prepared: 0 }, again: { n: 3, prepared: 0 } });
+        const prepared = await run(true);
+        assert.equal(prepared.again.n, 3);
+        assert.equal(prepared.again.prepared, 1, 'the statement is prepared on the transaction connection');
+      } finally {
+        await driver.end();
+      }
+    });
+
     it('toExecutor accepts the transaction object of the driver', async () => {
       const driver = make(db.url);
       try {

@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { loadPeer } from '../internal/peer.js';
 import { TooManyConnectionsError, HeraldError } from '../errors.js';
 import { deadline, statementTimeout } from './deadline.js';
-import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SESSION_CLOSE_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SESSION_CLOSE_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification, type TransactionOptions } from './types.js';
 
 /** The `pg` package, loaded when a `pg` driver is first made (an optional peer dependency). */
 const pgLib = (): typeof pg => loadPeer<typeof pg>('pg', 'the pg driver (pgDriver, createHerald({ connectionString }))');
@@ -135,10 +135,33 @@ export function pgDriver(options: PgDriverOptions): Driver {
     },
   };
 
+  /**
+   * A transaction's executor that runs statements marked `prepare` as named prepared
+   * statements (see {@link TransactionOptions.prepare}). A pooler error aborts the
+   * transaction, so it is not retried here: the driver stops preparing and the caller's
+   * retry of the transaction runs unprepared.
+   */
+  const preparingExecutor = (client: pg.PoolClient): Executor => {
+    const plain = pgClientExecutor(client);
+    return {
+      async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
+        const name = prepare && opts?.prepare ? nameOf(text) : undefined;
+        if (name === undefined) return plain.query<R>(text, values);
+        try {
+          const res = await client.query({ name, text, values: values as unknown[] });
+          return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
+        } catch (err) {
+          if (POOLER_PREPARE_ERRORS.has((err as { code?: string }).code ?? '')) prepare = false;
+          throw err;
+        }
+      },
+    };
+  };
+
   return {
     kind: 'pg',
     executor,
-    async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
+    async transaction<T>(fn: (tx: Executor) => Promise<T>, txOptions?: TransactionOptions): Promise<T> {
       const client = await pool.connect();
       let broken: Error | undefined;
       // A checked-out client has no pool 'error' listener: a server that dies while the
@@ -151,7 +174,7 @@ export function pgDriver(options: PgDriverOptions): Driver {
       client.on('error', onError);
       try {
         await client.query('BEGIN');
-        const result = await fn(pgClientExecutor(client));
+        const result = await fn(txOptions?.prepare ? preparingExecutor(client) : pgClientExecutor(client));
         await client.query('COMMIT');
         return result;
       } catch (err) {

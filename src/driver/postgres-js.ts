@@ -2,7 +2,7 @@ import type postgres from 'postgres';
 import { loadPeer } from '../internal/peer.js';
 import { HeraldError } from '../errors.js';
 import { deadline, statementTimeout } from './deadline.js';
-import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SESSION_CLOSE_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification } from './types.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SESSION_CLOSE_TIMEOUT_MS, LISTEN_APPLICATION_NAME, type Driver, type Executor, type ListenSession, type QueryOptions, type QueryResult, type RawNotification, type TransactionOptions } from './types.js';
 
 type Sql = postgres.Sql<Record<string, never>>;
 
@@ -44,12 +44,13 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
     postgresLib()(options.connectionString as string, { max: options.max ?? 10, onnotice: () => {}, connect_timeout: connectTimeoutMs / 1000 });
   const listenUrl = options.listenConnectionString ?? options.connectionString;
   const listenOptions = (sql as unknown as { options: Record<string, unknown> }).options;
+  const prepared = options.preparedStatements ?? listenOptions.prepare !== false;
 
   return {
     kind: 'postgres',
-    executor: withDeadlines(sql, postgresJsExecutor(sql, options.preparedStatements ?? listenOptions.prepare !== false), Number(listenOptions.connect_timeout) * 1000 || connectTimeoutMs),
-    async transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
-      return (await sql.begin((tx) => fn(postgresJsExecutor(tx as unknown as Sql)))) as T;
+    executor: withDeadlines(sql, postgresJsExecutor(sql, prepared), Number(listenOptions.connect_timeout) * 1000 || connectTimeoutMs),
+    async transaction<T>(fn: (tx: Executor) => Promise<T>, txOptions?: TransactionOptions): Promise<T> {
+      return (await sql.begin((tx) => fn(postgresJsExecutor(tx as unknown as Sql, prepared && txOptions?.prepare === true)))) as T;
     },
     async openListenSession(opts = {}): Promise<ListenSession> {
       let notify: ((n: RawNotification) => void) | undefined;

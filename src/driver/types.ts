@@ -87,6 +87,19 @@ export interface ListenSession {
   destroy(): void;
 }
 
+/** Options of {@link Driver.transaction}. */
+export interface TransactionOptions {
+  /**
+   * Let the transaction's executor honour {@link QueryOptions.prepare} (when the
+   * driver's prepared statements are on), as the pool executor does. Off by default:
+   * a transaction pooler that moved the session turns a prepared statement into an
+   * error that aborts the transaction, so only a caller that retries the whole
+   * transaction (a consumer loop) should ask for it; after such an error the driver
+   * stops preparing, and the retry runs unprepared. @defaultValue false
+   */
+  prepare?: boolean;
+}
+
 /**
  * A driver: an executor over a pool, transactions, and a factory of listen sessions.
  */
@@ -96,7 +109,7 @@ export interface Driver {
   /** The pool as an executor (each statement in its own implicit transaction). */
   readonly executor: Executor;
   /** Runs `fn` in a transaction on one connection; commits if it resolves, rolls back if it throws. */
-  transaction<T>(fn: (tx: Executor) => Promise<T>): Promise<T>;
+  transaction<T>(fn: (tx: Executor) => Promise<T>, options?: TransactionOptions): Promise<T>;
   /** Opens a new dedicated session for LISTEN (outside the pool); fails after `connectTimeoutMs`. */
   openListenSession(options?: { connectTimeoutMs?: number; applicationName?: string }): Promise<ListenSession>;
   /**

@@ -45,7 +45,7 @@ describe('failover to a promoted standby', () => {
       poolSize: 8,
       connectTimeoutMs: 2000,
       notifier: { reconnectMaxDelayMs: 200, connectTimeoutMs: 1000, healthCheckIntervalMs: 500, healthCheckTimeoutMs: 1000, queueUsageIntervalMs: 0 },
-      mailbox: { pollIntervalMs: 1000, leaseMs: 1000, retryDelayMs: 50, maxRetryDelayMs: 200, maxAttempts: 1000 },
+      mailbox: { pollIntervalMs: 1000, retryDelayMs: 50, maxRetryDelayMs: 200, maxAttempts: 1000 },
       queue: { leaseMs: 2000, heartbeatIntervalMs: 300, rescueIntervalMs: 300, pollIntervalMs: 300 },
     });
     const sequence: string[] = [];
@@ -195,7 +195,7 @@ describe('server restarted every 10 s', () => {
       connectionString: pc.url,
       poolSize: 6,
       notifier: { reconnectMaxDelayMs: 200, queueUsageIntervalMs: 0 },
-      mailbox: { pollIntervalMs: 1000, leaseMs: 1000, retryDelayMs: 50, maxRetryDelayMs: 200, maxAttempts: 1000 },
+      mailbox: { pollIntervalMs: 1000, retryDelayMs: 50, maxRetryDelayMs: 200, maxAttempts: 1000 },
     });
     herald.notifier.on('notifier:problem', () => {});
     herald.mailbox.on('message:problem', () => {});

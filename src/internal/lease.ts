@@ -14,5 +14,9 @@
  * way leaves its rows ready with the attempt uncounted, as if never taken. What it buys:
  * one disk flush per batch instead of two (a millisecond or more each on
  * network-attached storage).
+ *
+ * The mailbox's take row (`mailboxTakeInsert`, issue 15) commits the same way, for the
+ * same reasons: it counts an attempt before user code runs and is flushed along by the
+ * consume transaction's synchronous commit.
  */
 export const LEASE_COMMITS_ASYNC = `(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL`;

@@ -8,7 +8,8 @@ import { withSpan } from '../internal/tracing.js';
 import { HeraldError } from '../errors.js';
 import type { Executor } from '../driver/types.js';
 import { withTimeout } from '../internal/backoff.js';
-import { ABANDONED_ERROR, mailboxConsumeLeased, mailboxLease, mailboxNextVisible, mailboxRecordFailure, mailboxRelease, type LeasedRow, type MessageRow } from './queries.js';
+import { ABANDONED_ERROR, mailboxNextVisible, mailboxReapTakes, mailboxRecordFailure, mailboxTake, mailboxTakesDelete, type MessageRow, type TakenRow } from './queries.js';
+import type { TakeLog } from './takes.js';
 import type { MailboxHandler, MailboxMessage } from './types.js';
 import type { WakeHub } from './wakeup.js';
 
@@ -22,6 +23,8 @@ export interface ConsumerHost {
   readonly pollIntervalMs: number;
   /** Redelivery delays after failed handler runs (the one retry policy). */
   readonly retry: RetryPolicy;
+  /** Writes the take rows of this mailbox's consumers. */
+  readonly takes: TakeLog;
   decode(row: MessageRow): MailboxMessage;
   problem(err: unknown): void;
   failed(info: { to: string; id: string; attempts: number; error: unknown; dead: boolean }): void;
@@ -36,23 +39,24 @@ export interface ConsumerSettings {
   batchSize: number;
   maxAttempts: number;
   cooldownMs: number;
-  /** How long a taken message stays hidden if its consumer never records an outcome. */
-  leaseMs: number;
   /** A handler run longer than this fails its attempt (0: unbounded). */
   handlerTimeoutMs: number;
 }
 
 class HandlerFailed extends Error {
-  constructor(readonly row: LeasedRow, readonly error: unknown) {
+  constructor(readonly row: TakenRow, readonly error: unknown) {
     super('handler failed');
   }
 }
 
+/** Abandoned take rows counted per statement (more are counted at the next turn). */
+export const REAP_BATCH = 100;
+
 /**
- * A running consumer of one destination: `concurrency` loops, each leasing up to
- * `batchSize` messages (attempt counted and committed), then consuming them in a
- * transaction that runs the handler on them and commits the consumption together with
- * the handler's own writes.
+ * A running consumer of one destination: `concurrency` loops, each taking up to
+ * `batchSize` messages in a transaction that marks them consumed, commits a take row
+ * (the attempt) on a second connection, runs the handler on them and commits the
+ * consumption together with the handler's own writes. See src/mailbox/README.md.
  */
 export class MailboxConsumer {
   /** Messages whose consumption committed. */
@@ -77,6 +81,10 @@ export class MailboxConsumer {
   #lastPartialAt = -Infinity;
   /** When the armed "a hidden message becomes visible" wake-up fires (performance.now()), or Infinity. */
   #visibleWakeAt = Infinity;
+  /** When abandoned take rows of the destination are next looked for (performance.now()): at the first take, then every pollIntervalMs. */
+  #reapAt = -Infinity;
+  /** Tokens of takes that committed, whose take rows the next take deletes. */
+  #committed: string[] = [];
 
   /** @internal created by `Mailbox.consume`. */
   constructor(host: ConsumerHost, settings: ConsumerSettings, handler: MailboxHandler) {
@@ -112,8 +120,13 @@ export class MailboxConsumer {
    * to the end and commit), and releases everything. Idempotent.
    */
   stop(): Promise<void> {
-    return (this.#stopping ??= this.#loop.stop().then(() => {
+    return (this.#stopping ??= this.#loop.stop().then(async () => {
       this.#unwatch();
+      // The take rows of the last committed takes (a process that dies before this
+      // leaves them to mailboxReapTakes, which drops them: their messages are consumed).
+      const tokens = this.#committed;
+      this.#committed = [];
+      if (tokens.length > 0) await mailboxTakesDelete(this.#host.driver.executor, this.#host.schemaSql, tokens).catch((err) => this.#host.problem(err));
       this.#host.released(this);
     }));
   }
@@ -147,7 +160,7 @@ export class MailboxConsumer {
 
   /**
    * After a take that found nothing: if a hidden message of the destination becomes
-   * visible before the safety poll (another consumer's lease or retry delay ending),
+   * visible before the safety poll (a retry delay of another process's consumer ending),
    * wake this consumer then. One timer at a time, the earliest.
    */
   async #wakeWhenVisible(): Promise<void> {
@@ -164,54 +177,74 @@ export class MailboxConsumer {
   }
 
   /**
-   * One take: the lease (its own commit: the attempt is counted before any handler
-   * runs), then one transaction that consumes the leased messages (fenced by the lease
-   * token), runs the handler on them and commits the consumption together with the
-   * handler's writes. Returns how many messages the lease took.
+   * Looks for abandoned takes of the destination (at this consumer's first take, then
+   * every pollIntervalMs): counts their attempts, and reports messages that died of it.
+   */
+  async #reapIfDue(): Promise<void> {
+    if (performance.now() < this.#reapAt) return;
+    const { to, maxAttempts } = this.#settings;
+    const host = this.#host;
+    const { takes, rows } = await mailboxReapTakes(host.driver.executor, host.schemaSql, to, maxAttempts, REAP_BATCH);
+    // A full batch of take rows: there may be more; look again at the next take.
+    this.#reapAt = takes >= REAP_BATCH ? -Infinity : performance.now() + host.pollIntervalMs;
+    for (const r of rows) {
+      if (r.state === 'dead') host.failed({ to, id: r.id, attempts: r.attempts, error: new Error(ABANDONED_ERROR), dead: true });
+      else this.#empty = false; // ready again, to be taken alone
+    }
+  }
+
+  /**
+   * One take: a transaction that takes up to `batchSize` messages (marked consumed in
+   * it; the same statement deletes the take rows of this consumer's earlier committed
+   * takes), commits their take row on another connection (the attempt, counted before
+   * any handler runs), runs the handler on each message and commits the consumption
+   * together with the handler's writes. Returns how many it took.
    */
   async #runOnce(): Promise<number> {
-    const { to, topic, batchSize, maxAttempts, leaseMs, handlerTimeoutMs } = this.#settings;
+    const { to, topic, batchSize, maxAttempts, handlerTimeoutMs } = this.#settings;
     const host = this.#host;
     let release!: () => void;
     const began = performance.now();
     this.takes++;
     const taking = new Promise<void>((resolve) => (release = resolve));
     this.#taking = taking;
-    // Called after the lease: by then another loop may have begun its own take, whose
-    // promise must stay in place (its waiters wait for its lease).
+    // Called after the take statement: by then another loop may have begun its own take,
+    // whose promise must stay in place (its waiters wait for its take statement).
     const done = () => {
       if (this.#taking === taking) this.#taking = undefined;
       release();
     };
-    const token = randomUUID();
-    let rows: LeasedRow[];
     try {
-      rows = await mailboxLease(host.driver.executor, host.schemaSql, to, topic, batchSize, token, leaseMs, maxAttempts);
-      // Fewer than a batch (and not an abandoned message taken alone): nothing else was
-      // ready when this take looked; the next take waits for a wake-up (or the safety poll).
-      if (rows.length < batchSize && !rows.some((r) => r.alone)) {
-        this.#empty = true;
-        this.#lastPartialAt = began;
-      } else {
-        this.#empty = false;
-        this.#lastPartialAt = -Infinity;
-      }
-    } finally {
+      await this.#reapIfDue();
+    } catch (err) {
       done();
+      throw err;
     }
-    // Abandoned messages that had used up their deliveries died in the lease statement.
-    for (const r of rows) {
-      if (r.state === 'dead') host.failed({ to, id: r.id, attempts: r.attempts, error: new Error(ABANDONED_ERROR), dead: true });
-    }
-    if (rows.length === 0) {
-      await this.#wakeWhenVisible();
-      return 0;
-    }
-    const live = rows.filter((r) => r.state === 'ready');
-    if (live.length === 0) return rows.length;
+    const token = randomUUID();
+    let rows: TakenRow[] = [];
+    // Earlier takes' rows, deleted by this take's statement (undone if it rolls back).
+    const drop = this.#committed;
+    this.#committed = [];
     try {
       const n = await host.driver.transaction(async (tx) => {
-        const held = await mailboxConsumeLeased(tx, host.schemaSql, live, token, handlerTimeoutMs > 0 ? handlerTimeoutMs : null);
+        try {
+          rows = await mailboxTake(tx, host.schemaSql, to, topic, batchSize, handlerTimeoutMs > 0 ? handlerTimeoutMs : null, drop);
+          // Fewer than a batch (and not an abandoned message taken alone): nothing else was
+          // ready when this take looked; the next take waits for a wake-up (or the safety poll).
+          if (rows.length < batchSize && !rows.some((r) => r.alone)) {
+            this.#empty = true;
+            this.#lastPartialAt = began;
+          } else {
+            this.#empty = false;
+            this.#lastPartialAt = -Infinity;
+          }
+        } finally {
+          done();
+        }
+        if (rows.length === 0) return 0;
+        // The attempt, committed before any handler runs: if this transaction never
+        // commits, the row stays and a later take counts it (mailboxReapTakes).
+        await host.takes.record({ token, destination: to, ids: rows.map((r) => r.id) });
         // The handler gets the transaction through a guard: once its time is up (or the
         // take is over) a late statement of it fails instead of running on a connection
         // that went back to the pool.
@@ -221,8 +254,7 @@ export class MailboxConsumer {
             open ? tx.query(text, values, options) : Promise.reject(new HeraldError('TIMEOUT', 'this consume transaction has ended (handlerTimeoutMs); the handler may no longer use it')),
         };
         try {
-          for (const row of live) {
-            if (!held.has(row.id)) continue; // lease lost before we locked it: another consumer has it
+          for (const row of rows) {
             const message = host.decode(row);
             try {
               await withSpan('herald.mailbox.consume', { 'herald.mailbox.to': to, 'herald.mailbox.id': row.id }, async () => {
@@ -238,29 +270,34 @@ export class MailboxConsumer {
         } finally {
           open = false;
         }
-        return held.size;
+        return rows.length;
       });
       this.consumed += n;
-      return rows.length;
+      // Committed: its take row names consumed messages only; the next take deletes it.
+      if (n > 0) this.#committed.push(token);
+      if (n === 0) await this.#wakeWhenVisible();
+      return n;
     } catch (err) {
-      // Rolled back: what this take held is ready again (now or when its lease ends),
-      // so the next take must look.
+      done(); // BEGIN failed (after the take statement, a no-op)
+      this.#committed.push(...drop); // their deletion rolled back too
+      // Rolled back: what this take held is ready again, so the next take must look.
       this.#empty = false;
-      const failedId = err instanceof HandlerFailed ? err.row.id : null;
-      // The others of the batch go back unused (fenced: a consumed or re-leased one is
-      // untouched). A database error may leave them leased until the lease ends.
-      await mailboxRelease(host.driver.executor, host.schemaSql, live.filter((r) => r.id !== failedId), token).catch((e) => host.problem(e));
-      if (!(err instanceof HandlerFailed)) throw err;
-      // The handler's writes and the consumption are undone; the attempt was counted by
-      // the lease. Record the failure for this one message in its own statement.
+      if (!(err instanceof HandlerFailed)) throw err; // a take row that committed is counted later
+      // The handler's writes and every mark of the batch are undone; the others of the
+      // batch are ready again, their attempt uncounted. Record the failure of this one
+      // message, and drop the take row, in one statement.
       this.failures++;
-      const result = await mailboxRecordFailure(host.driver.executor, host.schemaSql, err.row, token, describeError(err.error), maxAttempts, host.retry);
+      const result = await mailboxRecordFailure(host.driver.executor, host.schemaSql, err.row.id, token, describeError(err.error), maxAttempts, host.retry);
       if (result) {
         host.failed({ to, id: err.row.id, attempts: result.attempts, error: err.error, dead: result.state === 'dead' });
         if (result.state === 'ready') {
           // Wake this process when the message becomes visible again, before the safety poll.
           this.#loop.timer(Math.ceil(result.delayMs) + 5, () => host.hub.wake(to));
         }
+      } else {
+        // Another consumer counted the take as abandoned first (between the rollback and
+        // this statement): the attempt is counted, the message is ready again.
+        host.failed({ to, id: err.row.id, attempts: err.row.attempts, error: err.error, dead: false });
       }
       return rows.length; // others of the batch may be ready again: look at once
     }

@@ -80,26 +80,44 @@ describe('mailbox under faults (shared cluster)', () => {
     await db.drop();
   });
 
-  it('a consumer SIGKILLed inside its handler: the message is redelivered and the ledger shows it once', async () => {
+  it('a consumer SIGKILLed inside its handler: the message is ready at once, redelivered with the killed delivery counted, and the ledger shows it once', async () => {
     const herald = createHerald({ connectionString: db.url, poolSize: 3 });
     const to = 'sigkill';
-    // A short lease: the message is hidden until it ends (the victim never recorded an outcome).
-    const victim = worker('mailbox-consumer.ts', { url: db.url, destinations: [to], name: 'victim', mode: 'hang', leaseMs: 500 });
+    const victim = worker('mailbox-consumer.ts', { url: db.url, destinations: [to], name: 'victim', mode: 'hang' });
     await victim.line('ready');
     await herald.mailbox.send({ to, payload: 'once', id: 'kill-1' });
     assert.equal((await victim.line<{ inHandler: string }>('inHandler')).inHandler, 'kill-1');
+    // The take row committed before the handler ran: it is what counts this delivery.
+    assert.deepEqual((await pool.query(`SELECT ids FROM herald.mailbox_takes WHERE destination = $1`, [to])).rows, [{ ids: ['kill-1'] }]);
     victim.child.kill('SIGKILL');
     await victim.exited;
-    const consumed = deferred<string>();
+    // Its transaction rolls back when the server sees the socket close: the message is
+    // ready and unlocked at once (nothing hides it), its take row left behind.
+    await waitFor(
+      async () => {
+        const c = await pool.connect();
+        try {
+          await c.query('BEGIN');
+          return (await c.query(`SELECT 1 FROM herald.mailbox_messages WHERE id = 'kill-1' AND state = 'ready' FOR UPDATE SKIP LOCKED`)).rowCount === 1;
+        } finally {
+          await c.query('ROLLBACK');
+          c.release();
+        }
+      },
+      { what: "the victim's transaction to roll back" },
+    );
+    const consumed = deferred<number>();
     const c = herald.mailbox.consume(to, async (m, tx) => {
       await tx.query('INSERT INTO ledger (message_id, consumer) VALUES ($1, $2)', [m.id, 'survivor']);
-      consumed.resolve(m.id);
+      consumed.resolve(m.attempts);
     });
-    assert.equal(await consumed.promise, 'kill-1');
+    // Its first take counts the abandoned one (attempt 1) and delivers it again (attempt 2).
+    assert.equal(await consumed.promise, 2);
     await c.stop();
     const rows = (await pool.query(`SELECT consumer FROM ledger WHERE message_id = 'kill-1'`)).rows;
     assert.deepEqual(rows, [{ consumer: 'survivor' }]);
     assert.equal((await pool.query(`SELECT attempts FROM herald.mailbox_messages WHERE id = 'kill-1'`)).rows[0].attempts, 2, 'the killed delivery counted');
+    assert.equal((await pool.query(`SELECT count(*)::int AS n FROM herald.mailbox_takes WHERE destination = $1`, [to])).rows[0].n, 0, 'no take row left');
     assert.equal((await herald.mailbox.stats(to))[0].consumed, 1);
     await herald.close();
   });
@@ -110,7 +128,7 @@ describe('mailbox under faults (shared cluster)', () => {
     const maxAttempts = 3;
     const spawned: Worker[] = [];
     const start = () => {
-      const w = worker('mailbox-consumer.ts', { url: db.url, destinations: [to], name: 'poisoned', mode: 'poison', maxAttempts, leaseMs: 300, pollIntervalMs: 200 });
+      const w = worker('mailbox-consumer.ts', { url: db.url, destinations: [to], name: 'poisoned', mode: 'poison', maxAttempts, pollIntervalMs: 200 });
       spawned.push(w);
       return w;
     };
@@ -118,8 +136,8 @@ describe('mailbox under faults (shared cluster)', () => {
       await herald.mailbox.send({ to, payload: 'poison', id: 'poison-1' });
       await herald.mailbox.send({ to, payload: 'fine', id: 'after-1' });
       const state = async () => (await pool.query(`SELECT state, attempts, last_error FROM herald.mailbox_messages WHERE id = 'poison-1'`)).rows[0];
-      // Each consumer process dies in the poison's handler; a new one takes over, until
-      // the lease statement finds the poison abandoned with its attempts used up.
+      // Each consumer process dies in the poison's handler; a new one takes over and counts
+      // the abandoned take it left, until that count uses up the poison's attempts.
       let deaths = 0;
       while ((await state()).state !== 'dead') {
         const w = start();

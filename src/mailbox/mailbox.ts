@@ -14,6 +14,7 @@ import {
   mailboxDeadList,
   mailboxGet,
   mailboxPurge,
+  mailboxPurgeTakes,
   mailboxRedrive,
   mailboxSendBatch,
   mailboxStats,
@@ -35,6 +36,7 @@ import type {
   SendResult,
 } from './types.js';
 import { GROUP_LOCK_TIMEOUT_MS, SendGroup } from './group.js';
+import { TakeLog } from './takes.js';
 import { mailboxChannel, waitBounded, WakeHub } from './wakeup.js';
 
 /** Defaults of {@link MailboxOptions}; the option table of docs/mailbox.md is this object. */
@@ -50,7 +52,6 @@ export const MAILBOX_DEFAULTS: Required<MailboxOptions> = {
   sendGroupMaxMessages: 1000,
   sendGroupMaxBytes: 4_194_304,
   handlerTimeoutMs: 60_000,
-  leaseMs: 30_000,
 };
 
 /** Default `cooldownMs` of `consume`. */
@@ -72,12 +73,10 @@ function resolveMailboxOptions(options: MailboxOptions = {}): Required<MailboxOp
     deadRetentionMs: nonNegativeNumber,
     retentionIntervalMs: nonNegativeNumber,
     handlerTimeoutMs: durationOrZero,
-    leaseMs: positiveDuration,
   });
 }
 
 const durationOrZero = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= MAX_DURATION_MS ? undefined : `a number of ms from 0 to ${MAX_DURATION_MS}`);
-const positiveDuration = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v > 0 && v <= MAX_DURATION_MS ? undefined : `a number of ms above 0, at most ${MAX_DURATION_MS}`);
 
 function assertName(value: unknown, what: string): asserts value is string {
   if (typeof value !== 'string' || value.length === 0) throw new HeraldError('INVALID_ARGUMENT', `${what} must be a non-empty string`);
@@ -164,6 +163,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
       reconnects: notifier,
       pollIntervalMs: this.options.pollIntervalMs,
       retry: { baseMs: this.options.retryDelayMs, maxMs: this.options.maxRetryDelayMs, jitter: this.options.retryJitter },
+      takes: new TakeLog(driver.executor, this.#schemaSql),
       decode: (row) => decode(row),
       problem: (err) => self.emit('message:problem', err instanceof Error ? err : new Error(String(err))),
       failed: (info) => {
@@ -299,12 +299,9 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const cooldownMs = options.cooldownMs ?? CONSUME_COOLDOWN_MS;
     if (typeof cooldownMs !== 'number' || !(cooldownMs >= 0) || !Number.isFinite(cooldownMs)) throw new InvalidOptionError('cooldownMs', cooldownMs, 'a number >= 0');
     const handlerTimeoutMs = options.handlerTimeoutMs ?? this.options.handlerTimeoutMs;
-    const leaseMs = options.leaseMs ?? this.options.leaseMs;
-    for (const [k, v, check] of [['handlerTimeoutMs', handlerTimeoutMs, durationOrZero], ['leaseMs', leaseMs, positiveDuration]] as const) {
-      const expected = check(v);
-      if (expected) throw new InvalidOptionError(k, v, expected);
-    }
-    const settings = { to, topic, concurrency, batchSize, maxAttempts, cooldownMs, handlerTimeoutMs, leaseMs };
+    const expected = durationOrZero(handlerTimeoutMs);
+    if (expected) throw new InvalidOptionError('handlerTimeoutMs', handlerTimeoutMs, expected);
+    const settings = { to, topic, concurrency, batchSize, maxAttempts, cooldownMs, handlerTimeoutMs };
     const consumer = new MailboxConsumer(this.#host, settings, handler as MailboxHandler);
     this.#consumers.add(consumer);
     const ready = this.start();
@@ -402,7 +399,8 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   }
 
   /**
-   * Deletes consumed messages older than `consumedOlderThanMs` (default `retentionMs`)
+   * Deletes consumed messages older than `consumedOlderThanMs` (default `retentionMs`),
+   * and take rows as old (at least an hour: see `mailboxPurgeTakes`),
    * and dead ones older than `deadOlderThanMs` (default `deadRetentionMs`, where 0 keeps
    * them); null keeps that kind. In batches of `batchSize` (default
    * 5000). The maintenance service calls it (tasks `mailboxRetention` for consumed
@@ -426,6 +424,8 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
       }
     };
     const consumed = consumedMs === null ? 0 : await sweep('consumed', consumedMs);
+    // Take rows nobody will look at again go with the consumed messages' retention.
+    if (consumedMs !== null) while ((await mailboxPurgeTakes(this.#driver.executor, this.#schemaSql, consumedMs, batch)) >= batch);
     const dead = deadMs === null ? 0 : await sweep('dead', deadMs);
     if (consumed || dead) this.emit('message:purged', { consumed, dead });
     return { consumed, dead };

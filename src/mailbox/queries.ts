@@ -155,44 +155,49 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
   return rows;
 }
 
-/**
- * A leased row: `state` 'dead' when it died in the lease; `alone` when an abandoned row
- * was taken alone; `ctid` the row version the lease wrote, which the statements fenced
- * by the lease find it by (see {@link mailboxConsumeLeased}).
- */
-export type LeasedRow = MessageRow & { state: 'ready' | 'dead'; alone: boolean; ctid: string };
-
-/** Text kept as `last_error` of a message whose last lease ended with no outcome recorded. */
-export const ABANDONED_ERROR = 'no outcome recorded: the consumer died, lost its connection or stalled before its lease ended';
+/** A taken row: `alone` when the take found an abandoned message and took it alone. */
+export type TakenRow = MessageRow & { alone: boolean };
 
 /**
- * A consumer's lease: takes up to `limit` ready messages of one destination and, in this
- * one statement (its own commit, before any handler runs), counts the attempt (attempts
- * + 1), hides them until the lease ends (`visible_at`) and stamps them with `token`.
- * A process that dies in its handler has thus still used an attempt.
+ * A consumer's take, in its consume transaction (the handlers run inside it, and the
+ * mark commits with their writes): like {@link mailboxClaim}, it takes up to `limit`
+ * ready messages of one destination (`FOR UPDATE SKIP LOCKED`, the rows stay locked by
+ * that transaction until it ends) and marks them consumed with attempts + 1, in one
+ * statement. The attempt only commits with the consumption: the take row (see
+ * {@link mailboxTakeInsert}) is what counts it if the transaction never commits.
  *
- * Same shape as {@link mailboxClaim} (SKIP LOCKED + LIMIT in a CTE, then the UPDATE by
- * ctid). A row whose lease is still set when it is ready again was abandoned: its
- * holder never recorded an outcome (it died, lost its connection, or took longer than
- * the lease to lock it). Such a row is taken alone (a batch of one, so a message that
- * kills its process does not use up the attempts of the messages taken with it), and
- * one that has had `maxAttempts` deliveries already moves to the dead-letter state
- * here instead (state 'dead' in the result; no handler runs).
+ * A message whose delivery was abandoned (its consumer died in its handler; the
+ * abandoned take was counted by {@link mailboxReapTakes}, which left its token in
+ * `lease`) is taken alone: a batch of one, so a message that kills its process does not
+ * use up the attempts of the messages taken with it. The others the CTE locked stay
+ * locked (unmarked) until this transaction ends.
  *
- * Its commit does not wait for the WAL flush ({@link LEASE_COMMITS_ASYNC}).
+ * `committed`: tokens of this consumer's earlier takes that committed; their take rows
+ * are deleted here, in this transaction (a committed take's row is dropped by the
+ * next take instead of by a statement of its own: one round trip less per take; if
+ * this transaction rolls back they stay, and the consumer passes them again; a
+ * process that dies first leaves rows whose messages are all consumed, which
+ * {@link mailboxReapTakes} drops).
+ *
+ * With `statementTimeoutMs`, sets `statement_timeout` for the rest of the transaction
+ * (SET LOCAL semantics, from an InitPlan evaluated before the UPDATE): the handler's
+ * statements are bounded by `handlerTimeoutMs` too.
+ *
+ * Not prepared, for the reason given at {@link mailboxClaim}.
  */
-export async function mailboxLease(
+export async function mailboxTake(
   executor: Executor,
   schema: string,
   destination: string,
   topic: string | null,
   limit: number,
-  token: string,
-  leaseMs: number,
-  maxAttempts: number,
-): Promise<LeasedRow[]> {
-  const dies = 'm.lease IS NOT NULL AND m.attempts >= $6';
-  const { rows } = await executor.query<LeasedRow>(
+  statementTimeoutMs: number | null,
+  committed: readonly string[] = [],
+): Promise<TakenRow[]> {
+  const guard = statementTimeoutMs === null ? '' : `AND (SELECT set_config('statement_timeout', $5, true)) IS NOT NULL`;
+  const params: unknown[] = [destination, topic, limit, committed];
+  if (statementTimeoutMs !== null) params.push(`${Math.max(1, Math.round(statementTimeoutMs))}ms`);
+  const { rows } = await executor.query<TakenRow>(
     `WITH next AS (
        SELECT ctid, seq, lease IS NOT NULL AS abandoned FROM ${schema}.mailbox_messages
         WHERE destination = $1 AND state = 'ready' AND visible_at <= now()
@@ -204,120 +209,192 @@ export async function mailboxLease(
        SELECT ctid FROM next WHERE NOT EXISTS (SELECT 1 FROM next WHERE abandoned)
        UNION ALL
        (SELECT ctid FROM next WHERE abandoned ORDER BY seq LIMIT 1)
+     ), gone AS (
+       DELETE FROM ${schema}.mailbox_takes WHERE token = ANY($4::uuid[])
      )
      UPDATE ${schema}.mailbox_messages m
-        SET attempts = CASE WHEN ${dies} THEN m.attempts ELSE m.attempts + 1 END,
-            state = CASE WHEN ${dies} THEN 'dead' ELSE 'ready' END,
-            dead_at = CASE WHEN ${dies} THEN now() END,
-            last_error = CASE WHEN ${dies} THEN $7 ELSE m.last_error END,
-            visible_at = CASE WHEN ${dies} THEN m.visible_at ELSE now() + $5::float8 * interval '1 millisecond' END,
-            lease = CASE WHEN ${dies} THEN NULL ELSE $4::uuid END
-      WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM pick)) AND ${LEASE_COMMITS_ASYNC}
-     RETURNING ${RETURNED}, m.state, (SELECT bool_or(abandoned) FROM next) IS TRUE AS alone, m.ctid::text AS ctid`,
-    [destination, topic, limit, token, leaseMs, maxAttempts, ABANDONED_ERROR],
+        SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1, lease = NULL
+      WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM pick)) ${guard}
+     RETURNING ${RETURNED}, (SELECT bool_or(abandoned) FROM next) IS TRUE AS alone`,
+    params,
   );
   if (rows.length > 1) rows.sort((a, b) => a.seq.length - b.seq.length || (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
   return rows;
 }
 
-/**
- * Milliseconds until the next hidden message of a destination becomes visible (a lease
- * or a retry delay ending), or null when none is hidden. Run after a lease found
- * nothing, so a consumer wakes when a crashed consumer's lease ends instead of at the
- * safety poll. Walks only the destination's ready rows (the partial index), and all of
- * them are hidden when the lease found none.
- */
-export async function mailboxNextVisible(executor: Executor, schema: string, destination: string, topic: string | null): Promise<number | null> {
-  const { rows } = await executor.query<{ ms: number | null }>(
-    `SELECT (extract(epoch FROM min(visible_at) - now()) * 1000)::float8 AS ms
-       FROM ${schema}.mailbox_messages
-      WHERE destination = $1 AND state = 'ready' AND ($2::text IS NULL OR topic = $2::text)`,
-    [destination, topic],
-  );
-  const ms = rows[0]?.ms;
-  return ms == null ? null : Math.max(0, Number(ms));
+/** One take row: the token of a consume transaction, its destination and the ids it took. */
+export interface TakeRow {
+  token: string;
+  destination: string;
+  ids: readonly string[];
 }
 
 /**
- * Consumes leased messages in the caller's (the consume) transaction, fenced by the
- * lease token: a message whose lease ended and was taken again by another consumer (or
- * consumed, or redriven) matches nothing. Returns the ids it holds now: the row locks
- * keep every other consumer off them until this transaction ends, whatever the lease.
- * With `statementTimeoutMs`, sets `statement_timeout` for the rest of the transaction
- * (SET LOCAL semantics, from an InitPlan evaluated before the UPDATE).
+ * Inserts take rows (one per consume transaction; several consumers' at once when they
+ * wait on each other, see `TakeLog`) in its own commit, before any handler of those
+ * transactions runs. The commit does not wait for its WAL flush
+ * ({@link LEASE_COMMITS_ASYNC}: visible to every session at once; only a crash of the
+ * server itself can lose it, and then the consume transaction is gone too).
+ * The ids of all rows travel in one flat array; each row names its slice.
+ */
+export async function mailboxTakeInsert(executor: Executor, schema: string, takes: readonly TakeRow[]): Promise<void> {
+  const first: number[] = [];
+  let at = 1;
+  for (const t of takes) {
+    first.push(at);
+    at += t.ids.length;
+  }
+  await executor.query(
+    `INSERT INTO ${schema}.mailbox_takes (token, destination, ids)
+     SELECT t.token, t.destination, ($3::text[])[t.lo:t.lo + t.n - 1]
+       FROM unnest($1::uuid[], $2::text[], $4::int[], $5::int[]) AS t(token, destination, lo, n)
+      WHERE ${LEASE_COMMITS_ASYNC}`,
+    [takes.map((t) => t.token), takes.map((t) => t.destination), takes.flatMap((t) => t.ids), first, takes.map((t) => t.ids.length)],
+    // Prepared: a hot statement whose plan does not depend on its values.
+    { prepare: true },
+  );
+}
+
+/** Deletes the take rows of committed takes (a stopping consumer's last ones; see {@link mailboxTake}). */
+export async function mailboxTakesDelete(executor: Executor, schema: string, tokens: readonly string[]): Promise<void> {
+  await executor.query(`DELETE FROM ${schema}.mailbox_takes WHERE token = ANY($1::uuid[])`, [tokens]);
+}
+
+/** Text kept as `last_error` of a message that died because its last deliveries were abandoned. */
+export const ABANDONED_ERROR = 'no outcome recorded: the consumer died or lost its connection before its consume transaction committed';
+
+/**
+ * Counts abandoned takes of a destination: take rows whose consume transaction ended
+ * without committing (its process died, its connection was lost) and whose failure was
+ * not recorded. One statement, its own commit:
  *
- * Rows are found by the ctid the lease returned (a TID scan). Found by `id = ANY` with
- * `state = 'ready'`, the planner took the partial index of ready rows and filtered
- * every waiting message of the mailbox on each take (13 ms a take of 100 over a backlog
- * of 20,000, growing with the backlog; 1.3 ms now). So the statements fenced by a lease
- * leave `state = 'ready'` out on purpose: only a ready row carries a lease (every
- * transition out of 'ready' clears it), so `lease = token` implies it, and without the
- * clause the partial index is not a candidate. The ctids go through `ARRAY(SELECT
- * unnest(...))`, an array whose length the planner does not know: with the length known
- * it costs a TID scan at one random page per row and, on a table of a few hundred pages,
- * prefers a sequential scan. While our lease is on a row only we update it,
- * so its ctid stays; a row moved meanwhile (VACUUM FULL, another consumer's lease after
- * ours ended) matches nothing and is treated like a lost lease: it is delivered again
- * once its lease ends, never twice.
+ * - take rows of the destination, oldest first, `FOR UPDATE SKIP LOCKED` (two looks at
+ *   once take different rows);
+ * - their messages that are still ready, `FOR UPDATE SKIP LOCKED`: a live transaction
+ *   holds the messages it took, so a ready message nobody holds was abandoned. Each
+ *   gets attempts + 1 per take row naming it, the abandoned mark (`lease` = the token:
+ *   taken alone next time), or moves to the dead letters at `maxAttempts`
+ *   (`last_error` {@link ABANDONED_ERROR});
+ * - a take row keeps only the ids still held by someone (ready in the snapshot, locked:
+ *   the take still in flight, or another consumer that took the message first), to be
+ *   counted later or dropped once consumed; a row with none left is deleted (so is
+ *   the row of a take that committed, its messages consumed, before its consumer's
+ *   next take deleted it).
+ *
+ * Messages are found by primary key, never by a scan of the destination's ready
+ * messages: the cost follows the abandoned ids, not the backlog. So the statements that
+ * find them name the id alone and test the state afterwards: with `state = 'ready'`
+ * beside `id = ...`, the planner took the partial index of ready messages and filtered
+ * the whole backlog (10,000 rows read for 100 ids; the plan test in take.test.ts), and
+ * joined to the unnested ids it preferred a hash join over a sequential scan; an array
+ * of a length it does not know (`ARRAY(SELECT ...)`) gets primary-key lookups. The lock
+ * is thus taken on a consumed or dead row of a take row too (rare, harmless).
  */
-export async function mailboxConsumeLeased(executor: Executor, schema: string, rows: readonly { id: string; ctid: string }[], token: string, statementTimeoutMs: number | null): Promise<Set<string>> {
-  const guard = statementTimeoutMs === null ? '' : `AND (SELECT set_config('statement_timeout', $3, true)) IS NOT NULL`;
-  const params: unknown[] = [rows.map((r) => r.ctid), token];
-  if (statementTimeoutMs !== null) params.push(`${Math.max(1, Math.round(statementTimeoutMs))}ms`);
-  const { rows: held } = await executor.query<{ id: string }>(
-    `UPDATE ${schema}.mailbox_messages
-        SET state = 'consumed', consumed_at = now(), lease = NULL
-      WHERE ctid = ANY(ARRAY(SELECT unnest($1::tid[]))) AND lease = $2::uuid ${guard}
-     RETURNING id`,
-    params,
+export async function mailboxReapTakes(
+  executor: Executor,
+  schema: string,
+  destination: string,
+  maxAttempts: number,
+  limit: number,
+): Promise<{ takes: number; rows: { id: string; state: 'ready' | 'dead'; attempts: number }[] }> {
+  const dies = 'm.attempts + h.n >= $2';
+  const { rows } = await executor.query<{ takes: number; id: string | null; state: 'ready' | 'dead' | null; attempts: number | null }>(
+    `WITH t AS (
+       SELECT token, ids FROM ${schema}.mailbox_takes
+        WHERE destination = $1
+        ORDER BY taken_at
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+     ), locked AS (
+       SELECT ctid, id, state FROM ${schema}.mailbox_messages
+        WHERE id = ANY(ARRAY(SELECT DISTINCT unnest(ids) FROM t))
+        FOR UPDATE SKIP LOCKED
+     ), hit AS (
+       SELECT ctid, id FROM locked WHERE state = 'ready'
+     ), h AS (
+       SELECT hit.ctid, count(*)::int AS n, min(t.token::text)::uuid AS token FROM hit JOIN t ON hit.id = ANY(t.ids) GROUP BY hit.ctid
+     ), counted AS (
+       UPDATE ${schema}.mailbox_messages m
+          SET attempts = m.attempts + h.n,
+              state = CASE WHEN ${dies} THEN 'dead' ELSE 'ready' END,
+              dead_at = CASE WHEN ${dies} THEN now() END,
+              last_error = CASE WHEN ${dies} THEN $4 ELSE m.last_error END,
+              lease = CASE WHEN ${dies} THEN NULL ELSE h.token END
+         FROM h WHERE m.ctid = h.ctid
+       RETURNING m.id, m.state, m.attempts
+     ), rest AS (
+       SELECT t.token, cardinality(t.ids) AS was,
+              ARRAY(SELECT u.id FROM unnest(t.ids) AS u(id)
+                     WHERE NOT EXISTS (SELECT 1 FROM hit WHERE hit.id = u.id)
+                       AND (SELECT x.state FROM ${schema}.mailbox_messages x WHERE x.id = u.id) = 'ready') AS ids
+         FROM t
+     ), dropped AS (
+       DELETE FROM ${schema}.mailbox_takes k USING rest WHERE k.token = rest.token AND cardinality(rest.ids) = 0
+     ), kept AS (
+       UPDATE ${schema}.mailbox_takes k SET ids = rest.ids FROM rest
+        WHERE k.token = rest.token AND cardinality(rest.ids) > 0 AND cardinality(rest.ids) < rest.was
+     )
+     SELECT (SELECT count(*)::int FROM t) AS takes, c.id, c.state, c.attempts
+       FROM (SELECT 1) AS one LEFT JOIN counted c ON true`,
+    [destination, maxAttempts, limit, ABANDONED_ERROR],
   );
-  return new Set(held.map((r) => r.id));
+  return {
+    takes: rows[0]?.takes ?? 0,
+    rows: rows.filter((r) => r.id !== null).map((r) => ({ id: r.id!, state: r.state!, attempts: r.attempts! })),
+  };
 }
 
 /**
- * Records a failed handler run after its transaction rolled back, fenced by the lease
- * token: keeps the error, and either delays the next delivery (the one retry policy, in
- * database time, n = attempts, already counted by the lease) or, at `maxAttempts`, moves
- * the message to the dead-letter state. Does nothing if the lease was lost meanwhile.
- * Found by the ctid of the lease (the rolled-back consume left that version in place).
+ * Records a failed handler run after its consume transaction rolled back, in one
+ * statement: deletes the take row and, if that row still named the message (no
+ * concurrent {@link mailboxReapTakes} counted it first), counts the attempt (attempts +
+ * 1), keeps the error, and either delays the next delivery (the one retry policy, in
+ * database time, n = attempts) or, at `maxAttempts`, moves the message to the
+ * dead-letter state. The other messages of the take are ready again, their attempt
+ * uncounted. Returns undefined when the message was not updated.
  */
 export async function mailboxRecordFailure(
   executor: Executor,
   schema: string,
-  row: { id: string; ctid: string },
+  id: string,
   token: string,
   error: string,
   maxAttempts: number,
   retry: RetryPolicy,
 ): Promise<{ state: 'ready' | 'dead'; attempts: number; delayMs: number } | undefined> {
   const { rows } = await executor.query<{ state: 'ready' | 'dead'; attempts: number; delay_ms: number }>(
-    `UPDATE ${schema}.mailbox_messages
-        SET last_error = $2,
-            state = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'ready' END,
-            dead_at = CASE WHEN attempts >= $3 THEN now() END,
-            visible_at = now() + ${retryDelaySql('attempts', '$4', '$5', '$6')} * interval '1 millisecond',
+    `WITH take AS (DELETE FROM ${schema}.mailbox_takes WHERE token = $7::uuid RETURNING ids)
+     UPDATE ${schema}.mailbox_messages
+        SET attempts = attempts + 1,
+            last_error = $2,
+            state = CASE WHEN attempts + 1 >= $3 THEN 'dead' ELSE 'ready' END,
+            dead_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
+            visible_at = now() + ${retryDelaySql('attempts + 1', '$4', '$5', '$6')} * interval '1 millisecond',
             lease = NULL
-      WHERE ctid = $1::tid AND lease = $7::uuid
+      WHERE id = $1 AND state = 'ready' AND EXISTS (SELECT 1 FROM take WHERE $1 = ANY(take.ids))
      RETURNING state, attempts, (extract(epoch FROM visible_at - now()) * 1000)::float8 AS delay_ms`,
-    [row.ctid, error, maxAttempts, retry.baseMs, retry.maxMs, retry.jitter, token],
+    [id, error, maxAttempts, retry.baseMs, retry.maxMs, retry.jitter, token],
   );
   const r = rows[0];
   return r ? { state: r.state, attempts: r.attempts, delayMs: Number(r.delay_ms) } : undefined;
 }
 
 /**
- * Gives leased messages back unused (the others of a batch whose handler threw, or a
- * take abandoned by stop): ready at once, the attempt uncounted. Fenced by the token.
+ * Milliseconds until the next hidden message of a destination becomes visible (a retry
+ * delay ending), or null when none is hidden. Run after a take found nothing, so a
+ * consumer wakes when another process's failed message is due instead of at the safety
+ * poll. Walks only the destination's ready rows (the partial index), and all of them
+ * are hidden or held when the take found none.
  */
-export async function mailboxRelease(executor: Executor, schema: string, rows: readonly { ctid: string }[], token: string): Promise<number> {
-  if (rows.length === 0) return 0;
-  const { rowCount } = await executor.query(
-    `UPDATE ${schema}.mailbox_messages
-        SET attempts = attempts - 1, visible_at = now(), lease = NULL
-      WHERE ctid = ANY(ARRAY(SELECT unnest($1::tid[]))) AND lease = $2::uuid`,
-    [rows.map((r) => r.ctid), token],
+export async function mailboxNextVisible(executor: Executor, schema: string, destination: string, topic: string | null): Promise<number | null> {
+  const { rows } = await executor.query<{ ms: number | null }>(
+    `SELECT (extract(epoch FROM min(visible_at) - now()) * 1000)::float8 AS ms
+       FROM ${schema}.mailbox_messages
+      WHERE destination = $1 AND state = 'ready' AND visible_at > now() AND ($2::text IS NULL OR topic = $2::text)`,
+    [destination, topic],
   );
-  return rowCount;
+  const ms = rows[0]?.ms;
+  return ms == null ? null : Math.max(0, Number(ms));
 }
 
 /** Puts dead messages of a destination (all, or the given ids) back to ready with attempts reset, and wakes the destination. */
@@ -377,6 +454,23 @@ export async function mailboxPurge(executor: Executor, schema: string, state: 'c
      )
      DELETE FROM ${schema}.mailbox_messages m USING old WHERE m.id = old.id`,
     [state, olderThanMs, limit],
+  );
+  return rowCount;
+}
+
+/**
+ * Deletes, at most `limit` per call, take rows older than `olderThanMs` (at least an
+ * hour): left by a destination that no consumer takes from any more (only its
+ * consumers look for abandoned takes) or by a consumer killed between takes. Returns
+ * how many.
+ */
+export async function mailboxPurgeTakes(executor: Executor, schema: string, olderThanMs: number, limit: number): Promise<number> {
+  const { rowCount } = await executor.query(
+    `DELETE FROM ${schema}.mailbox_takes WHERE token IN (
+       SELECT token FROM ${schema}.mailbox_takes
+        WHERE taken_at < now() - greatest($1::float8, 3600000) * interval '1 millisecond'
+        LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+    [olderThanMs, limit],
   );
   return rowCount;
 }

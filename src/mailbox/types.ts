@@ -4,7 +4,9 @@ import type { Executor, TxLike } from '../driver/types.js';
 export interface MailboxOptions {
   /**
    * Safety poll: a waiting receiver or consumer queries at least this often, so it finds
-   * messages even if every notification is lost. @defaultValue 30000
+   * messages even if every notification is lost. Each consumer also looks for
+   * abandoned takes of its destination (a consumer that died in its handler) this
+   * often, and at its first take. @defaultValue 30000
    */
   pollIntervalMs?: number;
   /** Failed handler runs before a message moves to the dead-letter state. @defaultValue 5 */
@@ -48,13 +50,6 @@ export interface MailboxOptions {
    * 0 leaves handlers unbounded. @defaultValue 60000
    */
   handlerTimeoutMs?: number;
-  /**
-   * Default `leaseMs` of `consume`: how long a message taken by a consumer stays hidden
-   * from other consumers if that consumer never records an outcome (its process died,
-   * its connection was lost). It is the redelivery delay after such a crash.
-   * @defaultValue 30000
-   */
-  leaseMs?: number;
 }
 
 /** A message to send. */
@@ -90,7 +85,7 @@ export interface MailboxMessage<P = unknown> {
   topic: string | null;
   /** The payload: a string as sent, or the parsed JSON value. */
   payload: P;
-  /** Deliveries so far, this one included (counted and committed before the handler runs: failed, timed-out and interrupted runs count). */
+  /** Deliveries so far, this one included (counted before the handler runs, by a take row committed on its own: failed, timed-out and interrupted runs count). Read from another session during a run, a message shows the count before that run. */
   attempts: number;
   createdAt: Date;
 }
@@ -145,13 +140,6 @@ export interface ConsumeOptions {
    * @defaultValue the mailbox's `handlerTimeoutMs` (60000)
    */
   handlerTimeoutMs?: number;
-  /**
-   * How long a taken message stays hidden if this consumer never records an outcome
-   * (process killed, connection lost before the consume transaction locked it): the
-   * redelivery delay after a crash. A live consume transaction holds its messages by
-   * row locks, however long its handler runs. @defaultValue the mailbox's `leaseMs` (30000)
-   */
-  leaseMs?: number;
 }
 
 /** A dead message with its last error. */

@@ -13,7 +13,7 @@ import { HeraldServer } from '../server/server.js';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { cli } from '../../test/support/cli.js';
 import { waitFor } from '../../test/support/wait.js';
-import { MAINTENANCE_TASKS, type MaintenanceTask } from './types.js';
+import { MAINTENANCE_DEFAULTS, MAINTENANCE_TASKS, type MaintenanceTask } from './types.js';
 
 const CHILD = new URL('../../test/fixtures/maintenance-child.ts', import.meta.url).pathname;
 
@@ -143,17 +143,20 @@ describe('maintenance service', () => {
         maintenance: {
           queueRescue: { intervalMs: 200 },
           queueRetention: short,
+          completedJobRetention: short,
           mailboxRetention: short,
           outboxRetention: short,
           deadLetterRetention: { enabled: true, ...short },
           topicRetention: { intervalMs: 200 },
         },
       });
-      // Work for each task: an expired lease, a finished job, a consumed message, a
-      // published and a dead outbox event, a dead message.
+      // Work for each task: an expired lease, a completed and a dead job (the completed
+      // one may go to either retention task), a consumed message, a published and a dead
+      // outbox event, a dead message.
       await h.driver.executor.query(
         `INSERT INTO herald.jobs (kind, state, lease_expires_at, attempt) VALUES ('lost', 'running', now() - interval '1 s', 1);
          INSERT INTO herald.jobs (kind, state, finished_at) VALUES ('done', 'completed', now() - interval '1 s');
+         INSERT INTO herald.jobs (kind, state, finished_at) VALUES ('failed', 'dead', now() - interval '1 s');
          INSERT INTO herald.outbox_events (type, published_at) VALUES ('sent', now() - interval '1 s');
          INSERT INTO herald.outbox_events (type, dead_at) VALUES ('failed', now() - interval '1 s');`,
       );
@@ -236,9 +239,11 @@ describe('maintenance service', () => {
   });
 
   test('options: defaults, per-part fallbacks, and errors that name the option', async () => {
-    const h = createHerald({ connectionString: 'postgres://127.0.0.1:1/x', queue: { rescueIntervalMs: 700, retentionMs: 0 }, mailbox: { deadRetentionMs: 5000 }, topics: { maintenanceIntervalMs: 900 } });
+    const h = createHerald({ connectionString: 'postgres://127.0.0.1:1/x', queue: { rescueIntervalMs: 700, retentionMs: 0, completedRetentionMs: 0 }, mailbox: { deadRetentionMs: 5000 }, topics: { maintenanceIntervalMs: 900 } });
     try {
       const t = h.maintenance.options.tasks;
+      assert.equal(t.completedJobRetention.enabled, false);
+      assert.deepEqual(MAINTENANCE_DEFAULTS.tasks.completedJobRetention, { enabled: true, intervalMs: 10_000, retentionMs: 300_000 });
       assert.equal(t.queueRescue.intervalMs, 700);
       assert.equal(t.queueRetention.enabled, false);
       assert.deepEqual(t.deadLetterRetention, { enabled: true, intervalMs: 3_600_000, retentionMs: 5000 });

@@ -24,6 +24,7 @@ export function maintenanceRunners(p: MaintainedParts): Record<MaintenanceTask, 
   return {
     queueRescue: () => p.queue.rescue(),
     queueRetention: (t) => p.queue.prune({ olderThanMs: t.retentionMs! }),
+    completedJobRetention: (t) => p.queue.prune({ olderThanMs: t.retentionMs!, states: ['completed'] }),
     mailboxRetention: async (t, batchSize) => (await p.mailbox.purge({ batchSize, consumedOlderThanMs: t.retentionMs!, deadOlderThanMs: null })).consumed,
     outboxRetention: (t, batchSize) => p.outbox.prune({ olderThanMs: t.retentionMs!, batchSize }),
     deadLetterRetention: async (t, batchSize) => {
@@ -48,6 +49,7 @@ export function partFallbacks(o: { queue?: QueueOptions; mailbox?: MailboxOption
     intervalMs: q.retentionIntervalMs,
     ...(q.retentionMs === 0 ? { enabled: false } : { retentionMs: q.retentionMs }),
   };
+  if (q.completedRetentionMs !== undefined) out.completedJobRetention = q.completedRetentionMs === 0 ? { enabled: false } : { retentionMs: q.completedRetentionMs };
   out.mailboxRetention = {
     retentionMs: m.retentionMs,
     ...(m.retentionIntervalMs === 0 ? { enabled: false } : { intervalMs: m.retentionIntervalMs }),

@@ -4,13 +4,14 @@ import { boolean, positiveNumber, resolveOptions, type OptionCheck } from '../in
 /**
  * The periodic tasks of the maintenance service, in the order `status()` lists them:
  * - `queueRescue`: jobs whose lease expired (their worker died) become available again, or dead;
- * - `queueRetention`: finished jobs (completed, dead, cancelled) older than `retentionMs` are deleted;
+ * - `queueRetention`: finished jobs (completed, dead, cancelled) older than `retentionMs` are deleted, and settled batches and emptied workflows as old;
+ * - `completedJobRetention`: completed jobs older than its (shorter) `retentionMs` are deleted, so a busy queue's table stops growing within minutes;
  * - `mailboxRetention`: consumed messages older than `retentionMs` are deleted;
  * - `outboxRetention`: published outbox events older than `retentionMs` are deleted;
  * - `deadLetterRetention`: dead mailbox messages and dead outbox events older than `retentionMs` are deleted (off by default: dead letters are kept);
  * - `topicRetention`: each topic's own retention (`retentionMs`/`retentionBytes` of the topic) drops old segments.
  */
-export const MAINTENANCE_TASKS = ['queueRescue', 'queueRetention', 'mailboxRetention', 'outboxRetention', 'deadLetterRetention', 'topicRetention'] as const;
+export const MAINTENANCE_TASKS = ['queueRescue', 'queueRetention', 'completedJobRetention', 'mailboxRetention', 'outboxRetention', 'deadLetterRetention', 'topicRetention'] as const;
 
 /** A task's name. */
 export type MaintenanceTask = (typeof MAINTENANCE_TASKS)[number];
@@ -53,6 +54,8 @@ export interface MaintenanceOptions {
   queueRescue?: MaintenanceTaskOptions;
   /** @defaultValue { enabled: true, intervalMs: 60000, retentionMs: 86400000 } (`queue.retentionIntervalMs`, `queue.retentionMs` when given; `queue.retentionMs: 0` disables it) */
   queueRetention?: MaintenanceTaskOptions;
+  /** @defaultValue { enabled: true, intervalMs: 10000, retentionMs: 300000 (5 min) } (`queue.completedRetentionMs` when given; 0 there disables it, leaving completed jobs to `queueRetention`) */
+  completedJobRetention?: MaintenanceTaskOptions;
   /** @defaultValue { enabled: true, intervalMs: 60000, retentionMs: 86400000 } (`mailbox.retentionIntervalMs`, `mailbox.retentionMs` when given; `mailbox.retentionIntervalMs: 0` disables it) */
   mailboxRetention?: MaintenanceTaskOptions;
   /** @defaultValue { enabled: true, intervalMs: 60000, retentionMs: 604800000 (7 days) } */
@@ -86,6 +89,7 @@ export const MAINTENANCE_DEFAULTS: Readonly<ResolvedMaintenanceOptions> = Object
   tasks: Object.freeze({
     queueRescue: { enabled: true, intervalMs: 5000, retentionMs: null },
     queueRetention: { enabled: true, intervalMs: 60_000, retentionMs: 86_400_000 },
+    completedJobRetention: { enabled: true, intervalMs: 10_000, retentionMs: 300_000 },
     mailboxRetention: { enabled: true, intervalMs: 60_000, retentionMs: 86_400_000 },
     outboxRetention: { enabled: true, intervalMs: 60_000, retentionMs: 604_800_000 },
     deadLetterRetention: { enabled: false, intervalMs: 3_600_000, retentionMs: 2_592_000_000 },

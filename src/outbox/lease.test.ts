@@ -30,7 +30,7 @@ const eventRows = (ids: string[]) =>
     )
     .then((r) => r.rows);
 
-test('a sink that stalls past the lease: another relay re-leases and publishes; the slow relay publishes no more and its marks are refused', async () => {
+test('a sink that stalls past its hold: another relay takes the events again and publishes; the slow relay publishes no more and its marks are refused', async () => {
   const stall = deferred();
   const slowSeen: string[] = [];
   const slow = herald.outbox.relay({
@@ -56,7 +56,13 @@ test('a sink that stalls past the lease: another relay re-leases and publishes; 
       `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL`,
     );
     assert.equal(open[0].n, 0, 'no transaction open during the publish');
-    assert.ok((await eventRows(ids)).every((r) => r.leased && r.attempts === 1), 'the batch is leased, each attempt counted');
+    // The batch is held by one committed row (visible to every session) that counts the
+    // attempt of each of its events; the events themselves are not written until the outcome.
+    const { rows: holds } = await herald.driver.executor.query<{ ids: string[] }>(
+      `SELECT array(SELECT e.id::text FROM herald.outbox_events AS e WHERE e.seq = ANY(h.seqs) ORDER BY e.seq) AS ids FROM herald.outbox_holds AS h`,
+    );
+    assert.deepEqual(holds.map((h) => h.ids), [ids], 'the batch is held by one row naming each of its events');
+    assert.ok((await eventRows(ids)).every((r) => !r.leased && r.attempts === 0), 'no event row written for the hold');
 
     const fastMarked: string[] = [];
     const fastSeen: string[] = [];
@@ -120,7 +126,7 @@ test('an event that SIGKILLs its relay every time is dead-lettered after maxAtte
   }
 });
 
-test('the claim transaction that leases commits without waiting for the WAL flush (synchronous_commit off for it alone)', async () => {
+test('the lease of an abandoned event taken alone commits without waiting for the WAL flush (synchronous_commit off for it alone)', async () => {
   const { outboxLease } = await import('./queries.js');
   const { randomUUID } = await import('node:crypto');
   await herald.outbox.add({ type: 'async-lease' });
@@ -139,4 +145,47 @@ test('the claim transaction that leases commits without waiting for the WAL flus
   assert.equal(marks, 1);
   assert.equal(setting, 'off');
   assert.equal((await herald.driver.executor.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0].synchronous_commit, 'on');
+});
+
+test('a hold drops whole runs whose key or event another hold names (a hold committed after the claim read the holds), and commits without waiting for the WAL flush', async () => {
+  const { outboxHold } = await import('./queries.js');
+  const { randomUUID } = await import('node:crypto');
+  const ids = await herald.outbox.addMany([
+    { type: 'h', key: 'held' },
+    { type: 'h', key: 'held' },
+    { type: 'h', key: 'free' },
+    { type: 'h' },
+    { type: 'h' },
+  ]);
+  const { rows } = await herald.driver.executor.query<{ seq: string; key: string | null }>(
+    `SELECT seq::text AS seq, key FROM herald.outbox_events WHERE id = ANY($1::uuid[]) ORDER BY seq`,
+    [ids],
+  );
+  const [held1, held2, free, keyless1, keyless2] = rows;
+  // Another relay's hold, committed: it names key 'held' and the first keyless event.
+  await herald.driver.executor.query(`INSERT INTO herald.outbox_holds (token, held_until, keys, seqs) VALUES ($1, now() + interval '1 minute', $2, $3)`, [
+    randomUUID(),
+    ['held'],
+    [held1.seq, held2.seq, keyless1.seq],
+  ]);
+  const rollback = new Error('rollback');
+  let got: { held: Set<string>; suspects: boolean } | undefined;
+  let setting: string | undefined;
+  await assert.rejects(
+    herald.driver.transaction(async (tx) => {
+      // Runs: 0 = key 'held' (two events), 1 = key 'free', 2 and 3 = keyless events.
+      got = await outboxHold(tx, '"herald"', randomUUID(), 30_000, {
+        seqs: [held1.seq, held2.seq, free.seq, keyless1.seq, keyless2.seq],
+        keys: ['held', 'held', 'free', null, null],
+        runs: [0, 0, 1, 2, 3],
+      });
+      setting = (await tx.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0].synchronous_commit;
+      throw rollback;
+    }),
+    (e) => e === rollback,
+  );
+  assert.deepEqual([...got!.held].sort(), [free.seq, keyless2.seq].sort(), 'only the runs no hold names are held');
+  assert.equal(got!.suspects, false, 'no hold has ended, no lease is due');
+  assert.equal(setting, 'off');
+  await herald.driver.executor.query(`DELETE FROM herald.outbox_holds`);
 });

@@ -4,7 +4,15 @@
  */
 import { LEASE_COMMITS_ASYNC } from '../internal/lease.js';
 import { wakeSql } from '../notifier/pressure.js';
-import type { Executor } from '../driver/types.js';
+import type { Executor, QueryOptions } from '../driver/types.js';
+
+/**
+ * The relay's statements run once or more per batch, with the same text: prepared (parsed
+ * and planned once per connection) when the driver prepares, also in the claim
+ * transaction (the relay opens it with `{ prepare: true }`). Planning them each time
+ * cost the relay about as much Postgres time as executing them (issue 15).
+ */
+const PREPARE: QueryOptions = { prepare: true };
 
 /** A row of `outbox_events` as relays and sinks see it. */
 export interface OutboxEventRow {
@@ -102,10 +110,12 @@ export async function outboxFindHeads(
   afterKey: string | null,
   maxKeys: number,
 ): Promise<{ key: string; seq: string }[]> {
+  // Two texts, not `($1 IS NULL OR p.key > $1)`: the statement is prepared, and a generic
+  // plan cannot use that condition as an index bound.
   const { rows } = await ex.query<{ key: string; seq: string }>(
     `WITH RECURSIVE h AS (
        (SELECT p.key, p.seq FROM ${s}.outbox_events AS p
-         WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL AND ($1::text IS NULL OR p.key > $1::text)
+         WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL ${afterKey === null ? 'AND $1::text IS NULL' : 'AND p.key > $1::text'}
          ORDER BY p.key, p.seq LIMIT 1)
        UNION ALL
        SELECT n.key, n.seq FROM h CROSS JOIN LATERAL (
@@ -114,20 +124,23 @@ export async function outboxFindHeads(
           ORDER BY p.key, p.seq LIMIT 1) AS n)
      SELECT key, seq::text AS seq FROM h LIMIT $2`,
     [afterKey, maxKeys],
+    PREPARE,
   );
   return rows;
 }
 
 /**
  * Locks up to `limit` of the given heads (found by {@link outboxFindHeads}) that are
- * still pending and due, in the order given, FOR UPDATE SKIP LOCKED: a head locked by
- * another relay means that relay owns the key, so it is skipped. The locks are the "in
- * flight" marks, released by commit (published/failed) or by the death of the relay's
- * connection (then another relay takes them again, same id). `= ANY` (an index scan
- * on the primary key; a join with unnest was planned as a seq scan), sorted back into
- * the given order under LockRows, so the LIMIT stops locking. A head another relay
- * published since it was found is re-checked under the lock (`published_at IS NULL`
- * fails) and dropped; the key's next event is found by a later claim.
+ * still pending, due, not leased and not of a key some hold names (see
+ * {@link outboxHold}), in the order given, FOR UPDATE SKIP LOCKED: a head locked by
+ * another relay's claim transaction is skipped (that relay is taking the key). The row
+ * locks last only as long as the claim transaction; the hold it commits is what keeps
+ * other relays off the key while the batch is published. `= ANY` (an index scan on the
+ * primary key; a join with unnest was planned as a seq scan), sorted back into the given
+ * order under LockRows, so the LIMIT stops locking. A head another relay published
+ * since it was found is re-checked under the lock (`published_at IS NULL` fails) and
+ * dropped; the key's next event is found by a later claim. The held keys are read with
+ * this statement's snapshot: a hold committed after it is caught by {@link outboxHold}.
  */
 export async function outboxLockHeads(ex: Executor, s: string, seqs: string[], limit: number): Promise<OutboxEventRow[]> {
   if (seqs.length === 0 || limit <= 0) return [];
@@ -136,10 +149,12 @@ export async function outboxLockHeads(ex: Executor, s: string, seqs: string[], l
        FROM ${s}.outbox_events AS e
       WHERE e.seq = ANY($1::bigint[])
         AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now() AND e.lease IS NULL
+        AND e.key NOT IN (SELECT unnest(h.keys) FROM ${s}.outbox_holds AS h)
       ORDER BY array_position($1::bigint[], e.seq)
       LIMIT $2
       FOR UPDATE OF e SKIP LOCKED`,
     [seqs, limit],
+    PREPARE,
   );
   return rows;
 }
@@ -158,10 +173,12 @@ export async function outboxClaimKeyless(ex: Executor, s: string, limit: number,
        FROM ${s}.outbox_events AS e
       WHERE e.published_at IS NULL AND e.dead_at IS NULL AND e.key IS NULL AND e.next_attempt_at <= now() AND e.lease IS NULL
         AND ($2::bigint IS NULL OR e.seq > $2::bigint)
+        AND e.seq NOT IN (SELECT unnest(h.seqs) FROM ${s}.outbox_holds AS h)
       ORDER BY e.seq
       LIMIT $1
       FOR UPDATE OF e SKIP LOCKED`,
     [limit, afterSeq],
+    PREPARE,
   );
   return rows;
 }
@@ -211,6 +228,7 @@ export async function outboxClaimRuns(
        FROM cand LEFT JOIN locked ON locked.seq = cand.seq::text
       ORDER BY cand.n`,
     [heads.map((h) => h.key), heads.map((h) => h.seq), budget],
+    PREPARE,
   );
   // Each key's run, cut at its first gap (a candidate locked elsewhere or no longer due).
   const runs = new Map<number, OutboxEventRow[]>();
@@ -239,10 +257,31 @@ export const ABANDONED_EVENT_ERROR = 'no outcome recorded: the relay died, lost 
  * a keyless one. The relay takes it alone, before any other claim: an event that kills
  * its relay every time uses up its own attempts, not those of a batch. The ordinary
  * claims skip leased rows (`lease IS NULL`). Walks the small leased index (migration 010).
+ *
+ * First (`ended`, `abandoned`) it ends the holds whose time ran out (see
+ * {@link outboxHold}; SKIP LOCKED, so a hold its relay is settling right now is left to
+ * that relay): each such hold is deleted and its still-pending events become abandoned
+ * events — the attempt the hold counted moves onto them (attempts + 1), `lease` = the
+ * hold's token, due now. A data-modifying CTE's rows are not seen by the rest of its
+ * statement, so they are found by the next claim; this claim's later statements see
+ * them leased and skip them. The relay whose hold it was finds it gone when it settles
+ * (fenced). Usually no hold has ended and this costs a scan of the small holds table.
  */
 export async function outboxClaimAbandoned(ex: Executor, s: string): Promise<OutboxEventRow | undefined> {
   const { rows } = await ex.query<OutboxEventRow>(
-    `SELECT ${EVENT_COLUMNS}
+    `WITH ended AS (
+       DELETE FROM ${s}.outbox_holds AS h
+        WHERE h.token IN (SELECT x.token FROM ${s}.outbox_holds AS x WHERE x.held_until <= now() FOR UPDATE SKIP LOCKED)
+       RETURNING h.token, h.seqs
+     ), abandoned AS (
+       -- seq = ANY(ARRAY(...)) is for the plan: an index scan on the primary key, never a join over the table.
+       UPDATE ${s}.outbox_events AS a
+          SET attempts = a.attempts + 1, next_attempt_at = now(),
+              lease = (SELECT g.token FROM ended AS g WHERE a.seq = ANY(g.seqs) LIMIT 1)
+        WHERE a.seq = ANY(ARRAY(SELECT unnest(g.seqs) FROM ended AS g))
+          AND a.published_at IS NULL AND a.dead_at IS NULL
+     )
+     SELECT ${EVENT_COLUMNS}
        FROM ${s}.outbox_events AS e
       WHERE e.lease IS NOT NULL AND e.published_at IS NULL AND e.dead_at IS NULL AND e.next_attempt_at <= now()
         AND (e.key IS NULL OR NOT EXISTS (
@@ -251,6 +290,8 @@ export async function outboxClaimAbandoned(ex: Executor, s: string): Promise<Out
       ORDER BY e.seq
       LIMIT 1
       FOR UPDATE OF e SKIP LOCKED`,
+    [],
+    PREPARE,
   );
   return rows[0];
 }
@@ -283,8 +324,121 @@ export async function outboxLease(
       WHERE e.seq = ANY($1::bigint[]) AND ${LEASE_COMMITS_ASYNC}
      RETURNING e.seq::text AS seq, e.attempts, e.dead_at IS NOT NULL AS dead`,
     [seqs, token, leaseMs, maxAttempts, ABANDONED_EVENT_ERROR],
+    PREPARE,
   );
   return rows;
+}
+
+/**
+ * Holds a claimed batch (its events still locked by the claim transaction, which
+ * commits right after): inserts ONE row (`outbox_holds`: a random `token`, the hold's
+ * end `leaseMs` from now in database time, the keys of the runs and every seq) instead
+ * of writing each event. Until the row is deleted, every claim skips the keys and seqs
+ * it names (read by {@link outboxLockHeads} and {@link outboxClaimKeyless}), and it
+ * counts one attempt for each of its events: when the hold ends with no outcome
+ * recorded, {@link outboxClaimAbandoned} moves that attempt onto the events.
+ *
+ * The claim's earlier statements read the holds with their own snapshots; a hold that
+ * another relay committed after them (it held the rows' locks until its commit, and
+ * SKIP LOCKED let this claim lock them right after) is visible only now, to this
+ * statement: a run (`runs[i]`: the index of the event's run) with a key or a seq named
+ * by any hold is dropped whole, so a key is never in two batches. Returns the seqs
+ * held (none: nothing to publish), and `suspects`: whether a hold has ended or a
+ * leased event is due again, i.e. whether the relay's next claim must look for
+ * abandoned events first ({@link outboxClaimAbandoned}; skipped otherwise, one
+ * statement less per batch). Commits without waiting for the WAL flush (see
+ * {@link LEASE_COMMITS_ASYNC}).
+ */
+export async function outboxHold(
+  ex: Executor,
+  s: string,
+  token: string,
+  leaseMs: number,
+  batch: { seqs: string[]; keys: (string | null)[]; runs: number[] },
+): Promise<{ held: Set<string>; suspects: boolean }> {
+  if (batch.seqs.length === 0) return { held: new Set(), suspects: true };
+  const { rows } = await ex.query<{ seqs: string[] | null; suspects: boolean }>(
+    `WITH c AS MATERIALIZED (
+       SELECT * FROM unnest($3::bigint[], $4::text[], $5::int[]) AS c(seq, key, run)
+     ), held AS MATERIALIZED (
+       SELECT h.keys, h.seqs FROM ${s}.outbox_holds AS h
+     ), ok AS MATERIALIZED (
+       SELECT c.seq, c.key FROM c
+        WHERE c.run NOT IN (
+          SELECT c2.run FROM c AS c2
+           WHERE c2.key IN (SELECT unnest(held.keys) FROM held) OR c2.seq IN (SELECT unnest(held.seqs) FROM held))
+     ), ins AS (
+       INSERT INTO ${s}.outbox_holds (token, held_until, keys, seqs)
+       SELECT $1::uuid, now() + $2::float8 * interval '1 millisecond',
+              ARRAY(SELECT DISTINCT ok.key FROM ok WHERE ok.key IS NOT NULL), ARRAY(SELECT ok.seq FROM ok)
+        WHERE ${LEASE_COMMITS_ASYNC} AND EXISTS (SELECT 1 FROM ok)
+       RETURNING seqs
+     )
+     SELECT (SELECT ins.seqs::text[] FROM ins) AS seqs,
+            EXISTS (SELECT 1 FROM ${s}.outbox_holds AS x WHERE x.held_until <= now())
+              OR EXISTS (SELECT 1 FROM ${s}.outbox_events AS a
+                          WHERE a.lease IS NOT NULL AND a.published_at IS NULL AND a.dead_at IS NULL AND a.next_attempt_at <= now()) AS suspects`,
+    [token, leaseMs, batch.seqs, batch.keys, batch.runs],
+    PREPARE,
+  );
+  return { held: new Set(rows[0]?.seqs ?? []), suspects: rows[0]?.suspects ?? true };
+}
+
+/**
+ * Records the outcome of a held batch (see {@link outboxHold}) in one statement,
+ * outside any transaction of the publish: deletes the hold by its token and, only if
+ * it was still there, marks the acknowledged events published and the failed ones
+ * retrying (attempts + 1: the attempt the hold counted) or dead at `maxAttempts`;
+ * events not tried need no write (the hold's end gives them back, attempt uncounted).
+ * A hold that is gone (its time ran out and a claim turned its events into abandoned
+ * ones) matches nothing: a slow relay cannot mark what it no longer holds. `held`:
+ * whether the hold was still there (everything recorded) or not (everything refused).
+ */
+export async function outboxSettleHeld(
+  ex: Executor,
+  s: string,
+  token: string,
+  settle: Omit<OutboxSettle, 'released'>,
+  maxAttempts: number,
+): Promise<{ held: boolean; published: Set<string>; failed: Map<string, { attempts: number; dead: boolean }> }> {
+  const { rows } = await ex.query<{ what: 'h' | 'p' | 'f'; seq: string | null; attempts: number | null; dead: boolean | null }>(
+    `WITH h AS (
+       DELETE FROM ${s}.outbox_holds WHERE token = $1::uuid RETURNING token
+     ), pub AS (
+       UPDATE ${s}.outbox_events AS e SET published_at = now(), last_error = NULL
+        WHERE e.seq = ANY($2::bigint[]) AND e.published_at IS NULL AND e.dead_at IS NULL AND EXISTS (SELECT 1 FROM h)
+       RETURNING e.seq
+     ), fail AS (
+       UPDATE ${s}.outbox_events AS e
+          SET attempts = e.attempts + 1,
+              last_error = f.err,
+              next_attempt_at = now() + f.delay_ms * interval '1 millisecond',
+              dead_at = CASE WHEN e.attempts + 1 >= $6 THEN now() END
+         FROM unnest($3::bigint[], $4::text[], $5::float8[]) AS f(seq, err, delay_ms)
+        -- seq = ANY is for the plan: joined to unnest alone, Postgres may hash the whole table.
+        WHERE e.seq = ANY($3::bigint[]) AND e.seq = f.seq AND e.published_at IS NULL AND e.dead_at IS NULL AND EXISTS (SELECT 1 FROM h)
+       RETURNING e.seq, e.attempts, e.dead_at IS NOT NULL AS dead
+     )
+     SELECT 'h' AS what, NULL::text AS seq, NULL::int AS attempts, NULL::boolean AS dead FROM h
+     UNION ALL SELECT 'p', seq::text, NULL, NULL FROM pub
+     UNION ALL SELECT 'f', seq::text, attempts, dead FROM fail`,
+    [
+      token,
+      settle.published,
+      settle.failed.map((f) => f.seq),
+      settle.failed.map((f) => f.error),
+      settle.failed.map((f) => f.delayMs),
+      maxAttempts,
+    ],
+    PREPARE,
+  );
+  const out = { held: false, published: new Set<string>(), failed: new Map<string, { attempts: number; dead: boolean }>() };
+  for (const r of rows) {
+    if (r.what === 'h') out.held = true;
+    else if (r.what === 'p') out.published.add(r.seq!);
+    else out.failed.set(r.seq!, { attempts: r.attempts!, dead: r.dead! });
+  }
+  return out;
 }
 
 /** What a relay records after publishing a leased batch. */
@@ -343,6 +497,7 @@ export async function outboxSettle(
       maxAttempts,
       settle.released,
     ],
+    PREPARE,
   );
   const out = { published: new Set<string>(), failed: new Map<string, { attempts: number; dead: boolean }>(), released: new Set<string>() };
   for (const r of rows) {

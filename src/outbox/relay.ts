@@ -17,8 +17,10 @@ import {
   outboxClaimRuns,
   outboxFindHeads,
   outboxLease,
+  outboxHold,
   outboxLockHeads,
   outboxSettle,
+  outboxSettleHeld,
   type OutboxEventRow,
 } from './queries.js';
 import { callbackSink, type OutboxEvent, type OutboxSink } from './sinks.js';
@@ -155,6 +157,8 @@ export class Relay extends TypedEmitter<RelayEvents> {
   #nextRetryAt = Infinity;
   /** The key the last claim stopped at: the next claim's key scan starts after it. */
   #cursor: string | null = null;
+  /** Whether the next claim looks for abandoned events first (see runOnce). */
+  #suspects = true;
   readonly #retry: RetryPolicy;
   readonly #stats = { published: 0, failed: 0, dead: 0, batches: 0, fenced: 0 };
 
@@ -230,47 +234,61 @@ export class Relay extends TypedEmitter<RelayEvents> {
   }
 
   /**
-   * Leases, publishes and records one batch; returns how many events it leased. The
-   * loop calls it; tests and tools may too (on a relay that is not started).
+   * Holds (or leases), publishes and records one batch; returns how many events it
+   * took. The loop calls it; tests and tools may too (on a relay that is not started).
    *
    * Three steps, no transaction open across the network: (1) a short transaction
-   * claims the batch (SKIP LOCKED) and leases it (attempts + 1, hidden until the lease
-   * ends, a fresh token) and commits; (2) the sink publishes with nothing of ours open;
-   * (3) one statement records the outcome, fenced by the token.
+   * claims the batch (SKIP LOCKED) and holds it with one row (`outbox_holds`: a fresh
+   * token, the hold's end, the batch's keys and seqs; it counts the attempt) and
+   * commits; (2) the sink publishes with nothing of ours open; (3) one statement
+   * deletes the hold and records the outcome, only if the hold was still there. An
+   * abandoned event (an ended hold or lease with no outcome) is taken alone instead,
+   * with a per-event lease (attempts + 1 on the row, fenced by `lease = token`).
    */
   async runOnce(): Promise<number> {
     const o = this.options;
     const token = randomUUID();
     const leasedAt = performance.now();
-    const lease = await this.#driver.transaction(async (tx) => {
-      // An abandoned event (its relay never recorded an outcome) goes alone, first.
-      const abandoned = await outboxClaimAbandoned(tx, this.#schema);
-      const rows = abandoned
-        ? [[abandoned]]
-        : await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () => this.#claim(tx));
-      const seqs = rows.flatMap((run) => run.map((r) => r.seq));
-      const marks = await outboxLease(tx, this.#schema, seqs, token, o.leaseMs, o.maxAttempts);
-      return { rows, marks };
-    });
-    const claimed = lease.marks.length;
+    const taken = await this.#driver.transaction(async (tx) => {
+      // An abandoned event (its relay never recorded an outcome) goes alone, first. Looked
+      // for when the previous claim saw one might exist (an ended hold, a due lease), or
+      // when it took nothing; otherwise the look would cost a statement per batch for nothing.
+      const abandoned = this.#suspects ? await outboxClaimAbandoned(tx, this.#schema) : undefined;
+      this.#suspects = true;
+      if (abandoned) {
+        const marks = await outboxLease(tx, this.#schema, [abandoned.seq], token, o.leaseMs, o.maxAttempts);
+        return { held: false, rows: [[abandoned]], dead: new Set(marks.filter((m) => m.dead).map((m) => m.seq)), claimed: marks.length };
+      }
+      const rows = await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () => this.#claim(tx));
+      const batch = { seqs: [] as string[], keys: [] as (string | null)[], runs: [] as number[] };
+      rows.forEach((run, i) => {
+        for (const r of run) batch.seqs.push(r.seq), batch.keys.push(r.key), batch.runs.push(i);
+      });
+      const { held, suspects } = await outboxHold(tx, this.#schema, token, o.leaseMs, batch);
+      this.#suspects = suspects;
+      // The hold drops a run whole when another relay's hold names its key (a hold committed after the claim's reads).
+      const kept = rows.filter((run) => held.has(run[0].seq));
+      return { held: true, rows: kept, dead: new Set<string>(), claimed: held.size };
+    }, { prepare: true });
+    const claimed = taken.claimed;
     if (claimed === 0) return 0;
-    const died = new Set(lease.marks.filter((m) => m.dead).map((m) => m.seq));
-    for (const run of lease.rows) {
+    const died = taken.dead;
+    for (const run of taken.rows) {
       for (const r of run) {
         if (!died.has(r.seq)) continue;
         this.#stats.dead++;
         this.emit('relay:dead', { event: toOutboxEvent(r), error: new Error(ABANDONED_EVENT_ERROR), attempts: r.attempts });
       }
     }
-    const runs = lease.rows.map((run) => run.filter((r) => !died.has(r.seq)).map(toOutboxEvent)).filter((run) => run.length > 0);
+    const runs = taken.rows.map((run) => run.filter((r) => !died.has(r.seq)).map(toOutboxEvent)).filter((run) => run.length > 0);
     const leaseEnd = leasedAt + o.leaseMs;
     const ok: OutboxEvent[] = [];
     const failed: { event: OutboxEvent; error: unknown; delayMs: number }[] = [];
     const untried: OutboxEvent[] = [];
     // Workers take whole runs (one key each); a run's events go one after another, and
     // a failure ends the run: the key's later events go back untried, so the failed
-    // event stays the key's head and order holds. So does a lease that ran out (by this
-    // process's clock, from before the lease statement): another relay may hold the key
+    // event stays the key's head and order holds. So does a hold or lease that ran out
+    // (by this process's clock, from before the claim): another relay may hold the key
     // now, and publishing the rest would publish out of order.
     let next = 0;
     const worker = async () => {
@@ -296,22 +314,23 @@ export class Relay extends TypedEmitter<RelayEvents> {
       }
     };
     await Promise.all(Array.from({ length: Math.min(o.concurrency, runs.length) }, worker));
-    const settled = await outboxSettle(
-      this.#driver.executor,
-      this.#schema,
-      token,
-      {
-        published: ok.map((e) => e.seq),
-        failed: failed.map((f) => ({ seq: f.event.seq, error: describeError(f.error), delayMs: f.delayMs })),
-        released: untried.map((e) => e.seq),
-      },
-      o.maxAttempts,
-    );
+    const outcome = {
+      published: ok.map((e) => e.seq),
+      failed: failed.map((f) => ({ seq: f.event.seq, error: describeError(f.error), delayMs: f.delayMs })),
+      released: untried.map((e) => e.seq),
+    };
+    let settled: { published: Set<string>; failed: Map<string, { attempts: number; dead: boolean }>; released: Set<string> };
+    if (taken.held) {
+      const r = await outboxSettleHeld(this.#driver.executor, this.#schema, token, outcome, o.maxAttempts);
+      settled = { published: r.published, failed: r.failed, released: r.held ? new Set(outcome.released) : new Set() };
+    } else {
+      settled = await outboxSettle(this.#driver.executor, this.#schema, token, outcome, o.maxAttempts);
+    }
     this.#stats.batches++;
     const marked = ok.filter((e) => settled.published.has(e.seq));
     this.#stats.published += marked.length;
     if (marked.length) this.emit('relay:published', marked);
-    // Refused by the fence: the lease ended and the events were leased again (or
+    // Refused by the fence: the hold or lease ended and the events were taken again (or
     // published) elsewhere. Published by this relay all the same: sinks deduplicate by id.
     const fenced = [...ok.filter((e) => !settled.published.has(e.seq)), ...failed.map((f) => f.event).filter((e) => !settled.failed.has(e.seq)), ...untried.filter((e) => !settled.released.has(e.seq))];
     if (fenced.length) {
@@ -377,7 +396,10 @@ export class Relay extends TypedEmitter<RelayEvents> {
       for (const r of locked) taken.add(r.seq);
       got.push(...locked);
       if (got.length === limit) {
-        cursor = locked.at(-1)!.key;
+        // Stopped at the last key there is: the next claim starts from the first key (as
+        // its wrap-around would, one statement sooner).
+        const last = locked.at(-1)!.key;
+        cursor = found.length < window && last === found.at(-1)!.key ? null : last;
         break;
       }
       if (found.length === window) {

@@ -79,6 +79,12 @@ export interface ClaimRow {
 export interface QueueChannels {
   wake: string | null;
   events: string | null;
+  /**
+   * Slot wake-ups (payload: the queue name): a completion freed a limit slot. Apart from
+   * `wake` because a worker keeps its claim cursor on these (no new job came that may sort
+   * before it), and limited completions send one per statement.
+   */
+  slots: string | null;
 }
 
 // A transition notice: id, kind, stage, state, attempt. Small, far below the 8000-byte
@@ -93,7 +99,8 @@ const notice = (a: string, events: string, state = `${a}.state`) =>
 const wake = (rows: string, channel: string, cond = 'true') =>
   `(SELECT count(pg_notify(${channel}::text, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond} AND ${channel}::text IS NOT NULL) w)`;
 
-// Finished jobs that held a limit slot: a worker elsewhere may be waiting for that slot.
+// Finished jobs that held a limit slot: a worker elsewhere may be waiting for that slot
+// (completions wake on the `slots` channel; failures on `wake`, which also covers retries).
 const LIMITED = 'limit_key IS NOT NULL';
 
 // Batch statements on running jobs take their ids as `$ids::bigint[]` and everything
@@ -367,7 +374,9 @@ export type AdmitMode = 'free' | 'paused' | 'limited' | 'busy';
  * given (fenced like {@link jobFinishMany}), asks `job_admit` which due jobs may start
  * (it row-locks its candidates, so no other claimer takes them meanwhile), and claims
  * those, each under its limit key. Completions in the same statement are not yet visible to `job_admit`, which counts
- * their slots as taken (it admits fewer, never more).
+ * their slots as taken (it admits fewer, never more). `after`: the claim cursor, as for the
+ * ordinary claim (migration 020); `prefix` in the answer: the admitted jobs are the first
+ * candidates after it (none refused before them), so the next claim may start after them.
  */
 export async function jobClaimLimited(
   x: Executor,
@@ -375,35 +384,35 @@ export async function jobClaimLimited(
   ch: QueueChannels,
   keep: boolean,
   b: FinishBatch | null,
-  a: { queue: string; kind: string; stage: string | null; want: number; scan: number; leaseMs: number },
-): Promise<{ missed: string[]; claimed: ClaimRow[]; mode: AdmitMode; waitMs: number | null }> {
+  a: { queue: string; kind: string; stage: string | null; want: number; scan: number; leaseMs: number; after: ClaimKey | null },
+): Promise<{ missed: string[]; claimed: ClaimRow[]; mode: AdmitMode; waitMs: number | null; prefix: boolean }> {
   const fp = b ? finishParams(keep, b) : [];
   const p = fp.length + 1;
-  const ev = p + 6;
+  const ev = p + 9;
   const finish = b ? `${finishCte(s, keep, 1, ev)}, ` : '';
-  const { rows } = await x.query<ClaimRow & { missed: string[] | null; mode: AdmitMode | null; wait_ms: number | null }>(
+  const { rows } = await x.query<ClaimRow & { missed: string[] | null; mode: AdmitMode | null; wait_ms: number | null; prefix: boolean | null }>(
     `WITH ${finish}a AS (
-       SELECT * FROM ${s}.job_admit($${p}, $${p + 1}, $${p + 2}, $${p + 3}, $${p + 4})
+       SELECT * FROM ${s}.job_admit($${p}, $${p + 1}, $${p + 2}, $${p + 3}, $${p + 4}, $${p + 6}::smallint, $${p + 7}::bigint, $${p + 8}::bigint)
      ), claimed AS (
        -- \`IS TRUE\`: a plain \`state = 'available'\` matches the claim index's predicate, and
        -- Postgres then scanned that whole index (skip scan on id) instead of probing the
        -- primary key for the few admitted ids.
-       UPDATE ${s}.jobs j SET ${claimSet(`$${p + 5}`, '((SELECT keys FROM a) ->> j.id::text)')}
+       UPDATE ${s}.jobs j SET ${claimSet(`$${p + 5}`, 'coalesce((SELECT unit FROM a), (SELECT keys FROM a) ->> j.id::text)')}
         WHERE j.id = ANY((SELECT ids FROM a)::bigint[]) AND (j.state = 'available') IS TRUE
        RETURNING ${claimReturning(`$${ev}`)}
      )
      SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,
-            NULL::text[] AS missed, NULL::text AS mode, NULL::float8 AS wait_ms, NULL::bigint AS woke FROM claimed
+            NULL::text[] AS missed, NULL::text AS mode, NULL::float8 AS wait_ms, NULL::boolean AS prefix, NULL::bigint AS woke FROM claimed
      UNION ALL
      SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
             ${b ? 'ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))' : 'NULL::text[]'},
-            (SELECT mode FROM a), (SELECT wait_ms FROM a),
+            (SELECT mode FROM a), (SELECT wait_ms FROM a), (SELECT prefix FROM a),
             ${b ? wake('done', `$${ev + 1}`, LIMITED) : 'NULL::bigint'}`,
-    [...fp, a.queue, a.kind, a.stage ?? '', a.want, a.scan, a.leaseMs, ch.events, ...(b ? [ch.wake] : [])],
+    [...fp, a.queue, a.kind, a.stage ?? '', a.want, a.scan, a.leaseMs, a.after?.priority ?? null, a.after?.runUs ?? null, a.after?.id ?? null, ch.events, ...(b ? [ch.slots] : [])],
     PREPARE,
   );
   const last = rows.pop()!;
-  return { missed: last.missed ?? [], claimed: rows, mode: last.mode!, waitMs: last.wait_ms };
+  return { missed: last.missed ?? [], claimed: rows, mode: last.mode!, waitMs: last.wait_ms, prefix: last.prefix === true };
 }
 
 /**
@@ -473,7 +482,7 @@ export async function jobFinishMany(x: Executor, s: string, ch: QueueChannels, k
   const params = finishParams(keep, b);
   const { rows } = await x.query<{ id: string }>(
     `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id, ${wake('done', `$${params.length + 2}`, LIMITED)} AS woke FROM done`,
-    [...params, ch.events, ch.wake],
+    [...params, ch.events, ch.slots],
     PREPARE,
   );
   return rows.map((r) => r.id);
@@ -505,7 +514,7 @@ export async function jobFinishAndClaim(
      SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
             ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done)), (SELECT controlled FROM ctl),
             ${wake('done', `$${ev + 1}`, LIMITED)}`,
-    [...fp, ...cp, ch.events, ch.wake],
+    [...fp, ...cp, ch.events, ch.slots],
     PREPARE,
   );
   const last = rows.pop()!;
@@ -650,21 +659,66 @@ export async function jobRetryMany(x: Executor, s: string, ch: QueueChannels, id
   return rows.map((r) => r.id);
 }
 
-/** Deletes finished jobs older than `olderThanMs` (database time), at most `limit` per call. */
+/**
+ * Deletes finished jobs older than `olderThanMs` (database time), at most `limit` per call.
+ * A member of a workflow stays while a job that depends on it has not finished (its
+ * result is what `dependencyResults` reads; a dead dependency under the `hold` policy is
+ * what holds its dependents): it goes with the first run after they finish.
+ */
 export async function jobDeleteFinished(x: Executor, s: string, olderThanMs: number, states: string[], limit: number): Promise<number> {
   // Batches keep each transaction short (no long lock, no giant WAL burst); SKIP LOCKED
   // lets several processes prune at once.
   const { rowCount } = await x.query(
     `WITH old AS (
-       SELECT id FROM ${s}.jobs
-        WHERE state IN ('completed', 'dead', 'cancelled') AND state = ANY($2::text[])
-          AND finished_at < now() - $1 * interval '1 millisecond'
-        LIMIT $3 FOR UPDATE SKIP LOCKED
+       SELECT j.id FROM ${s}.jobs j
+        WHERE j.state IN ('completed', 'dead', 'cancelled') AND j.state = ANY($2::text[])
+          AND j.finished_at < now() - $1 * interval '1 millisecond'
+          AND (j.workflow_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM ${s}.job_deps d JOIN ${s}.jobs w ON w.id = d.job_id
+                 WHERE d.depends_on = j.id AND w.state IN ('waiting', 'available', 'running')))
+        LIMIT $3 FOR UPDATE OF j SKIP LOCKED
      )
      DELETE FROM ${s}.jobs j USING old WHERE j.id = old.id`,
     [olderThanMs, states, limit],
   );
   return rowCount;
+}
+
+/**
+ * Deletes, in one statement, up to `limit` batches settled before `olderThanMs`, and
+ * the workflows without a member left among one page of workflows: the `limit` next
+ * after `afterWorkflowId` in id order, those created before `olderThanMs`. A page, not
+ * "the first `limit` deletable ones": workflows whose members are still there would
+ * otherwise be probed again at every run, however many there are; the caller keeps the
+ * cursor (`last`) and starts again from 0 after a short page (`scanned < limit`).
+ */
+export async function jobDeleteGroups(
+  x: Executor,
+  s: string,
+  olderThanMs: number,
+  limit: number,
+  afterWorkflowId: string,
+): Promise<{ batches: number; workflows: number; scanned: number; last: string | null }> {
+  const { rows } = await x.query<{ batches: number; workflows: number; scanned: number; last: string | null }>(
+    `WITH b AS (
+       DELETE FROM ${s}.job_batches WHERE id IN (
+         SELECT id FROM ${s}.job_batches
+          WHERE settled_at < now() - $1 * interval '1 millisecond' LIMIT $2 FOR UPDATE SKIP LOCKED)
+       RETURNING 1
+     ), page AS (
+       SELECT wf.id, wf.job_ids, wf.created_at FROM ${s}.job_workflows wf
+        WHERE wf.id > $3::bigint ORDER BY wf.id LIMIT $2
+     ), w AS (
+       DELETE FROM ${s}.job_workflows d USING page
+        WHERE d.id = page.id AND page.created_at < now() - $1 * interval '1 millisecond'
+          AND NOT EXISTS (SELECT 1 FROM ${s}.jobs j WHERE j.id = ANY(page.job_ids))
+       RETURNING 1
+     )
+     SELECT (SELECT count(*) FROM b)::int AS batches, (SELECT count(*) FROM w)::int AS workflows,
+            (SELECT count(*) FROM page)::int AS scanned, (SELECT max(id) FROM page)::text AS last`,
+    [olderThanMs, limit, afterWorkflowId],
+  );
+  return rows[0];
 }
 
 const JOB_COLUMNS = `id::text AS id, queue, kind, payload, state, priority, run_at, attempt, attempt_base, max_attempts, lease_expires_at,
@@ -1056,35 +1110,36 @@ export interface JobActivityRow {
  * backlog and the work of the interval, never the history of finished jobs. Returns
  * the database time the read was made at, the next call's `since`.
  */
-export async function jobActivity(x: Executor, s: string, since: Date): Promise<{ at: Date; rows: JobActivityRow[] }> {
-  const { rows } = await x.query<JobActivityRow & { at: Date }>(jobActivitySql(s), [since]);
-  const at = rows[rows.length - 1].at;
-  return { at, rows: rows.filter((r) => r.queue !== null) };
+export async function jobActivity(x: Executor, s: string, since: Date, lagMs = 0): Promise<{ at: Date; until: Date; rows: JobActivityRow[] }> {
+  const { rows } = await x.query<JobActivityRow & { at: Date; until: Date }>(jobActivitySql(s), [since, lagMs]);
+  const { at, until } = rows[rows.length - 1];
+  return { at, until, rows: rows.filter((r) => r.queue !== null) };
 }
 
-/** The statement of {@link jobActivity} (`$1`: since); tests EXPLAIN it. */
+/** The statement of {@link jobActivity} (`$1`: since, `$2`: lag in ms: the window ends at now() minus it); tests EXPLAIN it. */
 export const jobActivitySql = (s: string): string =>
-    `WITH waiting AS (
+    `WITH win AS (SELECT now() - make_interval(secs => $2::float8 / 1000) AS until),
+     waiting AS (
        SELECT queue, count(*) FILTER (WHERE run_at <= now())::int AS available, count(*) FILTER (WHERE run_at > now())::int AS scheduled
          FROM ${s}.jobs WHERE state = 'available' GROUP BY queue),
      running AS (
        SELECT queue, count(*)::int AS running FROM ${s}.jobs WHERE state = 'running' AND lease_expires_at IS NOT NULL GROUP BY queue),
      finished AS (
        SELECT queue, count(*) FILTER (WHERE state = 'completed')::int AS completed, count(*) FILTER (WHERE state = 'dead')::int AS dead
-         FROM ${s}.jobs WHERE state IN ('completed', 'dead', 'cancelled') AND finished_at > $1 GROUP BY queue),
+         FROM ${s}.jobs WHERE state IN ('completed', 'dead', 'cancelled') AND finished_at > $1 AND finished_at <= (SELECT until FROM win) GROUP BY queue),
      started AS (
        SELECT queue, count(*)::int AS started,
               avg(extract(epoch FROM attempted_at - run_at) * 1000)::float8 AS latency_avg_ms,
               max(extract(epoch FROM attempted_at - run_at) * 1000)::float8 AS latency_max_ms
-         FROM (SELECT queue, attempted_at, run_at FROM ${s}.jobs WHERE state = 'running' AND lease_expires_at IS NOT NULL AND attempted_at > $1
+         FROM (SELECT queue, attempted_at, run_at FROM ${s}.jobs WHERE state = 'running' AND lease_expires_at IS NOT NULL AND attempted_at > $1 AND attempted_at <= (SELECT until FROM win)
                UNION ALL
-               SELECT queue, attempted_at, run_at FROM ${s}.jobs WHERE state IN ('completed', 'dead', 'cancelled') AND finished_at > $1 AND attempted_at > $1) t
+               SELECT queue, attempted_at, run_at FROM ${s}.jobs WHERE state IN ('completed', 'dead', 'cancelled') AND finished_at > $1 AND attempted_at > $1 AND attempted_at <= (SELECT until FROM win)) t
         GROUP BY queue),
      queues AS (SELECT queue FROM waiting UNION SELECT queue FROM running UNION SELECT queue FROM finished UNION SELECT queue FROM started)
      SELECT q.queue, coalesce(w.available, 0) AS available, coalesce(w.scheduled, 0) AS scheduled, coalesce(r.running, 0) AS running,
             coalesce(f.completed, 0) AS completed, coalesce(f.dead, 0) AS dead, coalesce(st.started, 0) AS started,
-            st.latency_avg_ms, st.latency_max_ms, now() AS at
+            st.latency_avg_ms, st.latency_max_ms, now() AS at, (SELECT until FROM win) AS until
        FROM queues q LEFT JOIN waiting w USING (queue) LEFT JOIN running r USING (queue)
        LEFT JOIN finished f USING (queue) LEFT JOIN started st USING (queue)
-      UNION ALL SELECT NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, now()
+      UNION ALL SELECT NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, now(), (SELECT until FROM win)
       ORDER BY 1 NULLS LAST`;

@@ -52,6 +52,11 @@ export const LIMIT_MAX = 1_000_000;
 export const WORKFLOW_MAX_JOBS = 10_000;
 /** Largest `limit` of a listing (`list`, `stuck`). */
 export const LIST_LIMIT_MAX = 10_000;
+/**
+ * Pages of `retentionBatchSize` workflows a `prune()` examines for deletion, from where
+ * the previous call stopped (docs/queue.md, "Retention").
+ */
+export const WORKFLOW_PAGES_PER_PRUNE = 10;
 const STATES: JobState[] = ['waiting', 'available', 'running', 'completed', 'dead', 'cancelled'];
 
 function assertName(argument: string, v: unknown): string {
@@ -80,18 +85,24 @@ export interface CronHandle {
  * wakes workers and watchers. See `src/queue/README.md` for the state model.
  */
 /** The channels of a statement while wake-ups are paused: it notifies nothing. */
-const NO_CHANNELS: q.QueueChannels = { wake: null, events: null };
+const NO_CHANNELS: q.QueueChannels = { wake: null, events: null, slots: null };
 
 export class Queue extends TypedEmitter<QueueEvents> {
   readonly options: ResolvedQueueOptions;
   readonly schemaSql: string;
-  /** The channel names: wake-ups (payload: the queue name) and transitions of announced jobs. */
-  readonly channelNames: { readonly wake: string; readonly events: string };
+  /**
+   * The channel names: wake-ups (payload: the queue name), transitions of announced jobs,
+   * and slot wake-ups (payload: the queue name; a completion freed a limit slot).
+   */
+  readonly channelNames: { readonly wake: string; readonly events: string; readonly slots: string };
   readonly #workers = new Set<Worker>();
   readonly #crons = new Map<string, CronEntry>();
   readonly #cron: Leadership;
   readonly #active: () => void;
   #sub: Subscription | null = null;
+  /** Where the next prune() looks for emptied workflows (an id; '0': from the first). */
+  #workflowCursor = '0';
+  #slotSub: Subscription | null = null;
   #cronTimer: NodeJS.Timeout | undefined;
   #started = false;
   #stopped = false;
@@ -101,7 +112,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
     super();
     this.options = resolveQueueOptions(options);
     this.schemaSql = schemaIdent(schema);
-    this.channelNames = { wake: `${schema}.jobs.wake`, events: `${schema}.jobs.events` };
+    this.channelNames = { wake: `${schema}.jobs.wake`, events: `${schema}.jobs.events`, slots: `${schema}.jobs.slots` };
     this.#executor = notifier.pressure.watch(driver.executor);
     this.#active = active;
     // Cron leadership: the one election mechanism (src/maintenance/leadership.ts), role `cron`.
@@ -131,6 +142,25 @@ export class Queue extends TypedEmitter<QueueEvents> {
   #write<T>(tx: TxLike | undefined, fn: (x: Executor, ch: q.QueueChannels) => Promise<T>): Promise<T> {
     if (tx) return fn(toExecutor(tx), this.channels);
     return this.notifier.pressure.run((wake) => fn(this.driver.executor, wake ? this.channelNames : NO_CHANNELS));
+  }
+
+  /**
+   * Runs `fn` in a transaction whose statements read by plain index scans, not bitmap
+   * or sequential scans: for the statements that walk the lease index
+   * (`lease_expires_at IS NOT NULL`, which they only ever read a part of). Every finished
+   * job leaves a dead entry there (its lease, in the past) until vacuum; a plain scan
+   * marks each one dead the first time it passes it (kill bits) and skips it from then
+   * on, where a bitmap scan visits the heap of every one of them at every run (a rescue
+   * sweep took 0.1-0.6 s and evicted dirty pages at 5,000 jobs/s), and a sequential scan
+   * (the planner's choice once bitmap scans are off) reads the whole table. Pinned
+   * whatever the statistics of the moment or the database's planner settings.
+   */
+  #plainIndexScans<T>(fn: (tx: Executor) => Promise<T>): Promise<T> {
+    return this.driver.transaction(async (tx) => {
+      // One statement (either driver, either protocol); local to the transaction.
+      await tx.query(`SELECT set_config('enable_indexscan', 'on', true), set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)`);
+      return fn(tx);
+    });
   }
 
   /** Whether this process currently leads cron scheduling. */
@@ -441,6 +471,12 @@ export class Queue extends TypedEmitter<QueueEvents> {
       },
     });
     this.#sub.established.catch((err) => this.emit('job:problem', err));
+    // A limit slot freed: claim again, keeping the claim cursor (no new job came). A slot
+    // wake-up lost with the listen connection is covered by onListen above and the poll.
+    this.#slotSub = this.notifier.listen(this.channelNames.slots, (n) => {
+      for (const w of this.#workers) if (w.queue === n.payload) w.slotFreed();
+    });
+    this.#slotSub.established.catch((err) => this.emit('job:problem', err));
     let running = false;
     this.#cronTimer = setInterval(() => {
       if (running) return;
@@ -460,7 +496,9 @@ export class Queue extends TypedEmitter<QueueEvents> {
     let total = 0;
     let dead = 0;
     for (;;) {
-      const rows = await this.#write(undefined, (x, ch) => q.jobRescueExpired(x, this.schemaSql, ch, 1000));
+      const rows = await this.notifier.pressure.run((wake) =>
+        this.#plainIndexScans((tx) => q.jobRescueExpired(tx, this.schemaSql, wake ? this.channelNames : NO_CHANNELS, 1000)),
+      );
       total += rows.length;
       dead += rows.filter((r) => r.state === 'dead').length;
       if (rows.length < 1000) break;
@@ -471,16 +509,31 @@ export class Queue extends TypedEmitter<QueueEvents> {
 
   /**
    * Deletes finished jobs older than `olderThanMs` (default `retentionMs`), in batches
-   * of `retentionBatchSize`. Returns how many. The maintenance task `queueRetention` calls it.
+   * of `retentionBatchSize`, except members of a workflow a job still waits on (they go
+   * once their dependents finish). Without `states` (every finished state), also
+   * deletes the batches settled and the emptied workflows older than that. Returns how
+   * many jobs. The maintenance tasks `queueRetention` (every state) and
+   * `completedJobRetention` (`states: ['completed']`) call it.
    */
   async prune(options: { olderThanMs?: number; states?: ('completed' | 'dead' | 'cancelled')[] } = {}): Promise<number> {
     const olderThan = assertDuration('olderThanMs', options.olderThanMs ?? this.options.retentionMs);
     const states = options.states ?? ['completed', 'dead', 'cancelled'];
+    const batch = this.options.retentionBatchSize;
     let total = 0;
     for (;;) {
-      const n = await q.jobDeleteFinished(this.executor, this.schemaSql, olderThan, states, this.options.retentionBatchSize);
+      const n = await q.jobDeleteFinished(this.executor, this.schemaSql, olderThan, states, batch);
       total += n;
-      if (n < this.options.retentionBatchSize) break;
+      if (n < batch) break;
+    }
+    if (options.states === undefined) {
+      // Workflows a page at a time from where the last call stopped, at most
+      // WORKFLOW_PAGES_PER_PRUNE pages a call: long-lived workflows (members still
+      // there) are not all probed again at every run.
+      for (let page = 0; page < WORKFLOW_PAGES_PER_PRUNE; page++) {
+        const r = await q.jobDeleteGroups(this.executor, this.schemaSql, olderThan, batch, this.#workflowCursor);
+        this.#workflowCursor = r.scanned < batch || r.last === null ? '0' : r.last;
+        if (r.scanned < batch && r.batches < batch) break;
+      }
     }
     if (total > 0) this.emit('job:retentionSwept', { deleted: total });
     return total;
@@ -630,17 +683,23 @@ export class Queue extends TypedEmitter<QueueEvents> {
 
   /**
    * Per queue: the backlog now (`available`: due and waiting, `scheduled`: waiting for
-   * a later `runAt`, `running`) and, since `since` (database time), the jobs that
-   * `completed` or went `dead`, how many `started`, and their due-to-start latency
-   * (`attemptedAt - runAt`, average and maximum, ms; null when none started). `at` is
-   * the database time of the read: pass it as the next `since`. Reads only the partial
-   * indexes of waiting, running and finished jobs (the dashboard samples it every few seconds).
+   * a later `runAt`, `running`) and, in the window after `since` (database time) up to
+   * `until`, the jobs that `completed` or went `dead`, how many `started`, and their
+   * due-to-start latency (`attemptedAt - runAt`, average and maximum, ms; null when none
+   * started). `at` is the database time of the read; `until` is `at` minus `lagMs`
+   * (default 0): pass it as the next `since`. Finish and start times are the start times
+   * of the transactions that wrote them, so a window that ends now misses the work of
+   * transactions still open; with a lag longer than those transactions, consecutive
+   * windows count every job once. Reads only the partial indexes of waiting, running and
+   * finished jobs (the dashboard samples it every few seconds).
    */
-  async activity(since: Date): Promise<{ at: Date; queues: QueueActivity[] }> {
+  async activity(since: Date, options: { lagMs?: number } = {}): Promise<{ at: Date; until: Date; queues: QueueActivity[] }> {
     assertDate('since', since);
-    const { at, rows } = await q.jobActivity(this.executor, this.schemaSql, since);
+    const lagMs = assertInt('lagMs', options.lagMs ?? 0, 0, 86_400_000);
+    const { at, until, rows } = await this.#plainIndexScans((tx) => q.jobActivity(tx, this.schemaSql, since, lagMs));
     return {
       at,
+      until,
       queues: rows.map((r) => ({
         queue: r.queue,
         available: r.available,
@@ -766,6 +825,8 @@ export class Queue extends TypedEmitter<QueueEvents> {
     await this.#cron.resign().catch(() => {});
     await this.#sub?.close();
     this.#sub = null;
+    await this.#slotSub?.close();
+    this.#slotSub = null;
   }
 }
 

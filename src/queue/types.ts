@@ -37,6 +37,13 @@ export interface QueueOptions {
    * @defaultValue 86400000 (24 h)
    */
   retentionMs?: number;
+  /**
+   * Completed jobs (only: dead and cancelled ones follow `retentionMs`) kept this long
+   * before the maintenance task `completedJobRetention` deletes them; 0 disables that
+   * task (completed jobs then follow `retentionMs`). `maintenance.completedJobRetention` wins.
+   * @defaultValue 300000 (5 min)
+   */
+  completedRetentionMs?: number;
   /** Interval of the maintenance task `queueRetention`. `maintenance.queueRetention.intervalMs` wins. @defaultValue 60000 */
   retentionIntervalMs?: number;
   /** Rows deleted per retention statement. @defaultValue 5000 */
@@ -57,6 +64,7 @@ export const QUEUE_DEFAULTS = {
   retryJitter: 0.5,
   maxAttempts: 25,
   retentionMs: 86_400_000,
+  completedRetentionMs: 300_000,
   retentionIntervalMs: 60_000,
   retentionBatchSize: 5000,
   leaderTtlMs: 10_000,
@@ -79,6 +87,7 @@ export function resolveQueueOptions(o: QueueOptions = {}): ResolvedQueueOptions 
     retryJitter: numberBetween(0, 1),
     maxAttempts: finitePositive,
     retentionMs: finiteNonNegative,
+    completedRetentionMs: finiteNonNegative,
     retentionIntervalMs: finitePositive,
     retentionBatchSize: finitePositive,
     leaderTtlMs: finitePositive,

@@ -63,8 +63,9 @@ interface Finished {
 
 /**
  * How many due jobs (in claim order) a claim under a limit looks through for ones it may
- * start: ten times what it wants, at least 100, at most 1000. Jobs of saturated keys
- * beyond that window wait (head-of-line) until the ones before them start.
+ * start after its last claim came back short: ten times what it wants, at least 100, at
+ * most 1000 (while claims come back full, the limit has room: it looks at `want` only).
+ * Jobs of saturated keys beyond that window wait (head-of-line) until the ones before them start.
  */
 export function limitedClaimScan(want: number): number {
   return Math.min(1000, Math.max(100, want * 10));
@@ -169,6 +170,12 @@ export class Worker {
    * answers `controlled`, cleared when admission answers `free`.
    */
   #controlled = false;
+  /**
+   * The last claim under a limit got fewer jobs than it wanted (the limit bound, or the
+   * queue ran short): the next one looks through a wider window of due jobs
+   * ({@link limitedClaimScan}) for ones of keys with room.
+   */
+  #limitedShort = true;
   /** A wake-up planned for when a rate limit's next token is due. */
   #tokenTimer: NodeJS.Timeout | null = null;
   /**
@@ -224,6 +231,20 @@ export class Worker {
   /** Something may be due: claim now. */
   wake(): void {
     this.#loop.wake();
+  }
+
+  /**
+   * A limit slot was freed somewhere: claim now, but keep the claim cursor (unlike
+   * {@link wake}): no job came that may sort before it, and under a limit with room every
+   * job before it was admitted (see `prefix` of `jobClaimLimited`). Only a worker whose
+   * last limited claim came back short may be waiting for a slot; one whose claim got all
+   * it wanted claims again as its own jobs finish (a limit with room: completions
+   * everywhere send these, and each would otherwise start a claim of a few jobs).
+   */
+  slotFreed(): void {
+    if (!this.#limitedShort) return;
+    this.#loop.dirty = true;
+    this.#loop.interrupt();
   }
 
   /**
@@ -296,13 +317,17 @@ export class Worker {
     const { options } = this.host;
     this.#claiming += want;
     const wakes = this.#wakes;
+    const controlled = this.#controlled;
     let rows: ClaimRow[];
+    // Under a limit: whether the claimed jobs were the first due ones (none refused before them).
+    let prefix = true;
     try {
       const claim = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs, after: want > 0 ? this.#after : null };
       const attrs = { 'herald.queue': this.queue, 'herald.kind': this.kind, 'herald.completed': finals.length };
       if (this.#controlled) {
-        claim.after = null;
-        rows = await withSpan('herald.queue.claim', attrs, () => this.#claimControlled(finals, want));
+        const r = await withSpan('herald.queue.claim', attrs, () => this.#claimControlled(finals, want, claim.after));
+        rows = r.rows;
+        prefix = r.prefix;
       } else if (finals.length === 0) {
         const r = await withSpan('herald.queue.claim', attrs, () => jobClaimBatch(this.host.executor, this.host.schemaSql, this.host.channels, claim));
         rows = r.claimed;
@@ -332,8 +357,10 @@ export class Worker {
     // A full batch: the next claim starts after its last job. A short one: the queue may
     // be drained, or rows were skipped (locked by other claimers who may roll back). A
     // wake-up while this claim was in flight dropped the cursor: a job that sorts before
-    // it may have come, so the cursor stays dropped.
-    if (want > 0) this.#after = rows.length === want && wakes === this.#wakes && !this.#controlled ? laterKey(this.#after, rows[rows.length - 1]) : null;
+    // it may have come, so the cursor stays dropped. Under a limit, only after a claim
+    // that refused nothing before its last job (a job refused for want of a slot must be
+    // looked at again); the claim that enters or leaves controlled mode drops it.
+    if (want > 0) this.#after = rows.length === want && wakes === this.#wakes && prefix && controlled === this.#controlled ? laterKey(this.#after, rows[rows.length - 1]) : null;
     for (const row of rows) {
       // Claimed as stop began: held and pending, so stop() hands them straight back.
       this.#hold(row);
@@ -365,16 +392,20 @@ export class Worker {
    * `job_admit` which jobs may start (it takes the limit keys' locks, held until the
    * statement commits) and claims those (see `jobClaimLimited`).
    */
-  async #claimControlled(finals: Finished[], want: number): Promise<ClaimRow[]> {
+  async #claimControlled(finals: Finished[], want: number, after: ClaimKey | null): Promise<{ rows: ClaimRow[]; prefix: boolean }> {
     const { schemaSql: s, channels: ch, options } = this.host;
     const r = await jobClaimLimited(this.host.executor, s, ch, options.keepCompleted, finals.length > 0 ? finishBatch(finals) : null, {
       queue: this.queue,
       kind: this.kind,
       stage: this.stage,
       want,
-      scan: limitedClaimScan(want),
+      // While the limit has room (the last claim got all it wanted), look at no more due
+      // jobs than wanted, as the ordinary claim does; a wider window only once it binds.
+      scan: this.#limitedShort ? limitedClaimScan(want) : want,
       leaseMs: options.leaseMs,
+      after,
     });
+    if (want > 0) this.#limitedShort = r.claimed.length < want;
     if (finals.length > 0) this.#completed(finals, r.missed.length === 0 ? null : new Set(r.missed));
     if (r.mode === 'free') this.#control(false);
     // Busy: another claimer held every key with due jobs; it commits soon, then look again.
@@ -387,7 +418,7 @@ export class Worker {
       }, Math.max(1, Math.ceil(waitMs)));
       this.#tokenTimer.unref();
     }
-    return r.claimed;
+    return { rows: r.claimed, prefix: r.prefix };
   }
 
   #hold(row: ClaimRow): void {

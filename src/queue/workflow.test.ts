@@ -219,6 +219,55 @@ describe('workflows', () => {
     }
   });
 
+  test('retention keeps a dependency while a dependent has not finished; emptied workflows and settled batches go with queueRetention', async () => {
+    const h = herald();
+    const w = h.queue.work('ret-step', () => 'kept');
+    const cb = h.queue.work('ret-done', () => undefined);
+    try {
+      // b waits on a, then sits scheduled an hour ahead: a must survive retention until b finishes.
+      const wf = await h.queue.enqueueWorkflow({ jobs: [{ key: 'a', kind: 'ret-step' }, { key: 'b', kind: 'ret-later', dependsOn: ['a'], delayMs: 3_600_000 }] });
+      await waitFor(async () => (await stateOf(wf.jobs.b)) === 'available', { what: 'b to be released' });
+      await adminQuery(`UPDATE herald.jobs SET finished_at = now() - interval '2 days' WHERE id = $1`, [wf.jobs.a], db.url);
+      await h.queue.prune({ olderThanMs: 0, states: ['completed'] });
+      assert.equal(await stateOf(wf.jobs.a), 'completed', 'a is kept: b depends on it');
+      assert.deepEqual((await h.queue.dependencyResults(wf.jobs.b)).map((r) => r.result), ['kept']);
+      await h.queue.cancel(wf.jobs.b);
+      await h.queue.prune({ olderThanMs: 0, states: ['completed'] });
+      assert.equal(await stateOf(wf.jobs.a), 'gone', 'b finished: a goes');
+      assert.ok(await h.queue.workflow(wf.id), 'the workflow stays while a member is left');
+
+      const { batchId } = await h.queue.enqueueBatch([{ kind: 'ret-step' }], { callback: { kind: 'ret-done' } });
+      await waitFor(async () => (await h.queue.batch(batchId))?.outcome === 'completed', { what: 'the batch to settle' });
+      await adminQuery(`UPDATE herald.job_batches SET settled_at = now() - interval '2 days' WHERE id = $1`, [batchId], db.url);
+      await adminQuery(`UPDATE herald.job_workflows SET created_at = now() - interval '2 days' WHERE id = $1`, [wf.id], db.url);
+      await adminQuery(`UPDATE herald.jobs SET finished_at = now() - interval '2 days' WHERE id = $1`, [wf.jobs.b], db.url);
+      await h.queue.prune({ olderThanMs: 86_400_000 });
+      assert.equal(await h.queue.workflow(wf.id), undefined, 'a workflow with no member left goes');
+      assert.equal(await h.queue.batch(batchId), undefined, 'a batch settled before the retention goes');
+    } finally {
+      await Promise.all([w.stop(), cb.stop()]);
+    }
+  });
+
+  test('retention examines workflows a page at a time from where it stopped: long-lived ones are not all probed at every run', async () => {
+    const h = new Herald({ connectionString: db.url, poolSize: 2, maintenance: { enabled: false }, queue: { retentionBatchSize: 2 } });
+    heralds.push(h);
+    // 25 workflows whose one member waits an hour (they stay), then one emptied: 13 pages
+    // of 2, more than one prune() looks at (10 pages).
+    const kept: string[] = [];
+    for (let i = 0; i < 25; i++) kept.push((await h.queue.enqueueWorkflow({ jobs: [{ key: 'x', kind: 'page-later', delayMs: 3_600_000 }] })).id);
+    const emptied = await h.queue.enqueueWorkflow({ jobs: [{ key: 'x', kind: 'page-later', delayMs: 3_600_000 }] });
+    await adminQuery(`DELETE FROM herald.jobs WHERE id = $1`, [emptied.jobs.x], db.url);
+    await adminQuery(`UPDATE herald.job_workflows SET created_at = now() - interval '2 days' WHERE id = ANY($1::bigint[])`, [[...kept, emptied.id]], db.url);
+    await h.queue.prune({ olderThanMs: 86_400_000 });
+    assert.ok(await h.queue.workflow(emptied.id), 'the first call stops after 10 pages, before the emptied workflow');
+    await h.queue.prune({ olderThanMs: 86_400_000 });
+    assert.equal(await h.queue.workflow(emptied.id), undefined, 'the next call goes on from there and deletes it');
+    for (const id of kept) assert.ok(await h.queue.workflow(id), 'a workflow with a member left stays');
+    await h.queue.prune({ olderThanMs: 86_400_000 });
+    assert.equal((await adminQuery<{ n: number }>('SELECT count(*)::int AS n FROM herald.job_workflows WHERE id = ANY($1::bigint[])', [kept], db.url))[0].n, 25, 'the cursor wraps round; nothing else goes');
+  });
+
   test('a job with 20 dependencies completing at once on 20 connections is released and runs exactly once, round after round', async () => {
     const rounds = scaled(10, 3);
     const finishers = Array.from({ length: 20 }, () => herald({}, 2));

@@ -11,7 +11,7 @@ import { waitFor } from '../../test/support/wait.js';
 import { jobActivitySql } from '../queue/queries.js';
 import type { AuditEntry } from './audit.js';
 import type { HeraldServer } from './server.js';
-import type { SeriesColumns, SeriesSample } from './series.js';
+import { SeriesSampler, type SeriesColumns, type SeriesSample } from './series.js';
 
 const ADMIN = 'dashboard-api-admin-0001';
 const VIEWER = 'dashboard-api-viewer-0002';
@@ -28,6 +28,7 @@ useServer(
       dashboardRefreshMs: 0,
       dashboardSampleIntervalMs: 200,
       dashboardSampleRetentionMs: 60_000,
+      dashboardSampleLagMs: 1000,
     },
   },
   (f) => ({ herald, server, base } = f),
@@ -260,15 +261,49 @@ describe('dashboard admin API', () => {
 
   test('the sampler’s read follows the backlog and the interval’s work, not the history of finished jobs', async () => {
     await herald.driver.executor.query(
-      `INSERT INTO herald.jobs (kind, queue, state, finished_at, attempted_at) SELECT 'old', 'hist-q', 'completed', now() - interval '1 day', now() - interval '1 day' FROM generate_series(1, 30000)`,
+      `INSERT INTO herald.jobs (kind, queue, state, finished_at, attempted_at) SELECT 'old', 'hist-q', 'completed', now() - interval '2 minutes', now() - interval '2 minutes' FROM generate_series(1, 30000)`,
     );
     await herald.driver.executor.query('ANALYZE herald.jobs');
-    const plan = await herald.driver.executor.query<{ 'QUERY PLAN': unknown }>(`EXPLAIN (FORMAT JSON) ${jobActivitySql('herald')}`, [new Date(Date.now() - 5000)]);
+    const plan = await herald.driver.executor.query<{ 'QUERY PLAN': unknown }>(`EXPLAIN (FORMAT JSON) ${jobActivitySql('herald')}`, [new Date(Date.now() - 5000), 0]);
     const text = JSON.stringify(plan.rows[0]['QUERY PLAN']);
     assert.ok(!/"Seq Scan"[^}]*"Relation Name":"jobs"/.test(text), `no sequential scan of jobs: ${text.slice(0, 600)}`);
     const a = await herald.queue.activity(new Date(Date.now() - 60_000));
     assert.equal(a.queues.find((q) => q.queue === 'hist-q'), undefined, 'finished long ago: not in the interval');
     await herald.driver.executor.query(`DELETE FROM herald.jobs WHERE queue = 'hist-q'`);
+  });
+
+  test('a completion whose transaction is still open at a sample is counted by a later sample, once (the window lags the read)', async () => {
+    // Two samplers driven by hand: one whose windows end at the read (lag 0) and one
+    // with the default lag. A job's finish time is its transaction's start, so a read
+    // made while that transaction is open cannot see it, and a window ending at the read
+    // has already passed it.
+    const samplers = [new SeriesSampler(herald, 200, 60_000, 0), new SeriesSampler(herald, 200, 60_000, 5000)];
+    const counted = (s: SeriesSampler): number => {
+      const ss = s.samples();
+      let n = 0;
+      for (let i = 1; i < ss.length; i++) n += (ss[i].queues['span-q']?.completedPerSec ?? 0) * ((ss[i].t - ss[i - 1].t) / 1000);
+      return Math.round(n * 1000) / 1000;
+    };
+    for (const s of samplers) await s.sample();
+    const [job] = await herald.queue.enqueueMany([{ kind: 'span-work', queue: 'span-q' }]);
+    const finishedMs = await herald.driver.transaction(async (tx) => {
+      const { rows } = await tx.query<{ ms: number }>(
+        `UPDATE herald.jobs SET state = 'completed', attempted_at = now(), finished_at = now(), lease_expires_at = NULL WHERE id = $1
+         RETURNING date_part('epoch', finished_at) * 1000 AS ms`,
+        [job.id],
+      );
+      for (const s of samplers) await s.sample(); // read while the completion is uncommitted
+      return Number(rows[0].ms);
+    });
+    // Sample until the lagged sampler's windows have passed the finish time (about 5 s of
+    // database time; each sample moves them on), then count.
+    const lastT = () => samplers[1].samples().at(-1)!.t;
+    await waitFor(async () => {
+      for (const s of samplers) await s.sample();
+      return lastT() - samplers[1].lagMs > finishedMs;
+    }, { what: 'the lagged sampler’s window passes the finish time', intervalMs: 200, progress: lastT });
+    assert.equal(counted(samplers[1]), 1, 'counted once');
+    assert.equal(counted(samplers[0]), 0, 'a window ending at the read misses it (why the lag exists)');
   });
 
   test('stuck jobs: a job scheduled in the future is never stuck, one due and waiting past the threshold is', async () => {

@@ -14,7 +14,8 @@ import { scaled } from '../../test/support/scale.js';
 
 let herald: Herald;
 let dbUrl: string;
-useHerald({ poolSize: 4 }, (db, h) => {
+// Maintenance off: its retention tasks would delete the history these tests insert.
+useHerald({ poolSize: 4, maintenance: { enabled: false } }, (db, h) => {
   herald = h;
   dbUrl = db.url;
 });

@@ -32,6 +32,7 @@ useServer(
       apiKeys: [{ name: 'viewer', key: VIEWER, grants: { subscribe: ['*'], publish: ['*'] } }],
       dashboardRefreshMs: 0,
       dashboardSampleIntervalMs: 250,
+      dashboardSampleLagMs: 1000,
     },
   },
   (f) => ({ herald, server, base } = f),
@@ -114,11 +115,25 @@ describe('dashboard views in headless Chromium', { skip: existsSync(CHROMIUM) ? 
       const worker = herald.queue.work('chart-work', () => void done++, { queue: 'chart-q' });
       try {
         await waitFor(() => done === 4, { what: 'the chart jobs done', progress: () => done });
-        await page.waitForFunction(() => {
-          const c = (window as any).heraldDashboard.charts.throughput;
-          const i = c.series.findIndex((s: { label: string }) => s.label === 'chart-q completed');
-          return i > 0 && c.data[i].some((v: number | null) => (v ?? 0) > 0);
-        });
+        // Each sample counts the completions of a window that ends dashboardSampleLagMs
+        // before it (so a completion committed after a read is counted by a later one):
+        // first the server's sampler passes the last finish time (each sample moves it on),
+        // then the page shows it at its next read of the series.
+        const { rows } = await herald.driver.executor.query<{ ms: number }>(
+          `SELECT date_part('epoch', max(finished_at)) * 1000 AS ms FROM herald.jobs WHERE queue = 'chart-q'`,
+        );
+        const finishedMs = Number(rows[0].ms);
+        const sampledAt = () => server.series.samples().at(-1)?.t ?? 0;
+        await waitFor(() => sampledAt() - server.series.lagMs > finishedMs, { what: 'a sample whose window passed the completions', progress: sampledAt });
+        await waitFor(
+          () =>
+            page.evaluate(() => {
+              const c = (window as any).heraldDashboard.charts.throughput;
+              const i = c.series.findIndex((s: { label: string }) => s.label === 'chart-q completed');
+              return i > 0 && c.data[i].some((v: number | null) => (v ?? 0) > 0);
+            }),
+          { what: 'a completion on the throughput chart', intervalMs: 250 },
+        );
         await page.waitForFunction(() => {
           const d = (window as any).heraldDashboard.charts;
           const lag = d.lag.series.findIndex((s: { label: string }) => s.label === 'chart-topic/chart-group');

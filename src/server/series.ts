@@ -46,11 +46,13 @@ export class SeriesSampler extends TypedEmitter<SeriesEvents> {
    * @param herald whose parts are sampled
    * @param intervalMs time between samples (`dashboardSampleIntervalMs`)
    * @param retentionMs how far back the ring goes (`dashboardSampleRetentionMs`)
+   * @param lagMs how long before each sample its throughput window ends (`dashboardSampleLagMs`)
    */
   constructor(
     readonly herald: Herald,
     readonly intervalMs: number,
     readonly retentionMs: number,
+    readonly lagMs = 0,
   ) {
     super();
     this.capacity = intervalMs > 0 ? Math.max(1, Math.ceil(retentionMs / intervalMs)) : 1;
@@ -89,16 +91,19 @@ export class SeriesSampler extends TypedEmitter<SeriesEvents> {
   /** Takes one sample now and stores it (the timer calls it; tests may too). */
   async sample(): Promise<SeriesSample> {
     const { queue, mailbox, outbox, topics } = this.herald;
-    // The first interval starts now (the server's clock); later ones at the previous read's database time.
-    const since = this.#since ?? new Date();
+    // The first window is one interval long and ends lagMs before now (the server's
+    // clock); each later one starts where the previous one ended (database time). A
+    // window ends lagMs before the read: jobs carry their transaction's start time, so a
+    // completion still uncommitted at the read is counted by a later window, not lost.
+    const since = this.#since ?? new Date(Date.now() - this.lagMs - this.intervalMs);
     const [activity, boxes, ob, groups] = await Promise.all([
-      queue.activity(since),
+      queue.activity(since, { lagMs: this.lagMs }),
       mailbox.stats(),
       outbox.stats().catch(() => null),
       this.#groupLag(),
     ]);
-    const seconds = Math.max(0.001, (activity.at.getTime() - since.getTime()) / 1000);
-    this.#since = activity.at;
+    const seconds = Math.max(0.001, (activity.until.getTime() - since.getTime()) / 1000);
+    if (activity.until > since) this.#since = activity.until;
     const sample: SeriesSample = {
       t: activity.at.getTime(),
       queues: Object.fromEntries(

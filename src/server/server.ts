@@ -69,6 +69,15 @@ export interface ServerOptions extends AuthOptions, GuardOptions {
   dashboardRefreshMs?: number;
   /** Time between two samples of the dashboard's charts (one sampler per server, whatever the number of tabs); 0 turns sampling off (the charts stay empty). @defaultValue 5000 */
   dashboardSampleIntervalMs?: number;
+  /**
+   * How long before each sample its throughput window ends: the completed, dead and
+   * started counts of a sample cover the interval ending this long before it, so the
+   * work of transactions that were still open at the read (a job's finish time is its
+   * transaction's start) is counted by the next sample instead of never. Longer than the
+   * completion transactions; the throughput chart is this much behind the others.
+   * @defaultValue 5000
+   */
+  dashboardSampleLagMs?: number;
   /** How far back the charts go: the ring keeps `dashboardSampleRetentionMs / dashboardSampleIntervalMs` samples, in memory. @defaultValue 3600000 (1 hour) */
   dashboardSampleRetentionMs?: number;
   /** Dashboard actions kept in the audit ring (`GET /api/dashboard/audit`; each is also emitted as `dashboard:audit`). @defaultValue 1000 */
@@ -127,6 +136,7 @@ export const SERVER_DEFAULTS: Resolved = {
   dashboardRefreshMs: 2000,
   dashboardSampleIntervalMs: 5000,
   dashboardSampleRetentionMs: 3_600_000,
+  dashboardSampleLagMs: 5000,
   dashboardAuditSize: 1000,
   autoCreateTopics: false,
   maxConnections: 21_000,
@@ -168,6 +178,7 @@ function resolveServerOptions(options: ServerOptions): Resolved {
     dashboardRefreshMs: integerBetween(0, 60_000),
     dashboardSampleIntervalMs: integerBetween(0, 3_600_000),
     dashboardSampleRetentionMs: integerBetween(1000, 7 * 86_400_000),
+    dashboardSampleLagMs: integerBetween(0, 3_600_000),
     dashboardAuditSize: integerBetween(1, 1_000_000),
     autoCreateTopics: boolean,
     publicMetrics: boolean,
@@ -242,7 +253,7 @@ export class HeraldServer {
     });
     this.metrics = new ServerMetrics(herald, this.gateway, (t) => this.clientCount(t));
     this.dashboard = new Dashboard(this, this.options.dashboardRefreshMs);
-    this.series = new SeriesSampler(herald, this.options.dashboardSampleIntervalMs, this.options.dashboardSampleRetentionMs);
+    this.series = new SeriesSampler(herald, this.options.dashboardSampleIntervalMs, this.options.dashboardSampleRetentionMs, this.options.dashboardSampleLagMs);
     this.audit = new AuditLog(this.options.dashboardAuditSize);
     const { WebSocketServer: Wss } = loadPeer<typeof import('ws')>('ws', 'HeraldServer (WebSocket)');
     this.#wss = new Wss({ noServer: true, maxPayload: this.options.maxMessageBytes + 1024, perMessageDeflate: false });

@@ -28,13 +28,20 @@ export interface ConsumerHost {
   topic: () => Promise<q.TopicRow>;
   /** Runs the topic's sequencer if committed messages wait to enter the log. */
   sequence: () => Promise<void>;
+  /**
+   * Starts a sequencer run in the background (joining the one queued, if any); a run
+   * that moves messages wakes this process's consumers of the topic.
+   */
+  sequenceSoon: () => void;
+  /** The topic's pending floor in this process (see `TopicState.floor` in topics.ts). */
+  pendingFloor: () => Promise<string>;
   forget: () => void;
 }
 
 type Resolved = Required<Omit<ConsumerOptions, 'start' | 'horizonPollMs' | 'horizonPollMaxMs'>> & { start: GroupStart };
 
 /** What a batch transaction did. */
-type Outcome = false | 'batch' | 'dead' | 'retry' | 'exhausted';
+type Outcome = false | 'batch' | 'dead' | 'retry' | 'exhausted' | 'redriven';
 
 /**
  * One consumer of a group. Each turn first runs the topic's sequencer when committed
@@ -59,6 +66,10 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   #loop: Loop | undefined;
   #sub: Subscription | undefined;
   #rotate = Math.floor(Math.random() * 1024);
+  /** Claims lanes may begin without a wake-up (see #turn). */
+  #permits = 0;
+  /** The last claim saw redriven dead letters of the group (checked at start too). */
+  #redrivenSeen = true;
   /** Per key partition, the retention mark already reported (one `behind` event per episode). */
   readonly #reported = new Map<number, string>();
   /** Messages this consumer committed. */
@@ -69,6 +80,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     if (typeof handler !== 'function') throw new HeraldError('INVALID_ARGUMENT', 'handler must be a function');
     this.options = resolveOptions<Resolved>(CONSUMER_DEFAULTS, options, {
       batchSize: positiveInteger(100_000),
+      concurrency: positiveInteger(1024),
       pollIntervalMs: positiveInteger(),
       retryDelayMs: nonNegativeNumber,
       maxAttempts: positiveInteger(1_000_000),
@@ -99,6 +111,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
       pollIntervalMs: this.options.pollIntervalMs,
       onError: (err) => this.emit('topic:problem', err),
       reconnects: this.#host.notifier,
+      lanes: this.options.concurrency,
     });
     const sub = this.#host.notifier.listen(
       this.#host.channel,
@@ -133,24 +146,61 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     this.emit('topic:stopped');
   }
 
-  /** One turn of the loop: sequence, then a batch; then at once again, or idle until a wake-up or the poll. */
+  /**
+   * @internal The topic's sequencer (run by this process) moved messages into the log:
+   * look at once, as a wake-up would.
+   */
+  nudge(): void {
+    this.#loop?.wake();
+  }
+
+  /**
+   * One turn of the loop: a redriven dead letter when the last claim saw one, else a
+   * batch; then at once again, or idle until a wake-up or the poll. A claim that finds
+   * nothing says whether committed messages wait for the sequencer: the consumer starts
+   * a run then and does not wait for it (the run wakes it when it moved something).
+   *
+   * Lanes (`concurrency`): a wake-up ends every lane's idle wait, but only the lane that
+   * takes it (clears `dirty`) claims; the others go back to waiting unless a permit is
+   * left. A claim that finds messages leaves a permit and releases one waiting lane (other
+   * key partitions may have messages too), and a lane that finished a batch takes one to
+   * claim again. So lanes join as far as there is work, and a wake-up costs one empty
+   * claim, not one per lane.
+   */
   async #turn(loop: Loop, row: q.TopicRow): Promise<Turn> {
-    loop.dirty = false;
-    await this.#host.sequence();
-    let worked = await this.#redriven(row);
-    if (!worked) worked = await this.#batch(row);
+    // Woken (a wake-up or the safety poll) rather than going on after a batch: then the
+    // claim also asks whether messages wait for the sequencer.
+    const woken = loop.dirty;
+    if (woken) loop.dirty = false;
+    else if (this.#permits > 0) this.#permits--;
+    else return 'idle'; // another lane began a claim after the last wake-up
+    let worked: Outcome = false;
+    if (this.#redrivenSeen) {
+      worked = await this.#redriven(row);
+      if (!worked) this.#redrivenSeen = false;
+    }
+    if (!worked) worked = await this.#batch(loop, row, woken);
     loop.succeeded();
     if (worked === 'retry') {
       await loop.sleep(this.options.retryDelayMs);
+      this.#permit();
       return 'again';
     }
     if (worked) {
       // A busy group still reports a partition that fell behind retention.
       if (Date.now() - this.#behindCheckedAt >= this.options.pollIntervalMs) await this.#checkBehind(row);
+      this.#permit();
       return 'again';
     }
-    await this.#checkBehind(row);
+    // Idle: look for partitions behind retention, at most twice per poll interval (every
+    // sequencer run wakes the consumer; the safety poll's turn always looks).
+    if (Date.now() - this.#behindCheckedAt >= this.options.pollIntervalMs / 2) await this.#checkBehind(row);
     return 'idle';
+  }
+
+  /** One more claim may begin without a wake-up (at most one per lane waiting for it). */
+  #permit(): void {
+    if (this.#permits < this.options.concurrency) this.#permits++;
   }
 
   /** Runs the handler on `messages` in `tx`, bounded by `handlerTimeoutMs` (which cancels the batch's statement). */
@@ -177,25 +227,38 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   }
 
   /** One batch transaction. */
-  async #batch(row: q.TopicRow): Promise<Outcome> {
+  async #batch(loop: Loop, row: q.TopicRow, askPending: boolean): Promise<Outcome> {
     const { driver, s } = this.#host;
     const max = this.options.maxAttempts;
     let failed: { partition: number; error: unknown; attempts: number; head: string } | undefined;
     let done: { partition: number; count: number; position: string } | undefined;
     let dead: { partition: number; id: string; position: string; key: string | null; attempts: number } | undefined;
     const HANDLER = Symbol('handler');
+    const floor = await this.#host.pendingFloor();
     try {
       const outcome = await driver.transaction(async (tx): Promise<Outcome> => {
-        const claim = await q.cursorClaimRead(tx, s, row.id, this.group, this.#rotate++ % row.partitions, row.partitions, this.options.batchSize);
-        if (!claim || claim.rows.length === 0) return false;
-        let rows = claim.rows;
+        const found = await q.cursorClaimRead(tx, s, row.id, this.group, this.#rotate++ % row.partitions, row.partitions, this.options.batchSize, askPending, floor);
+        if (found.pending) this.#host.sequenceSoon();
+        if (found.redriven) this.#redrivenSeen = true;
+        const claim = found.claim;
+        // Nothing: the claim also said whether messages wait for the sequencer (a run
+        // was started above; it wakes this consumer when it moved something).
+        if (!claim || claim.rows.length === 0) return found.redriven ? 'redriven' : false;
+        if (this.options.concurrency > 1) {
+          // Another key partition may have messages too: let one more lane claim now.
+          this.#permit();
+          loop.interrupt();
+        }
+        const rows = claim.rows;
         const head = rows[0].id;
         // After a failed attempt, up to the last message of the batch that failed, batches
         // hold one message: the attempts count against the message that fails.
         const a = claim.attempt;
         const suspect = a !== null && BigInt(a.through_id) >= BigInt(head);
         const prior = suspect && a.message_id === head ? a.attempts : 0;
-        if (suspect) rows = rows.slice(0, 1);
+        // The claim held the batch to one message already (and moved the cursor to it); a
+        // longer one here would mean the cursor moved past messages not handled: fail.
+        if (suspect && rows.length > 1) throw new Error('topic_claim returned more than one message after a failed batch (a bug): the batch rolls back');
         if (prior >= max) {
           // Its attempts are used up (the last one failed, or killed its process): to the
           // group's dead letters, and the partition moves on in the same transaction.
@@ -214,7 +277,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
           failed = { partition: claim.kpart, error, attempts, head };
           throw HANDLER;
         }
-        await q.cursorAdvance(tx, s, row.id, this.group, claim.kpart, last);
+        // The claim already moved the cursor to `last`, in this transaction: the COMMIT is all that is left.
         done = { partition: claim.kpart, count: rows.length, position: last };
         return 'batch';
       });

@@ -1,7 +1,8 @@
 /**
- * Fan-out at volume: 3 groups each receive all of 50,000 messages (scaled); with 4
- * consumers in one group, every key keeps its order; a reset to the earliest position
- * replays exactly the same sequence per key partition.
+ * Fan-out at volume: 4 groups each receive all of 50,000 messages (scaled); with 4
+ * consumers in one group, and with one consumer of `concurrency` 4 in another, every
+ * key keeps its order; a reset to the earliest position replays exactly the same
+ * sequence per key partition.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -20,11 +21,11 @@ useHerald({ poolSize: 12 }, (_db, h) => {
 
 type Body = { k: number; n: number };
 
-test('3 groups each receive all of 50,000 messages; 4 consumers keep per-key order; replay yields the same sequence', async () => {
+test('4 groups each receive all of 50,000 messages; 4 consumers, or one of concurrency 4, keep per-key order; replay yields the same sequence', async () => {
   const total = scaled(50_000, 1000);
   const keys = 100;
   await herald.topics.create('volume', { partitions: 8 });
-  const groups = { solo1: 1, solo2: 1, quad: 4 } as const;
+  const groups = { solo1: 1, solo2: 1, quad: 4, lanes: 1 } as const;
   /** Per group, per key partition, the positions in the order they were handed out. */
   const seq = new Map<string, Map<number, string[]>>();
   const perKey = new Map<string, Map<number, number[]>>();
@@ -41,11 +42,27 @@ test('3 groups each receive all of 50,000 messages; 4 consumers keep per-key ord
     }
     count.set(group, count.get(group)! + messages.length);
   };
+  // The lanes group: one consumer working on 4 key partitions at once. Its first
+  // handler waits (bounded) for a second one to start: they overlap.
+  let inFlight = 0;
+  let overlapped = false;
+  const lanes = handler('lanes');
+  const lanesHandler = async (batch: { messages: TopicMessage<Body>[]; partition: number }) => {
+    inFlight++;
+    try {
+      if (inFlight >= 2) overlapped = true;
+      if (!overlapped) await waitFor(() => inFlight >= 2 || overlapped, { timeoutMs: 15_000, what: 'a second handler at once' }).then(() => (overlapped = true), () => {});
+      lanes(batch);
+    } finally {
+      inFlight--;
+    }
+  };
   for (const [group, n] of Object.entries(groups)) {
     seq.set(group, new Map());
     perKey.set(group, new Map());
     count.set(group, 0);
-    for (let i = 0; i < n; i++) consumers.push(herald.topics.consumer<Body>('volume', group, handler(group), { batchSize: 500 }));
+    if (group === 'lanes') consumers.push(herald.topics.consumer<Body>('volume', group, lanesHandler, { batchSize: 500, concurrency: 4 }));
+    else for (let i = 0; i < n; i++) consumers.push(herald.topics.consumer<Body>('volume', group, handler(group), { batchSize: 500 }));
   }
   await Promise.all(consumers.map((c) => c.start()));
 
@@ -69,13 +86,14 @@ test('3 groups each receive all of 50,000 messages; 4 consumers keep per-key ord
     }
   }
   // The quad group's work was really shared.
-  const quad = consumers.slice(2);
+  const quad = consumers.slice(2, 6);
   assert.ok(quad.filter((c) => c.consumed > 0).length >= 2, `work shared: ${quad.map((c) => c.consumed)}`);
+  assert.ok(overlapped, 'the concurrency-4 consumer ran two handlers at once');
   await Promise.all(consumers.map((c) => c.stop()));
 
   // Replay from the earliest position: the same sequence per key partition.
   const firstSeq = new Map<string, Map<number, string[]>>();
-  for (const group of ['solo1', 'quad']) {
+  for (const group of ['solo1', 'quad', 'lanes']) {
     firstSeq.set(group, seq.get(group)!);
     seq.set(group, new Map());
     perKey.set(group, new Map());
@@ -85,9 +103,10 @@ test('3 groups each receive all of 50,000 messages; 4 consumers keep per-key ord
   const replayers = [
     herald.topics.consumer<Body>('volume', 'solo1', handler('solo1'), { batchSize: 500 }),
     ...Array.from({ length: 4 }, () => herald.topics.consumer<Body>('volume', 'quad', handler('quad'), { batchSize: 500 })),
+    herald.topics.consumer<Body>('volume', 'lanes', handler('lanes'), { batchSize: 500, concurrency: 4 }),
   ];
   await Promise.all(replayers.map((c) => c.start()));
-  for (const group of ['solo1', 'quad']) await waitForCount(() => count.get(group)!, total, { what: `replay ${group}` });
+  for (const group of ['solo1', 'quad', 'lanes']) await waitForCount(() => count.get(group)!, total, { what: `replay ${group}` });
   await Promise.all(replayers.map((c) => c.stop()));
   const whole = await herald.topics.read<Body>('volume', { limit: 100_000 });
   assert.equal(whole.messages.length, total);
@@ -96,7 +115,7 @@ test('3 groups each receive all of 50,000 messages; 4 consumers keep per-key ord
     if (!expected.has(m.partition)) expected.set(m.partition, []);
     expected.get(m.partition)!.push(m.position);
   }
-  for (const group of ['solo1', 'quad']) {
+  for (const group of ['solo1', 'quad', 'lanes']) {
     for (const [p, positions] of expected) {
       assert.deepEqual(firstSeq.get(group)!.get(p), positions, `first pass of ${group} partition ${p}`);
       assert.deepEqual(seq.get(group)!.get(p), positions, `replay of ${group} partition ${p}`);

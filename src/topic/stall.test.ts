@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import pg from 'pg';
 import type { Herald } from '../index.js';
-import type { TestDatabase } from '../../test/support/db.js';
+import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { waitFor } from '../../test/support/wait.js';
 
@@ -20,20 +20,6 @@ useHerald({}, (d, h) => {
   herald = h;
 }, { isolated: true });
 
-/** A connection to another database of the same cluster. */
-async function otherDatabase(): Promise<pg.Client> {
-  const admin = new pg.Client({ connectionString: db.url });
-  await admin.connect();
-  await admin.query('CREATE DATABASE other_app');
-  await admin.end();
-  const url = new URL(db.url);
-  url.pathname = '/other_app';
-  const c = new pg.Client({ connectionString: url.toString() });
-  c.on('error', () => {});
-  await c.connect();
-  return c;
-}
-
 test('a write transaction open in another database and an idle-in-transaction publisher delay nothing; the late one arrives once after it commits', async () => {
   await herald.topics.create('live', { partitions: 2 });
   const seen = new Map<string, number[]>([['a', []], ['b', []]]);
@@ -43,7 +29,7 @@ test('a write transaction open in another database and an idle-in-transaction pu
   for (const c of consumers) await c.start();
 
   // 1. A write transaction in another database of the cluster, held open.
-  const other = await otherDatabase();
+  const other = await otherDatabaseClient(db.url);
   // 2. An idle-in-transaction session of this database that published (and wrote).
   const idle = new pg.Client({ connectionString: db.url });
   idle.on('error', () => {});

@@ -34,6 +34,18 @@ interface TopicState {
   /** Highest log id this process saw handed out. */
   lastId: bigint;
   checkedAt: number;
+  /**
+   * The pending floor: a publish id below which every pending row of the topic has been
+   * moved into the log (or rolled back). Sequencer runs and "anything pending?" checks
+   * start there, not at the topic's first pending row: while a transaction anywhere holds
+   * vacuum back, the moved rows below stay as dead index entries that every such scan
+   * would walk (migration 023). Raised by the runs of this process; 0 at start.
+   */
+  floor: string;
+  /** When a run of this process last asked to raise the floor (Date.now()). */
+  floorCheckedAt: number;
+  /** The highest publish id a run of this process moved. */
+  movedMax: bigint;
   /** The sequencer run of this process in progress, and the one queued behind it (see #sequence). */
   seqRunning?: Promise<Map<string, string>>;
   seqQueued?: Promise<Map<string, string>>;
@@ -64,6 +76,16 @@ export interface TopicStats {
   newestAt: Date | null;
   groups: { name: string; lag: number; dead: number; redriving: number; partitions: { partition: number; position: TopicPosition; lag: number; updatedAt: Date }[] }[];
 }
+
+/**
+ * When a sequencer run tries to raise the pending floor (see `TopicState.floor`): once
+ * the process moved this many publish ids above it, and at most every FLOOR_CHECK_MS
+ * per topic and process. The check reads pg_locks (every session's locks: about a
+ * millisecond on a busy server, more than a small run); in between, scans above the
+ * floor walk at most about this many moved rows while a held transaction keeps them.
+ */
+const FLOOR_CHECK_SPAN = 256n;
+const FLOOR_CHECK_MS = 50;
 
 /** Re-check of the sequence against the segments at least this often per topic and process. */
 const SEGMENT_CHECK_MS = 1000;
@@ -216,6 +238,8 @@ export class Topics {
         channel: this.channel,
         topic: () => this.#state(topic).then((st) => st.row),
         sequence: () => this.#sequenceIfPending(topic),
+        pendingFloor: () => this.#topics.get(topic)?.then((st) => st.floor) ?? Promise.resolve('0'),
+        sequenceSoon: () => void this.#existing(topic).then((st) => this.#sequenceSoon(st), () => {}),
         forget: () => this.#consumers.delete(c as TopicConsumer),
       },
       topic,
@@ -529,7 +553,7 @@ export class Topics {
         let row = await q.topicGet(this.#driver.executor, this.#s, topic);
         if (!row && !create) throw new HeraldError('NOT_FOUND', `no topic ${JSON.stringify(topic)}: create it first (herald.topics.create), or enable autoCreate`);
         if (!row) row = await this.#driver.transaction((tx) => q.topicCreate(tx, this.#s, topic, this.#defaults));
-        return { row, upper: 0n, lastId: 0n, checkedAt: 0 };
+        return { row, upper: 0n, lastId: 0n, checkedAt: 0, floor: '0', floorCheckedAt: 0, movedMax: 0n };
       })();
       p.catch(() => this.#topics.delete(topic));
       this.#topics.set(topic, p);
@@ -552,7 +576,7 @@ export class Topics {
    */
   async #sequenceIfPending(topic: string): Promise<void> {
     const st = await this.#existing(topic);
-    if (await q.pendingExists(this.#driver.executor, this.#s, st.row.id)) await this.#sequence(st);
+    if (await q.pendingExists(this.#driver.executor, this.#s, st.row.id, st.floor)) await this.#sequence(st);
   }
 
   /**
@@ -599,10 +623,14 @@ export class Topics {
     const limit = Math.min(this.#sequencerBatchSize, Number(st.row.segment_size));
     for (;;) {
       await this.#ensureSegments(st, limit);
-      const run = (wake: boolean) => q.sequencerRun(this.#driver.executor, this.#s, st.row, limit, wake ? this.channel : null);
-      let rows: { publish_id: string; id: string }[];
+      // Raising the floor reads pg_locks (more than a small run costs): only once this
+      // process moved FLOOR_CHECK_SPAN publish ids above it, and at most every FLOOR_CHECK_MS.
+      const check = st.movedMax - BigInt(st.floor) >= FLOOR_CHECK_SPAN && Date.now() - st.floorCheckedAt >= FLOOR_CHECK_MS;
+      if (check) st.floorCheckedAt = Date.now();
+      const run = (wake: boolean) => q.sequencerRun(this.#driver.executor, this.#s, st.row, limit, wake ? this.channel : null, st.floor, check);
+      let result: { rows: { publish_id: string; id: string }[]; floor: string };
       try {
-        rows = await this.#notifier.pressure.run(run);
+        result = await this.#notifier.pressure.run(run);
       } catch (err) {
         // 23514: no segment for an id (another process's runs used up the spare segment
         // since our last check). Nothing committed: make it and run again.
@@ -610,12 +638,18 @@ export class Topics {
         st.checkedAt = 0;
         st.lastId = await q.topicSequenceLast(this.#driver.executor, this.#s, st.row.id);
         await this.#ensureSegments(st, limit);
-        rows = await this.#notifier.pressure.run(run);
+        result = await this.#notifier.pressure.run(run);
       }
+      const rows = result.rows;
+      if (BigInt(result.floor) > BigInt(st.floor)) st.floor = result.floor;
+      for (const r of rows) if (BigInt(r.publish_id) > st.movedMax) st.movedMax = BigInt(r.publish_id);
       for (const r of rows) moved.set(r.publish_id, r.id);
       if (rows.length > 0) {
         const last = BigInt(rows[rows.length - 1].id);
         if (last > st.lastId) st.lastId = last;
+        // This process's consumers of the topic look at once (the run's NOTIFY wakes
+        // every process, this one too, but later; none is sent while wake-ups are paused).
+        for (const c of this.#consumers) if (c.topic === st.row.name) c.nudge();
       }
       if (rows.length < limit) return moved;
     }

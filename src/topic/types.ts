@@ -100,6 +100,14 @@ export interface ConsumerOptions {
   start?: GroupStart;
   /** Most messages per batch. @defaultValue 100 */
   batchSize?: number;
+  /**
+   * Key partitions this consumer works on at once: up to this many batches run at the
+   * same time, each in its own transaction (and pool connection), each on a different
+   * key partition (one partition is never worked on twice at once, so one key's
+   * messages stay in order). Handlers of different key partitions then run
+   * concurrently. More than the topic's `partitions` adds nothing. @defaultValue 1
+   */
+  concurrency?: number;
   /** Safety poll when no wake-up comes. @defaultValue 1000 */
   pollIntervalMs?: number;
   /** @deprecated No effect: delivery no longer waits for other transactions. */
@@ -127,6 +135,7 @@ export interface ConsumerOptions {
 export const CONSUMER_DEFAULTS: Required<Omit<ConsumerOptions, 'start' | 'horizonPollMs' | 'horizonPollMaxMs'>> & { start: GroupStart } = {
   start: 'earliest',
   batchSize: 100,
+  concurrency: 1,
   pollIntervalMs: 1000,
   retryDelayMs: 1000,
   maxAttempts: 10,

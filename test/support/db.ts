@@ -82,3 +82,17 @@ export async function terminateBackends(
   );
   return rows[0]?.n ?? 0;
 }
+
+/**
+ * A client of a new database `name` on the server of `url` (another database of the same
+ * cluster: for cluster-wide facts such as a transaction held open elsewhere).
+ */
+export async function otherDatabaseClient(url: string, name = 'other_app'): Promise<pg.Client> {
+  await adminQuery(`CREATE DATABASE ${name}`, [], url);
+  const other = new URL(url);
+  other.pathname = '/' + name;
+  const c = new pg.Client({ connectionString: other.toString() });
+  c.on('error', () => {});
+  await c.connect();
+  return c;
+}

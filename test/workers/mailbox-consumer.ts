@@ -4,7 +4,7 @@
  * - ledger: each message writes a ledger row (unique on message id) in the consuming transaction.
  * - hang: writes the ledger row, prints {"inHandler": id} and never returns (the test SIGKILLs us).
  * - poison: like ledger, but a message whose payload is "poison" SIGKILLs this process in its handler.
- * Optional: maxAttempts (default 1000), leaseMs (mailbox default otherwise).
+ * Optional: maxAttempts (default 1000), pollIntervalMs (default 5000).
  * Prints {"ready": true} once every consumer LISTENs; on SIGTERM stops and prints its counts.
  */
 import { createHerald } from '../../src/client.js';
@@ -19,7 +19,6 @@ const cfg = JSON.parse(process.argv[2]) as {
   mode: 'ledger' | 'hang' | 'poison';
   pollIntervalMs?: number;
   maxAttempts?: number;
-  leaseMs?: number;
 };
 const print = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
 
@@ -28,7 +27,7 @@ const herald = createHerald({
   listenConnectionString: cfg.listenUrl,
   poolSize: cfg.destinations.length * (cfg.concurrency ?? 1) + 2,
   notifier: { healthCheckIntervalMs: 1000, healthCheckTimeoutMs: 1000 },
-  mailbox: { pollIntervalMs: cfg.pollIntervalMs ?? 5000, retryDelayMs: 20, maxRetryDelayMs: 200, maxAttempts: cfg.maxAttempts ?? 1000, leaseMs: cfg.leaseMs },
+  mailbox: { pollIntervalMs: cfg.pollIntervalMs ?? 5000, retryDelayMs: 20, maxRetryDelayMs: 200, maxAttempts: cfg.maxAttempts ?? 1000 },
 });
 let dupErrors = 0;
 let otherErrors = 0;

@@ -1,0 +1,118 @@
+/**
+ * While a transaction is held open anywhere in the cluster, the rows the sequencer
+ * moved out of `topic_pending` stay behind as dead index entries (nothing can clean
+ * them up before that transaction ends). Sequencer runs and the claim's "anything
+ * pending?" check start at the process's pending floor, so the pending index entries
+ * they read stay bounded however many messages were moved meanwhile; counted with
+ * the index's transaction statistics in each statement's own transaction, not with a clock.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { createHerald, pgDriver, type Herald } from '../index.js';
+import type { Driver, Executor } from '../driver/types.js';
+import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
+import { waitFor } from '../../test/support/wait.js';
+
+let db: TestDatabase;
+let herald: Herald;
+// A cluster of the file's own: the held transaction is a cluster-wide fact.
+useHerald({}, (d, h) => {
+  db = d;
+  herald = h;
+}, { isolated: true });
+
+/** Pending index entries the statements of `tx` read so far. */
+async function pendingEntriesRead(tx: Executor): Promise<number> {
+  const { rows } = await tx.query<{ n: number }>(
+    // Entries of the pending index returned to scans in this transaction (idx_tup_read).
+    `SELECT pg_stat_get_xact_tuples_returned('herald.topic_pending_pkey'::regclass)::int AS n`,
+  );
+  return rows[0].n;
+}
+
+/**
+ * A driver over `url` that runs each sequencer run in a transaction of its own and each
+ * claim in its batch transaction as before, and records the pending index entries each
+ * of them read.
+ */
+function countingDriver(url: string, runs: number[], claims: number[]): Driver {
+  const inner = pgDriver({ connectionString: url, max: 6 });
+  return {
+    kind: inner.kind,
+    executor: {
+      query: (text, values, opts) => {
+        if (!text.includes('.topic_sequence(')) return inner.executor.query(text, values, opts);
+        return inner.transaction(async (tx) => {
+          const before = await pendingEntriesRead(tx);
+          const r = await tx.query(text, values);
+          runs.push((await pendingEntriesRead(tx)) - before);
+          return r as never;
+        });
+      },
+    },
+    transaction: (fn, options) =>
+      inner.transaction(
+        (tx) =>
+          fn({
+            query: async (text, values, opts) => {
+              if (!text.includes('.topic_claim(')) return tx.query(text, values, opts);
+              const before = await pendingEntriesRead(tx);
+              const r = await tx.query(text, values, opts);
+              claims.push((await pendingEntriesRead(tx)) - before);
+              return r as never;
+            },
+          }),
+        options,
+      ),
+    openListenSession: (o) => inner.openListenSession(o),
+    end: (o) => inner.end(o),
+  };
+}
+
+test('sequencer runs and pending checks read a bounded part of topic_pending while a transaction is held open elsewhere', async () => {
+  const other = await otherDatabaseClient(db.url);
+  const runs: number[] = [];
+  const claims: number[] = [];
+  const h = createHerald({ driver: countingDriver(db.url, runs, claims) });
+  let received = 0;
+  const consumer = h.topics.consumer<number>('floor', 'g', ({ messages }) => void (received += messages.length), { pollIntervalMs: 500 });
+  try {
+    await other.query('CREATE TABLE w (v int)');
+    await other.query('BEGIN');
+    await other.query('INSERT INTO w VALUES (1)');
+    await h.topics.create('floor', { partitions: 4 });
+    await consumer.start();
+    // 3,000 messages moved while the transaction is open: 3,000 dead pending rows.
+    const MOVED = 3000;
+    for (let i = 0; i < MOVED / 100; i++) {
+      await h.topics.publishMany('floor', Array.from({ length: 100 }, (_, j) => ({ payload: i * 100 + j, key: `k${j}` })), { waitForPosition: true });
+    }
+    await waitFor(() => received === MOVED, { what: 'the first messages', progress: () => received, timeoutMs: 60_000 });
+    // The dead rows are there, and a scan from the topic's start walks them all.
+    const topicId = (await herald.driver.executor.query<{ id: number }>(`SELECT id FROM herald.topics WHERE name = 'floor'`)).rows[0].id;
+    const walked = await herald.driver.transaction(async (tx) => {
+      await tx.query('SELECT EXISTS (SELECT 1 FROM herald.topic_pending WHERE topic_id = $1)', [topicId]);
+      return pendingEntriesRead(tx);
+    });
+    assert.ok(walked >= MOVED, `a scan from the start reads the moved rows: ${walked} entries`);
+
+    // From here on, one message at a time: every run and every claim reads a few entries.
+    runs.length = 0;
+    claims.length = 0;
+    for (let i = 0; i < 20; i++) await h.topics.publish('floor', MOVED + i, { key: `k${i}`, waitForPosition: true });
+    await waitFor(() => received === MOVED + 20, { what: 'the last messages', progress: () => received, timeoutMs: 60_000 });
+    const held = await other.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'other_app' AND backend_xid IS NOT NULL`);
+    assert.equal(held.rows[0].n, 1, 'the transaction was open throughout');
+    assert.ok(runs.length >= 20 && claims.length > 0, `runs ${runs.length}, claims ${claims.length}`);
+    // Bounded by what was moved since the floor last rose (a few hundred at most: the
+    // floor is raised every 256 publish ids), not by the 3,000.
+    assert.ok(Math.max(...runs) < 1000, `pending entries read per sequencer run: ${runs.join(', ')}`);
+    assert.ok(Math.max(...claims) < 1000, `pending entries read per claim: ${claims.join(', ')}`);
+  } finally {
+    await consumer.stop();
+    await h.close();
+    await other.query('ROLLBACK').catch(() => {});
+    await other.end();
+  }
+});
