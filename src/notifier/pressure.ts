@@ -78,8 +78,9 @@ export interface QueueTailHolder {
  * listener in a transaction — above all one idle in it — holds the tail since its
  * transaction began; an idle one blocked on `ClientWrite` holds it too. Candidates are
  * ordered idle-in-transaction first, then oldest transaction (or state change) first.
- * The listen sessions of pgherald (`application_name` `pgherald:listen`) are never in a
- * transaction. Seeing other users' statements needs `pg_read_all_stats`.
+ * A backend still starting (its state `starting`, or none yet) shows a transaction
+ * but runs no statement of a client, so it is left out. The listen sessions of
+ * pgherald (`application_name` `pgherald:listen`) are never in a transaction. Seeing other users' statements needs `pg_read_all_stats`.
  */
 export async function queueTailHolders(executor: Executor, limit = 5): Promise<QueueTailHolder[]> {
   const { rows } = await executor.query<{
@@ -99,6 +100,7 @@ export async function queueTailHolders(executor: Executor, limit = 5): Promise<Q
             state, xact_start, state_change, backend_xmin::text AS backend_xmin, wait_event, left(query, 200) AS query
        FROM pg_stat_activity
       WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
+        AND state IS NOT NULL AND state <> 'starting'
         AND (xact_start IS NOT NULL OR wait_event = 'ClientWrite')
       ORDER BY (state LIKE 'idle in transaction%') DESC, coalesce(xact_start, state_change) ASC NULLS LAST, pid
       LIMIT $1`,
