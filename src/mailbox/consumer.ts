@@ -288,7 +288,7 @@ export class MailboxConsumer {
       // message, and drop the take row, in one statement.
       this.failures++;
       const result = await mailboxRecordFailure(host.driver.executor, host.schemaSql, err.row.id, token, describeError(err.error), maxAttempts, host.retry);
-      if (result) {
+      if (result && result !== 'held') {
         host.failed({ to, id: err.row.id, attempts: result.attempts, error: err.error, dead: result.state === 'dead' });
         if (result.state === 'ready') {
           // Wake this process when the message becomes visible again, before the safety poll.
@@ -296,7 +296,10 @@ export class MailboxConsumer {
         }
       } else {
         // Another consumer counted the take as abandoned first (between the rollback and
-        // this statement): the attempt is counted, the message is ready again.
+        // this statement): the attempt is counted, the message is ready again. Or
+        // ('held') another take has taken the message meanwhile (a lane of this consumer
+        // that waited for the connection the rollback freed): the take row stays and
+        // counts this attempt later unless that take consumes the message.
         host.failed({ to, id: err.row.id, attempts: err.row.attempts, error: err.error, dead: false });
       }
       return rows.length; // others of the batch may be ready again: look at once

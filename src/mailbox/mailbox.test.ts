@@ -325,6 +325,8 @@ describe('consume', () => {
         },
         { concurrency: 3 },
       );
+      const problems: Error[] = [];
+      local.mailbox.on('message:problem', (err) => problems.push(err));
       await local.mailbox.start();
       await local.mailbox.send({ to, payload: 'bad', id: `${to}-bad` });
       await waitFor(() => failed, { what: 'the first take runs the failing handler' });
@@ -340,14 +342,22 @@ describe('consume', () => {
       await waitFor(() => c.takes === takes + 1, { what: 'another loop begins its take (waiting for a connection)' });
       failNow.resolve(); // the first take rolls back now, with the second take still waiting
       await waitFor(() => c.failures === 1, { what: 'the failure recorded' });
+      // The rollback freed a connection, the waiting take got it and took 'bad' again
+      // (ready, first in line) before the failure could be recorded. That take now waits
+      // for a connection for its take row, holding 'bad': the failure record gets the
+      // connection freed here, and must not wait for the row lock of 'bad' (each would
+      // wait for the other until the take row's deadline failed that take: a 10-second
+      // stall, reported as a TIMEOUT problem).
       hold.resolve();
       await holding;
-      await waitFor(() => consumed.includes(`${to}-ok`) && consumed.includes(`${to}-bad`), { what: 'both messages consumed' });
+      await waitFor(() => problems.length > 0 || (consumed.includes(`${to}-ok`) && consumed.includes(`${to}-bad`)), { what: 'both messages consumed' });
+      assert.deepEqual(problems.map((e) => e.message), []);
       // Every loop must still take: more messages than one take holds, each consumed once.
       await local.mailbox.sendMany(Array.from({ length: 20 }, (_, i) => ({ to, payload: i, id: `${to}-${i}` })));
       await waitFor(() => consumed.length === 22, { what: 'every message consumed' });
       await c.stop(); // hung for ever before the fix: a loop waited on a take nobody released
       assert.equal(new Set(consumed).size, 22);
+      assert.deepEqual(problems.map((e) => e.message), []);
     } finally {
       hold.resolve();
       failNow.resolve();

@@ -352,6 +352,18 @@ export async function mailboxReapTakes(
  * database time, n = attempts) or, at `maxAttempts`, moves the message to the
  * dead-letter state. The other messages of the take are ready again, their attempt
  * uncounted. Returns undefined when the message was not updated.
+ *
+ * Between the rollback and this statement the message is ready and visible, and
+ * another take may have taken it (another lane of the same consumer, waiting for the
+ * connection the rollback freed, takes it first for sure). That take holds its row
+ * until its handler commits, and before its handler runs it waits for a pool
+ * connection for its own take row: if this statement waited for the row lock on the
+ * last free connection, each would wait for the other until the take row's deadline
+ * (`TAKE_ROW_TIMEOUT_MS`) failed that take. So the message is locked `SKIP LOCKED`:
+ * when someone holds it, nothing changes (returns `'held'`), and the take row stays,
+ * naming the message: {@link mailboxReapTakes} counts the attempt if the message is
+ * ready and unheld again later, or drops the row once the message is consumed (race
+ * (d) of src/mailbox/README.md).
  */
 export async function mailboxRecordFailure(
   executor: Executor,
@@ -361,22 +373,30 @@ export async function mailboxRecordFailure(
   error: string,
   maxAttempts: number,
   retry: RetryPolicy,
-): Promise<{ state: 'ready' | 'dead'; attempts: number; delayMs: number } | undefined> {
-  const { rows } = await executor.query<{ state: 'ready' | 'dead'; attempts: number; delay_ms: number }>(
-    `WITH take AS (DELETE FROM ${schema}.mailbox_takes WHERE token = $7::uuid RETURNING ids)
-     UPDATE ${schema}.mailbox_messages
-        SET attempts = attempts + 1,
-            last_error = $2,
-            state = CASE WHEN attempts + 1 >= $3 THEN 'dead' ELSE 'ready' END,
-            dead_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
-            visible_at = now() + ${retryDelaySql('attempts + 1', '$4', '$5', '$6')} * interval '1 millisecond',
-            lease = NULL
-      WHERE id = $1 AND state = 'ready' AND EXISTS (SELECT 1 FROM take WHERE $1 = ANY(take.ids))
-     RETURNING state, attempts, (extract(epoch FROM visible_at - now()) * 1000)::float8 AS delay_ms`,
+): Promise<{ state: 'ready' | 'dead'; attempts: number; delayMs: number } | 'held' | undefined> {
+  const { rows } = await executor.query<{ held: boolean; state: 'ready' | 'dead' | null; attempts: number | null; delay_ms: number | null }>(
+    `WITH msg AS (
+       SELECT 1 FROM ${schema}.mailbox_messages WHERE id = $1 FOR UPDATE SKIP LOCKED
+     ), take AS (
+       DELETE FROM ${schema}.mailbox_takes WHERE token = $7::uuid AND EXISTS (SELECT 1 FROM msg) RETURNING ids
+     ), counted AS (
+       UPDATE ${schema}.mailbox_messages
+          SET attempts = attempts + 1,
+              last_error = $2,
+              state = CASE WHEN attempts + 1 >= $3 THEN 'dead' ELSE 'ready' END,
+              dead_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
+              visible_at = now() + ${retryDelaySql('attempts + 1', '$4', '$5', '$6')} * interval '1 millisecond',
+              lease = NULL
+        WHERE id = $1 AND state = 'ready' AND EXISTS (SELECT 1 FROM take WHERE $1 = ANY(take.ids))
+       RETURNING state, attempts, (extract(epoch FROM visible_at - now()) * 1000)::float8 AS delay_ms
+     )
+     SELECT NOT EXISTS (SELECT 1 FROM msg) AS held, c.state, c.attempts, c.delay_ms
+       FROM (SELECT 1) AS one LEFT JOIN counted c ON true`,
     [id, error, maxAttempts, retry.baseMs, retry.maxMs, retry.jitter, token],
   );
   const r = rows[0];
-  return r ? { state: r.state, attempts: r.attempts, delayMs: Number(r.delay_ms) } : undefined;
+  if (r?.state != null) return { state: r.state, attempts: r.attempts!, delayMs: Number(r.delay_ms) };
+  return r?.held ? 'held' : undefined;
 }
 
 /**

@@ -14,7 +14,7 @@ import { HeraldError } from '../errors.js';
 import type { TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { deferred, nextEvent, waitFor } from '../../test/support/wait.js';
-import { ABANDONED_ERROR, mailboxReapTakes, mailboxTake, mailboxTakeInsert } from './queries.js';
+import { ABANDONED_ERROR, mailboxReapTakes, mailboxRecordFailure, mailboxTake, mailboxTakeInsert } from './queries.js';
 
 let herald: Herald;
 let db: TestDatabase;
@@ -39,6 +39,7 @@ const takeRows = async (to: string) =>
 async function manualTake(to: string, limit: number) {
   const client = new pg.Client({ connectionString: db.url });
   await client.connect();
+  const pid: number = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
   await client.query('BEGIN');
   const rows = await mailboxTake(client as unknown as Executor, '"herald"', to, null, limit, null);
   const token = randomUUID();
@@ -46,6 +47,7 @@ async function manualTake(to: string, limit: number) {
   return {
     rows,
     token,
+    pid,
     commit: async () => (await client.query('COMMIT'), await client.end()),
     abandon: async () => (await client.query('ROLLBACK'), await client.end()),
   };
@@ -92,6 +94,34 @@ test('a live take is not counted; the row of a committed one is dropped', async 
   assert.deepEqual(await mailboxReapTakes(herald.driver.executor, '"herald"', to, 5, 100), { takes: 1, rows: [] });
   assert.deepEqual(await takeRows(to), []);
   assert.equal((await row('tw-1')).attempts, 1);
+});
+
+test('a failure record whose message another take holds does not wait for it; the take row stays and counts the attempt later', async () => {
+  // A handler failed and its take rolled back; before the failure is recorded another
+  // take (a lane of the same consumer, waiting for the connection the rollback freed)
+  // takes the message again. That take waits for a pool connection for its own take
+  // row before its handler runs: a failure record waiting for its lock on the last
+  // connection stalls both until TAKE_ROW_TIMEOUT_MS (the mailbox.test.ts case).
+  const to = 'take-held';
+  await herald.mailbox.send({ to, payload: 1, id: 'th-1' });
+  const first = await manualTake(to, 1);
+  await first.abandon(); // the rollback after the handler threw
+  const second = await manualTake(to, 1);
+  assert.deepEqual(second.rows.map((r) => r.id), ['th-1']);
+  let settled = false;
+  const recording = mailboxRecordFailure(herald.driver.executor, '"herald"', 'th-1', first.token, 'boom', 5, { baseMs: 10, maxMs: 20, jitter: 0 }).finally(() => (settled = true));
+  const blocked = async () =>
+    (await herald.driver.executor.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, [second.pid])).rows[0].n;
+  await waitFor(async () => settled || (await blocked()) > 0, { what: 'the failure record to answer (or to wait for the take holding the message)' });
+  assert.ok(settled, 'the failure record waits for the lock of the take that holds the message');
+  assert.equal(await recording, 'held');
+  // Nothing changed: both take rows name the message, its attempts are not counted yet.
+  assert.deepEqual(await takeRows(to), [['th-1'], ['th-1']]);
+  assert.deepEqual(await row('th-1'), { state: 'ready', attempts: 0, last_error: null, abandoned: false });
+  await second.abandon(); // that take fails too (it would record its own failure; here it dies)
+  const reaped = await mailboxReapTakes(herald.driver.executor, '"herald"', to, 5, 100);
+  assert.deepEqual(reaped.rows, [{ id: 'th-1', state: 'ready', attempts: 2 }], 'both deliveries counted');
+  assert.deepEqual(await takeRows(to), []);
 });
 
 test('take rows of a destination nobody consumes any more go with the retention of consumed messages (at least an hour old)', async () => {
