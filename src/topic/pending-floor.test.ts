@@ -105,10 +105,12 @@ test('sequencer runs and pending checks read a bounded part of topic_pending whi
     const held = await other.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'other_app' AND backend_xid IS NOT NULL`);
     assert.equal(held.rows[0].n, 1, 'the transaction was open throughout');
     assert.ok(runs.length >= 20 && claims.length > 0, `runs ${runs.length}, claims ${claims.length}`);
-    // Bounded by what was moved since the floor last rose (a few hundred at most: the
-    // floor is raised every 256 publish ids), not by the 3,000.
-    assert.ok(Math.max(...runs) < 1000, `pending entries read per sequencer run: ${runs.join(', ')}`);
-    assert.ok(Math.max(...claims) < 1000, `pending entries read per claim: ${claims.join(', ')}`);
+    // Bounded by what was moved since the floor last rose, not by the 3,000: the floor
+    // lags at most 1,024 publish ids (FLOOR_FORCE_SPAN) plus one run's batch (100 here),
+    // and the first run of this phase may still start from where the burst left it.
+    const bound = 1024 + 100 + 20;
+    assert.ok(Math.max(...runs) < bound, `pending entries read per sequencer run: ${runs.join(', ')}`);
+    assert.ok(Math.max(...claims) < bound, `pending entries read per claim: ${claims.join(', ')}`);
   } finally {
     await consumer.stop();
     await h.close();

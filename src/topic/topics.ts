@@ -79,12 +79,15 @@ export interface TopicStats {
 
 /**
  * When a sequencer run tries to raise the pending floor (see `TopicState.floor`): once
- * the process moved this many publish ids above it, and at most every FLOOR_CHECK_MS
- * per topic and process. The check reads pg_locks (every session's locks: about a
- * millisecond on a busy server, more than a small run); in between, scans above the
- * floor walk at most about this many moved rows while a held transaction keeps them.
+ * the process moved FLOOR_CHECK_SPAN publish ids above it, and at most every
+ * FLOOR_CHECK_MS per topic and process, unless it moved FLOOR_FORCE_SPAN above it (a
+ * fast burst: the time gate alone let the floor lag by whatever moved in 50 ms). The
+ * check reads pg_locks (every session's locks: about a millisecond on a busy server,
+ * more than a small run); in between, scans above the floor walk at most about
+ * FLOOR_FORCE_SPAN moved rows, plus one run's batch, while a held transaction keeps them.
  */
 const FLOOR_CHECK_SPAN = 256n;
+const FLOOR_FORCE_SPAN = 1024n;
 const FLOOR_CHECK_MS = 50;
 
 /** Re-check of the sequence against the segments at least this often per topic and process. */
@@ -624,8 +627,10 @@ export class Topics {
     for (;;) {
       await this.#ensureSegments(st, limit);
       // Raising the floor reads pg_locks (more than a small run costs): only once this
-      // process moved FLOOR_CHECK_SPAN publish ids above it, and at most every FLOOR_CHECK_MS.
-      const check = st.movedMax - BigInt(st.floor) >= FLOOR_CHECK_SPAN && Date.now() - st.floorCheckedAt >= FLOOR_CHECK_MS;
+      // process moved FLOOR_CHECK_SPAN publish ids above it, and at most every
+      // FLOOR_CHECK_MS unless FLOOR_FORCE_SPAN are above it.
+      const span = st.movedMax - BigInt(st.floor);
+      const check = span >= FLOOR_CHECK_SPAN && (span >= FLOOR_FORCE_SPAN || Date.now() - st.floorCheckedAt >= FLOOR_CHECK_MS);
       if (check) st.floorCheckedAt = Date.now();
       const run = (wake: boolean) => q.sequencerRun(this.#driver.executor, this.#s, st.row, limit, wake ? this.channel : null, st.floor, check);
       let result: { rows: { publish_id: string; id: string }[]; floor: string };
