@@ -13,6 +13,7 @@ import type { Driver, Executor } from '../driver/types.js';
 import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { waitFor } from '../../test/support/wait.js';
+import { topicPublishSequenceName, topicSequenceName } from './queries.js';
 
 let db: TestDatabase;
 let herald: Herald;
@@ -117,4 +118,26 @@ test('sequencer runs and pending checks read a bounded part of topic_pending whi
     await other.query('ROLLBACK').catch(() => {});
     await other.end();
   }
+});
+
+test('the floor is not raised while the publish sequence has a cache (its ids would come out of order)', async () => {
+  await herald.topics.create('cached', { partitions: 1 });
+  // waitForPosition: the publish runs the sequencer itself, no background run is left.
+  for (let i = 0; i < 3; i++) await herald.topics.publish('cached', i, { waitForPosition: true });
+  const ex = herald.driver.executor;
+  const id = (await ex.query<{ id: number }>(`SELECT id FROM herald.topics WHERE name = 'cached'`)).rows[0].id;
+  const pub = `herald.${topicPublishSequenceName(id)}`;
+  const run = async () => {
+    const { rows } = await ex.query<{ floor: string | null }>(
+      `SELECT floor::text AS floor FROM herald.topic_sequence($1, $2::regclass, 100, NULL, 'cached', $3::regclass, 0, true)`,
+      [id, `herald.${topicSequenceName(id)}`, pub],
+    );
+    return rows[rows.length - 1].floor;
+  };
+  const last = (await ex.query<{ v: string }>(`SELECT pg_sequence_last_value($1::regclass)::text AS v`, [pub])).rows[0].v;
+  assert.equal(await run(), String(BigInt(last) + 1n), 'CACHE 1: nothing in flight, the floor rises past the last publish id');
+  await ex.query(`ALTER SEQUENCE ${pub} CACHE 10`);
+  assert.equal(await run(), '0', 'with a cache the floor stays where it was');
+  await ex.query(`ALTER SEQUENCE ${pub} CACHE 1`);
+  assert.equal(await run(), String(BigInt(last) + 1n));
 });

@@ -214,7 +214,7 @@ export async function sequencerLock(tx: Executor, s: string, topicId: number): P
 }
 
 /**
- * One sequencer run in one round trip (the `topic_sequence` function of migration 023;
+ * One sequencer run in one round trip (the `topic_sequence` function of migration 024;
  * call it outside a transaction): under the topic's sequencer lock, moves up to
  * `limit` committed pending messages into the log in publish-id order; each gets its
  * position, the next id of the topic's `topic_seq_<id>`. Rows of transactions still
