@@ -14,8 +14,10 @@
  * transaction per batch); when it falls behind, the next batch is larger, and the
  * series shows offered vs achieved. Postgres runs at its default durability.
  *
- * Writes `<out>/soak-<lib>.json` (the series and the conditions) and prints one line
- * per minute; `bench/plot.ts <file.json>` draws it as a PNG. At the end it prints the ten
+ * Writes `<out>/soak-<lib>.json` (the series, the per-minute summary and the
+ * conditions) and prints one line per minute: its p50, p99 and p99.9 over every job
+ * started in it (a 0.1 ms histogram), the share of its jobs that waited over 20 ms, and
+ * the worst second's p99; `bench/plot.ts <file.json>` draws it as a PNG. At the end it prints the ten
  * worst seconds with what else happened in them (event-loop and GC pauses, the longest
  * enqueue call, the server's WAL fsyncs, checkpoints, autovacuum, retention runs).
  *
@@ -174,6 +176,51 @@ function backendUsage(pids: number[]): { rss: number; cpu: number } {
 
 const pct = (xs: number[], p: number) => (xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]);
 
+/**
+ * Latencies of every job of a minute, in 0.1 ms buckets up to 60 s (the last bucket
+ * holds the rest): a minute's percentiles over all its jobs, without sorting hundreds of
+ * thousands of numbers in the process being measured.
+ */
+class MinuteHistogram {
+  static readonly STEP_MS = 0.1;
+  readonly counts = new Uint32Array(600_000);
+  n = 0;
+  add(ms: number): void {
+    this.counts[Math.min(this.counts.length - 1, Math.max(0, Math.floor(ms / MinuteHistogram.STEP_MS)))]++;
+    this.n++;
+  }
+  /** The upper edge of the bucket holding the p-quantile (ms). */
+  quantile(p: number): number {
+    if (this.n === 0) return NaN;
+    const rank = Math.min(this.n, Math.floor(this.n * p) + 1);
+    let seen = 0;
+    for (let i = 0; i < this.counts.length; i++) {
+      seen += this.counts[i];
+      if (seen >= rank) return (i + 1) * MinuteHistogram.STEP_MS;
+    }
+    return Infinity;
+  }
+  /** Share of the jobs that waited longer than `ms`. */
+  over(ms: number): number {
+    let above = 0;
+    for (let i = Math.ceil(ms / MinuteHistogram.STEP_MS); i < this.counts.length; i++) above += this.counts[i];
+    return this.n === 0 ? NaN : above / this.n;
+  }
+}
+
+/** One line per minute: percentiles over every job started in it. */
+interface MinuteSummary {
+  minute: number;
+  started: number;
+  p50: number;
+  p99: number;
+  p999: number;
+  /** Share of the minute's jobs that waited more than 20 ms. */
+  over20: number;
+  /** The worst second's p99. */
+  worstSecondP99: number;
+}
+
 interface Sample {
   /** Seconds since the start. */
   t: number;
@@ -223,9 +270,13 @@ try {
   let enqueueMax = 0;
   let started = 0;
   let latencies: number[] = [];
+  let hist = new MinuteHistogram();
+  const minutes: MinuteSummary[] = [];
   await lib.start((t) => {
     started++;
-    latencies.push(now() - t);
+    const ms = now() - t;
+    latencies.push(ms);
+    hist.add(ms);
   });
   const t0 = now();
   const end = t0 + MINUTES * 60_000;
@@ -286,7 +337,7 @@ try {
   let lastStarted = 0;
   let minute: Sample[] = [];
   console.log(`# soak ${lib.name}: ${RATE} jobs/s offered for ${MINUTES} min, concurrency ${CONCURRENCY}; Postgres ${settings.server_version} fsync=${settings.fsync} full_page_writes=${settings.full_page_writes} synchronous_commit=${settings.synchronous_commit}; ${cpus().length} × ${cpus()[0]?.model.trim()}`);
-  console.log('minute | offered/s | enqueued/s | started/s | p50 ms | p99 ms (worst second) | node RSS MB | pg RSS MB | tables MB | backlog');
+  console.log('minute | offered/s | enqueued/s | started/s | p50 ms | p99 ms (all jobs of the minute) | p99.9 ms | jobs > 20 ms | p99 ms (worst second) | node RSS MB | pg RSS MB | tables MB | backlog');
   while (now() < end) {
     await new Promise((r) => setTimeout(r, 1000));
     const pids = (await monitor.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'`, [dbName])).rows.map((r) => r.pid);
@@ -336,10 +387,21 @@ try {
     if (minute.length === 60 || now() >= end) {
       const sum = (k: 'enqueued' | 'started') => minute.reduce((a, x) => a + x[k], 0);
       const last = minute[minute.length - 1];
+      const m: MinuteSummary = {
+        minute: Math.ceil(samples.length / 60),
+        started: hist.n,
+        p50: hist.quantile(0.5),
+        p99: hist.quantile(0.99),
+        p999: hist.quantile(0.999),
+        over20: hist.over(20),
+        worstSecondP99: Math.max(...minute.map((x) => x.p99)),
+      };
+      minutes.push(m);
       console.log(
-        `${Math.ceil(samples.length / 60)} | ${RATE} | ${Math.round(sum('enqueued') / minute.length)} | ${Math.round(sum('started') / minute.length)} | ${pct(minute.map((x) => x.p50), 0.5).toFixed(1)} | ${Math.max(...minute.map((x) => x.p99)).toFixed(1)} | ${(last.nodeRss / 2 ** 20).toFixed(0)} | ${(last.pgRss / 2 ** 20).toFixed(0)} | ${(last.tableBytes / 2 ** 20).toFixed(1)} | ${last.behind}`,
+        `${m.minute} | ${RATE} | ${Math.round(sum('enqueued') / minute.length)} | ${Math.round(sum('started') / minute.length)} | ${m.p50.toFixed(1)} | ${m.p99.toFixed(1)} | ${m.p999.toFixed(1)} | ${(100 * m.over20).toFixed(2)}% | ${m.worstSecondP99.toFixed(1)} | ${(last.nodeRss / 2 ** 20).toFixed(0)} | ${(last.pgRss / 2 ** 20).toFixed(0)} | ${(last.tableBytes / 2 ** 20).toFixed(1)} | ${last.behind}`,
       );
       minute = [];
+      hist = new MinuteHistogram();
     }
   }
   stopping = true;
@@ -363,7 +425,7 @@ try {
   const file = join(args.out!, `soak-${lib.name}.json`);
   writeFileSync(
     file,
-    JSON.stringify({ lib: lib.name, rate: RATE, minutes: MINUTES, concurrency: CONCURRENCY, settings, node: process.version, cpus: cpus().length, loadavg: loadavg(), samples }, null, 0),
+    JSON.stringify({ lib: lib.name, rate: RATE, minutes: MINUTES, concurrency: CONCURRENCY, settings, node: process.version, cpus: cpus().length, loadavg: loadavg(), perMinute: minutes, samples }, null, 0),
   );
   console.log(`# series written to ${file}`);
 } finally {
