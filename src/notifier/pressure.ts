@@ -80,7 +80,8 @@ export interface QueueTailHolder {
  * ordered idle-in-transaction first, then oldest transaction (or state change) first.
  * A backend still starting (its state `starting`, or none yet) shows a transaction
  * but runs no statement of a client, so it is left out. The listen sessions of
- * pgherald (`application_name` `pgherald:listen`) are never in a transaction. Seeing other users' statements needs `pg_read_all_stats`.
+ * pgherald (`application_name` `pgherald:listen`) are never in a transaction. Seeing
+ * other users' statements needs `pg_read_all_stats`.
  */
 export async function queueTailHolders(executor: Executor, limit = 5): Promise<QueueTailHolder[]> {
   const { rows } = await executor.query<{
