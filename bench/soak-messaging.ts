@@ -27,7 +27,9 @@
  * Every message is checked: each sequence number must arrive (exactly once for the
  * mailbox; the outbox relay is at-least-once, duplicates are counted). Writes
  * `<out>/soak-<part>.json` (series, conditions, chart layout) for bench/plot.ts, and
- * prints one line per minute (per 30 s when the run is shorter than 5 minutes).
+ * prints one line per minute (per 30 s when the run is shorter than 5 minutes), then a
+ * table per minute whose percentiles are taken over every message of the minute (a
+ * 0.1 ms histogram: `perMinute` in the JSON), with the share that took over 10 ms.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -36,6 +38,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { createHerald, type Herald } from '../src/client.js';
+import { LatencyHistogram } from './support/histogram.js';
 import { benchPostgres } from './support/postgres.js';
 
 const { values: args } = parseArgs({
@@ -133,6 +136,9 @@ try {
   let purged = 0;
   let maintenanceErrors = 0;
   let latencies: number[] = [];
+  // Every message of the current minute (its percentiles over all of them, not per second).
+  let hist = new LatencyHistogram();
+  const minutes: { minute: number; consumed: number; p50: number; p99: number; p999: number; over10: number; worstSecondP99: number }[] = [];
   const onMessage = (p: { n: number; t: number }) => {
     const at = now();
     if (seen[p.n]) {
@@ -142,6 +148,7 @@ try {
     seen[p.n] = 1;
     consumed++;
     latencies.push(at - p.t);
+    hist.add(at - p.t);
   };
   consumer.maintenance.on('maintenance:run', (r) => {
     if (r.task === (PART === 'mailbox' ? 'mailboxRetention' : 'outboxRetention')) purged += r.rows;
@@ -219,6 +226,19 @@ try {
       );
       block = [];
     }
+    if (samples.length % 60 === 0 || now() >= end) {
+      const tail = samples.slice(Math.floor((samples.length - 1) / 60) * 60);
+      minutes.push({
+        minute: Math.ceil(samples.length / 60),
+        consumed: hist.n,
+        p50: hist.quantile(0.5),
+        p99: hist.quantile(0.99),
+        p999: hist.quantile(0.999),
+        over10: hist.over(10),
+        worstSecondP99: Math.max(...tail.map((x) => x.p99)),
+      });
+      hist = new LatencyHistogram();
+    }
   }
   stopping = true;
   await producing;
@@ -248,6 +268,7 @@ try {
     medianP99: pct(sec.map((s) => s.p99), 0.5),
     worstP99,
     secondsWithP99Over10ms: secondsOver10,
+    minutesWithP99Over10ms: minutes.filter((m) => m.p99 > 10).length,
     seconds: sec.length,
     tableMbMax: Math.max(...samples.map((s) => s.tableBytes)) / 2 ** 20,
     tableMbLast: samples[samples.length - 1].tableBytes / 2 ** 20,
@@ -256,6 +277,11 @@ try {
     nodeRssMbLast: samples[samples.length - 1].nodeRss / 2 ** 20,
     loadavgEnd: loadavg(),
   };
+  console.log('# per minute, over every message consumed in it:');
+  console.log('minute | consumed | p50 ms | p99 ms | p99.9 ms | share over 10 ms | worst second p99 ms');
+  for (const m of minutes) {
+    console.log(`${m.minute} | ${m.consumed} | ${m.p50.toFixed(1)} | ${m.p99.toFixed(1)} | ${m.p999.toFixed(1)} | ${(100 * m.over10).toFixed(2)}% | ${m.worstSecondP99.toFixed(1)}`);
+  }
   console.log(`# ${JSON.stringify(summary)}`);
   mkdirSync(args.out!, { recursive: true });
   const file = join(args.out!, `soak-${PART}.json`);
@@ -268,7 +294,7 @@ try {
   ];
   writeFileSync(
     file,
-    JSON.stringify({ lib: `pgherald ${PART}`, part: PART, rate: RATE, minutes: MINUTES, retentionMs: RETENTION_MS, retentionIntervalMs: RETENTION_INTERVAL_MS, pool: POOL, keys: PART === 'outbox' ? KEYS : undefined, consumer: consumerOptions, settings, node: process.version, cpus: cpus().length, summary, charts, samples }),
+    JSON.stringify({ lib: `pgherald ${PART}`, part: PART, rate: RATE, minutes: MINUTES, retentionMs: RETENTION_MS, retentionIntervalMs: RETENTION_INTERVAL_MS, pool: POOL, keys: PART === 'outbox' ? KEYS : undefined, consumer: consumerOptions, settings, node: process.version, cpus: cpus().length, summary, perMinute: minutes, charts, samples }),
   );
   console.log(`# series written to ${file}`);
 } finally {

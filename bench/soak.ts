@@ -36,6 +36,7 @@ import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'gra
 import PgBoss from 'pg-boss';
 import { Herald } from '../src/client.js';
 import { benchPostgres } from './support/postgres.js';
+import { LatencyHistogram } from './support/histogram.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -176,38 +177,6 @@ function backendUsage(pids: number[]): { rss: number; cpu: number } {
 
 const pct = (xs: number[], p: number) => (xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]);
 
-/**
- * Latencies of every job of a minute, in 0.1 ms buckets up to 60 s (the last bucket
- * holds the rest): a minute's percentiles over all its jobs, without sorting hundreds of
- * thousands of numbers in the process being measured.
- */
-class MinuteHistogram {
-  static readonly STEP_MS = 0.1;
-  readonly counts = new Uint32Array(600_000);
-  n = 0;
-  add(ms: number): void {
-    this.counts[Math.min(this.counts.length - 1, Math.max(0, Math.floor(ms / MinuteHistogram.STEP_MS)))]++;
-    this.n++;
-  }
-  /** The upper edge of the bucket holding the p-quantile (ms). */
-  quantile(p: number): number {
-    if (this.n === 0) return NaN;
-    const rank = Math.min(this.n, Math.floor(this.n * p) + 1);
-    let seen = 0;
-    for (let i = 0; i < this.counts.length; i++) {
-      seen += this.counts[i];
-      if (seen >= rank) return (i + 1) * MinuteHistogram.STEP_MS;
-    }
-    return Infinity;
-  }
-  /** Share of the jobs that waited longer than `ms`. */
-  over(ms: number): number {
-    let above = 0;
-    for (let i = Math.ceil(ms / MinuteHistogram.STEP_MS); i < this.counts.length; i++) above += this.counts[i];
-    return this.n === 0 ? NaN : above / this.n;
-  }
-}
-
 /** One line per minute: percentiles over every job started in it. */
 interface MinuteSummary {
   minute: number;
@@ -270,7 +239,7 @@ try {
   let enqueueMax = 0;
   let started = 0;
   let latencies: number[] = [];
-  let hist = new MinuteHistogram();
+  let hist = new LatencyHistogram();
   const minutes: MinuteSummary[] = [];
   await lib.start((t) => {
     started++;
@@ -401,7 +370,7 @@ try {
         `${m.minute} | ${RATE} | ${Math.round(sum('enqueued') / minute.length)} | ${Math.round(sum('started') / minute.length)} | ${m.p50.toFixed(1)} | ${m.p99.toFixed(1)} | ${m.p999.toFixed(1)} | ${(100 * m.over20).toFixed(2)}% | ${m.worstSecondP99.toFixed(1)} | ${(last.nodeRss / 2 ** 20).toFixed(0)} | ${(last.pgRss / 2 ** 20).toFixed(0)} | ${(last.tableBytes / 2 ** 20).toFixed(1)} | ${last.behind}`,
       );
       minute = [];
-      hist = new MinuteHistogram();
+      hist = new LatencyHistogram();
     }
   }
   stopping = true;
