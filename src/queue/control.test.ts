@@ -234,6 +234,44 @@ describe('fleet-wide limits (in one process, two Heralds)', () => {
     }
     assert.ok(t[t.length - 1] - t[0] >= 1000, 'sixteen starts at 4 per 400 ms take at least 1.2 s minus the first burst');
   });
+
+  test("queue retention deletes the token buckets that refilled or lost their limit, never one that still holds a debt", async () => {
+    const h = herald();
+    // An hour-long period: every bucket written below still holds a debt when prune runs.
+    await h.queue.setLimit({ queue: 'rbq', kind: 'rbk', rate: { count: 1000, periodMs: 3_600_000 }, partitionBy: 'k' });
+    await h.queue.setLimit({ queue: 'rbq2', rate: { count: 1000, periodMs: 3_600_000 }, partitionBy: 'k' });
+    await h.queue.enqueueMany(Array.from({ length: 30 }, (_, i) => ({ kind: 'rbk', queue: 'rbq', payload: { k: `c#${i % 10}` } })));
+    await h.queue.enqueueMany(Array.from({ length: 6 }, (_, i) => ({ kind: 'any', queue: 'rbq2', payload: { k: `d${i % 3}` } })));
+    const ws = [h.queue.work('rbk', () => {}, { queue: 'rbq', concurrency: 10 }), h.queue.work('any', () => {}, { queue: 'rbq2', concurrency: 10 })];
+    try {
+      await waitForCount(async () => (await count('rbk', 'completed')) + (await count('any', 'completed')), 36, { what: 'rate-limited jobs' });
+    } finally {
+      for (const w of ws) await w.stop();
+    }
+    const buckets = async (like: string) =>
+      (await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM herald.queue_rate_buckets WHERE key LIKE $1`, [like], db.url))[0].n;
+    const first = await buckets('["rbq", "rbk", %');
+    // Ten keys (one of them with '#' in its value), each job under one of the key's stripes.
+    assert.ok(first >= 10, `a bucket per key and stripe used, saw ${first}`);
+    assert.ok((await buckets('["rbq2", "", %')) >= 3);
+    await h.queue.prune({ olderThanMs: 86_400_000 });
+    assert.equal(await buckets('["rbq", "rbk", %'), first, 'buckets written within their period are kept');
+    // Three keys' buckets last written two hours ago: refilled, so they read as missing ones.
+    const old = await adminQuery(
+      `UPDATE herald.queue_rate_buckets SET at = now() - interval '2 hours' WHERE key LIKE '["rbq", "rbk", "c#1"]#%' OR key LIKE '["rbq", "rbk", "c#2"]#%' OR key LIKE '["rbq", "rbk", "c#3"]#%' RETURNING key`,
+      [],
+      db.url,
+    );
+    assert.ok(old.length >= 3);
+    await h.queue.prune({ olderThanMs: 86_400_000 });
+    assert.equal(await buckets('["rbq", "rbk", %'), first - old.length, 'the refilled buckets, and only they, are gone');
+    // A limit removed: its buckets go at the next run; the other queue's stay.
+    assert.equal(await h.queue.removeLimit({ queue: 'rbq2' }), true);
+    await h.queue.prune({ olderThanMs: 86_400_000 });
+    assert.equal(await buckets('["rbq2", "", %'), 0);
+    assert.equal(await buckets('["rbq", "rbk", %'), first - old.length);
+    await h.queue.removeLimit({ queue: 'rbq', kind: 'rbk' });
+  });
 });
 
 describe('pause and limits from the CLI, the HTTP API and the dashboard', () => {

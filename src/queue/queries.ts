@@ -685,6 +685,41 @@ export async function jobDeleteFinished(x: Executor, s: string, olderThanMs: num
 }
 
 /**
+ * Deletes up to `limit` token buckets of rate limits (`queue_rate_buckets`, one row per
+ * limit unit: a partition key's stripe) that no longer hold anything: their limit is gone
+ * or has no rate, or they were last written a whole period ago or more (a bucket refills
+ * its share within one period, so it reads exactly as a missing one, which starts full).
+ * Without this, a per-key rate limit over many keys (customers, tenants) leaves a row per
+ * key and stripe for ever.
+ *
+ * Safe beside claimers: a claimer writes its unit's bucket under the unit's lock, in
+ * its claim's transaction; a bucket being rewritten is skipped (row-locked), and one
+ * rewritten since this statement's snapshot is re-checked as it is now (written now:
+ * kept). A bucket deleted after a claimer read it was full, and the claimer's write
+ * re-creates it from what it read. The unit's (queue, kind) is the JSON array before the
+ * unit's last `#` (see job_admit, migration 014).
+ */
+export async function jobRateBucketsPrune(x: Executor, s: string, limit: number): Promise<number> {
+  // The unit's limit, as the JSON array text before its last '#'.
+  const limit_ = "left(b.key, length(b.key) - strpos(reverse(b.key), '#'))::jsonb";
+  // FOR UPDATE re-checks the condition on the newest row of a bucket written after this
+  // statement's snapshot (and skips one a claim in flight holds).
+  const { rowCount } = await x.query(
+    `DELETE FROM ${s}.queue_rate_buckets rb
+      WHERE rb.key IN (
+        SELECT b.key FROM ${s}.queue_rate_buckets b
+         WHERE NOT EXISTS (
+           SELECT 1 FROM ${s}.queue_controls q
+            WHERE q.queue = ${limit_} ->> 0 AND q.kind = ${limit_} ->> 1
+              AND q.rate_count IS NOT NULL AND b.at > now() - q.rate_period_ms * interval '1 millisecond')
+         LIMIT $1
+         FOR UPDATE SKIP LOCKED)`,
+    [limit],
+  );
+  return rowCount ?? 0;
+}
+
+/**
  * Deletes, in one statement, up to `limit` batches settled before `olderThanMs`, and
  * the workflows without a member left among one page of workflows: the `limit` next
  * after `afterWorkflowId` in id order, those created before `olderThanMs`. A page, not

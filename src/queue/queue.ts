@@ -534,6 +534,11 @@ export class Queue extends TypedEmitter<QueueEvents> {
         this.#workflowCursor = r.scanned < batch || r.last === null ? '0' : r.last;
         if (r.scanned < batch && r.batches < batch) break;
       }
+      // Token buckets of rate limits that refilled (or whose limit is gone): rows that
+      // would read exactly as missing ones.
+      for (;;) {
+        if ((await q.jobRateBucketsPrune(this.executor, this.schemaSql, batch)) < batch) break;
+      }
     }
     if (total > 0) this.emit('job:retentionSwept', { deleted: total });
     return total;
