@@ -118,10 +118,13 @@ async function mailboxSendOne(executor: Executor, schema: string, row: MessageIn
  * Takes up to `limit` ready messages of one destination and marks them consumed, in
  * the executor's transaction: the mark commits (or rolls back) with it.
  *
- * `FOR UPDATE SKIP LOCKED` with the `LIMIT` inside a CTE: concurrent consumers each
- * lock different rows without waiting on each other, and the LIMIT is applied once (a
- * `WHERE id IN (SELECT ... LIMIT)` may be re-evaluated and take more). A row that a
- * crashed consumer held is unlocked when its transaction rolls back, and is ready again.
+ * The first ready messages in seq order come from `mailbox_next` (migration 025: the
+ * ready index scanned in order, never a bitmap scan, which would visit the heap row of
+ * every message consumed since the last vacuum), `FOR UPDATE SKIP LOCKED` with the
+ * `LIMIT` inside it: concurrent consumers each lock different rows without waiting on
+ * each other, and the LIMIT is applied once (a `WHERE id IN (SELECT ... LIMIT)` may be
+ * re-evaluated and take more). A row that a crashed consumer held is unlocked when its
+ * transaction rolls back, and is ready again.
  *
  * The UPDATE finds the locked row versions by ctid (a TID scan, no second descent of
  * the primary key per row). The ctids are stable while we hold the locks. A row updated
@@ -133,12 +136,7 @@ async function mailboxSendOne(executor: Executor, schema: string, row: MessageIn
 export async function mailboxClaim(executor: Executor, schema: string, destination: string, topic: string | null, limit: number): Promise<MessageRow[]> {
   const { rows } = await executor.query<MessageRow>(
     `WITH next AS (
-       SELECT ctid FROM ${schema}.mailbox_messages
-        WHERE destination = $1 AND state = 'ready' AND visible_at <= now()
-          AND ($2::text IS NULL OR topic = $2::text)
-        ORDER BY seq
-        LIMIT $3
-        FOR UPDATE SKIP LOCKED
+       SELECT row_ctid AS ctid FROM ${schema}.mailbox_next($1, $2, $3)
      )
      UPDATE ${schema}.mailbox_messages m
         SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1, lease = NULL
@@ -147,7 +145,8 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
     // Not prepared: a generic plan made while the table was small (a consumer started on
     // an empty mailbox) kept walking far more of the table as it grew, until an ANALYZE:
     // 872 µs and 243 buffers per take against 137 µs (plan included) and 29 unprepared,
-    // in a 5 s run from an empty table. The plan is cheap beside that risk.
+    // in a 5 s run from an empty table. The plan is cheap beside that risk. (Since
+    // migration 025 the scan's plan is fixed by mailbox_next's settings either way.)
     [destination, topic, limit],
   );
   // RETURNING has no order: by seq (decimal strings of positive bigints: shorter is smaller).
@@ -199,12 +198,7 @@ export async function mailboxTake(
   if (statementTimeoutMs !== null) params.push(`${Math.max(1, Math.round(statementTimeoutMs))}ms`);
   const { rows } = await executor.query<TakenRow>(
     `WITH next AS (
-       SELECT ctid, seq, lease IS NOT NULL AS abandoned FROM ${schema}.mailbox_messages
-        WHERE destination = $1 AND state = 'ready' AND visible_at <= now()
-          AND ($2::text IS NULL OR topic = $2::text)
-        ORDER BY seq
-        LIMIT $3
-        FOR UPDATE SKIP LOCKED
+       SELECT row_ctid AS ctid, seq, abandoned FROM ${schema}.mailbox_next($1, $2, $3)
      ), pick AS (
        SELECT ctid FROM next WHERE NOT EXISTS (SELECT 1 FROM next WHERE abandoned)
        UNION ALL
