@@ -8,14 +8,15 @@
  *
  *   node --import tsx bench/soak-messaging.ts --part mailbox|outbox [--rate 2000] [--minutes 15]
  *        [--retention-ms 30000] [--retention-interval-ms 10000] [--consumer-batch N]
- *        [--consumer-concurrency N] [--pool 16] [--keys 1000] [--no-consumer] [--out bench/results]
+ *        [--consumer-concurrency N] [--relays 1] [--pool 16] [--keys 1000] [--no-consumer] [--out bench/results]
  *
  * Producer: every 5 ms it calls `mailbox.send` / `outbox.add` (no `tx`: the library's group commit lets concurrent calls share commits)
  * for every message then due at `--rate`, without waiting for earlier ones (the pool,
  * `--pool` connections, bounds what is in flight); each payload carries its send time.
  * Outbox events carry one of `--keys` keys in turn (0: no key). The consumer runs on its own Herald (own pool), as when it runs in another process:
  * mailbox `consume(to, handler)` and outbox `relay({ sink })` with the library defaults
- * unless `--consumer-batch` / `--consumer-concurrency` are given.
+ * unless `--consumer-batch` / `--consumer-concurrency` are given; `--relays N` runs N relays
+ * on that Herald (claims in flight at once).
  *
  * Retention: the consumer's Herald runs the maintenance service with
  * `mailboxRetention` / `outboxRetention` set to `--retention-ms` (default 30 s; the
@@ -54,6 +55,7 @@ const { values: args } = parseArgs({
     keys: { type: 'string', default: '1000' },
     // Diagnostic: produce only (what the producer alone reaches); the consumed series stays 0.
     'no-consumer': { type: 'boolean', default: false },
+    relays: { type: 'string', default: '1' },
     out: { type: 'string', default: 'bench/results' },
   },
 });
@@ -66,6 +68,7 @@ const RETENTION_INTERVAL_MS = Number(args['retention-interval-ms']);
 const POOL = Number(args.pool);
 const BATCH = args['consumer-batch'] === undefined ? undefined : Number(args['consumer-batch']);
 const CONCURRENCY = args['consumer-concurrency'] === undefined ? undefined : Number(args['consumer-concurrency']);
+const RELAYS = Number(args.relays);
 for (const [k, v] of Object.entries({ rate: RATE, minutes: MINUTES, pool: POOL, 'retention-interval-ms': RETENTION_INTERVAL_MS })) {
   if (!(v > 0) || !Number.isFinite(v)) throw new Error(`--${k} must be a positive number`);
 }
@@ -162,8 +165,8 @@ try {
     await consumer.mailbox.start();
     stopConsumer = () => c.stop();
   } else {
-    const relay = consumer.outbox.relay({ sink: async (e) => onMessage(e.payload as { n: number; t: number }), ...consumerOptions });
-    stopConsumer = () => relay.stop();
+    const relays = Array.from({ length: RELAYS }, () => consumer.outbox.relay({ sink: async (e) => onMessage(e.payload as { n: number; t: number }), ...consumerOptions }));
+    stopConsumer = async () => void (await Promise.all(relays.map((r) => r.stop())));
   }
   const send = (n: number): Promise<unknown> => {
     const payload = { n, t: now() };
@@ -186,7 +189,7 @@ try {
   let last = { sent: 0, committed: 0, consumed: 0, purged: 0 };
   let block: Sample[] = [];
   const blockLen = MINUTES < 5 ? 30 : 60;
-  const describe = `${PART}: ${RATE} messages/s offered for ${MINUTES} min (one ${PART === 'mailbox' ? 'send' : 'add'} call per message, no tx), producer pool ${POOL}${PART === 'outbox' ? `, ${KEYS} keys` : ''}, consumer ${JSON.stringify(consumerOptions)}, retention ${RETENTION_MS} ms every ${RETENTION_INTERVAL_MS} ms`;
+  const describe = `${PART}: ${RATE} messages/s offered for ${MINUTES} min (one ${PART === 'mailbox' ? 'send' : 'add'} call per message, no tx), producer pool ${POOL}${PART === 'outbox' ? `, ${KEYS} keys` : ''}, consumer ${JSON.stringify(consumerOptions)}${PART === 'outbox' && RELAYS !== 1 ? ` × ${RELAYS} relays` : ''}, retention ${RETENTION_MS} ms every ${RETENTION_INTERVAL_MS} ms`;
   console.log(`# soak ${describe}; Postgres ${settings.server_version} fsync=${settings.fsync} full_page_writes=${settings.full_page_writes} synchronous_commit=${settings.synchronous_commit}; ${cpus().length} × ${cpus()[0]?.model.trim()}; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   console.log('until s | sent/s | committed/s | consumed/s | p50 ms (median s) | p99 ms (worst s) | max ms | node RSS MB | table MB | rows | dead tuples | vacuums | purged | backlog');
   while (now() < end) {
@@ -294,7 +297,7 @@ try {
   ];
   writeFileSync(
     file,
-    JSON.stringify({ lib: `pgherald ${PART}`, part: PART, rate: RATE, minutes: MINUTES, retentionMs: RETENTION_MS, retentionIntervalMs: RETENTION_INTERVAL_MS, pool: POOL, keys: PART === 'outbox' ? KEYS : undefined, consumer: consumerOptions, settings, node: process.version, cpus: cpus().length, summary, perMinute: minutes, charts, samples }),
+    JSON.stringify({ lib: `pgherald ${PART}`, part: PART, rate: RATE, minutes: MINUTES, retentionMs: RETENTION_MS, retentionIntervalMs: RETENTION_INTERVAL_MS, pool: POOL, keys: PART === 'outbox' ? KEYS : undefined, consumer: consumerOptions, relays: PART === 'outbox' ? RELAYS : undefined, settings, node: process.version, cpus: cpus().length, summary, perMinute: minutes, charts, samples }),
   );
   console.log(`# series written to ${file}`);
 } finally {
