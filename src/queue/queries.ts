@@ -700,8 +700,8 @@ export async function jobDeleteFinished(x: Executor, s: string, olderThanMs: num
  * unit's last `#` (see job_admit, migration 014).
  */
 export async function jobRateBucketsPrune(x: Executor, s: string, limit: number): Promise<number> {
-  // The unit's limit, as the JSON array text before its last '#'.
-  const limit_ = "left(b.key, length(b.key) - strpos(reverse(b.key), '#'))::jsonb";
+  // The bucket's limit key without its stripe: the JSON array [queue, kind, value] before the last '#'.
+  const limitKey = "left(b.key, length(b.key) - strpos(reverse(b.key), '#'))::jsonb";
   // FOR UPDATE re-checks the condition on the newest row of a bucket written after this
   // statement's snapshot (and skips one a claim in flight holds).
   const { rowCount } = await x.query(
@@ -710,7 +710,7 @@ export async function jobRateBucketsPrune(x: Executor, s: string, limit: number)
         SELECT b.key FROM ${s}.queue_rate_buckets b
          WHERE NOT EXISTS (
            SELECT 1 FROM ${s}.queue_controls q
-            WHERE q.queue = ${limit_} ->> 0 AND q.kind = ${limit_} ->> 1
+            WHERE q.queue = ${limitKey} ->> 0 AND q.kind = ${limitKey} ->> 1
               AND q.rate_count IS NOT NULL AND b.at > now() - q.rate_period_ms * interval '1 millisecond')
          LIMIT $1
          FOR UPDATE SKIP LOCKED)`,
