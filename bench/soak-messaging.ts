@@ -31,6 +31,9 @@
  * prints one line per minute (per 30 s when the run is shorter than 5 minutes), then a
  * table per minute whose percentiles are taken over every message of the minute (a
  * 0.1 ms histogram: `perMinute` in the JSON), with the share that took over 10 ms.
+ *
+ * Diagnosis (environment): `SOAK_PG_SETTINGS` (JSON) adds server settings, e.g.
+ * `{"shared_preload_libraries":"pg_stat_statements"}`, as in bench/soak.ts.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -103,7 +106,7 @@ interface Sample {
   backlog: number;
 }
 
-const server = await benchPostgres({ max_connections: 200 });
+const server = await benchPostgres({ max_connections: 200, ...JSON.parse(process.env.SOAK_PG_SETTINGS ?? '{}') });
 const admin = new pg.Client({ connectionString: server.url });
 await admin.connect();
 const dbName = `soak_${PART}_${process.pid}`;

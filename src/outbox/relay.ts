@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import type { Driver, Executor } from '../driver/types.js';
+import type { Driver } from '../driver/types.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { retryDelay, withTimeout, type RetryPolicy } from '../internal/backoff.js';
 import { describeError } from '../internal/describe-error.js';
@@ -12,13 +12,9 @@ import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
 import {
   ABANDONED_EVENT_ERROR,
+  outboxClaim,
   outboxClaimAbandoned,
-  outboxClaimKeyless,
-  outboxClaimRuns,
-  outboxFindHeads,
   outboxLease,
-  outboxHold,
-  outboxLockHeads,
   outboxSettle,
   outboxSettleHeld,
   type OutboxEventRow,
@@ -249,27 +245,29 @@ export class Relay extends TypedEmitter<RelayEvents> {
     const o = this.options;
     const token = randomUUID();
     const leasedAt = performance.now();
-    const taken = await this.#driver.transaction(async (tx) => {
-      // An abandoned event (its relay never recorded an outcome) goes alone, first. Looked
-      // for when the previous claim saw one might exist (an ended hold, a due lease), or
-      // when it took nothing; otherwise the look would cost a statement per batch for nothing.
-      const abandoned = this.#suspects ? await outboxClaimAbandoned(tx, this.#schema) : undefined;
-      this.#suspects = true;
-      if (abandoned) {
+    // An abandoned event (its relay never recorded an outcome) goes alone, first, in a
+    // short transaction of its own. Looked for only when the previous claim saw that one
+    // might exist (an ended hold, a due lease); otherwise it would cost a statement per batch.
+    let taken: { held: boolean; rows: OutboxEventRow[][]; dead: Set<string>; claimed: number } | undefined;
+    if (this.#suspects) {
+      taken = await this.#driver.transaction(async (tx) => {
+        const abandoned = await outboxClaimAbandoned(tx, this.#schema);
+        if (!abandoned) return undefined;
         const marks = await outboxLease(tx, this.#schema, [abandoned.seq], token, o.leaseMs, o.maxAttempts);
         return { held: false, rows: [[abandoned]], dead: new Set(marks.filter((m) => m.dead).map((m) => m.seq)), claimed: marks.length };
-      }
-      const rows = await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () => this.#claim(tx));
-      const batch = { seqs: [] as string[], keys: [] as (string | null)[], runs: [] as number[] };
-      rows.forEach((run, i) => {
-        for (const r of run) batch.seqs.push(r.seq), batch.keys.push(r.key), batch.runs.push(i);
-      });
-      const { held, suspects } = await outboxHold(tx, this.#schema, token, o.leaseMs, batch);
-      this.#suspects = suspects;
-      // The hold drops a run whole when another relay's hold names its key (a hold committed after the claim's reads).
-      const kept = rows.filter((run) => held.has(run[0].seq));
-      return { held: true, rows: kept, dead: new Set<string>(), claimed: held.size };
-    }, { prepare: true });
+      }, { prepare: true });
+      // Another may be due: look again next time (the claim below would say so too).
+      this.#suspects = taken !== undefined;
+    }
+    if (!taken) {
+      // Otherwise one statement claims the batch as runs and holds it (outboxClaim).
+      const claim = await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () =>
+        outboxClaim(this.#driver.executor, this.#schema, token, o.leaseMs, o.batchSize, this.#cursor),
+      );
+      this.#cursor = claim.cursor;
+      this.#suspects = claim.suspects;
+      taken = { held: true, rows: claim.runs, dead: new Set<string>(), claimed: claim.runs.reduce((n, run) => n + run.length, 0) };
+    }
     const claimed = taken.claimed;
     if (claimed === 0) return 0;
     const died = taken.dead;
@@ -350,67 +348,5 @@ export class Relay extends TypedEmitter<RelayEvents> {
       }
     }
     return claimed;
-  }
-
-  /**
-   * Claims one batch as runs (at most `batchSize` events): due keyless events (up to half
-   * the batch while keyed events wait, all of it otherwise), the due heads of keys found
-   * round-robin from where this relay's last claim stopped (a loose index scan: one
-   * probe per key, so a key's backlog is never walked), then each head extended by its
-   * key's next pending events while the batch has room. Each run is one key's events in
-   * `seq` order (a keyless event is a run of one).
-   */
-  async #claim(tx: Executor): Promise<OutboxEventRow[][]> {
-    const batch = this.options.batchSize;
-    const half = Math.ceil(batch / 2);
-    const keyless = await outboxClaimKeyless(tx, this.#schema, half, null);
-    const heads = await this.#claimHeads(tx, batch - keyless.length);
-    if (keyless.length === half && heads.length + keyless.length < batch) {
-      keyless.push(...(await outboxClaimKeyless(tx, this.#schema, batch - heads.length - keyless.length, keyless.at(-1)!.seq)));
-    }
-    const runs = heads.map((h) => [h]);
-    const budget = batch - heads.length - keyless.length;
-    if (budget > 0 && heads.length > 0) {
-      const tails = await outboxClaimRuns(tx, this.#schema, heads.map((h) => ({ key: h.key!, seq: h.seq })), budget);
-      for (const [i, tail] of tails) runs[i].push(...tail);
-    }
-    return [...runs, ...keyless.map((e) => [e])];
-  }
-
-  /**
-   * Locks up to `limit` due key heads, scanning keys in order from the cursor (where the
-   * previous claim stopped) and wrapping around once, so every key gets its turn however
-   * many keys have backlogs. Heads locked by other relays or not due (retrying) are
-   * passed over; a bounded number of windows per claim keeps a claim's cost bounded.
-   */
-  async #claimHeads(tx: Executor, limit: number): Promise<OutboxEventRow[]> {
-    const got: OutboxEventRow[] = [];
-    const taken = new Set<string>();
-    let cursor = this.#cursor;
-    let wrapped = cursor === null;
-    for (let windows = 0; got.length < limit && windows < 8; windows++) {
-      const need = limit - got.length;
-      const window = need + 16;
-      const found = await outboxFindHeads(tx, this.#schema, cursor, window);
-      const locked = await outboxLockHeads(tx, this.#schema, found.filter((h) => !taken.has(h.seq)).map((h) => h.seq), need);
-      for (const r of locked) taken.add(r.seq);
-      got.push(...locked);
-      if (got.length === limit) {
-        // Stopped at the last key there is: the next claim starts from the first key (as
-        // its wrap-around would, one statement sooner).
-        const last = locked.at(-1)!.key;
-        cursor = found.length < window && last === found.at(-1)!.key ? null : last;
-        break;
-      }
-      if (found.length === window) {
-        cursor = found.at(-1)!.key;
-        continue;
-      }
-      cursor = null; // past the last key: start over from the first
-      if (wrapped) break;
-      wrapped = true;
-    }
-    this.#cursor = cursor;
-    return got;
   }
 }
