@@ -30,7 +30,8 @@
  * `<out>/soak-<part>.json` (series, conditions, chart layout) for bench/plot.ts, and
  * prints one line per minute (per 30 s when the run is shorter than 5 minutes), then a
  * table per minute whose percentiles are taken over every message of the minute (a
- * 0.1 ms histogram: `perMinute` in the JSON), with the share that took over 10 ms.
+ * 0.1 ms histogram: `perMinute` in the JSON), with the share that took over 10 ms,
+ * and the producer's part of it: the send/add call's own p50/p99 (call -> committed).
  *
  * Diagnosis (environment): `SOAK_PG_SETTINGS` (JSON) adds server settings, e.g.
  * `{"shared_preload_libraries":"pg_stat_statements"}`, as in bench/soak.ts.
@@ -144,7 +145,9 @@ try {
   let latencies: number[] = [];
   // Every message of the current minute (its percentiles over all of them, not per second).
   let hist = new LatencyHistogram();
-  const minutes: { minute: number; consumed: number; p50: number; p99: number; p999: number; over10: number; worstSecondP99: number }[] = [];
+  // The producer's part of it: send call -> the call resolved (its transaction committed).
+  let commitHist = new LatencyHistogram();
+  const minutes: { minute: number; consumed: number; p50: number; p99: number; p999: number; over10: number; worstSecondP99: number; commitP50: number; commitP99: number }[] = [];
   const onMessage = (p: { n: number; t: number }) => {
     const at = now();
     if (seen[p.n]) {
@@ -171,9 +174,10 @@ try {
     const relays = Array.from({ length: RELAYS }, () => consumer.outbox.relay({ sink: async (e) => onMessage(e.payload as { n: number; t: number }), ...consumerOptions }));
     stopConsumer = async () => void (await Promise.all(relays.map((r) => r.stop())));
   }
-  const send = (n: number): Promise<unknown> => {
+  const send = async (n: number): Promise<void> => {
     const payload = { n, t: now() };
-    return PART === 'mailbox' ? producer.mailbox.send({ to: 'soak', payload }) : producer.outbox.add({ type: 'soak', key: KEYS > 0 ? `k${n % KEYS}` : null, payload });
+    await (PART === 'mailbox' ? producer.mailbox.send({ to: 'soak', payload }) : producer.outbox.add({ type: 'soak', key: KEYS > 0 ? `k${n % KEYS}` : null, payload }));
+    commitHist.add(now() - payload.t);
   };
   const t0 = now();
   const end = t0 + MINUTES * 60_000;
@@ -242,8 +246,11 @@ try {
         p999: hist.quantile(0.999),
         over10: hist.over(10),
         worstSecondP99: Math.max(...tail.map((x) => x.p99)),
+        commitP50: commitHist.quantile(0.5),
+        commitP99: commitHist.quantile(0.99),
       });
       hist = new LatencyHistogram();
+      commitHist = new LatencyHistogram();
     }
   }
   stopping = true;
@@ -284,9 +291,9 @@ try {
     loadavgEnd: loadavg(),
   };
   console.log('# per minute, over every message consumed in it:');
-  console.log('minute | consumed | p50 ms | p99 ms | p99.9 ms | share over 10 ms | worst second p99 ms');
+  console.log('minute | consumed | p50 ms | p99 ms | p99.9 ms | share over 10 ms | worst second p99 ms | send call p50 / p99 ms');
   for (const m of minutes) {
-    console.log(`${m.minute} | ${m.consumed} | ${m.p50.toFixed(1)} | ${m.p99.toFixed(1)} | ${m.p999.toFixed(1)} | ${(100 * m.over10).toFixed(2)}% | ${m.worstSecondP99.toFixed(1)}`);
+    console.log(`${m.minute} | ${m.consumed} | ${m.p50.toFixed(1)} | ${m.p99.toFixed(1)} | ${m.p999.toFixed(1)} | ${(100 * m.over10).toFixed(2)}% | ${m.worstSecondP99.toFixed(1)} | ${m.commitP50.toFixed(1)} / ${m.commitP99.toFixed(1)}`);
   }
   console.log(`# ${JSON.stringify(summary)}`);
   mkdirSync(args.out!, { recursive: true });

@@ -27,7 +27,7 @@ describe('outbox key locks are bounded', () => {
     assert.deepEqual(rows[0], { n, keys: n });
   });
 
-  it('producers of one key still serialise until commit, through the bucket lock', async () => {
+  it('producers of one key still serialise until commit, through the bucket lock taken before the seq is drawn', async () => {
     let releaseFirst!: () => void;
     const firstHolds = new Promise<void>((r) => (releaseFirst = r));
     let firstAdded!: () => void;
@@ -36,6 +36,10 @@ describe('outbox key locks are bounded', () => {
       await herald.outbox.add({ type: 'order', key: 'k-serial', payload: 1 }, { tx });
       firstAdded();
       await firstHolds;
+      // Added while the second producer waits: had the second drawn its seq before
+      // waiting for the lock, this later event would get a higher seq than it and
+      // commit first (the key's order broken).
+      await herald.outbox.add({ type: 'order', key: 'k-serial', payload: 'late' }, { tx });
     });
     await added;
     // The second producer of the key must wait for the first to commit: observe it waiting on the advisory lock.
@@ -53,7 +57,7 @@ describe('outbox key locks are bounded', () => {
     releaseFirst();
     await first;
     await second;
-    const { rows } = await herald.driver.executor.query<{ payload: number }>(`SELECT payload FROM herald.outbox_events WHERE key = 'k-serial' ORDER BY seq`);
-    assert.deepEqual(rows.map((r) => r.payload), [1, 2]);
+    const { rows } = await herald.driver.executor.query<{ payload: number | string }>(`SELECT payload FROM herald.outbox_events WHERE key = 'k-serial' ORDER BY seq`);
+    assert.deepEqual(rows.map((r) => r.payload), [1, 'late', 2]);
   });
 });

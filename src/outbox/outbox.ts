@@ -10,7 +10,6 @@ import {
   outboxInsertOne,
   outboxGet,
   outboxListDead,
-  outboxLockKeys,
   type OUTBOX_KEY_LOCK_BUCKETS,
   outboxPruneDead,
   outboxPrunePublished,
@@ -149,17 +148,10 @@ export class Outbox {
       payloads: events.map((e) => e.payload),
       headers: events.map((e) => e.headers),
     };
-    const keys = [...new Set(cols.keys.filter((k): k is string => k !== null))];
-    const run = async (ex: Executor) => {
-      // The key locks must live until commit: in the caller's transaction, or in ours.
-      await outboxLockKeys(ex, this.#lockPrefix, keys);
-      return outboxInsertMany(ex, this.#s, cols);
-    };
-    const own = async (ex: Executor) => {
-      if (lockTimeoutMs !== null && keys.length > 0) await ex.query(`SELECT set_config('lock_timeout', $1, true)`, [`${lockTimeoutMs}ms`]);
-      return run(ex);
-    };
-    return this.#write(tx, tx ? run : own, (ex) => (keys.length ? this.#driver.transaction(own) : outboxInsertMany(ex, this.#s, cols)));
+    // The key locks must live until commit: in the caller's transaction, or in the
+    // statement's own (one statement, committed by itself, when it is ours).
+    const insert = (ex: Executor, timeoutMs: number | null) => outboxInsertMany(ex, this.#s, cols, { prefix: this.#lockPrefix, timeoutMs });
+    return this.#write(tx, (ex) => insert(ex, tx ? null : lockTimeoutMs), (ex) => insert(ex, lockTimeoutMs));
   }
 
   /**

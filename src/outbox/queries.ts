@@ -69,32 +69,40 @@ export async function outboxInsertOne(
   return rows[0].id;
 }
 
-/** Takes the producer locks of a batch's key buckets, in bucket order so two batches cannot deadlock. */
-export async function outboxLockKeys(ex: Executor, lockPrefix: string, keys: string[]): Promise<void> {
-  if (keys.length === 0) return;
-  await ex.query(
-    `SELECT count(pg_advisory_xact_lock(hashtextextended($1 || b::text, 0)))
-       FROM (SELECT DISTINCT ${bucketOf('k')} AS b FROM unnest($2::text[]) AS k ORDER BY b) AS buckets`,
-    [lockPrefix, keys],
-  );
-}
-
-/** Inserts a batch in array order (WITH ORDINALITY + ORDER BY draws seq values in that order). */
+/**
+ * Inserts a batch in array order (WITH ORDINALITY + ORDER BY draws seq values in that
+ * order), in one statement with its producer locks: the buckets of the batch's keys, in
+ * bucket order so two batches cannot deadlock, taken by an InitPlan that gates the
+ * insert, so before any identity value is drawn (see {@link outboxInsertOne}).
+ * `lockTimeoutMs` (not null): `lock_timeout` for the rest of the transaction, set before
+ * the locks (a grouped insert must not hold its other callers behind one busy key).
+ * One round trip: committed by itself when sent outside a transaction (the grouped
+ * adds: BEGIN, lock_timeout, locks, insert and COMMIT were five; issue 19).
+ */
 export async function outboxInsertMany(
   ex: Executor,
   s: string,
   cols: { types: string[]; keys: (string | null)[]; payloads: (string | null)[]; headers: string[] },
+  locks: { prefix: string; timeoutMs: number | null },
 ): Promise<string[]> {
-  const { rows } = await ex.query<{ id: string }>(
-    `INSERT INTO ${s}.outbox_events (type, key, payload, headers)
+  const keyed = cols.keys.some((k) => k !== null);
+  const timeout = keyed && locks.timeoutMs !== null;
+  const { rows } = await ex.query<{ id: string; seq: string }>(
+    `${keyed ? `WITH locks AS MATERIALIZED (
+       SELECT count(pg_advisory_xact_lock(hashtextextended($5 || b::text, 0))) AS n
+         FROM (SELECT DISTINCT ${bucketOf('k')} AS b FROM unnest($2::text[]) AS k WHERE k IS NOT NULL ORDER BY b) AS buckets
+        ${timeout ? `WHERE (SELECT set_config('lock_timeout', $6, true)) IS NOT NULL` : ''}
+     )` : ''}
+     INSERT INTO ${s}.outbox_events (type, key, payload, headers)
      SELECT t, k, p::jsonb, h::jsonb
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(t, k, p, h, ord)
+      ${keyed ? 'WHERE (SELECT n FROM locks) IS NOT NULL' : ''}
       ORDER BY ord
      RETURNING id::text AS id, seq`,
-    [cols.types, cols.keys, cols.payloads, cols.headers],
+    [cols.types, cols.keys, cols.payloads, cols.headers, ...(keyed ? [locks.prefix] : []), ...(timeout ? [`${locks.timeoutMs}ms`] : [])],
   );
   // RETURNING order follows insertion order in practice, but sort by seq to be sure.
-  return (rows as unknown as { id: string; seq: string }[]).sort((a, b) => Number(BigInt(a.seq) - BigInt(b.seq))).map((r) => r.id);
+  return rows.sort((a, b) => Number(BigInt(a.seq) - BigInt(b.seq))).map((r) => r.id);
 }
 
 /**
