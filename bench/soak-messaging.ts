@@ -31,7 +31,9 @@
  * prints one line per minute (per 30 s when the run is shorter than 5 minutes), then a
  * table per minute whose percentiles are taken over every message of the minute (a
  * 0.1 ms histogram: `perMinute` in the JSON), with the share that took over 10 ms,
- * and the producer's part of it: the send/add call's own p50/p99 (call -> committed).
+ * and the producer's part of it: the send/add call's own p50/p99 (call -> committed);
+ * then the ten worst seconds with what else happened in them (bench/support/second-watch.ts:
+ * event loop, GC, WAL fsyncs, checkpoints, autovacuum, retention runs).
  *
  * Diagnosis (environment): `SOAK_PG_SETTINGS` (JSON) adds server settings, e.g.
  * `{"shared_preload_libraries":"pg_stat_statements"}`, as in bench/soak.ts.
@@ -45,6 +47,7 @@ import pg from 'pg';
 import { createHerald, type Herald } from '../src/client.js';
 import { LatencyHistogram } from './support/histogram.js';
 import { benchPostgres } from './support/postgres.js';
+import { SecondWatch, type SecondWatchSample } from './support/second-watch.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -85,7 +88,8 @@ const TABLE = PART === 'mailbox' ? 'mailbox_messages' : 'outbox_events';
 const now = () => performance.timeOrigin + performance.now();
 const pct = (xs: number[], p: number) => (xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]);
 
-interface Sample {
+/** One second of the run; what else happened in it (event loop, GC, WAL fsyncs, checkpoints, autovacuum, retention): {@link SecondWatchSample}. */
+interface Sample extends SecondWatchSample {
   /** Seconds since the start. */
   t: number;
   /** Sends called (the offered load). */
@@ -107,7 +111,7 @@ interface Sample {
   backlog: number;
 }
 
-const server = await benchPostgres({ max_connections: 200, ...JSON.parse(process.env.SOAK_PG_SETTINGS ?? '{}') });
+const server = await benchPostgres({ max_connections: 200, track_wal_io_timing: 'on', ...JSON.parse(process.env.SOAK_PG_SETTINGS ?? '{}') });
 const admin = new pg.Client({ connectionString: server.url });
 await admin.connect();
 const dbName = `soak_${PART}_${process.pid}`;
@@ -126,6 +130,7 @@ const consumer: Herald = createHerald({
 });
 const samples: Sample[] = [];
 let stopping = false;
+let watch: SecondWatch | undefined;
 let stopConsumer: () => Promise<void> = async () => {};
 try {
   await producer.migrate();
@@ -160,7 +165,10 @@ try {
     hist.add(at - p.t);
   };
   consumer.maintenance.on('maintenance:run', (r) => {
-    if (r.task === (PART === 'mailbox' ? 'mailboxRetention' : 'outboxRetention')) purged += r.rows;
+    if (r.task === (PART === 'mailbox' ? 'mailboxRetention' : 'outboxRetention')) {
+      purged += r.rows;
+      watch?.event(`retention ${r.rows}`);
+    }
   });
   consumer.maintenance.on('maintenance:error', () => void maintenanceErrors++);
   const consumerOptions = { ...(BATCH !== undefined && { batchSize: BATCH }), ...(CONCURRENCY !== undefined && { concurrency: CONCURRENCY }) };
@@ -199,8 +207,10 @@ try {
   const describe = `${PART}: ${RATE} messages/s offered for ${MINUTES} min (one ${PART === 'mailbox' ? 'send' : 'add'} call per message, no tx), producer pool ${POOL}${PART === 'outbox' ? `, ${KEYS} keys` : ''}, consumer ${JSON.stringify(consumerOptions)}${PART === 'outbox' && RELAYS !== 1 ? ` × ${RELAYS} relays` : ''}, retention ${RETENTION_MS} ms every ${RETENTION_INTERVAL_MS} ms`;
   console.log(`# soak ${describe}; Postgres ${settings.server_version} fsync=${settings.fsync} full_page_writes=${settings.full_page_writes} synchronous_commit=${settings.synchronous_commit}; ${cpus().length} × ${cpus()[0]?.model.trim()}; load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   console.log('until s | sent/s | committed/s | consumed/s | p50 ms (median s) | p99 ms (worst s) | max ms | node RSS MB | table MB | rows | dead tuples | vacuums | purged | backlog');
+  watch = await SecondWatch.start(monitor, dbName);
   while (now() < end) {
     await new Promise((r) => setTimeout(r, 1000));
+    const watched = await watch.sample();
     const { rows } = await monitor.query<{ b: string; n: string; dead: string; vacuums: string }>(
       `SELECT pg_total_relation_size(c.oid)::text AS b, (SELECT count(*) FROM herald.${TABLE})::text AS n,
               st.n_dead_tup::text AS dead, (st.autovacuum_count + st.vacuum_count)::text AS vacuums
@@ -223,13 +233,14 @@ try {
       vacuums: Number(rows[0].vacuums),
       purged: purged - last.purged,
       backlog: sent - consumed,
+      ...watched,
     };
     last = { sent, committed, consumed, purged };
     latencies = [];
     samples.push(s);
     block.push(s);
     if (block.length === blockLen || now() >= end) {
-      const avg = (k: keyof Sample) => Math.round(block.reduce((a, x) => a + x[k], 0) / block.length);
+      const avg = (k: 'sent' | 'committed' | 'consumed') => Math.round(block.reduce((a, x) => a + x[k], 0) / block.length);
       const b = block[block.length - 1];
       console.log(
         `${b.t} | ${avg('sent')} | ${avg('committed')} | ${avg('consumed')} | ${pct(block.map((x) => x.p50), 0.5).toFixed(2)} | ${Math.max(...block.map((x) => x.p99)).toFixed(2)} | ${Math.max(...block.map((x) => x.max)).toFixed(1)} | ${(b.nodeRss / 2 ** 20).toFixed(0)} | ${(b.tableBytes / 2 ** 20).toFixed(1)} | ${b.rows} | ${b.deadRows} | ${b.vacuums} | ${block.reduce((a, x) => a + x.purged, 0)} | ${b.backlog}`,
@@ -295,6 +306,11 @@ try {
   for (const m of minutes) {
     console.log(`${m.minute} | ${m.consumed} | ${m.p50.toFixed(1)} | ${m.p99.toFixed(1)} | ${m.p999.toFixed(1)} | ${(100 * m.over10).toFixed(2)}% | ${m.worstSecondP99.toFixed(1)} | ${m.commitP50.toFixed(1)} / ${m.commitP99.toFixed(1)}`);
   }
+  console.log('# worst seconds: t | p99 ms | consumed | event-loop max ms | GC max ms | WAL fsyncs (ms total) | events (this second; the one before)');
+  for (const w of [...sec].sort((a, b) => b.p99 - a.p99).slice(0, 10)) {
+    const prev = samples[samples.indexOf(w) - 1];
+    console.log(`${w.t} | ${w.p99.toFixed(1)} | ${w.consumed} | ${w.loopMaxMs.toFixed(1)} | ${w.gcMaxMs.toFixed(1)} | ${w.walSyncs ?? '-'} (${w.walSyncMs?.toFixed(1) ?? '-'}) | ${w.events.join(', ') || '-'}; ${prev?.events.join(', ') || '-'}`);
+  }
   console.log(`# ${JSON.stringify(summary)}`);
   mkdirSync(args.out!, { recursive: true });
   const file = join(args.out!, `soak-${PART}.json`);
@@ -312,6 +328,7 @@ try {
   console.log(`# series written to ${file}`);
 } finally {
   stopping = true;
+  watch?.stop();
   await stopConsumer().catch(() => {});
   await consumer.close().catch(() => {});
   await producer.close().catch(() => {});

@@ -29,13 +29,14 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { monitorEventLoopDelay, performance, PerformanceObserver } from 'node:perf_hooks';
+import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'graphile-worker';
 import PgBoss from 'pg-boss';
 import { Herald } from '../src/client.js';
 import { benchPostgres } from './support/postgres.js';
+import { SecondWatch, type SecondWatchSample } from './support/second-watch.js';
 import { LatencyHistogram } from './support/histogram.js';
 
 const { values: args } = parseArgs({
@@ -190,7 +191,8 @@ interface MinuteSummary {
   worstSecondP99: number;
 }
 
-interface Sample {
+/** One second of the run; what else happened in it (event loop, GC, WAL fsyncs, checkpoints, autovacuum, retention): {@link SecondWatchSample}. */
+interface Sample extends SecondWatchSample {
   /** Seconds since the start. */
   t: number;
   enqueued: number;
@@ -203,17 +205,8 @@ interface Sample {
   pgCpu: number;
   tableBytes: number;
   behind: number;
-  /** Longest event-loop delay of the second (ms): a stall of this process (GC, a long turn). */
-  loopMaxMs: number;
-  /** Longest garbage-collection pause of the second (ms). */
-  gcMaxMs: number;
   /** Longest enqueue call (one transaction) that ended in the second (ms). */
   enqueueMaxMs: number;
-  /** WAL fsync time of the server in the second (ms; pg_stat_io, PostgreSQL 18+, else null) and how many. */
-  walSyncMs: number | null;
-  walSyncs: number | null;
-  /** What else happened in the second: `checkpoint` (one ended), `autovacuum <table>` (a worker ran on the database), `retention <n>` (pgherald's retention deleted n jobs). */
-  events: string[];
 }
 
 // I/O timing: the per-second WAL fsync time (no effect on durability).
@@ -263,24 +256,8 @@ try {
     }
   })();
   // What else happened each second, to read the worst seconds against.
-  let events: string[] = [];
-  lib.onRetention?.((n) => events.push(`retention ${n}`));
-  const loop = monitorEventLoopDelay({ resolution: 5 });
-  loop.enable();
-  let gcMax = 0;
-  const gcObserver = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) gcMax = Math.max(gcMax, e.duration);
-  });
-  gcObserver.observe({ entryTypes: ['gc'] });
-  const checkpointSql = Number(settings.server_version_num) >= 170000
-    ? `SELECT (num_timed + num_requested)::int AS n FROM pg_stat_checkpointer`
-    : `SELECT (checkpoints_timed + checkpoints_req)::int AS n FROM pg_stat_bgwriter`;
-  let lastCheckpoints = (await monitor.query<{ n: number }>(checkpointSql)).rows[0].n;
-  const walSql = Number(settings.server_version_num) >= 180000
-    ? `SELECT coalesce(sum(fsync_time), 0)::float8 AS ms, coalesce(sum(fsyncs), 0)::float8 AS n FROM pg_stat_io WHERE object = 'wal'`
-    : undefined;
-  const walNow = async () => (walSql ? (await monitor.query<{ ms: number; n: number }>(walSql)).rows[0] : undefined);
-  let lastWal = await walNow();
+  const watch = await SecondWatch.start(monitor, dbName);
+  lib.onRetention?.((n) => watch.event(`retention ${n}`));
   // SOAK_WAITS=1: what the database's backends wait on, sampled every 10 ms (a diagnosis).
   const waits = new Map<string, number>();
   let waitsPolling: Promise<void> | undefined;
@@ -315,12 +292,7 @@ try {
       `SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::text AS b FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`,
       [lib.schema],
     );
-    const checkpoints = (await monitor.query<{ n: number }>(checkpointSql)).rows[0].n;
-    if (checkpoints > lastCheckpoints) events.push('checkpoint');
-    const wal = await walNow();
-    lastCheckpoints = checkpoints;
-    const vacuums = await monitor.query<{ q: string }>(`SELECT query AS q FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'autovacuum worker'`, [dbName]);
-    for (const v of vacuums.rows) events.push(v.q.replace(/^autovacuum:\s*/, 'autovacuum ').slice(0, 80));
+    const watched = await watch.sample();
     const cpu = process.cpuUsage(lastCpu);
     lastCpu = process.cpuUsage();
     const s: Sample = {
@@ -335,18 +307,10 @@ try {
       pgCpu: Math.max(0, pgUse.cpu - lastPg.cpu),
       tableBytes: Number(size.rows[0].b),
       behind: enqueued - started,
-      loopMaxMs: loop.max / 1e6,
-      gcMaxMs: gcMax,
       enqueueMaxMs: enqueueMax,
-      walSyncMs: wal && lastWal ? wal.ms - lastWal.ms : null,
-      walSyncs: wal && lastWal ? wal.n - lastWal.n : null,
-      events,
+      ...watched,
     };
-    lastWal = wal;
     enqueueMax = 0;
-    loop.reset();
-    gcMax = 0;
-    events = [];
     lastPg = pgUse;
     lastEnq = enqueued;
     lastStarted = started;
@@ -375,8 +339,7 @@ try {
   }
   stopping = true;
   await producing;
-  loop.disable();
-  gcObserver.disconnect();
+  watch.stop();
   if (waitsPolling) {
     await waitsPolling;
     const total = [...waits.values()].reduce((a, b) => a + b, 0);
