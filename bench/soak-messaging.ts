@@ -33,7 +33,7 @@
  * 0.1 ms histogram: `perMinute` in the JSON), with the share that took over 10 ms,
  * and the producer's part of it: the send/add call's own p50/p99 (call -> committed);
  * then the ten worst seconds with what else happened in them (bench/support/second-watch.ts:
- * event loop, GC, WAL fsyncs, checkpoints, autovacuum, retention runs).
+ * event loop, GC, WAL fsyncs, checkpoints, autovacuum, retention runs; the consumer's problems).
  *
  * Diagnosis (environment): `SOAK_PG_SETTINGS` (JSON) adds server settings, e.g.
  * `{"shared_preload_libraries":"pg_stat_statements"}`, as in bench/soak.ts.
@@ -176,10 +176,12 @@ try {
     // produce only
   } else if (PART === 'mailbox') {
     const c = consumer.mailbox.consume<{ n: number; t: number }>('soak', (m) => onMessage(m.payload), consumerOptions);
+    consumer.mailbox.on('message:problem', (err) => watch?.event(`consumer problem: ${err.message.slice(0, 60)}`));
     await consumer.mailbox.start();
     stopConsumer = () => c.stop();
   } else {
     const relays = Array.from({ length: RELAYS }, () => consumer.outbox.relay({ sink: async (e) => onMessage(e.payload as { n: number; t: number }), ...consumerOptions }));
+    for (const r of relays) r.on('relay:problem', (err) => watch?.event(`relay problem: ${err.message.slice(0, 60)}`));
     stopConsumer = async () => void (await Promise.all(relays.map((r) => r.stop())));
   }
   const send = async (n: number): Promise<void> => {
