@@ -67,6 +67,8 @@ DECLARE
   v_hkey text[] := '{}';
   v_fseq bigint[];
   v_fkey text[];
+  v_k0 text;
+  v_s0 bigint;
   v_cand bigint[];
   v_lseq bigint[];
   v_lkey text[];
@@ -104,31 +106,29 @@ BEGIN
     v_windows := v_windows + 1;
     v_need := v_limit - cardinality(v_hseq);
     v_window := v_need + 16;
-    -- Two statements, not (cursor IS NULL OR key > cursor): a cached generic plan could
-    -- not use that condition as an index bound.
+    -- The first head after the cursor: two statements, not (cursor IS NULL OR key > cursor),
+    -- since a cached generic plan could not use that condition as an index bound.
     IF v_cursor IS NULL THEN
-      WITH RECURSIVE h AS (
-        (SELECT p.key AS k, p.seq AS s, 1 AS d FROM :schema.outbox_events AS p
-          WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL
-          ORDER BY p.key, p.seq LIMIT 1)
-        UNION ALL
-        SELECT n.key, n.seq, h.d + 1 FROM h CROSS JOIN LATERAL (
-          SELECT p.key, p.seq FROM :schema.outbox_events AS p
-           WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL AND p.key > h.k
-           ORDER BY p.key, p.seq LIMIT 1) AS n)
-      SELECT coalesce(array_agg(w.k ORDER BY w.d), '{}'), coalesce(array_agg(w.s ORDER BY w.d), '{}')
-        INTO v_fkey, v_fseq FROM (SELECT * FROM h LIMIT v_window) AS w;
+      SELECT p.key, p.seq INTO v_k0, v_s0 FROM :schema.outbox_events AS p
+       WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL
+       ORDER BY p.key, p.seq LIMIT 1;
     ELSE
+      SELECT p.key, p.seq INTO v_k0, v_s0 FROM :schema.outbox_events AS p
+       WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL AND p.key > v_cursor
+       ORDER BY p.key, p.seq LIMIT 1;
+    END IF;
+    v_fkey := '{}';
+    v_fseq := '{}';
+    IF v_k0 IS NOT NULL THEN
+      -- Then one probe per key, each jumping past the key before.
       WITH RECURSIVE h AS (
-        (SELECT p.key AS k, p.seq AS s, 1 AS d FROM :schema.outbox_events AS p
-          WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL AND p.key > v_cursor
-          ORDER BY p.key, p.seq LIMIT 1)
+        SELECT v_k0 AS k, v_s0 AS s, 1 AS d
         UNION ALL
         SELECT n.key, n.seq, h.d + 1 FROM h CROSS JOIN LATERAL (
           SELECT p.key, p.seq FROM :schema.outbox_events AS p
            WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key IS NOT NULL AND p.key > h.k
            ORDER BY p.key, p.seq LIMIT 1) AS n)
-      SELECT coalesce(array_agg(w.k ORDER BY w.d), '{}'), coalesce(array_agg(w.s ORDER BY w.d), '{}')
+      SELECT array_agg(w.k ORDER BY w.d), array_agg(w.s ORDER BY w.d)
         INTO v_fkey, v_fseq FROM (SELECT * FROM h LIMIT v_window) AS w;
     END IF;
     v_found := cardinality(v_fseq);
