@@ -233,8 +233,8 @@ export class Relay extends TypedEmitter<RelayEvents> {
    * Holds (or leases), publishes and records one batch; returns how many events it
    * took. The loop calls it; tests and tools may too (on a relay that is not started).
    *
-   * Three steps, no transaction open across the network: (1) a short transaction
-   * claims the batch (SKIP LOCKED) and holds it with one row (`outbox_holds`: a fresh
+   * Three steps, no transaction open across the network: (1) one statement
+   * (`outbox_claim`, committed by itself) claims the batch (SKIP LOCKED) and holds it with one row (`outbox_holds`: a fresh
    * token, the hold's end, the batch's keys and seqs; it counts the attempt) and
    * commits; (2) the sink publishes with nothing of ours open; (3) one statement
    * deletes the hold and records the outcome, only if the hold was still there. An

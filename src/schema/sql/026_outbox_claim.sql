@@ -223,16 +223,9 @@ BEGIN
       SELECT k.s, NULL, (v_nheads + k.o - 1)::int FROM unnest(v_keyless) WITH ORDINALITY AS k(s, o)
     ) AS b;
 
-  IF cardinality(v_bseq) = 0 THEN
-    v_held := '{}';
-    SELECT EXISTS (SELECT 1 FROM :schema.outbox_holds AS x WHERE x.held_until <= now())
-        OR EXISTS (SELECT 1 FROM :schema.outbox_events AS a
-                    WHERE a.lease IS NOT NULL AND a.published_at IS NULL AND a.dead_at IS NULL AND a.next_attempt_at <= now())
-      INTO v_suspects;
-  ELSE
-    SELECT coalesce(oh.seqs, '{}'), oh.suspects INTO v_held, v_suspects
-      FROM :schema.outbox_hold(p_token, p_lease_ms, v_bseq, v_bkey, v_brun) AS oh;
-  END IF;
+  -- The hold (with an empty batch it holds nothing and still tells `suspects`).
+  SELECT coalesce(oh.seqs, '{}'), oh.suspects INTO v_held, v_suspects
+    FROM :schema.outbox_hold(p_token, p_lease_ms, v_bseq, v_bkey, v_brun) AS oh;
 
   IF cardinality(v_held) = 0 THEN
     RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::text, NULL::jsonb, NULL::jsonb, NULL::int,
