@@ -41,22 +41,28 @@ describe('outbox key locks are bounded', () => {
       // commit first (the key's order broken).
       await herald.outbox.add({ type: 'order', key: 'k-serial', payload: 'late' }, { tx });
     });
-    await added;
-    // The second producer of the key must wait for the first to commit: observe it waiting on the advisory lock.
-    const second = herald.outbox.addMany([{ type: 'order', key: 'k-serial', payload: 2 }, { type: 'order', key: 'other', payload: 3 }]);
-    let secondDone = false;
-    void second.then(() => (secondDone = true), () => (secondDone = true));
-    for (;;) {
-      assert.equal(secondDone, false, 'the second producer of the key did not wait for the first');
-      const r = await herald.driver.executor.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = current_database()`,
-      );
-      if (r.rows[0].n > 0) break;
-      await new Promise((res) => setImmediate(res));
+    try {
+      await added;
+      // The second producer of the key must wait for the first to commit: observe it waiting on the advisory lock.
+      const second = herald.outbox.addMany([{ type: 'order', key: 'k-serial', payload: 2 }, { type: 'order', key: 'other', payload: 3 }]);
+      let secondDone = false;
+      void second.then(() => (secondDone = true), () => (secondDone = true));
+      for (;;) {
+        assert.equal(secondDone, false, 'the second producer of the key did not wait for the first');
+        const r = await herald.driver.executor.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = current_database()`,
+        );
+        if (r.rows[0].n > 0) break;
+        await new Promise((res) => setImmediate(res));
+      }
+      releaseFirst();
+      await first;
+      await second;
+    } finally {
+      // A failed assertion above must not leave the first transaction open.
+      releaseFirst();
+      await first.catch(() => {});
     }
-    releaseFirst();
-    await first;
-    await second;
     const { rows } = await herald.driver.executor.query<{ payload: number | string }>(`SELECT payload FROM herald.outbox_events WHERE key = 'k-serial' ORDER BY seq`);
     assert.deepEqual(rows.map((r) => r.payload), [1, 'late', 2]);
   });

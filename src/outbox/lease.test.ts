@@ -148,7 +148,6 @@ test('the lease of an abandoned event taken alone commits without waiting for th
 });
 
 test('a hold drops whole runs whose key or event another hold names (a hold committed after the claim read the holds), and commits without waiting for the WAL flush', async () => {
-  const { outboxHold } = await import('./queries.js');
   const { randomUUID } = await import('node:crypto');
   const ids = await herald.outbox.addMany([
     { type: 'h', key: 'held' },
@@ -174,11 +173,11 @@ test('a hold drops whole runs whose key or event another hold names (a hold comm
   await assert.rejects(
     herald.driver.transaction(async (tx) => {
       // Runs: 0 = key 'held' (two events), 1 = key 'free', 2 and 3 = keyless events.
-      got = await outboxHold(tx, '"herald"', randomUUID(), 30_000, {
-        seqs: [held1.seq, held2.seq, free.seq, keyless1.seq, keyless2.seq],
-        keys: ['held', 'held', 'free', null, null],
-        runs: [0, 0, 1, 2, 3],
-      });
+      const { rows: hold } = await tx.query<{ seqs: string[] | null; suspects: boolean }>(
+        `SELECT seqs, suspects FROM herald.outbox_hold($1::uuid, $2::float8, $3::bigint[], $4::text[], $5::int[])`,
+        [randomUUID(), 30_000, [held1.seq, held2.seq, free.seq, keyless1.seq, keyless2.seq], ['held', 'held', 'free', null, null], [0, 0, 1, 2, 3]],
+      );
+      got = { held: new Set(hold[0].seqs ?? []), suspects: hold[0].suspects };
       setting = (await tx.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0].synchronous_commit;
       throw rollback;
     }),

@@ -114,7 +114,7 @@ export async function outboxInsertMany(
  * walked; windows of room + 16 keys, at most 8, wrapping around once), each head
  * extended by its key's next pending events while the batch has room (a run is cut at
  * its first event locked elsewhere or not due), every row locked FOR UPDATE SKIP LOCKED
- * and skipped when a hold names its key or seq; then the hold ({@link outboxHold}).
+ * and skipped when a hold names its key or seq; then the hold (`outbox_hold`, migration 026).
  * Each statement inside takes its own snapshot, as the separate statements did; what
  * changed is one round trip instead of seven to nine (issue 19: 2.3 ms a claim, 1.8 of
  * them round trips). Returns the held runs in order (key runs in head order, then one
@@ -157,7 +157,7 @@ export const ABANDONED_EVENT_ERROR = 'no outcome recorded: the relay died, lost 
  * claims skip leased rows (`lease IS NULL`). Walks the small leased index (migration 010).
  *
  * First (`ended`, `abandoned`) it ends the holds whose time ran out (see
- * {@link outboxHold}; SKIP LOCKED, so a hold its relay is settling right now is left to
+ * `outbox_hold`; SKIP LOCKED, so a hold its relay is settling right now is left to
  * that relay): each such hold is deleted and its still-pending events become abandoned
  * events — the attempt the hold counted moves onto them (attempts + 1), `lease` = the
  * hold's token, due now. A data-modifying CTE's rows are not seen by the rest of its
@@ -228,44 +228,7 @@ export async function outboxLease(
 }
 
 /**
- * Holds a claimed batch (its events still locked by the claim's transaction, which
- * commits right after; `outbox_hold`, migration 026, which {@link outboxClaim} calls
- * last; called alone by tests): inserts ONE row (`outbox_holds`: a random `token`, the hold's
- * end `leaseMs` from now in database time, the keys of the runs and every seq) instead
- * of writing each event. Until the row is deleted, every claim skips the keys and seqs
- * it names (read by the claim's lock statements, see {@link outboxClaim}), and it
- * counts one attempt for each of its events: when the hold ends with no outcome
- * recorded, {@link outboxClaimAbandoned} moves that attempt onto the events.
- *
- * The claim's earlier statements read the holds with their own snapshots; a hold that
- * another relay committed after them (it held the rows' locks until its commit, and
- * SKIP LOCKED let this claim lock them right after) is visible only now, to this
- * statement: a run (`runs[i]`: the index of the event's run) with a key or a seq named
- * by any hold is dropped whole, so a key is never in two batches. Returns the seqs
- * held (none: nothing to publish), and `suspects`: whether a hold has ended or a
- * leased event is due again, i.e. whether the relay's next claim must look for
- * abandoned events first ({@link outboxClaimAbandoned}; skipped otherwise, one
- * statement less per batch). Commits without waiting for the WAL flush (see
- * {@link LEASE_COMMITS_ASYNC}).
- */
-export async function outboxHold(
-  ex: Executor,
-  s: string,
-  token: string,
-  leaseMs: number,
-  batch: { seqs: string[]; keys: (string | null)[]; runs: number[] },
-): Promise<{ held: Set<string>; suspects: boolean }> {
-  if (batch.seqs.length === 0) return { held: new Set(), suspects: true };
-  const { rows } = await ex.query<{ seqs: string[] | null; suspects: boolean }>(
-    `SELECT seqs, suspects FROM ${s}.outbox_hold($1::uuid, $2::float8, $3::bigint[], $4::text[], $5::int[])`,
-    [token, leaseMs, batch.seqs, batch.keys, batch.runs],
-    PREPARE,
-  );
-  return { held: new Set(rows[0]?.seqs ?? []), suspects: rows[0]?.suspects ?? true };
-}
-
-/**
- * Records the outcome of a held batch (see {@link outboxHold}) in one statement,
+ * Records the outcome of a held batch (see `outbox_hold`, migration 026) in one statement,
  * outside any transaction of the publish: deletes the hold by its token and, only if
  * it was still there, marks the acknowledged events published and the failed ones
  * retrying (attempts + 1: the attempt the hold counted) or dead at `maxAttempts`;

@@ -10,8 +10,17 @@
 -- holds and commits is unchanged; the row locks and the hold commit with the call.
 -- The abandoned-event path (rare) stays in the relay, before the call.
 --
--- outbox_hold is the hold statement the relay used (see src/outbox/queries.ts,
--- outboxHold): one row for the batch, runs named by another hold dropped whole, and
+-- outbox_hold is the hold statement the relay sent last in its claim transaction, now
+-- outbox_claim's last step: it inserts ONE row for the batch (`outbox_holds`: a random
+-- token, the hold's end p_lease_ms from now in database time, the keys of the runs and
+-- every seq) instead of writing each event. Until the row is deleted every claim skips
+-- the keys and seqs it names, and it counts one attempt for each of its events (when the
+-- hold ends with no outcome recorded, the abandoned-event look moves that attempt onto
+-- the events). The claim's earlier statements read the holds with their own snapshots; a
+-- hold another relay committed after them (it held the rows' locks until its commit, and
+-- SKIP LOCKED let this claim lock them right after) is visible only to this later
+-- statement, so a run (p_runs: each event's run) with a key or seq named by any hold is
+-- dropped whole: a key is never in two batches. Returns the seqs held (NULL: none) and
 -- `suspects` (a hold ended or a leased event due again: the next claim looks for
 -- abandoned events first). Its commit does not wait for the WAL flush (set_config of
 -- synchronous_commit for the transaction, as the relay's lease statements do).
