@@ -27,6 +27,20 @@ for (const { name, make } of DRIVERS) {
       }
     });
 
+    it('calls onSent once a statement has left the process, no later than its result', async () => {
+      const driver = make(db.url);
+      try {
+        let sentAt = 0;
+        const order: string[] = [];
+        const res = await driver.executor.query<{ v: number }>('SELECT $1::int AS v', [5], { onSent: () => (order.push('sent'), sentAt++) }).then((r) => (order.push('result'), r));
+        assert.deepEqual(res.rows, [{ v: 5 }]);
+        assert.deepEqual(order, ['sent', 'result']);
+        assert.equal(sentAt, 1, 'once');
+      } finally {
+        await driver.end();
+      }
+    });
+
     it('commits a transaction that resolves and rolls back one that throws', async () => {
       const driver = make(db.url);
       try {

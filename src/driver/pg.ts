@@ -51,6 +51,8 @@ const MAX_PREPARED = 500;
 // reported before the statement runs, so running it again unprepared is safe.
 const POOLER_PREPARE_ERRORS = new Set(['26000', '42P05']);
 
+const EMPTY = Buffer.alloc(0);
+
 /**
  * A driver over node-postgres (`pg`). Every pool and client it owns handles its
  * `error` event: when Postgres restarts, unhandled client errors kill Node.
@@ -90,11 +92,14 @@ export function pgDriver(options: PgDriverOptions): Driver {
     return name;
   };
   /**
-   * A statement with a deadline (acquiring a connection included). Past it, the
-   * connection is released as broken and its socket destroyed: a connection that was
-   * black-holed while idle in the pool is discarded, never waited on again.
+   * A statement on a connection checked out for it alone: with a deadline (acquiring a
+   * connection included; past it, the connection is released as broken and its socket
+   * destroyed, so a connection black-holed while idle in the pool is discarded, never
+   * waited on again), and/or with `onSent` (the socket is needed to tell when the
+   * statement left the process).
    */
-  const timedQuery = async <R>(text: string, values: readonly unknown[] | undefined, timeoutMs: number): Promise<QueryResult<R>> => {
+  const timedQuery = async <R>(text: string, values: readonly unknown[] | undefined, opts: QueryOptions): Promise<QueryResult<R>> => {
+    const timeoutMs = opts.timeoutMs !== undefined && Number.isFinite(opts.timeoutMs) ? opts.timeoutMs : Infinity;
     const started = Date.now();
     const acquiring = pool.connect();
     let client: pg.PoolClient;
@@ -104,7 +109,11 @@ export function pgDriver(options: PgDriverOptions): Driver {
       acquiring.then((c) => c.release(), () => {});
       throw err;
     }
-    const running = client.query(text, values as unknown[]);
+    const name = prepare && opts.prepare ? nameOf(text) : undefined;
+    const running = client.query(name === undefined ? { text, values: values as unknown[] } : { name, text, values: values as unknown[] });
+    // pg wrote the statement synchronously unless the socket's buffer was full: an empty
+    // write's callback runs once everything queued before it reached the kernel.
+    if (opts.onSent) (client as unknown as { connection: { stream: NodeJS.WritableStream } }).connection.stream.write(EMPTY, () => opts.onSent!());
     try {
       const res = await deadline(running, timeoutMs - (Date.now() - started), () => statementTimeout('a statement', timeoutMs));
       client.release();
@@ -113,13 +122,17 @@ export function pgDriver(options: PgDriverOptions): Driver {
       running.catch(() => {});
       client.release(err as Error);
       if (err instanceof HeraldError && err.code === 'TIMEOUT') destroyStream(client);
+      if (name !== undefined && POOLER_PREPARE_ERRORS.has((err as { code?: string }).code ?? '')) {
+        prepare = false;
+        return timedQuery<R>(text, values, { ...opts, timeoutMs: timeoutMs - (Date.now() - started) });
+      }
       throw err;
     }
   };
 
   const executor: Executor = {
     async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
-      if (opts?.timeoutMs !== undefined && Number.isFinite(opts.timeoutMs)) return timedQuery<R>(text, values, opts.timeoutMs);
+      if ((opts?.timeoutMs !== undefined && Number.isFinite(opts.timeoutMs)) || opts?.onSent) return timedQuery<R>(text, values, opts);
       const name = prepare && opts?.prepare ? nameOf(text) : undefined;
       if (name !== undefined) {
         try {

@@ -121,7 +121,11 @@ function withDeadlines(sql: Sql, plain: Executor, connectTimeoutMs: number): Exe
   return {
     async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
       try {
-        return await timed<R>(text, values, opts);
+        const res = await timed<R>(text, values, opts);
+        // postgres.js does not say when a statement left the process: its completion is the
+        // first moment this driver knows (QueryOptions.onSent).
+        opts?.onSent?.();
+        return res;
       } catch (err) {
         if ((err as { code?: string }).code !== 'CONNECT_TIMEOUT') throw err;
         throw new HeraldError('TIMEOUT', `could not connect to PostgreSQL within ${connectTimeoutMs} ms (connect_timeout): the address accepted no session`, {

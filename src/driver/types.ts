@@ -51,6 +51,16 @@ export interface QueryOptions {
    * caller's transaction ignore it.
    */
   timeoutMs?: number;
+  /**
+   * Called once the statement has been written to its connection's socket (handed to
+   * the operating system), before its result arrives: from then on the server runs it
+   * even if this process dies at once (SIGKILL included; the kernel still delivers
+   * what was written). The pool driver of `pg` calls it at that moment; a driver that
+   * cannot tell calls it when the statement completes, or never if the statement
+   * fails first, so callers wait for the first of the two. Executors over a caller's
+   * transaction ignore it.
+   */
+  onSent?: () => void;
 }
 
 /**

@@ -9,7 +9,7 @@ import { HeraldError } from '../errors.js';
 import type { Executor } from '../driver/types.js';
 import { withTimeout } from '../internal/backoff.js';
 import { ABANDONED_ERROR, mailboxNextVisible, mailboxReapTakes, mailboxRecordFailure, mailboxTake, mailboxTakesDelete, type MessageRow, type TakenRow } from './queries.js';
-import type { TakeLog } from './takes.js';
+import type { TakeLog, TakeRecord } from './takes.js';
 import type { MailboxHandler, MailboxMessage } from './types.js';
 import type { WakeHub } from './wakeup.js';
 
@@ -83,8 +83,10 @@ export class MailboxConsumer {
   #visibleWakeAt = Infinity;
   /** When abandoned take rows of the destination are next looked for (performance.now()): at the first take, then every pollIntervalMs. */
   #reapAt = -Infinity;
-  /** Tokens of takes that committed, whose take rows the next take deletes. */
+  /** Tokens of takes that committed, whose take rows (committed too) the next take deletes. */
   #committed: string[] = [];
+  /** Take rows of committed takes still on their way (stop() waits for them before its last delete). */
+  readonly #landing = new Set<Promise<void>>();
 
   /** @internal created by `Mailbox.consume`. */
   constructor(host: ConsumerHost, settings: ConsumerSettings, handler: MailboxHandler) {
@@ -122,6 +124,7 @@ export class MailboxConsumer {
   stop(): Promise<void> {
     return (this.#stopping ??= this.#loop.stop().then(async () => {
       this.#unwatch();
+      await Promise.all(this.#landing);
       // The take rows of the last committed takes (a process that dies before this
       // leaves them to mailboxReapTakes, which drops them: their messages are consumed).
       const tokens = this.#committed;
@@ -196,9 +199,10 @@ export class MailboxConsumer {
   /**
    * One take: a transaction that takes up to `batchSize` messages (marked consumed in
    * it; the same statement deletes the take rows of this consumer's earlier committed
-   * takes), commits their take row on another connection (the attempt, counted before
-   * any handler runs), runs the handler on each message and commits the consumption
-   * together with the handler's writes. Returns how many it took.
+   * takes), sends their take row on another connection (the attempt: the handlers run
+   * once it has left the process, while it commits), runs the handler on each message
+   * and commits the consumption together with the handler's writes. Returns how many
+   * it took.
    */
   async #runOnce(): Promise<number> {
     const { to, topic, batchSize, maxAttempts, handlerTimeoutMs } = this.#settings;
@@ -222,6 +226,7 @@ export class MailboxConsumer {
     }
     const token = randomUUID();
     let rows: TakenRow[] = [];
+    let take: TakeRecord | undefined;
     // Earlier takes' rows, deleted by this take's statement (undone if it rolls back).
     const drop = this.#committed;
     this.#committed = [];
@@ -242,9 +247,16 @@ export class MailboxConsumer {
           done();
         }
         if (rows.length === 0) return 0;
-        // The attempt, committed before any handler runs: if this transaction never
-        // commits, the row stays and a later take counts it (mailboxReapTakes).
-        await host.takes.record({ token, destination: to, ids: rows.map((r) => r.id) });
+        // The attempt: if this transaction never commits, the row stays and a later take
+        // counts it (mailboxReapTakes). The handlers run once its insert has left the
+        // process (a process killed in a handler cannot take it back: the server still
+        // runs it), not once it committed: its round trip overlaps the handlers and the
+        // commit instead of preceding them. A row that fails is reported; the take goes
+        // on (the row only matters if this process dies).
+        take = host.takes.record({ token, destination: to, ids: rows.map((r) => r.id) });
+        const t = take;
+        t.sent.then(() => t.committed.catch((err) => host.problem(err)), () => {}); // a row never sent fails this take instead
+        await t.sent;
         // The handler gets the transaction through a guard: once its time is up (or the
         // take is over) a late statement of it fails instead of running on a connection
         // that went back to the pool.
@@ -273,8 +285,15 @@ export class MailboxConsumer {
         return rows.length;
       });
       this.consumed += n;
-      // Committed: its take row names consumed messages only; the next take deletes it.
-      if (n > 0) this.#committed.push(token);
+      // Committed: its take row names consumed messages only; the next take deletes it
+      // once it has committed too (one that failed left nothing to delete).
+      if (take) {
+        const landing: Promise<void> = take.committed.then(
+          () => void this.#committed.push(token),
+          () => {},
+        ).finally(() => this.#landing.delete(landing));
+        this.#landing.add(landing);
+      }
       if (n === 0) await this.#wakeWhenVisible();
       return n;
     } catch (err) {
@@ -287,7 +306,10 @@ export class MailboxConsumer {
       // batch are ready again, their attempt uncounted. Record the failure of this one
       // message, and drop the take row, in one statement.
       this.failures++;
-      const result = await mailboxRecordFailure(host.driver.executor, host.schemaSql, err.row.id, token, describeError(err.error), maxAttempts, host.retry);
+      // The take row first: the record deletes it. If its insert failed there is none,
+      // and the record counts the attempt by itself.
+      const landed = await take!.committed.then(() => true, () => false);
+      const result = await mailboxRecordFailure(host.driver.executor, host.schemaSql, err.row.id, landed ? token : null, describeError(err.error), maxAttempts, host.retry);
       if (result && result !== 'held') {
         host.failed({ to, id: err.row.id, attempts: result.attempts, error: err.error, dead: result.state === 'dead' });
         if (result.state === 'ready') {

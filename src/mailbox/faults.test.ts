@@ -88,6 +88,8 @@ describe('mailbox under faults (shared cluster)', () => {
     await herald.mailbox.send({ to, payload: 'once', id: 'kill-1' });
     assert.equal((await victim.line<{ inHandler: string }>('inHandler')).inHandler, 'kill-1');
     // The take row committed before the handler ran: it is what counts this delivery.
+    // The take row was sent before the handler began; it commits meanwhile.
+    await waitFor(async () => (await pool.query(`SELECT 1 FROM herald.mailbox_takes WHERE destination = $1`, [to])).rowCount === 1, { what: 'the take row to commit' });
     assert.deepEqual((await pool.query(`SELECT ids FROM herald.mailbox_takes WHERE destination = $1`, [to])).rows, [{ ids: ['kill-1'] }]);
     victim.child.kill('SIGKILL');
     await victim.exited;

@@ -4,7 +4,7 @@
  */
 import { LEASE_COMMITS_ASYNC } from '../internal/lease.js';
 import { wakeSql } from '../notifier/pressure.js';
-import type { Executor } from '../driver/types.js';
+import type { Executor, QueryOptions } from '../driver/types.js';
 import { retryDelaySql, type RetryPolicy } from '../internal/backoff.js';
 
 /** A message row as the consume path returns it. */
@@ -225,13 +225,24 @@ export interface TakeRow {
 
 /**
  * Inserts take rows (one per consume transaction; several consumers' at once when they
- * wait on each other, see `TakeLog`) in its own commit, before any handler of those
- * transactions runs. The commit does not wait for its WAL flush
- * ({@link LEASE_COMMITS_ASYNC}: visible to every session at once; only a crash of the
- * server itself can lose it, and then the consume transaction is gone too).
- * The ids of all rows travel in one flat array; each row names its slice.
+ * wait on each other, see `TakeLog`) in its own commit; the consumer runs its handlers
+ * once the statement has left the process (`opts.onSent`), without waiting for it.
+ * The commit does not wait for its WAL flush ({@link LEASE_COMMITS_ASYNC}: visible to
+ * every session at once; only a crash of the server itself can lose it, and then the
+ * consume transaction is gone too). A lone row (the usual case) is one plain row; the
+ * ids of several rows travel in one flat array, each row naming its slice.
  */
-export async function mailboxTakeInsert(executor: Executor, schema: string, takes: readonly TakeRow[]): Promise<void> {
+export async function mailboxTakeInsert(executor: Executor, schema: string, takes: readonly TakeRow[], opts: Omit<QueryOptions, 'prepare'> = {}): Promise<void> {
+  // Prepared: hot statements whose plans do not depend on their values.
+  if (takes.length === 1) {
+    const [t] = takes;
+    await executor.query(
+      `INSERT INTO ${schema}.mailbox_takes (token, destination, ids) SELECT $1::uuid, $2::text, $3::text[] WHERE ${LEASE_COMMITS_ASYNC}`,
+      [t.token, t.destination, t.ids],
+      { ...opts, prepare: true },
+    );
+    return;
+  }
   const first: number[] = [];
   let at = 1;
   for (const t of takes) {
@@ -244,8 +255,7 @@ export async function mailboxTakeInsert(executor: Executor, schema: string, take
        FROM unnest($1::uuid[], $2::text[], $4::int[], $5::int[]) AS t(token, destination, lo, n)
       WHERE ${LEASE_COMMITS_ASYNC}`,
     [takes.map((t) => t.token), takes.map((t) => t.destination), takes.flatMap((t) => t.ids), first, takes.map((t) => t.ids.length)],
-    // Prepared: a hot statement whose plan does not depend on its values.
-    { prepare: true },
+    { ...opts, prepare: true },
   );
 }
 
@@ -358,12 +368,16 @@ export async function mailboxReapTakes(
  * naming the message: {@link mailboxReapTakes} counts the attempt if the message is
  * ready and unheld again later, or drops the row once the message is consumed (race
  * (d) of src/mailbox/README.md).
+ *
+ * `token` null: the take's row did not commit (its insert failed), so there is none to
+ * delete and none that a look for abandoned takes could have counted: the attempt is
+ * counted here alone.
  */
 export async function mailboxRecordFailure(
   executor: Executor,
   schema: string,
   id: string,
-  token: string,
+  token: string | null,
   error: string,
   maxAttempts: number,
   retry: RetryPolicy,
@@ -381,7 +395,8 @@ export async function mailboxRecordFailure(
               dead_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
               visible_at = now() + ${retryDelaySql('attempts + 1', '$4', '$5', '$6')} * interval '1 millisecond',
               lease = NULL
-        WHERE id = $1 AND state = 'ready' AND EXISTS (SELECT 1 FROM take WHERE $1 = ANY(take.ids))
+        WHERE id = $1 AND state = 'ready' AND EXISTS (SELECT 1 FROM msg)
+          AND ($7::uuid IS NULL OR EXISTS (SELECT 1 FROM take WHERE $1 = ANY(take.ids)))
        RETURNING state, attempts, (extract(epoch FROM visible_at - now()) * 1000)::float8 AS delay_ms
      )
      SELECT NOT EXISTS (SELECT 1 FROM msg) AS held, c.state, c.attempts, c.delay_ms

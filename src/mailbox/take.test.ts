@@ -1,6 +1,6 @@
 /**
- * Consumer takes and handler timeouts: the take row (the attempt) is committed before
- * the handler runs; abandoned takes are counted by the next consumer, live ones never;
+ * Consumer takes and handler timeouts: the take row (the attempt) is sent before the
+ * handler runs and commits while it runs (a row that fails does not fail the take); abandoned takes are counted by the next consumer, live ones never;
  * a handler over handlerTimeoutMs rolls back and uses its attempt; the statements'
  * cost does not grow with the backlog.
  */
@@ -53,7 +53,7 @@ async function manualTake(to: string, limit: number) {
   };
 }
 
-test('the take row is committed before the handler runs; attempts seen from elsewhere lag by the run in flight', async () => {
+test('the take row is sent before the handler runs and commits while it runs; attempts seen from elsewhere lag by the run in flight', async () => {
   const inHandler = deferred();
   const finish = deferred();
   const c = herald.mailbox.consume('take-visible', async (m) => {
@@ -64,8 +64,10 @@ test('the take row is committed before the handler runs; attempts seen from else
   try {
     await herald.mailbox.send({ to: 'take-visible', payload: 1, id: 'tv-1' });
     await inHandler.promise;
-    // Seen from another connection while the handler runs: the take row (the attempt) is
-    // there; the message row shows the state before the take (its update is in flight).
+    // Seen from another connection while the handler runs: the take row (the attempt)
+    // commits (it was sent before the handler began); the message row shows the state
+    // before the take (its update is in flight).
+    await waitFor(async () => (await takeRows('take-visible')).length > 0, { what: 'the take row to commit' });
     assert.deepEqual(await takeRows('take-visible'), [['tv-1']]);
     assert.deepEqual(await row('tv-1'), { state: 'ready', attempts: 0, last_error: null, abandoned: false });
     // A look for abandoned takes counts nothing of a live one (its message is locked) and keeps its row.
@@ -384,4 +386,44 @@ test('a take does not visit the rows consumed since the last vacuum again and ag
   const second = await takeCost();
   assert.equal(second.rows, 10);
   assert.ok(second.blocks <= 100, `the second take fetched ${second.blocks} heap blocks (first: ${first.blocks}) to find 10 ready messages behind 39,990 consumed ones`);
+});
+
+test('a take row that cannot be written does not fail a take whose handlers run: the consumption commits, message:problem says why; a failure then counts its attempt by itself', async () => {
+  const to = 'take-row-refused';
+  // A trigger refuses this destination's take rows: the insert fails after it was sent.
+  await herald.driver.executor.query(`
+    CREATE FUNCTION refuse_take_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.destination = 'take-row-refused' THEN RAISE EXCEPTION 'take rows refused for this test'; END IF;
+      RETURN NEW;
+    END $$;
+    CREATE TRIGGER refuse_take_rows BEFORE INSERT ON herald.mailbox_takes FOR EACH ROW EXECUTE FUNCTION refuse_take_rows()`);
+  const problems: Error[] = [];
+  const onProblem = (err: Error) => problems.push(err);
+  herald.mailbox.on('message:problem', onProblem);
+  const handled: string[] = [];
+  const c = herald.mailbox.consume(
+    to,
+    (m) => {
+      handled.push(m.id);
+      if (m.id === 'trr-bad') throw new Error('bad');
+    },
+    { maxAttempts: 2 },
+  );
+  try {
+    await herald.mailbox.send({ to, payload: 1, id: 'trr-1' });
+    await waitFor(async () => (await row('trr-1')).state === 'consumed', { what: 'the message to be consumed' });
+    await waitFor(async () => problems.some((e) => /take rows refused/.test(e.message)), { what: 'message:problem for the refused take row' });
+    // A handler that throws: no take row to delete, the failure record counts the attempt itself.
+    await herald.mailbox.send({ to, payload: 2, id: 'trr-bad' });
+    await waitFor(async () => (await row('trr-bad')).state === 'dead', { what: 'the failing message to die after maxAttempts' });
+    assert.deepEqual(await row('trr-bad'), { state: 'dead', attempts: 2, last_error: 'bad', abandoned: false });
+  } finally {
+    herald.mailbox.off('message:problem', onProblem);
+    await c.stop();
+    await herald.driver.executor.query('DROP TRIGGER refuse_take_rows ON herald.mailbox_takes; DROP FUNCTION refuse_take_rows()');
+  }
+  assert.deepEqual(handled, ['trr-1', 'trr-bad', 'trr-bad'], 'each message ran once per attempt');
+  assert.equal((await row('trr-1')).attempts, 1);
+  assert.deepEqual(await takeRows(to), []);
 });

@@ -85,7 +85,7 @@ export interface MailboxMessage<P = unknown> {
   topic: string | null;
   /** The payload: a string as sent, or the parsed JSON value. */
   payload: P;
-  /** Deliveries so far, this one included (counted before the handler runs, by a take row committed on its own: failed, timed-out and interrupted runs count). Read from another session during a run, a message shows the count before that run. */
+  /** Deliveries so far, this one included (counted by a take row sent before the handler runs and committed on its own: failed, timed-out and interrupted runs count). Read from another session during a run, a message shows the count before that run. */
   attempts: number;
   createdAt: Date;
 }
