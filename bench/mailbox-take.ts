@@ -46,10 +46,10 @@ for (let round = 0; round < 3; round++) {
       let prev: string[] = [];
       for (;;) {
         await a.query('BEGIN');
-        const rows = await mailboxTake(a as any, 'herald', to, null, 100, null, prev);
+        const rows = await mailboxTake(a as any, 'herald', to, null, 100, null);
         if (rows.length === 0) { await a.query('COMMIT'); break; }
         const tok = randomUUID();
-        await mailboxTakeInsert({ query: (t: string, v?: readonly unknown[]) => b.query(t, v as unknown[]) } as any, 'herald', [{ token: tok, destination: to, ids: rows.map((r) => r.id) }]);
+        await mailboxTakeInsert({ query: (t: string, v?: readonly unknown[]) => b.query(t, v as unknown[]) } as any, 'herald', { token: tok, destination: to, ids: rows.map((r) => r.id) }, prev);
         prev = [tok];
         for (const row of rows) JSON.parse(row.payload);
         await a.query('COMMIT');

@@ -43,6 +43,8 @@ export interface ConsumerSettings {
   handlerTimeoutMs: number;
 }
 
+const isThenable = (v: unknown): v is PromiseLike<unknown> => typeof (v as { then?: unknown } | null)?.then === 'function';
+
 class HandlerFailed extends Error {
   constructor(readonly row: TakenRow, readonly error: unknown) {
     super('handler failed');
@@ -83,7 +85,7 @@ export class MailboxConsumer {
   #visibleWakeAt = Infinity;
   /** When abandoned take rows of the destination are next looked for (performance.now()): at the first take, then every pollIntervalMs. */
   #reapAt = -Infinity;
-  /** Tokens of takes that committed, whose take rows (committed too) the next take deletes. */
+  /** Tokens of takes that committed, whose take rows (committed too) the next take row's statement deletes. */
   #committed: string[] = [];
   /** Take rows of committed takes still on their way (stop() waits for them before its last delete). */
   readonly #landing = new Set<Promise<void>>();
@@ -198,9 +200,9 @@ export class MailboxConsumer {
 
   /**
    * One take: a transaction that takes up to `batchSize` messages (marked consumed in
-   * it; the same statement deletes the take rows of this consumer's earlier committed
-   * takes), sends their take row on another connection (the attempt: the handlers run
-   * once it has left the process, while it commits), runs the handler on each message
+   * it), sends their take row on another connection (the attempt: the handlers run once
+   * it has left the process, while it commits; the same statement deletes the take
+   * rows of this consumer's earlier committed takes), runs the handler on each message
    * and commits the consumption together with the handler's writes. Returns how many
    * it took.
    */
@@ -227,13 +229,10 @@ export class MailboxConsumer {
     const token = randomUUID();
     let rows: TakenRow[] = [];
     let take: TakeRecord | undefined;
-    // Earlier takes' rows, deleted by this take's statement (undone if it rolls back).
-    const drop = this.#committed;
-    this.#committed = [];
     try {
       const n = await host.driver.transaction(async (tx) => {
         try {
-          rows = await mailboxTake(tx, host.schemaSql, to, topic, batchSize, handlerTimeoutMs > 0 ? handlerTimeoutMs : null, drop);
+          rows = await mailboxTake(tx, host.schemaSql, to, topic, batchSize, handlerTimeoutMs > 0 ? handlerTimeoutMs : null);
           // Fewer than a batch (and not an abandoned message taken alone): nothing else was
           // ready when this take looked; the next take waits for a wake-up (or the safety poll).
           if (rows.length < batchSize && !rows.some((r) => r.alone)) {
@@ -253,7 +252,11 @@ export class MailboxConsumer {
         // runs it), not once it committed: its round trip overlaps the handlers and the
         // commit instead of preceding them. A row that fails is reported; the take goes
         // on (the row only matters if this process dies).
-        take = host.takes.record({ token, destination: to, ids: rows.map((r) => r.id) });
+        // Earlier takes' rows go in the same statement (back to the list if it fails).
+        const drop = this.#committed;
+        this.#committed = [];
+        take = host.takes.record({ token, destination: to, ids: rows.map((r) => r.id) }, drop);
+        take.committed.catch(() => this.#committed.push(...drop));
         const t = take;
         t.sent.then(() => t.committed.catch((err) => host.problem(err)), () => {}); // a row never sent fails this take instead
         await t.sent;
@@ -270,10 +273,11 @@ export class MailboxConsumer {
             const message = host.decode(row);
             try {
               await withSpan('herald.mailbox.consume', { 'herald.mailbox.to': to, 'herald.mailbox.id': row.id }, async () => {
-                const run = Promise.resolve().then(() => this.#handler(message, guarded));
-                await (handlerTimeoutMs > 0
-                  ? withTimeout(run, handlerTimeoutMs, () => new HeraldError('TIMEOUT', `the handler ran over handlerTimeoutMs (${handlerTimeoutMs} ms)`))
-                  : run);
+                const run = this.#handler(message, guarded);
+                // A handler that returned without a promise has finished: no timer for it.
+                if (handlerTimeoutMs > 0 && isThenable(run)) {
+                  await withTimeout(Promise.resolve(run), handlerTimeoutMs, () => new HeraldError('TIMEOUT', `the handler ran over handlerTimeoutMs (${handlerTimeoutMs} ms)`));
+                } else await run;
               });
             } catch (error) {
               throw new HandlerFailed(row, error);
@@ -298,7 +302,6 @@ export class MailboxConsumer {
       return n;
     } catch (err) {
       done(); // BEGIN failed (after the take statement, a no-op)
-      this.#committed.push(...drop); // their deletion rolled back too
       // Rolled back: what this take held is ready again, so the next take must look.
       this.#empty = false;
       if (!(err instanceof HandlerFailed)) throw err; // a take row that committed is counted later

@@ -43,7 +43,7 @@ async function manualTake(to: string, limit: number) {
   await client.query('BEGIN');
   const rows = await mailboxTake(client as unknown as Executor, '"herald"', to, null, limit, null);
   const token = randomUUID();
-  await mailboxTakeInsert(herald.driver.executor, '"herald"', [{ token, destination: to, ids: rows.map((r) => r.id) }]);
+  await mailboxTakeInsert(herald.driver.executor, '"herald"', { token, destination: to, ids: rows.map((r) => r.id) });
   return {
     rows,
     token,
@@ -339,7 +339,8 @@ test('the take row commits without waiting for the WAL flush (synchronous_commit
   let setting: string | undefined;
   await assert.rejects(
     herald.driver.transaction(async (tx) => {
-      await mailboxTakeInsert(tx, '"herald"', [{ token: randomUUID(), destination: 'async-take', ids: ['a', 'b'] }, { token: randomUUID(), destination: 'async-take', ids: ['c'] }]);
+      await mailboxTakeInsert(tx, '"herald"', { token: randomUUID(), destination: 'async-take', ids: ['a', 'b'] });
+      await mailboxTakeInsert(tx, '"herald"', { token: randomUUID(), destination: 'async-take', ids: ['c'] });
       assert.deepEqual((await tx.query<{ ids: string[] }>(`SELECT ids FROM herald.mailbox_takes WHERE destination = 'async-take' ORDER BY ids`)).rows.map((r) => r.ids), [['a', 'b'], ['c']]);
       setting = (await tx.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0].synchronous_commit;
       throw rollback;

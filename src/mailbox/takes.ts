@@ -25,24 +25,26 @@ export interface TakeRecord {
   readonly committed: Promise<void>;
 }
 
-interface Pending {
-  take: TakeRow;
-  sent(): void;
-  committed(): void;
-  failed(err: unknown): void;
-}
-
 /**
- * The take rows of one mailbox's consumers (see `mailboxTakeInsert`). At most one insert
- * statement is in flight per process: take rows that arrive meanwhile (other consumers,
- * other lanes) share the next one, one commit for all. So however many consumers run,
- * their take rows need one pool connection at a time beside the consume transactions.
+ * The take rows of one mailbox's consumers (see `mailboxTakeInsert`): one statement per
+ * take row, issued the moment the take asks for it.
+ *
+ * Why not share statements (as an earlier version did, one in flight per process): a
+ * consume transaction holds its connection while it waits for its take row to be
+ * sent, so the take row must never queue behind connections that consume transactions
+ * take. A take row's statement asks the pool for its connection synchronously, right
+ * after its take statement returned, and the next take of the consumer (its lanes take
+ * one after the other) asks for its own connection only after that: the pool serves
+ * waiting requests in order, so the take row is served before the next transaction
+ * can hold a connection, and at most one consume transaction of a consumer waits for
+ * an unserved take row at a time. A statement shared with take rows that arrived while
+ * the previous one ran asked for its connection only once that one ended, after
+ * transactions begun meanwhile; with every connection then held by transactions
+ * waiting for their rows, each take stalled until `TAKE_ROW_TIMEOUT_MS`.
  */
 export class TakeLog {
   readonly #executor: Executor;
   readonly #schemaSql: string;
-  #queue: Pending[] = [];
-  #running: Promise<void> | undefined;
   /** Insert statements run so far (for tests and diagnostics). */
   statements = 0;
 
@@ -54,59 +56,29 @@ export class TakeLog {
   /**
    * Inserts and commits the take row (asynchronously: see `mailboxTakeInsert`). The
    * consumer runs its handlers once `sent` resolves, without waiting for the commit.
-   * Both promises are handled here: a caller may leave either unobserved.
+   * Both promises are handled here: a caller may leave either unobserved. `drop`: tokens
+   * of committed takes whose rows the same statement deletes.
    */
-  record(take: TakeRow): TakeRecord {
+  record(take: TakeRow, drop: readonly string[] = []): TakeRecord {
     let sent!: () => void;
-    let committed!: () => void;
-    let failSent!: (err: unknown) => void;
-    let failCommitted!: (err: unknown) => void;
+    const leftProcess = new Promise<void>((resolve) => (sent = resolve));
+    this.statements++;
+    const committed = mailboxTakeInsert(this.#executor, this.#schemaSql, take, drop, { timeoutMs: TAKE_ROW_TIMEOUT_MS, onSent: () => sent() }).catch((err: unknown) => {
+      if (!(err instanceof HeraldError && err.code === 'TIMEOUT')) throw err;
+      throw new HeraldError(
+        'TIMEOUT',
+        `the take row was not written within ${TAKE_ROW_TIMEOUT_MS} ms (is every pool connection held by consume transactions? the pool needs one more connection than the consumers of this process that take at once)`,
+        { cause: err },
+      );
+    });
+    // Sent: once the statement left the process, or once it ended (a driver that cannot
+    // tell); a statement that failed before it was sent fails `sent` too.
     const record: TakeRecord = {
-      sent: new Promise<void>((resolve, reject) => ((sent = resolve), (failSent = reject))),
-      committed: new Promise<void>((resolve, reject) => ((committed = resolve), (failCommitted = reject))),
+      sent: Promise.race([leftProcess, committed]),
+      committed,
     };
     record.sent.catch(() => {});
     record.committed.catch(() => {});
-    this.#queue.push({
-      take,
-      sent,
-      committed: () => (sent(), committed()),
-      failed: (err) => (failSent(err), failCommitted(err)),
-    });
-    this.#running ??= this.#drain();
     return record;
-  }
-
-  async #drain(): Promise<void> {
-    try {
-      while (this.#queue.length > 0) {
-        const batch = this.#queue;
-        this.#queue = [];
-        this.statements++;
-        try {
-          await mailboxTakeInsert(
-            this.#executor,
-            this.#schemaSql,
-            batch.map((p) => p.take),
-            { timeoutMs: TAKE_ROW_TIMEOUT_MS, onSent: () => batch.forEach((p) => p.sent()) },
-          ).catch((err: unknown) => {
-            if (!(err instanceof HeraldError && err.code === 'TIMEOUT')) throw err;
-            throw new HeraldError(
-              'TIMEOUT',
-              `the take row was not written within ${TAKE_ROW_TIMEOUT_MS} ms (is every pool connection held by consume transactions? the pool needs one more connection than the consumers of this process that take at once)`,
-              { cause: err },
-            );
-          });
-          for (const p of batch) p.committed();
-        } catch (err) {
-          // Refused, timed out or outcome unknown: a take still waiting to send it rolls
-          // back (nothing ran); a row that did commit is found abandoned later and counts
-          // one attempt (or is dropped, its messages consumed).
-          for (const p of batch) p.failed(err);
-        }
-      }
-    } finally {
-      this.#running = undefined;
-    }
   }
 }
