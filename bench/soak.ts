@@ -21,6 +21,11 @@
  * worst seconds with what else happened in them (event-loop and GC pauses, the longest
  * enqueue call, the server's WAL fsyncs, checkpoints, autovacuum, retention runs).
  *
+ * `--warm-wal-mb N` (default 0): before the run, write N MB of WAL in a scratch database
+ * and checkpoint, so that the run finds the WAL segments a server that has been running
+ * has (recycled at each checkpoint) instead of creating and zero-filling every segment of
+ * its first checkpoint cycle, as a freshly created cluster does (labelled in the output).
+ *
  * Diagnosis (environment): `SOAK_PG_SETTINGS` (JSON) adds server settings (logging,
  * `auto_explain`, a WAL setting to compare); `SOAK_WAITS=1` samples what the database's
  * active backends wait on every 10 ms and prints the shares; `SOAK_POOL` sets pgherald's
@@ -46,11 +51,14 @@ const { values: args } = parseArgs({
     minutes: { type: 'string', default: '15' },
     concurrency: { type: 'string', default: '50' },
     out: { type: 'string', default: 'bench/results' },
+    'warm-wal-mb': { type: 'string', default: '0' },
   },
 });
 const RATE = Number(args.rate);
 const MINUTES = Number(args.minutes);
 const CONCURRENCY = Number(args.concurrency);
+const WARM_WAL_MB = Number(args['warm-wal-mb']);
+if (!(WARM_WAL_MB >= 0)) throw new Error('--warm-wal-mb must be >= 0');
 for (const [k, v] of Object.entries({ rate: RATE, minutes: MINUTES, concurrency: CONCURRENCY })) {
   if (!(v > 0) || !Number.isFinite(v)) throw new Error(`--${k} must be a positive number`);
 }
@@ -214,6 +222,30 @@ interface Sample extends SecondWatchSample {
 const server = await benchPostgres({ max_connections: 200, track_io_timing: 'on', track_wal_io_timing: 'on', ...JSON.parse(process.env.SOAK_PG_SETTINGS ?? '{}') });
 const admin = new pg.Client({ connectionString: server.url });
 await admin.connect();
+if (WARM_WAL_MB > 0) {
+  // A scratch database, rows of ~1 KB (about 1.1 KB of WAL each), then a checkpoint: the
+  // segments written are recycled for the WAL to come, as on a server that has been running.
+  const warmDb = `soak_warm_${process.pid}`;
+  await admin.query(`CREATE DATABASE ${warmDb}`);
+  const wurl = new URL(server.url);
+  wurl.pathname = `/${warmDb}`;
+  const w = new pg.Client({ connectionString: wurl.toString() });
+  await w.connect();
+  const t0 = performance.now();
+  const start = (await w.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).rows[0].lsn;
+  await w.query('CREATE TABLE warm (id int, pad text)');
+  let written = 0;
+  while (written < WARM_WAL_MB * 1024 * 1024) {
+    await w.query(`INSERT INTO warm SELECT g, repeat('x', 1000) FROM generate_series(1, 50000) g`);
+    await w.query('TRUNCATE warm');
+    written = Number((await w.query<{ n: string }>('SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint AS n', [start])).rows[0].n);
+  }
+  await w.query('CHECKPOINT');
+  await w.end();
+  await admin.query(`DROP DATABASE ${warmDb}`);
+  await admin.query('CHECKPOINT');
+  console.log(`# warm-up: ${Math.round(written / 1024 / 1024)} MB of WAL written and checkpointed in ${((performance.now() - t0) / 1000).toFixed(0)} s (--warm-wal-mb ${WARM_WAL_MB})`);
+}
 const dbName = `soak_${process.pid}`;
 await admin.query(`CREATE DATABASE ${dbName}`);
 const url = new URL(server.url);
@@ -357,7 +389,7 @@ try {
   const file = join(args.out!, `soak-${lib.name}.json`);
   writeFileSync(
     file,
-    JSON.stringify({ lib: lib.name, rate: RATE, minutes: MINUTES, concurrency: CONCURRENCY, settings, node: process.version, cpus: cpus().length, loadavg: loadavg(), perMinute: minutes, samples }, null, 0),
+    JSON.stringify({ lib: lib.name, rate: RATE, minutes: MINUTES, concurrency: CONCURRENCY, warmWalMb: WARM_WAL_MB, settings, node: process.version, cpus: cpus().length, loadavg: loadavg(), perMinute: minutes, samples }, null, 0),
   );
   console.log(`# series written to ${file}`);
 } finally {
