@@ -312,6 +312,8 @@ describe('consume', () => {
     try {
       const to = dest('strand');
       const consumed: string[] = [];
+      const problems: Error[] = [];
+      local.mailbox.on('message:problem', (err) => problems.push(err));
       let failed = false;
       const c = local.mailbox.consume(
         to,
@@ -325,11 +327,13 @@ describe('consume', () => {
         },
         { concurrency: 3 },
       );
-      const problems: Error[] = [];
-      local.mailbox.on('message:problem', (err) => problems.push(err));
       await local.mailbox.start();
       await local.mailbox.send({ to, payload: 'bad', id: `${to}-bad` });
-      await waitFor(() => failed, { what: 'the first take runs the failing handler' });
+      // On a timeout, say what the consumer reported meanwhile (a take that failed and why).
+      const context = () => `; takes ${c.takes}, failures ${c.failures}, problems: ${JSON.stringify(problems.map((e) => e.message))}`;
+      await waitFor(() => failed, { what: 'the first take runs the failing handler' }).catch((e: Error) => {
+        throw new Error(e.message + context(), { cause: e });
+      });
       const held = deferred();
       const holding = local.driver.transaction(async () => {
         held.resolve();
@@ -354,7 +358,9 @@ describe('consume', () => {
       assert.deepEqual(problems.map((e) => e.message), []);
       // Every loop must still take: more messages than one take holds, each consumed once.
       await local.mailbox.sendMany(Array.from({ length: 20 }, (_, i) => ({ to, payload: i, id: `${to}-${i}` })));
-      await waitFor(() => consumed.length === 22, { what: 'every message consumed' });
+      await waitFor(() => consumed.length === 22, { what: 'every message consumed' }).catch((e: Error) => {
+        throw new Error(e.message + context(), { cause: e });
+      });
       await c.stop(); // hung for ever before the fix: a loop waited on a take nobody released
       assert.equal(new Set(consumed).size, 22);
       assert.deepEqual(problems.map((e) => e.message), []);
