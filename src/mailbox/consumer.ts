@@ -87,6 +87,12 @@ export class MailboxConsumer {
   #reapAt = -Infinity;
   /** Tokens of takes that committed, whose take rows (committed too) the next take row's statement deletes. */
   #committed: string[] = [];
+  /**
+   * The last take row that ended failed: until one commits, handlers wait for their take
+   * row's commit (a failure then fails the take before any handler ran), so while take
+   * rows cannot be written no handler runs without its attempt counted more than once.
+   */
+  #rowsFailing = false;
   /** Take rows of committed takes still on their way (stop() waits for them before its last delete). */
   readonly #landing = new Set<Promise<void>>();
 
@@ -251,15 +257,26 @@ export class MailboxConsumer {
         // process (a process killed in a handler cannot take it back: the server still
         // runs it), not once it committed: its round trip overlaps the handlers and the
         // commit instead of preceding them. A row that fails is reported; the take goes
-        // on (the row only matters if this process dies).
+        // on (the row only matters if this process dies), and the next takes wait for
+        // their rows' commit until one commits (#rowsFailing).
         // Earlier takes' rows go in the same statement (back to the list if it fails).
         const drop = this.#committed;
         this.#committed = [];
-        take = host.takes.record({ token, destination: to, ids: rows.map((r) => r.id) }, drop);
-        take.committed.catch(() => this.#committed.push(...drop));
-        const t = take;
-        t.sent.then(() => t.committed.catch((err) => host.problem(err)), () => {}); // a row never sent fails this take instead
-        await t.sent;
+        const strict = this.#rowsFailing;
+        const t = (take = host.takes.record({ token, destination: to, ids: rows.map((r) => r.id) }, drop));
+        t.committed.then(
+          () => void (this.#rowsFailing = false),
+          () => {
+            this.#rowsFailing = true;
+            this.#committed.push(...drop);
+          },
+        );
+        if (strict) {
+          await t.committed; // fails this take (its error reaches the loop) if the row fails again
+        } else {
+          t.sent.then(() => t.committed.catch((err) => host.problem(err)), () => {}); // a row never sent fails this take instead
+          await t.sent;
+        }
         // The handler gets the transaction through a guard: once its time is up (or the
         // take is over) a late statement of it fails instead of running on a connection
         // that went back to the pool.

@@ -389,7 +389,7 @@ test('a take does not visit the rows consumed since the last vacuum again and ag
   assert.ok(second.blocks <= 100, `the second take fetched ${second.blocks} heap blocks (first: ${first.blocks}) to find 10 ready messages behind 39,990 consumed ones`);
 });
 
-test('a take row that cannot be written does not fail a take whose handlers run: the consumption commits, message:problem says why; a failure then counts its attempt by itself', async () => {
+test('a take row refused after it was sent: that take goes on (its failure counted by the failure record alone); later takes wait for their rows and run nothing until one commits', async () => {
   const to = 'take-row-refused';
   // A trigger refuses this destination's take rows: the insert fails after it was sent.
   await herald.driver.executor.query(`
@@ -399,9 +399,11 @@ test('a take row that cannot be written does not fail a take whose handlers run:
       RETURN NEW;
     END $$;
     CREATE TRIGGER refuse_take_rows BEFORE INSERT ON herald.mailbox_takes FOR EACH ROW EXECUTE FUNCTION refuse_take_rows()`);
+  let refusing = true;
   const problems: Error[] = [];
   const onProblem = (err: Error) => problems.push(err);
   herald.mailbox.on('message:problem', onProblem);
+  const refused = () => problems.filter((e) => /take rows refused/.test(e.message)).length;
   const handled: string[] = [];
   const c = herald.mailbox.consume(
     to,
@@ -412,19 +414,25 @@ test('a take row that cannot be written does not fail a take whose handlers run:
     { maxAttempts: 2 },
   );
   try {
-    await herald.mailbox.send({ to, payload: 1, id: 'trr-1' });
-    await waitFor(async () => (await row('trr-1')).state === 'consumed', { what: 'the message to be consumed' });
-    await waitFor(async () => problems.some((e) => /take rows refused/.test(e.message)), { what: 'message:problem for the refused take row' });
-    // A handler that throws: no take row to delete, the failure record counts the attempt itself.
-    await herald.mailbox.send({ to, payload: 2, id: 'trr-bad' });
-    await waitFor(async () => (await row('trr-bad')).state === 'dead', { what: 'the failing message to die after maxAttempts' });
-    assert.deepEqual(await row('trr-bad'), { state: 'dead', attempts: 2, last_error: 'bad', abandoned: false });
+    // The first take: its row is refused after it was sent, the handler ran and threw; the
+    // failure record, with no row to delete, counts the attempt by itself.
+    await herald.mailbox.send({ to, payload: 1, id: 'trr-bad' });
+    await waitFor(async () => (await row('trr-bad')).attempts === 1, { what: 'the first failure recorded' });
+    assert.deepEqual(await row('trr-bad'), { state: 'ready', attempts: 1, last_error: 'bad', abandoned: false });
+    // Later takes wait for their rows: refused again, each fails before any handler runs.
+    await waitFor(() => refused() >= 3, { what: 'takes refused while the rows fail' });
+    assert.deepEqual(handled, ['trr-bad'], 'no handler ran while take rows could not be written');
+    await herald.driver.executor.query('DROP TRIGGER refuse_take_rows ON herald.mailbox_takes; DROP FUNCTION refuse_take_rows()');
+    refusing = false;
+    await herald.mailbox.send({ to, payload: 2, id: 'trr-1' });
+    await waitFor(async () => (await row('trr-bad')).state === 'dead' && (await row('trr-1')).state === 'consumed', { what: 'delivery to resume once rows commit' });
   } finally {
     herald.mailbox.off('message:problem', onProblem);
     await c.stop();
-    await herald.driver.executor.query('DROP TRIGGER refuse_take_rows ON herald.mailbox_takes; DROP FUNCTION refuse_take_rows()');
+    if (refusing) await herald.driver.executor.query('DROP TRIGGER refuse_take_rows ON herald.mailbox_takes; DROP FUNCTION refuse_take_rows()');
   }
-  assert.deepEqual(handled, ['trr-1', 'trr-bad', 'trr-bad'], 'each message ran once per attempt');
+  assert.deepEqual(await row('trr-bad'), { state: 'dead', attempts: 2, last_error: 'bad', abandoned: false });
+  assert.deepEqual([...handled].sort(), ['trr-1', 'trr-bad', 'trr-bad'], 'each message ran once per attempt');
   assert.equal((await row('trr-1')).attempts, 1);
   assert.deepEqual(await takeRows(to), []);
 });
