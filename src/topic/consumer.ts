@@ -261,9 +261,9 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         if (suspect && rows.length > 1) throw new Error('topic_claim returned more than one message after a failed batch (a bug): the batch rolls back');
         if (prior >= max) {
           // Its attempts are used up (the last one failed, or killed its process): to the
-          // group's dead letters, and the partition moves on in the same transaction.
+          // group's dead letters, and the partition moves on in the same transaction (the
+          // claim, held to this one message, already moved the cursor to it).
           await q.deadLetterInsert(tx, s, row.id, this.group, head, prior);
-          await q.cursorAdvance(tx, s, row.id, this.group, claim.kpart, head);
           dead = { partition: claim.kpart, id: rows[0].publish_id ?? head, position: head, key: rows[0].key, attempts: prior };
           return 'dead';
         }

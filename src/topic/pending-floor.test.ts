@@ -144,3 +144,98 @@ test('the floor is not raised while the publish sequence has a cache (its ids wo
   await ex.query(`ALTER SEQUENCE ${pub} CACHE 1`);
   assert.equal(await run(), String(BigInt(last) + 1n));
 });
+
+/** Index entries of `indexes` returned to scans in this transaction so far (idx_tup_read). */
+async function entriesRead(tx: Executor, indexes: string[]): Promise<number> {
+  const { rows } = await tx.query<{ n: number }>(
+    `SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(i::regclass)), 0)::int AS n FROM unnest($1::text[]) AS i`,
+    [indexes],
+  );
+  return rows[0].n;
+}
+
+test('cursor moves and attempt counts are appended: no cursor row is rewritten, and claims and counts read a bounded part of them while a transaction is held open elsewhere', async () => {
+  const other = await otherDatabaseClient(db.url, 'other_moves');
+  const CURSOR_INDEXES = ['herald.topic_group_cursors_pkey', 'herald.topic_cursor_moves_pkey', 'herald.topic_tries_pkey'];
+  const claims: number[] = [];
+  const counts: number[] = [];
+  let measure = false;
+  const inner = pgDriver({ connectionString: db.url, max: 6 });
+  // Claims (in their batch transaction) and attempt counts (autocommit on the pool, here
+  // in a transaction of their own) with the cursor index entries each one read.
+  const driver: Driver = {
+    kind: inner.kind,
+    executor: {
+      query: (text, values, opts) => {
+        if (!measure || !text.includes('.topic_tries (ref')) return inner.executor.query(text, values, opts);
+        return inner.transaction(async (tx) => {
+          const before = await entriesRead(tx, CURSOR_INDEXES);
+          const r = await tx.query(text, values);
+          counts.push((await entriesRead(tx, CURSOR_INDEXES)) - before);
+          return r as never;
+        });
+      },
+    },
+    transaction: (fn, options) =>
+      inner.transaction(
+        (tx) =>
+          fn({
+            query: async (text, values, opts) => {
+              if (!measure || !text.includes('.topic_claim(')) return tx.query(text, values, opts);
+              const before = await entriesRead(tx, CURSOR_INDEXES);
+              const r = await tx.query(text, values, opts);
+              claims.push((await entriesRead(tx, CURSOR_INDEXES)) - before);
+              return r as never;
+            },
+          }),
+        options,
+      ),
+    openListenSession: (o) => inner.openListenSession(o),
+    end: (o) => inner.end(o),
+  };
+  const h = createHerald({ driver });
+  let received = 0;
+  // One message per batch: a cursor move and an attempt count per message.
+  const consumer = h.topics.consumer<number>('moves', 'g', ({ messages }) => void (received += messages.length), { pollIntervalMs: 500, batchSize: 1 });
+  const ex = herald.driver.executor;
+  try {
+    await h.topics.create('moves', { partitions: 2 });
+    await consumer.start();
+    const cursorRows = async () =>
+      (await ex.query<{ v: string }>(`SELECT string_agg(kpart || ':' || ctid::text || ':' || xmin::text, ',' ORDER BY kpart) AS v FROM herald.topic_group_cursors WHERE topic_id = (SELECT id FROM herald.topics WHERE name = 'moves')`)).rows[0].v;
+    const before = await cursorRows();
+    await other.query('CREATE TABLE w (v int)');
+    await other.query('BEGIN');
+    await other.query('INSERT INTO w VALUES (1)');
+    const MOVED = 1000;
+    for (let i = 0; i < MOVED / 100; i++) {
+      await h.topics.publishMany('moves', Array.from({ length: 100 }, (_, j) => ({ payload: i * 100 + j, key: `k${j}` })), { waitForPosition: true });
+    }
+    await waitFor(() => received === MOVED, { what: 'the first messages', progress: () => received, timeoutMs: 60_000 });
+    // 1,000 moves and counts were appended and their predecessors deleted; none of those
+    // can be cleaned up while the transaction is held. From here on, measure.
+    measure = true;
+    for (let i = 0; i < 20; i++) await h.topics.publish('moves', MOVED + i, { key: `k${i}`, waitForPosition: true });
+    await waitFor(() => received === MOVED + 20, { what: 'the last messages', progress: () => received, timeoutMs: 60_000 });
+    const held = await other.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'other_moves' AND backend_xid IS NOT NULL`);
+    assert.equal(held.rows[0].n, 1, 'the transaction was open throughout');
+    assert.equal(await cursorRows(), before, 'the cursor rows were locked, never rewritten');
+    const live = await ex.query<{ moves: number; tries: number }>(
+      `SELECT (SELECT count(*) FROM herald.topic_cursor_moves mv JOIN herald.topic_group_cursors c USING (ref) WHERE c.topic_id = t.id)::int AS moves,
+              (SELECT count(*) FROM herald.topic_tries tr JOIN herald.topic_group_cursors c USING (ref) WHERE c.topic_id = t.id)::int AS tries
+         FROM herald.topics t WHERE t.name = 'moves'`,
+    );
+    assert.deepEqual(live.rows[0], { moves: 2, tries: 2 }, 'one live move and one live count per key partition');
+    assert.ok(claims.length >= 20 && counts.length >= 20, `claims ${claims.length}, counts ${counts.length}`);
+    // A claim reads, per partition, its cursor row and the newest move (the hint), then
+    // again after the lock, and the newest count: a few entries each, however many moves
+    // and counts the held transaction keeps (a walk over them would read 1,000 or more).
+    assert.ok(Math.max(...claims) <= 20, `cursor index entries read per claim: ${claims.join(', ')}`);
+    assert.ok(Math.max(...counts) <= 4, `index entries read per attempt count: ${counts.join(', ')}`);
+  } finally {
+    await consumer.stop();
+    await h.close();
+    await other.query('ROLLBACK').catch(() => {});
+    await other.end();
+  }
+});

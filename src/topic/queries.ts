@@ -307,34 +307,51 @@ export async function topicLatest(ex: Executor, s: string, topicId: number): Pro
 }
 
 /**
- * A moved cursor forgets the partition's attempt row: it describes batches after the
- * old position (a replay must not take them for failed ones and go one message at a time).
+ * Moves every cursor of a group, in the caller's transaction (`tx`): first each
+ * partition's row lock (a consumer's batch there ends first), then, in a statement whose
+ * snapshot sees what those batches committed, the group's moves are replaced by one new
+ * move per partition, to `cursor` (SQL over the partition `p`, parameters from $3). The
+ * partitions' attempt counts go too: they describe batches after the old position (a
+ * replay must not take them for failed ones and go one message at a time). Returns the
+ * number of cursors moved.
  */
-function attemptsForgetSql(s: string): string {
-  return `DELETE FROM ${s}.topic_attempts WHERE topic_id = $1 AND group_name = $2`;
+async function groupMove(tx: Executor, s: string, topicId: number, group: string, cursor: string, params: unknown[]): Promise<number> {
+  await tx.query(`SELECT 1 FROM ${s}.topic_group_cursors c WHERE c.topic_id = $1 AND c.group_name = $2 FOR UPDATE`, [topicId, group]);
+  const { rows } = await tx.query<{ n: string }>(
+    `WITH locked AS (
+       SELECT c.topic_id, c.kpart, c.ref FROM ${s}.topic_group_cursors c WHERE c.topic_id = $1 AND c.group_name = $2
+     ), forget AS (
+       DELETE FROM ${s}.topic_tries t WHERE t.ref IN (SELECT ref FROM locked)
+     ), gone AS (
+       DELETE FROM ${s}.topic_cursor_moves mv WHERE mv.ref IN (SELECT ref FROM locked)
+     ), moved AS (
+       INSERT INTO ${s}.topic_cursor_moves (ref, cursor_id)
+       SELECT l.ref, (${cursor}) FROM locked l JOIN ${s}.topic_partitions p ON p.topic_id = l.topic_id AND p.kpart = l.kpart
+       RETURNING 1
+     )
+     SELECT count(*)::text AS n FROM moved`,
+    [topicId, group, ...params],
+  );
+  return Number(rows[0].n);
 }
 
-/** Moves every cursor of a group (replay or skip). Returns the number of cursors moved. */
+/** Moves every cursor of a group (replay or skip), in the transaction `ex`. Returns the number of cursors moved. */
 export async function groupReset(ex: Executor, s: string, topicId: number, group: string, to: 'earliest' | 'latest' | Date): Promise<number> {
-  const { rowCount } = await ex.query(
-    `WITH forget AS (${attemptsForgetSql(s)})
-     UPDATE ${s}.topic_group_cursors c SET cursor_id = st.i, updated_at = now()
-       FROM ${s}.topic_partitions p, LATERAL (${startCursorSql(s)}) st
-      WHERE c.topic_id = $1 AND c.group_name = $2 AND p.topic_id = c.topic_id AND p.kpart = c.kpart`,
-    [topicId, group, to instanceof Date ? 'time' : to, to instanceof Date ? to : null],
-  );
-  return rowCount;
+  return groupMove(ex, s, topicId, group, startCursorSql(s), [to instanceof Date ? 'time' : to, to instanceof Date ? to : null]);
 }
 
-/** Moves every cursor of a group to a position (an id): delivery resumes after it. */
+/** Moves every cursor of a group to a position (an id), in the transaction `ex`: delivery resumes after it. */
 export async function groupResetTo(ex: Executor, s: string, topicId: number, group: string, id: string): Promise<number> {
-  const { rowCount } = await ex.query(
-    `WITH forget AS (${attemptsForgetSql(s)})
-     UPDATE ${s}.topic_group_cursors SET cursor_id = $3::bigint, updated_at = now() WHERE topic_id = $1 AND group_name = $2`,
-    [topicId, group, id],
-  );
-  return rowCount;
+  return groupMove(ex, s, topicId, group, 'SELECT $3::bigint', [id]);
 }
+
+/**
+ * A partition's cursor as SQL over the cursor row `c`: its newest move, or the group's
+ * first cursor while it has none (migration 027). Newest first down the primary key: the
+ * moves a held transaction keeps from being cleaned up are never read.
+ */
+const cursorOf = (s: string) =>
+  `coalesce((SELECT mv.cursor_id FROM ${s}.topic_cursor_moves mv WHERE mv.ref = c.ref ORDER BY mv.seq DESC LIMIT 1), c.cursor_id)`;
 
 /** What a claim returns: the locked key partition, its cursor, its attempt row and the next messages. */
 export interface Claim {
@@ -423,14 +440,25 @@ export async function cursorClaimRead(
  * (up to `throughId`). Returns the attempts on `messageId` so far, this one included.
  */
 export async function attemptBegin(ex: Executor, s: string, topicId: number, group: string, kpart: number, messageId: string, throughId: string, single: boolean): Promise<number> {
+  // Appended (migration 027): the new count from the newest row, which goes. The
+  // partition's batches are serialized by its cursor lock, and each awaits this.
   const { rows } = await ex.query<{ attempts: number }>(
-    `INSERT INTO ${s}.topic_attempts AS a (topic_id, group_name, kpart, message_id, through_id, attempts)
-     SELECT $1, $2, $3, $4, $5, CASE WHEN $6::boolean THEN 1 ELSE 0 END WHERE ${LEASE_COMMITS_ASYNC}
-     ON CONFLICT (topic_id, group_name, kpart) DO UPDATE
-       SET attempts = CASE WHEN NOT $6::boolean THEN 0 WHEN a.message_id = EXCLUDED.message_id THEN a.attempts + 1 ELSE 1 END,
-           through_id = GREATEST(EXCLUDED.through_id, CASE WHEN a.through_id >= EXCLUDED.message_id THEN a.through_id ELSE 0 END),
-           last_error = CASE WHEN a.message_id = EXCLUDED.message_id THEN a.last_error END,
-           message_id = EXCLUDED.message_id, updated_at = now()
+    `WITH c AS (
+       SELECT c.ref FROM ${s}.topic_group_cursors c WHERE c.topic_id = $1 AND c.group_name = $2 AND c.kpart = $3
+     ), a AS (
+       SELECT t.seq, t.message_id, t.through_id, t.attempts, t.last_error FROM ${s}.topic_tries t
+        WHERE t.ref = (SELECT ref FROM c) ORDER BY t.seq DESC LIMIT 1
+     ), gone AS (
+       -- By its whole key (a scalar, not a join: joined, the plan read every entry of the
+       -- partition, the deleted ones a held transaction keeps too).
+       DELETE FROM ${s}.topic_tries t WHERE t.ref = (SELECT ref FROM c) AND t.seq = (SELECT a.seq FROM a)
+     )
+     INSERT INTO ${s}.topic_tries (ref, message_id, through_id, attempts, last_error)
+     SELECT (SELECT ref FROM c), $4, GREATEST($5::bigint, CASE WHEN a.through_id >= $4::bigint THEN a.through_id ELSE 0 END),
+            CASE WHEN NOT $6::boolean THEN 0 WHEN a.message_id = $4::bigint THEN a.attempts + 1 ELSE 1 END,
+            CASE WHEN a.message_id = $4::bigint THEN a.last_error END
+       FROM (SELECT 1) one LEFT JOIN a ON true
+      WHERE ${LEASE_COMMITS_ASYNC}
      RETURNING attempts`,
     [topicId, group, kpart, messageId, throughId, single],
     { prepare: true },
@@ -441,7 +469,10 @@ export async function attemptBegin(ex: Executor, s: string, topicId: number, gro
 /** Records the error of a failed attempt (on the pool, after the batch rolled back). */
 export async function attemptFailed(ex: Executor, s: string, topicId: number, group: string, kpart: number, messageId: string, error: string): Promise<void> {
   await ex.query(
-    `UPDATE ${s}.topic_attempts SET last_error = $5, updated_at = now() WHERE topic_id = $1 AND group_name = $2 AND kpart = $3 AND message_id = $4`,
+    `WITH c AS (SELECT c.ref FROM ${s}.topic_group_cursors c WHERE c.topic_id = $1 AND c.group_name = $2 AND c.kpart = $3)
+     UPDATE ${s}.topic_tries t SET last_error = $5, at = now()
+      WHERE t.ref = (SELECT ref FROM c) AND t.message_id = $4
+        AND t.seq = (SELECT n.seq FROM ${s}.topic_tries n WHERE n.ref = (SELECT ref FROM c) ORDER BY n.seq DESC LIMIT 1)`,
     [topicId, group, kpart, messageId, error],
   );
 }
@@ -451,7 +482,9 @@ export async function deadLetterInsert(tx: Executor, s: string, topicId: number,
   await tx.query(
     `INSERT INTO ${s}.topic_dead_letters (topic_id, group_name, id, publish_id, kpart, key, payload, published_at, attempts, last_error)
      SELECT m.topic_id, $2, m.id, m.publish_id, m.kpart, m.key, m.payload, m.published_at, $4,
-            (SELECT a.last_error FROM ${s}.topic_attempts a WHERE a.topic_id = $1 AND a.group_name = $2 AND a.kpart = m.kpart AND a.message_id = m.id)
+            (SELECT CASE WHEN t.message_id = m.id THEN t.last_error END
+               FROM ${s}.topic_group_cursors c JOIN ${s}.topic_tries t ON t.ref = c.ref
+              WHERE c.topic_id = $1 AND c.group_name = $2 AND c.kpart = m.kpart ORDER BY t.seq DESC LIMIT 1)
        FROM ${s}.topic_messages m WHERE m.topic_id = $1 AND m.id = $3
      ON CONFLICT (topic_id, group_name, id) DO UPDATE
        SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, dead_at = now(), redrive_at = NULL`,
@@ -579,22 +612,13 @@ export async function messageReadTopic(ex: Executor, s: string, topicId: number,
   return rows;
 }
 
-/** Advances a claimed cursor (in the batch's transaction). */
-export async function cursorAdvance(ex: Executor, s: string, topicId: number, group: string, kpart: number, id: string): Promise<void> {
-  await ex.query(
-    `UPDATE ${s}.topic_group_cursors SET cursor_id = $4::bigint, updated_at = now()
-      WHERE topic_id = $1 AND group_name = $2 AND kpart = $3`,
-    [topicId, group, kpart, id],
-    { prepare: true },
-  );
-}
-
 /** Key partitions of a group whose cursor lies below retention: messages after `cursor_id` through `dropped_id` were dropped. */
 export async function groupBehind(ex: Executor, s: string, topicId: number, group: string): Promise<{ kpart: number; cursor_id: string; dropped_id: string }[]> {
   const { rows } = await ex.query<{ kpart: number; cursor_id: string; dropped_id: string }>(
-    `SELECT c.kpart, c.cursor_id::text AS cursor_id, p.dropped_id::text AS dropped_id
+    `SELECT c.kpart, cur.id::text AS cursor_id, p.dropped_id::text AS dropped_id
        FROM ${s}.topic_group_cursors c JOIN ${s}.topic_partitions p ON p.topic_id = c.topic_id AND p.kpart = c.kpart
-      WHERE c.topic_id = $1 AND c.group_name = $2 AND c.cursor_id < p.dropped_id
+      CROSS JOIN LATERAL (SELECT ${cursorOf(s)} AS id) cur
+      WHERE c.topic_id = $1 AND c.group_name = $2 AND cur.id < p.dropped_id
       ORDER BY c.kpart`,
     [topicId, group],
   );
@@ -683,10 +707,13 @@ export async function segmentNewest(ex: Executor, s: string, topicId: number, lo
 /** Per group and key partition: cursor and lag (messages after the cursor). */
 export async function groupStats(ex: Executor, s: string, topicId: number): Promise<{ group_name: string; kpart: number; cursor_id: string; lag: string; updated_at: Date }[]> {
   const { rows } = await ex.query<{ group_name: string; kpart: number; cursor_id: string; lag: string; updated_at: Date }>(
-    `SELECT c.group_name, c.kpart, c.cursor_id::text AS cursor_id, c.updated_at,
+    `SELECT c.group_name, c.kpart, cur.cursor_id::text AS cursor_id, cur.updated_at,
             (SELECT count(*) FROM ${s}.topic_messages m WHERE m.topic_id = c.topic_id AND m.kpart = c.kpart
-                AND m.id > c.cursor_id)::text AS lag
-       FROM ${s}.topic_group_cursors c WHERE c.topic_id = $1 ORDER BY c.group_name, c.kpart`,
+                AND m.id > cur.cursor_id)::text AS lag
+       FROM ${s}.topic_group_cursors c
+       LEFT JOIN LATERAL (SELECT mv.cursor_id, mv.moved_at FROM ${s}.topic_cursor_moves mv WHERE mv.ref = c.ref ORDER BY mv.seq DESC LIMIT 1) mv ON true
+       CROSS JOIN LATERAL (SELECT coalesce(mv.cursor_id, c.cursor_id) AS cursor_id, coalesce(mv.moved_at, c.updated_at) AS updated_at) cur
+      WHERE c.topic_id = $1 ORDER BY c.group_name, c.kpart`,
     [topicId],
   );
   return rows;

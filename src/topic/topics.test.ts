@@ -82,6 +82,64 @@ test('reset to earliest replays the same sequence; reset to a position resumes a
   assert.deepEqual(tail.messages.map((m) => m.payload), whole.messages.slice(40).map((m) => m.payload));
 });
 
+test("a previous version's writes (a cursor update, an attempt upsert) carry into the appended moves and counts; a reset during a batch waits for it and leaves one move per partition", async () => {
+  await herald.topics.create('compat', { partitions: 1 });
+  await herald.topics.publishMany('compat', [0, 1, 2, 3, 4].map((n) => ({ payload: n })), { waitForPosition: true });
+  await herald.topics.createGroup('compat', 'old', 'earliest');
+  const ex = herald.driver.executor;
+  const topicId = (await ex.query<{ id: number }>(`SELECT id FROM herald.topics WHERE name = 'compat'`)).rows[0].id;
+  const ids = (await ex.query<{ id: string }>(`SELECT id::text FROM herald.topic_messages WHERE topic_id = $1 ORDER BY id`, [topicId])).rows.map((r) => r.id);
+  // What a process of the previous version wrote: its cursor moved past message 2 (an
+  // UPDATE of the cursor row), and three attempts counted on message 3 (an upsert).
+  await ex.query(`UPDATE herald.topic_group_cursors SET cursor_id = $2 WHERE topic_id = $1 AND group_name = 'old'`, [topicId, ids[2]]);
+  await ex.query(`INSERT INTO herald.topic_attempts (topic_id, group_name, kpart, message_id, through_id, attempts) VALUES ($1, 'old', 0, $2, $2, 3)`, [topicId, ids[3]]);
+  const got: number[] = [];
+  const failures: number[] = [];
+  let fail = true;
+  let release: () => void = () => {};
+  let hold = false;
+  const held = new Promise<void>((r) => (release = r));
+  let entered = false;
+  const c = herald.topics.consumer<number>('compat', 'old', async ({ messages }) => {
+    if (messages[0].payload === 3 && fail) {
+      fail = false;
+      throw new Error('once');
+    }
+    if (hold) {
+      entered = true;
+      await held;
+    }
+    got.push(...messages.map((m) => m.payload));
+  }, { retryDelayMs: 10 });
+  c.on('topic:handlerError', (e) => failures.push(e.attempts));
+  try {
+    await c.start();
+    await waitFor(() => got.length === 2, { what: 'messages 3 and 4', progress: () => got.length });
+    assert.deepEqual(got, [3, 4], 'resumed after the cursor the previous version wrote');
+    assert.deepEqual(failures, [4], 'its three attempts counted, then this one');
+    // A reset while a batch runs: it waits for the batch, then replaces the moves.
+    got.length = 0;
+    hold = true;
+    await herald.topics.publish('compat', 5, { waitForPosition: true });
+    await waitFor(() => entered, { what: 'the batch of message 5 running' });
+    const reset = herald.topics.resetGroup('compat', 'old', 'earliest');
+    await waitFor(async () => (await ex.query<{ waiting: boolean }>(`SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%topic_group_cursors%FOR UPDATE%') AS waiting`)).rows[0].waiting, { what: 'the reset waiting for the batch' });
+    hold = false;
+    release();
+    assert.equal(await reset, 1);
+    await waitFor(() => got.length === 7, { what: 'the batch, then the replay', progress: () => got.length });
+    assert.deepEqual(got, [5, 0, 1, 2, 3, 4, 5]);
+    const moves = await ex.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM herald.topic_cursor_moves mv JOIN herald.topic_group_cursors c USING (ref) WHERE c.topic_id = $1`,
+      [topicId],
+    );
+    assert.equal(moves.rows[0].n, 1, 'one move left for the partition');
+  } finally {
+    release();
+    await c.stop();
+  }
+});
+
 test('the position commits with the handler writes; a throwing handler rolls both back', async () => {
   await herald.driver.executor.query('CREATE TABLE sink (v int PRIMARY KEY)');
   await herald.topics.create('exact', { partitions: 1 });

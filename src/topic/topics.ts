@@ -273,13 +273,16 @@ export class Topics {
     assertName('group', group);
     const st = await this.#existing(topic);
     const ex = options.tx ? toExecutor(options.tx) : this.#driver.executor;
+    // The move takes the partitions' locks, then writes: one transaction (the caller's).
+    const inTx = <R>(fn: (tx: Executor) => Promise<R>) => (options.tx ? fn(ex) : this.#driver.transaction(fn));
     let moved: number;
     if (typeof to === 'object' && !(to instanceof Date)) {
-      moved = await q.groupResetTo(ex, this.#s, st.row.id, group, parsePosition(to.position));
+      const id = parsePosition(to.position);
+      moved = await inTx((tx) => q.groupResetTo(tx, this.#s, st.row.id, group, id));
     } else {
       checkStart(to);
       await this.#sequenceIfPending(topic);
-      moved = await q.groupReset(ex, this.#s, st.row.id, group, to);
+      moved = await inTx((tx) => q.groupReset(tx, this.#s, st.row.id, group, to));
     }
     // Wake the running consumers (with the caller's transaction: when it commits).
     // The wake-up is a courtesy (consumers also poll): never attached while paused, and
