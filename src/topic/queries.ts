@@ -347,11 +347,11 @@ export async function groupResetTo(ex: Executor, s: string, topicId: number, gro
 
 /**
  * A partition's cursor as SQL over the cursor row `c`: its newest move, or the group's
- * first cursor while it has none (migration 027). Newest first down the primary key: the
- * moves a held transaction keeps from being cleaned up are never read.
+ * first cursor while it has none (migration 027's topic_cursor_of: newest first down
+ * the primary key, so the moves a held transaction keeps from being cleaned up are
+ * never read, whatever the statistics say).
  */
-const cursorOf = (s: string) =>
-  `coalesce((SELECT mv.cursor_id FROM ${s}.topic_cursor_moves mv WHERE mv.ref = c.ref ORDER BY mv.seq DESC LIMIT 1), c.cursor_id)`;
+const cursorOf = (s: string) => `${s}.topic_cursor_of(c.ref, c.cursor_id)`;
 
 /** What a claim returns: the locked key partition, its cursor, its attempt row and the next messages. */
 export interface Claim {
@@ -440,29 +440,13 @@ export async function cursorClaimRead(
  * (up to `throughId`). Returns the attempts on `messageId` so far, this one included.
  */
 export async function attemptBegin(ex: Executor, s: string, topicId: number, group: string, kpart: number, messageId: string, throughId: string, single: boolean): Promise<number> {
-  // Appended (migration 027): the new count from the newest row, which goes. The
-  // partition's batches are serialized by its cursor lock, and each awaits this.
+  // Appended (migration 027, topic_try). Its commit does not wait for the WAL flush.
   const { rows } = await ex.query<{ attempts: number }>(
-    `WITH c AS (
-       SELECT c.ref FROM ${s}.topic_group_cursors c WHERE c.topic_id = $1 AND c.group_name = $2 AND c.kpart = $3
-     ), a AS (
-       SELECT t.seq, t.message_id, t.through_id, t.attempts, t.last_error FROM ${s}.topic_tries t
-        WHERE t.ref = (SELECT ref FROM c) ORDER BY t.seq DESC LIMIT 1
-     ), gone AS (
-       -- By its whole key (a scalar, not a join: joined, the plan read every entry of the
-       -- partition, the deleted ones a held transaction keeps too).
-       DELETE FROM ${s}.topic_tries t WHERE t.ref = (SELECT ref FROM c) AND t.seq = (SELECT a.seq FROM a)
-     )
-     INSERT INTO ${s}.topic_tries (ref, message_id, through_id, attempts, last_error)
-     SELECT (SELECT ref FROM c), $4, GREATEST($5::bigint, CASE WHEN a.through_id >= $4::bigint THEN a.through_id ELSE 0 END),
-            CASE WHEN NOT $6::boolean THEN 0 WHEN a.message_id = $4::bigint THEN a.attempts + 1 ELSE 1 END,
-            CASE WHEN a.message_id = $4::bigint THEN a.last_error END
-       FROM (SELECT 1) one LEFT JOIN a ON true
-      WHERE ${LEASE_COMMITS_ASYNC}
-     RETURNING attempts`,
+    `SELECT ${s}.topic_try($1, $2, $3, $4, $5, $6) AS attempts FROM (SELECT 1) one WHERE ${LEASE_COMMITS_ASYNC}`,
     [topicId, group, kpart, messageId, throughId, single],
     { prepare: true },
   );
+  if (rows[0].attempts === null) throw new Error(`topic ${topicId} group ${group}: no cursor for key partition ${kpart} (the group was deleted?)`);
   return rows[0].attempts;
 }
 
