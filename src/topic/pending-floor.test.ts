@@ -35,37 +35,34 @@ async function pendingEntriesRead(tx: Executor): Promise<number> {
 }
 
 /**
- * A driver over `url` that runs each sequencer run in a transaction of its own and each
- * claim in its batch transaction as before, and records the pending index entries each
- * of them read.
+ * A driver over `url` that measures with `read` what some statements read: autocommit
+ * ones matching `pooled` each in a transaction of their own (into `pooledOut`), and ones
+ * inside a transaction matching `inTx` in that transaction (into `inTxOut`).
  */
-function countingDriver(url: string, runs: number[], claims: number[]): Driver {
+function measuringDriver(
+  url: string,
+  read: (tx: Executor) => Promise<number>,
+  pooled: (text: string) => boolean,
+  pooledOut: number[],
+  inTx: (text: string) => boolean,
+  inTxOut: number[],
+): Driver {
   const inner = pgDriver({ connectionString: url, max: 6 });
+  const measured = async (tx: Executor, out: number[], run: () => Promise<unknown>) => {
+    const before = await read(tx);
+    const r = await run();
+    out.push((await read(tx)) - before);
+    return r as never;
+  };
   return {
     kind: inner.kind,
     executor: {
-      query: (text, values, opts) => {
-        if (!text.includes('.topic_sequence(')) return inner.executor.query(text, values, opts);
-        return inner.transaction(async (tx) => {
-          const before = await pendingEntriesRead(tx);
-          const r = await tx.query(text, values);
-          runs.push((await pendingEntriesRead(tx)) - before);
-          return r as never;
-        });
-      },
+      query: (text, values, opts) =>
+        pooled(text) ? inner.transaction((tx) => measured(tx, pooledOut, () => tx.query(text, values))) : inner.executor.query(text, values, opts),
     },
     transaction: (fn, options) =>
       inner.transaction(
-        (tx) =>
-          fn({
-            query: async (text, values, opts) => {
-              if (!text.includes('.topic_claim(')) return tx.query(text, values, opts);
-              const before = await pendingEntriesRead(tx);
-              const r = await tx.query(text, values, opts);
-              claims.push((await pendingEntriesRead(tx)) - before);
-              return r as never;
-            },
-          }),
+        (tx) => fn({ query: async (text, values, opts) => (inTx(text) ? measured(tx, inTxOut, () => tx.query(text, values, opts)) : tx.query(text, values, opts)) }),
         options,
       ),
     openListenSession: (o) => inner.openListenSession(o),
@@ -77,7 +74,8 @@ test('sequencer runs and pending checks read a bounded part of topic_pending whi
   const other = await otherDatabaseClient(db.url);
   const runs: number[] = [];
   const claims: number[] = [];
-  const h = createHerald({ driver: countingDriver(db.url, runs, claims) });
+  // Each sequencer run in a transaction of its own, each claim in its batch transaction.
+  const h = createHerald({ driver: measuringDriver(db.url, pendingEntriesRead, (t) => t.includes('.topic_sequence('), runs, (t) => t.includes('.topic_claim('), claims) });
   let received = 0;
   const consumer = h.topics.consumer<number>('floor', 'g', ({ messages }) => void (received += messages.length), { pollIntervalMs: 500 });
   try {
@@ -172,39 +170,16 @@ test('cursor moves and attempt counts are appended: no cursor row is rewritten, 
   const claims: number[] = [];
   const counts: number[] = [];
   let measure = false;
-  const inner = pgDriver({ connectionString: db.url, max: 6 });
   // Claims (in their batch transaction) and attempt counts (autocommit on the pool, here
   // in a transaction of their own) with the cursor index entries each one read.
-  const driver: Driver = {
-    kind: inner.kind,
-    executor: {
-      query: (text, values, opts) => {
-        if (!measure || !text.includes('.topic_try(')) return inner.executor.query(text, values, opts);
-        return inner.transaction(async (tx) => {
-          const before = await entriesRead(tx, CURSOR_INDEXES);
-          const r = await tx.query(text, values);
-          counts.push((await entriesRead(tx, CURSOR_INDEXES)) - before);
-          return r as never;
-        });
-      },
-    },
-    transaction: (fn, options) =>
-      inner.transaction(
-        (tx) =>
-          fn({
-            query: async (text, values, opts) => {
-              if (!measure || !text.includes('.topic_claim(')) return tx.query(text, values, opts);
-              const before = await entriesRead(tx, CURSOR_INDEXES);
-              const r = await tx.query(text, values, opts);
-              claims.push((await entriesRead(tx, CURSOR_INDEXES)) - before);
-              return r as never;
-            },
-          }),
-        options,
-      ),
-    openListenSession: (o) => inner.openListenSession(o),
-    end: (o) => inner.end(o),
-  };
+  const driver = measuringDriver(
+    db.url,
+    (tx) => entriesRead(tx, CURSOR_INDEXES),
+    (t) => measure && t.includes('.topic_try('),
+    counts,
+    (t) => measure && t.includes('.topic_claim('),
+    claims,
+  );
   const h = createHerald({ driver });
   let received = 0;
   // One message per batch: a cursor move and an attempt count per message.
