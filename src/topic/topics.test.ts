@@ -140,6 +140,21 @@ test("a previous version's writes (a cursor update, an attempt upsert) carry int
   }
 });
 
+test('a claim refuses a batch transaction that is not READ COMMITTED (its cursor read would see a stale snapshot)', async () => {
+  await herald.topics.create('isolated', { partitions: 1 });
+  await herald.topics.createGroup('isolated', 'g', 'earliest');
+  const id = (await herald.driver.executor.query<{ id: number }>(`SELECT id FROM herald.topics WHERE name = 'isolated'`)).rows[0].id;
+  const client = new pg.Client({ connectionString: db.url });
+  await client.connect();
+  try {
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+    await assert.rejects(client.query(`SELECT * FROM herald.topic_claim($1, 'g', 0, 1, 10, false, 0)`, [id]), (e: { code?: string; message: string }) => e.code === '0A000' && /READ COMMITTED/.test(e.message));
+    await client.query('ROLLBACK');
+  } finally {
+    await client.end();
+  }
+});
+
 test('the position commits with the handler writes; a throwing handler rolls both back', async () => {
   await herald.driver.executor.query('CREATE TABLE sink (v int PRIMARY KEY)');
   await herald.topics.create('exact', { partitions: 1 });

@@ -26,6 +26,10 @@
 -- tables by the triggers below, so nothing they do is lost; an attempt count carried
 -- over from them may restart once.
 --
+-- `seq` comes from each table's identity sequence with its default CACHE 1: values are
+-- handed out in call order across sessions, so under the row lock a later move always has
+-- the higher seq (a cache would let a session hand out a lower one later).
+--
 -- Both tables are keyed by `ref`, a number given to each cursor row here, not by (topic,
 -- group name, key partition): a read newest first goes through the matching entries of
 -- one index page, and comparing a text key there under the database's collation cost
@@ -127,6 +131,14 @@ DECLARE
   v_limit int;
   v_skip int[] := '{}';
 BEGIN
+  -- The cursor is read after the lock in a new snapshot: under REPEATABLE READ or
+  -- SERIALIZABLE (a default_transaction_isolation of the database or role) it would be
+  -- the transaction's first snapshot, and a move committed since would go unseen (the
+  -- batch delivered twice). Refuse instead.
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'topic_claim needs READ COMMITTED, the batch transaction is %', current_setting('transaction_isolation')
+      USING ERRCODE = '0A000', HINT = 'set default_transaction_isolation to read committed for the role pgherald connects as';
+  END IF;
   v_redriven := EXISTS (SELECT 1 FROM :schema.topic_dead_letters d WHERE d.topic_id = p_topic AND d.group_name = p_group AND d.redrive_at IS NOT NULL);
   LOOP
     SELECT c.kpart, c.ref INTO v_kpart, v_ref
