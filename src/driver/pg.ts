@@ -171,8 +171,10 @@ export function pgDriver(options: PgDriverOptions): Driver {
     };
   };
 
+  const poolMax = Number((pool as unknown as { options?: { max?: unknown } }).options?.max);
   return {
     kind: 'pg',
+    maxConnections: Number.isInteger(poolMax) && poolMax > 0 ? poolMax : undefined,
     executor,
     async transaction<T>(fn: (tx: Executor) => Promise<T>, txOptions?: TransactionOptions): Promise<T> {
       const client = await pool.connect();

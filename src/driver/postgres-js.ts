@@ -46,8 +46,10 @@ export function postgresJsDriver(options: PostgresJsDriverOptions): Driver {
   const listenOptions = (sql as unknown as { options: Record<string, unknown> }).options;
   const prepared = options.preparedStatements ?? listenOptions.prepare !== false;
 
+  const sqlMax = Number(listenOptions.max);
   return {
     kind: 'postgres',
+    maxConnections: Number.isInteger(sqlMax) && sqlMax > 0 ? sqlMax : undefined,
     executor: withDeadlines(sql, postgresJsExecutor(sql, prepared), Number(listenOptions.connect_timeout) * 1000 || connectTimeoutMs),
     async transaction<T>(fn: (tx: Executor) => Promise<T>, txOptions?: TransactionOptions): Promise<T> {
       return (await sql.begin((tx) => fn(postgresJsExecutor(tx as unknown as Sql, prepared && txOptions?.prepare === true)))) as T;

@@ -116,6 +116,12 @@ export interface TransactionOptions {
 export interface Driver {
   /** Which client library is underneath: `pg` or `postgres`. */
   readonly kind: 'pg' | 'postgres';
+  /**
+   * The most connections the pool opens, when known (the `max` of a `pg` pool or of a
+   * postgres.js instance). Parts that hold one connection while they need another (a
+   * topic batch and its attempt count) keep the number of such holders below it.
+   */
+  readonly maxConnections?: number;
   /** The pool as an executor (each statement in its own implicit transaction). */
   readonly executor: Executor;
   /** Runs `fn` in a transaction on one connection; commits if it resolves, rolls back if it throws. */

@@ -36,6 +36,8 @@ export interface ConsumerHost {
   /** The topic's pending floor in this process (see `TopicState.floor` in topics.ts). */
   pendingFloor: () => Promise<string>;
   forget: () => void;
+  /** A slot for one batch transaction (shared by the process's consumers; see `Topics`); resolves with its release. */
+  batchSlot: () => Promise<() => void>;
 }
 
 type Resolved = Required<Omit<ConsumerOptions, 'start' | 'horizonPollMs' | 'horizonPollMaxMs'>> & { start: GroupStart };
@@ -226,6 +228,16 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     }
   }
 
+  /** Runs a batch transaction in one of the process's batch slots (see `Topics`). */
+  async #inSlot<R>(fn: () => Promise<R>): Promise<R> {
+    const release = await this.#host.batchSlot();
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
   /** One batch transaction. */
   async #batch(loop: Loop, row: q.TopicRow, askPending: boolean): Promise<Outcome> {
     const { driver, s } = this.#host;
@@ -236,7 +248,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     const HANDLER = Symbol('handler');
     const floor = await this.#host.pendingFloor();
     try {
-      const outcome = await driver.transaction(async (tx): Promise<Outcome> => {
+      const outcome = await this.#inSlot(() => driver.transaction(async (tx): Promise<Outcome> => {
         const found = await q.cursorClaimRead(tx, s, row.id, this.group, this.#rotate++ % row.partitions, row.partitions, this.options.batchSize, askPending, floor);
         if (found.pending) this.#host.sequenceSoon();
         if (found.redriven) this.#redrivenSeen = true;
@@ -280,7 +292,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         // The claim already moved the cursor to `last`, in this transaction: the COMMIT is all that is left.
         done = { partition: claim.kpart, count: rows.length, position: last };
         return 'batch';
-      });
+      }));
       if (outcome === 'batch' && done) {
         this.consumed += done.count;
         this.emit('topic:batch', done);
@@ -314,7 +326,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     let failure: unknown;
     const HANDLER = Symbol('handler');
     try {
-      const ok = await driver.transaction(async (tx) => {
+      const ok = await this.#inSlot(() => driver.transaction(async (tx) => {
         if (!(await q.deadLetterLock(tx, s, row.id, this.group, d.id))) return false;
         const { rows } = await tx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
         try {
@@ -325,7 +337,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         }
         await q.deadLetterDelete(tx, s, row.id, this.group, d.id);
         return true;
-      });
+      }));
       if (ok) {
         this.consumed += 1;
         this.emit('topic:batch', { partition: d.kpart, count: 1, position: d.id });

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { createHerald, type Herald } from '../index.js';
 import type { TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
-import { waitFor } from '../../test/support/wait.js';
+import { waitFor, waitForCount } from '../../test/support/wait.js';
 import type { TopicMessage } from './types.js';
 
 let db: TestDatabase;
@@ -152,6 +152,27 @@ test('a claim refuses a batch transaction that is not READ COMMITTED (its cursor
     await client.query('ROLLBACK');
   } finally {
     await client.end();
+  }
+});
+
+test('more consumer lanes than pool connections: every batch still gets its attempt count (lanes wait for a batch slot, not for a connection held by another lane)', async () => {
+  // 3 groups x concurrency 4 = 12 lanes on a pool of 6: each batch holds its connection
+  // while its attempt count needs another one.
+  const small = createHerald({ connectionString: db.url, poolSize: 6 });
+  const N = 2000;
+  const counts = [0, 0, 0];
+  const consumers = counts.map((_, g) =>
+    small.topics.consumer<number>('lanes', `g${g}`, ({ messages }) => void (counts[g] += messages.length), { concurrency: 4, batchSize: 50 }),
+  );
+  try {
+    await small.topics.create('lanes', { partitions: 8 });
+    await small.topics.publishMany('lanes', Array.from({ length: N }, (_, i) => ({ payload: i, key: `k${i % 40}` })), { waitForPosition: true });
+    await Promise.all(consumers.map((c) => c.start()));
+    await waitForCount(() => Math.min(...counts), N, { what: 'every group' });
+    assert.deepEqual(counts, [N, N, N]);
+  } finally {
+    await Promise.all(consumers.map((c) => c.stop()));
+    await small.close();
   }
 });
 

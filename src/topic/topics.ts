@@ -4,6 +4,7 @@ import { HeraldError, InvalidOptionError } from '../errors.js';
 import { quoteIdent, schemaIdent } from '../internal/ident.js';
 import { assertBigintId, jsonHasNul } from '../internal/validate.js';
 import { withSpan } from '../internal/tracing.js';
+import { Slots } from '../internal/slots.js';
 import type { Notifier } from '../notifier/notifier.js';
 import { TopicConsumer } from './consumer.js';
 import * as q from './queries.js';
@@ -112,6 +113,13 @@ export class Topics {
   readonly #background = new Set<Promise<void>>();
   #timer: NodeJS.Timeout | undefined;
   #maintaining: Promise<unknown> | undefined;
+  /**
+   * Batch transactions of this process's consumers at once, all topics: one fewer than
+   * the pool's connections. A batch holds its connection while its attempt count waits
+   * for another one: with as many batches as connections none would ever get it (three
+   * consumers of concurrency 4 on the default pool of 10 stopped for good).
+   */
+  readonly #batchSlots: Slots;
 
   constructor(driver: Driver, notifier: Notifier, schema: string, options: TopicsOptions = {}) {
     this.#driver = driver;
@@ -124,6 +132,7 @@ export class Topics {
     if (typeof autoCreate !== 'boolean') throw new InvalidOptionError('topics.autoCreate', autoCreate, 'true or false');
     this.#autoCreate = autoCreate;
     this.#sequencerBatchSize = positiveInt('topics.sequencerBatchSize', options.sequencerBatchSize ?? TOPICS_DEFAULTS.sequencerBatchSize, 1_000_000);
+    this.#batchSlots = new Slots(Math.max(1, (driver.maxConnections ?? 10) - 1));
   }
 
   /** The notification channel that wakes consumers (payload: the topic name). */
@@ -244,6 +253,7 @@ export class Topics {
         pendingFloor: () => this.#topics.get(topic)?.then((st) => st.floor) ?? Promise.resolve('0'),
         sequenceSoon: () => void this.#existing(topic).then((st) => this.#sequenceSoon(st), () => {}),
         forget: () => this.#consumers.delete(c as TopicConsumer),
+        batchSlot: () => this.#batchSlots.take(),
       },
       topic,
       group,
