@@ -27,6 +27,15 @@ for (const { name, make } of DRIVERS) {
       }
     });
 
+    it('reports the pool size it was made with (maxConnections)', async () => {
+      const driver = make(db.url);
+      try {
+        assert.equal(driver.maxConnections, 4);
+      } finally {
+        await driver.end();
+      }
+    });
+
     it('calls onSent once a statement has left the process, no later than its result', async () => {
       const driver = make(db.url);
       try {

@@ -56,6 +56,7 @@ function measuringDriver(
   };
   return {
     kind: inner.kind,
+    maxConnections: inner.maxConnections,
     executor: {
       query: (text, values, opts) =>
         pooled(text) ? inner.transaction((tx) => measured(tx, pooledOut, () => tx.query(text, values))) : inner.executor.query(text, values, opts),
