@@ -280,15 +280,24 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
           return 'dead';
         }
         const last = rows[rows.length - 1].id;
-        // Counted on the pool: committed before the handler runs.
-        const attempts = await q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1);
+        // Counted on the pool, in its own commit: the handler starts once the statement
+        // has left the process (a process killed from then on cannot take it back: the
+        // server runs it and commits), and the batch commits only after it did.
+        let sent!: () => void;
+        const leftProcess = new Promise<void>((resolve) => (sent = resolve));
+        const counted = q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1, { onSent: () => sent() });
+        counted.catch(() => {});
+        // A statement that failed before it was sent fails the batch (nothing ran).
+        await Promise.race([leftProcess, counted]);
         const messages: TopicMessage<T>[] = rows.map((r) => toMessage<T>(this.topic, r));
         try {
           await this.#runHandler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx }, claim.pid);
         } catch (error) {
-          failed = { partition: claim.kpart, error, attempts, head };
+          failed = { partition: claim.kpart, error, attempts: await this.#attemptsOf(counted, prior), head };
           throw HANDLER;
         }
+        // The count commits before the batch: the next claim of the partition reads it.
+        await this.#attemptsOf(counted, prior);
         // The claim already moved the cursor to `last`, in this transaction: the COMMIT is all that is left.
         done = { partition: claim.kpart, count: rows.length, position: last };
         return 'batch';
@@ -311,6 +320,21 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         return f.attempts >= max ? 'exhausted' : 'retry';
       }
       throw err;
+    }
+  }
+
+  /**
+   * The attempts counted for a batch's first message (see {@link #batch}). A count that
+   * failed after it was sent (its connection lost, say) leaves the batch as it is: its
+   * handler already ran. `topic:problem` says so, and the count is taken as the prior
+   * attempts plus this one.
+   */
+  async #attemptsOf(counted: Promise<number>, prior: number): Promise<number> {
+    try {
+      return await counted;
+    } catch (err) {
+      this.emit('topic:problem', err);
+      return prior + 1;
     }
   }
 

@@ -11,7 +11,7 @@
  */
 import { wakeSql } from '../notifier/pressure.js';
 import { LEASE_COMMITS_ASYNC } from '../internal/lease.js';
-import type { Executor } from '../driver/types.js';
+import type { Executor, QueryOptions } from '../driver/types.js';
 import { quoteIdent } from '../internal/ident.js';
 
 /** A topic's configuration row. */
@@ -439,12 +439,22 @@ export async function cursorClaimRead(
  * larger batch that fails names no message, it only makes the next batches single
  * (up to `throughId`). Returns the attempts on `messageId` so far, this one included.
  */
-export async function attemptBegin(ex: Executor, s: string, topicId: number, group: string, kpart: number, messageId: string, throughId: string, single: boolean): Promise<number> {
+export async function attemptBegin(
+  ex: Executor,
+  s: string,
+  topicId: number,
+  group: string,
+  kpart: number,
+  messageId: string,
+  throughId: string,
+  single: boolean,
+  opts: Pick<QueryOptions, 'onSent'> = {},
+): Promise<number> {
   // Appended (migration 027, topic_try). Its commit does not wait for the WAL flush.
   const { rows } = await ex.query<{ attempts: number }>(
     `SELECT ${s}.topic_try($1, $2, $3, $4, $5, $6) AS attempts FROM (SELECT 1) one WHERE ${LEASE_COMMITS_ASYNC}`,
     [topicId, group, kpart, messageId, throughId, single],
-    { prepare: true },
+    { prepare: true, ...opts },
   );
   if (rows[0].attempts === null) throw new Error(`topic ${topicId} group ${group}: no cursor for key partition ${kpart} (the group was deleted?)`);
   return rows[0].attempts;

@@ -176,6 +176,28 @@ test('more consumer lanes than pool connections: every batch still gets its atte
   }
 });
 
+test('an attempt count that fails after it left the process: the handler has run, the batch commits, topic:problem says why', async () => {
+  await herald.topics.create('uncounted', { partitions: 1 });
+  const ex = herald.driver.executor;
+  await ex.query(`CREATE FUNCTION refuse_try() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no attempt counts today'; END $$`);
+  await ex.query('CREATE TRIGGER refuse_try BEFORE INSERT ON herald.topic_tries FOR EACH ROW EXECUTE FUNCTION refuse_try()');
+  const seen: number[] = [];
+  const problems: unknown[] = [];
+  const c = herald.topics.consumer<number>('uncounted', 'g', ({ messages }) => void seen.push(...messages.map((m) => m.payload)));
+  c.on('topic:problem', (e) => problems.push(e));
+  try {
+    await c.start();
+    await herald.topics.publishMany('uncounted', [1, 2, 3].map((payload) => ({ payload })));
+    await waitFor(async () => (await herald.topics.stats('uncounted')).groups[0]?.lag === 0 && seen.length === 3, { what: 'the batch committed' });
+    assert.deepEqual(seen, [1, 2, 3]);
+    assert.ok(problems.some((e) => /no attempt counts today/.test(String((e as Error).message))), 'topic:problem carries the failed count');
+  } finally {
+    await c.stop();
+    await ex.query('DROP TRIGGER refuse_try ON herald.topic_tries');
+    await ex.query('DROP FUNCTION refuse_try()');
+  }
+});
+
 test('the position commits with the handler writes; a throwing handler rolls both back', async () => {
   await herald.driver.executor.query('CREATE TABLE sink (v int PRIMARY KEY)');
   await herald.topics.create('exact', { partitions: 1 });
