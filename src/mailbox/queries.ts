@@ -171,6 +171,9 @@ export type TakenRow = MessageRow & { alone: boolean };
  * use up the attempts of the messages taken with it. The others the CTE locked stay
  * locked (unmarked) until this transaction ends.
  *
+ * `floor`: a seq below which the destination has no ready message (see
+ * {@link mailboxFloor}); the scan starts there.
+ *
  * With `statementTimeoutMs`, sets `statement_timeout` for the rest of the transaction
  * (SET LOCAL semantics, from an InitPlan evaluated before the UPDATE): the handler's
  * statements are bounded by `handlerTimeoutMs` too.
@@ -184,9 +187,10 @@ export async function mailboxTake(
   topic: string | null,
   limit: number,
   statementTimeoutMs: number | null,
+  floor = '0',
 ): Promise<TakenRow[]> {
-  const guard = statementTimeoutMs === null ? '' : `AND (SELECT set_config('statement_timeout', $4, true)) IS NOT NULL`;
-  const params: unknown[] = [destination, topic, limit];
+  const guard = statementTimeoutMs === null ? '' : `AND (SELECT set_config('statement_timeout', $5, true)) IS NOT NULL`;
+  const params: unknown[] = [destination, topic, limit, floor];
   if (statementTimeoutMs !== null) params.push(`${Math.max(1, Math.round(statementTimeoutMs))}ms`);
   const { rows } = await executor.query<TakenRow>(
     // One pass of aggregates over the locked rows (mailbox_next returns them in seq
@@ -195,7 +199,7 @@ export async function mailboxTake(
     `WITH pick AS (
        SELECT CASE WHEN bool_or(abandoned) THEN (array_agg(row_ctid) FILTER (WHERE abandoned))[1:1] ELSE array_agg(row_ctid) END AS ctids,
               bool_or(abandoned) AS alone
-         FROM ${schema}.mailbox_next($1, $2, $3)
+         FROM ${schema}.mailbox_next($1, $2, $3, $4::bigint)
      )
      UPDATE ${schema}.mailbox_messages m
         SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1, lease = NULL
@@ -205,6 +209,32 @@ export async function mailboxTake(
   );
   if (rows.length > 1) rows.sort((a, b) => a.seq.length - b.seq.length || (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
   return rows;
+}
+
+/** What a floor look waits for before its bound counts (see {@link mailboxFloor}). */
+export interface FloorWait {
+  last: string;
+  holders: string[];
+}
+
+/**
+ * The next floor of a destination from `floor` (migration 028's `mailbox_floor`): a seq
+ * below which it has no ready message and never will. Takes start their scan at it, so
+ * the entries consumed messages leave in the ready index (which nothing can clean up
+ * while a transaction is open anywhere in the cluster) are not read again and again.
+ * `wait`: what the previous look returned (the last seq handed out then, and the
+ * senders still open then); once those have ended, that seq is settled. Returns the
+ * floor (`floor` itself when nothing is settled yet) and what the next look waits for.
+ * Its own statement, on the pool.
+ */
+export async function mailboxFloor(executor: Executor, schema: string, destination: string, floor: string, wait: FloorWait | null): Promise<{ floor: string; wait: FloorWait | null }> {
+  const { rows } = await executor.query<{ floor: string; wait_last: string | null; wait_for: string[] | null }>(
+    `SELECT floor::text AS floor, wait_last::text AS wait_last, wait_for FROM ${schema}.mailbox_floor($1, $2::bigint, $3::bigint, $4::text[])`,
+    [destination, floor, wait?.last ?? null, wait?.holders ?? null],
+    { prepare: true },
+  );
+  const r = rows[0];
+  return { floor: r?.floor ?? floor, wait: r && r.wait_last !== null ? { last: r.wait_last, holders: r.wait_for ?? [] } : null };
 }
 
 /** One take row: the token of a consume transaction, its destination and the ids it took. */
@@ -390,26 +420,31 @@ export async function mailboxRecordFailure(
  * Milliseconds until the next hidden message of a destination becomes visible (a retry
  * delay ending), or null when none is hidden. Run after a take found nothing, so a
  * consumer wakes when another process's failed message is due instead of at the safety
- * poll. Walks only the destination's ready rows (the partial index), and all of them
- * are hidden or held when the take found none.
+ * poll. Walks only the destination's ready rows (the partial index) from the floor
+ * (see {@link mailboxFloor}), and all of them are hidden or held when the take found none.
  */
-export async function mailboxNextVisible(executor: Executor, schema: string, destination: string, topic: string | null): Promise<number | null> {
+export async function mailboxNextVisible(executor: Executor, schema: string, destination: string, topic: string | null, floor = '0'): Promise<number | null> {
   const { rows } = await executor.query<{ ms: number | null }>(
     `SELECT (extract(epoch FROM min(visible_at) - now()) * 1000)::float8 AS ms
        FROM ${schema}.mailbox_messages
-      WHERE destination = $1 AND state = 'ready' AND visible_at > now() AND ($2::text IS NULL OR topic = $2::text)`,
-    [destination, topic],
+      WHERE destination = $1 AND state = 'ready' AND seq >= $3::bigint AND visible_at > now() AND ($2::text IS NULL OR topic = $2::text)`,
+    [destination, topic, floor],
   );
   const ms = rows[0]?.ms;
   return ms == null ? null : Math.max(0, Number(ms));
 }
 
-/** Puts dead messages of a destination (all, or the given ids) back to ready with attempts reset, and wakes the destination. */
+/**
+ * Puts dead messages of a destination (all, or the given ids) back to ready with attempts
+ * reset, and wakes the destination. Each gets a new seq (`seq = DEFAULT`: behind the
+ * messages waiting), so no message becomes ready below a consumer's floor (see
+ * {@link mailboxFloor}); the statement takes the send lock like a send.
+ */
 export async function mailboxRedrive(executor: Executor, schema: string, channel: string | null, destination: string, ids: readonly string[] | null): Promise<number> {
   const { rows } = await executor.query<{ n: number }>(
     `WITH moved AS (
        UPDATE ${schema}.mailbox_messages
-          SET state = 'ready', attempts = 0, visible_at = now(), dead_at = NULL, lease = NULL
+          SET state = 'ready', attempts = 0, visible_at = now(), dead_at = NULL, lease = NULL, seq = DEFAULT
         WHERE destination = $1 AND state = 'dead' AND ($2::text[] IS NULL OR id = ANY($2::text[]))
        RETURNING id
      )

@@ -8,8 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { createHerald, pgDriver, type Herald } from '../index.js';
-import type { Driver, Executor } from '../driver/types.js';
+import { createHerald, type Herald } from '../index.js';
+import type { Executor } from '../driver/types.js';
+import { measuringDriver } from '../../test/support/measuring-driver.js';
 import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { waitFor } from '../../test/support/wait.js';
@@ -32,43 +33,6 @@ async function pendingEntriesRead(tx: Executor): Promise<number> {
              + pg_stat_get_xact_tuples_returned('herald.topic_pending'::regclass))::int AS n`,
   );
   return rows[0].n;
-}
-
-/**
- * A driver over `url` that measures with `read` what some statements read: autocommit
- * ones matching `pooled` each in a transaction of their own (into `pooledOut`), and ones
- * inside a transaction matching `inTx` in that transaction (into `inTxOut`).
- */
-function measuringDriver(
-  url: string,
-  read: (tx: Executor) => Promise<number>,
-  pooled: (text: string) => boolean,
-  pooledOut: number[],
-  inTx: (text: string) => boolean,
-  inTxOut: number[],
-): Driver {
-  const inner = pgDriver({ connectionString: url, max: 6 });
-  const measured = async (tx: Executor, out: number[], run: () => Promise<unknown>) => {
-    const before = await read(tx);
-    const r = await run();
-    out.push((await read(tx)) - before);
-    return r as never;
-  };
-  return {
-    kind: inner.kind,
-    maxConnections: inner.maxConnections,
-    executor: {
-      query: (text, values, opts) =>
-        pooled(text) ? inner.transaction((tx) => measured(tx, pooledOut, () => tx.query(text, values))) : inner.executor.query(text, values, opts),
-    },
-    transaction: (fn, options) =>
-      inner.transaction(
-        (tx) => fn({ query: async (text, values, opts) => (inTx(text) ? measured(tx, inTxOut, () => tx.query(text, values, opts)) : tx.query(text, values, opts)) }),
-        options,
-      ),
-    openListenSession: (o) => inner.openListenSession(o),
-    end: (o) => inner.end(o),
-  };
 }
 
 test('sequencer runs and pending checks read a bounded part of topic_pending while a transaction is held open elsewhere', async () => {
