@@ -8,8 +8,9 @@ import { withSpan } from '../internal/tracing.js';
 import { HeraldError } from '../errors.js';
 import type { Executor } from '../driver/types.js';
 import { withTimeout } from '../internal/backoff.js';
-import { ABANDONED_ERROR, type FloorWait, mailboxFloor, mailboxNextVisible, mailboxReapTakes, mailboxRecordFailure, mailboxTake, mailboxTakesDelete, type MessageRow, type TakenRow } from './queries.js';
+import { ABANDONED_ERROR, mailboxNextVisible, mailboxReapTakes, mailboxRecordFailure, mailboxTake, mailboxTakesDelete, type MessageRow, type TakenRow } from './queries.js';
 import type { TakeLog, TakeRecord } from './takes.js';
+import type { Floors } from './floor.js';
 import type { MailboxHandler, MailboxMessage } from './types.js';
 import type { WakeHub } from './wakeup.js';
 
@@ -25,6 +26,8 @@ export interface ConsumerHost {
   readonly retry: RetryPolicy;
   /** Writes the take rows of this mailbox's consumers. */
   readonly takes: TakeLog;
+  /** The destinations' floors (takes start their scan there). */
+  readonly floors: Floors;
   decode(row: MessageRow): MailboxMessage;
   problem(err: unknown): void;
   failed(info: { to: string; id: string; attempts: number; error: unknown; dead: boolean }): void;
@@ -53,12 +56,6 @@ class HandlerFailed extends Error {
 
 /** Abandoned take rows counted per statement (more are counted at the next turn). */
 export const REAP_BATCH = 100;
-
-/** A consumer that takes looks for a higher floor at most this often (ms; see {@link mailboxFloor}). */
-export const FLOOR_CHECK_MS = 1000;
-
-/** And looks for it from 0 this often (ms): a floor can only go down that way. */
-export const FLOOR_RESCAN_MS = 60_000;
 
 /**
  * A running consumer of one destination: `concurrency` loops, each taking up to
@@ -101,14 +98,6 @@ export class MailboxConsumer {
   #rowsFailing = false;
   /** Take rows of committed takes still on their way (stop() waits for them before its last delete). */
   readonly #landing = new Set<Promise<void>>();
-  /** The destination's floor as last found (a seq as decimal text): takes start their scan there. */
-  #floor = '0';
-  /** When the last floor check began, and the last one from 0 (performance.now()). */
-  #floorAt = -Infinity;
-  #floorFrom0At = -Infinity;
-  /** The floor check in flight (one at a time), and what the next one waits for. */
-  #floorCheck: Promise<void> | undefined;
-  #floorWait: FloorWait | null = null;
 
   /** @internal created by `Mailbox.consume`. */
   constructor(host: ConsumerHost, settings: ConsumerSettings, handler: MailboxHandler) {
@@ -147,7 +136,6 @@ export class MailboxConsumer {
     return (this.#stopping ??= this.#loop.stop().then(async () => {
       this.#unwatch();
       await Promise.all(this.#landing);
-      await this.#floorCheck;
       // The take rows of the last committed takes (a process that dies before this
       // leaves them to mailboxReapTakes, which drops them: their messages are consumed).
       const tokens = this.#committed;
@@ -191,7 +179,7 @@ export class MailboxConsumer {
    */
   async #wakeWhenVisible(): Promise<void> {
     const { to, topic } = this.#settings;
-    const ms = await mailboxNextVisible(this.#host.driver.executor, this.#host.schemaSql, to, topic, this.#floor);
+    const ms = await mailboxNextVisible(this.#host.driver.executor, this.#host.schemaSql, to, topic, this.#host.floors.floor(to));
     if (ms === null || ms >= this.#host.pollIntervalMs) return;
     const at = performance.now() + ms;
     if (at >= this.#visibleWakeAt) return;
@@ -199,30 +187,6 @@ export class MailboxConsumer {
     this.#loop.timer(Math.ceil(ms) + 5, () => {
       if (this.#visibleWakeAt === at) this.#visibleWakeAt = Infinity;
       this.#host.hub.wake(to);
-    });
-  }
-
-  /**
-   * Starts a look for a higher floor when one is due (see {@link mailboxFloor}), in the
-   * background: takes go on with the floor they have. Every FLOOR_RESCAN_MS the look
-   * starts from 0, so a message that became ready below the floor by a way this process
-   * does not know (a redrive by a previous version during an upgrade) is found again.
-   */
-  #floorIfDue(): void {
-    const now = performance.now();
-    if (this.#floorCheck || now - this.#floorAt < FLOOR_CHECK_MS || this.#loop.stopping) return;
-    this.#floorAt = now;
-    const from0 = now - this.#floorFrom0At >= FLOOR_RESCAN_MS;
-    if (from0) this.#floorFrom0At = now;
-    const host = this.#host;
-    this.#floorCheck = mailboxFloor(host.driver.executor, host.schemaSql, this.to, from0 ? '0' : this.#floor, this.#floorWait).then(
-      ({ floor, wait }) => {
-        this.#floor = floor;
-        this.#floorWait = wait;
-      },
-      (err: unknown) => host.problem(err),
-    ).finally(() => {
-      this.#floorCheck = undefined;
     });
   }
 
@@ -271,14 +235,13 @@ export class MailboxConsumer {
       done();
       throw err;
     }
-    this.#floorIfDue();
     const token = randomUUID();
     let rows: TakenRow[] = [];
     let take: TakeRecord | undefined;
     try {
       const n = await host.driver.transaction(async (tx) => {
         try {
-          rows = await mailboxTake(tx, host.schemaSql, to, topic, batchSize, handlerTimeoutMs > 0 ? handlerTimeoutMs : null, this.#floor);
+          rows = await mailboxTake(tx, host.schemaSql, to, topic, batchSize, handlerTimeoutMs > 0 ? handlerTimeoutMs : null, host.floors.floor(to));
           // Fewer than a batch (and not an abandoned message taken alone): nothing else was
           // ready when this take looked; the next take waits for a wake-up (or the safety poll).
           if (rows.length < batchSize && !rows.some((r) => r.alone)) {

@@ -1,10 +1,11 @@
 /**
  * The mailbox floor (migration 028): while a transaction is held open anywhere in the
  * cluster, consumed messages leave their entries in the ready index (nothing can clean
- * them up before it ends). Takes start at the consumer's floor, so the entries they read
- * stay bounded however many messages were consumed meanwhile; the floor never passes a
- * message whose sender has not committed yet, and a redriven message is placed above
- * every floor. Counted with the index's transaction statistics, not with a clock.
+ * them up before it ends). Takes and `receive` start at the process's floor for the
+ * destination, so the entries they read stay bounded however many messages were
+ * consumed meanwhile; the floor never passes a message whose sender has not committed
+ * yet, and a redriven message is placed above every floor. Counted with the index's
+ * transaction statistics, not with a clock.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -104,7 +105,8 @@ test('the floor never passes a message whose sender has not committed; a redrive
 test('takes read a bounded part of the ready index while a transaction is held open elsewhere; every message once', async () => {
   const other = await otherDatabaseClient(db.url);
   const takes: number[] = [];
-  const measured = measuringDriver(db.url, readyEntriesRead, () => false, [], (t) => t.includes('.mailbox_next('), takes);
+  const receives: number[] = [];
+  const measured = measuringDriver(db.url, readyEntriesRead, (t) => t.includes('.mailbox_next('), receives, (t) => t.includes('.mailbox_next('), takes);
   // The highest floor the consumer's looks have found so far.
   let floorFound = 0n;
   const driver: Driver = {
@@ -161,6 +163,11 @@ test('takes read a bounded part of the ready index while a transaction is held o
     }
     assert.equal(seen.size, sent);
     assert.ok([...seen.values()].every((n) => n === 1), 'every message once');
+    // receive (no consumer state between calls) starts at the process's floor too.
+    await consumer.stop();
+    await h.mailbox.sendMany(Array.from({ length: 5 }, (_, j) => ({ to: 'held', id: `r${j}`, payload: j })));
+    for (let j = 0; j < 5; j++) assert.equal((await h.mailbox.receive('held'))?.id, `r${j}`);
+    assert.ok(receives.length === 5 && receives.every((n) => n <= 200), `receives: ${receives.join(', ')} entries`);
   } finally {
     await consumer.stop();
     await h.close();

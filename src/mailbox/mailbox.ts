@@ -37,6 +37,7 @@ import type {
 } from './types.js';
 import { GROUP_LOCK_TIMEOUT_MS, SendGroup } from './group.js';
 import { TakeLog } from './takes.js';
+import { Floors } from './floor.js';
 import { mailboxChannel, waitBounded, WakeHub } from './wakeup.js';
 
 /** Defaults of {@link MailboxOptions}; the option table of docs/mailbox.md is this object. */
@@ -130,6 +131,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
   readonly #driver: Driver;
   readonly #schemaSql: string;
   readonly #hub: WakeHub;
+  readonly #floors: Floors;
   readonly #group: SendGroup;
   readonly #consumers = new Set<MailboxConsumer>();
   readonly #receives = new Set<AbortController>();
@@ -147,6 +149,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     this.#schemaSql = schemaIdent(schema);
     this.channel = mailboxChannel(schema);
     this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('message:problem', err));
+    this.#floors = new Floors(driver.executor, this.#schemaSql, (err) => this.emit('message:problem', err instanceof Error ? err : new Error(String(err))));
     this.#group = new SendGroup(
       // With its wake-up while wake-ups are on; a commit that met a full notification
       // queue runs once more without it (nothing of it committed; ids are idempotent anyway).
@@ -164,6 +167,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
       pollIntervalMs: this.options.pollIntervalMs,
       retry: { baseMs: this.options.retryDelayMs, maxMs: this.options.maxRetryDelayMs, jitter: this.options.retryJitter },
       takes: new TakeLog(driver.executor, this.#schemaSql),
+      floors: this.#floors,
       decode: (row) => decode(row),
       problem: (err) => self.emit('message:problem', err instanceof Error ? err : new Error(String(err))),
       failed: (info) => {
@@ -233,12 +237,13 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     const signal = options.signal;
     const take = (): Promise<MessageRow | undefined> =>
       withSpan('herald.mailbox.receive', { 'herald.mailbox.to': to }, async () => {
-        if (executor) return (await mailboxClaim(executor, this.#schemaSql, to, topic, 1))[0];
-        if (!signal) return (await mailboxClaim(this.#driver.executor, this.#schemaSql, to, topic, 1))[0];
+        const floor = this.#floors.floor(to);
+        if (executor) return (await mailboxClaim(executor, this.#schemaSql, to, topic, 1, floor))[0];
+        if (!signal) return (await mailboxClaim(this.#driver.executor, this.#schemaSql, to, topic, 1, floor))[0];
         // With a signal: take inside a transaction and roll back if the caller gave up meanwhile.
         return this.#driver
           .transaction(async (tx) => {
-            const row = (await mailboxClaim(tx, this.#schemaSql, to, topic, 1))[0];
+            const row = (await mailboxClaim(tx, this.#schemaSql, to, topic, 1, floor))[0];
             if (row && signal.aborted) throw new AbortedTake();
             return row;
           })
@@ -327,6 +332,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     for (const r of this.#receives) r.abort();
     await Promise.all([...this.#consumers].map((c) => c.stop()));
     await this.#group.idle();
+    await this.#floors.close();
     await this.#hub.close();
   }
 

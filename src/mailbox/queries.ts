@@ -133,10 +133,10 @@ async function mailboxSendOne(executor: Executor, schema: string, row: MessageIn
  * ready, not taken this time, never twice; whatever made it ready again also woke
  * the destination (a redrive notifies; a failure record arms the retry wake-up).
  */
-export async function mailboxClaim(executor: Executor, schema: string, destination: string, topic: string | null, limit: number): Promise<MessageRow[]> {
+export async function mailboxClaim(executor: Executor, schema: string, destination: string, topic: string | null, limit: number, floor = '0'): Promise<MessageRow[]> {
   const { rows } = await executor.query<MessageRow>(
     `WITH next AS (
-       SELECT row_ctid AS ctid FROM ${schema}.mailbox_next($1, $2, $3)
+       SELECT row_ctid AS ctid FROM ${schema}.mailbox_next($1, $2, $3, $4::bigint)
      )
      UPDATE ${schema}.mailbox_messages m
         SET state = 'consumed', consumed_at = now(), attempts = m.attempts + 1, lease = NULL
@@ -147,7 +147,7 @@ export async function mailboxClaim(executor: Executor, schema: string, destinati
     // 872 µs and 243 buffers per take against 137 µs (plan included) and 29 unprepared,
     // in a 5 s run from an empty table. The plan is cheap beside that risk. (Since
     // migration 025 the scan's plan is fixed by mailbox_next's settings either way.)
-    [destination, topic, limit],
+    [destination, topic, limit, floor],
   );
   // RETURNING has no order: by seq (decimal strings of positive bigints: shorter is smaller).
   if (rows.length > 1) rows.sort((a, b) => a.seq.length - b.seq.length || (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
