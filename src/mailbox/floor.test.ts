@@ -11,10 +11,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import pg from 'pg';
 import { createHerald, type Herald } from '../index.js';
-import type { Driver, Executor } from '../driver/types.js';
+import type { Driver } from '../driver/types.js';
 import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
-import { measuringDriver } from '../../test/support/measuring-driver.js';
+import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
 import { waitForCount } from '../../test/support/wait.js';
 import { mailboxFloor } from './queries.js';
 
@@ -26,11 +26,8 @@ useHerald({}, (d, h) => {
   herald = h;
 }, { isolated: true });
 
-/** Entries of the ready index returned to the scans of `tx` so far. */
-async function readyEntriesRead(tx: Executor): Promise<number> {
-  const { rows } = await tx.query<{ n: number }>(`SELECT pg_stat_get_xact_tuples_returned('herald.mailbox_messages_ready'::regclass)::int AS n`);
-  return rows[0].n;
-}
+/** Entries of the ready index returned to the scans of a transaction so far. */
+const readyEntriesRead = tuplesReturned('herald.mailbox_messages_ready');
 
 const seqOf = async (id: string) =>
   (await herald.driver.executor.query<{ seq: string }>('SELECT seq::text AS seq FROM herald.mailbox_messages WHERE id = $1', [id])).rows[0].seq;

@@ -9,8 +9,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createHerald, type Herald } from '../index.js';
-import type { Executor } from '../driver/types.js';
-import { measuringDriver } from '../../test/support/measuring-driver.js';
+import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
 import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { waitFor } from '../../test/support/wait.js';
@@ -24,16 +23,8 @@ useHerald({}, (d, h) => {
   herald = h;
 }, { isolated: true });
 
-/** Pending rows the statements of `tx` read so far: index entries, and rows of sequential scans. */
-async function pendingEntriesRead(tx: Executor): Promise<number> {
-  const { rows } = await tx.query<{ n: number }>(
-    // Entries of the pending index returned to scans in this transaction (idx_tup_read),
-    // and rows returned by sequential scans of the table (seq_tup_read).
-    `SELECT (pg_stat_get_xact_tuples_returned('herald.topic_pending_pkey'::regclass)
-             + pg_stat_get_xact_tuples_returned('herald.topic_pending'::regclass))::int AS n`,
-  );
-  return rows[0].n;
-}
+/** Pending rows the statements of a transaction read so far: index entries, and rows of sequential scans. */
+const pendingEntriesRead = tuplesReturned('herald.topic_pending_pkey', 'herald.topic_pending');
 
 test('sequencer runs and pending checks read a bounded part of topic_pending while a transaction is held open elsewhere', async () => {
   const other = await otherDatabaseClient(db.url);
@@ -120,15 +111,6 @@ test('the floor is not raised while the publish sequence has a cache (its ids wo
   assert.equal(await run(), String(BigInt(last) + 1n));
 });
 
-/** Index entries of `indexes` returned to scans in this transaction so far (idx_tup_read). */
-async function entriesRead(tx: Executor, indexes: string[]): Promise<number> {
-  const { rows } = await tx.query<{ n: number }>(
-    `SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(i::regclass)), 0)::int AS n FROM unnest($1::text[]) AS i`,
-    [indexes],
-  );
-  return rows[0].n;
-}
-
 test('cursor moves and attempt counts are appended: no cursor row is rewritten, and claims and counts read a bounded part of them while a transaction is held open elsewhere', async () => {
   const other = await otherDatabaseClient(db.url, 'other_moves');
   const CURSOR_INDEXES = ['herald.topic_group_cursors_pkey', 'herald.topic_cursor_moves_pkey', 'herald.topic_tries_pkey'];
@@ -139,7 +121,7 @@ test('cursor moves and attempt counts are appended: no cursor row is rewritten, 
   // in a transaction of their own) with the cursor index entries each one read.
   const driver = measuringDriver(
     db.url,
-    (tx) => entriesRead(tx, CURSOR_INDEXES),
+    tuplesReturned(...CURSOR_INDEXES),
     (t) => measure && t.includes('.topic_try('),
     counts,
     (t) => measure && t.includes('.topic_claim('),

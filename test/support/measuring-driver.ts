@@ -37,3 +37,18 @@ export function measuringDriver(
     end: (o) => inner.end(o),
   };
 }
+
+/**
+ * What the statements of a transaction read so far from the given relations (index
+ * entries returned to index scans, rows returned by sequential scans: the transaction's
+ * own `pg_stat_get_xact_tuples_returned`).
+ */
+export function tuplesReturned(...relations: string[]): (tx: Executor) => Promise<number> {
+  return async (tx) =>
+    (
+      await tx.query<{ n: number }>(
+        `SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(r::regclass)), 0)::int AS n FROM unnest($1::text[]) AS r`,
+        [relations],
+      )
+    ).rows[0].n;
+}
