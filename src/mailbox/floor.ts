@@ -72,9 +72,13 @@ export class Floors {
     return e.floor;
   }
 
-  /** Starts no more looks and waits for those in flight. */
+  /** Waits for the looks in flight, starting none meanwhile (the mailbox is stopping). */
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all([...this.#entries.values()].map((e) => e.check));
+    try {
+      await Promise.all([...this.#entries.values()].map((e) => e.check));
+    } finally {
+      this.#closed = false;
+    }
   }
 }
