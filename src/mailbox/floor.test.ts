@@ -16,7 +16,7 @@ import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js
 import { useHerald } from '../../test/support/herald.js';
 import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
 import { waitForCount } from '../../test/support/wait.js';
-import { mailboxFloor } from './queries.js';
+import { mailboxFloors, type FloorWait } from './queries.js';
 
 let db: TestDatabase;
 let herald: Herald;
@@ -31,7 +31,12 @@ const readyEntriesRead = tuplesReturned('herald.mailbox_messages_ready');
 
 const seqOf = async (id: string) =>
   (await herald.driver.executor.query<{ seq: string }>('SELECT seq::text AS seq FROM herald.mailbox_messages WHERE id = $1', [id])).rows[0].seq;
-const floor = async (to: string, from: string) => (await mailboxFloor(herald.driver.executor, '"herald"', to, from, null)).floor;
+/** One look for one destination, from `from`; and what the next look waits for. */
+async function look(to: string, from: string, wait: FloorWait | null = null): Promise<{ floor: string; wait: FloorWait | null }> {
+  const r = await mailboxFloors(herald.driver.executor, '"herald"', [{ to, floor: from }], wait);
+  return { floor: r.floors.get(to)!, wait: r.wait };
+}
+const floor = async (to: string, from: string) => (await look(to, from)).floor;
 
 test('the floor never passes a message whose sender has not committed; a redriven message gets a seq above every floor', async () => {
   const ex = herald.driver.executor;
@@ -80,14 +85,14 @@ test('the floor never passes a message whose sender has not committed; a redrive
     await a.query('BEGIN');
     await herald.mailbox.send({ to: 'fl', id: 'fl-a2', payload: 'a' }, { tx: a });
     const start = await floor('fl', redrivenSeq);
-    const first = await mailboxFloor(ex, '"herald"', 'fl', start, null);
+    const first = await look('fl', start);
     assert.equal(first.floor, start, 'A is open: nothing settled');
     assert.ok(first.wait, 'the look waits for A');
     await a.query('COMMIT');
     assert.equal((await herald.mailbox.receive('fl'))?.id, 'fl-a2');
     await b.query('BEGIN');
     await herald.mailbox.send({ to: 'fl', id: 'fl-b2', payload: 'b' }, { tx: b });
-    const second = await mailboxFloor(ex, '"herald"', 'fl', first.floor, first.wait);
+    const second = await look('fl', first.floor, first.wait);
     assert.equal(second.floor, String(BigInt(first.wait.last) + 1n), 'A ended: what was handed out before the first look is settled');
     const bSeq = (await b.query<{ seq: string }>(`SELECT seq::text AS seq FROM herald.mailbox_messages WHERE id = 'fl-b2'`)).rows[0].seq;
     assert.ok(BigInt(second.floor) <= BigInt(bSeq), `the floor (${second.floor}) stays at or below B's message (${bSeq})`);
@@ -111,9 +116,10 @@ test('takes read a bounded part of the ready index while a transaction is held o
     executor: {
       async query(text, values, opts) {
         const r = await measured.executor.query(text, values, opts);
-        if (text.includes('.mailbox_floor(')) {
-          const f = BigInt((r.rows[0] as { floor: string }).floor);
-          if (f > floorFound) floorFound = f;
+        if (text.includes('.mailbox_floors(')) {
+          for (const row of r.rows as { destination: string; floor: string }[]) {
+            if (row.destination === 'held' && BigInt(row.floor) > floorFound) floorFound = BigInt(row.floor);
+          }
         }
         return r as never;
       },

@@ -1,36 +1,40 @@
 import { performance } from 'node:perf_hooks';
 import type { Executor } from '../driver/types.js';
-import { mailboxFloor, type FloorWait } from './queries.js';
+import { mailboxFloors, type FloorWait } from './queries.js';
 
-/** A destination's floor is looked for at most this often while it is read (ms; see {@link mailboxFloor}). */
+/** The floors are looked for at most this often, while destinations are read (ms; see {@link mailboxFloors}). */
 export const FLOOR_CHECK_MS = 1000;
 
-/** And looked for from 0 this often (ms): a floor can only go down that way. */
+/** And a destination's floor from 0 this often (ms): a floor can only go down that way. */
 export const FLOOR_RESCAN_MS = 60_000;
 
-/** Destinations whose floor a process keeps at most (the least recently used goes first). */
+/** Destinations whose floor a process keeps at most (the least recently read goes first). */
 export const FLOORS_KEPT = 10_000;
 
 interface Entry {
   floor: string;
-  wait: FloorWait | null;
-  at: number;
+  /** Read since the last look began: the next look includes it. */
+  read: boolean;
   from0At: number;
-  check: Promise<void> | undefined;
 }
 
 /**
  * The floors of the destinations this process takes from (consumers and `receive`):
  * a seq below which a destination has no ready message and never will (migration 028,
- * src/mailbox/README.md "The floor"). Reading a floor starts a look for a higher one in
- * the background when one is due (one at a time per destination); the reader goes on
- * with the floor it has. Every FLOOR_RESCAN_MS the look starts from 0.
+ * src/mailbox/README.md "The floor"). Reading a floor starts a look in the background
+ * when one is due: one statement for every destination read since the last look (it
+ * reads pg_locks once), one look at a time per process; readers go on with the floors
+ * they have. Every FLOOR_RESCAN_MS a destination's look starts from 0.
  */
 export class Floors {
   readonly #executor: Executor;
   readonly #schemaSql: string;
   readonly #problem: (err: unknown) => void;
   readonly #entries = new Map<string, Entry>();
+  /** What the next look waits for (see {@link mailboxFloors}). */
+  #wait: FloorWait | null = null;
+  #lookAt = -Infinity;
+  #look: Promise<void> | undefined;
   #closed = false;
 
   constructor(executor: Executor, schemaSql: string, problem: (err: unknown) => void) {
@@ -43,40 +47,48 @@ export class Floors {
   floor(to: string): string {
     let e = this.#entries.get(to);
     if (e) {
-      // Most recently used last.
+      // Most recently read last.
       this.#entries.delete(to);
       this.#entries.set(to, e);
     } else {
-      e = { floor: '0', wait: null, at: -Infinity, from0At: -Infinity, check: undefined };
+      e = { floor: '0', read: false, from0At: performance.now() };
       this.#entries.set(to, e);
       if (this.#entries.size > FLOORS_KEPT) this.#entries.delete(this.#entries.keys().next().value!);
     }
+    e.read = true;
     const now = performance.now();
-    if (!this.#closed && !e.check && now - e.at >= FLOOR_CHECK_MS) {
-      e.at = now;
-      const from0 = now - e.from0At >= FLOOR_RESCAN_MS;
-      if (from0) e.from0At = now;
-      const entry = e;
-      entry.check = mailboxFloor(this.#executor, this.#schemaSql, to, from0 ? '0' : entry.floor, entry.wait)
-        .then(
-          ({ floor, wait }) => {
-            entry.floor = floor;
-            entry.wait = wait;
-          },
-          (err: unknown) => this.#problem(err),
-        )
-        .finally(() => {
-          entry.check = undefined;
-        });
-    }
+    if (!this.#closed && !this.#look && now - this.#lookAt >= FLOOR_CHECK_MS) this.#startLook(now);
     return e.floor;
   }
 
-  /** Waits for the looks in flight, starting none meanwhile (the mailbox is stopping). */
+  #startLook(now: number): void {
+    this.#lookAt = now;
+    const asked: { to: string; floor: string; entry: Entry }[] = [];
+    for (const [to, entry] of this.#entries) {
+      if (!entry.read) continue;
+      entry.read = false;
+      const from0 = now - entry.from0At >= FLOOR_RESCAN_MS;
+      if (from0) entry.from0At = now;
+      asked.push({ to, floor: from0 ? '0' : entry.floor, entry });
+    }
+    this.#look = mailboxFloors(this.#executor, this.#schemaSql, asked, this.#wait)
+      .then(
+        ({ floors, wait }) => {
+          this.#wait = wait;
+          for (const a of asked) a.entry.floor = floors.get(a.to) ?? a.entry.floor;
+        },
+        (err: unknown) => this.#problem(err),
+      )
+      .finally(() => {
+        this.#look = undefined;
+      });
+  }
+
+  /** Waits for the look in flight, starting none meanwhile (the mailbox is stopping). */
   async close(): Promise<void> {
     this.#closed = true;
     try {
-      await Promise.all([...this.#entries.values()].map((e) => e.check));
+      await this.#look;
     } finally {
       this.#closed = false;
     }

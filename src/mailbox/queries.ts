@@ -172,7 +172,7 @@ export type TakenRow = MessageRow & { alone: boolean };
  * locked (unmarked) until this transaction ends.
  *
  * `floor`: a seq below which the destination has no ready message (see
- * {@link mailboxFloor}); the scan starts there.
+ * {@link mailboxFloors}); the scan starts there.
  *
  * With `statementTimeoutMs`, sets `statement_timeout` for the rest of the transaction
  * (SET LOCAL semantics, from an InitPlan evaluated before the UPDATE): the handler's
@@ -211,30 +211,39 @@ export async function mailboxTake(
   return rows;
 }
 
-/** What a floor look waits for before its bound counts (see {@link mailboxFloor}). */
+/** What a floor look waits for before its bound counts (see {@link mailboxFloors}). */
 export interface FloorWait {
   last: string;
   holders: string[];
 }
 
 /**
- * The next floor of a destination from `floor` (migration 028's `mailbox_floor`): a seq
- * below which it has no ready message and never will. Takes start their scan at it, so
- * the entries consumed messages leave in the ready index (which nothing can clean up
- * while a transaction is open anywhere in the cluster) are not read again and again.
- * `wait`: what the previous look returned (the last seq handed out then, and the
- * senders still open then); once those have ended, that seq is settled. Returns the
- * floor (`floor` itself when nothing is settled yet) and what the next look waits for.
- * Its own statement, on the pool.
+ * The next floors of destinations (migration 028's `mailbox_floors`): for each, a seq
+ * below which it has no ready message and never will. Takes and receives start their
+ * scan at it, so the entries consumed messages leave in the ready index (which nothing
+ * can clean up while a transaction is open anywhere in the cluster) are not read again
+ * and again. `wait`: what the previous look returned (the last seq handed out then, and
+ * the senders still open then); once those have ended, that seq is settled. Returns each
+ * destination's floor (its old one when nothing is settled yet) and what the next look
+ * waits for. One statement for all the destinations (it reads pg_locks once), on the pool.
  */
-export async function mailboxFloor(executor: Executor, schema: string, destination: string, floor: string, wait: FloorWait | null): Promise<{ floor: string; wait: FloorWait | null }> {
-  const { rows } = await executor.query<{ floor: string; wait_last: string | null; wait_for: string[] | null }>(
-    `SELECT floor::text AS floor, wait_last::text AS wait_last, wait_for FROM ${schema}.mailbox_floor($1, $2::bigint, $3::bigint, $4::text[])`,
-    [destination, floor, wait?.last ?? null, wait?.holders ?? null],
+export async function mailboxFloors(
+  executor: Executor,
+  schema: string,
+  floors: readonly { to: string; floor: string }[],
+  wait: FloorWait | null,
+): Promise<{ floors: Map<string, string>; wait: FloorWait | null }> {
+  const { rows } = await executor.query<{ destination: string; floor: string; wait_last: string | null; wait_for: string[] | null }>(
+    `SELECT destination, floor::text AS floor, wait_last::text AS wait_last, wait_for
+       FROM ${schema}.mailbox_floors($1::text[], $2::bigint[], $3::bigint, $4::text[])`,
+    [floors.map((f) => f.to), floors.map((f) => f.floor), wait?.last ?? null, wait?.holders ?? null],
     { prepare: true },
   );
   const r = rows[0];
-  return { floor: r?.floor ?? floor, wait: r && r.wait_last !== null ? { last: r.wait_last, holders: r.wait_for ?? [] } : null };
+  return {
+    floors: new Map(rows.map((x) => [x.destination, x.floor])),
+    wait: r && r.wait_last !== null ? { last: r.wait_last, holders: r.wait_for ?? [] } : null,
+  };
 }
 
 /** One take row: the token of a consume transaction, its destination and the ids it took. */
@@ -421,7 +430,7 @@ export async function mailboxRecordFailure(
  * delay ending), or null when none is hidden. Run after a take found nothing, so a
  * consumer wakes when another process's failed message is due instead of at the safety
  * poll. Walks only the destination's ready rows (the partial index) from the floor
- * (see {@link mailboxFloor}), and all of them are hidden or held when the take found none.
+ * (see {@link mailboxFloors}), and all of them are hidden or held when the take found none.
  */
 export async function mailboxNextVisible(executor: Executor, schema: string, destination: string, topic: string | null, floor = '0'): Promise<number | null> {
   const { rows } = await executor.query<{ ms: number | null }>(
@@ -438,7 +447,7 @@ export async function mailboxNextVisible(executor: Executor, schema: string, des
  * Puts dead messages of a destination (all, or the given ids) back to ready with attempts
  * reset, and wakes the destination. Each gets a new seq (`seq = DEFAULT`: behind the
  * messages waiting), so no message becomes ready below a consumer's floor (see
- * {@link mailboxFloor}); the statement takes the send lock like a send.
+ * {@link mailboxFloors}); the statement takes the send lock like a send.
  */
 export async function mailboxRedrive(executor: Executor, schema: string, channel: string | null, destination: string, ids: readonly string[] | null): Promise<number> {
   const { rows } = await executor.query<{ n: number }>(

@@ -8,9 +8,9 @@
 -- transaction began, a heap visit each (delivery p50 3 -> 15 ms over 40 s at 1,000
 -- messages a second, and growing for as long as it stays open).
 --
--- Now each consumer keeps a floor per destination, a seq below which the destination has
--- no ready message and never will, and its takes start there. The floor is raised by
--- mailbox_floor, now and then, off the take's path:
+-- Now each process keeps a floor per destination, a seq below which the destination has
+-- no ready message and never will, and its takes and receives start there. The floor is raised by
+-- mailbox_floors, now and then, off the take's path:
 --   1. V := the seq sequence's last value (cache 1: no session holds values ahead);
 --   2. every transaction that held or waited for the shared send lock when V was read
 --      has ended (no other holder then, or none of them left at the next call): every
@@ -25,14 +25,14 @@
 -- A send held open (inside a transaction that lasts minutes) holds the floor for that
 -- long: the takes then read what they read before this migration.
 -- A redrive gives the message a new seq (behind the messages waiting), so no message
--- becomes ready below a floor. The floor is a hint kept in memory: a consumer starts at
+-- becomes ready below a floor. The floor is a hint kept in memory: a process starts at
 -- 0, and now and then looks again from 0 (a floor can only go down that way).
 --
 -- The 3-argument mailbox_next of 025 stays for processes of the previous version.
 
 CREATE OR REPLACE FUNCTION :schema.mailbox_send_lock() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  -- Shared: senders never wait for each other; mailbox_floor only looks.
+  -- Shared: senders never wait for each other; mailbox_floors only looks.
   PERFORM pg_advisory_xact_lock_shared(hashtext('pgherald.mailbox-send'), hashtext(':schema'));
   RETURN NULL;
 END
@@ -58,33 +58,35 @@ AS $$
    FOR UPDATE SKIP LOCKED
 $$;
 
--- The next floor of a destination, from `p_floor`, and what the next call waits for.
--- A bound V is "settled" once every statement that took the send lock before V was
--- read has ended: then every seq up to V is on a committed row or on none. This call
--- reads V, then the transactions holding (or waiting for) the lock; with none, V is
--- settled now. Otherwise it returns (V, their virtual transaction ids) and the next
--- call, if none of those is still there, takes that older V as settled: senders that
--- come and go all the time then delay the floor by one call, not forever; only a send
--- held open (a send inside a long transaction) stops it for that long. With a settled
--- bound the destination's first ready message at or above `p_floor` is read in a new
--- statement (a snapshot after the lock check); the floor is that seq, or the bound + 1.
-CREATE OR REPLACE FUNCTION :schema.mailbox_floor(p_destination text, p_floor bigint, p_wait_last bigint, p_wait_for text[])
-RETURNS TABLE (floor bigint, wait_last bigint, wait_for text[])
+-- The next floors of destinations, from `p_floors` (one each), and what the next call
+-- waits for (one answer for all: the send lock is the mailbox's, not a destination's).
+-- A bound V is "settled" once every statement that took the send lock before V was read
+-- has ended: then every seq up to V is on a committed row or on none. This call reads V,
+-- then the transactions holding (or waiting for) the lock; with none, V is settled now.
+-- Otherwise it returns (V, their virtual transaction ids) and the next call, if none of
+-- those is still there, takes that older V as settled: senders that come and go all the
+-- time then delay the floors by one call, not forever; only a send held open (a send
+-- inside a long transaction) stops them for that long. With a settled bound, each
+-- destination's first ready message at or above its floor is read in a new statement (a
+-- snapshot after the lock check); its new floor is that seq, or the bound + 1. Reading
+-- pg_locks visits every session's locks: a process asks once for all its destinations.
+CREATE OR REPLACE FUNCTION :schema.mailbox_floors(p_destinations text[], p_floors bigint[], p_wait_last bigint, p_wait_for text[])
+RETURNS TABLE (destination text, floor bigint, wait_last bigint, wait_for text[])
 LANGUAGE plpgsql VOLATILE
 SET enable_indexscan = on
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 AS $$
+#variable_conflict use_column
 DECLARE
   v_seq regclass := pg_get_serial_sequence(':schema.mailbox_messages', 'seq')::regclass;
   v_last bigint;
   v_holders text[];
   v_settled bigint;
-  v_first bigint;
 BEGIN
   -- A cached sequence hands values out ahead of its last value: no bound can be told.
   IF (SELECT s.seqcache FROM pg_catalog.pg_sequence s WHERE s.seqrelid = v_seq) <> 1 THEN
-    RETURN QUERY SELECT p_floor, NULL::bigint, NULL::text[];
+    RETURN QUERY SELECT d.dest, d.f, NULL::bigint, NULL::text[] FROM unnest(p_destinations, p_floors) AS d(dest, f);
     RETURN;
   END IF;
   v_last := pg_sequence_last_value(v_seq);
@@ -96,20 +98,21 @@ BEGIN
      AND l.objid = hashtext(':schema')::oid
      AND l.objsubid = 2
      AND l.pid IS DISTINCT FROM pg_backend_pid();
-  IF cardinality(v_holders) = 0 THEN
+  IF v_last IS NOT NULL AND cardinality(v_holders) = 0 THEN
     v_settled := v_last;
   ELSIF p_wait_last IS NOT NULL AND NOT (coalesce(p_wait_for, '{}') && v_holders) THEN
     v_settled := p_wait_last;
   END IF;
-  IF v_settled IS NULL THEN
-    RETURN QUERY SELECT p_floor, v_last, v_holders;
-    RETURN;
-  END IF;
-  SELECT m.seq INTO v_first FROM :schema.mailbox_messages m
-   WHERE m.destination = p_destination AND m.state = 'ready' AND m.seq >= p_floor
-   ORDER BY m.seq LIMIT 1;
-  RETURN QUERY SELECT greatest(p_floor, least(coalesce(v_first, v_settled + 1), v_settled + 1)),
-                      CASE WHEN cardinality(v_holders) = 0 THEN NULL ELSE v_last END,
-                      CASE WHEN cardinality(v_holders) = 0 THEN NULL ELSE v_holders END;
+  RETURN QUERY
+    SELECT d.dest,
+           CASE WHEN v_settled IS NULL THEN d.f
+                ELSE greatest(d.f, least(coalesce(n.seq, v_settled + 1), v_settled + 1)) END,
+           CASE WHEN cardinality(v_holders) = 0 THEN NULL ELSE v_last END,
+           CASE WHEN cardinality(v_holders) = 0 THEN NULL ELSE v_holders END
+      FROM unnest(p_destinations, p_floors) AS d(dest, f)
+      LEFT JOIN LATERAL (
+        SELECT m.seq FROM :schema.mailbox_messages m
+         WHERE v_settled IS NOT NULL AND m.destination = d.dest AND m.state = 'ready' AND m.seq >= d.f
+         ORDER BY m.seq LIMIT 1) n ON true;
 END
 $$;
