@@ -63,19 +63,23 @@ export class Floors {
 
   #startLook(now: number): void {
     this.#lookAt = now;
-    const asked: { to: string; floor: string; entry: Entry }[] = [];
+    const asked: { to: string; floor: string; from0: boolean; entry: Entry }[] = [];
     for (const [to, entry] of this.#entries) {
       if (!entry.read) continue;
       entry.read = false;
       const from0 = now - entry.from0At >= FLOOR_RESCAN_MS;
-      if (from0) entry.from0At = now;
-      asked.push({ to, floor: from0 ? '0' : entry.floor, entry });
+      asked.push({ to, floor: from0 ? '0' : entry.floor, from0, entry });
     }
     this.#look = mailboxFloors(this.#executor, this.#schemaSql, asked, this.#wait)
       .then(
-        ({ floors, wait }) => {
+        ({ floors, settled, wait }) => {
           this.#wait = wait;
-          for (const a of asked) a.entry.floor = floors.get(a.to) ?? a.entry.floor;
+          // Nothing settled: every floor stays (a look from 0 is tried again next time).
+          if (!settled) return;
+          for (const a of asked) {
+            a.entry.floor = floors.get(a.to) ?? a.entry.floor;
+            if (a.from0) a.entry.from0At = now;
+          }
         },
         (err: unknown) => this.#problem(err),
       )

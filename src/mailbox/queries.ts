@@ -224,17 +224,17 @@ export interface FloorWait {
  * can clean up while a transaction is open anywhere in the cluster) are not read again
  * and again. `wait`: what the previous look returned (the last seq handed out then, and
  * the senders still open then); once those have ended, that seq is settled. Returns each
- * destination's floor (its old one when nothing is settled yet) and what the next look
- * waits for. One statement for all the destinations (it reads pg_locks once), on the pool.
+ * destination's floor (`settled`; otherwise the floor asked with comes back) and what the
+ * next look waits for. One statement for all the destinations (it reads pg_locks once), on the pool.
  */
 export async function mailboxFloors(
   executor: Executor,
   schema: string,
   floors: readonly { to: string; floor: string }[],
   wait: FloorWait | null,
-): Promise<{ floors: Map<string, string>; wait: FloorWait | null }> {
-  const { rows } = await executor.query<{ destination: string; floor: string; wait_last: string | null; wait_for: string[] | null }>(
-    `SELECT destination, floor::text AS floor, wait_last::text AS wait_last, wait_for
+): Promise<{ floors: Map<string, string>; settled: boolean; wait: FloorWait | null }> {
+  const { rows } = await executor.query<{ destination: string; floor: string; settled: boolean; wait_last: string | null; wait_for: string[] | null }>(
+    `SELECT destination, floor::text AS floor, settled, wait_last::text AS wait_last, wait_for
        FROM ${schema}.mailbox_floors($1::text[], $2::bigint[], $3::bigint, $4::text[])`,
     [floors.map((f) => f.to), floors.map((f) => f.floor), wait?.last ?? null, wait?.holders ?? null],
     { prepare: true },
@@ -242,6 +242,7 @@ export async function mailboxFloors(
   const r = rows[0];
   return {
     floors: new Map(rows.map((x) => [x.destination, x.floor])),
+    settled: r?.settled === true,
     wait: r && r.wait_last !== null ? { last: r.wait_last, holders: r.wait_for ?? [] } : null,
   };
 }

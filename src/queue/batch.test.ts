@@ -29,12 +29,14 @@ describe('batches', () => {
     let barrier = deferred();
     let started = 0;
     // Every member waits until all 20 run (each on its own Herald, pool and connection), then all return at once.
+    // prefetch 0: a worker that claimed a second member ahead would hold it while its first
+    // waits for all 20 to run, and 20 never would (a CI run stalled so at round 41).
     const workers = finishers.map((h) =>
       h.queue.work<{ fail: boolean }>('member', async (job) => {
         if (++started === 20) barrier.resolve();
         await barrier.promise;
         if (job.payload.fail) throw new Error('member failed');
-      }, { concurrency: 1 }),
+      }, { concurrency: 1, prefetch: 0 }),
     );
     const h = finishers[0];
     try {

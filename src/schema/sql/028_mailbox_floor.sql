@@ -68,10 +68,11 @@ $$;
 -- time then delay the floors by one call, not forever; only a send held open (a send
 -- inside a long transaction) stops them for that long. With a settled bound, each
 -- destination's first ready message at or above its floor is read in a new statement (a
--- snapshot after the lock check); its new floor is that seq, or the bound + 1. Reading
--- pg_locks visits every session's locks: a process asks once for all its destinations.
+-- snapshot after the lock check); its new floor is that seq, or the bound + 1 (`settled`;
+-- otherwise the floor asked with comes back). Reading pg_locks visits every session's
+-- locks: a process asks once for all its destinations.
 CREATE OR REPLACE FUNCTION :schema.mailbox_floors(p_destinations text[], p_floors bigint[], p_wait_last bigint, p_wait_for text[])
-RETURNS TABLE (destination text, floor bigint, wait_last bigint, wait_for text[])
+RETURNS TABLE (destination text, floor bigint, settled boolean, wait_last bigint, wait_for text[])
 LANGUAGE plpgsql VOLATILE
 SET enable_indexscan = on
 SET enable_bitmapscan = off
@@ -86,7 +87,7 @@ DECLARE
 BEGIN
   -- A cached sequence hands values out ahead of its last value: no bound can be told.
   IF (SELECT s.seqcache FROM pg_catalog.pg_sequence s WHERE s.seqrelid = v_seq) <> 1 THEN
-    RETURN QUERY SELECT d.dest, d.f, NULL::bigint, NULL::text[] FROM unnest(p_destinations, p_floors) AS d(dest, f);
+    RETURN QUERY SELECT d.dest, d.f, false, NULL::bigint, NULL::text[] FROM unnest(p_destinations, p_floors) AS d(dest, f);
     RETURN;
   END IF;
   v_last := pg_sequence_last_value(v_seq);
@@ -107,6 +108,7 @@ BEGIN
     SELECT d.dest,
            CASE WHEN v_settled IS NULL THEN d.f
                 ELSE greatest(d.f, least(coalesce(n.seq, v_settled + 1), v_settled + 1)) END,
+           v_settled IS NOT NULL,
            CASE WHEN cardinality(v_holders) = 0 THEN NULL ELSE v_last END,
            CASE WHEN cardinality(v_holders) = 0 THEN NULL ELSE v_holders END
       FROM unnest(p_destinations, p_floors) AS d(dest, f)
