@@ -274,11 +274,12 @@ describe('workflows', () => {
     let barrier = deferred();
     let startedLeaves = 0;
     const sinkRuns = new Map<string, number>();
+    // prefetch 0: a worker holding a second leaf ahead behind the barrier would stall the round.
     const workers = finishers.map((f) =>
       f.queue.work('leaf', async () => {
         if (++startedLeaves === 20) barrier.resolve();
         await barrier.promise;
-      }, { concurrency: 1 }),
+      }, { concurrency: 1, prefetch: 0 }),
     );
     workers.push(finishers[0].queue.work('sink', (job) => void sinkRuns.set(job.id, (sinkRuns.get(job.id) ?? 0) + 1)));
     try {
