@@ -15,7 +15,9 @@ import type { Driver } from '../driver/types.js';
 import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
-import { waitForCount } from '../../test/support/wait.js';
+import { EventEmitter } from 'node:events';
+import { waitFor, waitForCount } from '../../test/support/wait.js';
+import { Floors } from './floor.js';
 import { mailboxFloors, type FloorWait } from './queries.js';
 
 let db: TestDatabase;
@@ -177,4 +179,22 @@ test('takes read a bounded part of the ready index while a transaction is held o
     await other.query('ROLLBACK').catch(() => {});
     await other.end();
   }
+});
+
+test('every floor goes back to 0 when the notifier reconnects (a new primary may hand out seqs below it)', async () => {
+  await herald.mailbox.sendMany([1, 2, 3].map((i) => ({ to: 'fo', id: `fo-${i}`, payload: i })));
+  for (let i = 1; i <= 3; i++) assert.equal((await herald.mailbox.receive('fo'))?.id, `fo-${i}`);
+  const notifier = new EventEmitter();
+  const floors = new Floors(herald.driver.executor, '"herald"', notifier, (err) => assert.fail(String(err)));
+  try {
+    // Reading starts a look (in the background); once it answered, the floor is past the three.
+    const found = await waitFor(() => (floors.floor('fo') !== '0' ? floors.floor('fo') : null), { what: 'a look to raise the floor' });
+    assert.ok(BigInt(found) > BigInt(await seqOf('fo-3')));
+    assert.equal(notifier.listenerCount('notifier:reconnected'), 1);
+    notifier.emit('notifier:reconnected');
+    assert.equal(floors.floor('fo'), '0');
+  } finally {
+    await floors.close();
+  }
+  assert.equal(notifier.listenerCount('notifier:reconnected'), 0, 'close stops watching');
 });

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { Executor } from '../driver/types.js';
+import type { ReconnectSource } from '../internal/loop.js';
 import { mailboxFloors, type FloorWait } from './queries.js';
 
 /** The floors are looked for at most this often, while destinations are read (ms; see {@link mailboxFloors}). */
@@ -24,7 +25,10 @@ interface Entry {
  * src/mailbox/README.md "The floor"). Reading a floor starts a look in the background
  * when one is due: one statement for every destination read since the last look (it
  * reads pg_locks once), one look at a time per process; readers go on with the floors
- * they have. Every FLOOR_RESCAN_MS a destination's look starts from 0.
+ * they have. Every FLOOR_RESCAN_MS a destination's look starts from 0, and every floor
+ * goes back to 0 when the notifier reconnects: after a failover the new primary's seq
+ * sequence may be behind what the old one handed out (what asynchronous replication had
+ * not sent yet), and its new messages would land below floors found before.
  */
 export class Floors {
   readonly #executor: Executor;
@@ -36,10 +40,20 @@ export class Floors {
   #lookAt = -Infinity;
   #look: Promise<void> | undefined;
   #closed = false;
+  /** Bumped by every reset: a look begun before it answers for a server that may be gone. */
+  #generation = 0;
+  readonly #reconnects: ReconnectSource;
+  #watching = false;
+  readonly #reset = () => {
+    this.#generation++;
+    this.#wait = null;
+    for (const e of this.#entries.values()) e.floor = '0';
+  };
 
-  constructor(executor: Executor, schemaSql: string, problem: (err: unknown) => void) {
+  constructor(executor: Executor, schemaSql: string, reconnects: ReconnectSource, problem: (err: unknown) => void) {
     this.#executor = executor;
     this.#schemaSql = schemaSql;
+    this.#reconnects = reconnects;
     this.#problem = problem;
   }
 
@@ -56,6 +70,10 @@ export class Floors {
       if (this.#entries.size > FLOORS_KEPT) this.#entries.delete(this.#entries.keys().next().value!);
     }
     e.read = true;
+    if (!this.#watching) {
+      this.#watching = true;
+      this.#reconnects.on('notifier:reconnected', this.#reset);
+    }
     const now = performance.now();
     if (!this.#closed && !this.#look && now - this.#lookAt >= FLOOR_CHECK_MS) this.#startLook(now);
     return e.floor;
@@ -63,6 +81,7 @@ export class Floors {
 
   #startLook(now: number): void {
     this.#lookAt = now;
+    const generation = this.#generation;
     const asked: { to: string; floor: string; from0: boolean; entry: Entry }[] = [];
     for (const [to, entry] of this.#entries) {
       if (!entry.read) continue;
@@ -73,6 +92,7 @@ export class Floors {
     this.#look = mailboxFloors(this.#executor, this.#schemaSql, asked, this.#wait)
       .then(
         ({ floors, settled, wait }) => {
+          if (generation !== this.#generation) return;
           this.#wait = wait;
           // Nothing settled: every floor stays (a look from 0 is tried again next time).
           if (!settled) return;
@@ -88,9 +108,13 @@ export class Floors {
       });
   }
 
-  /** Waits for the look in flight, starting none meanwhile (the mailbox is stopping). */
+  /** Waits for the look in flight, starting none meanwhile (the mailbox is stopping), and stops watching the notifier. */
   async close(): Promise<void> {
     this.#closed = true;
+    if (this.#watching) {
+      this.#watching = false;
+      this.#reconnects.off('notifier:reconnected', this.#reset);
+    }
     try {
       await this.#look;
     } finally {

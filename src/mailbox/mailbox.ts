@@ -149,7 +149,7 @@ export class Mailbox extends TypedEmitter<MailboxEvents> {
     this.#schemaSql = schemaIdent(schema);
     this.channel = mailboxChannel(schema);
     this.#hub = new WakeHub(notifier, this.channel, (err) => this.emit('message:problem', err));
-    this.#floors = new Floors(driver.executor, this.#schemaSql, (err) => this.emit('message:problem', err instanceof Error ? err : new Error(String(err))));
+    this.#floors = new Floors(driver.executor, this.#schemaSql, notifier, (err) => this.emit('message:problem', err instanceof Error ? err : new Error(String(err))));
     this.#group = new SendGroup(
       // With its wake-up while wake-ups are on; a commit that met a full notification
       // queue runs once more without it (nothing of it committed; ids are idempotent anyway).
