@@ -195,3 +195,30 @@ test('cursor moves and attempt counts are appended: no cursor row is rewritten, 
     await other.end();
   }
 });
+
+test('the pending floor goes back to 0 when the notifier reconnects (a new primary may hand out publish ids below it)', async () => {
+  await herald.topics.create('failover', { partitions: 1 });
+  const seen: unknown[] = [];
+  const consumer = herald.topics.consumer('failover', 'g', ({ messages }) => void seen.push(...messages.map((m) => m.payload)));
+  try {
+    await consumer.start();
+    // 2,000 moved: past FLOOR_FORCE_SPAN, a run raises the floor above them.
+    for (let i = 0; i < 2000; i += 500) {
+      await herald.topics.publishMany('failover', Array.from({ length: 500 }, (_, j) => ({ payload: i + j })), { waitForPosition: true });
+    }
+    await waitFor(() => seen.length === 2000, { what: 'the first messages', progress: () => seen.length });
+    // A pending row below the floor, as a promoted replica's lagging sequence would give
+    // (publish id 1 again: the old primary's first message never reached it).
+    const ex = herald.driver.executor;
+    const id = (await ex.query<{ id: number }>(`SELECT id FROM herald.topics WHERE name = 'failover'`)).rows[0].id;
+    await ex.query(`INSERT INTO herald.topic_pending (topic_id, publish_id, kpart, payload) VALUES ($1, 1, 0, '"below"')`, [id]);
+    await herald.topics.publish('failover', 'above', { waitForPosition: true });
+    await waitFor(() => seen.includes('above'), { what: 'the message above the floor' });
+    assert.ok(!seen.includes('below'), 'runs start at the floor: the row below it is not moved');
+    herald.notifier.emit('notifier:reconnected');
+    await herald.topics.publish('failover', 'after', { waitForPosition: true });
+    await waitFor(() => seen.includes('below') && seen.includes('after'), { what: 'the row below the old floor' });
+  } finally {
+    await consumer.stop();
+  }
+});

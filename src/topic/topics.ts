@@ -120,6 +120,16 @@ export class Topics {
    * consumers of concurrency 4 on the default pool of 10 stopped for good).
    */
   readonly #batchSlots: Slots;
+  /**
+   * Pending floors go back to 0 when the notifier reconnects: after a failover the new
+   * primary's publish sequences may be behind what the old one handed out (what
+   * asynchronous replication had not sent yet), and its new pending rows would land
+   * below a floor found before. The next run scans from 0 once and raises it again.
+   */
+  readonly #resetFloors = () => {
+    for (const p of this.#topics.values()) void p.then((st) => (st.floor = '0'), () => {});
+  };
+  #watching = false;
 
   constructor(driver: Driver, notifier: Notifier, schema: string, options: TopicsOptions = {}) {
     this.#driver = driver;
@@ -559,12 +569,20 @@ export class Topics {
     await Promise.all([...this.#consumers].map((c) => c.stop()));
     await Promise.all([...this.#background]);
     await this.#maintaining;
+    if (this.#watching) {
+      this.#watching = false;
+      this.#notifier.off('notifier:reconnected', this.#resetFloors);
+    }
   }
 
   /** The topic's state, created with `topicDefaults` when missing and `create` (default: the `autoCreate` option), else NOT_FOUND. */
   #state(topic: string, create = this.#autoCreate): Promise<TopicState> {
     let p = this.#topics.get(topic);
     if (!p) {
+      if (!this.#watching) {
+        this.#watching = true;
+        this.#notifier.on('notifier:reconnected', this.#resetFloors);
+      }
       p = (async () => {
         let row = await q.topicGet(this.#driver.executor, this.#s, topic);
         if (!row && !create) throw new HeraldError('NOT_FOUND', `no topic ${JSON.stringify(topic)}: create it first (herald.topics.create), or enable autoCreate`);
