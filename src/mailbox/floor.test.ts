@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import pg from 'pg';
 import { createHerald, type Herald } from '../index.js';
 import type { Driver } from '../driver/types.js';
-import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
+import { heldWriteTransaction, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
 import { EventEmitter } from 'node:events';
@@ -107,7 +107,8 @@ test('the floor never passes a message whose sender has not committed; a redrive
 });
 
 test('takes read a bounded part of the ready index while a transaction is held open elsewhere; every message once', async () => {
-  const other = await otherDatabaseClient(db.url);
+  const hold = await heldWriteTransaction(db.url);
+  const other = hold.client;
   const takes: number[] = [];
   const receives: number[] = [];
   const measured = measuringDriver(db.url, readyEntriesRead, (t) => t.includes('.mailbox_next('), receives, (t) => t.includes('.mailbox_next('), takes);
@@ -131,9 +132,6 @@ test('takes read a bounded part of the ready index while a transaction is held o
   const seen = new Map<string, number>();
   const consumer = h.mailbox.consume('held', (m) => void seen.set(m.id, (seen.get(m.id) ?? 0) + 1), { batchSize: 100 });
   try {
-    await other.query('CREATE TABLE w (v int)');
-    await other.query('BEGIN');
-    await other.query('INSERT INTO w VALUES (1)');
     // 3,000 messages consumed while the transaction is open: 3,000 dead ready entries.
     const CONSUMED = 3000;
     for (let i = 0; i < CONSUMED; i += 100) {
@@ -176,8 +174,7 @@ test('takes read a bounded part of the ready index while a transaction is held o
   } finally {
     await consumer.stop();
     await h.close();
-    await other.query('ROLLBACK').catch(() => {});
-    await other.end();
+    await hold.release();
   }
 });
 

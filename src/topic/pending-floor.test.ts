@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createHerald, type Herald } from '../index.js';
 import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
-import { otherDatabaseClient, type TestDatabase } from '../../test/support/db.js';
+import { heldWriteTransaction, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { waitFor } from '../../test/support/wait.js';
 import { topicPublishSequenceName, topicSequenceName } from './queries.js';
@@ -27,7 +27,8 @@ useHerald({}, (d, h) => {
 const pendingEntriesRead = tuplesReturned('herald.topic_pending_pkey', 'herald.topic_pending');
 
 test('sequencer runs and pending checks read a bounded part of topic_pending while a transaction is held open elsewhere', async () => {
-  const other = await otherDatabaseClient(db.url);
+  const hold = await heldWriteTransaction(db.url);
+  const other = hold.client;
   const runs: number[] = [];
   const claims: number[] = [];
   // Each sequencer run in a transaction of its own, each claim in its batch transaction.
@@ -35,9 +36,6 @@ test('sequencer runs and pending checks read a bounded part of topic_pending whi
   let received = 0;
   const consumer = h.topics.consumer<number>('floor', 'g', ({ messages }) => void (received += messages.length), { pollIntervalMs: 500 });
   try {
-    await other.query('CREATE TABLE w (v int)');
-    await other.query('BEGIN');
-    await other.query('INSERT INTO w VALUES (1)');
     await h.topics.create('floor', { partitions: 4 });
     await consumer.start();
     // 3,000 messages moved while the transaction is open: 3,000 dead pending rows.
@@ -84,8 +82,7 @@ test('sequencer runs and pending checks read a bounded part of topic_pending whi
   } finally {
     await consumer.stop();
     await h.close();
-    await other.query('ROLLBACK').catch(() => {});
-    await other.end();
+    await hold.release();
   }
 });
 
@@ -112,7 +109,8 @@ test('the floor is not raised while the publish sequence has a cache (its ids wo
 });
 
 test('cursor moves and attempt counts are appended: no cursor row is rewritten, and claims and counts read a bounded part of them while a transaction is held open elsewhere', async () => {
-  const other = await otherDatabaseClient(db.url, 'other_moves');
+  const hold = await heldWriteTransaction(db.url, 'other_moves');
+  const other = hold.client;
   const CURSOR_INDEXES = ['herald.topic_group_cursors_pkey', 'herald.topic_cursor_moves_pkey', 'herald.topic_tries_pkey'];
   const claims: number[] = [];
   const counts: number[] = [];
@@ -138,9 +136,6 @@ test('cursor moves and attempt counts are appended: no cursor row is rewritten, 
     const cursorRows = async () =>
       (await ex.query<{ v: string }>(`SELECT string_agg(kpart || ':' || ctid::text || ':' || xmin::text, ',' ORDER BY kpart) AS v FROM herald.topic_group_cursors WHERE topic_id = (SELECT id FROM herald.topics WHERE name = 'moves')`)).rows[0].v;
     const before = await cursorRows();
-    await other.query('CREATE TABLE w (v int)');
-    await other.query('BEGIN');
-    await other.query('INSERT INTO w VALUES (1)');
     const MOVED = 1000;
     for (let i = 0; i < MOVED / 100; i++) {
       await h.topics.publishMany('moves', Array.from({ length: 100 }, (_, j) => ({ payload: i * 100 + j, key: `k${j}` })), { waitForPosition: true });
@@ -191,8 +186,7 @@ test('cursor moves and attempt counts are appended: no cursor row is rewritten, 
   } finally {
     await consumer.stop();
     await h.close();
-    await other.query('ROLLBACK').catch(() => {});
-    await other.end();
+    await hold.release();
   }
 });
 
@@ -215,7 +209,8 @@ test('the pending floor goes back to 0 when the notifier reconnects (a new prima
     await herald.topics.publish('failover', 'above', { waitForPosition: true });
     await waitFor(() => seen.includes('above'), { what: 'the message above the floor' });
     assert.ok(!seen.includes('below'), 'runs start at the floor: the row below it is not moved');
-    herald.notifier.emit('notifier:reconnected');
+    // What the notifier emits once it is back after a lost connection (a failover among them).
+    (herald.notifier as unknown as { emit(event: string): boolean }).emit('notifier:reconnected');
     await herald.topics.publish('failover', 'after', { waitForPosition: true });
     await waitFor(() => seen.includes('below') && seen.includes('after'), { what: 'the row below the old floor' });
   } finally {

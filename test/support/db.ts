@@ -96,3 +96,25 @@ export async function otherDatabaseClient(url: string, name = 'other_app'): Prom
   await c.connect();
   return c;
 }
+
+/**
+ * A write transaction held open in another database of the same cluster (`name`), as a
+ * stuck neighbour would hold one: its xid holds back cleanup everywhere. `release()`
+ * rolls it back and closes the session; call it in `finally`.
+ */
+export async function heldWriteTransaction(url: string, name?: string): Promise<{ client: pg.Client; release(): Promise<void> }> {
+  const client = await otherDatabaseClient(url, name);
+  const release = async () => {
+    await client.query('ROLLBACK').catch(() => {});
+    await client.end().catch(() => {});
+  };
+  try {
+    await client.query('CREATE TABLE w (v int)');
+    await client.query('BEGIN');
+    await client.query('INSERT INTO w VALUES (1)');
+  } catch (err) {
+    await release();
+    throw err;
+  }
+  return { client, release };
+}
