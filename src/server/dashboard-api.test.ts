@@ -11,7 +11,7 @@ import { waitFor } from '../../test/support/wait.js';
 import { jobActivitySql } from '../queue/queries.js';
 import type { AuditEntry } from './audit.js';
 import type { HeraldServer } from './server.js';
-import { SeriesSampler, type SeriesColumns, type SeriesSample } from './series.js';
+import { SeriesSampler, type SeriesColumns } from './series.js';
 
 const ADMIN = 'dashboard-api-admin-0001';
 const VIEWER = 'dashboard-api-viewer-0002';
@@ -59,9 +59,12 @@ describe('dashboard admin API', () => {
     await herald.outbox.add({ type: 'dash.event' });
     await herald.queue.enqueueMany(Array.from({ length: 5 }, () => ({ kind: 'dash-work', queue: 'dash-q' })));
     await herald.queue.enqueue('dash-later', {}, { queue: 'dash-q', delayMs: 3_600_000 });
-    // The backlog shows in a sample taken after it was written.
+    // The backlog shows in a sample taken after it was written. Taken here, not awaited
+    // from the timer: a timed sample already under way when the writes ended ran its four
+    // reads at different moments (a CI run on a loaded machine saw the queue's depth of
+    // 5 beside an outbox count read before the event was added).
     const backlog = await waitFor(
-      () => new Promise<SeriesSample>((resolve) => server.series.once('dashboard:sampled', resolve)).then((s) => (s.queues['dash-q']?.depth === 5 ? s : undefined)),
+      () => server.series.sample().then((s) => (s.queues['dash-q']?.depth === 5 ? s : undefined)),
       { what: 'a sample with the backlog' },
     );
     assert.equal(backlog.queues['dash-q'].scheduled, 1, 'the scheduled job is not in the depth');
