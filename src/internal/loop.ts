@@ -152,8 +152,13 @@ export class Loop {
 
   /** Something may be due: mark `dirty` and end every idle wait. */
   wake(): void {
-    this.dirty = true;
     this.#o.onWake?.();
+    this.nudge();
+  }
+
+  /** Like {@link wake}, without `onWake`: the part has noted what came itself (a keyed wake-up). */
+  nudge(): void {
+    this.dirty = true;
     this.interrupt();
   }
 

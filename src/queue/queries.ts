@@ -72,7 +72,7 @@ export interface ClaimRow {
 }
 
 /**
- * Channels of one schema: wake-ups (payload: queue name) and transitions (payload: small
+ * Channels of one schema: wake-ups (payload: see {@link wakePayload}) and transitions (payload: small
  * JSON). Null while wake-ups are paused (a nearly full notification queue): the
  * statements then notify nothing.
  */
@@ -96,8 +96,31 @@ const notice = (a: string, events: string, state = `${a}.state`) =>
 // One wake-up per queue named in `rows` whose jobs are due. The subquery is
 // uncorrelated, so Postgres runs it once (an InitPlan), not once per row.
 // A NULL channel (wake-ups paused) selects no queue, so nothing is sent.
-const wake = (rows: string, channel: string, cond = 'true') =>
-  `(SELECT count(pg_notify(${channel}::text, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond} AND ${channel}::text IS NOT NULL) w)`;
+// Keyed (the default; `rows` then has priority, run_at and id): the payload also carries
+// the queue's first row in claim order (see {@link wakePayload}), so a worker lowers its
+// claim cursor to it instead of dropping it. Unkeyed: the queue name alone.
+const wake = (rows: string, channel: string, cond = 'true', keyed = true) =>
+  keyed
+    ? `(SELECT count(pg_notify(${channel}::text, w.queue || chr(31) || w.priority || ',' || (extract(epoch FROM w.run_at) * 1000000)::bigint || ',' || w.id))
+          FROM (SELECT DISTINCT ON (queue) queue, priority, run_at, id FROM ${rows} WHERE ${cond} AND ${channel}::text IS NOT NULL
+                 ORDER BY queue, priority, run_at, id) w)`
+    : `(SELECT count(pg_notify(${channel}::text, w.queue)) FROM (SELECT DISTINCT queue FROM ${rows} WHERE ${cond} AND ${channel}::text IS NOT NULL) w)`;
+
+/**
+ * A wake-up's payload: the queue name (`''`: every queue), optionally followed by the
+ * unit separator (U+001F) and the claim-order key `priority,run_us,id` of the first job
+ * it made available in that queue. Without a key a worker drops its claim cursor.
+ */
+export function wakePayload(payload: string): { queue: string; key: ClaimKey | null } {
+  const at = payload.lastIndexOf('\u001f');
+  if (at >= 0) {
+    const parts = payload.slice(at + 1).split(',');
+    if (parts.length === 3 && parts.every((x) => /^-?\d+$/.test(x))) {
+      return { queue: payload.slice(0, at), key: { priority: Number(parts[0]), runUs: parts[1], id: parts[2] } };
+    }
+  }
+  return { queue: payload, key: null };
+}
 
 // Finished jobs that held a limit slot: a worker elsewhere may be waiting for that slot
 // (completions wake on the `slots` channel; failures on `wake`, which also covers retries).
@@ -175,7 +198,7 @@ export async function jobInsertMany(x: Executor, s: string, ch: QueueChannels, b
          CROSS JOIN LATERAL (SELECT CASE WHEN i.stages IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(i.stages)) END AS arr) st
         ORDER BY i.ord
        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING
-       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.priority, j.run_at
      )
      SELECT i.id::text AS id, ins.id IS NOT NULL AS inserted,
             ${wake('ins', '$11', 'run_at <= now()')} AS woke, ${notice('ins', '$12')} AS notice
@@ -200,7 +223,7 @@ export async function jobInsertPlain(x: Executor, s: string, ch: QueueChannels, 
          FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[], $9::int[])
               WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, delay_ms, max_attempts, timeout_ms, ord)
         ORDER BY t.ord
-       RETURNING id, queue, run_at
+       RETURNING id, queue, priority, run_at
      )
      SELECT id::text AS id, ${wake('ins', '$8', 'run_at <= now()')} AS woke FROM ins`,
     [b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, ch.wake, b.timeoutMs],
@@ -229,9 +252,9 @@ export function isUniform(b: JobInsertBatch): boolean {
 /**
  * Inserts a uniform batch of plain jobs (see {@link isUniform}): the options once, the
  * payloads as one JSON array text (no array literal to build and escape per job), one
- * wake-up when the jobs are due, and the ids back as one comma-separated text (one
- * result row, not one per job). Rows are inserted in input order, so the ids, sorted,
- * map back to the inputs.
+ * wake-up when the jobs are due (keyed by the first of them, see {@link wakePayload}),
+ * and the ids back as one comma-separated text (one result row, not one per job). Rows
+ * are inserted in input order, so the ids, sorted, map back to the inputs.
  */
 export async function jobInsertUniform(x: Executor, s: string, ch: QueueChannels, b: JobInsertBatch): Promise<string[]> {
   const runAt = `coalesce($4::timestamptz, now() + coalesce($5::float8, 0) * interval '1 millisecond')`;
@@ -244,7 +267,8 @@ export async function jobInsertUniform(x: Executor, s: string, ch: QueueChannels
        RETURNING id
      )
      SELECT string_agg(id::text, ',') AS ids,
-            CASE WHEN $9::text IS NOT NULL AND ${runAt} <= now() THEN pg_notify($9::text, $1::text) END AS woke
+            CASE WHEN $9::text IS NOT NULL AND ${runAt} <= now() AND count(*) > 0
+                 THEN pg_notify($9::text, $1::text || chr(31) || $3::int || ',' || (extract(epoch FROM ${runAt}) * 1000000)::bigint || ',' || min(id)) END AS woke
        FROM ins`,
     [b.queue[0], b.kind[0], b.priority[0], b.runAt[0], b.delayMs[0], b.maxAttempts[0], b.timeoutMs[0], `[${b.payload.join(',')}]`, ch.wake],
     PREPARE,
@@ -349,6 +373,25 @@ const claimParams = (a: ClaimRequest) => {
   return a.after ? [...base, a.after.priority, a.after.runUs, a.after.id] : base;
 };
 
+/**
+ * The first due job of (queue, kind, stage) in claim order at or before `before`, if any:
+ * the look from the start that a worker's claim cursor needs now and then (see
+ * `Worker`), as a read of its own, so that no claim waits for it. Locks nothing and
+ * waits for no lock: a job another claimer holds counts too.
+ */
+export async function jobFirstDue(x: Executor, s: string, a: { queue: string; kind: string; stage: string | null; before: ClaimKey }): Promise<ClaimKey | null> {
+  const { rows } = await x.query<{ priority: number; run_us: string; id: string }>(
+    `SELECT priority, (extract(epoch FROM run_at) * 1000000)::bigint::text AS run_us, id::text AS id FROM ${s}.jobs
+      WHERE state = 'available' AND queue = $1 AND kind = $2 AND stage = $3::text AND run_at <= now()
+        AND (priority, run_at, id) <= ($4::smallint, timestamptz 'epoch' + $5::bigint * interval '1 microsecond', $6::bigint)
+      ORDER BY priority, run_at, id
+      LIMIT 1`,
+    [a.queue, a.kind, a.stage ?? '', a.before.priority, a.before.runUs, a.before.id],
+    PREPARE,
+  );
+  return rows.length === 0 ? null : { priority: rows[0].priority, runUs: rows[0].run_us, id: rows[0].id };
+}
+
 /** Claims up to `limit` due jobs, taking a lease (see {@link claimCtes}); `controlled`: a pause or limit applies, nothing was claimed. */
 export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a: ClaimRequest): Promise<{ claimed: ClaimRow[]; controlled: boolean }> {
   const cp = claimParams(a);
@@ -407,7 +450,7 @@ export async function jobClaimLimited(
      SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
             ${b ? 'ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))' : 'NULL::text[]'},
             (SELECT mode FROM a), (SELECT wait_ms FROM a), (SELECT prefix FROM a),
-            ${b ? wake('done', `$${ev + 1}`, LIMITED) : 'NULL::bigint'}`,
+            ${b ? wake('done', `$${ev + 1}`, LIMITED, false) : 'NULL::bigint'}`,
     [...fp, a.queue, a.kind, a.stage ?? '', a.want, a.scan, a.leaseMs, a.after?.priority ?? null, a.after?.runUs ?? null, a.after?.id ?? null, ch.events, ...(b ? [ch.slots] : [])],
     PREPARE,
   );
@@ -436,7 +479,7 @@ export async function jobCompleteMany(x: Executor, s: string, ch: QueueChannels,
               result = coalesce(${field(2, 'r', '->')}, j.result),
               history = ${history(`coalesce(${next}, j.stage)`, `CASE WHEN ${next} IS NULL THEN 'completed' ELSE 'available' END`)}
         WHERE ${fenced(1, 2)}
-       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.priority, j.run_at
      )
      SELECT id::text AS id, ${wake('done', '$3', "state = 'available'")} AS woke, ${notice('done', '$4')} AS notice FROM done`,
     [b.ids, perJob(b.ids, { a: b.attempts, r: b.results }, ['r']), ch.wake, ch.events],
@@ -481,7 +524,7 @@ const finishParams = (keep: boolean, b: FinishBatch) => [b.ids, perJob(b.ids, ke
 export async function jobFinishMany(x: Executor, s: string, ch: QueueChannels, keep: boolean, b: FinishBatch): Promise<string[]> {
   const params = finishParams(keep, b);
   const { rows } = await x.query<{ id: string }>(
-    `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id, ${wake('done', `$${params.length + 2}`, LIMITED)} AS woke FROM done`,
+    `WITH ${finishCte(s, keep, 1, params.length + 1)} SELECT id::text AS id, ${wake('done', `$${params.length + 2}`, LIMITED, false)} AS woke FROM done`,
     [...params, ch.events, ch.slots],
     PREPARE,
   );
@@ -513,7 +556,7 @@ export async function jobFinishAndClaim(
      UNION ALL
      SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
             ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done)), (SELECT controlled FROM ctl),
-            ${wake('done', `$${ev + 1}`, LIMITED)}`,
+            ${wake('done', `$${ev + 1}`, LIMITED, false)}`,
     [...fp, ...cp, ch.events, ch.slots],
     PREPARE,
   );
@@ -565,7 +608,7 @@ export async function jobFailMany(
                 ELSE ${appendError('j.errors', `jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'durationMs', round(extract(epoch FROM now() - j.attempted_at) * 1000), 'error', ${error})`)} END,
               history = ${history('j.stage', newState)}
         WHERE ${fenced(1, 2)}
-       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.run_at, j.limit_key
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.priority, j.run_at, j.limit_key
      )
      SELECT id::text AS id, state, ${wake('done', '$6', `((state = 'available' AND run_at <= now()) OR ${LIMITED})`)} AS woke, ${notice('done', '$7')} AS notice FROM done`,
     [
@@ -613,7 +656,7 @@ export async function jobRescueExpired(x: Executor, s: string, ch: QueueChannels
               errors = ${appendError('j.errors', "jsonb_build_object('attempt', j.attempt - j.attempt_base, 'at', now(), 'durationMs', round(extract(epoch FROM now() - j.attempted_at) * 1000), 'error', 'lease expired')")},
               history = ${history('j.stage', `CASE WHEN ${dead} THEN 'dead' ELSE 'available' END`)}
          FROM expired WHERE j.id = expired.id
-       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.priority, j.run_at
      )
      SELECT id::text AS id, state, ${wake('done', '$2', "state = 'available'")} AS woke, ${notice('done', '$3')} AS notice FROM done`,
     [limit, ch.wake, ch.events],
@@ -628,7 +671,7 @@ export async function jobCancelMany(x: Executor, s: string, ch: QueueChannels, i
        UPDATE ${s}.jobs j SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
               history = ${history('j.stage', "'cancelled'")}
         WHERE j.id = ANY($1::bigint[]) AND j.state IN ('waiting', 'available', 'running')
-       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.priority, j.run_at
      )
      SELECT id::text AS id, ${notice('done', '$2')} AS notice FROM done`,
     [ids, ch.events],
@@ -651,7 +694,7 @@ export async function jobRetryMany(x: Executor, s: string, ch: QueueChannels, id
               stage_entered_at = now(), lease_expires_at = NULL,
               history = ${history('j.stage', RETRY_STATE)}
         WHERE j.id = ANY($1::bigint[]) AND j.state = ANY($2::text[])
-       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce
+       RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.priority, j.run_at
      )
      SELECT id::text AS id, ${wake('done', '$3', "state = 'available'")} AS woke, ${notice('done', '$4')} AS notice FROM done`,
     [ids, states, ch.wake, ch.events],
@@ -1065,7 +1108,7 @@ export async function workflowInsert(
          FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::timestamptz[], $7::float8[], $8::int[], $9::int[], $10::int[])
               AS t(id, queue, kind, payload, priority, run_at, delay_ms, max_attempts, timeout_ms, pending)
         ORDER BY t.id
-       RETURNING queue, run_at, state
+       RETURNING id, queue, priority, run_at, state
      )
      SELECT ${wake('ins', '$12', "state = 'available' AND run_at <= now()")} AS woke`,
     [jobIds, b.queue, b.kind, b.payload, b.priority, b.runAt, b.delayMs, b.maxAttempts, b.timeoutMs, pending, rows[0].id, ch.wake],

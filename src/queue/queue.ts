@@ -463,7 +463,8 @@ export class Queue extends TypedEmitter<QueueEvents> {
     this.#active();
     this.#sub = this.notifier.listen(this.channelNames.wake, (n) => {
       // '' (no queue has that name): every queue, as a resume of everything sends.
-      for (const w of this.#workers) if (w.queue === n.payload || n.payload === '') w.wake();
+      const { queue, key } = q.wakePayload(n.payload);
+      for (const w of this.#workers) if (w.queue === queue || queue === '') w.wake(key);
     }, {
       // LISTEN is live (first time or after a reconnect): catch up by claiming now.
       onListen: () => {

@@ -8,6 +8,7 @@ import {
   compareIds,
   jobClaimLimited,
   jobClaimBatch,
+  jobFirstDue,
   jobCompleteMany,
   jobFailMany,
   jobFinishAndClaim,
@@ -108,13 +109,37 @@ function finishBatch(fs: Finished[]): FinishBatch {
   return { ids: fs.map((f) => f.id), attempts: fs.map((f) => f.fence), results: fs.map((f) => f.result) };
 }
 
+/** Claim order of two keys (priority, run_at, id). */
+function compareKeys(a: ClaimKey, b: ClaimKey): number {
+  return a.priority - b.priority || Number(a.runUs) - Number(b.runUs) || compareIds(a.id, b.id);
+}
+
 /** The later of a claim cursor and a claimed row's key, in claim order (priority, run_at, id). */
 function laterKey(k: ClaimKey | null, r: ClaimRow): ClaimKey {
   const key = { priority: r.priority, runUs: r.run_us, id: r.id };
   if (k === null) return key;
-  const c = k.priority - key.priority || Number(k.runUs) - Number(key.runUs) || compareIds(k.id, key.id);
-  return c >= 0 ? k : key;
+  return compareKeys(k, key) >= 0 ? k : key;
 }
+
+/** The earlier of two cursors (null: before every job). */
+function earlierKey(a: ClaimKey | null, b: ClaimKey | null): ClaimKey | null {
+  if (a === null || b === null) return null;
+  return compareKeys(a, b) <= 0 ? a : b;
+}
+
+/** A cursor just before `key`, so that a claim after it includes the job at `key`. */
+function justBefore(key: ClaimKey): ClaimKey {
+  return { priority: key.priority, runUs: key.runUs, id: (BigInt(key.id) - 1n).toString() };
+}
+
+/**
+ * How often a worker with a claim cursor looks for due jobs before it (see {@link Worker}
+ * `#after`): at least every poll interval, and no more often than every this many times
+ * its last look took (a look from the start costs in proportion to the index entries of
+ * claimed jobs that no vacuum has removed yet), so the looks use at most about 5% of one
+ * connection's time.
+ */
+export const CURSOR_LOOK_FACTOR = 20;
 
 /** Claim order: (priority, run_at, id). Epoch microseconds fit a double exactly until 2255. */
 function claimOrder(x: ClaimRow, y: ClaimRow): number {
@@ -151,13 +176,37 @@ export class Worker {
   #claiming = 0;
   /**
    * Where the next claim starts in claim order: after the last job this worker claimed,
-   * so it does not walk the dead index entries of the jobs before it again. Dropped on
-   * every wake-up (new or re-scheduled jobs may sort earlier), at every safety poll, and
-   * whenever a claim comes back short; a claim without it scans from the start.
+   * so it does not walk the index entries of the jobs before it again. Those entries stay
+   * until vacuum removes them, and while any transaction in the cluster stays open they
+   * cannot even be marked dead: without the cursor every claim would read all of them.
+   * - A keyed wake-up (the first new job's key in its queue, see `wakePayload`) lowers it
+   *   to just before that job; an unkeyed one, the safety poll, a reconnect and an error
+   *   drop it (null: the next claim looks from the start).
+   * - A claim raises it to its last job, also when it came back short (nothing due
+   *   after it then). Under a limit, only after a claim that refused nothing before
+   *   its last job.
+   * - What no wake-up announces is found by a look from the start (`jobFirstDue`, a read
+   *   beside the claims, so none waits for it) at least every poll interval and at
+   *   every safety poll (see {@link CURSOR_LOOK_FACTOR}); what it finds lowers the
+   *   cursor as a keyed wake-up does: a job skipped while another claimer held it and
+   *   then handed back by a rollback, a job of a more urgent priority that became due
+   *   later (one of the cursor's own priority that becomes due sorts after it), a job
+   *   whose wake-up was lost.
    */
   #after: ClaimKey | null = null;
-  /** Wake-ups so far: a claim that was in flight during one must not set the cursor again. */
+  /** Wake-ups so far (each numbered), and the start number of each claim in flight. */
   #wakes = 0;
+  readonly #inFlight: number[] = [];
+  /**
+   * Wake-ups that came while a claim was in flight, with the cursor each asked for (null:
+   * from the start): a claim that was in flight during one sets the cursor no later.
+   * Kept until no claim that began before them is in flight.
+   */
+  #wakeLog: { n: number; before: ClaimKey | null }[] = [];
+  /** The look for due jobs before the cursor under way, when the last one began (performance.now()), and how long it took (ms). */
+  #looking: Promise<void> | null = null;
+  #lookAt = 0;
+  #lookMs = 0;
   #flushing: Promise<void> | null = null;
   /** The claim loop; its `dirty` means "something may be due: claim when capacity frees". */
   readonly #loop: Loop;
@@ -204,12 +253,11 @@ export class Worker {
       pollIntervalMs: host.options.pollIntervalMs,
       onError: (err) => this.#problem(err),
       reconnects: host.notifier,
-      // New or re-scheduled jobs may sort before the claim cursor: every wake-up and
-      // every safety poll drops it.
-      onWake: () => {
-        this.#after = null;
-        this.#wakes++;
-      },
+      // An unkeyed wake-up or the safety poll: jobs may sort before the claim cursor
+      // anywhere; drop it (keyed wake-ups go through wake(key) instead).
+      // The safety poll (unkeyed wake-ups drop the cursor in wake()): a wake-up may have
+      // been lost; look before the cursor.
+      onWake: () => this.#look(),
       unref: true,
     });
   }
@@ -228,9 +276,71 @@ export class Worker {
     this.#heartbeat.unref();
   }
 
-  /** Something may be due: claim now. */
-  wake(): void {
-    this.#loop.wake();
+  /** The next claim looks from the start; claims in flight do not set the cursor again. */
+  #dropCursor(): void {
+    this.#after = null;
+    this.#noteWake(null);
+  }
+
+  #noteWake(before: ClaimKey | null): void {
+    this.#wakes++;
+    if (this.#inFlight.length > 0) this.#wakeLog.push({ n: this.#wakes, before });
+  }
+
+  /**
+   * A claim that began at wake-up number `began` ended: the cursor it may set, no later
+   * than `next` nor than what wake-ups since `began` asked for.
+   */
+  #claimEnded(began: number, next: ClaimKey | null): ClaimKey | null {
+    this.#inFlight.splice(this.#inFlight.indexOf(began), 1);
+    for (const w of this.#wakeLog) if (w.n > began) next = earlierKey(next, w.before);
+    const oldest = this.#inFlight.length === 0 ? Infinity : Math.min(...this.#inFlight);
+    if (this.#wakeLog.length > 0) this.#wakeLog = this.#inFlight.length === 0 ? [] : this.#wakeLog.filter((w) => w.n > oldest);
+    return next;
+  }
+
+  /**
+   * Something may be due: claim now. `key`: the first job the wake-up made available
+   * in this queue (in claim order): the cursor goes back to just before it instead of
+   * being dropped.
+   */
+  wake(key: ClaimKey | null = null): void {
+    if (key === null) this.#dropCursor();
+    else {
+      const before = justBefore(key);
+      this.#after = earlierKey(this.#after, before);
+      this.#noteWake(before);
+    }
+    this.#loop.nudge();
+  }
+
+  /**
+   * Looks for the first due job before the claim cursor, unless a look is under way or
+   * the last one was too recent (see {@link CURSOR_LOOK_FACTOR}); one found lowers the
+   * cursor as a keyed wake-up does.
+   */
+  #look(): void {
+    const before = this.#after;
+    const now = performance.now();
+    if (before === null || this.#looking !== null || this.#loop.stopping) return;
+    if (now - this.#lookAt < Math.max(this.host.options.pollIntervalMs, CURSOR_LOOK_FACTOR * this.#lookMs)) return;
+    this.#lookAt = now;
+    this.#looking = jobFirstDue(this.host.executor, this.host.schemaSql, { queue: this.queue, kind: this.kind, stage: this.stage, before })
+      .then(
+        (key) => {
+          this.#lookMs = performance.now() - now;
+          if (key !== null) this.wake(key);
+        },
+        (err) => {
+          // Unknown: claim from the start instead.
+          if (this.#loop.stopping) return;
+          this.#problem(err);
+          this.wake();
+        },
+      )
+      .finally(() => {
+        this.#looking = null;
+      });
   }
 
   /**
@@ -321,6 +431,8 @@ export class Worker {
     let rows: ClaimRow[];
     // Under a limit: whether the claimed jobs were the first due ones (none refused before them).
     let prefix = true;
+    if (want > 0) this.#look();
+    this.#inFlight.push(wakes);
     try {
       const claim = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs, after: want > 0 ? this.#after : null };
       const attrs = { 'herald.queue': this.queue, 'herald.kind': this.kind, 'herald.completed': finals.length };
@@ -345,7 +457,10 @@ export class Worker {
       // The statement may or may not have committed: retry the completions (a retry of
       // ones that did commit matches no row and is reported as lease lost).
       this.#finals.unshift(...finals.filter((f) => !f.recorded));
-      this.#after = null;
+      // Its rows, if it locked any, are free again: claims in flight that skipped them
+      // must not move the cursor past them.
+      this.#claimEnded(wakes, null);
+      this.#dropCursor();
       this.#loop.dirty = true;
       await this.#loop.backoff(err);
       return;
@@ -354,13 +469,13 @@ export class Worker {
     }
     if (finals.length > 0) this.#checkIdle();
     inClaimOrder(rows);
-    // A full batch: the next claim starts after its last job. A short one: the queue may
-    // be drained, or rows were skipped (locked by other claimers who may roll back). A
-    // wake-up while this claim was in flight dropped the cursor: a job that sorts before
-    // it may have come, so the cursor stays dropped. Under a limit, only after a claim
-    // that refused nothing before its last job (a job refused for want of a slot must be
-    // looked at again); the claim that enters or leaves controlled mode drops it.
-    if (want > 0) this.#after = rows.length === want && wakes === this.#wakes && prefix && controlled === this.#controlled ? laterKey(this.#after, rows[rows.length - 1]) : null;
+    // The next claim starts after this one's last job (see #after): nothing before it
+    // was due and free. Wake-ups while this claim was in flight may have announced jobs
+    // before it: the cursor goes no later than they asked. Under a limit, only after a
+    // claim that refused nothing before its last job (a job refused for want of a slot
+    // must be looked at again); the claim that enters or leaves controlled mode drops it.
+    const next = this.#claimEnded(wakes, rows.length > 0 ? laterKey(this.#after, rows[rows.length - 1]) : this.#after);
+    if (want > 0) this.#after = prefix && controlled === this.#controlled ? next : null;
     for (const row of rows) {
       // Claimed as stop began: held and pending, so stop() hands them straight back.
       this.#hold(row);
@@ -658,6 +773,7 @@ export class Worker {
       timeoutMs,
       drain: async () => {
         await Promise.all(this.#cycles);
+        await this.#looking;
         // The loop has ended: completions it did not record go through the flush path.
         this.#finished.push(...this.#finals.splice(0));
         // Prefetched, never started: back to available without counting the attempt.

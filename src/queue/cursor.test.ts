@@ -1,0 +1,143 @@
+/**
+ * The claim cursor (see `Worker` #after): while a transaction is held open anywhere in the
+ * cluster, claimed jobs leave their entries in the claim index (nothing can clean them up
+ * before it ends). Wake-ups carry the first new job's key, so a worker keeps its cursor and
+ * its claims read what they claim, not every job claimed since the transaction began;
+ * a look beside the claims finds what no wake-up announced. Counted with the index's
+ * transaction statistics, not with a clock.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import pg from 'pg';
+import { createHerald, type Herald } from '../index.js';
+import { heldWriteTransaction, type TestDatabase } from '../../test/support/db.js';
+import { useHerald } from '../../test/support/herald.js';
+import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
+import { waitFor, waitForCount } from '../../test/support/wait.js';
+import { wakePayload } from './queries.js';
+
+let db: TestDatabase;
+let herald: Herald;
+// A cluster of the file's own: the held transaction is a cluster-wide fact.
+useHerald({}, (d, h) => {
+  db = d;
+  herald = h;
+}, { isolated: true });
+
+/** Entries of the claim index returned to the scans of a transaction so far. */
+const claimEntriesRead = tuplesReturned('herald.jobs_claim_idx');
+const isClaim = (text: string) => text.includes('claimed AS');
+
+test('wake-up payloads: the queue alone, or the queue and the first job it made available', () => {
+  assert.deepEqual(wakePayload('mail'), { queue: 'mail', key: null });
+  assert.deepEqual(wakePayload(''), { queue: '', key: null });
+  assert.deepEqual(wakePayload('mail\u001f-3,1733400000123456,42'), { queue: 'mail', key: { priority: -3, runUs: '1733400000123456', id: '42' } });
+  // A queue whose name ends like a key but without the separator's form stays a name.
+  assert.deepEqual(wakePayload('a\u001fb'), { queue: 'a\u001fb', key: null });
+});
+
+test('claims read a bounded part of the claim index while a transaction is held open elsewhere; every job once', async () => {
+  const hold = await heldWriteTransaction(db.url);
+  const claims: number[] = [];
+  const driver = measuringDriver(db.url, claimEntriesRead, isClaim, claims, () => false, []);
+  const h = createHerald({ driver });
+  const seen = new Map<number, number>();
+  const w = h.queue.work<{ i: number }>('held', (job) => void seen.set(job.payload.i, (seen.get(job.payload.i) ?? 0) + 1), { concurrency: 10 });
+  try {
+    // 3,000 jobs claimed while the transaction is open: 3,000 entries nothing can remove.
+    const FIRST = 3000;
+    for (let i = 0; i < FIRST; i += 50) {
+      await h.queue.enqueueMany(Array.from({ length: 50 }, (_, j) => ({ kind: 'held', payload: { i: i + j } })));
+    }
+    await waitForCount(() => seen.size, FIRST, { what: 'the first jobs' });
+    const walked = await herald.driver.transaction(async (tx) => {
+      await tx.query(`SELECT count(*) FROM (SELECT id FROM herald.jobs WHERE state = 'available' AND queue = 'default' AND kind = 'held' AND stage = ''
+                        ORDER BY priority, run_at, id LIMIT 10) j`);
+      return claimEntriesRead(tx);
+    });
+    assert.ok(walked >= FIRST, `a claim from the start reads the claimed jobs' entries: ${walked}`);
+
+    // Then jobs one at a time, each a wake-up of its own: every claim reads about what it
+    // claims (the look beside the claims is not a claim).
+    let sent = FIRST;
+    for (let r = 0; r < 5; r++) {
+      const from = claims.length;
+      for (let j = 0; j < 20; j++) await h.queue.enqueue('held', { i: sent++ });
+      await waitForCount(() => seen.size, sent, { what: 'a round' });
+      const read = claims.slice(from);
+      assert.ok(read.length > 0 && read.every((n) => n <= 200), `claims of round ${r}: ${read.join(', ')} entries`);
+    }
+    assert.ok([...seen.values()].every((n) => n === 1), 'every job once');
+  } finally {
+    await w.stop();
+    await h.close();
+    await hold.release();
+  }
+});
+
+test('a job whose transaction began before the cursor passed its key and committed after is taken by the wake-up', async () => {
+  // No safety poll and no look in the test's time: only the keyed wake-up can bring it.
+  const h = createHerald({ connectionString: db.url, queue: { pollIntervalMs: 600_000 } });
+  const started: number[] = [];
+  const w = h.queue.work<{ i: number }>('late', (job) => void started.push(job.payload.i), { concurrency: 4 });
+  const late = new pg.Client({ connectionString: db.url });
+  await late.connect();
+  try {
+    // run_at of a job is its transaction's start: this one sorts before everything below.
+    await late.query('BEGIN');
+    await h.queue.enqueue('late', { i: -1 }, { tx: late });
+    for (let r = 0; r < 5; r++) {
+      await h.queue.enqueueMany(Array.from({ length: 10 }, (_, j) => ({ kind: 'late', payload: { i: r * 10 + j } })));
+      await waitForCount(() => started.length, (r + 1) * 10, { what: 'the jobs after it' });
+    }
+    assert.ok(!started.includes(-1));
+    await late.query('COMMIT');
+    await waitFor(() => started.includes(-1), { what: 'the late job' });
+    assert.equal(new Set(started).size, started.length, 'every job once');
+  } finally {
+    await late.query('ROLLBACK').catch(() => {});
+    await late.end();
+    await w.stop();
+    await h.close();
+  }
+});
+
+test('what no wake-up announces is found by the look beside the claims: a job handed back by another claimer, an urgent job that became due', async () => {
+  const h = createHerald({ connectionString: db.url, queue: { pollIntervalMs: 200 } });
+  const started = new Map<string, number>();
+  let w: ReturnType<typeof h.queue.work> | undefined;
+  const holder = new pg.Client({ connectionString: db.url });
+  await holder.connect();
+  let stream = 0;
+  // A steady stream of ordinary jobs keeps the worker claiming (never idle, no safety poll).
+  const more = () => h.queue.enqueueMany(Array.from({ length: 5 }, () => ({ kind: 'look', payload: { tag: `s${stream++}` } })));
+  try {
+    const [held] = await h.queue.enqueueMany([{ kind: 'look', payload: { tag: 'held' } }]);
+    // Another "claimer" holds the job's row, so the worker's claims skip it and pass it.
+    await holder.query('BEGIN');
+    await holder.query('SELECT 1 FROM herald.jobs WHERE id = $1 FOR UPDATE', [held.id]);
+    w = h.queue.work<{ tag: string }>('look', (job) => void started.set(job.payload.tag, (started.get(job.payload.tag) ?? 0) + 1), { concurrency: 4 });
+    const urgent = await h.queue.enqueue('look', { tag: 'urgent' }, { priority: -5, delayMs: 300 });
+    for (let r = 0; r < 3; r++) {
+      await more();
+      await waitForCount(() => started.size, stream, { what: 'the stream around the held job' });
+    }
+    assert.ok(!started.has('held'));
+    // Handed back without a wake-up (a claimer's rollback sends none).
+    await holder.query('ROLLBACK');
+    await waitFor(
+      async () => {
+        await more();
+        return started.has('held') && started.has('urgent');
+      },
+      { what: 'the held and the urgent job' },
+    );
+    assert.ok([...started.values()].every((n) => n === 1), 'every job once');
+    assert.equal((await h.queue.get(urgent.id))?.state, 'completed');
+  } finally {
+    await holder.query('ROLLBACK').catch(() => {});
+    await holder.end();
+    await w?.stop();
+    await h.close();
+  }
+});
