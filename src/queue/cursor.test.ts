@@ -9,7 +9,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import pg from 'pg';
-import { createHerald, type Herald } from '../index.js';
+import { createHerald, pgDriver, type Herald } from '../index.js';
+import type { Driver } from '../driver/types.js';
 import { heldWriteTransaction, type TestDatabase } from '../../test/support/db.js';
 import { useHerald } from '../../test/support/herald.js';
 import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
@@ -99,6 +100,67 @@ test('a job whose transaction began before the cursor passed its key and committ
     await late.end();
     await w.stop();
     await h.close();
+  }
+});
+
+test('a wake-up that comes while a claim is in flight keeps that claim from moving the cursor past its job', async () => {
+  // Claim answers can be held back: the claim has run (its snapshot predates the late
+  // commit), its answer comes after the wake-up.
+  let gate: Promise<void> | null = null;
+  let held!: () => void;
+  const heldClaim = new Promise<void>((resolve) => (held = resolve));
+  const inner = pgDriver({ connectionString: db.url, max: 6 });
+  const driver: Driver = {
+    ...inner,
+    executor: {
+      async query(text, values, opts) {
+        const r = await inner.executor.query(text, values, opts);
+        if (gate !== null && isClaim(text) && (r.rows as unknown[]).length > 0) {
+          held();
+          await gate;
+        }
+        return r as never;
+      },
+    },
+  };
+  // No safety poll and no look in the test's time: only the wake-up can bring it.
+  const h = createHerald({ driver, queue: { pollIntervalMs: 600_000 } });
+  const started: number[] = [];
+  const w = h.queue.work<{ i: number }>('race', (job) => void started.push(job.payload.i), { concurrency: 4 });
+  const late = new pg.Client({ connectionString: db.url });
+  await late.connect();
+  const wakes = h.listen('herald.jobs.wake');
+  let release = () => {};
+  try {
+    await wakes.established;
+    await late.query('BEGIN');
+    const lateJob = await h.queue.enqueue('race', { i: -1 }, { tx: late });
+    await h.queue.enqueueMany(Array.from({ length: 10 }, (_, j) => ({ kind: 'race', payload: { i: j } })));
+    await waitForCount(() => started.length, 10, { what: 'the first jobs' });
+    gate = new Promise<void>((resolve) => (release = resolve));
+    await h.queue.enqueueMany(Array.from({ length: 5 }, (_, j) => ({ kind: 'race', payload: { i: 10 + j } })));
+    await heldClaim; // a claim took jobs after the late one's key; its answer waits
+    await late.query('COMMIT');
+    // Its wake-up (keyed by the late job): delivered to the queue's listener in the same dispatch.
+    for (;;) {
+      const n = await wakes.wait({ timeoutMs: 60_000 });
+      assert.ok(n !== null, 'the late job\'s wake-up');
+      if (wakePayload(n.payload).key?.id === lateJob.id) break;
+    }
+    gate = null;
+    release();
+    await waitFor(() => started.includes(-1), { what: 'the late job' });
+    await waitForCount(() => started.length, 16, { what: 'every job' });
+    assert.equal(new Set(started).size, started.length, 'every job once');
+  } finally {
+    gate = null;
+    release();
+    await wakes.close();
+    await late.query('ROLLBACK').catch(() => {});
+    await late.end();
+    await w.stop();
+    await h.close();
+    await inner.end();
   }
 });
 

@@ -205,7 +205,7 @@ export class Worker {
   #wakeLog: { n: number; before: ClaimKey | null }[] = [];
   /** The look for due jobs before the cursor under way, when the last one began (performance.now()), and how long it took (ms). */
   #looking: Promise<void> | null = null;
-  #lookAt = 0;
+  #lookAt = performance.now();
   #lookMs = 0;
   #flushing: Promise<void> | null = null;
   /** The claim loop; its `dirty` means "something may be due: claim when capacity frees". */
