@@ -16,6 +16,7 @@ import { useHerald } from '../../test/support/herald.js';
 import { measuringDriver, tuplesReturned } from '../../test/support/measuring-driver.js';
 import { waitFor, waitForCount } from '../../test/support/wait.js';
 import { wakePayload } from './queries.js';
+import { RESCUE_MARGIN_MS } from './queue.js';
 
 let db: TestDatabase;
 let herald: Herald;
@@ -201,5 +202,43 @@ test('what no wake-up announces is found by the look beside the claims: a job ha
     await holder.end();
     await w?.stop();
     await h.close();
+  }
+});
+
+test('rescue sweeps read a bounded part of the lease index while a transaction is held open elsewhere', async () => {
+  const hold = await heldWriteTransaction(db.url, 'other_rescue');
+  const sweeps: number[] = [];
+  const driver = measuringDriver(db.url, tuplesReturned('herald.jobs_lease_expiry_idx'), () => false, [], (t) => t.includes('WITH expired AS'), sweeps);
+  // Short leases, so that the finished jobs' entries in the lease index soon hold ended
+  // leases (those a sweep from the start reads); no sweep but the test's own.
+  const h = createHerald({ driver, queue: { leaseMs: 1000, rescueIntervalMs: 3_600_000 } });
+  let done = 0;
+  const w = h.queue.work('swept', () => void done++, { concurrency: 10 });
+  try {
+    const JOBS = 3000;
+    for (let i = 0; i < JOBS; i += 100) await h.queue.enqueueMany(Array.from({ length: 100 }, () => ({ kind: 'swept' })));
+    await waitForCount(() => done, JOBS, { what: 'the jobs' });
+    await w.stop();
+    // Database time: every lease ended more than the margin ago.
+    await waitFor(
+      async () =>
+        (
+          await herald.driver.executor.query<{ ok: boolean }>(
+            `SELECT now() > max(attempted_at) + interval '1 second' + $1 * interval '1 millisecond' + interval '1 second' AS ok FROM herald.jobs WHERE kind = 'swept'`,
+            [RESCUE_MARGIN_MS],
+          )
+        ).rows[0].ok,
+      { what: 'the leases to end', timeoutMs: 60_000 },
+    );
+    assert.equal(await h.queue.rescue(), 0);
+    assert.ok(sweeps.at(-1)! >= JOBS, `the first sweep reads the finished jobs' entries: ${sweeps.join(', ')}`);
+    const before = sweeps.length;
+    assert.equal(await h.queue.rescue(), 0);
+    const second = sweeps.slice(before);
+    assert.ok(second.length > 0 && second.every((n) => n <= 100), `the next sweep starts shortly before the first: ${second.join(', ')} entries`);
+  } finally {
+    await w.stop();
+    await h.close();
+    await hold.release();
   }
 });

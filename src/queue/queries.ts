@@ -640,12 +640,22 @@ export async function jobHeartbeatMany(x: Executor, s: string, ids: string[], at
  * Rescues jobs whose lease expired (their worker died or lost its connection): back to
  * available with the attempt counted, or dead when none remain. SKIP LOCKED + LIMIT in
  * a CTE so concurrent sweeps of several processes split the work instead of waiting.
+ * `fromUs`: only leases that ended at or after this database time (epoch microseconds;
+ * null: all). Also returns the statement's database time (`nowUs`).
  */
-export async function jobRescueExpired(x: Executor, s: string, ch: QueueChannels, limit: number): Promise<{ id: string; state: string }[]> {
+export async function jobRescueExpired(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  limit: number,
+  fromUs: string | null = null,
+): Promise<{ rows: { id: string; state: string }[]; nowUs: string }> {
   const dead = 'j.attempt - j.attempt_base >= j.max_attempts';
-  const { rows } = await x.query<{ id: string; state: string }>(
+  const { rows } = await x.query<{ id: string | null; state: string; now_us: string | null }>(
     `WITH expired AS (
-       SELECT id FROM ${s}.jobs WHERE state = 'running' AND lease_expires_at < now()
+       SELECT id FROM ${s}.jobs
+        WHERE state = 'running' AND lease_expires_at < now()
+          AND lease_expires_at >= coalesce(timestamptz 'epoch' + $4::bigint * interval '1 microsecond', '-infinity')
         ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
      ), done AS (
        UPDATE ${s}.jobs j
@@ -658,10 +668,13 @@ export async function jobRescueExpired(x: Executor, s: string, ch: QueueChannels
          FROM expired WHERE j.id = expired.id
        RETURNING j.id, j.queue, j.kind, j.stage, j.state, j.attempt, j.attempt_base, j.announce, j.priority, j.run_at
      )
-     SELECT id::text AS id, state, ${wake('done', '$2', "state = 'available'")} AS woke, ${notice('done', '$3')} AS notice FROM done`,
-    [limit, ch.wake, ch.events],
+     SELECT id::text AS id, state, ${wake('done', '$2', "state = 'available'")} AS woke, ${notice('done', '$3')} AS notice, NULL::text AS now_us FROM done
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, (extract(epoch FROM now()) * 1000000)::bigint::text`,
+    [limit, ch.wake, ch.events, fromUs],
   );
-  return rows;
+  const last = rows.pop()!;
+  return { rows: rows as { id: string; state: string }[], nowUs: last.now_us! };
 }
 
 /** Cancels waiting or running jobs. A running job's worker finds out at its next heartbeat. */

@@ -57,6 +57,19 @@ export const LIST_LIMIT_MAX = 10_000;
  * the previous call stopped (docs/queue.md, "Retention").
  */
 export const WORKFLOW_PAGES_PER_PRUNE = 10;
+
+/**
+ * A rescue sweep reads only leases that ended at most this long before the last complete
+ * sweep of this process began (database time): the lease index keeps an entry for every
+ * job claimed since the last vacuum, with the lease it had, and while any transaction in
+ * the cluster is open none can be removed, so a sweep from the start would read them all.
+ * A lease written by a statement that took longer than the lease plus this margin could
+ * end before that point unseen: the full sweep below finds it.
+ */
+export const RESCUE_MARGIN_MS = 10_000;
+
+/** A sweep from the start at least this often (and the first of a process). */
+export const RESCUE_FULL_SWEEP_MS = 300_000;
 const STATES: JobState[] = ['waiting', 'available', 'running', 'completed', 'dead', 'cancelled'];
 
 function assertName(argument: string, v: unknown): string {
@@ -102,6 +115,9 @@ export class Queue extends TypedEmitter<QueueEvents> {
   #sub: Subscription | null = null;
   /** Where the next prune() looks for emptied workflows (an id; '0': from the first). */
   #workflowCursor = '0';
+  /** Where the next rescue sweep starts (epoch µs, database time; null: from the start), and when the last full one began. */
+  #rescueFromUs: string | null = null;
+  #rescueFullAt = -Infinity;
   #slotSub: Subscription | null = null;
   #cronTimer: NodeJS.Timeout | undefined;
   #started = false;
@@ -496,14 +512,21 @@ export class Queue extends TypedEmitter<QueueEvents> {
   async rescue(): Promise<number> {
     let total = 0;
     let dead = 0;
+    // From shortly before the last complete sweep (see RESCUE_MARGIN_MS), or everything.
+    const full = this.#rescueFromUs === null || performance.now() - this.#rescueFullAt >= RESCUE_FULL_SWEEP_MS;
+    if (full) this.#rescueFullAt = performance.now();
+    const from = full ? null : this.#rescueFromUs;
+    let began: string | null = null;
     for (;;) {
-      const rows = await this.notifier.pressure.run((wake) =>
-        this.#plainIndexScans((tx) => q.jobRescueExpired(tx, this.schemaSql, wake ? this.channelNames : NO_CHANNELS, 1000)),
+      const r = await this.notifier.pressure.run((wake) =>
+        this.#plainIndexScans((tx) => q.jobRescueExpired(tx, this.schemaSql, wake ? this.channelNames : NO_CHANNELS, 1000, from)),
       );
-      total += rows.length;
-      dead += rows.filter((r) => r.state === 'dead').length;
-      if (rows.length < 1000) break;
+      began ??= r.nowUs;
+      total += r.rows.length;
+      dead += r.rows.filter((row) => row.state === 'dead').length;
+      if (r.rows.length < 1000) break;
     }
+    this.#rescueFromUs = (BigInt(began) - BigInt(RESCUE_MARGIN_MS) * 1000n).toString();
     if (total > 0) this.emit('job:rescued', { rescued: total - dead, dead });
     return total;
   }
