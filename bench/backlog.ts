@@ -25,19 +25,15 @@ import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { createHerald } from '../src/index.js';
 import { benchPostgres } from './support/postgres.js';
+import { flag, option } from './support/args.js';
 
-const args = process.argv.slice(2);
-const opt = (name: string, def: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : def;
-};
-const JOBS = Number(opt('jobs', '10000000'));
-const WINDOW = Number(opt('window', '100000'));
-const CONCURRENCY = Number(opt('concurrency', '10'));
-const PREFETCH = args.includes('--prefetch') ? Number(opt('prefetch', '0')) : undefined;
-const KEEP = args.includes('--keep-completed') ? opt('keep-completed', 'true') === 'true' : undefined;
-const JSON_OUT = opt('json', '');
-const VACUUM = opt('vacuum', 'true') !== 'false';
+const JOBS = Number(option('jobs', '10000000'));
+const WINDOW = Number(option('window', '100000'));
+const CONCURRENCY = Number(option('concurrency', '10'));
+const PREFETCH = flag('prefetch') ? Number(option('prefetch', '0')) : undefined;
+const KEEP = flag('keep-completed') ? option('keep-completed', 'true') === 'true' : undefined;
+const JSON_OUT = option('json', '');
+const VACUUM = option('vacuum', 'true') !== 'false';
 const BATCH = 20_000;
 
 const server = await benchPostgres({ shared_buffers: '256MB', max_connections: 100 });

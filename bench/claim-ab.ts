@@ -17,21 +17,17 @@ import { loadavg } from 'node:os';
 import { resolve } from 'node:path';
 import pg from 'pg';
 import { benchPostgres } from './support/postgres.js';
+import { option } from './support/args.js';
 
-const args = process.argv.slice(2);
-const opt = (name: string, def?: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : def;
-};
-const before = opt('before');
+const before = option('before');
 if (!before) {
   console.error('usage: bench/claim-ab.ts --before <checkout> [--after <checkout>] [--rounds 5] [--n 20000] [--parts ...]');
   process.exit(2);
 }
-const sides = { before: resolve(before), after: resolve(opt('after', '.')!) };
-const ROUNDS = Number(opt('rounds', '5'));
-const N = Number(opt('n', '20000'));
-const PARTS = opt('parts', 'queue,mailbox,outbox,topics')!.split(',');
+const sides = { before: resolve(before), after: resolve(option('after', '.')!) };
+const ROUNDS = Number(option('rounds', '5'));
+const N = Number(option('n', '20000'));
+const PARTS = option('parts', 'queue,mailbox,outbox,topics')!.split(',');
 
 const server = await benchPostgres({ shared_buffers: '256MB', max_connections: 200 });
 const admin = new pg.Client({ connectionString: server.url });

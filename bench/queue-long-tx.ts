@@ -19,16 +19,12 @@
 import { resolve } from 'node:path';
 import pg from 'pg';
 import { benchPostgres } from './support/postgres.js';
+import { flag, option } from './support/args.js';
 
-const args = process.argv.slice(2);
-const opt = (name: string, def: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : def;
-};
-const SECONDS = Number(opt('seconds', '40'));
-const RATE = Number(opt('rate', '1000'));
-const HOLD = !args.includes('--no-hold');
-const library = resolve(opt('library', '.'));
+const SECONDS = Number(option('seconds', '40'));
+const RATE = Number(option('rate', '1000'));
+const HOLD = !flag('no-hold');
+const library = resolve(option('library', '.'));
 const { createHerald } = (await import(`${library}/src/index.ts`)) as typeof import('../src/index.js');
 
 const server = await benchPostgres({
