@@ -36,6 +36,9 @@ test('wake-up payloads: the queue alone, or the queue and the first job it made 
   assert.deepEqual(wakePayload('mail\u001f-3,1733400000123456,42'), { queue: 'mail', key: { priority: -3, runUs: '1733400000123456', id: '42' } });
   // A queue whose name ends like a key but without the separator's form stays a name.
   assert.deepEqual(wakePayload('a\u001fb'), { queue: 'a\u001fb', key: null });
+  // Keys no claim could take (out of smallint or bigint range) are not keys.
+  assert.deepEqual(wakePayload('q\u001f40000,1,2'), { queue: 'q\u001f40000,1,2', key: null });
+  assert.deepEqual(wakePayload('q\u001f0,1,9223372036854775808'), { queue: 'q\u001f0,1,9223372036854775808', key: null });
 });
 
 test('claims read a bounded part of the claim index while a transaction is held open elsewhere; every job once', async () => {

@@ -115,8 +115,13 @@ export function wakePayload(payload: string): { queue: string; key: ClaimKey | n
   const at = payload.lastIndexOf('\u001f');
   if (at >= 0) {
     const parts = payload.slice(at + 1).split(',');
-    if (parts.length === 3 && parts.every((x) => /^-?\d+$/.test(x))) {
-      return { queue: payload.slice(0, at), key: { priority: Number(parts[0]), runUs: parts[1], id: parts[2] } };
+    // A key no claim could take as its cursor (a hand-made NOTIFY) is not a key: the
+    // whole payload is then a queue name.
+    if (parts.length === 3 && /^-?\d{1,5}$/.test(parts[0]) && /^-?\d{1,17}$/.test(parts[1]) && /^\d{1,19}$/.test(parts[2])) {
+      const priority = Number(parts[0]);
+      if (priority >= -32768 && priority <= 32767 && BigInt(parts[2]) <= 9223372036854775807n) {
+        return { queue: payload.slice(0, at), key: { priority, runUs: parts[1], id: parts[2] } };
+      }
     }
   }
   return { queue: payload, key: null };
