@@ -3,7 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { DRIVERS } from '../../test/support/drivers.js';
 import { deferred } from '../../test/support/wait.js';
-import { toExecutor } from './index.js';
+import { pgDriver, toExecutor } from './index.js';
+import { REPLAN_AT } from './pg.js';
 import type { RawNotification } from './types.js';
 
 let db: TestDatabase;
@@ -128,3 +129,23 @@ for (const { name, make } of DRIVERS) {
     });
   });
 }
+
+describe('pg driver: prepared statements', () => {
+  it('a prepared statement is prepared (and planned) again on the connection at 16 and 256 uses', async () => {
+    const driver = pgDriver({ connectionString: db.url, max: 1 });
+    try {
+      const text = `SELECT $1::int AS n /* replan probe */`;
+      const versions = async () =>
+        (await driver.executor.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_prepared_statements WHERE statement = $1`, [text])).rows[0].n;
+      for (let i = 1; i <= 300; i++) {
+        assert.equal((await driver.executor.query<{ n: number }>(text, [i], { prepare: true })).rows[0].n, i);
+        if (i === 15) assert.equal(await versions(), 1);
+        if (i === 16) assert.equal(await versions(), 2);
+      }
+      assert.equal(await versions(), 3);
+      assert.deepEqual([...REPLAN_AT].slice(0, 2), [16, 256]);
+    } finally {
+      await driver.end();
+    }
+  });
+});

@@ -46,6 +46,18 @@ export interface PgDriverOptions {
 /** Distinct statement texts prepared at most; beyond it, statements run unprepared. */
 const MAX_PREPARED = 500;
 
+/**
+ * Uses of a prepared statement (over the pool) at which it gets a new name, so that each
+ * connection prepares and plans it again. Postgres keeps a prepared statement's generic
+ * plan until the statistics of its tables change (an ANALYZE), and a plan made while a
+ * table was nearly empty reads it sequentially: on a fresh database taking 5,000 jobs a
+ * second, the queue's completion-and-claim statement got such a plan in its first
+ * second and kept it until autovacuum's first ANALYZE of `jobs` (up to a minute): 60-260
+ * ms a claim, job starts delayed up to a second. Planned again at these uses, a plan
+ * follows the table's growth; a connection keeps at most six versions of a statement.
+ */
+export const REPLAN_AT = new Set([16, 256, 4096, 65_536, 1_048_576]);
+
 // A named statement that the server does not have (26000) or already has under that
 // name (42P05): a transaction pooler moved us to another server connection. Both are
 // reported before the statement runs, so running it again unprepared is safe.
@@ -82,14 +94,18 @@ export function pgDriver(options: PgDriverOptions): Driver {
     : (pool as unknown as { options: pg.ClientConfig }).options;
 
   let prepare = options.preparedStatements ?? true;
-  const names = new Map<string, string>();
+  const names = new Map<string, { base: string; name: string; uses: number }>();
   const nameOf = (text: string): string | undefined => {
-    let name = names.get(text);
-    if (name === undefined && names.size < MAX_PREPARED) {
-      name = `herald_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
-      names.set(text, name);
+    let e = names.get(text);
+    if (e === undefined) {
+      if (names.size >= MAX_PREPARED) return undefined;
+      const base = `herald_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
+      e = { base, name: base, uses: 0 };
+      names.set(text, e);
     }
-    return name;
+    // A new name at some uses: each connection then prepares (and plans) it again.
+    if (REPLAN_AT.has(++e.uses)) e.name = `${e.base}_${e.uses}`;
+    return e.name;
   };
   /**
    * A statement on a connection checked out for it alone: with a deadline (acquiring a
