@@ -68,7 +68,11 @@ export const WORKFLOW_PAGES_PER_PRUNE = 10;
  */
 export const RESCUE_MARGIN_MS = 10_000;
 
-/** A sweep from the start at least this often (and the first of a process). */
+/**
+ * A sweep from the start at least this often (and the first of a process). It also
+ * bounds what a failover to a server whose clock is behind the old one's by more than a
+ * lease plus the margin could hide below the floor (leases are written in database time).
+ */
 export const RESCUE_FULL_SWEEP_MS = 300_000;
 const STATES: JobState[] = ['waiting', 'available', 'running', 'completed', 'dead', 'cancelled'];
 

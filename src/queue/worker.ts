@@ -109,9 +109,14 @@ function finishBatch(fs: Finished[]): FinishBatch {
   return { ids: fs.map((f) => f.id), attempts: fs.map((f) => f.fence), results: fs.map((f) => f.result) };
 }
 
-/** Claim order of two keys (priority, run_at, id). */
+/** Claim order: (priority, run_at, id). Epoch microseconds fit a double exactly until 2255. */
+function claimCompare(ap: number, ar: string, ai: string, bp: number, br: string, bi: string): number {
+  return ap - bp || Number(ar) - Number(br) || compareIds(ai, bi);
+}
+
+/** Claim order of two keys. */
 function compareKeys(a: ClaimKey, b: ClaimKey): number {
-  return a.priority - b.priority || Number(a.runUs) - Number(b.runUs) || compareIds(a.id, b.id);
+  return claimCompare(a.priority, a.runUs, a.id, b.priority, b.runUs, b.id);
 }
 
 /** The later of a claim cursor and a claimed row's key, in claim order (priority, run_at, id). */
@@ -141,9 +146,9 @@ function justBefore(key: ClaimKey): ClaimKey {
  */
 export const CURSOR_LOOK_FACTOR = 20;
 
-/** Claim order: (priority, run_at, id). Epoch microseconds fit a double exactly until 2255. */
+/** Claim order of two claimed rows. */
 function claimOrder(x: ClaimRow, y: ClaimRow): number {
-  return x.priority - y.priority || Number(x.run_us) - Number(y.run_us) || compareIds(x.id, y.id);
+  return claimCompare(x.priority, x.run_us, x.id, y.priority, y.run_us, y.id);
 }
 
 /** Sorts rows in claim order in place, unless they already are (RETURNING gives no order). */
