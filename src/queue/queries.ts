@@ -1214,7 +1214,9 @@ export async function jobActivity(x: Executor, s: string, since: Date, lagMs = 0
 
 /** The statement of {@link jobActivity} (`$1`: since, `$2`: lag in ms: the window ends at now() minus it); tests EXPLAIN it. */
 export const jobActivitySql = (s: string): string =>
-    `WITH win AS (SELECT now() - make_interval(secs => $2::float8 / 1000) AS until),
+    // The window's end in whole milliseconds (a JS Date's precision: the caller's next
+    // window starts there, so nothing between two windows is counted twice or missed).
+    `WITH win AS (SELECT date_trunc('milliseconds', now() - make_interval(secs => $2::float8 / 1000)) AS until),
      waiting AS (
        SELECT queue, count(*) FILTER (WHERE run_at <= now())::int AS available, count(*) FILTER (WHERE run_at > now())::int AS scheduled
          FROM ${s}.jobs WHERE state = 'available' GROUP BY queue),

@@ -295,7 +295,12 @@ describe('dashboard admin API', () => {
          RETURNING date_part('epoch', finished_at) * 1000 AS ms`,
         [job.id],
       );
-      for (const s of samplers) await s.sample(); // read while the completion is uncommitted
+      // Database time moves on past the finish time's millisecond (window ends are whole
+      // milliseconds), then the samplers read while the completion is uncommitted.
+      await waitFor(async () => (await tx.query<{ ok: boolean }>(`SELECT clock_timestamp() >= now() + interval '2 milliseconds' AS ok`)).rows[0].ok, {
+        what: 'database time to pass the finish time',
+      });
+      for (const s of samplers) await s.sample();
       return Number(rows[0].ms);
     });
     // Sample until the lagged sampler's windows have passed the finish time (about 5 s of
