@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { DRIVERS } from '../../test/support/drivers.js';
 import { deferred } from '../../test/support/wait.js';
@@ -93,6 +94,29 @@ for (const { name, make } of DRIVERS) {
       }
     });
 
+    it('every statement of a transaction runs inside it: the first, and ones issued without waiting for it', async () => {
+      const driver = make(db.url);
+      try {
+        await driver.executor.query(`CREATE TABLE IF NOT EXISTS inside_${name} (v int)`);
+        const xids = new Set<string>();
+        await assert.rejects(
+          driver.transaction(async (tx) => {
+            const ins = (v: number, prepare: boolean) =>
+              tx.query<{ x: string }>(`INSERT INTO inside_${name} VALUES ($1) RETURNING pg_current_xact_id()::text AS x`, [v], { prepare }).then((r) => xids.add(r.rows[0].x));
+            await Promise.all([ins(1, true), ins(2, false), ins(3, true)]);
+            await ins(4, false);
+            throw new Error('undo');
+          }, { prepare: true }),
+          /undo/,
+        );
+        assert.equal(xids.size, 1, 'one transaction');
+        const { rows } = await driver.executor.query<{ n: number }>(`SELECT count(*)::int AS n FROM inside_${name}`);
+        assert.equal(rows[0].n, 0, 'all rolled back');
+      } finally {
+        await driver.end();
+      }
+    });
+
     it('toExecutor accepts the transaction object of the driver', async () => {
       const driver = make(db.url);
       try {
@@ -129,6 +153,54 @@ for (const { name, make } of DRIVERS) {
     });
   });
 }
+
+describe('pg driver: BEGIN goes out with the first statement', () => {
+  it('a transaction of one parameterised statement takes two round trips (statement with BEGIN, COMMIT), prepared or not', async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    let ready = 0;
+    pool.on('connect', (client) => (client as unknown as { connection: { on(e: string, f: () => void): void } }).connection.on('readyForQuery', () => ready++));
+    const driver = pgDriver({ pool });
+    try {
+      await driver.executor.query('SELECT 1'); // connect first
+      // The first prepared run parses its statement on the connection: BEGIN goes alone then.
+      for (const [prepare, trips] of [[false, 2], [true, 3], [true, 2]] as const) {
+        ready = 0;
+        const n = await driver.transaction(async (tx) => (await tx.query<{ n: number }>('SELECT $1::int + 1 AS n', [1], { prepare: true })).rows[0].n, { prepare });
+        assert.equal(n, 2);
+        assert.equal(ready, trips, `round trips (prepare ${prepare})`);
+      }
+      ready = 0;
+      await driver.transaction(async (tx) => void (await tx.query('SELECT 1')));
+      assert.equal(ready, 3, 'a statement without parameters runs in the simple protocol: BEGIN before it');
+    } finally {
+      await driver.end();
+      await pool.end();
+    }
+  });
+
+  it('a BEGIN that fails fails the first statement, which does not run; the connection is usable after', async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    const driver = pgDriver({ pool });
+    try {
+      await driver.executor.query('CREATE TABLE IF NOT EXISTS begin_fails (v int)');
+      // Leave the pool's one connection in an aborted transaction: its next BEGIN fails (25P02).
+      const c = await pool.connect();
+      await c.query('BEGIN');
+      await c.query('SELECT 1/0').catch(() => {});
+      c.release();
+      await assert.rejects(
+        driver.transaction(async (tx) => void (await tx.query('INSERT INTO begin_fails VALUES ($1)', [1]))),
+        (err: { code?: string }) => err.code === '25P02',
+      );
+      await driver.transaction(async (tx) => void (await tx.query('INSERT INTO begin_fails VALUES ($1)', [2])));
+      const { rows } = await driver.executor.query<{ v: number }>('SELECT v FROM begin_fails ORDER BY v');
+      assert.deepEqual(rows.map((r) => r.v), [2]);
+    } finally {
+      await driver.end();
+      await pool.end();
+    }
+  });
+});
 
 describe('pg driver: prepared statements', () => {
   it('a prepared statement is prepared (and planned) again on the connection at 16 and 256 uses', async () => {

@@ -170,20 +170,76 @@ export function pgDriver(options: PgDriverOptions): Driver {
    * transaction, so it is not retried here: the driver stops preparing and the caller's
    * retry of the transaction runs unprepared.
    */
-  const preparingExecutor = (client: pg.PoolClient): Executor => {
-    const plain = pgClientExecutor(client);
-    return {
-      async query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
-        const name = prepare && opts?.prepare ? nameOf(text) : undefined;
-        if (name === undefined) return plain.query<R>(text, values);
-        try {
-          const res = await client.query({ name, text, values: values as unknown[] });
-          return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
-        } catch (err) {
-          if (POOLER_PREPARE_ERRORS.has((err as { code?: string }).code ?? '')) prepare = false;
-          throw err;
+  /**
+   * A transaction's executor. The transaction begins with its first statement: `BEGIN`
+   * goes out in the same message batch as that statement (one round trip instead of
+   * two) when the statement runs in the extended protocol (it has parameters, or is
+   * prepared and already parsed on this connection); the batch's single Sync means the
+   * statement is skipped if `BEGIN` fails, so it never runs outside the transaction.
+   * Otherwise `BEGIN` is sent on its own first. Statements marked `prepare` run as named
+   * prepared statements when `preparing` (see {@link TransactionOptions.prepare}); a
+   * pooler error aborts the transaction, so it is not retried here: the driver stops
+   * preparing, and the caller's retry of the transaction runs unprepared.
+   */
+  const transactionExecutor = (client: pg.PoolClient, preparing: boolean) => {
+    // Settles when the transaction has begun (or failed to): statements issued while the
+    // first one is in flight wait for it, so none can run outside the transaction.
+    let begun: Promise<void> | undefined;
+    const run = async <R>(text: string, values: readonly unknown[] | undefined, opts: QueryOptions | undefined, first: boolean): Promise<QueryResult<R>> => {
+      const name = preparing && prepare && opts?.prepare ? nameOf(text) : undefined;
+      const parsed = name === undefined || (client as unknown as PgConnectionHolder).connection.parsedStatements?.[name] !== undefined;
+      const carry = first && parsed && ((values !== undefined && values.length > 0) || name !== undefined);
+      const config = { text, values: values as unknown[], ...(name === undefined ? {} : { name }) };
+      let query: pg.Query | (pg.QueryConfig & { name?: string });
+      if (carry) query = new (beginThenQuery())(config);
+      else {
+        if (first) {
+          try {
+            await client.query('BEGIN');
+          } catch (err) {
+            beginFailed = true;
+            throw err;
+          }
         }
+        query = config;
+      }
+      try {
+        const res = carry
+          ? await new Promise<pg.QueryResult | pg.QueryResult[]>((resolve, reject) => {
+              // A query object gets no promise from pg: its callback settles this one.
+              (query as unknown as { callback: (err: Error | null, res: pg.QueryResult) => void }).callback = (err, r) => (err ? reject(err) : resolve(r));
+              client.query(query as pg.Query);
+            })
+          : await client.query(query as pg.QueryConfig);
+        return lastResult<R>(res);
+      } catch (err) {
+        if (name !== undefined && POOLER_PREPARE_ERRORS.has((err as { code?: string }).code ?? '')) prepare = false;
+        throw err;
+      } finally {
+        if (carry && !(query as BeginThen).began) beginFailed = true;
+      }
+    };
+    let beginFailed = false;
+    const executor: Executor = {
+      query<R>(text: string, values?: readonly unknown[], opts?: QueryOptions): Promise<QueryResult<R>> {
+        if (begun === undefined) {
+          const running = run<R>(text, values, opts, true);
+          begun = running.then(() => {}, () => {});
+          return running;
+        }
+        return begun.then(() => {
+          if (beginFailed) throw notBegun();
+          return run<R>(text, values, opts, false);
+        });
       },
+    };
+    return {
+      executor,
+      /** Whether a statement was sent (so the transaction must be committed or rolled back). */
+      started: () => begun !== undefined,
+      /** Whether BEGIN failed (the transaction never began). */
+      failed: () => beginFailed,
+      settled: () => begun ?? Promise.resolve(),
     };
   };
 
@@ -203,14 +259,17 @@ export function pgDriver(options: PgDriverOptions): Driver {
         onPoolError(err);
       };
       client.on('error', onError);
+      const tx = transactionExecutor(client, txOptions?.prepare ?? false);
       try {
-        await client.query('BEGIN');
-        const result = await fn(txOptions?.prepare ? preparingExecutor(client) : pgClientExecutor(client));
-        await client.query('COMMIT');
+        const result = await fn(tx.executor);
+        await tx.settled();
+        if (tx.failed()) throw notBegun();
+        if (tx.started()) await client.query('COMMIT');
         return result;
       } catch (err) {
         try {
-          await client.query('ROLLBACK');
+          await tx.settled();
+          if (tx.started()) await client.query('ROLLBACK');
         } catch (rollbackErr) {
           broken = rollbackErr as Error;
         }
@@ -277,6 +336,60 @@ export function pgDriver(options: PgDriverOptions): Driver {
       });
     },
   };
+}
+
+/** A statement of a transaction whose BEGIN failed (reported with its first statement). */
+const notBegun = () => new HeraldError('CONNECTION', 'the transaction did not begin: its BEGIN failed (reported with its first statement)');
+
+interface PgConnectionHolder {
+  connection: { parsedStatements?: Record<string, string> };
+}
+
+/** A `pg` query sent right behind a `BEGIN`, in the same batch (one Sync). */
+interface BeginThen extends pg.Query {
+  /** Set once the server reported `BEGIN` complete. */
+  began: boolean;
+}
+
+let beginThenClass: (new (config: pg.QueryConfig) => BeginThen) | undefined;
+
+/**
+ * The class of {@link BeginThen} queries, made on first use (pg is an optional peer): a
+ * `pg` Query in the extended protocol whose message batch starts with Bind and Execute
+ * of an unnamed `BEGIN` (parsed in the same batch). Its result then holds two results,
+ * `BEGIN`'s first. If `BEGIN` fails, Postgres skips the rest of the batch.
+ */
+function beginThenQuery(): new (config: pg.QueryConfig) => BeginThen {
+  if (beginThenClass) return beginThenClass;
+  const Query = (pgLib() as unknown as { Query: new (config: unknown) => pg.Query }).Query;
+  type Conn = { parse(q: { text: string }): void; bind(c: { statement: string; values: unknown[] }): void; execute(c: { portal: string }): void };
+  class BeginThenQuery extends (Query as unknown as new (config: unknown) => {
+    prepare(connection: Conn): void;
+    handleCommandComplete(msg: unknown, connection: Conn): void;
+  }) {
+    began = false;
+    constructor(config: pg.QueryConfig) {
+      super({ ...config, queryMode: 'extended' });
+    }
+    override prepare(connection: Conn): void {
+      connection.parse({ text: 'BEGIN' });
+      connection.bind({ statement: '', values: [] });
+      connection.execute({ portal: '' });
+      super.prepare(connection);
+    }
+    override handleCommandComplete(msg: unknown, connection: Conn): void {
+      this.began = true;
+      super.handleCommandComplete(msg, connection);
+    }
+  }
+  beginThenClass = BeginThenQuery as unknown as new (config: pg.QueryConfig) => BeginThen;
+  return beginThenClass;
+}
+
+/** The rows of a `pg` result; of the last one when there are several (a multi-statement query, or BEGIN ahead). */
+function lastResult<R>(res: pg.QueryResult | pg.QueryResult[]): QueryResult<R> {
+  const r = Array.isArray(res) ? (res[res.length - 1] ?? ({ rows: [], rowCount: 0 } as unknown as pg.QueryResult)) : res;
+  return { rows: (r.rows ?? []) as R[], rowCount: r.rowCount ?? 0 };
 }
 
 /** Destroys a `pg` client's socket at once (no goodbye: a black-holed peer never answers one). */
