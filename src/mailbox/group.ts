@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { failedBeforeCommit } from '../internal/group-commit.js';
 import type { MessageInsert } from './queries.js';
 
 /** `lock_timeout` of a statement that carries several callers' sends (ms). */
@@ -184,15 +185,4 @@ export class SendGroup {
     }
     for (const r of group) r.resolve(r.rows.map((row) => created.delete(row.id)));
   }
-}
-
-/**
- * True when the server rejected the statement with an error of its own (it carries a
- * SQLSTATE) that is not a lost connection (`08*`) or a shutdown/termination (`57P*`):
- * such a statement ended before its commit, so nothing of it is in the database.
- */
-export function failedBeforeCommit(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code)) return false;
-  return !code.startsWith('08') && !code.startsWith('57P');
 }

@@ -16,7 +16,7 @@ import {
   outboxRedrive,
   outboxStats,
 } from './queries.js';
-import { ADD_GROUP_LOCK_TIMEOUT_MS, AddGroup } from './group.js';
+import { GroupCommit } from '../internal/group-commit.js';
 import { Relay, toOutboxEvent, type RelayOptions } from './relay.js';
 import type { OutboxEvent } from './sinks.js';
 
@@ -72,6 +72,11 @@ export interface OutboxEventInfo extends OutboxEvent {
 
 const LOCK_NAMESPACE = 'pgherald.outbox:';
 
+/** `lock_timeout` of a grouped add statement, which takes key locks (ms). */
+export const ADD_GROUP_LOCK_TIMEOUT_MS = 50;
+/** Most events in one grouped add statement (a single larger request still goes, alone). */
+export const ADD_GROUP_MAX_EVENTS = 1000;
+
 /**
  * The transactional outbox: `add` writes events in the caller's transaction; relays
  * (`relay()`) publish them to a sink. Reach it as `herald.outbox`.
@@ -92,7 +97,7 @@ export class Outbox {
   readonly #lockPrefix: string;
   readonly #relays = new Set<Relay>();
   readonly #active: () => void;
-  readonly #group: AddGroup<CheckedEvent>;
+  readonly #group: GroupCommit<CheckedEvent>;
 
   /** @internal Use `herald.outbox`. `active` is called on every add and relay: it starts the maintenance service. */
   constructor(driver: Driver, notifier: Notifier, schema: string, active: () => void = () => {}) {
@@ -102,9 +107,10 @@ export class Outbox {
     this.#s = schemaIdent(schema);
     this.channel = `${schema}.outbox`;
     this.#lockPrefix = `${LOCK_NAMESPACE}${schema}:`;
-    this.#group = new AddGroup<CheckedEvent>(
+    this.#group = new GroupCommit<CheckedEvent>(
       (events) => this.#insert(events, ADD_GROUP_LOCK_TIMEOUT_MS),
       (events) => this.#insert(events, null),
+      ADD_GROUP_MAX_EVENTS,
     );
   }
 

@@ -5,6 +5,7 @@ import { quoteIdent, schemaIdent } from '../internal/ident.js';
 import { assertBigintId, jsonHasNul } from '../internal/validate.js';
 import { withSpan } from '../internal/tracing.js';
 import { Slots } from '../internal/slots.js';
+import { GroupCommit } from '../internal/group-commit.js';
 import type { Notifier } from '../notifier/notifier.js';
 import { TopicConsumer } from './consumer.js';
 import * as q from './queries.js';
@@ -50,7 +51,20 @@ interface TopicState {
   /** The sequencer run of this process in progress, and the one queued behind it (see #sequence). */
   seqRunning?: Promise<Map<string, string>>;
   seqQueued?: Promise<Map<string, string>>;
+  /** Publishes without tx, one statement in flight (see #publishGroup). */
+  group?: GroupCommit<{ key: string | null; payload: string }>;
+  /** When this process's last sequencer run began (performance.now()), and how many messages it moved. */
+  lastRunAt: number;
+  lastRunMoved: number;
+  /** A background run waiting for the burst gap (see #sequenceSoon). */
+  burstTimer?: NodeJS.Timeout;
 }
+
+/** A sequencer run that moved at least this many messages means a burst (see #sequenceSoon). */
+const BURST_RUN_MESSAGES = 16;
+
+/** Most messages in one grouped publish statement (a single larger publishMany still goes, alone). */
+const PUBLISH_GROUP_MAX_MESSAGES = 1000;
 
 /** Options of {@link Topics.maintain}. */
 export interface MaintainOptions {
@@ -107,6 +121,7 @@ export class Topics {
   readonly #maintenanceIntervalMs: number;
   readonly #autoCreate: boolean;
   readonly #sequencerBatchSize: number;
+  readonly #sequencerBurstGapMs: number;
   readonly #topics = new Map<string, Promise<TopicState>>();
   readonly #consumers = new Set<TopicConsumer>();
   /** Sequencer runs started in the background by publishes (awaited by `stop()`). */
@@ -142,6 +157,9 @@ export class Topics {
     if (typeof autoCreate !== 'boolean') throw new InvalidOptionError('topics.autoCreate', autoCreate, 'true or false');
     this.#autoCreate = autoCreate;
     this.#sequencerBatchSize = positiveInt('topics.sequencerBatchSize', options.sequencerBatchSize ?? TOPICS_DEFAULTS.sequencerBatchSize, 1_000_000);
+    const gap = options.sequencerBurstGapMs ?? TOPICS_DEFAULTS.sequencerBurstGapMs;
+    if (typeof gap !== 'number' || !Number.isFinite(gap) || gap < 0 || gap > 60_000) throw new InvalidOptionError('topics.sequencerBurstGapMs', gap, 'a number from 0 to 60000');
+    this.#sequencerBurstGapMs = gap;
     this.#batchSlots = new Slots(Math.max(1, (driver.maxConnections ?? 10) - 1));
   }
 
@@ -229,11 +247,13 @@ export class Topics {
       // publishes commit one at a time; this process's sequencer run, right after, moves
       // the message and wakes the consumers (one NOTIFY per run, for every publish it moved).
       if (!wait) {
-        const quiet = await q.pendingAppendQuiet(ex, this.#s, state.row, keys, payloads);
+        // Grouped with the other publishes of this process that wait for a statement: one
+        // commit (and one WAL flush) for all of them (see GroupCommit).
+        const ids = await this.#publishGroup(state).submit(keys.map((key, i) => ({ key, payload: payloads[i] })));
         // Committed: number it in the background (shared with every publish meanwhile),
         // so delivery does not wait for a consumer's turn and the caller pays one commit.
         this.#sequenceSoon(state);
-        return quiet.map((r) => ({ id: r.publish_id, position: null }));
+        return ids.map((id) => ({ id, position: null }));
       }
       const rows = await append(false);
       const moved = await this.#sequence(state);
@@ -567,12 +587,38 @@ export class Topics {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     await Promise.all([...this.#consumers].map((c) => c.stop()));
+    // A background run waiting for the burst gap runs now (its messages would otherwise
+    // wait for a consumer's poll).
+    for (const p of this.#topics.values()) {
+      const st = await p.catch(() => undefined);
+      if (st?.burstTimer) {
+        clearTimeout(st.burstTimer);
+        st.burstTimer = undefined;
+        st.lastRunMoved = 0;
+        this.#sequenceSoon(st);
+      }
+    }
     await Promise.all([...this.#background]);
     await this.#maintaining;
     if (this.#watching) {
       this.#watching = false;
       this.#notifier.off('notifier:reconnected', this.#resetFloors);
     }
+  }
+
+  /** @internal Test seam: resolves once no background sequencer run of this process is in flight. */
+  async backgroundIdle(): Promise<void> {
+    while (this.#background.size > 0) await Promise.all([...this.#background]);
+  }
+
+  /** The group commit of the topic's publishes without tx (made on first use). */
+  #publishGroup(st: TopicState): GroupCommit<{ key: string | null; payload: string }> {
+    if (!st.group) {
+      const append = async (items: readonly { key: string | null; payload: string }[]) =>
+        (await q.pendingAppendQuiet(this.#driver.executor, this.#s, st.row, items.map((m) => m.key), items.map((m) => m.payload))).map((r) => r.publish_id);
+      st.group = new GroupCommit(append, append, PUBLISH_GROUP_MAX_MESSAGES);
+    }
+    return st.group;
   }
 
   /** The topic's state, created with `topicDefaults` when missing and `create` (default: the `autoCreate` option), else NOT_FOUND. */
@@ -587,7 +633,7 @@ export class Topics {
         let row = await q.topicGet(this.#driver.executor, this.#s, topic);
         if (!row && !create) throw new HeraldError('NOT_FOUND', `no topic ${JSON.stringify(topic)}: create it first (herald.topics.create), or enable autoCreate`);
         if (!row) row = await this.#driver.transaction((tx) => q.topicCreate(tx, this.#s, topic, this.#defaults));
-        return { row, upper: 0n, lastId: 0n, checkedAt: 0, floor: '0', floorCheckedAt: 0, movedMax: 0n };
+        return { row, upper: 0n, lastId: 0n, checkedAt: 0, floor: '0', floorCheckedAt: 0, movedMax: 0n, lastRunAt: 0, lastRunMoved: 0 };
       })();
       p.catch(() => this.#topics.delete(topic));
       this.#topics.set(topic, p);
@@ -619,7 +665,20 @@ export class Topics {
    * A failed run is left to the next one (consumers sequence at every turn and poll).
    */
   #sequenceSoon(st: TopicState): void {
-    if (st.seqQueued) return;
+    if (st.seqQueued || st.burstTimer) return;
+    // In a burst (the last run moved at least BURST_RUN_MESSAGES), runs start at least
+    // sequencerBurstGapMs apart: fewer, larger runs (each a commit with its WAL flush and
+    // NOTIFY), at the price of up to that much delivery latency while the burst lasts.
+    if (st.lastRunMoved >= BURST_RUN_MESSAGES) {
+      const wait = st.lastRunAt + this.#sequencerBurstGapMs - performance.now();
+      if (wait > 0) {
+        st.burstTimer = setTimeout(() => {
+          st.burstTimer = undefined;
+          this.#sequenceSoon(st);
+        }, wait);
+        return;
+      }
+    }
     const run = this.#sequence(st).then(
       () => {},
       () => {},
@@ -653,6 +712,7 @@ export class Topics {
 
   async #sequenceNow(st: TopicState): Promise<Map<string, string>> {
     const moved = new Map<string, string>();
+    st.lastRunAt = performance.now();
     // A run moves at most one segment's worth, so the segments made ahead cover it.
     const limit = Math.min(this.#sequencerBatchSize, Number(st.row.segment_size));
     for (;;) {
@@ -687,6 +747,7 @@ export class Topics {
         // every process, this one too, but later; none is sent while wake-ups are paused).
         for (const c of this.#consumers) if (c.topic === st.row.name) c.nudge();
       }
+      st.lastRunMoved = moved.size;
       if (rows.length < limit) return moved;
     }
   }

@@ -74,6 +74,16 @@ export interface TopicsOptions {
    * @defaultValue 10000
    */
   sequencerBatchSize?: number;
+  /**
+   * After a publish without `tx`, this process runs the sequencer in the background
+   * (it numbers the message and wakes the consumers). While publishes come in a burst (the
+   * last run moved at least 16 messages), these runs start at least this many ms apart,
+   * so each moves more: fewer commits, each with its WAL flush and wake-up, for up to this
+   * much more delivery latency during the burst. Runs that move fewer (a steady rate that
+   * one run at a time keeps up with) are not delayed. `0`: every run starts as soon as
+   * the previous one ended. @defaultValue 3
+   */
+  sequencerBurstGapMs?: number;
 }
 
 /** Where a new group starts: `earliest` retained message, `latest` (only what comes next), or a point in time. */
@@ -151,6 +161,7 @@ export const TOPICS_DEFAULTS = {
   maintenanceIntervalMs: 60_000,
   autoCreate: true,
   sequencerBatchSize: 10_000,
+  sequencerBurstGapMs: 3,
 };
 
 /** What the `behind` event and {@link TopicRetentionError} carry. */
