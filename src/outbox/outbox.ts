@@ -17,6 +17,7 @@ import {
   outboxStats,
 } from './queries.js';
 import { GroupCommit } from '../internal/group-commit.js';
+import { HorizonWatch } from '../internal/horizon.js';
 import { Relay, toOutboxEvent, type RelayOptions } from './relay.js';
 import type { OutboxEvent } from './sinks.js';
 
@@ -98,6 +99,8 @@ export class Outbox {
   readonly #relays = new Set<Relay>();
   readonly #active: () => void;
   readonly #group: GroupCommit<CheckedEvent>;
+  /** Whether a transaction is held open in the cluster: shared by this outbox's relays (their key floors). */
+  readonly #horizon: HorizonWatch;
 
   /** @internal Use `herald.outbox`. `active` is called on every add and relay: it starts the maintenance service. */
   constructor(driver: Driver, notifier: Notifier, schema: string, active: () => void = () => {}) {
@@ -107,6 +110,7 @@ export class Outbox {
     this.#s = schemaIdent(schema);
     this.channel = `${schema}.outbox`;
     this.#lockPrefix = `${LOCK_NAMESPACE}${schema}:`;
+    this.#horizon = new HorizonWatch(driver.executor);
     this.#group = new GroupCommit<CheckedEvent>(
       (events) => this.#insert(events, ADD_GROUP_LOCK_TIMEOUT_MS),
       (events) => this.#insert(events, null),
@@ -182,7 +186,7 @@ export class Outbox {
    * as you like. `stop()` it, or `herald.close()` stops every relay of this outbox.
    */
   relay(options: RelayOptions): Relay {
-    const relay = new Relay(this.#driver, this.#notifier, this.#s, this.channel, options);
+    const relay = new Relay(this.#driver, this.#notifier, this.#s, this.channel, options, this.#horizon);
     this.#active();
     this.#relays.add(relay);
     relay.once('relay:stopped', () => this.#relays.delete(relay));

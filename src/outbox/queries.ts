@@ -128,22 +128,41 @@ export async function outboxClaim(
   leaseMs: number,
   batchSize: number,
   cursor: string | null,
-): Promise<{ runs: OutboxEventRow[][]; cursor: string | null; suspects: boolean }> {
-  const { rows } = await ex.query<OutboxEventRow & { run: number | null; next_cursor: string | null; suspects: boolean }>(
-    `SELECT seq, id, type, key, payload, headers, attempts, created_at, run, next_cursor, suspects
-       FROM ${s}.outbox_claim($1::uuid, $2::float8, $3::int, $4::text)`,
-    [token, leaseMs, batchSize, cursor],
-    PREPARE,
-  );
+  hints: { keys: readonly string[]; floors: readonly string[] } | null = null,
+): Promise<{ runs: OutboxEventRow[][]; cursor: string | null; suspects: boolean; heads: { keys: string[]; seqs: string[] } | null }> {
+  type Row = OutboxEventRow & { run: number | null; next_cursor: string | null; suspects: boolean; head_keys?: string[] | null; head_seqs?: string[] | null };
+  // With hints: migration 030's outbox_claim_hinted, which starts each hinted key's probe
+  // at its floor and returns every head it found (the relay's next floors).
+  const { rows } = hints
+    ? await ex.query<Row>(
+        `SELECT seq, id, type, key, payload, headers, attempts, created_at, run, next_cursor, suspects, head_keys, head_seqs
+           FROM ${s}.outbox_claim_hinted($1::uuid, $2::float8, $3::int, $4::text, $5::text[], $6::bigint[])`,
+        [token, leaseMs, batchSize, cursor, hints.keys, hints.floors],
+        PREPARE,
+      )
+    : await ex.query<Row>(
+        `SELECT seq, id, type, key, payload, headers, attempts, created_at, run, next_cursor, suspects
+           FROM ${s}.outbox_claim($1::uuid, $2::float8, $3::int, $4::text)`,
+        [token, leaseMs, batchSize, cursor],
+        PREPARE,
+      );
   const runs: OutboxEventRow[][] = [];
   let last: number | null = null;
-  for (const { run, next_cursor: _c, suspects: _s, ...row } of rows) {
+  for (const { run, next_cursor: _c, suspects: _s, head_keys: _k, head_seqs: _q, ...row } of rows) {
     if (run === null) continue;
     if (run !== last) runs.push([]), (last = run);
     runs[runs.length - 1].push(row);
   }
-  return { runs, cursor: rows[0]?.next_cursor ?? null, suspects: rows[0]?.suspects ?? true };
+  return {
+    runs,
+    cursor: rows[0]?.next_cursor ?? null,
+    suspects: rows[0]?.suspects ?? true,
+    heads: hints ? { keys: rows[0]?.head_keys ?? [], seqs: rows[0]?.head_seqs ?? [] } : null,
+  };
 }
+
+/** The payload of the wake-up a redrive sends: relays drop their key floors (see `KeyFloors`). */
+export const REDRIVE_PAYLOAD = 'redrive';
 
 /** Text kept as `last_error` of an event whose last lease ended with no outcome recorded. */
 export const ABANDONED_EVENT_ERROR = 'no outcome recorded: the relay died, lost its connection or stalled past its lease';
@@ -411,7 +430,8 @@ export async function outboxListDead(ex: Executor, s: string, limit: number): Pr
 
 /**
  * Returns dead events to the pending state with fresh attempts, due now, and wakes the
- * relays (the insert trigger does not fire on UPDATE). `ids` null = every dead event.
+ * relays (the insert trigger does not fire on UPDATE) with {@link REDRIVE_PAYLOAD}: the
+ * events are pending again below their keys' floors. `ids` null = every dead event.
  */
 export async function outboxRedrive(ex: Executor, s: string, channel: string | null, ids: string[] | null): Promise<number> {
   const { rows } = await ex.query<{ n: number }>(
@@ -420,7 +440,7 @@ export async function outboxRedrive(ex: Executor, s: string, channel: string | n
           SET dead_at = NULL, attempts = 0, next_attempt_at = now(), lease = NULL
         WHERE dead_at IS NOT NULL AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
        RETURNING 1)
-     SELECT count(*)::int AS n, ${wakeSql('$2', "''")} FROM redriven`,
+     SELECT count(*)::int AS n, ${wakeSql('$2', `'${REDRIVE_PAYLOAD}'`)} FROM redriven`,
     [ids, channel],
   );
   return rows[0]?.n ?? 0;

@@ -17,8 +17,11 @@ import {
   outboxLease,
   outboxSettle,
   outboxSettleHeld,
+  REDRIVE_PAYLOAD,
   type OutboxEventRow,
 } from './queries.js';
+import { KeyFloors } from './floors.js';
+import { HORIZON_LOOK_MS, HorizonWatch } from '../internal/horizon.js';
 import { callbackSink, type OutboxEvent, type OutboxSink } from './sinks.js';
 
 /** Options of a relay (`outbox.relay(options)`). */
@@ -52,6 +55,17 @@ export interface RelayOptions {
   leaseMs?: number;
   /** Close the sink on `stop()` (when it has `close`). @defaultValue true */
   closeSink?: boolean;
+  /**
+   * When claims start each key the relay has seen at its floor (the lowest pending seq
+   * it last saw for the key) instead of at the key's oldest entry of the pending index.
+   * While a transaction is held open anywhere in the cluster, the entries of events
+   * published since it began stay in that index, and a claim that starts a key at its
+   * oldest entry walks them all: claims slow down the longer the transaction lasts. With
+   * floors they read about what they claim, at some cost per claim otherwise.
+   * `'auto'`: only while a transaction has been open for a second or more (the relay
+   * looks at `pg_locks` at most once a second); `'always'`; `'never'`. @defaultValue 'auto'
+   */
+  keyFloors?: 'auto' | 'always' | 'never';
 }
 
 /** Defaults of {@link RelayOptions}. */
@@ -66,6 +80,7 @@ export const RELAY_DEFAULTS = {
   publishTimeoutMs: 30_000,
   leaseMs: 60_000,
   closeSink: true,
+  keyFloors: 'auto',
 } as const;
 
 type ResolvedRelayOptions = Required<Omit<RelayOptions, 'sink'>>;
@@ -82,6 +97,7 @@ function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions {
     retryMaxDelayMs: nonNegativeNumber,
     retryJitter: numberBetween(0, 1),
     closeSink: boolean,
+    keyFloors: (v) => (v === 'auto' || v === 'always' || v === 'never' ? undefined : "'auto', 'always' or 'never'"),
   });
 }
 
@@ -114,6 +130,8 @@ export interface RelayStats {
   batches: number;
   /** Outcomes refused by the lease fence (see `relay:fenced`). */
   fenced: number;
+  /** Whether the last claim started keys at their floors (see {@link RelayOptions.keyFloors}). */
+  keyFloors: boolean;
 }
 
 /** Turns a claimed row into the event sinks receive. */
@@ -153,13 +171,20 @@ export class Relay extends TypedEmitter<RelayEvents> {
   #nextRetryAt = Infinity;
   /** The key the last claim stopped at: the next claim's key scan starts after it. */
   #cursor: string | null = null;
+  /** Where the claim's key scan starts each key it saw, while key floors are on (see `KeyFloors`). */
+  readonly #floors = new KeyFloors();
+  readonly #horizon: HorizonWatch;
   /** Whether the next claim looks for abandoned events first (see runOnce). */
   #suspects = true;
   readonly #retry: RetryPolicy;
-  readonly #stats = { published: 0, failed: 0, dead: 0, batches: 0, fenced: 0 };
+  readonly #stats = { published: 0, failed: 0, dead: 0, batches: 0, fenced: 0, keyFloors: false };
 
   /** @internal Use `herald.outbox.relay(options)`. */
-  constructor(driver: Driver, notifier: Notifier, quotedSchema: string, channel: string, options: RelayOptions) {
+  /**
+   * @param horizon tells whether a transaction is held open in the cluster (shared by the
+   * relays of one outbox; by default one of this relay's own)
+   */
+  constructor(driver: Driver, notifier: Notifier, quotedSchema: string, channel: string, options: RelayOptions, horizon?: HorizonWatch) {
     super();
     if (!options || (typeof options.sink !== 'function' && typeof (options.sink as OutboxSink)?.publish !== 'function')) {
       throw new InvalidOptionError('sink', options?.sink, 'a function or an object with publish(event)');
@@ -171,6 +196,7 @@ export class Relay extends TypedEmitter<RelayEvents> {
     this.#notifier = notifier;
     this.#schema = quotedSchema;
     this.#channel = channel;
+    this.#horizon = horizon ?? new HorizonWatch(driver.executor, HORIZON_LOOK_MS);
   }
 
   /** True between `start()` and `stop()`. */
@@ -193,7 +219,22 @@ export class Relay extends TypedEmitter<RelayEvents> {
       reconnects: this.#notifier,
     });
     this.#loop = loop;
-    this.#sub = this.#notifier.listen(this.#channel, () => loop.wake(), { onListen: () => loop.wake() });
+    this.#sub = this.#notifier.listen(
+      this.#channel,
+      (n) => {
+        // A redrive: its events are pending again below their keys' floors.
+        if (n.payload === REDRIVE_PAYLOAD) this.#floors.clear();
+        loop.wake();
+      },
+      {
+        // Listening (again): a redrive may have gone unheard, and after a failover the
+        // new primary's sequence may be behind the floors.
+        onListen: () => {
+          this.#floors.clear();
+          loop.wake();
+        },
+      },
+    );
     loop.start();
     return this;
   }
@@ -261,9 +302,13 @@ export class Relay extends TypedEmitter<RelayEvents> {
     }
     if (!taken) {
       // Otherwise one statement claims the batch as runs and holds it (outboxClaim).
+      const floors = o.keyFloors === 'always' || (o.keyFloors === 'auto' && (await this.#horizon.refresh()));
+      this.#stats.keyFloors = floors;
+      const generation = this.#floors.generation;
       const claim = await withSpan('herald.outbox.claim', { 'herald.batch_size': o.batchSize }, () =>
-        outboxClaim(this.#driver.executor, this.#schema, token, o.leaseMs, o.batchSize, this.#cursor),
+        outboxClaim(this.#driver.executor, this.#schema, token, o.leaseMs, o.batchSize, this.#cursor, floors ? this.#floors.hints() : null),
       );
+      if (claim.heads) this.#floors.learn(claim.heads.keys, claim.heads.seqs, generation);
       this.#cursor = claim.cursor;
       this.#suspects = claim.suspects;
       taken = { held: true, rows: claim.runs, dead: new Set<string>(), claimed: claim.runs.reduce((n, run) => n + run.length, 0) };
