@@ -435,12 +435,8 @@ function connectError(err: Error, where: string, ms: number): Error {
 export function pgClientExecutor(client: { query: pg.Pool['query'] } | pg.ClientBase): Executor {
   return {
     async query<R>(text: string, values?: readonly unknown[]): Promise<QueryResult<R>> {
-      let res = (await (client as pg.ClientBase).query(text, values as unknown[])) as unknown as
-        | pg.QueryResult
-        | pg.QueryResult[];
-      // A multi-statement simple query returns one result per statement: keep the last.
-      if (Array.isArray(res)) res = res[res.length - 1] ?? { rows: [], rowCount: 0 } as unknown as pg.QueryResult;
-      return { rows: (res.rows ?? []) as R[], rowCount: res.rowCount ?? 0 };
+      // A multi-statement simple query returns one result per statement: the last counts.
+      return lastResult<R>((await (client as pg.ClientBase).query(text, values as unknown[])) as unknown as pg.QueryResult | pg.QueryResult[]);
     },
   };
 }
