@@ -29,7 +29,8 @@
  * Diagnosis (environment): `SOAK_PG_SETTINGS` (JSON) adds server settings (logging,
  * `auto_explain`, a WAL setting to compare); `SOAK_WAITS=1` samples what the database's
  * active backends wait on every 10 ms and prints the shares; `SOAK_POOL` sets pgherald's
- * pool size.
+ * pool size; `SOAK_HERALD_OPTIONS` (JSON) adds options of `new Herald(...)` (e.g. a
+ * maintenance task's interval), labelled nowhere else: say so with the figures.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -83,7 +84,11 @@ function heraldLib(): SoakLib {
     name: 'pgherald',
     schema: 'herald',
     async setup(url) {
-      h = new Herald({ connectionString: url, ...(process.env.SOAK_POOL ? { poolSize: Number(process.env.SOAK_POOL) } : {}) });
+      h = new Herald({
+        connectionString: url,
+        ...(process.env.SOAK_POOL ? { poolSize: Number(process.env.SOAK_POOL) } : {}),
+        ...(process.env.SOAK_HERALD_OPTIONS ? (JSON.parse(process.env.SOAK_HERALD_OPTIONS) as object) : {}),
+      });
       await h.migrate();
     },
     onRetention(fn) {
