@@ -188,10 +188,10 @@ export function pgDriver(options: PgDriverOptions): Driver {
     const run = async <R>(text: string, values: readonly unknown[] | undefined, opts: QueryOptions | undefined, first: boolean): Promise<QueryResult<R>> => {
       const name = preparing && prepare && opts?.prepare ? nameOf(text) : undefined;
       const parsed = name === undefined || (client as unknown as PgConnectionHolder).connection.parsedStatements?.[name] !== undefined;
-      const carry = first && parsed && ((values !== undefined && values.length > 0) || name !== undefined);
+      const carry = first && parsed && ((values !== undefined && values.length > 0) || name !== undefined) && beginThenQuery() !== undefined;
       const config = { text, values: values as unknown[], ...(name === undefined ? {} : { name }) };
       let query: pg.Query | (pg.QueryConfig & { name?: string });
-      if (carry) query = new (beginThenQuery())(config);
+      if (carry) query = new (beginThenQuery()!)(config);
       else {
         if (first) {
           try {
@@ -351,17 +351,25 @@ interface BeginThen extends pg.Query {
   began: boolean;
 }
 
-let beginThenClass: (new (config: pg.QueryConfig) => BeginThen) | undefined;
+let beginThenClass: (new (config: pg.QueryConfig) => BeginThen) | null | undefined;
 
 /**
  * The class of {@link BeginThen} queries, made on first use (pg is an optional peer): a
  * `pg` Query in the extended protocol whose message batch starts with Bind and Execute
  * of an unnamed `BEGIN` (parsed in the same batch). Its result then holds two results,
- * `BEGIN`'s first. If `BEGIN` fails, Postgres skips the rest of the batch.
+ * `BEGIN`'s first. If `BEGIN` fails, Postgres skips the rest of the batch. It builds on
+ * pg's Query internals (`prepare`, `handleCommandComplete`, the connection's
+ * `parse`/`bind`/`execute`, as in pg 8): undefined when the installed pg lacks them, and
+ * transactions then send `BEGIN` on its own.
  */
-function beginThenQuery(): new (config: pg.QueryConfig) => BeginThen {
-  if (beginThenClass) return beginThenClass;
-  const Query = (pgLib() as unknown as { Query: new (config: unknown) => pg.Query }).Query;
+function beginThenQuery(): (new (config: pg.QueryConfig) => BeginThen) | undefined {
+  if (beginThenClass !== undefined) return beginThenClass ?? undefined;
+  const Query = (pgLib() as unknown as { Query?: new (config: unknown) => pg.Query }).Query;
+  const proto = Query?.prototype as { prepare?: unknown; handleCommandComplete?: unknown } | undefined;
+  if (!Query || typeof proto?.prepare !== 'function' || typeof proto?.handleCommandComplete !== 'function') {
+    beginThenClass = null;
+    return undefined;
+  }
   type Conn = { parse(q: { text: string }): void; bind(c: { statement: string; values: unknown[] }): void; execute(c: { portal: string }): void };
   class BeginThenQuery extends (Query as unknown as new (config: unknown) => {
     prepare(connection: Conn): void;
