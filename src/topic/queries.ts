@@ -137,6 +137,25 @@ export async function topicSequenceLast(ex: Executor, s: string, topicId: number
 }
 
 /**
+ * The messages of a publish as rows (pid: a publish id drawn in array order; k: key; p:
+ * payload as jsonb), from $4 (the keys, a JSON array of strings and nulls) and $5 (the
+ * payloads, one JSON array): {@link publishArrays}; typed text (postgres.js would
+ * serialise a string bound to a json parameter as a JSON string). Two JSON texts instead of two text
+ * arrays: no array escaping of every payload's quotes in Node, no array literal to
+ * unescape and no text-to-jsonb cast per row on the server (a publish of 500 about 13%
+ * less time, statement alone).
+ */
+const PUBLISH_SOURCE = `SELECT nextval($2::regclass) AS pid, k.k, p.p
+    FROM jsonb_array_elements($5::text::jsonb) WITH ORDINALITY AS p(p, ord)
+    JOIN json_array_elements_text($4::text::json) WITH ORDINALITY AS k(k, ord) USING (ord)
+   ORDER BY ord`;
+
+/** The keys and payloads of a publish as the two JSON texts {@link PUBLISH_SOURCE} reads (payloads: JSON texts already). */
+function publishArrays(keys: readonly (string | null)[], payloads: readonly string[]): [string, string] {
+  return [JSON.stringify(keys), '[' + payloads.join(',') + ']'];
+}
+
+/**
  * Publishes: inserts into `topic_pending` (publish ids from the topic's `topic_pub_<id>`
  * in array order) and sends one coalesced wake-up (channel `channel`, payload the topic
  * name; none when `channel` is null: wake-ups paused) in the same statement. `kpart` is
@@ -153,22 +172,19 @@ export async function pendingAppend(
   channel: string | null,
 ): Promise<{ publish_id: string; floor: string }[]> {
   const { rows } = await ex.query<{ publish_id: string; floor: string }>(
-    `WITH src AS (
-       SELECT nextval($2::regclass) AS pid, u.k, u.p
-         FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS u(k, p, ord)
-     ), ins AS (
+    `WITH src AS (${PUBLISH_SOURCE}), ins AS (
        INSERT INTO ${s}.topic_pending (topic_id, publish_id, kpart, key, payload)
        SELECT $1, src.pid,
               CASE WHEN src.k IS NULL THEN (src.pid % $3)::int
                    ELSE (((hashtextextended(src.k, 0) % $3) + $3) % $3)::int END,
-              src.k, src.p::jsonb
+              src.k, src.p
          FROM src
        RETURNING publish_id
      ), wake AS (SELECT ${wakeSql('$6', '$7')}),
      -- A sequence never used yet says last_value 1 with is_called false: nothing handed out.
      floor AS (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS v FROM ${s}.${quoteIdent(topicSequenceName(topic.id))})
      SELECT ins.publish_id::text AS publish_id, floor.v::text AS floor FROM ins, wake, floor ORDER BY ins.publish_id`,
-    [topic.id, `${s}.${quoteIdent(topicPublishSequenceName(topic.id))}`, topic.partitions, keys, payloads, channel, topic.name],
+    [topic.id, `${s}.${quoteIdent(topicPublishSequenceName(topic.id))}`, topic.partitions, ...publishArrays(keys, payloads), channel, topic.name],
   );
   return rows;
 }
@@ -183,10 +199,10 @@ export async function pendingAppendQuiet(ex: Executor, s: string, topic: TopicRo
      SELECT $1, src.pid,
             CASE WHEN src.k IS NULL THEN (src.pid % $3)::int
                  ELSE (((hashtextextended(src.k, 0) % $3) + $3) % $3)::int END,
-            src.k, src.p::jsonb
-       FROM (SELECT nextval($2::regclass) AS pid, u.k, u.p FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS u(k, p, ord) ORDER BY u.ord) src
+            src.k, src.p
+       FROM (${PUBLISH_SOURCE}) src
      RETURNING publish_id::text AS publish_id`,
-    [topic.id, `${s}.${quoteIdent(topicPublishSequenceName(topic.id))}`, topic.partitions, keys, payloads],
+    [topic.id, `${s}.${quoteIdent(topicPublishSequenceName(topic.id))}`, topic.partitions, ...publishArrays(keys, payloads)],
     { prepare: true },
   );
   return rows.sort((a, b) => (BigInt(a.publish_id) < BigInt(b.publish_id) ? -1 : 1));
