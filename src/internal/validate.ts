@@ -15,6 +15,11 @@ export const BIGINT_MAX = 9223372036854775807n;
  */
 export const MAX_DURATION_MS = 10 * 365 * 24 * 3600 * 1000;
 
+/** True when `s` holds a lone UTF-16 surrogate: a string that has no UTF-8 encoding (Postgres refuses it). */
+export function hasLoneSurrogate(s: string): boolean {
+  return /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(s);
+}
+
 /** Whether a JSON text holds a NUL character (`\u0000` escape not itself escaped): Postgres jsonb and text refuse it. */
 export function jsonHasNul(text: string): boolean {
   // Fast path: almost no payload holds the escape at all.

@@ -242,6 +242,9 @@ test('stop leaves no listener; start/stop are idempotent', async () => {
 test('bad input fails before any SQL with typed errors', async () => {
   await assert.rejects(herald.topics.publish('', 1), { code: 'INVALID_ARGUMENT' });
   await assert.rejects(herald.topics.publish('t', undefined), { code: 'INVALID_PAYLOAD' });
+  for (const key of ['a\0b', 'x\uD800', '\uDC00y', 'k'.repeat(1001)]) {
+    await assert.rejects(herald.topics.publish('t', 1, { key }), { code: 'INVALID_ARGUMENT' }, JSON.stringify(key));
+  }
   await assert.rejects(herald.topics.read('no-such-topic'), { code: 'NOT_FOUND' });
   await assert.rejects(herald.topics.resetGroup('orders', 'a', { position: 'nope' }), { code: 'INVALID_ARGUMENT' });
   await assert.rejects(herald.topics.create('bad', { partitions: 0 }), { code: 'INVALID_OPTION' });

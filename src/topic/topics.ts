@@ -2,7 +2,7 @@ import type { Driver, Executor, TxLike } from '../driver/types.js';
 import { toExecutor } from '../driver/index.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { quoteIdent, schemaIdent } from '../internal/ident.js';
-import { assertBigintId, jsonHasNul } from '../internal/validate.js';
+import { assertBigintId, hasLoneSurrogate, jsonHasNul } from '../internal/validate.js';
 import { withSpan } from '../internal/tracing.js';
 import { Slots } from '../internal/slots.js';
 import { GroupCommit } from '../internal/group-commit.js';
@@ -225,8 +225,9 @@ export class Topics {
       if (text === undefined) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload must be a JSON value (not undefined or a function)');
       if (jsonHasNul(text)) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload cannot contain NUL characters');
       const key = m.key ?? null;
-      if (key !== null && (typeof key !== 'string' || key.includes('\0') || Buffer.byteLength(key) > TOPIC_KEY_MAX_BYTES)) {
-        throw new HeraldError('INVALID_ARGUMENT', `key must be null or a string of at most ${TOPIC_KEY_MAX_BYTES} UTF-8 bytes without NUL`);
+      // A lone surrogate (not encodable as UTF-8) is refused too: Postgres would reject it in the statement.
+      if (key !== null && (typeof key !== 'string' || key.includes('\0') || hasLoneSurrogate(key) || Buffer.byteLength(key) > TOPIC_KEY_MAX_BYTES)) {
+        throw new HeraldError('INVALID_ARGUMENT', `key must be null or a string of at most ${TOPIC_KEY_MAX_BYTES} UTF-8 bytes without NUL or lone surrogates`);
       }
       keys.push(key);
       payloads.push(text);
