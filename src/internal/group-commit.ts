@@ -1,3 +1,8 @@
+/** A grouped statement running longer than this no longer holds the next group back (ms). */
+export const STALL_MS = 50;
+/** At most this many such statements at once; beyond, the next group waits. */
+export const MAX_DETACHED = 8;
+
 /** One caller's items, and how to answer it. */
 interface Request<E, R> {
   items: readonly E[];
@@ -41,8 +46,12 @@ export function failedBeforeCommit(err: unknown): boolean {
  *   lock for everyone) runs even a single request again alone, without the timeout.
  *
  * A statement starts after one microtask: calls made in the same synchronous run share
- * it; after that, the next statement starts as soon as the previous one answered. At
- * most `maxItems` items go in one statement (a single larger request still goes, alone).
+ * it; after that, the next statement starts as soon as the previous one answered, or
+ * once it has run {@link STALL_MS} (a statement stuck on a lost
+ * connection or a stalled server must not hold every other write of the process; at
+ * most {@link MAX_DETACHED} such statements at once, it answers its own callers when it
+ * ends). A caller that waits for its call before the next keeps its own order. At most
+ * `maxItems` items go in one statement (a single larger request still goes, alone).
  */
 export class GroupCommit<E, R = string> {
   readonly #grouped: (items: E[]) => Promise<R[]>;
@@ -50,6 +59,8 @@ export class GroupCommit<E, R = string> {
   readonly #maxItems: number;
   #queue: Request<E, R>[] = [];
   #running: Promise<void> | undefined;
+  /** Statements that ran past STALL_MS and no longer hold the next group back. */
+  readonly #detached = new Set<Promise<void>>();
   /** Grouped statements run so far (diagnostics). */
   statements = 0;
 
@@ -74,7 +85,7 @@ export class GroupCommit<E, R = string> {
 
   /** Resolves once nothing is queued or running. */
   async idle(): Promise<void> {
-    while (this.#running) await this.#running;
+    while (this.#running || this.#detached.size > 0) await Promise.all([this.#running, ...this.#detached]);
   }
 
   async #drain(): Promise<void> {
@@ -84,7 +95,20 @@ export class GroupCommit<E, R = string> {
         let take = 0;
         while (take < this.#queue.length && (take === 0 || n + this.#queue[take].items.length <= this.#maxItems)) n += this.#queue[take++].items.length;
         const batch = this.#queue.splice(0, take);
-        await this.#run(batch);
+        const statement = this.#run(batch);
+        // Still running after STALL_MS: it goes on by itself (detached) and the next
+        // group (now, or whenever a call comes) starts, unless MAX_DETACHED already do.
+        let timer: NodeJS.Timeout | undefined;
+        const stalled = await Promise.race([
+          statement.then(() => false),
+          new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), STALL_MS))),
+        ]);
+        clearTimeout(timer);
+        if (!stalled) continue;
+        if (this.#detached.size < MAX_DETACHED) {
+          this.#detached.add(statement);
+          void statement.finally(() => this.#detached.delete(statement));
+        } else await statement;
       }
     } finally {
       this.#running = undefined;

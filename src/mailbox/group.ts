@@ -1,13 +1,9 @@
 import { performance } from 'node:perf_hooks';
-import { failedBeforeCommit } from '../internal/group-commit.js';
+import { failedBeforeCommit, MAX_DETACHED, STALL_MS } from '../internal/group-commit.js';
 import type { MessageInsert } from './queries.js';
 
 /** `lock_timeout` of a statement that carries several callers' sends (ms). */
 export const GROUP_LOCK_TIMEOUT_MS = 50;
-/** A statement running longer than this no longer holds the next group back (ms). */
-export const STALL_MS = 50;
-/** At most this many such statements at once; beyond, the next group waits. */
-const MAX_DETACHED = 8;
 
 /** One caller's rows, and how to answer it. */
 interface Request {

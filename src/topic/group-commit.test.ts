@@ -1,13 +1,17 @@
 /** Publishes without tx share commits (GroupCommit), and each caller keeps its own outcome. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import pg from 'pg';
+import { waitFor, waitForCount } from '../../test/support/wait.js';
 import type { Herald } from '../client.js';
 import { createHerald } from '../index.js';
 import { InvalidOptionError } from '../errors.js';
 import { useHerald } from '../../test/support/herald.js';
 
 let herald: Herald;
-useHerald({ poolSize: 8, topics: { sequencerBurstGapMs: 60_000 } }, async (_db, h) => {
+let url: string;
+useHerald({ poolSize: 8, topics: { sequencerBurstGapMs: 60_000 } }, async (d, h) => {
+  url = d.url;
   herald = h;
   const ex = h.driver.executor;
   // Which transaction inserted each pending row, and a row the server refuses.
@@ -15,6 +19,8 @@ useHerald({ poolSize: 8, topics: { sequencerBurstGapMs: 60_000 } }, async (_db, 
   await ex.query(`CREATE FUNCTION publish_probe() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
       IF NEW.payload ? 'poison' THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'P0001'; END IF;
+      -- A statement the test holds up (a stalled server or connection): it waits for lock 4242.
+      IF NEW.payload ? 'stall' THEN PERFORM pg_advisory_xact_lock(4242); END IF;
       INSERT INTO publish_xacts (publish_id) VALUES (NEW.publish_id);
       RETURN NEW;
     END $$`);
@@ -67,6 +73,29 @@ describe('topic publishes without tx: group commit', () => {
     assert.match(String((failed[0] as { error: unknown }).error), /refused by the test/);
     const got = (await readAll('refused')).map((m) => m.payload.i).sort((a, b) => a - b);
     assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => i).filter((i) => i !== 7));
+  });
+
+  it('a grouped statement that stalls does not hold the other publishes of the process; it answers its own call when it ends', async () => {
+    await herald.topics.create('stalling', { partitions: 2 });
+    const locker = new pg.Client({ connectionString: url });
+    await locker.connect();
+    try {
+      await locker.query('SELECT pg_advisory_lock(4242)');
+      const stalled = herald.topics.publish('stalling', { stall: true });
+      stalled.catch(() => {});
+      await waitFor(async () => (await ex().query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted`)).rowCount === 1, { what: 'the statement to wait for the lock' });
+      let done = 0;
+      const others = Array.from({ length: 20 }, (_, i) => herald.topics.publish('stalling', { i }).then((m) => (done++, m)));
+      await waitForCount(() => done, 20, { what: 'the publishes behind the stalled statement' });
+      await locker.query('SELECT pg_advisory_unlock(4242)');
+      const m = await stalled;
+      const ids = new Set([m.id, ...(await Promise.all(others)).map((o) => o.id)]);
+      assert.equal(ids.size, 21);
+      const got = await readAll('stalling');
+      assert.equal(got.length, 21);
+    } finally {
+      await locker.end();
+    }
   });
 
   it('in a burst, the next background sequencer run waits sequencerBurstGapMs after the last began; stop() runs it at once', async () => {
