@@ -21,10 +21,13 @@ useHerald({ poolSize: 8, topics: { sequencerBurstGapMs: 60_000 } }, async (d, h)
       IF NEW.payload ? 'poison' THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'P0001'; END IF;
       -- A statement the test holds up (a stalled server or connection): it waits for lock 4242.
       IF NEW.payload ? 'stall' THEN PERFORM pg_advisory_xact_lock(4242); END IF;
-      INSERT INTO publish_xacts (publish_id) VALUES (NEW.publish_id);
+      -- The publishing transaction (a message the sequencer moves keeps its xid).
+      INSERT INTO publish_xacts (publish_id, xid) VALUES (NEW.publish_id, NEW.xid);
       RETURN NEW;
     END $$`);
+  // A publish goes straight into the log, or into topic_pending when the topic's sequencer lock is taken.
   await ex.query(`CREATE TRIGGER publish_probe BEFORE INSERT ON herald.topic_pending FOR EACH ROW EXECUTE FUNCTION publish_probe()`);
+  await ex.query(`CREATE TRIGGER publish_probe BEFORE INSERT ON herald.topic_messages FOR EACH ROW EXECUTE FUNCTION publish_probe()`);
 });
 
 const ex = () => herald.driver.executor;
@@ -102,15 +105,31 @@ describe('topic publishes without tx: group commit', () => {
     await herald.topics.create('burst', { partitions: 2 });
     const pending = async () =>
       (await ex().query<{ n: number }>(`SELECT count(*)::int AS n FROM herald.topic_pending p JOIN herald.topics t ON t.id = p.topic_id WHERE t.name = 'burst'`)).rows[0].n;
-    const burst = (from: number) => Promise.all(Array.from({ length: 40 }, (_, i) => herald.topics.publish('burst', { i: from + i })));
-    await burst(0);
-    await herald.topics.backgroundIdle(); // its run moved 40 (>= 16): a burst
-    assert.equal(await pending(), 0);
-    await burst(40);
-    await herald.topics.backgroundIdle(); // nothing in flight: the next run waits for the gap (60 s here)
-    assert.equal(await pending(), 40, 'the second burst waits for the gap');
-    await herald.topics.stop();
-    assert.equal(await pending(), 0, 'stop() ran the waiting run');
+    // Publishes go through topic_pending (and the sequencer) while another session holds
+    // the topic's sequencer lock.
+    const locker = new pg.Client({ connectionString: url });
+    await locker.connect();
+    const id = (await ex().query<{ id: number }>(`SELECT id FROM herald.topics WHERE name = 'burst'`)).rows[0].id;
+    const lock = () => locker.query(`SELECT pg_advisory_lock(hashtextextended($1, 0))`, [`pgherald.topic-seq:${id}`]);
+    const unlock = () => locker.query(`SELECT pg_advisory_unlock(hashtextextended($1, 0))`, [`pgherald.topic-seq:${id}`]);
+    try {
+      const burst = (from: number) => Promise.all(Array.from({ length: 40 }, (_, i) => herald.topics.publish('burst', { i: from + i })));
+      await lock();
+      await burst(0);
+      assert.equal(await pending(), 40, 'publishes do not wait for the lock');
+      await unlock();
+      await herald.topics.backgroundIdle(); // its run moved 40 (>= 16): a burst
+      assert.equal(await pending(), 0);
+      await lock();
+      await burst(40);
+      await unlock();
+      await herald.topics.backgroundIdle(); // nothing in flight: the next run waits for the gap (60 s here)
+      assert.equal(await pending(), 40, 'the second burst waits for the gap');
+      await herald.topics.stop();
+      assert.equal(await pending(), 0, 'stop() ran the waiting run');
+    } finally {
+      await locker.end();
+    }
     const got = (await readAll('burst')).map((m) => m.payload.i).sort((a, b) => a - b);
     assert.deepEqual(got, Array.from({ length: 80 }, (_, i) => i));
   });

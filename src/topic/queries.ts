@@ -209,6 +209,48 @@ export async function pendingAppendQuiet(ex: Executor, s: string, topic: TopicRo
 }
 
 /**
+ * A publish without tx, straight into the log when it can (migration 031's
+ * `topic_publish`): under the topic's sequencer lock, if free, it first moves what is
+ * pending (up to `limit`), then appends these messages with the next positions; else
+ * (lock held elsewhere, or more pending than `limit`) it inserts into `topic_pending`
+ * like {@link pendingAppendQuiet}. Rows in array order: publish id, and position
+ * (null: pending). One statement, its own transaction; prepared once per connection.
+ */
+export async function publishDirect(
+  ex: Executor,
+  s: string,
+  topic: TopicRow,
+  keys: readonly (string | null)[],
+  payloads: readonly string[],
+  floor: string,
+  limit: number,
+): Promise<{ publish_id: string; id: string | null }[]> {
+  const { rows } = await ex.query<{ publish_id: string; id: string | null }>(
+    `SELECT publish_id::text AS publish_id, id::text AS id FROM ${s}.topic_publish($1, $2::regclass, $3::regclass, $4, $5, $6, $7::bigint, $8)`,
+    [
+      topic.id,
+      `${s}.${quoteIdent(topicSequenceName(topic.id))}`,
+      `${s}.${quoteIdent(topicPublishSequenceName(topic.id))}`,
+      topic.partitions,
+      ...publishArrays(keys, payloads),
+      floor,
+      limit,
+    ],
+    { prepare: true },
+  );
+  return rows;
+}
+
+/**
+ * A wake-up of the topic's consumers in every process (payload: the topic name), in a
+ * transaction of its own that does not wait for the WAL flush: a NOTIFY holds the
+ * cluster's notification lock until its transaction ends.
+ */
+export async function topicWake(ex: Executor, channel: string, name: string): Promise<void> {
+  await ex.query(`SELECT pg_notify($1, $2) FROM (SELECT 1) one WHERE ${LEASE_COMMITS_ASYNC}`, [channel, name], { prepare: true });
+}
+
+/**
  * True when the topic has committed messages the sequencer has not moved into the log
  * yet. `floor`: a publish id below which every pending row of the topic was moved (see
  * {@link sequencerRun}); the check starts there instead of walking the moved rows.

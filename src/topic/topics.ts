@@ -58,6 +58,9 @@ interface TopicState {
   lastRunMoved: number;
   /** A background run waiting for the burst gap (see #sequenceSoon). */
   burstTimer?: NodeJS.Timeout;
+  /** The wake-up of other processes' consumers in flight, and whether another is wanted after it (see #wakeSoon). */
+  waking?: Promise<void>;
+  wakeAgain?: boolean;
 }
 
 /** A sequencer run that moved at least this many messages means a burst (see #sequenceSoon). */
@@ -250,10 +253,10 @@ export class Topics {
       if (!wait) {
         // Grouped with the other publishes of this process that wait for a statement: one
         // commit (and one WAL flush) for all of them (see GroupCommit).
+        // Committed when it returns: in the log already (consumers woken), or pending
+        // with a sequencer run started in the background (shared with every publish
+        // meanwhile), so delivery does not wait for a consumer's turn.
         const ids = await this.#publishGroup(state).submit(keys.map((key, i) => ({ key, payload: payloads[i] })));
-        // Committed: number it in the background (shared with every publish meanwhile),
-        // so delivery does not wait for a consumer's turn and the caller pays one commit.
-        this.#sequenceSoon(state);
         return ids.map((id) => ({ id, position: null }));
       }
       const rows = await append(false);
@@ -612,14 +615,85 @@ export class Topics {
     while (this.#background.size > 0) await Promise.all([...this.#background]);
   }
 
-  /** The group commit of the topic's publishes without tx (made on first use). */
+  /**
+   * The group commit of the topic's publishes without tx (made on first use). Each
+   * statement goes straight into the log when the topic's sequencer lock is free
+   * (`topic_publish`, migration 031), else into `topic_pending`; either way it has
+   * committed when it returns, and this process then wakes the consumers (straight in
+   * the log) or starts a sequencer run (pending).
+   */
   #publishGroup(st: TopicState): GroupCommit<{ key: string | null; payload: string }> {
     if (!st.group) {
-      const append = async (items: readonly { key: string | null; payload: string }[]) =>
-        (await q.pendingAppendQuiet(this.#driver.executor, this.#s, st.row, items.map((m) => m.key), items.map((m) => m.payload))).map((r) => r.publish_id);
+      const append = async (items: readonly { key: string | null; payload: string }[]) => {
+        const keys = items.map((m) => m.key);
+        const payloads = items.map((m) => m.payload);
+        const limit = Math.min(this.#sequencerBatchSize, Number(st.row.segment_size));
+        // Straight into the log, or null when it must go pending.
+        const direct = async (): Promise<{ publish_id: string; id: string | null }[] | null> => {
+          // A single large publishMany: pending, moved by runs of at most `limit`, so the
+          // topic's lock is never held for one long statement.
+          if (items.length > PUBLISH_GROUP_MAX_MESSAGES) return null;
+          try {
+            // The run inside may move `limit` pending messages before these: segments for both.
+            await this.#ensureSegments(st, limit + items.length);
+          } catch {
+            // Segments cannot be made here (a role without the right, say): pending, as
+            // before; a sequencer run elsewhere makes them.
+            return null;
+          }
+          try {
+            return await q.publishDirect(this.#driver.executor, this.#s, st.row, keys, payloads, st.floor, limit);
+          } catch (err) {
+            // 23514: no segment for a position (other processes used up the spare one
+            // since our last check). Nothing committed: pending instead (a publish never
+            // fails for want of a segment; the sequencer run makes it first).
+            if ((err as { code?: string }).code !== '23514') throw err;
+            st.checkedAt = 0;
+            return null;
+          }
+        };
+        const rows =
+          (await direct()) ?? (await q.pendingAppendQuiet(this.#driver.executor, this.#s, st.row, keys, payloads)).map((r) => ({ publish_id: r.publish_id, id: null }));
+        const last = rows[rows.length - 1]?.id ?? null;
+        if (last === null) this.#sequenceSoon(st);
+        else {
+          if (BigInt(last) > st.lastId) st.lastId = BigInt(last);
+          this.#wakeSoon(st);
+        }
+        return rows.map((r) => r.publish_id);
+      };
       st.group = new GroupCommit(append, append, PUBLISH_GROUP_MAX_MESSAGES);
     }
     return st.group;
+  }
+
+  /**
+   * After messages went straight into the log: this process's consumers of the topic
+   * look at once, and one wake-up goes to every process (none while wake-ups are
+   * paused; consumers then find the messages at their poll). One wake-up statement in
+   * flight per topic; publishes meanwhile share the next one.
+   */
+  #wakeSoon(st: TopicState): void {
+    for (const c of this.#consumers) if (c.topic === st.row.name) c.nudge();
+    if (st.waking) {
+      st.wakeAgain = true;
+      return;
+    }
+    const run = (async () => {
+      do {
+        st.wakeAgain = false;
+        await this.#notifier.pressure.run(async (wake) => {
+          if (wake) await q.topicWake(this.#driver.executor, this.channel, st.row.name);
+        });
+      } while (st.wakeAgain);
+    })()
+      .catch(() => {}) // a lost wake-up: consumers poll
+      .finally(() => {
+        st.waking = undefined;
+        this.#background.delete(run);
+      });
+    st.waking = run;
+    this.#background.add(run);
   }
 
   /** The topic's state, created with `topicDefaults` when missing and `create` (default: the `autoCreate` option), else NOT_FOUND. */
