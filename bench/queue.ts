@@ -11,6 +11,10 @@
  * - BENCH_MILLION_LIBS: libraries of run (d) (default "pgherald,graphile-worker").
  * - BENCH_LIBS: only the libraries whose name contains one of these comma-separated texts.
  * - BENCH_LATENCY_SAMPLES: samples of (c) (default 200; pg-boss, which polls, takes 40).
+ * - BENCH_ANATOMY=1: where each drain's CPU goes, per job: this process's CPU (the
+ *   library's Node side), the Postgres processes' CPU, WAL (records, full-page images,
+ *   bytes, syncs from pg_stat_wal), commits, and the top statements by execution time
+ *   (pg_stat_statements, loaded for the run). Printed per drain and as medians.
  *
  * (a) enqueue 20,000 jobs in one batch; (b) drain 20,000 no-op jobs with concurrency
  * 10 in one process; (c) enqueue-to-start latency with idle workers; (d) a long run,
@@ -23,6 +27,7 @@ import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'gra
 import PgBoss from 'pg-boss';
 import { Herald } from '../src/client.js';
 import { benchPostgres } from './support/postgres.js';
+import { postgresCpuSeconds } from './support/cpu.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const MILLION = Number(process.env.BENCH_MILLION ?? 1_000_000);
@@ -39,7 +44,12 @@ process.on('uncaughtException', (err) => {
   process.exit(1);
 });
 
-const pgServer = await benchPostgres({ max_connections: 200, shared_buffers: '256MB' });
+const ANATOMY = process.env.BENCH_ANATOMY === '1';
+const pgServer = await benchPostgres({
+  max_connections: 200,
+  shared_buffers: '256MB',
+  ...(ANATOMY ? { shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all' } : {}),
+});
 const adminUrl = pgServer.url;
 
 async function admin<T = Record<string, unknown>>(sql: string): Promise<T[]> {
@@ -53,13 +63,15 @@ async function admin<T = Record<string, unknown>>(sql: string): Promise<T[]> {
   }
 }
 
+if (ANATOMY) await admin('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+
 let dbCounter = 0;
-async function freshDb(): Promise<{ url: string; drop: () => Promise<void> }> {
+async function freshDb(): Promise<{ name: string; url: string; drop: () => Promise<void> }> {
   const name = `bench_${process.pid}_${dbCounter++}`;
   await admin(`CREATE DATABASE ${name}`);
   const u = new URL(adminUrl!);
   u.pathname = '/' + name;
-  return { url: u.toString(), drop: async () => void (await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)) };
+  return { name, url: u.toString(), drop: async () => void (await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)) };
 }
 
 /** A library under test: enqueue a batch, start workers with a counting handler, stop. */
@@ -193,12 +205,12 @@ function pgBoss(config: 'default' | 'throughput'): Lib {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
 
-async function withDb<T>(make: () => Lib, fn: (lib: Lib) => Promise<T>): Promise<T> {
+async function withDb<T>(make: () => Lib, fn: (lib: Lib, db: string) => Promise<T>): Promise<T> {
   const db = await freshDb();
   const lib = make();
   await lib.setup(db.url);
   try {
-    return await fn(lib);
+    return await fn(lib, db.name);
   } finally {
     await lib.teardown().catch(() => {});
     await db.drop();
@@ -214,20 +226,84 @@ function enqueueBatch(make: () => Lib, n = N): Promise<number> {
   });
 }
 
+/** Counters read before and after a drain (BENCH_ANATOMY). */
+interface Sample {
+  node: number;
+  pg: number;
+  wal: { records: number; fpi: number; bytes: number; syncs: number };
+  commits: number;
+}
+
+/** What one drain cost per job (BENCH_ANATOMY). */
+interface Anatomy {
+  nodeUs: number;
+  pgUs: number;
+  walRecords: number;
+  walFpi: number;
+  walBytes: number;
+  walSyncs: number;
+  commits: number;
+  statements: { query: string; calls: number; usPerJob: number }[];
+}
+const anatomies = new Map<string, Anatomy[]>();
+
+async function sample(db: string): Promise<Sample> {
+  // WAL syncs: pg_stat_wal.wal_sync up to PostgreSQL 17, pg_stat_io's WAL fsyncs from 18.
+  const [w] = await admin<{ r: string; f: string; b: string; s: string }>(
+    `SELECT wal_records::text AS r, wal_fpi::text AS f, wal_bytes::text AS b,
+            coalesce(to_jsonb(w) ->> 'wal_sync', (SELECT sum(fsyncs)::text FROM pg_stat_io WHERE object = 'wal')) AS s FROM pg_stat_wal w`,
+  );
+  const [c] = await admin<{ c: string }>(`SELECT coalesce(sum(xact_commit), 0)::text AS c FROM pg_stat_database WHERE datname = '${db}'`);
+  const cpu = process.cpuUsage();
+  return { node: (cpu.user + cpu.system) / 1e6, pg: postgresCpuSeconds(), wal: { records: +w.r, fpi: +w.f, bytes: +w.b, syncs: +w.s }, commits: +c.c };
+}
+
 /** (b) drain 20k: jobs/s. */
-function drain(make: () => Lib): Promise<number> {
-  return withDb(make, async (lib) => {
+function drain(make: () => Lib, name = ''): Promise<number> {
+  return withDb(make, async (lib, db) => {
     await lib.enqueue(N);
     let done = 0;
     let finish!: () => void;
     const finished = new Promise<void>((r) => (finish = r));
+    if (ANATOMY) {
+      await admin(`SELECT pg_stat_statements_reset()`);
+      await admin(`SELECT pg_stat_reset_shared('wal')`);
+    }
+    const before = ANATOMY ? await sample(db) : null;
     const t = performance.now();
     await lib.startWorkers(() => {
       if (++done === N) finish();
     });
     await finished;
     const s = (performance.now() - t) / 1000;
+    const cpuAfter = before ? { node: process.cpuUsage(), pg: postgresCpuSeconds() } : null;
     await lib.stopWorkers();
+    if (before && cpuAfter) {
+      // Backends send their WAL and commit counts to the statistics when they exit (or
+      // once a second at most while busy): close the library's connections and wait for
+      // them to be gone before reading.
+      await lib.teardown();
+      while ((await admin<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = '${db}'`))[0].n > 0) await new Promise((r) => setTimeout(r, 20));
+      const after = { ...(await sample(db)), node: (cpuAfter.node.user + cpuAfter.node.system) / 1e6, pg: cpuAfter.pg };
+      const top = await admin<{ query: string; calls: string; ms: number }>(
+        `SELECT regexp_replace(left(query, 90), '\\s+', ' ', 'g') AS query, calls::text, total_exec_time AS ms
+           FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '${db}' AND toplevel
+          ORDER BY total_exec_time DESC LIMIT 4`,
+      );
+      const a: Anatomy = {
+        nodeUs: ((after.node - before.node) / N) * 1e6,
+        pgUs: ((after.pg - before.pg) / N) * 1e6,
+        walRecords: (after.wal.records - before.wal.records) / N,
+        walFpi: (after.wal.fpi - before.wal.fpi) / N,
+        walBytes: (after.wal.bytes - before.wal.bytes) / N,
+        walSyncs: (after.wal.syncs - before.wal.syncs) / N,
+        commits: (after.commits - before.commits) / N,
+        statements: top.map((x) => ({ query: x.query, calls: +x.calls, usPerJob: (x.ms * 1000) / N })),
+      };
+      anatomies.set(name, [...(anatomies.get(name) ?? []), a]);
+      console.log(`#   anatomy ${name.split(' (')[0]} ${name.match(/\((\w+)/)?.[1]}: ${Math.round(N / s)} jobs/s; per job: Node ${a.nodeUs.toFixed(1)} µs, Postgres ${a.pgUs.toFixed(1)} µs CPU; WAL ${a.walRecords.toFixed(2)} records, ${a.walFpi.toFixed(3)} FPI, ${a.walBytes.toFixed(0)} B, ${a.walSyncs.toFixed(4)} syncs; ${a.commits.toFixed(4)} commits`);
+      for (const st of a.statements) console.log(`#     ${st.usPerJob.toFixed(1)} µs/job, ${st.calls} calls: ${st.query}`);
+    }
     return N / s;
   });
 }
@@ -302,7 +378,7 @@ for (let r = 0; r < RUNS; r++) {
     const polls = name.startsWith('pg-boss');
     f.enq.push(await enqueueBatch(make));
     f.enq100.push(await enqueueBatch(make, 100_000));
-    f.dr.push(await drain(make));
+    f.dr.push(await drain(make, name));
     const lat = await latency(make, polls ? Math.min(40, SAMPLES) : SAMPLES);
     f.p50.push(pct(lat, 0.5));
     f.p99.push(pct(lat, 0.99));
@@ -330,6 +406,14 @@ if (RUNS > 0) {
     console.log('|---|---|---|---|');
     rows.forEach((x, r) => console.log(`| ${r + 1} | ${x.drain.toFixed(2)} | ${x.enq.toFixed(2)} | ${x.enq100.toFixed(2)} |`));
     console.log(`| median | ${median(rows.map((x) => x.drain)).toFixed(2)} | ${median(rows.map((x) => x.enq)).toFixed(2)} | ${median(rows.map((x) => x.enq100)).toFixed(2)} |`);
+  }
+  if (anatomies.size > 0) {
+    console.log('\n| drain, per job (medians) | Node CPU µs | Postgres CPU µs | WAL records | WAL FPI | WAL bytes | WAL syncs | commits |');
+    console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+    for (const [name, as] of anatomies) {
+      const m = (f: (a: Anatomy) => number, d: number) => median(as.map(f)).toFixed(d);
+      console.log(`| ${name} | ${m((a) => a.nodeUs, 1)} | ${m((a) => a.pgUs, 1)} | ${m((a) => a.walRecords, 2)} | ${m((a) => a.walFpi, 3)} | ${m((a) => a.walBytes, 0)} | ${m((a) => a.walSyncs, 4)} | ${m((a) => a.commits, 4)} |`);
+    }
   }
   console.log(`\n# load at end ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 }
