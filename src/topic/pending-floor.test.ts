@@ -86,6 +86,39 @@ test('sequencer runs and pending checks read a bounded part of topic_pending whi
   }
 });
 
+test('publishes that go straight into the log and move pending messages first raise the floor too: their pending reads stay bounded while a transaction is held open elsewhere', async () => {
+  const hold = await heldWriteTransaction(db.url, 'other_direct');
+  const publishes: number[] = [];
+  const h = createHerald({ driver: measuringDriver(db.url, pendingEntriesRead, (t) => t.includes('.topic_publish('), publishes, () => false, []) });
+  try {
+    await h.topics.create('direct-floor', { partitions: 2 });
+    // Each round: 100 messages published in a transaction (pending: no run moves them),
+    // then one publish without tx, which moves them before its own message.
+    const ROUNDS = 60;
+    for (let i = 0; i < ROUNDS; i++) {
+      await h.transaction((tx) => h.topics.publishMany('direct-floor', Array.from({ length: 100 }, (_, j) => ({ payload: i * 101 + j, key: `k${j % 7}` })), { tx }));
+      await h.topics.publish('direct-floor', i * 101 + 100, { key: 'k0' });
+    }
+    const ex = herald.driver.executor;
+    const topicId = (await ex.query<{ id: number }>(`SELECT id FROM herald.topics WHERE name = 'direct-floor'`)).rows[0].id;
+    assert.equal((await ex.query<{ n: number }>('SELECT count(*)::int AS n FROM herald.topic_pending WHERE topic_id = $1', [topicId])).rows[0].n, 0);
+    assert.equal((await ex.query<{ n: number }>('SELECT count(*)::int AS n FROM herald.topic_messages WHERE topic_id = $1', [topicId])).rows[0].n, ROUNDS * 101);
+    const held = await hold.client.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'other_direct' AND backend_xid IS NOT NULL`);
+    assert.equal(held.rows[0].n, 1, 'the transaction was open throughout');
+    // 6,000 moved rows stay as dead entries. A publish reads the entries above the floor
+    // three times (its probe, the run's list of ids, the run's delete); the floor lags at
+    // most FLOOR_FORCE_SPAN (1,024) publish ids plus a round's 101. From the topic's start
+    // the last ones would read over 15,000.
+    const bound = 3 * (1024 + 2 * 101);
+    const last = publishes.slice(-10);
+    assert.equal(publishes.length, ROUNDS);
+    assert.ok(Math.max(...last) < bound, `pending entries read per publish, last 10: ${last.join(', ')}`);
+  } finally {
+    await h.close();
+    await hold.release();
+  }
+});
+
 test('the floor is not raised while the publish sequence has a cache (its ids would come out of order)', async () => {
   await herald.topics.create('cached', { partitions: 1 });
   // waitForPosition: the publish runs the sequencer itself, no background run is left.

@@ -214,7 +214,9 @@ export async function pendingAppendQuiet(ex: Executor, s: string, topic: TopicRo
  * pending (up to `limit`), then appends these messages with the next positions; else
  * (lock held elsewhere, or more pending than `limit`) it inserts into `topic_pending`
  * like {@link pendingAppendQuiet}. Rows in array order: publish id, and position
- * (null: pending). One statement, its own transaction; prepared once per connection.
+ * (null: pending); when it ran the sequencer, each row also carries the pending floor
+ * after the run (raised only with `checkFloor`, see {@link sequencerRun}) and the highest
+ * publish id it moved. One statement, its own transaction; prepared once per connection.
  */
 export async function publishDirect(
   ex: Executor,
@@ -224,9 +226,11 @@ export async function publishDirect(
   payloads: readonly string[],
   floor: string,
   limit: number,
-): Promise<{ publish_id: string; id: string | null }[]> {
-  const { rows } = await ex.query<{ publish_id: string; id: string | null }>(
-    `SELECT publish_id::text AS publish_id, id::text AS id FROM ${s}.topic_publish($1, $2::regclass, $3::regclass, $4, $5, $6, $7::bigint, $8)`,
+  checkFloor: boolean,
+): Promise<{ publish_id: string; id: string | null; floor: string | null; moved_max: string | null }[]> {
+  const { rows } = await ex.query<{ publish_id: string; id: string | null; floor: string | null; moved_max: string | null }>(
+    `SELECT publish_id::text AS publish_id, id::text AS id, floor::text AS floor, moved_max::text AS moved_max
+       FROM ${s}.topic_publish($1, $2::regclass, $3::regclass, $4, $5, $6, $7::bigint, $8, $9)`,
     [
       topic.id,
       `${s}.${quoteIdent(topicSequenceName(topic.id))}`,
@@ -235,6 +239,7 @@ export async function publishDirect(
       ...publishArrays(keys, payloads),
       floor,
       limit,
+      checkFloor,
     ],
     { prepare: true },
   );

@@ -642,7 +642,9 @@ export class Topics {
             return null;
           }
           try {
-            return await q.publishDirect(this.#driver.executor, this.#s, st.row, keys, payloads, st.floor, limit);
+            const rows = await q.publishDirect(this.#driver.executor, this.#s, st.row, keys, payloads, st.floor, limit, this.#floorCheck(st));
+            if (rows.length > 0) this.#moved(st, rows[0].floor, rows[0].moved_max);
+            return rows;
           } catch (err) {
             // 23514: no segment for a position (other processes used up the spare one
             // since our last check). Nothing committed: pending instead (a publish never
@@ -792,12 +794,7 @@ export class Topics {
     const limit = Math.min(this.#sequencerBatchSize, Number(st.row.segment_size));
     for (;;) {
       await this.#ensureSegments(st, limit);
-      // Raising the floor reads pg_locks (more than a small run costs): only once this
-      // process moved FLOOR_CHECK_SPAN publish ids above it, and at most every
-      // FLOOR_CHECK_MS unless FLOOR_FORCE_SPAN are above it.
-      const span = st.movedMax - BigInt(st.floor);
-      const check = span >= FLOOR_CHECK_SPAN && (span >= FLOOR_FORCE_SPAN || Date.now() - st.floorCheckedAt >= FLOOR_CHECK_MS);
-      if (check) st.floorCheckedAt = Date.now();
+      const check = this.#floorCheck(st);
       const run = (wake: boolean) => q.sequencerRun(this.#driver.executor, this.#s, st.row, limit, wake ? this.channel : null, st.floor, check);
       let result: { rows: { publish_id: string; id: string }[]; floor: string };
       try {
@@ -812,8 +809,7 @@ export class Topics {
         result = await this.#notifier.pressure.run(run);
       }
       const rows = result.rows;
-      if (BigInt(result.floor) > BigInt(st.floor)) st.floor = result.floor;
-      for (const r of rows) if (BigInt(r.publish_id) > st.movedMax) st.movedMax = BigInt(r.publish_id);
+      this.#moved(st, result.floor, rows.reduce<string | null>((m, r) => (m === null || BigInt(r.publish_id) > BigInt(m) ? r.publish_id : m), null));
       for (const r of rows) moved.set(r.publish_id, r.id);
       if (rows.length > 0) {
         const last = BigInt(rows[rows.length - 1].id);
@@ -825,6 +821,24 @@ export class Topics {
       st.lastRunMoved = moved.size;
       if (rows.length < limit) return moved;
     }
+  }
+
+  /**
+   * Whether the next run asks to raise the pending floor. That reads pg_locks (more than
+   * a small run costs): only once this process moved FLOOR_CHECK_SPAN publish ids above
+   * it, and at most every FLOOR_CHECK_MS unless FLOOR_FORCE_SPAN are above it.
+   */
+  #floorCheck(st: TopicState): boolean {
+    const span = st.movedMax - BigInt(st.floor);
+    const check = span >= FLOOR_CHECK_SPAN && (span >= FLOOR_FORCE_SPAN || Date.now() - st.floorCheckedAt >= FLOOR_CHECK_MS);
+    if (check) st.floorCheckedAt = Date.now();
+    return check;
+  }
+
+  /** After a run (a background one, or inside a publish): its floor, and the highest publish id it moved. */
+  #moved(st: TopicState, floor: string | null, movedMax: string | null): void {
+    if (floor !== null && BigInt(floor) > BigInt(st.floor)) st.floor = floor;
+    if (movedMax !== null && BigInt(movedMax) > st.movedMax) st.movedMax = BigInt(movedMax);
   }
 
   /**

@@ -14,27 +14,33 @@
 --   visible, as a sequencer run's is: positions still become visible in increasing order.
 -- - otherwise (another run or direct publish holds the lock, or pending messages are
 --   left after the run): into topic_pending as before, for a later run.
--- Returns one row per message in array order: its publish id, and its position when it
--- went into the log (null when pending).
+-- Returns one row per message in array order: its publish id, its position when it went
+-- into the log (null when pending), and, when the statement ran the sequencer, the
+-- pending floor after it (raised only with p_check, as 023's runs) and the highest
+-- publish id it moved.
 -- The pending branch locks topic_pending (the INSERT's lock, taken before its publish
 -- ids) as 023's floor needs; the direct branch writes no pending row.
 -- Processes of the previous version still publish into topic_pending: both run side by
 -- side during an upgrade.
 CREATE OR REPLACE FUNCTION :schema.topic_publish(p_topic int, p_seq regclass, p_pub regclass, p_partitions int,
-                                                 p_keys text, p_payloads text, p_floor bigint, p_limit int)
-RETURNS TABLE (publish_id bigint, id bigint) LANGUAGE plpgsql VOLATILE
+                                                 p_keys text, p_payloads text, p_floor bigint, p_limit int, p_check boolean)
+RETURNS TABLE (publish_id bigint, id bigint, floor bigint, moved_max bigint) LANGUAGE plpgsql VOLATILE
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
-  moved int;
+  moved int := 0;
+  v_floor bigint;
+  v_moved_max bigint;
 BEGIN
   IF pg_try_advisory_xact_lock(hashtextextended('pgherald.topic-seq:' || p_topic, 0)) THEN
-    -- The run only when something is pending (one probe of the pending index from the floor).
-    moved := 0;
+    -- The run only when something is pending (one probe of the pending index from the
+    -- floor); it raises the floor as a run of the caller would (p_check), and every row
+    -- returned carries the new floor and the highest publish id it moved (null: no run).
     IF EXISTS (SELECT 1 FROM :schema.topic_pending q WHERE q.topic_id = p_topic AND q.publish_id >= p_floor) THEN
-      SELECT count(s.id) INTO moved FROM :schema.topic_sequence(p_topic, p_seq, p_limit, NULL, NULL, p_pub, p_floor, false) s;
+      SELECT count(s.id), max(s.publish_id), max(s.floor) INTO moved, v_moved_max, v_floor
+        FROM :schema.topic_sequence(p_topic, p_seq, p_limit, NULL, NULL, p_pub, p_floor, p_check) s;
     END IF;
     IF moved < p_limit THEN
       RETURN QUERY
@@ -54,7 +60,7 @@ BEGIN
             FROM ordered o
           RETURNING m.publish_id, m.id
         )
-        SELECT ins.publish_id, ins.id FROM ins ORDER BY ins.publish_id;
+        SELECT ins.publish_id, ins.id, v_floor, v_moved_max FROM ins ORDER BY ins.publish_id;
       RETURN;
     END IF;
   END IF;
@@ -71,6 +77,6 @@ BEGIN
                ORDER BY ord) src
       RETURNING t.publish_id
     )
-    SELECT ins.publish_id, NULL::bigint FROM ins ORDER BY ins.publish_id;
+    SELECT ins.publish_id, NULL::bigint, v_floor, v_moved_max FROM ins ORDER BY ins.publish_id;
 END
 $$;
