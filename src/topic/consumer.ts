@@ -9,6 +9,7 @@ import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
 import * as q from './queries.js';
 import { toMessage } from './message.js';
+import { Slots } from '../internal/slots.js';
 import {
   CONSUMER_DEFAULTS,
   TopicRetentionError,
@@ -70,6 +71,12 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   #rotate = Math.floor(Math.random() * 1024);
   /** Claims lanes may begin without a wake-up (see #turn). */
   #permits = 0;
+  /**
+   * Handlers running or about to: `concurrency` at once, in the order their batches were
+   * claimed. The loop has one lane more than `concurrency`: one batch is claimed (another
+   * key partition) while the handlers run, and its handler starts when one ends.
+   */
+  #handlerSlots: Slots;
   /** The last claim saw redriven dead letters of the group (checked at start too). */
   #redrivenSeen = true;
   /** Per key partition, the retention mark already reported (one `behind` event per episode). */
@@ -92,6 +99,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     this.topic = topic;
     this.group = group;
     this.#handler = handler;
+    this.#handlerSlots = new Slots(this.options.concurrency);
   }
 
   /** True between `start()` and `stop()`. */
@@ -113,7 +121,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
       pollIntervalMs: this.options.pollIntervalMs,
       onError: (err) => this.emit('topic:problem', err),
       reconnects: this.#host.notifier,
-      lanes: this.options.concurrency,
+      lanes: this.options.concurrency + 1,
     });
     const sub = this.#host.notifier.listen(
       this.#host.channel,
@@ -202,7 +210,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
 
   /** One more claim may begin without a wake-up (at most one per lane waiting for it). */
   #permit(): void {
-    if (this.#permits < this.options.concurrency) this.#permits++;
+    if (this.#permits < this.options.concurrency + 1) this.#permits++;
   }
 
   /** Runs the handler on `messages` in `tx`, bounded by `handlerTimeoutMs` (which cancels the batch's statement). */
@@ -256,11 +264,10 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         // Nothing: the claim also said whether messages wait for the sequencer (a run
         // was started above; it wakes this consumer when it moved something).
         if (!claim || claim.rows.length === 0) return found.redriven ? 'redriven' : false;
-        if (this.options.concurrency > 1) {
-          // Another key partition may have messages too: let one more lane claim now.
-          this.#permit();
-          loop.interrupt();
-        }
+        // Another key partition may have messages too: let one more lane claim now (with
+        // concurrency 1 too: the next batch is claimed while this one's handler runs).
+        this.#permit();
+        loop.interrupt();
         const rows = claim.rows;
         const head = rows[0].id;
         // After a failed attempt, up to the last message of the batch that failed, batches
@@ -280,22 +287,29 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
           return 'dead';
         }
         const last = rows[rows.length - 1].id;
-        // Counted on the pool, in its own commit: the handler starts once the statement
-        // has left the process (a process killed from then on cannot take it back: the
-        // server runs it and commits), and the batch commits only after it did.
-        let sent!: () => void;
-        const leftProcess = new Promise<void>((resolve) => (sent = resolve));
-        const counted = q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1, { onSent: () => sent() });
-        counted.catch(() => {});
-        // A statement that failed before it was sent fails the batch (nothing ran).
-        await Promise.race([leftProcess, counted]);
         const messages: TopicMessage<T>[] = rows.map((r) => toMessage<T>(this.topic, r));
+        // The handler's turn (claimed while others' handlers ran: it waits for one to end).
+        const handlerDone = await this.#handlerSlots.take();
+        let counted: Promise<number>;
         try {
+          // Counted on the pool, in its own commit: the handler starts once the statement
+          // has left the process (a process killed from then on cannot take it back: the
+          // server runs it and commits), and the batch commits only after it did. Sent
+          // once the handler's turn has come: a batch waiting for it has used no attempt.
+          let sent!: () => void;
+          const leftProcess = new Promise<void>((resolve) => (sent = resolve));
+          counted = q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1, { onSent: () => sent() });
+          counted.catch(() => {});
+          // A statement that failed before it was sent fails the batch (nothing ran).
+          await Promise.race([leftProcess, counted]);
           await this.#runHandler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx }, claim.pid);
         } catch (error) {
+          handlerDone();
+          if (!counted!) throw error;
           failed = { partition: claim.kpart, error, attempts: await this.#attemptsOf(counted, prior), head };
           throw HANDLER;
         }
+        handlerDone();
         // The count commits before the batch: the next claim of the partition reads it.
         await this.#attemptsOf(counted, prior);
         // The claim already moved the cursor to `last`, in this transaction: the COMMIT is all that is left.
@@ -343,6 +357,18 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     const { driver, s } = this.#host;
     const max = this.options.maxAttempts;
     if (!(await q.deadLetterRedrivenExists(driver.executor, s, row.id, this.group))) return false;
+    // The handler's turn first (its attempt is counted before it runs).
+    const handlerDone = await this.#handlerSlots.take();
+    try {
+      return await this.#redrivenOne(row);
+    } finally {
+      handlerDone();
+    }
+  }
+
+  async #redrivenOne(row: q.TopicRow): Promise<Outcome> {
+    const { driver, s } = this.#host;
+    const max = this.options.maxAttempts;
     // Attempts used up by handlers that killed their process: back to dead.
     await q.deadLetterExhausted(driver.executor, s, row.id, this.group, max);
     const d = await q.deadLetterNextRedriven(driver.executor, s, row.id, this.group); // counts the attempt, committed
