@@ -60,6 +60,9 @@ type Outcome = false | 'batch' | 'dead' | 'retry' | 'exhausted' | 'redriven';
  * poll. Nothing waits for other transactions: a publish that commits late is
  * sequenced (and woken for) when it commits.
  */
+/** A batch claimed ahead rolls back when stop() came before its handler's turn. */
+const STOPPED = Symbol('stopped');
+
 export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   readonly topic: string;
   readonly group: string;
@@ -142,7 +145,11 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
     this.emit('topic:started');
   }
 
-  /** Stops after the batch in flight (which commits or rolls back); leaves no timer or listener. Idempotent. */
+  /**
+   * Stops after the batches whose handlers run (each commits or rolls back); a batch
+   * claimed ahead that waits for its handler's turn rolls back unhandled. Leaves no
+   * timer or listener. Idempotent.
+   */
   async stop(): Promise<void> {
     const loop = this.#loop;
     if (!loop) return;
@@ -290,6 +297,11 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         const messages: TopicMessage<T>[] = rows.map((r) => toMessage<T>(this.topic, r));
         // The handler's turn (claimed while others' handlers ran: it waits for one to end).
         const handlerDone = await this.#handlerSlots.take();
+        if (loop.stopping) {
+          // stop() came while this batch waited: it rolls back unhandled (no attempt used).
+          handlerDone();
+          throw STOPPED;
+        }
         let counted: Promise<number>;
         try {
           // Counted on the pool, in its own commit: the handler starts once the statement
@@ -326,6 +338,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
       }
       return outcome;
     } catch (err) {
+      if (err === STOPPED) return false;
       if (err === HANDLER && failed) {
         const f = failed;
         await q.attemptFailed(driver.executor, s, row.id, this.group, f.partition, f.head, describeError(f.error)).catch((e) => this.emit('topic:problem', e));

@@ -68,4 +68,36 @@ describe('topic consumer: the next batch is claimed while a handler runs', () =>
       }
     });
   }
+  it('stop() while a batch claimed ahead waits for its turn: it rolls back unhandled, no attempt used, and the next consumer gets it', async () => {
+    const topic = 'prefetch-stop';
+    await herald.topics.create(topic, { partitions: 4 });
+    await herald.topics.createGroup(topic, 'g', 'earliest');
+    const N = 40;
+    await herald.topics.publishMany(topic, Array.from({ length: N }, (_, i) => ({ payload: { i }, key: `k${i % 4}` })));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const first: number[] = [];
+    const consumer = herald.topics.consumer<{ i: number }>(topic, 'g', async ({ messages }) => {
+      await gate;
+      for (const m of messages) first.push(m.payload.i);
+    }, { batchSize: 5 });
+    await consumer.start();
+    await waitFor(async () => (await parkedClaims()) === 2, { what: 'a batch in its handler and one claimed ahead' });
+    const stopped = consumer.stop();
+    release();
+    await stopped;
+    assert.equal(first.length, 5, 'only the batch whose handler ran');
+    assert.equal(await parkedClaims(), 0);
+    // The batch claimed ahead used no attempt: its first message is not held to a batch of one.
+    const rest: number[][] = [];
+    const next = herald.topics.consumer<{ i: number }>(topic, 'g', ({ messages }) => void rest.push(messages.map((m) => m.payload.i)), { batchSize: 5 });
+    try {
+      await next.start();
+      await waitFor(() => rest.flat().length === N - 5, { what: 'the rest', progress: () => rest.flat().length });
+      assert.ok(rest.every((b) => b.length > 1), `batch sizes ${rest.map((b) => b.length).join(',')}`);
+      assert.deepEqual([...first, ...rest.flat()].sort((a, b) => a - b), Array.from({ length: N }, (_, i) => i));
+    } finally {
+      await next.stop();
+    }
+  });
 });
