@@ -214,9 +214,10 @@ test('cursor moves and attempt counts are appended: no cursor row is rewritten, 
     // A claim reads, per partition, its cursor row and the newest move (the hint), then
     // again after the lock, and the newest count: a few entries each, however many moves
     // and counts the held transaction keeps (a walk over them would read 3,000 or more).
-    // 20, and a few more when the partition it picked first was locked by the consumer's
-    // other lane (the next batch is claimed while a handler runs).
-    assert.ok(Math.max(...claims) <= 24, `cursor index entries read per claim: ${claims.join(', ')}`);
+    // 20, and a few more for each partition it tried in vain (found locked by the
+    // consumer's other lane, which claims the next batch while a handler runs, or
+    // emptied by it meanwhile): at most the 8 partitions once more each.
+    assert.ok(Math.max(...claims) <= 20 + 8 * 4, `cursor index entries read per claim: ${claims.join(', ')}`);
     assert.ok(Math.max(...counts) <= 4, `index entries read per attempt count: ${counts.join(', ')}`);
   } finally {
     await consumer.stop();
