@@ -52,6 +52,7 @@ describe('topic consumer: the next batch is claimed while a handler runs', () =>
       try {
         await consumer.start();
         // `concurrency` batches in their handlers, and one more claimed, waiting for its turn.
+        await waitFor(() => running === concurrency, { what: `${concurrency} handler(s) running` });
         await waitFor(async () => (await parkedClaims()) === concurrency + 1, { what: `${concurrency + 1} batches claimed at once` });
         assert.equal(running, concurrency, 'the batch claimed ahead has not started its handler');
         release();
