@@ -46,6 +46,9 @@ type Resolved = Required<Omit<ConsumerOptions, 'start' | 'horizonPollMs' | 'hori
 /** What a batch transaction did. */
 type Outcome = false | 'batch' | 'dead' | 'retry' | 'exhausted' | 'redriven';
 
+/** A batch claimed ahead rolls back when stop() came before its handler's turn. */
+const STOPPED = Symbol('stopped');
+
 /**
  * One consumer of a group. Each turn first runs the topic's sequencer when committed
  * messages wait to enter the log, then takes one batch in one transaction: lock a key
@@ -60,9 +63,6 @@ type Outcome = false | 'batch' | 'dead' | 'retry' | 'exhausted' | 'redriven';
  * poll. Nothing waits for other transactions: a publish that commits late is
  * sequenced (and woken for) when it commits.
  */
-/** A batch claimed ahead rolls back when stop() came before its handler's turn. */
-const STOPPED = Symbol('stopped');
-
 export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   readonly topic: string;
   readonly group: string;
@@ -302,22 +302,25 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
           handlerDone();
           throw STOPPED;
         }
-        let counted: Promise<number>;
+        // Counted on the pool, in its own commit: the handler starts once the statement
+        // has left the process (a process killed from then on cannot take it back: the
+        // server runs it and commits), and the batch commits only after it did. Sent
+        // once the handler's turn has come: a batch waiting for it has used no attempt.
+        let sent!: () => void;
+        const leftProcess = new Promise<void>((resolve) => (sent = resolve));
+        const counted = q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1, { onSent: () => sent() });
+        counted.catch(() => {});
         try {
-          // Counted on the pool, in its own commit: the handler starts once the statement
-          // has left the process (a process killed from then on cannot take it back: the
-          // server runs it and commits), and the batch commits only after it did. Sent
-          // once the handler's turn has come: a batch waiting for it has used no attempt.
-          let sent!: () => void;
-          const leftProcess = new Promise<void>((resolve) => (sent = resolve));
-          counted = q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1, { onSent: () => sent() });
-          counted.catch(() => {});
           // A statement that failed before it was sent fails the batch (nothing ran).
           await Promise.race([leftProcess, counted]);
+        } catch (err) {
+          handlerDone();
+          throw err;
+        }
+        try {
           await this.#runHandler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx }, claim.pid);
         } catch (error) {
           handlerDone();
-          if (!counted!) throw error;
           failed = { partition: claim.kpart, error, attempts: await this.#attemptsOf(counted, prior), head };
           throw HANDLER;
         }

@@ -693,6 +693,11 @@ export class Topics {
       .finally(() => {
         st.waking = undefined;
         this.#background.delete(run);
+        // Asked for after the loop's last look (or after a failure): one more.
+        if (st.wakeAgain) {
+          st.wakeAgain = false;
+          this.#wakeSoon(st);
+        }
       });
     st.waking = run;
     this.#background.add(run);
