@@ -82,11 +82,16 @@ describe('topic consumer: the next batch is claimed while a handler runs', () =>
       await gate;
       for (const m of messages) first.push(m.payload.i);
     }, { batchSize: 5 });
-    await consumer.start();
-    await waitFor(async () => (await parkedClaims()) === 2, { what: 'a batch in its handler and one claimed ahead' });
-    const stopped = consumer.stop();
-    release();
-    await stopped;
+    try {
+      await consumer.start();
+      await waitFor(async () => (await parkedClaims()) === 2, { what: 'a batch in its handler and one claimed ahead' });
+      const stopped = consumer.stop();
+      release();
+      await stopped;
+    } finally {
+      release();
+      await consumer.stop();
+    }
     assert.equal(first.length, 5, 'only the batch whose handler ran');
     assert.equal(await parkedClaims(), 0);
     // The batch claimed ahead used no attempt: its first message is not held to a batch of one.

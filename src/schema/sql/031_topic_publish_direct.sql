@@ -19,7 +19,10 @@
 -- pending floor after it (raised only with p_check, as 023's runs) and the highest
 -- publish id it moved.
 -- The pending branch locks topic_pending (the INSERT's lock, taken before its publish
--- ids) as 023's floor needs; the direct branch writes no pending row.
+-- ids) as 023's floor needs; the direct branch writes no pending row. So each branch
+-- draws its own publish ids, after its own lock: drawn once before the branches, the
+-- pending ones would precede the table lock, and a run in another session could raise
+-- the floor past them.
 -- Processes of the previous version still publish into topic_pending: both run side by
 -- side during an upgrade.
 CREATE OR REPLACE FUNCTION :schema.topic_publish(p_topic int, p_seq regclass, p_pub regclass, p_partitions int,
