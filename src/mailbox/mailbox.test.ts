@@ -306,7 +306,8 @@ describe('consume', () => {
   it('a take that rolls back while another loop is taking does not strand the loops waiting on that take', { timeout: 60_000 }, async () => {
     // Pool of 2: the failing take holds one connection, the test holds the other, so the
     // next loop's take waits for a connection (its take begun) while the first one rolls back.
-    const local = createHerald({ connectionString: db.url, poolSize: 2, mailbox: { retryDelayMs: 10, maxRetryDelayMs: 10 } });
+    const localPool = new pg.Pool({ connectionString: db.url, max: 2 });
+    const local = createHerald({ pool: localPool, mailbox: { retryDelayMs: 10, maxRetryDelayMs: 10 } });
     const hold = deferred();
     const failNow = deferred();
     try {
@@ -340,10 +341,12 @@ describe('consume', () => {
         await hold.promise;
       });
       await held.promise; // the pool's other connection
-      const takes = c.takes;
       // Sent from another Herald: its wake-up starts a take that must wait for a connection.
       await herald.mailbox.send({ to, payload: 'ok', id: `${to}-ok` });
-      await waitFor(() => c.takes === takes + 1, { what: 'another loop begins its take (waiting for a connection)' });
+      // A take begun after the pool's last connection was held waits for one. A wake-up that
+      // came late (the poll, the NOTIFY of the first send) may have begun that take before
+      // this send: then the pool already has its waiter and this wake-up joins it.
+      await waitFor(() => localPool.waitingCount > 0, { what: 'another loop begins its take (waiting for a connection)' });
       failNow.resolve(); // the first take rolls back now, with the second take still waiting
       await waitFor(() => c.failures === 1, { what: 'the failure recorded' });
       // The rollback freed a connection, the waiting take got it and took 'bad' again
@@ -368,6 +371,7 @@ describe('consume', () => {
       hold.resolve();
       failNow.resolve();
       await local.close();
+      await localPool.end();
     }
   });
 });
