@@ -446,18 +446,26 @@ export async function outboxRedrive(ex: Executor, s: string, channel: string | n
   return rows[0]?.n ?? 0;
 }
 
-/** Deletes published events older than `olderThanMs` (database time); returns how many. */
-export async function outboxPrunePublished(ex: Executor, s: string, olderThanMs: number, limit: number): Promise<number> {
-  // Batched through a CTE with LIMIT so a large prune never holds one huge transaction.
+/**
+ * Deletes events whose `column` (published_at or dead_at: each has a partial index) is
+ * older than `olderThanMs` (database time), at most `limit`; returns how many. Batched
+ * through a CTE with LIMIT so a large prune never holds one huge transaction.
+ */
+async function outboxPruneBy(ex: Executor, s: string, column: 'published_at' | 'dead_at', olderThanMs: number, limit: number): Promise<number> {
   const { rowCount } = await ex.query(
     `WITH doomed AS (
        SELECT seq FROM ${s}.outbox_events
-        WHERE published_at IS NOT NULL AND published_at < now() - $1 * interval '1 millisecond'
+        WHERE ${column} IS NOT NULL AND ${column} < now() - $1 * interval '1 millisecond'
         LIMIT $2)
      DELETE FROM ${s}.outbox_events AS e USING doomed WHERE e.seq = doomed.seq`,
     [olderThanMs, limit],
   );
   return rowCount;
+}
+
+/** Deletes published events older than `olderThanMs` (database time); returns how many. */
+export function outboxPrunePublished(ex: Executor, s: string, olderThanMs: number, limit: number): Promise<number> {
+  return outboxPruneBy(ex, s, 'published_at', olderThanMs, limit);
 }
 
 /** One event with its delivery state, or undefined (`id` a UUID). */
@@ -474,15 +482,6 @@ export async function outboxGet(
 }
 
 /** Deletes dead-lettered events dead for longer than `olderThanMs` (database time), at most `limit`; returns how many. */
-export async function outboxPruneDead(ex: Executor, s: string, olderThanMs: number, limit: number): Promise<number> {
-  // Reads the partial index on dead_at; batched like the prune of published events.
-  const { rowCount } = await ex.query(
-    `WITH doomed AS (
-       SELECT seq FROM ${s}.outbox_events
-        WHERE dead_at IS NOT NULL AND dead_at < now() - $1 * interval '1 millisecond'
-        LIMIT $2)
-     DELETE FROM ${s}.outbox_events AS e USING doomed WHERE e.seq = doomed.seq`,
-    [olderThanMs, limit],
-  );
-  return rowCount;
+export function outboxPruneDead(ex: Executor, s: string, olderThanMs: number, limit: number): Promise<number> {
+  return outboxPruneBy(ex, s, 'dead_at', olderThanMs, limit);
 }
