@@ -84,4 +84,32 @@ describe('notifier behind PgBouncer', { skip: missing }, () => {
       await bouncer.stop();
     }
   });
+
+  it('consumes a topic through transaction pooling: every message once, in key order', async () => {
+    const bouncer = await startPgBouncer(db.url, 'transaction');
+    const herald = new Herald({ connectionString: bouncer.url(db.url), listenConnectionString: db.url, poolSize: 4, notifier: OPTIONS });
+    try {
+      await herald.topics.create('pooled', { partitions: 4 });
+      await herald.topics.createGroup('pooled', 'g', 'earliest');
+      const N = 300;
+      await herald.topics.publishMany('pooled', Array.from({ length: N }, (_, i) => ({ key: `k${i % 10}`, payload: i })));
+      const got: number[] = [];
+      const consumer = herald.topics.consumer<number>('pooled', 'g', ({ messages }) => void got.push(...messages.map((m) => m.payload)), { batchSize: 20, concurrency: 2 });
+      await consumer.start();
+      try {
+        await waitFor(() => got.length >= N, { what: `${N} messages (got ${got.length})` });
+      } finally {
+        await consumer.stop();
+      }
+      assert.equal(got.length, N);
+      assert.equal(new Set(got).size, N);
+      for (let k = 0; k < 10; k++) {
+        const ofKey = got.filter((i) => i % 10 === k);
+        assert.deepEqual(ofKey, [...ofKey].sort((a, b) => a - b), `key k${k} in order`);
+      }
+    } finally {
+      await herald.close();
+      await bouncer.stop();
+    }
+  });
 });

@@ -284,7 +284,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         const prior = suspect && a.message_id === head ? a.attempts : 0;
         // The claim held the batch to one message already (and moved the cursor to it); a
         // longer one here would mean the cursor moved past messages not handled: fail.
-        if (suspect && rows.length > 1) throw new Error('topic_claim returned more than one message after a failed batch (a bug): the batch rolls back');
+        if (suspect && rows.length > 1) throw new Error('the topic claim returned more than one message after a failed batch (a bug): the batch rolls back');
         if (prior >= max) {
           // Its attempts are used up (the last one failed, or killed its process): to the
           // group's dead letters, and the partition moves on in the same transaction (the

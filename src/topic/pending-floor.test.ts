@@ -32,7 +32,7 @@ test('sequencer runs and pending checks read a bounded part of topic_pending whi
   const runs: number[] = [];
   const claims: number[] = [];
   // Each sequencer run in a transaction of its own, each claim in its batch transaction.
-  const h = createHerald({ driver: measuringDriver(db.url, pendingEntriesRead, (t) => t.includes('.topic_sequence('), runs, (t) => t.includes('.topic_claim('), claims) });
+  const h = createHerald({ driver: measuringDriver(db.url, pendingEntriesRead, (t) => t.includes('.topic_sequence('), runs, (t) => t.includes('.topic_claim_batch('), claims) });
   let received = 0;
   const consumer = h.topics.consumer<number>('floor', 'g', ({ messages }) => void (received += messages.length), { pollIntervalMs: 500 });
   try {
@@ -155,7 +155,7 @@ test('cursor moves and attempt counts are appended: no cursor row is rewritten, 
     tuplesReturned(...CURSOR_INDEXES),
     (t) => measure && t.includes('.topic_try('),
     counts,
-    (t) => measure && t.includes('.topic_claim('),
+    (t) => measure && t.includes('.topic_claim_batch('),
     claims,
   );
   const h = createHerald({ driver });

@@ -12,10 +12,10 @@ useHerald({}, async (d, h) => {
   dbName = (await h.driver.executor.query<{ db: string }>('SELECT current_database() AS db')).rows[0].db;
 });
 
-/** Transactions of this database parked between statements after a claim (a batch whose handler runs or waits). */
+/** Transactions of this database parked between statements after a claim's read (a batch whose handler runs or waits). */
 async function parkedClaims(): Promise<number> {
   const { rows } = await herald.driver.executor.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction' AND query LIKE '%topic_claim(%'`,
+    `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction' AND query LIKE '%topic_claim_batch(%'`,
     [dbName],
   );
   return rows[0].n;

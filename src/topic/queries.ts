@@ -438,28 +438,28 @@ export interface ClaimResult {
 
 /**
  * Claims one key partition of the group, reads its next batch and moves the cursor to
- * the batch's last message, in one round trip (the `topic_claim` function of migration
- * 021, whose plans the session keeps: inside the batch's transaction a plain statement
- * would be planned on every batch). The cursor moves in the caller's transaction (the
- * batch's): it commits with the handler's writes or rolls back with them. While the
- * partition's attempt row covers the first message (a batch through it failed), the
- * batch holds that message alone.
+ * the batch's last message, in one round trip (the `topic_claim_batch` function of
+ * migration 032, whose plans the session keeps: inside the batch's transaction a plain
+ * statement would be planned on every batch). The cursor moves in the caller's
+ * transaction (the batch's): it commits with the handler's writes or rolls back with
+ * them. While the partition's attempt row covers the first message (a batch through it
+ * failed), the batch holds that message alone.
  * The claim locks a cursor that has messages after it and is not behind retention,
- * with FOR UPDATE SKIP LOCKED inside the CTE (LIMIT 1): the consumers of a group share
- * the partitions without waiting on each other, and the lock, held until the batch
- * commits, keeps one key's messages in order. In READ COMMITTED the locked row is the
- * current version, so a cursor another consumer just advanced is seen. The rotation
- * ($3) spreads consumers over partitions. The log is read by id after the cursor: the
- * sequencer makes ids visible in increasing order, so whatever this snapshot sees
- * after the cursor is a prefix of what will ever be there. `m.id > c.cursor_id` is a
- * parameter of the nested loop: Postgres prunes the segments below the cursor at run
- * time (claims touch only the segments at or after it).
+ * FOR UPDATE SKIP LOCKED (LIMIT 1): the consumers of a group share the partitions
+ * without waiting on each other, and the lock, held until the batch commits, keeps one
+ * key's messages in order. It reads the cursor as its last holder committed it (a new
+ * snapshot after the lock). The rotation ($3) spreads consumers over partitions. The log
+ * is read by id after the cursor: the sequencer makes ids visible in increasing order,
+ * so whatever this snapshot sees after the cursor is a prefix of what will ever be
+ * there. Postgres prunes the segments below the cursor at run time (claims touch only
+ * the segments at or after it).
  *
- * The same statement says whether the group has redriven dead letters and, when
- * `askPending` (the probe walks the pending index, dead entries included, so it is
- * asked only on a wake-up or poll), whether the topic has messages waiting for the
- * sequencer. (One JSON array per batch instead of rows was tried: decoding in Node
- * was no cheaper overall, and building it cost Postgres 3.5 ms per 500 messages
+ * The first row is the claim (one text column; see the migration), the others the
+ * messages: whether the group has redriven dead letters and, when `askPending` (the
+ * probe walks the pending index, dead entries included, so it is asked only on a
+ * wake-up or poll) or when nothing was claimed, whether the topic has messages waiting
+ * for the sequencer. (One JSON array per batch instead of rows was tried: decoding in
+ * Node was no cheaper overall, and building it cost Postgres 3.5 ms per 500 messages
  * against 0.6 ms for the rows.)
  */
 export async function cursorClaimRead(
@@ -473,24 +473,24 @@ export async function cursorClaimRead(
   askPending: boolean,
   floor: string,
 ): Promise<ClaimResult> {
-  const { rows } = await ex.query<{ pending: boolean; redriven: boolean; ckpart: number | null; cursor_id: string; a_mid: string | null; a_through: string | null; a_attempts: number | null; pid: number } & MessageRow>(
-    `SELECT * FROM ${s}.topic_claim($1, $2, $3, $4, $5, $6, $7::bigint)`,
+  const { rows } = await ex.query<{ claim: string | null } & MessageRow>(
+    `SELECT * FROM ${s}.topic_claim_batch($1, $2, $3, $4, $5, $6, $7::bigint)`,
     [topicId, group, rotate, partitions, limit, askPending, floor],
     { prepare: true },
   );
-  const r0 = rows[0];
-  const out: ClaimResult = { claim: undefined, pending: r0?.pending ?? false, redriven: r0?.redriven ?? false };
-  if (!r0 || (r0.ckpart === null && r0.id === null)) return out;
-  // The claim moved the cursor in this transaction: rows without the claim's columns
-  // must never commit (they would skip messages): fail the batch instead (every row
-  // carries them; this is a guard).
-  if (r0.ckpart === null) throw new Error('topic_claim returned messages without the claim (a bug): the batch rolls back');
+  const head = rows.shift()?.claim;
+  // The claim moved the cursor in this transaction: messages without their claim must
+  // never commit (they would skip messages): fail the batch instead (a guard).
+  if (head == null) throw new Error('topic_claim_batch returned no claim row (a bug): the batch rolls back');
+  const [pending, redriven, kpart, cursor, pid, mid, through, attempts] = head.split(',');
+  const out: ClaimResult = { claim: undefined, pending: pending === 't', redriven: redriven === 't' };
+  if (kpart === '') return out;
   out.claim = {
-    kpart: r0.ckpart,
-    cursor: r0.cursor_id,
-    pid: r0.pid,
-    attempt: r0.a_mid === null ? null : { message_id: r0.a_mid, through_id: r0.a_through!, attempts: r0.a_attempts! },
-    rows: r0.id === null ? [] : rows,
+    kpart: Number(kpart),
+    cursor,
+    pid: Number(pid),
+    attempt: mid === '' ? null : { message_id: mid, through_id: through, attempts: Number(attempts) },
+    rows,
   };
   return out;
 }
