@@ -454,13 +454,13 @@ export interface ClaimResult {
  * there. Postgres prunes the segments below the cursor at run time (claims touch only
  * the segments at or after it).
  *
- * The first row is the claim (one text column; see the migration), the others the
- * messages: whether the group has redriven dead letters and, when `askPending` (the
- * probe walks the pending index, dead entries included, so it is asked only on a
- * wake-up or poll) or when nothing was claimed, whether the topic has messages waiting
- * for the sequencer. (One JSON array per batch instead of rows was tried: decoding in
- * Node was no cheaper overall, and building it cost Postgres 3.5 ms per 500 messages
- * against 0.6 ms for the rows.)
+ * The first row is the claim (one text column; see the migration): the partition, its
+ * cursor, the attempt row, whether the group has redriven dead letters and, when
+ * `askPending` (the probe walks the pending index, dead entries included, so it is
+ * asked only on a wake-up or poll) or when nothing was claimed, whether the topic has
+ * messages waiting for the sequencer. The other rows are the messages. (One JSON array
+ * per batch instead of rows was tried: decoding in Node was no cheaper overall, and
+ * building it cost Postgres 3.5 ms per 500 messages against 0.6 ms for the rows.)
  */
 export async function cursorClaimRead(
   ex: Executor,
