@@ -4,7 +4,7 @@ import { Herald } from '../client.js';
 import { ListenNotSessionError } from '../errors.js';
 import { freshDatabase, type TestDatabase } from '../../test/support/db.js';
 import { pgbouncerBinary, startPgBouncer } from '../../test/support/pgbouncer.js';
-import { nextEvent, waitFor } from '../../test/support/wait.js';
+import { nextEvent, waitFor, waitForCount } from '../../test/support/wait.js';
 
 const missing = pgbouncerBinary() ? false : 'pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)';
 
@@ -97,7 +97,7 @@ describe('notifier behind PgBouncer', { skip: missing }, () => {
       const consumer = herald.topics.consumer<number>('pooled', 'g', ({ messages }) => void got.push(...messages.map((m) => m.payload)), { batchSize: 20, concurrency: 2 });
       await consumer.start();
       try {
-        await waitFor(() => got.length >= N, { what: `${N} messages (got ${got.length})` });
+        await waitForCount(() => got.length, N, { what: 'messages consumed' });
       } finally {
         await consumer.stop();
       }
