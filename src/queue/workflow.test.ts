@@ -211,6 +211,8 @@ describe('workflows', () => {
       const wf = await h.queue.enqueueWorkflow({ jobs: ['a', 'b', 'c'].map((k, i, all) => ({ key: k, kind: 'kc', payload: { k }, dependsOn: i ? [all[i - 1]] : [] })) });
       await waitFor(() => order.length === 3, { what: 'the chain to run' });
       assert.deepEqual(order, ['a', 'b', 'c']);
+      // c has started; its completion is recorded after its handler returns.
+      await waitFor(async () => (await h.queue.workflow(wf.id))?.state === 'completed', { what: 'the workflow completed' });
       const info = (await h.queue.workflow(wf.id))!;
       assert.equal(info.state, 'completed');
       assert.equal(info.jobs.length, 0);
