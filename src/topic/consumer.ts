@@ -295,36 +295,36 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
         }
         const last = rows[rows.length - 1].id;
         const messages: TopicMessage<T>[] = rows.map((r) => toMessage<T>(this.topic, r));
-        // The handler's turn (claimed while others' handlers ran: it waits for one to end).
+        // The handler's turn (claimed while others' handlers ran: it waits for one to end),
+        // given back in one place whatever happens below.
         const handlerDone = await this.#handlerSlots.take();
-        if (loop.stopping) {
-          // stop() came while this batch waited: it rolls back unhandled (no attempt used).
-          handlerDone();
-          throw STOPPED;
-        }
-        // Counted on the pool, in its own commit: the handler starts once the statement
-        // has left the process (a process killed from then on cannot take it back: the
-        // server runs it and commits), and the batch commits only after it did. Sent
-        // once the handler's turn has come: a batch waiting for it has used no attempt.
-        let sent!: () => void;
-        const leftProcess = new Promise<void>((resolve) => (sent = resolve));
-        const counted = q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1, { onSent: () => sent() });
-        counted.catch(() => {});
+        let counted: Promise<number>;
+        let thrown: { error: unknown } | undefined;
         try {
+          // stop() came while this batch waited: it rolls back unhandled (no attempt used).
+          if (loop.stopping) throw STOPPED;
+          // Counted on the pool, in its own commit: the handler starts once the statement
+          // has left the process (a process killed from then on cannot take it back: the
+          // server runs it and commits), and the batch commits only after it did. Sent
+          // once the handler's turn has come: a batch waiting for it has used no attempt.
+          let sent!: () => void;
+          const leftProcess = new Promise<void>((resolve) => (sent = resolve));
+          counted = q.attemptBegin(driver.executor, s, row.id, this.group, claim.kpart, head, last, rows.length === 1, { onSent: () => sent() });
+          counted.catch(() => {});
           // A statement that failed before it was sent fails the batch (nothing ran).
           await Promise.race([leftProcess, counted]);
-        } catch (err) {
+          try {
+            await this.#runHandler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx }, claim.pid);
+          } catch (error) {
+            thrown = { error };
+          }
+        } finally {
           handlerDone();
-          throw err;
         }
-        try {
-          await this.#runHandler({ topic: this.topic, group: this.group, partition: claim.kpart, messages, tx }, claim.pid);
-        } catch (error) {
-          handlerDone();
-          failed = { partition: claim.kpart, error, attempts: await this.#attemptsOf(counted, prior), head };
+        if (thrown) {
+          failed = { partition: claim.kpart, error: thrown.error, attempts: await this.#attemptsOf(counted, prior), head };
           throw HANDLER;
         }
-        handlerDone();
         // The count commits before the batch: the next claim of the partition reads it.
         await this.#attemptsOf(counted, prior);
         // The claim already moved the cursor to `last`, in this transaction: the COMMIT is all that is left.
