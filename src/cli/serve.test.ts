@@ -202,6 +202,8 @@ describe('herald serve secrets from files (issue 12)', () => {
       assert.throws(() => serverOptionsFrom({ tokenFile: empty }, {}), /--token-file .*empty: the file is empty/);
       assert.throws(() => serverOptionsFrom({ token: 'x', tokenFile: token }, {}), /give --token or --token-file, not both/);
       assert.throws(() => serverOptionsFrom({}, { HERALD_JWT_SECRET_FILE: join(tmp, 'missing') }), /HERALD_JWT_SECRET_FILE .*missing: cannot read it \(ENOENT\)/);
+      assert.throws(() => serverOptionsFrom({ jwtPublicKey: join(tmp, 'missing') }, {}), /--jwt-public-key .*missing: cannot read it \(ENOENT\)/);
+      assert.throws(() => serverOptionsFrom({}, { HERALD_JWT_PUBLIC_KEY_FILE: join(tmp, 'missing') }), (e: any) => e.exitCode === 2 && /HERALD_JWT_PUBLIC_KEY_FILE .*missing: cannot read it/.test(e.message));
       const res = await cli(['serve', '--token-file', join(tmp, 'missing')], {});
       assert.equal(res.code, 2);
       assert.match(res.stderr, /--token-file .*missing: cannot read it/);

@@ -102,6 +102,15 @@ function readApiKeys(file: string): ApiKey[] {
   return list as ApiKey[];
 }
 
+/** The PEM file of `--jwt-public-key`: a file that cannot be read is a usage error (exit 2), as for the other file flags. */
+function readPublicKey(file: string, from: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new CliError(`${from} ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 2);
+  }
+}
+
 /** Server options from the command line, then the environment (`HERALD_*`). */
 export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | undefined>): ServerOptions {
   const port = parseInteger(opts.port !== undefined ? '--port' : 'HERALD_PORT', opts.port ?? env.HERALD_PORT ?? '8080', { min: 0, max: 65535 });
@@ -118,7 +127,7 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
       opts.jwtSecretFile,
       env,
     ),
-    jwtPublicKey: pemFile ? readFileSync(pemFile, 'utf8') : undefined,
+    jwtPublicKey: pemFile ? readPublicKey(pemFile, opts.jwtPublicKey !== undefined ? '--jwt-public-key' : 'HERALD_JWT_PUBLIC_KEY_FILE') : undefined,
     jwksUrl: opts.jwksUrl ?? env.HERALD_JWKS_URL,
     jwtIssuer: opts.jwtIssuer ?? env.HERALD_JWT_ISSUER,
     jwtAudience: opts.jwtAudience ?? env.HERALD_JWT_AUDIENCE,

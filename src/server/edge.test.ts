@@ -130,6 +130,23 @@ describe('herald serve edge', () => {
     assert.equal(redrive.status, 400);
     const dead = await fetch(`${f.base}/outbox/dead?limit=1e20`);
     assert.equal(dead.status, 400);
+    assert.equal((await dead.json()).error.code, 'INVALID_ARGUMENT');
+    const topicDead = await fetch(`${f.base}/topics/edge/dead?limit=0`);
+    assert.deepEqual([topicDead.status, (await topicDead.json()).error.code], [400, 'INVALID_ARGUMENT']);
+    // ?lastEventId= is read like the header (a malformed one is refused the same way).
+    const viaQuery = await fetch(`${f.base}/topics/edge/events?lastEventId=99999999999999999999999:1`);
+    assert.deepEqual([viaQuery.status, (await viaQuery.json()).error.code], [400, 'INVALID_ARGUMENT']);
+  });
+
+  it('checks the body of PUT /topics/<name> like every JSON body: depth, fields, NUL', async () => {
+    const put = async (body: string) => {
+      const r = await fetch(`${f.base}/topics/put-checked`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body });
+      return [r.status, r.status >= 400 ? (await r.json()).error.code : (await r.json()).created];
+    };
+    assert.deepEqual(await put('{"partitions":' + '['.repeat(65) + ']'.repeat(65) + '}'), [400, 'INVALID_JSON']);
+    assert.deepEqual(await put('{"nope":1}'), [400, 'UNKNOWN_FIELD']);
+    assert.deepEqual(await put('{"partitions":"a\\u0000"}'), [400, 'INVALID_ARGUMENT']);
+    assert.deepEqual(await put(''), [201, true]);
   });
 
   it('answers an internal error with a request id (body and x-request-id), logs it once, and maps Postgres data errors to 400', async () => {

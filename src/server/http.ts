@@ -211,8 +211,11 @@ export async function readBody(req: IncomingMessage, limitBytes: number): Promis
 
 /** Reads a JSON object body, rejecting keys outside `allowed`. */
 export async function readJson<T extends Record<string, unknown>>(req: IncomingMessage, limitBytes: number, allowed?: readonly string[]): Promise<T> {
-  const body = await readBody(req, limitBytes);
-  const text = body.toString('utf8');
+  return parseJsonObject<T>((await readBody(req, limitBytes)).toString('utf8'), allowed);
+}
+
+/** The checks of {@link readJson} on a body already read: a JSON object, not too deep, only `allowed` fields, no NUL. */
+export function parseJsonObject<T extends Record<string, unknown>>(text: string, allowed?: readonly string[]): T {
   // Depth first, on the text: parsing a megabyte of '[' takes seconds.
   if (jsonDepthOver(text, MAX_JSON_DEPTH)) throw new HttpError(400, 'INVALID_JSON', `JSON nested deeper than ${MAX_JSON_DEPTH} levels`);
   let value: unknown;

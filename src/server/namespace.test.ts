@@ -113,6 +113,40 @@ describe("gateway topics cannot reach pgherald's own channels", () => {
     }
   });
 
+  test('a reserved topic is RESERVED_TOPIC whatever the grants (none at all too); without a credential it is still 401', async () => {
+    const server = new HeraldServer(herald, { port: 0, apiKeys: [{ name: 'other', key: WIDE, grants: { subscribe: ['orders'], publish: ['orders'] } }] });
+    const base = await server.start();
+    const clients: { close(): void }[] = [];
+    try {
+      const t = encodeURIComponent(herald.queue.channelNames.events);
+      const published = await post(`${base}/channels/${t}/notify`, { payload: 'x' }, WIDE);
+      assert.equal(published.status, 403);
+      assert.equal(published.body.error.code, 'RESERVED_TOPIC');
+      const sse = await SseClient.open(`${base}/channels/${t}/events?access_token=${WIDE}`);
+      clients.push(sse);
+      assert.equal(sse.status, 403);
+      assert.equal(JSON.parse(sse.body).error.code, 'RESERVED_TOPIC');
+      const ws = await WsClient.connect(`${base}/ws?access_token=${WIDE}`);
+      clients.push(ws);
+      const pub = await ws.request({ type: 'publish', topic: herald.queue.channelNames.events, payload: 'x' });
+      assert.equal(pub.code, 'RESERVED_TOPIC');
+      const sub = await ws.request({ type: 'subscribe', topic: herald.queue.channelNames.events });
+      assert.equal(sub.code, 'RESERVED_TOPIC');
+      // Every error reply has its status, a message that is not JSON too.
+      ws.ws.send('not json');
+      await ws.until(() => ws.of('error').some((e) => e.code === 'INVALID_JSON'));
+      assert.equal(ws.of('error').find((e) => e.code === 'INVALID_JSON')!.status, 400);
+      // A topic outside the key's grants that is not reserved: FORBIDDEN, as before.
+      const forbidden = await post(`${base}/channels/elsewhere/notify`, { payload: 'x' }, WIDE);
+      assert.equal(forbidden.body.error.code, 'FORBIDDEN');
+      const anonymous = await post(`${base}/channels/${t}/notify`, { payload: 'x' });
+      assert.equal(anonymous.status, 401);
+    } finally {
+      for (const c of clients) c.close();
+      await server.stop();
+    }
+  });
+
   test('a prefix cannot be used to build a reserved channel, and a prefix inside the namespace is refused', async () => {
     const server = new HeraldServer(herald, { port: 0, channelPrefix: 'her' });
     const base = await server.start();

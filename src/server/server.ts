@@ -612,7 +612,13 @@ export class HeraldServer {
         throw new HttpError(405, 'METHOD_NOT_ALLOWED', `use ${found.allowed.join(' or ')}`);
       }
       const { route, params } = found;
-      const principal = route.open ? undefined : await this.authorize(req, route.action, route.resource(params, url));
+      // Authenticated first (401 before anything else), then the resource (which may refuse
+      // on its own: a reserved topic is 403 RESERVED_TOPIC whatever the grants), then the grant.
+      let principal: Principal | undefined;
+      if (!route.open) {
+        principal = await this.authenticate(req);
+        assertAllowed(principal, route.action, route.resource(params, url));
+      }
       await route.handler(req, res, params, url, principal);
     } catch (err) {
       try {

@@ -127,7 +127,7 @@ async function onMessage(server: HeraldServer, conn: WsConnection, text: string)
     msg = JSON.parse(text);
     if (!msg || typeof msg !== 'object' || Array.isArray(msg)) throw new Error();
   } catch {
-    return conn.reply({ type: 'error', code: 'INVALID_JSON', message: 'messages are JSON objects' });
+    return conn.reply({ type: 'error', code: 'INVALID_JSON', status: 400, message: 'messages are JSON objects' });
   }
   const ref = msg.ref;
   const gw = server.gateway;
@@ -162,6 +162,7 @@ async function onMessage(server: HeraldServer, conn: WsConnection, text: string)
       }
       case 'publish':
         if (topic === undefined) throw new HttpError(400, 'INVALID_MESSAGE', 'publish needs topic');
+        gw.channelOf(topic); // a reserved topic: RESERVED_TOPIC whatever the grants
         assertAllowed(conn.principal, 'publish', topic);
         await publish(server, conn.principal, topic, msg.payload ?? '');
         return conn.reply({ type: 'published', topic, ref });

@@ -66,7 +66,8 @@ export function registerChannelRoutes(server: HeraldServer): void {
       await publish(server, principal!, topic, body.payload ?? '');
       sendJson(res, 202, { topic, sent: true });
     },
-    { action: 'publish', resource: ([topic]) => topic },
+    // channelOf: a reserved topic is refused (403 RESERVED_TOPIC) before the grant is checked.
+    { action: 'publish', resource: ([topic]) => (server.gateway.channelOf(topic), topic) },
   );
 
   server.router.add(
@@ -80,7 +81,7 @@ export function registerChannelRoutes(server: HeraldServer): void {
         return { topic, channel };
       });
     },
-    { action: 'subscribe', resource: ([topic]) => topic },
+    { action: 'subscribe', resource: ([topic]) => (server.gateway.channelOf(topic), topic) },
   );
 
   // Several topics (and durable streams) on one SSE connection; data is JSON with the topic.

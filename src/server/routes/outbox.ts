@@ -22,7 +22,7 @@ export function registerOutboxRoutes(server: HeraldServer): void {
   router.add('GET', /^\/outbox\/dead$/, async (_req, res, _params, url) => {
     const raw = url.searchParams.get('limit') ?? '100';
     const limit = Number(raw);
-    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new HttpError(400, 'INVALID_LIMIT', 'limit must be an integer from 1 to 10000');
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new HttpError(400, 'INVALID_ARGUMENT', 'limit must be an integer from 1 to 10000');
     sendJson(res, 200, { events: await herald.outbox.dead({ limit }) });
   }, admin);
 

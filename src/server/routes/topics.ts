@@ -2,8 +2,9 @@ import { HeraldError } from '../../errors.js';
 import { TopicRetentionError } from '../../topic/types.js';
 import type { TopicOptions } from '../../topic/types.js';
 import { allows } from '../auth.js';
-import { HttpError, publicError, readBody, readJson, sendJson, statusOf } from '../http.js';
+import { HttpError, parseJsonObject, publicError, readBody, readJson, sendJson, statusOf } from '../http.js';
 import type { HeraldServer } from '../server.js';
+import { lastEventIdOf } from './channels.js';
 
 /** Fields of the `PUT /topics/<name>` body: the topic options fixed at creation. */
 const TOPIC_OPTION_KEYS = ['partitions', 'segmentSize', 'retentionMs', 'retentionBytes'];
@@ -30,17 +31,8 @@ export function registerTopicsRoutes(server: HeraldServer): void {
 
   server.router.add('PUT', /^\/topics\/([^/]+)$/, async (req, res, [topic]) => {
     const text = (await readBody(req, server.options.maxBodyBytes)).toString('utf8');
-    let body: Record<string, unknown> = {};
-    if (text.trim() !== '') {
-      try {
-        body = JSON.parse(text);
-      } catch {
-        throw new HttpError(400, 'INVALID_JSON', 'body is not valid JSON');
-      }
-      if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'INVALID_BODY', 'body must be a JSON object');
-      const unknown = Object.keys(body).filter((k) => !TOPIC_OPTION_KEYS.includes(k));
-      if (unknown.length) throw new HttpError(400, 'UNKNOWN_FIELD', `unknown field(s): ${unknown.join(', ')}`);
-    }
+    // An empty body: the defaults. Otherwise the checks of every JSON body (depth, fields, NUL).
+    const body = text.trim() === '' ? {} : parseJsonObject(text, TOPIC_OPTION_KEYS);
     const created = await herald.topics.create(topic, body as TopicOptions);
     sendJson(res, created ? 201 : 200, { topic, created });
   }, { action: 'create', resource: ([topic]) => `topic/${topic}` });
@@ -64,8 +56,8 @@ export function registerTopicsRoutes(server: HeraldServer): void {
   }, { action: 'publish', resource: ([topic]) => `topic/${topic}` });
 
   server.router.add('GET', /^\/topics\/([^/]+)\/events$/, async (req, res, [topic], url, principal) => {
-    const header = req.headers['last-event-id'];
-    const from = (typeof header === 'string' && header.trim()) || url.searchParams.get('from') || 'latest';
+    // Where to start: Last-Event-ID (the header, or ?lastEventId= as for every SSE route), else ?from=, else latest.
+    const from = lastEventIdOf(req, url)?.trim() || url.searchParams.get('from') || 'latest';
     let after: string;
     try {
       after = await herald.topics.resolveAfter(topic, from);
@@ -104,7 +96,7 @@ export function registerTopicsRoutes(server: HeraldServer): void {
   server.router.add('GET', /^\/topics\/([^/]+)\/dead$/, async (_req, res, [topic], url) => {
     const raw = url.searchParams.get('limit') ?? '100';
     const limit = Number(raw);
-    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new HttpError(400, 'INVALID_LIMIT', 'limit must be an integer from 1 to 10000');
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new HttpError(400, 'INVALID_ARGUMENT', 'limit must be an integer from 1 to 10000');
     const group = url.searchParams.get('group') ?? undefined;
     sendJson(res, 200, { letters: await topicCall(() => herald.topics.deadLetters(topic, { group, limit })) });
   }, topicAdmin);
