@@ -616,8 +616,8 @@ export class HeraldServer {
       // on its own: a reserved topic is 403 RESERVED_TOPIC whatever the grants), then the grant.
       let principal: Principal | undefined;
       if (!route.open) {
-        principal = await this.authenticate(req);
-        assertAllowed(principal, route.action, route.resource(params, url));
+        await this.authenticate(req); // cached for the request: authorize reuses it
+        principal = await this.authorize(req, route.action, route.resource(params, url));
       }
       await route.handler(req, res, params, url, principal);
     } catch (err) {
