@@ -149,6 +149,21 @@ describe('notifier', () => {
     }
   });
 
+  it('notifier:overflow reports the bound of the subscription that filled (its own bufferSize)', async () => {
+    const herald = new Herald({ connectionString: db.url, notifier: { ...FAST, subscriberBufferSize: 50 } });
+    try {
+      const small = herald.listen('small', () => new Promise(() => {}), { bufferSize: 3 }); // never returns
+      await small.established;
+      const overflow = nextEvent(herald.notifier, 'notifier:overflow');
+      await herald.notifyMany(Array.from({ length: 10 }, (_, k) => ({ channel: 'small', payload: String(k) })));
+      const [event] = await overflow;
+      assert.deepEqual([event.channel, event.bufferSize], ['small', 3]);
+      assert.equal(small.bufferSize, 3);
+    } finally {
+      await herald.close();
+    }
+  });
+
   it('a handler that keeps up never drops, even when one socket read holds more notifications than its buffer', async () => {
     const herald = new Herald({ connectionString: db.url, notifier: { ...FAST, subscriberBufferSize: 10 } });
     try {

@@ -333,7 +333,7 @@ export class Notifier extends TypedEmitter<NotifierEvents> implements Subscripti
 
   /** @internal */
   overflow(sub: Subscription): void {
-    this.emit('notifier:overflow', { channel: sub.channel, dropped: sub.dropped, bufferSize: this.options.subscriberBufferSize });
+    this.emit('notifier:overflow', { channel: sub.channel, dropped: sub.dropped, bufferSize: sub.bufferSize });
   }
 
   /** @internal */

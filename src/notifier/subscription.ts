@@ -60,6 +60,8 @@ export class Subscription implements AsyncIterable<Notification> {
   delivered = 0;
   /** Notifications dropped because the buffer was full. */
   dropped = 0;
+  /** How many notifications the buffer holds (the `bufferSize` it was opened with). */
+  readonly bufferSize: number;
 
   readonly #buffer: Ring<Notification>;
   readonly #handler?: (n: Notification) => unknown;
@@ -82,6 +84,7 @@ export class Subscription implements AsyncIterable<Notification> {
     this.#host = host;
     this.#handler = options.handler;
     this.#onListen = options.onListen;
+    this.bufferSize = options.bufferSize;
     this.#buffer = new Ring(options.bufferSize);
     this.established = new Promise<void>((resolve, reject) => {
       this.#resolveEstablished = resolve;

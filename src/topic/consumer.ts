@@ -11,6 +11,7 @@ import * as q from './queries.js';
 import { toMessage } from './message.js';
 import { Slots } from '../internal/slots.js';
 import {
+  checkStart,
   CONSUMER_DEFAULTS,
   TopicRetentionError,
   type ConsumerEvents,
@@ -90,6 +91,7 @@ export class TopicConsumer<T = unknown> extends TypedEmitter<ConsumerEvents> {
   constructor(host: ConsumerHost, topic: string, group: string, handler: (batch: TopicBatch<T>) => Promise<void> | void, options: ConsumerOptions) {
     super();
     if (typeof handler !== 'function') throw new HeraldError('INVALID_ARGUMENT', 'handler must be a function');
+    if (options.start !== undefined) checkStart(options.start);
     this.options = resolveOptions<Resolved>(CONSUMER_DEFAULTS, options, {
       batchSize: positiveInteger(100_000),
       concurrency: positiveInteger(1024),

@@ -254,6 +254,23 @@ test('bad input fails before any SQL with typed errors', async () => {
   await assert.rejects(herald.topics.resetGroup('orders', 'a', { position: 'nope' }), { code: 'INVALID_ARGUMENT' });
   await assert.rejects(herald.topics.create('bad', { partitions: 0 }), { code: 'INVALID_OPTION' });
   assert.throws(() => herald.topics.consumer('orders', 'g', () => {}, { batchSize: -1 }), { code: 'INVALID_OPTION' });
+  // Payloads JSON.stringify refuses (a BigInt, a cycle) are INVALID_PAYLOAD too.
+  await assert.rejects(herald.topics.publish('t', 1n), { code: 'INVALID_PAYLOAD' });
+  const cycle: Record<string, unknown> = {};
+  cycle.self = cycle;
+  await assert.rejects(herald.topics.publish('t', cycle), { code: 'INVALID_PAYLOAD' });
+  // A consumer's start is checked when it is made; createGroup checks every argument before anything is created.
+  assert.throws(() => herald.topics.consumer('orders', 'g', () => {}, { start: 'x' as 'earliest' }), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.createGroup('', 'g'), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.createGroup('t'.repeat(201), 'g'), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.createGroup('not-created-by-a-bad-start', 'g', new Date('x')), { code: 'INVALID_ARGUMENT' });
+  assert.deepEqual((await herald.topics.list()).filter((t) => t === 'not-created-by-a-bad-start'), []);
+  // Counts are INVALID_ARGUMENT, as in the mailbox and the outbox; retention values are whole numbers.
+  await herald.topics.create('limits');
+  await assert.rejects(herald.topics.read('limits', { limit: 0 }), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.deadLetters('limits', { limit: 10_001 }), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.tail('limits', { batchSize: 0 }).next(), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.topics.create('bad-retention', { retentionMs: 1.5 }), { code: 'INVALID_OPTION' });
 });
 
 test("a new group starts at 'latest' or at a point in time", async () => {

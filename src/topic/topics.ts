@@ -12,6 +12,7 @@ import * as q from './queries.js';
 import { toDeadLetter, toMessage } from './message.js';
 import {
   assertName,
+  checkStart,
   nonNegative,
   parsePosition,
   positiveInt,
@@ -224,7 +225,13 @@ export class Topics {
     const keys: (string | null)[] = [];
     const payloads: string[] = [];
     for (const m of messages) {
-      const text = m?.payload === undefined ? undefined : JSON.stringify(m.payload);
+      let text: string | undefined;
+      try {
+        text = m?.payload === undefined ? undefined : JSON.stringify(m.payload);
+      } catch (err) {
+        // A BigInt, a cycle, a toJSON that throws: not a JSON value either.
+        throw new HeraldError('INVALID_PAYLOAD', `a topic payload must be a JSON value: ${(err as Error).message}`);
+      }
       if (text === undefined) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload must be a JSON value (not undefined or a function)');
       if (jsonHasNul(text)) throw new HeraldError('INVALID_PAYLOAD', 'a topic payload cannot contain NUL characters');
       const key = m.key ?? null;
@@ -300,10 +307,13 @@ export class Topics {
 
   /** Creates a group if missing (cursors at `start`); returns true when it was created. */
   async createGroup(topic: string, group: string, start: GroupStart = 'earliest'): Promise<boolean> {
+    // Every argument checked before anything is created (autoCreate would create the topic).
+    assertName('topic', topic);
     assertName('group', group);
+    const from = checkStart(start);
     const st = await this.#state(topic);
     await this.#sequenceIfPending(topic);
-    return q.groupCreate(this.#driver.executor, this.#s, st.row.id, group, checkStart(start));
+    return q.groupCreate(this.#driver.executor, this.#s, st.row.id, group, from);
   }
 
   /**
@@ -346,7 +356,7 @@ export class Topics {
    */
   async read<T = unknown>(topic: string, options: { after?: TopicPosition | 'earliest' | 'latest'; limit?: number } = {}): Promise<{ messages: TopicMessage<T>[]; position: TopicPosition }> {
     const st = await this.#existing(topic);
-    const limit = positiveInt('limit', options.limit ?? 100, 100_000);
+    const limit = limitArg('limit', options.limit ?? 100, 100_000);
     const ex = this.#driver.executor;
     const position = await this.resolveAfter(topic, options.after ?? 'earliest');
     await this.#sequenceIfPending(topic);
@@ -372,6 +382,7 @@ export class Topics {
   ): AsyncGenerator<TopicMessage<T>, void, undefined> {
     const signal = options.signal;
     const pollMs = positiveInt('pollIntervalMs', options.pollIntervalMs ?? 1000);
+    const batchSize = limitArg('batchSize', options.batchSize ?? 500, 100_000);
     let wake: (() => void) | undefined;
     let dirty = true;
     const poke = () => {
@@ -386,7 +397,7 @@ export class Topics {
       let position = await this.resolveAfter(topic, options.after ?? 'latest');
       while (!signal?.aborted) {
         dirty = false;
-        const r = await this.read<T>(topic, { after: position, limit: options.batchSize ?? 500 });
+        const r = await this.read<T>(topic, { after: position, limit: batchSize });
         for (const m of r.messages) {
           if (signal?.aborted) return;
           yield m;
@@ -485,7 +496,7 @@ export class Topics {
   async deadLetters<T = unknown>(topic: string, options: { group?: string; after?: TopicPosition; limit?: number } = {}): Promise<TopicDeadLetter<T>[]> {
     const st = await this.#existing(topic);
     if (options.group !== undefined) assertName('group', options.group);
-    const limit = positiveInt('limit', options.limit ?? 100, 10_000);
+    const limit = limitArg('limit', options.limit ?? 100, 10_000);
     const after = options.after === undefined ? '0' : parsePosition(options.after);
     const rows = await q.deadLetterList(this.#driver.executor, this.#s, st.row.id, options.group ?? null, after, limit);
     return rows.map((r) => toDeadLetter<T>(topic, r));
@@ -864,11 +875,6 @@ export class Topics {
   }
 }
 
-function checkStart(start: GroupStart): GroupStart {
-  if (start === 'earliest' || start === 'latest' || (start instanceof Date && !Number.isNaN(start.getTime()))) return start;
-  throw new HeraldError('INVALID_ARGUMENT', `start must be 'earliest', 'latest' or a valid Date, got ${JSON.stringify(String(start))}`);
-}
-
 function resolveTopicOptions(o: TopicOptions, prefix: string): Required<TopicOptions> {
   const r = { ...TOPICS_DEFAULTS, ...stripUndefined(o) };
   return {
@@ -877,6 +883,14 @@ function resolveTopicOptions(o: TopicOptions, prefix: string): Required<TopicOpt
     retentionMs: r.retentionMs === null ? null : nonNegative(prefix + 'retentionMs', r.retentionMs),
     retentionBytes: r.retentionBytes === null ? null : nonNegative(prefix + 'retentionBytes', r.retentionBytes),
   };
+}
+
+/** A call's count argument (`limit`, `batchSize`): an integer from 1 to `max`, else `INVALID_ARGUMENT`, as in the mailbox and the outbox. */
+function limitArg(name: string, v: unknown, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
+    throw new HeraldError('INVALID_ARGUMENT', `${name} must be an integer from 1 to ${max}, got ${JSON.stringify(String(v))}`);
+  }
+  return v;
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

@@ -89,6 +89,12 @@ export interface TopicsOptions {
 /** Where a new group starts: `earliest` retained message, `latest` (only what comes next), or a point in time. */
 export type GroupStart = 'earliest' | 'latest' | Date;
 
+/** `start` checked: `'earliest'`, `'latest'` or a valid Date, else `INVALID_ARGUMENT`. */
+export function checkStart(start: GroupStart): GroupStart {
+  if (start === 'earliest' || start === 'latest' || (start instanceof Date && !Number.isNaN(start.getTime()))) return start;
+  throw new HeraldError('INVALID_ARGUMENT', `start must be 'earliest', 'latest' or a valid Date, got ${JSON.stringify(String(start))}`);
+}
+
 /** A batch handed to a consumer's handler, inside the transaction that commits the group's position. */
 export interface TopicBatch<T = unknown> {
   topic: string;
@@ -241,7 +247,8 @@ export function positiveInt(option: string, v: unknown, max = Number.MAX_SAFE_IN
 }
 
 export function nonNegative(option: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new InvalidOptionError(option, v, 'a number >= 0');
+  // Kept in bigint columns: a whole number.
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new InvalidOptionError(option, v, 'an integer >= 0');
   return v;
 }
 
