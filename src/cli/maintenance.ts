@@ -20,7 +20,7 @@ export function registerMaintenanceCommands(program: Command, ctx: CliContext): 
     .action(async (opts: { json?: boolean }) => {
       const s = await herald().maintenance.status();
       if (opts.json) return ctx.out(JSON.stringify({ leader: s.leader, tasks: s.tasks }));
-      const leader = s.leader ? s.leader.holder : 'none';
+      const leader = s.leader ? s.leader.holder : '-';
       const at = (d: Date | null) => (d ? d.toISOString() : '-');
       for (const t of s.tasks) {
         const state = t.enabled ? (t.lastError ? 'failing' : 'on') : 'off';
