@@ -45,3 +45,49 @@ describe('herald maintenance without a leader', () => {
     assert.equal(JSON.parse(json.stdout).leader, null);
   });
 });
+
+describe('--json and --limit on every list', () => {
+  it('jobs paused, jobs limits and topics dead take --json (they print JSON lines already)', async () => {
+    await herald.queue.pause({ queue: 'json-paused' });
+    await herald.queue.setLimit({ queue: 'json-limited', concurrency: 2 });
+    await herald.topics.create('json-dead');
+    try {
+      for (const argv of [['jobs', 'paused'], ['jobs', 'limits'], ['topics', 'dead', 'json-dead']]) {
+        const plain = await cli(argv, env());
+        const json = await cli([...argv, '--json'], env());
+        assert.equal(json.code, 0, `${argv.join(' ')} --json: ${json.stderr}`);
+        assert.equal(json.stdout, plain.stdout, argv.join(' '));
+        for (const l of json.stdout.split('\n').filter(Boolean)) JSON.parse(l);
+      }
+      assert.equal(JSON.parse((await cli(['jobs', 'paused', '--json'], env())).stdout).queue, 'json-paused');
+      assert.equal(JSON.parse((await cli(['jobs', 'limits', '--json'], env())).stdout).concurrency, 2);
+    } finally {
+      await herald.queue.resume({ queue: 'json-paused' });
+      await herald.queue.removeLimit({ queue: 'json-limited' });
+    }
+  });
+
+  it('--limit is 1 to 100000 on every list, also past the library s 10000 per call', async () => {
+    await herald.topics.create('limit-dead');
+    for (const argv of [['topics', 'dead', 'limit-dead'], ['mailbox', 'dead', 'box'], ['outbox', 'dead'], ['jobs', 'list'], ['jobs', 'stuck']]) {
+      const over = await cli([...argv, '--limit', '100001'], env());
+      assert.equal(over.code, 2, argv.join(' '));
+      assert.match(over.stderr, /--limit must be an integer from 1 to 100000, got "100001"/);
+      const big = await cli([...argv, '--limit', '100000'], env());
+      assert.equal(big.code, 0, `${argv.join(' ')}: ${big.stderr}`);
+    }
+  });
+
+  it('jobs list pages past 10000 jobs', async () => {
+    await herald.driver.executor.query(
+      `INSERT INTO herald.jobs (queue, kind, payload, run_at) SELECT 'paging', 'paging', '{}'::jsonb, now() + interval '1 day' FROM generate_series(1, 10005)`,
+    );
+    const res = await cli(['jobs', 'list', '--kind', 'paging', '--limit', '10003'], env());
+    assert.equal(res.code, 0, res.stderr);
+    const ids = res.stdout.trim().split('\n').map((l) => BigInt(JSON.parse(l).id as string));
+    assert.equal(ids.length, 10003);
+    assert.ok(ids.every((id, i) => i === 0 || id < ids[i - 1]), 'newest first, each once');
+    const all = await cli(['jobs', 'list', '--kind', 'paging', '--limit', '20000'], env());
+    assert.equal(all.stdout.trim().split('\n').length, 10005);
+  });
+});

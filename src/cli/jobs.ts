@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { jobSummary, type JobInfo, type JobState } from '../queue/types.js';
 import { CliError, type CliContext } from './context.js';
-import { COUNT_RANGE, LIMIT_RANGE, intArg } from './options.js';
+import { COUNT_RANGE, LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -50,8 +50,16 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'every field of each job (payload, errors, history...), one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald jobs list --state dead\n  herald jobs list --kind email --limit 10\n  herald jobs list --limit 10 --before-id 120')
     .action(async (o: { queue?: string; kind?: string; state?: JobState; stage?: string; beforeId?: string; limit: number; json?: boolean }) => {
-      const { json, ...filter } = o;
-      for (const j of await ctx.herald(globals()).queue.list(filter)) ctx.out(json ? JSON.stringify(j) : line(j));
+      const { json, limit, ...filter } = o;
+      const queue = ctx.herald(globals()).queue;
+      // The library returns at most LIBRARY_LIST_MAX jobs per call: a larger --limit pages on by id.
+      for (let left = limit, beforeId = filter.beforeId; left > 0; ) {
+        const page = await queue.list({ ...filter, beforeId, limit: Math.min(left, LIBRARY_LIST_MAX) });
+        for (const j of page) ctx.out(json ? JSON.stringify(j) : line(j));
+        if (page.length < Math.min(left, LIBRARY_LIST_MAX)) break;
+        left -= page.length;
+        beforeId = page[page.length - 1].id;
+      }
     });
 
   jobs
@@ -169,6 +177,8 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
   jobs
     .command('paused')
     .description('the pauses in force, one JSON line each ({"queue","kind","pausedAt"}; null = every)')
+    .option('--json', 'one JSON object per line (the default output; accepted like every inspecting command)')
+    .addHelpText('after', '\nExamples:\n  herald jobs paused\n  herald jobs paused --json')
     .action(async () => {
       for (const p of await ctx.herald(globals()).queue.paused()) ctx.out(JSON.stringify(p));
     });
@@ -208,6 +218,8 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
   jobs
     .command('limits')
     .description('the limits in force, one JSON line each ({"queue","kind","concurrency","partitionBy","rate","updatedAt"})')
+    .option('--json', 'one JSON object per line (the default output; accepted like every inspecting command)')
+    .addHelpText('after', '\nExamples:\n  herald jobs limits\n  herald jobs limits --json')
     .action(async () => {
       for (const l of await ctx.herald(globals()).queue.limits()) ctx.out(JSON.stringify(l));
     });
@@ -216,12 +228,12 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .command('stuck')
     .description('waiting or running jobs that entered their current stage more than --older-than ago (database time); exit 1 if any')
     .option('--older-than <duration>', 'threshold: 90s, 15m, 2h or milliseconds', '15m')
-    .option('--limit <n>', 'at most n jobs (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--limit <n>', 'at most n jobs (1 to 100000; prints at most 10000)', intArg('--limit', LIMIT_RANGE), 100)
     .option('--json', 'every field of each job, with stuckMs, one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald jobs stuck --older-than 30m')
     .action(async (o: { olderThan: string; limit: number; json?: boolean }) => {
       const thresholdMs = parseDuration(o.olderThan);
-      const rows = await ctx.herald(globals()).queue.stuck({ thresholdMs, limit: o.limit });
+      const rows = await ctx.herald(globals()).queue.stuck({ thresholdMs, limit: Math.min(o.limit, LIBRARY_LIST_MAX) });
       for (const j of rows) ctx.out(o.json ? JSON.stringify(j) : JSON.stringify({ id: j.id, kind: j.kind, stage: j.stage, state: j.state, stuckMs: Math.round(j.stuckMs), since: j.stageEnteredAt }));
       if (rows.length > 0) ctx.exitCode = 1;
     });

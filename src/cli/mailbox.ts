@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { CliError, type CliContext } from './context.js';
-import { COUNT_RANGE, LIMIT_RANGE, intArg } from './options.js';
+import { COUNT_RANGE, LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -86,10 +86,11 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .command('dead')
     .description('list dead messages of a destination with their last error (JSON lines)')
     .argument('<to>', 'destination')
-    .option('--limit <n>', 'at most n (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--limit <n>', 'at most n (1 to 100000; prints at most 10000)', intArg('--limit', LIMIT_RANGE), 100)
     .option('--json', 'one JSON object per line (the default output; accepted for symmetry)')
+    .addHelpText('after', '\nExamples:\n  herald mailbox dead billing\n  herald mailbox dead billing --limit 10')
     .action(async (to: string, opts: { limit: number }) => {
-      const dead = await ctx.herald(globals()).mailbox.deadLetters(to, { limit: opts.limit });
+      const dead = await ctx.herald(globals()).mailbox.deadLetters(to, { limit: Math.min(opts.limit, LIBRARY_LIST_MAX) });
       for (const d of dead) ctx.out(JSON.stringify(d));
     });
 

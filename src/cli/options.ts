@@ -17,6 +17,11 @@ export interface IntRange {
 
 /** Limits of the list commands (`--limit`): 1 to 100000. */
 export const LIMIT_RANGE: IntRange = { min: 1, max: 100_000 };
+/**
+ * Most rows the library returns per list call (`queue.list`/`stuck`, the dead-letter
+ * lists): `jobs list` pages past it, the other lists print at most this many.
+ */
+export const LIBRARY_LIST_MAX = 10_000;
 /** `--count` of the following commands (listen, jobs watch, topics tail, receive): at least 1. */
 export const COUNT_RANGE: IntRange = { min: 1 };
 

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { CliError, type CliContext } from './context.js';
-import { LIMIT_RANGE, intArg } from './options.js';
+import { LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -25,11 +25,11 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
   outbox
     .command('dead')
     .description('list dead-lettered events, oldest first (id, type, key, attempts, last error)')
-    .option('--limit <n>', 'at most n events (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--limit <n>', 'at most n events (1 to 100000; prints at most 10000)', intArg('--limit', LIMIT_RANGE), 100)
     .option('--json', 'one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald outbox dead\n  herald outbox dead --limit 10 --json')
     .action(async (opts: { limit: number; json?: boolean }) => {
-      for (const e of await herald().outbox.dead({ limit: opts.limit })) {
+      for (const e of await herald().outbox.dead({ limit: Math.min(opts.limit, LIBRARY_LIST_MAX) })) {
         if (opts.json) ctx.out(JSON.stringify(e));
         else ctx.out(`${e.id} ${e.type} key=${e.key ?? '-'} attempts=${e.attempts} dead_at=${e.deadAt.toISOString()} error=${JSON.stringify(e.lastError)}`);
       }

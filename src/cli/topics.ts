@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { GroupStart } from '../topic/types.js';
 import { CliError, type CliContext } from './context.js';
-import { COUNT_RANGE, intArg } from './options.js';
+import { COUNT_RANGE, LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -115,9 +115,11 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .description('list dead letters of a topic (messages whose handler failed maxAttempts times) as JSON lines, with attempts and last error')
     .argument('<topic>', 'topic name')
     .option('--group <group>', 'only this group (default: every group)')
-    .option('--limit <n>', 'most letters to print', intArg('--limit', COUNT_RANGE), 100)
+    .option('--limit <n>', 'at most n letters (1 to 100000; prints at most 10000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--json', 'one JSON object per line (the default output; accepted like every inspecting command)')
+    .addHelpText('after', '\nExamples:\n  herald topics dead orders\n  herald topics dead orders --group billing --limit 10')
     .action(async (topic: string, opts: { group?: string; limit: number }) => {
-      const dead = await ctx.herald(globals()).topics.deadLetters(topic, { group: opts.group, limit: opts.limit });
+      const dead = await ctx.herald(globals()).topics.deadLetters(topic, { group: opts.group, limit: Math.min(opts.limit, LIBRARY_LIST_MAX) });
       for (const d of dead) ctx.out(JSON.stringify(d));
     });
 
