@@ -1,6 +1,6 @@
 import type { Writable } from 'node:stream';
 import { Herald, type HeraldOptions } from '../client.js';
-import { checkPostgresUrl } from './options.js';
+import { checkPostgresUrl, parseInteger } from './options.js';
 import { dataDirOf, runningEmbeddedUrl } from './state.js';
 
 /** Where the CLI writes and what it reads; tests pass their own. */
@@ -13,6 +13,9 @@ export interface CliIo {
   /** Standard input when it is not a terminal (`herald send` reads a payload from it). */
   stdin?: AsyncIterable<Buffer | string>;
 }
+
+/** `--connect-timeout` / HERALD_CONNECT_TIMEOUT_MS: 1 ms to the longest timer node keeps (about 24.8 days). */
+const CONNECT_TIMEOUT_RANGE = { min: 1, max: 2_147_483_647 };
 
 /** Shared state of one CLI invocation. */
 export class CliContext {
@@ -65,11 +68,10 @@ export class CliContext {
    * (milliseconds), or undefined for the library's default (10 s).
    */
   connectTimeoutMs(opts: { connectTimeout?: string }): number | undefined {
-    const raw = opts.connectTimeout ?? this.io.env.HERALD_CONNECT_TIMEOUT_MS;
+    if (opts.connectTimeout !== undefined) return parseInteger('--connect-timeout', opts.connectTimeout, CONNECT_TIMEOUT_RANGE);
+    const raw = this.io.env.HERALD_CONNECT_TIMEOUT_MS;
     if (raw === undefined || raw === '') return undefined;
-    const ms = Number(raw);
-    if (!Number.isFinite(ms) || ms <= 0) throw new CliError(`--connect-timeout: expected a positive number of milliseconds, got ${JSON.stringify(raw)}`, 2);
-    return ms;
+    return parseInteger('HERALD_CONNECT_TIMEOUT_MS', raw, CONNECT_TIMEOUT_RANGE);
   }
 
   /** A Herald for this invocation, closed when the command ends. */

@@ -91,3 +91,49 @@ describe('--json and --limit on every list', () => {
     assert.equal(all.stdout.trim().split('\n').length, 10005);
   });
 });
+
+describe('numbers are decimal integers, named by where they came from', () => {
+  it('topics create checks its numbers with the library s ranges', async () => {
+    const cases: [string[], RegExp][] = [
+      [['--partitions', 'abc'], /--partitions must be an integer from 1 to 1024, got "abc"/],
+      [['--partitions', '5000'], /--partitions must be an integer from 1 to 1024, got "5000"/],
+      [['--partitions', '1.5'], /--partitions must be an integer from 1 to 1024, got "1.5"/],
+      [['--segment-size', '0'], /--segment-size must be an integer >= 1, got "0"/],
+      [['--retention-ms', '1e3'], /--retention-ms must be an integer >= 0, got "1e3"/],
+      [['--retention-bytes', '-1'], /--retention-bytes must be an integer >= 0, got "-1"/],
+    ];
+    for (const [opts, message] of cases) {
+      const res = await cli(['topics', 'create', 'numbers', ...opts], env());
+      assert.equal(res.code, 2, `${opts.join(' ')}: ${res.stderr}`);
+      assert.match(res.stderr, message);
+    }
+    assert.deepEqual(await herald.topics.list().then((l) => l.includes('numbers')), false, 'nothing created');
+    const ok = await cli(['topics', 'create', 'numbers', '--partitions', '4', '--segment-size', '1000', '--retention-ms', '0', '--retention-bytes', '100000'], env());
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.deepEqual(JSON.parse(ok.stdout), { topic: 'numbers', created: true });
+    const s = await herald.topics.stats('numbers');
+    assert.deepEqual([s.partitions, s.segmentSize, s.retentionMs, s.retentionBytes], [4, 1000, 0, 100000]);
+  });
+
+  it('--connect-timeout and HERALD_CONNECT_TIMEOUT_MS are integers >= 1, each named', async () => {
+    for (const v of ['1.5', '1e3', '0', 'abc']) {
+      const flag = await cli(['jobs', 'list', '--connect-timeout', v], env());
+      assert.equal(flag.code, 2, v);
+      assert.match(flag.stderr, new RegExp(`--connect-timeout must be an integer from 1 to 2147483647, got "${v.replace('.', '\\.')}"`));
+      const variable = await cli(['jobs', 'list'], { ...env(), HERALD_CONNECT_TIMEOUT_MS: v });
+      assert.equal(variable.code, 2, v);
+      assert.match(variable.stderr, new RegExp(`^herald: HERALD_CONNECT_TIMEOUT_MS must be an integer from 1 to 2147483647, got "${v.replace('.', '\\.')}"`));
+    }
+    const ok = await cli(['jobs', 'list', '--connect-timeout', '5000'], { ...env(), HERALD_CONNECT_TIMEOUT_MS: 'ignored when the flag is given' });
+    assert.equal(ok.code, 0, ok.stderr);
+  });
+
+  it('herald serve names HERALD_MAX_CONNECTIONS when the bad value came from it', async () => {
+    const fromEnv = await cli(['serve', '--port', '0'], { ...env(), HERALD_MAX_CONNECTIONS: '0' });
+    assert.equal(fromEnv.code, 2);
+    assert.match(fromEnv.stderr, /^herald: HERALD_MAX_CONNECTIONS must be an integer >= 1, got "0"/);
+    const fromFlag = await cli(['serve', '--port', '0', '--max-connections', '0'], { ...env(), HERALD_MAX_CONNECTIONS: '5' });
+    assert.equal(fromFlag.code, 2);
+    assert.match(fromFlag.stderr, /^herald: --max-connections must be an integer >= 1, got "0"/);
+  });
+});

@@ -5,8 +5,9 @@ import { HeraldServer, type ServerOptions } from '../server/server.js';
 import { CliError, type CliContext } from './context.js';
 import { startEmbedded } from './embedded.js';
 import type { Herald } from '../client.js';
-import { checkPostgresUrl, parseInteger, redactUrl } from './options.js';
+import { checkPostgresUrl, parseInteger, redactUrl, type IntRange } from './options.js';
 import { dataDirOf } from './state.js';
+import { PAYLOAD_LIMIT_BYTES } from '../notifier/validate.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -51,9 +52,9 @@ function boolEnv(name: string, value: string | undefined): boolean | undefined {
   throw new CliError(`${name} must be true or false, got ${value}`, 2);
 }
 
-function intOption(name: string, value: string | undefined): number | undefined {
+function intOption(name: string, value: string | undefined, range: IntRange = { min: 1 }): number | undefined {
   if (value === undefined || value === '') return undefined;
-  return parseInteger(name, value, { min: 1 });
+  return parseInteger(name, value, range);
 }
 
 // ---- secrets (issue 12 point 10): a flag, a file, or the environment ----
@@ -133,10 +134,10 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
     jwtAudience: opts.jwtAudience ?? env.HERALD_JWT_AUDIENCE,
     maxConnectionsPerToken: intOption('--max-connections-per-token', opts.maxConnectionsPerToken),
     maxSubscriptionsPerConnection: intOption('--max-subscriptions', opts.maxSubscriptions),
-    maxMessageBytes: intOption('--max-message-bytes', opts.maxMessageBytes),
+    maxMessageBytes: intOption('--max-message-bytes', opts.maxMessageBytes, { min: 1, max: PAYLOAD_LIMIT_BYTES - 1 }),
     publishPerSecond: intOption('--publish-rate', opts.publishRate),
     maxChannels: intOption('--max-channels', opts.maxChannels),
-    maxConnections: intOption('--max-connections', opts.maxConnections ?? env.HERALD_MAX_CONNECTIONS),
+    maxConnections: opts.maxConnections !== undefined ? intOption('--max-connections', opts.maxConnections) : intOption('HERALD_MAX_CONNECTIONS', env.HERALD_MAX_CONNECTIONS),
     channelPrefix: opts.channelPrefix,
     publicMetrics: opts.publicMetrics,
     allowedOrigins: listOption(opts.allowedOrigin, env.HERALD_ALLOWED_ORIGINS),

@@ -37,10 +37,11 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .command('create')
     .description('create a topic (idempotent: an existing topic keeps its options); prints {"topic","created"}')
     .argument('<topic>', 'topic name')
-    .option('--partitions <n>', 'key partitions, 1..1024 (default 8)', (v) => Number(v))
-    .option('--segment-size <n>', 'message ids per segment (default 1000000)', (v) => Number(v))
-    .option('--retention-ms <n>', 'drop full segments older than this (default: keep)', (v) => Number(v))
-    .option('--retention-bytes <n>', 'drop the oldest full segments past this size (default: keep)', (v) => Number(v))
+    .option('--partitions <n>', 'key partitions, 1 to 1024 (default 8)', intArg('--partitions', { min: 1, max: 1024 }))
+    .option('--segment-size <n>', 'message ids per segment, 1 or more (default 1000000)', intArg('--segment-size', { min: 1 }))
+    .option('--retention-ms <n>', 'drop full segments older than this, 0 or more (default 604800000, 7 days)', intArg('--retention-ms', { min: 0 }))
+    .option('--retention-bytes <n>', 'drop the oldest full segments past this size, 0 or more (default: keep)', intArg('--retention-bytes', { min: 0 }))
+    .addHelpText('after', '\nExamples:\n  herald topics create orders\n  herald topics create orders --partitions 16 --retention-ms 604800000')
     .action(async (topic: string, opts: { partitions?: number; segmentSize?: number; retentionMs?: number; retentionBytes?: number }) => {
       const created = await ctx.herald(globals()).topics.create(topic, opts);
       ctx.out(JSON.stringify({ topic, created }));
