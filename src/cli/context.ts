@@ -29,6 +29,14 @@ export class CliContext {
    * and leaving early would leave it running and the state file naming a dead server.
    */
   cleanupGraceMs: number | undefined;
+  /**
+   * Whether a library error about a bad value (`INVALID_ARGUMENT`, `INVALID_OPTION`) is a
+   * usage error (exit 2): true while what the command passes the library comes from the
+   * command line. A command that goes on to run with settings of its own (`serve` once
+   * started, `maintenance run`'s task) sets it false first, so such an error is a
+   * failure (exit 1).
+   */
+  argumentErrorsAreUsage = true;
   constructor(readonly io: CliIo) {}
 
   /** Writes a line to stdout. */

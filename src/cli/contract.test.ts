@@ -137,3 +137,70 @@ describe('numbers are decimal integers, named by where they came from', () => {
     assert.match(fromFlag.stderr, /^herald: --max-connections must be an integer >= 1, got "0"/);
   });
 });
+
+describe('a bad value is a usage error (exit 2) naming the argument, before anything runs', () => {
+  it('job ids, --state and --before-id', async () => {
+    const job = (await herald.queue.enqueue('usage-errors', {}, { delayMs: 3_600_000 })).id;
+    const cases: [string[], RegExp][] = [
+      [['jobs', 'list', '--state', 'bogus'], /^herald: --state must be one of waiting, available, running, completed, dead, cancelled, got "bogus"$/],
+      [['jobs', 'list', '--before-id', 'abc'], /^herald: --before-id must be a decimal integer from 0 to 9223372036854775807, got "abc"$/],
+      [['jobs', 'get', 'abc'], /^herald: job id must be a decimal integer from 0 to 9223372036854775807, got "abc"$/],
+      [['jobs', 'get', '9223372036854775808'], /^herald: job id must be a decimal integer/],
+      [['jobs', 'retry', job, 'abc'], /^herald: job id must be a decimal integer from 0 to 9223372036854775807, got "abc"$/],
+      [['jobs', 'cancel', job, 'abc'], /^herald: job id must be a decimal integer from 0 to 9223372036854775807, got "abc"$/],
+      [['jobs', 'watch', '--id', 'x'], /^herald: --id must be a decimal integer/],
+      [['outbox', 'redrive', 'not-a-uuid'], /^herald: event id must be a UUID, got "not-a-uuid"$/],
+      [['topics', 'redrive', 't', 'g', 'abc'], /^herald: position must be a topic position \(a decimal integer from 0 to 9223372036854775807\), got "abc"$/],
+    ];
+    for (const [argv, message] of cases) {
+      const res = await cli(argv, env());
+      assert.equal(res.code, 2, `${argv.join(' ')}: ${res.stderr}`);
+      assert.match(res.stderr.trim(), message, argv.join(' '));
+      assert.equal(res.stdout, '', argv.join(' '));
+    }
+    assert.equal((await herald.queue.get(job))!.state, 'available', 'the cancel with a malformed id cancelled nothing');
+    // A well-formed id of no job is reported per id, as before.
+    const missing = await cli(['jobs', 'cancel', '9000000000000000001'], env());
+    assert.equal(missing.code, 1);
+    assert.equal(missing.stdout, 'cancelled 0\nnot cancelled 9000000000000000001: not found\n');
+  });
+
+  it('a value the library refuses is exit 2 too (INVALID_ARGUMENT), other failures stay exit 1', async () => {
+    const empty = await cli(['send', '', 'x'], env());
+    assert.equal(empty.code, 2, empty.stderr);
+    assert.match(empty.stderr, /INVALID_ARGUMENT/);
+    const partition = await cli(['jobs', 'limit', '--concurrency', '1', '--partition-by', ''], env());
+    assert.equal(partition.code, 2, partition.stderr);
+    const missing = await cli(['topics', 'stats', 'no-such-topic'], env());
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /NOT_FOUND/);
+  });
+
+  it('a maintenance task that fails is exit 1, not a usage error', async () => {
+    await herald.driver.executor.query('ALTER TABLE herald.outbox_events RENAME TO outbox_events_away');
+    try {
+      const res = await cli(['maintenance', 'run', 'outboxRetention'], env());
+      assert.equal(res.code, 1, res.stderr);
+      assert.match(res.stderr, /outbox_events/);
+    } finally {
+      await herald.driver.executor.query('ALTER TABLE herald.outbox_events_away RENAME TO outbox_events');
+    }
+  });
+
+  it('herald serve checks its options before connecting (the database here is unreachable)', async () => {
+    const nowhere = { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none' };
+    const open = await cli(['serve', '--host', '0.0.0.0', '--port', '0'], nowhere);
+    assert.equal(open.code, 2, open.stderr);
+    assert.match(open.stderr, /^herald: --host 0\.0\.0\.0 is not a loopback address: serving on it needs credentials \(--token/);
+    const fromEnv = await cli(['serve', '--port', '0'], { ...nowhere, HERALD_HOST: '0.0.0.0' });
+    assert.equal(fromEnv.code, 2, fromEnv.stderr);
+    assert.match(fromEnv.stderr, /^herald: HERALD_HOST 0\.0\.0\.0 is not a loopback address/);
+    const bytes = await cli(['serve', '--port', '0', '--max-message-bytes', '9000'], nowhere);
+    assert.equal(bytes.code, 2, bytes.stderr);
+    assert.match(bytes.stderr, /^herald: --max-message-bytes must be an integer from 1 to 7999, got "9000"/);
+    const secret = await cli(['serve', '--port', '0', '--jwt-secret', 'short'], nowhere);
+    assert.equal(secret.code, 2, secret.stderr);
+    assert.match(secret.stderr, /^herald: herald serve: option jwtSecret: expected a secret of 16 characters or more/);
+    for (const r of [open, fromEnv, bytes, secret]) assert.doesNotMatch(r.stderr, /connect|127\.0\.0\.1:1/);
+  });
+});

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { jobSummary, type JobInfo, type JobState } from '../queue/types.js';
 import { CliError, type CliContext } from './context.js';
 import { COUNT_RANGE, LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
+import { BIGINT_MAX } from '../internal/validate.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -17,6 +18,22 @@ function whyNot(action: 'cancel' | 'retry', job: JobInfo | undefined, includeCom
   if (job.state === 'running') return 'running: only dead or cancelled jobs are retried';
   if (job.state === 'completed' && !includeCompleted) return 'completed: pass --include-completed to run it again';
   return `state ${job.state}`;
+}
+
+const JOB_STATES: readonly JobState[] = ['waiting', 'available', 'running', 'completed', 'dead', 'cancelled'];
+
+/** A job id as given on the command line, or a usage error (exit 2) naming `what` (`job id`, `--before-id`). */
+export function jobIdArg(what: string, id: string): string {
+  if (!/^\d{1,19}$/.test(id) || BigInt(id) > BIGINT_MAX) {
+    throw new CliError(`${what} must be a decimal integer from 0 to ${BIGINT_MAX}, got ${JSON.stringify(id)}`, 2);
+  }
+  return id;
+}
+
+/** `--state`: one of the job states, or a usage error. */
+function stateArg(state: string): JobState {
+  if (!JOB_STATES.includes(state as JobState)) throw new CliError(`--state must be one of ${JOB_STATES.join(', ')}, got ${JSON.stringify(state)}`, 2);
+  return state as JobState;
 }
 
 function line(j: JobInfo): string {
@@ -50,6 +67,8 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'every field of each job (payload, errors, history...), one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald jobs list --state dead\n  herald jobs list --kind email --limit 10\n  herald jobs list --limit 10 --before-id 120')
     .action(async (o: { queue?: string; kind?: string; state?: JobState; stage?: string; beforeId?: string; limit: number; json?: boolean }) => {
+      if (o.state !== undefined) stateArg(o.state);
+      if (o.beforeId !== undefined) jobIdArg('--before-id', o.beforeId);
       const { json, limit, ...filter } = o;
       const queue = ctx.herald(globals()).queue;
       // The library returns at most LIBRARY_LIST_MAX jobs per call: a larger --limit pages on by id.
@@ -69,7 +88,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'on one line')
     .addHelpText('after', '\nExamples:\n  herald jobs get 42')
     .action(async (id: string, o: { json?: boolean }) => {
-      const job = await ctx.herald(globals()).queue.get(id);
+      const job = await ctx.herald(globals()).queue.get(jobIdArg('job id', id));
       if (!job) throw new CliError(`job ${id} not found`);
       ctx.out(o.json ? JSON.stringify(job) : JSON.stringify(job, null, 2));
     });
@@ -98,7 +117,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     const verb = action === 'cancel' ? 'cancelled' : 'retried';
     if (json) ctx.out(JSON.stringify({ [verb]: done, skipped }));
     else {
-      ctx.out(`${verb} ${done.length}: ${done.join(' ')}`.trimEnd());
+      ctx.out(done.length > 0 ? `${verb} ${done.length}: ${done.join(' ')}` : `${verb} 0`);
       for (const s of skipped) ctx.out(`not ${verb} ${s.id}: ${s.reason}`);
     }
     if (skipped.length > 0) ctx.exitCode = 1;
@@ -112,6 +131,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'print {"retried":[ids],"skipped":[{"id","state","reason"}]}')
     .addHelpText('after', '\nExamples:\n  herald jobs retry 42 43')
     .action(async (ids: string[], o: { includeCompleted?: boolean; json?: boolean }) => {
+      for (const id of ids) jobIdArg('job id', id);
       const done = await ctx.herald(globals()).queue.retry(ids, { includeCompleted: o.includeCompleted });
       await report('retry', ids, done, o.json, o.includeCompleted === true);
     });
@@ -123,6 +143,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'print {"cancelled":[ids],"skipped":[{"id","state","reason"}]}')
     .addHelpText('after', '\nExamples:\n  herald jobs cancel 42')
     .action(async (ids: string[], o: { json?: boolean }) => {
+      for (const id of ids) jobIdArg('job id', id);
       const done = await ctx.herald(globals()).queue.cancel(ids);
       await report('cancel', ids, done, o.json);
     });
@@ -134,6 +155,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--count <n>', 'exit after n transitions', intArg('--count', COUNT_RANGE))
     .addHelpText('after', '\nExamples:\n  herald jobs watch\n  herald jobs watch --id 42 --count 7')
     .action(async (o: { id?: string; count?: number }) => {
+      if (o.id !== undefined) jobIdArg('--id', o.id);
       const herald = ctx.herald(globals());
       let seen = 0;
       let done!: () => void;

@@ -79,7 +79,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     }
     if (err instanceof HeraldError) {
       ctx.err(`herald: ${err.message} (${err.code})${whereTo(ctx, err)}`);
-      return 1;
+      // A value of the command line the library refused is a usage error (see argumentErrorsAreUsage).
+      return ctx.argumentErrorsAreUsage && (err.code === 'INVALID_ARGUMENT' || err.code === 'INVALID_OPTION') ? 2 : 1;
     }
     ctx.err(`herald: ${(err as Error)?.message ?? String(err)}${whereTo(ctx, err)}`);
     return 1;

@@ -2,6 +2,9 @@ import type { Command } from 'commander';
 import { CliError, type CliContext } from './context.js';
 import { LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
 
+/** An outbox event id. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
 /** `herald outbox stats|dead|redrive` and `herald changes track|untrack|list`. */
@@ -44,6 +47,7 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
     .action(async (ids: string[], opts: { all?: boolean }) => {
       if (!opts.all && ids.length === 0) throw new CliError('give event ids or --all', 2);
       if (opts.all && ids.length > 0) throw new CliError('give event ids or --all, not both', 2);
+      for (const id of ids) if (!UUID.test(id)) throw new CliError(`event id must be a UUID, got ${JSON.stringify(id)}`, 2);
       const n = await herald().outbox.redrive(opts.all ? {} : { ids });
       ctx.out(`redriven ${n}`);
       if (!opts.all && n < ids.length) {

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { ApiKey } from '../server/auth.js';
-import { HeraldServer, type ServerOptions } from '../server/server.js';
+import { HeraldServer, checkServerOptions, type ServerOptions } from '../server/server.js';
+import { InvalidOptionError } from '../errors.js';
 import { CliError, type CliContext } from './context.js';
 import { startEmbedded } from './embedded.js';
 import type { Herald } from '../client.js';
@@ -112,6 +113,25 @@ function readPublicKey(file: string, from: string): string {
   }
 }
 
+/**
+ * The server's own checks of `options` (the HeraldServer constructor's), as usage errors
+ * (exit 2): a non-loopback `--host` without credentials, a JWT secret too short...
+ */
+export function checkServeOptions(options: ServerOptions, hostSource: string): void {
+  try {
+    checkServerOptions(options);
+  } catch (err) {
+    if (!(err instanceof InvalidOptionError)) throw err;
+    if (err.option === 'host') {
+      throw new CliError(
+        `${hostSource} ${options.host} is not a loopback address: serving on it needs credentials (--token, --token-file, --api-keys, --jwt-secret, --jwt-secret-file, --jwt-public-key or --jwks-url)`,
+        2,
+      );
+    }
+    throw new CliError(`herald serve: ${err.message}`, 2);
+  }
+}
+
 /** Server options from the command line, then the environment (`HERALD_*`). */
 export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | undefined>): ServerOptions {
   const port = parseInteger(opts.port !== undefined ? '--port' : 'HERALD_PORT', opts.port ?? env.HERALD_PORT ?? '8080', { min: 0, max: 65535 });
@@ -218,6 +238,8 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
       const env = ctx.io.env;
       const globals = program.opts<Globals>();
       const serverOptions = serverOptionsFrom(opts, env);
+      // Every option is checked before anything starts (embedded Postgres, connection, migrations).
+      checkServeOptions(serverOptions, opts.host !== undefined ? '--host' : 'HERALD_HOST');
       let databaseUrl = globals.databaseUrl || env.DATABASE_URL || undefined;
       if (databaseUrl) checkPostgresUrl(databaseUrl, globals.databaseUrl ? '--database-url' : 'DATABASE_URL');
       let embedded: Awaited<ReturnType<typeof startEmbedded>> | undefined;
@@ -242,6 +264,8 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
         // ---- end of embedded Postgres ----
       }
       herald = ctx.herald({ ...globals, databaseUrl }, { poolSize: 10, maintenance: { enabled: true } });
+      // From here on an INVALID_ARGUMENT or INVALID_OPTION is not about the command line.
+      ctx.argumentErrorsAreUsage = false;
       const applied = await herald.migrate();
       if (applied.length) ctx.err(`applied migrations ${applied.join(', ')}`);
       await herald.notifier.start();

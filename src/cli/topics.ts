@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { GroupStart } from '../topic/types.js';
+import { parsePosition, type GroupStart } from '../topic/types.js';
 import { CliError, type CliContext } from './context.js';
 import { COUNT_RANGE, LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
 
@@ -131,6 +131,13 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .argument('<group>', 'group name')
     .argument('[positions...]', 'positions of dead letters (default: every dead letter of the group)')
     .action(async (topic: string, group: string, positions: string[]) => {
+      for (const p of positions) {
+        try {
+          parsePosition(p);
+        } catch {
+          throw new CliError(`position must be a topic position (a decimal integer from 0 to 9223372036854775807), got ${JSON.stringify(p)}`, 2);
+        }
+      }
       const n = await ctx.herald(globals()).topics.redrive(topic, group, { positions: positions.length ? positions : undefined });
       ctx.out(`redrove ${n}`);
       if (positions.length > 0 && n < positions.length) {
