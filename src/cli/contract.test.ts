@@ -204,3 +204,20 @@ describe('a bad value is a usage error (exit 2) naming the argument, before anyt
     for (const r of [open, fromEnv, bytes, secret]) assert.doesNotMatch(r.stderr, /connect|127\.0\.0\.1:1/);
   });
 });
+
+describe('messages', () => {
+  it('a bad database URL is echoed as given, only its password masked', async () => {
+    const cases: [Record<string, string>, string[], string][] = [
+      [{ DATABASE_URL: 'http://x' }, [], 'DATABASE_URL is not a Postgres URL: "http://x" '],
+      [{ DATABASE_URL: 'HTTP://Me:hunter2@Host:80' }, [], 'DATABASE_URL is not a Postgres URL: "HTTP://Me:***@Host:80" '],
+      [{}, ['--database-url', 'host=db password=hunter2'], '--database-url is not a Postgres URL: "host=db password=***" '],
+      [{ DATABASE_URL: db.url, HERALD_LISTEN_URL: 'redis://u:hunter2@cache' }, [], 'HERALD_LISTEN_URL is not a Postgres URL: "redis://u:***@cache" '],
+    ];
+    for (const [vars, flags, message] of cases) {
+      const res = await cli([...flags, 'jobs', 'stats'], vars);
+      assert.equal(res.code, 2, res.stderr);
+      assert.ok(res.stderr.startsWith(`herald: ${message}`), res.stderr);
+      assert.doesNotMatch(res.stderr, /hunter2/);
+    }
+  });
+});

@@ -55,15 +55,13 @@ export function packageVersion(): string {
   }
 }
 
-/** `url` with its password replaced by `***` (also in text that does not parse as a URL). */
+/**
+ * `url` as given, with its password replaced by `***`: the one of the user-info
+ * (`scheme://user:password@`) and any `password=` (a query parameter, a keyword/value
+ * connection string). The text is not normalised (`http://x` stays `http://x`).
+ */
 export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return url.replace(/(\/\/[^:/@\s]*:)[^@\s]*@/, '$1***@');
-  }
+  return url.replace(/^([^:/?#@\s]+:\/\/[^:/?#@\s]*:)[^/?#\s]*@/, '$1***@').replace(/(password=)[^&\s]*/gi, '$1***');
 }
 
 /**
