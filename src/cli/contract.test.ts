@@ -5,7 +5,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Herald } from '../client.js';
-import { cli } from '../../test/support/cli.js';
+import type { ChildProcess } from 'node:child_process';
+import { cli, cliProcess } from '../../test/support/cli.js';
+import { waitFor } from '../../test/support/wait.js';
 import { useHerald } from '../../test/support/herald.js';
 import type { TestDatabase } from '../../test/support/db.js';
 
@@ -218,6 +220,50 @@ describe('messages', () => {
       assert.equal(res.code, 2, res.stderr);
       assert.ok(res.stderr.startsWith(`herald: ${message}`), res.stderr);
       assert.doesNotMatch(res.stderr, /hunter2/);
+    }
+  });
+});
+
+describe('stdout closed by its reader (herald ... | head)', () => {
+  /** Spawns the CLI, closes its stdout after the first chunk, resolves with its exit code and stderr. */
+  function closeAfterFirstChunk(child: ChildProcess): { exited: Promise<number | null>; stderr: () => string; chunk: Promise<void> } {
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    const chunk = new Promise<void>((resolve) =>
+      child.stdout!.once('data', () => {
+        child.stdout!.destroy();
+        resolve();
+      }),
+    );
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    return { exited, stderr: () => err, chunk };
+  }
+
+  it('migrate sql ends quietly with exit 0', async () => {
+    const child = cliProcess(['migrate', 'sql']);
+    try {
+      const run = closeAfterFirstChunk(child);
+      const code = await run.exited;
+      assert.equal(code, 0, run.stderr());
+      assert.equal(run.stderr(), '');
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('listen stops as after Ctrl-C when its stdout goes, exit 0', async () => {
+    const child = cliProcess(['listen', 'epipe-channel'], { DATABASE_URL: db.url });
+    try {
+      const run = closeAfterFirstChunk(child);
+      await waitFor(() => run.stderr().includes('listening on'), { what: 'LISTEN established' });
+      await herald.notify('epipe-channel', 'first');
+      await run.chunk;
+      // The next line finds stdout closed (the read end is gone once the first chunk came).
+      await herald.notify('epipe-channel', 'more');
+      assert.equal(await run.exited, 0, run.stderr());
+      assert.doesNotMatch(run.stderr(), /EPIPE|Error/);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
     }
   });
 });

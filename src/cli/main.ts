@@ -121,16 +121,27 @@ export function main(): void {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // stdout closed by its reader (`herald migrate sql | head`): a normal end, not a crash.
+  // Later output is dropped, a long-running command stops as after Ctrl-C, exit code 0.
+  let stdoutClosed = false;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    if (stdoutClosed) return;
+    stdoutClosed = true;
+    process.exitCode = 0;
+    interrupt();
+  });
   const io: CliIo = {
-    stdout: process.stdout,
+    stdout: { write: (s: string | Uint8Array) => (stdoutClosed ? true : process.stdout.write(s)) },
     stderr: process.stderr,
     env: process.env,
     interrupted,
     stdin: process.stdin.isTTY ? undefined : process.stdin,
   };
-  void runCli(process.argv.slice(2), io).then((code) => {
+  void runCli(process.argv.slice(2), io).then((result) => {
+    const code = stdoutClosed ? 0 : result;
     process.exitCode = code;
     // Give stdout a moment to flush, then leave even if a foreign handle lingers.
-    setTimeout(() => process.exit(code), 50).unref();
+    setTimeout(() => process.exit(stdoutClosed ? 0 : code), 50).unref();
   });
 }
