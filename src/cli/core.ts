@@ -74,6 +74,7 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
     .description('check connectivity, server version, recovery mode, connection headroom, a LISTEN round trip, pooler mode and notification-queue usage')
     .option('--json', 'print {"ok", "checks": [{"name","ok","detail"}]}')
     .option('--connection-headroom <fraction>', `fail the connections check when fewer than this share of max_connections is free for ordinary roles (0 to 1)`, String(DOCTOR_CONNECTION_HEADROOM))
+    .addHelpText('after', '\nExamples:\n  herald doctor\n  herald doctor --json\n  herald doctor --connection-headroom 0.2')
     .action(async (opts: { json?: boolean; connectionHeadroom?: string }) => {
       const json = opts.json === true;
       const headroom = Number(opts.connectionHeadroom ?? DOCTOR_CONNECTION_HEADROOM);

@@ -53,7 +53,10 @@ export function parseRate(v: string): { count: number; periodMs: number } {
 /** `herald jobs list|stats|retry|cancel|watch|stuck|pause|resume|paused|limit|unlimit|limits`. */
 export function registerJobsCommands(program: Command, ctx: CliContext): void {
   const globals = () => program.opts<Globals>();
-  const jobs = program.command('jobs').description('inspect and manage the job queue');
+  const jobs = program
+    .command('jobs')
+    .description('inspect and manage the job queue')
+    .addHelpText('after', '\nExamples:\n  herald jobs list --state dead\n  herald jobs retry 42\n  herald jobs pause --queue emails');
 
   jobs
     .command('list')
@@ -97,6 +100,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .command('stats')
     .description('job counts per queue, kind and state (scheduled = available, not yet due)')
     .option('--json', 'print a JSON array of {"queue","kind","state","count"}')
+    .addHelpText('after', '\nExamples:\n  herald jobs stats\n  herald jobs stats --json')
     .action(async (o: { json?: boolean }) => {
       const rows = await ctx.herald(globals()).queue.stats();
       if (o.json) return ctx.out(JSON.stringify(rows));
@@ -231,6 +235,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .description('remove the limit of a queue (or of one kind in it); exit 1 when it had none')
     .option('--queue <name>', 'the queue', 'default')
     .option('--kind <kind>', 'only this kind')
+    .addHelpText('after', '\nExamples:\n  herald jobs unlimit --queue sync\n  herald jobs unlimit --queue emails --kind newsletter')
     .action(async (o: { queue: string; kind?: string }) => {
       const removed = await ctx.herald(globals()).queue.removeLimit({ queue: o.queue, kind: o.kind });
       ctx.out(removed ? `unlimited ${where(o.queue, o.kind ?? null)}` : `no limit on ${where(o.queue, o.kind ?? null)}`);

@@ -65,7 +65,10 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
       if (got === 0) ctx.exitCode = 3;
     });
 
-  const mailbox = program.command('mailbox').description('inspect and repair the mailbox');
+  const mailbox = program
+    .command('mailbox')
+    .description('inspect and repair the mailbox')
+    .addHelpText('after', '\nExamples:\n  herald mailbox stats\n  herald mailbox dead billing\n  herald mailbox redrive billing');
 
   mailbox
     .command('stats')
@@ -99,6 +102,7 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .description('put dead messages of a destination back to ready (all, or the given ids)')
     .argument('<to>', 'destination')
     .argument('[ids...]', 'message ids (default: every dead message of the destination)')
+    .addHelpText('after', '\nExamples:\n  herald mailbox redrive billing\n  herald mailbox redrive billing order-42 order-43')
     .action(async (to: string, ids: string[]) => {
       const n = await ctx.herald(globals()).mailbox.redrive(to, { ids: ids.length ? ids : undefined });
       ctx.out(`redrove ${n}`);

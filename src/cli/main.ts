@@ -22,12 +22,9 @@ export const INTERRUPT_GRACE_MS = 2000;
 /** Exit code of a command abandoned after an interrupt (128 + SIGINT). */
 export const INTERRUPTED_EXIT_CODE = 130;
 
-/**
- * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
- * code. A thin layer over the library: every command calls the same code paths.
- */
-export async function runCli(argv: string[], io: CliIo): Promise<number> {
-  const ctx = new CliContext(io);
+/** The `herald` program with every command (commander), writing to `ctx.io`. */
+export function createProgram(ctx: CliContext): Command {
+  const io = ctx.io;
   const program = new Command('herald')
     .description('pgherald: Postgres-native messaging (notifier, mailbox, queue, outbox, topics) and its server')
     .option('-d, --database-url <url>', 'Postgres connection string (default: $DATABASE_URL, else the database of a herald serve running on --data-dir)')
@@ -48,6 +45,16 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerTopicsCommands(program, ctx);
   registerMaintenanceCommands(program, ctx);
   registerCompletionCommand(program, ctx);
+  return program;
+}
+
+/**
+ * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
+ * code. A thin layer over the library: every command calls the same code paths.
+ */
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  const ctx = new CliContext(io);
+  const program = createProgram(ctx);
   let interrupted = false;
   let finished = false;
   let graceTimer: NodeJS.Timeout | undefined;

@@ -10,7 +10,10 @@ export function registerMaintenanceCommands(program: Command, ctx: CliContext): 
   // The CLI never stands for election: it reads what the fleet's leader recorded.
   const herald = () => ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 }, maintenance: { enabled: false } });
 
-  const maintenance = program.command('maintenance').description('the maintenance service: periodic tasks (rescue, retention) run by the elected leader');
+  const maintenance = program
+    .command('maintenance')
+    .description('the maintenance service: periodic tasks (rescue, retention) run by the elected leader')
+    .addHelpText('after', '\nExamples:\n  herald maintenance status\n  herald maintenance run outboxRetention');
 
   maintenance
     .command('status')

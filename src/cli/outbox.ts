@@ -12,7 +12,10 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
   const globals = () => program.opts<Globals>();
   const herald = () => ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 } });
 
-  const outbox = program.command('outbox').description('the transactional outbox: backlog, dead letters, redrive');
+  const outbox = program
+    .command('outbox')
+    .description('the transactional outbox: backlog, dead letters, redrive')
+    .addHelpText('after', '\nExamples:\n  herald outbox stats\n  herald outbox dead --limit 10\n  herald outbox redrive --all');
 
   outbox
     .command('stats')
@@ -56,7 +59,10 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
       }
     });
 
-  const changes = program.command('changes').description('row-change triggers: announce INSERT/UPDATE/DELETE of a table');
+  const changes = program
+    .command('changes')
+    .description('row-change triggers: announce INSERT/UPDATE/DELETE of a table')
+    .addHelpText('after', '\nExamples:\n  herald changes track orders\n  herald changes list\n  herald changes untrack orders');
 
   changes
     .command('track')

@@ -20,6 +20,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .command('list')
     .description('one line per topic: name, partitions, retained messages, segments, bytes, groups with lag')
     .option('--json', "each topic's stats (as `topics stats` prints them), one JSON object per line")
+    .addHelpText('after', '\nExamples:\n  herald topics list\n  herald topics list --json')
     .action(async (opts: { json?: boolean }) => {
       const herald = ctx.herald(globals());
       for (const name of await herald.topics.list()) {
@@ -52,6 +53,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .description('statistics of one topic as JSON: size, retention, per-group and per-partition position and lag')
     .argument('<topic>', 'topic name')
     .option('--json', 'on one line (the default is indented)')
+    .addHelpText('after', '\nExamples:\n  herald topics stats orders\n  herald topics stats orders --json')
     .action(async (topic: string, opts: { json?: boolean }) => {
       ctx.out(JSON.stringify(await ctx.herald(globals()).topics.stats(topic), null, opts.json ? undefined : 2));
     });
@@ -62,6 +64,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .argument('<topic>', 'topic name')
     .option('--from <where>', "'earliest', 'latest' or a position to resume after", 'latest')
     .option('--count <n>', 'exit after n messages', intArg('--count', COUNT_RANGE))
+    .addHelpText('after', '\nExamples:\n  herald topics tail orders\n  herald topics tail orders --from earliest --count 10')
     .action(async (topic: string, opts: { from: string; count?: number }) => {
       const herald = ctx.herald(globals());
       const abort = new AbortController();
@@ -78,6 +81,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .description("move a group's position: replay from earliest, skip to latest, go to a time, or resume after a position")
     .argument('<topic>', 'topic name')
     .argument('<group>', 'group name')
+    .addHelpText('after', '\nExamples:\n  herald topics reset orders billing --to earliest\n  herald topics reset orders billing --to 2026-01-31T12:00:00Z\n  herald topics reset orders billing --to 1200')
     .requiredOption('--to <where>', "'earliest', 'latest', an ISO time (2026-01-31T12:00:00Z) or a position (digits; an earlier version's <xid>:<id> means its id)")
     .action(async (topic: string, group: string, opts: { to: string }) => {
       const herald = ctx.herald(globals());
@@ -100,6 +104,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .argument('<topic>', 'topic name')
     .argument('<payload>', 'JSON value')
     .option('--key <key>', 'message key (one key keeps its order within a group)')
+    .addHelpText('after', "\nExamples:\n  herald topics publish orders '{\"id\":42}' --key customer-7\n  herald topics publish orders hello")
     .action(async (topic: string, payload: string, opts: { key?: string }) => {
       let value: unknown;
       try {
@@ -130,6 +135,7 @@ export function registerTopicsCommands(program: Command, ctx: CliContext): void 
     .argument('<topic>', 'topic name')
     .argument('<group>', 'group name')
     .argument('[positions...]', 'positions of dead letters (default: every dead letter of the group)')
+    .addHelpText('after', '\nExamples:\n  herald topics redrive orders billing\n  herald topics redrive orders billing 1200 1201')
     .action(async (topic: string, group: string, positions: string[]) => {
       for (const p of positions) {
         try {
