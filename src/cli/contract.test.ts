@@ -267,3 +267,60 @@ describe('stdout closed by its reader (herald ... | head)', () => {
     }
   });
 });
+
+describe('outputs as docs/cli.md shows them', () => {
+  it('receive --wait and doctor --connection-headroom take decimals, nothing else', async () => {
+    const got = await cli(['receive', 'wait-box', '--wait', '0.2'], env());
+    assert.equal(got.code, 3, got.stderr);
+    for (const v of ['1e3', '-1', 'abc', '', '315360001']) {
+      const res = await cli(['receive', 'wait-box', '--wait', v], env());
+      assert.equal(res.code, 2, v);
+      assert.match(res.stderr, new RegExp(`^herald: --wait must be a number of seconds from 0 to 315360000 \\(a decimal, fractions allowed\\), got ${JSON.stringify(v)}`));
+    }
+    for (const v of ['2', '1e-1', '', '-0.5']) {
+      const res = await cli(['doctor', '--connection-headroom', v], env());
+      assert.equal(res.code, 2, v);
+      assert.match(res.stderr, /^herald: --connection-headroom must be a number from 0 to 1 \(a decimal, fractions allowed\), got /);
+    }
+  });
+
+  it('jobs pause/resume/limit/unlimit, changes track/untrack, topics reset, outbox stats', async () => {
+    const pause = await cli(['jobs', 'pause', '--queue', 'outputs', '--kind', 'k', '--json'], env());
+    assert.deepEqual(Object.keys(JSON.parse(pause.stdout)), ['queue', 'kind', 'pausedAt']);
+    assert.equal((await cli(['jobs', 'resume', '--queue', 'outputs', '--kind', 'k'], env())).stdout, 'resumed queue outputs, kind k\n');
+    const again = await cli(['jobs', 'resume', '--queue', 'outputs', '--kind', 'k'], env());
+    assert.deepEqual([again.code, again.stdout], [1, 'not paused: queue outputs, kind k (see herald jobs paused)\n']);
+    const json = await cli(['jobs', 'resume', '--json'], env());
+    assert.deepEqual([json.code, json.stdout], [1, '{"resumed":false}\n']);
+    assert.equal((await cli(['jobs', 'limit', '--queue', 'outputs', '--concurrency', '2'], env())).stdout, 'limited queue outputs\n');
+    assert.equal((await cli(['jobs', 'unlimit', '--queue', 'outputs'], env())).stdout, 'unlimited queue outputs\n');
+    const none = await cli(['jobs', 'unlimit', '--queue', 'outputs'], env());
+    assert.deepEqual([none.code, none.stdout], [1, 'no limit on queue outputs\n']);
+
+    await herald.driver.executor.query('CREATE TABLE public.tracked_outputs (id int PRIMARY KEY)');
+    const track = await cli(['changes', 'track', 'tracked_outputs'], env());
+    assert.equal(track.code, 0, track.stderr);
+    assert.match(track.stdout, /^tracking public\.tracked_outputs \(id\) on channel "[^"]+"\n$/);
+    assert.deepEqual(await cli(['changes', 'untrack', 'tracked_outputs'], env()).then((r) => [r.code, r.stdout]), [0, 'untracked tracked_outputs\n']);
+    assert.deepEqual(await cli(['changes', 'untrack', 'tracked_outputs'], env()).then((r) => [r.code, r.stdout]), [0, 'tracked_outputs was not tracked\n']);
+
+    await herald.topics.create('reset-outputs', { partitions: 2 });
+    await herald.topics.createGroup('reset-outputs', 'g');
+    assert.equal((await cli(['topics', 'reset', 'reset-outputs', 'g', '--to', 'earliest'], env())).stdout, 'moved 2 partitions of group g\n');
+
+    const stats = JSON.parse((await cli(['outbox', 'stats', '--json'], env())).stdout);
+    assert.deepEqual(Object.keys(stats).sort(), ['dead', 'due', 'oldestPendingAgeMs', 'pending', 'published', 'publishedEstimated', 'retrying']);
+    assert.match((await cli(['outbox', 'stats'], env())).stdout, /^publishedEstimated +(true|false)$/m);
+  });
+
+  it('herald alone prints the help to stderr and exits 2; -d and $HERALD_SCHEMA', async () => {
+    const bare = await cli([]);
+    assert.equal(bare.code, 2);
+    assert.equal(bare.stdout, '');
+    assert.match(bare.stderr, /^Usage: herald /);
+    const short = await cli(['-d', db.url, 'jobs', 'stats', '--json']);
+    assert.equal(short.code, 0, short.stderr);
+    const schema = await cli(['migrate', 'sql'], { HERALD_SCHEMA: 'other_schema' });
+    assert.match(schema.stdout, /CREATE SCHEMA IF NOT EXISTS "other_schema"/);
+  });
+});

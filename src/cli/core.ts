@@ -4,7 +4,7 @@ import type { QueueTailHolder } from '../notifier/pressure.js';
 import { serverHealth } from '../internal/server-health.js';
 import { migrationScript } from '../schema/migrator.js';
 import { CliError, type CliContext } from './context.js';
-import { COUNT_RANGE, intArg } from './options.js';
+import { COUNT_RANGE, intArg, parseDecimal } from './options.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -77,8 +77,7 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
     .addHelpText('after', '\nExamples:\n  herald doctor\n  herald doctor --json\n  herald doctor --connection-headroom 0.2')
     .action(async (opts: { json?: boolean; connectionHeadroom?: string }) => {
       const json = opts.json === true;
-      const headroom = Number(opts.connectionHeadroom ?? DOCTOR_CONNECTION_HEADROOM);
-      if (!(headroom >= 0 && headroom <= 1)) throw new CliError(`--connection-headroom: expected a number from 0 to 1, got ${JSON.stringify(opts.connectionHeadroom)}`, 2);
+      const headroom = parseDecimal('--connection-headroom', opts.connectionHeadroom ?? String(DOCTOR_CONNECTION_HEADROOM), { min: 0, max: 1 });
       const herald = ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 } });
       const checks: [string, boolean, string][] = [];
       try {

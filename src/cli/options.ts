@@ -41,6 +41,20 @@ export function parseInteger(option: string, raw: string, range: IntRange = {}):
   return n;
 }
 
+/**
+ * Parses a decimal number that may have a fraction (`0.2`; no sign, no exponent), for
+ * the two options that are not integers (`receive --wait` seconds, `doctor
+ * --connection-headroom`), or throws a usage error naming the option, range and value.
+ */
+export function parseDecimal(option: string, raw: string, range: { min: number; max: number }, unit = ''): number {
+  const text = raw.trim();
+  const n = /^\d+(\.\d+)?$/.test(text) ? Number(text) : NaN;
+  if (!(n >= range.min && n <= range.max)) {
+    throw new CliError(`${option} must be a number${unit} from ${range.min} to ${range.max} (a decimal, fractions allowed), got ${JSON.stringify(raw)}`, 2);
+  }
+  return n;
+}
+
 /** A commander argument parser for an integer option (see {@link parseInteger}). */
 export function intArg(option: string, range: IntRange = {}): (raw: string) => number {
   return (raw) => parseInteger(option, raw, range);
