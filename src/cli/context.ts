@@ -1,6 +1,6 @@
 import type { Writable } from 'node:stream';
 import { Herald, type HeraldOptions } from '../client.js';
-import { checkPostgresUrl } from './options.js';
+import { checkPostgresUrl, parseInteger } from './options.js';
 import { dataDirOf, runningEmbeddedUrl } from './state.js';
 
 /** Where the CLI writes and what it reads; tests pass their own. */
@@ -14,6 +14,9 @@ export interface CliIo {
   stdin?: AsyncIterable<Buffer | string>;
 }
 
+/** `--connect-timeout` / HERALD_CONNECT_TIMEOUT_MS: 1 ms to the longest timer node keeps (about 24.8 days). */
+const CONNECT_TIMEOUT_RANGE = { min: 1, max: 2_147_483_647 };
+
 /** Shared state of one CLI invocation. */
 export class CliContext {
   exitCode = 0;
@@ -26,6 +29,14 @@ export class CliContext {
    * and leaving early would leave it running and the state file naming a dead server.
    */
   cleanupGraceMs: number | undefined;
+  /**
+   * Whether a library error about a bad value (`INVALID_ARGUMENT`, `INVALID_OPTION`) is a
+   * usage error (exit 2): true while what the command passes the library comes from the
+   * command line. A command that goes on to run with settings of its own (`serve` once
+   * started, `maintenance run`'s task) sets it false first, so such an error is a
+   * failure (exit 1).
+   */
+  argumentErrorsAreUsage = true;
   constructor(readonly io: CliIo) {}
 
   /** Writes a line to stdout. */
@@ -65,11 +76,10 @@ export class CliContext {
    * (milliseconds), or undefined for the library's default (10 s).
    */
   connectTimeoutMs(opts: { connectTimeout?: string }): number | undefined {
-    const raw = opts.connectTimeout ?? this.io.env.HERALD_CONNECT_TIMEOUT_MS;
+    if (opts.connectTimeout !== undefined) return parseInteger('--connect-timeout', opts.connectTimeout, CONNECT_TIMEOUT_RANGE);
+    const raw = this.io.env.HERALD_CONNECT_TIMEOUT_MS;
     if (raw === undefined || raw === '') return undefined;
-    const ms = Number(raw);
-    if (!Number.isFinite(ms) || ms <= 0) throw new CliError(`--connect-timeout: expected a positive number of milliseconds, got ${JSON.stringify(raw)}`, 2);
-    return ms;
+    return parseInteger('HERALD_CONNECT_TIMEOUT_MS', raw, CONNECT_TIMEOUT_RANGE);
   }
 
   /** A Herald for this invocation, closed when the command ends. */

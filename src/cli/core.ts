@@ -4,7 +4,7 @@ import type { QueueTailHolder } from '../notifier/pressure.js';
 import { serverHealth } from '../internal/server-health.js';
 import { migrationScript } from '../schema/migrator.js';
 import { CliError, type CliContext } from './context.js';
-import { COUNT_RANGE, intArg } from './options.js';
+import { COUNT_RANGE, intArg, parseDecimal } from './options.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -74,10 +74,10 @@ export function registerCoreCommands(program: Command, ctx: CliContext): void {
     .description('check connectivity, server version, recovery mode, connection headroom, a LISTEN round trip, pooler mode and notification-queue usage')
     .option('--json', 'print {"ok", "checks": [{"name","ok","detail"}]}')
     .option('--connection-headroom <fraction>', `fail the connections check when fewer than this share of max_connections is free for ordinary roles (0 to 1)`, String(DOCTOR_CONNECTION_HEADROOM))
+    .addHelpText('after', '\nExamples:\n  herald doctor\n  herald doctor --json\n  herald doctor --connection-headroom 0.2')
     .action(async (opts: { json?: boolean; connectionHeadroom?: string }) => {
       const json = opts.json === true;
-      const headroom = Number(opts.connectionHeadroom ?? DOCTOR_CONNECTION_HEADROOM);
-      if (!(headroom >= 0 && headroom <= 1)) throw new CliError(`--connection-headroom: expected a number from 0 to 1, got ${JSON.stringify(opts.connectionHeadroom)}`, 2);
+      const headroom = parseDecimal('--connection-headroom', opts.connectionHeadroom ?? String(DOCTOR_CONNECTION_HEADROOM), { min: 0, max: 1 });
       const herald = ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 } });
       const checks: [string, boolean, string][] = [];
       try {

@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { jobSummary, type JobInfo, type JobState } from '../queue/types.js';
 import { CliError, type CliContext } from './context.js';
-import { COUNT_RANGE, LIMIT_RANGE, intArg } from './options.js';
+import { COUNT_RANGE, LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
+import { BIGINT_MAX } from '../internal/validate.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -17,6 +18,22 @@ function whyNot(action: 'cancel' | 'retry', job: JobInfo | undefined, includeCom
   if (job.state === 'running') return 'running: only dead or cancelled jobs are retried';
   if (job.state === 'completed' && !includeCompleted) return 'completed: pass --include-completed to run it again';
   return `state ${job.state}`;
+}
+
+const JOB_STATES: readonly JobState[] = ['waiting', 'available', 'running', 'completed', 'dead', 'cancelled'];
+
+/** A job id as given on the command line, or a usage error (exit 2) naming `what` (`job id`, `--before-id`). */
+export function jobIdArg(what: string, id: string): string {
+  if (!/^\d{1,19}$/.test(id) || BigInt(id) > BIGINT_MAX) {
+    throw new CliError(`${what} must be a decimal integer from 0 to ${BIGINT_MAX}, got ${JSON.stringify(id)}`, 2);
+  }
+  return id;
+}
+
+/** `--state`: one of the job states, or a usage error. */
+function stateArg(state: string): JobState {
+  if (!JOB_STATES.includes(state as JobState)) throw new CliError(`--state must be one of ${JOB_STATES.join(', ')}, got ${JSON.stringify(state)}`, 2);
+  return state as JobState;
 }
 
 function line(j: JobInfo): string {
@@ -36,7 +53,10 @@ export function parseRate(v: string): { count: number; periodMs: number } {
 /** `herald jobs list|stats|retry|cancel|watch|stuck|pause|resume|paused|limit|unlimit|limits`. */
 export function registerJobsCommands(program: Command, ctx: CliContext): void {
   const globals = () => program.opts<Globals>();
-  const jobs = program.command('jobs').description('inspect and manage the job queue');
+  const jobs = program
+    .command('jobs')
+    .description('inspect and manage the job queue')
+    .addHelpText('after', '\nExamples:\n  herald jobs list --state dead\n  herald jobs retry 42\n  herald jobs pause --queue emails');
 
   jobs
     .command('list')
@@ -50,8 +70,18 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'every field of each job (payload, errors, history...), one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald jobs list --state dead\n  herald jobs list --kind email --limit 10\n  herald jobs list --limit 10 --before-id 120')
     .action(async (o: { queue?: string; kind?: string; state?: JobState; stage?: string; beforeId?: string; limit: number; json?: boolean }) => {
-      const { json, ...filter } = o;
-      for (const j of await ctx.herald(globals()).queue.list(filter)) ctx.out(json ? JSON.stringify(j) : line(j));
+      if (o.state !== undefined) stateArg(o.state);
+      if (o.beforeId !== undefined) jobIdArg('--before-id', o.beforeId);
+      const { json, limit, ...filter } = o;
+      const queue = ctx.herald(globals()).queue;
+      // The library returns at most LIBRARY_LIST_MAX jobs per call: a larger --limit pages on by id.
+      for (let left = limit, beforeId = filter.beforeId; left > 0; ) {
+        const page = await queue.list({ ...filter, beforeId, limit: Math.min(left, LIBRARY_LIST_MAX) });
+        for (const j of page) ctx.out(json ? JSON.stringify(j) : line(j));
+        if (page.length < Math.min(left, LIBRARY_LIST_MAX)) break;
+        left -= page.length;
+        beforeId = page[page.length - 1].id;
+      }
     });
 
   jobs
@@ -61,7 +91,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'on one line')
     .addHelpText('after', '\nExamples:\n  herald jobs get 42')
     .action(async (id: string, o: { json?: boolean }) => {
-      const job = await ctx.herald(globals()).queue.get(id);
+      const job = await ctx.herald(globals()).queue.get(jobIdArg('job id', id));
       if (!job) throw new CliError(`job ${id} not found`);
       ctx.out(o.json ? JSON.stringify(job) : JSON.stringify(job, null, 2));
     });
@@ -70,6 +100,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .command('stats')
     .description('job counts per queue, kind and state (scheduled = available, not yet due)')
     .option('--json', 'print a JSON array of {"queue","kind","state","count"}')
+    .addHelpText('after', '\nExamples:\n  herald jobs stats\n  herald jobs stats --json')
     .action(async (o: { json?: boolean }) => {
       const rows = await ctx.herald(globals()).queue.stats();
       if (o.json) return ctx.out(JSON.stringify(rows));
@@ -90,7 +121,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     const verb = action === 'cancel' ? 'cancelled' : 'retried';
     if (json) ctx.out(JSON.stringify({ [verb]: done, skipped }));
     else {
-      ctx.out(`${verb} ${done.length}: ${done.join(' ')}`.trimEnd());
+      ctx.out(done.length > 0 ? `${verb} ${done.length}: ${done.join(' ')}` : `${verb} 0`);
       for (const s of skipped) ctx.out(`not ${verb} ${s.id}: ${s.reason}`);
     }
     if (skipped.length > 0) ctx.exitCode = 1;
@@ -104,6 +135,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'print {"retried":[ids],"skipped":[{"id","state","reason"}]}')
     .addHelpText('after', '\nExamples:\n  herald jobs retry 42 43')
     .action(async (ids: string[], o: { includeCompleted?: boolean; json?: boolean }) => {
+      for (const id of ids) jobIdArg('job id', id);
       const done = await ctx.herald(globals()).queue.retry(ids, { includeCompleted: o.includeCompleted });
       await report('retry', ids, done, o.json, o.includeCompleted === true);
     });
@@ -115,6 +147,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--json', 'print {"cancelled":[ids],"skipped":[{"id","state","reason"}]}')
     .addHelpText('after', '\nExamples:\n  herald jobs cancel 42')
     .action(async (ids: string[], o: { json?: boolean }) => {
+      for (const id of ids) jobIdArg('job id', id);
       const done = await ctx.herald(globals()).queue.cancel(ids);
       await report('cancel', ids, done, o.json);
     });
@@ -126,6 +159,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .option('--count <n>', 'exit after n transitions', intArg('--count', COUNT_RANGE))
     .addHelpText('after', '\nExamples:\n  herald jobs watch\n  herald jobs watch --id 42 --count 7')
     .action(async (o: { id?: string; count?: number }) => {
+      if (o.id !== undefined) jobIdArg('--id', o.id);
       const herald = ctx.herald(globals());
       let seen = 0;
       let done!: () => void;
@@ -169,6 +203,8 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
   jobs
     .command('paused')
     .description('the pauses in force, one JSON line each ({"queue","kind","pausedAt"}; null = every)')
+    .option('--json', 'one JSON object per line (the default output; accepted like every inspecting command)')
+    .addHelpText('after', '\nExamples:\n  herald jobs paused\n  herald jobs paused --json')
     .action(async () => {
       for (const p of await ctx.herald(globals()).queue.paused()) ctx.out(JSON.stringify(p));
     });
@@ -199,6 +235,7 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .description('remove the limit of a queue (or of one kind in it); exit 1 when it had none')
     .option('--queue <name>', 'the queue', 'default')
     .option('--kind <kind>', 'only this kind')
+    .addHelpText('after', '\nExamples:\n  herald jobs unlimit --queue sync\n  herald jobs unlimit --queue emails --kind newsletter')
     .action(async (o: { queue: string; kind?: string }) => {
       const removed = await ctx.herald(globals()).queue.removeLimit({ queue: o.queue, kind: o.kind });
       ctx.out(removed ? `unlimited ${where(o.queue, o.kind ?? null)}` : `no limit on ${where(o.queue, o.kind ?? null)}`);
@@ -208,6 +245,8 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
   jobs
     .command('limits')
     .description('the limits in force, one JSON line each ({"queue","kind","concurrency","partitionBy","rate","updatedAt"})')
+    .option('--json', 'one JSON object per line (the default output; accepted like every inspecting command)')
+    .addHelpText('after', '\nExamples:\n  herald jobs limits\n  herald jobs limits --json')
     .action(async () => {
       for (const l of await ctx.herald(globals()).queue.limits()) ctx.out(JSON.stringify(l));
     });
@@ -216,12 +255,12 @@ export function registerJobsCommands(program: Command, ctx: CliContext): void {
     .command('stuck')
     .description('waiting or running jobs that entered their current stage more than --older-than ago (database time); exit 1 if any')
     .option('--older-than <duration>', 'threshold: 90s, 15m, 2h or milliseconds', '15m')
-    .option('--limit <n>', 'at most n jobs (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--limit <n>', 'at most n jobs (1 to 100000; prints at most 10000)', intArg('--limit', LIMIT_RANGE), 100)
     .option('--json', 'every field of each job, with stuckMs, one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald jobs stuck --older-than 30m')
     .action(async (o: { olderThan: string; limit: number; json?: boolean }) => {
       const thresholdMs = parseDuration(o.olderThan);
-      const rows = await ctx.herald(globals()).queue.stuck({ thresholdMs, limit: o.limit });
+      const rows = await ctx.herald(globals()).queue.stuck({ thresholdMs, limit: Math.min(o.limit, LIBRARY_LIST_MAX) });
       for (const j of rows) ctx.out(o.json ? JSON.stringify(j) : JSON.stringify({ id: j.id, kind: j.kind, stage: j.stage, state: j.state, stuckMs: Math.round(j.stuckMs), since: j.stageEnteredAt }));
       if (rows.length > 0) ctx.exitCode = 1;
     });

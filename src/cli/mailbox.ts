@@ -1,14 +1,12 @@
 import type { Command } from 'commander';
 import { CliError, type CliContext } from './context.js';
-import { COUNT_RANGE, LIMIT_RANGE, intArg } from './options.js';
+import { COUNT_RANGE, LIBRARY_LIST_MAX, LIMIT_RANGE, intArg, parseDecimal } from './options.js';
+import { MAX_DURATION_MS } from '../internal/validate.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
-function seconds(value: string, option: string): number {
-  const n = Number(value);
-  if (!Number.isFinite(n) || n < 0) throw new CliError(`${option} must be a number of seconds >= 0, got ${JSON.stringify(value)}`, 2);
-  return n;
-}
+/** Longest `receive --wait`: the library's longest timeoutMs (10 years), in seconds. */
+export const MAX_WAIT_S = MAX_DURATION_MS / 1000;
 
 /** send, receive, mailbox stats, mailbox dead, mailbox redrive. */
 export function registerMailboxCommands(program: Command, ctx: CliContext): void {
@@ -46,11 +44,11 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .description('consume messages of a destination, printing each as a JSON line {"id","to","topic","payload","attempts","createdAt"}')
     .argument('<to>', 'destination')
     .option('--topic <topic>', 'only messages of this topic')
-    .option('--wait <seconds>', 'how long to wait for each message (0: look once)', '0')
+    .option('--wait <seconds>', `how long to wait for each message, 0 to ${MAX_DURATION_MS / 1000} seconds, fractions allowed (0: look once)`, '0')
     .option('--count <n>', 'messages to take before exiting', intArg('--count', COUNT_RANGE), 1)
     .addHelpText('after', '\nExamples:\n  herald receive billing\n  herald receive billing --wait 30 --count 10\n\nExit code 0 when at least one message was received, 3 when none arrived in time.')
     .action(async (to: string, opts: { topic?: string; wait: string; count: number }) => {
-      const waitS = seconds(opts.wait, '--wait');
+      const waitS = parseDecimal('--wait', opts.wait, { min: 0, max: MAX_WAIT_S }, ' of seconds');
       const count = opts.count;
       const mailbox = ctx.herald(globals()).mailbox;
       const stop = new AbortController();
@@ -65,7 +63,10 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
       if (got === 0) ctx.exitCode = 3;
     });
 
-  const mailbox = program.command('mailbox').description('inspect and repair the mailbox');
+  const mailbox = program
+    .command('mailbox')
+    .description('inspect and repair the mailbox')
+    .addHelpText('after', '\nExamples:\n  herald mailbox stats\n  herald mailbox dead billing\n  herald mailbox redrive billing');
 
   mailbox
     .command('stats')
@@ -86,10 +87,11 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .command('dead')
     .description('list dead messages of a destination with their last error (JSON lines)')
     .argument('<to>', 'destination')
-    .option('--limit <n>', 'at most n (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--limit <n>', 'at most n (1 to 100000; prints at most 10000)', intArg('--limit', LIMIT_RANGE), 100)
     .option('--json', 'one JSON object per line (the default output; accepted for symmetry)')
+    .addHelpText('after', '\nExamples:\n  herald mailbox dead billing\n  herald mailbox dead billing --limit 10')
     .action(async (to: string, opts: { limit: number }) => {
-      const dead = await ctx.herald(globals()).mailbox.deadLetters(to, { limit: opts.limit });
+      const dead = await ctx.herald(globals()).mailbox.deadLetters(to, { limit: Math.min(opts.limit, LIBRARY_LIST_MAX) });
       for (const d of dead) ctx.out(JSON.stringify(d));
     });
 
@@ -98,6 +100,7 @@ export function registerMailboxCommands(program: Command, ctx: CliContext): void
     .description('put dead messages of a destination back to ready (all, or the given ids)')
     .argument('<to>', 'destination')
     .argument('[ids...]', 'message ids (default: every dead message of the destination)')
+    .addHelpText('after', '\nExamples:\n  herald mailbox redrive billing\n  herald mailbox redrive billing order-42 order-43')
     .action(async (to: string, ids: string[]) => {
       const n = await ctx.herald(globals()).mailbox.redrive(to, { ids: ids.length ? ids : undefined });
       ctx.out(`redrove ${n}`);

@@ -22,12 +22,9 @@ export const INTERRUPT_GRACE_MS = 2000;
 /** Exit code of a command abandoned after an interrupt (128 + SIGINT). */
 export const INTERRUPTED_EXIT_CODE = 130;
 
-/**
- * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
- * code. A thin layer over the library: every command calls the same code paths.
- */
-export async function runCli(argv: string[], io: CliIo): Promise<number> {
-  const ctx = new CliContext(io);
+/** The `herald` program with every command (commander), writing to `ctx.io`. */
+export function createProgram(ctx: CliContext): Command {
+  const io = ctx.io;
   const program = new Command('herald')
     .description('pgherald: Postgres-native messaging (notifier, mailbox, queue, outbox, topics) and its server')
     .option('-d, --database-url <url>', 'Postgres connection string (default: $DATABASE_URL, else the database of a herald serve running on --data-dir)')
@@ -48,6 +45,16 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerTopicsCommands(program, ctx);
   registerMaintenanceCommands(program, ctx);
   registerCompletionCommand(program, ctx);
+  return program;
+}
+
+/**
+ * Runs the `herald` CLI with `argv` (without node and script) and returns the exit
+ * code. A thin layer over the library: every command calls the same code paths.
+ */
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  const ctx = new CliContext(io);
+  const program = createProgram(ctx);
   let interrupted = false;
   let finished = false;
   let graceTimer: NodeJS.Timeout | undefined;
@@ -79,7 +86,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     }
     if (err instanceof HeraldError) {
       ctx.err(`herald: ${err.message} (${err.code})${whereTo(ctx, err)}`);
-      return 1;
+      // A value of the command line the library refused is a usage error (see argumentErrorsAreUsage).
+      return ctx.argumentErrorsAreUsage && (err.code === 'INVALID_ARGUMENT' || err.code === 'INVALID_OPTION') ? 2 : 1;
     }
     ctx.err(`herald: ${(err as Error)?.message ?? String(err)}${whereTo(ctx, err)}`);
     return 1;
@@ -120,16 +128,27 @@ export function main(): void {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // stdout closed by its reader (`herald migrate sql | head`): a normal end, not a crash.
+  // Later output is dropped, a long-running command stops as after Ctrl-C, exit code 0.
+  let stdoutClosed = false;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    if (stdoutClosed) return;
+    stdoutClosed = true;
+    process.exitCode = 0;
+    interrupt();
+  });
   const io: CliIo = {
-    stdout: process.stdout,
+    stdout: { write: (s: string | Uint8Array) => (stdoutClosed ? true : process.stdout.write(s)) },
     stderr: process.stderr,
     env: process.env,
     interrupted,
     stdin: process.stdin.isTTY ? undefined : process.stdin,
   };
-  void runCli(process.argv.slice(2), io).then((code) => {
+  void runCli(process.argv.slice(2), io).then((result) => {
+    const code = stdoutClosed ? 0 : result;
     process.exitCode = code;
     // Give stdout a moment to flush, then leave even if a foreign handle lingers.
-    setTimeout(() => process.exit(code), 50).unref();
+    setTimeout(() => process.exit(stdoutClosed ? 0 : code), 50).unref();
   });
 }

@@ -10,7 +10,10 @@ export function registerMaintenanceCommands(program: Command, ctx: CliContext): 
   // The CLI never stands for election: it reads what the fleet's leader recorded.
   const herald = () => ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 }, maintenance: { enabled: false } });
 
-  const maintenance = program.command('maintenance').description('the maintenance service: periodic tasks (rescue, retention) run by the elected leader');
+  const maintenance = program
+    .command('maintenance')
+    .description('the maintenance service: periodic tasks (rescue, retention) run by the elected leader')
+    .addHelpText('after', '\nExamples:\n  herald maintenance status\n  herald maintenance run outboxRetention');
 
   maintenance
     .command('status')
@@ -20,7 +23,7 @@ export function registerMaintenanceCommands(program: Command, ctx: CliContext): 
     .action(async (opts: { json?: boolean }) => {
       const s = await herald().maintenance.status();
       if (opts.json) return ctx.out(JSON.stringify({ leader: s.leader, tasks: s.tasks }));
-      const leader = s.leader ? s.leader.holder : 'none';
+      const leader = s.leader ? s.leader.holder : '-';
       const at = (d: Date | null) => (d ? d.toISOString() : '-');
       for (const t of s.tasks) {
         const state = t.enabled ? (t.lastError ? 'failing' : 'on') : 'off';
@@ -39,7 +42,10 @@ export function registerMaintenanceCommands(program: Command, ctx: CliContext): 
     .addHelpText('after', '\nExamples:\n  herald maintenance run outboxRetention\n  herald maintenance run queueRescue')
     .action(async (task: string) => {
       if (!MAINTENANCE_TASKS.includes(task as MaintenanceTask)) throw new CliError(`unknown task ${JSON.stringify(task)}: use ${MAINTENANCE_TASKS.join(', ')}`, 2);
-      const rows = await herald().maintenance.run(task as MaintenanceTask);
+      const maintenance = herald().maintenance;
+      // The task runs with this process's settings: what it throws is not about the command line.
+      ctx.argumentErrorsAreUsage = false;
+      const rows = await maintenance.run(task as MaintenanceTask);
       ctx.out(`${task} rows=${rows}`);
     });
 }

@@ -17,6 +17,11 @@ export interface IntRange {
 
 /** Limits of the list commands (`--limit`): 1 to 100000. */
 export const LIMIT_RANGE: IntRange = { min: 1, max: 100_000 };
+/**
+ * Most rows the library returns per list call (`queue.list`/`stuck`, the dead-letter
+ * lists): `jobs list` pages past it, the other lists print at most this many.
+ */
+export const LIBRARY_LIST_MAX = 10_000;
 /** `--count` of the following commands (listen, jobs watch, topics tail, receive): at least 1. */
 export const COUNT_RANGE: IntRange = { min: 1 };
 
@@ -36,6 +41,20 @@ export function parseInteger(option: string, raw: string, range: IntRange = {}):
   return n;
 }
 
+/**
+ * Parses a decimal number that may have a fraction (`0.2`; no sign, no exponent), for
+ * the two options that are not integers (`receive --wait` seconds, `doctor
+ * --connection-headroom`), or throws a usage error naming the option, range and value.
+ */
+export function parseDecimal(option: string, raw: string, range: { min: number; max: number }, unit = ''): number {
+  const text = raw.trim();
+  const n = /^\d+(\.\d+)?$/.test(text) ? Number(text) : NaN;
+  if (!(n >= range.min && n <= range.max)) {
+    throw new CliError(`${option} must be a number${unit} from ${range.min} to ${range.max} (a decimal, fractions allowed), got ${JSON.stringify(raw)}`, 2);
+  }
+  return n;
+}
+
 /** A commander argument parser for an integer option (see {@link parseInteger}). */
 export function intArg(option: string, range: IntRange = {}): (raw: string) => number {
   return (raw) => parseInteger(option, raw, range);
@@ -50,15 +69,13 @@ export function packageVersion(): string {
   }
 }
 
-/** `url` with its password replaced by `***` (also in text that does not parse as a URL). */
+/**
+ * `url` as given, with its password replaced by `***`: the one of the user-info
+ * (`scheme://user:password@`) and any `password=` (a query parameter, a keyword/value
+ * connection string). The text is not normalised (`http://x` stays `http://x`).
+ */
 export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return url.replace(/(\/\/[^:/@\s]*:)[^@\s]*@/, '$1***@');
-  }
+  return url.replace(/^([^:/?#@\s]+:\/\/[^:/?#@\s]*:)[^/?#\s]*@/, '$1***@').replace(/(password=)[^&\s]*/gi, '$1***');
 }
 
 /**

@@ -1,6 +1,9 @@
 import type { Command } from 'commander';
 import { CliError, type CliContext } from './context.js';
-import { LIMIT_RANGE, intArg } from './options.js';
+import { LIBRARY_LIST_MAX, LIMIT_RANGE, intArg } from './options.js';
+
+/** An outbox event id. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -9,7 +12,10 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
   const globals = () => program.opts<Globals>();
   const herald = () => ctx.herald(globals(), { notifier: { queueUsageIntervalMs: 0 } });
 
-  const outbox = program.command('outbox').description('the transactional outbox: backlog, dead letters, redrive');
+  const outbox = program
+    .command('outbox')
+    .description('the transactional outbox: backlog, dead letters, redrive')
+    .addHelpText('after', '\nExamples:\n  herald outbox stats\n  herald outbox dead --limit 10\n  herald outbox redrive --all');
 
   outbox
     .command('stats')
@@ -25,11 +31,11 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
   outbox
     .command('dead')
     .description('list dead-lettered events, oldest first (id, type, key, attempts, last error)')
-    .option('--limit <n>', 'at most n events (1 to 100000)', intArg('--limit', LIMIT_RANGE), 100)
+    .option('--limit <n>', 'at most n events (1 to 100000; prints at most 10000)', intArg('--limit', LIMIT_RANGE), 100)
     .option('--json', 'one JSON object per line')
     .addHelpText('after', '\nExamples:\n  herald outbox dead\n  herald outbox dead --limit 10 --json')
     .action(async (opts: { limit: number; json?: boolean }) => {
-      for (const e of await herald().outbox.dead({ limit: opts.limit })) {
+      for (const e of await herald().outbox.dead({ limit: Math.min(opts.limit, LIBRARY_LIST_MAX) })) {
         if (opts.json) ctx.out(JSON.stringify(e));
         else ctx.out(`${e.id} ${e.type} key=${e.key ?? '-'} attempts=${e.attempts} dead_at=${e.deadAt.toISOString()} error=${JSON.stringify(e.lastError)}`);
       }
@@ -44,6 +50,7 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
     .action(async (ids: string[], opts: { all?: boolean }) => {
       if (!opts.all && ids.length === 0) throw new CliError('give event ids or --all', 2);
       if (opts.all && ids.length > 0) throw new CliError('give event ids or --all, not both', 2);
+      for (const id of ids) if (!UUID.test(id)) throw new CliError(`event id must be a UUID, got ${JSON.stringify(id)}`, 2);
       const n = await herald().outbox.redrive(opts.all ? {} : { ids });
       ctx.out(`redriven ${n}`);
       if (!opts.all && n < ids.length) {
@@ -52,7 +59,10 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
       }
     });
 
-  const changes = program.command('changes').description('row-change triggers: announce INSERT/UPDATE/DELETE of a table');
+  const changes = program
+    .command('changes')
+    .description('row-change triggers: announce INSERT/UPDATE/DELETE of a table')
+    .addHelpText('after', '\nExamples:\n  herald changes track orders\n  herald changes list\n  herald changes untrack orders');
 
   changes
     .command('track')

@@ -1,12 +1,14 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { ApiKey } from '../server/auth.js';
-import { HeraldServer, type ServerOptions } from '../server/server.js';
+import { HeraldServer, checkServerOptions, type ServerOptions } from '../server/server.js';
+import { InvalidOptionError } from '../errors.js';
 import { CliError, type CliContext } from './context.js';
 import { startEmbedded } from './embedded.js';
 import type { Herald } from '../client.js';
-import { checkPostgresUrl, parseInteger, redactUrl } from './options.js';
+import { checkPostgresUrl, parseInteger, redactUrl, type IntRange } from './options.js';
 import { dataDirOf } from './state.js';
+import { PAYLOAD_LIMIT_BYTES } from '../notifier/validate.js';
 
 type Globals = { databaseUrl?: string; schema?: string; listenUrl?: string; dataDir?: string };
 
@@ -51,9 +53,9 @@ function boolEnv(name: string, value: string | undefined): boolean | undefined {
   throw new CliError(`${name} must be true or false, got ${value}`, 2);
 }
 
-function intOption(name: string, value: string | undefined): number | undefined {
+function intOption(name: string, value: string | undefined, range: IntRange = { min: 1 }): number | undefined {
   if (value === undefined || value === '') return undefined;
-  return parseInteger(name, value, { min: 1 });
+  return parseInteger(name, value, range);
 }
 
 // ---- secrets (issue 12 point 10): a flag, a file, or the environment ----
@@ -111,6 +113,25 @@ function readPublicKey(file: string, from: string): string {
   }
 }
 
+/**
+ * The server's own checks of `options` (the HeraldServer constructor's), as usage errors
+ * (exit 2): a non-loopback `--host` without credentials, a JWT secret too short...
+ */
+export function checkServeOptions(options: ServerOptions, hostSource: string): void {
+  try {
+    checkServerOptions(options);
+  } catch (err) {
+    if (!(err instanceof InvalidOptionError)) throw err;
+    if (err.option === 'host') {
+      throw new CliError(
+        `${hostSource} ${options.host} is not a loopback address: serving on it needs credentials (--token, --token-file, --api-keys, --jwt-secret, --jwt-secret-file, --jwt-public-key or --jwks-url)`,
+        2,
+      );
+    }
+    throw new CliError(`herald serve: ${err.message}`, 2);
+  }
+}
+
 /** Server options from the command line, then the environment (`HERALD_*`). */
 export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | undefined>): ServerOptions {
   const port = parseInteger(opts.port !== undefined ? '--port' : 'HERALD_PORT', opts.port ?? env.HERALD_PORT ?? '8080', { min: 0, max: 65535 });
@@ -133,10 +154,10 @@ export function serverOptionsFrom(opts: ServeOpts, env: Record<string, string | 
     jwtAudience: opts.jwtAudience ?? env.HERALD_JWT_AUDIENCE,
     maxConnectionsPerToken: intOption('--max-connections-per-token', opts.maxConnectionsPerToken),
     maxSubscriptionsPerConnection: intOption('--max-subscriptions', opts.maxSubscriptions),
-    maxMessageBytes: intOption('--max-message-bytes', opts.maxMessageBytes),
+    maxMessageBytes: intOption('--max-message-bytes', opts.maxMessageBytes, { min: 1, max: PAYLOAD_LIMIT_BYTES - 1 }),
     publishPerSecond: intOption('--publish-rate', opts.publishRate),
     maxChannels: intOption('--max-channels', opts.maxChannels),
-    maxConnections: intOption('--max-connections', opts.maxConnections ?? env.HERALD_MAX_CONNECTIONS),
+    maxConnections: opts.maxConnections !== undefined ? intOption('--max-connections', opts.maxConnections) : intOption('HERALD_MAX_CONNECTIONS', env.HERALD_MAX_CONNECTIONS),
     channelPrefix: opts.channelPrefix,
     publicMetrics: opts.publicMetrics,
     allowedOrigins: listOption(opts.allowedOrigin, env.HERALD_ALLOWED_ORIGINS),
@@ -217,6 +238,8 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
       const env = ctx.io.env;
       const globals = program.opts<Globals>();
       const serverOptions = serverOptionsFrom(opts, env);
+      // Every option is checked before anything starts (embedded Postgres, connection, migrations).
+      checkServeOptions(serverOptions, opts.host !== undefined ? '--host' : 'HERALD_HOST');
       let databaseUrl = globals.databaseUrl || env.DATABASE_URL || undefined;
       if (databaseUrl) checkPostgresUrl(databaseUrl, globals.databaseUrl ? '--database-url' : 'DATABASE_URL');
       let embedded: Awaited<ReturnType<typeof startEmbedded>> | undefined;
@@ -241,6 +264,8 @@ export function registerServeCommand(program: Command, ctx: CliContext): void {
         // ---- end of embedded Postgres ----
       }
       herald = ctx.herald({ ...globals, databaseUrl }, { poolSize: 10, maintenance: { enabled: true } });
+      // From here on an INVALID_ARGUMENT or INVALID_OPTION is not about the command line.
+      ctx.argumentErrorsAreUsage = false;
       const applied = await herald.migrate();
       if (applied.length) ctx.err(`applied migrations ${applied.join(', ')}`);
       await herald.notifier.start();

@@ -171,7 +171,7 @@ export class Maintenance extends TypedEmitter<MaintenanceEvents> {
     m.durationMs += durationMs;
     if (error) m.errors++;
     try {
-      await taskRecord(this.#x, this.#s, { task, holder: this.holder, startedAt, rows, durationMs, error: error && describeError(error), intervalMs: settings.intervalMs });
+      await taskRecord(this.#x, this.#s, { task, holder: this.holder, startedAt, rows, durationMs, error: error && describeError(error), intervalMs: settings.intervalMs, enabled: active(settings), retentionMs: settings.retentionMs });
     } catch (err) {
       // The run happened; only its record is missing (database unreachable).
       if (!error) this.emit('maintenance:error', { task, error: asError(err) });

@@ -73,19 +73,25 @@ export async function taskPlan(
   return Number(rows[0].due_in_ms);
 }
 
-/** Records one run of a task (counters, last outcome) and plans the next one `intervalMs` later. */
+/**
+ * Records one run of a task (counters, last outcome) and plans the next one `intervalMs`
+ * later. When the task has no record yet (no leader ever planned it: a `herald
+ * maintenance run` on a fresh database), the record starts with the running process's
+ * own settings (`enabled`, `intervalMs`, `retentionMs`); an existing record keeps the
+ * settings its leader wrote.
+ */
 export async function taskRecord(
   x: Executor,
   s: string,
-  r: { task: string; holder: string; startedAt: Date; rows: number; durationMs: number; error: string | null; intervalMs: number },
+  r: { task: string; holder: string; startedAt: Date; rows: number; durationMs: number; error: string | null; intervalMs: number; enabled: boolean; retentionMs: number | null },
 ): Promise<void> {
   await x.query(
-    `INSERT INTO ${s}.maintenance_tasks AS m (task, enabled, interval_ms, runs, errors, last_started_at, last_finished_at, last_rows, last_duration_ms, last_error, next_run_at, holder)
-     VALUES ($1, true, $7, 1, CASE WHEN $6::text IS NULL THEN 0 ELSE 1 END, $3, now(), $4, $5, $6, now() + $7 * interval '1 millisecond', $2)
+    `INSERT INTO ${s}.maintenance_tasks AS m (task, enabled, interval_ms, retention_ms, runs, errors, last_started_at, last_finished_at, last_rows, last_duration_ms, last_error, next_run_at, holder)
+     VALUES ($1, $8, $7, $9, 1, CASE WHEN $6::text IS NULL THEN 0 ELSE 1 END, $3, now(), $4, $5, $6, now() + $7 * interval '1 millisecond', $2)
      ON CONFLICT (task) DO UPDATE SET runs = m.runs + 1, errors = m.errors + CASE WHEN $6::text IS NULL THEN 0 ELSE 1 END,
             last_started_at = $3, last_finished_at = now(), last_rows = $4, last_duration_ms = $5, last_error = $6,
             next_run_at = now() + $7 * interval '1 millisecond', holder = $2`,
-    [r.task, r.holder, r.startedAt, r.rows, r.durationMs, r.error, r.intervalMs],
+    [r.task, r.holder, r.startedAt, r.rows, r.durationMs, r.error, r.intervalMs, r.enabled, r.retentionMs],
   );
 }
 

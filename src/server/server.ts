@@ -193,6 +193,24 @@ function resolveServerOptions(options: ServerOptions): Resolved {
   return o;
 }
 
+/** A non-loopback address needs credentials. */
+function requireCredentialsOffLoopback(host: string, credentials: boolean): void {
+  if (!isLoopback(host) && !credentials) {
+    throw new InvalidOptionError('host', host, 'a loopback address unless credentials are configured (--token, --api-keys, --jwt-secret, --jwt-public-key or --jwks-url)');
+  }
+}
+
+/**
+ * Checks server options as the constructor does, without a Herald (`herald serve`
+ * checks them before it connects): throws the constructor's `INVALID_OPTION` error.
+ */
+export function checkServerOptions(options: ServerOptions = {}): void {
+  const o = resolveServerOptions(options);
+  const apiKeys: ApiKey[] = [...(options.apiKeys ?? [])];
+  if (o.token) apiKeys.push({ name: 'admin', key: o.token, grants: { admin: ['*'] } });
+  requireCredentialsOffLoopback(o.host, new Authenticator({ ...options, apiKeys }).enabled);
+}
+
 /**
  * The server of `herald serve`: the realtime gateway (SSE and WebSocket fan-out of
  * topics and durable streams from the process's one listen connection), the HTTP API
@@ -239,9 +257,7 @@ export class HeraldServer {
     const apiKeys: ApiKey[] = [...(options.apiKeys ?? [])];
     if (this.options.token) apiKeys.push({ name: 'admin', key: this.options.token, grants: { admin: ['*'] } });
     this.auth = new Authenticator({ ...options, apiKeys });
-    if (!isLoopback(this.options.host) && !this.auth.enabled) {
-      throw new InvalidOptionError('host', this.options.host, 'a loopback address unless credentials are configured (--token, --api-keys, --jwt-secret, --jwt-public-key or --jwks-url)');
-    }
+    requireCredentialsOffLoopback(this.options.host, this.auth.enabled);
     this.guard = new RequestGuard(options, { open: !this.auth.enabled, host: this.options.host, router: this.router });
     this.limits = new TokenLimits(this.options.maxConnectionsPerToken, this.options.publishPerSecond);
     this.gateway = new Gateway(herald, {
