@@ -26,7 +26,12 @@ export function describeError(error: unknown, withName = false): string {
   return capErrorText(text);
 }
 
-/** Cuts `text` to {@link ERROR_TEXT_MAX_CHARS} characters. */
+/**
+ * Cuts `text` to {@link ERROR_TEXT_MAX_CHARS} characters, and makes it storable: a NUL
+ * character or a lone surrogate (which Postgres text refuses, failing the statement that
+ * records the error) becomes U+FFFD.
+ */
 export function capErrorText(text: string): string {
-  return text.length <= ERROR_TEXT_MAX_CHARS ? text : text.slice(0, ERROR_TEXT_MAX_CHARS - 1) + '…';
+  const cut = text.length <= ERROR_TEXT_MAX_CHARS ? text : text.slice(0, ERROR_TEXT_MAX_CHARS - 1) + '…';
+  return cut.replace(/\0|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
 }

@@ -26,6 +26,15 @@ export function jsonHasNul(text: string): boolean {
   return text.includes('\\u0000') && /(?:^|[^\\])(?:\\\\)*\\u0000/.test(text);
 }
 
+/**
+ * Whether a JSON text written by `JSON.stringify` holds a lone surrogate (half of a UTF-16
+ * pair): JSON.stringify escapes those, and only those, as `\udXXX` (a whole pair is
+ * written as is); Postgres jsonb and text refuse them.
+ */
+export function jsonHasLoneSurrogate(text: string): boolean {
+  return text.includes('\\u') && /(?:^|[^\\])(?:\\\\)*\\u[dD][89a-fA-F][0-9a-fA-F]{2}/.test(text);
+}
+
 /** A non-empty string of at most `maxBytes` UTF-8 bytes without NUL; returns it. */
 export function assertText(argument: string, value: unknown, maxBytes: number): string {
   if (typeof value !== 'string' || value.length === 0 || value.includes('\0') || Buffer.byteLength(value) > maxBytes) {

@@ -34,3 +34,51 @@ test('a job keeps only its newest errors, each cut to the one error text cap', a
   assert.ok(job.lastError!.startsWith(`Error: attempt ${attempts} `));
   assert.ok(job.lastError!.endsWith('…'));
 });
+
+test('text Postgres cannot store (NUL, a lone surrogate) never freezes a worker: errors are stored with U+FFFD, such a result fails its attempt, such a payload is INVALID_PAYLOAD', async () => {
+  const { discard, snooze } = await import('./types.js');
+  const outcomes: Record<string, () => unknown> = {
+    'nul-error': () => {
+      throw new Error('x\u0000y');
+    },
+    'surrogate-error': () => {
+      throw new Error('x\uD800y');
+    },
+    'nul-discard': () => discard('d\u0000'),
+    'nul-result': () => ({ s: 'a\u0000' }),
+    'surrogate-result': () => ({ s: '\uDC00' }),
+    fine: () => ({ ok: true }),
+  };
+  const ids = new Map<string, string>();
+  for (const name of Object.keys(outcomes)) ids.set(name, (await herald.queue.enqueue('unstorable', { name }, { maxAttempts: 1 })).id);
+  const w = herald.queue.work<{ name: string }>('unstorable', (job) => outcomes[job.payload.name](), { concurrency: 6 });
+  try {
+    // Every job ends (the worker records the others whatever one of them returned).
+    await waitFor(async () => {
+      for (const id of ids.values()) if (!['dead', 'completed'].includes((await herald.queue.get(id))!.state)) return false;
+      return true;
+    }, { what: 'every job finished' });
+  } finally {
+    await w.stop();
+  }
+  const job = async (name: string) => (await herald.queue.get(ids.get(name)!))!;
+  assert.equal((await job('nul-error')).lastError, 'Error: x\uFFFDy');
+  assert.equal((await job('surrogate-error')).lastError, 'Error: x\uFFFDy');
+  assert.equal((await job('nul-discard')).lastError, 'd\uFFFD');
+  for (const name of ['nul-result', 'surrogate-result']) {
+    const j = await job(name);
+    assert.equal(j.state, 'dead', name);
+    assert.match(j.lastError!, /INVALID_PAYLOAD|a result Postgres cannot store/, name);
+  }
+  assert.deepEqual([(await job('fine')).state, (await job('fine')).result], ['completed', { ok: true }]);
+  await assert.rejects(herald.queue.enqueue('unstorable', { s: '\uD800' }), { code: 'INVALID_PAYLOAD' });
+  assert.throws(() => snooze(1e300), { code: 'INVALID_OPTION' });
+});
+
+test('arguments that reach SQL are checked first: prune states, an empty beforeId, a schedule job options', async () => {
+  await assert.rejects(herald.queue.prune({ states: ['running' as 'completed'] }), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.queue.prune({ states: 'completed' as unknown as ['completed'] }), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(herald.queue.list({ beforeId: '' }), { code: 'INVALID_ARGUMENT' });
+  assert.throws(() => herald.queue.schedule('bad-options', '* * * * *', 'k', {}, { maxAttempts: 0 }), { code: 'INVALID_ARGUMENT' });
+  assert.throws(() => herald.queue.schedule('bad-payload', '* * * * *', 'k', { s: 'x\u0000' }), { code: 'INVALID_PAYLOAD' });
+});

@@ -5,7 +5,7 @@ import { TypedEmitter } from '../internal/events.js';
 import { STATS_SAMPLE_PAGES } from '../internal/options.js';
 import { schemaIdent } from '../internal/ident.js';
 import { withSpan } from '../internal/tracing.js';
-import { assertBigintId, assertDate, assertDuration, assertInt, assertText, jsonHasNul } from '../internal/validate.js';
+import { assertBigintId, assertDate, assertDuration, assertInt, assertText, jsonHasLoneSurrogate, jsonHasNul } from '../internal/validate.js';
 import type { Notifier } from '../notifier/notifier.js';
 import type { Subscription } from '../notifier/subscription.js';
 import { Leadership, holderName } from '../maintenance/leadership.js';
@@ -384,6 +384,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
       if (payload === undefined) throw new InvalidPayloadError('payload must be JSON-serialisable');
       // Postgres jsonb cannot hold NUL (\u0000); say so before the database does.
       if (jsonHasNul(payload)) throw new InvalidPayloadError('payload must not contain a NUL character (\\u0000)');
+      if (jsonHasLoneSurrogate(payload)) throw new InvalidPayloadError('payload must not contain a lone surrogate (half of a UTF-16 pair), which Postgres cannot store');
       b.payload.push(payload);
       const priority = it.priority ?? 0;
       b.priority.push(assertInt('priority', priority, -32768, 32767));
@@ -467,6 +468,8 @@ export class Queue extends TypedEmitter<QueueEvents> {
     assertName('kind', kind);
     const { tz, ...jobOptions } = options;
     const schedule = new CronSchedule(cron, tz ?? 'UTC');
+    // The job's payload and options checked now, as an enqueue would (not at every tick).
+    this.#batchOf([{ ...jobOptions, kind, payload }]);
     this.#crons.set(name, { name, schedule, kind, payload, options: jobOptions });
     this.start();
     return { name, remove: () => void this.#crons.delete(name) };
@@ -546,6 +549,10 @@ export class Queue extends TypedEmitter<QueueEvents> {
   async prune(options: { olderThanMs?: number; states?: ('completed' | 'dead' | 'cancelled')[] } = {}): Promise<number> {
     const olderThan = assertDuration('olderThanMs', options.olderThanMs ?? this.options.retentionMs);
     const states = options.states ?? ['completed', 'dead', 'cancelled'];
+    // Finished states only: a running or waiting job is never deleted by retention.
+    if (!Array.isArray(states) || states.length === 0 || states.some((st) => st !== 'completed' && st !== 'dead' && st !== 'cancelled')) {
+      throw new InvalidArgumentError('states', states, "a non-empty array of 'completed', 'dead' and 'cancelled'");
+    }
     const batch = this.options.retentionBatchSize;
     let total = 0;
     for (;;) {
@@ -706,7 +713,7 @@ export class Queue extends TypedEmitter<QueueEvents> {
       state: filter.state ?? null,
       stage: filter.stage ?? null,
       limit: assertInt('limit', filter.limit ?? 100, 1, LIST_LIMIT_MAX),
-      beforeId: filter.beforeId ? assertId(filter.beforeId) : null,
+      beforeId: filter.beforeId !== undefined ? assertId(filter.beforeId) : null,
       uniqueKey: filter.uniqueKey ?? null,
       createdAfter: filter.createdAfter ?? null,
       createdBefore: filter.createdBefore ?? null,

@@ -1,5 +1,6 @@
 import type { TxLike } from '../driver/types.js';
 import { InvalidOptionError } from '../errors.js';
+import { MAX_DURATION_MS } from '../internal/validate.js';
 import { boolean, numberBetween, resolveOptions, type OptionCheck } from '../internal/options.js';
 
 /** A job's state. `available` includes jobs scheduled for later (`runAt` in the future). */
@@ -181,7 +182,10 @@ export interface JobOutcome {
 
 /** Return from a handler to run the job again after `delayMs` without counting the attempt. */
 export function snooze(delayMs: number): JobOutcome {
-  if (typeof delayMs !== 'number' || !Number.isFinite(delayMs) || delayMs < 0) throw new InvalidOptionError('delayMs', delayMs, 'a finite number >= 0');
+  // Up to 10 years, like every duration that reaches SQL (an interval Postgres can hold).
+  if (typeof delayMs !== 'number' || !Number.isFinite(delayMs) || delayMs < 0 || delayMs > MAX_DURATION_MS) {
+    throw new InvalidOptionError('delayMs', delayMs, `a number of milliseconds from 0 to ${MAX_DURATION_MS} (10 years)`);
+  }
   return { [OUTCOME]: 'snooze', delayMs };
 }
 

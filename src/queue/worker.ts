@@ -4,6 +4,7 @@ import { DB_ERROR_BACKOFF, retryDelay } from '../internal/backoff.js';
 import { capErrorText, describeError } from '../internal/describe-error.js';
 import { Loop, type ReconnectSource, type Turn } from '../internal/loop.js';
 import { withSpan } from '../internal/tracing.js';
+import { jsonHasLoneSurrogate, jsonHasNul } from '../internal/validate.js';
 import {
   compareIds,
   jobClaimLimited,
@@ -614,6 +615,15 @@ export class Worker {
           f.result = JSON.stringify(value) ?? null;
         } catch {
           f.result = null;
+        }
+        if (f.result !== null && (jsonHasNul(f.result) || jsonHasLoneSurrogate(f.result))) {
+          // Postgres jsonb refuses it: recorded as is, it would fail every completion of the
+          // batch it is in, again and again. The attempt fails instead, saying why.
+          const err = new HeraldError('INVALID_PAYLOAD', 'the handler returned a result Postgres cannot store (a NUL character or a lone surrogate in a string): the attempt fails');
+          f.ok = false;
+          f.result = null;
+          f.errorValue = err;
+          f.error = describeError(err, true);
         }
       }
     } catch (err) {
