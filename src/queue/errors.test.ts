@@ -1,14 +1,18 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import pg from 'pg';
 import type { Herald } from '../client.js';
+import type { Executor } from '../driver/types.js';
 import { ERROR_TEXT_MAX_CHARS } from '../internal/describe-error.js';
 import { useHerald } from '../../test/support/herald.js';
 import { waitFor } from '../../test/support/wait.js';
 import { JOB_ERRORS_KEPT } from './queries.js';
 
 let herald: Herald;
-useHerald({ queue: { retryBaseDelayMs: 1, retryMaxDelayMs: 5, pollIntervalMs: 50 } }, (_db, h) => {
+let url: string;
+useHerald({ queue: { retryBaseDelayMs: 1, retryMaxDelayMs: 5, pollIntervalMs: 50 } }, (db, h) => {
   herald = h;
+  url = db.url;
 });
 
 test('a job keeps only its newest errors, each cut to the one error text cap', async () => {
@@ -81,4 +85,33 @@ test('arguments that reach SQL are checked first: prune states, an empty beforeI
   await assert.rejects(herald.queue.list({ beforeId: '' }), { code: 'INVALID_ARGUMENT' });
   assert.throws(() => herald.queue.schedule('bad-options', '* * * * *', 'k', {}, { maxAttempts: 0 }), { code: 'INVALID_ARGUMENT' });
   assert.throws(() => herald.queue.schedule('bad-payload', '* * * * *', 'k', { s: 'x\u0000' }), { code: 'INVALID_PAYLOAD' });
+});
+
+test("an enqueue whose unique key's holder finishes between the insert and the look gets an id: the job is inserted again", async () => {
+  const holder = await herald.queue.enqueue('unique-race', {}, { uniqueKey: 'race-key' });
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query('BEGIN');
+    let raced = false;
+    // The caller's transaction, with a hook: before the look for the key's holder, the holder finishes (cancelled, elsewhere).
+    const tx: Executor = {
+      query: async <R,>(text: string, values?: readonly unknown[]) => {
+        if (!raced && /unique_key = ANY/.test(text)) {
+          raced = true;
+          assert.deepEqual(await herald.queue.cancel(holder.id), [holder.id]);
+        }
+        const res = await client.query(text, values as unknown[]);
+        return { rows: res.rows as R[], rowCount: res.rowCount ?? 0 };
+      },
+    };
+    const r = await herald.queue.enqueue('unique-race', {}, { uniqueKey: 'race-key', tx });
+    await client.query('COMMIT');
+    assert.ok(raced, 'the look ran after a skipped insert');
+    assert.equal(r.inserted, true);
+    assert.notEqual(r.id, holder.id);
+    assert.equal((await herald.queue.get(r.id))?.state, 'available');
+  } finally {
+    await client.end();
+  }
 });

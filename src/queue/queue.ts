@@ -417,9 +417,27 @@ export class Queue extends TypedEmitter<QueueEvents> {
       }
       const rows = await this.#write(options.tx, (x, ch) => q.jobInsertMany(x, this.schemaSql, ch, b));
       const x = options.tx ? toExecutor(options.tx) : this.executor;
-      const missing = rows.flatMap((r, i) => (r.inserted ? [] : [b.uniqueKey[i]!]));
-      const existing = missing.length ? await q.jobFindByUniqueKeys(x, this.schemaSql, missing) : new Map<string, string>();
-      return rows.map((r, i) => (r.inserted ? { id: r.id, inserted: true } : { id: existing.get(b.uniqueKey[i]!) ?? '', inserted: false }));
+      const out: (EnqueueResult | null)[] = rows.map((r) => (r.inserted ? { id: r.id, inserted: true } : null));
+      // A job skipped for its unique key gets the holder's id. The holder may finish between
+      // the insert and the look (a finished job holds no key): then the key is free, and
+      // that job is inserted again, until every job has an id.
+      for (let round = 1; ; round++) {
+        const missing = out.flatMap((r, i) => (r === null ? [i] : []));
+        if (missing.length === 0) break;
+        const existing = await q.jobFindByUniqueKeys(x, this.schemaSql, missing.map((i) => b.uniqueKey[i]!));
+        const again = missing.filter((i) => {
+          const id = existing.get(b.uniqueKey[i]!);
+          if (id !== undefined) out[i] = { id, inserted: false };
+          return id === undefined;
+        });
+        if (again.length === 0) break;
+        if (round >= UNIQUE_KEY_ROUNDS) throw new HeraldError('CONFLICT', `the unique key ${JSON.stringify(b.uniqueKey[again[0]])} changed hands ${UNIQUE_KEY_ROUNDS} times during one enqueue; try again`);
+        const retried = await this.#write(options.tx, (x2, ch) => q.jobInsertMany(x2, this.schemaSql, ch, pick(b, again)));
+        retried.forEach((r, k) => {
+          if (r.inserted) out[again[k]] = { id: r.id, inserted: true };
+        });
+      }
+      return out as EnqueueResult[];
     });
   }
 
@@ -871,6 +889,16 @@ export class Queue extends TypedEmitter<QueueEvents> {
 }
 
 /** A job id: a decimal string from 0 to 2^63 - 1 (`INVALID_ARGUMENT` otherwise). */
+/** How many times one enqueue inserts a job again whose unique key's holder finished meanwhile. */
+const UNIQUE_KEY_ROUNDS = 10;
+
+/** The jobs at `indexes` of a batch, as a batch of their own. */
+function pick(b: q.JobInsertBatch, indexes: readonly number[]): q.JobInsertBatch {
+  const out = { ...b } as Record<string, unknown>;
+  for (const [k, v] of Object.entries(b)) if (Array.isArray(v)) out[k] = indexes.map((i) => v[i]);
+  return out as unknown as q.JobInsertBatch;
+}
+
 function assertId(id: string): string {
   return assertBigintId('job id', id);
 }
