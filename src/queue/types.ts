@@ -1,7 +1,7 @@
 import type { TxLike } from '../driver/types.js';
 import { InvalidOptionError } from '../errors.js';
 import { MAX_DURATION_MS } from '../internal/validate.js';
-import { boolean, numberBetween, resolveOptions, type OptionCheck } from '../internal/options.js';
+import { boolean, numberBetween, positiveInteger, resolveOptions, type OptionCheck } from '../internal/options.js';
 
 /** A job's state. `available` includes jobs scheduled for later (`runAt` in the future). */
 /** `waiting`: a workflow job whose dependencies have not all completed (not claimable). */
@@ -90,9 +90,9 @@ export function resolveQueueOptions(o: QueueOptions = {}): ResolvedQueueOptions 
     retentionMs: finiteNonNegative,
     completedRetentionMs: finiteNonNegative,
     retentionIntervalMs: finitePositive,
-    retentionBatchSize: finitePositive,
+    retentionBatchSize: positiveInteger(),
     leaderTtlMs: finitePositive,
-    completionBatchSize: finitePositive,
+    completionBatchSize: positiveInteger(),
     keepCompleted: boolean,
   }) as ResolvedQueueOptions;
   if (r.heartbeatIntervalMs === undefined) r.heartbeatIntervalMs = Math.max(10, Math.floor(r.leaseMs / 3));
