@@ -116,6 +116,10 @@ export class Herald {
     if (given !== 1) {
       throw new HeraldError('INVALID_OPTION', 'give exactly one of connectionString, pool, sql or driver');
     }
+    const ps = options.poolSize;
+    if (ps !== undefined && (typeof ps !== 'number' || !Number.isInteger(ps) || ps < 1 || ps > 10_000)) {
+      throw new InvalidOptionError('poolSize', ps, 'an integer from 1 to 10000');
+    }
     const ct = options.connectTimeoutMs;
     if (ct !== undefined && (typeof ct !== 'number' || !(ct > 0) || !Number.isFinite(ct))) {
       throw new InvalidOptionError('connectTimeoutMs', ct, 'a positive number');

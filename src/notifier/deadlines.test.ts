@@ -105,6 +105,8 @@ describe('notifier deadlines', () => {
       [{ notifier: { statementTimeoutMs: 0 } }, 'statementTimeoutMs'],
       [{ notifier: { connectTimeoutMs: Number.NaN } }, 'connectTimeoutMs'],
       [{ notifier: { maxConnectAttempts: 0 } }, 'maxConnectAttempts'],
+      [{ poolSize: 0 }, 'poolSize'],
+      [{ poolSize: 2.5 }, 'poolSize'],
     ] as const) {
       assert.throws(
         () => new Herald({ connectionString: db.url, ...options }),
