@@ -80,7 +80,7 @@ describe('CLI options and messages (issue 16)', () => {
       [['receive', 'box', '--count', '0'], /--count must be an integer >= 1/],
       [['mailbox', 'dead', 'box', '--limit', '1e3'], /--limit must be an integer/],
       [['outbox', 'dead', '--limit', ''], /--limit must be an integer/],
-      [['changes', 'track', 't', '--max-keys', 'many'], /--max-keys must be an integer from 1 to 10000/],
+      [['changes', 'track', 't', '--max-keys', 'many'], /--max-keys must be an integer from 0 to 1000/],
       [['serve', '--port', '70000'], /--port must be an integer from 0 to 65535, got "70000"/],
       [['serve', '--max-channels', 'lots'], /--max-channels must be an integer >= 1, got "lots"/],
     ];

@@ -69,7 +69,7 @@ export function registerOutboxCommands(program: Command, ctx: CliContext): void 
     .description('install the change triggers on a table (schema.table, or table in public; exact case)')
     .argument('<table>', 'schema.table or table')
     .option('--columns <columns...>', 'columns that identify a row (default: the primary key); space- or comma-separated')
-    .option('--max-keys <n>', 'list keys of up to n rows per statement, else "many"', intArg('--max-keys', { min: 1, max: 10_000 }), 20)
+    .option('--max-keys <n>', 'list keys of up to n rows per statement, else "many"', intArg('--max-keys', { min: 0, max: 1000 }), 20)
     .option('--to-outbox', 'also write one outbox event per changed row (durable)')
     .addHelpText('after', "\nExamples:\n  herald changes track orders\n  herald changes track 'billing.Invoices' --columns tenant_id id --to-outbox")
     .action(async (table: string, opts: { columns?: string[]; maxKeys: number; toOutbox?: boolean }) => {
