@@ -255,7 +255,8 @@ describe('stdout closed by its reader (herald ... | head)', () => {
     const child = cliProcess(['listen', 'epipe-channel'], { DATABASE_URL: db.url });
     try {
       const run = closeAfterFirstChunk(child);
-      await waitFor(() => run.stderr().includes('listening on'), { what: 'LISTEN established' });
+      // A process start (node, tsx, a connection): the suite's 60 s window for a step that has no count to follow.
+      await waitFor(() => run.stderr().includes('listening on'), { what: 'LISTEN established', timeoutMs: 60_000 });
       await herald.notify('epipe-channel', 'first');
       await run.chunk;
       // The next line finds stdout closed (the read end is gone once the first chunk came).

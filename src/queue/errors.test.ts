@@ -58,10 +58,13 @@ test('text Postgres cannot store (NUL, a lone surrogate) never freezes a worker:
   const w = herald.queue.work<{ name: string }>('unstorable', (job) => outcomes[job.payload.name](), { concurrency: 6 });
   try {
     // Every job ends (the worker records the others whatever one of them returned).
-    await waitFor(async () => {
-      for (const id of ids.values()) if (!['dead', 'completed'].includes((await herald.queue.get(id))!.state)) return false;
-      return true;
-    }, { what: 'every job finished' });
+    const finished = async () => {
+      let n = 0;
+      for (const id of ids.values()) if (['dead', 'completed'].includes((await herald.queue.get(id))!.state)) n++;
+      return n;
+    };
+    // The window restarts whenever one more job has finished.
+    await waitFor(async () => (await finished()) === ids.size, { what: 'every job finished', progress: finished });
   } finally {
     await w.stop();
   }

@@ -2,7 +2,7 @@ import type { Driver, Executor, TxLike } from '../driver/types.js';
 import { toExecutor } from '../driver/index.js';
 import { HeraldError, InvalidOptionError } from '../errors.js';
 import { quoteIdent, schemaIdent } from '../internal/ident.js';
-import { assertBigintId, hasLoneSurrogate, jsonHasNul } from '../internal/validate.js';
+import { assertBigintId, assertInt, hasLoneSurrogate, jsonHasNul } from '../internal/validate.js';
 import { withSpan } from '../internal/tracing.js';
 import { Slots } from '../internal/slots.js';
 import { GroupCommit } from '../internal/group-commit.js';
@@ -356,7 +356,7 @@ export class Topics {
    */
   async read<T = unknown>(topic: string, options: { after?: TopicPosition | 'earliest' | 'latest'; limit?: number } = {}): Promise<{ messages: TopicMessage<T>[]; position: TopicPosition }> {
     const st = await this.#existing(topic);
-    const limit = limitArg('limit', options.limit ?? 100, 100_000);
+    const limit = assertInt('limit', options.limit ?? 100, 1, 100_000);
     const ex = this.#driver.executor;
     const position = await this.resolveAfter(topic, options.after ?? 'earliest');
     await this.#sequenceIfPending(topic);
@@ -382,7 +382,7 @@ export class Topics {
   ): AsyncGenerator<TopicMessage<T>, void, undefined> {
     const signal = options.signal;
     const pollMs = positiveInt('pollIntervalMs', options.pollIntervalMs ?? 1000);
-    const batchSize = limitArg('batchSize', options.batchSize ?? 500, 100_000);
+    const batchSize = assertInt('batchSize', options.batchSize ?? 500, 1, 100_000);
     let wake: (() => void) | undefined;
     let dirty = true;
     const poke = () => {
@@ -496,7 +496,7 @@ export class Topics {
   async deadLetters<T = unknown>(topic: string, options: { group?: string; after?: TopicPosition; limit?: number } = {}): Promise<TopicDeadLetter<T>[]> {
     const st = await this.#existing(topic);
     if (options.group !== undefined) assertName('group', options.group);
-    const limit = limitArg('limit', options.limit ?? 100, 10_000);
+    const limit = assertInt('limit', options.limit ?? 100, 1, 10_000);
     const after = options.after === undefined ? '0' : parsePosition(options.after);
     const rows = await q.deadLetterList(this.#driver.executor, this.#s, st.row.id, options.group ?? null, after, limit);
     return rows.map((r) => toDeadLetter<T>(topic, r));
@@ -883,14 +883,6 @@ function resolveTopicOptions(o: TopicOptions, prefix: string): Required<TopicOpt
     retentionMs: r.retentionMs === null ? null : nonNegative(prefix + 'retentionMs', r.retentionMs),
     retentionBytes: r.retentionBytes === null ? null : nonNegative(prefix + 'retentionBytes', r.retentionBytes),
   };
-}
-
-/** A call's count argument (`limit`, `batchSize`): an integer from 1 to `max`, else `INVALID_ARGUMENT`, as in the mailbox and the outbox. */
-function limitArg(name: string, v: unknown, max: number): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
-    throw new HeraldError('INVALID_ARGUMENT', `${name} must be an integer from 1 to ${max}, got ${JSON.stringify(String(v))}`);
-  }
-  return v;
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
