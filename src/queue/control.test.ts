@@ -12,18 +12,26 @@ const heralds: Herald[] = [];
 /** Admissions answered per mode, counted by a driver that watches the statements of a real pool. */
 interface Watch {
   admits: Record<string, number>;
+  /** Claims by room (migration 033): answers per mode, and the jobs they claimed. */
+  rooms: Record<string, number>;
+  roomClaimed: number;
 }
 
 /** A Herald whose driver counts job_admit answers (the claim path under a pause or limit). */
 function herald(queue: ConstructorParameters<typeof Herald>[0]['queue'] = {}): Herald & { watch: Watch } {
   const base = pgDriver({ connectionString: db.url, max: 5 });
-  const watch: Watch = { admits: {} };
+  const watch: Watch = { admits: {}, rooms: {}, roomClaimed: 0 };
   const wrap = (x: Executor): Executor => ({
     async query(text, values, options) {
       const r = await x.query(text, values, options);
       if (text.includes('.job_admit(')) {
         const mode = (r.rows[r.rows.length - 1] as { mode: string }).mode;
         watch.admits[mode] = (watch.admits[mode] ?? 0) + 1;
+      }
+      if (text.includes('.job_admit_room(')) {
+        const mode = (r.rows[r.rows.length - 1] as { mode: string }).mode;
+        watch.rooms[mode] = (watch.rooms[mode] ?? 0) + 1;
+        watch.roomClaimed += r.rows.length - 1;
       }
       return r as never;
     },
@@ -233,6 +241,69 @@ describe('fleet-wide limits (in one process, two Heralds)', () => {
       }
     }
     assert.ok(t[t.length - 1] - t[0] >= 1000, 'sixteen starts at 4 per 400 ms take at least 1.2 s minus the first burst');
+  });
+
+  test('a queue-wide limit claims by room while it has room: six workers in two Heralds never run more than the limit', async () => {
+    const a = herald();
+    const b = herald();
+    // Three stripes of one slot each: claims by room (one stripe, one slot) meet full
+    // stripes and go through job_admit, so both paths run side by side here.
+    await a.queue.setLimit({ queue: 'room', concurrency: 3 });
+    let running = 0;
+    let max = 0;
+    let done = 0;
+    const handler = async () => {
+      running++;
+      max = Math.max(max, running);
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setTimeout(r, 3));
+      running--;
+      done++;
+    };
+    const ws = [a, a, a, b, b, b].map((h) => h.queue.work('rm', handler, { queue: 'room', concurrency: 1, prefetch: 0 }));
+    try {
+      await a.queue.enqueueMany(Array.from({ length: 90 }, () => ({ kind: 'rm', queue: 'room' })));
+      await waitForCount(() => done, 90, { what: 'jobs done' });
+      assert.ok(max <= 3, `at most 3 at once across both Heralds, saw ${max}`);
+      assert.ok(a.watch.roomClaimed + b.watch.roomClaimed > 0, 'some jobs were claimed by room');
+      assert.equal(await waitForCount(() => count('rm', 'completed'), 90, { what: 'completions recorded' }), 90);
+      const keys = await adminQuery<{ k: string }>(`SELECT DISTINCT limit_key AS k FROM herald.jobs WHERE kind = 'rm' ORDER BY 1`, [], db.url);
+      assert.deepEqual(keys.map((r) => r.k), ['["room", "", null]#0', '["room", "", null]#1', '["room", "", null]#2'], 'every job ran under one of the three stripes');
+      // The limit gone: the next claim, by room or through job_admit, is told so.
+      assert.equal(await a.queue.removeLimit({ queue: 'room' }), true);
+      await a.queue.enqueueMany(Array.from({ length: 6 }, () => ({ kind: 'rm', queue: 'room' })));
+      await waitForCount(() => done, 96, { what: 'the jobs after the limit' });
+      const free = (a.watch.rooms.free ?? 0) + (b.watch.rooms.free ?? 0) + (a.watch.admits.free ?? 0) + (b.watch.admits.free ?? 0);
+      assert.ok(free >= 1, 'a worker was told the limit is gone');
+    } finally {
+      await Promise.all(ws.map((w) => w.stop()));
+    }
+  });
+
+  test('a claim by room spends tokens only for the jobs it claimed', async () => {
+    const h = herald();
+    // Ten tokens an hour (eight stripes of 1.25): no refill to speak of during the test.
+    await h.queue.setLimit({ queue: 'rroom', kind: 'rt', rate: { count: 10, periodMs: 3_600_000 } });
+    const w = h.queue.work('rt', () => {}, { queue: 'rroom', concurrency: 1, prefetch: 0 });
+    try {
+      await h.queue.enqueueMany(Array.from({ length: 3 }, () => ({ kind: 'rt', queue: 'rroom' })));
+      await waitForCount(() => count('rt', 'completed'), 3, { what: 'the first three jobs' });
+      await h.queue.enqueueMany(Array.from({ length: 3 }, () => ({ kind: 'rt', queue: 'rroom' })));
+      await waitForCount(() => count('rt', 'completed'), 6, { what: 'the next three' });
+    } finally {
+      await w.stop();
+    }
+    // After a first claim through job_admit that got its one job, the worker claims by room;
+    // claims that found no job (the queue empty between the two batches, and at the end)
+    // must not have spent a token.
+    assert.ok((h.watch.rooms.limited ?? 0) >= 1, 'the worker claimed by room');
+    const [{ left }] = await adminQuery<{ left: number }>(
+      `SELECT (coalesce(sum(least(1.25, tokens + extract(epoch FROM clock_timestamp() - at) * 1000 * 1.25 / 3600000)), 0) + 1.25 * (8 - count(*)))::float8 AS left
+         FROM herald.queue_rate_buckets WHERE key LIKE '["rroom", "rt", null]#%'`,
+      [],
+      db.url,
+    );
+    assert.ok(left > 3.95 && left < 4.1, `ten tokens less six starts: ${left} left`);
   });
 
   test("queue retention deletes the token buckets that refilled or lost their limit, never one that still holds a debt", async () => {

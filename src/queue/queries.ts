@@ -336,28 +336,44 @@ export interface ClaimKey {
  * twice. attempt + 1 is the new fence. RETURNING gives only what a worker needs, in no
  * particular order: the caller sorts by (priority, id).
  */
-function claimCtes(s: string, p: number, ev: number, after: boolean): string {
+function claimCtes(s: string, p: number, ev: number, after: boolean, room = false): string {
   const cursor = after
     ? `AND (priority, run_at, id) > ($${p + 5}::smallint, timestamptz 'epoch' + $${p + 6}::bigint * interval '1 microsecond', $${p + 7}::bigint)`
     : '';
   // While a pause or a limit applies to (queue, kind), this claim takes nothing and says
-  // so (`controlled`): the worker then claims through job_admit (see claimAdmitted).
-  return `ctl AS (
+  // so (`controlled`): the worker then claims under control (`Worker.#claimControlled`).
+  // Room (under a limit without a partition key, migration 033): `r` locks one stripe of
+  // the limit and says how many jobs may start under it; the claim takes that many, each
+  // under the stripe, and writes the stripe's token bucket back with what it took.
+  const gate = room
+    ? `r AS (
+       SELECT * FROM ${s}.job_admit_room($${p}, $${p + 1}, $${p + 3}::int)
+     )`
+    : `ctl AS (
        SELECT EXISTS (SELECT 1 FROM ${s}.queue_controls c WHERE c.queue IN ('', $${p}) AND c.kind IN ('', $${p + 1})
                         AND (c.paused_at IS NOT NULL OR c.concurrency IS NOT NULL OR c.rate_count IS NOT NULL)) AS controlled
-     ), picked AS (
+     )`;
+  return `${gate}, picked AS (
        SELECT ctid FROM ${s}.jobs
         WHERE state = 'available' AND queue = $${p} AND kind = $${p + 1} AND stage = $${p + 2}::text AND run_at <= now() ${cursor}
-          AND NOT (SELECT controlled FROM ctl)
+          ${room ? '' : 'AND NOT (SELECT controlled FROM ctl)'}
         ORDER BY priority, run_at, id
-        LIMIT $${p + 3}
+        LIMIT ${room ? 'coalesce((SELECT room FROM r), 0)' : `$${p + 3}`}
         FOR UPDATE SKIP LOCKED
      ), claimed AS (
        UPDATE ${s}.jobs j
-          SET ${claimSet(`$${p + 4}`, 'NULL')}
+          SET ${claimSet(`$${p + 4}`, room ? '(SELECT unit FROM r)' : 'NULL')}
         WHERE j.ctid = ANY(ARRAY(SELECT ctid FROM picked))
        RETURNING ${claimReturning(`$${ev}`)}
-     )`;
+     )${
+       room
+         ? `, bucket AS (
+       INSERT INTO ${s}.queue_rate_buckets AS rb (key, tokens, at)
+       SELECT r.unit, r.tokens - (SELECT count(*) FROM claimed), clock_timestamp() FROM r WHERE r.tokens IS NOT NULL
+           ON CONFLICT (key) DO UPDATE SET tokens = EXCLUDED.tokens, at = EXCLUDED.at
+     )`
+         : ''
+     }`;
 }
 
 /** The SET list of a claim: running, attempt + 1 (the new fence), the lease, the limit key. */
@@ -461,6 +477,43 @@ export async function jobClaimLimited(
   );
   const last = rows.pop()!;
   return { missed: last.missed ?? [], claimed: rows, mode: last.mode!, waitMs: last.wait_ms, prefix: last.prefix === true };
+}
+
+/**
+ * A claim under a limit without a partition key, by room (migration 033): records
+ * `finals` when given (as {@link jobClaimLimited}), asks `job_admit_room` how many due jobs
+ * may start under one stripe of the limit (it takes the stripe's lock, held until the
+ * statement commits) and claims that many in claim order, as the ordinary claim does.
+ * `mode` `'keyed'`: the limit that applies has a partition key; nothing was claimed, ask
+ * {@link jobClaimLimited}. The claimed jobs are the first due ones after `after`; `room`:
+ * how many the limit admitted (fewer claimed: the queue had no more due and free).
+ */
+export async function jobClaimRoom(
+  x: Executor,
+  s: string,
+  ch: QueueChannels,
+  keep: boolean,
+  b: FinishBatch | null,
+  a: ClaimRequest,
+): Promise<{ missed: string[]; claimed: ClaimRow[]; mode: AdmitMode | 'keyed'; waitMs: number | null; room: number }> {
+  const fp = b ? finishParams(keep, b) : [];
+  const cp = claimParams(a);
+  const ev = fp.length + cp.length + 1;
+  const finish = b ? `${finishCte(s, keep, 1, ev)}, ` : '';
+  const { rows } = await x.query<ClaimRow & { missed: string[] | null; mode: AdmitMode | 'keyed' | null; wait_ms: number | null; room: number | null }>(
+    `WITH ${finish}${claimCtes(s, fp.length + 1, ev, !!a.after, true)}
+     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,
+            NULL::text[] AS missed, NULL::text AS mode, NULL::float8 AS wait_ms, NULL::int AS room, NULL::bigint AS woke FROM claimed
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            ${b ? 'ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))' : 'NULL::text[]'},
+            (SELECT mode FROM r), (SELECT wait_ms FROM r), (SELECT room FROM r),
+            ${b ? wake('done', `$${ev + 1}`, LIMITED, false) : 'NULL::bigint'}`,
+    [...fp, ...cp, ch.events, ...(b ? [ch.slots] : [])],
+    PREPARE,
+  );
+  const last = rows.pop()!;
+  return { missed: last.missed ?? [], claimed: rows, mode: last.mode!, waitMs: last.wait_ms, room: last.room ?? 0 };
 }
 
 /**

@@ -8,6 +8,7 @@ import { jsonHasLoneSurrogate, jsonHasNul } from '../internal/validate.js';
 import {
   compareIds,
   jobClaimLimited,
+  jobClaimRoom,
   jobClaimBatch,
   jobFirstDue,
   jobCompleteMany,
@@ -15,6 +16,7 @@ import {
   jobFinishAndClaim,
   jobFinishMany,
   jobHeartbeatMany,
+  type AdmitMode,
   type ClaimKey,
   type ClaimRow,
   type FinishBatch,
@@ -231,6 +233,11 @@ export class Worker {
    * ({@link limitedClaimScan}) for ones of keys with room.
    */
   #limitedShort = true;
+  /**
+   * The limit that applies has a partition key: claims go through `job_admit`, never by
+   * room (`jobClaimRoom` answered `keyed`). Cleared when controlled mode starts or ends.
+   */
+  #keyed = false;
   /** A wake-up planned for when a rate limit's next token is due. */
   #tokenTimer: NodeJS.Timeout | null = null;
   /**
@@ -498,6 +505,7 @@ export class Worker {
   /** Enters or leaves controlled mode; either way, claim again at once the other way. */
   #control(on: boolean): void {
     this.#controlled = on;
+    this.#keyed = false;
     this.#after = null;
     this.#loop.dirty = true;
     if (on && this.prefetch === 'auto' && this.#pending.length > 0) {
@@ -509,25 +517,52 @@ export class Worker {
   }
 
   /**
-   * A claim while a pause or limit applies: one statement records `finals`, asks
-   * `job_admit` which jobs may start (it takes the limit keys' locks, held until the
-   * statement commits) and claims those (see `jobClaimLimited`).
+   * A claim while a pause or limit applies: one statement records `finals`, asks the
+   * database which jobs may start (taking the limit's locks, held until the statement
+   * commits) and claims those. While the last limited claim got all it wanted, by room
+   * (`jobClaimRoom`: one stripe of a limit without a partition key; how many, not which);
+   * otherwise, or under a limit with a partition key, through `job_admit`
+   * (`jobClaimLimited`: candidates, several stripes, keys).
    */
   async #claimControlled(finals: Finished[], want: number, after: ClaimKey | null): Promise<{ rows: ClaimRow[]; prefix: boolean }> {
     const { schemaSql: s, channels: ch, options } = this.host;
-    const r = await jobClaimLimited(this.host.executor, s, ch, options.keepCompleted, finals.length > 0 ? finishBatch(finals) : null, {
-      queue: this.queue,
-      kind: this.kind,
-      stage: this.stage,
-      want,
-      // While the limit has room (the last claim got all it wanted), look at no more due
-      // jobs than wanted, as the ordinary claim does; a wider window only once it binds.
-      scan: this.#limitedShort ? limitedClaimScan(want) : want,
-      leaseMs: options.leaseMs,
-      after,
-    });
-    if (want > 0) this.#limitedShort = r.claimed.length < want;
+    const batch = finals.length > 0 ? finishBatch(finals) : null;
+    let r: { missed: string[]; claimed: ClaimRow[]; mode: AdmitMode | 'keyed'; waitMs: number | null; prefix: boolean };
+    // By room: how many the limit admitted (null: through job_admit).
+    let room: number | null = null;
+    if (!this.#limitedShort && !this.#keyed && want > 0) {
+      const a = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs, after };
+      const rr = await jobClaimRoom(this.host.executor, s, ch, options.keepCompleted, batch, a);
+      r = { ...rr, prefix: true };
+      room = rr.room;
+    } else {
+      r = await jobClaimLimited(this.host.executor, s, ch, options.keepCompleted, batch, {
+        queue: this.queue,
+        kind: this.kind,
+        stage: this.stage,
+        want,
+        // While the limit has room (the last claim got all it wanted), look at no more due
+        // jobs than wanted, as the ordinary claim does; a wider window only once it binds.
+        scan: this.#limitedShort ? limitedClaimScan(want) : want,
+        leaseMs: options.leaseMs,
+        after,
+      });
+    }
     if (finals.length > 0) this.#completed(finals, r.missed.length === 0 ? null : new Set(r.missed));
+    if (r.mode === 'keyed') {
+      // The limit has a partition key: ask job_admit, at once.
+      this.#keyed = true;
+      this.#loop.dirty = true;
+      return { rows: [], prefix: true };
+    }
+    if (want > 0) {
+      // By room, short only when the limit bound (its one stripe had less room than
+      // wanted): then job_admit (every stripe, a wider window) looks again at once. Fewer
+      // due jobs than the room is the ordinary end of a backlog, not the limit.
+      const short = room === null ? r.claimed.length < want : room < want && r.claimed.length < want;
+      if (short && room !== null && r.mode === 'limited') this.#loop.dirty = true;
+      this.#limitedShort = short;
+    }
     if (r.mode === 'free') this.#control(false);
     // Busy: another claimer held every key with due jobs; it commits soon, then look again.
     const waitMs = r.mode === 'busy' ? busyRetryMs(options.pollIntervalMs) : r.waitMs;
