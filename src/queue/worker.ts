@@ -94,6 +94,17 @@ export const AUTO_WINDOW_MS = 100;
 export const AUTO_MIN_RUNS_PER_SLOT = 4;
 
 /**
+ * Under a limit, auto prefetch holds ahead what this worker finished in this many windows,
+ * not one, and up to this many times {@link autoAheadMax}: a limited claim pays a fixed
+ * price the ordinary one does not (a stripe's lock and count; under `partitionBy`, one of
+ * each for every key it touches), so larger claims cost less per job (measured:
+ * bench/RESULTS.md, session 21). Held jobs count against the limit while they wait, as
+ * they do at one window; a claim that comes back short (the limit binds) still drops the
+ * hold to none.
+ */
+export const LIMITED_AHEAD_WINDOWS = 3;
+
+/**
  * The most jobs auto prefetch holds ahead for a worker of `concurrency`: 100 per slot,
  * at most 1000.
  */
@@ -411,7 +422,8 @@ export class Worker {
    * Jobs to hold ahead now. A fixed `prefetch` as given; `'auto'`: none unless the last
    * claim came back full (a backlog) and the jobs are short (each slot finished at least
    * {@link AUTO_MIN_RUNS_PER_SLOT} in the last window), then as many as this worker
-   * finished in the last {@link AUTO_WINDOW_MS}, at most {@link autoAheadMax}. Long jobs
+   * finished in the last {@link AUTO_WINDOW_MS}, at most {@link autoAheadMax} (both
+   * {@link LIMITED_AHEAD_WINDOWS} times as many under a limit). Long jobs
    * are never claimed ahead, so they spread over every idle worker of the fleet.
    */
   #ahead(): number {
@@ -421,7 +433,9 @@ export class Worker {
     const recent = Math.max(this.#windowDone, this.#lastWindowDone);
     // Short jobs only: each slot finished AUTO_MIN_RUNS_PER_SLOT jobs or more in a window.
     if (recent < this.concurrency * AUTO_MIN_RUNS_PER_SLOT) return 0;
-    return Math.min(autoAheadMax(this.concurrency), recent);
+    // Under a limit: LIMITED_AHEAD_WINDOWS windows' worth, and that many times the most.
+    const k = this.#controlled ? LIMITED_AHEAD_WINDOWS : 1;
+    return Math.min(autoAheadMax(this.concurrency) * k, recent * k);
   }
 
   /** Counts `n` finished jobs into the completion-rate window of auto prefetch. */
