@@ -15,8 +15,8 @@ let db: TestDatabase;
 let tmp: string;
 const children: ChildProcess[] = [];
 
-function spawnWorker(mode: string, out: string): { child: ChildProcess; lines: string[]; exited: Promise<unknown> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', FIXTURE, db.url, mode, out], { stdio: ['ignore', 'pipe', 'inherit'] });
+function spawnWorker(mode: string, out: string, queue = 'fleet'): { child: ChildProcess; lines: string[]; exited: Promise<unknown> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', FIXTURE, db.url, mode, out, queue], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   const lines: string[] = [];
   createInterface({ input: child.stdout! }).on('line', (l) => lines.push(l));
@@ -116,6 +116,73 @@ describe('fleet-wide concurrency limit', () => {
       assert.equal(peak, 3, 'the limit bound (hot keys)');
       console.log(`# ${total} jobs, ${runs.length} runs, ${byKey.size} keys, peak ${peak} per key`);
     } finally {
+      await h.close();
+    }
+  });
+});
+
+describe('fleet-wide rate limit', () => {
+  test('4 processes x 10 workers under a rate limit, one process SIGKILLed mid-run: starts measured over windows of the period keep to the token bucket, every job runs', async () => {
+    // Full scale: 200 starts a minute, 440 jobs (a burst of 200, then 3.3 a second: 72 s).
+    const count = scaled(200, 40);
+    const periodMs = scaled(60_000, 12_000);
+    const total = Math.round(count * 2.2);
+    const h = new Herald({ connectionString: db.url, poolSize: 2 });
+    h.notifier.on('notifier:problem', () => {});
+    const procs: ReturnType<typeof spawnWorker>[] = [];
+    try {
+      await h.queue.setLimit({ queue: 'rated', kind: 'lim', rate: { count, periodMs } });
+      // Announced: each attempt's claim is in the job's history with its database time.
+      const jobs = Array.from({ length: total }, (_, i) => ({ kind: 'lim', queue: 'rated', announce: true, payload: { k: `r${i % 7}`, ms: 100 + Math.floor(Math.random() * 300) } }));
+      await h.queue.enqueueMany(jobs);
+      const files = [0, 1, 2, 3].map((i) => join(tmp, `rated-${i}.txt`));
+      procs.push(...files.map((f) => spawnWorker('limited', f, 'rated')));
+      const completed = async () =>
+        (await adminQuery<{ n: number }>(`SELECT count(*)::int AS n FROM herald.jobs WHERE queue = 'rated' AND state = 'completed'`, [], db.url))[0].n;
+      await waitForCount(completed, Math.floor(total * 0.6), { what: 'the burst and some of the rest' });
+      await waitFor(() => readLedger(files[0]).some((r) => r.end === null), { what: 'process 0 to be running a job' });
+      procs[0].child.kill('SIGKILL');
+      await procs[0].exited;
+      await waitForCount(completed, total, { what: 'every job completed' });
+      for (const p of procs.slice(1)) p.child.kill('SIGTERM');
+      await Promise.all(procs.slice(1).map((p) => p.exited));
+
+      // Every claim (retries of the killed process's job included), in database time.
+      const starts = (
+        await adminQuery<{ ms: number }>(
+          `SELECT extract(epoch FROM (e ->> 'at')::timestamptz) * 1000 AS ms
+             FROM herald.jobs j, jsonb_array_elements(j.history) e
+            WHERE j.queue = 'rated' AND e ->> 'state' = 'running' ORDER BY 1`,
+          [],
+          db.url,
+        )
+      ).map((r) => Number(r.ms));
+      assert.ok(starts.length >= total, `every job started at least once (${starts.length} starts)`);
+      // The token bucket's bound: at most count + count * t / periodMs starts in any
+      // interval of length t (50 ms of slack: a claim's time is its transaction's start,
+      // the bucket reads the clock a little later).
+      for (let i = 0; i < starts.length; i++) {
+        for (let j = i; j < starts.length; j++) {
+          const t = starts[j] - starts[i];
+          assert.ok(j - i + 1 <= count + (count * (t + 50)) / periodMs, `${j - i + 1} starts within ${t.toFixed(0)} ms`);
+        }
+      }
+      // Measured over windows of one period: the busiest window, and the windows from the first start.
+      let busiest = 0;
+      for (let i = 0, j = 0; i < starts.length; i++) {
+        while (j < starts.length && starts[j] < starts[i] + periodMs) j++;
+        busiest = Math.max(busiest, j - i);
+      }
+      assert.ok(busiest <= 2 * count, `at most twice the count in any window of one period (a full bucket, then its refill): ${busiest}`);
+      const windows: number[] = [];
+      for (const s of starts) {
+        const w = Math.floor((s - starts[0]) / periodMs);
+        windows[w] = (windows[w] ?? 0) + 1;
+      }
+      assert.ok(windows[0] > count, 'the first window holds the burst and the refill');
+      console.log(`# rate ${count} per ${periodMs} ms: ${starts.length} starts of ${total} jobs; per window ${windows.join(', ')}; busiest sliding window ${busiest}`);
+    } finally {
+      for (const p of procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
       await h.close();
     }
   });
