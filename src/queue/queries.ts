@@ -433,6 +433,23 @@ export async function jobClaimBatch(x: Executor, s: string, ch: QueueChannels, a
 export type AdmitMode = 'free' | 'paused' | 'limited' | 'busy';
 
 /**
+ * The answer of a claim under control: the claimed rows, then one row with the
+ * completions that matched no row (`missed`, when the statement recorded some: CTE
+ * `done`), the columns `cols` (name -> SQL type) read from the admission CTE `gate`, and
+ * the slot wake-up of the limited jobs completed (on `$ev + 1`).
+ */
+function controlledAnswer(finishing: boolean, ev: number, gate: string, cols: Record<string, string>): string {
+  const names = Object.keys(cols);
+  return `SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,
+            NULL::text[] AS missed, ${names.map((n) => `NULL::${cols[n]} AS ${n}`).join(', ')}, NULL::bigint AS woke FROM claimed
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            ${finishing ? 'ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))' : 'NULL::text[]'},
+            ${names.map((n) => `(SELECT ${n} FROM ${gate})`).join(', ')},
+            ${finishing ? wake('done', `$${ev + 1}`, LIMITED, false) : 'NULL::bigint'}`;
+}
+
+/**
  * A claim while a pause or limit applies, in one statement (so in one transaction, which
  * holds the limit keys' locks `job_admit` takes until it commits): records `finals` when
  * given (fenced like {@link jobFinishMany}), asks `job_admit` which due jobs may start
@@ -465,13 +482,7 @@ export async function jobClaimLimited(
         WHERE j.id = ANY((SELECT ids FROM a)::bigint[]) AND (j.state = 'available') IS TRUE
        RETURNING ${claimReturning(`$${ev}`)}
      )
-     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,
-            NULL::text[] AS missed, NULL::text AS mode, NULL::float8 AS wait_ms, NULL::boolean AS prefix, NULL::bigint AS woke FROM claimed
-     UNION ALL
-     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-            ${b ? 'ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))' : 'NULL::text[]'},
-            (SELECT mode FROM a), (SELECT wait_ms FROM a), (SELECT prefix FROM a),
-            ${b ? wake('done', `$${ev + 1}`, LIMITED, false) : 'NULL::bigint'}`,
+     ${controlledAnswer(!!b, ev, 'a', { mode: 'text', wait_ms: 'float8', prefix: 'boolean' })}`,
     [...fp, a.queue, a.kind, a.stage ?? '', a.want, a.scan, a.leaseMs, a.after?.priority ?? null, a.after?.runUs ?? null, a.after?.id ?? null, ch.events, ...(b ? [ch.slots] : [])],
     PREPARE,
   );
@@ -502,13 +513,7 @@ export async function jobClaimRoom(
   const finish = b ? `${finishCte(s, keep, 1, ev)}, ` : '';
   const { rows } = await x.query<ClaimRow & { missed: string[] | null; mode: AdmitMode | 'keyed' | null; wait_ms: number | null; room: number | null }>(
     `WITH ${finish}${claimCtes(s, fp.length + 1, ev, !!a.after, true)}
-     SELECT id, payload, attempt, attempt_base, max_attempts, stages, priority, timeout_ms, created_ms, run_us,
-            NULL::text[] AS missed, NULL::text AS mode, NULL::float8 AS wait_ms, NULL::int AS room, NULL::bigint AS woke FROM claimed
-     UNION ALL
-     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-            ${b ? 'ARRAY(SELECT u::text FROM unnest($1::bigint[]) AS u WHERE u NOT IN (SELECT id FROM done))' : 'NULL::text[]'},
-            (SELECT mode FROM r), (SELECT wait_ms FROM r), (SELECT room FROM r),
-            ${b ? wake('done', `$${ev + 1}`, LIMITED, false) : 'NULL::bigint'}`,
+     ${controlledAnswer(!!b, ev, 'r', { mode: 'text', wait_ms: 'float8', room: 'int' })}`,
     [...fp, ...cp, ch.events, ...(b ? [ch.slots] : [])],
     PREPARE,
   );
