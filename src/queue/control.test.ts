@@ -246,9 +246,11 @@ describe('fleet-wide limits (in one process, two Heralds)', () => {
   test('a queue-wide limit claims by room while it has room: six workers in two Heralds never run more than the limit', async () => {
     const a = herald();
     const b = herald();
-    // Three stripes of one slot each: claims by room (one stripe, one slot) meet full
-    // stripes and go through job_admit, so both paths run side by side here.
+    // One stripe of three slots (the default would be three stripes of one): claims by room
+    // take a free slot whenever there is one; when the stripe is full they go through
+    // job_admit, so both paths run side by side here.
     await a.queue.setLimit({ queue: 'room', concurrency: 3 });
+    await adminQuery(`UPDATE herald.queue_controls SET stripes = 1 WHERE queue = 'room'`, [], db.url);
     let running = 0;
     let max = 0;
     let done = 0;
@@ -265,10 +267,13 @@ describe('fleet-wide limits (in one process, two Heralds)', () => {
       await a.queue.enqueueMany(Array.from({ length: 90 }, () => ({ kind: 'rm', queue: 'room' })));
       await waitForCount(() => done, 90, { what: 'jobs done' });
       assert.ok(max <= 3, `at most 3 at once across both Heralds, saw ${max}`);
-      assert.ok(a.watch.roomClaimed + b.watch.roomClaimed > 0, 'some jobs were claimed by room');
+      // After its first claim through job_admit that got what it wanted, a worker claims by room.
+      const rooms = Object.values(a.watch.rooms).concat(Object.values(b.watch.rooms)).reduce((x, y) => x + y, 0);
+      assert.ok(rooms > 0, 'workers claimed by room');
+      console.log(`# ${rooms} claims by room took ${a.watch.roomClaimed + b.watch.roomClaimed} jobs`);
       assert.equal(await waitForCount(() => count('rm', 'completed'), 90, { what: 'completions recorded' }), 90);
       const keys = await adminQuery<{ k: string }>(`SELECT DISTINCT limit_key AS k FROM herald.jobs WHERE kind = 'rm' ORDER BY 1`, [], db.url);
-      assert.deepEqual(keys.map((r) => r.k), ['["room", "", null]#0', '["room", "", null]#1', '["room", "", null]#2'], 'every job ran under one of the three stripes');
+      assert.deepEqual(keys.map((r) => r.k), ['["room", "", null]#0'], 'every job ran under the one stripe');
       // The limit gone: the next claim, by room or through job_admit, is told so.
       assert.equal(await a.queue.removeLimit({ queue: 'room' }), true);
       await a.queue.enqueueMany(Array.from({ length: 6 }, () => ({ kind: 'rm', queue: 'room' })));
@@ -284,18 +289,21 @@ describe('fleet-wide limits (in one process, two Heralds)', () => {
     const h = herald();
     // Ten tokens an hour (eight stripes of 1.25): no refill to speak of during the test.
     await h.queue.setLimit({ queue: 'rroom', kind: 'rt', rate: { count: 10, periodMs: 3_600_000 } });
-    const w = h.queue.work('rt', () => {}, { queue: 'rroom', concurrency: 1, prefetch: 0 });
-    try {
+    // Two rounds of three jobs, each enqueued before its worker starts. (A job committed while
+    // a claim through job_admit is in flight can be admitted by job_admit, whose statements
+    // see it, and not claimed by the statement around it, which cannot: that claim spends a
+    // token for it, fewer starts rather than more. Claims by room do not: see docs/queue.md.)
+    for (const round of [1, 2]) {
       await h.queue.enqueueMany(Array.from({ length: 3 }, () => ({ kind: 'rt', queue: 'rroom' })));
-      await waitForCount(() => count('rt', 'completed'), 3, { what: 'the first three jobs' });
-      await h.queue.enqueueMany(Array.from({ length: 3 }, () => ({ kind: 'rt', queue: 'rroom' })));
-      await waitForCount(() => count('rt', 'completed'), 6, { what: 'the next three' });
-    } finally {
-      await w.stop();
+      const w = h.queue.work('rt', () => {}, { queue: 'rroom', concurrency: 1, prefetch: 0 });
+      try {
+        await waitForCount(() => count('rt', 'completed'), 3 * round, { what: `round ${round}` });
+      } finally {
+        await w.stop();
+      }
     }
     // After a first claim through job_admit that got its one job, the worker claims by room;
-    // claims that found no job (the queue empty between the two batches, and at the end)
-    // must not have spent a token.
+    // the claims that found no job (once each round's jobs were done) must not have spent a token.
     assert.ok((h.watch.rooms.limited ?? 0) >= 1, 'the worker claimed by room');
     const [{ left }] = await adminQuery<{ left: number }>(
       `SELECT (coalesce(sum(least(1.25, tokens + extract(epoch FROM clock_timestamp() - at) * 1000 * 1.25 / 3600000)), 0) + 1.25 * (8 - count(*)))::float8 AS left

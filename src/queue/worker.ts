@@ -105,6 +105,13 @@ export const AUTO_MIN_RUNS_PER_SLOT = 4;
 export const LIMITED_AHEAD_WINDOWS = 3;
 
 /**
+ * After a claim by room that its one stripe cut short (the limit may bind), the worker
+ * claims through `job_admit` for this long before it claims by room again, so that under
+ * a binding limit it does not alternate between the two, one statement in two wasted.
+ */
+export const ROOM_REST_MS = 1000;
+
+/**
  * The most jobs auto prefetch holds ahead for a worker of `concurrency`: 100 per slot,
  * at most 1000.
  */
@@ -249,6 +256,12 @@ export class Worker {
    * room (`jobClaimRoom` answered `keyed`). Cleared when controlled mode starts or ends.
    */
   #keyed = false;
+  /**
+   * No claim by room before this time (performance.now()): the last one was cut short by
+   * its stripe, so the limit may bind; job_admit, which looks at every stripe, claims
+   * meanwhile ({@link ROOM_REST_MS}).
+   */
+  #roomAfter = 0;
   /** A wake-up planned for when a rate limit's next token is due. */
   #tokenTimer: NodeJS.Timeout | null = null;
   /**
@@ -544,7 +557,7 @@ export class Worker {
     let r: { missed: string[]; claimed: ClaimRow[]; mode: AdmitMode | 'keyed'; waitMs: number | null; prefix: boolean };
     // By room: how many the limit admitted (null: through job_admit).
     let room: number | null = null;
-    if (!this.#limitedShort && !this.#keyed && want > 0) {
+    if (!this.#limitedShort && !this.#keyed && want > 0 && performance.now() >= this.#roomAfter) {
       const a = { queue: this.queue, kind: this.kind, stage: this.stage, limit: want, leaseMs: options.leaseMs, after };
       const rr = await jobClaimRoom(this.host.executor, s, ch, options.keepCompleted, batch, a);
       r = { ...rr, prefix: true };
@@ -574,7 +587,10 @@ export class Worker {
       // wanted): then job_admit (every stripe, a wider window) looks again at once. Fewer
       // due jobs than the room is the ordinary end of a backlog, not the limit.
       const short = room === null ? r.claimed.length < want : room < want && r.claimed.length < want;
-      if (short && room !== null && r.mode === 'limited') this.#loop.dirty = true;
+      if (short && room !== null && r.mode === 'limited') {
+        this.#loop.dirty = true;
+        this.#roomAfter = performance.now() + ROOM_REST_MS;
+      }
       this.#limitedShort = short;
     }
     if (r.mode === 'free') this.#control(false);
