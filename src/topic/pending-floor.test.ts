@@ -174,6 +174,11 @@ test('cursor moves and attempt counts are appended: no cursor row is rewritten, 
       await h.topics.publishMany('moves', Array.from({ length: 100 }, (_, j) => ({ payload: i * 100 + j, key: `k${j}` })), { waitForPosition: true });
     }
     await waitFor(() => received === MOVED, { what: 'the first messages', progress: () => received, timeoutMs: 60_000 });
+    // A handler counts its batch before the batch commits. The rows written below copy each
+    // partition's newest move: written while the last batch is still in flight, a copy of the
+    // move before it would become the newest and move that cursor back (one message was
+    // delivered again, once in CI). Wait for the group's committed cursors to cover everything.
+    await waitFor(async () => (await herald.topics.stats('moves')).groups.find((g) => g.name === 'g')?.lag === 0, { what: 'the first batches to commit' });
     // 1,000 moves and counts were appended and their predecessors deleted; none of those
     // can be cleaned up while the transaction is held. ANALYZE then counts one live row
     // per partition (with that estimate a planner left to itself takes a bitmap scan and
