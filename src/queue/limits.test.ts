@@ -164,12 +164,14 @@ describe('fleet-wide limits, 4 processes each', { concurrency: 2 }, () => {
         ).map((r) => Number(r.ms));
         assert.ok(starts.length >= total, `every job started at least once (${starts.length} starts)`);
         // The token bucket's bound: at most count + count * t / periodMs starts in any
-        // interval of length t (50 ms of slack: a claim's time is its transaction's start,
-        // the bucket reads the clock a little later).
+        // interval of length t. A claim's time is its transaction's start and the bucket
+        // reads the clock later in the statement, after the completions it records: 1 s of
+        // slack for a loaded machine (3.3 starts here; a limiter that let everything start
+        // at once would exceed the bound by hundreds).
         for (let i = 0; i < starts.length; i++) {
           for (let j = i; j < starts.length; j++) {
             const t = starts[j] - starts[i];
-            assert.ok(j - i + 1 <= count + (count * (t + 50)) / periodMs, `${j - i + 1} starts within ${t.toFixed(0)} ms`);
+            assert.ok(j - i + 1 <= count + (count * (t + 1000)) / periodMs, `${j - i + 1} starts within ${t.toFixed(0)} ms`);
           }
         }
         // Measured over windows of one period: the busiest window, and the windows from the first start.
