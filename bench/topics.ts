@@ -26,8 +26,9 @@
  * (one consumer per group, batches of 500; a PgQ batch is what its ticks hold), and
  * one group alone, messages/s per group. Consumers commit their position per batch in a
  * transaction (pgherald: the batch's tx; PgQ: next_batch, get_batch_events and
- * finish_batch in one transaction; Redis: XREADGROUP then XACK). Every contender
- * parses each payload's JSON. Ceiling: pgbench, 8 clients, one single-row INSERT per
+ * finish_batch in one transaction; Redis: XREADGROUP then XACK). Every contender's
+ * consumer gets the same message: id, key, publish time (a Date) and the payload's
+ * parsed JSON (until session 22, PgQ's and Redis' parsed the payload only). Ceiling: pgbench, 8 clients, one single-row INSERT per
  * transaction (a jsonb payload like the messages'), same cluster, 5 s.
  *
  * Flat claim cost (`--flat TOTAL`, e.g. `--flat 5000000`; `--window 100000`): pgherald
@@ -58,6 +59,14 @@ const RUNS = Number(arg('runs') ?? process.env.BENCH_RUNS ?? 3);
 const BATCH = 500;
 const GROUPS = 3;
 const payload = (i: number) => ({ orderId: i, customer: `c-${i % 100}`, amount: (i * 7) % 1000, note: 'x'.repeat(40) });
+
+/**
+ * What every contender's consumer does with a message: PgQ's and Redis' are given the
+ * fields a pgherald handler gets (id, key, publish time, parsed payload) as one object.
+ */
+function handle(m: { id: string; key: string | null; publishedAt: Date; payload: unknown }): void {
+  if (m.payload === undefined || m.key === undefined || Number.isNaN(m.publishedAt.getTime())) throw new Error(`bad message ${m.id}`);
+}
 
 type Row = { system: string; publishSingle: number; publishBatched: number; consumePerGroup: number; consumeOneGroup: number };
 
@@ -107,7 +116,7 @@ async function benchPg(url: string, run: number): Promise<Row> {
   const counts = new Array(GROUPS).fill(0);
   const consumers = counts.map((_, g) =>
     herald.topics.consumer(topic, `g${g}`, ({ messages }) => {
-      for (const m of messages) if (m.payload === undefined) throw new Error('no payload');
+      for (const m of messages) handle(m);
       counts[g] += messages.length;
     }, { batchSize: BATCH }),
   );
@@ -119,7 +128,7 @@ async function benchPg(url: string, run: number): Promise<Row> {
   // One more group, consuming the whole topic alone (the machine's two cores to itself).
   let solo = 0;
   const soloConsumer = herald.topics.consumer(topic, 'solo', ({ messages }) => {
-    for (const m of messages) if (m.payload === undefined) throw new Error('no payload');
+    for (const m of messages) handle(m);
     solo += messages.length;
   }, { batchSize: BATCH });
   const alone = await timeIt(async () => {
@@ -187,7 +196,8 @@ async function benchRedis(url: string, run: number): Promise<Row> {
       if (!reply) continue;
       // node-redis returns the streams as an object keyed by stream name (or pairs).
       const entries = Array.isArray(reply) ? reply[0][1] : reply[key];
-      for (const [, fields] of entries) JSON.parse(fields[3]);
+      // The entry id carries the publish time in milliseconds.
+      for (const [id, fields] of entries) handle({ id, key: fields[1], publishedAt: new Date(Number(id.slice(0, id.indexOf('-')))), payload: JSON.parse(fields[3]) });
       got += entries.length;
       await c.sendCommand(['XACK', key, group, ...entries.map(([id]) => id)]);
     }
@@ -261,8 +271,14 @@ async function benchPgq(url: string): Promise<Row> {
           await new Promise((r) => setTimeout(r, 10));
           continue;
         }
-        const ev = await c.query<{ ev_data: string }>({ name: 'ev', text: `SELECT ev_data FROM pgq.get_batch_events($1)`, values: [b] });
-        for (const r of ev.rows) JSON.parse(r.ev_data);
+        // The fields a pgherald handler gets (id, key, publish time, payload), read in
+        // the cheapest form (the time as epoch milliseconds, as pgherald reads it).
+        const ev = await c.query<{ ev_id: string; ev_type: string; ms: number; ev_data: string }>({
+          name: 'ev',
+          text: `SELECT ev_id, ev_type, (extract(epoch FROM ev_time) * 1000)::float8 AS ms, ev_data FROM pgq.get_batch_events($1)`,
+          values: [b],
+        });
+        for (const r of ev.rows) handle({ id: r.ev_id, key: r.ev_type, publishedAt: new Date(r.ms), payload: JSON.parse(r.ev_data) });
         got += ev.rows.length;
         await c.query({ name: 'fb', text: `SELECT pgq.finish_batch($1)`, values: [b] });
         await c.query('COMMIT');
@@ -345,7 +361,7 @@ async function benchFlat(dbUrl: string, total: number, window: number): Promise<
     let done: () => void = () => {};
     const finished = new Promise<void>((r) => (done = r));
     const c = herald.topics.consumer(topic, group, ({ messages }) => {
-      for (const m of messages) if (m.payload === undefined) throw new Error('no payload');
+      for (const m of messages) handle(m);
       got += messages.length;
       if (got >= window) done();
     }, { batchSize: BATCH });
