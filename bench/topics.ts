@@ -28,8 +28,9 @@
  * transaction (pgherald: the batch's tx; PgQ: next_batch, get_batch_events and
  * finish_batch in one transaction; Redis: XREADGROUP then XACK). Every contender's
  * consumer gets the same message: id, key, publish time (a Date) and the payload's
- * parsed JSON (until session 22, PgQ's and Redis' parsed the payload only). Ceiling: pgbench, 8 clients, one single-row INSERT per
- * transaction (a jsonb payload like the messages'), same cluster, 5 s.
+ * parsed JSON (until session 22, PgQ's and Redis' parsed the payload only).
+ * Ceiling: pgbench, 8 clients, one single-row INSERT per transaction (a jsonb payload
+ * like the messages'), same cluster, 5 s.
  *
  * Flat claim cost (`--flat TOTAL`, e.g. `--flat 5000000`; `--window 100000`): pgherald
  * alone. Publishes TOTAL messages (batches of 5,000, 4 publishers at once, 8 key
