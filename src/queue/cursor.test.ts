@@ -45,7 +45,10 @@ test('claims read a bounded part of the claim index while a transaction is held 
   const hold = await heldWriteTransaction(db.url);
   const claims: number[] = [];
   const driver = measuringDriver(db.url, claimEntriesRead, isClaim, claims, () => false, []);
-  const h = createHerald({ driver });
+  // Every job here is announced by a wake-up: no safety poll and no look beside the
+  // claims in the test's time (a look whose snapshot predates a claim's commit can find
+  // that claim's job and lower the cursor to it, a claim that reads back, as it must).
+  const h = createHerald({ driver, queue: { pollIntervalMs: 600_000 } });
   const seen = new Map<number, number>();
   const w = h.queue.work<{ i: number }>('held', (job) => void seen.set(job.payload.i, (seen.get(job.payload.i) ?? 0) + 1), { concurrency: 10 });
   try {
@@ -62,9 +65,22 @@ test('claims read a bounded part of the claim index while a transaction is held 
     });
     assert.ok(walked >= FIRST, `a claim from the start reads the claimed jobs' entries: ${walked}`);
 
+    // The first jobs' wake-ups may still be on their way (the worker's claims ran ahead of
+    // them): one that arrives now lowers the cursor to its job, as it must, and the next
+    // claim reads back from there. A marker notified now arrives after all of them (one
+    // connection, commit order); a sentinel job then takes that claim before the rounds.
+    let marked = false;
+    const marker = h.listen('cursor_test_marker', () => void (marked = true));
+    await marker.established;
+    await h.notify('cursor_test_marker', 'after the first jobs');
+    await waitFor(() => marked, { what: 'the marker after the first wake-ups' });
+    await marker.close();
+    let sent = FIRST;
+    await h.queue.enqueue('held', { i: sent++ });
+    await waitForCount(() => seen.size, sent, { what: 'the sentinel job' });
+
     // Then jobs one at a time, each a wake-up of its own: every claim reads about what it
     // claims (the look beside the claims is not a claim).
-    let sent = FIRST;
     for (let r = 0; r < 5; r++) {
       const from = claims.length;
       for (let j = 0; j < 20; j++) await h.queue.enqueue('held', { i: sent++ });
