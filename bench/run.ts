@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- <part>... [-- options]]`: runs every benchmark script
- * `bench/<part>.ts` (or only the parts named; the soaks, plot, claim-ab, backlog and
- * mailbox-take only when named), one after another, each in its own process (`node --import tsx bench/<part>.ts`), each starting its own Postgres
+ * `bench/<part>.ts` (or only the parts named; the soaks, plot, claim-ab, backlog,
+ * mailbox-take and topics-profile only when named), one after another, each in its own process (`node --import tsx bench/<part>.ts`), each starting its own Postgres
  * (or using DATABASE_URL). Arguments after a literal `--` go to every script
  * (e.g. `npm run bench -- notifier -- --runs 1`).
  * Exit code: non-zero when any script failed.
@@ -18,9 +18,10 @@ const available = readdirSync(dir)
 /**
  * Run only when named: long runs (a soak lasts 15 minutes, the deep backlog fills ten
  * million jobs), tools that need arguments (plot: result files; claim-ab: a second
- * checkout to compare with), and design prototypes (mailbox-take).
+ * checkout to compare with), design prototypes (mailbox-take), and topics-profile (a
+ * diagnosis whose positional arguments the options passed to every script would replace).
  */
-const onlyWhenNamed = new Set(['sustained', 'soak', 'soak-messaging', 'gateway-churn', 'plot', 'claim-ab', 'backlog', 'mailbox-take']);
+const onlyWhenNamed = new Set(['sustained', 'soak', 'soak-messaging', 'gateway-churn', 'plot', 'claim-ab', 'backlog', 'mailbox-take', 'topics-profile']);
 
 const argv = process.argv.slice(2);
 const split = argv.indexOf('--');
