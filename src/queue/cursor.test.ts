@@ -44,7 +44,8 @@ test('wake-up payloads: the queue alone, or the queue and the first job it made 
 test('claims read a bounded part of the claim index while a transaction is held open elsewhere; every job once', async () => {
   const hold = await heldWriteTransaction(db.url);
   const claims: number[] = [];
-  const driver = measuringDriver(db.url, claimEntriesRead, isClaim, claims, () => false, []);
+  const claiming = { n: 0 };
+  const driver = measuringDriver(db.url, claimEntriesRead, isClaim, claims, () => false, [], claiming);
   // Every job here is announced by a wake-up: no safety poll and no look beside the
   // claims in the test's time (a look whose snapshot predates a claim's commit can find
   // that claim's job and lower the cursor to it, a claim that reads back, as it must).
@@ -68,7 +69,9 @@ test('claims read a bounded part of the claim index while a transaction is held 
     // The first jobs' wake-ups may still be on their way (the worker's claims ran ahead of
     // them): one that arrives now lowers the cursor to its job, as it must, and the next
     // claim reads back from there. A marker notified now arrives after all of them (one
-    // connection, commit order); a sentinel job then takes that claim before the rounds.
+    // connection, commit order); a sentinel job then takes that claim, and the rounds
+    // begin once no claim is under way (one that began before the sentinel's claim raised
+    // the cursor may still be reading back).
     let marked = false;
     const marker = h.listen('cursor_test_marker', () => void (marked = true));
     await marker.established;
@@ -78,6 +81,7 @@ test('claims read a bounded part of the claim index while a transaction is held 
     let sent = FIRST;
     await h.queue.enqueue('held', { i: sent++ });
     await waitForCount(() => seen.size, sent, { what: 'the sentinel job' });
+    await waitFor(() => claiming.n === 0, { what: 'no claim under way after the sentinel' });
 
     // Then jobs one at a time, each a wake-up of its own: every claim reads about what it
     // claims (the look beside the claims is not a claim).

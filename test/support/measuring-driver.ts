@@ -5,6 +5,7 @@ import type { Driver, Executor } from '../../src/driver/types.js';
  * A driver over `url` that measures with `read` what some statements read: autocommit
  * ones matching `pooled` each in a transaction of their own (into `pooledOut`), and ones
  * inside a transaction matching `inTx` in that transaction (into `inTxOut`).
+ * `inFlight.n`, when given, counts the measured statements under way.
  */
 export function measuringDriver(
   url: string,
@@ -13,13 +14,19 @@ export function measuringDriver(
   pooledOut: number[],
   inTx: (text: string) => boolean,
   inTxOut: number[],
+  inFlight: { n: number } = { n: 0 },
 ): Driver {
   const inner = pgDriver({ connectionString: url, max: 6 });
   const measured = async (tx: Executor, out: number[], run: () => Promise<unknown>) => {
-    const before = await read(tx);
-    const r = await run();
-    out.push((await read(tx)) - before);
-    return r as never;
+    inFlight.n++;
+    try {
+      const before = await read(tx);
+      const r = await run();
+      out.push((await read(tx)) - before);
+      return r as never;
+    } finally {
+      inFlight.n--;
+    }
   };
   return {
     kind: inner.kind,
