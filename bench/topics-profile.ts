@@ -16,14 +16,13 @@ import { performance } from 'node:perf_hooks';
 import { createHerald } from '../src/index.js';
 import { postgresCpuSeconds } from './support/cpu.js';
 import { benchPostgres } from './support/postgres.js';
+import { topicPayload as payload } from './support/topic-message.js';
 
 const N = Number(process.argv[2] ?? 100_000);
 const GROUPS = Number(process.argv[3] ?? 1);
 const ROUNDS = Number(process.argv[4] ?? 3);
 const BATCH = 500;
 const PROFILE = process.env.BENCH_CPU_PROFILE;
-
-const payload = (i: number) => ({ orderId: i, customer: `c-${i % 100}`, amount: (i * 7) % 1000, note: 'x'.repeat(40) });
 
 const server = await benchPostgres({ max_connections: 200, shared_buffers: '256MB', shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all' });
 const herald = createHerald({ connectionString: server.url, poolSize: 12 });

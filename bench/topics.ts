@@ -48,6 +48,7 @@ import { join } from 'node:path';
 import { createClient } from 'redis';
 import { createHerald } from '../src/index.js';
 import { freePort, PostgresCluster } from '../src/embedded/index.js';
+import { topicPayload as payload } from './support/topic-message.js';
 
 /** `--runs N` and `--n N` (as `npm run bench -- topics -- --runs 1` passes them), else BENCH_RUNS / BENCH_N. */
 function arg(name: string): string | undefined {
@@ -59,7 +60,6 @@ const SINGLE = Math.max(10_000, Math.round(N / 2));
 const RUNS = Number(arg('runs') ?? process.env.BENCH_RUNS ?? 3);
 const BATCH = 500;
 const GROUPS = 3;
-const payload = (i: number) => ({ orderId: i, customer: `c-${i % 100}`, amount: (i * 7) % 1000, note: 'x'.repeat(40) });
 
 /**
  * What every contender's consumer does with a message: PgQ's and Redis' are given the
